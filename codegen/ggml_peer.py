@@ -1,0 +1,122 @@
+"""The executable peer: upstream ggml's own C, reached through the optional ``ggml-python`` package.
+
+Everything here is a thin ctypes call with the buffers prepared in NumPy; it is used by the tests (as an
+oracle), the benchmarks (as the speed to beat) and ``mlaref conform``. ``available()`` says whether the
+package imports; callers skip with ``unavailable_reason()`` when it does not.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import numpy as np
+
+_GGML_TYPE = {
+    "f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q8_1": 9,
+    "q4_K": 12, "q6_K": 14, "q8_K": 15, "iq4_nl": 20, "bf16": 30,
+}
+
+
+@functools.cache
+def _module():
+    try:
+        from ggml import ggml as g  # noqa: PLC0415
+    except Exception as exc:  # ImportError, or OSError when the shared library fails to load
+        return None, f"ggml-python is not usable here ({type(exc).__name__}: {exc}); install mlaref[ggml]"
+    return g, ""
+
+
+def available() -> bool:
+    return _module()[0] is not None
+
+
+def unavailable_reason() -> str:
+    return _module()[1]
+
+
+def lib():
+    g, reason = _module()
+    if g is None:
+        raise RuntimeError(reason)
+    return g
+
+
+def ggml_type(name: str) -> int:
+    if name not in _GGML_TYPE:
+        raise ValueError(f"ggml has no type {name!r} (known to the peer: {', '.join(_GGML_TYPE)})")
+    return _GGML_TYPE[name]
+
+
+def _f32_ptr(a: np.ndarray):
+    return a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+
+
+def _row_bytes(name: str, n: int) -> int:
+    g = lib()
+    return int(g.ggml_row_size(ggml_type(name), n))
+
+
+def quantize_chunk(name: str, x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """``ggml_quantize_chunk`` on float32 rows ``(n_rows, n)`` -> uint8 ``(n_rows, row_bytes)``."""
+    g = lib()
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n_rows, n = x.shape
+    out = np.zeros((n_rows, _row_bytes(name, n)), dtype=np.uint8)
+    im = None if imatrix is None else _f32_ptr(np.ascontiguousarray(imatrix, dtype=np.float32))
+    g.ggml_quantize_chunk(ggml_type(name), _f32_ptr(x), out.ctypes.data, 0, n_rows, n, im)
+    return out
+
+
+def from_float_ref(name: str, x: np.ndarray) -> np.ndarray:
+    """``type_traits[type].from_float_ref`` (``quantize_row_<type>_ref``) applied row by row."""
+    g = lib()
+    fn = g.ggml_get_type_traits(ggml_type(name)).contents.from_float_ref
+    return _rowwise(name, x, fn)
+
+
+def from_float(name: str, x: np.ndarray) -> np.ndarray:
+    """The CPU back-end's ``type_traits_cpu[type].from_float`` applied row by row."""
+    g = lib()
+    fn = g.ggml_get_type_traits_cpu(ggml_type(name)).contents.from_float
+    return _rowwise(name, x, fn)
+
+
+def _rowwise(name, x, fn):
+    if not fn:
+        raise NotImplementedError(f"ggml has no such conversion for {name}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n_rows, n = x.shape
+    out = np.zeros((n_rows, _row_bytes(name, n)), dtype=np.uint8)
+    for r in range(n_rows):
+        fn(_f32_ptr(x[r]), out[r].ctypes.data, n)
+    return out
+
+
+def to_float(name: str, data: np.ndarray, n: int) -> np.ndarray:
+    """``type_traits[type].to_float`` on uint8 rows ``(n_rows, row_bytes)`` of ``n`` values each."""
+    g = lib()
+    fn = g.ggml_get_type_traits(ggml_type(name)).contents.to_float
+    if not fn:
+        raise NotImplementedError(f"ggml has no to_float for {name}")
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    out = np.zeros((data.shape[0], n), dtype=np.float32)
+    for r in range(data.shape[0]):
+        fn(data[r].ctypes.data, _f32_ptr(out[r]), n)
+    return out
+
+
+def vec_dot(name: str, x: np.ndarray, y: np.ndarray, n: int) -> np.float32:
+    """The CPU back-end's ``vec_dot`` for ``name`` on one row of ``name`` and one row of its vec_dot_type."""
+    g = lib()
+    traits = g.ggml_get_type_traits_cpu(ggml_type(name)).contents
+    x = np.ascontiguousarray(x, dtype=np.uint8)
+    y = np.ascontiguousarray(y, dtype=np.uint8)
+    s = np.zeros(1, dtype=np.float32)
+    traits.vec_dot(n, _f32_ptr(s), 0, x.ctypes.data, 0, y.ctypes.data, 0, 1)
+    return s[0]
+
+
+def vec_dot_type(name: str) -> int:
+    g = lib()
+    return int(g.ggml_get_type_traits_cpu(ggml_type(name)).contents.vec_dot_type)

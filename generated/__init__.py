@@ -1,0 +1,1 @@
+"""C sources written by mlaref.codegen.generate; never edited by hand."""

@@ -1,0 +1,71 @@
+"""The readable NumPy specification: rounding, block formats, tensors, ops, plans, graphs, allocator.
+
+The thin public face of the formats:
+
+* ``quantize(x, type, *, variant="ref", imatrix=None)`` -> uint8 rows of the format;
+* ``dequantize(data, type)`` -> float32;
+* ``get_type(name)`` -> the format object (``block_size``, ``type_size``, ``row_size(n)``, ...).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mlaref.reference.types import VARIANTS, get_type, registry
+
+__all__ = ["quantize", "dequantize", "get_type", "registry", "VARIANTS"]
+
+
+def quantize(x, type, *, variant: str = "ref", imatrix=None) -> np.ndarray:
+    """Quantize float32 ``x`` (last dim a multiple of the block size) into rows of ``type``.
+
+    Returns uint8 of shape ``x.shape[:-1] + (row_bytes,)``. ``variant`` names the ggml routine reproduced
+    (``ref``, ``model``, ``x86``, ``iqk``; see :mod:`mlaref.reference.types._base`). ``imatrix``, the
+    importance weights of ``ggml_quantize_chunk``, has one float per column and goes with ``variant="model"``.
+    """
+    fmt = get_type(type)
+    if variant not in VARIANTS:
+        raise ValueError(f"quantize: unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    if variant not in fmt.variants:
+        raise ValueError(f"quantize: {fmt.name} has no variant {variant!r}; it has {', '.join(fmt.variants)}")
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        raise TypeError(f"quantize: x must be float32, got {x.dtype}")
+    if x.ndim == 0:
+        raise ValueError("quantize: x must have at least one dimension")
+    n = x.shape[-1]
+    if n == 0 or n % fmt.block_size:
+        raise ValueError(
+            f"quantize: the last dim of x ({n}) must be a positive multiple of {fmt.name}'s block size {fmt.block_size}"
+        )
+    if imatrix is not None:
+        if variant != "model":
+            raise ValueError(f"quantize: imatrix goes with variant='model', not {variant!r}")
+        imatrix = np.asarray(imatrix)
+        if imatrix.dtype != np.float32 or imatrix.shape != (n,):
+            raise ValueError(
+                f"quantize: imatrix must be float32 of shape ({n},) (one weight per column), "
+                f"got {imatrix.dtype} {imatrix.shape}"
+            )
+    rows = np.ascontiguousarray(x).reshape(-1, n)
+    out = fmt.quantize_rows(rows, fmt.variants[variant], imatrix)
+    return out.reshape(x.shape[:-1] + (fmt.row_size(n),))
+
+
+def dequantize(data, type) -> np.ndarray:
+    """Dequantize uint8 rows of ``type`` into float32 of shape ``data.shape[:-1] + (n,)``."""
+    fmt = get_type(type)
+    data = np.asarray(data)
+    if data.dtype != np.uint8:
+        raise TypeError(f"dequantize: data must be uint8 bytes, got {data.dtype}")
+    if data.ndim == 0:
+        raise ValueError("dequantize: data must have at least one dimension")
+    nbytes = data.shape[-1]
+    if nbytes == 0 or nbytes % fmt.type_size:
+        raise ValueError(
+            f"dequantize: the last dim of data ({nbytes} bytes) must be a positive multiple of "
+            f"{fmt.name}'s block bytes {fmt.type_size}"
+        )
+    rows = np.ascontiguousarray(data).reshape(-1, nbytes)
+    out = fmt.dequantize_rows(rows)
+    return out.reshape(data.shape[:-1] + (out.shape[-1],))

@@ -1,0 +1,1 @@
+"""Graph IR and DeepSeek-V2 MLA builders."""

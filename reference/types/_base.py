@@ -1,0 +1,104 @@
+"""The block-format base class and the registry that subclassing fills.
+
+A format is a fixed-size block of ``block_size`` values stored in ``type_size`` bytes, described by a
+NumPy structured dtype whose itemsize is ``type_size``. Subclasses implement two array functions on
+``(n_blocks, ...)`` arrays, as gguf-py's ``quants.py`` does:
+
+* ``quantize_blocks(x, variant, weights)``: ``x`` float32 of shape ``(n_blocks, block_size)`` -> structured
+  array of shape ``(n_blocks,)``;
+* ``dequantize_blocks(blocks)``: the structured array -> float32 ``(n_blocks, block_size)``.
+
+Formats whose layout depends on the position of a block in its row (the interleaved ``q8_0_x4`` /
+``q8_1_x4``) override the row-level ``quantize_rows`` / ``dequantize_rows`` instead.
+
+Quantize variants are named by lineage (FACTS.md section 4d):
+
+=========  ===================================================================================
+variant    meaning
+=========  ===================================================================================
+``ref``    ggml's ``quantize_row_<type>_ref``
+``model``  what ``ggml_quantize_chunk`` writes (model quantization; may take an ``imatrix``)
+``x86``    upstream ggml's x86 CPU ``from_float`` (type_traits_cpu) built with AVX2
+``iqk``    ik_llama.cpp@676f0e71b's IQK ``from_float`` (q8_K and the x4 layouts)
+=========  ===================================================================================
+
+A format lists in ``variants`` the variants it accepts; each maps to the implementation that runs, so
+variants that coincide for a type are the same code (``Q4_0.variants = {"ref": "ref", "model": "ref",
+"x86": "ref"}``).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+VARIANTS = ("ref", "model", "x86", "iqk")
+
+_REGISTRY: dict[str, "BlockFormat"] = {}
+
+
+class BlockFormat:
+    """One ggml tensor type: block geometry, byte layout and the (de)quantization math."""
+
+    name: ClassVar[str]
+    ggml_type: ClassVar[int]  # enum ggml_type value in ggml.h (ik_llama.cpp numbering for the x4 layouts)
+    block_size: ClassVar[int]
+    type_size: ClassVar[int]
+    dtype: ClassVar[np.dtype]
+    vec_dot_type: ClassVar[str]  # the type src1 rows are converted to by ggml's scalar vec_dot (FACTS 4a)
+    is_quantized: ClassVar[bool] = True
+    domain: ClassVar[str] = "every byte pattern"
+    variants: ClassVar[dict[str, str]] = {"ref": "ref", "model": "ref", "x86": "ref"}
+    takes_imatrix: ClassVar[bool] = False  # does the model quantizer use importance weights?
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            return  # an abstract intermediate class
+        assert cls.dtype.itemsize == cls.type_size, (cls.name, cls.dtype.itemsize, cls.type_size)
+        assert cls.name not in _REGISTRY, f"format {cls.name!r} registered twice"
+        _REGISTRY[cls.name] = cls()
+
+    # -- geometry -----------------------------------------------------------------------------------
+    def row_size(self, n: int) -> int:
+        """Bytes of a row of ``n`` values (``ggml_row_size``); ``n`` must be a multiple of the block size."""
+        if n % self.block_size:
+            raise ValueError(f"{self.name}: row length {n} is not a multiple of the block size {self.block_size}")
+        return n // self.block_size * self.type_size
+
+    # -- block level: implemented by each format ------------------------------------------------------
+    def quantize_blocks(self, x: np.ndarray, variant: str, weights: np.ndarray | None) -> np.ndarray:
+        raise NotImplementedError(f"{self.name} cannot be quantized")
+
+    def dequantize_blocks(self, blocks: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def random_blocks(self, rng: np.random.Generator, n_blocks: int) -> np.ndarray:
+        """Random blocks whose every field lies in the valid domain (``domain``); used to test dequantize."""
+        raw = rng.integers(0, 256, size=n_blocks * self.type_size, dtype=np.uint8)
+        return raw.view(self.dtype)
+
+    # -- row level --------------------------------------------------------------------------------------
+    def quantize_rows(self, x: np.ndarray, variant: str, imatrix: np.ndarray | None) -> np.ndarray:
+        """float32 ``(n_rows, n)`` -> uint8 ``(n_rows, row_size(n))``."""
+        n_rows, n = x.shape
+        weights = None
+        if imatrix is not None:
+            weights = np.broadcast_to(imatrix.astype(np.float32), (n_rows, n)).reshape(-1, self.block_size)
+        blocks = self.quantize_blocks(x.reshape(-1, self.block_size), variant, weights)
+        return blocks.view(np.uint8).reshape(n_rows, -1)
+
+    def dequantize_rows(self, data: np.ndarray) -> np.ndarray:
+        """uint8 ``(n_rows, row_bytes)`` -> float32 ``(n_rows, n)``."""
+        n_rows = data.shape[0]
+        blocks = np.ascontiguousarray(data).reshape(-1).view(self.dtype)
+        return self.dequantize_blocks(blocks).reshape(n_rows, -1)
+
+    def __repr__(self) -> str:
+        return f"<format {self.name}: {self.block_size} values in {self.type_size} B>"
+
+
+def registry() -> dict[str, BlockFormat]:
+    """All registered formats by name (a copy)."""
+    return dict(_REGISTRY)
