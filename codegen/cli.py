@@ -1,22 +1,48 @@
-"""The `mlaref` command line: a thin front over the reference, codegen, planner and reports."""
+"""The `mlaref` command line: a thin front; each command lives in the module that does the work."""
+
+from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 import mlaref
+
+# command -> (module, help). The module defines ``configure(parser)`` and ``run(args) -> int``.
+COMMANDS = {
+    "info": ("mlaref.codegen.cpu", "Python, NumPy, compiler, CPU features found / not found, kernels chosen"),
+    "generate": ("mlaref.codegen.generate", "render the kernel catalog into generated/ (--check to verify)"),
+    "bench": ("mlaref.codegen.bench", "benchmarks: types, kernels, ops, mla"),
+    "plan": ("mlaref.reference.alloc", "KV cache and compute buffer per context (ggml-alloc model)"),
+    "inspect": ("mlaref.reference.gguf_io", "hyper-parameters, tensors and memory plan of a GGUF file"),
+    "report": ("mlaref.codegen.report", "the main job: build, check, benchmark, reproduce the seed, write a report"),
+    "conform": ("mlaref.codegen.conform", "check a real libggml against the specification, op by op"),
+}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="mlaref", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mlaref {mlaref.__version__}")
-    sub = parser.add_subparsers(dest="command")
-    sub.add_parser("info", help="Python, NumPy, compiler and CPU features found / not found")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    modules = {}
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            module = importlib.import_module(module_name)
+            configure = module.configure
+        except (ImportError, AttributeError) as exc:
+            p.set_defaults(_missing=f"mlaref {name}: not available in this build ({exc})")
+            continue
+        configure(p)
+        modules[name] = module
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    print("info: not yet")
-    return 0
+    if getattr(args, "_missing", None):
+        print(args._missing, file=sys.stderr)
+        return 2
+    return int(modules[args.command].run(args) or 0)
 
 
 if __name__ == "__main__":

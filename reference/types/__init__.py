@@ -1,10 +1,17 @@
 """ggml tensor types: one block format per file, registered by subclassing ``BlockFormat``.
 
-``get_type(name)`` returns the registered format object; ``registry()`` all of them.
+Every module of this package is imported here, and importing a module registers the formats it defines,
+so adding a format is adding a file. ``get_type(name)`` returns the registered format object.
 """
 
+import importlib
+import pkgutil
+
 from mlaref.reference.types._base import VARIANTS, BlockFormat, registry
-from mlaref.reference.types import q8_0  # noqa: F401  (each import registers its format)
+
+for _m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if not _m.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_m.name}")
 
 __all__ = ["VARIANTS", "BlockFormat", "get_type", "registry"]
 
