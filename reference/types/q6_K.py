@@ -1,0 +1,119 @@
+"""Q6_K: 256 values as 16 sub-blocks of 16 six-bit values with int8 scales and one f16 super-scale.
+
+Block layout (210 bytes, ``block_q6_K`` in ggml-common.h):
+
+======  =======  ===================================================================
+offset  bytes    field
+======  =======  ===================================================================
+0       128      ``ql[128]``: low 4 bits of the 6-bit codes
+128     64       ``qh[64]``: high 2 bits of the 6-bit codes
+192     16       ``scales[16]``: int8 sub-block scales ``sc_b``
+208     2        ``d``: f16 super-scale
+======  =======  ===================================================================
+
+Code of element ``128h + 32k + l`` (half h = 0..1, quarter k = 0..3, l = 0..31), with ``ql``/``qh`` offset by
+``64h`` / ``32h``: low nibble = ``ql[l + 32(k & 1)]`` shifted right by ``4(k >> 1)``; high two bits =
+``qh[l] >> 2k``; its scale is ``scales[8h + 2k + l/16]``.
+
+Dequantization (``dequantize_row_q6_K``), in float32, each product rounded once, left to right::
+
+    y = (f32(d) * sc_b) * (code - 32)
+
+Quantization:
+
+* ``ref`` (``quantize_row_q6_K_ref``): per 16-sub-block, ``scale_b`` and codes from ``make_qx_quants(16, nmax =
+  32, rmse_type = 1)`` (weights ``x**2``); ``max_scale`` = the signed scale of largest magnitude (first on ties);
+  if ``|max_scale| < 1e-15`` the block is all zero bytes. Otherwise ``iscale = -128/max_scale``, ``d =
+  f16(1/iscale)``, ``sc_b = min(127, nearest_int(iscale*scale_b))``, and every sub-block with ``f32(d)*sc_b !=
+  0`` is re-quantized as ``clamp(nearest_int(x / (f32(d)*sc_b)), -32, 31) + 32``; the others keep the codes of
+  ``make_qx_quants`` (0 for an all-zero sub-block, so those dequantize to ``-32 * 0``).
+* ``x86``: upstream ggml's CPU ``from_float`` (``quantize_row_q6_K``, ggml-cpu/quants.c) calls ``ref``.
+* ``model`` (``quantize_q6_K``): ``ref`` without an imatrix; with one, ``quantize_row_q6_K_impl``, which is
+  ``ref`` with the imatrix values themselves as the ``make_qx_quants`` weights.
+
+Reproduces ggml-quants.c of the upstream ggml that ggml-python 0.0.45 vendors; ik_llama.cpp@676f0e71b has the
+same code. No step is fused into an FMA (see :mod:`._kquant_math`).
+
+Valid domain: ``d`` a finite f16; every ``ql``/``qh``/``scales`` byte pattern (ggml's quantizer writes scales in
+[-128, 127] and ``d`` of either sign). Dequantize is defined for every byte pattern.
+"""
+
+import numpy as np
+
+from mlaref.reference import fp
+from mlaref.reference.types import _kquant_math as km
+from mlaref.reference.types._base import BlockFormat
+
+F32 = np.float32
+
+
+class Q6_K(BlockFormat):
+    name = "q6_K"
+    ggml_type = 14
+    block_size = 256
+    type_size = 210
+    dtype = np.dtype([("ql", "u1", (128,)), ("qh", "u1", (64,)), ("scales", "i1", (16,)), ("d", "<u2")])
+    vec_dot_type = "q8_K"
+    domain = "d a finite f16; any ql, qh and scales bytes"
+    variants = {"ref": "ref", "model": "model", "x86": "ref"}
+    takes_imatrix = True
+    chunk_blocks = 256  # keeps the solvers' (value, sub-block) work arrays in L2 cache: ~1.7x over 4096
+
+    def quantize_blocks(self, x, variant, weights):
+        nb = x.shape[0]
+        xs = np.ascontiguousarray(x.reshape(nb * 16, 16).T)  # (16, nb*16): sub-block 16i + b in column 16i + b
+        qw = None
+        if variant == "model" and weights is not None:
+            qw = np.ascontiguousarray(weights.reshape(nb * 16, 16).T)
+        scales, L = km.make_qx_quants(xs, 32, qw)
+        scales = scales.reshape(nb, 16)
+        max_scale = km.first_absmax(np.ascontiguousarray(scales.T))
+        zero = np.abs(max_scale) < km.GROUP_MAX_EPS
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            iscale = F32(-128) / max_scale
+            d = fp.f32_to_f16_soft(F32(1) / iscale)
+            sc = np.minimum(127, km.nearest_int(iscale[:, None] * scales)).astype(np.int8)
+            D = (fp.f16_to_f32(d)[:, None] * sc.astype(F32)).reshape(-1)
+            Lr = np.clip(km.nearest_int(xs / D[None, :]), -32, 31) + 32
+        L = np.where((D != 0)[None, :], Lr, L).astype(np.uint8)
+        # (nb, 2 halves, 4 quarters, 32): element 128h + 32k + l.
+        Lb = L.T.reshape(nb, 2, 4, 32)
+        ql = np.empty((nb, 2, 2, 32), dtype=np.uint8)
+        ql[:, :, 0] = (Lb[:, :, 0] & 0xF) | ((Lb[:, :, 2] & 0xF) << 4)
+        ql[:, :, 1] = (Lb[:, :, 1] & 0xF) | ((Lb[:, :, 3] & 0xF) << 4)
+        qh = (Lb[:, :, 0] >> 4) | ((Lb[:, :, 1] >> 4) << 2) | ((Lb[:, :, 2] >> 4) << 4) | ((Lb[:, :, 3] >> 4) << 6)
+        out = np.zeros(nb, dtype=self.dtype)
+        keep = ~zero
+        out["ql"][keep] = ql.reshape(nb, 128)[keep]
+        out["qh"][keep] = qh.reshape(nb, 64)[keep]
+        out["scales"][keep] = sc[keep]
+        out["d"] = np.where(zero, fp.f32_to_f16_soft(F32(0)), d)
+        return out
+
+    def dequantize_blocks(self, blocks):
+        nb = blocks.shape[0]
+        d = fp.f16_to_f32(blocks["d"])
+        ql = blocks["ql"].reshape(nb, 2, 2, 32)
+        qh = blocks["qh"].reshape(nb, 2, 32)
+        # code[n, h, k, l] for element 128h + 32k + l: quarters k = 0, 1 are the low nibbles of ql[0:32] and
+        # ql[32:64], k = 2, 3 their high nibbles; bits 4-5 come from qh >> 2k.
+        code = np.empty((nb, 2, 2, 2, 32), dtype=np.uint8)
+        np.bitwise_and(ql, 0xF, out=code[:, :, 0])
+        np.right_shift(ql, 4, out=code[:, :, 1])
+        code = code.reshape(nb, 2, 4, 32)
+        for k in range(4):
+            code[:, :, k] |= ((qh >> (2 * k)) & 3) << 4
+        code = code.view(np.int8)
+        code -= 32
+        y = code.astype(F32).reshape(nb, 16, 16)
+        ds = d[:, None] * blocks["scales"].astype(F32)  # (nb, 16): scale of sub-block b = 16 elements
+        np.multiply(ds[:, :, None], y, out=y)
+        return y.reshape(nb, 256)
+
+    def random_blocks(self, rng, n_blocks):
+        out = np.empty(n_blocks, dtype=self.dtype)
+        out["ql"] = rng.integers(0, 256, size=(n_blocks, 128), dtype=np.uint8)
+        out["qh"] = rng.integers(0, 256, size=(n_blocks, 64), dtype=np.uint8)
+        out["scales"] = rng.integers(-128, 128, size=(n_blocks, 16), dtype=np.int8)
+        out["d"] = fp.f32_to_f16(rng.standard_normal(n_blocks).astype(F32) * F32(0.01))
+        return out
