@@ -5,16 +5,24 @@ platform's rounding of float16 or on ``np.float16`` casts, so the rules are visi
 
 Two f32 -> f16 conversions exist in ggml and differ only on NaN:
 
-=====================  ==========================================  =============================================
-function               ggml routine reproduced                     NaN result
-=====================  ==========================================  =============================================
-``f32_to_f16``         F16C ``vcvtps2ph`` (``ggml_cpu_fp32_to_fp16``,   sign | 0x7E00 | payload >> 13 (quieted)
-                       ``GGML_CPU_FP32_TO_FP16`` on x86 with F16C)
-``f32_to_f16_soft``    ``ggml_compute_fp32_to_fp16`` (ggml-impl.h;  sign | 0x7E00
-                       ``ggml_fp32_to_fp16_row`` in ggml.c)
-=====================  ==========================================  =============================================
+=====================  ===================================================  ==========================================
+function               ggml routine reproduced                              NaN result
+=====================  ===================================================  ==========================================
+``f32_to_f16``         F16C ``vcvtps2ph`` / ``_cvtss_sh``                   sign | 0x7E00 | payload >> 13 (quieted)
+``f32_to_f16_soft``    ``ggml_compute_fp32_to_fp16`` (ggml-impl.h)          sign | 0x7E00
+=====================  ===================================================  ==========================================
 
 Finite values round to nearest, ties to even, in both; |x| >= 65520 becomes +-Inf.
+
+Which one a row conversion uses depends on the build and on the position in the row:
+
+* ik_llama.cpp@676f0e71b, x86 with F16C: ``ggml_fp32_to_fp16_row`` uses ``vcvtps2ph`` for chunks of 8 and 4 and
+  ``_cvtss_sh`` (also F16C) for the tail, so every element follows ``f32_to_f16``.
+* upstream ggml (the ``ggml-python`` peer): ``ggml_fp32_to_fp16_row`` (``from_float_ref``) is the portable
+  routine throughout (``f32_to_f16_soft``), while the CPU back-end's ``ggml_cpu_fp32_to_fp16`` (``from_float``)
+  uses F16C for chunks of 16, 8 and 4 and the portable routine for the last ``n % 4`` elements of a row,
+  because ``GGML_CPU_FP32_TO_FP16`` falls back to ``GGML_COMPUTE_FP32_TO_FP16`` with GCC/Clang
+  (ggml-cpu/simd-mappings.h). ``f32_to_f16_cpu_row`` models that.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ __all__ = [
     "bits_f32",
     "f32_to_f16",
     "f32_to_f16_soft",
+    "f32_to_f16_cpu_row",
     "f16_to_f32",
     "f32_to_bf16",
     "f32_to_bf16_avx512",
@@ -91,6 +100,20 @@ def f32_to_f16_soft(x) -> np.ndarray:
     return np.where(a > 0x7F800000, ((u >> 16) & 0x8000) | 0x7E00, h).astype(np.uint16)
 
 
+def f32_to_f16_cpu_row(x) -> np.ndarray:
+    """f32 rows (last axis) -> f16 bits as upstream ggml's CPU ``from_float`` for F16 (``ggml_cpu_fp32_to_fp16``).
+
+    The first ``n - n % 4`` values of each row of ``n`` take F16C (``f32_to_f16``), the last ``n % 4`` the portable
+    routine (``f32_to_f16_soft``); the two differ only on NaN payloads.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 0:
+        raise ValueError("f32_to_f16_cpu_row: x must have at least one dimension (rows along the last axis)")
+    n = x.shape[-1]
+    tail = np.arange(n) >= n - n % 4
+    return np.where(tail, f32_to_f16_soft(x), f32_to_f16(x)).astype(np.uint16)
+
+
 def f16_to_f32(h) -> np.ndarray:
     """f16 bits (uint16) -> float32, exact.
 
@@ -124,8 +147,10 @@ def f32_to_bf16(x) -> np.ndarray:
 def f32_to_bf16_avx512(x) -> np.ndarray:
     """f32 -> bf16 bits as AVX512-BF16 ``vcvtne2ps2bf16``: RNE, subnormal inputs flushed to +-0, NaN quieted.
 
-    ``ggml_fp32_to_bf16_row`` uses this for 32-element chunks on CPUs with AVX512-BF16 and the scalar
-    ``f32_to_bf16`` for the tail, so the two can differ on subnormals.
+    ``ggml_fp32_to_bf16_row`` (ggml.c) uses this for 32-element chunks when ggml.c itself is compiled with
+    AVX512-BF16 (ik_llama.cpp built with ``-march=native`` on such a CPU) and the scalar ``f32_to_bf16`` for the
+    tail, so the two can differ on subnormals. The ggml-python peer's ggml-base is built without it, so there
+    the row function is scalar throughout (tests/reference/test_fp.py probes which build it is).
     """
     u = f32_bits(x)
     subnormal = ((u & 0x7F800000) == 0) & ((u & 0x7FFFFF) != 0)
@@ -140,10 +165,12 @@ def bf16_to_f32(b) -> np.ndarray:
 
 def roundf(x) -> np.ndarray:
     """C ``roundf``: nearest integer, halfway cases away from zero, as float32."""
-    xd = np.asarray(x, dtype=np.float32).astype(np.float64)
-    t = np.trunc(xd)
-    frac = xd - t  # exact: both are doubles holding float32-representable values
-    t = t + np.where(np.abs(frac) >= 0.5, np.sign(xd), 0.0)
+    with np.errstate(invalid="ignore"):  # signalling NaNs in the cast, inf - inf for infinite x (kept as t = x)
+        xd = np.asarray(x, dtype=np.float32).astype(np.float64)
+        t = np.trunc(xd)
+        frac = xd - t  # exact: both are doubles holding float32-representable values
+        # np.where, not t + 0.0: adding +0.0 would turn roundf(-0.3) = -0.0 into +0.0.
+        t = np.where(np.abs(frac) >= 0.5, t + np.sign(xd), t)
     return t.astype(np.float32)
 
 
