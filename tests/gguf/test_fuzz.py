@@ -19,7 +19,7 @@ import numpy as np
 from mlaref.reference import gguf_io
 
 N_CASES = 3000
-TIME_BUDGET_S = 40.0
+CASE_TIME_LIMIT_S = 10.0  # a hang guard per file, not a speed target (speed is never asserted in tests)
 N_TRACED = 300  # the first cases run under tracemalloc (6x slower): their peak allocation is bounded
 MEMORY_BUDGET = 64 * 2**20
 RSS_BUDGET = 256 * 2**20  # growth of the process's peak resident set over the whole campaign
@@ -37,6 +37,7 @@ def test_fuzz_open_gguf(fuzz_seed, tools, tmp_path):
     unchanged = 0
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     peak = 0
+    slowest = 0.0
     tracemalloc.start()
     t0 = time.perf_counter()
     gen = tools.mutations(data, offs, rng)
@@ -46,6 +47,7 @@ def test_fuzz_open_gguf(fuzz_seed, tools, tmp_path):
         unchanged += blob == data
         p = tmp_path / f"c{i}.gguf"
         p.write_bytes(blob)
+        t_case = time.perf_counter()
         try:
             m = gguf_io.open_gguf(p)
             for t in m.tensors.values():
@@ -58,18 +60,19 @@ def test_fuzz_open_gguf(fuzz_seed, tools, tmp_path):
                 reader_wrapped.append((kind, str(exc)))
         except Exception as exc:  # noqa: BLE001  (the point of the test: nothing else may escape)
             foreign.append((kind, f"{type(exc).__name__}: {exc}"))
+        slowest = max(slowest, time.perf_counter() - t_case)
         p.unlink()
         if i == N_TRACED - 1:
             _, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
     elapsed = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0
-    report = (f"{N_CASES} cases in {elapsed:.1f} s, traced peak {peak / 2**20:.1f} MiB, max RSS growth "
+    report = (f"{N_CASES} cases in {elapsed:.1f} s (slowest {slowest:.2f} s), traced peak {peak / 2**20:.1f} MiB, max RSS growth "
               f"{rss / 2**20:.1f} MiB; mutations {dict(kinds)}; outcomes {dict(outcomes)}; unchanged {unchanged}")
     print(report)
     assert not foreign, f"{len(foreign)} non-GGUFError exceptions, e.g. {foreign[:5]}\n{report}"
     assert not reader_wrapped, f"the header scan let through {reader_wrapped[:5]}\n{report}"
-    assert elapsed < TIME_BUDGET_S, report
+    assert slowest < CASE_TIME_LIMIT_S, report
     assert 0 < peak < MEMORY_BUDGET and rss < RSS_BUDGET, report
     # the campaign must reach the checks it is meant to reach
     for cls in ["BadMagic", "UnsupportedVersion", "Truncated", "BadHeader", "TensorOutOfBounds", "ShapeOverflow",
