@@ -2,7 +2,8 @@
 
 Fields carry llama.cpp's names (``llama_hparams`` in ``src/llama.cpp@676f0e71b``); the GGUF keys are
 ``deepseek2.<key>`` (FACTS.md 1.1). llama.cpp decides "Lite" (no q low-rank projection, a plain ``wq``)
-only by ``n_layer == 27`` (``llm_load_hparams``), and so does :attr:`HParams.is_lite`.
+only by ``n_layer == 27`` (``llm_load_hparams``); :attr:`HParams.is_lite` keys it on ``n_lora_q == 0`` instead,
+so that synthetic models with fewer layers keep the Lite structure.
 
 Derived values used by the graph (``build_deepseek2``, FACTS.md 1.3), in float32 as the C++ computes them::
 
@@ -122,16 +123,6 @@ class HParams:
             raise ValueError(
                 f"HParams.n_layer_dense_lead ({self.n_layer_dense_lead}) must not exceed n_layer ({self.n_layer})"
             )
-        if self.is_lite and self.n_lora_q != 0:
-            raise ValueError(
-                f"HParams.n_lora_q must be 0 when n_layer == 27 (llama.cpp treats 27 layers as Lite and builds a "
-                f"plain wq), got {self.n_lora_q}"
-            )
-        if not self.is_lite and self.n_lora_q <= 0:
-            raise ValueError(
-                "HParams.n_lora_q must be > 0 unless n_layer == 27 (non-Lite models use wq_a/wq_b), "
-                f"got {self.n_lora_q}"
-            )
         if self.expert_gating_func not in ("softmax", "sigmoid"):
             raise ValueError(
                 f"HParams.expert_gating_func must be 'softmax' or 'sigmoid', got {self.expert_gating_func!r}"
@@ -142,7 +133,17 @@ class HParams:
     # -- derived --------------------------------------------------------------------------------------
     @property
     def is_lite(self) -> bool:
-        """llama.cpp's rule: ``is_lite = (n_layer == 27)``."""
+        """Whether q comes from a plain ``wq`` (no q low-rank projection): ``n_lora_q == 0``.
+
+        This is what shapes the graph. llama.cpp itself decides it by ``n_layer == 27`` (``llm_load_hparams``,
+        ``llama.cpp@676f0e71b``; see :attr:`loader_is_lite`), which is the same thing for real checkpoints but
+        would refuse synthetic models with fewer layers, so mlaref keys the structure on ``n_lora_q``.
+        """
+        return self.n_lora_q == 0
+
+    @property
+    def loader_is_lite(self) -> bool:
+        """llama.cpp's own rule: ``is_lite = (n_layer == 27)``."""
         return self.n_layer == 27
 
     @property
