@@ -122,7 +122,7 @@ def test_inspect_plans_the_compute_buffer_through_alloc(tmp_path, capsys):
     gguf_io.write_synthetic(lite, "tiny", seed=1)
     ml = gguf_io.open_gguf(lite)
     assert ml.hp is not None and ml.hp.is_lite and not ml.hp.loader_is_lite
-    assert cli_main(["inspect", str(lite)]) == 0
+    assert cli_main(["inspect", str(lite), "--ctx", "2048"]) == 0
     out = capsys.readouterr().out
-    expect = alloc.compute_buffer(ml.hp, 512, variant="direct", cache_type="f16").buffer_size
+    expect = alloc.compute_buffer(ml.hp, 2048, variant="direct", cache_type="f16").buffer_size
     assert f"compute buffer (ubatch 512): PR #253 {expect} B" in out
