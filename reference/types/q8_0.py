@@ -13,21 +13,98 @@ Dequantization: ``y[j] = qs[j] * f32(d)``, exact in float32 (an 8-bit times an 1
 
 Quantization, per block with ``amax = max |x_j|``:
 
-* ``ref`` (``quantize_row_q8_0_ref``, ggml-quants.c): ``d = amax / 127``; ``id = 1/d`` (0 if ``d == 0``);
-  ``q = roundf(x * id)`` (ties away from zero); store ``f16(d)``.
+* ``ref`` (``quantize_row_q8_0_ref``, ggml-quants.c@676f0e71b): ``d = amax / 127``; ``id = 1/d`` (0 if
+  ``d == 0``); ``q = roundf(x * id)`` (ties away from zero); store ``f16(d)`` with ggml's software conversion.
 * ``x86`` (``quantize_row_q8_0`` in ggml-cpu/arch/x86/quants.c, AVX2/AVX): the same ``d``, but the multiplier is
-  ``id = 127 / amax`` and the rounding is ``_mm256_round_ps(_MM_ROUND_NEAREST)``, i.e. ties to even. The two
+  ``id = 127 / amax`` and the rounding is ``_mm256_round_ps(_MM_ROUND_NEAREST)``, i.e. ties to even. ``d`` is
+  stored with ``GGML_CPU_FP32_TO_FP16``, which upstream (GCC/Clang) maps to the software routine, as ``ref``
+  does (ik_llama.cpp's IQK quantizers store with F16C; the two differ only on NaN). ``ref`` and ``x86``
   differ on exact .5 ties and wherever ``127/amax`` and ``1/(amax/127)`` differ by an ulp (FACTS.md 4d).
 * ``model`` is ``ref`` (``quantize_q8_0`` ignores the imatrix).
 
-Valid domain: ggml's quantizers never write -128 (``|x * id| <= 127`` up to rounding), so ``qs`` lies in
-[-127, 127]; ``d`` is any finite f16. Dequantize is defined for every byte pattern.
+Non-finite products. Where ``x * id`` is not finite (an infinite input, or ``amax`` so small that the
+multiplier overflows, ``amax < 127 / FLT_MAX``), the x86 path is still defined: ``_mm256_cvtps_epi32`` returns
+the "integer indefinite" 0x80000000 and the two saturating packs make it -128. The ``ref`` path converts a
+non-finite float to ``int8_t``, which is undefined behaviour in C; the reference writes 0 there (the low byte
+of 0x80000000, what GCC's ``cvttss2si`` code gives), and tests do not compare those bytes. NaN inputs are
+outside the domain of both paths (the x86 ``max_ps`` tree drops or keeps a NaN depending on its position).
+
+Valid domain: ggml's quantizers never write -128 for finite inputs (``|x * id| <= 127`` up to rounding), so
+``qs`` lies in [-127, 127]; ``d`` is any finite f16. Dequantize is defined for every byte pattern.
 """
 
 import numpy as np
 
-from mlaref.reference import fp
+from mlaref.reference.types import f16
 from mlaref.reference.types._base import BlockFormat
+
+_HALF_BELOW = np.nextafter(np.float32(0.5), np.float32(0))  # 0.5 - 2**-25
+
+
+def round_half_away(v: np.ndarray) -> np.ndarray:
+    """C ``roundf`` on float32, in place on ``v`` and returned: ``trunc(v + copysign(0.5 - 2**-25, v))``.
+
+    Adding the largest float below 0.5 and truncating is ``roundf`` for every float32: below 0.5 nothing
+    can round up to the next integer, and an exact .5 sums to a tie that rounds to the even, larger-magnitude
+    neighbour. Equal to ``fp.roundf`` (tested), without its float64 round trip.
+    """
+    v += np.copysign(_HALF_BELOW, v)
+    return np.trunc(v, out=v)
+
+
+def x86_round_to_int8(v: np.ndarray, amax: np.ndarray, iscale: np.ndarray) -> np.ndarray:
+    """``_mm256_round_ps(NEAREST)``, ``_mm256_cvtps_epi32`` and the saturating packs to int8, for x86 q8 rows.
+
+    ``v`` is float32 ``(n_blocks, 32)``, ``amax`` and ``iscale`` its blocks' maxima and multipliers. Finite
+    products lie in [-127.5, 127.5] and round to even; a non-finite product becomes -128 (the integer
+    indefinite, saturated). Only blocks whose maximum or multiplier is not finite can hold such products, so
+    only they are checked element by element.
+    """
+    with np.errstate(invalid="ignore"):
+        q = np.rint(v).astype(np.int8)
+    bad = ~(np.isfinite(amax) & np.isfinite(iscale))
+    if bad.any():
+        q[bad] = np.where(np.isfinite(v[bad]), q[bad], np.int8(-128))
+    return q
+
+
+def ref_round_to_int8(v: np.ndarray, amax: np.ndarray, iscale: np.ndarray) -> np.ndarray:
+    """``(int8_t)roundf(v)`` of the reference quantizers; a non-finite ``v`` (C UB) gives 0, see the module doc."""
+    with np.errstate(invalid="ignore"):
+        q = round_half_away(v).astype(np.int8)
+    bad = ~(np.isfinite(amax) & np.isfinite(iscale))
+    if bad.any():
+        q[bad] = np.where(np.isfinite(v[bad]), q[bad], np.int8(0))
+    return q
+
+
+def q8_scales(x: np.ndarray, variant: str):
+    """``amax``, ``d = amax/127`` and the multiplier of the q8 quantizers (ref: ``1/d``; x86, iqk: ``127/amax``)."""
+    # The maximum of the magnitude bits is the bits of max |x| (same order for non-NaN floats), and an
+    # integer max over a short axis is several times faster than a float one in NumPy.
+    amax = (x.view(np.int32) & np.int32(0x7FFFFFFF)).max(axis=1).view(np.float32)
+    d = amax / np.float32(127)
+    with np.errstate(divide="ignore", over="ignore"):
+        if variant in ("x86", "iqk"):
+            iscale = np.where(amax != 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+        else:
+            iscale = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    return amax, d, iscale
+
+
+def q8_quantize(x: np.ndarray, variant: str):
+    """The shared q8 step: ``(d, qs)`` with ``d`` float32 ``(n_blocks,)`` and ``qs`` int8 ``(n_blocks, 32)``."""
+    amax, d, iscale = q8_scales(x, variant)
+    with np.errstate(invalid="ignore", over="ignore"):
+        v = x * iscale[:, None]
+    if variant in ("x86", "iqk"):
+        return d, x86_round_to_int8(v, amax, iscale)
+    return d, ref_round_to_int8(v, amax, iscale)
+
+
+def f16_of(d: np.ndarray, variant: str) -> np.ndarray:
+    """Store a scale: F16C in ik_llama.cpp's IQK code, the software routine in upstream ggml (base and CPU)."""
+    return f16.encode(d, f16c=variant == "iqk")
 
 
 class Q8_0(BlockFormat):
@@ -41,26 +118,22 @@ class Q8_0(BlockFormat):
     variants = {"ref": "ref", "model": "ref", "x86": "x86"}
 
     def quantize_blocks(self, x, variant, weights):
-        amax = np.max(np.abs(x), axis=1)
-        d = (amax / np.float32(127)).astype(np.float32)
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            if variant == "x86":
-                iscale = np.where(amax != 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
-                q = np.rint(x * iscale[:, None])  # ties to even, as _MM_ROUND_NEAREST
-            else:
-                iscale = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
-                q = fp.roundf(x * iscale[:, None])
+        d, q = q8_quantize(x, variant)
         out = np.empty(x.shape[0], dtype=self.dtype)
-        out["d"] = fp.f32_to_f16(d)
-        out["qs"] = q.astype(np.int8)
+        out["d"] = f16_of(d, variant)
+        out["qs"] = q
         return out
 
     def dequantize_blocks(self, blocks):
-        d = fp.f16_to_f32(blocks["d"])
-        return blocks["qs"].astype(np.float32) * d[:, None]
+        out = np.empty((blocks.shape[0], 32), dtype=np.float32)
+        self.dequantize_into(blocks, out)
+        return out
+
+    def dequantize_into(self, blocks, out):
+        np.multiply(blocks["qs"], f16.decode(blocks["d"])[:, None], out=out)
 
     def random_blocks(self, rng, n_blocks):
         out = np.empty(n_blocks, dtype=self.dtype)
-        out["d"] = fp.f32_to_f16(rng.standard_normal(n_blocks).astype(np.float32) * np.float32(0.01))
+        out["d"] = f16.encode(rng.standard_normal(n_blocks).astype(np.float32) * np.float32(0.01), f16c=False)
         out["qs"] = rng.integers(-127, 128, size=(n_blocks, 32), dtype=np.int8)
         return out

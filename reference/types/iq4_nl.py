@@ -1,0 +1,180 @@
+"""IQ4_NL: 32 four-bit indices into a fixed non-linear table, and one f16 scale.
+
+Block layout (18 bytes, ``block_iq4_nl`` in ggml-common.h):
+
+======  =======  =====================================================================
+offset  bytes    field
+======  =======  =====================================================================
+0       2        ``d``: f16 scale
+2       16       ``qs[16]``: byte j holds index j in its low nibble, index j+16 in its high
+======  =======  =====================================================================
+
+Dequantization (``dequantize_row_iq4_nl``): ``y = f32(d) * kvalues_iq4nl[idx]``, exact in float32, with
+``kvalues_iq4nl = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113}``.
+
+Quantization, ``quantize_row_iq4_nl_impl(super_block_size=32, block_size=32, ..., ntry)`` (ggml-quants.c
+@676f0e71b and upstream ggml), per block, all sums in float and element order:
+
+1. ``sigma2 = (sum x^2) * (2/32)``; weights ``w = x^2`` without an imatrix, ``qw * sqrtf(sigma2 + x^2)`` with one.
+2. ``max`` = the signed x of largest ``|x|`` (first on ties). If ``amax < 1e-15``: scale 0 (``d = 0``), see
+   step 5 for the indices.
+3. ``d = (ntry > 0 ? -max : max) / -127``, ``id = 1/d``, ``L = best_index(id*x)``, ``q = kvalues[L]``,
+   ``sumqx = sum (w*q)*x``, ``sumq2 = sum (w*q)*q``, ``d = sumq2 > 0 ? sumqx/sumq2 : 0``, ``best = d*sumqx``.
+4. For ``itry = -ntry..ntry``: ``id = (itry - 127)/max``, the same sums; taken when ``sumq2 > 0`` and
+   ``sumqx*sumqx > best*sumq2`` (``d = sumqx/sumq2``, ``best = d*sumqx``).
+5. Store ``f16(d)``. With ``ntry > 0`` the indices are recomputed as ``best_index(id*x)`` with ``id = 1/d``
+   (0 if ``d == 0``). With ``ntry = -1`` the indices of step 3 are kept, and a block that took the
+   ``amax < 1e-15`` exit in step 2 gets no indices at all: ggml packs whatever its ``L`` scratch array holds,
+   the previous block's indices or, for the first block of a call, uninitialised stack memory.
+
+``best_index`` (``best_index_int8`` upstream, ``best_index_iq4nl`` in ik_llama.cpp) is the index of the nearest
+table value, ties to the higher index: below ``kvalues[0]`` 0, above ``kvalues[15]`` 15, otherwise with ``lo``,
+``hi`` the neighbours ``x - kvalues[lo] < kvalues[hi] - x ? lo : hi`` in float arithmetic.
+
+Variants:
+
+* ``ref`` = ``quantize_row_iq4_nl_ref`` (also the CPU ``from_float``, so ``x86`` is the same): ``ntry = -1``, no
+  weights. **Documented choice for the unspecified bytes**: for an ``amax < 1e-15`` block the reference writes
+  index 8 (``kvalues[8] = 1``, the table value nearest 0) into all 32 nibbles, i.e. ``qs = 0x88``, which is
+  what the ``model`` path computes for such a block (``best_index(0 * x) = 8``). Its ``d`` is 0, so it
+  dequantizes to zeros either way; tests compare those nibbles as "don't care".
+* ``model`` = ``quantize_iq4_nl`` (``ggml_quantize_chunk``): ``ntry = 7`` with the optional imatrix.
+
+ik_llama.cpp@676f0e71b differs from upstream ggml in one place: its step 3 divides ``sumqx/sumq2`` without
+the ``sumq2 > 0`` guard, so a block whose imatrix weights are all zero gets a NaN scale there and 0 here
+(without an imatrix ``sumq2 > 0`` always holds, so ``ref`` is unaffected).
+
+Valid domain: ``d`` a finite f16; every index is a value.
+"""
+
+import numpy as np
+
+from mlaref.reference.types import f16
+from mlaref.reference.types._base import BlockFormat
+from mlaref.reference.types.q4_0 import GROUP_MAX_EPS, pack_nibbles, signed_absmax, unpack_nibbles
+
+KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
+_KV = KVALUES.astype(np.float32)
+ZERO_BLOCK_INDEX = 8  # the index the reference writes into blocks with amax < 1e-15 (module doc, ref)
+
+
+def best_index(x: np.ndarray) -> np.ndarray:
+    """``best_index_int8(16, kvalues_iq4nl, x)`` elementwise: the nearest table index, ties to the higher.
+
+    ``hi`` = 15 - the number of ``kvalues[1..14]`` that are ``> x``: the binary search's ``mu`` for x inside the
+    table's range (14 comparisons, faster in NumPy than ``searchsorted``). Then ``x - kv[hi-1] < kv[hi] - x ?
+    hi-1 : hi`` in float32, and the two clamps. A NaN fails every comparison, here as in ggml's binary search,
+    and gets 15 (it reaches the table only through a NaN scale, e.g. from infinite weights ``x*x``).
+    Returns uint8 of ``x``'s shape.
+    """
+    hi = np.full(x.shape, 15, dtype=np.uint8)
+    for k in range(1, 15):
+        hi -= x < _KV[k]
+    lo = hi - np.uint8(1)
+    idx = np.where(x - _KV.take(lo) < _KV.take(hi) - x, lo, hi)
+    idx[x <= _KV[0]] = 0
+    idx[x >= _KV[15]] = 15
+    return idx
+
+
+def _sums(x: np.ndarray, w: np.ndarray, L: np.ndarray):
+    """``sumqx = sum (w*q)*x`` and ``sumq2 = sum (w*q)*q`` over the last axis, in element order.
+
+    ``x``, ``w``: ``(nb, 32)``; ``L``: ``(nb, ..., 32)`` indices; sums have ``L``'s shape without the last axis.
+    """
+    q = _KV[L]
+    extra = (slice(None),) + (None,) * (L.ndim - 2)
+    sumqx = np.zeros(L.shape[:-1], dtype=np.float32)
+    sumq2 = np.zeros(L.shape[:-1], dtype=np.float32)
+    for j in range(L.shape[-1]):
+        wq = w[:, j][extra] * q[..., j]
+        sumqx += wq * x[:, j][extra]
+        sumq2 += wq * q[..., j]
+    return sumqx, sumq2
+
+
+def quantize_iq4_nl_blocks(x: np.ndarray, ntry: int, qw: np.ndarray | None):
+    """``quantize_row_iq4_nl_impl`` with one 32-block per super-block, on every block: ``(d, L)``.
+
+    ``d`` float32 ``(n_blocks,)`` (before the f16 store), ``L`` uint8 indices ``(n_blocks, 32)``; blocks with
+    ``amax < 1e-15`` get ``d = 0`` and, for ``ntry <= 0``, ``ZERO_BLOCK_INDEX`` (see the module doc).
+    """
+    nb = x.shape[0]
+    if qw is None:
+        w = x * x
+    else:
+        sigma2 = np.zeros(nb, dtype=np.float32)
+        for j in range(x.shape[1]):
+            sigma2 += x[:, j] * x[:, j]
+        sigma2 *= np.float32(2.0 / 32)
+        w = (qw * np.sqrt(sigma2[:, None] + x * x)).astype(np.float32)
+    amax, mx = signed_absmax(x)
+    tiny = amax < GROUP_MAX_EPS
+    mx = np.where(tiny, np.float32(1), mx).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        d = (-mx if ntry > 0 else mx) / np.float32(KVALUES[0])
+        iscale = np.float32(1) / d
+        L = best_index(iscale[:, None] * x)
+        sumqx, sumq2 = _sums(x, w, L)
+        d = np.where(sumq2 > 0, sumqx / sumq2, np.float32(0)).astype(np.float32)
+        if ntry > 0:
+            best = d * sumqx
+            tries = np.arange(-ntry, ntry + 1)
+            ids = (tries + int(KVALUES[0])).astype(np.float32)[None, :] / mx[:, None]  # (nb, 2 ntry + 1)
+            Lt = best_index(ids[:, :, None] * x[:, None, :])
+            sqx, sq2 = _sums(x, w, Lt)
+            for t in range(tries.size):
+                take = (sq2[:, t] > 0) & (sqx[:, t] * sqx[:, t] > best * sq2[:, t])
+                d = np.where(take, sqx[:, t] / sq2[:, t], d).astype(np.float32)
+                best = np.where(take, d * sqx[:, t], best).astype(np.float32)
+            d = np.where(tiny, np.float32(0), d).astype(np.float32)
+            iscale = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+            L = best_index(iscale[:, None] * x)
+        else:
+            d = np.where(tiny, np.float32(0), d).astype(np.float32)
+            L[tiny] = ZERO_BLOCK_INDEX
+    return d, L
+
+
+class IQ4_NL(BlockFormat):
+    name = "iq4_nl"
+    ggml_type = 20
+    block_size = 32
+    type_size = 18
+    dtype = np.dtype([("d", "<u2"), ("qs", "u1", (16,))])
+    vec_dot_type = "q8_0"
+    domain = "d a finite f16; qs any"
+    variants = {"ref": "ref", "model": "model", "x86": "ref"}
+    takes_imatrix = True
+
+    def quantize_blocks(self, x, variant, weights):
+        out = np.empty(x.shape[0], dtype=self.dtype)
+        if variant == "model":
+            # the 15 tries make 15x larger temporaries: work in pieces that stay in cache
+            for i in range(0, x.shape[0], 512):
+                w = None if weights is None else weights[i : i + 512]
+                out[i : i + 512] = self.quantize_blocks_once(x[i : i + 512], 7, w)
+            return out
+        return self.quantize_blocks_once(x, -1, None)
+
+    def quantize_blocks_once(self, x, ntry, weights):
+        """One ``quantize_iq4_nl_blocks`` call packed into blocks."""
+        d, L = quantize_iq4_nl_blocks(x, ntry, weights)
+        out = np.empty(x.shape[0], dtype=self.dtype)
+        out["d"] = f16.encode(d, f16c=False)
+        out["qs"] = pack_nibbles(L)
+        return out
+
+    def dequantize_blocks(self, blocks):
+        out = np.empty((blocks.shape[0], 32), dtype=np.float32)
+        self.dequantize_into(blocks, out)
+        return out
+
+    def dequantize_into(self, blocks, out):
+        np.multiply(KVALUES.take(unpack_nibbles(blocks["qs"])), f16.decode(blocks["d"])[:, None], out=out)
+
+    def random_blocks(self, rng, n_blocks):
+        out = np.empty(n_blocks, dtype=self.dtype)
+        out["d"] = f16.encode(rng.standard_normal(n_blocks).astype(np.float32) * np.float32(0.01), f16c=False)
+        out["qs"] = rng.integers(0, 256, size=(n_blocks, 16), dtype=np.uint8)
+        return out
