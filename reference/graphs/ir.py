@@ -33,10 +33,11 @@ Two ops are mlaref's own, for the chunked FlashMLA-2 variant (not in ggml):
     be a strided view (a column block of the full mask); ``ne0`` of the mask equals the chunk's cell count.
 ``fa_merge(a, b, final)``
     merges two partials in a fixed order (a is the earlier chunks): ``M = max(Ma, Mb)``,
-    ``wa = exp(Ma − M)`` (0 if ``Ma = −inf``), ``wb`` likewise, ``acc = acc_a·wa + acc_b·wb``,
-    ``S = S_a·wa + S_b·wb``. With ``final`` the result is ``acc / S`` (0 where ``S = 0``) in ``flash_attn_ext``'s
+    ``wa = exp(Ma − M)`` (0 if ``Ma = −inf``), ``wb`` likewise, ``acc = fma(acc_b, wb, acc_a·wa)``,
+    ``S = fma(S_b, wb, S_a·wa)`` (one rounding each, as the blocked ``flash_attn_ext`` merges its KV chunks).
+    With ``final`` the result is ``acc · (1/S)`` (0 where ``S = 0``) in ``flash_attn_ext``'s
     result layout ``[Dv, n_head, n_tokens]``; otherwise a partial again. ``b`` may be None (one chunk): then
-    ``final`` must be set and the result is ``acc_a / S_a``.
+    ``final`` must be set and the result is ``acc_a · (1/S_a)``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,385 @@
+"""The graph executor: runs an IR graph node by node, in graph order, on the reference ops (or on overrides).
+
+``run_graph(g, weights=..., kv_cache=..., inputs=..., keep=..., impl=..., options=...)`` walks
+``g.graph.nodes`` (the order ``build_forward_expand`` gives, FACTS 3.3) and binds every IR tensor to an
+:class:`mlaref.reference.tensor.Tensor`:
+
+* **leaves** by name: weights (``g.weights``; every IR leaf of that name, e.g. ``attn_kv_b`` used once per KV chunk,
+  gets the same tensor), the KV cache ``cache_kv_l{il}`` (``g.kv_cache``; bound to the caller's buffer, which
+  the graph's CPY node writes in place, as ggml writes the cache), inputs (``g.inputs``: ``inp_tokens``,
+  ``inp_pos``, ``KQ_mask``, ``inp_out_ids``);
+* **views** (VIEW / RESHAPE / PERMUTE / TRANSPOSE and CPY's result): a byte view of the tensor bound to the IR
+  ``view_src`` (already collapsed to the base by the IR), at ``view_offs`` with the IR's ``ne``/``nb``; nothing
+  is copied, so a write through a view lands in the base;
+* **every other node**: the op's result, a new contiguous tensor, checked against the IR's type and shape.
+
+Ops: the IR op name selects an implementation (table :data:`REFERENCE_OPS`; reference/ops/<op>.py). ``impl``
+overrides any of them by op name, the hook for generated kernels: a callable ``fn(node, *srcs, **options)``
+taking the IR node (for its ``op_params``) and the bound source tensors, returning the result tensor. For CPY
+the sources are ``(src, dst)`` where ``dst`` is the destination (a view of the base, or a fresh tensor of the
+cast's type), and the callable writes ``dst`` and returns it. ``options`` gives keyword arguments per op name
+(e.g. ``{"MUL_MAT": {"plan": "mlaref_l8a2"}, "FLASH_ATTN_EXT": {"algorithm": "blocked"}}``) on top of
+:data:`DEFAULT_OPTIONS`.
+
+Ops without a reference file yet (``FUSED_MUL_UNARY``, ``ARGSORT``, ``MUL_MAT_ID``, ``MULTI_ADD``) run
+*provisional* NumPy versions defined here, following ik_llama.cpp@676f0e71b's formulas (ggml.c) but not tested
+bit for bit against it; they make a whole synthetic model run and are deterministic. The TG path runs with
+an f16 cache; with a q8_0 cache its ``cont(transpose(latent cache))`` has no element-wise meaning and the
+reference ``cpy`` refuses it (ValueError).
+
+Memory: a tensor's buffer is dropped after the last node that reads it (directly or through a view), unless it
+is a leaf, the graph output or named in ``keep``, so the executor's live set follows ggml-alloc's free rule
+(FACTS 6.2) without in-place reuse: after every node of the synthetic graphs it holds exactly the bytes
+:func:`mlaref.reference.alloc.allocate_graph` holds, inputs aside (tests/graphs/test_executor.py).
+``stats`` (a dict) receives ``peak_bytes`` (the largest sum of live owned buffers, each rounded up to the
+32-byte alignment, taken right after a node's result exists and before its dead sources are dropped),
+``peak_node`` and ``live`` (the sum after each node, dead sources dropped).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from mlaref.reference import ops
+from mlaref.reference.graphs import ir
+from mlaref.reference.ops.fa_partial import fa_merge, flash_attn_ext_partial
+from mlaref.reference.ops.flash_attn_ext import expf, flash_attn_ext
+from mlaref.reference.ops.mul_mat import mul_mat
+from mlaref.reference.tensor import Tensor
+
+__all__ = ["run_graph", "REFERENCE_OPS", "DEFAULT_OPTIONS", "VIEW_OPS", "bind_leaf"]
+
+VIEW_OPS = frozenset({"VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"})
+ALIGNMENT = 32  # CPU TENSOR_ALIGNMENT, as ggml-alloc rounds sizes
+
+DEFAULT_OPTIONS: dict[str, dict] = {
+    "MUL_MAT": {"plan": "ggml_generic", "variant": "x86"},
+    "MUL_MAT_ID": {"plan": "ggml_generic", "variant": "x86"},
+    "FLASH_ATTN_EXT": {"algorithm": "generic", "plan": "ggml_generic", "variant": "x86"},
+    "FLASH_ATTN_EXT_PARTIAL": {"plan": "ggml_generic", "variant": "x86"},
+}
+
+
+# -- reference implementations, by IR op name --------------------------------------------------------------
+def _cpy(node, src, dst, **kw):
+    return ops.cpy(src, dst, **kw)
+
+
+def _cont(node, a, **kw):
+    return ops.dup(a)
+
+
+def _get_rows(node, a, rows, **kw):
+    return ops.get_rows(a, rows)
+
+
+def _add(node, a, b, **kw):
+    return ops.add(a, b)
+
+
+def _mul(node, a, b, **kw):
+    return ops.mul(a, b)
+
+
+def _scale(node, a, **kw):
+    return ops.scale(a, node.op_params["scale"])
+
+
+def _rms_norm(node, a, **kw):
+    return ops.rms_norm(a, node.op_params["eps"])
+
+
+def _fused_rms_norm(node, a, w, **kw):
+    return ops.fused_rms_norm(a, w, node.op_params["eps"])
+
+
+def _soft_max(node, a, mask=None, **kw):
+    p = node.op_params
+    return ops.soft_max(a, mask, p["scale"], p["max_bias"])
+
+
+def _rope(node, a, pos, **kw):
+    return ops.rope(a, pos, **node.op_params, **kw)
+
+
+def _concat(node, a, b, **kw):
+    return ops.concat(a, b, node.op_params["dim"])
+
+
+def _repeat(node, a, **kw):
+    return ops.repeat(a, node.ne)
+
+
+def _mul_mat(node, a, b, **kw):
+    return mul_mat(a, b, **kw)
+
+
+def _flash_attn_ext(node, q, k, v, mask=None, **kw):
+    p = node.op_params
+    return flash_attn_ext(q, k, v, mask, p["scale"], p["max_bias"], p["softcap"], **kw)
+
+
+def _fa_partial(node, q, k, v, mask=None, **kw):
+    return flash_attn_ext_partial(q, k, v, mask, node.op_params["scale"], **kw)
+
+
+def _fa_merge(node, a, b=None, **kw):
+    return fa_merge(a, b, node.op_params["final"])
+
+
+# -- provisional ops (no reference/ops file yet) -------------------------------------------------------------
+def _fused_mul_unary(node, a, b, **kw):
+    """Provisional ``fused_mul_unary``: ``silu(a)·b`` with ``silu(x) = x / (1 + expf(-x))`` (libm), in f32."""
+    unary = node.op_params["unary"]
+    x = a.to_numpy()
+    if unary == "SILU":
+        with np.errstate(over="ignore"):
+            act = (x / (np.float32(1) + expf(-x).reshape(x.shape)).astype(np.float32)).astype(np.float32)
+    elif unary == "RELU":
+        act = np.maximum(x, np.float32(0))
+    else:
+        raise ValueError(f"fused_mul_unary: the provisional executor op supports SILU and RELU, not {unary}")
+    dst = Tensor.empty("f32", a.ne)
+    dst.storage()[...] = (act * b.to_numpy()).astype(np.float32)
+    return dst
+
+
+def _argsort(node, a, **kw):
+    """Provisional ``argsort`` (``ggml_compute_forward_argsort_f32``): ggml's exchange sort, per row.
+
+    ``for j: for k > j: if (desc ? x[i_j] < x[i_k] : x[i_j] > x[i_k]) swap(i_j, i_k)``; ties keep the earlier
+    index first.
+    """
+    x = a.to_numpy().reshape(-1, a.ne[0])
+    idx = np.broadcast_to(np.arange(a.ne[0], dtype=np.int32), x.shape).copy()
+    desc = node.op_params["order"] == "desc"
+    rows = np.arange(x.shape[0])
+    for j in range(a.ne[0]):
+        for k in range(j + 1, a.ne[0]):
+            xj, xk = x[rows, idx[:, j]], x[rows, idx[:, k]]
+            swap = (xj < xk) if desc else (xj > xk)
+            ij = idx[:, j].copy()
+            idx[:, j] = np.where(swap, idx[:, k], ij)
+            idx[:, k] = np.where(swap, ij, idx[:, k])
+    dst = Tensor.empty("i32", a.ne)
+    dst.storage()[...] = idx.reshape(dst.storage().shape)
+    return dst
+
+
+def _mul_mat_id(node, experts, b, ids, **kw):
+    """Provisional ``mul_mat_id``: ``dst[:, i, t] = experts[:, :, ids[i, t]] × b[:, i % b.ne1, t]``.
+
+    Each expert's rows go through the reference ``mul_mat`` (same src1 conversion and dot plan as a plain
+    mul_mat, so each element equals the corresponding mul_mat element).
+    """
+    K, n_out, n_exp = experts.ne[0], experts.ne[1], experts.ne[2]
+    n_ids, T = ids.ne[0], ids.ne[1]
+    sel = ids.to_numpy().reshape(T, n_ids)
+    bv = b.to_numpy().reshape(b.ne[2], b.ne[1], K)
+    out = np.zeros((T, n_ids, n_out), np.float32)
+    for e in range(n_exp):
+        ts, iis = np.nonzero(sel == e)
+        if ts.size == 0:
+            continue
+        rows = Tensor.from_numpy(np.ascontiguousarray(bv[ts, iis % b.ne[1]]))
+        w = experts.view((K, n_out), (experts.nb[1],), e * experts.nb[2])
+        out[ts, iis] = mul_mat(w, rows, **kw).to_numpy().reshape(ts.size, n_out)
+    dst = Tensor.empty("f32", node.ne)
+    dst.storage()[...] = out.reshape(dst.storage().shape)
+    return dst
+
+
+def _multi_add(node, a, **kw):
+    """Provisional ``multi_add`` (``ggml_compute_forward_multi_add_f32``): ``dst = ((0 + x_0) + x_1) + ...``,
+    where ``x_j`` is ``a`` shifted by ``j`` rows of ``ne0`` floats (the j-th expert of each token)."""
+    n = node.op_params["n_experts"]
+    acc = np.zeros((a.ne[1], a.ne[0]), np.float32)
+    for j in range(n):
+        xj = a.view((a.ne[0], a.ne[1]), (a.nb[1],), j * a.ne[0] * 4)
+        acc = (acc + xj.to_numpy().reshape(acc.shape)).astype(np.float32)
+    dst = Tensor.empty("f32", node.ne)
+    dst.storage()[...] = acc.reshape(dst.storage().shape)
+    return dst
+
+
+REFERENCE_OPS: dict[str, Callable] = {
+    "CPY": _cpy, "CONT": _cont, "GET_ROWS": _get_rows, "ADD": _add, "MUL": _mul, "SCALE": _scale,
+    "RMS_NORM": _rms_norm, "FUSED_RMS_NORM": _fused_rms_norm, "SOFT_MAX": _soft_max, "ROPE": _rope,
+    "CONCAT": _concat, "REPEAT": _repeat, "MUL_MAT": _mul_mat, "FLASH_ATTN_EXT": _flash_attn_ext,
+    "FLASH_ATTN_EXT_PARTIAL": _fa_partial, "FA_MERGE": _fa_merge,
+    "FUSED_MUL_UNARY": _fused_mul_unary, "ARGSORT": _argsort, "MUL_MAT_ID": _mul_mat_id, "MULTI_ADD": _multi_add,
+}
+
+
+# -- binding ---------------------------------------------------------------------------------------------
+def bind_leaf(t: ir.Tensor, value) -> Tensor:
+    """An mlaref Tensor for IR leaf ``t`` from ``value``: a Tensor (type and shape must match), raw bytes
+    (uint8, the encoded rows of ``t``'s type), float32 values (encoded as ``t.type``) or int32 values (i32)."""
+    if isinstance(value, Tensor):
+        if value.type != t.type or value.ne != t.ne:
+            raise ValueError(f"leaf {t.name!r}: expected a {t.type} tensor of ne {list(t.ne)}, "
+                             f"got {value.type} ne {list(value.ne)}")
+        if not value.is_contiguous():
+            raise ValueError(f"leaf {t.name!r}: the bound tensor must be contiguous")
+        return value
+    a = np.asarray(value)
+    if a.dtype == np.uint8:  # bound without a copy when contiguous, so writes (the KV cache) land in ``value``
+        if a.size != t.nbytes:
+            raise ValueError(f"leaf {t.name!r}: {t.type} ne {list(t.ne)} takes {t.nbytes} bytes, got {a.size}")
+        return Tensor(t.type, t.ne, t.nb, a.reshape(-1), 0, t.name)
+    if a.size != t.nelements:
+        raise ValueError(f"leaf {t.name!r}: expected {t.nelements} values for ne {list(t.ne)}, got {a.size}")
+    shape = (t.ne[3], t.ne[2], t.ne[1], t.ne[0])
+    if a.dtype == np.int32:
+        if t.type != "i32":
+            raise TypeError(f"leaf {t.name!r} is {t.type}; int32 values bind only to i32 leaves")
+        return Tensor.from_numpy(a.reshape(shape), name=t.name)
+    if a.dtype != np.float32:
+        raise TypeError(f"leaf {t.name!r}: values must be float32, int32 or uint8 bytes, got {a.dtype}")
+    if t.type == "i32":
+        raise TypeError(f"leaf {t.name!r} is i32; bind int32 values")
+    return Tensor.from_numpy(a.reshape(shape), t.type, name=t.name)
+
+
+def _leaf_values(g, weights, kv_cache, inputs) -> dict[str, object]:
+    by_name: dict[str, object] = {}
+    for name in g.weights:
+        if name not in weights:
+            raise ValueError(f"weights: missing {name!r}")
+        by_name[name] = weights[name]
+    if len(kv_cache) != len(g.kv_cache):
+        raise ValueError(f"kv_cache: expected {len(g.kv_cache)} layers, got {len(kv_cache)}")
+    for t, c in zip(g.kv_cache, kv_cache):
+        by_name[t.name] = c
+    for name in g.inputs:
+        if name not in inputs:
+            raise ValueError(f"inputs: missing {name!r}")
+        by_name[name] = inputs[name]
+    return by_name
+
+
+def _aligned(n: int) -> int:
+    return (n + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
+
+
+def run_graph(g, *, weights: dict, kv_cache: list, inputs: dict, keep=(), impl: dict | None = None,
+              options: dict | None = None, stats: dict | None = None) -> dict[str, Tensor]:
+    """Execute ``g`` (an :class:`~mlaref.reference.graphs.deepseek2.MLAGraph`) and return the tensors named in
+    ``keep`` plus the graph output (``result_output``), by name. See the module docstring.
+
+    A name that several nodes carry (llama.cpp reuses ``q-%d`` for three nodes of the q path) means the
+    first of them in graph order (:meth:`ir.Graph.find`). ``weights`` and ``inputs`` map names to Tensors,
+    float32 / int32 values or encoded bytes (:func:`bind_leaf`); ``kv_cache`` holds one tensor (or uint8
+    buffer) per layer and is written in place.
+    """
+    impl = dict(impl or {})
+    for op, fn in impl.items():
+        if not callable(fn):
+            raise TypeError(f"impl[{op!r}] must be callable")
+        if op in VIEW_OPS:
+            raise ValueError(f"impl: {op} is a view, executed by the executor itself, not overridable")
+    opts = {k: dict(v) for k, v in DEFAULT_OPTIONS.items()}
+    for op, kw in (options or {}).items():
+        opts.setdefault(op, {}).update(kw)
+    keep = set(keep)
+    graph = g.graph
+    values = _leaf_values(g, weights, kv_cache, inputs)
+
+    env: dict[int, Tensor] = {}
+    bound: dict[str, Tensor] = {}  # one tensor per name (the chunked graph has one wkv_b leaf per chunk)
+    for t in graph.leafs:
+        if t.view_src is not None:
+            continue
+        if t.name not in values:
+            raise ValueError(f"graph leaf {t.name!r} is neither a weight, a KV cache nor an input")
+        if t.name not in bound:
+            bound[t.name] = bind_leaf(t, values[t.name])
+        env[id(t)] = bound[t.name]
+
+    def base_of(t):
+        return t.view_src if t.view_src is not None else t
+
+    # last node index reading each buffer (directly or through a view)
+    last: dict[int, int] = {}
+    for i, node in enumerate(graph.nodes):
+        if node.view_src is not None:
+            last[id(node.view_src)] = i
+        for s in node.src:
+            if s is not None and s is not node:
+                last[id(base_of(s))] = i
+    protected = {id(t) for t in graph.leafs}
+    if g.output is not None:
+        protected.add(id(base_of(g.output)))
+    for name in keep:
+        try:
+            protected.add(id(base_of(graph.find(name))))
+        except KeyError:
+            raise ValueError(f"keep: no tensor named {name!r} in the graph") from None
+    owned: dict[int, int] = {}  # base id -> aligned bytes of executor-owned buffers
+    views_of: dict[int, list[int]] = {}
+    live_trace = []
+    peak, peak_node = 0, None
+
+    for i, node in enumerate(graph.nodes):
+        srcs = [env[id(s)] if s is not node else None for s in node.src if s is not None]
+        if node.op in VIEW_OPS or (node.view_src is not None and node.op != "CPY"):
+            res = _view(node, env)
+        elif node.op == "CPY":
+            if node.src[1] is node:  # ggml_cast: a new tensor of the target type
+                dst = Tensor.empty(node.type, node.ne, name=node.name)
+                owned[id(node)] = _aligned(node.nbytes)
+            else:
+                dst = _view(node, env)
+            fn = impl.get("CPY", REFERENCE_OPS["CPY"])
+            res = fn(node, srcs[0], dst, **opts.get("CPY", {}))
+            if res is not dst:
+                raise RuntimeError(f"node {node.name!r}: the CPY implementation must write and return dst")
+        else:
+            fn = impl.get(node.op) or REFERENCE_OPS.get(node.op)
+            if fn is None:
+                raise NotImplementedError(f"node {node.name!r}: no implementation of op {node.op}")
+            res = fn(node, *srcs, **opts.get(node.op, {}))
+            owned[id(node)] = _aligned(node.nbytes)
+        _check_result(node, res)
+        res.name = node.name
+        env[id(node)] = res
+        if node.view_src is not None:
+            views_of.setdefault(id(node.view_src), []).append(id(node))
+
+        live = sum(owned.values())
+        if live > peak:
+            peak, peak_node = live, node.name
+        for b, li in list(last.items()):
+            if li == i and b not in protected and b in owned:
+                del owned[b]
+                env.pop(b, None)
+                for v in views_of.pop(b, []):
+                    env.pop(v, None)
+                del last[b]
+        live_trace.append(sum(owned.values()))
+
+    if stats is not None:
+        stats.update(peak_bytes=peak, peak_node=peak_node, live=live_trace)
+    out = {}
+    for name in keep | ({g.output.name} if g.output is not None else set()):
+        t = graph.find(name)
+        out[name] = env[id(t)] if id(t) in env else _view(t, env)
+    return out
+
+
+def _view(node: ir.Tensor, env: dict) -> Tensor:
+    base = env[id(node.view_src)]
+    return Tensor(node.type, node.ne, node.nb, base.data, base.offset + node.view_offs, node.name)
+
+
+def _check_result(node: ir.Tensor, res) -> None:
+    if not isinstance(res, Tensor):
+        raise TypeError(f"node {node.name!r} ({node.op}): the implementation returned {type(res).__name__}, "
+                        "not a Tensor")
+    if res.type != node.type or res.ne != node.ne:
+        raise RuntimeError(f"node {node.name!r} ({node.op}): expected {node.type} ne {list(node.ne)}, "
+                           f"got {res.type} ne {list(res.ne)}")
+    if node.view_src is None and res.nb != node.nb:
+        raise RuntimeError(f"node {node.name!r} ({node.op}): expected strides {list(node.nb)}, got {list(res.nb)}")
