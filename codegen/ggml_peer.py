@@ -24,6 +24,9 @@ def _module():
         from ggml import ggml as g  # noqa: PLC0415
     except Exception as exc:  # ImportError, or OSError when the shared library fails to load
         return None, f"ggml-python is not usable here ({type(exc).__name__}: {exc}); install mlaref[ggml]"
+    # The CPU back-end fills its f16 -> f32 table here; without it its kernels read zeros for every f16
+    # scale (ggml-cpu.c: ggml_cpu_init). Idempotent.
+    g.ggml_cpu_init()
     return g, ""
 
 
@@ -120,3 +123,36 @@ def vec_dot(name: str, x: np.ndarray, y: np.ndarray, n: int) -> np.float32:
 def vec_dot_type(name: str) -> int:
     g = lib()
     return int(g.ggml_get_type_traits_cpu(ggml_type(name)).contents.vec_dot_type)
+
+
+def symbol(name: str):
+    """An exported C function of ggml's libraries by its symbol name (e.g. ``quantize_row_q8_K_ref``)."""
+    try:
+        return getattr(lib().lib, name)
+    except AttributeError:
+        raise NotImplementedError(f"ggml exports no function {name!r}") from None
+
+
+def quantize_row_symbol(func: str, name: str, x: np.ndarray, fill: int = 0) -> np.ndarray:
+    """Call the exported row quantizer ``func`` (``void f(const float *, void *, int64_t)``) row by row.
+
+    The output rows of type ``name`` are pre-filled with the byte ``fill``, so callers can see which bytes
+    the C code leaves unwritten (e.g. ``quantize_row_q8_K_ref``'s bsums of all-zero blocks).
+    """
+    fn = symbol(func)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n_rows, n = x.shape
+    out = np.full((n_rows, _row_bytes(name, n)), fill, dtype=np.uint8)
+    for r in range(n_rows):
+        fn(_f32_ptr(x[r]), ctypes.c_void_p(out[r].ctypes.data), ctypes.c_int64(n))
+    return out
+
+
+def dequantize_row_symbol(func: str, data: np.ndarray, n: int) -> np.ndarray:
+    """Call the exported row dequantizer ``func`` (``void f(const void *, float *, int64_t)``) row by row."""
+    fn = symbol(func)
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    out = np.zeros((data.shape[0], n), dtype=np.float32)
+    for r in range(data.shape[0]):
+        fn(ctypes.c_void_p(data[r].ctypes.data), _f32_ptr(out[r]), ctypes.c_int64(n))
+    return out

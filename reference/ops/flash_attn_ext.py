@@ -1,0 +1,350 @@
+"""flash_attn_ext: softmax(scale·Q·Kᵀ + mask)·V per head, online, in two orders (ggml's per-row and iqk's blocked).
+
+``flash_attn_ext(q, k, v, mask, scale, max_bias=0, softcap=0, *, algorithm="generic", plan=...)`` takes
+q f32 ``[Dk, n_q, n_head, ne3]``, k ``[Dk, n_kv, n_head_kv, ne3]`` and v ``[Dv, n_kv, n_head_kv, ne3]`` (f16 or
+q8_0; head h reads K/V head ``h // (n_head / n_head_kv)``), an optional f16 mask ``[n_kv, >= n_q, ...]`` (row
+iq1, broadcast over heads by ``iq2 % mask.ne2``), and returns f32 ``[Dv, n_head, n_q, ne3]``: the result
+already permuted (0, 2, 1, 3) as ggml writes it. If ``softcap != 0`` then ``scale /= softcap`` first
+(``ggml_compute_forward_flash_attn_ext_f16``). ALiBi (``max_bias > 0``) is not modelled.
+
+**algorithm="generic"**: upstream ggml's ``ggml_compute_forward_flash_attn_ext_f16_one_chunk`` (ops.cpp of
+ggml-python's vendored ggml; FACTS 4e "Generic ggml algorithm"). Q is converted to K's vec_dot type with its
+``from_float`` (f16: RNE; q8_0: ``variant``). For each KV row ic in order, per query row:
+
+    mv = mask[ic]; skip the row if mv == -inf
+    s  = vec_dot(K[ic], Q) * scale           (plan.for_pair(k.vdt) order); softcap: s = softcap*tanhf(s)
+    s  = s + mv
+    if s > M:  ms = expf(M - s); M = s; VKQ *= ms; vs = 1      (libm expf)
+    else:      ms = 1; vs = expf(s - M)
+    VKQ += vs * V[ic];   S = S*ms + vs       (fused when the plan has fma, as GCC contracts it)
+
+VKQ is f16 when V is f16 and f32 otherwise (V through ``to_float``). The f16 updates follow the plan's f16 pair:
+half-precision FMA with ``vs`` rounded to f16 first (AVX512-FP16 ``vfmadd231ph``, ``acc_type == "f16"``), or
+f32 FMA / multiply-add rounded to f16 at each store (F16C). At the end ``out = VKQ * (S == 0 ? 0 : 1/S)``.
+
+**algorithm="blocked"**: the iqk order (FACTS 4e "iqk algorithm"), parametrised by the plan: KV rows in blocks
+of ``k_step``, split into ``kv_chunks`` contiguous chunks that run independently and are merged in index order.
+Per block, with s = vec_dot(K, Q)·scale (or softcap·tanhf(s·scale)), and the mask **binary** (any f16 bit
+pattern but +0.0 masks the entry to -inf):
+
+    smax = max_k s[k];  if smax == -inf: skip the block
+    if smax > M:  if M > -inf: ms = expf(M - smax); S *= ms; acc *= ms   else: S = 0; acc = 0
+                  M = smax
+    p[k] = exp(s[k] - M)   (plan.exp: libm, or the v_expf polynomial of AVX2 / AVX-512)
+    S   += sum(p): 8-lane vectors added in order, then the halves fold
+    acc[d] = fma(V[k][d], p[k], acc[d]) for k in order       (f32 acc; V widened / dequantized)
+
+Chunks merge as M = max(M1, M2), a = expf(M1 - M), b = expf(M2 - M), S = fma(S2, b, S1*a),
+acc = fma(acc2, b, acc1*a) (chunks with M = -inf contribute nothing); then ``out = acc * (1/S)``.
+
+Every float step is one rounded element-wise operation; the only loops are over KV rows / blocks.
+
+Tested bit for bit: ``algorithm="generic"`` with ``plan="ggml_x86_avx512"`` equals upstream ggml (ggml-python on
+an AVX-512 FP16/BF16/VNNI machine) for q8_0 K/V at any query count, and for f16 K/V below 64 queries; from 64
+queries on, upstream runs a tiled f32 kernel for f16/f32 K/V (another order), compared by NMSE. The blocked
+algorithm has no executable oracle here (ik_llama.cpp is not built); it is checked against float64 attention
+and hand-built exact cases.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mlaref.reference import fp
+from mlaref.reference.ops._common import check_tensor
+from mlaref.reference.ops.mul_mat import _from_float
+from mlaref.reference.ops.vec_dot import fma_f16, round_f64_to_f16, vec_dot
+from mlaref.reference.plan import get_plan
+from mlaref.reference.tensor import Tensor
+
+__all__ = ["flash_attn_ext", "v_expf_avx2", "v_expf_avx512", "expf", "tanhf", "K_VEC_DOT_TYPE"]
+
+K_VEC_DOT_TYPE = {"f16": "f16", "q8_0": "q8_0", "f32": "f32"}
+_NEG_INF = np.float32(-np.inf)
+
+
+def expf(x) -> np.ndarray:
+    """libm ``expf`` element-wise (through :mod:`mlaref.codegen.libm`)."""
+    from mlaref.codegen import libm  # noqa: PLC0415
+
+    return libm.expf(np.asarray(x, np.float32))
+
+
+def tanhf(x) -> np.ndarray:
+    """libm ``tanhf`` element-wise."""
+    from mlaref.codegen import libm  # noqa: PLC0415
+
+    return libm.tanhf(np.asarray(x, np.float32))
+
+
+def _f32(bits: int) -> np.float32:
+    return np.array([bits], np.uint32).view(np.float32)[0]
+
+
+_R = np.float32(12582912.0)  # 0x1.8p23
+_LOG2E = _f32(0x3FB8AA3B)  # 0x1.715476p+0
+_LN2_HI = _f32(0x3F317200)  # 0x1.62e4p-1
+_LN2_LO = _f32(0x35BFBE8E)  # 0x1.7f7d1cp-20
+_C1, _C2, _C3, _C4, _C5 = (_f32(0x3F7FFFF6), _f32(0x3EFFFEDB), _f32(0x3E2AAF33), _f32(0x3D2B9F17), _f32(0x3C072010))
+
+
+def _v_expf_common(x):
+    x = np.asarray(x, np.float32)
+    z = fp.fmaf(x, _LOG2E, _R)
+    n = (z - _R).astype(np.float32)
+    b = fp.fmaf(-n, _LN2_LO, fp.fmaf(-n, _LN2_HI, x))  # fnmadd(a, b, c) = -(a*b) + c, one rounding
+    u = (b * b).astype(np.float32)
+    poly = fp.fmaf(fp.fmaf(_C5, b, _C4), u, fp.fmaf(_C3, b, _C2))
+    return x, z, n, b, u, poly
+
+
+def v_expf_avx2(x) -> np.ndarray:
+    """``ggml_v_expf(__m256)`` (ggml-cpu/vec.h; iqk's ``v_expf``), element by element, exactly.
+
+    j = fma(poly, u, C1*b); k = 2**n from z's bits; fast path fma(j, k, k); for |n| > 126 the two-step scaling
+    ``fma(s2, j, s2)*s1``; for |n| > 192 ``s1*s1`` (+inf or 0).
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        x, z, n, b, u, poly = _v_expf_common(x)
+        j = fp.fmaf(poly, u, (_C1 * b).astype(np.float32))
+        e = (fp.f32_bits(z).astype(np.uint64) << np.uint64(23)).astype(np.uint32)
+        k = fp.bits_f32((e.astype(np.uint64) + 0x3F800000).astype(np.uint32))
+        fast = fp.fmaf(j, k, k)
+        an = np.abs(n)
+        g = np.where(n <= 0, np.uint32(0x82000000), np.uint32(0)).astype(np.uint32)
+        s1 = fp.bits_f32((g.astype(np.uint64) + 0x7F000000).astype(np.uint32))
+        s2 = fp.bits_f32((e.astype(np.int64) - g.astype(np.int64)).astype(np.uint32))
+        slow = (fp.fmaf(s2, j, s2) * s1).astype(np.float32)
+        huge = (s1 * s1).astype(np.float32)
+        out = np.where(an > 192, huge, np.where(an > 126, slow, fast))
+    return out.astype(np.float32)
+
+
+def v_expf_avx512(x) -> np.ndarray:
+    """``ggml_v_expf(__m512)``: j = fma(poly, u, fma(C1, b, 1)); ``scalef(j, n)``; |n| > 192 -> +inf / 0."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        x, z, n, b, u, poly = _v_expf_common(x)
+        j = fp.fmaf(poly, u, fp.fmaf(_C1, b, np.float32(1)))
+        nn = np.where(np.isfinite(n), n, 0).astype(np.float64)
+        res = (j.astype(np.float64) * np.exp2(np.clip(nn, -300, 300))).astype(np.float32)  # exact, one rounding
+        alt = np.where(n <= 0, np.float32(0), np.float32(np.inf))
+        out = np.where(np.abs(n) > 192, alt, res)
+    return out.astype(np.float32)
+
+
+_EXP = {"libm": expf, "v_expf_avx2": v_expf_avx2, "v_expf_avx512": v_expf_avx512}
+
+
+def _rows_bytes(t: Tensor, i2: int, i3: int) -> np.ndarray:
+    return np.stack([t.row(i1, i2, i3) for i1 in range(t.ne[1])])
+
+
+def _check(q, k, v, mask, scale, max_bias, softcap):
+    op = "flash_attn_ext"
+    check_tensor(op, "q", q, ("f32",))
+    check_tensor(op, "k", k, tuple(K_VEC_DOT_TYPE))
+    check_tensor(op, "v", v, tuple(K_VEC_DOT_TYPE))
+    if mask is not None:
+        check_tensor(op, "mask", mask, ("f16",))
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.nb[0] != t.type_size:
+            raise ValueError(f"{op}: the rows of {name} must be contiguous (nb[0] {t.nb[0]} != {t.type_size})")
+    if q.ne[0] != k.ne[0]:
+        raise ValueError(f"{op}: q.ne[0] ({q.ne[0]}) must equal k.ne[0] ({k.ne[0]}) (Dk)")
+    if k.ne[1] != v.ne[1]:
+        raise ValueError(f"{op}: k and v must have the same number of KV rows (ne[1]: {k.ne[1]} vs {v.ne[1]})")
+    if k.ne[2:] != v.ne[2:]:
+        raise ValueError(f"{op}: k and v must have the same head dims (ne[2:4]: {k.ne[2:]} vs {v.ne[2:]})")
+    if q.ne[2] % k.ne[2] or q.ne[3] % k.ne[3]:
+        raise ValueError(f"{op}: q.ne[2:4] {q.ne[2:]} must be multiples of k.ne[2:4] {k.ne[2:]} (head broadcast)")
+    if mask is not None and (mask.ne[0] < k.ne[1] or mask.ne[1] < q.ne[1]):
+        raise ValueError(f"{op}: mask must cover [n_kv, n_q] = [{k.ne[1]}, {q.ne[1]}], got ne {mask.ne[:2]}")
+    for name, val in (("scale", scale), ("max_bias", max_bias), ("softcap", softcap)):
+        if not isinstance(val, (int, float, np.floating, np.integer)) or isinstance(val, bool):
+            raise TypeError(f"{op}: {name} must be a real number, got {type(val).__name__}")
+    if max_bias != 0:
+        raise ValueError(f"{op}: max_bias must be 0 (ALiBi is not modelled), got {max_bias}")
+
+
+def _gather(q, k, v, mask, plan, variant, kq_type):
+    """Per query row r = (i3, i1, i2): the K·Q dot products (R, n_kv), V values (R -> kv head) and mask (R, n_kv)."""
+    Dk, nq, nh, ne3 = q.ne
+    n_kv = k.ne[1]
+    rk2, rk3 = nh // k.ne[2], ne3 // k.ne[3]
+    vdt = kq_type or K_VEC_DOT_TYPE[k.type]
+    kq = np.empty((ne3, nq, nh, n_kv), np.float32)
+    qv = q.to_numpy()  # (ne3, nh, nq, Dk)
+    for i3 in range(ne3):
+        for i2 in range(nh):
+            qrows = _from_float(qv[i3, i2], vdt, variant)
+            krows = _rows_bytes(k, i2 // rk2, i3 // rk3)
+            kt = k.type
+            if vdt == "f32" and k.type != "f32":
+                krows = Tensor.from_bytes(krows, k.type, (Dk, n_kv)).to_numpy().reshape(n_kv, Dk).view(np.uint8)
+                kt = "f32"
+            kq[i3, :, i2, :] = vec_dot(krows, kt, qrows, vdt, Dk, plan).T
+    vv = v.to_numpy()  # (ne3k, nhk, n_kv, Dv) f32 values
+    head = np.arange(nh) // rk2
+    b3 = np.arange(ne3) // rk3
+    V = vv[b3[:, None, None], head[None, None, :]]  # (ne3, 1, nh, n_kv, Dv) -> broadcast over queries
+    V = np.broadcast_to(V, (ne3, nq, nh) + vv.shape[2:]).reshape(ne3 * nq * nh, n_kv, -1)
+    if mask is not None:
+        mv = mask.to_numpy()  # (m3, m2, m1, n_kv)
+        mbits = np.ascontiguousarray(mask.storage())
+        i3 = np.arange(ne3)[:, None, None] % mask.ne[3]
+        i1 = np.arange(nq)[None, :, None]
+        i2 = np.arange(nh)[None, None, :] % mask.ne[2]
+        m = mv[i3, i2, i1, :n_kv].reshape(ne3 * nq * nh, n_kv)
+        mb = mbits[i3, i2, i1, :n_kv].reshape(ne3 * nq * nh, n_kv)
+    else:
+        m = np.zeros((ne3 * nq * nh, n_kv), np.float32)
+        mb = np.zeros((ne3 * nq * nh, n_kv), np.uint16)
+    return kq.reshape(-1, n_kv), V, m, mb
+
+
+def _generic(kq, V, m, scale, softcap, v_is_f16, plan):
+    R, n_kv = kq.shape
+    Dv = V.shape[2]
+    f16mode = "f32"
+    p16 = plan.for_pair("f16.f16")
+    if p16.acc_type == "f16":
+        f16mode = "fp16"
+    elif p16.fma or plan.fma:
+        f16mode = "f32_fma"
+    M = np.full(R, _NEG_INF, np.float32)
+    S = np.zeros(R, np.float32)
+    acc = np.zeros((R, Dv), np.float32)
+    for ic in range(n_kv):
+        mv = m[:, ic]
+        live = mv != _NEG_INF
+        s = (kq[:, ic] * scale).astype(np.float32)
+        if softcap != 0:
+            s = (np.float32(softcap) * tanhf(s)).astype(np.float32)
+        s = (s + mv).astype(np.float32)
+        new_max = live & (s > M)
+        with np.errstate(invalid="ignore"):
+            ms = np.where(new_max, expf(np.where(new_max, M - s, 0).astype(np.float32)), np.float32(1))
+            vs = np.where(new_max | ~live, np.float32(1), expf(np.where(live & ~new_max, s - M, 0).astype(np.float32)))
+        M = np.where(new_max, s, M).astype(np.float32)
+        x = V[:, ic, :]
+        if v_is_f16:
+            if f16mode == "fp16":
+                scaled = round_f64_to_f16(acc.astype(np.float64) * round_f64_to_f16(ms)[:, None])
+                upd = fma_f16(x, round_f64_to_f16(vs)[:, None], np.where(new_max[:, None], scaled, acc))
+            else:
+                scaled = round_f64_to_f16((acc * ms[:, None]).astype(np.float32))
+                base = np.where(new_max[:, None], scaled, acc)
+                if f16mode == "f32_fma":
+                    upd = round_f64_to_f16(fp.fmaf(x, vs[:, None], base))
+                else:
+                    upd = round_f64_to_f16((base + (x * vs[:, None]).astype(np.float32)).astype(np.float32))
+        else:
+            base = np.where(new_max[:, None], (acc * ms[:, None]).astype(np.float32), acc)
+            if plan.fma:
+                upd = fp.fmaf(x, vs[:, None], base)
+            else:
+                upd = (base + (x * vs[:, None]).astype(np.float32)).astype(np.float32)
+        acc = np.where(live[:, None], upd, acc).astype(np.float32)
+        Snew = fp.fmaf(S, ms, vs) if plan.fma else ((S * ms).astype(np.float32) + vs).astype(np.float32)
+        S = np.where(live, Snew, S).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(S == 0, np.float32(0), (np.float32(1) / S).astype(np.float32)).astype(np.float32)
+    return (acc * inv[:, None]).astype(np.float32)
+
+
+def _hsum_halves(v: np.ndarray) -> np.ndarray:
+    while v.shape[-1] > 1:
+        h = v.shape[-1] // 2
+        v = (v[..., :h] + v[..., h:]).astype(np.float32)
+    return v[..., 0]
+
+
+def _blocked_chunk(kq, V, mb, lo, hi, scale, softcap, plan):
+    R = kq.shape[0]
+    Dv = V.shape[2]
+    exp = _EXP[plan.exp]
+    M = np.full(R, _NEG_INF, np.float32)
+    S = np.zeros(R, np.float32)
+    acc = np.zeros((R, Dv), np.float32)
+    for k0 in range(lo, hi, plan.k_step):
+        k1 = min(k0 + plan.k_step, hi)
+        if softcap != 0:
+            s = (np.float32(softcap) * tanhf((kq[:, k0:k1] * scale).astype(np.float32))).astype(np.float32)
+        else:
+            s = (kq[:, k0:k1] * scale).astype(np.float32)
+        s = np.where(mb[:, k0:k1] == 0, s, _NEG_INF).astype(np.float32)
+        smax = np.max(s, axis=1)  # exact: a max has no rounding
+        live = smax != _NEG_INF
+        grow = live & (smax > M)
+        rescale = grow & (M != _NEG_INF)
+        with np.errstate(invalid="ignore"):
+            ms = expf(np.where(rescale, M - smax, 0).astype(np.float32))
+        S = np.where(rescale, (S * ms).astype(np.float32), np.where(grow, np.float32(0), S)).astype(np.float32)
+        acc = np.where(rescale[:, None], (acc * ms[:, None]).astype(np.float32),
+                       np.where(grow[:, None], np.float32(0), acc)).astype(np.float32)
+        M = np.where(grow, smax, M).astype(np.float32)
+        with np.errstate(invalid="ignore"):
+            d = np.where(live[:, None] & (s != _NEG_INF), s - M[:, None], 0).astype(np.float32)
+        p = np.where(live[:, None] & (s != _NEG_INF), exp(d), np.float32(0)).astype(np.float32)
+        # S += sum(p): 8-lane vectors added in order (missing lanes of a short block are +0), then halves.
+        width = -(-(k1 - k0) // 8) * 8
+        pv = np.zeros((R, width), np.float32)
+        pv[:, : k1 - k0] = p
+        lanes = pv[:, 0:8]
+        for j in range(8, width, 8):
+            lanes = (lanes + pv[:, j:j + 8]).astype(np.float32)
+        S = np.where(live, (S + _hsum_halves(lanes)).astype(np.float32), S).astype(np.float32)
+        for kk in range(k1 - k0):
+            upd = fp.fmaf(V[:, k0 + kk, :], p[:, kk, None], acc)
+            acc = np.where(live[:, None], upd, acc).astype(np.float32)
+    return M, S, acc
+
+
+def _blocked(kq, V, mb, scale, softcap, plan):
+    n_kv = kq.shape[1]
+    nch = plan.kv_chunks
+    bounds = [n_kv * c // nch for c in range(nch + 1)]
+    M = S = acc = None
+    for c in range(nch):
+        Mc, Sc, accc = _blocked_chunk(kq, V, mb, bounds[c], bounds[c + 1], scale, softcap, plan)
+        if M is None:
+            M, S, acc = Mc, Sc, accc
+            continue
+        Mn = np.maximum(M, Mc)
+        with np.errstate(invalid="ignore"):
+            a = np.where(M == _NEG_INF, np.float32(0), expf(np.where(M == _NEG_INF, 0, M - Mn).astype(np.float32)))
+            b = np.where(Mc == _NEG_INF, np.float32(0), expf(np.where(Mc == _NEG_INF, 0, Mc - Mn).astype(np.float32)))
+        S = fp.fmaf(Sc, b, (S * a).astype(np.float32))
+        acc = fp.fmaf(accc, b[:, None], (acc * a[:, None]).astype(np.float32))
+        M = Mn
+    if np.any(S <= 0):
+        raise ValueError("flash_attn_ext: a query row has every KV entry masked (S = 0); the blocked (iqk) "
+                         "algorithm asserts S > 0")
+    inv = (np.float32(1) / S).astype(np.float32)
+    return (acc * inv[:, None]).astype(np.float32)
+
+
+def flash_attn_ext(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale, max_bias=0.0, softcap=0.0, *,
+                   algorithm: str = "generic", plan="ggml_generic", variant: str = "x86",
+                   kq_type: str | None = None) -> Tensor:
+    """``ggml_flash_attn_ext`` on the CPU; see the module docstring. Returns f32 ``[Dv, n_head, n_q, ne3]``.
+
+    ``kq_type`` overrides the type Q is converted to for the K·Q dots (default: K's vec_dot type; ``"f32"``
+    widens K instead, as iqk's x86 f16 kernel keeps Q in f32).
+    """
+    _check(q, k, v, mask, scale, max_bias, softcap)
+    if algorithm not in ("generic", "blocked"):
+        raise ValueError(f"flash_attn_ext: algorithm must be 'generic' or 'blocked', got {algorithm!r}")
+    plan = get_plan(plan)
+    scale = np.float32(scale)
+    if softcap != 0:
+        scale = np.float32(scale / np.float32(softcap))
+    kq, V, m, mb = _gather(q, k, v, mask, plan, variant, kq_type)
+    if algorithm == "generic":
+        out = _generic(kq, V, m, scale, softcap, v.type == "f16", plan)
+    else:
+        out = _blocked(kq, V, mb, scale, softcap, plan)
+    Dk, nq, nh, ne3 = q.ne
+    dst = Tensor.empty("f32", (v.ne[0], nh, nq, ne3))
+    dst.storage()[...] = out.reshape(ne3, nq, nh, v.ne[0])
+    return dst

@@ -1,0 +1,241 @@
+"""ReductionPlan: the float accumulation order of a dot product or an attention reduction, as a value.
+
+A dot product has an exact integer part (quantized blocks) and a float part whose result depends on the order
+of its roundings. A plan fixes that order, so the NumPy reference (``ops/vec_dot.py``, ``ops/mul_mat.py``,
+``ops/flash_attn_ext.py``) and every generated kernel that carries the plan's fingerprint produce the same
+bytes, whatever ISA runs it (style.md section 4).
+
+Lane map of a lane plan (``lanes`` = L float lanes, ``accs`` = A accumulators, ``S = L*A`` slots)::
+
+    element pairs (f32, f16, bf16): element i of the row
+        step  = i // S                   one FMA per slot and step, steps in order
+        acc   = (i // L) % A             acc a lives in its own register (or in lanes a*8..a*8+7 of a wider one)
+        lane  = i % L
+
+    32-blocks (q8_0, q4_0, iq4_nl, ...; int_to_float = "lane4"): block b of the row gives 8 int32 lane sums,
+        lane j = sum of the 4 products of elements 4j..4j+3 (what maddubs+madd or dpbusd leave), converted
+        to float exactly (|sum| < 2**24); then acc_slot[j] = fma(d_b, float(lane_j), acc_slot[j]), with
+        slot = b % (L*A/8). So an AVX-512 kernel runs an l8a2 plan with block 2k in lanes 0..7 and block 2k+1
+        in lanes 8..15 of one zmm register, and l16a1 gives the same bytes as l8a2.
+
+    fold "halves" (8 -> 4 -> 2 -> 1, v[i] + v[i + half]), applied first across accumulators, then across lanes:
+
+        acc0: | a0 a1 a2 a3 a4 a5 a6 a7 |     acc0 + acc1 -> | s0 .. s7 |
+        acc1: | b0 b1 b2 b3 b4 b5 b6 b7 |     s[i] + s[i+4] -> t0..t3; t[i] + t[i+2] -> u0, u1; u0 + u1
+
+    "halves" is exactly ggml's ``hsum_float_8`` ((l0+h0 + l2+h2) + (l1+h1 + l3+h3)) and AVX-512's
+    ``_mm512_reduce_add_ps`` as GCC expands it. fold "hadd" is ``GGML_F32x8_REDUCE`` on AVX2 builds: halves down
+    to 4 lanes, then two ``_mm_hadd_ps``: (t0+t1) + (t2+t3).
+
+Serial plans (``lanes == 1``) are ggml's scalar formulas; ``acc_type`` says whether the running sum is a float
+(quantized pairs) or a double (ggml's ``ggml_float`` sums of f16/f32/bf16 products). A lane plan with
+``acc_type == "f64"`` keeps float lanes but reduces each accumulator on its own (halves) and adds the results to
+a double in accumulator order; ``dot2`` lanes take two adjacent products per step (AVX512-BF16 ``vdpbf16ps``).
+
+Named plans for ggml's own orders (style.md 4.9) resolve per pair, because ggml's x86 code uses a different
+register layout per pair (``plan.for_pair("iq4_nl.q8_0")``):
+
+* ``ggml_generic``: the scalar C source of ``ggml_vec_dot_<x>_<y>_generic`` / ``ggml_vec_dot_f16`` without
+  SIMD, each operation rounded once (``-ffp-contract=off``).
+* ``ggml_generic_gnu``: the same compiled in GNU C mode with FMA available: GCC contracts the last
+  ``sumf += a*b`` into one fused multiply-add (read from the disassembly of ggml-python's libggml-cpu.so).
+* ``ggml_x86_avx512``: upstream ggml's ``vec_dot`` as ggml-python builds it on this machine (AVX-512
+  F/BW/VL/VNNI/BF16/FP16): q8_0, q4_0, q5_0, q4_1, q5_1, q4_K, q6_K l8a1 (their AVX2 code), iq4_nl l8a2, f32
+  l16a4, f16 l32a4 in **f16** arithmetic, bf16 two ``vdpbf16ps`` accumulators.
+* ``ggml_x86_avx2``: the same code on an AVX2+FMA+F16C machine: the block pairs as above, f32/f16 l8a4 with the
+  hadd fold (read from the code, not run here; the f32 leftovers rule is the one GCC produced for the AVX-512
+  build and may differ in an AVX2 build; bf16 is not defined).
+* ``mlaref_l8a1``, ``mlaref_l8a2``, ``mlaref_l16a1``, ``mlaref_l16a2``: mlaref's kernel plans: FMA, halves, f32
+  lanes; ragged steps leave the missing slots untouched.
+
+Flash-attention parameters (``k_step``, ``q_step``, ``kv_chunks``, ``exp``) are used by
+:mod:`mlaref.reference.ops.flash_attn_ext` only: KV chunks are merged in index order, never derived from a
+thread count (style.md 4.8). ``q_step`` does not change the numbers there (Q rows are converted one by one); it is
+carried for the kernels' tiling. Their token is ``fa_fingerprint`` (e.g. ``k64q64c1e2`` for v_expf_avx2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+__all__ = [
+    "ReductionPlan",
+    "PLANS",
+    "get_plan",
+    "GGML_GENERIC",
+    "GGML_GENERIC_GNU",
+    "GGML_X86_AVX2",
+    "GGML_X86_AVX512",
+    "MLAREF_L8A1",
+    "MLAREF_L8A2",
+    "MLAREF_L16A1",
+    "MLAREF_L16A2",
+]
+
+_FOLDS = ("halves", "hadd", "serial")
+_INT_TO_FLOAT = ("lane4", "block")
+_ACC_TYPES = ("f32", "f16", "f64")
+_TAILS = ("masked", "scalar_f32", "scalar_gcc", "scalar_f64")
+_EXPS = ("libm", "v_expf_avx2", "v_expf_avx512")
+
+
+@dataclass(frozen=True)
+class ReductionPlan:
+    """The order of a float reduction (see the module docstring for the lane map).
+
+    ``tail`` says what happens to the elements / blocks after the last full step of ``lanes*accs`` slots:
+    ``masked`` (mlaref: they are absent, the slots keep their value), ``scalar_f32`` (ggml: added to the folded
+    float sum one by one with the pair's scalar formula, fused), ``scalar_gcc`` (ggml's f32 leftovers loop as GCC
+    vectorised it: chunks of 8, then 4, as rounded products added in order, then fused scalar FMAs),
+    ``scalar_f64`` (ggml's f16 leftovers: exact products added to a double).
+    """
+
+    name: str
+    lanes: int = 1
+    accs: int = 1
+    fold: str = "serial"
+    fma: bool = True
+    int_to_float: str = "block"
+    acc_type: str = "f32"
+    tail: str = "masked"
+    k_step: int = 64
+    q_step: int = 64
+    kv_chunks: int = 1
+    exp: str = "libm"
+    by_pair: tuple = field(default=(), compare=True)
+    pairs_only: bool = False  # a family of per-pair plans with no default (ggml's x86 plans)
+    dot2: bool = False  # each lane takes 2 adjacent products per step, odd then even (vdpbf16ps)
+
+    def __post_init__(self):
+        if self.lanes < 1 or self.lanes & (self.lanes - 1):
+            raise ValueError(f"ReductionPlan {self.name}: lanes must be a power of two >= 1, got {self.lanes}")
+        if self.accs < 1 or self.accs & (self.accs - 1):
+            raise ValueError(f"ReductionPlan {self.name}: accs must be a power of two >= 1, got {self.accs}")
+        for attr, allowed in (("fold", _FOLDS), ("int_to_float", _INT_TO_FLOAT), ("acc_type", _ACC_TYPES),
+                              ("tail", _TAILS), ("exp", _EXPS)):
+            if getattr(self, attr) not in allowed:
+                raise ValueError(f"ReductionPlan {self.name}: {attr} must be one of {allowed}, "
+                                 f"got {getattr(self, attr)!r}")
+        if (self.fold == "serial") != (self.lanes == 1 and self.accs == 1):
+            raise ValueError(f"ReductionPlan {self.name}: fold 'serial' goes with lanes == accs == 1 and only then")
+        if self.int_to_float == "lane4" and self.lanes * self.accs < 8:
+            raise ValueError(f"ReductionPlan {self.name}: int_to_float 'lane4' needs lanes*accs >= 8 "
+                             f"(8 lane sums per 32-block)")
+        if self.k_step < 1 or self.q_step < 1 or self.kv_chunks < 1:
+            raise ValueError(f"ReductionPlan {self.name}: k_step, q_step and kv_chunks must be >= 1")
+
+    @property
+    def fingerprint(self) -> str:
+        """Short token for kernel names: ``l8a2``, plus ``m`` without FMA, ``h`` for the hadd fold, ``x16`` for
+        f16 / ``x64`` for f64 accumulators; serial plans are ``s1``."""
+        if self.fold == "serial":
+            fp = "s1"
+        else:
+            fp = f"l{self.lanes}a{self.accs}"
+        if self.dot2:
+            fp += "d2"
+        if not self.fma:
+            fp += "m"
+        if self.fold == "hadd":
+            fp += "h"
+        if self.acc_type != "f32":
+            fp += {"f16": "x16", "f64": "x64"}[self.acc_type]
+        return fp
+
+    @property
+    def fa_fingerprint(self) -> str:
+        """Token of the flash-attention parameters: ``k{k_step}q{q_step}c{kv_chunks}`` + ``e0`` (libm expf),
+        ``e2`` (v_expf AVX2) or ``e5`` (v_expf AVX-512)."""
+        e = {"libm": "e0", "v_expf_avx2": "e2", "v_expf_avx512": "e5"}[self.exp]
+        return f"k{self.k_step}q{self.q_step}c{self.kv_chunks}{e}"
+
+    def for_pair(self, pair: str) -> "ReductionPlan":
+        """The plan that runs for the type pair ``"x.y"`` (e.g. ``"iq4_nl.q8_0"``; a bare ``"f16"`` means f16.f16)."""
+        if "." not in pair:
+            pair = f"{pair}.{pair}"
+        x, y = pair.split(".", 1)
+        plain = f"{x}.{y[:-3]}" if y.endswith("_x4") else pair  # the x4 layouts move bytes, not the order
+        for key, plan in self.by_pair:
+            if key in (pair, plain):
+                return plan
+        if self.pairs_only:
+            raise ValueError(f"plan {self.name} does not define the pair {pair!r}; it defines "
+                             f"{', '.join(k for k, _ in self.by_pair)}")
+        return self
+
+    def replace(self, **changes) -> "ReductionPlan":
+        """A copy with some fields changed (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _lane(name, lanes, accs, **kw):
+    return ReductionPlan(name=name, lanes=lanes, accs=accs, fold=kw.pop("fold", "halves"),
+                         int_to_float=kw.pop("int_to_float", "lane4"), **kw)
+
+
+_ELEMENT_PAIRS = ("f32.f32", "f16.f16", "bf16.bf16")
+
+GGML_GENERIC = ReductionPlan(
+    name="ggml_generic", fma=False,
+    by_pair=tuple((p, ReductionPlan(name="ggml_generic", fma=False, acc_type="f64")) for p in _ELEMENT_PAIRS),
+)
+GGML_GENERIC_GNU = ReductionPlan(
+    name="ggml_generic_gnu", fma=True,
+    by_pair=tuple((p, ReductionPlan(name="ggml_generic_gnu", fma=True, acc_type="f64")) for p in _ELEMENT_PAIRS),
+)
+
+# ggml-cpu/arch/x86/quants.c: q8_0/q4_0/q5_0/q4_1/q5_1 use one __m256 accumulator, one FMA per block, and
+# hsum_float_8; iq4_nl alternates blocks between accum1/accum2, adds them, and finishes an odd block in scalar.
+_X86_BLOCKS = (
+    ("q8_0.q8_0", _lane("ggml_x86", 8, 1)),
+    ("q4_0.q8_0", _lane("ggml_x86", 8, 1)),
+    ("q5_0.q8_0", _lane("ggml_x86", 8, 1)),
+    ("q4_1.q8_1", _lane("ggml_x86", 8, 1)),
+    ("q5_1.q8_1", _lane("ggml_x86", 8, 1)),
+    ("iq4_nl.q8_0", _lane("ggml_x86", 8, 2, tail="scalar_f32")),
+    ("q4_K.q8_K", _lane("ggml_x86", 8, 1)),
+    ("q6_K.q8_K", _lane("ggml_x86", 8, 1)),
+)
+# ggml-cpu/vec.cpp + simd-mappings.h. AVX-512: GGML_F32_STEP 64 / EPR 16 (4 zmm accumulators, reduced
+# (a0+a2)+(a1+a3) then _mm512_reduce_add_ps); with AVX512-FP16 the f16 dot runs GGML_F16x32 in half precision
+# (STEP 128 / EPR 32, vfmadd231ph), converted to double after the fold; with AVX512-BF16 the bf16 dot runs two
+# vdpbf16ps accumulators over 64-element steps (c1: elements 0..31, c2: 32..63; lane l the pair 2l, 2l+1), each
+# reduced on its own and added to a double (acc_type "f64"); leftovers as the tail says.
+GGML_X86_AVX512 = ReductionPlan(
+    name="ggml_x86_avx512", pairs_only=True,
+    by_pair=_X86_BLOCKS + (
+        ("f32.f32", _lane("ggml_x86_avx512", 16, 4, int_to_float="block", tail="scalar_gcc")),
+        ("f16.f16", _lane("ggml_x86_avx512", 32, 4, int_to_float="block", acc_type="f16", tail="scalar_f64")),
+        ("bf16.bf16", _lane("ggml_x86_avx512", 16, 2, int_to_float="block", acc_type="f64", dot2=True,
+                            tail="scalar_f64")),
+    ),
+)
+# AVX2 + FMA + F16C: GGML_F32_STEP 32 / EPR 8 with GGML_F32x8_REDUCE (hadd), f16 through F32Cx8 in f32.
+GGML_X86_AVX2 = ReductionPlan(
+    name="ggml_x86_avx2", pairs_only=True,
+    by_pair=_X86_BLOCKS + (
+        ("f32.f32", _lane("ggml_x86_avx2", 8, 4, fold="hadd", int_to_float="block", tail="scalar_gcc")),
+        ("f16.f16", _lane("ggml_x86_avx2", 8, 4, fold="hadd", int_to_float="block", tail="scalar_f64")),
+    ),
+)
+
+MLAREF_L8A1 = _lane("mlaref_l8a1", 8, 1)
+MLAREF_L8A2 = _lane("mlaref_l8a2", 8, 2)
+MLAREF_L16A1 = _lane("mlaref_l16a1", 16, 1)
+MLAREF_L16A2 = _lane("mlaref_l16a2", 16, 2)
+
+PLANS: dict[str, ReductionPlan] = {
+    p.name: p
+    for p in (GGML_GENERIC, GGML_GENERIC_GNU, GGML_X86_AVX2, GGML_X86_AVX512,
+              MLAREF_L8A1, MLAREF_L8A2, MLAREF_L16A1, MLAREF_L16A2)
+}
+
+
+def get_plan(plan) -> ReductionPlan:
+    """A plan by name (``"mlaref_l8a2"``, ``"ggml_generic"``, ...); a ReductionPlan is returned as is."""
+    if isinstance(plan, ReductionPlan):
+        return plan
+    if not isinstance(plan, str) or plan not in PLANS:
+        raise ValueError(f"unknown plan {plan!r}; known: {', '.join(PLANS)}")
+    return PLANS[plan]
