@@ -13,7 +13,13 @@
   ``generated/manifest.json``) and ``<!-- mlaref:memory-table -->`` (from the allocator model,
   ``reference/alloc.py``, run during the build).
 
-Nothing here is written into ``docs/``: generated pages live only in the built site.
+* figures and tables from ``docs/_gen/`` (one module per page): ``<!-- mlaref:graph-figure VARIANT -->`` and
+  ``<!-- mlaref:graph-table VARIANT -->`` (the real DeepSeek-V2 builders), ``<!-- mlaref:memory-... -->`` (the
+  allocator model: plot, variant table, peak tables, timeline, slopes), ``<!-- mlaref:kernel-... -->`` (name
+  grammar, dispatch rules, a plan's fields and lane map, checked against the reference during the build) and
+  ``<!-- mlaref:report SECTION -->`` (the last ``mlaref report`` run, when its ``report.json`` exists).
+
+Nothing here is written into ``docs/``: generated pages and figures live only in the built site.
 """
 
 from __future__ import annotations
@@ -32,13 +38,33 @@ from mkdocs.structure.files import File
 
 DOCS = Path(__file__).resolve().parent
 SEED = DOCS / "data" / "seed_pr253.yml"
+# MkDocs puts docs/ on sys.path only while it imports this file, so the page generators are imported now.
+if str(DOCS) not in sys.path:
+    sys.path.insert(0, str(DOCS))
+import _gen.graphs  # noqa: E402, F401
+import _gen.kernels  # noqa: E402, F401
+import _gen.memory  # noqa: E402, F401
+import _gen.report  # noqa: E402, F401
+
+# generated figure path in the site -> (module in docs/_gen, function, args); drawn once per build
+FIGURES = {
+    "img/graph_f32.png": ("graphs", "figure_png", ("f32",)),
+    "img/graph_direct.png": ("graphs", "figure_png", ("direct",)),
+    "img/graph_chunked.png": ("graphs", "figure_png", ("chunked",)),
+    "img/memory_vs_context.png": ("memory", "plan_plot_png", ()),
+    "img/memory_timeline.png": ("memory", "timeline_png", ()),
+    "img/lane_map_l8a2.png": ("kernels", "lane_map_png", ()),
+}
+_CACHE: dict = {}
 
 
 # ----------------------------------------------------------------------------------------------------------
 # MkDocs events
 # ----------------------------------------------------------------------------------------------------------
 def on_config(config):
-    """Put one nav entry per registered format under "Block formats"."""
+    """Put one nav entry per registered format under "Block formats"; forget the figures of a previous build."""
+    _CACHE.clear()  # `mkdocs serve` rebuilds in the same process: redraw from the current code
+    _gen("graphs").subgraph.cache_clear()
     sections = {"Block formats": ("formats", sorted(_formats())), "Ops": ("ops", sorted(_op_modules()))}
     for i, item in enumerate(config.nav or []):
         if not isinstance(item, dict):
@@ -60,7 +86,95 @@ def on_files(files, config):
     figure = seed_figure_png()
     if figure is not None:
         files.append(File.generated(config, "img/seed_pr253.png", content=figure))
+    if _have_matplotlib():
+        for path in FIGURES:
+            files.append(File.generated(config, path, content=_figure(path)))
+    for name, data in report_images().items():
+        files.append(File.generated(config, f"img/report/{name}", content=data))
     return files
+
+
+def _gen(module: str):
+    import importlib  # noqa: PLC0415
+
+    return importlib.import_module(f"_gen.{module}")
+
+
+def _figure(path: str) -> bytes:
+    """The PNG bytes of a generated figure (``mlaref plan --plot`` also gives the rows; both are kept)."""
+    if path not in _CACHE:
+        module, fn, args = FIGURES[path]
+        out = getattr(_gen(module), fn)(*args)
+        if isinstance(out, tuple):
+            out, _CACHE[path + ":data"] = out
+        _CACHE[path] = out
+    return _CACHE[path]
+
+
+def _img(page, path: str, alt: str) -> str:
+    if not _have_matplotlib():
+        return f"*(figure skipped: matplotlib is not installed: {alt})*"
+    link = "../" * page.file.src_uri.count("/") + path
+    return f"[![{alt}]({link})]({link} \"Open the full-size figure\")"
+
+
+_GRAPH_ALT = {
+    "f32": "Layer 1 of the f32 variant (before PR #253): the cache is cast to f32, K is built in f32 and cast back",
+    "direct": "Layer 1 of the direct variant (PR #253): K and V are built in the cache type",
+    "chunked": "Layer 1 of the chunked variant (mlaref): K/V built and attended per chunk of 4096 cells, then merged",
+}
+
+
+def generated_markers(markdown: str, page) -> str:
+    """Replace the ``docs/_gen`` markers (figures, tables, numbers) in one page."""
+
+    def sub(pattern, fn):
+        nonlocal markdown
+        markdown = re.sub(pattern, lambda m: fn(*m.groups()), markdown)
+
+    sub(r"<!-- mlaref:graph-figure (\w+) -->", lambda v: _img(page, f"img/graph_{v}.png", _GRAPH_ALT[v]))
+    sub(r"<!-- mlaref:graph-table (\w+) -->", lambda v: _gen("graphs").node_table(v))
+    sub(r"<!-- mlaref:memory-plot -->",
+        lambda: _img(page, "img/memory_vs_context.png", "Compute buffer vs context for f32, direct and chunked"))
+    sub(r"<!-- mlaref:memory-timeline -->",
+        lambda: _img(page, "img/memory_timeline.png", "Live bytes during the first layers, f32 and direct"))
+    sub(r"<!-- mlaref:memory-variants -->", lambda: _gen("memory").variants_table(_plan_rows()))
+    sub(r"<!-- mlaref:memory-peak (\w+) -->", lambda v: _gen("memory").peak_table(v))
+    sub(r"<!-- mlaref:memory-slope (\w+) -->", lambda v: str(_gen("memory").slope(_plan_rows(), v)))
+    sub(r"<!-- mlaref:kernel-grammar -->", lambda: _gen("kernels").grammar_block())
+    sub(r"<!-- mlaref:kernel-name-examples -->", lambda: _gen("kernels").parsed_examples())
+    sub(r"<!-- mlaref:kernel-dispatch -->", lambda: rst_to_md(_gen("kernels").dispatch_doc()))
+    sub(r"<!-- mlaref:kernel-plan-fields -->", lambda: _gen("kernels").plan_fields())
+    sub(r"<!-- mlaref:kernel-lane-map -->",
+        lambda: _img(page, "img/lane_map_l8a2.png", "Lane map and fold of plan mlaref_l8a2 over six q8_0 blocks"))
+    sub(r"<!-- mlaref:kernel-lane-map-check -->", _lane_map_check)
+    sub(r"<!-- mlaref:report (\w+) -->", lambda section: report_section(section, page))
+    return markdown
+
+
+def report_images() -> dict[str, bytes]:
+    return _gen("report").images()
+
+
+def report_section(which: str, page) -> str:
+    return _gen("report").section(which, "../" * page.file.src_uri.count("/"))
+
+
+def _plan_rows():
+    key = "img/memory_vs_context.png:data"
+    if key not in _CACHE:
+        _CACHE["img/memory_vs_context.png"], _CACHE[key] = _gen("memory").plan_plot_png()
+    return _CACHE[key]
+
+
+def _lane_map_check() -> str:
+    n, same = _gen("kernels").replay_q8_0()
+    if same != n:
+        raise RuntimeError(f"the lane map drawn on the Kernels page disagrees with the reference vec_dot on "
+                           f"{n - same} of {n} rows")
+    return (f"During this build the order drawn above was replayed in NumPy on {n} random q8_0 rows of 576 "
+            f"values (18 blocks) and gave the same bytes as `mlaref.reference.ops.vec_dot.vec_dot(..., "
+            f"plan=\"mlaref_l8a2\")` for all {same} of them.")
 
 
 def on_page_markdown(markdown, page, config, files):
@@ -84,7 +198,7 @@ def on_page_markdown(markdown, page, config, files):
         markdown = markdown.replace("<!-- mlaref:memory-table -->", memory_table())
     if "<!-- mlaref:kernel-table -->" in markdown:
         markdown = markdown.replace("<!-- mlaref:kernel-table -->", kernel_tables())
-    return markdown
+    return generated_markers(markdown, page)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -379,7 +493,8 @@ def isa_table() -> str:
             "|---|---|---|---|---:|---:|---|---|---|"]
     for t in sorted(isa.ISAS.values(), key=lambda t: (t.arch, t.priority)):
         rows.append(
-            f"| `{t.token}` | {t.arch} | {' '.join(t.features) or '(none)'} | {' '.join(t.cflags) or '(none)'} | "
+            f"| `{t.token}` | {t.arch} | {' '.join(t.features) or '(none)'} | "
+            f"{' '.join(f'`{c}`' for c in t.cflags) or '(none)'} | "
             f"{t.vector_bits} | {t.priority} | {t.numpy} | {t.highway} | {t.ggml} |"
         )
     return "\n".join(rows)

@@ -1,0 +1,1 @@
+"""Generators of the site's figures and tables (imported by ``docs/hooks.py``; not pages, not shipped)."""
