@@ -101,11 +101,13 @@ def _check(hp: HParams, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head, kv_
 def build_graph(hp: HParams, n_ctx: int, *, variant: str = "direct", cache_type: str = "f16",
                 n_ubatch: int = 512, n_tokens: int | None = None, n_kv: int | None = None,
                 kv_head: int | None = None, weight_type: str = "iq4_nl", kv_chunk: int = DEFAULT_KV_CHUNK,
-                fmoe: bool = False) -> MLAGraph:
+                fmoe: bool = False, weight_types: dict[str, str] | None = None) -> MLAGraph:
     """The whole DeepSeek-V2 graph for one micro-batch (all layers, dense lead, MoE FFN, output).
 
     Defaults give llama.cpp's worst-case reserve graph. ``n_tokens <= n_head`` builds the TG path.
     ``weight_type`` only sets the weights' types (their memory is not in the compute buffer).
+    ``weight_types`` (name -> type, e.g. a GGUF file's) gives every weight its own type instead; a weight the
+    graph needs and the dict lacks raises ValueError.
     """
     if n_tokens is None:
         n_tokens = min(n_ctx, n_ubatch) if isinstance(n_ctx, int) else 1
@@ -114,12 +116,17 @@ def build_graph(hp: HParams, n_ctx: int, *, variant: str = "direct", cache_type:
     if kv_head is None:
         kv_head = n_ctx - n_tokens if isinstance(n_ctx, int) else 0
     _check(hp, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head, kv_chunk, n_ubatch)
-    return _Builder(hp, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head, weight_type, kv_chunk, fmoe).build()
+    if weight_types is not None and not isinstance(weight_types, dict):
+        raise TypeError(f"weight_types must be a dict of weight name -> type name, got {type(weight_types).__name__}")
+    return _Builder(hp, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head, weight_type, kv_chunk, fmoe,
+                    weight_types).build()
 
 
 class _Builder:
-    def __init__(self, hp, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head, weight_type, kv_chunk, fmoe):
+    def __init__(self, hp, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head, weight_type, kv_chunk, fmoe,
+                 weight_types=None):
         self.hp = hp
+        self.weight_types = weight_types
         self.n_ctx = n_ctx
         self.variant = variant
         self.ct = cache_type
@@ -143,6 +150,10 @@ class _Builder:
         return t
 
     def w(self, name: str, ne, type_name: str | None = None) -> ir.Tensor:
+        if self.weight_types is not None:
+            if name not in self.weight_types:
+                raise ValueError(f"weight_types: the graph needs weight {name!r}, which the dict does not hold")
+            type_name = self.weight_types[name]
         t = ir.weight(name, type_name or self.wt, ne)
         self.weights[name] = t
         return t

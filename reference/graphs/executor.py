@@ -21,11 +21,11 @@ cast's type), and the callable writes ``dst`` and returns it. ``options`` gives 
 (e.g. ``{"MUL_MAT": {"plan": "mlaref_l8a2"}, "FLASH_ATTN_EXT": {"algorithm": "blocked"}}``) on top of
 :data:`DEFAULT_OPTIONS`.
 
-Ops without a reference file yet (``FUSED_MUL_UNARY``, ``ARGSORT``, ``MUL_MAT_ID``, ``MULTI_ADD``) run
-*provisional* NumPy versions defined here, following ik_llama.cpp@676f0e71b's formulas (ggml.c) but not tested
-bit for bit against it; they make a whole synthetic model run and are deterministic. The TG path runs with
-an f16 cache; with a q8_0 cache its ``cont(transpose(latent cache))`` has no element-wise meaning and the
-reference ``cpy`` refuses it (ValueError).
+The MoE ops run their reference files too: ``FUSED_MUL_UNARY``, ``MULTI_ADD`` (ik_llama.cpp-only ops, modelled
+from ggml.c@676f0e71b), ``ARGSORT`` (ik's exchange sort by default; option ``algorithm="std_sort"`` is
+upstream's ``std::sort``) and ``MUL_MAT_ID`` (the mul_mat plan and ``from_float`` variant, as ``MUL_MAT``).
+The TG path runs with an f16 cache; with a q8_0 cache its ``cont(transpose(latent cache))`` has no element-wise
+meaning and the reference ``cpy`` refuses it (ValueError).
 
 Memory: a tensor's buffer is dropped after the last node that reads it (directly or through a view), unless it
 is a leaf, the graph output or named in ``keep``, so the executor's live set follows ggml-alloc's free rule
@@ -45,7 +45,7 @@ import numpy as np
 from mlaref.reference import ops
 from mlaref.reference.graphs import ir
 from mlaref.reference.ops.fa_partial import fa_merge, flash_attn_ext_partial
-from mlaref.reference.ops.flash_attn_ext import expf, flash_attn_ext
+from mlaref.reference.ops.flash_attn_ext import flash_attn_ext
 from mlaref.reference.ops.mul_mat import mul_mat
 from mlaref.reference.tensor import Tensor
 
@@ -57,6 +57,7 @@ ALIGNMENT = 32  # CPU TENSOR_ALIGNMENT, as ggml-alloc rounds sizes
 DEFAULT_OPTIONS: dict[str, dict] = {
     "MUL_MAT": {"plan": "ggml_generic", "variant": "x86"},
     "MUL_MAT_ID": {"plan": "ggml_generic", "variant": "x86"},
+    "ARGSORT": {"algorithm": "exchange"},
     "FLASH_ATTN_EXT": {"algorithm": "generic", "plan": "ggml_generic", "variant": "x86"},
     "FLASH_ATTN_EXT_PARTIAL": {"plan": "ggml_generic", "variant": "x86"},
 }
@@ -129,79 +130,21 @@ def _fa_merge(node, a, b=None, **kw):
     return fa_merge(a, b, node.op_params["final"])
 
 
-# -- provisional ops (no reference/ops file yet) -------------------------------------------------------------
+# -- the MoE ops (reference/ops/{fused_mul_unary,argsort,mul_mat_id,multi_add}.py) -------------------------------
 def _fused_mul_unary(node, a, b, **kw):
-    """Provisional ``fused_mul_unary``: ``silu(a)·b`` with ``silu(x) = x / (1 + expf(-x))`` (libm), in f32."""
-    unary = node.op_params["unary"]
-    x = a.to_numpy()
-    if unary == "SILU":
-        with np.errstate(over="ignore"):
-            act = (x / (np.float32(1) + expf(-x).reshape(x.shape)).astype(np.float32)).astype(np.float32)
-    elif unary == "RELU":
-        act = np.maximum(x, np.float32(0))
-    else:
-        raise ValueError(f"fused_mul_unary: the provisional executor op supports SILU and RELU, not {unary}")
-    dst = Tensor.empty("f32", a.ne)
-    dst.storage()[...] = (act * b.to_numpy()).astype(np.float32)
-    return dst
+    return ops.fused_mul_unary(a, b, node.op_params["unary"])
 
 
 def _argsort(node, a, **kw):
-    """Provisional ``argsort`` (``ggml_compute_forward_argsort_f32``): ggml's exchange sort, per row.
-
-    ``for j: for k > j: if (desc ? x[i_j] < x[i_k] : x[i_j] > x[i_k]) swap(i_j, i_k)``; ties keep the earlier
-    index first.
-    """
-    x = a.to_numpy().reshape(-1, a.ne[0])
-    idx = np.broadcast_to(np.arange(a.ne[0], dtype=np.int32), x.shape).copy()
-    desc = node.op_params["order"] == "desc"
-    rows = np.arange(x.shape[0])
-    for j in range(a.ne[0]):
-        for k in range(j + 1, a.ne[0]):
-            xj, xk = x[rows, idx[:, j]], x[rows, idx[:, k]]
-            swap = (xj < xk) if desc else (xj > xk)
-            ij = idx[:, j].copy()
-            idx[:, j] = np.where(swap, idx[:, k], ij)
-            idx[:, k] = np.where(swap, ij, idx[:, k])
-    dst = Tensor.empty("i32", a.ne)
-    dst.storage()[...] = idx.reshape(dst.storage().shape)
-    return dst
+    return ops.argsort(a, node.op_params["order"], **kw)
 
 
 def _mul_mat_id(node, experts, b, ids, **kw):
-    """Provisional ``mul_mat_id``: ``dst[:, i, t] = experts[:, :, ids[i, t]] × b[:, i % b.ne1, t]``.
-
-    Each expert's rows go through the reference ``mul_mat`` (same src1 conversion and dot plan as a plain
-    mul_mat, so each element equals the corresponding mul_mat element).
-    """
-    K, n_out, n_exp = experts.ne[0], experts.ne[1], experts.ne[2]
-    n_ids, T = ids.ne[0], ids.ne[1]
-    sel = ids.to_numpy().reshape(T, n_ids)
-    bv = b.to_numpy().reshape(b.ne[2], b.ne[1], K)
-    out = np.zeros((T, n_ids, n_out), np.float32)
-    for e in range(n_exp):
-        ts, iis = np.nonzero(sel == e)
-        if ts.size == 0:
-            continue
-        rows = Tensor.from_numpy(np.ascontiguousarray(bv[ts, iis % b.ne[1]]))
-        w = experts.view((K, n_out), (experts.nb[1],), e * experts.nb[2])
-        out[ts, iis] = mul_mat(w, rows, **kw).to_numpy().reshape(ts.size, n_out)
-    dst = Tensor.empty("f32", node.ne)
-    dst.storage()[...] = out.reshape(dst.storage().shape)
-    return dst
+    return ops.mul_mat_id(experts, b, ids, **kw)
 
 
 def _multi_add(node, a, **kw):
-    """Provisional ``multi_add`` (``ggml_compute_forward_multi_add_f32``): ``dst = ((0 + x_0) + x_1) + ...``,
-    where ``x_j`` is ``a`` shifted by ``j`` rows of ``ne0`` floats (the j-th expert of each token)."""
-    n = node.op_params["n_experts"]
-    acc = np.zeros((a.ne[1], a.ne[0]), np.float32)
-    for j in range(n):
-        xj = a.view((a.ne[0], a.ne[1]), (a.nb[1],), j * a.ne[0] * 4)
-        acc = (acc + xj.to_numpy().reshape(acc.shape)).astype(np.float32)
-    dst = Tensor.empty("f32", node.ne)
-    dst.storage()[...] = acc.reshape(dst.storage().shape)
-    return dst
+    return ops.multi_add(a, node.op_params["n_experts"])
 
 
 REFERENCE_OPS: dict[str, Callable] = {
