@@ -1,0 +1,301 @@
+"""The kernel catalog: every KernelSpec mlaref generates. The only place to add a kernel variant.
+
+A spec is (family, type_x, type_y, isa, plan). Its name follows :mod:`mlaref.codegen.naming`; its template is
+``codegen/templates/<family>.c.j2``, whose TOML header lists the values each parameter may take
+(:mod:`mlaref.codegen.render` enforces them). Couplings between parameters (a variant that exists only for some
+types, ISAs that only make sense where a template uses SIMD primitives) live in :meth:`KernelSpec.validate`.
+
+Families (one cffi module per family and ISA, :mod:`mlaref.codegen.build`):
+
+==================  =====================================================================================
+family              C signature (all sizes int64_t, strides in bytes)
+==================  =====================================================================================
+``dequantize_row``  ``(const uint8_t *x, float *y, n_rows, n, x_stride, y_stride)``
+``quantize_row``    ``(const float *x, uint8_t *y, n_rows, n, x_stride, y_stride)``
+``convert_rows``    ``(const uint8_t *x, uint8_t *y, float *scratch, n_rows, n, x_stride, y_stride)``
+``copy_rows``       ``(uint8_t *dst, const uint8_t *src, row_bytes, n_rep, ne1, ne2, ne3, s_nb1..3, d_nb1..3)``
+``vec_dot``         ``(const uint8_t *x, x_stride, m, const uint8_t *y, y_stride, n_y, n, float *out, out_stride)``
+==================  =====================================================================================
+
+vec_dot plans (kernel-name token -> reference/plan.py plan): ``l8a1`` / ``l8a2`` -> ``mlaref_l8a1`` /
+``mlaref_l8a2`` (every ISA; ``l16a1`` gives the same bytes as ``l8a2`` by the plan's lane map, so it is not a
+separate kernel), ``ggml_generic`` (scalar C, serial: scalar ISA only), ``ggml_x86_avx2`` (block pairs with plain
+y, scalar and avx2). ``avx512vnni`` and ``neondot`` only change the int8 lane sums, so only block pairs get them.
+
+ISA rule: a format whose row code calls the SIMD primitives (``simd/<isa>.h.j2``) gets a kernel for every ISA
+in ``ROW_ISAS``; a format whose code is plain scalar C gets only ``scalar`` (another ISA would compile the same
+loop with other flags and add nothing). ``avx512vnni`` and ``neondot`` differ from their base ISA only in integer
+dot products, so only ``vec_dot`` may use them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+from mlaref.codegen import naming
+
+__all__ = ["KernelSpec", "catalog", "FAMILIES", "SIGNATURES", "QUANT_VARIANTS", "ROW_ISAS"]
+
+ROW_ISAS = ("scalar", "avx2", "avx512", "neon")
+
+# C prototypes per family, ``{name}`` filled in; build.py hands them to cffi's cdef.
+SIGNATURES = {
+    "dequantize_row": "void {name}(const uint8_t *x, float *y, int64_t n_rows, int64_t n, int64_t x_stride, "
+                      "int64_t y_stride);",
+    "quantize_row": "void {name}(const float *x, uint8_t *y, int64_t n_rows, int64_t n, int64_t x_stride, "
+                    "int64_t y_stride);",
+    "convert_rows": "void {name}(const uint8_t *x, uint8_t *y, float *scratch, int64_t n_rows, int64_t n, "
+                    "int64_t x_stride, int64_t y_stride);",
+    "vec_dot": "void {name}(const uint8_t *x, int64_t x_stride, int64_t m, const uint8_t *y, int64_t y_stride, "
+               "int64_t n_y, int64_t n, float *out, int64_t out_stride);",
+    "copy_rows": "void {name}(uint8_t *dst, const uint8_t *src, int64_t row_bytes, int64_t n_rep, int64_t ne1, "
+                 "int64_t ne2, int64_t ne3, int64_t s_nb1, int64_t s_nb2, int64_t s_nb3, int64_t d_nb1, "
+                 "int64_t d_nb2, int64_t d_nb3);",
+}
+FAMILIES = tuple(SIGNATURES)
+
+# Formats whose dequantizer exists in C (codegen/templates/formats/<type>.h.j2) and whether it uses SIMD primitives.
+DEQUANT_TYPES = {
+    "f32": False, "f16": True, "bf16": False, "q4_0": True, "q4_1": True, "q5_0": True, "q5_1": True,
+    "q8_0": True, "q8_1": True, "iq4_nl": True, "q8_K": True, "q4_K": True, "q6_K": True,
+    "q8_0_x4": True, "q8_1_x4": True,
+}
+# Quantizers in C: type -> {variant: uses SIMD primitives}. Variants are those of reference/types (FACTS 4d);
+# a variant that coincides with ``ref`` for a type (q4_0's ``x86``) is the ``ref`` kernel.
+QUANT_VARIANTS = {
+    "f16": {"ref": True, "x86": True},
+    "bf16": {"ref": False},
+    "q4_0": {"ref": False},
+    "q4_1": {"ref": False},
+    "q5_0": {"ref": False},
+    "q5_1": {"ref": False},
+    "q8_0": {"ref": True, "x86": True},
+    "q8_1": {"ref": True, "x86": True},
+    "q8_K": {"ref": False, "iqk": True},
+    "iq4_nl": {"ref": False},
+    "q8_0_x4": {"iqk": True},
+    "q8_1_x4": {"iqk": True},
+}
+# convert_rows: src1 row types -> the vec_dot types they are converted to (FACTS 4a, #253's iqk_quantize_any).
+CONVERT_SOURCES = ("f16", "bf16", "q8_0")
+# vec_dot pairs (FACTS 4a; reference/ops/_vecdot_pairs.py): x type -> y types
+VEC_DOT_PAIRS = {
+    "f32": ("f32",), "f16": ("f16",), "bf16": ("bf16",),
+    "q8_0": ("q8_0", "q8_0_x4"), "q4_0": ("q8_0", "q8_0_x4"), "q5_0": ("q8_0", "q8_0_x4"),
+    "iq4_nl": ("q8_0", "q8_0_x4"), "q4_1": ("q8_1", "q8_1_x4"), "q5_1": ("q8_1", "q8_1_x4"),
+}
+VEC_DOT_PLANS = {"l8a1": "mlaref_l8a1", "l8a2": "mlaref_l8a2", "ggml_generic": "ggml_generic",
+                 "ggml_x86_avx2": "ggml_x86_avx2"}
+VEC_DOT_ISAS = ("scalar", "avx2", "avx512", "avx512vnni", "neon", "neondot")
+CONVERT_TARGETS = ("f16", "q8_0", "q8_1", "q8_K", "q8_0_x4", "q8_1_x4")
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class KernelSpec:
+    """One generated kernel: what it computes (family, types) and how (ISA, plan)."""
+
+    family: str
+    type_x: str
+    type_y: str | None
+    isa: str
+    plan: str
+
+    @functools.cached_property
+    def name(self) -> str:
+        return naming.format(self.family, self.type_x, self.type_y, self.isa, self.plan)
+
+    @property
+    def template(self) -> str:
+        return f"{self.family}.c.j2"
+
+    @property
+    def path(self) -> str:
+        """The file of this kernel relative to generated/."""
+        return f"{self.family}/{self.name}.c"
+
+    def params(self) -> dict:
+        """The template parameters (checked against the template's TOML header)."""
+        p = {"type_x": self.type_x, "isa": self.isa, "plan": self.plan}
+        if self.type_y is not None:
+            p["type_y"] = self.type_y
+        return p
+
+    def signature(self) -> str:
+        return SIGNATURES[self.family].format(name=self.name)
+
+    def validate(self) -> "KernelSpec":
+        """Raise ValueError naming the broken coupling; return self when the spec is consistent."""
+        where = f"kernel spec {self.family}/{self.type_x}/{self.type_y}/{self.isa}/{self.plan}"
+        if self.family not in SIGNATURES:
+            raise ValueError(f"{where}: family must be one of {', '.join(SIGNATURES)}")
+        if self.family in MM_FAMILIES:  # mul_mat / flash_attn_ext: see the end of this file
+            return _validate_mm(self, where)
+        two_types = self.family in ("convert_rows", "vec_dot")
+        if two_types != (self.type_y is not None):
+            raise ValueError(f"{where}: type_y is required for convert_rows and vec_dot, forbidden for {self.family}")
+        if self.family == "vec_dot":
+            return self._validate_vec_dot(where)
+        if self.isa in ("avx512vnni", "neondot"):
+            raise ValueError(f"{where}: {self.isa} differs from its base ISA only in integer dot products; "
+                             f"use it for vec_dot only")
+        if self.family == "dequantize_row":
+            simd = DEQUANT_TYPES.get(self.type_x)
+            if simd is None:
+                raise ValueError(f"{where}: no C dequantizer for {self.type_x}")
+            if self.plan != "ref":
+                raise ValueError(f"{where}: dequantize has no order to choose; its plan is 'ref'")
+        elif self.family in ("quantize_row", "convert_rows"):
+            target = self.type_x if self.family == "quantize_row" else self.type_y
+            variants = QUANT_VARIANTS.get(target)
+            if variants is None:
+                raise ValueError(f"{where}: no C quantizer for {target}")
+            if self.plan not in variants:
+                raise ValueError(f"{where}: {target} has quantize variants {', '.join(variants)}, not {self.plan!r}")
+            simd = variants[self.plan]
+            if self.family == "convert_rows":
+                if self.type_x not in CONVERT_SOURCES or self.type_x == self.type_y:
+                    raise ValueError(f"{where}: convert_rows takes a source in {', '.join(CONVERT_SOURCES)} "
+                                     f"different from the target")
+                simd = simd or DEQUANT_TYPES[self.type_x]
+        else:  # copy_rows
+            simd = False
+            if self.type_x != "bytes" or self.plan != "ref":
+                raise ValueError(f"{where}: copy_rows is type-agnostic: type 'bytes', plan 'ref'")
+        if self.isa != "scalar" and not simd:
+            raise ValueError(f"{where}: the row code of this kernel is plain C (no SIMD primitives); only the "
+                             f"scalar ISA is generated for it")
+        if self.isa not in ROW_ISAS:
+            raise ValueError(f"{where}: row kernels exist for {', '.join(ROW_ISAS)}")
+        return self
+
+    def _validate_vec_dot(self, where: str) -> "KernelSpec":
+        if self.type_y not in VEC_DOT_PAIRS.get(self.type_x, ()):
+            raise ValueError(f"{where}: {self.type_x}.{self.type_y} is not a vec_dot pair (FACTS 4a)")
+        if self.plan not in VEC_DOT_PLANS:
+            raise ValueError(f"{where}: vec_dot plans are {', '.join(VEC_DOT_PLANS)}")
+        element = self.type_x in ("f32", "f16", "bf16")
+        if self.isa not in VEC_DOT_ISAS:
+            raise ValueError(f"{where}: vec_dot kernels exist for {', '.join(VEC_DOT_ISAS)}")
+        if element and self.isa in ("avx512vnni", "neondot"):
+            raise ValueError(f"{where}: {self.isa} changes only int8 dot products; element pairs use its base ISA")
+        if self.plan in ("ggml_generic", "ggml_x86_avx2") and self.type_y.endswith("_x4"):
+            raise ValueError(f"{where}: ggml's own plans go with ggml's plain vec_dot types, not {self.type_y}")
+        if self.plan == "ggml_generic" and self.isa != "scalar":
+            raise ValueError(f"{where}: ggml_generic is a serial order; only the scalar ISA is generated for it")
+        if self.plan == "ggml_x86_avx2" and (element or self.isa not in ("scalar", "avx2")):
+            raise ValueError(f"{where}: ggml_x86_avx2 is generated for block pairs on scalar and avx2")
+        return self
+
+
+def _row_isas(simd: bool) -> tuple[str, ...]:
+    return ROW_ISAS if simd else ("scalar",)
+
+
+@functools.cache
+def catalog() -> tuple[KernelSpec, ...]:
+    """Every kernel, sorted by name. Editing this function is how a variant is added."""
+    specs = []
+    for t, simd in DEQUANT_TYPES.items():
+        specs += [KernelSpec("dequantize_row", t, None, i, "ref") for i in _row_isas(simd)]
+    for t, variants in QUANT_VARIANTS.items():
+        for plan, simd in variants.items():
+            specs += [KernelSpec("quantize_row", t, None, i, plan) for i in _row_isas(simd)]
+    for src in CONVERT_SOURCES:
+        for dst in CONVERT_TARGETS:
+            if dst == src:
+                continue
+            for plan, simd in QUANT_VARIANTS[dst].items():
+                specs += [KernelSpec("convert_rows", src, dst, i, plan)
+                          for i in _row_isas(simd or DEQUANT_TYPES[src])]
+    specs.append(KernelSpec("copy_rows", "bytes", None, "scalar", "ref"))
+    for tx, tys in VEC_DOT_PAIRS.items():
+        for ty in tys:
+            for plan in VEC_DOT_PLANS:
+                for i in VEC_DOT_ISAS:
+                    try:
+                        specs.append(KernelSpec("vec_dot", tx, ty, i, plan)._validate_vec_dot(""))
+                    except ValueError:
+                        continue
+    specs += mm_specs()  # mul_mat / flash_attn_ext: see the end of this file
+    for s in specs:
+        s.validate()
+    names = [s.name for s in specs]
+    assert len(set(names)) == len(names), "duplicate kernel names in the catalog"
+    return tuple(sorted(specs, key=lambda s: s.name))
+
+
+@functools.cache
+def by_name() -> dict[str, KernelSpec]:
+    return {s.name: s for s in catalog()}
+
+
+@functools.cache
+def by_key() -> dict[tuple, dict[str, KernelSpec]]:
+    """(family, type_x, type_y, plan) -> {isa: spec}: what dispatch chooses among."""
+    out: dict[tuple, dict[str, KernelSpec]] = {}
+    for s in catalog():
+        out.setdefault((s.family, s.type_x, s.type_y, s.plan), {})[s.isa] = s
+    return out
+
+
+# ---- mul_mat and flash_attn_ext (helper H11; entry points in codegen/kernels_mm.py) --------------------------
+# mul_mat: type_x = src0 (weight), type_y = src1 (its columns are converted to type_x's vec_dot type inside the
+# kernel, #253 semantics); flash_attn_ext: type_x = K type, type_y = V type. Plan "l16a1" = mlaref_l16a1 for every
+# dot product; flash attention's k_step, kv_chunks and exp are run-time arguments taken from the plan value.
+MM_FAMILIES = ("mul_mat", "flash_attn_ext")
+MM_X_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q5_0", "iq4_nl", "q4_1", "q5_1", "q4_K", "q6_K")
+MM_Y_TYPES = ("f32", "f16", "bf16", "q8_0")
+FA_KV_TYPES = ("f16", "q8_0")
+MM_ISAS = ("scalar", "avx2", "avx512", "avx512vnni")
+MM_PLANS = ("l16a1",)
+SIGNATURES.update({
+    "mul_mat": "int {name}(const uint8_t *src0, const uint8_t *src1, float *dst, int64_t K, int64_t M, "
+               "int64_t ne02, int64_t ne03, int64_t nb01, int64_t nb02, int64_t nb03, int64_t N, int64_t ne12, "
+               "int64_t ne13, int64_t nb11, int64_t nb12, int64_t nb13, int64_t r0, int64_t r1, int64_t c0, "
+               "int64_t c1);",
+    "flash_attn_ext": "int {name}(const uint8_t *q, const uint8_t *k, const uint8_t *v, const uint8_t *mask, "
+                      "float *dst, int64_t Dk, int64_t Dv, int64_t nq, int64_t nh, int64_t ne3, int64_t nbq1, "
+                      "int64_t nbq2, int64_t nbq3, int64_t n_kv, int64_t nhk, int64_t ne3k, int64_t nbk1, "
+                      "int64_t nbk2, int64_t nbk3, int64_t nbv1, int64_t nbv2, int64_t nbv3, int64_t nbm1, "
+                      "int64_t nbm2, int64_t nbm3, int64_t mne2, int64_t mne3, float scale, float softcap, "
+                      "int64_t k_step, int64_t kv_chunks, int exp_kind, int64_t q_block, int64_t u0, int64_t u1);",
+})
+FAMILIES = tuple(SIGNATURES)
+
+
+def _validate_mm(spec: KernelSpec, where: str) -> KernelSpec:
+    if spec.type_y is None:
+        raise ValueError(f"{where}: {spec.family} needs type_y")
+    if spec.plan not in MM_PLANS:
+        raise ValueError(f"{where}: {spec.family} plans are {', '.join(MM_PLANS)}")
+    if spec.isa not in MM_ISAS:
+        raise ValueError(f"{where}: {spec.family} kernels exist for {', '.join(MM_ISAS)}")
+    if spec.family == "mul_mat":
+        if spec.type_x not in MM_X_TYPES or spec.type_y not in MM_Y_TYPES:
+            raise ValueError(f"{where}: mul_mat takes src0 in {', '.join(MM_X_TYPES)} and src1 in "
+                             f"{', '.join(MM_Y_TYPES)}")
+        x_block = spec.type_x not in ("f32", "f16", "bf16")
+    else:
+        if spec.type_x not in FA_KV_TYPES or spec.type_y != spec.type_x:
+            raise ValueError(f"{where}: flash_attn_ext takes K and V of one type in {', '.join(FA_KV_TYPES)}")
+        x_block = spec.type_x == "q8_0"
+    if spec.isa == "avx512vnni" and not x_block:
+        raise ValueError(f"{where}: avx512vnni changes only int8 dot products; element types use avx512")
+    return spec
+
+
+def mm_specs() -> list[KernelSpec]:
+    """The mul_mat and flash_attn_ext kernels (validated by :func:`_validate_mm`)."""
+    out = []
+    for fam, pairs in (("mul_mat", [(x, y) for x in MM_X_TYPES for y in MM_Y_TYPES]),
+                       ("flash_attn_ext", [(t, t) for t in FA_KV_TYPES])):
+        for tx, ty in pairs:
+            for i in MM_ISAS:
+                for plan in MM_PLANS:
+                    try:
+                        out.append(_validate_mm(KernelSpec(fam, tx, ty, i, plan), ""))
+                    except ValueError:
+                        continue
+    return out
+# ---- end of mul_mat and flash_attn_ext ------------------------------------------------------------------------

@@ -1,0 +1,311 @@
+"""The generated C kernels behind the interface of :mod:`mlaref.reference`, function by function.
+
+``quantize``, ``dequantize``, ``convert``, ``vec_dot``, ``concat``, ``repeat`` and ``cpy`` take the arguments of
+their reference counterparts (``mlaref.reference.quantize`` / ``dequantize``, ``reference.ops.vec_dot.vec_dot``,
+``reference.ops.{concat,repeat,cpy}``) and return the same bytes, plus
+
+* ``isa=``: cap dispatch at this ISA (it and the ISAs it implies), as ``dispatch.forced`` does;
+* ``kernel=``: run exactly this kernel (a name from generated/manifest.json; tests use it);
+* ``n_threads=``: split the rows over Python threads. cffi releases the GIL around out-of-line API calls, so
+  the threads run in parallel; each row is written by one thread only and no reduction crosses rows, so the
+  bytes do not depend on the thread count;
+* ``out=``: write into a caller's array (checked by :mod:`mlaref.codegen.args`: dtype, shape, strides,
+  writability, overlap, alignment).
+
+Where no kernel exists (a K-quant model quantizer, concat along dim > 0 of f32) the function raises
+:class:`~mlaref.codegen.dispatch.DispatchError` (quantize/dequantize/convert) or runs the reference (the
+Tensor ops, which are documented as kernels for their #253 row paths only).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib
+
+import numpy as np
+
+from mlaref.codegen import args as _args
+from mlaref.codegen import build as _build
+from mlaref.codegen import catalog as _catalog
+from mlaref.codegen import dispatch as _dispatch
+
+__all__ = ["quantize", "dequantize", "convert", "vec_dot", "concat", "repeat", "cpy", "resolve", "geometry", "DispatchError"]
+
+DispatchError = _dispatch.DispatchError
+
+# (values per block, bytes per block) of every type a kernel handles; checked against the reference registry
+# by the tests (the C code hard-codes the same numbers).
+GEOMETRY = {
+    "f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22),
+    "q5_1": (32, 24), "q8_0": (32, 34), "q8_1": (32, 36), "iq4_nl": (32, 18), "q8_K": (256, 292),
+    "q4_K": (256, 144), "q6_K": (256, 210), "q8_0_x4": (32, 34), "q8_1_x4": (32, 36),
+}
+
+
+def geometry(type: str) -> tuple[int, int]:
+    if not isinstance(type, str):
+        raise TypeError(f"type: expected a type name, got {type!r}")
+    try:
+        return GEOMETRY[type]
+    except KeyError:
+        raise ValueError(f"type: no kernels for {type!r}; kernels exist for {', '.join(GEOMETRY)}") from None
+
+
+def _variant_plan(type: str, variant: str) -> str:
+    """The implementation a quantize variant names for ``type`` (the reference's variant table when it has it)."""
+    if not isinstance(variant, str):
+        raise TypeError(f"variant: expected a string, got {variant!r}")
+    try:
+        from mlaref.reference import get_type
+
+        variants = get_type(type).variants
+    except (KeyError, ValueError, ImportError):
+        variants = {v: v for v in _catalog.QUANT_VARIANTS.get(type, {})} | {"model": "ref"}
+    if variant not in variants:
+        raise ValueError(f"variant: {type} has no quantize variant {variant!r}; it has {', '.join(variants)}")
+    return variants[variant]
+
+
+def resolve(family: str, type_x: str, type_y: str | None, plan: str, *, isa: str | None = None,
+            kernel: str | None = None):
+    """(spec, C function) of the kernel to run: ``kernel`` by name, else dispatch (capped at ``isa``)."""
+    if kernel is not None:
+        spec = _catalog.by_name().get(kernel)
+        if spec is None:
+            raise DispatchError(f"kernel: {kernel!r} is not in the catalog")
+        if (spec.family, spec.type_x, spec.type_y, spec.plan) != (family, type_x, type_y, plan):
+            raise ValueError(f"kernel: {kernel} computes {spec.family} {spec.type_x}/{spec.type_y} [{spec.plan}], "
+                             f"not {family} {type_x}/{type_y} [{plan}]")
+        from mlaref.codegen import cpu
+
+        miss = cpu.missing(spec.isa)
+        if miss:
+            raise DispatchError(f"kernel: {kernel} needs {', '.join(miss)}, which this CPU lacks")
+        module = _build.load(spec.family, spec.isa)
+    else:
+        spec, module = _dispatch.choose(family, type_x, type_y, plan, force=isa)
+    return spec, getattr(module.lib, spec.name), module.ffi
+
+
+def _ptr(ffi, ctype: str, a: np.ndarray):
+    return ffi.cast(ctype, a.__array_interface__["data"][0])
+
+
+def _split(n_rows: int, n_threads: int):
+    k = min(n_threads, n_rows)
+    bounds = [n_rows * i // k for i in range(k + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(k) if bounds[i + 1] > bounds[i]]
+
+
+def _run_rows(call, n_rows: int, n_threads: int) -> None:
+    parts = _split(n_rows, n_threads)
+    if len(parts) == 1:
+        call(0, parts[0][0], parts[0][1])
+        return
+    with concurrent.futures.ThreadPoolExecutor(len(parts)) as pool:
+        for f in [pool.submit(call, k, r0, r1) for k, (r0, r1) in enumerate(parts)]:
+            f.result()
+
+
+def dequantize(data, type, *, isa=None, kernel=None, n_threads=1, out=None) -> np.ndarray:
+    """``mlaref.reference.dequantize`` by a C kernel: uint8 rows of ``type`` -> float32."""
+    bs, ts = geometry(type)
+    n_threads = _args.check_threads(n_threads)
+    rows = _args.input_rows(data, "data", np.uint8, multiple=ts, unit="bytes")
+    data = np.asarray(data)
+    n = rows.array.shape[1] // ts * bs
+    shape = data.shape[:-1] + (n,)
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    dst = _args.output_rows(out, "out", np.float32, shape, inputs=[("data", rows.array)])
+    spec, fn, ffi = resolve("dequantize_row", type, None, "ref", isa=isa, kernel=kernel)
+    px, py = _ptr(ffi, "uint8_t *", rows.array), _ptr(ffi, "uint8_t *", dst.array)
+
+    def call(_k, r0, r1):
+        fn(ffi.cast("const uint8_t *", px + r0 * rows.stride), ffi.cast("float *", py + r0 * dst.stride),
+           r1 - r0, n, rows.stride, dst.stride)
+
+    _run_rows(call, rows.n_rows, n_threads)
+    return out
+
+
+def quantize(x, type, *, variant="ref", imatrix=None, isa=None, kernel=None, n_threads=1, out=None) -> np.ndarray:
+    """``mlaref.reference.quantize`` by a C kernel: float32 rows -> uint8 rows of ``type``."""
+    bs, ts = geometry(type)
+    plan = _variant_plan(type, variant)
+    if imatrix is not None:
+        raise DispatchError(f"quantize: no kernel takes an imatrix ({type}, variant {variant!r}); use the reference")
+    n_threads = _args.check_threads(n_threads)
+    rows = _args.input_rows(x, "x", np.float32, multiple=bs)
+    x = np.asarray(x)
+    shape = x.shape[:-1] + (rows.array.shape[1] // bs * ts,)
+    if out is None:
+        out = np.empty(shape, dtype=np.uint8)
+    dst = _args.output_rows(out, "out", np.uint8, shape, inputs=[("x", rows.array)])
+    spec, fn, ffi = resolve("quantize_row", type, None, plan, isa=isa, kernel=kernel)
+    n = rows.array.shape[1]
+    px, py = _ptr(ffi, "uint8_t *", rows.array), _ptr(ffi, "uint8_t *", dst.array)
+
+    def call(_k, r0, r1):
+        fn(ffi.cast("const float *", px + r0 * rows.stride), ffi.cast("uint8_t *", py + r0 * dst.stride),
+           r1 - r0, n, rows.stride, dst.stride)
+
+    _run_rows(call, rows.n_rows, n_threads)
+    return out
+
+
+def convert(data, src_type, dst_type, *, variant="ref", isa=None, kernel=None, n_threads=1, out=None) -> np.ndarray:
+    """Rows of ``src_type`` -> rows of ``dst_type``: ``to_float`` then ``from_float`` per row, as #253's
+    ``iqk_quantize_any`` does; equals ``quantize(dequantize(data, src_type), dst_type, variant=variant)``."""
+    sbs, sts = geometry(src_type)
+    dbs, dts = geometry(dst_type)
+    plan = _variant_plan(dst_type, variant)
+    n_threads = _args.check_threads(n_threads)
+    rows = _args.input_rows(data, "data", np.uint8, multiple=sts, unit="bytes")
+    n = rows.array.shape[1] // sts * sbs
+    if n % dbs:
+        raise ValueError(f"data: rows of {n} values are not a multiple of {dst_type}'s block size {dbs}")
+    data = np.asarray(data)
+    shape = data.shape[:-1] + (n // dbs * dts,)
+    if out is None:
+        out = np.empty(shape, dtype=np.uint8)
+    dst = _args.output_rows(out, "out", np.uint8, shape, inputs=[("data", rows.array)])
+    spec, fn, ffi = resolve("convert_rows", src_type, dst_type, plan, isa=isa, kernel=kernel)
+    parts = _split(rows.n_rows, n_threads)
+    scratch = np.empty((len(parts), n), dtype=np.float32)
+    px, py = _ptr(ffi, "uint8_t *", rows.array), _ptr(ffi, "uint8_t *", dst.array)
+
+    def call(k, r0, r1):
+        fn(ffi.cast("const uint8_t *", px + r0 * rows.stride), ffi.cast("uint8_t *", py + r0 * dst.stride),
+           ffi.cast("float *", scratch[k].__array_interface__["data"][0]), r1 - r0, n, rows.stride, dst.stride)
+
+    _run_rows(call, rows.n_rows, n_threads)
+    return out
+
+
+def _row_bytes(type: str, n: int) -> int:
+    """Bytes of a row of ``n`` values (the x4 layouts have the byte count of their plain blocks)."""
+    bs, ts = geometry(type)
+    return n // bs * ts
+
+
+def vec_dot(x, x_type, y, y_type, n, plan="ggml_generic", *, isa=None, kernel=None, n_threads=1, out=None):
+    """``mlaref.reference.ops.vec_dot.vec_dot`` by a C kernel: float32 ``(M, N)`` dot products of x rows with y
+    rows in the float order of ``plan`` (a plan name of reference/plan.py, e.g. ``mlaref_l8a2``)."""
+    geometry(x_type), geometry(y_type)
+    if not isinstance(plan, str):
+        plan = getattr(plan, "name", plan)
+    token = {v: k for k, v in _catalog.VEC_DOT_PLANS.items()}.get(plan)
+    if token is None:
+        raise ValueError(f"plan: no vec_dot kernels for {plan!r}; kernels exist for "
+                         f"{', '.join(_catalog.VEC_DOT_PLANS.values())}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0 or n > _args.MAX_ELEMENTS:
+        raise ValueError(f"n: must be a positive int, got {n!r}")
+    n = int(n)
+    bs = max(geometry(x_type)[0], geometry(y_type)[0], 32 if x_type not in ("f32", "f16", "bf16") else 1)
+    if n % bs:
+        raise ValueError(f"n: {n} must be a multiple of {bs} for {x_type}.{y_type}")
+    n_threads = _args.check_threads(n_threads)
+    xr = _args.input_rows(x, "x", np.uint8, row_len=_row_bytes(x_type, n), unit="bytes")
+    yr = _args.input_rows(y, "y", np.uint8, row_len=_row_bytes(y_type, n), unit="bytes")
+    if np.asarray(x).ndim != 2 or np.asarray(y).ndim != 2:
+        raise ValueError("x, y: must be 2-D (rows, row_bytes)")
+    shape = (xr.n_rows, yr.n_rows)
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    dst = _args.output_rows(out, "out", np.float32, shape, inputs=[("x", xr.array), ("y", yr.array)])
+    spec, fn, ffi = resolve("vec_dot", x_type, y_type, token, isa=isa, kernel=kernel)
+    px, py, po = (_ptr(ffi, "uint8_t *", a) for a in (xr.array, yr.array, dst.array))
+
+    def call(_k, r0, r1):
+        fn(ffi.cast("const uint8_t *", px + r0 * xr.stride), xr.stride, r1 - r0, ffi.cast("const uint8_t *", py),
+           yr.stride, yr.n_rows, n, ffi.cast("float *", po + r0 * dst.stride), dst.stride)
+
+    _run_rows(call, xr.n_rows, n_threads)
+    return out
+
+
+# -- Tensor ops: #253's row paths on the copy kernel ---------------------------------------------------------
+
+def _row_bytes_ok(t) -> bool:
+    return t.nb[0] == t.type_size
+
+
+def _copy(dst_t, dst_off: int, src_t, src_off: int, row_bytes: int, n_rep: int, ne123, isa, kernel) -> None:
+    """dst rows (i1, i2, i3) <- n_rep copies of src rows, both addressed by their tensors' strides + offsets."""
+    spec, fn, ffi = resolve("copy_rows", "bytes", None, "ref", isa=isa, kernel=kernel)
+    if np.shares_memory(dst_t.data, src_t.data):
+        raise ValueError("copy: the destination buffer shares memory with the source")
+    if not dst_t.data.flags.writeable:
+        raise ValueError("copy: the destination buffer is read-only")
+    pd = _ptr(ffi, "uint8_t *", dst_t.data) + dst_t.offset + dst_off
+    ps = _ptr(ffi, "uint8_t *", src_t.data) + src_t.offset + src_off
+    fn(pd, ps, row_bytes, n_rep, *ne123, *src_t.nb[1:], *dst_t.nb[1:])
+
+
+def concat(a, b, dim: int, *, isa=None, kernel=None):
+    """``reference.ops.concat.concat``; dim 0 of a non-f32/i32 type (``concat_any``) runs the copy kernel."""
+    ref = importlib.import_module("mlaref.reference.ops.concat")
+    from mlaref.reference.tensor import Tensor
+
+    if dim != 0 or a.type in ("f32", "i32") or a.type != b.type or not (_row_bytes_ok(a) and _row_bytes_ok(b)):
+        return ref.concat(a, b, dim)
+    if a.ne[1:] != b.ne[1:]:
+        raise ValueError(f"concat: a and b must agree in ne[1:] for dim 0, got {a.ne} and {b.ne}")
+    dst = Tensor.empty(a.type, (a.ne[0] + b.ne[0],) + tuple(a.ne[1:]))
+    ra = a.row_size()
+    _copy(dst, 0, a, 0, ra, 1, a.ne[1:], isa, kernel)
+    _copy(dst, ra, b, 0, b.row_size(), 1, b.ne[1:], isa, kernel)
+    return dst
+
+
+def repeat(src, b, *, isa=None, kernel=None):
+    """``reference.ops.repeat.repeat`` by the copy kernel (every type: rows tiled, each row repeated in ne0)."""
+    ref = importlib.import_module("mlaref.reference.ops.repeat")
+    from mlaref.reference.tensor import Tensor
+
+    ne = ref._target(src, b)
+    if not _row_bytes_ok(src):
+        return ref.repeat(src, b)
+    dst = Tensor.empty(src.type, ne)
+    reps = [ne[k] // src.ne[k] for k in range(4)]
+    row = src.row_size()
+    for t3 in range(reps[3]):
+        for t2 in range(reps[2]):
+            for t1 in range(reps[1]):
+                off = t1 * src.ne[1] * dst.nb[1] + t2 * src.ne[2] * dst.nb[2] + t3 * src.ne[3] * dst.nb[3]
+                _copy(dst, off, src, 0, row, reps[0], src.ne[1:], isa, kernel)
+    return dst
+
+
+def cpy(src, dst, *, variant=None, isa=None, n_threads=1, **kwargs):
+    """``reference.ops.cpy.cpy``: same-type row copies, float -> block type and block type -> f32 by kernels;
+    everything else (element-wise float casts, keyword options of the reference) by the reference."""
+    ref = importlib.import_module("mlaref.reference.ops.cpy")
+    from mlaref.reference.tensor import Tensor
+
+    if kwargs:
+        return ref.cpy(src, dst, variant=variant, **kwargs)
+    if isinstance(dst, str):
+        dst = Tensor.empty(dst, src.ne)
+    if src.ne != dst.ne or not (_row_bytes_ok(src) and dst.is_contiguous()):
+        return ref.cpy(src, dst, variant=variant)
+    if src.type == dst.type:
+        _copy(dst, 0, src, 0, src.row_size(), 1, src.ne[1:], isa, None)
+        return dst
+    rows = np.stack([src.row(*idx) for idx in src.rows()]) if src.nrows() else None
+    view = dst.data[dst.offset: dst.offset + dst.nbytes()].reshape(src.nrows(), -1)
+    if src.type in ("f32", "f16", "bf16") and dst.type in GEOMETRY and dst.type not in ("f32", "f16", "bf16"):
+        from mlaref.reference import get_type
+
+        fmt = get_type(dst.type)
+        v = variant or ("x86" if "x86" in fmt.variants else "ref")
+        if src.type == "f32":
+            quantize(rows.view(np.float32), dst.type, variant=v, isa=isa, n_threads=n_threads, out=view)
+        else:
+            convert(rows, src.type, dst.type, variant=v, isa=isa, n_threads=n_threads, out=view)
+        return dst
+    if dst.type == "f32" and src.type in GEOMETRY and src.type not in ("f32", "f16", "bf16"):
+        dequantize(rows, src.type, isa=isa, n_threads=n_threads, out=view.view(np.float32))
+        return dst
+    return ref.cpy(src, dst, variant=variant)
