@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 _F32_MAGIC_ROUND = np.float32(12582912.0)  # 1.5 * 2**23
+_HALF_BELOW_BITS = np.uint32(0x3EFFFFFF)  # 0.5 - 2**-25, the largest float32 below 0.5
 
 
 def f32_bits(x) -> np.ndarray:
@@ -57,47 +58,93 @@ def bits_f32(u) -> np.ndarray:
     return np.ascontiguousarray(u, dtype=np.uint32).view(np.float32)
 
 
-def _f32_to_f16_finite(a: np.ndarray) -> np.ndarray:
-    """RNE conversion of the magnitude bits ``a`` (< 0x7f800000) to f16 magnitude bits."""
-    a = a.astype(np.uint32)
-    # Normal f16 range: drop 13 mantissa bits, round half to even; a carry ripples into the exponent
-    # and from 0x7bff into 0x7c00 (= Inf), which is exactly IEEE overflow.
-    e = (a >> 23).astype(np.int64) - 127 + 15
-    m = (a & 0x7FFFFF).astype(np.int64)
-    h = (e << 10) | (m >> 13)
-    rem = m & 0x1FFF
-    h = h + ((rem > 0x1000) | ((rem == 0x1000) & ((h & 1) == 1)))
-    # Subnormal f16 range (|x| < 2**-14): the value in units of 2**-24, rounded half to even. Both
-    # the scaling and np.rint are exact in float64 here.
-    small = np.where(a < 0x38800000, a, 0).astype(np.uint32)
-    sub = np.rint(small.view(np.float32).astype(np.float64) * 2.0**24).astype(np.int64)
-    h = np.where(a < 0x38800000, sub, h)
-    h = np.minimum(h, 0x7C00)  # everything from 65520 up rounds to Inf
-    return h.astype(np.uint16)
+# Values per NumPy pass in the array conversions (measured best): large enough to amortise the calls, small
+# enough that the work arrays stay in L2 cache.
+_CHUNK_NARROW = 1 << 16  # f32 -> f16 / bf16
+_CHUNK_WIDEN = 1 << 17  # f16 -> f32
+
+# f32 -> f16 by float32 arithmetic (see f32_to_f16): the bits of 65536.0, the first value past the f16 range,
+# and 2**-14, the smallest normal f16.
+_F16_CLAMP = np.uint32(0x47800000)
+_F16_MIN_NORMAL = np.float32(2.0**-14)
+_F16_ROUNDER = np.uint32((13 << 23) | 0x400000)  # exponent + 13 and mantissa 1.5: C = 1.5 * 2**(E + 13)
 
 
-def f32_to_f16(x) -> np.ndarray:
+def _chunks(n: int, size: int):
+    """``(start, stop)`` of the ``size``-long pieces of ``range(n)``."""
+    return ((i, min(n, i + size)) for i in range(0, n, size))
+
+
+def _output(out, shape, dtype, name: str) -> np.ndarray:
+    """A new C-contiguous array for a conversion's result, or ``out`` after checking it can take it."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if not (isinstance(out, np.ndarray) and out.dtype == dtype and out.shape == shape and out.flags.c_contiguous
+            and out.flags.writeable):
+        raise ValueError(f"{name}: out must be a writeable C-contiguous {np.dtype(dtype)} array of shape {shape}")
+    return out
+
+
+def _f32_to_f16(x, f16c: bool, out) -> np.ndarray:
+    """f32 -> f16 bits, RNE; NaN by the F16C rule (``f16c``) or ggml's portable one. See ``f32_to_f16``."""
+    u = f32_bits(x)
+    h = _output(out, u.shape, np.uint16, "f32_to_f16")
+    uf, hf = u.reshape(-1), h.reshape(-1)
+    m = min(uf.size, _CHUNK_NARROW)
+    a_buf = np.empty(m, dtype=np.uint32)
+    c_buf = np.empty(m, dtype=np.uint32)
+    for i, j in _chunks(uf.size, _CHUNK_NARROW):
+        uc, hc = uf[i:j], hf[i:j]
+        a, c = a_buf[: j - i], c_buf[: j - i]
+        af, cf = a.view(np.float32), c.view(np.float32)
+        np.bitwise_and(uc, np.uint32(0x7FFFFFFF), out=a)  # |x|; the sign is put back at the end
+        top = a.max()
+        if top > _F16_CLAMP:
+            np.minimum(a, _F16_CLAMP, out=a)  # larger values, Inf and NaN: all round to Inf (NaN fixed below)
+        # C = 1.5 * 2**(E + 13) for |x| in [2**E, 2**(E+1)), E >= -14: |x| + C lies in [2**(E+13), 2**(E+14)),
+        # where the float32 ulp is 2**(E-10), the f16 ulp of |x|'s binade; so the float32 addition rounds |x| to
+        # f16 precision, to nearest even, and subtracting C again is exact. Below 2**-14, C = 0.75 rounds to
+        # the subnormal f16 step 2**-24.
+        np.bitwise_and(a, np.uint32(0x7F800000), out=c)
+        if a.min() < 0x38800000:
+            np.maximum(cf, _F16_MIN_NORMAL, out=cf)
+        c += _F16_ROUNDER
+        af += cf
+        af -= cf
+        # The rounded value times 2**-112 (exact) has the f16 exponent in its float32 exponent field, or is
+        # the f32 subnormal with the f16 subnormal's bits, 13 places up; 65536 becomes 0x7C00 (Inf).
+        af *= np.float32(2.0**-112)
+        a >>= np.uint32(13)
+        np.right_shift(uc, np.uint32(16), out=c)
+        c &= np.uint32(0x8000)
+        a |= c
+        np.copyto(hc, a, casting="unsafe")
+        if top > 0x7F800000:
+            nan = (uc & np.uint32(0x7FFFFFFF)) > 0x7F800000
+            un = uc[nan]
+            fixed = ((un >> np.uint32(16)) & np.uint32(0x8000)) | np.uint32(0x7E00)
+            if f16c:
+                fixed |= (un >> np.uint32(13)) & np.uint32(0x3FF)
+            hc[nan] = fixed
+    return h
+
+
+def f32_to_f16(x, out: np.ndarray | None = None) -> np.ndarray:
     """f32 -> f16 bits (uint16) as F16C ``vcvtps2ph`` with round-to-nearest-even.
 
-    NaN keeps its sign and the top 10 payload bits and is quieted (bit 9 set).
+    Finite values round to nearest, ties to even, by one float32 addition: for ``|x|`` in ``[2**E, 2**(E+1))``
+    (``E >= -14``) the sum ``|x| + 1.5*2**(E+13)`` has float32 ulp ``2**(E-10)``, the f16 step of that binade
+    (``0.75``, ulp ``2**-24``, for the subnormal range), so IEEE float32 addition performs exactly the f16
+    rounding; the rounded value, scaled by ``2**-112``, carries the f16 bits 13 places up. ``|x| >= 65520``
+    rounds to 65536 and becomes Inf. NaN keeps its sign and the top 10 payload bits and is quieted (bit 9 set).
+    ``out``: an optional C-contiguous uint16 array of ``x``'s shape.
     """
-    u = f32_bits(x)
-    sign = ((u >> 16) & 0x8000).astype(np.uint16)
-    a = u & 0x7FFFFFFF
-    nan = a > 0x7F800000
-    finite = _f32_to_f16_finite(np.where(a >= 0x7F800000, 0, a))
-    inf = a == 0x7F800000
-    h = np.where(inf, np.uint16(0x7C00), finite)
-    h = np.where(nan, (0x7E00 | ((a >> 13) & 0x3FF)).astype(np.uint16), h)
-    return (sign | h).astype(np.uint16)
+    return _f32_to_f16(x, True, out)
 
 
-def f32_to_f16_soft(x) -> np.ndarray:
+def f32_to_f16_soft(x, out: np.ndarray | None = None) -> np.ndarray:
     """f32 -> f16 bits as ggml's portable ``ggml_compute_fp32_to_fp16``: RNE, and NaN -> sign | 0x7E00."""
-    u = f32_bits(x)
-    a = u & 0x7FFFFFFF
-    h = f32_to_f16(x)
-    return np.where(a > 0x7F800000, ((u >> 16) & 0x8000) | 0x7E00, h).astype(np.uint16)
+    return _f32_to_f16(x, False, out)
 
 
 def f32_to_f16_cpu_row(x) -> np.ndarray:
@@ -110,38 +157,67 @@ def f32_to_f16_cpu_row(x) -> np.ndarray:
     if x.ndim == 0:
         raise ValueError("f32_to_f16_cpu_row: x must have at least one dimension (rows along the last axis)")
     n = x.shape[-1]
-    tail = np.arange(n) >= n - n % 4
-    return np.where(tail, f32_to_f16_soft(x), f32_to_f16(x)).astype(np.uint16)
+    out = f32_to_f16(x)
+    if n % 4:
+        out[..., n - n % 4 :] = f32_to_f16_soft(x[..., n - n % 4 :])
+    return out
 
 
-def f16_to_f32(h) -> np.ndarray:
+def f16_to_f32(h, out: np.ndarray | None = None) -> np.ndarray:
     """f16 bits (uint16) -> float32, exact.
 
-    NaN keeps its sign and payload and is quieted, as both ``vcvtph2ps`` and ggml's portable
-    ``ggml_compute_fp16_to_fp32`` (whose final float multiply quiets a signalling NaN) do.
+    The int16 bits, sign-extended to 32 bits and shifted up by 13, hold the sign in bit 31 and exponent and
+    mantissa in bits 13..27; masking bits 28..30 leaves a float32 that is the half's value times ``2**-112``
+    (an f32 subnormal for a subnormal half), and one exact multiplication by ``2**112`` finishes. Exponent 31
+    (Inf, NaN) is patched: NaN keeps its sign and payload and is quieted, as both ``vcvtph2ps`` and ggml's
+    portable ``ggml_compute_fp16_to_fp32`` (whose final float multiply quiets a signalling NaN) do.
+    ``out``: an optional C-contiguous float32 array of ``h``'s shape.
     """
-    h = np.asarray(h, dtype=np.uint16).astype(np.uint32)
-    sign = (h & 0x8000) << 16
-    e = (h >> 10) & 0x1F
-    m = h & 0x3FF
-    normal = ((e + (127 - 15)) << 23) | (m << 13)
-    special = 0x7F800000 | (m << 13) | np.where(m != 0, 0x400000, 0).astype(np.uint32)
-    # Subnormals: m * 2**-24 is exact in float32.
-    sub = f32_bits((m.astype(np.float64) * 2.0**-24).astype(np.float32))
-    bits = np.where(e == 0, sub, np.where(e == 0x1F, special, normal))
-    return bits_f32((sign | bits).astype(np.uint32))
+    h = np.ascontiguousarray(h, dtype=np.uint16)
+    y = _output(out, h.shape, np.float32, "f16_to_f32")
+    hf, yf = h.reshape(-1), y.reshape(-1)
+    t_buf = np.empty(min(hf.size, _CHUNK_WIDEN), dtype=np.uint16)
+    for i, j in _chunks(hf.size, _CHUNK_WIDEN):
+        hc, yc = hf[i:j], yf[i:j]
+        yi = yc.view(np.int32)
+        np.left_shift(hc.view(np.int16), 13, out=yi, dtype=np.int32)
+        yi &= np.int32(0x8FFFE000 - (1 << 32))
+        yc *= np.float32(2.0**112)
+        t = t_buf[: j - i]
+        np.bitwise_and(hc, np.uint16(0x7C00), out=t)
+        if t.max() == 0x7C00:
+            special = t == 0x7C00
+            quiet = (hc[special] & np.uint16(0x3FF)) != 0
+            yi[special] |= np.where(quiet, np.int32(0x7FC00000), np.int32(0x7F800000))
+    return y
 
 
-def f32_to_bf16(x) -> np.ndarray:
+def f32_to_bf16(x, out: np.ndarray | None = None) -> np.ndarray:
     """f32 -> bf16 bits as ggml's scalar ``ggml_compute_fp32_to_bf16``.
 
     Round to nearest even by ``(u + 0x7fff + ((u >> 16) & 1)) >> 16``; NaN -> ``(u >> 16) | 0x40`` (quieted).
-    Subnormals are rounded like any other value.
+    Subnormals are rounded like any other value. uint32 arithmetic cannot overflow: the largest non-NaN pattern
+    is -Inf, 0xFF800000, and 0xFF800000 + 0x8000 < 2**32; NaN lanes, the only ones that could, are replaced.
+    ``out``: an optional C-contiguous uint16 array of ``x``'s shape.
     """
-    u = f32_bits(x).astype(np.uint64)
-    rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
-    nan = (u & 0x7FFFFFFF) > 0x7F800000
-    return np.where(nan, (u >> 16) | 0x40, rounded).astype(np.uint16)
+    u = f32_bits(x)
+    h = _output(out, u.shape, np.uint16, "f32_to_bf16")
+    uf, hf = u.reshape(-1), h.reshape(-1)
+    r_buf = np.empty(min(uf.size, _CHUNK_NARROW), dtype=np.uint32)
+    for i, j in _chunks(uf.size, _CHUNK_NARROW):
+        uc, hc, r = uf[i:j], hf[i:j], r_buf[: j - i]
+        np.bitwise_and(uc, np.uint32(0x7FFFFFFF), out=r)
+        nan = r.max() > 0x7F800000
+        np.right_shift(uc, np.uint32(16), out=r)
+        r &= np.uint32(1)
+        r += uc
+        r += np.uint32(0x7FFF)
+        r >>= np.uint32(16)
+        np.copyto(hc, r, casting="unsafe")
+        if nan:
+            sel = (uc & np.uint32(0x7FFFFFFF)) > 0x7F800000
+            hc[sel] = (uc[sel] >> np.uint32(16)) | np.uint32(0x40)
+    return h
 
 
 def f32_to_bf16_avx512(x) -> np.ndarray:
@@ -158,31 +234,50 @@ def f32_to_bf16_avx512(x) -> np.ndarray:
     return f32_to_bf16(bits_f32(flushed))
 
 
-def bf16_to_f32(b) -> np.ndarray:
-    """bf16 bits (uint16) -> float32: the bits shifted left by 16 (exact, NaN payload kept)."""
-    return bits_f32(np.asarray(b, dtype=np.uint16).astype(np.uint32) << 16)
+def bf16_to_f32(b, out: np.ndarray | None = None) -> np.ndarray:
+    """bf16 bits (uint16) -> float32: the bits shifted left by 16 (exact, NaN payload kept).
+
+    ``out``: an optional C-contiguous float32 array of ``b``'s shape.
+    """
+    b = np.ascontiguousarray(b, dtype=np.uint16)
+    y = _output(out, b.shape, np.float32, "bf16_to_f32")
+    np.left_shift(b, 16, out=y.view(np.uint32), dtype=np.uint32)
+    return y
 
 
-def roundf(x) -> np.ndarray:
-    """C ``roundf``: nearest integer, halfway cases away from zero, as float32."""
-    with np.errstate(invalid="ignore"):  # signalling NaNs in the cast, inf - inf for infinite x (kept as t = x)
-        xd = np.asarray(x, dtype=np.float32).astype(np.float64)
-        t = np.trunc(xd)
-        frac = xd - t  # exact: both are doubles holding float32-representable values
-        # np.where, not t + 0.0: adding +0.0 would turn roundf(-0.3) = -0.0 into +0.0.
-        t = np.where(np.abs(frac) >= 0.5, t + np.sign(xd), t)
-    return t.astype(np.float32)
+def roundf(x, out: np.ndarray | None = None) -> np.ndarray:
+    """C ``roundf``: nearest integer, halfway cases away from zero, as float32.
+
+    Computed as ``trunc(x + copysign(0.5 - 2**-25, x))``: adding the largest float below 0.5 (with ``x``'s sign)
+    and truncating is ``roundf`` for every float32: below
+    a half nothing reaches the next integer, and an exact .5 sums to a tie that rounds to the even, larger-magnitude
+    neighbour; from 2**23 up the addition rounds back to ``x``. Signed zeros, infinities and NaN pass through.
+    ``out``: an optional float32 array of ``x``'s shape to work in (``x`` may be ``out`` itself).
+    """
+    v = np.array(x, dtype=np.float32) if out is None else out
+    if out is not None and v is not x:
+        np.copyto(v, x)
+    half = np.empty(v.shape, dtype=np.uint32)
+    # copysign by integer ops: NumPy's float32 copysign is several times slower than two bit operations.
+    np.bitwise_and(v.view(np.uint32), np.uint32(0x80000000), out=half)
+    half |= _HALF_BELOW_BITS
+    with np.errstate(invalid="ignore"):  # signalling NaNs
+        v += half.view(np.float32)
+    return np.trunc(v, out=v)
 
 
 def nearest_int(x) -> np.ndarray:
     """ggml's ``nearest_int``: round half to even by adding 1.5*2**23 in float32 (valid for |x| <= 4194303).
 
     Reproduces ``nearest_int`` (ggml-quants.c): ``val = x + 12582912.f``, then the low 23 mantissa bits minus
-    0x400000. Returns int32.
+    0x400000, in int32 arithmetic; outside the valid range (inf, NaN, huge) the same bit arithmetic, as in C with
+    its asserts compiled out. Returns int32.
     """
-    v = (np.asarray(x, dtype=np.float32) + _F32_MAGIC_ROUND).astype(np.float32)
-    i = f32_bits(v).astype(np.int64)
-    return ((i & 0x007FFFFF) - 0x00400000).astype(np.int32)
+    v = np.ascontiguousarray(x, dtype=np.float32) + _F32_MAGIC_ROUND
+    i = v.view(np.int32)
+    i &= np.int32(0x007FFFFF)
+    i -= np.int32(0x00400000)
+    return i
 
 
 def fmaf(a, b, c) -> np.ndarray:

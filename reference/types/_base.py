@@ -6,18 +6,19 @@ NumPy structured dtype whose itemsize is ``type_size``. Subclasses implement two
 
 * ``quantize_blocks(x, variant, weights)``: ``x`` float32 of shape ``(n_blocks, block_size)`` -> structured
   array of shape ``(n_blocks,)``;
-* ``dequantize_blocks(blocks)``: the structured array -> float32 ``(n_blocks, block_size)``.
+* ``dequantize_blocks(blocks)``: the structured array -> float32 ``(n_blocks, block_size)``; or instead
+  ``dequantize_into(blocks, out)``, which writes that result into a given array.
 
 Formats whose layout depends on the position of a block in its row (the interleaved ``q8_0_x4`` /
 ``q8_1_x4``) override the row-level ``quantize_rows`` / ``dequantize_rows`` instead.
 
-The row-level functions work through the blocks in chunks of ``chunk_blocks`` blocks: every quantizer
-is block-local, so chunking changes no result, and it keeps NumPy's temporaries in the CPU caches
-(up to about twice the speed of one pass over a large tensor). ``dequantize_into`` lets a format write a
-chunk straight into the output; ``random_rows`` lays ``random_blocks`` out as rows (the x4 layouts
-interleave them). Importance weights reach ``quantize_blocks``
-through ``block_weights``, which by default repeats the imatrix for every row; formats whose model
-quantizer mixes in row statistics (``sigma2`` of the legacy ``_impl`` quantizers) override it.
+The row-level functions work through the blocks in chunks of ``chunk_blocks`` blocks (``dequantize_chunk_blocks``
+for dequantization, where a format sets it): every quantizer is block-local, so chunking changes no result, and
+it keeps NumPy's temporaries in the CPU caches (up to about twice the speed of one pass over a large tensor).
+``dequantize_into`` lets a format write a chunk straight into the output; ``random_rows`` lays ``random_blocks``
+out as rows (the x4 layouts interleave them). Importance weights reach ``quantize_blocks`` through
+``block_weights``, which by default repeats the imatrix for every row; formats whose model quantizer mixes in row
+statistics (``sigma2`` of the legacy ``_impl`` quantizers) override it.
 
 Quantize variants are named by lineage (FACTS.md section 4d):
 
@@ -59,7 +60,8 @@ class BlockFormat:
     domain: ClassVar[str] = "every byte pattern"
     variants: ClassVar[dict[str, str]] = {"ref": "ref", "model": "ref", "x86": "ref"}
     takes_imatrix: ClassVar[bool] = False  # does the model quantizer use importance weights?
-    chunk_blocks: ClassVar[int] = 4096  # blocks per NumPy pass in quantize_rows / dequantize_rows
+    chunk_blocks: ClassVar[int] = 4096  # blocks per NumPy pass in quantize_rows (and dequantize_rows by default)
+    dequantize_chunk_blocks: ClassVar[int | None] = None  # blocks per pass in dequantize_rows; None: chunk_blocks
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -81,7 +83,12 @@ class BlockFormat:
         raise NotImplementedError(f"{self.name} cannot be quantized")
 
     def dequantize_blocks(self, blocks: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """float32 ``(n_blocks, block_size)``; by default through the format's own ``dequantize_into``."""
+        if type(self).dequantize_into is BlockFormat.dequantize_into:
+            raise NotImplementedError(f"{self.name} cannot be dequantized")
+        out = np.empty((blocks.shape[0], self.block_size), dtype=np.float32)
+        self.dequantize_into(blocks, out)
+        return out
 
     def random_blocks(self, rng: np.random.Generator, n_blocks: int) -> np.ndarray:
         """Random blocks whose every field lies in the valid domain (``domain``); used to test dequantize."""
@@ -121,7 +128,7 @@ class BlockFormat:
         n_rows = data.shape[0]
         blocks = np.ascontiguousarray(data).reshape(-1).view(self.dtype)
         out = np.empty((blocks.shape[0], self.block_size), dtype=np.float32)
-        step = self.chunk_blocks
+        step = self.dequantize_chunk_blocks or self.chunk_blocks
         for i in range(0, blocks.shape[0], step):
             self.dequantize_into(blocks[i : i + step], out[i : i + step])
         return out.reshape(n_rows, -1)

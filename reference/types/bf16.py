@@ -29,33 +29,6 @@ from mlaref.reference import fp
 from mlaref.reference.types._base import BlockFormat
 
 
-def encode(x: np.ndarray) -> np.ndarray:
-    """float32 -> bf16 bits (uint16) as ``ggml_compute_fp32_to_bf16`` (equals ``fp.f32_to_bf16``).
-
-    uint32 arithmetic cannot overflow here: the largest non-NaN pattern is -Inf, 0xFF800000, and
-    0xFF800000 + 0x8000 < 2**32; NaN lanes, the only ones that could, are replaced afterwards.
-    """
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    r = u >> 16
-    r &= 1
-    r += u
-    r += 0x7FFF
-    r >>= 16
-    h = r.astype(np.uint16)
-    nan = (u & 0x7FFFFFFF) > 0x7F800000
-    if nan.any():
-        h[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)
-    return h
-
-
-def decode(h: np.ndarray) -> np.ndarray:
-    """bf16 bits (uint16) -> float32: the bits in the upper half, zeros below (exact, NaN payload kept)."""
-    h = np.ascontiguousarray(h, dtype=np.uint16)
-    out = np.zeros(h.shape + (2,), dtype=np.uint16)
-    out[..., 1] = h  # little-endian: the high half-word of each float32 is the second uint16
-    return out.view(np.float32).reshape(h.shape)
-
-
 def convert_row_avx512bf16(x: np.ndarray) -> np.ndarray:
     """ik_llama.cpp@676f0e71b ``ggml_fp32_to_bf16_row`` on an AVX512-BF16 CPU, for one row of float32.
 
@@ -65,7 +38,7 @@ def convert_row_avx512bf16(x: np.ndarray) -> np.ndarray:
     """
     x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
     head = 32 * (x.shape[0] // 32)
-    return np.concatenate([fp.f32_to_bf16_avx512(x[:head]), encode(x[head:])]).astype(np.uint16)
+    return np.concatenate([fp.f32_to_bf16_avx512(x[:head]), fp.f32_to_bf16(x[head:])]).astype(np.uint16)
 
 
 class BF16(BlockFormat):
@@ -78,17 +51,20 @@ class BF16(BlockFormat):
     is_quantized = False
     domain = "every bit pattern (Inf and NaN included)"
     variants = {"ref": "ref", "model": "ref", "x86": "ref"}
-    chunk_blocks = 1 << 16
 
     def quantize_blocks(self, x, variant, weights):
-        return encode(x.reshape(-1))
+        return fp.f32_to_bf16(x.reshape(-1))
 
     def dequantize_blocks(self, blocks):
-        return decode(blocks).reshape(-1, 1)
+        return fp.bf16_to_f32(blocks).reshape(-1, 1)
+
+    def quantize_rows(self, x, variant, imatrix):
+        """One conversion of all rows (``fp.f32_to_bf16`` works through cache-sized chunks itself)."""
+        return fp.f32_to_bf16(x).view(np.uint8)
 
     def dequantize_rows(self, data):
         """One pass: the bf16 bits become the high half-words of the float32 output."""
-        return decode(np.ascontiguousarray(data).view(np.uint16)).reshape(data.shape[0], -1)
+        return fp.bf16_to_f32(np.ascontiguousarray(data).view(np.uint16))
 
     def random_blocks(self, rng, n_blocks):
         """Finite bf16 values: random signs and mantissas, exponents uniform over normals and subnormals."""

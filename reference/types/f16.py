@@ -25,51 +25,16 @@ variant    ggml routine (ggml.c / ggml-cpu.c, upstream ggml)       NaN ->
 
 (ik_llama.cpp@676f0e71b is built with F16C everywhere, so there every path is ``x86``.)
 
-The encoders here use NumPy's float32 -> float16 cast for finite values and Inf (IEEE round-to-nearest-even,
-equal to ``fp.f32_to_f16`` on them, tested) and patch NaN lanes by ggml's rule; that is about ten times faster
-than the bit-level ``fp`` functions and lets the other formats store their scales cheaply.
+The conversions are :mod:`mlaref.reference.fp`'s (``f32_to_f16_soft``, ``f32_to_f16_cpu_row``, ``f16_to_f32``),
+which the other formats use for their scales too.
 
 Valid domain: every bit pattern; ``random_blocks`` draws finite values over the whole f16 range.
 """
 
 import numpy as np
 
+from mlaref.reference import fp
 from mlaref.reference.types._base import BlockFormat
-
-
-def encode(x: np.ndarray, f16c: bool, out: np.ndarray | None = None) -> np.ndarray:
-    """float32 -> f16 bits (uint16): RNE; NaN -> sign | 0x7E00, plus the payload's top bits when ``f16c``.
-
-    ``f16c=True`` equals ``fp.f32_to_f16`` (F16C ``vcvtps2ph``), ``f16c=False`` equals ``fp.f32_to_f16_soft``
-    (ggml's software ``ggml_compute_fp32_to_fp16``). ``out``: an optional uint16 array of ``x``'s shape.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    h = np.empty(x.shape, dtype=np.uint16) if out is None else out
-    with np.errstate(over="ignore", invalid="ignore"):
-        np.copyto(h.view(np.float16), x, casting="unsafe")
-    nan = np.isnan(x)
-    if nan.any():
-        u = x[nan].view(np.uint32)
-        fixed = ((u >> 16) & 0x8000) | 0x7E00
-        if f16c:
-            fixed |= (u >> 13) & 0x3FF
-        h[nan] = fixed.astype(np.uint16)
-    return h
-
-
-def decode(h: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """f16 bits (uint16) -> float32, exact; NaN quieted with its payload kept (equals ``fp.f16_to_f32``).
-
-    ``out``: an optional float32 array of ``h``'s shape.
-    """
-    h = np.asarray(h, dtype=np.uint16)
-    y = np.empty(h.shape, dtype=np.float32) if out is None else out
-    np.copyto(y, h.view(np.float16), casting="unsafe")
-    if (h & np.uint16(0x7FFF)).max(initial=0) > 0x7C00:
-        nan = (h & 0x7FFF) > 0x7C00
-        hn = h[nan].astype(np.uint32)
-        y[nan] = (((hn & 0x8000) << 16) | 0x7FC00000 | ((hn & 0x3FF) << 13)).view(np.float32)
-    return y
 
 
 class F16(BlockFormat):
@@ -82,37 +47,20 @@ class F16(BlockFormat):
     is_quantized = False
     domain = "every bit pattern (Inf and NaN included)"
     variants = {"ref": "ref", "model": "ref", "x86": "x86"}
-    chunk_blocks = 1 << 16
 
     def quantize_blocks(self, x, variant, weights):
-        return encode(x.reshape(-1), f16c=False)
+        return fp.f32_to_f16_soft(x.reshape(-1))
 
     def dequantize_blocks(self, blocks):
-        return decode(blocks).reshape(-1, 1)
+        return fp.f16_to_f32(blocks).reshape(-1, 1)
 
     def quantize_rows(self, x, variant, imatrix):
-        """Rows of f16 bits; the ``x86`` variant uses F16C except for the last ``n % 4`` values of each row.
-
-        Converted in cache-sized chunks straight into the output (no temporaries).
-        """
-        n_rows, n = x.shape
-        flat = x.reshape(-1)
-        out = np.empty(flat.size, dtype=np.uint16)
-        step = self.chunk_blocks
-        for i in range(0, flat.size, step):
-            encode(flat[i : i + step], f16c=(variant == "x86"), out=out[i : i + step])
-        out = out.reshape(n_rows, n)
-        if variant == "x86" and n % 4:
-            out[:, n - n % 4 :] = encode(x[:, n - n % 4 :], f16c=False)
+        """Rows of f16 bits; the ``x86`` variant uses F16C except for the last ``n % 4`` values of each row."""
+        out = fp.f32_to_f16_cpu_row(x) if variant == "x86" else fp.f32_to_f16_soft(x)
         return out.view(np.uint8)
 
     def dequantize_rows(self, data):
-        h = np.ascontiguousarray(data).reshape(-1).view(np.uint16)
-        out = np.empty(h.size, dtype=np.float32)
-        step = self.chunk_blocks
-        for i in range(0, h.size, step):
-            decode(h[i : i + step], out=out[i : i + step])
-        return out.reshape(data.shape[0], -1)
+        return fp.f16_to_f32(np.ascontiguousarray(data).view(np.uint16))
 
     def random_blocks(self, rng, n_blocks):
         """Finite halves: random signs and mantissas, exponents uniform over normals and subnormals."""

@@ -49,12 +49,17 @@ Valid domain: ``d`` a finite f16; every index is a value.
 
 import numpy as np
 
-from mlaref.reference.types import f16
+from mlaref.reference import fp
 from mlaref.reference.types._base import BlockFormat
-from mlaref.reference.types.q4_0 import GROUP_MAX_EPS, pack_nibbles, signed_absmax, unpack_nibbles
+from mlaref.reference.types._quant_math import GROUP_MAX_EPS
+from mlaref.reference.types.q4_0 import block_words, pack_nibbles, scaled_lanes_into, signed_absmax
 
 KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
 _KV = KVALUES.astype(np.float32)
+# For every byte b: kvalues[b & 15] in the low byte and kvalues[b >> 4] in the high byte of a little-endian uint16.
+KVALUE_PAIRS = KVALUES.view(np.uint8)[np.arange(256) & 15].astype(np.uint16) | (
+    KVALUES.view(np.uint8)[np.arange(256) >> 4].astype(np.uint16) << 8
+)
 ZERO_BLOCK_INDEX = 8  # the index the reference writes into blocks with amax < 1e-15 (module doc, ref)
 
 
@@ -161,20 +166,22 @@ class IQ4_NL(BlockFormat):
         """One ``quantize_iq4_nl_blocks`` call packed into blocks."""
         d, L = quantize_iq4_nl_blocks(x, ntry, weights)
         out = np.empty(x.shape[0], dtype=self.dtype)
-        out["d"] = f16.encode(d, f16c=False)
+        out["d"] = fp.f32_to_f16_soft(d)
         out["qs"] = pack_nibbles(L)
         return out
 
-    def dequantize_blocks(self, blocks):
-        out = np.empty((blocks.shape[0], 32), dtype=np.float32)
-        self.dequantize_into(blocks, out)
-        return out
-
     def dequantize_into(self, blocks, out):
-        np.multiply(KVALUES.take(unpack_nibbles(blocks["qs"])), f16.decode(blocks["d"])[:, None], out=out)
+        """In lanes (``q4_0.scaled_lanes_into``): byte j of ``qs`` looks up both of its table values at once
+        (``KVALUE_PAIRS``); the low ones are lanes 0..3 (elements 0..15), the high ones lanes 4..7."""
+        nb = blocks.shape[0]
+        pairs = KVALUE_PAIRS.take(block_words(blocks, 2, 4).view(np.uint8)).view(np.int8).reshape(4, 4 * nb, 2)
+        values = np.empty((8, 4 * nb), dtype=np.int8)
+        np.copyto(values[:4], pairs[..., 0])
+        np.copyto(values[4:], pairs[..., 1])
+        scaled_lanes_into(values, fp.f16_to_f32(blocks["d"]), out)
 
     def random_blocks(self, rng, n_blocks):
         out = np.empty(n_blocks, dtype=self.dtype)
-        out["d"] = f16.encode(rng.standard_normal(n_blocks).astype(np.float32) * np.float32(0.01), f16c=False)
+        out["d"] = fp.f32_to_f16_soft(rng.standard_normal(n_blocks).astype(np.float32) * np.float32(0.01))
         out["qs"] = rng.integers(0, 256, size=(n_blocks, 16), dtype=np.uint8)
         return out

@@ -20,7 +20,7 @@ Quantization:
 * ``model`` (``quantize_q4_0``): without an imatrix, ``ref`` on the whole chunk. With one,
   ``quantize_row_q4_0_impl`` per row: ``sigma2 = (sum_j x_j^2) / n`` over the row (a float sum in column
   order), weights ``w_j = qw_j * sqrtf(sigma2 + x_j^2)``, and ``d = make_qx_quants(32, nmax=8, rmse_type=1, w)``
-  (``make_qx_quants`` below); store ``f16(d)`` and the nibbles ``L = l + 8``.
+  (:func:`._quant_math.make_qx_quants`); store ``f16(d)`` and the nibbles ``L = l + 8``.
 
 Inputs where ``x * id`` is not finite (an infinite value, or a block maximum so small that ``1/d`` overflows,
 ``|max| < 8 / FLT_MAX``) convert a non-finite float to ``int8_t``: undefined behaviour in C, outside the domain.
@@ -31,10 +31,9 @@ Valid domain: ``d`` a finite f16; every nibble is a value.
 import numpy as np
 
 from mlaref.reference import fp
-from mlaref.reference.types import f16
+from mlaref.reference.types import _quant_math as qm
 from mlaref.reference.types._base import BlockFormat
 
-GROUP_MAX_EPS = np.float32(1e-15)  # ggml-quants.c: below this block maximum a block counts as zero
 
 
 def to_lanes(x: np.ndarray) -> np.ndarray:
@@ -45,7 +44,9 @@ def to_lanes(x: np.ndarray) -> np.ndarray:
     (fast) and then over the 4 lanes (three elementwise ops).
     """
     nb = x.shape[0]
-    return np.ascontiguousarray(np.ascontiguousarray(x).view(np.complex128).T).view(np.float32).reshape(8, nb, 4)
+    # .copy(), not ascontiguousarray: for one block the transpose is already contiguous, and the callers work on
+    # the lanes in place, which must never write into x.
+    return np.ascontiguousarray(x).view(np.complex128).T.copy().view(np.float32).reshape(8, nb, 4)
 
 
 def lane_reduce(op, lanes: np.ndarray) -> np.ndarray:
@@ -62,6 +63,11 @@ def signed_absmax(x: np.ndarray, lanes: np.ndarray | None = None):
     magnitude and opposite signs does the position decide, and those (rare) blocks take the first index of the
     largest magnitude. Adding +0 turns the -0 of an all-zero block into ggml's +0 and changes nothing else.
     ``lanes`` is ``to_lanes(x)`` when the caller has it.
+
+    The same C loop as :func:`._quant_math.first_absmax` on valid input, kept separate on purpose: that one
+    scans transposed groups and follows C on NaN (a NaN never wins), this one reduces row-major blocks through
+    lanes (several times faster) and lets a NaN through; NaN inputs are outside the domain of its callers (the
+    ``ref`` quantizers of q4_0, q5_0 and iq4_nl), whose bytes for them are kept as they were.
     """
     if lanes is None:
         lanes = to_lanes(x)
@@ -77,6 +83,16 @@ def signed_absmax(x: np.ndarray, lanes: np.ndarray | None = None):
         mx[tie] = sub[np.arange(tie.size), first]
     mx += np.float32(0)
     return np.abs(mx), mx
+
+
+def clamp_u8(q: np.ndarray, top: int) -> None:
+    """``q = min(q, top)`` in place on uint8 lanes ``(8, n_blocks, 4)``.
+
+    NumPy's uint8 ``minimum`` against a scalar runs an unvectorised loop, ten times slower than against an array,
+    so the bound is a row of ``top`` broadcast over the 8 lanes.
+    """
+    rows = q.reshape(q.shape[0], -1)
+    np.minimum(rows, np.full(rows.shape[1], top, dtype=np.uint8), out=rows)
 
 
 def pack_lanes(q: np.ndarray) -> np.ndarray:
@@ -96,20 +112,48 @@ def pack_nibbles(q: np.ndarray) -> np.ndarray:
     return q[:, :16] | (q[:, 16:] << 4)
 
 
-def unpack_nibbles(qs: np.ndarray, offset: int = 0) -> np.ndarray:
-    """``qs[16]`` -> uint8 ``(n_blocks, 32)``: elements 0..15 from the low nibbles, 16..31 from the high.
+# -- dequantization in lanes ------------------------------------------------------------------------------
+# A dequantizer multiplies every value by its block's scale. On rows of 32 ((n_blocks, 32) * (n_blocks, 1)) NumPy
+# runs one short inner loop per block; in the lane layout of ``to_lanes`` (element 4k + i of block b at
+# [k, b, i]) every operation is one long loop over a row of lanes, and the way back to rows is a transpose of
+# 16-byte items, which NumPy does fast. Little-endian uint32 words of the block bytes are lanes of 4 bytes.
 
-    With ``offset = 8`` the bytes are the int8 values ``nibble - 8`` instead (q4_0). Works on whole 64-bit
-    words (NumPy is slow on narrow strided rows): ``(b + 0x78) ^ 0x80`` is ``b - 8`` as an int8 byte for b in
-    0..15, and no carry crosses a byte.
+def block_words(blocks: np.ndarray, offset: int, n: int) -> np.ndarray:
+    """Bytes ``offset .. offset + 4n`` of every block as little-endian uint32 words: ``(n, n_blocks)``."""
+    nb = blocks.shape[0]
+    raw = np.ascontiguousarray(blocks).view(np.uint8).reshape(nb, blocks.dtype.itemsize)
+    w = np.empty((n, nb), dtype=np.uint32)
+    np.copyto(w, raw[:, offset : offset + 4 * n].view("<u4").T)
+    return w
+
+
+def nibble_lanes(words: np.ndarray) -> np.ndarray:
+    """The 4 uint32 words of ``qs[16]`` ``(4, n_blocks)`` -> uint32 lanes ``(8, n_blocks)`` of 4 nibble bytes.
+
+    Lane k < 4 holds elements 4k .. 4k+3 (low nibbles of bytes 4k .. 4k+3), lane k >= 4 elements 4k .. 4k+3
+    (their high nibbles), one element per byte.
     """
-    w = np.ascontiguousarray(qs).view(np.uint64)  # (n_blocks, 2)
-    mask = np.uint64(0x0F0F0F0F0F0F0F0F)
-    q = np.concatenate([w & mask, (w >> np.uint64(4)) & mask], axis=1)
-    if offset == 8:
-        q += np.uint64(0x7878787878787878)
-        q ^= np.uint64(0x8080808080808080)
-    return q.view(np.uint8)
+    lanes = np.empty((8, words.shape[1]), dtype=np.uint32)
+    np.bitwise_and(words, np.uint32(0x0F0F0F0F), out=lanes[:4])
+    np.right_shift(words, np.uint32(4), out=lanes[4:])
+    lanes[4:] &= np.uint32(0x0F0F0F0F)
+    return lanes
+
+
+def scaled_lanes_into(values: np.ndarray, d: np.ndarray, out: np.ndarray, m: np.ndarray | None = None) -> None:
+    """``out = values * d (+ m)`` per block, each operation rounded once, written as rows.
+
+    ``values``: int8 / uint8 lanes ``(8, 4 n_blocks)``, lane k holding elements 4k .. 4k+3 of every block (the
+    bytes of ``nibble_lanes`` words); ``d``, ``m``: float32 ``(n_blocks,)``; ``out``: C-contiguous float32
+    ``(n_blocks, 32)``.
+    """
+    nb = d.shape[0]
+    f = np.empty((8, 4 * nb), dtype=np.float32)
+    np.copyto(f, values.reshape(8, 4 * nb))
+    f *= np.repeat(d, 4)
+    if m is not None:
+        f += np.repeat(m, 4)
+    np.copyto(out.view(np.complex128), f.view(np.complex128).T)  # (8, n_blocks) of 4 floats -> rows
 
 
 def row_sigma2_weights(x: np.ndarray, imatrix: np.ndarray, block_size: int) -> np.ndarray:
@@ -128,50 +172,6 @@ def row_sigma2_weights(x: np.ndarray, imatrix: np.ndarray, block_size: int) -> n
     return w.astype(np.float32).reshape(-1, block_size)
 
 
-def make_qx_quants(x: np.ndarray, nmax: int, qw: np.ndarray):
-    """ggml's ``make_qx_quants(n=32, nmax, x, L, rmse_type=1, qw)`` on every block: ``(scale, L)``.
-
-    Per block: ``max`` as ``signed_absmax``; if ``amax < 1e-15`` then ``L = 0`` and scale 0. Otherwise
-    ``iscale = -nmax/max``, ``l = clamp(nearest_int(iscale*x), -nmax, nmax-1)``, ``sumlx += w*x*l``,
-    ``suml2 += w*l*l`` (left to right, float, element order), ``scale = sumlx/suml2`` (0 if ``suml2 == 0``),
-    ``best = scale*sumlx``. Then for ``is = -9..9`` (not 0), ``iscale = -(nmax + 0.1f*is)/max``; the try is
-    taken when ``suml2 > 0 && sumlx*sumlx > best*suml2`` (then ``scale = sumlx/suml2``, ``best = scale*sumlx``
-    and ``L`` from this try). Returns float32 ``scale (n_blocks,)`` and uint8 ``L = l + nmax`` ``(n_blocks, 32)``.
-
-    The 18 tries are evaluated at once (a ``(n_blocks, 19, 32)`` array); only the sums loop over the 32
-    elements and only the acceptance loops over the tries, both in ggml's order.
-    """
-    nb = x.shape[0]
-    amax, mx = signed_absmax(x)
-    zero = amax < GROUP_MAX_EPS
-    mx_safe = np.where(zero, np.float32(1), mx)
-    steps = np.array([0] + [s for s in range(-9, 10) if s != 0], dtype=np.float32)
-    num = np.float32(nmax) + np.float32(0.1) * steps  # try 0 is the plain nmax
-    iscale = (-num)[None, :] / mx_safe[:, None]  # (nb, 19)
-    l = fp.nearest_int(iscale[:, :, None] * x[:, None, :])
-    np.clip(l, -nmax, nmax - 1, out=l)
-    lf = l.astype(np.float32)
-    sumlx = np.zeros((nb, steps.size), dtype=np.float32)
-    suml2 = np.zeros((nb, steps.size), dtype=np.float32)
-    for i in range(x.shape[1]):
-        wi = qw[:, i : i + 1]
-        sumlx += (wi * x[:, i : i + 1]) * lf[:, :, i]
-        suml2 += (wi * lf[:, :, i]) * lf[:, :, i]
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        scale = np.where(suml2[:, 0] != 0, sumlx[:, 0] / suml2[:, 0], np.float32(0)).astype(np.float32)
-        best = scale * sumlx[:, 0]
-        choice = np.zeros(nb, dtype=np.intp)
-        for t in range(1, steps.size):
-            take = (suml2[:, t] > 0) & (sumlx[:, t] * sumlx[:, t] > best * suml2[:, t])
-            scale = np.where(take, sumlx[:, t] / suml2[:, t], scale).astype(np.float32)
-            best = np.where(take, scale * sumlx[:, t], best).astype(np.float32)
-            choice = np.where(take, t, choice)
-    L = (l[np.arange(nb), choice] + nmax).astype(np.uint8)
-    L[zero] = 0
-    scale[zero] = 0
-    return scale, L
-
-
 def offset_quantize(x: np.ndarray, half: int):
     """The reference step of q4_0 (``half = 8``) and q5_0 (16): ``d = max/-half``, ``id = 1/d`` (0 if d is 0),
     ``q = min(2*half - 1, (int8_t)(x*id + (half + 0.5f)))``.
@@ -187,11 +187,32 @@ def offset_quantize(x: np.ndarray, half: int):
         flat *= np.repeat(iscale, 4)
         flat += np.float32(half + 0.5)
         q = lanes.astype(np.uint8)  # truncation toward zero: x*id + half + 0.5 is in [0, 2*half + 1) if finite
-    np.minimum(q, np.uint8(2 * half - 1), out=q)
+    clamp_u8(q, 2 * half - 1)
     return d, q
 
 
-class Q4_0(BlockFormat):
+def qx_blocks(x: np.ndarray, nmax: int, w: np.ndarray):
+    """``make_qx_quants(32, nmax, x, L, 1, w)`` of ``quantize_row_q4_0_impl`` / ``quantize_row_q5_0_impl`` on blocks
+    ``(n_blocks, 32)`` -> (scale, L uint8 ``(n_blocks, 32)`` = ``l + nmax``).
+
+    The solver is :func:`._quant_math.make_qx_quants`, which works on transposed groups.
+    """
+    scale, L = qm.make_qx_quants(np.ascontiguousarray(x.T), nmax, np.ascontiguousarray(w.T))
+    return scale, np.ascontiguousarray(L.T).view(np.uint8)
+
+
+class LegacyFormat(BlockFormat):
+    """q4_0, q4_1, q5_0, q5_1: ``ref`` is also the x86 ``from_float``; the model quantizer
+    (``quantize_row_q*_impl``) weighs the imatrix with the row statistic of ``row_sigma2_weights``."""
+
+    variants = {"ref": "ref", "model": "model", "x86": "ref"}
+    takes_imatrix = True
+
+    def block_weights(self, x, imatrix):
+        return None if imatrix is None else row_sigma2_weights(x, imatrix, self.block_size)
+
+
+class Q4_0(LegacyFormat):
     name = "q4_0"
     ggml_type = 2
     block_size = 32
@@ -199,34 +220,27 @@ class Q4_0(BlockFormat):
     dtype = np.dtype([("d", "<u2"), ("qs", "u1", (16,))])
     vec_dot_type = "q8_0"
     domain = "d a finite f16; qs any"
-    variants = {"ref": "ref", "model": "model", "x86": "ref"}
-    takes_imatrix = True
-
-    def block_weights(self, x, imatrix):
-        return None if imatrix is None else row_sigma2_weights(x, imatrix, self.block_size)
 
     def quantize_blocks(self, x, variant, weights):
         out = np.empty(x.shape[0], dtype=self.dtype)
         if variant == "model" and weights is not None:
-            d, L = make_qx_quants(x, 8, weights)
-            out["d"] = f16.encode(d, f16c=False)
+            d, L = qx_blocks(x, 8, weights)
+            out["d"] = fp.f32_to_f16_soft(d)
             out["qs"] = pack_nibbles(L)
             return out
         d, q = offset_quantize(x, 8)
-        out["d"] = f16.encode(d, f16c=False)
+        out["d"] = fp.f32_to_f16_soft(d)
         out["qs"] = pack_lanes(q)
         return out
 
-    def dequantize_blocks(self, blocks):
-        out = np.empty((blocks.shape[0], 32), dtype=np.float32)
-        self.dequantize_into(blocks, out)
-        return out
-
     def dequantize_into(self, blocks, out):
-        np.multiply(unpack_nibbles(blocks["qs"], offset=8).view(np.int8), f16.decode(blocks["d"])[:, None], out=out)
+        lanes = nibble_lanes(block_words(blocks, 2, 4))
+        lanes += np.uint32(0x78787878)  # (b + 0x78) ^ 0x80 is b - 8 as an int8 byte for b in 0..15; no carries
+        lanes ^= np.uint32(0x80808080)
+        scaled_lanes_into(lanes.view(np.int8), fp.f16_to_f32(blocks["d"]), out)
 
     def random_blocks(self, rng, n_blocks):
         out = np.empty(n_blocks, dtype=self.dtype)
-        out["d"] = f16.encode(rng.standard_normal(n_blocks).astype(np.float32) * np.float32(0.01), f16c=False)
+        out["d"] = fp.f32_to_f16_soft(rng.standard_normal(n_blocks).astype(np.float32) * np.float32(0.01))
         out["qs"] = rng.integers(0, 256, size=(n_blocks, 16), dtype=np.uint8)
         return out

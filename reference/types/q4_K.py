@@ -41,7 +41,7 @@ Quantization:
 
 Reproduces ggml-quants.c of the upstream ggml that ggml-python 0.0.45 vendors; ik_llama.cpp@676f0e71b has the
 same ``quantize_row_q4_K_ref``, ``quantize_row_q4_K_impl`` and dequantizer, and differs only in
-``make_qp_quants`` for sub-block scales all below 1e-15 (see :mod:`._kquant_math`). No step is fused into an FMA
+``make_qp_quants`` for sub-block scales all below 1e-15 (see :mod:`._quant_math`). No step is fused into an FMA
 (the peer's ggml-base holds no FMA instruction); a real ik_llama.cpp build compiles ggml-quants.c with
 ``-march=native`` in GNU C mode and may contract some of these expressions (FACTS.md section 4, unverified).
 
@@ -52,19 +52,32 @@ Dequantize is defined for every byte pattern.
 import numpy as np
 
 from mlaref.reference import fp
-from mlaref.reference.types import _kquant_math as km
+from mlaref.reference.types import _quant_math as qm
 from mlaref.reference.types._base import BlockFormat
+from mlaref.reference.types.q4_0 import block_words
 
 F32 = np.float32
 
 
 def unpack_scales(scales: np.ndarray):
-    """``get_scale_min_k4`` for all 8 sub-blocks: uint8 ``(n, 12)`` -> (sc, m), each uint8 ``(n, 8)``."""
-    s = scales.astype(np.uint8)
-    lo, hi, mix = s[:, 0:4], s[:, 4:8], s[:, 8:12]
-    sc = np.concatenate([lo & 63, (mix & 15) | ((lo >> 6) << 4)], axis=1)
-    m = np.concatenate([hi & 63, (mix >> 4) | ((hi >> 6) << 4)], axis=1)
-    return sc.astype(np.uint8), m.astype(np.uint8)
+    """``get_scale_min_k4`` for all 8 sub-blocks: uint8 ``(n, 12)`` -> (sc, m), each uint8 ``(8, n)`` (sub-block major).
+
+    Works on the transposed bytes so that every operation runs along the blocks.
+    """
+    s = np.empty((12, scales.shape[0]), dtype=np.uint8)
+    np.copyto(s, scales.T, casting="unsafe")
+    lo, hi, mix = s[0:4], s[4:8], s[8:12]
+    sc = np.empty((8, s.shape[1]), dtype=np.uint8)
+    m = np.empty_like(sc)
+    np.bitwise_and(lo, np.uint8(63), out=sc[:4])
+    np.bitwise_and(hi, np.uint8(63), out=m[:4])
+    np.right_shift(lo, np.uint8(6), out=sc[4:])
+    sc[4:] <<= np.uint8(4)
+    sc[4:] |= mix & np.uint8(15)
+    np.right_shift(hi, np.uint8(6), out=m[4:])
+    m[4:] <<= np.uint8(4)
+    m[4:] |= mix >> np.uint8(4)
+    return sc, m
 
 
 def pack_scales(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
@@ -93,6 +106,7 @@ class Q4_K(BlockFormat):
     variants = {"ref": "ref", "model": "model", "x86": "ref"}
     takes_imatrix = True
     chunk_blocks = 256  # keeps the solvers' (value, sub-block) work arrays in L2 cache: ~1.7x over 4096
+    dequantize_chunk_blocks = 512
 
     def quantize_blocks(self, x, variant, weights):
         nb = x.shape[0]
@@ -108,10 +122,10 @@ class Q4_K(BlockFormat):
         out["scales"] = pack_scales(ls, lm)
         # Re-quantize with the stored scales and mins.
         sc, m = unpack_scales(out["scales"])
-        D = (fp.f16_to_f32(d)[:, None] * sc.astype(F32)).reshape(-1)
-        Dm = (fp.f16_to_f32(dmin)[:, None] * m.astype(F32)).reshape(-1)
+        D = (fp.f16_to_f32(d)[:, None] * sc.T.astype(F32)).reshape(-1)
+        Dm = (fp.f16_to_f32(dmin)[:, None] * m.T.astype(F32)).reshape(-1)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            Lr = np.clip(km.nearest_int((xs + Dm[None, :]) / D[None, :]), 0, 15)
+            Lr = np.clip(fp.nearest_int((xs + Dm[None, :]) / D[None, :]), 0, 15)
         L = np.where((D != 0)[None, :], Lr, L).astype(np.uint8)
         # Back to (nb, 256) element order, then nibble pairs (element 64c + l, 64c + 32 + l).
         Lb = L.T.reshape(nb, 4, 2, 32)
@@ -121,10 +135,10 @@ class Q4_K(BlockFormat):
     @staticmethod
     def _ref(xs, nb):
         """``quantize_row_q4_K_ref`` up to the re-quantization: (L, d, dmin, scale codes, min codes)."""
-        sum_x2 = km.seq_sum(xs * xs)
+        sum_x2 = qm.seq_sum(xs * xs)
         av_x = np.sqrt(sum_x2 / F32(32)).astype(F32)
         w = av_x[None, :] + np.abs(xs)
-        scales, mins, L = km.make_qkx_quants(xs, w, 15, -1.0, 0.1, 20)
+        scales, mins, L = qm.make_qkx_quants(xs, w, 15, -1.0, 0.1, 20)
         scales = scales.reshape(nb, 8)
         mins = mins.reshape(nb, 8)
         max_scale = np.zeros(nb, dtype=F32)
@@ -135,8 +149,8 @@ class Q4_K(BlockFormat):
         with np.errstate(divide="ignore"):
             inv_scale = np.where(max_scale > 0, F32(63) / max_scale, F32(0)).astype(F32)
             inv_min = np.where(max_min > 0, F32(63) / max_min, F32(0)).astype(F32)
-        ls = np.minimum(63, km.nearest_int(inv_scale[:, None] * scales) & 0xFF)
-        lm = np.minimum(63, km.nearest_int(inv_min[:, None] * mins) & 0xFF)
+        ls = np.minimum(63, fp.nearest_int(inv_scale[:, None] * scales) & 0xFF)
+        lm = np.minimum(63, fp.nearest_int(inv_min[:, None] * mins) & 0xFF)
         d = fp.f32_to_f16_soft(max_scale / F32(63))
         dmin = fp.f32_to_f16_soft(max_min / F32(63))
         return L, d, dmin, ls, lm
@@ -146,32 +160,37 @@ class Q4_K(BlockFormat):
         """``quantize_row_q4_K_impl`` with importance weights ``qw`` ``(nb, 256)``, up to the re-quantization."""
         nb = x.shape[0]
         xt = np.ascontiguousarray(x.T)
-        sigma2 = (F32(2) * km.seq_sum(xt * xt)) / F32(256)
+        sigma2 = (F32(2) * qm.seq_sum(xt * xt)) / F32(256)
         sig = np.repeat(sigma2, 8)[None, :]
         qws = np.ascontiguousarray(qw.reshape(nb * 8, 32).T)
         w = qws * np.sqrt(sig + xs * xs).astype(F32)
-        sw = km.seq_sum(w).reshape(nb, 8)
-        scales, mins, L = km.make_qkx_quants(xs, w, 15, -0.9, 0.05, 36)
+        sw = qm.seq_sum(w).reshape(nb, 8)
+        scales, mins, L = qm.make_qkx_quants(xs, w, 15, -0.9, 0.05, 36)
         scales = scales.reshape(nb, 8)
         mins = mins.reshape(nb, 8)
         swt = np.ascontiguousarray(sw.T)
-        d_block, ls = km.make_qp_quants(np.ascontiguousarray(scales.T), 63, swt)
-        m_block, lm = km.make_qp_quants(np.ascontiguousarray(mins.T), 63, swt)
+        d_block, ls = qm.make_qp_quants(np.ascontiguousarray(scales.T), 63, swt)
+        m_block, lm = qm.make_qp_quants(np.ascontiguousarray(mins.T), 63, swt)
         return L, fp.f32_to_f16_soft(d_block), fp.f32_to_f16_soft(m_block), ls.T, lm.T
 
-    def dequantize_blocks(self, blocks):
+    def dequantize_into(self, blocks, out):
+        """In lanes (see ``q4_0.scaled_lanes_into``): the 32 words of ``qs`` are ``[c, k]`` = bytes
+        ``32c + 4k .. 32c + 4k + 3``; their low nibbles are lane k of sub-block ``2c``, their high nibbles lane k of
+        sub-block ``2c + 1``. Lanes are laid out ``[k, sub-block, block]`` so every operation runs along the blocks."""
         nb = blocks.shape[0]
-        d = fp.f16_to_f32(blocks["d"])
-        dmin = fp.f16_to_f32(blocks["dmin"])
+        w = block_words(blocks, 16, 32).reshape(4, 8, nb).transpose(1, 0, 2)  # [k, c, block]
+        lanes = np.empty((8, 4, 2, nb), dtype=np.uint32)  # [k, c, h, block]: sub-block 2c + h
+        np.bitwise_and(w, np.uint32(0x0F0F0F0F), out=lanes[:, :, 0])
+        np.right_shift(w, np.uint32(4), out=lanes[:, :, 1])
+        lanes[:, :, 1] &= np.uint32(0x0F0F0F0F)
         sc, m = unpack_scales(blocks["scales"])
-        d1 = d[:, None] * sc.astype(F32)  # (nb, 8)
-        m1 = dmin[:, None] * m.astype(F32)
-        qs = blocks["qs"].reshape(nb, 4, 1, 32)
-        y = np.concatenate([qs & 0xF, qs >> 4], axis=2).reshape(nb, 8, 32).astype(F32)
-        # In place: one float32 allocation for the whole call (large temporaries cost page faults).
-        np.multiply(d1[:, :, None], y, out=y)
-        np.subtract(y, m1[:, :, None], out=y)
-        return y.reshape(nb, 256)
+        d1 = fp.f16_to_f32(blocks["d"]) * sc.astype(F32)  # (8 sub-blocks, nb): d * sc, rounded once
+        m1 = fp.f16_to_f32(blocks["dmin"]) * m.astype(F32)
+        f = np.empty((8, 8, 4 * nb), dtype=F32)  # [k, sub-block, 4 block + i]
+        np.copyto(f, lanes.view(np.uint8).reshape(8, 8, 4 * nb))
+        f *= np.repeat(d1, 4, axis=1)  # exact: an 11-bit d times a 6-bit sc times a 4-bit q fits in 24 bits
+        f -= np.repeat(m1, 4, axis=1)
+        np.copyto(out.view(np.complex128).reshape(nb, 8, 8), f.view(np.complex128).transpose(2, 1, 0))
 
     def random_blocks(self, rng, n_blocks):
         out = np.empty(n_blocks, dtype=self.dtype)

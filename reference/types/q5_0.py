@@ -26,15 +26,16 @@ Valid domain: ``d`` a finite f16; every 5-bit value is a value. Non-finite ``x*i
 
 import numpy as np
 
-from mlaref.reference.types import f16
-from mlaref.reference.types._base import BlockFormat
+from mlaref.reference import fp
 from mlaref.reference.types.q4_0 import (
-    make_qx_quants,
+    LegacyFormat,
+    block_words,
+    nibble_lanes,
     offset_quantize,
     pack_lanes,
     pack_nibbles,
-    row_sigma2_weights,
-    unpack_nibbles,
+    qx_blocks,
+    scaled_lanes_into,
 )
 
 
@@ -47,22 +48,40 @@ def pack_qh_lanes(q: np.ndarray) -> np.ndarray:
     """``pack_qh`` of uint8 lanes ``(8, n_blocks, 4)`` (``q4_0.to_lanes``).
 
     Per group of four lanes (one little-endian uint32), bit 4 of each byte is moved to bits 0..3 of a nibble;
-    nibble k of the block's uint32 ``qh`` is group k (elements 4k .. 4k+3).
+    nibble k of the block's uint32 ``qh`` is group k (elements 4k .. 4k+3). The bits, at 8i after the first
+    shift, are gathered by one multiplication (the inverse of ``q5_lanes``' spread): in ``hb * 0x01020408`` bit
+    8i meets the factor ``2**(24 - 7i)`` at bit 24 + i, and every other product lands below bit 24 or above bit 31.
     """
-    hb = (q.view(np.uint32).reshape(8, -1) >> np.uint32(4)) & np.uint32(0x01010101)  # lane i's bit at 8i
-    nib = (hb | (hb >> np.uint32(7)) | (hb >> np.uint32(14)) | (hb >> np.uint32(21))) & np.uint32(0xF)
-    qh = nib[0].copy()
-    for k in range(1, 8):
-        qh |= nib[k] << np.uint32(4 * k)
-    return qh.view(np.uint8).reshape(-1, 4)
+    hb = q.view(np.uint32).reshape(8, -1) >> np.uint32(4)
+    hb &= np.uint32(0x01010101)  # bit 4 of byte i at bit 8i
+    hb *= np.uint32(0x01020408)
+    hb >>= np.uint32(24)
+    hb <<= np.arange(0, 32, 4, dtype=np.uint32)[:, None]
+    return np.bitwise_or.reduce(hb, axis=0).view(np.uint8).reshape(-1, 4)
 
 
-def unpack_qh(qh: np.ndarray) -> np.ndarray:
-    """``qh[4]`` -> uint8 ``(n_blocks, 32)`` holding 16 where bit j is set, else 0."""
-    return np.unpackbits(qh, axis=1, bitorder="little") << 4
+def q5_lanes(blocks: np.ndarray, qh_offset: int) -> np.ndarray:
+    """The 5-bit values of q5 blocks (``qh[4]`` at ``qh_offset``, ``qs[16]`` next) as uint32 lanes ``(8, n_blocks)``.
+
+    Lane k holds elements 4k .. 4k+3, one per byte (``q4_0.nibble_lanes``); their bit 4 is nibble k of the
+    little-endian ``qh``. The nibble ``n`` is spread to one bit per byte by ``n * 0x00204081 = n + (n << 7) +
+    (n << 14) + (n << 21)``: the four copies do not overlap, and bit i of the copy shifted by 7i sits at bit 8i.
+    """
+    w = block_words(blocks, qh_offset, 5)  # qh, then the 4 words of qs
+    lanes = nibble_lanes(w[1:])
+    qh = w[0]
+    hb = np.empty_like(qh)
+    for k in range(8):
+        np.right_shift(qh, np.uint32(4 * k), out=hb)
+        hb &= np.uint32(0xF)
+        hb *= np.uint32(0x00204081)
+        hb &= np.uint32(0x01010101)
+        hb <<= np.uint32(4)
+        lanes[k] |= hb
+    return lanes
 
 
-class Q5_0(BlockFormat):
+class Q5_0(LegacyFormat):
     name = "q5_0"
     ggml_type = 6
     block_size = 32
@@ -70,34 +89,30 @@ class Q5_0(BlockFormat):
     dtype = np.dtype([("d", "<u2"), ("qh", "u1", (4,)), ("qs", "u1", (16,))])
     vec_dot_type = "q8_0"
     domain = "d a finite f16; qh, qs any"
-    variants = {"ref": "ref", "model": "model", "x86": "ref"}
-    takes_imatrix = True
-
-    def block_weights(self, x, imatrix):
-        return None if imatrix is None else row_sigma2_weights(x, imatrix, self.block_size)
 
     def quantize_blocks(self, x, variant, weights):
         out = np.empty(x.shape[0], dtype=self.dtype)
         if variant == "model" and weights is not None:
-            d, q = make_qx_quants(x, 16, weights)
-            out["d"] = f16.encode(d, f16c=False)
+            d, q = qx_blocks(x, 16, weights)
+            out["d"] = fp.f32_to_f16_soft(d)
             out["qh"] = pack_qh(q)
             out["qs"] = pack_nibbles(q & 0x0F)
             return out
         d, q = offset_quantize(x, 16)
-        out["d"] = f16.encode(d, f16c=False)
+        out["d"] = fp.f32_to_f16_soft(d)
         out["qh"] = pack_qh_lanes(q)
         out["qs"] = pack_lanes(q)
         return out
 
-    def dequantize_blocks(self, blocks):
-        d = f16.decode(blocks["d"])
-        q = (unpack_nibbles(blocks["qs"]) | unpack_qh(blocks["qh"])).view(np.int8) - np.int8(16)
-        return q * d[:, None]
+    def dequantize_into(self, blocks, out):
+        lanes = q5_lanes(blocks, 2)
+        lanes += np.uint32(0x70707070)  # (b + 0x70) ^ 0x80 is b - 16 as an int8 byte for b in 0..31; no carries
+        lanes ^= np.uint32(0x80808080)
+        scaled_lanes_into(lanes.view(np.int8), fp.f16_to_f32(blocks["d"]), out)
 
     def random_blocks(self, rng, n_blocks):
         out = np.empty(n_blocks, dtype=self.dtype)
-        out["d"] = f16.encode(rng.standard_normal(n_blocks).astype(np.float32) * np.float32(0.01), f16c=False)
+        out["d"] = fp.f32_to_f16_soft(rng.standard_normal(n_blocks).astype(np.float32) * np.float32(0.01))
         out["qh"] = rng.integers(0, 256, size=(n_blocks, 4), dtype=np.uint8)
         out["qs"] = rng.integers(0, 256, size=(n_blocks, 16), dtype=np.uint8)
         return out

@@ -28,14 +28,13 @@ Valid domain: ``d``, ``m`` finite f16; every 5-bit value is a value.
 
 import numpy as np
 
-from mlaref.reference.types import f16
-from mlaref.reference.types._base import BlockFormat
-from mlaref.reference.types.q4_0 import pack_lanes, row_sigma2_weights, unpack_nibbles
-from mlaref.reference.types.q4_1 import make_qkx3_quants, min_quantize
-from mlaref.reference.types.q5_0 import pack_qh_lanes, unpack_qh
+from mlaref.reference import fp
+from mlaref.reference.types.q4_0 import LegacyFormat, pack_lanes, scaled_lanes_into
+from mlaref.reference.types.q4_1 import min_quantize, qkx3_blocks
+from mlaref.reference.types.q5_0 import pack_qh_lanes, q5_lanes
 
 
-class Q5_1(BlockFormat):
+class Q5_1(LegacyFormat):
     name = "q5_1"
     ggml_type = 7
     block_size = 32
@@ -43,37 +42,29 @@ class Q5_1(BlockFormat):
     dtype = np.dtype([("d", "<u2"), ("m", "<u2"), ("qh", "u1", (4,)), ("qs", "u1", (16,))])
     vec_dot_type = "q8_1"
     domain = "d and m finite f16; qh, qs any"
-    variants = {"ref": "ref", "model": "model", "x86": "ref"}
-    takes_imatrix = True
-
-    def block_weights(self, x, imatrix):
-        return None if imatrix is None else row_sigma2_weights(x, imatrix, self.block_size)
 
     def quantize_blocks(self, x, variant, weights):
         out = np.empty(x.shape[0], dtype=self.dtype)
         if variant == "model" and weights is not None:
-            d, the_min, q = make_qkx3_quants(x, 31, weights)
+            d, the_min, q = qkx3_blocks(x, 31, weights)
             mn = -the_min
             q = q.reshape(-1, 8, 4).transpose(1, 0, 2)  # as lanes (8, n_blocks, 4)
         else:
             mn, d, q = min_quantize(x, 31)
-        out["d"] = f16.encode(d, f16c=False)
-        out["m"] = f16.encode(mn, f16c=False)
+        out["d"] = fp.f32_to_f16_soft(d)
+        out["m"] = fp.f32_to_f16_soft(mn)
         out["qh"] = pack_qh_lanes(q)
         out["qs"] = pack_lanes(q)
         return out
 
-    def dequantize_blocks(self, blocks):
-        d = f16.decode(blocks["d"])
-        m = f16.decode(blocks["m"])
-        y = (unpack_nibbles(blocks["qs"]) | unpack_qh(blocks["qh"])) * d[:, None]
-        y += m[:, None]
-        return y
+    def dequantize_into(self, blocks, out):
+        lanes = q5_lanes(blocks, 4)
+        scaled_lanes_into(lanes.view(np.uint8), fp.f16_to_f32(blocks["d"]), out, fp.f16_to_f32(blocks["m"]))
 
     def random_blocks(self, rng, n_blocks):
         out = np.empty(n_blocks, dtype=self.dtype)
-        out["d"] = f16.encode(np.abs(rng.standard_normal(n_blocks)).astype(np.float32) * np.float32(0.01), False)
-        out["m"] = f16.encode(rng.standard_normal(n_blocks).astype(np.float32) * np.float32(-0.1), False)
+        out["d"] = fp.f32_to_f16_soft(np.abs(rng.standard_normal(n_blocks)).astype(np.float32) * np.float32(0.01))
+        out["m"] = fp.f32_to_f16_soft(rng.standard_normal(n_blocks).astype(np.float32) * np.float32(-0.1))
         out["qh"] = rng.integers(0, 256, size=(n_blocks, 4), dtype=np.uint8)
         out["qs"] = rng.integers(0, 256, size=(n_blocks, 16), dtype=np.uint8)
         return out

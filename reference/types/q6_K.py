@@ -32,7 +32,7 @@ Quantization:
   ``ref`` with the imatrix values themselves as the ``make_qx_quants`` weights.
 
 Reproduces ggml-quants.c of the upstream ggml that ggml-python 0.0.45 vendors; ik_llama.cpp@676f0e71b has the
-same code. No step is fused into an FMA (see :mod:`._kquant_math`).
+same code. No step is fused into an FMA (see :mod:`._quant_math`).
 
 Valid domain: ``d`` a finite f16; every ``ql``/``qh``/``scales`` byte pattern (ggml's quantizer writes scales in
 [-128, 127] and ``d`` of either sign). Dequantize is defined for every byte pattern.
@@ -41,8 +41,9 @@ Valid domain: ``d`` a finite f16; every ``ql``/``qh``/``scales`` byte pattern (g
 import numpy as np
 
 from mlaref.reference import fp
-from mlaref.reference.types import _kquant_math as km
+from mlaref.reference.types import _quant_math as qm
 from mlaref.reference.types._base import BlockFormat
+from mlaref.reference.types.q4_0 import block_words
 
 F32 = np.float32
 
@@ -58,6 +59,7 @@ class Q6_K(BlockFormat):
     variants = {"ref": "ref", "model": "model", "x86": "ref"}
     takes_imatrix = True
     chunk_blocks = 256  # keeps the solvers' (value, sub-block) work arrays in L2 cache: ~1.7x over 4096
+    dequantize_chunk_blocks = 512
 
     def quantize_blocks(self, x, variant, weights):
         nb = x.shape[0]
@@ -65,16 +67,16 @@ class Q6_K(BlockFormat):
         qw = None
         if variant == "model" and weights is not None:
             qw = np.ascontiguousarray(weights.reshape(nb * 16, 16).T)
-        scales, L = km.make_qx_quants(xs, 32, qw)
+        scales, L = qm.make_qx_quants(xs, 32, qw)
         scales = scales.reshape(nb, 16)
-        max_scale = km.first_absmax(np.ascontiguousarray(scales.T))
-        zero = np.abs(max_scale) < km.GROUP_MAX_EPS
+        max_scale = qm.first_absmax(np.ascontiguousarray(scales.T))
+        zero = np.abs(max_scale) < qm.GROUP_MAX_EPS
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             iscale = F32(-128) / max_scale
             d = fp.f32_to_f16_soft(F32(1) / iscale)
-            sc = np.minimum(127, km.nearest_int(iscale[:, None] * scales)).astype(np.int8)
+            sc = np.minimum(127, fp.nearest_int(iscale[:, None] * scales)).astype(np.int8)
             D = (fp.f16_to_f32(d)[:, None] * sc.astype(F32)).reshape(-1)
-            Lr = np.clip(km.nearest_int(xs / D[None, :]), -32, 31) + 32
+            Lr = np.clip(fp.nearest_int(xs / D[None, :]), -32, 31) + 32
         L = np.where((D != 0)[None, :], Lr, L).astype(np.uint8)
         # (nb, 2 halves, 4 quarters, 32): element 128h + 32k + l.
         Lb = L.T.reshape(nb, 2, 4, 32)
@@ -90,25 +92,34 @@ class Q6_K(BlockFormat):
         out["d"] = np.where(zero, fp.f32_to_f16_soft(F32(0)), d)
         return out
 
-    def dequantize_blocks(self, blocks):
+    def dequantize_into(self, blocks, out):
+        """In lanes (see ``q4_0.scaled_lanes_into``), laid out ``[lane, sub-block, block]``.
+
+        Bytes ``4g .. 4g + 3`` (g = 4gq + gi) of quarter k of half h are elements ``128h + 32k + 16gq + 4gi ..``:
+        lane gi of sub-block ``8h + 2k + gq``. Their low nibbles are word ``16h + 8(k & 1) + g`` of ``ql`` shifted by
+        ``4(k >> 1)``, their high bits word ``8h + g`` of ``qh`` shifted by ``2k``.
+        """
         nb = blocks.shape[0]
-        d = fp.f16_to_f32(blocks["d"])
-        ql = blocks["ql"].reshape(nb, 2, 2, 32)
-        qh = blocks["qh"].reshape(nb, 2, 32)
-        # code[n, h, k, l] for element 128h + 32k + l: quarters k = 0, 1 are the low nibbles of ql[0:32] and
-        # ql[32:64], k = 2, 3 their high nibbles; bits 4-5 come from qh >> 2k.
-        code = np.empty((nb, 2, 2, 2, 32), dtype=np.uint8)
-        np.bitwise_and(ql, 0xF, out=code[:, :, 0])
-        np.right_shift(ql, 4, out=code[:, :, 1])
-        code = code.reshape(nb, 2, 4, 32)
-        for k in range(4):
-            code[:, :, k] |= ((qh >> (2 * k)) & 3) << 4
-        code = code.view(np.int8)
-        code -= 32
-        y = code.astype(F32).reshape(nb, 16, 16)
-        ds = d[:, None] * blocks["scales"].astype(F32)  # (nb, 16): scale of sub-block b = 16 elements
-        np.multiply(ds[:, :, None], y, out=y)
-        return y.reshape(nb, 256)
+        ql = block_words(blocks, 0, 32).reshape(2, 2, 2, 4, nb).transpose(3, 0, 1, 2, 4)  # [gi, h, k & 1, gq, block]
+        qh = block_words(blocks, 128, 16).reshape(2, 2, 4, nb).transpose(2, 0, 1, 3)  # [gi, h, gq, block]
+        codes = np.empty((4, 2, 4, 2, nb), dtype=np.uint32)  # [gi, h, k, gq, block]
+        by_k = codes.reshape(4, 2, 2, 2, 2, nb)  # [gi, h, k >> 1, k & 1, gq, block]
+        np.bitwise_and(ql, np.uint32(0x0F0F0F0F), out=by_k[:, :, 0])
+        np.right_shift(ql, np.uint32(4), out=by_k[:, :, 1])
+        by_k[:, :, 1] &= np.uint32(0x0F0F0F0F)
+        hb = np.right_shift(qh[:, :, None], np.arange(0, 8, 2, dtype=np.uint32)[:, None, None])  # [gi, h, k, gq, b]
+        hb &= np.uint32(0x03030303)
+        hb <<= np.uint32(4)
+        codes |= hb
+        codes += np.uint32(0x60606060)  # (b + 0x60) ^ 0x80 is b - 32 as an int8 byte for b in 0..63; no carries
+        codes ^= np.uint32(0x80808080)
+        sc = np.empty((16, nb), dtype=F32)
+        np.copyto(sc, blocks["scales"].T)
+        ds = fp.f16_to_f32(blocks["d"]) * sc  # (16 sub-blocks, nb): d * sc_b, exact (11 + 8 bits)
+        f = np.empty((4, 16, 4 * nb), dtype=F32)  # [gi, sub-block, 4 block + i]
+        np.copyto(f, codes.view(np.int8).reshape(4, 16, 4 * nb))
+        f *= np.repeat(ds, 4, axis=1)
+        np.copyto(out.view(np.complex128).reshape(nb, 16, 4), f.view(np.complex128).transpose(2, 1, 0))
 
     def random_blocks(self, rng, n_blocks):
         out = np.empty(n_blocks, dtype=self.dtype)

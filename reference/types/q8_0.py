@@ -35,76 +35,69 @@ Valid domain: ggml's quantizers never write -128 for finite inputs (``|x * id| <
 
 import numpy as np
 
-from mlaref.reference.types import f16
+from mlaref.reference import fp
 from mlaref.reference.types._base import BlockFormat
-
-_HALF_BELOW = np.nextafter(np.float32(0.5), np.float32(0))  # 0.5 - 2**-25
-
-
-def round_half_away(v: np.ndarray) -> np.ndarray:
-    """C ``roundf`` on float32, in place on ``v`` and returned: ``trunc(v + copysign(0.5 - 2**-25, v))``.
-
-    Adding the largest float below 0.5 and truncating is ``roundf`` for every float32: below 0.5 nothing
-    can round up to the next integer, and an exact .5 sums to a tie that rounds to the even, larger-magnitude
-    neighbour. Equal to ``fp.roundf`` (tested), without its float64 round trip.
-    """
-    v += np.copysign(_HALF_BELOW, v)
-    return np.trunc(v, out=v)
+from mlaref.reference.types.q4_0 import lane_reduce, to_lanes
 
 
-def x86_round_to_int8(v: np.ndarray, amax: np.ndarray, iscale: np.ndarray) -> np.ndarray:
-    """``_mm256_round_ps(NEAREST)``, ``_mm256_cvtps_epi32`` and the saturating packs to int8, for x86 q8 rows.
+def round_to_int8(v: np.ndarray, amax: np.ndarray, iscale: np.ndarray, variant: str) -> np.ndarray:
+    """The rounding of the q8 quantizers on lanes ``v`` ``(8, n_blocks, 4)`` (``q4_0.to_lanes``), in place -> int8.
 
-    ``v`` is float32 ``(n_blocks, 32)``, ``amax`` and ``iscale`` its blocks' maxima and multipliers. Finite
-    products lie in [-127.5, 127.5] and round to even; a non-finite product becomes -128 (the integer
-    indefinite, saturated). Only blocks whose maximum or multiplier is not finite can hold such products, so
-    only they are checked element by element.
+    ``x86`` / ``iqk``: ``_mm256_round_ps(NEAREST)``, ``_mm256_cvtps_epi32`` and the saturating packs: finite
+    products lie in [-127.5, 127.5] and round to even; a non-finite product becomes -128 (the integer indefinite,
+    saturated). ``ref``: ``(int8_t)roundf(v)``; a non-finite ``v`` (C UB) gives 0, see the module doc. Only blocks
+    whose maximum ``amax`` or multiplier ``iscale`` is not finite can hold non-finite products, so only they are
+    checked element by element.
     """
     with np.errstate(invalid="ignore"):
-        q = np.rint(v).astype(np.int8)
+        if variant in ("x86", "iqk"):
+            q = np.rint(v, out=v).astype(np.int8)
+            fill = np.int8(-128)
+        else:
+            q = fp.roundf(v, out=v).astype(np.int8)
+            fill = np.int8(0)
     bad = ~(np.isfinite(amax) & np.isfinite(iscale))
     if bad.any():
-        q[bad] = np.where(np.isfinite(v[bad]), q[bad], np.int8(-128))
+        q[:, bad] = np.where(np.isfinite(v[:, bad]), q[:, bad], fill)
     return q
 
 
-def ref_round_to_int8(v: np.ndarray, amax: np.ndarray, iscale: np.ndarray) -> np.ndarray:
-    """``(int8_t)roundf(v)`` of the reference quantizers; a non-finite ``v`` (C UB) gives 0, see the module doc."""
-    with np.errstate(invalid="ignore"):
-        q = round_half_away(v).astype(np.int8)
-    bad = ~(np.isfinite(amax) & np.isfinite(iscale))
-    if bad.any():
-        q[bad] = np.where(np.isfinite(v[bad]), q[bad], np.int8(0))
-    return q
+def q8_quantize(x: np.ndarray, variant: str):
+    """The shared q8 step: ``(d, qs)`` with ``d`` float32 ``(n_blocks,)`` and ``qs`` int8 ``(n_blocks, 32)``.
 
-
-def q8_scales(x: np.ndarray, variant: str):
-    """``amax``, ``d = amax/127`` and the multiplier of the q8 quantizers (ref: ``1/d``; x86, iqk: ``127/amax``)."""
-    # The maximum of the magnitude bits is the bits of max |x| (same order for non-NaN floats), and an
-    # integer max over a short axis is several times faster than a float one in NumPy.
-    amax = (x.view(np.int32) & np.int32(0x7FFFFFFF)).max(axis=1).view(np.float32)
+    ``amax``, ``d = amax/127`` and the multiplier (ref: ``1/d``; x86, iqk: ``127/amax``) as in the module doc. All
+    of it runs on the lanes of ``q4_0.to_lanes``: the maximum of the magnitude bits is the bits of ``max |x|``
+    (same order for non-NaN floats), and integer maxima over lanes, like the products, run along long rows.
+    """
+    lanes = to_lanes(x)
+    a = lanes.view(np.int32) & np.int32(0x7FFFFFFF)
+    amax = lane_reduce(np.maximum, a).view(np.float32)
     d = amax / np.float32(127)
     with np.errstate(divide="ignore", over="ignore"):
         if variant in ("x86", "iqk"):
             iscale = np.where(amax != 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
         else:
             iscale = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
-    return amax, d, iscale
-
-
-def q8_quantize(x: np.ndarray, variant: str):
-    """The shared q8 step: ``(d, qs)`` with ``d`` float32 ``(n_blocks,)`` and ``qs`` int8 ``(n_blocks, 32)``."""
-    amax, d, iscale = q8_scales(x, variant)
     with np.errstate(invalid="ignore", over="ignore"):
-        v = x * iscale[:, None]
-    if variant in ("x86", "iqk"):
-        return d, x86_round_to_int8(v, amax, iscale)
-    return d, ref_round_to_int8(v, amax, iscale)
+        lanes.reshape(8, -1)[...] *= np.repeat(iscale, 4)
+    q = round_to_int8(lanes, amax, iscale, variant)
+    # int8 lanes (8, n_blocks, 4) -> rows: lane k of a block is bytes 4k .. 4k+3.
+    return d, np.ascontiguousarray(q.view(np.uint32).reshape(8, -1).T).view(np.int8)
+
+
+def dequantize_q8_into(blocks: np.ndarray, out: np.ndarray) -> None:
+    """``out = qs * f32(d)`` for blocks with fields ``d`` (f16) and ``qs`` (int8 ``[32]``): q8_0, q8_1.
+
+    On rows: the int8 values widened into ``out`` (exact), then one float32 multiply per value. For 8-bit values
+    this measures faster than the lanes of ``q4_0.scaled_lanes_into``, which pay off where values are unpacked.
+    """
+    np.copyto(out, blocks["qs"])
+    out *= fp.f16_to_f32(blocks["d"])[:, None]
 
 
 def f16_of(d: np.ndarray, variant: str) -> np.ndarray:
     """Store a scale: F16C in ik_llama.cpp's IQK code, the software routine in upstream ggml (base and CPU)."""
-    return f16.encode(d, f16c=variant == "iqk")
+    return (fp.f32_to_f16 if variant == "iqk" else fp.f32_to_f16_soft)(d)
 
 
 class Q8_0(BlockFormat):
@@ -124,16 +117,11 @@ class Q8_0(BlockFormat):
         out["qs"] = q
         return out
 
-    def dequantize_blocks(self, blocks):
-        out = np.empty((blocks.shape[0], 32), dtype=np.float32)
-        self.dequantize_into(blocks, out)
-        return out
-
     def dequantize_into(self, blocks, out):
-        np.multiply(blocks["qs"], f16.decode(blocks["d"])[:, None], out=out)
+        dequantize_q8_into(blocks, out)
 
     def random_blocks(self, rng, n_blocks):
         out = np.empty(n_blocks, dtype=self.dtype)
-        out["d"] = f16.encode(rng.standard_normal(n_blocks).astype(np.float32) * np.float32(0.01), f16c=False)
+        out["d"] = fp.f32_to_f16_soft(rng.standard_normal(n_blocks).astype(np.float32) * np.float32(0.01))
         out["qs"] = rng.integers(-127, 128, size=(n_blocks, 32), dtype=np.int8)
         return out

@@ -31,9 +31,9 @@ Valid domain: ``qs`` in [-127, 127]; ``d`` a finite f16; ``s`` equal to ``f16(d'
 
 import numpy as np
 
-from mlaref.reference.types import f16
+from mlaref.reference import fp
 from mlaref.reference.types._base import BlockFormat
-from mlaref.reference.types.q8_0 import q8_quantize
+from mlaref.reference.types.q8_0 import dequantize_q8_into, f16_of, q8_quantize
 
 
 def q8_1_fields(x: np.ndarray, variant: str):
@@ -51,8 +51,7 @@ def q8_1_fields(x: np.ndarray, variant: str):
         total = ((total + 2**31) % 2**32 - 2**31).astype(np.int64)  # int32 wrap-around
     with np.errstate(over="ignore", invalid="ignore"):
         s = total.astype(np.float32) * d
-    f16c = variant == "iqk"  # upstream stores with the software routine on every path; IQK with F16C
-    return f16.encode(d, f16c), f16.encode(s, f16c), q
+    return f16_of(d, variant), f16_of(s, variant), q
 
 
 class Q8_1(BlockFormat):
@@ -70,19 +69,14 @@ class Q8_1(BlockFormat):
         out["d"], out["s"], out["qs"] = q8_1_fields(x, variant)
         return out
 
-    def dequantize_blocks(self, blocks):
-        out = np.empty((blocks.shape[0], 32), dtype=np.float32)
-        self.dequantize_into(blocks, out)
-        return out
-
     def dequantize_into(self, blocks, out):
-        np.multiply(blocks["qs"], f16.decode(blocks["d"])[:, None], out=out)
+        dequantize_q8_into(blocks, out)
 
     def random_blocks(self, rng, n_blocks):
         out = np.empty(n_blocks, dtype=self.dtype)
-        d = f16.encode(rng.standard_normal(n_blocks).astype(np.float32) * np.float32(0.01), f16c=False)
+        d = fp.f32_to_f16_soft(rng.standard_normal(n_blocks).astype(np.float32) * np.float32(0.01))
         qs = rng.integers(-127, 128, size=(n_blocks, 32), dtype=np.int8)
         out["d"] = d
-        out["s"] = f16.encode(qs.sum(axis=1, dtype=np.int32).astype(np.float32) * f16.decode(d), f16c=False)
+        out["s"] = fp.f32_to_f16_soft(qs.sum(axis=1, dtype=np.int32).astype(np.float32) * fp.f16_to_f32(d))
         out["qs"] = qs
         return out

@@ -49,7 +49,7 @@ sign; ``qs`` in [-127, 127] (``ref``) or [-128, 127] (``iqk``); ``bsums`` the gr
 import numpy as np
 
 from mlaref.reference import fp
-from mlaref.reference.types import _kquant_math as km
+from mlaref.reference.types import _quant_math as qm
 from mlaref.reference.types._base import BlockFormat
 
 F32 = np.float32
@@ -70,11 +70,11 @@ class Q8_K(BlockFormat):
         if variant == "iqk":
             return self._quantize_iqk(x)
         nb = x.shape[0]
-        xmax = km.first_absmax(x, axis=1)
+        xmax = qm.first_absmax(x, axis=1)
         zero = xmax == 0
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             iscale = F32(-127) / xmax
-            q = np.minimum(127, km.nearest_int(iscale[:, None] * x))
+            q = np.minimum(127, fp.nearest_int(iscale[:, None] * x))
             d = F32(1) / iscale
         q = np.where(zero[:, None], 0, q).astype(np.int8)  # int8 store wraps, as C does
         out = np.empty(nb, dtype=self.dtype)

@@ -373,6 +373,41 @@ def test_f32_to_f16_ggml_row_tails(ggml, rng):
         )
 
 
+def test_f16_bf16_conversions_on_chunks_with_one_special_value(rng):
+    """The conversions work through the data in chunks and take their overflow, NaN, Inf and subnormal-range
+    steps only in chunks that need them: every kind of special value, alone at the start, middle or end of a
+    chunk of ordinary values (and in a short tail chunk), against NumPy's float16, ggml's NaN rules and the
+    bf16 and f16 value formulas."""
+    chunk = fp._CHUNK_NARROW
+    specials = np.array([0x7FC12345, 0xFF800001, 0x7F800000, 0xFF800000, 0x477FF000, 0x477FEFFF, 0x4F000000,
+                         0x33000001, 0x38000000, 0x80000001, 0x80000000, 0x00000000, 0x387FE000], dtype=np.uint32)
+    n = 3 * chunk + 77
+    base = _bits(rng.uniform(0.5, 2.0, size=n).astype(np.float32) * np.where(rng.random(n) < 0.5, -1, 1))
+    u = np.tile(base, (specials.size * 4, 1))
+    for k, v in enumerate(specials):
+        for p, pos in enumerate((chunk, chunk + chunk // 2, 2 * chunk - 1, n - 1)):
+            u[4 * k + p, pos] = v
+    x = _f32(u)
+    nan = _is_nan32(u)
+    with np.errstate(over="ignore", invalid="ignore"):
+        plain = x.astype(np.float16).view(np.uint16)
+    sign = ((u >> 16) & 0x8000).astype(np.uint16)
+    _assert_bits_equal(fp.f32_to_f16(x), np.where(nan, sign | 0x7E00 | ((u >> 13) & 0x3FF), plain), x, "F16C")
+    _assert_bits_equal(fp.f32_to_f16_soft(x), np.where(nan, sign | 0x7E00, plain), x, "portable")
+    ub = u.astype(np.uint64)
+    _assert_bits_equal(fp.f32_to_bf16(x), np.where(nan, (ub >> 16) | 0x40, (ub + 0x7FFF + ((ub >> 16) & 1)) >> 16)
+                       .astype(np.uint16), x, "bf16")
+    chunk = fp._CHUNK_WIDEN  # rows of 3 chunks + 77: a NaN in the second chunk only, -Inf in the third only
+    h = rng.integers(0, 0x7C00, size=(1, 3 * chunk + 77), dtype=np.uint16)
+    h |= rng.integers(0, 2, size=h.shape, dtype=np.uint16) << 15
+    h[:, chunk + 5] = 0x7E01
+    h[:, 2 * chunk + 9] = 0xFC00
+    y = _bits(fp.f16_to_f32(h))
+    finite = (h & 0x7C00) != 0x7C00
+    _assert_bits_equal(y[finite], _bits(h[finite].view(np.float16).astype(np.float32)), what="f16 -> f32")
+    assert np.all(y[:, chunk + 5] == 0x7FC02000) and np.all(y[:, 2 * chunk + 9] == 0xFF800000)
+
+
 # --------------------------------------------------------------------------------------------------------
 # f32 -> bf16
 # --------------------------------------------------------------------------------------------------------
@@ -596,9 +631,18 @@ def test_roundf_matches_libm(rng):
     near = (rng.integers(100, 152, size=300_000, dtype=np.uint32) << 23) | rng.integers(
         0, 1 << 23, size=300_000, dtype=np.uint32
     )
-    x = _f32(np.concatenate([u, near, near | 0x80000000]))
+    # every float within 3 ulps of k and k + 1/2 for |k| < 300 and of large powers of two
+    centres = np.concatenate([np.arange(-300, 300, 0.5), 2.0 ** np.arange(20, 26), -(2.0 ** np.arange(20, 26))])
+    c = _bits(centres.astype(np.float32)).astype(np.int64)
+    around = (c[:, None] + np.arange(-3, 4)[None, :]).reshape(-1)
+    around = around[(around & 0x7FFFFFFF) < 0x7F800000].astype(np.uint32)  # the neighbours of +0 below it wrap
+    x = _f32(np.concatenate([u, near, near | 0x80000000, around]))
     x = np.concatenate([x, np.float32([0.0, -0.0, 0.49999997, -0.49999997, np.inf, -np.inf, np.nan])])
     _assert_same_float(fp.roundf(x), libm.roundf(x), "roundf vs libm roundf (signed zeros included)")
+    v = x.copy()
+    assert fp.roundf(v, out=v) is v
+    _assert_same_float(v, libm.roundf(x), "roundf in place")
+    assert fp.roundf(np.float32(-0.3)).shape == () and np.signbit(fp.roundf(np.float32(-0.3)))
 
 
 def test_nearest_int_ties_go_to_even():
@@ -607,6 +651,24 @@ def test_nearest_int_ties_go_to_even():
     want = np.where(k % 2 == 0, k, k + 1)  # of k and k + 1, the even one
     np.testing.assert_array_equal(fp.nearest_int(ties), want)
     np.testing.assert_array_equal(fp.nearest_int(np.float32([0.5, -0.5, 1.5, -1.5, 2.5, -2.5])), [0, 0, 2, -2, 2, -2])
+
+
+def test_nearest_int_outside_its_domain_is_the_c_bit_arithmetic(rng):
+    """Outside |x| <= 4194303 (asserts compiled out) ggml's nearest_int is still defined bit arithmetic: the low 23
+    bits of f32(x + 1.5*2**23) minus 2**22. Here that sum is rounded once from float64, where it is exact."""
+    special = np.array(
+        [0.5, 1.5, 2.5, -0.5, -2.5, 4194303.0, -4194303.0, 4194304.5, 1e10, -1e10, 3e38, np.inf, -np.inf, np.nan,
+         -0.0, 1e-45],
+        dtype=np.float32,
+    )
+    x = (rng.standard_normal(100_000) * 1e7).astype(np.float32)
+    x = np.concatenate([special, x, np.round(x * 2) / 2])
+    with np.errstate(over="ignore", invalid="ignore"):
+        v = (x.astype(np.float64) + 12582912.0).astype(np.float32)
+    want = (_bits(v).astype(np.int64) & 0x7FFFFF) - 0x400000
+    got = fp.nearest_int(x)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got.astype(np.int64), want)
 
 
 @needs_libm

@@ -104,6 +104,24 @@ def test_quantize_accepts_a_non_contiguous_input(rng):
 
 # -- bad input ------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("name", sorted(registry()))
+@pytest.mark.parametrize("n_rows, n_blocks", [(1, 1), (1, 2), (3, 1), (2, 5)])
+def test_quantize_and_dequantize_leave_their_input_alone(rng, name, n_rows, n_blocks):
+    """The quantizers work on transposed copies in place; one block once made that copy a view of x."""
+    fmt = get_type(name)
+    x = rng.standard_normal((n_rows, fmt.block_size * n_blocks)).astype(np.float32)
+    x0 = x.copy()
+    im = rng.random(x.shape[1]).astype(np.float32)
+    for variant in fmt.variants:
+        data = quantize(x, name, variant=variant)
+        if variant == "model" and fmt.takes_imatrix:
+            quantize(x, name, variant=variant, imatrix=im)
+        assert np.array_equal(x.view(np.uint32), x0.view(np.uint32)), (name, variant)
+        d0 = data.copy()
+        dequantize(data, name)
+        assert np.array_equal(data, d0), (name, variant)
+
+
 def test_wrong_x_dtype_raises():
     with pytest.raises(TypeError, match=r"x must be float32, got float64"):
         quantize(np.zeros(32), "q8_0")

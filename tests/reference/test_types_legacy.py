@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 from mlaref.reference import dequantize, fp, get_type, quantize
-from mlaref.reference.types import bf16, f16, iq4_nl
-from mlaref.reference.types.q8_0 import round_half_away
+from mlaref.reference.types import bf16, iq4_nl
 
 PEER_TYPES = ["f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q8_1", "iq4_nl"]
 BLOCK_TYPES = ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q8_1", "iq4_nl"]
@@ -415,39 +414,32 @@ def test_x4_layout_on_a_hand_built_row():
     assert row0.size == 5 * 34 and np.array_equal(row0[:8], row[:8]) and np.array_equal(row0[8:136], row[16:144])
 
 
-# -- the fast helpers against the fp module ---------------------------------------------------------------
+# -- the f16 / bf16 formats on long rows ---------------------------------------------------------------------
 
-def test_round_half_away_is_roundf(rng):
-    """Every float within 3 ulps of k and k + 1/2 for |k| < 300 and of large powers of two, plus random floats."""
-    centres = np.concatenate([np.arange(-300, 300, 0.5), 2.0 ** np.arange(20, 26), -(2.0 ** np.arange(20, 26))])
-    c = fp.f32_bits(centres.astype(np.float32)).astype(np.int64)
-    near = (c[:, None] + np.arange(-3, 4)[None, :]).reshape(-1)
-    v = np.concatenate([fp.bits_f32(near.astype(np.uint32)), rng.standard_normal(200000).astype(np.float32) * 100])
-    v = v[np.isfinite(v)]  # the neighbours of +0 below it wrap to NaN patterns
-    assert np.array_equal(round_half_away(v.copy()), fp.roundf(v))
-
-
-def test_f16_encode_decode_equal_the_fp_module(rng):
+def test_f16_and_bf16_rows_follow_numpy_float16_and_the_bf16_formula(rng):
+    """The F16 / BF16 formats on rows longer than one conversion chunk, against oracles written here: NumPy's
+    float16 cast for non-NaN values (every f16 rounding boundary and its neighbours included), ggml's NaN rules,
+    and the bf16 rounding formula in uint64; dequantize against NumPy's widening and ``bits << 16``."""
     bits = np.concatenate([
         rng.integers(0, 2**32, size=300000, dtype=np.uint64).astype(np.uint32),
-        # every f16 rounding boundary (the midpoints between halves) and its neighbours
-        (fp.f32_bits(fp.f16_to_f32(np.arange(0x7C00, dtype=np.uint16))).astype(np.int64) + (1 << 12)
-         + np.array([-1, 0, 1])[:, None]).reshape(-1).astype(np.uint32),
+        (np.arange(0x7C00, dtype=np.uint16).view(np.float16).astype(np.float32).view(np.uint32).astype(np.int64)
+         + (1 << 12) + np.array([-1, 0, 1])[:, None]).reshape(-1).astype(np.uint32),
     ])
-    x = fp.bits_f32(bits)
-    assert np.array_equal(f16.encode(x, f16c=True), fp.f32_to_f16(x))
-    assert np.array_equal(f16.encode(x, f16c=False), fp.f32_to_f16_soft(x))
+    bits = bits[: bits.size - bits.size % 96]
+    rng.shuffle(bits)
+    x = fp.bits_f32(bits).reshape(-1, 96)
+    nan = (bits & 0x7FFFFFFF) > 0x7F800000
+    with np.errstate(over="ignore", invalid="ignore"):
+        want16 = np.where(nan, ((bits >> 16) & 0x8000) | 0x7E00, x.reshape(-1).astype(np.float16).view(np.uint16))
+    assert np.array_equal(quantize(x, "f16").view(np.uint16).reshape(-1), want16.astype(np.uint16))
+    u = bits.astype(np.uint64)
+    want_bf = np.where(nan, (u >> 16) | 0x40, (u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    assert np.array_equal(quantize(x, "bf16").view(np.uint16).reshape(-1), want_bf)
     h = np.arange(65536, dtype=np.uint32).astype(np.uint16)
-    assert np.array_equal(f16.decode(h).view(np.uint32), fp.f16_to_f32(h).view(np.uint32))
-
-
-def test_bf16_encode_decode_equal_the_fp_module(rng):
-    bits = rng.integers(0, 2**32, size=300000, dtype=np.uint64).astype(np.uint32)
-    bits[:4] = [0x7F7FFFFF, 0xFF7FFFFF, 0x7F800001, 0xFFFFFFFF]
-    x = fp.bits_f32(bits)
-    assert np.array_equal(bf16.encode(x), fp.f32_to_bf16(x))
-    h = np.arange(65536, dtype=np.uint32).astype(np.uint16)
-    assert np.array_equal(bf16.decode(h).view(np.uint32), h.astype(np.uint32) << 16)
+    h16 = h[((h & 0x7C00) != 0x7C00)]
+    y = dequantize(h16.view(np.uint8)[None, :], "f16")[0]
+    assert np.array_equal(y.view(np.uint32), h16.view(np.float16).astype(np.float32).view(np.uint32))
+    assert np.array_equal(dequantize(h.view(np.uint8)[None, :], "bf16")[0].view(np.uint32), h.astype(np.uint32) << 16)
 
 
 def test_bf16_avx512_row_flushes_subnormals_only_in_full_chunks():

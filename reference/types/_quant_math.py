@@ -1,4 +1,7 @@
-"""The k-quant solvers of ggml-quants.c vectorised over groups: make_qx, make_qkx2/3 and make_qp_quants.
+"""The quantization solvers of ggml-quants.c vectorised over groups: make_qx, make_qkx2/3 and make_qp_quants.
+
+One implementation serves every format that calls a solver: the k-quants (q4_K, q6_K) on their sub-blocks and
+the legacy ``quantize_row_q{4,5}_{0,1}_impl`` (model quantization with an imatrix) on their 32-blocks.
 
 Each function reproduces one ``static`` helper of upstream ggml's ``ggml-quants.c`` (the copy ggml-python
 0.0.45 vendors; ik_llama.cpp@676f0e71b has the same code except where noted) on many independent groups at
@@ -18,6 +21,7 @@ expressions (FACTS.md section 4): its bytes may differ from these in that way (n
 
 ``nearest_int`` is ggml's ``1.5*2**23`` trick (:func:`mlaref.reference.fp.nearest_int`), reproduced bit for bit
 also outside its asserted range (asserts are compiled out), so inf and NaN map the way the C code maps them.
+The legacy formats' callers transpose their ``(n_blocks, 32)`` blocks into this layout (``q4_1.qkx3_blocks``).
 
 Differences in ik_llama.cpp@676f0e71b (``ggml/src/ggml-quants.c``): ``make_qp_quants`` treats a group as zero
 only when ``max == 0`` (upstream: ``max < 1e-15``) and returns ``sumlx/suml2`` without the ``suml2 > 0``
@@ -37,17 +41,6 @@ from mlaref.reference import fp
 
 F32 = np.float32
 GROUP_MAX_EPS = F32(1e-15)  # ggml-quants.c: #define GROUP_MAX_EPS 1e-15f
-_MAGIC = F32(12582912.0)  # 1.5 * 2**23
-
-
-def nearest_int(x: np.ndarray) -> np.ndarray:
-    """ggml's ``nearest_int`` bit for bit (as :func:`mlaref.reference.fp.nearest_int`), kept in int32 for speed.
-
-    ``x + 1.5*2**23`` in float32, then the low 23 bits of the result minus 2**22; for |x| <= 2**22 this is
-    round-half-to-even, and outside that range (inf, NaN, huge) it is the same bit pattern arithmetic as C.
-    """
-    v = np.asarray(x, dtype=F32) + _MAGIC
-    return (v.view(np.int32) & 0x007FFFFF) - 0x00400000
 
 
 def seq_sum(terms: np.ndarray, start=None) -> np.ndarray:
@@ -98,7 +91,7 @@ def make_qx_quants(x: np.ndarray, nmax: int, qw: np.ndarray | None = None):
         iscale = F32(-nmax) / xmax
 
         def try_scale(isc):
-            l = np.clip(nearest_int(isc[None, :] * x), -nmax, nmax - 1)
+            l = np.clip(fp.nearest_int(isc[None, :] * x), -nmax, nmax - 1)
             lf = l.astype(F32, copy=False)
             return l, seq_sum(wx * lf), seq_sum((w * lf) * lf)
 
@@ -148,14 +141,14 @@ def make_qkx_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         iscale = F32(nmax) / (hi - lo)
         scale = F32(1) / iscale
-        L = np.clip(nearest_int(iscale[None, :] * (x - lo[None, :])), 0, nmax)
+        L = np.clip(fp.nearest_int(iscale[None, :] * (x - lo[None, :])), 0, nmax)
         diff = (scale[None, :] * L.astype(F32) + lo[None, :]) - x
         best_error = seq_sum(w * (diff * diff))
         cur_min = lo
         for step in range(nstep + 1):
             numer = (F32(rmin) + F32(rdelta) * F32(step)) + F32(nmax)
             iscale = numer / (hi - cur_min)
-            laux = np.clip(nearest_int(iscale[None, :] * (x - cur_min[None, :])), 0, nmax)
+            laux = np.clip(fp.nearest_int(iscale[None, :] * (x - cur_min[None, :])), 0, nmax)
             lf = laux.astype(F32, copy=False)
             wl = w * lf
             sum_l = seq_sum(wl)
@@ -196,7 +189,7 @@ def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray):
     zero = xmax < GROUP_MAX_EPS
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         iscale = F32(nmax) / xmax
-        Lw = nearest_int(iscale[None, :] * x) & 0xFF
+        Lw = fp.nearest_int(iscale[None, :] * x) & 0xFF
         scale = F32(1) / iscale
         diff = x - scale[None, :] * Lw.astype(F32, copy=False)
         best_mse = seq_sum((qw * diff) * diff)
@@ -205,13 +198,13 @@ def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray):
                 continue
             iscale_is = (F32(0.1) * F32(step) + F32(nmax)) / xmax
             scale_is = F32(1) / iscale_is
-            l = np.minimum(nmax, nearest_int(iscale_is[None, :] * x))
+            l = np.minimum(nmax, fp.nearest_int(iscale_is[None, :] * x))
             diff = x - scale_is[None, :] * l.astype(F32, copy=False)
             mse = seq_sum((qw * diff) * diff)
             take = mse < best_mse
             best_mse = np.where(take, mse, best_mse).astype(F32, copy=False)
             iscale = np.where(take, iscale_is, iscale).astype(F32, copy=False)
-        l = np.minimum(nmax, nearest_int(iscale[None, :] * x))
+        l = np.minimum(nmax, fp.nearest_int(iscale[None, :] * x))
         L = (l & 0xFF).astype(np.int64)  # the stored uint8
         lf = l.astype(F32, copy=False)
         wx = qw * x
@@ -224,7 +217,7 @@ def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray):
                 slx = sumlx - (w * xi) * Li
                 sl2 = suml2 - (w * Li) * Li
                 ok = (slx > 0) & (sl2 > 0)
-                new_l = np.minimum(nmax, nearest_int((xi * sl2) / slx)).astype(np.int64)
+                new_l = np.minimum(nmax, fp.nearest_int((xi * sl2) / slx)).astype(np.int64)
                 ok &= new_l != L[i]
                 nf = new_l.astype(F32, copy=False)
                 slx = slx + (w * xi) * nf
