@@ -1,15 +1,45 @@
-"""Kernel timings for ``mlaref bench kernels``: every catalog kernel (or a selection) on fixed-size inputs.
+"""Kernel timings for ``mlaref bench kernels``: catalog kernels alone, and each kernel family against its peers.
 
-``bench_kernels(families=None, isas=None, types=None, n_rows=64, n=4096, n_threads=1, warmup=2, repeat=5)`` returns
-one dict per kernel: ``kernel``, ``family``, ``type_x``, ``type_y``, ``isa``, ``plan``, ``seconds`` (the best of
-``repeat`` timed calls after ``warmup``), ``values`` (values processed per call) and ``gvalues_per_s``. Inputs are
-built with the reference (random normal floats, quantized), outside the timed region. Kernels of ISAs this
-machine cannot run are left out; ``skipped`` lists them with the reason. codegen/bench.py (helper H3) formats
-and prints these rows.
+``bench_kernels(families=None, isas=None, types=None, n_rows=64, n=4096, n_threads=1, warmup=2, repeat=5,
+compare=True, threads=(1, 2))`` returns a dict:
+
+``rows``
+    one dict per selected catalog kernel (run by name): ``kernel``, ``family``, ``type_x``, ``type_y``, ``isa``,
+    ``plan``, ``n_threads``, ``seconds`` (best of ``repeat`` timed calls after ``warmup``), ``median_s``,
+    ``max_s``, ``values`` (values processed per call) and ``gvalues_per_s``.
+``skipped``
+    ``(kernel, reason)`` for kernels this machine cannot run (or whose inputs cannot be built).
+``comparison``
+    (when ``compare``) one dict per (family, types, plan, thread count) that upstream ggml also has, from
+    :func:`compare_kernels`: MB/s of the dispatched mlaref kernel, the NumPy reference, ggml's own C (through
+    ggml-python) and, for copies, memcpy (``np.copyto`` of the same bytes), each as median/min/max over
+    ``repeat`` runs, and the ratios ``vs_ggml`` and ``vs_memcpy`` (medians; > 1 means mlaref is faster).
+
+Fairness. ggml's ``from_float``, ``from_float_ref`` and ``to_float`` treat their input as one run of independent
+blocks, so they are called once on the whole contiguous buffer (``k = n_rows * n``), not row by row from Python.
+ggml's ``vec_dot`` computes one dot product per call, so a small C loop (compiled here with cffi, into the mlaref
+cache dir) calls it for every (x row, y row) pair in the order the mlaref kernel uses: x rows outer. Two threads
+split the rows in halves on Python threads for every contender (cffi and ctypes release the GIL), so thread
+start-up and hand-off costs are the same on both sides. The reference is NumPy and single-threaded; its
+timing is the same in every thread row. The MB/s unit: float32 bytes for quantize / dequantize (the float side),
+x-operand bytes for vec_dot, copied bytes for copies. Speed is reported, never asserted.
+
+:func:`format_table` prints the comparison as a text table.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import ctypes
+import functools
+import hashlib
+import importlib
+import importlib.machinery
+import importlib.util
+import os
+import statistics
+import sysconfig
+import tempfile
 import time
 
 import numpy as np
@@ -17,7 +47,7 @@ import numpy as np
 from mlaref.codegen import catalog, cpu
 from mlaref.codegen import kernels as K
 
-__all__ = ["bench_kernels", "time_kernel", "FAMILIES"]
+__all__ = ["bench_kernels", "time_kernel", "compare_kernels", "format_table", "FAMILIES"]
 
 FAMILIES = ("dequantize_row", "quantize_row", "convert_rows", "vec_dot")
 
@@ -53,6 +83,17 @@ def _inputs(spec, n_rows: int, n: int, rng):
 _T = [1]
 
 
+def _times(call, warmup: int, repeat: int) -> list[float]:
+    for _ in range(warmup):
+        call()
+    out = []
+    for _ in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        call()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
 def time_kernel(spec, n_rows: int = 64, n: int = 4096, n_threads: int = 1, warmup: int = 2, repeat: int = 5,
                 seed: int = 0) -> dict:
     """Best-of-``repeat`` wall time of one kernel call on ``n_rows`` rows of about ``n`` values."""
@@ -60,22 +101,18 @@ def time_kernel(spec, n_rows: int = 64, n: int = 4096, n_threads: int = 1, warmu
         spec = catalog.by_name()[spec]
     _T[0] = n_threads
     n_eff, call = _inputs(spec, n_rows, n, np.random.default_rng(seed))
-    for _ in range(warmup):
-        call()
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - t0)
+    ts = _times(call, warmup, repeat)
+    best = min(ts)
     values = n_rows * n_eff
     return {"kernel": spec.name, "family": spec.family, "type_x": spec.type_x, "type_y": spec.type_y,
-            "isa": spec.isa, "plan": spec.plan, "n_threads": n_threads, "seconds": best, "values": values,
+            "isa": spec.isa, "plan": spec.plan, "n_threads": n_threads, "seconds": best,
+            "median_s": statistics.median(ts), "max_s": max(ts), "values": values,
             "gvalues_per_s": values / best / 1e9 if best > 0 else float("inf")}
 
 
 def bench_kernels(families=None, isas=None, types=None, n_rows: int = 64, n: int = 4096, n_threads: int = 1,
-                  warmup: int = 2, repeat: int = 5) -> dict:
-    """``{"rows": [time_kernel dicts], "skipped": [(kernel, reason)]}`` for the selected catalog kernels."""
+                  warmup: int = 2, repeat: int = 5, *, compare: bool = True, threads=(1, 2)) -> dict:
+    """``{"rows": [time_kernel dicts], "skipped": [(kernel, reason)], "comparison": [...]}`` (see the module)."""
     families = tuple(families or FAMILIES)
     rows, skipped = [], []
     for spec in catalog.catalog():
@@ -91,4 +128,310 @@ def bench_kernels(families=None, isas=None, types=None, n_rows: int = 64, n: int
             rows.append(time_kernel(spec, n_rows, n, n_threads, warmup, repeat))
         except Exception as exc:  # a kernel whose reference format is missing must not stop the benchmark
             skipped.append((spec.name, f"{type(exc).__name__}: {exc}"))
-    return {"rows": rows, "skipped": skipped}
+    out = {"rows": rows, "skipped": skipped}
+    if compare:
+        out["comparison"] = compare_kernels(types=types, n_rows=n_rows, n=n, threads=threads, warmup=warmup,
+                                            repeat=repeat)
+    return out
+
+
+# -- the comparison -------------------------------------------------------------------------------------------
+
+_POOL: list = [None]
+
+
+def _split_run(parts) -> None:
+    """Run zero-argument callables, the first on this thread and the rest on a reused pool; wait for all."""
+    if len(parts) == 1:
+        parts[0]()
+        return
+    if _POOL[0] is None:
+        _POOL[0] = concurrent.futures.ThreadPoolExecutor(8, "mlaref-bench")
+    futures = [_POOL[0].submit(p) for p in parts[1:]]
+    try:
+        parts[0]()
+    finally:
+        for f in futures:
+            f.result()
+
+
+def _halves(n_rows: int, n_threads: int):
+    k = max(1, min(n_threads, n_rows))
+    b = [n_rows * i // k for i in range(k + 1)]
+    return [(b[i], b[i + 1]) for i in range(k) if b[i + 1] > b[i]]
+
+
+_SHIM_SRC = r"""
+typedef void (*mlaref_vd_t)(int n, float *s, size_t bs, const void *x, size_t bx, const void *y, size_t by, int nrc);
+void mlaref_bench_vec_dot_loop(void *fp, int n, const unsigned char *x, size_t sx, long m, const unsigned char *y,
+                               size_t sy, long ny, float *out, size_t so) {
+    mlaref_vd_t vd = (mlaref_vd_t)fp;
+    for (long i = 0; i < m; i++)
+        for (long j = 0; j < ny; j++)
+            vd(n, (float *)((char *)out + i * so) + j, 0, x + i * sx, 0, y + j * sy, 0, 1);
+}
+"""
+_SHIM_CDEF = ("void mlaref_bench_vec_dot_loop(void *fp, int n, const unsigned char *x, size_t sx, long m, "
+              "const unsigned char *y, size_t sy, long ny, float *out, size_t so);")
+
+
+@functools.cache
+def _shim():
+    """The C loop over ggml's vec_dot (built once into the mlaref cache dir, keyed by its source)."""
+    import cffi
+    from filelock import FileLock
+
+    from mlaref.codegen import build
+
+    key = hashlib.sha256((_SHIM_SRC + _SHIM_CDEF + build.compiler_version()).encode()).hexdigest()[:16]
+    modname = f"_mlaref_bench_shim_{key}"
+    root = build.cache_dir()
+    final = root / f"{modname}{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
+    with FileLock(str(root / f"{modname}.lock")):
+        if not final.exists():
+            ffi = cffi.FFI()
+            ffi.cdef(_SHIM_CDEF)
+            ffi.set_source(modname, _SHIM_SRC, extra_compile_args=["-O2"])
+            with tempfile.TemporaryDirectory(dir=root) as tmp:
+                os.replace(ffi.compile(tmpdir=tmp, verbose=False), final)
+    loader = importlib.machinery.ExtensionFileLoader(modname, str(final))
+    spec = importlib.util.spec_from_file_location(modname, final, loader=loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+def _fn_addr(f) -> int:
+    return ctypes.cast(f, ctypes.c_void_p).value
+
+
+def _ggml_row_fn(kind: str, type: str, plan: str | None):
+    """ggml's function for a (kind, type, plan), or None with no counterpart: quantize ``ref`` -> from_float_ref
+    (``quantize_row_<t>_ref``), quantize ``x86`` -> the CPU back-end's from_float, dequantize -> to_float."""
+    from mlaref.codegen import ggml_peer as gp
+
+    if not gp.available() or type not in gp._GGML_TYPE:
+        return None
+    g = gp.lib()
+    t = gp.ggml_type(type)
+    if kind == "dequantize":
+        f = g.ggml_get_type_traits(t).contents.to_float
+    elif plan == "ref":
+        f = g.ggml_get_type_traits(t).contents.from_float_ref
+        if not f:
+            try:
+                f = gp.symbol(f"quantize_row_{type}_ref")
+            except NotImplementedError:
+                return None
+    elif plan == "x86":
+        f = g.ggml_get_type_traits_cpu(t).contents.from_float
+    else:
+        return None
+    return f if f else None
+
+
+def _stats(ts: list[float] | None, nbytes: int) -> dict | None:
+    if not ts:
+        return None
+    med = statistics.median(ts)
+    return {"median_s": med, "min_s": min(ts), "max_s": max(ts), "mb_per_s": nbytes / med / 1e6,
+            "mb_per_s_max": nbytes / min(ts) / 1e6, "mb_per_s_min": nbytes / max(ts) / 1e6}
+
+
+def _row(family, what, plan, kernel, nbytes, t, timings) -> dict:
+    st = {k: _stats(v, nbytes) for k, v in timings.items()}
+    r = {"family": family, "what": what, "plan": plan, "kernel": kernel, "n_threads": t, "bytes": nbytes,
+         **{k: v for k, v in st.items()}}
+    m = st.get("mlaref")
+    for other in ("ggml", "reference", "memcpy"):
+        o = st.get(other)
+        r[f"vs_{other}"] = (o["median_s"] / m["median_s"]) if (m and o) else None
+    return r
+
+
+def compare_kernels(types=None, n_rows: int = 64, n: int = 4096, threads=(1, 2), warmup: int = 2,
+                    repeat: int = 5, seed: int = 0, reference: bool = True) -> list[dict]:
+    """Rows of the comparison (see the module docstring): quantize and dequantize per format and plan, vec_dot
+    per pair ggml also has (ggml's x86 order and mlaref's ``l8a2``), and row copies vs memcpy."""
+    from mlaref import reference as R
+    from mlaref.codegen import ggml_peer as gp
+
+    ref_vec_dot = importlib.import_module("mlaref.reference.ops.vec_dot").vec_dot
+    rng = np.random.default_rng(seed)
+    out = []
+    ref_repeat = max(1, min(repeat, 3))
+
+    def want(*ts):
+        return not types or any(t in types for t in ts if t)
+
+    # quantize: (type, plan) of the catalog
+    qkeys = sorted({(s.type_x, s.plan) for s in catalog.catalog() if s.family == "quantize_row"})
+    for type_, plan in qkeys:
+        if not want(type_):
+            continue
+        try:
+            v = next(v for v, impl in R.get_type(type_).variants.items() if impl == plan)
+            bs, ts_ = K.geometry(type_)
+            nn = max(bs, n // bs * bs)
+            x = rng.standard_normal((n_rows, nn)).astype(np.float32)
+            name = K.resolve("quantize_row", type_, None, plan)[0].name
+        except Exception:
+            continue
+        f = _ggml_row_fn("quantize", type_, plan)
+        res = np.empty((n_rows, nn // bs * ts_), np.uint8)
+        ref_ts = _times(lambda: R.quantize(x, type_, variant=v), 0, ref_repeat) if reference else None
+        for t in threads:
+            timings = {"mlaref": _times(lambda: K.quantize(x, type_, variant=v, n_threads=t, out=res), warmup, repeat),
+                       "reference": ref_ts}
+            if f is not None:
+                g_out = np.empty_like(res)
+                parts = [functools.partial(f, x[r0:].ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+                                           ctypes.c_void_p(g_out[r0:].ctypes.data), ctypes.c_int64((r1 - r0) * nn))
+                         for r0, r1 in _halves(n_rows, t)]
+                timings["ggml"] = _times(lambda: _split_run(parts), warmup, repeat)
+            out.append(_row("quantize", type_, plan, name, x.nbytes, t, timings))
+
+    # dequantize: every type with a dequantize kernel
+    for type_ in sorted({s.type_x for s in catalog.catalog() if s.family == "dequantize_row"}):
+        if not want(type_):
+            continue
+        try:
+            bs, ts_ = K.geometry(type_)
+            nn = max(bs, n // bs * bs)
+            x = rng.standard_normal((n_rows, nn)).astype(np.float32)
+            variant = next(iter(R.get_type(type_).variants))
+            data = R.quantize(x, type_, variant=variant)
+            name = K.resolve("dequantize_row", type_, None, "ref")[0].name
+        except Exception:
+            continue
+        f = _ggml_row_fn("dequantize", type_, None)
+        res = np.empty((n_rows, nn), np.float32)
+        ref_ts = _times(lambda: R.dequantize(data, type_), 0, ref_repeat) if reference else None
+        for t in threads:
+            timings = {"mlaref": _times(lambda: K.dequantize(data, type_, n_threads=t, out=res), warmup, repeat),
+                       "reference": ref_ts}
+            if type_ == "f32":  # a copy: memcpy of the same bytes is the bound
+                mem_out = np.empty_like(res)
+                mparts = [functools.partial(np.copyto, mem_out[r0:r1], x[r0:r1]) for r0, r1 in _halves(n_rows, t)]
+                timings["memcpy"] = _times(lambda: _split_run(mparts), warmup, repeat)
+            if f is not None:
+                g_out = np.empty_like(res)
+                parts = [functools.partial(f, ctypes.c_void_p(data[r0:].ctypes.data),
+                                           g_out[r0:].ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+                                           ctypes.c_int64((r1 - r0) * nn))
+                         for r0, r1 in _halves(n_rows, t)]
+                timings["ggml"] = _times(lambda: _split_run(parts), warmup, repeat)
+            out.append(_row("dequantize", type_, "ref", name, res.nbytes, t, timings))
+
+    # vec_dot: the pairs ggml has (x type with its vec_dot_type), 8 y rows
+    n_y = 8
+    for tx, tys in catalog.VEC_DOT_PAIRS.items():
+        ty = tys[0]
+        if not want(tx, ty):
+            continue
+        bs = max(K.geometry(tx)[0], 32 if tx not in ("f32", "f16", "bf16") else 1)
+        nn = max(bs, n // bs * bs)
+        xf = rng.standard_normal((n_rows, nn)).astype(np.float32)
+        yf = rng.standard_normal((n_y, nn)).astype(np.float32)
+        if tx == "f32":
+            xb, yb = xf.view(np.uint8), yf.view(np.uint8)
+        else:
+            xb = R.quantize(xf, tx)
+            yb = R.quantize(yf, ty) if ty in ("f16", "bf16") else R.quantize(yf, ty, variant="x86")
+        vd = None
+        if gp.available() and tx in gp._GGML_TYPE and gp.vec_dot_type(tx) == gp.ggml_type(ty):
+            vd = gp.lib().ggml_get_type_traits_cpu(gp.ggml_type(tx)).contents.vec_dot
+        plans = [p for p in ("ggml_x86_avx2", "l8a2") if any(
+            s.family == "vec_dot" and (s.type_x, s.type_y, s.plan) == (tx, ty, p) for s in catalog.catalog())]
+        for plan_tok in plans:
+            plan = catalog.VEC_DOT_PLANS[plan_tok]
+            try:
+                name = K.resolve("vec_dot", tx, ty, plan_tok)[0].name
+            except Exception:
+                continue
+            res = np.empty((n_rows, n_y), np.float32)
+            ref_ts = (_times(lambda: ref_vec_dot(xb, tx, yb, ty, nn, plan=plan), 0, 1)
+                      if reference else None)
+            for t in threads:
+                timings = {"mlaref": _times(lambda: K.vec_dot(xb, tx, yb, ty, nn, plan=plan, n_threads=t, out=res),
+                                            warmup, repeat), "reference": ref_ts}
+                if vd is not None:
+                    shim = _shim()
+                    fp = shim.ffi.cast("void *", _fn_addr(vd))
+                    g_out = np.empty_like(res)
+                    sx, sy = xb.strides[0], yb.strides[0]
+                    px, py = shim.ffi.from_buffer(xb), shim.ffi.from_buffer(yb)
+                    po = shim.ffi.from_buffer(g_out)
+                    parts = [(lambda r0=r0, r1=r1: shim.lib.mlaref_bench_vec_dot_loop(
+                        fp, nn, px + r0 * sx, sx, r1 - r0, py, sy, n_y,
+                        shim.ffi.cast("float *", po + r0 * g_out.strides[0]), g_out.strides[0]))
+                        for r0, r1 in _halves(n_rows, t)]
+                    timings["ggml"] = _times(lambda: _split_run(parts), warmup, repeat)
+                out.append(_row("vec_dot", f"{tx}.{ty}", plan, name, xb.nbytes, t, timings))
+
+    # row copies (concat/repeat/cpy of one type): MLA cache rows of 576 f16 values into a wider destination
+    if want("f16", "bytes"):
+        spec, fn, ffi = K.resolve("copy_rows", "bytes", None, "ref")
+        rows_n = max(1, n_rows * n * 4 // 1152)  # about the f32 bytes of the other rows
+        src = rng.integers(0, 256, (rows_n, 1152), dtype=np.uint8)
+        dst = np.empty((rows_n, 1152), np.uint8)
+        ps, pd = ffi.from_buffer("uint8_t[]", src), ffi.from_buffer("uint8_t[]", dst)
+        for t in threads:
+            parts = [(lambda r0=r0, r1=r1: fn(pd + r0 * 1152, ps + r0 * 1152, 1152, 1, r1 - r0, 1, 1,
+                                               1152, 1152 * rows_n, 1152 * rows_n, 1152, 1152 * rows_n,
+                                               1152 * rows_n)) for r0, r1 in _halves(rows_n, t)]
+            mparts = [(lambda r0=r0, r1=r1: np.copyto(dst[r0:r1], src[r0:r1])) for r0, r1 in _halves(rows_n, t)]
+            timings = {"mlaref": _times(lambda: _split_run(parts), warmup, repeat),
+                       "memcpy": _times(lambda: _split_run(mparts), warmup, repeat)}
+            out.append(_row("copy_rows", "f16 rows of 576 (1152 B)", "ref", spec.name, src.nbytes, t, timings))
+        out.extend(_mla_copy_rows(spec.name, rng, warmup, repeat))
+    return out
+
+
+def _mla_copy_rows(kernel: str, rng, warmup: int, repeat: int, n_kv: int = 512, heads: int = 16) -> list[dict]:
+    """The MLA K build as the graph runs it (kernels.repeat / kernels.concat on Tensors, one thread, Python
+    included): the 64 rope values of each f16 cache row of 576 repeated over the heads, then k_nope (128) ++ rope
+    (64) along dim 0; against memcpy of the output bytes."""
+    from mlaref.reference.tensor import Tensor
+
+    cache = Tensor.from_numpy(rng.standard_normal((n_kv, 576)).astype(np.float16))
+    row = cache.nb[1]
+    rope = cache.view((64, n_kv, 1, 1), (2, row, row * n_kv, row * n_kv), 2 * 512)
+    k_nope = Tensor.from_numpy(rng.standard_normal((heads, n_kv, 128)).astype(np.float16))
+    rep = K.repeat(rope, (64, n_kv, heads, 1))
+    out = []
+    for what, call, nbytes in (
+            (f"repeat rope 64 x{heads} heads", lambda: K.repeat(rope, (64, n_kv, heads, 1)), rep.nbytes()),
+            (f"concat 128++64, {n_kv}x{heads}", lambda: K.concat(k_nope, rep, 0),
+             k_nope.nbytes() + rep.nbytes())):
+        a = rng.integers(0, 256, nbytes, dtype=np.uint8)
+        b = np.empty_like(a)
+        timings = {"mlaref": _times(call, warmup, repeat), "memcpy": _times(lambda: np.copyto(b, a), warmup, repeat)}
+        out.append(_row("copy_op", what, "ref", kernel, nbytes, 1, timings))
+    return out
+
+
+def _fmt_mb(st) -> str:
+    return f"{'-':>8}" if not st else f"{st['mb_per_s']:8.0f}"
+
+
+def _fmt_ratio(r) -> str:
+    return "-" if r is None else f"{r:5.2f}x"
+
+
+def format_table(result) -> str:
+    """The comparison of :func:`bench_kernels` (or a :func:`compare_kernels` list) as a text table: median MB/s
+    per contender, [min..max] MB/s of mlaref, and the median ratios vs ggml, the reference and memcpy."""
+    rows = result.get("comparison", []) if isinstance(result, dict) else result
+    head = (f"{'op':10} {'what':26} {'plan':13} {'T':>2} {'mlaref':>8} {'[min..max]':>15} {'ggml':>8} "
+            f"{'ref':>8} {'memcpy':>8} {'vs ggml':>8} {'vs ref':>9} {'vs memcpy':>9}  kernel")
+    lines = ["MB/s (median of repeats; float32 bytes for quantize/dequantize, x bytes for vec_dot, copied bytes "
+             "for copies)", head, "-" * len(head)]
+    for r in rows:
+        m = r.get("mlaref")
+        span = f"[{m['mb_per_s_min']:.0f}..{m['mb_per_s_max']:.0f}]" if m else "-"
+        lines.append(f"{r['family']:10} {r['what']:26} {r['plan']:13} {r['n_threads']:>2} {_fmt_mb(m)} {span:>15} "
+                     f"{_fmt_mb(r.get('ggml'))} {_fmt_mb(r.get('reference'))} {_fmt_mb(r.get('memcpy'))} "
+                     f"{_fmt_ratio(r['vs_ggml']):>8} {_fmt_ratio(r['vs_reference']):>9} "
+                     f"{_fmt_ratio(r['vs_memcpy']):>9}  {r['kernel']}")
+    return "\n".join(lines)

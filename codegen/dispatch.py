@@ -6,6 +6,12 @@ an ISA is forced (``MLAREF_ISA=<token>`` or :func:`forced`), it is that token or
 kernels the catalog has for the op, the usable one of highest priority whose module builds wins. Since all ISAs
 of one plan give identical bytes, dispatch changes speed only.
 
+Decisions are cached per process, keyed on the request and on everything that can change the answer: the
+``force`` argument, the :func:`forced` context, ``MLAREF_ISA``, ``MLAREF_DISABLE_ISA`` and ``MLAREF_SANITIZE`` (it
+selects another build of the module). CPU features and the catalog are fixed for a process. A hit costs a few
+dictionary look-ups instead of the ISA walk (tens of microseconds), which matters for row-sized calls. Failures
+are not cached, so their messages stay current; :func:`cache_clear` empties the cache.
+
 The decision tree on x86-64, by CPU generation::
 
     AVX-512 VNNI (Cascade Lake 2019, Ice Lake, Zen 4) -> avx512vnni   (vec_dot only; row kernels fall to avx512)
@@ -25,10 +31,13 @@ from mlaref.codegen import catalog as _catalog
 from mlaref.codegen import cpu as _cpu
 from mlaref.codegen import isa as _isa
 
-__all__ = ["disabled", "forced_isa", "candidates", "choose", "forced", "table", "DispatchError"]
+__all__ = ["disabled", "forced_isa", "candidates", "choose", "forced", "table", "cache_clear", "state_key",
+           "DispatchError"]
 
 _FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar("mlaref_forced_isa", default=None)
 _BROKEN: dict[tuple[str, str], str] = {}  # (family, isa) -> build error, remembered per process
+_CHOSEN: dict[tuple, tuple] = {}  # (request, state_key) -> (KernelSpec, module)
+_ENV = os.environ
 
 
 class DispatchError(LookupError):
@@ -67,8 +76,28 @@ def candidates(force: str | None = None) -> list[str]:
     return [t for t in order if t not in off and _cpu.supported(t)]
 
 
+def state_key(force: str | None = None) -> tuple:
+    """Everything besides the request that decides a dispatch: the cache key part for ``force``."""
+    return (force, _FORCED.get(), _ENV.get("MLAREF_ISA"), _ENV.get("MLAREF_DISABLE_ISA"), _ENV.get("MLAREF_SANITIZE"))
+
+
+def cache_clear() -> None:
+    """Forget every cached dispatch decision (the next :func:`choose` walks the ISAs again)."""
+    _CHOSEN.clear()
+
+
 def choose(family: str, type_x: str, type_y: str | None, plan: str, force: str | None = None):
     """(KernelSpec, module) of the kernel to run; DispatchError naming what is missing otherwise."""
+    key = (family, type_x, type_y, plan, state_key(force))
+    hit = _CHOSEN.get(key)
+    if hit is not None:
+        return hit
+    hit = _choose(family, type_x, type_y, plan, force)
+    _CHOSEN[key] = hit
+    return hit
+
+
+def _choose(family: str, type_x: str, type_y: str | None, plan: str, force: str | None):
     from mlaref.codegen import build
 
     have = _catalog.by_key().get((family, type_x, type_y, plan), {})

@@ -15,12 +15,23 @@ their reference counterparts (``mlaref.reference.quantize`` / ``dequantize``, ``
 Where no kernel exists (a K-quant model quantizer, concat along dim > 0 of f32) the function raises
 :class:`~mlaref.codegen.dispatch.DispatchError` (quantize/dequantize/convert) or runs the reference (the
 Tensor ops, which are documented as kernels for their #253 row paths only).
+
+Per-call cost. A row-sized call must not be dominated by Python, so: :func:`resolve` caches ``(spec, C function,
+ffi)`` per request and dispatch state (:func:`mlaref.codegen.dispatch.state_key`: ``isa=``, ``dispatch.forced``,
+``MLAREF_ISA``, ``MLAREF_DISABLE_ISA``, ``MLAREF_SANITIZE``), so a forced or disabled ISA still takes effect on the
+next call; outputs the function allocates skip the output checks (they cannot fail on a fresh ``np.empty``);
+C-contiguous inputs become rows by ``reshape``; pointers are cast once per call. Threaded splits run on one
+process-wide pool that is created once (and again after a ``fork``): the caller runs the first part itself and
+a call from inside a pool worker runs its parts in that worker, so nested calls cannot deadlock.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import importlib
+import os
+import threading
 
 import numpy as np
 
@@ -55,6 +66,12 @@ def _variant_plan(type: str, variant: str) -> str:
     """The implementation a quantize variant names for ``type`` (the reference's variant table when it has it)."""
     if not isinstance(variant, str):
         raise TypeError(f"variant: expected a string, got {variant!r}")
+    return _variant_plan_cached(type, variant)
+
+
+@functools.lru_cache(maxsize=None)
+def _variant_plan_cached(type: str, variant: str) -> str:
+    """The variant tables are fixed once the reference is imported; errors are raised, never cached."""
     try:
         from mlaref.reference import get_type
 
@@ -69,6 +86,18 @@ def _variant_plan(type: str, variant: str) -> str:
 def resolve(family: str, type_x: str, type_y: str | None, plan: str, *, isa: str | None = None,
             kernel: str | None = None):
     """(spec, C function) of the kernel to run: ``kernel`` by name, else dispatch (capped at ``isa``)."""
+    key = (family, type_x, type_y, plan, isa, kernel, _dispatch.state_key(isa))
+    hit = _RESOLVED.get(key)
+    if hit is None:
+        hit = _resolve(family, type_x, type_y, plan, isa, kernel)
+        _RESOLVED[key] = hit
+    return hit
+
+
+_RESOLVED: dict[tuple, tuple] = {}
+
+
+def _resolve(family, type_x, type_y, plan, isa, kernel):
     if kernel is not None:
         spec = _catalog.by_name().get(kernel)
         if spec is None:
@@ -91,19 +120,61 @@ def _ptr(ffi, ctype: str, a: np.ndarray):
     return ffi.cast(ctype, a.__array_interface__["data"][0])
 
 
+def _base(ffi, a: np.ndarray):
+    """A ``char *`` cdata at ``a``'s first byte: ``from_buffer`` when contiguous (a tenth of the cost of
+    ``__array_interface__``), the address otherwise. The cdata keeps ``a`` alive while it is held."""
+    if a.flags.c_contiguous:
+        return ffi.from_buffer(a)
+    return ffi.cast("char *", a.__array_interface__["data"][0])
+
+
 def _split(n_rows: int, n_threads: int):
     k = min(n_threads, n_rows)
     bounds = [n_rows * i // k for i in range(k + 1)]
     return [(bounds[i], bounds[i + 1]) for i in range(k) if bounds[i + 1] > bounds[i]]
 
 
+_POOL: list = [None, -1]  # [executor, pid that created it]
+_POOL_LOCK = threading.Lock()
+_WORKER = threading.local()
+
+
+def _mark_worker() -> None:
+    _WORKER.inside = True
+
+
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The process-wide worker pool; threads are started on demand (up to MAX_THREADS - 1) and then reused."""
+    pool, pid = _POOL
+    if pool is not None and pid == os.getpid():
+        return pool
+    with _POOL_LOCK:
+        if _POOL[0] is None or _POOL[1] != os.getpid():
+            # After a fork the child has none of the parent's threads; a fresh executor replaces the stale one.
+            _POOL[0] = concurrent.futures.ThreadPoolExecutor(_args.MAX_THREADS - 1, "mlaref-kernel", _mark_worker)
+            _POOL[1] = os.getpid()
+        return _POOL[0]
+
+
 def _run_rows(call, n_rows: int, n_threads: int) -> None:
+    if n_threads == 1 or n_rows == 1:
+        call(0, 0, n_rows)
+        return
     parts = _split(n_rows, n_threads)
     if len(parts) == 1:
         call(0, parts[0][0], parts[0][1])
         return
-    with concurrent.futures.ThreadPoolExecutor(len(parts)) as pool:
-        for f in [pool.submit(call, k, r0, r1) for k, (r0, r1) in enumerate(parts)]:
+    if getattr(_WORKER, "inside", False):
+        for k, (r0, r1) in enumerate(parts):
+            call(k, r0, r1)
+        return
+    pool = _pool()
+    futures = [pool.submit(call, k, r0, r1) for k, (r0, r1) in enumerate(parts[1:], start=1)]
+    try:
+        call(0, parts[0][0], parts[0][1])
+    finally:
+        # every part must be finished before the output is returned (or an error propagates)
+        for f in futures:
             f.result()
 
 
@@ -112,18 +183,19 @@ def dequantize(data, type, *, isa=None, kernel=None, n_threads=1, out=None) -> n
     bs, ts = geometry(type)
     n_threads = _args.check_threads(n_threads)
     rows = _args.input_rows(data, "data", np.uint8, multiple=ts, unit="bytes")
-    data = np.asarray(data)
     n = rows.array.shape[1] // ts * bs
-    shape = data.shape[:-1] + (n,)
+    shape = np.shape(data)[:-1] + (n,)
     if out is None:
         out = np.empty(shape, dtype=np.float32)
-    dst = _args.output_rows(out, "out", np.float32, shape, inputs=[("data", rows.array)])
+        dst = _args.fresh_rows(out)
+    else:
+        dst = _args.output_rows(out, "out", np.float32, shape, inputs=[("data", rows.array)])
     spec, fn, ffi = resolve("dequantize_row", type, None, "ref", isa=isa, kernel=kernel)
-    px, py = _ptr(ffi, "uint8_t *", rows.array), _ptr(ffi, "uint8_t *", dst.array)
+    px, py, sx, sy = _base(ffi, rows.array), _base(ffi, dst.array), rows.stride, dst.stride
+    cast = ffi.cast
 
     def call(_k, r0, r1):
-        fn(ffi.cast("const uint8_t *", px + r0 * rows.stride), ffi.cast("float *", py + r0 * dst.stride),
-           r1 - r0, n, rows.stride, dst.stride)
+        fn(cast("const uint8_t *", px + r0 * sx), cast("float *", py + r0 * sy), r1 - r0, n, sx, sy)
 
     _run_rows(call, rows.n_rows, n_threads)
     return out
@@ -137,18 +209,19 @@ def quantize(x, type, *, variant="ref", imatrix=None, isa=None, kernel=None, n_t
         raise DispatchError(f"quantize: no kernel takes an imatrix ({type}, variant {variant!r}); use the reference")
     n_threads = _args.check_threads(n_threads)
     rows = _args.input_rows(x, "x", np.float32, multiple=bs)
-    x = np.asarray(x)
-    shape = x.shape[:-1] + (rows.array.shape[1] // bs * ts,)
+    shape = np.shape(x)[:-1] + (rows.array.shape[1] // bs * ts,)
     if out is None:
         out = np.empty(shape, dtype=np.uint8)
-    dst = _args.output_rows(out, "out", np.uint8, shape, inputs=[("x", rows.array)])
+        dst = _args.fresh_rows(out)
+    else:
+        dst = _args.output_rows(out, "out", np.uint8, shape, inputs=[("x", rows.array)])
     spec, fn, ffi = resolve("quantize_row", type, None, plan, isa=isa, kernel=kernel)
     n = rows.array.shape[1]
-    px, py = _ptr(ffi, "uint8_t *", rows.array), _ptr(ffi, "uint8_t *", dst.array)
+    px, py, sx, sy = _base(ffi, rows.array), _base(ffi, dst.array), rows.stride, dst.stride
+    cast = ffi.cast
 
     def call(_k, r0, r1):
-        fn(ffi.cast("const float *", px + r0 * rows.stride), ffi.cast("uint8_t *", py + r0 * dst.stride),
-           r1 - r0, n, rows.stride, dst.stride)
+        fn(cast("const float *", px + r0 * sx), cast("uint8_t *", py + r0 * sy), r1 - r0, n, sx, sy)
 
     _run_rows(call, rows.n_rows, n_threads)
     return out
@@ -165,19 +238,21 @@ def convert(data, src_type, dst_type, *, variant="ref", isa=None, kernel=None, n
     n = rows.array.shape[1] // sts * sbs
     if n % dbs:
         raise ValueError(f"data: rows of {n} values are not a multiple of {dst_type}'s block size {dbs}")
-    data = np.asarray(data)
-    shape = data.shape[:-1] + (n // dbs * dts,)
+    shape = np.shape(data)[:-1] + (n // dbs * dts,)
     if out is None:
         out = np.empty(shape, dtype=np.uint8)
-    dst = _args.output_rows(out, "out", np.uint8, shape, inputs=[("data", rows.array)])
+        dst = _args.fresh_rows(out)
+    else:
+        dst = _args.output_rows(out, "out", np.uint8, shape, inputs=[("data", rows.array)])
     spec, fn, ffi = resolve("convert_rows", src_type, dst_type, plan, isa=isa, kernel=kernel)
     parts = _split(rows.n_rows, n_threads)
     scratch = np.empty((len(parts), n), dtype=np.float32)
-    px, py = _ptr(ffi, "uint8_t *", rows.array), _ptr(ffi, "uint8_t *", dst.array)
+    px, py, pt, sx, sy = _base(ffi, rows.array), _base(ffi, dst.array), _base(ffi, scratch), rows.stride, dst.stride
+    cast = ffi.cast
 
     def call(k, r0, r1):
-        fn(ffi.cast("const uint8_t *", px + r0 * rows.stride), ffi.cast("uint8_t *", py + r0 * dst.stride),
-           ffi.cast("float *", scratch[k].__array_interface__["data"][0]), r1 - r0, n, rows.stride, dst.stride)
+        fn(cast("const uint8_t *", px + r0 * sx), cast("uint8_t *", py + r0 * sy), cast("float *", pt + k * 4 * n),
+           r1 - r0, n, sx, sy)
 
     _run_rows(call, rows.n_rows, n_threads)
     return out
@@ -189,13 +264,19 @@ def _row_bytes(type: str, n: int) -> int:
     return n // bs * ts
 
 
+@functools.cache
+def _plan_tokens() -> dict[str, str]:
+    """Plan name -> catalog plan token of the vec_dot kernels."""
+    return {v: k for k, v in _catalog.VEC_DOT_PLANS.items()}
+
+
 def vec_dot(x, x_type, y, y_type, n, plan="ggml_generic", *, isa=None, kernel=None, n_threads=1, out=None):
     """``mlaref.reference.ops.vec_dot.vec_dot`` by a C kernel: float32 ``(M, N)`` dot products of x rows with y
     rows in the float order of ``plan`` (a plan name of reference/plan.py, e.g. ``mlaref_l8a2``)."""
     geometry(x_type), geometry(y_type)
     if not isinstance(plan, str):
         plan = getattr(plan, "name", plan)
-    token = {v: k for k, v in _catalog.VEC_DOT_PLANS.items()}.get(plan)
+    token = _plan_tokens().get(plan)
     if token is None:
         raise ValueError(f"plan: no vec_dot kernels for {plan!r}; kernels exist for "
                          f"{', '.join(_catalog.VEC_DOT_PLANS.values())}")
@@ -208,18 +289,21 @@ def vec_dot(x, x_type, y, y_type, n, plan="ggml_generic", *, isa=None, kernel=No
     n_threads = _args.check_threads(n_threads)
     xr = _args.input_rows(x, "x", np.uint8, row_len=_row_bytes(x_type, n), unit="bytes")
     yr = _args.input_rows(y, "y", np.uint8, row_len=_row_bytes(y_type, n), unit="bytes")
-    if np.asarray(x).ndim != 2 or np.asarray(y).ndim != 2:
+    if np.ndim(x) != 2 or np.ndim(y) != 2:
         raise ValueError("x, y: must be 2-D (rows, row_bytes)")
     shape = (xr.n_rows, yr.n_rows)
     if out is None:
         out = np.empty(shape, dtype=np.float32)
-    dst = _args.output_rows(out, "out", np.float32, shape, inputs=[("x", xr.array), ("y", yr.array)])
+        dst = _args.fresh_rows(out)
+    else:
+        dst = _args.output_rows(out, "out", np.float32, shape, inputs=[("x", xr.array), ("y", yr.array)])
     spec, fn, ffi = resolve("vec_dot", x_type, y_type, token, isa=isa, kernel=kernel)
-    px, py, po = (_ptr(ffi, "uint8_t *", a) for a in (xr.array, yr.array, dst.array))
+    px, po, sx, so, sy, ny = _base(ffi, xr.array), _base(ffi, dst.array), xr.stride, dst.stride, yr.stride, yr.n_rows
+    cast = ffi.cast
+    py = cast("const uint8_t *", _base(ffi, yr.array))
 
     def call(_k, r0, r1):
-        fn(ffi.cast("const uint8_t *", px + r0 * xr.stride), xr.stride, r1 - r0, ffi.cast("const uint8_t *", py),
-           yr.stride, yr.n_rows, n, ffi.cast("float *", po + r0 * dst.stride), dst.stride)
+        fn(cast("const uint8_t *", px + r0 * sx), sx, r1 - r0, py, sy, ny, n, cast("float *", po + r0 * so), so)
 
     _run_rows(call, xr.n_rows, n_threads)
     return out
@@ -231,16 +315,37 @@ def _row_bytes_ok(t) -> bool:
     return t.nb[0] == t.type_size
 
 
-def _copy(dst_t, dst_off: int, src_t, src_off: int, row_bytes: int, n_rep: int, ne123, isa, kernel) -> None:
-    """dst rows (i1, i2, i3) <- n_rep copies of src rows, both addressed by their tensors' strides + offsets."""
+def _copier(dst_t, src_t, isa, kernel):
+    """A function (dst_off, src_off, row_bytes, n_rep, ne123) running the copy kernel between two tensors' rows
+    (addressed by their strides + offsets); the kernel is resolved and the buffers checked once per op."""
     spec, fn, ffi = resolve("copy_rows", "bytes", None, "ref", isa=isa, kernel=kernel)
     if np.shares_memory(dst_t.data, src_t.data):
         raise ValueError("copy: the destination buffer shares memory with the source")
     if not dst_t.data.flags.writeable:
         raise ValueError("copy: the destination buffer is read-only")
-    pd = _ptr(ffi, "uint8_t *", dst_t.data) + dst_t.offset + dst_off
-    ps = _ptr(ffi, "uint8_t *", src_t.data) + src_t.offset + src_off
-    fn(pd, ps, row_bytes, n_rep, *ne123, *src_t.nb[1:], *dst_t.nb[1:])
+    pd = _ptr(ffi, "uint8_t *", dst_t.data) + dst_t.offset
+    ps = _ptr(ffi, "uint8_t *", src_t.data) + src_t.offset
+    strides = (*src_t.nb[1:], *dst_t.nb[1:])
+
+    def copy(dst_off: int, src_off: int, row_bytes: int, n_rep: int, ne123) -> None:
+        fn(pd + dst_off, ps + src_off, row_bytes, n_rep, *ne123, *strides)
+
+    return copy
+
+
+def _copy(dst_t, dst_off: int, src_t, src_off: int, row_bytes: int, n_rep: int, ne123, isa, kernel) -> None:
+    """dst rows (i1, i2, i3) <- n_rep copies of src rows, both addressed by their tensors' strides + offsets."""
+    _copier(dst_t, src_t, isa, kernel)(dst_off, src_off, row_bytes, n_rep, ne123)
+
+
+def _rows_of(t) -> np.ndarray:
+    """The rows of ``t`` (``nb[0] == type_size``) in ggml order as a ``(nrows, row_size)`` uint8 array: a strided
+    view of ``t.data`` when the rows sit at one stride, else a copy; the bytes of ``np.stack`` of ``t.row(...)``."""
+    rs = t.row_size()
+    base = t.data[t.offset:]
+    view = np.lib.stride_tricks.as_strided(base, (t.ne[3], t.ne[2], t.ne[1], rs), (t.nb[3], t.nb[2], t.nb[1], 1),
+                                           writeable=False)
+    return view.reshape(-1, rs)
 
 
 def concat(a, b, dim: int, *, isa=None, kernel=None):
@@ -270,11 +375,13 @@ def repeat(src, b, *, isa=None, kernel=None):
     dst = Tensor.empty(src.type, ne)
     reps = [ne[k] // src.ne[k] for k in range(4)]
     row = src.row_size()
+    copy = _copier(dst, src, isa, kernel)
+    ne123 = src.ne[1:]
     for t3 in range(reps[3]):
         for t2 in range(reps[2]):
             for t1 in range(reps[1]):
                 off = t1 * src.ne[1] * dst.nb[1] + t2 * src.ne[2] * dst.nb[2] + t3 * src.ne[3] * dst.nb[3]
-                _copy(dst, off, src, 0, row, reps[0], src.ne[1:], isa, kernel)
+                copy(off, 0, row, reps[0], ne123)
     return dst
 
 
@@ -293,7 +400,9 @@ def cpy(src, dst, *, variant=None, isa=None, n_threads=1, **kwargs):
     if src.type == dst.type:
         _copy(dst, 0, src, 0, src.row_size(), 1, src.ne[1:], isa, None)
         return dst
-    rows = np.stack([src.row(*idx) for idx in src.rows()]) if src.nrows() else None
+    rows = _rows_of(src) if src.nrows() else None
+    if rows is not None and src.type == "f32" and rows.__array_interface__["data"][0] % 4:
+        rows = rows.copy()  # an f32 kernel reads aligned floats (a fresh copy is aligned, as np.stack's was)
     view = dst.data[dst.offset: dst.offset + dst.nbytes()].reshape(src.nrows(), -1)
     if src.type in ("f32", "f16", "bf16") and dst.type in GEOMETRY and dst.type not in ("f32", "f16", "bf16"):
         from mlaref.reference import get_type
