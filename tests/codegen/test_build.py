@@ -1,6 +1,5 @@
 """The cffi build cache (content-addressed, locked), the CPU probe and ``mlaref info``."""
 
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -32,31 +31,34 @@ def test_cache_dir_env(monkeypatch, tmp_path):
     assert build.cache_dir() == tmp_path / "c" and (tmp_path / "c").is_dir()
 
 
-def _build_in_child(cache: str, out, barrier) -> None:
-    os.environ["MLAREF_CACHE_DIR"] = cache
-    from mlaref.codegen import build as b
-    from mlaref.codegen import kernels as k
-
-    barrier.wait()
-    b.load("copy_rows", "scalar")
-    x = np.arange(64, dtype=np.float32).reshape(2, 32)
-    out.put(k.quantize(x, "q4_0").tobytes())
+_CHILD = """
+import os, sys, time
+import numpy as np
+go = sys.argv[1]
+while not os.path.exists(go):  # a file barrier: both children start building at the same moment
+    time.sleep(0.005)
+from mlaref.codegen import build as b
+from mlaref.codegen import kernels as k
+b.load("copy_rows", "scalar")
+x = np.arange(64, dtype=np.float32).reshape(2, 32)
+print(k.quantize(x, "q4_0").tobytes().hex())
+"""
 
 
 def test_two_processes_building_at_once_do_not_corrupt_the_cache(tmp_path):
     """Two fresh processes build the same two modules into an empty cache at the same moment."""
     cache = str(tmp_path / "cache")
-    ctx = multiprocessing.get_context("spawn")
-    out = ctx.Queue()
-    barrier = ctx.Barrier(2)
-    procs = [ctx.Process(target=_build_in_child, args=(cache, out, barrier)) for _ in range(2)]
+    go = tmp_path / "go"
+    env = {**os.environ, "MLAREF_CACHE_DIR": cache}
+    procs = [subprocess.Popen([sys.executable, "-c", _CHILD, str(go)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    go.touch()
+    results = []
     for p in procs:
-        p.start()
-    results = [out.get(timeout=240) for _ in procs]
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
-    assert results[0] == results[1]
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, stderr[-2000:]
+        results.append(stdout.strip())
+    assert results[0] == results[1] and len(results[0]) == 2 * 2 * 18
     files = sorted(os.listdir(cache))
     libs = [f for f in files if f.endswith(".so")]
     assert len(libs) == 2, files  # copy_rows scalar + quantize_row (best ISA), each built once
