@@ -1,6 +1,7 @@
 """The generated C kernels behind the interface of :mod:`mlaref.reference`, function by function.
 
-``quantize``, ``dequantize``, ``convert``, ``vec_dot``, ``concat``, ``repeat`` and ``cpy`` take the arguments of
+``quantize``, ``dequantize``, ``convert``, ``vec_dot``, ``concat``, ``repeat``, ``cpy``, ``mul_mat`` and
+``flash_attn_ext`` take the arguments of
 their reference counterparts (``mlaref.reference.quantize`` / ``dequantize``, ``reference.ops.vec_dot.vec_dot``,
 ``reference.ops.{concat,repeat,cpy}``) and return the same bytes, plus
 
@@ -40,7 +41,19 @@ from mlaref.codegen import build as _build
 from mlaref.codegen import catalog as _catalog
 from mlaref.codegen import dispatch as _dispatch
 
-__all__ = ["quantize", "dequantize", "convert", "vec_dot", "concat", "repeat", "cpy", "resolve", "geometry", "DispatchError"]
+__all__ = [
+    "quantize", "dequantize", "convert", "vec_dot", "concat", "repeat", "cpy", "mul_mat", "flash_attn_ext",
+    "resolve", "geometry", "DispatchError",
+]
+
+
+def __getattr__(name):
+    """``mul_mat`` and ``flash_attn_ext`` live in :mod:`mlaref.codegen.kernels_mm` (which imports this module)."""
+    if name in ("mul_mat", "flash_attn_ext"):
+        from mlaref.codegen import kernels_mm
+
+        return getattr(kernels_mm, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 DispatchError = _dispatch.DispatchError
 

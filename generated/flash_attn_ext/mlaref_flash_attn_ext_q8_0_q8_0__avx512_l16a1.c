@@ -271,8 +271,7 @@ static inline mm_vf mm_dot_pair(const uint8_t *x, const uint8_t *y) {
 
 /* k-quant super-block pair: per 32-chunk one madd (or vpdpwssd) of 32 int16 gives the 16 pair sums of the chunk,
    accumulated over the 8 chunks; lane l = pair sums 2l + 2l+1, super-block A in lanes 0-7, B in 8-15 */
-static inline __m512i mm_kdot_sb(const int16_t *w, const int16_t *y) {
-    __m512i acc = _mm512_setzero_si512();
+static inline __m512i mm_kdot_sb(const int16_t *w, const int16_t *y, __m512i acc) {
     for (int c = 0; c < 8; ++c) {
         const __m512i a = _mm512_loadu_si512((const void *)(w + 32 * c));
         const __m512i b = _mm512_loadu_si512((const void *)(y + 32 * c));
@@ -280,12 +279,22 @@ static inline __m512i mm_kdot_sb(const int16_t *w, const int16_t *y) {
     }
     return acc;
 }
-static inline mm_vf mm_kdot_pair(const int16_t *w, const int16_t *y) {
-    const __m512i a = mm_kdot_sb(w, y), b = mm_kdot_sb(w + 256, y + 256);
+static inline mm_vf mm_kdot_lanes(__m512i a, __m512i b) {
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     return _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_permutex2var_epi32(a, even, b),
                                                _mm512_permutex2var_epi32(a, odd, b)));
+}
+static inline mm_vf mm_kdot_pair(const int16_t *w, const int16_t *y) {
+    const __m512i z = _mm512_setzero_si512();
+    return mm_kdot_lanes(mm_kdot_sb(w, y, z), mm_kdot_sb(w + 256, y + 256, z));
+}
+/* q6_K: the correction products c[k] start pair slot k, so lane l gets c[2l] + c[2l + 1] (see mm_scalar.h.j2) */
+static inline mm_vf mm_kdot_pair_c(const int16_t *w, const int16_t *y, const int32_t *scm, const int32_t *bs) {
+    const __m512i ca = _mm512_mullo_epi32(_mm512_loadu_si512((const void *)scm), _mm512_loadu_si512((const void *)bs));
+    const __m512i cb = _mm512_mullo_epi32(_mm512_loadu_si512((const void *)(scm + 16)),
+                                          _mm512_loadu_si512((const void *)(bs + 16)));
+    return mm_kdot_lanes(mm_kdot_sb(w, y, ca), mm_kdot_sb(w + 256, y + 256, cb));
 }
 /* x cache: one row = nsteps * 128 bytes; y cache: one column = nsteps * MM_YSTEP bytes */
 #define MM_XSTEP 128

@@ -253,171 +253,28 @@ static inline mm_vf mm_kdot_pair(const int16_t *w, const int16_t *y) {
     }
     return r;
 }
+
+/* q6_K's correction, as upstream's AVX2 kernel places it: lane l of a super-block also gets
+   c[2l] + c[2l + 1] with c[k] = (-32 * scale of sub-block k) * (sum of the 16 y of sub-block k) */
+static inline mm_vf mm_kdot_pair_c(const int16_t *w, const int16_t *y, const int32_t *scm, const int32_t *bs) {
+    mm_vf r;
+    for (int h = 0; h < 2; ++h) {
+        for (int l = 0; l < 8; ++l) {
+            int32_t s = scm[16 * h + 2 * l] * bs[16 * h + 2 * l] + scm[16 * h + 2 * l + 1] * bs[16 * h + 2 * l + 1];
+            for (int c = 0; c < 8; ++c) {
+                for (int t = 0; t < 4; ++t) s += (int32_t)w[256 * h + 32 * c + 4 * l + t] * y[256 * h + 32 * c + 4 * l + t];
+            }
+            r.v[8 * h + l] = (float)s;
+        }
+    }
+    return r;
+}
 /* x cache: one row = nsteps * 64 bytes; y cache: one column = nsteps * MM_YSTEP bytes */
 #define MM_XSTEP 64
 #define MM_YSTEP 64
 
 
 
-
-/* 4 x rows times 4 y columns; out[j * ldo + i] = dot(x row i, y column j); the last of nsteps
-   steps updates lanes < last_n only */
-static inline void mm_micro_4x4(const uint8_t *xc, int64_t xs, const uint8_t *yc, int64_t ys,
-                                     int64_t nsteps, int last_n, float *out, int64_t ldo) {
-    mm_vf a00 = mm_zero(), a01 = mm_zero(), a02 = mm_zero(), a03 = mm_zero();
-    mm_vf a10 = mm_zero(), a11 = mm_zero(), a12 = mm_zero(), a13 = mm_zero();
-    mm_vf a20 = mm_zero(), a21 = mm_zero(), a22 = mm_zero(), a23 = mm_zero();
-    mm_vf a30 = mm_zero(), a31 = mm_zero(), a32 = mm_zero(), a33 = mm_zero();
-    int64_t s = 0;
-    for (; s + 1 < nsteps; ++s) {
-            const mm_vf x0 = mm_load((const float *)(const void *)(xc + 0 * xs + s * MM_XSTEP));
-            const mm_vf x1 = mm_load((const float *)(const void *)(xc + 1 * xs + s * MM_XSTEP));
-            const mm_vf x2 = mm_load((const float *)(const void *)(xc + 2 * xs + s * MM_XSTEP));
-            const mm_vf x3 = mm_load((const float *)(const void *)(xc + 3 * xs + s * MM_XSTEP));
-            const mm_vf y0 = mm_load((const float *)(const void *)(yc + 0 * ys + s * MM_YSTEP));
-            const mm_vf y1 = mm_load((const float *)(const void *)(yc + 1 * ys + s * MM_YSTEP));
-            const mm_vf y2 = mm_load((const float *)(const void *)(yc + 2 * ys + s * MM_YSTEP));
-            const mm_vf y3 = mm_load((const float *)(const void *)(yc + 3 * ys + s * MM_YSTEP));
-            a00 = mm_fma(x0, y0, a00);
-            a01 = mm_fma(x0, y1, a01);
-            a02 = mm_fma(x0, y2, a02);
-            a03 = mm_fma(x0, y3, a03);
-            a10 = mm_fma(x1, y0, a10);
-            a11 = mm_fma(x1, y1, a11);
-            a12 = mm_fma(x1, y2, a12);
-            a13 = mm_fma(x1, y3, a13);
-            a20 = mm_fma(x2, y0, a20);
-            a21 = mm_fma(x2, y1, a21);
-            a22 = mm_fma(x2, y2, a22);
-            a23 = mm_fma(x2, y3, a23);
-            a30 = mm_fma(x3, y0, a30);
-            a31 = mm_fma(x3, y1, a31);
-            a32 = mm_fma(x3, y2, a32);
-            a33 = mm_fma(x3, y3, a33);
-
-    }
-    {
-        const int n = last_n;
-            const mm_vf x0 = mm_load((const float *)(const void *)(xc + 0 * xs + s * MM_XSTEP));
-            const mm_vf x1 = mm_load((const float *)(const void *)(xc + 1 * xs + s * MM_XSTEP));
-            const mm_vf x2 = mm_load((const float *)(const void *)(xc + 2 * xs + s * MM_XSTEP));
-            const mm_vf x3 = mm_load((const float *)(const void *)(xc + 3 * xs + s * MM_XSTEP));
-            const mm_vf y0 = mm_load((const float *)(const void *)(yc + 0 * ys + s * MM_YSTEP));
-            const mm_vf y1 = mm_load((const float *)(const void *)(yc + 1 * ys + s * MM_YSTEP));
-            const mm_vf y2 = mm_load((const float *)(const void *)(yc + 2 * ys + s * MM_YSTEP));
-            const mm_vf y3 = mm_load((const float *)(const void *)(yc + 3 * ys + s * MM_YSTEP));
-            a00 = mm_fma_n(x0, y0, a00, n);
-            a01 = mm_fma_n(x0, y1, a01, n);
-            a02 = mm_fma_n(x0, y2, a02, n);
-            a03 = mm_fma_n(x0, y3, a03, n);
-            a10 = mm_fma_n(x1, y0, a10, n);
-            a11 = mm_fma_n(x1, y1, a11, n);
-            a12 = mm_fma_n(x1, y2, a12, n);
-            a13 = mm_fma_n(x1, y3, a13, n);
-            a20 = mm_fma_n(x2, y0, a20, n);
-            a21 = mm_fma_n(x2, y1, a21, n);
-            a22 = mm_fma_n(x2, y2, a22, n);
-            a23 = mm_fma_n(x2, y3, a23, n);
-            a30 = mm_fma_n(x3, y0, a30, n);
-            a31 = mm_fma_n(x3, y1, a31, n);
-            a32 = mm_fma_n(x3, y2, a32, n);
-            a33 = mm_fma_n(x3, y3, a33, n);
-
-    }
-    out[0 * ldo + 0] = mm_hsum(a00);
-    out[1 * ldo + 0] = mm_hsum(a01);
-    out[2 * ldo + 0] = mm_hsum(a02);
-    out[3 * ldo + 0] = mm_hsum(a03);
-    out[0 * ldo + 1] = mm_hsum(a10);
-    out[1 * ldo + 1] = mm_hsum(a11);
-    out[2 * ldo + 1] = mm_hsum(a12);
-    out[3 * ldo + 1] = mm_hsum(a13);
-    out[0 * ldo + 2] = mm_hsum(a20);
-    out[1 * ldo + 2] = mm_hsum(a21);
-    out[2 * ldo + 2] = mm_hsum(a22);
-    out[3 * ldo + 2] = mm_hsum(a23);
-    out[0 * ldo + 3] = mm_hsum(a30);
-    out[1 * ldo + 3] = mm_hsum(a31);
-    out[2 * ldo + 3] = mm_hsum(a32);
-    out[3 * ldo + 3] = mm_hsum(a33);
-}
-
-/* 4 x rows times 1 y columns; out[j * ldo + i] = dot(x row i, y column j); the last of nsteps
-   steps updates lanes < last_n only */
-static inline void mm_micro_4x1(const uint8_t *xc, int64_t xs, const uint8_t *yc, int64_t ys,
-                                     int64_t nsteps, int last_n, float *out, int64_t ldo) {
-    mm_vf a00 = mm_zero();
-    mm_vf a10 = mm_zero();
-    mm_vf a20 = mm_zero();
-    mm_vf a30 = mm_zero();
-    int64_t s = 0;
-    for (; s + 1 < nsteps; ++s) {
-            const mm_vf x0 = mm_load((const float *)(const void *)(xc + 0 * xs + s * MM_XSTEP));
-            const mm_vf x1 = mm_load((const float *)(const void *)(xc + 1 * xs + s * MM_XSTEP));
-            const mm_vf x2 = mm_load((const float *)(const void *)(xc + 2 * xs + s * MM_XSTEP));
-            const mm_vf x3 = mm_load((const float *)(const void *)(xc + 3 * xs + s * MM_XSTEP));
-            const mm_vf y0 = mm_load((const float *)(const void *)(yc + 0 * ys + s * MM_YSTEP));
-            a00 = mm_fma(x0, y0, a00);
-            a10 = mm_fma(x1, y0, a10);
-            a20 = mm_fma(x2, y0, a20);
-            a30 = mm_fma(x3, y0, a30);
-
-    }
-    {
-        const int n = last_n;
-            const mm_vf x0 = mm_load((const float *)(const void *)(xc + 0 * xs + s * MM_XSTEP));
-            const mm_vf x1 = mm_load((const float *)(const void *)(xc + 1 * xs + s * MM_XSTEP));
-            const mm_vf x2 = mm_load((const float *)(const void *)(xc + 2 * xs + s * MM_XSTEP));
-            const mm_vf x3 = mm_load((const float *)(const void *)(xc + 3 * xs + s * MM_XSTEP));
-            const mm_vf y0 = mm_load((const float *)(const void *)(yc + 0 * ys + s * MM_YSTEP));
-            a00 = mm_fma_n(x0, y0, a00, n);
-            a10 = mm_fma_n(x1, y0, a10, n);
-            a20 = mm_fma_n(x2, y0, a20, n);
-            a30 = mm_fma_n(x3, y0, a30, n);
-
-    }
-    out[0 * ldo + 0] = mm_hsum(a00);
-    out[0 * ldo + 1] = mm_hsum(a10);
-    out[0 * ldo + 2] = mm_hsum(a20);
-    out[0 * ldo + 3] = mm_hsum(a30);
-}
-
-/* 1 x rows times 4 y columns; out[j * ldo + i] = dot(x row i, y column j); the last of nsteps
-   steps updates lanes < last_n only */
-static inline void mm_micro_1x4(const uint8_t *xc, int64_t xs, const uint8_t *yc, int64_t ys,
-                                     int64_t nsteps, int last_n, float *out, int64_t ldo) {
-    mm_vf a00 = mm_zero(), a01 = mm_zero(), a02 = mm_zero(), a03 = mm_zero();
-    int64_t s = 0;
-    for (; s + 1 < nsteps; ++s) {
-            const mm_vf x0 = mm_load((const float *)(const void *)(xc + 0 * xs + s * MM_XSTEP));
-            const mm_vf y0 = mm_load((const float *)(const void *)(yc + 0 * ys + s * MM_YSTEP));
-            const mm_vf y1 = mm_load((const float *)(const void *)(yc + 1 * ys + s * MM_YSTEP));
-            const mm_vf y2 = mm_load((const float *)(const void *)(yc + 2 * ys + s * MM_YSTEP));
-            const mm_vf y3 = mm_load((const float *)(const void *)(yc + 3 * ys + s * MM_YSTEP));
-            a00 = mm_fma(x0, y0, a00);
-            a01 = mm_fma(x0, y1, a01);
-            a02 = mm_fma(x0, y2, a02);
-            a03 = mm_fma(x0, y3, a03);
-
-    }
-    {
-        const int n = last_n;
-            const mm_vf x0 = mm_load((const float *)(const void *)(xc + 0 * xs + s * MM_XSTEP));
-            const mm_vf y0 = mm_load((const float *)(const void *)(yc + 0 * ys + s * MM_YSTEP));
-            const mm_vf y1 = mm_load((const float *)(const void *)(yc + 1 * ys + s * MM_YSTEP));
-            const mm_vf y2 = mm_load((const float *)(const void *)(yc + 2 * ys + s * MM_YSTEP));
-            const mm_vf y3 = mm_load((const float *)(const void *)(yc + 3 * ys + s * MM_YSTEP));
-            a00 = mm_fma_n(x0, y0, a00, n);
-            a01 = mm_fma_n(x0, y1, a01, n);
-            a02 = mm_fma_n(x0, y2, a02, n);
-            a03 = mm_fma_n(x0, y3, a03, n);
-
-    }
-    out[0 * ldo + 0] = mm_hsum(a00);
-    out[1 * ldo + 0] = mm_hsum(a01);
-    out[2 * ldo + 0] = mm_hsum(a02);
-    out[3 * ldo + 0] = mm_hsum(a03);
-}
 
 /* 1 x rows times 1 y columns; out[j * ldo + i] = dot(x row i, y column j); the last of nsteps
    steps updates lanes < last_n only */
@@ -445,14 +302,8 @@ static inline void mm_micro_1x1(const uint8_t *xc, int64_t xs, const uint8_t *yc
 static void mm_tiles(const uint8_t *xc, int64_t xs, int64_t rt, const uint8_t *yc, int64_t ys, int64_t ct,
                      int64_t nsteps, int last_n, float *out, int64_t ldo) {
     int64_t j = 0;
-    for (; j + 4 <= ct; j += 4) {
-        int64_t i = 0;
-        for (; i + 4 <= rt; i += 4) mm_micro_4x4(xc + i * xs, xs, yc + j * ys, ys, nsteps, last_n, out + j * ldo + i, ldo);
-        for (; i < rt; ++i) mm_micro_1x4(xc + i * xs, xs, yc + j * ys, ys, nsteps, last_n, out + j * ldo + i, ldo);
-    }
     for (; j < ct; ++j) {
         int64_t i = 0;
-        for (; i + 4 <= rt; i += 4) mm_micro_4x1(xc + i * xs, xs, yc + j * ys, ys, nsteps, last_n, out + j * ldo + i, ldo);
         for (; i < rt; ++i) mm_micro_1x1(xc + i * xs, xs, yc + j * ys, ys, nsteps, last_n, out + j * ldo + i, ldo);
     }
 }
@@ -497,7 +348,8 @@ typedef struct {
     float *d;       /* K / 32 block scales */
     float *m;       /* K / 32 q4_1 / q5_1 offsets or q8_1 sums; k-quants: dmin per super-block */
     int16_t *w;     /* k-quants: K int16 values */
-    int32_t *mn;    /* k-quants: 8 mins (x) or 8 sums of 32 values (y) per super-block */
+    int32_t *mn;    /* k-quants: q4_K 8 mins (x) or 8 sums of 32 values (y); q6_K 16 x -32*scale per super-block */
+    int32_t *bs;    /* k-quants: the 16 bsums of each q8_K super-block */
 } mm_scratch;
 
 /* src1 column (type q8_0) -> y cache in the vec_dot type bf16 (MulMat_253: to_float, from_float) */
@@ -536,9 +388,10 @@ int mlaref_mul_mat_bf16_q8_0__scalar_l16a1(const uint8_t *src0, const uint8_t *s
     w.d = malloc((size_t)(w.nb + 1) * 4);
     w.m = malloc((size_t)(w.nb + 1) * 4);
     w.w = malloc((size_t)K * 2 + 64);
-    w.mn = malloc((size_t)(K / 256 + 1) * 32);
+    w.mn = malloc((size_t)(K / 256 + 1) * 64);
+    w.bs = malloc((size_t)(K / 256 + 1) * 64);
     int rc = 0;
-    if (!xcache || !ycache || !w.tmp || !w.tmpq || !w.q || !w.d || !w.m || !w.w || !w.mn) {
+    if (!xcache || !ycache || !w.tmp || !w.tmpq || !w.q || !w.d || !w.m || !w.w || !w.mn || !w.bs) {
         rc = -1;
         goto done;
     }
@@ -568,5 +421,6 @@ done:
     free(w.m);
     free(w.w);
     free(w.mn);
+    free(w.bs);
     return rc;
 }

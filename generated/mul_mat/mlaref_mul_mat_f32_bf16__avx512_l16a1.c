@@ -235,8 +235,7 @@ static inline mm_vf mm_dot_pair(const uint8_t *x, const uint8_t *y) {
 
 /* k-quant super-block pair: per 32-chunk one madd (or vpdpwssd) of 32 int16 gives the 16 pair sums of the chunk,
    accumulated over the 8 chunks; lane l = pair sums 2l + 2l+1, super-block A in lanes 0-7, B in 8-15 */
-static inline __m512i mm_kdot_sb(const int16_t *w, const int16_t *y) {
-    __m512i acc = _mm512_setzero_si512();
+static inline __m512i mm_kdot_sb(const int16_t *w, const int16_t *y, __m512i acc) {
     for (int c = 0; c < 8; ++c) {
         const __m512i a = _mm512_loadu_si512((const void *)(w + 32 * c));
         const __m512i b = _mm512_loadu_si512((const void *)(y + 32 * c));
@@ -244,12 +243,22 @@ static inline __m512i mm_kdot_sb(const int16_t *w, const int16_t *y) {
     }
     return acc;
 }
-static inline mm_vf mm_kdot_pair(const int16_t *w, const int16_t *y) {
-    const __m512i a = mm_kdot_sb(w, y), b = mm_kdot_sb(w + 256, y + 256);
+static inline mm_vf mm_kdot_lanes(__m512i a, __m512i b) {
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     return _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_permutex2var_epi32(a, even, b),
                                                _mm512_permutex2var_epi32(a, odd, b)));
+}
+static inline mm_vf mm_kdot_pair(const int16_t *w, const int16_t *y) {
+    const __m512i z = _mm512_setzero_si512();
+    return mm_kdot_lanes(mm_kdot_sb(w, y, z), mm_kdot_sb(w + 256, y + 256, z));
+}
+/* q6_K: the correction products c[k] start pair slot k, so lane l gets c[2l] + c[2l + 1] (see mm_scalar.h.j2) */
+static inline mm_vf mm_kdot_pair_c(const int16_t *w, const int16_t *y, const int32_t *scm, const int32_t *bs) {
+    const __m512i ca = _mm512_mullo_epi32(_mm512_loadu_si512((const void *)scm), _mm512_loadu_si512((const void *)bs));
+    const __m512i cb = _mm512_mullo_epi32(_mm512_loadu_si512((const void *)(scm + 16)),
+                                          _mm512_loadu_si512((const void *)(bs + 16)));
+    return mm_kdot_lanes(mm_kdot_sb(w, y, ca), mm_kdot_sb(w + 256, y + 256, cb));
 }
 /* x cache: one row = nsteps * 64 bytes; y cache: one column = nsteps * MM_YSTEP bytes */
 #define MM_XSTEP 64
@@ -495,7 +504,8 @@ typedef struct {
     float *d;       /* K / 32 block scales */
     float *m;       /* K / 32 q4_1 / q5_1 offsets or q8_1 sums; k-quants: dmin per super-block */
     int16_t *w;     /* k-quants: K int16 values */
-    int32_t *mn;    /* k-quants: 8 mins (x) or 8 sums of 32 values (y) per super-block */
+    int32_t *mn;    /* k-quants: q4_K 8 mins (x) or 8 sums of 32 values (y); q6_K 16 x -32*scale per super-block */
+    int32_t *bs;    /* k-quants: the 16 bsums of each q8_K super-block */
 } mm_scratch;
 
 /* src1 column (type bf16) -> y cache in the vec_dot type f32 (MulMat_253: to_float, from_float) */
@@ -531,9 +541,10 @@ int mlaref_mul_mat_f32_bf16__avx512_l16a1(const uint8_t *src0, const uint8_t *sr
     w.d = malloc((size_t)(w.nb + 1) * 4);
     w.m = malloc((size_t)(w.nb + 1) * 4);
     w.w = malloc((size_t)K * 2 + 64);
-    w.mn = malloc((size_t)(K / 256 + 1) * 32);
+    w.mn = malloc((size_t)(K / 256 + 1) * 64);
+    w.bs = malloc((size_t)(K / 256 + 1) * 64);
     int rc = 0;
-    if (!xcache || !ycache || !w.tmp || !w.tmpq || !w.q || !w.d || !w.m || !w.w || !w.mn) {
+    if (!xcache || !ycache || !w.tmp || !w.tmpq || !w.q || !w.d || !w.m || !w.w || !w.mn || !w.bs) {
         rc = -1;
         goto done;
     }
@@ -563,5 +574,6 @@ done:
     free(w.m);
     free(w.w);
     free(w.mn);
+    free(w.bs);
     return rc;
 }

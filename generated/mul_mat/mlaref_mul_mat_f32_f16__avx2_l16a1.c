@@ -255,8 +255,7 @@ static inline mm_vf mm_dot_pair(const uint8_t *x, const uint8_t *y) {
 
 /* k-quant super-block (256 int16 values): madd per 16 values; the low and high 16 of each 32-chunk accumulate
    apart (pairs 0-7 and 8-15 of the chunk), then hadd + permute give lane l = elements 4l..4l+3 of every chunk */
-static inline __m256 mm_kdot_sb(const int16_t *w, const int16_t *y) {
-    __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
+static inline __m256 mm_kdot_sb_from(const int16_t *w, const int16_t *y, __m256i lo, __m256i hi) {
     for (int c = 0; c < 8; ++c) {
         lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(w + 32 * c)),
                                                     _mm256_loadu_si256((const __m256i *)(y + 32 * c))));
@@ -266,7 +265,18 @@ static inline __m256 mm_kdot_sb(const int16_t *w, const int16_t *y) {
     return _mm256_cvtepi32_ps(_mm256_permute4x64_epi64(_mm256_hadd_epi32(lo, hi), 0xD8));
 }
 static inline mm_vf mm_kdot_pair(const int16_t *w, const int16_t *y) {
-    mm_vf r = {mm_kdot_sb(w, y), mm_kdot_sb(w + 256, y + 256)};
+    const __m256i z = _mm256_setzero_si256();
+    mm_vf r = {mm_kdot_sb_from(w, y, z, z), mm_kdot_sb_from(w + 256, y + 256, z, z)};
+    return r;
+}
+/* q6_K: the per-sub-block correction products c[k] start pair slot k (0-7 in lo, 8-15 in hi), so lane l gets
+   c[2l] + c[2l + 1] (see mm_scalar.h.j2) */
+static inline __m256i mm_kcorr8(const int32_t *scm, const int32_t *bs) {
+    return _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)scm), _mm256_loadu_si256((const __m256i *)bs));
+}
+static inline mm_vf mm_kdot_pair_c(const int16_t *w, const int16_t *y, const int32_t *scm, const int32_t *bs) {
+    mm_vf r = {mm_kdot_sb_from(w, y, mm_kcorr8(scm, bs), mm_kcorr8(scm + 8, bs + 8)),
+               mm_kdot_sb_from(w + 256, y + 256, mm_kcorr8(scm + 16, bs + 16), mm_kcorr8(scm + 24, bs + 24))};
     return r;
 }
 /* x cache: one row = nsteps * 64 bytes; y cache: one column = nsteps * MM_YSTEP bytes */
@@ -513,7 +523,8 @@ typedef struct {
     float *d;       /* K / 32 block scales */
     float *m;       /* K / 32 q4_1 / q5_1 offsets or q8_1 sums; k-quants: dmin per super-block */
     int16_t *w;     /* k-quants: K int16 values */
-    int32_t *mn;    /* k-quants: 8 mins (x) or 8 sums of 32 values (y) per super-block */
+    int32_t *mn;    /* k-quants: q4_K 8 mins (x) or 8 sums of 32 values (y); q6_K 16 x -32*scale per super-block */
+    int32_t *bs;    /* k-quants: the 16 bsums of each q8_K super-block */
 } mm_scratch;
 
 /* src1 column (type f16) -> y cache in the vec_dot type f32 (MulMat_253: to_float, from_float) */
@@ -549,9 +560,10 @@ int mlaref_mul_mat_f32_f16__avx2_l16a1(const uint8_t *src0, const uint8_t *src1,
     w.d = malloc((size_t)(w.nb + 1) * 4);
     w.m = malloc((size_t)(w.nb + 1) * 4);
     w.w = malloc((size_t)K * 2 + 64);
-    w.mn = malloc((size_t)(K / 256 + 1) * 32);
+    w.mn = malloc((size_t)(K / 256 + 1) * 64);
+    w.bs = malloc((size_t)(K / 256 + 1) * 64);
     int rc = 0;
-    if (!xcache || !ycache || !w.tmp || !w.tmpq || !w.q || !w.d || !w.m || !w.w || !w.mn) {
+    if (!xcache || !ycache || !w.tmp || !w.tmpq || !w.q || !w.d || !w.m || !w.w || !w.mn || !w.bs) {
         rc = -1;
         goto done;
     }
@@ -581,5 +593,6 @@ done:
     free(w.m);
     free(w.w);
     free(w.mn);
+    free(w.bs);
     return rc;
 }

@@ -310,8 +310,7 @@ static inline mm_vf mm_dot_pair(const uint8_t *x, const uint8_t *y) {
 
 /* k-quant super-block (256 int16 values): madd per 16 values; the low and high 16 of each 32-chunk accumulate
    apart (pairs 0-7 and 8-15 of the chunk), then hadd + permute give lane l = elements 4l..4l+3 of every chunk */
-static inline __m256 mm_kdot_sb(const int16_t *w, const int16_t *y) {
-    __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
+static inline __m256 mm_kdot_sb_from(const int16_t *w, const int16_t *y, __m256i lo, __m256i hi) {
     for (int c = 0; c < 8; ++c) {
         lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(w + 32 * c)),
                                                     _mm256_loadu_si256((const __m256i *)(y + 32 * c))));
@@ -321,12 +320,24 @@ static inline __m256 mm_kdot_sb(const int16_t *w, const int16_t *y) {
     return _mm256_cvtepi32_ps(_mm256_permute4x64_epi64(_mm256_hadd_epi32(lo, hi), 0xD8));
 }
 static inline mm_vf mm_kdot_pair(const int16_t *w, const int16_t *y) {
-    mm_vf r = {mm_kdot_sb(w, y), mm_kdot_sb(w + 256, y + 256)};
+    const __m256i z = _mm256_setzero_si256();
+    mm_vf r = {mm_kdot_sb_from(w, y, z, z), mm_kdot_sb_from(w + 256, y + 256, z, z)};
+    return r;
+}
+/* q6_K: the per-sub-block correction products c[k] start pair slot k (0-7 in lo, 8-15 in hi), so lane l gets
+   c[2l] + c[2l + 1] (see mm_scalar.h.j2) */
+static inline __m256i mm_kcorr8(const int32_t *scm, const int32_t *bs) {
+    return _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)scm), _mm256_loadu_si256((const __m256i *)bs));
+}
+static inline mm_vf mm_kdot_pair_c(const int16_t *w, const int16_t *y, const int32_t *scm, const int32_t *bs) {
+    mm_vf r = {mm_kdot_sb_from(w, y, mm_kcorr8(scm, bs), mm_kcorr8(scm + 8, bs + 8)),
+               mm_kdot_sb_from(w + 256, y + 256, mm_kcorr8(scm + 16, bs + 16), mm_kcorr8(scm + 24, bs + 24))};
     return r;
 }
 /* x cache: one row = nsteps * 1088 bytes; y cache: one column = nsteps * MM_YSTEP bytes */
 #define MM_XSTEP 1088
-#define MM_YSTEP 1088 /* 512 int16 values, 16 scale lanes */
+/* 512 int16 values, 16 scale lanes */
+#define MM_YSTEP 1088
 
 
 /* q4_K x q8_K: the min term, as upstream's AVX2 kernel and reference/ops/vec_dot.py: per super-block 4 lanes
@@ -640,18 +651,21 @@ static inline void mm_kdecode_q4_K(const uint8_t *row, int64_t nsb, int16_t *w, 
     }
 }
 
-static inline void mm_kdecode_q8_K(const uint8_t *row, int64_t nsb, int16_t *y, float *d, int32_t *s8) {
+/* y: values, d, and per super-block the 8 sums of 32 (s8, q4_K's min term) and the 16 bsums (bs, q6_K) */
+static inline void mm_kdecode_q8_K(const uint8_t *row, int64_t nsb, int16_t *y, float *d, int32_t *s8, int32_t *bs) {
     for (int64_t b = 0; b < nsb; ++b) {
         const uint8_t *x = row + 292 * b;
         for (int e = 0; e < 256; ++e) y[256 * b + e] = (int8_t)x[4 + e];
-        for (int j = 0; j < 8; ++j) s8[8 * b + j] = (int16_t)mla_ld_u16(x + 260 + 4 * j) + (int16_t)mla_ld_u16(x + 262 + 4 * j);
+        for (int k = 0; k < 16; ++k) bs[16 * b + k] = (int16_t)mla_ld_u16(x + 260 + 2 * k);
+        for (int j = 0; j < 8; ++j) s8[8 * b + j] = bs[16 * b + 2 * j] + bs[16 * b + 2 * j + 1];
         d[b] = mla_ld_f32(x);
     }
 }
 
 /* pairs of super-blocks -> cache steps: 512 int16 (the missing super-block of an odd pair is zero), then 16 f32
-   lanes of scale (super-block 2p in lanes 0-7, 2p+1 in 8-15) */
-static inline void mm_put_kpairs(const int16_t *w, const float *d, int64_t nsb, uint8_t *cache, int64_t step) {
+   lanes of scale (super-block 2p in lanes 0-7, 2p+1 in 8-15), then (c != NULL) 2 x 16 int32 of c per super-block */
+static inline void mm_put_kpairs(const int16_t *w, const float *d, const int32_t *c16, int64_t nsb, uint8_t *cache,
+                                 int64_t step) {
     for (int64_t p = 0; p < (nsb + 1) / 2; ++p) {
         uint8_t *c = cache + p * step;
         const int two = 2 * p + 1 < nsb;
@@ -663,6 +677,10 @@ static inline void mm_put_kpairs(const int16_t *w, const float *d, int64_t nsb, 
             dl[l + 8] = two ? d[2 * p + 1] : 0.0f;
         }
         memcpy(c + 1024, dl, sizeof dl);
+        if (c16) {
+            memcpy(c + 1088, c16 + 32 * p, two ? 128 : 64);
+            if (!two) memset(c + 1088 + 64, 0, 64);
+        }
     }
 }
 
@@ -678,7 +696,8 @@ typedef struct {
     float *d;       /* K / 32 block scales */
     float *m;       /* K / 32 q4_1 / q5_1 offsets or q8_1 sums; k-quants: dmin per super-block */
     int16_t *w;     /* k-quants: K int16 values */
-    int32_t *mn;    /* k-quants: 8 mins (x) or 8 sums of 32 values (y) per super-block */
+    int32_t *mn;    /* k-quants: q4_K 8 mins (x) or 8 sums of 32 values (y); q6_K 16 x -32*scale per super-block */
+    int32_t *bs;    /* k-quants: the 16 bsums of each q8_K super-block */
 } mm_scratch;
 
 /* src1 column (type f32) -> y cache in the vec_dot type q8_K (MulMat_253: to_float, from_float) */
@@ -687,8 +706,8 @@ static void mm_convert_column(const uint8_t *src, const mm_scratch *w, uint8_t *
     mla_quant_row_q8_K_ref(w->tmp, w->tmpq, w->K);
     const uint8_t *row = w->tmpq;
     const int64_t nsb = w->K / 256;
-    mm_kdecode_q8_K(row, nsb, w->w, w->d, w->mn);
-    mm_put_kpairs(w->w, w->d, nsb, cache, MM_YSTEP);
+    mm_kdecode_q8_K(row, nsb, w->w, w->d, w->mn, w->bs);
+    mm_put_kpairs(w->w, w->d, NULL, nsb, cache, MM_YSTEP);
     memcpy(cache + w->nsteps * MM_YSTEP, w->d, (size_t)nsb * 4);
     memcpy(cache + w->nsteps * MM_YSTEP + 4 * nsb, w->mn, (size_t)nsb * 32);
 }
@@ -697,7 +716,7 @@ static void mm_convert_column(const uint8_t *src, const mm_scratch *w, uint8_t *
 static void mm_load_row(const uint8_t *src, const mm_scratch *w, uint8_t *cache) {
     const int64_t nsb = w->K / 256;
     mm_kdecode_q4_K(src, nsb, w->w, w->d, w->m, w->mn);
-    mm_put_kpairs(w->w, w->d, nsb, cache, MM_XSTEP);
+    mm_put_kpairs(w->w, w->d, NULL, nsb, cache, MM_XSTEP);
     memcpy(cache + w->nsteps * MM_XSTEP, w->m, (size_t)nsb * 4);
     memcpy(cache + w->nsteps * MM_XSTEP + 4 * nsb, w->mn, (size_t)nsb * 32);
 }
@@ -724,9 +743,10 @@ int mlaref_mul_mat_q4_K_f32__avx2_l16a1(const uint8_t *src0, const uint8_t *src1
     w.d = malloc((size_t)(w.nb + 1) * 4);
     w.m = malloc((size_t)(w.nb + 1) * 4);
     w.w = malloc((size_t)K * 2 + 64);
-    w.mn = malloc((size_t)(K / 256 + 1) * 32);
+    w.mn = malloc((size_t)(K / 256 + 1) * 64);
+    w.bs = malloc((size_t)(K / 256 + 1) * 64);
     int rc = 0;
-    if (!xcache || !ycache || !w.tmp || !w.tmpq || !w.q || !w.d || !w.m || !w.w || !w.mn) {
+    if (!xcache || !ycache || !w.tmp || !w.tmpq || !w.q || !w.d || !w.m || !w.w || !w.mn || !w.bs) {
         rc = -1;
         goto done;
     }
@@ -756,5 +776,6 @@ done:
     free(w.m);
     free(w.w);
     free(w.mn);
+    free(w.bs);
     return rc;
 }

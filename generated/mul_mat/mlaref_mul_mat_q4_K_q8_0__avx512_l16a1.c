@@ -338,8 +338,7 @@ static inline mm_vf mm_dot_pair(const uint8_t *x, const uint8_t *y) {
 
 /* k-quant super-block pair: per 32-chunk one madd (or vpdpwssd) of 32 int16 gives the 16 pair sums of the chunk,
    accumulated over the 8 chunks; lane l = pair sums 2l + 2l+1, super-block A in lanes 0-7, B in 8-15 */
-static inline __m512i mm_kdot_sb(const int16_t *w, const int16_t *y) {
-    __m512i acc = _mm512_setzero_si512();
+static inline __m512i mm_kdot_sb(const int16_t *w, const int16_t *y, __m512i acc) {
     for (int c = 0; c < 8; ++c) {
         const __m512i a = _mm512_loadu_si512((const void *)(w + 32 * c));
         const __m512i b = _mm512_loadu_si512((const void *)(y + 32 * c));
@@ -347,16 +346,27 @@ static inline __m512i mm_kdot_sb(const int16_t *w, const int16_t *y) {
     }
     return acc;
 }
-static inline mm_vf mm_kdot_pair(const int16_t *w, const int16_t *y) {
-    const __m512i a = mm_kdot_sb(w, y), b = mm_kdot_sb(w + 256, y + 256);
+static inline mm_vf mm_kdot_lanes(__m512i a, __m512i b) {
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     return _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_permutex2var_epi32(a, even, b),
                                                _mm512_permutex2var_epi32(a, odd, b)));
 }
+static inline mm_vf mm_kdot_pair(const int16_t *w, const int16_t *y) {
+    const __m512i z = _mm512_setzero_si512();
+    return mm_kdot_lanes(mm_kdot_sb(w, y, z), mm_kdot_sb(w + 256, y + 256, z));
+}
+/* q6_K: the correction products c[k] start pair slot k, so lane l gets c[2l] + c[2l + 1] (see mm_scalar.h.j2) */
+static inline mm_vf mm_kdot_pair_c(const int16_t *w, const int16_t *y, const int32_t *scm, const int32_t *bs) {
+    const __m512i ca = _mm512_mullo_epi32(_mm512_loadu_si512((const void *)scm), _mm512_loadu_si512((const void *)bs));
+    const __m512i cb = _mm512_mullo_epi32(_mm512_loadu_si512((const void *)(scm + 16)),
+                                          _mm512_loadu_si512((const void *)(bs + 16)));
+    return mm_kdot_lanes(mm_kdot_sb(w, y, ca), mm_kdot_sb(w + 256, y + 256, cb));
+}
 /* x cache: one row = nsteps * 1088 bytes; y cache: one column = nsteps * MM_YSTEP bytes */
 #define MM_XSTEP 1088
-#define MM_YSTEP 1088 /* 512 int16 values, 16 scale lanes */
+/* 512 int16 values, 16 scale lanes */
+#define MM_YSTEP 1088
 
 
 /* q4_K x q8_K: the min term, as upstream's AVX2 kernel and reference/ops/vec_dot.py: per super-block 4 lanes
@@ -670,18 +680,21 @@ static inline void mm_kdecode_q4_K(const uint8_t *row, int64_t nsb, int16_t *w, 
     }
 }
 
-static inline void mm_kdecode_q8_K(const uint8_t *row, int64_t nsb, int16_t *y, float *d, int32_t *s8) {
+/* y: values, d, and per super-block the 8 sums of 32 (s8, q4_K's min term) and the 16 bsums (bs, q6_K) */
+static inline void mm_kdecode_q8_K(const uint8_t *row, int64_t nsb, int16_t *y, float *d, int32_t *s8, int32_t *bs) {
     for (int64_t b = 0; b < nsb; ++b) {
         const uint8_t *x = row + 292 * b;
         for (int e = 0; e < 256; ++e) y[256 * b + e] = (int8_t)x[4 + e];
-        for (int j = 0; j < 8; ++j) s8[8 * b + j] = (int16_t)mla_ld_u16(x + 260 + 4 * j) + (int16_t)mla_ld_u16(x + 262 + 4 * j);
+        for (int k = 0; k < 16; ++k) bs[16 * b + k] = (int16_t)mla_ld_u16(x + 260 + 2 * k);
+        for (int j = 0; j < 8; ++j) s8[8 * b + j] = bs[16 * b + 2 * j] + bs[16 * b + 2 * j + 1];
         d[b] = mla_ld_f32(x);
     }
 }
 
 /* pairs of super-blocks -> cache steps: 512 int16 (the missing super-block of an odd pair is zero), then 16 f32
-   lanes of scale (super-block 2p in lanes 0-7, 2p+1 in 8-15) */
-static inline void mm_put_kpairs(const int16_t *w, const float *d, int64_t nsb, uint8_t *cache, int64_t step) {
+   lanes of scale (super-block 2p in lanes 0-7, 2p+1 in 8-15), then (c != NULL) 2 x 16 int32 of c per super-block */
+static inline void mm_put_kpairs(const int16_t *w, const float *d, const int32_t *c16, int64_t nsb, uint8_t *cache,
+                                 int64_t step) {
     for (int64_t p = 0; p < (nsb + 1) / 2; ++p) {
         uint8_t *c = cache + p * step;
         const int two = 2 * p + 1 < nsb;
@@ -693,6 +706,10 @@ static inline void mm_put_kpairs(const int16_t *w, const float *d, int64_t nsb, 
             dl[l + 8] = two ? d[2 * p + 1] : 0.0f;
         }
         memcpy(c + 1024, dl, sizeof dl);
+        if (c16) {
+            memcpy(c + 1088, c16 + 32 * p, two ? 128 : 64);
+            if (!two) memset(c + 1088 + 64, 0, 64);
+        }
     }
 }
 
@@ -708,7 +725,8 @@ typedef struct {
     float *d;       /* K / 32 block scales */
     float *m;       /* K / 32 q4_1 / q5_1 offsets or q8_1 sums; k-quants: dmin per super-block */
     int16_t *w;     /* k-quants: K int16 values */
-    int32_t *mn;    /* k-quants: 8 mins (x) or 8 sums of 32 values (y) per super-block */
+    int32_t *mn;    /* k-quants: q4_K 8 mins (x) or 8 sums of 32 values (y); q6_K 16 x -32*scale per super-block */
+    int32_t *bs;    /* k-quants: the 16 bsums of each q8_K super-block */
 } mm_scratch;
 
 /* src1 column (type q8_0) -> y cache in the vec_dot type q8_K (MulMat_253: to_float, from_float) */
@@ -717,8 +735,8 @@ static void mm_convert_column(const uint8_t *src, const mm_scratch *w, uint8_t *
     mla_quant_row_q8_K_ref(w->tmp, w->tmpq, w->K);
     const uint8_t *row = w->tmpq;
     const int64_t nsb = w->K / 256;
-    mm_kdecode_q8_K(row, nsb, w->w, w->d, w->mn);
-    mm_put_kpairs(w->w, w->d, nsb, cache, MM_YSTEP);
+    mm_kdecode_q8_K(row, nsb, w->w, w->d, w->mn, w->bs);
+    mm_put_kpairs(w->w, w->d, NULL, nsb, cache, MM_YSTEP);
     memcpy(cache + w->nsteps * MM_YSTEP, w->d, (size_t)nsb * 4);
     memcpy(cache + w->nsteps * MM_YSTEP + 4 * nsb, w->mn, (size_t)nsb * 32);
 }
@@ -727,7 +745,7 @@ static void mm_convert_column(const uint8_t *src, const mm_scratch *w, uint8_t *
 static void mm_load_row(const uint8_t *src, const mm_scratch *w, uint8_t *cache) {
     const int64_t nsb = w->K / 256;
     mm_kdecode_q4_K(src, nsb, w->w, w->d, w->m, w->mn);
-    mm_put_kpairs(w->w, w->d, nsb, cache, MM_XSTEP);
+    mm_put_kpairs(w->w, w->d, NULL, nsb, cache, MM_XSTEP);
     memcpy(cache + w->nsteps * MM_XSTEP, w->m, (size_t)nsb * 4);
     memcpy(cache + w->nsteps * MM_XSTEP + 4 * nsb, w->mn, (size_t)nsb * 32);
 }
@@ -754,9 +772,10 @@ int mlaref_mul_mat_q4_K_q8_0__avx512_l16a1(const uint8_t *src0, const uint8_t *s
     w.d = malloc((size_t)(w.nb + 1) * 4);
     w.m = malloc((size_t)(w.nb + 1) * 4);
     w.w = malloc((size_t)K * 2 + 64);
-    w.mn = malloc((size_t)(K / 256 + 1) * 32);
+    w.mn = malloc((size_t)(K / 256 + 1) * 64);
+    w.bs = malloc((size_t)(K / 256 + 1) * 64);
     int rc = 0;
-    if (!xcache || !ycache || !w.tmp || !w.tmpq || !w.q || !w.d || !w.m || !w.w || !w.mn) {
+    if (!xcache || !ycache || !w.tmp || !w.tmpq || !w.q || !w.d || !w.m || !w.w || !w.mn || !w.bs) {
         rc = -1;
         goto done;
     }
@@ -786,5 +805,6 @@ done:
     free(w.m);
     free(w.w);
     free(w.mn);
+    free(w.bs);
     return rc;
 }

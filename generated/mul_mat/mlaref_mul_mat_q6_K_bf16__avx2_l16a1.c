@@ -321,8 +321,7 @@ static inline mm_vf mm_dot_pair(const uint8_t *x, const uint8_t *y) {
 
 /* k-quant super-block (256 int16 values): madd per 16 values; the low and high 16 of each 32-chunk accumulate
    apart (pairs 0-7 and 8-15 of the chunk), then hadd + permute give lane l = elements 4l..4l+3 of every chunk */
-static inline __m256 mm_kdot_sb(const int16_t *w, const int16_t *y) {
-    __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
+static inline __m256 mm_kdot_sb_from(const int16_t *w, const int16_t *y, __m256i lo, __m256i hi) {
     for (int c = 0; c < 8; ++c) {
         lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(w + 32 * c)),
                                                     _mm256_loadu_si256((const __m256i *)(y + 32 * c))));
@@ -332,12 +331,24 @@ static inline __m256 mm_kdot_sb(const int16_t *w, const int16_t *y) {
     return _mm256_cvtepi32_ps(_mm256_permute4x64_epi64(_mm256_hadd_epi32(lo, hi), 0xD8));
 }
 static inline mm_vf mm_kdot_pair(const int16_t *w, const int16_t *y) {
-    mm_vf r = {mm_kdot_sb(w, y), mm_kdot_sb(w + 256, y + 256)};
+    const __m256i z = _mm256_setzero_si256();
+    mm_vf r = {mm_kdot_sb_from(w, y, z, z), mm_kdot_sb_from(w + 256, y + 256, z, z)};
     return r;
 }
-/* x cache: one row = nsteps * 1088 bytes; y cache: one column = nsteps * MM_YSTEP bytes */
-#define MM_XSTEP 1088
-#define MM_YSTEP 1088 /* 512 int16 values, 16 scale lanes */
+/* q6_K: the per-sub-block correction products c[k] start pair slot k (0-7 in lo, 8-15 in hi), so lane l gets
+   c[2l] + c[2l + 1] (see mm_scalar.h.j2) */
+static inline __m256i mm_kcorr8(const int32_t *scm, const int32_t *bs) {
+    return _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)scm), _mm256_loadu_si256((const __m256i *)bs));
+}
+static inline mm_vf mm_kdot_pair_c(const int16_t *w, const int16_t *y, const int32_t *scm, const int32_t *bs) {
+    mm_vf r = {mm_kdot_sb_from(w, y, mm_kcorr8(scm, bs), mm_kcorr8(scm + 8, bs + 8)),
+               mm_kdot_sb_from(w + 256, y + 256, mm_kcorr8(scm + 16, bs + 16), mm_kcorr8(scm + 24, bs + 24))};
+    return r;
+}
+/* x cache: one row = nsteps * 1216 bytes; y cache: one column = nsteps * MM_YSTEP bytes */
+#define MM_XSTEP 1216
+/* 512 int16 values, 16 scale lanes, 32 int32 bsums of 16 values (q6_K's correction) */
+#define MM_YSTEP 1216
 
 
 
@@ -368,22 +379,22 @@ static inline void mm_micro_4x4(const uint8_t *xc, int64_t xs, const uint8_t *yc
             const mm_vf dy2 = mm_load((const float *)(const void *)(yq2 + 1024));
             const uint8_t *yq3 = yc + 3 * ys + s * MM_YSTEP;
             const mm_vf dy3 = mm_load((const float *)(const void *)(yq3 + 1024));
-            a00 = mm_fma(mm_mul(dx0, dy0), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0), a00);
-            a01 = mm_fma(mm_mul(dx0, dy1), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq1), a01);
-            a02 = mm_fma(mm_mul(dx0, dy2), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq2), a02);
-            a03 = mm_fma(mm_mul(dx0, dy3), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq3), a03);
-            a10 = mm_fma(mm_mul(dx1, dy0), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq0), a10);
-            a11 = mm_fma(mm_mul(dx1, dy1), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq1), a11);
-            a12 = mm_fma(mm_mul(dx1, dy2), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq2), a12);
-            a13 = mm_fma(mm_mul(dx1, dy3), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq3), a13);
-            a20 = mm_fma(mm_mul(dx2, dy0), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq0), a20);
-            a21 = mm_fma(mm_mul(dx2, dy1), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq1), a21);
-            a22 = mm_fma(mm_mul(dx2, dy2), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq2), a22);
-            a23 = mm_fma(mm_mul(dx2, dy3), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq3), a23);
-            a30 = mm_fma(mm_mul(dx3, dy0), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq0), a30);
-            a31 = mm_fma(mm_mul(dx3, dy1), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq1), a31);
-            a32 = mm_fma(mm_mul(dx3, dy2), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq2), a32);
-            a33 = mm_fma(mm_mul(dx3, dy3), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq3), a33);
+            a00 = mm_fma(mm_mul(dx0, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a00);
+            a01 = mm_fma(mm_mul(dx0, dy1), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq1, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq1 + 1088)), a01);
+            a02 = mm_fma(mm_mul(dx0, dy2), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq2, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq2 + 1088)), a02);
+            a03 = mm_fma(mm_mul(dx0, dy3), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq3, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq3 + 1088)), a03);
+            a10 = mm_fma(mm_mul(dx1, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq1 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a10);
+            a11 = mm_fma(mm_mul(dx1, dy1), mm_kdot_pair_c((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq1, (const int32_t *)(const void *)(xq1 + 1088), (const int32_t *)(const void *)(yq1 + 1088)), a11);
+            a12 = mm_fma(mm_mul(dx1, dy2), mm_kdot_pair_c((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq2, (const int32_t *)(const void *)(xq1 + 1088), (const int32_t *)(const void *)(yq2 + 1088)), a12);
+            a13 = mm_fma(mm_mul(dx1, dy3), mm_kdot_pair_c((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq3, (const int32_t *)(const void *)(xq1 + 1088), (const int32_t *)(const void *)(yq3 + 1088)), a13);
+            a20 = mm_fma(mm_mul(dx2, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq2 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a20);
+            a21 = mm_fma(mm_mul(dx2, dy1), mm_kdot_pair_c((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq1, (const int32_t *)(const void *)(xq2 + 1088), (const int32_t *)(const void *)(yq1 + 1088)), a21);
+            a22 = mm_fma(mm_mul(dx2, dy2), mm_kdot_pair_c((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq2, (const int32_t *)(const void *)(xq2 + 1088), (const int32_t *)(const void *)(yq2 + 1088)), a22);
+            a23 = mm_fma(mm_mul(dx2, dy3), mm_kdot_pair_c((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq3, (const int32_t *)(const void *)(xq2 + 1088), (const int32_t *)(const void *)(yq3 + 1088)), a23);
+            a30 = mm_fma(mm_mul(dx3, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq3 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a30);
+            a31 = mm_fma(mm_mul(dx3, dy1), mm_kdot_pair_c((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq1, (const int32_t *)(const void *)(xq3 + 1088), (const int32_t *)(const void *)(yq1 + 1088)), a31);
+            a32 = mm_fma(mm_mul(dx3, dy2), mm_kdot_pair_c((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq2, (const int32_t *)(const void *)(xq3 + 1088), (const int32_t *)(const void *)(yq2 + 1088)), a32);
+            a33 = mm_fma(mm_mul(dx3, dy3), mm_kdot_pair_c((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq3, (const int32_t *)(const void *)(xq3 + 1088), (const int32_t *)(const void *)(yq3 + 1088)), a33);
 
     }
     {
@@ -404,22 +415,22 @@ static inline void mm_micro_4x4(const uint8_t *xc, int64_t xs, const uint8_t *yc
             const mm_vf dy2 = mm_load((const float *)(const void *)(yq2 + 1024));
             const uint8_t *yq3 = yc + 3 * ys + s * MM_YSTEP;
             const mm_vf dy3 = mm_load((const float *)(const void *)(yq3 + 1024));
-            a00 = mm_fma_n(mm_mul(dx0, dy0), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0), a00, n);
-            a01 = mm_fma_n(mm_mul(dx0, dy1), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq1), a01, n);
-            a02 = mm_fma_n(mm_mul(dx0, dy2), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq2), a02, n);
-            a03 = mm_fma_n(mm_mul(dx0, dy3), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq3), a03, n);
-            a10 = mm_fma_n(mm_mul(dx1, dy0), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq0), a10, n);
-            a11 = mm_fma_n(mm_mul(dx1, dy1), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq1), a11, n);
-            a12 = mm_fma_n(mm_mul(dx1, dy2), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq2), a12, n);
-            a13 = mm_fma_n(mm_mul(dx1, dy3), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq3), a13, n);
-            a20 = mm_fma_n(mm_mul(dx2, dy0), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq0), a20, n);
-            a21 = mm_fma_n(mm_mul(dx2, dy1), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq1), a21, n);
-            a22 = mm_fma_n(mm_mul(dx2, dy2), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq2), a22, n);
-            a23 = mm_fma_n(mm_mul(dx2, dy3), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq3), a23, n);
-            a30 = mm_fma_n(mm_mul(dx3, dy0), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq0), a30, n);
-            a31 = mm_fma_n(mm_mul(dx3, dy1), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq1), a31, n);
-            a32 = mm_fma_n(mm_mul(dx3, dy2), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq2), a32, n);
-            a33 = mm_fma_n(mm_mul(dx3, dy3), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq3), a33, n);
+            a00 = mm_fma_n(mm_mul(dx0, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a00, n);
+            a01 = mm_fma_n(mm_mul(dx0, dy1), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq1, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq1 + 1088)), a01, n);
+            a02 = mm_fma_n(mm_mul(dx0, dy2), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq2, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq2 + 1088)), a02, n);
+            a03 = mm_fma_n(mm_mul(dx0, dy3), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq3, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq3 + 1088)), a03, n);
+            a10 = mm_fma_n(mm_mul(dx1, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq1 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a10, n);
+            a11 = mm_fma_n(mm_mul(dx1, dy1), mm_kdot_pair_c((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq1, (const int32_t *)(const void *)(xq1 + 1088), (const int32_t *)(const void *)(yq1 + 1088)), a11, n);
+            a12 = mm_fma_n(mm_mul(dx1, dy2), mm_kdot_pair_c((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq2, (const int32_t *)(const void *)(xq1 + 1088), (const int32_t *)(const void *)(yq2 + 1088)), a12, n);
+            a13 = mm_fma_n(mm_mul(dx1, dy3), mm_kdot_pair_c((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq3, (const int32_t *)(const void *)(xq1 + 1088), (const int32_t *)(const void *)(yq3 + 1088)), a13, n);
+            a20 = mm_fma_n(mm_mul(dx2, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq2 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a20, n);
+            a21 = mm_fma_n(mm_mul(dx2, dy1), mm_kdot_pair_c((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq1, (const int32_t *)(const void *)(xq2 + 1088), (const int32_t *)(const void *)(yq1 + 1088)), a21, n);
+            a22 = mm_fma_n(mm_mul(dx2, dy2), mm_kdot_pair_c((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq2, (const int32_t *)(const void *)(xq2 + 1088), (const int32_t *)(const void *)(yq2 + 1088)), a22, n);
+            a23 = mm_fma_n(mm_mul(dx2, dy3), mm_kdot_pair_c((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq3, (const int32_t *)(const void *)(xq2 + 1088), (const int32_t *)(const void *)(yq3 + 1088)), a23, n);
+            a30 = mm_fma_n(mm_mul(dx3, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq3 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a30, n);
+            a31 = mm_fma_n(mm_mul(dx3, dy1), mm_kdot_pair_c((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq1, (const int32_t *)(const void *)(xq3 + 1088), (const int32_t *)(const void *)(yq1 + 1088)), a31, n);
+            a32 = mm_fma_n(mm_mul(dx3, dy2), mm_kdot_pair_c((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq2, (const int32_t *)(const void *)(xq3 + 1088), (const int32_t *)(const void *)(yq2 + 1088)), a32, n);
+            a33 = mm_fma_n(mm_mul(dx3, dy3), mm_kdot_pair_c((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq3, (const int32_t *)(const void *)(xq3 + 1088), (const int32_t *)(const void *)(yq3 + 1088)), a33, n);
 
     }
     out[0 * ldo + 0] = mm_hsum(a00);
@@ -460,10 +471,10 @@ static inline void mm_micro_4x1(const uint8_t *xc, int64_t xs, const uint8_t *yc
             const mm_vf dx3 = mm_load((const float *)(const void *)(xq3 + 1024));
             const uint8_t *yq0 = yc + 0 * ys + s * MM_YSTEP;
             const mm_vf dy0 = mm_load((const float *)(const void *)(yq0 + 1024));
-            a00 = mm_fma(mm_mul(dx0, dy0), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0), a00);
-            a10 = mm_fma(mm_mul(dx1, dy0), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq0), a10);
-            a20 = mm_fma(mm_mul(dx2, dy0), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq0), a20);
-            a30 = mm_fma(mm_mul(dx3, dy0), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq0), a30);
+            a00 = mm_fma(mm_mul(dx0, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a00);
+            a10 = mm_fma(mm_mul(dx1, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq1 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a10);
+            a20 = mm_fma(mm_mul(dx2, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq2 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a20);
+            a30 = mm_fma(mm_mul(dx3, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq3 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a30);
 
     }
     {
@@ -478,10 +489,10 @@ static inline void mm_micro_4x1(const uint8_t *xc, int64_t xs, const uint8_t *yc
             const mm_vf dx3 = mm_load((const float *)(const void *)(xq3 + 1024));
             const uint8_t *yq0 = yc + 0 * ys + s * MM_YSTEP;
             const mm_vf dy0 = mm_load((const float *)(const void *)(yq0 + 1024));
-            a00 = mm_fma_n(mm_mul(dx0, dy0), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0), a00, n);
-            a10 = mm_fma_n(mm_mul(dx1, dy0), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq0), a10, n);
-            a20 = mm_fma_n(mm_mul(dx2, dy0), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq0), a20, n);
-            a30 = mm_fma_n(mm_mul(dx3, dy0), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq0), a30, n);
+            a00 = mm_fma_n(mm_mul(dx0, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a00, n);
+            a10 = mm_fma_n(mm_mul(dx1, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq1 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a10, n);
+            a20 = mm_fma_n(mm_mul(dx2, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq2 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a20, n);
+            a30 = mm_fma_n(mm_mul(dx3, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq3 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a30, n);
 
     }
     out[0 * ldo + 0] = mm_hsum(a00);
@@ -507,10 +518,10 @@ static inline void mm_micro_1x4(const uint8_t *xc, int64_t xs, const uint8_t *yc
             const mm_vf dy2 = mm_load((const float *)(const void *)(yq2 + 1024));
             const uint8_t *yq3 = yc + 3 * ys + s * MM_YSTEP;
             const mm_vf dy3 = mm_load((const float *)(const void *)(yq3 + 1024));
-            a00 = mm_fma(mm_mul(dx0, dy0), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0), a00);
-            a01 = mm_fma(mm_mul(dx0, dy1), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq1), a01);
-            a02 = mm_fma(mm_mul(dx0, dy2), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq2), a02);
-            a03 = mm_fma(mm_mul(dx0, dy3), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq3), a03);
+            a00 = mm_fma(mm_mul(dx0, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a00);
+            a01 = mm_fma(mm_mul(dx0, dy1), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq1, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq1 + 1088)), a01);
+            a02 = mm_fma(mm_mul(dx0, dy2), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq2, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq2 + 1088)), a02);
+            a03 = mm_fma(mm_mul(dx0, dy3), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq3, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq3 + 1088)), a03);
 
     }
     {
@@ -525,10 +536,10 @@ static inline void mm_micro_1x4(const uint8_t *xc, int64_t xs, const uint8_t *yc
             const mm_vf dy2 = mm_load((const float *)(const void *)(yq2 + 1024));
             const uint8_t *yq3 = yc + 3 * ys + s * MM_YSTEP;
             const mm_vf dy3 = mm_load((const float *)(const void *)(yq3 + 1024));
-            a00 = mm_fma_n(mm_mul(dx0, dy0), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0), a00, n);
-            a01 = mm_fma_n(mm_mul(dx0, dy1), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq1), a01, n);
-            a02 = mm_fma_n(mm_mul(dx0, dy2), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq2), a02, n);
-            a03 = mm_fma_n(mm_mul(dx0, dy3), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq3), a03, n);
+            a00 = mm_fma_n(mm_mul(dx0, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a00, n);
+            a01 = mm_fma_n(mm_mul(dx0, dy1), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq1, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq1 + 1088)), a01, n);
+            a02 = mm_fma_n(mm_mul(dx0, dy2), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq2, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq2 + 1088)), a02, n);
+            a03 = mm_fma_n(mm_mul(dx0, dy3), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq3, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq3 + 1088)), a03, n);
 
     }
     out[0 * ldo + 0] = mm_hsum(a00);
@@ -548,7 +559,7 @@ static inline void mm_micro_1x1(const uint8_t *xc, int64_t xs, const uint8_t *yc
             const mm_vf dx0 = mm_load((const float *)(const void *)(xq0 + 1024));
             const uint8_t *yq0 = yc + 0 * ys + s * MM_YSTEP;
             const mm_vf dy0 = mm_load((const float *)(const void *)(yq0 + 1024));
-            a00 = mm_fma(mm_mul(dx0, dy0), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0), a00);
+            a00 = mm_fma(mm_mul(dx0, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a00);
 
     }
     {
@@ -557,7 +568,7 @@ static inline void mm_micro_1x1(const uint8_t *xc, int64_t xs, const uint8_t *yc
             const mm_vf dx0 = mm_load((const float *)(const void *)(xq0 + 1024));
             const uint8_t *yq0 = yc + 0 * ys + s * MM_YSTEP;
             const mm_vf dy0 = mm_load((const float *)(const void *)(yq0 + 1024));
-            a00 = mm_fma_n(mm_mul(dx0, dy0), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0), a00, n);
+            a00 = mm_fma_n(mm_mul(dx0, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a00, n);
 
     }
     out[0 * ldo + 0] = mm_hsum(a00);
@@ -611,9 +622,11 @@ static inline void mm_put_blocks(const int8_t *q, const float *d, int64_t nb, ui
 static inline void mm_kdecode_q6_K(const uint8_t *row, int64_t nsb, int16_t *w, float *d, float *dmin,
                                          int32_t *mn) {
     for (int64_t b = 0; b < nsb; ++b) {
-        (void)dmin; (void)mn;
+        (void)dmin;
         const uint8_t *x = row + 210 * b;
         const int8_t *sc = (const int8_t *)(x + 192);
+        /* codes 0..63 times the scale; the -32 offset enters per sub-block through mn = -32 * scale */
+        for (int k = 0; k < 16; ++k) mn[16 * b + k] = -32 * sc[k];
         for (int h = 0; h < 2; ++h) {
             const uint8_t *ql = x + 64 * h, *qh = x + 128 + 32 * h;
             int16_t *o = w + 256 * b + 128 * h;
@@ -622,28 +635,31 @@ static inline void mm_kdecode_q6_K(const uint8_t *row, int64_t nsb, int16_t *w, 
                 const int q1 = (ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4);
                 const int q2 = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
                 const int q3 = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
-                o[l] = (int16_t)((q0 - 32) * sc[(128 * h + l) / 16]);
-                o[l + 32] = (int16_t)((q1 - 32) * sc[(128 * h + 32 + l) / 16]);
-                o[l + 64] = (int16_t)((q2 - 32) * sc[(128 * h + 64 + l) / 16]);
-                o[l + 96] = (int16_t)((q3 - 32) * sc[(128 * h + 96 + l) / 16]);
+                o[l] = (int16_t)(q0 * sc[(128 * h + l) / 16]);
+                o[l + 32] = (int16_t)(q1 * sc[(128 * h + 32 + l) / 16]);
+                o[l + 64] = (int16_t)(q2 * sc[(128 * h + 64 + l) / 16]);
+                o[l + 96] = (int16_t)(q3 * sc[(128 * h + 96 + l) / 16]);
             }
         }
         d[b] = mla_fp16_to_fp32(mla_ld_u16(x + 208));
     }
 }
 
-static inline void mm_kdecode_q8_K(const uint8_t *row, int64_t nsb, int16_t *y, float *d, int32_t *s8) {
+/* y: values, d, and per super-block the 8 sums of 32 (s8, q4_K's min term) and the 16 bsums (bs, q6_K) */
+static inline void mm_kdecode_q8_K(const uint8_t *row, int64_t nsb, int16_t *y, float *d, int32_t *s8, int32_t *bs) {
     for (int64_t b = 0; b < nsb; ++b) {
         const uint8_t *x = row + 292 * b;
         for (int e = 0; e < 256; ++e) y[256 * b + e] = (int8_t)x[4 + e];
-        for (int j = 0; j < 8; ++j) s8[8 * b + j] = (int16_t)mla_ld_u16(x + 260 + 4 * j) + (int16_t)mla_ld_u16(x + 262 + 4 * j);
+        for (int k = 0; k < 16; ++k) bs[16 * b + k] = (int16_t)mla_ld_u16(x + 260 + 2 * k);
+        for (int j = 0; j < 8; ++j) s8[8 * b + j] = bs[16 * b + 2 * j] + bs[16 * b + 2 * j + 1];
         d[b] = mla_ld_f32(x);
     }
 }
 
 /* pairs of super-blocks -> cache steps: 512 int16 (the missing super-block of an odd pair is zero), then 16 f32
-   lanes of scale (super-block 2p in lanes 0-7, 2p+1 in 8-15) */
-static inline void mm_put_kpairs(const int16_t *w, const float *d, int64_t nsb, uint8_t *cache, int64_t step) {
+   lanes of scale (super-block 2p in lanes 0-7, 2p+1 in 8-15), then (c != NULL) 2 x 16 int32 of c per super-block */
+static inline void mm_put_kpairs(const int16_t *w, const float *d, const int32_t *c16, int64_t nsb, uint8_t *cache,
+                                 int64_t step) {
     for (int64_t p = 0; p < (nsb + 1) / 2; ++p) {
         uint8_t *c = cache + p * step;
         const int two = 2 * p + 1 < nsb;
@@ -655,6 +671,10 @@ static inline void mm_put_kpairs(const int16_t *w, const float *d, int64_t nsb, 
             dl[l + 8] = two ? d[2 * p + 1] : 0.0f;
         }
         memcpy(c + 1024, dl, sizeof dl);
+        if (c16) {
+            memcpy(c + 1088, c16 + 32 * p, two ? 128 : 64);
+            if (!two) memset(c + 1088 + 64, 0, 64);
+        }
     }
 }
 
@@ -670,7 +690,8 @@ typedef struct {
     float *d;       /* K / 32 block scales */
     float *m;       /* K / 32 q4_1 / q5_1 offsets or q8_1 sums; k-quants: dmin per super-block */
     int16_t *w;     /* k-quants: K int16 values */
-    int32_t *mn;    /* k-quants: 8 mins (x) or 8 sums of 32 values (y) per super-block */
+    int32_t *mn;    /* k-quants: q4_K 8 mins (x) or 8 sums of 32 values (y); q6_K 16 x -32*scale per super-block */
+    int32_t *bs;    /* k-quants: the 16 bsums of each q8_K super-block */
 } mm_scratch;
 
 /* src1 column (type bf16) -> y cache in the vec_dot type q8_K (MulMat_253: to_float, from_float) */
@@ -679,15 +700,15 @@ static void mm_convert_column(const uint8_t *src, const mm_scratch *w, uint8_t *
     mla_quant_row_q8_K_ref(w->tmp, w->tmpq, w->K);
     const uint8_t *row = w->tmpq;
     const int64_t nsb = w->K / 256;
-    mm_kdecode_q8_K(row, nsb, w->w, w->d, w->mn);
-    mm_put_kpairs(w->w, w->d, nsb, cache, MM_YSTEP);
+    mm_kdecode_q8_K(row, nsb, w->w, w->d, w->mn, w->bs);
+    mm_put_kpairs(w->w, w->d, w->bs, nsb, cache, MM_YSTEP);
 }
 
 /* src0 row (type q6_K) -> x cache */
 static void mm_load_row(const uint8_t *src, const mm_scratch *w, uint8_t *cache) {
     const int64_t nsb = w->K / 256;
     mm_kdecode_q6_K(src, nsb, w->w, w->d, w->m, w->mn);
-    mm_put_kpairs(w->w, w->d, nsb, cache, MM_XSTEP);
+    mm_put_kpairs(w->w, w->d, w->mn, nsb, cache, MM_XSTEP);
 }
 
 /* dst[c * M + i01] for src0 rows [r0, r1) and global src1 columns [c0, c1), c = i11 + N * (i12 + ne12 * i13).
@@ -711,9 +732,10 @@ int mlaref_mul_mat_q6_K_bf16__avx2_l16a1(const uint8_t *src0, const uint8_t *src
     w.d = malloc((size_t)(w.nb + 1) * 4);
     w.m = malloc((size_t)(w.nb + 1) * 4);
     w.w = malloc((size_t)K * 2 + 64);
-    w.mn = malloc((size_t)(K / 256 + 1) * 32);
+    w.mn = malloc((size_t)(K / 256 + 1) * 64);
+    w.bs = malloc((size_t)(K / 256 + 1) * 64);
     int rc = 0;
-    if (!xcache || !ycache || !w.tmp || !w.tmpq || !w.q || !w.d || !w.m || !w.w || !w.mn) {
+    if (!xcache || !ycache || !w.tmp || !w.tmpq || !w.q || !w.d || !w.m || !w.w || !w.mn || !w.bs) {
         rc = -1;
         goto done;
     }
@@ -743,5 +765,6 @@ done:
     free(w.m);
     free(w.w);
     free(w.mn);
+    free(w.bs);
     return rc;
 }

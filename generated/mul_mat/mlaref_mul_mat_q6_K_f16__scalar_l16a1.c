@@ -271,207 +271,29 @@ static inline mm_vf mm_kdot_pair(const int16_t *w, const int16_t *y) {
     }
     return r;
 }
-/* x cache: one row = nsteps * 1088 bytes; y cache: one column = nsteps * MM_YSTEP bytes */
-#define MM_XSTEP 1088
-#define MM_YSTEP 1088 /* 512 int16 values, 16 scale lanes */
 
-
-
-
-/* 4 x rows times 4 y columns; out[j * ldo + i] = dot(x row i, y column j); the last of nsteps
-   steps updates lanes < last_n only */
-static inline void mm_micro_4x4(const uint8_t *xc, int64_t xs, const uint8_t *yc, int64_t ys,
-                                     int64_t nsteps, int last_n, float *out, int64_t ldo) {
-    mm_vf a00 = mm_zero(), a01 = mm_zero(), a02 = mm_zero(), a03 = mm_zero();
-    mm_vf a10 = mm_zero(), a11 = mm_zero(), a12 = mm_zero(), a13 = mm_zero();
-    mm_vf a20 = mm_zero(), a21 = mm_zero(), a22 = mm_zero(), a23 = mm_zero();
-    mm_vf a30 = mm_zero(), a31 = mm_zero(), a32 = mm_zero(), a33 = mm_zero();
-    int64_t s = 0;
-    for (; s + 1 < nsteps; ++s) {
-            const uint8_t *xq0 = xc + 0 * xs + s * MM_XSTEP;
-            const mm_vf dx0 = mm_load((const float *)(const void *)(xq0 + 1024));
-            const uint8_t *xq1 = xc + 1 * xs + s * MM_XSTEP;
-            const mm_vf dx1 = mm_load((const float *)(const void *)(xq1 + 1024));
-            const uint8_t *xq2 = xc + 2 * xs + s * MM_XSTEP;
-            const mm_vf dx2 = mm_load((const float *)(const void *)(xq2 + 1024));
-            const uint8_t *xq3 = xc + 3 * xs + s * MM_XSTEP;
-            const mm_vf dx3 = mm_load((const float *)(const void *)(xq3 + 1024));
-            const uint8_t *yq0 = yc + 0 * ys + s * MM_YSTEP;
-            const mm_vf dy0 = mm_load((const float *)(const void *)(yq0 + 1024));
-            const uint8_t *yq1 = yc + 1 * ys + s * MM_YSTEP;
-            const mm_vf dy1 = mm_load((const float *)(const void *)(yq1 + 1024));
-            const uint8_t *yq2 = yc + 2 * ys + s * MM_YSTEP;
-            const mm_vf dy2 = mm_load((const float *)(const void *)(yq2 + 1024));
-            const uint8_t *yq3 = yc + 3 * ys + s * MM_YSTEP;
-            const mm_vf dy3 = mm_load((const float *)(const void *)(yq3 + 1024));
-            a00 = mm_fma(mm_mul(dx0, dy0), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0), a00);
-            a01 = mm_fma(mm_mul(dx0, dy1), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq1), a01);
-            a02 = mm_fma(mm_mul(dx0, dy2), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq2), a02);
-            a03 = mm_fma(mm_mul(dx0, dy3), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq3), a03);
-            a10 = mm_fma(mm_mul(dx1, dy0), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq0), a10);
-            a11 = mm_fma(mm_mul(dx1, dy1), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq1), a11);
-            a12 = mm_fma(mm_mul(dx1, dy2), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq2), a12);
-            a13 = mm_fma(mm_mul(dx1, dy3), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq3), a13);
-            a20 = mm_fma(mm_mul(dx2, dy0), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq0), a20);
-            a21 = mm_fma(mm_mul(dx2, dy1), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq1), a21);
-            a22 = mm_fma(mm_mul(dx2, dy2), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq2), a22);
-            a23 = mm_fma(mm_mul(dx2, dy3), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq3), a23);
-            a30 = mm_fma(mm_mul(dx3, dy0), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq0), a30);
-            a31 = mm_fma(mm_mul(dx3, dy1), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq1), a31);
-            a32 = mm_fma(mm_mul(dx3, dy2), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq2), a32);
-            a33 = mm_fma(mm_mul(dx3, dy3), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq3), a33);
-
+/* q6_K's correction, as upstream's AVX2 kernel places it: lane l of a super-block also gets
+   c[2l] + c[2l + 1] with c[k] = (-32 * scale of sub-block k) * (sum of the 16 y of sub-block k) */
+static inline mm_vf mm_kdot_pair_c(const int16_t *w, const int16_t *y, const int32_t *scm, const int32_t *bs) {
+    mm_vf r;
+    for (int h = 0; h < 2; ++h) {
+        for (int l = 0; l < 8; ++l) {
+            int32_t s = scm[16 * h + 2 * l] * bs[16 * h + 2 * l] + scm[16 * h + 2 * l + 1] * bs[16 * h + 2 * l + 1];
+            for (int c = 0; c < 8; ++c) {
+                for (int t = 0; t < 4; ++t) s += (int32_t)w[256 * h + 32 * c + 4 * l + t] * y[256 * h + 32 * c + 4 * l + t];
+            }
+            r.v[8 * h + l] = (float)s;
+        }
     }
-    {
-        const int n = last_n;
-            const uint8_t *xq0 = xc + 0 * xs + s * MM_XSTEP;
-            const mm_vf dx0 = mm_load((const float *)(const void *)(xq0 + 1024));
-            const uint8_t *xq1 = xc + 1 * xs + s * MM_XSTEP;
-            const mm_vf dx1 = mm_load((const float *)(const void *)(xq1 + 1024));
-            const uint8_t *xq2 = xc + 2 * xs + s * MM_XSTEP;
-            const mm_vf dx2 = mm_load((const float *)(const void *)(xq2 + 1024));
-            const uint8_t *xq3 = xc + 3 * xs + s * MM_XSTEP;
-            const mm_vf dx3 = mm_load((const float *)(const void *)(xq3 + 1024));
-            const uint8_t *yq0 = yc + 0 * ys + s * MM_YSTEP;
-            const mm_vf dy0 = mm_load((const float *)(const void *)(yq0 + 1024));
-            const uint8_t *yq1 = yc + 1 * ys + s * MM_YSTEP;
-            const mm_vf dy1 = mm_load((const float *)(const void *)(yq1 + 1024));
-            const uint8_t *yq2 = yc + 2 * ys + s * MM_YSTEP;
-            const mm_vf dy2 = mm_load((const float *)(const void *)(yq2 + 1024));
-            const uint8_t *yq3 = yc + 3 * ys + s * MM_YSTEP;
-            const mm_vf dy3 = mm_load((const float *)(const void *)(yq3 + 1024));
-            a00 = mm_fma_n(mm_mul(dx0, dy0), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0), a00, n);
-            a01 = mm_fma_n(mm_mul(dx0, dy1), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq1), a01, n);
-            a02 = mm_fma_n(mm_mul(dx0, dy2), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq2), a02, n);
-            a03 = mm_fma_n(mm_mul(dx0, dy3), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq3), a03, n);
-            a10 = mm_fma_n(mm_mul(dx1, dy0), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq0), a10, n);
-            a11 = mm_fma_n(mm_mul(dx1, dy1), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq1), a11, n);
-            a12 = mm_fma_n(mm_mul(dx1, dy2), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq2), a12, n);
-            a13 = mm_fma_n(mm_mul(dx1, dy3), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq3), a13, n);
-            a20 = mm_fma_n(mm_mul(dx2, dy0), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq0), a20, n);
-            a21 = mm_fma_n(mm_mul(dx2, dy1), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq1), a21, n);
-            a22 = mm_fma_n(mm_mul(dx2, dy2), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq2), a22, n);
-            a23 = mm_fma_n(mm_mul(dx2, dy3), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq3), a23, n);
-            a30 = mm_fma_n(mm_mul(dx3, dy0), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq0), a30, n);
-            a31 = mm_fma_n(mm_mul(dx3, dy1), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq1), a31, n);
-            a32 = mm_fma_n(mm_mul(dx3, dy2), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq2), a32, n);
-            a33 = mm_fma_n(mm_mul(dx3, dy3), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq3), a33, n);
-
-    }
-    out[0 * ldo + 0] = mm_hsum(a00);
-    out[1 * ldo + 0] = mm_hsum(a01);
-    out[2 * ldo + 0] = mm_hsum(a02);
-    out[3 * ldo + 0] = mm_hsum(a03);
-    out[0 * ldo + 1] = mm_hsum(a10);
-    out[1 * ldo + 1] = mm_hsum(a11);
-    out[2 * ldo + 1] = mm_hsum(a12);
-    out[3 * ldo + 1] = mm_hsum(a13);
-    out[0 * ldo + 2] = mm_hsum(a20);
-    out[1 * ldo + 2] = mm_hsum(a21);
-    out[2 * ldo + 2] = mm_hsum(a22);
-    out[3 * ldo + 2] = mm_hsum(a23);
-    out[0 * ldo + 3] = mm_hsum(a30);
-    out[1 * ldo + 3] = mm_hsum(a31);
-    out[2 * ldo + 3] = mm_hsum(a32);
-    out[3 * ldo + 3] = mm_hsum(a33);
+    return r;
 }
+/* x cache: one row = nsteps * 1216 bytes; y cache: one column = nsteps * MM_YSTEP bytes */
+#define MM_XSTEP 1216
+/* 512 int16 values, 16 scale lanes, 32 int32 bsums of 16 values (q6_K's correction) */
+#define MM_YSTEP 1216
 
-/* 4 x rows times 1 y columns; out[j * ldo + i] = dot(x row i, y column j); the last of nsteps
-   steps updates lanes < last_n only */
-static inline void mm_micro_4x1(const uint8_t *xc, int64_t xs, const uint8_t *yc, int64_t ys,
-                                     int64_t nsteps, int last_n, float *out, int64_t ldo) {
-    mm_vf a00 = mm_zero();
-    mm_vf a10 = mm_zero();
-    mm_vf a20 = mm_zero();
-    mm_vf a30 = mm_zero();
-    int64_t s = 0;
-    for (; s + 1 < nsteps; ++s) {
-            const uint8_t *xq0 = xc + 0 * xs + s * MM_XSTEP;
-            const mm_vf dx0 = mm_load((const float *)(const void *)(xq0 + 1024));
-            const uint8_t *xq1 = xc + 1 * xs + s * MM_XSTEP;
-            const mm_vf dx1 = mm_load((const float *)(const void *)(xq1 + 1024));
-            const uint8_t *xq2 = xc + 2 * xs + s * MM_XSTEP;
-            const mm_vf dx2 = mm_load((const float *)(const void *)(xq2 + 1024));
-            const uint8_t *xq3 = xc + 3 * xs + s * MM_XSTEP;
-            const mm_vf dx3 = mm_load((const float *)(const void *)(xq3 + 1024));
-            const uint8_t *yq0 = yc + 0 * ys + s * MM_YSTEP;
-            const mm_vf dy0 = mm_load((const float *)(const void *)(yq0 + 1024));
-            a00 = mm_fma(mm_mul(dx0, dy0), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0), a00);
-            a10 = mm_fma(mm_mul(dx1, dy0), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq0), a10);
-            a20 = mm_fma(mm_mul(dx2, dy0), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq0), a20);
-            a30 = mm_fma(mm_mul(dx3, dy0), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq0), a30);
 
-    }
-    {
-        const int n = last_n;
-            const uint8_t *xq0 = xc + 0 * xs + s * MM_XSTEP;
-            const mm_vf dx0 = mm_load((const float *)(const void *)(xq0 + 1024));
-            const uint8_t *xq1 = xc + 1 * xs + s * MM_XSTEP;
-            const mm_vf dx1 = mm_load((const float *)(const void *)(xq1 + 1024));
-            const uint8_t *xq2 = xc + 2 * xs + s * MM_XSTEP;
-            const mm_vf dx2 = mm_load((const float *)(const void *)(xq2 + 1024));
-            const uint8_t *xq3 = xc + 3 * xs + s * MM_XSTEP;
-            const mm_vf dx3 = mm_load((const float *)(const void *)(xq3 + 1024));
-            const uint8_t *yq0 = yc + 0 * ys + s * MM_YSTEP;
-            const mm_vf dy0 = mm_load((const float *)(const void *)(yq0 + 1024));
-            a00 = mm_fma_n(mm_mul(dx0, dy0), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0), a00, n);
-            a10 = mm_fma_n(mm_mul(dx1, dy0), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq0), a10, n);
-            a20 = mm_fma_n(mm_mul(dx2, dy0), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq0), a20, n);
-            a30 = mm_fma_n(mm_mul(dx3, dy0), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq0), a30, n);
 
-    }
-    out[0 * ldo + 0] = mm_hsum(a00);
-    out[0 * ldo + 1] = mm_hsum(a10);
-    out[0 * ldo + 2] = mm_hsum(a20);
-    out[0 * ldo + 3] = mm_hsum(a30);
-}
-
-/* 1 x rows times 4 y columns; out[j * ldo + i] = dot(x row i, y column j); the last of nsteps
-   steps updates lanes < last_n only */
-static inline void mm_micro_1x4(const uint8_t *xc, int64_t xs, const uint8_t *yc, int64_t ys,
-                                     int64_t nsteps, int last_n, float *out, int64_t ldo) {
-    mm_vf a00 = mm_zero(), a01 = mm_zero(), a02 = mm_zero(), a03 = mm_zero();
-    int64_t s = 0;
-    for (; s + 1 < nsteps; ++s) {
-            const uint8_t *xq0 = xc + 0 * xs + s * MM_XSTEP;
-            const mm_vf dx0 = mm_load((const float *)(const void *)(xq0 + 1024));
-            const uint8_t *yq0 = yc + 0 * ys + s * MM_YSTEP;
-            const mm_vf dy0 = mm_load((const float *)(const void *)(yq0 + 1024));
-            const uint8_t *yq1 = yc + 1 * ys + s * MM_YSTEP;
-            const mm_vf dy1 = mm_load((const float *)(const void *)(yq1 + 1024));
-            const uint8_t *yq2 = yc + 2 * ys + s * MM_YSTEP;
-            const mm_vf dy2 = mm_load((const float *)(const void *)(yq2 + 1024));
-            const uint8_t *yq3 = yc + 3 * ys + s * MM_YSTEP;
-            const mm_vf dy3 = mm_load((const float *)(const void *)(yq3 + 1024));
-            a00 = mm_fma(mm_mul(dx0, dy0), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0), a00);
-            a01 = mm_fma(mm_mul(dx0, dy1), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq1), a01);
-            a02 = mm_fma(mm_mul(dx0, dy2), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq2), a02);
-            a03 = mm_fma(mm_mul(dx0, dy3), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq3), a03);
-
-    }
-    {
-        const int n = last_n;
-            const uint8_t *xq0 = xc + 0 * xs + s * MM_XSTEP;
-            const mm_vf dx0 = mm_load((const float *)(const void *)(xq0 + 1024));
-            const uint8_t *yq0 = yc + 0 * ys + s * MM_YSTEP;
-            const mm_vf dy0 = mm_load((const float *)(const void *)(yq0 + 1024));
-            const uint8_t *yq1 = yc + 1 * ys + s * MM_YSTEP;
-            const mm_vf dy1 = mm_load((const float *)(const void *)(yq1 + 1024));
-            const uint8_t *yq2 = yc + 2 * ys + s * MM_YSTEP;
-            const mm_vf dy2 = mm_load((const float *)(const void *)(yq2 + 1024));
-            const uint8_t *yq3 = yc + 3 * ys + s * MM_YSTEP;
-            const mm_vf dy3 = mm_load((const float *)(const void *)(yq3 + 1024));
-            a00 = mm_fma_n(mm_mul(dx0, dy0), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0), a00, n);
-            a01 = mm_fma_n(mm_mul(dx0, dy1), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq1), a01, n);
-            a02 = mm_fma_n(mm_mul(dx0, dy2), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq2), a02, n);
-            a03 = mm_fma_n(mm_mul(dx0, dy3), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq3), a03, n);
-
-    }
-    out[0 * ldo + 0] = mm_hsum(a00);
-    out[1 * ldo + 0] = mm_hsum(a01);
-    out[2 * ldo + 0] = mm_hsum(a02);
-    out[3 * ldo + 0] = mm_hsum(a03);
-}
 
 /* 1 x rows times 1 y columns; out[j * ldo + i] = dot(x row i, y column j); the last of nsteps
    steps updates lanes < last_n only */
@@ -484,7 +306,7 @@ static inline void mm_micro_1x1(const uint8_t *xc, int64_t xs, const uint8_t *yc
             const mm_vf dx0 = mm_load((const float *)(const void *)(xq0 + 1024));
             const uint8_t *yq0 = yc + 0 * ys + s * MM_YSTEP;
             const mm_vf dy0 = mm_load((const float *)(const void *)(yq0 + 1024));
-            a00 = mm_fma(mm_mul(dx0, dy0), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0), a00);
+            a00 = mm_fma(mm_mul(dx0, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a00);
 
     }
     {
@@ -493,7 +315,7 @@ static inline void mm_micro_1x1(const uint8_t *xc, int64_t xs, const uint8_t *yc
             const mm_vf dx0 = mm_load((const float *)(const void *)(xq0 + 1024));
             const uint8_t *yq0 = yc + 0 * ys + s * MM_YSTEP;
             const mm_vf dy0 = mm_load((const float *)(const void *)(yq0 + 1024));
-            a00 = mm_fma_n(mm_mul(dx0, dy0), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0), a00, n);
+            a00 = mm_fma_n(mm_mul(dx0, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a00, n);
 
     }
     out[0 * ldo + 0] = mm_hsum(a00);
@@ -503,14 +325,8 @@ static inline void mm_micro_1x1(const uint8_t *xc, int64_t xs, const uint8_t *yc
 static void mm_tiles(const uint8_t *xc, int64_t xs, int64_t rt, const uint8_t *yc, int64_t ys, int64_t ct,
                      int64_t nsteps, int last_n, float *out, int64_t ldo) {
     int64_t j = 0;
-    for (; j + 4 <= ct; j += 4) {
-        int64_t i = 0;
-        for (; i + 4 <= rt; i += 4) mm_micro_4x4(xc + i * xs, xs, yc + j * ys, ys, nsteps, last_n, out + j * ldo + i, ldo);
-        for (; i < rt; ++i) mm_micro_1x4(xc + i * xs, xs, yc + j * ys, ys, nsteps, last_n, out + j * ldo + i, ldo);
-    }
     for (; j < ct; ++j) {
         int64_t i = 0;
-        for (; i + 4 <= rt; i += 4) mm_micro_4x1(xc + i * xs, xs, yc + j * ys, ys, nsteps, last_n, out + j * ldo + i, ldo);
         for (; i < rt; ++i) mm_micro_1x1(xc + i * xs, xs, yc + j * ys, ys, nsteps, last_n, out + j * ldo + i, ldo);
     }
 }
@@ -547,9 +363,11 @@ static inline void mm_put_blocks(const int8_t *q, const float *d, int64_t nb, ui
 static inline void mm_kdecode_q6_K(const uint8_t *row, int64_t nsb, int16_t *w, float *d, float *dmin,
                                          int32_t *mn) {
     for (int64_t b = 0; b < nsb; ++b) {
-        (void)dmin; (void)mn;
+        (void)dmin;
         const uint8_t *x = row + 210 * b;
         const int8_t *sc = (const int8_t *)(x + 192);
+        /* codes 0..63 times the scale; the -32 offset enters per sub-block through mn = -32 * scale */
+        for (int k = 0; k < 16; ++k) mn[16 * b + k] = -32 * sc[k];
         for (int h = 0; h < 2; ++h) {
             const uint8_t *ql = x + 64 * h, *qh = x + 128 + 32 * h;
             int16_t *o = w + 256 * b + 128 * h;
@@ -558,28 +376,31 @@ static inline void mm_kdecode_q6_K(const uint8_t *row, int64_t nsb, int16_t *w, 
                 const int q1 = (ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4);
                 const int q2 = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
                 const int q3 = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
-                o[l] = (int16_t)((q0 - 32) * sc[(128 * h + l) / 16]);
-                o[l + 32] = (int16_t)((q1 - 32) * sc[(128 * h + 32 + l) / 16]);
-                o[l + 64] = (int16_t)((q2 - 32) * sc[(128 * h + 64 + l) / 16]);
-                o[l + 96] = (int16_t)((q3 - 32) * sc[(128 * h + 96 + l) / 16]);
+                o[l] = (int16_t)(q0 * sc[(128 * h + l) / 16]);
+                o[l + 32] = (int16_t)(q1 * sc[(128 * h + 32 + l) / 16]);
+                o[l + 64] = (int16_t)(q2 * sc[(128 * h + 64 + l) / 16]);
+                o[l + 96] = (int16_t)(q3 * sc[(128 * h + 96 + l) / 16]);
             }
         }
         d[b] = mla_fp16_to_fp32(mla_ld_u16(x + 208));
     }
 }
 
-static inline void mm_kdecode_q8_K(const uint8_t *row, int64_t nsb, int16_t *y, float *d, int32_t *s8) {
+/* y: values, d, and per super-block the 8 sums of 32 (s8, q4_K's min term) and the 16 bsums (bs, q6_K) */
+static inline void mm_kdecode_q8_K(const uint8_t *row, int64_t nsb, int16_t *y, float *d, int32_t *s8, int32_t *bs) {
     for (int64_t b = 0; b < nsb; ++b) {
         const uint8_t *x = row + 292 * b;
         for (int e = 0; e < 256; ++e) y[256 * b + e] = (int8_t)x[4 + e];
-        for (int j = 0; j < 8; ++j) s8[8 * b + j] = (int16_t)mla_ld_u16(x + 260 + 4 * j) + (int16_t)mla_ld_u16(x + 262 + 4 * j);
+        for (int k = 0; k < 16; ++k) bs[16 * b + k] = (int16_t)mla_ld_u16(x + 260 + 2 * k);
+        for (int j = 0; j < 8; ++j) s8[8 * b + j] = bs[16 * b + 2 * j] + bs[16 * b + 2 * j + 1];
         d[b] = mla_ld_f32(x);
     }
 }
 
 /* pairs of super-blocks -> cache steps: 512 int16 (the missing super-block of an odd pair is zero), then 16 f32
-   lanes of scale (super-block 2p in lanes 0-7, 2p+1 in 8-15) */
-static inline void mm_put_kpairs(const int16_t *w, const float *d, int64_t nsb, uint8_t *cache, int64_t step) {
+   lanes of scale (super-block 2p in lanes 0-7, 2p+1 in 8-15), then (c != NULL) 2 x 16 int32 of c per super-block */
+static inline void mm_put_kpairs(const int16_t *w, const float *d, const int32_t *c16, int64_t nsb, uint8_t *cache,
+                                 int64_t step) {
     for (int64_t p = 0; p < (nsb + 1) / 2; ++p) {
         uint8_t *c = cache + p * step;
         const int two = 2 * p + 1 < nsb;
@@ -591,6 +412,10 @@ static inline void mm_put_kpairs(const int16_t *w, const float *d, int64_t nsb, 
             dl[l + 8] = two ? d[2 * p + 1] : 0.0f;
         }
         memcpy(c + 1024, dl, sizeof dl);
+        if (c16) {
+            memcpy(c + 1088, c16 + 32 * p, two ? 128 : 64);
+            if (!two) memset(c + 1088 + 64, 0, 64);
+        }
     }
 }
 
@@ -606,7 +431,8 @@ typedef struct {
     float *d;       /* K / 32 block scales */
     float *m;       /* K / 32 q4_1 / q5_1 offsets or q8_1 sums; k-quants: dmin per super-block */
     int16_t *w;     /* k-quants: K int16 values */
-    int32_t *mn;    /* k-quants: 8 mins (x) or 8 sums of 32 values (y) per super-block */
+    int32_t *mn;    /* k-quants: q4_K 8 mins (x) or 8 sums of 32 values (y); q6_K 16 x -32*scale per super-block */
+    int32_t *bs;    /* k-quants: the 16 bsums of each q8_K super-block */
 } mm_scratch;
 
 /* src1 column (type f16) -> y cache in the vec_dot type q8_K (MulMat_253: to_float, from_float) */
@@ -615,15 +441,15 @@ static void mm_convert_column(const uint8_t *src, const mm_scratch *w, uint8_t *
     mla_quant_row_q8_K_ref(w->tmp, w->tmpq, w->K);
     const uint8_t *row = w->tmpq;
     const int64_t nsb = w->K / 256;
-    mm_kdecode_q8_K(row, nsb, w->w, w->d, w->mn);
-    mm_put_kpairs(w->w, w->d, nsb, cache, MM_YSTEP);
+    mm_kdecode_q8_K(row, nsb, w->w, w->d, w->mn, w->bs);
+    mm_put_kpairs(w->w, w->d, w->bs, nsb, cache, MM_YSTEP);
 }
 
 /* src0 row (type q6_K) -> x cache */
 static void mm_load_row(const uint8_t *src, const mm_scratch *w, uint8_t *cache) {
     const int64_t nsb = w->K / 256;
     mm_kdecode_q6_K(src, nsb, w->w, w->d, w->m, w->mn);
-    mm_put_kpairs(w->w, w->d, nsb, cache, MM_XSTEP);
+    mm_put_kpairs(w->w, w->d, w->mn, nsb, cache, MM_XSTEP);
 }
 
 /* dst[c * M + i01] for src0 rows [r0, r1) and global src1 columns [c0, c1), c = i11 + N * (i12 + ne12 * i13).
@@ -647,9 +473,10 @@ int mlaref_mul_mat_q6_K_f16__scalar_l16a1(const uint8_t *src0, const uint8_t *sr
     w.d = malloc((size_t)(w.nb + 1) * 4);
     w.m = malloc((size_t)(w.nb + 1) * 4);
     w.w = malloc((size_t)K * 2 + 64);
-    w.mn = malloc((size_t)(K / 256 + 1) * 32);
+    w.mn = malloc((size_t)(K / 256 + 1) * 64);
+    w.bs = malloc((size_t)(K / 256 + 1) * 64);
     int rc = 0;
-    if (!xcache || !ycache || !w.tmp || !w.tmpq || !w.q || !w.d || !w.m || !w.w || !w.mn) {
+    if (!xcache || !ycache || !w.tmp || !w.tmpq || !w.q || !w.d || !w.m || !w.w || !w.mn || !w.bs) {
         rc = -1;
         goto done;
     }
@@ -679,5 +506,6 @@ done:
     free(w.m);
     free(w.w);
     free(w.mn);
+    free(w.bs);
     return rc;
 }

@@ -350,8 +350,7 @@ static inline mm_vf mm_dot_pair(const uint8_t *x, const uint8_t *y) {
 
 /* k-quant super-block pair: per 32-chunk one madd (or vpdpwssd) of 32 int16 gives the 16 pair sums of the chunk,
    accumulated over the 8 chunks; lane l = pair sums 2l + 2l+1, super-block A in lanes 0-7, B in 8-15 */
-static inline __m512i mm_kdot_sb(const int16_t *w, const int16_t *y) {
-    __m512i acc = _mm512_setzero_si512();
+static inline __m512i mm_kdot_sb(const int16_t *w, const int16_t *y, __m512i acc) {
     for (int c = 0; c < 8; ++c) {
         const __m512i a = _mm512_loadu_si512((const void *)(w + 32 * c));
         const __m512i b = _mm512_loadu_si512((const void *)(y + 32 * c));
@@ -359,16 +358,27 @@ static inline __m512i mm_kdot_sb(const int16_t *w, const int16_t *y) {
     }
     return acc;
 }
-static inline mm_vf mm_kdot_pair(const int16_t *w, const int16_t *y) {
-    const __m512i a = mm_kdot_sb(w, y), b = mm_kdot_sb(w + 256, y + 256);
+static inline mm_vf mm_kdot_lanes(__m512i a, __m512i b) {
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     return _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_permutex2var_epi32(a, even, b),
                                                _mm512_permutex2var_epi32(a, odd, b)));
 }
-/* x cache: one row = nsteps * 1088 bytes; y cache: one column = nsteps * MM_YSTEP bytes */
-#define MM_XSTEP 1088
-#define MM_YSTEP 1088 /* 512 int16 values, 16 scale lanes */
+static inline mm_vf mm_kdot_pair(const int16_t *w, const int16_t *y) {
+    const __m512i z = _mm512_setzero_si512();
+    return mm_kdot_lanes(mm_kdot_sb(w, y, z), mm_kdot_sb(w + 256, y + 256, z));
+}
+/* q6_K: the correction products c[k] start pair slot k, so lane l gets c[2l] + c[2l + 1] (see mm_scalar.h.j2) */
+static inline mm_vf mm_kdot_pair_c(const int16_t *w, const int16_t *y, const int32_t *scm, const int32_t *bs) {
+    const __m512i ca = _mm512_mullo_epi32(_mm512_loadu_si512((const void *)scm), _mm512_loadu_si512((const void *)bs));
+    const __m512i cb = _mm512_mullo_epi32(_mm512_loadu_si512((const void *)(scm + 16)),
+                                          _mm512_loadu_si512((const void *)(bs + 16)));
+    return mm_kdot_lanes(mm_kdot_sb(w, y, ca), mm_kdot_sb(w + 256, y + 256, cb));
+}
+/* x cache: one row = nsteps * 1216 bytes; y cache: one column = nsteps * MM_YSTEP bytes */
+#define MM_XSTEP 1216
+/* 512 int16 values, 16 scale lanes, 32 int32 bsums of 16 values (q6_K's correction) */
+#define MM_YSTEP 1216
 
 
 
@@ -399,22 +409,22 @@ static inline void mm_micro_4x4(const uint8_t *xc, int64_t xs, const uint8_t *yc
             const mm_vf dy2 = mm_load((const float *)(const void *)(yq2 + 1024));
             const uint8_t *yq3 = yc + 3 * ys + s * MM_YSTEP;
             const mm_vf dy3 = mm_load((const float *)(const void *)(yq3 + 1024));
-            a00 = mm_fma(mm_mul(dx0, dy0), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0), a00);
-            a01 = mm_fma(mm_mul(dx0, dy1), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq1), a01);
-            a02 = mm_fma(mm_mul(dx0, dy2), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq2), a02);
-            a03 = mm_fma(mm_mul(dx0, dy3), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq3), a03);
-            a10 = mm_fma(mm_mul(dx1, dy0), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq0), a10);
-            a11 = mm_fma(mm_mul(dx1, dy1), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq1), a11);
-            a12 = mm_fma(mm_mul(dx1, dy2), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq2), a12);
-            a13 = mm_fma(mm_mul(dx1, dy3), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq3), a13);
-            a20 = mm_fma(mm_mul(dx2, dy0), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq0), a20);
-            a21 = mm_fma(mm_mul(dx2, dy1), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq1), a21);
-            a22 = mm_fma(mm_mul(dx2, dy2), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq2), a22);
-            a23 = mm_fma(mm_mul(dx2, dy3), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq3), a23);
-            a30 = mm_fma(mm_mul(dx3, dy0), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq0), a30);
-            a31 = mm_fma(mm_mul(dx3, dy1), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq1), a31);
-            a32 = mm_fma(mm_mul(dx3, dy2), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq2), a32);
-            a33 = mm_fma(mm_mul(dx3, dy3), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq3), a33);
+            a00 = mm_fma(mm_mul(dx0, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a00);
+            a01 = mm_fma(mm_mul(dx0, dy1), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq1, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq1 + 1088)), a01);
+            a02 = mm_fma(mm_mul(dx0, dy2), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq2, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq2 + 1088)), a02);
+            a03 = mm_fma(mm_mul(dx0, dy3), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq3, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq3 + 1088)), a03);
+            a10 = mm_fma(mm_mul(dx1, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq1 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a10);
+            a11 = mm_fma(mm_mul(dx1, dy1), mm_kdot_pair_c((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq1, (const int32_t *)(const void *)(xq1 + 1088), (const int32_t *)(const void *)(yq1 + 1088)), a11);
+            a12 = mm_fma(mm_mul(dx1, dy2), mm_kdot_pair_c((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq2, (const int32_t *)(const void *)(xq1 + 1088), (const int32_t *)(const void *)(yq2 + 1088)), a12);
+            a13 = mm_fma(mm_mul(dx1, dy3), mm_kdot_pair_c((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq3, (const int32_t *)(const void *)(xq1 + 1088), (const int32_t *)(const void *)(yq3 + 1088)), a13);
+            a20 = mm_fma(mm_mul(dx2, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq2 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a20);
+            a21 = mm_fma(mm_mul(dx2, dy1), mm_kdot_pair_c((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq1, (const int32_t *)(const void *)(xq2 + 1088), (const int32_t *)(const void *)(yq1 + 1088)), a21);
+            a22 = mm_fma(mm_mul(dx2, dy2), mm_kdot_pair_c((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq2, (const int32_t *)(const void *)(xq2 + 1088), (const int32_t *)(const void *)(yq2 + 1088)), a22);
+            a23 = mm_fma(mm_mul(dx2, dy3), mm_kdot_pair_c((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq3, (const int32_t *)(const void *)(xq2 + 1088), (const int32_t *)(const void *)(yq3 + 1088)), a23);
+            a30 = mm_fma(mm_mul(dx3, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq3 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a30);
+            a31 = mm_fma(mm_mul(dx3, dy1), mm_kdot_pair_c((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq1, (const int32_t *)(const void *)(xq3 + 1088), (const int32_t *)(const void *)(yq1 + 1088)), a31);
+            a32 = mm_fma(mm_mul(dx3, dy2), mm_kdot_pair_c((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq2, (const int32_t *)(const void *)(xq3 + 1088), (const int32_t *)(const void *)(yq2 + 1088)), a32);
+            a33 = mm_fma(mm_mul(dx3, dy3), mm_kdot_pair_c((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq3, (const int32_t *)(const void *)(xq3 + 1088), (const int32_t *)(const void *)(yq3 + 1088)), a33);
 
     }
     {
@@ -435,22 +445,22 @@ static inline void mm_micro_4x4(const uint8_t *xc, int64_t xs, const uint8_t *yc
             const mm_vf dy2 = mm_load((const float *)(const void *)(yq2 + 1024));
             const uint8_t *yq3 = yc + 3 * ys + s * MM_YSTEP;
             const mm_vf dy3 = mm_load((const float *)(const void *)(yq3 + 1024));
-            a00 = mm_fma_n(mm_mul(dx0, dy0), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0), a00, n);
-            a01 = mm_fma_n(mm_mul(dx0, dy1), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq1), a01, n);
-            a02 = mm_fma_n(mm_mul(dx0, dy2), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq2), a02, n);
-            a03 = mm_fma_n(mm_mul(dx0, dy3), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq3), a03, n);
-            a10 = mm_fma_n(mm_mul(dx1, dy0), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq0), a10, n);
-            a11 = mm_fma_n(mm_mul(dx1, dy1), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq1), a11, n);
-            a12 = mm_fma_n(mm_mul(dx1, dy2), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq2), a12, n);
-            a13 = mm_fma_n(mm_mul(dx1, dy3), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq3), a13, n);
-            a20 = mm_fma_n(mm_mul(dx2, dy0), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq0), a20, n);
-            a21 = mm_fma_n(mm_mul(dx2, dy1), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq1), a21, n);
-            a22 = mm_fma_n(mm_mul(dx2, dy2), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq2), a22, n);
-            a23 = mm_fma_n(mm_mul(dx2, dy3), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq3), a23, n);
-            a30 = mm_fma_n(mm_mul(dx3, dy0), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq0), a30, n);
-            a31 = mm_fma_n(mm_mul(dx3, dy1), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq1), a31, n);
-            a32 = mm_fma_n(mm_mul(dx3, dy2), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq2), a32, n);
-            a33 = mm_fma_n(mm_mul(dx3, dy3), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq3), a33, n);
+            a00 = mm_fma_n(mm_mul(dx0, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a00, n);
+            a01 = mm_fma_n(mm_mul(dx0, dy1), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq1, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq1 + 1088)), a01, n);
+            a02 = mm_fma_n(mm_mul(dx0, dy2), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq2, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq2 + 1088)), a02, n);
+            a03 = mm_fma_n(mm_mul(dx0, dy3), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq3, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq3 + 1088)), a03, n);
+            a10 = mm_fma_n(mm_mul(dx1, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq1 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a10, n);
+            a11 = mm_fma_n(mm_mul(dx1, dy1), mm_kdot_pair_c((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq1, (const int32_t *)(const void *)(xq1 + 1088), (const int32_t *)(const void *)(yq1 + 1088)), a11, n);
+            a12 = mm_fma_n(mm_mul(dx1, dy2), mm_kdot_pair_c((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq2, (const int32_t *)(const void *)(xq1 + 1088), (const int32_t *)(const void *)(yq2 + 1088)), a12, n);
+            a13 = mm_fma_n(mm_mul(dx1, dy3), mm_kdot_pair_c((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq3, (const int32_t *)(const void *)(xq1 + 1088), (const int32_t *)(const void *)(yq3 + 1088)), a13, n);
+            a20 = mm_fma_n(mm_mul(dx2, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq2 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a20, n);
+            a21 = mm_fma_n(mm_mul(dx2, dy1), mm_kdot_pair_c((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq1, (const int32_t *)(const void *)(xq2 + 1088), (const int32_t *)(const void *)(yq1 + 1088)), a21, n);
+            a22 = mm_fma_n(mm_mul(dx2, dy2), mm_kdot_pair_c((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq2, (const int32_t *)(const void *)(xq2 + 1088), (const int32_t *)(const void *)(yq2 + 1088)), a22, n);
+            a23 = mm_fma_n(mm_mul(dx2, dy3), mm_kdot_pair_c((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq3, (const int32_t *)(const void *)(xq2 + 1088), (const int32_t *)(const void *)(yq3 + 1088)), a23, n);
+            a30 = mm_fma_n(mm_mul(dx3, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq3 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a30, n);
+            a31 = mm_fma_n(mm_mul(dx3, dy1), mm_kdot_pair_c((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq1, (const int32_t *)(const void *)(xq3 + 1088), (const int32_t *)(const void *)(yq1 + 1088)), a31, n);
+            a32 = mm_fma_n(mm_mul(dx3, dy2), mm_kdot_pair_c((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq2, (const int32_t *)(const void *)(xq3 + 1088), (const int32_t *)(const void *)(yq2 + 1088)), a32, n);
+            a33 = mm_fma_n(mm_mul(dx3, dy3), mm_kdot_pair_c((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq3, (const int32_t *)(const void *)(xq3 + 1088), (const int32_t *)(const void *)(yq3 + 1088)), a33, n);
 
     }
     out[0 * ldo + 0] = mm_hsum(a00);
@@ -491,10 +501,10 @@ static inline void mm_micro_4x1(const uint8_t *xc, int64_t xs, const uint8_t *yc
             const mm_vf dx3 = mm_load((const float *)(const void *)(xq3 + 1024));
             const uint8_t *yq0 = yc + 0 * ys + s * MM_YSTEP;
             const mm_vf dy0 = mm_load((const float *)(const void *)(yq0 + 1024));
-            a00 = mm_fma(mm_mul(dx0, dy0), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0), a00);
-            a10 = mm_fma(mm_mul(dx1, dy0), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq0), a10);
-            a20 = mm_fma(mm_mul(dx2, dy0), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq0), a20);
-            a30 = mm_fma(mm_mul(dx3, dy0), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq0), a30);
+            a00 = mm_fma(mm_mul(dx0, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a00);
+            a10 = mm_fma(mm_mul(dx1, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq1 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a10);
+            a20 = mm_fma(mm_mul(dx2, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq2 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a20);
+            a30 = mm_fma(mm_mul(dx3, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq3 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a30);
 
     }
     {
@@ -509,10 +519,10 @@ static inline void mm_micro_4x1(const uint8_t *xc, int64_t xs, const uint8_t *yc
             const mm_vf dx3 = mm_load((const float *)(const void *)(xq3 + 1024));
             const uint8_t *yq0 = yc + 0 * ys + s * MM_YSTEP;
             const mm_vf dy0 = mm_load((const float *)(const void *)(yq0 + 1024));
-            a00 = mm_fma_n(mm_mul(dx0, dy0), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0), a00, n);
-            a10 = mm_fma_n(mm_mul(dx1, dy0), mm_kdot_pair((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq0), a10, n);
-            a20 = mm_fma_n(mm_mul(dx2, dy0), mm_kdot_pair((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq0), a20, n);
-            a30 = mm_fma_n(mm_mul(dx3, dy0), mm_kdot_pair((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq0), a30, n);
+            a00 = mm_fma_n(mm_mul(dx0, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a00, n);
+            a10 = mm_fma_n(mm_mul(dx1, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq1, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq1 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a10, n);
+            a20 = mm_fma_n(mm_mul(dx2, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq2, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq2 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a20, n);
+            a30 = mm_fma_n(mm_mul(dx3, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq3, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq3 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a30, n);
 
     }
     out[0 * ldo + 0] = mm_hsum(a00);
@@ -538,10 +548,10 @@ static inline void mm_micro_1x4(const uint8_t *xc, int64_t xs, const uint8_t *yc
             const mm_vf dy2 = mm_load((const float *)(const void *)(yq2 + 1024));
             const uint8_t *yq3 = yc + 3 * ys + s * MM_YSTEP;
             const mm_vf dy3 = mm_load((const float *)(const void *)(yq3 + 1024));
-            a00 = mm_fma(mm_mul(dx0, dy0), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0), a00);
-            a01 = mm_fma(mm_mul(dx0, dy1), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq1), a01);
-            a02 = mm_fma(mm_mul(dx0, dy2), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq2), a02);
-            a03 = mm_fma(mm_mul(dx0, dy3), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq3), a03);
+            a00 = mm_fma(mm_mul(dx0, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a00);
+            a01 = mm_fma(mm_mul(dx0, dy1), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq1, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq1 + 1088)), a01);
+            a02 = mm_fma(mm_mul(dx0, dy2), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq2, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq2 + 1088)), a02);
+            a03 = mm_fma(mm_mul(dx0, dy3), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq3, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq3 + 1088)), a03);
 
     }
     {
@@ -556,10 +566,10 @@ static inline void mm_micro_1x4(const uint8_t *xc, int64_t xs, const uint8_t *yc
             const mm_vf dy2 = mm_load((const float *)(const void *)(yq2 + 1024));
             const uint8_t *yq3 = yc + 3 * ys + s * MM_YSTEP;
             const mm_vf dy3 = mm_load((const float *)(const void *)(yq3 + 1024));
-            a00 = mm_fma_n(mm_mul(dx0, dy0), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0), a00, n);
-            a01 = mm_fma_n(mm_mul(dx0, dy1), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq1), a01, n);
-            a02 = mm_fma_n(mm_mul(dx0, dy2), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq2), a02, n);
-            a03 = mm_fma_n(mm_mul(dx0, dy3), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq3), a03, n);
+            a00 = mm_fma_n(mm_mul(dx0, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a00, n);
+            a01 = mm_fma_n(mm_mul(dx0, dy1), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq1, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq1 + 1088)), a01, n);
+            a02 = mm_fma_n(mm_mul(dx0, dy2), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq2, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq2 + 1088)), a02, n);
+            a03 = mm_fma_n(mm_mul(dx0, dy3), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq3, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq3 + 1088)), a03, n);
 
     }
     out[0 * ldo + 0] = mm_hsum(a00);
@@ -579,7 +589,7 @@ static inline void mm_micro_1x1(const uint8_t *xc, int64_t xs, const uint8_t *yc
             const mm_vf dx0 = mm_load((const float *)(const void *)(xq0 + 1024));
             const uint8_t *yq0 = yc + 0 * ys + s * MM_YSTEP;
             const mm_vf dy0 = mm_load((const float *)(const void *)(yq0 + 1024));
-            a00 = mm_fma(mm_mul(dx0, dy0), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0), a00);
+            a00 = mm_fma(mm_mul(dx0, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a00);
 
     }
     {
@@ -588,7 +598,7 @@ static inline void mm_micro_1x1(const uint8_t *xc, int64_t xs, const uint8_t *yc
             const mm_vf dx0 = mm_load((const float *)(const void *)(xq0 + 1024));
             const uint8_t *yq0 = yc + 0 * ys + s * MM_YSTEP;
             const mm_vf dy0 = mm_load((const float *)(const void *)(yq0 + 1024));
-            a00 = mm_fma_n(mm_mul(dx0, dy0), mm_kdot_pair((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0), a00, n);
+            a00 = mm_fma_n(mm_mul(dx0, dy0), mm_kdot_pair_c((const int16_t *)(const void *)xq0, (const int16_t *)(const void *)yq0, (const int32_t *)(const void *)(xq0 + 1088), (const int32_t *)(const void *)(yq0 + 1088)), a00, n);
 
     }
     out[0 * ldo + 0] = mm_hsum(a00);
@@ -642,9 +652,11 @@ static inline void mm_put_blocks(const int8_t *q, const float *d, int64_t nb, ui
 static inline void mm_kdecode_q6_K(const uint8_t *row, int64_t nsb, int16_t *w, float *d, float *dmin,
                                          int32_t *mn) {
     for (int64_t b = 0; b < nsb; ++b) {
-        (void)dmin; (void)mn;
+        (void)dmin;
         const uint8_t *x = row + 210 * b;
         const int8_t *sc = (const int8_t *)(x + 192);
+        /* codes 0..63 times the scale; the -32 offset enters per sub-block through mn = -32 * scale */
+        for (int k = 0; k < 16; ++k) mn[16 * b + k] = -32 * sc[k];
         for (int h = 0; h < 2; ++h) {
             const uint8_t *ql = x + 64 * h, *qh = x + 128 + 32 * h;
             int16_t *o = w + 256 * b + 128 * h;
@@ -653,28 +665,31 @@ static inline void mm_kdecode_q6_K(const uint8_t *row, int64_t nsb, int16_t *w, 
                 const int q1 = (ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4);
                 const int q2 = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
                 const int q3 = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
-                o[l] = (int16_t)((q0 - 32) * sc[(128 * h + l) / 16]);
-                o[l + 32] = (int16_t)((q1 - 32) * sc[(128 * h + 32 + l) / 16]);
-                o[l + 64] = (int16_t)((q2 - 32) * sc[(128 * h + 64 + l) / 16]);
-                o[l + 96] = (int16_t)((q3 - 32) * sc[(128 * h + 96 + l) / 16]);
+                o[l] = (int16_t)(q0 * sc[(128 * h + l) / 16]);
+                o[l + 32] = (int16_t)(q1 * sc[(128 * h + 32 + l) / 16]);
+                o[l + 64] = (int16_t)(q2 * sc[(128 * h + 64 + l) / 16]);
+                o[l + 96] = (int16_t)(q3 * sc[(128 * h + 96 + l) / 16]);
             }
         }
         d[b] = mla_fp16_to_fp32(mla_ld_u16(x + 208));
     }
 }
 
-static inline void mm_kdecode_q8_K(const uint8_t *row, int64_t nsb, int16_t *y, float *d, int32_t *s8) {
+/* y: values, d, and per super-block the 8 sums of 32 (s8, q4_K's min term) and the 16 bsums (bs, q6_K) */
+static inline void mm_kdecode_q8_K(const uint8_t *row, int64_t nsb, int16_t *y, float *d, int32_t *s8, int32_t *bs) {
     for (int64_t b = 0; b < nsb; ++b) {
         const uint8_t *x = row + 292 * b;
         for (int e = 0; e < 256; ++e) y[256 * b + e] = (int8_t)x[4 + e];
-        for (int j = 0; j < 8; ++j) s8[8 * b + j] = (int16_t)mla_ld_u16(x + 260 + 4 * j) + (int16_t)mla_ld_u16(x + 262 + 4 * j);
+        for (int k = 0; k < 16; ++k) bs[16 * b + k] = (int16_t)mla_ld_u16(x + 260 + 2 * k);
+        for (int j = 0; j < 8; ++j) s8[8 * b + j] = bs[16 * b + 2 * j] + bs[16 * b + 2 * j + 1];
         d[b] = mla_ld_f32(x);
     }
 }
 
 /* pairs of super-blocks -> cache steps: 512 int16 (the missing super-block of an odd pair is zero), then 16 f32
-   lanes of scale (super-block 2p in lanes 0-7, 2p+1 in 8-15) */
-static inline void mm_put_kpairs(const int16_t *w, const float *d, int64_t nsb, uint8_t *cache, int64_t step) {
+   lanes of scale (super-block 2p in lanes 0-7, 2p+1 in 8-15), then (c != NULL) 2 x 16 int32 of c per super-block */
+static inline void mm_put_kpairs(const int16_t *w, const float *d, const int32_t *c16, int64_t nsb, uint8_t *cache,
+                                 int64_t step) {
     for (int64_t p = 0; p < (nsb + 1) / 2; ++p) {
         uint8_t *c = cache + p * step;
         const int two = 2 * p + 1 < nsb;
@@ -686,6 +701,10 @@ static inline void mm_put_kpairs(const int16_t *w, const float *d, int64_t nsb, 
             dl[l + 8] = two ? d[2 * p + 1] : 0.0f;
         }
         memcpy(c + 1024, dl, sizeof dl);
+        if (c16) {
+            memcpy(c + 1088, c16 + 32 * p, two ? 128 : 64);
+            if (!two) memset(c + 1088 + 64, 0, 64);
+        }
     }
 }
 
@@ -701,7 +720,8 @@ typedef struct {
     float *d;       /* K / 32 block scales */
     float *m;       /* K / 32 q4_1 / q5_1 offsets or q8_1 sums; k-quants: dmin per super-block */
     int16_t *w;     /* k-quants: K int16 values */
-    int32_t *mn;    /* k-quants: 8 mins (x) or 8 sums of 32 values (y) per super-block */
+    int32_t *mn;    /* k-quants: q4_K 8 mins (x) or 8 sums of 32 values (y); q6_K 16 x -32*scale per super-block */
+    int32_t *bs;    /* k-quants: the 16 bsums of each q8_K super-block */
 } mm_scratch;
 
 /* src1 column (type q8_0) -> y cache in the vec_dot type q8_K (MulMat_253: to_float, from_float) */
@@ -710,15 +730,15 @@ static void mm_convert_column(const uint8_t *src, const mm_scratch *w, uint8_t *
     mla_quant_row_q8_K_ref(w->tmp, w->tmpq, w->K);
     const uint8_t *row = w->tmpq;
     const int64_t nsb = w->K / 256;
-    mm_kdecode_q8_K(row, nsb, w->w, w->d, w->mn);
-    mm_put_kpairs(w->w, w->d, nsb, cache, MM_YSTEP);
+    mm_kdecode_q8_K(row, nsb, w->w, w->d, w->mn, w->bs);
+    mm_put_kpairs(w->w, w->d, w->bs, nsb, cache, MM_YSTEP);
 }
 
 /* src0 row (type q6_K) -> x cache */
 static void mm_load_row(const uint8_t *src, const mm_scratch *w, uint8_t *cache) {
     const int64_t nsb = w->K / 256;
     mm_kdecode_q6_K(src, nsb, w->w, w->d, w->m, w->mn);
-    mm_put_kpairs(w->w, w->d, nsb, cache, MM_XSTEP);
+    mm_put_kpairs(w->w, w->d, w->mn, nsb, cache, MM_XSTEP);
 }
 
 /* dst[c * M + i01] for src0 rows [r0, r1) and global src1 columns [c0, c1), c = i11 + N * (i12 + ne12 * i13).
@@ -742,9 +762,10 @@ int mlaref_mul_mat_q6_K_q8_0__avx512vnni_l16a1(const uint8_t *src0, const uint8_
     w.d = malloc((size_t)(w.nb + 1) * 4);
     w.m = malloc((size_t)(w.nb + 1) * 4);
     w.w = malloc((size_t)K * 2 + 64);
-    w.mn = malloc((size_t)(K / 256 + 1) * 32);
+    w.mn = malloc((size_t)(K / 256 + 1) * 64);
+    w.bs = malloc((size_t)(K / 256 + 1) * 64);
     int rc = 0;
-    if (!xcache || !ycache || !w.tmp || !w.tmpq || !w.q || !w.d || !w.m || !w.w || !w.mn) {
+    if (!xcache || !ycache || !w.tmp || !w.tmpq || !w.q || !w.d || !w.m || !w.w || !w.mn || !w.bs) {
         rc = -1;
         goto done;
     }
@@ -774,5 +795,6 @@ done:
     free(w.m);
     free(w.w);
     free(w.mn);
+    free(w.bs);
     return rc;
 }

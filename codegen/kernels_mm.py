@@ -1,0 +1,252 @@
+"""mul_mat and flash_attn_ext by generated multithreaded C kernels, with the reference's signatures.
+
+``mul_mat(a, b, *, plan, variant, vec_dot_type, isa, kernel, n_threads)`` computes what
+:func:`mlaref.reference.ops.mul_mat.mul_mat` (``MulMat_253``) computes, byte for byte, for plans whose order is
+``mlaref_l16a1`` (16 f32 lanes, one accumulator, halves fold, masked tail; reference/plan.py):
+
+* src0 (the weight) in f32, f16, bf16, q8_0, q4_0, q5_0, iq4_nl, q4_1, q5_1, q4_K, q6_K; src1 in f32, f16, bf16,
+  q8_0, any strides with contiguous row elements, broadcast over ne02/ne03 as ``ggml_mul_mat`` (src0 matrix
+  ``(i12 // r2, i13 // r3)``);
+* src1 columns are converted inside the kernel, per thread and per block of 128 (256 for block weights) columns,
+  to src0's vec_dot type (f32, f16, bf16 -> itself; q4_1 / q5_1 -> q8_1; q4_K / q6_K -> q8_K; other block weights
+  -> q8_0) by ``to_float`` then the ``x86`` ``from_float`` (for bf16 and q8_K that is their reference rounding),
+  #253's ``iqk_quantize_any`` order (FACTS 4a); there is no full f32 copy of src1;
+* the kernel walks 4 x 4 register tiles (4 src0 rows x 4 src1 columns, one 16-lane accumulator each).
+
+Value domain: a q8_0 src1 holding -128 (no ggml quantizer writes it) is multiplied exactly by the scalar and
+avx512vnni kernels; the avx2 / avx512 sign trick gets products with negative weights wrong there (tested).
+
+``flash_attn_ext(q, k, v, mask, scale, max_bias, softcap, *, algorithm="blocked", plan, variant, isa, kernel,
+n_threads, q_block)`` computes :func:`mlaref.reference.ops.flash_attn_ext.flash_attn_ext` with
+``algorithm="blocked"``: K.Q in the ``l16a1`` order (Q converted to K's vec_dot type: f16 or q8_0 ``x86``), then
+iqk's blocked online softmax with the plan's ``k_step``, ``kv_chunks`` (merged in index order) and ``exp``
+(``libm``, ``v_expf_avx2`` or ``v_expf_avx512``; each is computed lane by lane in C with one rounding per step, so
+every ISA can run every exp). K and V are f16 or q8_0 (the same type), the mask f16 (binary, as iqk reads it).
+
+Threads (``n_threads``): Python threads over disjoint work (cffi releases the GIL): mul_mat splits src1 columns
+(or src0 rows when there are fewer columns than threads), flash_attn_ext splits (head, block of ``q_block``
+queries) units. A reduction is never split by thread count, so the bytes do not depend on ``n_threads``
+(style.md 4.8). ``isa=`` caps dispatch, ``kernel=`` names one kernel of generated/manifest.json.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import numpy as np
+
+from mlaref.codegen import args as _args
+from mlaref.codegen import kernels as _kernels
+from mlaref.reference.plan import MLAREF_L16A1, ReductionPlan, get_plan
+from mlaref.reference.tensor import Tensor
+
+__all__ = ["mul_mat", "flash_attn_ext", "FA_PLAN", "MM_PLAN", "fa_plan", "VEC_DOT_TYPE"]
+
+MM_PLAN = MLAREF_L16A1
+# the default flash-attention plan: l16a1 dots, iqk's k_step 64 for n_kv % 64 == 0, one KV chunk, libm expf
+FA_PLAN = MLAREF_L16A1.replace(name="mlaref_fa_l16a1", k_step=64, q_step=64, kv_chunks=1, exp="libm")
+_EXP_KIND = {"libm": 0, "v_expf_avx2": 1, "v_expf_avx512": 2}
+VEC_DOT_TYPE = {"f32": "f32", "f16": "f16", "bf16": "bf16", "q8_0": "q8_0", "q4_0": "q8_0", "q5_0": "q8_0",
+                "iq4_nl": "q8_0", "q4_1": "q8_1", "q5_1": "q8_1", "q4_K": "q8_K", "q6_K": "q8_K"}
+_SRC1_TYPES = ("f32", "f16", "bf16", "q8_0")
+_KV_TYPES = ("f16", "q8_0")
+_COL_BLOCK = 4  # thread ranges of src1 columns / src0 rows start at multiples of the tile size
+
+
+def fa_plan(k_step: int = 64, kv_chunks: int = 1, exp: str = "libm") -> ReductionPlan:
+    """A flash-attention plan the kernels run: l16a1 dots with these blocked-softmax parameters."""
+    return FA_PLAN.replace(name=f"mlaref_fa_l16a1_k{k_step}c{kv_chunks}_{exp}", k_step=k_step,
+                           kv_chunks=kv_chunks, exp=exp)
+
+
+def _check_l16a1(plan, pair: str, op: str) -> ReductionPlan:
+    plan = get_plan(plan)
+    p = plan.for_pair(pair)
+    block = not pair.startswith(("f32", "f16", "bf16"))
+    ok = (p.lanes * p.accs == 16 and p.fold == "halves" and p.fma and p.acc_type == "f32" and p.tail == "masked"
+          and not p.dot2 and (p.int_to_float == "lane4" or not block))
+    # l8a2 folds accumulators first, then lanes: the same order as l16a1 (plan.py's lane map)
+    if not ok or p.accs not in (1, 2):
+        raise ValueError(f"{op}: plan {plan.name} runs pair {pair} as {p.fingerprint}/{p.fold}/{p.tail}; the "
+                         f"kernels implement mlaref_l16a1 (16 f32 lanes, fma, halves fold, masked tail)")
+    return plan
+
+
+def _ptr(ffi, t: Tensor):
+    return ffi.cast("uint8_t *", t.data.ctypes.data + t.offset)
+
+
+def _ranges(n: int, parts: int, align: int) -> list[tuple[int, int]]:
+    """``parts`` contiguous ranges covering [0, n), boundaries at multiples of ``align`` where possible."""
+    parts = max(1, min(parts, n))
+    bounds = [0]
+    for i in range(1, parts):
+        b = (n * i // parts) // align * align
+        bounds.append(max(b, bounds[-1]))
+    bounds.append(n)
+    return [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+
+
+def _run(call, ranges) -> list:
+    if len(ranges) == 1:
+        return [call(*ranges[0])]
+    with concurrent.futures.ThreadPoolExecutor(len(ranges)) as pool:
+        futures = [pool.submit(call, lo, hi) for lo, hi in ranges]
+        return [f.result() for f in futures]
+
+
+def _check_tensor(op: str, what: str, t, types) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{op}: {what} must be an mlaref Tensor, got {type(t).__name__}")
+    if t.type not in types:
+        raise ValueError(f"{op}: {what} type must be one of {', '.join(types)}, got {t.type}")
+    if t.nb[0] != t.type_size:
+        raise ValueError(f"{op}: the elements of each row of {what} must be contiguous "
+                         f"(nb[0] {t.nb[0]} != type size {t.type_size})")
+
+
+def _output(op: str, out, ne, inputs) -> Tensor:
+    """A new f32 result, or the caller's ``out`` after checking type, shape, contiguity and overlap."""
+    if out is None:
+        return Tensor.zeros("f32", ne)
+    if not isinstance(out, Tensor):
+        raise TypeError(f"{op}: out must be an mlaref Tensor, got {type(out).__name__}")
+    if out.type != "f32" or tuple(out.ne) != tuple(ne):
+        raise ValueError(f"{op}: out must be f32 with ne {tuple(ne)}, got {out.type} {tuple(out.ne)}")
+    if not out.is_contiguous():
+        raise ValueError(f"{op}: out must be contiguous (nb {out.nb})")
+    if not out.data.flags.writeable:
+        raise ValueError(f"{op}: out is read-only")
+    lo, hi = out.offset, out.offset + out.nbytes()
+    for name, t in inputs:
+        if t is not None and np.shares_memory(t.data, out.data):
+            tlo, thi = t.offset, t.offset + t.nbytes()
+            if t.data is not out.data or (tlo < hi and lo < thi):
+                raise ValueError(f"{op}: out overlaps the input {name}")
+    return out
+
+
+# -- mul_mat ----------------------------------------------------------------------------------------------------
+
+def mul_mat(a: Tensor, b: Tensor, *, plan=MM_PLAN, variant: str = "x86", vec_dot_type: str | None = None,
+            isa: str | None = None, kernel: str | None = None, n_threads: int = 1, out: Tensor | None = None) -> Tensor:
+    """``ggml_mul_mat(a, b)`` (#253 semantics) by a C kernel: f32 ``[a.ne1, b.ne1, b.ne2, b.ne3]``.
+
+    ``out``: a contiguous f32 Tensor of that shape to write into (it must not share memory with a or b).
+    """
+    op = "mul_mat"
+    _check_tensor(op, "a (src0)", a, tuple(VEC_DOT_TYPE))
+    _check_tensor(op, "b (src1)", b, _SRC1_TYPES)
+    n_threads = _args.check_threads(n_threads)
+    if a.ne[0] != b.ne[0]:
+        raise ValueError(f"{op}: a.ne[0] ({a.ne[0]}) must equal b.ne[0] ({b.ne[0]}) (ggml_can_mul_mat)")
+    if b.ne[2] % a.ne[2] or b.ne[3] % a.ne[3]:
+        raise ValueError(f"{op}: b.ne[2:4] {b.ne[2:]} must be multiples of a.ne[2:4] {a.ne[2:]} (src0 broadcast)")
+    vdt = VEC_DOT_TYPE[a.type]
+    if vec_dot_type not in (None, vdt):
+        raise ValueError(f"{op}: the kernels convert src1 to {vdt} for a {a.type} weight, not {vec_dot_type!r}")
+    if not isinstance(variant, str):
+        raise TypeError(f"{op}: variant must be a str, got {type(variant).__name__}")
+    if variant != "x86" and not (b.type == vdt or vdt == "f32" or (vdt in ("bf16", "q8_K") and variant == "ref")):
+        raise ValueError(f"{op}: the kernels convert src1 with the x86 from_float (variant 'x86'), not {variant!r}")
+    _check_l16a1(plan, f"{a.type}.{vdt}", op)
+    K, M = a.ne[0], a.ne[1]
+    N, ne12, ne13 = b.ne[1], b.ne[2], b.ne[3]
+    dst = _output(op, out, (M, N, ne12, ne13), (("a", a), ("b", b)))
+    cols = N * ne12 * ne13
+    if M == 0 or cols == 0:
+        return dst
+    spec, fn, ffi = _kernels.resolve("mul_mat", a.type, b.type, "l16a1", isa=isa, kernel=kernel)
+    p0, p1 = _ptr(ffi, a), _ptr(ffi, b)
+    pd = ffi.cast("float *", dst.data.ctypes.data + dst.offset)
+    by_cols = cols >= n_threads
+
+    def call(lo, hi):
+        r0, r1, c0, c1 = (0, M, lo, hi) if by_cols else (lo, hi, 0, cols)
+        return fn(p0, p1, pd, K, M, a.ne[2], a.ne[3], a.nb[1], a.nb[2], a.nb[3], N, ne12, ne13, b.nb[1], b.nb[2],
+                  b.nb[3], r0, r1, c0, c1)
+
+    rcs = _run(call, _ranges(cols if by_cols else M, n_threads, _COL_BLOCK))
+    if any(rc != 0 for rc in rcs):
+        raise MemoryError(f"{spec.name}: the kernel could not allocate its scratch buffers")
+    return dst
+
+
+# -- flash_attn_ext ---------------------------------------------------------------------------------------------
+
+def flash_attn_ext(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale, max_bias=0.0, softcap=0.0, *,
+                   algorithm: str = "blocked", plan=FA_PLAN, variant: str = "x86", kq_type: str | None = None,
+                   isa: str | None = None, kernel: str | None = None, n_threads: int = 1,
+                   q_block: int = 64, out: Tensor | None = None) -> Tensor:
+    """``ggml_flash_attn_ext`` in iqk's blocked order by a C kernel: f32 ``[Dv, n_head, n_q, ne3]``.
+
+    ``out``: a contiguous f32 Tensor ``[Dv, n_head, n_q, ne3]`` to write into. ``q_block``: queries per work
+    unit (speed only). Raises ValueError, as the reference does, when a query row has every KV entry masked (iqk
+    asserts S > 0).
+    """
+    op = "flash_attn_ext"
+    _check_tensor(op, "q", q, ("f32",))
+    _check_tensor(op, "k", k, _KV_TYPES)
+    _check_tensor(op, "v", v, _KV_TYPES)
+    if v.type != k.type:
+        raise ValueError(f"{op}: k and v must have the same type for the kernels, got {k.type} and {v.type}")
+    if mask is not None:
+        _check_tensor(op, "mask", mask, ("f16",))
+    if algorithm != "blocked":
+        raise ValueError(f"{op}: the kernels implement algorithm 'blocked' (iqk's order), not {algorithm!r}")
+    if kq_type not in (None, k.type):
+        raise ValueError(f"{op}: the kernels convert Q to K's vec_dot type {k.type}, not {kq_type!r}")
+    if variant != "x86":
+        raise ValueError(f"{op}: the kernels convert Q with the x86 from_float (variant 'x86'), not {variant!r}")
+    Dk, nq, nh, ne3 = q.ne
+    n_kv = k.ne[1]
+    if q.ne[0] != k.ne[0]:
+        raise ValueError(f"{op}: q.ne[0] ({q.ne[0]}) must equal k.ne[0] ({k.ne[0]}) (Dk)")
+    if k.ne[1:] != v.ne[1:]:
+        raise ValueError(f"{op}: k {k.ne} and v {v.ne} must have the same KV rows and heads (ne[1:4])")
+    if nh % k.ne[2] or ne3 % k.ne[3]:
+        raise ValueError(f"{op}: q.ne[2:4] {q.ne[2:]} must be multiples of k.ne[2:4] {k.ne[2:]} (head broadcast)")
+    if mask is not None and (mask.ne[0] < n_kv or mask.ne[1] < nq):
+        raise ValueError(f"{op}: mask must cover [n_kv, n_q] = [{n_kv}, {nq}], got ne {mask.ne[:2]}")
+    for name, val in (("scale", scale), ("max_bias", max_bias), ("softcap", softcap)):
+        if not isinstance(val, (int, float, np.floating, np.integer)) or isinstance(val, bool):
+            raise TypeError(f"{op}: {name} must be a real number, got {type(val).__name__}")
+    if max_bias != 0:
+        raise ValueError(f"{op}: max_bias must be 0 (ALiBi is not modelled), got {max_bias}")
+    if isinstance(q_block, bool) or not isinstance(q_block, (int, np.integer)) or not 1 <= q_block <= 4096:
+        raise ValueError(f"{op}: q_block must be an int in 1..4096, got {q_block!r}")
+    n_threads = _args.check_threads(n_threads)
+    plan = _check_l16a1(plan, f"{k.type}.{k.type}", op)
+    if plan.exp not in _EXP_KIND:
+        raise ValueError(f"{op}: plan {plan.name}: exp must be one of {', '.join(_EXP_KIND)}, got {plan.exp!r}")
+    if plan.k_step > 4096:
+        raise ValueError(f"{op}: plan {plan.name}: k_step must be <= 4096, got {plan.k_step}")
+    scale = np.float32(scale)
+    if softcap != 0:
+        scale = np.float32(scale / np.float32(softcap))
+    Dv = v.ne[0]
+    dst = _output(op, out, (Dv, nh, nq, ne3), (("q", q), ("k", k), ("v", v), ("mask", mask)))
+    n_qb = -(-nq // q_block)
+    units = ne3 * nh * n_qb
+    if units == 0:
+        return dst
+    spec, fn, ffi = _kernels.resolve(op, k.type, v.type, "l16a1", isa=isa, kernel=kernel)
+    pq, pk, pv = _ptr(ffi, q), _ptr(ffi, k), _ptr(ffi, v)
+    pm = _ptr(ffi, mask) if mask is not None else ffi.NULL
+    mnb = mask.nb if mask is not None else (0, 0, 0, 0)
+    mne = mask.ne if mask is not None else (1, 1, 1, 1)
+    pd = ffi.cast("float *", dst.data.ctypes.data + dst.offset)
+
+    def call(u0, u1):
+        return fn(pq, pk, pv, pm, pd, Dk, Dv, nq, nh, ne3, q.nb[1], q.nb[2], q.nb[3], n_kv, k.ne[2], k.ne[3],
+                  k.nb[1], k.nb[2], k.nb[3], v.nb[1], v.nb[2], v.nb[3], mnb[1], mnb[2], mnb[3], mne[2], mne[3],
+                  float(scale), float(np.float32(softcap)), plan.k_step, plan.kv_chunks, _EXP_KIND[plan.exp],
+                  q_block, u0, u1)
+
+    rcs = _run(call, _ranges(units, n_threads, 1))
+    if any(rc < 0 for rc in rcs):
+        raise MemoryError(f"{spec.name}: the kernel could not allocate its scratch buffers")
+    if sum(rcs):
+        raise ValueError(f"{op}: {sum(rcs)} query row(s) have every KV entry masked (S = 0); the blocked (iqk) "
+                         "algorithm asserts S > 0")
+    return dst

@@ -1,0 +1,159 @@
+"""flash_attn_ext kernels (iqk's blocked online softmax, l16a1 K.Q) against the reference and ggml.
+
+Bit-exact: every manifest kernel equals ``flash_attn_ext(..., algorithm="blocked", plan=p)`` on float32 bytes for
+1, 2, 3 and 4 threads, under plans that vary ``k_step`` (16, 32, 64), ``kv_chunks`` (1, 2, 3) and the exp (libm
+expf, the AVX2 and AVX-512 v_expf polynomials), with n_kv not a multiple of k_step, a first KV block fully masked
+for one query row, a -0.0 mask entry (binary mask), softcap, K/V head broadcast, and the (Dk, Dv) pairs (192, 128)
+(FlashMLA-2 PP), (128, 128) and (576, 512) (FlashMLA-1). A query row with every entry masked raises ValueError
+in the kernel wrapper as in the reference (iqk asserts S > 0).
+
+Approximate (ggml's test-backend-ops NMSE bound for flash_attn_ext, 5e-4, against float64 softmax attention of
+the dequantized operands; Q rounded as the kernels see it): Dk 192, Dv 128, 16 heads, f16 and q8_0 K/V, an f16
+causal mask, compared with upstream ggml's own flash_attn_ext on the same tensors.
+"""
+
+import numpy as np
+import pytest
+
+from mlaref import reference as R
+from mlaref.codegen import kernels_mm as KM
+from mlaref.reference.ops.flash_attn_ext import flash_attn_ext as ref_fa
+from mlaref.reference.tensor import Tensor
+
+FAMILY = "flash_attn_ext"
+NMSE_BOUND = 5e-4  # ggml tests/test-backend-ops.cpp: test_flash_attn_ext::max_nmse_err
+_REF_CACHE: dict = {}
+
+
+def _kv(rng, type: str, ne) -> Tensor:
+    rows = int(np.prod(ne[1:]))
+    x = rng.standard_normal((rows, ne[0])).astype(np.float32)
+    data = R.quantize(x, type, variant="x86") if type == "q8_0" else R.quantize(x, type)
+    return Tensor.from_bytes(np.ascontiguousarray(data).reshape(rows, -1), type, ne)
+
+
+def _q(rng, Dk, nq, nh, s=0.3) -> Tensor:
+    return Tensor.from_numpy((rng.standard_normal((1, nh, nq, Dk)) * s).astype(np.float32))
+
+
+def _mask(n_kv: int, rows: int, masked=()) -> Tensor:
+    m = np.zeros((rows, n_kv), np.float16)
+    for r, lo, hi in masked:
+        m[r, lo:hi] = -np.inf
+    return Tensor.from_numpy(m.reshape(1, 1, rows, n_kv), "f16")
+
+
+# (Dk, Dv, nq, nh, nhk, n_kv, plan, scale, softcap, masked rows (row, lo, hi), -0.0 entry). A scale of 10 spreads
+# s - M over [-300, 0]: the v_expf paths for |n| > 126 (two-step scaling, subnormal results) and |n| > 192 (0).
+CASES = [
+    (192, 128, 5, 2, 2, 70, KM.fa_plan(16, 1, "libm"), 0.125, 0.0, [(1, 10, 40), (2, 0, 64)], True),
+    (192, 128, 5, 2, 2, 70, KM.fa_plan(32, 3, "v_expf_avx512"), 0.125, 30.0, [(1, 10, 40), (2, 0, 64)], True),
+    (192, 128, 4, 2, 1, 67, KM.fa_plan(64, 2, "v_expf_avx2"), 0.125, 0.0, None, False),
+    (128, 128, 3, 1, 1, 33, KM.fa_plan(64, 1, "libm"), 0.125, 0.0, [(0, 0, 32)], False),
+    (576, 512, 2, 2, 1, 20, KM.fa_plan(16, 2, "libm"), 0.125, 0.0, [(1, 3, 9)], False),
+    (192, 128, 3, 1, 1, 48, KM.fa_plan(48, 1, "v_expf_avx2"), 10.0, 0.0, None, False),
+    (192, 128, 3, 1, 1, 48, KM.fa_plan(48, 1, "v_expf_avx512"), 10.0, 0.0, None, False),
+]
+
+
+def _case(type: str, i: int):
+    key = (type, i)
+    if key not in _REF_CACHE:
+        Dk, Dv, nq, nh, nhk, n_kv, plan, scale, softcap, masked, negzero = CASES[i]
+        rng = np.random.default_rng(1000 + i + (7 if type == "q8_0" else 0))
+        q = _q(rng, Dk, nq, nh)
+        k, v = _kv(rng, type, (Dk, n_kv, nhk, 1)), _kv(rng, type, (Dv, n_kv, nhk, 1))
+        mask = None
+        if masked is not None:
+            mask = _mask(n_kv, 32, masked)
+            if negzero:
+                mask.storage()[0, 0, 3, 5] = 0x8000  # -0.0 masks the entry too
+        want = ref_fa(q, k, v, mask, scale, 0.0, softcap, algorithm="blocked", plan=plan)
+        _REF_CACHE[key] = (q, k, v, mask, plan, scale, softcap, want)
+    return _REF_CACHE[key]
+
+
+def test_flash_attn_bit_exact(kernel_name, kt):
+    k = kt.manifest_kernels()[kernel_name]
+    kt.require_isa(k["isa"])
+    for i in range(len(CASES)):
+        q, kk, v, mask, plan, scale, softcap, want = _case(k["type_x"], i)
+        for n_threads in (1, 2, 3, 4):
+            n = int(np.prod(want.ne)) * 4
+            buf = np.full(n + 64, 0xA5, np.uint8)
+            buf[:n] = 0xFF  # NaN poison
+            ne = want.ne
+            out = Tensor("f32", ne, (4, 4 * ne[0], 4 * ne[0] * ne[1], 4 * ne[0] * ne[1] * ne[2]), buf)
+            got = KM.flash_attn_ext(q, kk, v, mask, scale, 0.0, softcap, plan=plan, kernel=kernel_name,
+                                    n_threads=n_threads, q_block=2, out=out)
+            assert np.all(buf[-64:] == 0xA5), f"{kernel_name}: the kernel wrote past the output"
+            kt.assert_same_bytes(got.storage(), want.storage(), 4,
+                                 f"{kernel_name} case {i} plan {plan.name} threads={n_threads}")
+
+
+def test_flash_attn_fully_masked_row_raises(rng):
+    q = _q(rng, 192, 3, 1)
+    k, v = _kv(rng, "f16", (192, 40, 1, 1)), _kv(rng, "f16", (128, 40, 1, 1))
+    mask = _mask(40, 32, [(1, 0, 40)])
+    with pytest.raises(ValueError, match="masked"):
+        ref_fa(q, k, v, mask, 0.125, algorithm="blocked", plan=KM.FA_PLAN)
+    with pytest.raises(ValueError, match="masked"):
+        KM.flash_attn_ext(q, k, v, mask, 0.125)
+
+
+def test_flash_attn_rejects_bad_arguments(rng):
+    q = _q(rng, 192, 3, 2)
+    k, v = _kv(rng, "f16", (192, 40, 2, 1)), _kv(rng, "f16", (128, 40, 2, 1))
+    with pytest.raises(ValueError, match="blocked"):
+        KM.flash_attn_ext(q, k, v, None, 0.1, algorithm="generic")
+    with pytest.raises(ValueError, match="Dk"):
+        KM.flash_attn_ext(_q(rng, 128, 3, 2), k, v, None, 0.1)
+    with pytest.raises(ValueError, match="same type"):
+        KM.flash_attn_ext(q, k, _kv(rng, "q8_0", (128, 40, 2, 1)), None, 0.1)
+    with pytest.raises(ValueError, match="mask"):
+        KM.flash_attn_ext(q, k, v, _mask(20, 32), 0.1)
+    with pytest.raises(ValueError, match="max_bias"):
+        KM.flash_attn_ext(q, k, v, None, 0.1, 8.0)
+    with pytest.raises(ValueError, match="mlaref_l16a1"):
+        KM.flash_attn_ext(q, k, v, None, 0.1, plan="ggml_generic")
+    with pytest.raises(ValueError, match="k_step"):
+        KM.flash_attn_ext(q, k, v, None, 0.1, plan=KM.FA_PLAN.replace(k_step=5000))
+    with pytest.raises(TypeError, match="scale"):
+        KM.flash_attn_ext(q, k, v, None, "0.1")
+    with pytest.raises(ValueError, match="q_block"):
+        KM.flash_attn_ext(q, k, v, None, 0.1, q_block=0)
+
+
+def _nmse(x, truth) -> float:
+    x = np.asarray(x, np.float64).ravel()
+    t = np.asarray(truth, np.float64).ravel()
+    return float(np.sum((x - t) ** 2) / np.sum(t ** 2))
+
+
+@pytest.mark.parametrize("type", ["f16", "q8_0"])
+def test_flash_attn_mla_shape_vs_ggml(type, ggml, rng):
+    """FlashMLA-2 PP attention: Dk 192, Dv 128, 16 heads, f16 causal-style mask, small n_kv."""
+    from mlaref.codegen import ggml_ops
+
+    Dk, Dv, nh, nq, n_kv = 192, 128, 16, 8, 96
+    q = _q(rng, Dk, nq, nh, s=0.5)
+    k, v = _kv(rng, type, (Dk, n_kv, nh, 1)), _kv(rng, type, (Dv, n_kv, nh, 1))
+    m = np.zeros((64, n_kv), np.float16)  # ggml pads the mask rows; cells after the query's position masked
+    for i in range(nq):
+        m[i, n_kv - nq + i + 1:] = -np.inf
+    mask = Tensor.from_numpy(m.reshape(1, 1, 64, n_kv), "f16")
+    scale = 1.0 / np.sqrt(Dk)
+    got = KM.flash_attn_ext(q, k, v, mask, scale, n_threads=2, plan=KM.fa_plan(32, 2, "v_expf_avx512"))
+    ref = ggml_ops.flash_attn_ext(q, k, v, mask, scale)
+    qv = q.to_numpy()[0]  # (nh, nq, Dk)
+    kv, vv = k.to_numpy()[0].astype(np.float64), v.to_numpy()[0].astype(np.float64)  # (nh, n_kv, D)
+    s = np.einsum("hqd,hkd->hqk", qv.astype(np.float64), kv) * scale + m[:nq].astype(np.float64)[None]
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    o = np.einsum("hqk,hkd->hqd", p / p.sum(axis=-1, keepdims=True), vv)  # (nh, nq, Dv)
+    truth = np.transpose(o, (1, 0, 2))  # dst [Dv, nh, nq]: (nq, nh, Dv)
+    got_v = got.to_numpy()[0]
+    ref_v = ref.to_numpy()[0]
+    assert got_v.shape == truth.shape == ref_v.shape
+    assert _nmse(got_v, truth) < NMSE_BOUND
+    assert _nmse(ref_v, truth) < NMSE_BOUND
+    assert _nmse(got_v, ref_v) < NMSE_BOUND

@@ -1,0 +1,174 @@
+"""mul_mat kernels (#253: non-f32 src1 converted per column inside the kernel) against the reference and ggml.
+
+Bit-exact: every manifest kernel equals ``MulMat_253`` under ``mlaref_l16a1`` (variant x86) on float32 bytes, for
+1, 2, 3 and 4 threads, with tails (K not a multiple of 16 for element weights, an odd number of 32-blocks),
+M not a multiple of the 4-row tile, a strided src1 view (the cache layout: rows of 576 values, 512 used), src0
+broadcast over ne02/ne03, a NaN-poisoned output with guard bytes after it.
+
+Approximate (NMSE bound of ggml's test-backend-ops for mul_mat, 5e-4, against float64 math of the dequantized
+operands): the MLA shape kv_f32 = wkv_b [512, 4096] x cache [512, n_kv] (n_kv small), compared with upstream
+ggml running the same op (an f32 copy of the cache for the #253 cases upstream cannot run).
+"""
+
+import zlib
+
+import numpy as np
+import pytest
+
+from mlaref import reference as R
+from mlaref.codegen import kernels_mm as KM
+from mlaref.reference.ops.mul_mat import MulMat_253
+from mlaref.reference.tensor import Tensor
+
+FAMILY = "mul_mat"
+NMSE_BOUND = 5e-4  # ggml tests/test-backend-ops.cpp: test_mul_mat::max_nmse_err
+_REF_CACHE: dict = {}
+
+
+def _values(rng, rows: int, n: int) -> np.ndarray:
+    x = rng.standard_normal((rows, n)).astype(np.float32)
+    x *= np.float32(2.0) ** rng.integers(-3, 4, size=(rows, 1)).astype(np.float32)
+    return x
+
+
+def _tensor(values: np.ndarray, type: str, ne, row_len: int | None = None) -> Tensor:
+    """A tensor of ``type`` holding ``values`` (rows, n); with ``row_len`` > n the rows are a strided view into
+    rows of ``row_len`` values (the KV-cache layout: first n of each row)."""
+    rows, n = values.shape
+    full = values if row_len is None else np.concatenate(
+        [values, np.ones((rows, row_len - n), np.float32)], axis=1)
+    if type == "f32":
+        data = np.ascontiguousarray(full).view(np.uint8)
+    elif type == "q8_0":
+        data = R.quantize(full, type, variant="x86")
+    else:
+        data = R.quantize(full, type)
+    data = np.ascontiguousarray(data).reshape(rows, -1)
+    base = Tensor.from_bytes(data, type, (full.shape[1], rows, 1, 1))
+    t = Tensor.from_bytes(data, type, (full.shape[1],) + tuple(ne[1:]))
+    if row_len is None:
+        return t
+    return base.view(tuple(ne), (t.nb[0], t.nb[1], t.nb[1] * ne[1], t.nb[1] * ne[1] * ne[2]))
+
+
+def _guarded_out(ne) -> tuple[Tensor, np.ndarray]:
+    """A NaN-poisoned contiguous f32 output followed by 64 guard bytes."""
+    n = int(np.prod(ne)) * 4
+    buf = np.full(n + 64, 0xA5, np.uint8)
+    buf[:n] = 0xFF
+    return Tensor("f32", ne, (4, 4 * ne[0], 4 * ne[0] * ne[1], 4 * ne[0] * ne[1] * ne[2]), buf), buf
+
+
+def _cases(tx: str, ty: str):
+    """(K, a.ne, b.ne, src1 row length, src0 row length) per case: tails, odd rows, broadcast, strided views."""
+    block = tx not in ("f32", "f16", "bf16") or ty == "q8_0"
+    k_tail = 96 if block else 37  # 3 blocks (odd pair) / 2 steps of 16 + 5
+    k_real = 192 if block else 200
+    if tx in ("q4_K", "q6_K"):
+        k_tail, k_real = 768, 512  # 3 super-blocks (odd pair), 2
+    a_pad = 256 if tx in ("q4_K", "q6_K") else 64
+    return [
+        (k_tail, (k_tail, 7, 1, 1), (k_tail, 9, 2, 1), None, None),          # r2 = 2: one weight, two src1 matrices
+        (k_real, (k_real, 5, 2, 1), (k_real, 6, 4, 2), None, None),          # r2 = 2, r3 = 2
+        (k_real, (k_real, 6, 1, 1), (k_real, 11, 1, 1), k_real + 64, k_real + a_pad),  # strided src1 and src0 views
+    ]
+
+
+def test_mul_mat_bit_exact(kernel_name, kt, rng):
+    k = kt.manifest_kernels()[kernel_name]
+    kt.require_isa(k["isa"])
+    tx, ty = k["type_x"], k["type_y"]
+    for case, (K, ane, bne, row_len, a_row_len) in enumerate(_cases(tx, ty)):
+        key = (tx, ty, case)
+        if key not in _REF_CACHE:
+            r = np.random.default_rng(zlib.crc32(repr(key).encode()))
+            a = _tensor(_values(r, int(np.prod(ane[1:])), K), tx, ane, a_row_len)
+            b = _tensor(_values(r, int(np.prod(bne[1:])), K), ty, bne, row_len)
+            want = MulMat_253(plan="mlaref_l16a1", variant="x86")(a, b)
+            _REF_CACHE[key] = (a, b, want)
+        a, b, want = _REF_CACHE[key]
+        for n_threads in (1, 2, 3, 4):
+            out, buf = _guarded_out(want.ne)
+            got = KM.mul_mat(a, b, kernel=kernel_name, n_threads=n_threads, out=out)
+            assert got is out
+            assert np.all(buf[-64:] == 0xA5), f"{kernel_name}: the kernel wrote past the output"
+            kt.assert_same_bytes(got.storage(), want.storage(), 4,
+                                 f"{kernel_name} case {case} K={K} a{ane} b{bne} threads={n_threads}")
+
+
+def test_mul_mat_rejects_bad_arguments(rng):
+    a = _tensor(_values(rng, 4, 64), "q8_0", (64, 4, 1, 1))
+    b = _tensor(_values(rng, 3, 64), "f16", (64, 3, 1, 1))
+    with pytest.raises(ValueError, match="ne\\[0\\]"):
+        KM.mul_mat(a, _tensor(_values(rng, 3, 96), "f16", (96, 3, 1, 1)))
+    with pytest.raises(ValueError, match="multiples"):
+        KM.mul_mat(_tensor(_values(rng, 8, 64), "q8_0", (64, 4, 2, 1)),
+                   _tensor(_values(rng, 9, 64), "f16", (64, 3, 3, 1)))
+    with pytest.raises(ValueError, match="src1"):
+        KM.mul_mat(a, b, vec_dot_type="q8_1")
+    with pytest.raises(ValueError, match="mlaref_l16a1"):
+        KM.mul_mat(a, b, plan="ggml_generic")
+    with pytest.raises(ValueError, match="variant"):
+        KM.mul_mat(a, b, variant="ref")
+    with pytest.raises(TypeError, match="Tensor"):
+        KM.mul_mat(a, np.zeros((3, 64), np.float32))
+    with pytest.raises(ValueError, match="type"):
+        KM.mul_mat(_tensor(_values(rng, 4, 256), "q8_K", (256, 4, 1, 1)),
+                   _tensor(_values(rng, 3, 256), "f32", (256, 3, 1, 1)))
+    with pytest.raises(TypeError, match="n_threads"):
+        KM.mul_mat(a, b, n_threads=1.5)
+    with pytest.raises(ValueError, match="out"):
+        KM.mul_mat(a, b, out=Tensor.zeros("f32", (3, 4, 1, 1)))
+
+
+def _nmse(x: np.ndarray, truth: np.ndarray) -> float:
+    x = x.astype(np.float64).ravel()
+    t = truth.astype(np.float64).ravel()
+    return float(np.sum((x - t) ** 2) / np.sum(t ** 2))
+
+
+@pytest.mark.parametrize("tx, ty", [("f16", "f16"), ("q8_0", "f32"), ("q8_0", "f16"), ("iq4_nl", "f16"),
+                                    ("q8_0", "q8_0"), ("q4_0", "f16"), ("q4_K", "f32"), ("q6_K", "f16")])
+def test_mul_mat_mla_shape_vs_ggml(tx, ty, ggml, rng):
+    """kv_f32 = mul_mat(wkv_b [512, 4096], cache view [512, n_kv]) with the cache rows of 576 values."""
+    from mlaref.codegen import ggml_ops
+
+    n_kv = 24
+    w = _tensor(_values(rng, 4096, 512) * np.float32(0.05), tx, (512, 4096, 1, 1))
+    cache = _tensor(_values(rng, n_kv, 512), ty, (512, n_kv, 1, 1), row_len=576)
+    got = KM.mul_mat(w, cache, n_threads=2).to_numpy().reshape(n_kv, 4096)
+    wv = w.to_numpy().reshape(4096, 512).astype(np.float64)
+    truth = cache.to_numpy().reshape(n_kv, 512).astype(np.float64) @ wv.T  # float64 truth: any order is fine
+    upstream_direct = (tx, ty) in (("f16", "f16"), ("q8_0", "f32"), ("q8_0", "q8_0"), ("q4_K", "f32"))
+    b = cache if upstream_direct else ggml_ops.cast(cache, "f32")  # upstream cannot take a non-f32 src1 (#253)
+    ref = ggml_ops.mul_mat(w, b).to_numpy().reshape(n_kv, 4096)
+    assert _nmse(got, truth) < NMSE_BOUND
+    assert _nmse(ref, truth) < NMSE_BOUND
+    assert _nmse(got, ref) < NMSE_BOUND
+    if (tx, ty) == ("f16", "f16"):
+        # f16 x f16 products are exact, only the summation order differs: far inside the bound
+        assert _nmse(got, truth) < 1e-12
+
+
+def test_mul_mat_q8_0_src1_holding_minus_128(kt, rng):
+    """Outside the valid domain: a q8_0 src1 value of -128 (no ggml quantizer writes it). The scalar and avx512vnni
+    kernels multiply true integers, like the reference; the avx2 / avx512 sign trick (maddubs(|x|, sign(y, x)))
+    turns (-128)*(x < 0) into +128*|x| with the wrong sign, so only the columns holding -128 differ there."""
+    from mlaref.codegen import cpu
+
+    K = 64
+    a = _tensor(_values(rng, 6, K), "q8_0", (K, 6, 1, 1))
+    b = _tensor(_values(rng, 5, K), "q8_0", (K, 5, 1, 1))
+    raw = b.storage()[0, 0]  # (5, 68) block bytes
+    raw[1, 2:34] = 0x80  # column 1: every value of block 0 is -128
+    raw[3, 40] = 0x80  # column 3: one value of block 1
+    want = MulMat_253(plan="mlaref_l16a1")(a, b).storage()[0, 0]  # (5 columns, 6 rows)
+    for isa in ("scalar", "avx2", "avx512", "avx512vnni"):
+        if cpu.missing(isa):
+            continue
+        got = KM.mul_mat(a, b, isa=isa).storage()[0, 0]
+        if isa in ("scalar", "avx512vnni"):
+            kt.assert_same_bytes(got, want, 4, f"{isa} with -128 in src1")
+        else:
+            same = np.all(got.view(np.uint32) == want.view(np.uint32), axis=1)
+            assert same.tolist() == [True, False, True, False, True], f"{isa}: columns equal to the reference {same}"
