@@ -181,6 +181,33 @@ def test_rope_yarn_matches_ggml(ggml, rng, heads):
     _same_bytes(rope(view, pos, *YARN), ggml_ops.rope_ext(view, pos, *YARN, n_threads=3))
 
 
+def test_rope_yarn_nmse_against_float64(rng):
+    """rope against YaRN written out in float64 from FACTS 1.3 / 4g (theta = p * base^(-2k/n), ramp, mix,
+    magnitude m), not from the float32 code path. Bound 1e-6: float32 angles up to 16383 rad carry an absolute
+    error of about one float32 ulp of the angle (~1e-3) in the fastest pair, which dominates (measured ~1e-8)."""
+    T = 64
+    x = rng.standard_normal((T, 16, 64)).astype(np.float32)
+    pos = np.concatenate([[0, 1, 4095, 4096, 16383], rng.integers(0, 16384, T - 5)]).astype(np.int32)
+    got = rope(Tensor.from_numpy(x), Tensor.from_numpy(pos), *YARN).to_numpy().reshape(T, 16, 64)
+
+    def corr_dim(beta):
+        return 64 * math.log(N_CTX_ORIG / (beta * 2 * math.pi)) / (2 * math.log(FREQ_BASE))
+
+    c0, c1 = max(0, math.floor(corr_dim(BETA_FAST))), min(63, math.ceil(corr_dim(BETA_SLOW)))
+    k = np.arange(32)
+    theta_ext = pos[:, None].astype(np.float64) * FREQ_BASE ** (-2.0 * k / 64)
+    mix = (1 - np.clip((k - c0) / max(0.001, c1 - c0), 0, 1)) * 1.0  # ext_factor 1
+    theta = FREQ_SCALE * theta_ext * (1 - mix) + theta_ext * mix
+    m = ATTN_FACTOR * (1 + 0.1 * math.log(1 / FREQ_SCALE))
+    cos, sin = (np.cos(theta) * m)[:, None, :], (np.sin(theta) * m)[:, None, :]
+    x0, x1 = x[..., 0::2].astype(np.float64), x[..., 1::2].astype(np.float64)
+    want = np.empty(x.shape, np.float64)
+    want[..., 0::2] = x0 * cos - x1 * sin
+    want[..., 1::2] = x0 * sin + x1 * cos
+    assert (c0, c1) == (10, 23)
+    assert _nmse(got, want) < 1e-6
+
+
 def test_rope_contraction_matters(ggml, rng):
     a = _f32(rng, 64, 4, 64)
     pos = Tensor.from_numpy(rng.integers(0, 16384, 64).astype(np.int32))
