@@ -1010,10 +1010,21 @@ def _compute_plan(model: Model, kv_size: int, cache_type: str) -> str:
 
 
 def _kernels_for(type_name: str | None) -> str:
+    """The generated mul_mat kernel dispatch would pick for this weight type times f32 activations (no build)."""
     if type_name is None:
         return "not implemented in mlaref"
-    vdt = type_name if type_name == "i32" else get_type(type_name).vec_dot_type
-    return f"mul_mat -> vec_dot_{type_name}_{vdt} (src1 rows converted to {vdt}); codegen kernels pending"
+    if type_name == "i32":
+        return "no mul_mat (integer tensor)"
+    vdt = get_type(type_name).vec_dot_type
+    try:
+        from mlaref.codegen import catalog, dispatch  # noqa: PLC0415  (codegen is optional for reading files)
+    except ImportError as exc:
+        return f"codegen unavailable ({exc})"
+    have = catalog.by_key().get(("mul_mat", type_name, "f32", "l16a1"), {})
+    for isa in dispatch.candidates(None):
+        if isa in have:
+            return f"{have[isa].name} (src1 rows converted to {vdt} per thread)"
+    return f"no generated mul_mat kernel for {type_name} on this CPU: the reference mul_mat runs it"
 
 
 def configure(parser) -> None:
@@ -1073,7 +1084,7 @@ def run(args) -> int:
               f"per layer [{plan['ne'][0]}, {plan['ne'][1]}] x {plan['row_bytes']} B/row = "
               f"{plan['bytes_per_layer']} B; {plan['n_layer']} layers = {plan['bytes']} B = {_mib(plan['bytes'])}")
         print(f"compute buffer (ubatch 512): {_compute_plan(model, plan['kv_size'], args.cache_type)}")
-    print("kernels per weight type (placeholder until codegen lands):")
+    print("mul_mat kernel per weight type (f32 activations, plan l16a1, best ISA on this CPU):")
     by_type: dict = {}
     for ti in model.infos:
         by_type.setdefault(ti.type or ti.ggml_type, []).append(ti)

@@ -90,7 +90,12 @@ def test_inspect_prints_the_plan(lite, capsys):
         assert line in out, line
     assert "per layer [576, 2048] x 1152 B/row = 2359296 B; 2 layers = 4718592 B = 4.50 MiB" in out
     assert "blk.0.attn_kv_b.weight" in out and "[512, 4096]" in out
-    assert "q8_0" in out and "vec_dot_q8_0_q8_0" in out
+    # the kernel line names a catalog kernel of that weight type whose ISA this CPU has
+    from mlaref.codegen import catalog, dispatch
+
+    best = next(isa for isa in dispatch.candidates(None)
+                if isa in catalog.by_key()[("mul_mat", "q8_0", "f32", "l16a1")])
+    assert f"mlaref_mul_mat_q8_0_f32__{best}_l16a1 (src1 rows converted to q8_0 per thread)" in out
     assert cli_main(["inspect", path, "--ctx", "2048", "--cache-type", "q8_0"]) == 0
     out = capsys.readouterr().out
     assert f"x 612 B/row = {2048 * 612} B" in out
