@@ -1,4 +1,4 @@
-"""`mlaref bench`: timing helpers and the benchmarks (types now; kernels, ops and mla to come).
+"""`mlaref bench`: timing helpers and the benchmarks: types here; kernels, ops and mla in their modules.
 
 Method, shared by every benchmark (the perf mode of ggml's ``test-backend-ops`` is the model): run the call
 once or more to warm up (imports, caches, page faults), then ``repeats`` timed runs with
@@ -17,6 +17,7 @@ produced the same bytes (quantize) or the same float32 bits (dequantize).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import platform
@@ -354,10 +355,17 @@ def format_table(result: dict) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------------------
-_PENDING = {
-    "kernels": "generated C kernels vs the reference and ggml",
-    "ops": "reference ops vs ggml ops",
-    "mla": "the FlashMLA-2 prompt-processing layer, before and after PR #253",
+_PENDING: dict[str, str] = {}
+
+# The other benchmarks live in their own modules: name -> (module, configure, run, help). Each module's
+# ``configure(parser)`` adds the options and ``run(args) -> int`` prints the table (and writes --json).
+_EXTERNAL = {
+    "kernels": ("mlaref.codegen.bench", "_configure_kernels", "_run_kernels",
+                "generated C kernels by name, and each family against the reference and ggml (bench_kernels.py)"),
+    "ops": ("mlaref.codegen.report", "configure_bench_ops", "run_bench_ops",
+            "one MLA layer's ops at small shapes: reference vs kernels vs ggml"),
+    "mla": ("mlaref.codegen.bench_mla", "configure", "run",
+            "the FlashMLA-2 prompt-processing layer (K/V build + attention), f32 vs direct (PR #253) vs chunked"),
 }
 
 
@@ -377,7 +385,44 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--formats", nargs="+", metavar="NAME", help="only these formats (default: all registered)")
     for name, what in _PENDING.items():
         sub.add_parser(name, help=f"{what} (not yet implemented)")
+    for name, (module, conf, _run, what) in _EXTERNAL.items():
+        p = sub.add_parser(name, help=what, description=what)
+        try:
+            getattr(importlib.import_module(module), conf)(p)
+        except (ImportError, AttributeError) as exc:
+            p.set_defaults(_bench_missing=f"mlaref bench {name}: not available in this build ({exc})")
     parser.set_defaults(_bench_parser=parser)
+
+
+def _configure_kernels(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--families", nargs="+", metavar="FAMILY", help="only these kernel families")
+    p.add_argument("--isas", nargs="+", metavar="ISA", help="only these ISA tokens")
+    p.add_argument("--types", nargs="+", metavar="TYPE", help="only kernels of these types")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], metavar="N",
+                   help="thread counts of the comparison with ggml (default 1 2)")
+    p.add_argument("--repeats", type=int, default=5, metavar="N", help="timed runs per kernel (default 5)")
+    p.add_argument("--json", metavar="FILE", help="also write the machine-readable result to FILE")
+
+
+def _run_kernels(args) -> int:
+    from mlaref.codegen import bench_kernels as bk  # noqa: PLC0415
+
+    if args.repeats < 1 or any(t < 1 for t in args.threads):
+        print("mlaref bench kernels: --repeats and --threads must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        result = bk.bench_kernels(families=args.families, isas=args.isas, types=args.types, repeat=args.repeats,
+                                  threads=tuple(args.threads))
+    except ValueError as exc:
+        print(f"mlaref bench kernels: {exc}", file=sys.stderr)
+        return 2
+    print(bk.format_table(result))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1, default=str)
+            f.write("\n")
+        print(f"wrote {args.json}")
+    return 0
 
 
 def run(args) -> int:
@@ -387,6 +432,12 @@ def run(args) -> int:
     if args.bench_command in _PENDING:
         print(f"mlaref bench {args.bench_command}: not yet implemented", file=sys.stderr)
         return 2
+    if args.bench_command in _EXTERNAL:
+        if getattr(args, "_bench_missing", None):
+            print(args._bench_missing, file=sys.stderr)
+            return 2
+        module, _conf, run_name, _what = _EXTERNAL[args.bench_command]
+        return int(getattr(importlib.import_module(module), run_name)(args) or 0)
     try:
         result = bench_types(size_mb=args.size_mb, repeats=args.repeats, formats=args.formats)
     except ValueError as exc:

@@ -1,0 +1,723 @@
+"""`mlaref bench mla`: one layer's K/V build + flash attention at DeepSeek-V2-Lite's shapes, f32 vs direct vs chunked.
+
+What is timed (per layer, prompt processing, ``T`` queries against ``n_kv`` cache cells, f16 cache; the op
+sequences of :mod:`mlaref.reference.graphs.deepseek2`, which follow ``build_deepseek2`` in
+``src/llama.cpp@676f0e71b``):
+
+``f32`` (before PR #253)
+    cast the cache view ``[576, n_kv]`` to f32; ``kv_f32 = wkv_b × c_kv``; repeat the rope part over the heads
+    and permute it, concat K in f32; cast K and V to f16; ``flash_attn_ext(q, K, V, mask)``.
+``direct`` (PR #253's CPU branch)
+    ``kv_f32 = wkv_b × c_kv`` reading the f16 cache; cast the nope and v halves to f16; repeat the rope part in
+    f16; concat K in f16; ``flash_attn_ext``.
+``chunked`` (mlaref)
+    the ``direct`` build per chunk of ``kv_chunk`` cells, partial attention per chunk, chunks merged in order;
+    equal to ``direct`` when ``n_kv <= kv_chunk``.
+
+Shapes (DeepSeek-V2-Lite, :func:`mlaref.reference.hparams.preset`): 16 heads, latent 512 + rope 64 per cell,
+K head 192 = 128 + 64, V head 128, ``wkv_b`` ``[512, 16·256]``; ``T = 512`` (one micro-batch), the causal mask
+of the last micro-batch of a prompt of ``n_kv`` tokens (token t sees cells ``<= n_kv - T + t``).
+
+Back-ends, named in every result's ``backend`` field:
+
+``kernels`` (the default where they run)
+    mlaref's generated C kernels: ``mul_mat`` and ``flash_attn_ext`` of :mod:`mlaref.codegen.kernels_mm` (Python
+    threads over disjoint work; iqk's blocked attention order), the ``copy_rows`` kernel for repeat and concat,
+    NumPy for the float casts and the f32 concat (no kernel exists for those); ``wkv_b`` is **IQ4_NL**, the
+    seed's weight type, which the direct branch can feed with the f16 cache (converted to q8_0 inside the
+    kernel, #253's ``iqk_quantize_any``). ``<variant>/kv`` times the K/V build alone. ``chunked`` runs the full
+    attention kernel per chunk; the merge is timed separately as for ``ggml``.
+``ggml``
+    upstream ggml's CPU kernels through ggml-python (``ggml_graph_compute`` with ``n_threads`` threads, one plan
+    and work buffer per graph, reused over the runs). ``wkv_b`` is **f16**: upstream ggml's ``mul_mat`` accepts
+    a non-f32 src1 only when it already is the weight's vec_dot type (``GGML_ASSERT(src1->type ==
+    GGML_TYPE_F32)`` in ``ggml_compute_forward_mul_mat``, ggml-cpu.c of ggml-python 0.0.45), so the ``direct``
+    branch with the seed's IQ4_NL weight (vec_dot type q8_0) cannot be expressed upstream; with an f16 weight
+    both branches can. Upstream ggml has no partial flash attention, so ``chunked`` runs ``flash_attn_ext``
+    per chunk (with a contiguous copy of the chunk's mask columns, as ggml requires a contiguous mask) and the
+    merge of the chunks' partial results is not in the timed graph (its cost, O(T·H·Dv) per chunk boundary,
+    is timed separately with the NumPy reference ``fa_merge`` and reported as ``merge_seconds``).
+``reference``
+    mlaref's NumPy reference ops (bit-exact models, single-threaded, orders of magnitude slower) at reduced
+    shapes (fewer heads and queries, small ``n_kv``); used when ggml-python is absent, to show the pipeline
+    runs, not to measure the seed's claim.
+
+Method: every variant of one ``n_kv`` is prepared once (one ggml context; one set of tensors); one warm-up run each,
+then ``repeats`` rounds
+in which the variants run in turn (:func:`mlaref.codegen.bench.measure_interleaved`); median, min, max.
+Speed-ups are ratios of medians within one run: ``speedup_direct_over_f32 = t_f32 / t_direct`` (the seed's
+sense: > 1 means the #253 branch is faster) and ``speedup_chunked_over_direct = t_direct / t_chunked``.
+
+Why a per-layer ratio need not follow the seed's trend (1.018 at pp512 up to 1.131 at pp16384): the seed times
+the whole model (MoE FFN, projections, 27 layers) over a prompt of N tokens, i.e. N/512 micro-batches with
+``n_kv`` = 512, 1024, ..., N. The K/V build and attention both grow linearly with ``n_kv`` at fixed ``T``,
+while the rest of the model does not, so the share of attention in the total, and with it the whole-model
+speed-up, grows with N even when the per-layer ratio is flat. :func:`pp_estimate` turns per-layer times into
+the attention-only ratio of a pp-N run (sum over its micro-batches, linear interpolation in ``n_kv``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+
+import numpy as np
+
+__all__ = ["SEED_PP", "N_KV_FULL", "N_KV_QUICK", "VARIANTS", "run_mla", "pp_estimate", "format_table"]
+
+# The seed's prompt-processing table (PR #253; DeepSeek-V2-Lite, IQ4_NL, Ryzen-7950X): N -> (t/s main, t/s PR,
+# speedup as printed).
+SEED_PP = {
+    512: (668.46, 680.74, 1.018),
+    1024: (646.86, 668.65, 1.034),
+    2048: (596.56, 628.99, 1.054),
+    4096: (513.16, 552.36, 1.076),
+    8192: (398.45, 442.89, 1.112),
+    16384: (272.58, 308.21, 1.131),
+}
+N_KV_FULL = (512, 1024, 2048, 4096, 8192, 16384)
+N_KV_QUICK = (512, 2048)
+VARIANTS = ("f32", "direct", "chunked")
+
+_F32, _F16 = 0, 1  # enum ggml_type
+
+
+def _shapes(hp, T: int, n_head: int | None = None) -> dict:
+    H = n_head or hp.n_head
+    return {
+        "n_head": H, "T": T, "rank": hp.n_lora_kv, "rope": hp.n_rot, "nope": hp.n_embd_head_qk_nope,
+        "dv": hp.n_embd_head_v, "dk": hp.n_embd_head_qk_nope + hp.n_rot, "kq_scale": float(hp.kq_scale),
+    }
+
+
+def _mask(n_kv: int, T: int) -> np.ndarray:
+    """The causal mask of the last micro-batch (f16 ``[T, n_kv]``): token t sees cells ``<= n_kv - T + t``."""
+    cells = np.arange(n_kv)[None, :]
+    last = (n_kv - T + np.arange(T))[:, None]
+    return np.where(cells <= last, np.float16(0), np.float16(-np.inf)).astype(np.float16)
+
+
+def _data(s: dict, n_kv: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    H, T = s["n_head"], s["T"]
+    return {
+        "wkv_b": (rng.standard_normal((H * (s["nope"] + s["dv"]), s["rank"])) / np.sqrt(s["rank"])).astype(np.float16),
+        "cache": (0.5 * rng.standard_normal((n_kv, s["rank"] + s["rope"]))).astype(np.float16),
+        "q": rng.standard_normal((T, H, s["dk"])).astype(np.float32),
+        "mask": _mask(n_kv, T),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ggml back-end
+# ----------------------------------------------------------------------------------------------------------
+def _variant_bytes(s: dict, n_kv: int, kv_chunk: int) -> int:
+    """Upper bound of the tensor data one variant allocates in a no-reuse ggml context."""
+    H, rank, rope, dk, dv, T = s["n_head"], s["rank"], s["rope"], s["dk"], s["dv"], s["T"]
+    per_head = s["nope"] + dv
+    kvf = 4 * H * per_head * n_kv
+    f32 = 4 * (rank + rope) * n_kv + kvf + 4 * rope * H * n_kv + 4 * dk * H * n_kv + 2 * (dk + dv) * H * n_kv
+    direct = kvf + 2 * (s["nope"] + dv) * H * n_kv + 2 * rope * H * n_kv + 2 * dk * H * n_kv
+    return f32 + 2 * direct + 2 * n_kv * T + 3 * 4 * dv * H * T * (1 + n_kv // max(kv_chunk, 1))
+
+
+class _GgmlLayer:
+    """The three variants' graphs for one ``n_kv`` in one ggml context (see the module docstring)."""
+
+    def __init__(self, s: dict, n_kv: int, kv_chunk: int, n_threads: int, seed: int):
+        from mlaref.codegen import ggml_peer
+
+        self.g = g = ggml_peer.lib()
+        self.s, self.n_kv, self.n_threads = s, n_kv, n_threads
+        H, T, rank, rope = s["n_head"], s["T"], s["rank"], s["rope"]
+        n_tensors = 64 + 16 * (n_kv // kv_chunk + 1)
+        mem = _variant_bytes(s, n_kv, kv_chunk) + (64 << 20) + n_tensors * int(g.ggml_tensor_overhead())
+        mem += 3 * int(g.ggml_graph_overhead())
+        self.ctx = g.ggml_init(g.ggml_init_params(mem_size=mem, mem_buffer=None, no_alloc=False))
+        if not self.ctx:
+            raise MemoryError(f"bench mla: ggml_init could not allocate {mem} bytes")
+        d = _data(s, n_kv, seed)
+        self.wkv_b = self._input(_F16, (rank, H * (s["nope"] + s["dv"])), d["wkv_b"])
+        self.cache = self._input(_F16, (rank + rope, n_kv), d["cache"])
+        q_full = self._input(_F32, (s["dk"], H, T), d["q"])
+        self.q = g.ggml_permute(self.ctx, q_full, 0, 2, 1, 3)
+        self.mask = self._input(_F16, (n_kv, T), d["mask"])
+        self.mask_np = d["mask"]
+        self.graphs, self.outs, self.plans, self._work = {}, {}, {}, []
+        self.n_chunks = {}
+        for v in VARIANTS:
+            out, n_chunks, kv = getattr(self, f"_build_{v}")(kv_chunk)
+            self.outs[v], self.n_chunks[v] = out, n_chunks
+            # "<variant>" runs the layer; "<variant>/kv" only its K/V build (the same nodes, without attention)
+            self._graph(v, out)
+            self._graph(f"{v}/kv", kv)
+
+    def _graph(self, key: str, roots) -> None:
+        g = self.g
+        gf = g.ggml_new_graph(self.ctx)
+        for o in roots:
+            g.ggml_build_forward_expand(gf, o)
+        plan = g.ggml_graph_plan(gf, self.n_threads, None)
+        work = np.empty(max(int(plan.work_size), 1), dtype=np.uint8)
+        self._work.append(work)
+        plan.work_data = ctypes.cast(work.ctypes.data, type(plan.work_data))
+        self.graphs[key], self.plans[key] = gf, plan
+
+    def _input(self, type_id, ne, arr: np.ndarray):
+        g = self.g
+        t = {1: g.ggml_new_tensor_1d, 2: g.ggml_new_tensor_2d, 3: g.ggml_new_tensor_3d}[len(ne)](self.ctx, type_id, *ne)
+        a = np.ascontiguousarray(arr)
+        if a.nbytes != int(g.ggml_nbytes(t)):
+            raise AssertionError(f"bench mla: {a.nbytes} bytes for a tensor of {int(g.ggml_nbytes(t))}")
+        ctypes.memmove(g.ggml_get_data(t), a.ctypes.data, a.nbytes)
+        return t
+
+    @staticmethod
+    def _nb(t, i: int) -> int:
+        return int(t.contents.nb[i])
+
+    def _split(self, kv_f32, n):
+        g, s, ctx = self.g, self.s, self.ctx
+        per_head = s["nope"] + s["dv"]
+        nb1, nb2 = self._nb(kv_f32, 1), 4 * per_head
+        k_nope = g.ggml_view_3d(ctx, kv_f32, s["nope"], n, s["n_head"], nb1, nb2, 0)
+        v = g.ggml_view_3d(ctx, kv_f32, s["dv"], n, s["n_head"], nb1, nb2, 4 * s["nope"])
+        return k_nope, v
+
+    def _direct_kv(self, c0: int, n: int):
+        """#253's K/V build for cells ``c0 .. c0 + n`` (``kv_direct`` / one chunk of ``attn_chunked``)."""
+        g, s, ctx = self.g, self.s, self.ctx
+        row = self._nb(self.cache, 1)
+        nope_view = g.ggml_view_2d(ctx, self.cache, s["rank"], n, row, c0 * row)
+        kv_f32 = g.ggml_mul_mat(ctx, self.wkv_b, nope_view)
+        k_nope_f32, v_f32 = self._split(kv_f32, n)
+        v = g.ggml_cast(ctx, v_f32, _F16)
+        k_nope = g.ggml_cast(ctx, k_nope_f32, _F16)
+        rope_view = g.ggml_view_3d(ctx, self.cache, s["rope"], n, 1, row, row * n, c0 * row + 2 * s["rank"])
+        k_rope = g.ggml_repeat_4d(ctx, rope_view, s["rope"], n, s["n_head"], 1)
+        k = g.ggml_concat(ctx, k_nope, k_rope, 0)
+        return k, v
+
+    def _attn(self, k, v, mask):
+        return self.g.ggml_flash_attn_ext(self.ctx, self.q, k, v, mask, self.s["kq_scale"], 0.0, 0.0)
+
+    def _build_direct(self, kv_chunk):
+        k, v = self._direct_kv(0, self.n_kv)
+        return [self._attn(k, v, self.mask)], 1, [k, v]
+
+    def _build_f32(self, kv_chunk):
+        g, s, ctx, n = self.g, self.s, self.ctx, self.n_kv
+        row = self._nb(self.cache, 1)
+        kv32 = g.ggml_cast(ctx, g.ggml_view_2d(ctx, self.cache, s["rank"] + s["rope"], n, row, 0), _F32)
+        r32 = self._nb(kv32, 1)
+        nope = g.ggml_view_2d(ctx, kv32, s["rank"], n, r32, 0)
+        rope = g.ggml_view_3d(ctx, kv32, s["rope"], 1, n, r32, r32, 4 * s["rank"])
+        kv_f32 = g.ggml_mul_mat(ctx, self.wkv_b, nope)
+        k_nope_f32, v_f32 = self._split(kv_f32, n)
+        rep = g.ggml_repeat_4d(ctx, rope, s["rope"], s["n_head"], n, 1)
+        k_rope_f32 = g.ggml_permute(ctx, rep, 0, 2, 1, 3)
+        k_f32 = g.ggml_concat(ctx, k_nope_f32, k_rope_f32, 0)
+        k = g.ggml_cast(ctx, k_f32, _F16)
+        v = g.ggml_cast(ctx, v_f32, _F16)
+        return [self._attn(k, v, self.mask)], 1, [k, v]
+
+    def _build_chunked(self, kv_chunk):
+        if self.n_kv <= kv_chunk:
+            return self._build_direct(kv_chunk)
+        outs, kv = [], []
+        for c0 in range(0, self.n_kv, kv_chunk):
+            n = min(kv_chunk, self.n_kv - c0)
+            k, v = self._direct_kv(c0, n)
+            mask_c = self._input(_F16, (n, self.s["T"]), self.mask_np[:, c0:c0 + n])
+            outs.append(self._attn(k, v, mask_c))
+            kv += [k, v]
+        return outs, len(outs), kv
+
+    def compute(self, variant: str) -> None:
+        status = self.g.ggml_graph_compute(self.graphs[variant], ctypes.byref(self.plans[variant]))
+        if status != 0:
+            raise RuntimeError(f"bench mla: ggml_graph_compute({variant}) returned status {status}")
+
+    def output_bytes(self, variant: str) -> bytes:
+        g = self.g
+        parts = []
+        for o in self.outs[variant]:
+            n = int(g.ggml_nbytes(o))
+            buf = (ctypes.c_uint8 * n)()
+            ctypes.memmove(buf, g.ggml_get_data(o), n)
+            parts.append(bytes(buf))
+        return b"".join(parts)
+
+    def free(self) -> None:
+        if self.ctx:
+            self.g.ggml_free(self.ctx)
+            self.ctx = None
+
+
+def _merge_seconds(s: dict, n_boundaries: int, repeats: int) -> float:
+    """Median seconds of ``n_boundaries`` reference ``fa_merge`` calls on partials of this shape."""
+    if n_boundaries <= 0:
+        return 0.0
+    from mlaref.reference.ops.fa_partial import fa_merge
+    from mlaref.reference.tensor import Tensor
+
+    rng = np.random.default_rng(1)
+    shape = (1, s["T"], s["n_head"], s["dv"] + 2)
+    parts = []
+    for _ in range(2):
+        a = rng.standard_normal(shape).astype(np.float32)
+        a[..., -1] = np.abs(a[..., -1]) + 1
+        parts.append(Tensor.from_numpy(a))
+    times = []
+    for _ in range(max(repeats, 1)):
+        t0 = time.perf_counter()
+        acc = parts[0]
+        for i in range(n_boundaries):
+            acc = fa_merge(acc, parts[1], i == n_boundaries - 1)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reference back-end (no ggml-python)
+# ----------------------------------------------------------------------------------------------------------
+def _reference_layer(s: dict, n_kv: int, kv_chunk: int, seed: int) -> dict:
+    """Callables running each variant's op sequence on the NumPy reference ops (mlaref.reference.ops)."""
+    from mlaref.reference.ops.concat import concat
+    from mlaref.reference.ops.cpy import cast
+    from mlaref.reference.ops.fa_partial import fa_merge, flash_attn_ext_partial
+    from mlaref.reference.ops.flash_attn_ext import flash_attn_ext
+    from mlaref.reference.ops.mul_mat import MulMat_253, MulMat_pre253
+    from mlaref.reference.ops.repeat import repeat
+    from mlaref.reference.tensor import Tensor
+
+    d = _data(s, n_kv, seed)
+    H, T, rank, rope, nope, dv = s["n_head"], s["T"], s["rank"], s["rope"], s["nope"], s["dv"]
+    per_head = nope + dv
+    wkv_b = Tensor.from_numpy(d["wkv_b"].astype(np.float32), "f16")
+    cache = Tensor.from_numpy(d["cache"].astype(np.float32), "f16")
+    q = Tensor.from_numpy(d["q"]).permute(0, 2, 1, 3)
+    mask = Tensor.from_numpy(d["mask"].astype(np.float32), "f16")
+    scale = s["kq_scale"]
+
+    def split(kv_f32, n):
+        nb1 = kv_f32.nb[1]
+        k = kv_f32.view((nope, n, H, 1), (4, nb1, 4 * per_head, nb1 * n), 0)
+        v = kv_f32.view((dv, n, H, 1), (4, nb1, 4 * per_head, nb1 * n), 4 * nope)
+        return k, v
+
+    def kv_direct(c0, n):
+        row = cache.nb[1]
+        nope_view = cache.view((rank, n, 1, 1), (2, row, row * n, row * n), c0 * row)
+        kv_f32 = MulMat_253()(wkv_b, nope_view)
+        k_nope_f32, v_f32 = split(kv_f32, n)
+        v = cast(v_f32, "f16")
+        k_nope = cast(k_nope_f32, "f16")
+        rope_view = cache.view((rope, n, 1, 1), (2, row, row * n, row * n), c0 * row + 2 * rank)
+        k = concat(k_nope, repeat(rope_view, (rope, n, H, 1)), 0)
+        return k, v
+
+    def direct():
+        k, v = kv_direct(0, n_kv)
+        return flash_attn_ext(q, k, v, mask, scale)
+
+    def f32():
+        row = cache.nb[1]
+        kv32 = cast(cache.view((rank + rope, n_kv, 1, 1), (2, row, row * n_kv, row * n_kv), 0), "f32")
+        r32 = kv32.nb[1]
+        nope_v = kv32.view((rank, n_kv, 1, 1), (4, r32, r32 * n_kv, r32 * n_kv), 0)
+        rope_v = kv32.view((rope, 1, n_kv, 1), (4, r32, r32, r32 * n_kv), 4 * rank)
+        kv_f32 = MulMat_pre253()(wkv_b, nope_v)
+        k_nope_f32, v_f32 = split(kv_f32, n_kv)
+        k_rope_f32 = repeat(rope_v, (rope, H, n_kv, 1)).permute(0, 2, 1, 3)
+        k = cast(concat(k_nope_f32, k_rope_f32, 0), "f16")
+        return flash_attn_ext(q, k, cast(v_f32, "f16"), mask, scale)
+
+    def chunked():
+        if n_kv <= kv_chunk:
+            return direct()
+        acc = None
+        starts = list(range(0, n_kv, kv_chunk))
+        for i, c0 in enumerate(starts):
+            n = min(kv_chunk, n_kv - c0)
+            k, v = kv_direct(c0, n)
+            m = Tensor.from_numpy(d["mask"][:, c0:c0 + n].astype(np.float32), "f16")
+            part = flash_attn_ext_partial(q, k, v, m, scale)
+            last = i == len(starts) - 1
+            acc = (fa_merge(part, None, True) if last else part) if acc is None else fa_merge(acc, part, last)
+        return acc
+
+    return {"f32": f32, "direct": direct, "chunked": chunked}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# kernels back-end: mlaref's generated C kernels
+# ----------------------------------------------------------------------------------------------------------
+KERNEL_OPS = {
+    "mul_mat": "mlaref.codegen.kernels_mm.mul_mat (generated mul_mat kernel, l16a1 plan; src1 f16 or f32 converted "
+               "to q8_0 in the kernel, #253's iqk_quantize_any order)",
+    "flash_attn_ext": "mlaref.codegen.kernels_mm.flash_attn_ext (generated kernel, iqk's blocked order)",
+    "repeat, concat (cache type)": "mlaref.codegen.kernels.repeat / concat (generated copy_rows kernel)",
+    "repeat (f32)": "mlaref.codegen.kernels.repeat (generated copy_rows kernel)",
+    "concat (f32)": "mlaref.reference.ops.concat (NumPy; no kernel for f32 concat, as in kernels.concat)",
+    "cast f16 <-> f32": "mlaref.reference.ops.cpy.cast (NumPy; kernels.cpy has no float-to-float kernel)",
+}
+
+
+def _kernel_layer(s: dict, n_kv: int, kv_chunk: int, n_threads: int, seed: int, weight_type: str) -> dict:
+    """Callables for each variant (and ``<variant>/kv``, the K/V build alone) on mlaref's kernels; see KERNEL_OPS."""
+    from mlaref.codegen import kernels as K
+    from mlaref.codegen import kernels_mm as KM
+    from mlaref.reference.ops.concat import concat
+    from mlaref.reference.ops.cpy import cast
+    from mlaref.reference.tensor import Tensor
+
+    d = _data(s, n_kv, seed)
+    H, rank, rope, nope, dv = s["n_head"], s["rank"], s["rope"], s["nope"], s["dv"]
+    per_head = nope + dv
+    wkv_b = Tensor.from_numpy(d["wkv_b"].astype(np.float32), weight_type)
+    cache = Tensor.from_numpy(d["cache"].astype(np.float32), "f16")
+    q = Tensor.from_numpy(d["q"]).permute(0, 2, 1, 3)
+    mask = Tensor.from_numpy(d["mask"].astype(np.float32), "f16")
+    scale = s["kq_scale"]
+    row = cache.nb[1]
+
+    def split(kv_f32, n):
+        nb1 = kv_f32.nb[1]
+        k = kv_f32.view((nope, n, H, 1), (4, nb1, 4 * per_head, nb1 * n), 0)
+        v = kv_f32.view((dv, n, H, 1), (4, nb1, 4 * per_head, nb1 * n), 4 * nope)
+        return k, v
+
+    def kv_direct(c0, n):
+        nope_view = cache.view((rank, n, 1, 1), (2, row, row * n, row * n), c0 * row)
+        kv_f32 = KM.mul_mat(wkv_b, nope_view, n_threads=n_threads)
+        k_nope_f32, v_f32 = split(kv_f32, n)
+        v = cast(v_f32, "f16")
+        k_nope = cast(k_nope_f32, "f16")
+        rope_view = cache.view((rope, n, 1, 1), (2, row, row * n, row * n), c0 * row + 2 * rank)
+        return K.concat(k_nope, K.repeat(rope_view, (rope, n, H, 1)), 0), v
+
+    def kv_f32():
+        kv32 = cast(cache.view((rank + rope, n_kv, 1, 1), (2, row, row * n_kv, row * n_kv), 0), "f32")
+        r32 = kv32.nb[1]
+        nope_v = kv32.view((rank, n_kv, 1, 1), (4, r32, r32 * n_kv, r32 * n_kv), 0)
+        rope_v = kv32.view((rope, 1, n_kv, 1), (4, r32, r32, r32 * n_kv), 4 * rank)
+        kv = KM.mul_mat(wkv_b, nope_v, n_threads=n_threads)
+        k_nope_f32, v_f32 = split(kv, n_kv)
+        k_rope_f32 = K.repeat(rope_v, (rope, H, n_kv, 1)).permute(0, 2, 1, 3)
+        return cast(concat(k_nope_f32, k_rope_f32, 0), "f16"), cast(v_f32, "f16")
+
+    def attn(k, v, m):
+        return KM.flash_attn_ext(q, k, v, m, scale, n_threads=n_threads)
+
+    masks = {}
+    if n_kv > kv_chunk:
+        for c0 in range(0, n_kv, kv_chunk):
+            masks[c0] = Tensor.from_numpy(d["mask"][:, c0:c0 + kv_chunk].astype(np.float32), "f16")
+
+    def chunked():
+        if n_kv <= kv_chunk:
+            return attn(*kv_direct(0, n_kv), mask)
+        return [attn(*kv_direct(c0, min(kv_chunk, n_kv - c0)), masks[c0]) for c0 in range(0, n_kv, kv_chunk)]
+
+    return {
+        "f32": lambda: attn(*kv_f32(), mask),
+        "direct": lambda: attn(*kv_direct(0, n_kv), mask),
+        "chunked": chunked,
+        "f32/kv": kv_f32,
+        "direct/kv": lambda: kv_direct(0, n_kv),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the benchmark
+# ----------------------------------------------------------------------------------------------------------
+def _ratio(num: float, den: float, method: str) -> dict:
+    return {"value": num / den, "unit": "1", "method": method}
+
+
+def _kernels_available() -> str | None:
+    """None when the generated mul_mat and flash_attn_ext kernels can run here, else the reason."""
+    try:
+        from mlaref.codegen import kernels as K
+        from mlaref.codegen import kernels_mm  # noqa: F401
+
+        K.resolve("mul_mat", "iq4_nl", "f16", "l16a1")
+        K.resolve("flash_attn_ext", "f16", "f16", "l16a1")
+    except Exception as exc:  # absent module, no catalog entry, failed build: the reason is reported
+        return f"{type(exc).__name__}: {exc}"[:300]
+    return None
+
+
+def run_mla(*, n_kv=N_KV_FULL, T: int = 512, repeats: int = 3, n_threads: int | None = None,
+            kv_chunk: int = 4096, backend: str = "auto", seed: int = 0, n_head: int | None = None,
+            weight_type: str = "iq4_nl", progress=None) -> dict:
+    """Time the three variants at each ``n_kv``; return the machine-readable result (see the module docstring).
+
+    ``backend``: ``"ggml"``, ``"reference"`` or ``"auto"`` (ggml when ggml-python imports). ``n_head`` reduces
+    the head count (tests; the reference back-end defaults to 2). ``progress(done, total, label)`` is called
+    before each ``n_kv``.
+    """
+    from mlaref.codegen import bench, ggml_peer
+    from mlaref.reference.hparams import preset
+
+    if backend not in ("auto", "ggml", "kernels", "reference"):
+        raise ValueError(f"backend must be auto, ggml, kernels or reference, got {backend!r}")
+    if backend == "auto":
+        backend = "kernels" if _kernels_available() is None else ("ggml" if ggml_peer.available() else "reference")
+    if backend == "kernels" and _kernels_available() is not None:
+        raise RuntimeError(f"the mul_mat / flash_attn_ext kernels cannot run here: {_kernels_available()}")
+    if backend == "ggml" and not ggml_peer.available():
+        raise RuntimeError(ggml_peer.unavailable_reason())
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if not isinstance(T, int) or T <= 0:
+        raise ValueError(f"T must be a positive int, got {T!r}")
+    if kv_chunk <= 0 or kv_chunk % 256:
+        raise ValueError(f"kv_chunk must be a positive multiple of 256, got {kv_chunk}")
+    n_kv = tuple(n_kv)
+    for n in n_kv:
+        if not isinstance(n, int) or n < T or n % 256:
+            raise ValueError(f"n_kv values must be multiples of 256 and >= T ({T}), got {n!r}")
+    if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
+        raise ValueError(f"n_threads must be an int >= 1, got {n_threads!r}")
+    if backend == "kernels" and weight_type not in ("f32", "f16", "bf16", "q8_0", "q4_0", "q5_0", "iq4_nl",
+                                                    "q4_1", "q5_1"):
+        raise ValueError(f"weight_type must be a mul_mat kernel weight type, got {weight_type!r}")
+    n_threads = n_threads or os.cpu_count() or 1
+    hp = preset("deepseek-v2-lite")
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    if backend == "reference" and n_head is None:
+        n_head = 2
+    s = _shapes(hp, T, n_head)
+    rows = []
+    for i, n in enumerate(n_kv):
+        if progress:
+            progress(i, len(n_kv), f"n_kv {n}")
+        rows.append(_one(s, n, kv_chunk, n_threads, repeats, seed, backend, bench, weight_type))
+    if progress:
+        progress(len(n_kv), len(n_kv), "done")
+    what = {
+        "ggml": "upstream ggml CPU kernels via ggml-python (ggml_graph_compute), wkv_b f16, cache f16, "
+                "Q f32, mask f16; chunked: per-chunk graph without the merge (merge timed separately with "
+                "the NumPy reference fa_merge)",
+        "reference": "mlaref NumPy reference ops (single-threaded bit-exact models) at reduced shapes; "
+                     "not a measurement of the seed's claim",
+        "kernels": f"mlaref's generated C kernels for mul_mat and flash_attn_ext ({n_threads} Python threads), the "
+                   f"copy_rows kernel for repeat/concat, NumPy for the float casts and the f32 concat; wkv_b "
+                   f"{weight_type} (the seed's weight type), cache f16; chunked: per-chunk attention without the "
+                   "merge (merge timed separately with the NumPy reference fa_merge)",
+    }[backend]
+    return {
+        "benchmark": "mlaref bench mla",
+        "backend": backend,
+        "timed": what,
+        "shapes": {**s, "model": hp.name, "kv_chunk": kv_chunk, "cache_type": "f16",
+                   "weight_type_wkv_b": weight_type if backend == "kernels" else "f16"},
+        "n_threads": 1 if backend == "reference" else n_threads,
+        "ops": KERNEL_OPS if backend == "kernels" else {},
+        "method": {
+            "timer": "time.perf_counter around one graph compute (ggml) / one call (reference)",
+            "warmup": 1,
+            "repeats": repeats,
+            "statistic": "median (min and max of the repeats also given); variants interleaved per round",
+            "speedup": "ratio of median times within one run: direct/f32 = t_f32 / t_direct (> 1: direct "
+                       "faster, the seed's sense); chunked/direct = t_direct / t_chunked",
+        },
+        "environment": bench.environment(),
+        "load_average": {"value": load, "unit": "runnable processes",
+                         "method": "os.getloadavg() over 1, 5 and 15 minutes before the benchmark; on a machine "
+                                   "busy with other work the spread of the repeats grows"},
+        "rows": rows,
+        "seed_pp": {str(k): {"tps_main": v[0], "tps_pr": v[1], "speedup": v[2]} for k, v in SEED_PP.items()},
+        "pp_estimate": pp_estimate(rows) if backend != "reference" else [],
+    }
+
+
+def _one(s, n, kv_chunk, n_threads, repeats, seed, backend, bench, weight_type="iq4_nl") -> dict:
+    row = {"n_kv": n}
+    if backend == "kernels":
+        layer = _kernel_layer(s, n, kv_chunk, n_threads, seed, weight_type)
+        last = {}
+        fns = {v: (lambda v=v: last.__setitem__(v, layer[v]())) for v in layer}
+        timings = bench.measure_interleaved(fns, repeats=repeats, warmup=1)
+        same = np.array_equal(last["f32"].to_numpy().view(np.uint32), last["direct"].to_numpy().view(np.uint32))
+        row["f32_equals_direct"] = {
+            "value": bool(same),
+            "method": "equal bits of the flash_attn_ext output of the f32 and direct sequences (the cache's f16 "
+                      "values are exact in f32, so both convert the same values to q8_0 for the weight's vec_dot)",
+        }
+        n_chunks = len(last["chunked"]) if isinstance(last["chunked"], list) else 1
+        last.clear()
+        _kv_rows(row, timings, n_chunks, _merge_seconds(s, n_chunks - 1, repeats), repeats)
+    elif backend == "ggml":
+        layer = _GgmlLayer(s, n, kv_chunk, n_threads, seed)
+        try:
+            fns = {v: (lambda v=v: layer.compute(v)) for v in VARIANTS}
+            fns.update({f"{v}/kv": (lambda v=v: layer.compute(f"{v}/kv")) for v in ("f32", "direct")})
+            timings = bench.measure_interleaved(fns, repeats=repeats, warmup=1)
+            same = layer.output_bytes("f32") == layer.output_bytes("direct")
+            n_chunks = layer.n_chunks["chunked"]
+        finally:
+            layer.free()
+        row["f32_equals_direct"] = {
+            "value": same,
+            "method": "equal bytes of the flash_attn_ext output of the f32 and direct graphs (with an f16 "
+                      "wkv_b both feed the same f16 K and V to the same kernel, so they must agree)",
+        }
+        _kv_rows(row, timings, n_chunks, _merge_seconds(s, n_chunks - 1, repeats), repeats)
+    else:
+        layer = _reference_layer(s, n, kv_chunk, seed)
+        last = {}
+        fns = {v: (lambda v=v: last.__setitem__(v, layer[v]())) for v in VARIANTS}
+        timings = bench.measure_interleaved(fns, repeats=repeats, warmup=1)
+        out = {v: np.ascontiguousarray(last[v].to_numpy(), dtype=np.float32) for v in VARIANTS}
+        row["f32_equals_direct"] = {
+            "value": bool(np.array_equal(out["f32"].view(np.uint32), out["direct"].view(np.uint32))),
+            "method": "equal bits of the reference flash_attn_ext output of the f32 and direct op sequences "
+                      "(an f16 wkv_b gives both the same f16 K and V)",
+        }
+        ref = out["direct"].astype(np.float64)
+        row["chunked_vs_direct_nmse"] = _q_nmse(out["chunked"], ref)
+    for v in VARIANTS:
+        row[v] = timings[v].to_json()
+    tf, td, tc = (timings[v].median for v in VARIANTS)
+    row["speedup_direct_over_f32"] = _ratio(tf, td, "median t_f32 / median t_direct")
+    row["speedup_chunked_over_direct"] = _ratio(td, tc, "median t_direct / median t_chunked")
+    row["speedup_direct_over_f32_min"] = _ratio(
+        timings["f32"].min, timings["direct"].min,
+        "fastest t_f32 / fastest t_direct: on a machine busy with other work the fastest run is the least "
+        "disturbed one, so this ratio is the more robust of the two there")
+    return row
+
+
+def _kv_rows(row: dict, timings: dict, n_chunks: int, merge: float, repeats: int) -> None:
+    """The K/V-build-only timings, their ratio and share, the chunk count and the merge time of one row."""
+    row["chunks"] = n_chunks
+    for v in ("f32", "direct"):
+        row[f"kv_build_{v}"] = timings[f"{v}/kv"].to_json()
+    kf, kd = timings["f32/kv"].median, timings["direct/kv"].median
+    row["speedup_kv_build_direct_over_f32"] = _ratio(kf, kd, "median t of the f32 K/V build / of the direct "
+                                                             "K/V build (the part PR #253 changes)")
+    row["kv_build_share_f32"] = _ratio(kf, timings["f32"].median, "median t of the f32 K/V build alone / "
+                                                                  "median t of the whole f32 layer")
+    row["merge_seconds"] = {"value": merge, "unit": "s",
+                            "method": f"median of {repeats} runs of {n_chunks - 1} reference fa_merge calls "
+                                      "(NumPy, one thread); not included in the chunked time"}
+
+
+def _q_nmse(x: np.ndarray, ref: np.ndarray) -> dict:
+    err = float(np.sum((x.astype(np.float64) - ref) ** 2))
+    den = float(np.sum(ref ** 2))
+    return {"value": err / den if den else err, "unit": "1",
+            "method": "sum((chunked - direct)^2) / sum(direct^2) in float64 over the attention output (chunked: "
+                      "partial attention per chunk + fa_merge, blocked order; direct: ggml's generic order)"}
+
+
+def pp_estimate(rows: list[dict]) -> list[dict]:
+    """Attention-only speed-up of a pp-N run from per-layer times: sum over its micro-batches.
+
+    A pp-N prompt is N/512 micro-batches with ``n_kv`` = 512, 1024, ..., N. Per variant, the time at each
+    ``n_kv`` is the measured median, linearly interpolated between measured ``n_kv`` (times grow linearly in
+    ``n_kv`` at fixed T); N is estimated only where every micro-batch's ``n_kv`` lies in the measured range.
+    """
+    pts = sorted((r["n_kv"], r) for r in rows)
+    if len(pts) < 1:
+        return []
+    xs = np.array([p[0] for p in pts], dtype=np.float64)
+    out = []
+    for N in SEED_PP:
+        steps = np.arange(512, N + 1, 512, dtype=np.float64)
+        if steps[0] < xs[0] or steps[-1] > xs[-1]:
+            continue
+        tot = {}
+        for v in ("f32", "direct"):
+            ys = np.array([p[1][v]["median"] for p in pts])
+            tot[v] = float(np.interp(steps, xs, ys).sum())
+        out.append({
+            "N": N,
+            "speedup_direct_over_f32": {
+                "value": tot["f32"] / tot["direct"], "unit": "1",
+                "method": "sum over the micro-batches (n_kv = 512..N step 512) of the interpolated per-layer "
+                          "median times, f32 / direct; attention and K/V build only, no FFN",
+            },
+            "seed_speedup": SEED_PP[N][2],
+        })
+    return out
+
+
+def format_table(result: dict) -> str:
+    """The result as a fixed-width text table."""
+    head = ("n_kv", "f32 s med [min-max]", "direct s med [min-max]", "chunked s med [min-max]",
+            "direct/f32", "(of mins)", "seed", "chunked/direct")
+
+    def t(c):
+        return f"{c['median']:.4f} [{c['min']:.4f}-{c['max']:.4f}]"
+
+    kv = any("speedup_kv_build_direct_over_f32" in r for r in result["rows"])
+    if kv:
+        head += ("K/V build direct/f32", "K/V build share (f32)")
+    lines = []
+    for r in result["rows"]:
+        seed = SEED_PP.get(r["n_kv"])
+        line = (str(r["n_kv"]), t(r["f32"]), t(r["direct"]), t(r["chunked"]),
+                f"{r['speedup_direct_over_f32']['value']:.3f}",
+                f"{r['speedup_direct_over_f32_min']['value']:.3f}" if "speedup_direct_over_f32_min" in r else "-",
+                f"{seed[2]:.3f}" if seed else "-",
+                f"{r['speedup_chunked_over_direct']['value']:.3f}")
+        if kv:
+            line += (f"{r['speedup_kv_build_direct_over_f32']['value']:.3f}",
+                     f"{100 * r['kv_build_share_f32']['value']:.0f} %")
+        lines.append(line)
+    widths = [max(len(row[i]) for row in [head, *lines]) for i in range(len(head))]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    out = [fmt.format(*head), fmt.format(*("-" * w for w in widths)), *(fmt.format(*row) for row in lines)]
+    sh = result["shapes"]
+    out.append("")
+    out.append(f"backend {result['backend']}: {result['timed']}")
+    out.append(f"{sh['model']} shapes: T {sh['T']}, {sh['n_head']} heads, K {sh['dk']}, V {sh['dv']}, "
+               f"latent {sh['rank']}+{sh['rope']}, kv_chunk {sh['kv_chunk']}, wkv_b {sh['weight_type_wkv_b']}; "
+               f"threads {result['n_threads']}; {result['method']['statistic']}, {result['method']['repeats']} "
+               f"repeats; load average before {result.get('load_average', {}).get('value')}")
+    out.append("seed = whole-model pp-N speed-up of PR #253 (Ryzen-7950X), N = n_kv; see pp_estimate in the JSON")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CLI: mlaref bench mla (codegen/bench.py adds the sub-command with these two functions)
+# ----------------------------------------------------------------------------------------------------------
+def configure(parser) -> None:
+    parser.add_argument("--n-kv", type=int, nargs="+", default=list(N_KV_FULL), metavar="N",
+                        help="cache cells (multiples of 256, >= T; default: the seed's 512 .. 16384)")
+    parser.add_argument("--backend", choices=("auto", "kernels", "ggml", "reference"), default="auto",
+                        help="mlaref's kernels, upstream ggml (ggml-python) or the NumPy reference (default: "
+                             "kernels when they run here, else ggml, else reference)")
+    parser.add_argument("--repeats", type=int, default=3, metavar="N", help="timed rounds (default 3)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N", help="threads (default: all CPUs)")
+    parser.add_argument("--kv-chunk", type=int, default=4096, metavar="C", help="chunk of the chunked variant")
+    parser.add_argument("--weight-type", default="iq4_nl", help="wkv_b type for the kernels back-end (default "
+                                                               "iq4_nl, the seed's)")
+    parser.add_argument("--json", metavar="FILE", help="also write the machine-readable result to FILE")
+
+
+def run(args) -> int:
+    import json
+    import sys
+
+    try:
+        result = run_mla(n_kv=tuple(args.n_kv), repeats=args.repeats, n_threads=args.threads,
+                         kv_chunk=args.kv_chunk, backend=args.backend, weight_type=args.weight_type)
+    except (ValueError, RuntimeError) as exc:
+        print(f"mlaref bench mla: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
+            f.write("\n")
+        print(f"wrote {args.json}")
+    return 0

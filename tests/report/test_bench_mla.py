@@ -1,0 +1,120 @@
+"""bench_mla: the causal mask, the pp-N estimate, argument checks, and the ggml graphs of the three variants."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlaref.codegen import bench_mla as B
+
+
+def test_mask_of_the_last_micro_batch():
+    m = B._mask(768, 512)  # n_kv 768, T 512: token t sees cells 0 .. 256 + t
+    assert m.dtype == np.float16 and m.shape == (512, 768)
+    assert m[0, 256] == 0 and np.isneginf(m[0, 257])
+    assert m[511, 767] == 0
+    assert int((m == 0).sum()) == sum(257 + t for t in range(512))
+
+
+def _rows(f32, direct):
+    return [{"n_kv": n, "f32": {"median": f32(n)}, "direct": {"median": direct(n)}} for n in (512, 1024, 2048)]
+
+
+def test_pp_estimate_sums_micro_batches():
+    # t_f32 = n + 1000, t_direct = n (linear, so interpolation is exact).
+    est = {e["N"]: e for e in B.pp_estimate(_rows(lambda n: n + 1000.0, lambda n: float(n)))}
+    assert sorted(est) == [512, 1024, 2048]  # 4096.. lie outside the measured n_kv
+    assert est[512]["speedup_direct_over_f32"]["value"] == pytest.approx(1512 / 512)
+    assert est[1024]["speedup_direct_over_f32"]["value"] == pytest.approx((1512 + 2024) / (512 + 1024))
+    # N = 2048: micro-batches at 512, 1024, 1536 (interpolated), 2048
+    assert est[2048]["speedup_direct_over_f32"]["value"] == pytest.approx(
+        (1512 + 2024 + 2536 + 3048) / (512 + 1024 + 1536 + 2048))
+    assert est[2048]["seed_speedup"] == 1.054
+
+
+def test_pp_estimate_of_a_constant_ratio_is_that_ratio():
+    est = B.pp_estimate(_rows(lambda n: 1.25 * n, lambda n: float(n)))
+    assert all(e["speedup_direct_over_f32"]["value"] == pytest.approx(1.25) for e in est)
+
+
+@pytest.mark.parametrize("kw, what", [
+    ({"n_kv": (256,)}, "n_kv"),          # fewer cells than the 512 queries
+    ({"n_kv": (600,)}, "n_kv"),          # not a multiple of 256
+    ({"backend": "cuda"}, "backend"),
+    ({"repeats": 0}, "repeats"),
+    ({"kv_chunk": 100}, "kv_chunk"),
+])
+def test_run_mla_rejects_bad_arguments(kw, what):
+    with pytest.raises(ValueError, match=what):
+        B.run_mla(**{"n_kv": (512,), **kw})
+
+
+def test_seed_table_matches_the_published_ratios():
+    # the printed speed-up is t/s PR / t/s main rounded to 3 places (seed README)
+    for n, (main, pr, speedup) in B.SEED_PP.items():
+        assert round(pr / main, 3) == pytest.approx(speedup, abs=1e-3), n
+
+
+@pytest.mark.ggml
+def test_ggml_variants_compute_the_same_attention(ggml):
+    """2 heads, 64 queries, n_kv 1024 in chunks of 512: the f32 and direct graphs give equal bytes (an f16 wkv_b feeds
+    both the same f16 K and V); the chunked graph yields one finite attention output per chunk."""
+    from mlaref.reference.hparams import preset
+
+    s = B._shapes(preset("deepseek-v2-lite"), 64, 2)
+    layer = B._GgmlLayer(s, 1024, 512, 2, seed=3)
+    try:
+        for v in B.VARIANTS:
+            layer.compute(v)
+        f32 = np.frombuffer(layer.output_bytes("f32"), dtype=np.float32)
+        direct = np.frombuffer(layer.output_bytes("direct"), dtype=np.float32)
+        chunked = np.frombuffer(layer.output_bytes("chunked"), dtype=np.float32)
+        assert layer.n_chunks["chunked"] == 2
+    finally:
+        layer.free()
+    assert f32.size == 128 * 2 * 64 and np.all(np.isfinite(f32))
+    assert np.array_equal(f32.view(np.uint32), direct.view(np.uint32))
+    assert chunked.size == 2 * f32.size and np.all(np.isfinite(chunked))
+
+
+def test_kernel_variants_compute_the_same_attention():
+    """mlaref's kernels, IQ4_NL wkv_b, 2 heads, 64 queries, n_kv 512 in chunks of 256: the f32 and direct sequences
+    give equal bits (the f16 cache values are exact in f32, so both feed the same q8_0 rows to the weight's vec_dot);
+    the chunked sequence yields one attention output per chunk."""
+    reason = B._kernels_available()
+    if reason is not None:
+        pytest.skip(f"the mul_mat / flash_attn_ext kernels cannot run here: {reason}")
+    from mlaref.reference.hparams import preset
+
+    s = B._shapes(preset("deepseek-v2-lite"), 64, 2)
+    layer = B._kernel_layer(s, 512, 256, 2, seed=5, weight_type="iq4_nl")
+    f32, direct, chunked = layer["f32"](), layer["direct"](), layer["chunked"]()
+    a, b = f32.to_numpy(), direct.to_numpy()
+    assert a.size == 128 * 2 * 64 and np.all(np.isfinite(a))
+    assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
+    assert len(chunked) == 2 and all(np.all(np.isfinite(c.to_numpy())) for c in chunked)
+    k, v = layer["direct/kv"]()
+    assert (k.type, k.ne, v.type, v.ne) == ("f16", (192, 512, 2, 1), "f16", (128, 512, 2, 1))
+
+
+def test_cli_reports_bad_arguments(capsys):
+    import argparse
+
+    p = argparse.ArgumentParser()
+    B.configure(p)
+    assert B.run(p.parse_args(["--n-kv", "600", "--backend", "reference"])) == 2
+    assert "n_kv values must be multiples of 256" in capsys.readouterr().err
+    assert B.run(p.parse_args(["--n-kv", "512", "--threads", "0"])) == 2
+    assert "n_threads must be an int >= 1" in capsys.readouterr().err
+
+
+def test_bench_subcommands_are_wired(capsys):
+    from mlaref.codegen import cli
+
+    assert cli.main(["bench", "mla", "--n-kv", "600"]) == 2
+    assert "multiples of 256" in capsys.readouterr().err
+    assert cli.main(["bench", "ops", "--repeats", "0"]) == 2
+    assert cli.main(["bench", "ops", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    for op in ("cast f32 -> f16", "repeat f16", "concat f16 dim 0", "mul_mat f16 x f32", "flash_attn_ext f16 K/V"):
+        assert op in out
