@@ -149,6 +149,7 @@ def generated_markers(markdown: str, page) -> str:
         lambda: _img(page, "img/lane_map_l8a2.png", "Lane map and fold of plan mlaref_l8a2 over six q8_0 blocks"))
     sub(r"<!-- mlaref:kernel-lane-map-check -->", _lane_map_check)
     sub(r"<!-- mlaref:report (\w+) -->", lambda section: report_section(section, page))
+    sub(r"<!-- mlaref:conform-verdicts -->", lambda: _gen("conform").verdict_tables())
     return markdown
 
 

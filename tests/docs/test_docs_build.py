@@ -138,3 +138,15 @@ def test_report_section_names_a_report_it_cannot_read(tmp_path, monkeypatch):
     monkeypatch.setenv("MLAREF_REPORT", str(bad))
     text = mod.section("performance", "")
     assert "could not be read" in text and "JSONDecodeError" in text
+
+
+def test_conformance_page_renders_the_conform_snapshot(site):
+    """The verdict counts on the page are those of docs/data/conform.json, counted here independently, and the
+    F1 finding (upstream concat of q8_0 rows) appears with its reason."""
+    import json
+
+    data = json.loads((ROOT / "docs" / "data" / "conform.json").read_text())
+    html = (site / "conformance" / "index.html").read_text()
+    exact = sum(v["status"] == "bit-exact" for v in data["verdicts"])
+    assert exact > 100 and f"{len(data['verdicts'])} cases, {exact} bit-exact" in html
+    assert "concat/q8_0" in html and "aborted" in html
