@@ -402,6 +402,29 @@ def _configure_kernels(p: argparse.ArgumentParser) -> None:
                    help="thread counts of the comparison with ggml (default 1 2)")
     p.add_argument("--repeats", type=int, default=5, metavar="N", help="timed runs per kernel (default 5)")
     p.add_argument("--json", metavar="FILE", help="also write the machine-readable result to FILE")
+    p.add_argument("--mm", action="store_true",
+                   help="instead: FlashMLA-2's kv_f32 mul_mat and flash_attn_ext (bench_mm.py) against ggml")
+    p.add_argument("--n-kv", type=int, nargs="+", default=[1024, 4096, 16384], metavar="N",
+                   help="with --mm: KV lengths (default 1024 4096 16384)")
+
+
+def _run_mm(args) -> int:
+    from mlaref.codegen import bench_mm  # noqa: PLC0415
+
+    results = {
+        "mul_mat": bench_mm.bench_mul_mat(n_kvs=tuple(args.n_kv), threads=tuple(args.threads), repeats=args.repeats),
+        "flash_attn_ext": bench_mm.bench_flash_attn(n_kvs=tuple(args.n_kv), threads=tuple(args.threads),
+                                                    repeats=args.repeats),
+    }
+    for result in results.values():
+        print(bench_mm.format_table(result))
+        print()
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1, default=str)
+            f.write("\n")
+        print(f"wrote {args.json}")
+    return 0
 
 
 def _run_kernels(args) -> int:
@@ -410,6 +433,8 @@ def _run_kernels(args) -> int:
     if args.repeats < 1 or any(t < 1 for t in args.threads):
         print("mlaref bench kernels: --repeats and --threads must be >= 1", file=sys.stderr)
         return 2
+    if args.mm:
+        return _run_mm(args)
     try:
         result = bk.bench_kernels(families=args.families, isas=args.isas, types=args.types, repeat=args.repeats,
                                   threads=tuple(args.threads))
