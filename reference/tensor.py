@@ -35,7 +35,7 @@ import numpy as np
 
 from mlaref.reference import fp
 
-__all__ = ["ELEMENT_TYPES", "Tensor", "type_geometry", "row_size", "is_element_type"]
+__all__ = ["ELEMENT_TYPES", "Tensor", "contiguous_n", "type_geometry", "row_size", "is_element_type"]
 
 # name -> (NumPy storage dtype of one element, ggml_type_size)
 ELEMENT_TYPES: dict[str, tuple[np.dtype, int]] = {
@@ -88,6 +88,25 @@ def _contiguous_nb(type: str, ne: Sequence[int]) -> tuple[int, int, int, int]:
     nb[2] = nb[1] * ne[1]
     nb[3] = nb[2] * ne[2]
     return tuple(nb)
+
+
+def contiguous_n(ne, nb, block_size: int, type_size: int, n: int = 0) -> bool:
+    """``ggml_is_contiguous_n`` on a shape and strides (ggml.c): dims above ``n`` packed, dims of size 1 ignored.
+
+    Shared by :class:`Tensor` and the graph IR's shape-only tensors.
+    """
+    if ne[0] != block_size and nb[0] != type_size:
+        return False
+    next_nb = type_size * (ne[0] // block_size)
+    for i in range(1, 4):
+        if ne[i] != 1:
+            if i > n:
+                if nb[i] != next_nb:
+                    return False
+                next_nb *= ne[i]
+            else:
+                next_nb = ne[i] * nb[i]
+    return True
 
 
 class Tensor:
@@ -233,19 +252,7 @@ class Tensor:
 
         Dims with ``ne == 1`` are ignored; with ``n = 1`` rows may have any stride (``ggml_is_contiguous_1``).
         """
-        bs, ts = type_geometry(self.type)
-        if self.ne[0] != bs and self.nb[0] != ts:
-            return False
-        next_nb = ts * (self.ne[0] // bs)
-        for i in range(1, 4):
-            if self.ne[i] != 1:
-                if i > n:
-                    if self.nb[i] != next_nb:
-                        return False
-                    next_nb *= self.ne[i]
-                else:
-                    next_nb = self.ne[i] * self.nb[i]
-        return True
+        return contiguous_n(self.ne, self.nb, *type_geometry(self.type), n)
 
     def rows_contiguous(self) -> bool:
         """Are the elements (blocks) of each row packed, i.e. ``nb[0] == type_size``?"""

@@ -44,6 +44,8 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
+from mlaref.reference.tensor import contiguous_n
+
 __all__ = [
     "GGML_MAX_DIMS", "GGML_MAX_SRC", "FLAG_INPUT", "FLAG_OUTPUT", "GGML_TYPE_TRAITS", "IN_PLACE_OPS",
     "Tensor", "Graph", "type_traits", "row_size", "nbytes",
@@ -187,19 +189,7 @@ class Tensor:
 
     def is_contiguous(self, n: int = 0) -> bool:
         """``ggml_is_contiguous_n``: dims above ``n`` packed (dims of size 1 ignored)."""
-        blck, tsize = type_traits(self.type)
-        if self.ne[0] != blck and self.nb[0] != tsize:
-            return False
-        next_nb = row_size(self.type, self.ne[0])
-        for i in range(1, GGML_MAX_DIMS):
-            if self.ne[i] != 1:
-                if i > n:
-                    if self.nb[i] != next_nb:
-                        return False
-                    next_nb *= self.ne[i]
-                else:
-                    next_nb = self.ne[i] * self.nb[i]
-        return True
+        return contiguous_n(self.ne, self.nb, *type_traits(self.type), n)
 
     def is_transposed(self) -> bool:
         return self.nb[0] > self.nb[1]
