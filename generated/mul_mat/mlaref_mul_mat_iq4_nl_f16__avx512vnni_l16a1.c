@@ -191,6 +191,19 @@ static inline void mla_lane4_sums(const int8_t *x, const int8_t *y, int32_t *out
     const __m256i s2 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8((char)0x80), vy);
     _mm256_storeu_si256((__m256i *)out, _mm256_sub_epi32(s1, s2));
 }
+
+/* -- vec_dot lane sums of 32 int8 products held in registers: int32 lane j = elements 4j..4j+3 (exact integers) -- */
+/* vpdpbusd adds the four u*s products of each lane in 32 bits: exact for any bytes */
+static inline __m256i mla_lane4_us_v(__m256i u, __m256i s) {
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+}
+static inline __m256i mla_lane4_us_off_v(__m256i u, __m256i off, __m256i s) {
+    return _mm256_sub_epi32(mla_lane4_us_v(u, s), mla_lane4_us_v(off, s));
+}
+/* signed x times signed y as |x| times y with x's sign: exact for y != -128 (the q8 quantizers give [-127, 127]) */
+static inline __m256i mla_lane4_ss_v(__m256i x, __m256i y) {
+    return mla_lane4_us_v(_mm256_abs_epi8(x), _mm256_sign_epi8(y, x));
+}
 #include <stdlib.h>
 static inline void mla_dequant_row_f16(const uint8_t *x, float *y, int64_t n) { mla_f16_to_f32_n(x, y, n); }
 /* x86: F16C's rule everywhere (NaN keeps its top payload bits, quieted) */

@@ -185,6 +185,22 @@ static inline __m256i mla_lane4_sums_v(const int8_t *x, const int8_t *y) {
 static inline void mla_lane4_sums(const int8_t *x, const int8_t *y, int32_t *out) {
     _mm256_storeu_si256((__m256i *)out, mla_lane4_sums_v(x, y));
 }
+
+/* -- vec_dot lane sums of 32 int8 products held in registers: int32 lane j = elements 4j..4j+3 (exact integers) -- */
+/* u unsigned bytes times s signed bytes: maddubs makes int16 pair sums (exact while |pair| < 2^15, true for
+   u <= 127 or |s| <= 127), madd by ones adds the pairs of pairs */
+static inline __m256i mla_lane4_us_v(__m256i u, __m256i s) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+/* (u - off) times s, the offset taken off in int16 before widening: exact for u, off <= 31 and any int8 s */
+static inline __m256i mla_lane4_us_off_v(__m256i u, __m256i off, __m256i s) {
+    const __m256i d = _mm256_sub_epi16(_mm256_maddubs_epi16(u, s), _mm256_maddubs_epi16(off, s));
+    return _mm256_madd_epi16(d, _mm256_set1_epi16(1));
+}
+/* signed x times signed y as |x| times y with x's sign: exact for y != -128 (the q8 quantizers give [-127, 127]) */
+static inline __m256i mla_lane4_ss_v(__m256i x, __m256i y) {
+    return mla_lane4_us_v(_mm256_abs_epi8(x), _mm256_sign_epi8(y, x));
+}
 #include <stdlib.h>
 static inline void mla_dequant_row_bf16(const uint8_t *x, float *y, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] = mla_bits_f32((uint32_t)mla_ld_u16(x + 2 * i) << 16);

@@ -186,6 +186,22 @@ static inline void mla_lane4_sums(const int8_t *x, const int8_t *y, int32_t *out
     _mm256_storeu_si256((__m256i *)out, mla_lane4_sums_v(x, y));
 }
 
+/* -- vec_dot lane sums of 32 int8 products held in registers: int32 lane j = elements 4j..4j+3 (exact integers) -- */
+/* u unsigned bytes times s signed bytes: maddubs makes int16 pair sums (exact while |pair| < 2^15, true for
+   u <= 127 or |s| <= 127), madd by ones adds the pairs of pairs */
+static inline __m256i mla_lane4_us_v(__m256i u, __m256i s) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+/* (u - off) times s, the offset taken off in int16 before widening: exact for u, off <= 31 and any int8 s */
+static inline __m256i mla_lane4_us_off_v(__m256i u, __m256i off, __m256i s) {
+    const __m256i d = _mm256_sub_epi16(_mm256_maddubs_epi16(u, s), _mm256_maddubs_epi16(off, s));
+    return _mm256_madd_epi16(d, _mm256_set1_epi16(1));
+}
+/* signed x times signed y as |x| times y with x's sign: exact for y != -128 (the q8 quantizers give [-127, 127]) */
+static inline __m256i mla_lane4_ss_v(__m256i x, __m256i y) {
+    return mla_lane4_us_v(_mm256_abs_epi8(x), _mm256_sign_epi8(y, x));
+}
+
 static inline float mla_elem(const uint8_t *p, int64_t i) {
     return mla_ld_f32(p + 4 * i);
 }
@@ -219,11 +235,72 @@ static float mla_dot_row(const uint8_t *x, const uint8_t *y, int64_t n) {
     return mla_fold(lanes);
 }
 
+
+/* four y rows against one x row: each x vector is loaded once for 4 * 1 independent accumulator chains;
+   every output keeps mla_dot_row's float order exactly, only the interleaving differs */
+static void mla_dot_rows4(const uint8_t *x, const uint8_t *y, int64_t y_stride, int64_t n, float *o) {
+    /* the four rows written out (not a loop over an array) so the accumulators stay in registers at -O2 */
+    const uint8_t *y0 = y + 0 * y_stride;
+    mla_v8 acc0_0 = mla_v8_zero();
+    const uint8_t *y1 = y + 1 * y_stride;
+    mla_v8 acc1_0 = mla_v8_zero();
+    const uint8_t *y2 = y + 2 * y_stride;
+    mla_v8 acc2_0 = mla_v8_zero();
+    const uint8_t *y3 = y + 3 * y_stride;
+    mla_v8 acc3_0 = mla_v8_zero();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const mla_v8 vx0 = mla_v8_load_f32(x + 4 * (i + 0));
+        acc0_0 = mla_v8_fma(vx0, mla_v8_load_f32(y0 + 4 * (i + 0)), acc0_0);
+        acc1_0 = mla_v8_fma(vx0, mla_v8_load_f32(y1 + 4 * (i + 0)), acc1_0);
+        acc2_0 = mla_v8_fma(vx0, mla_v8_load_f32(y2 + 4 * (i + 0)), acc2_0);
+        acc3_0 = mla_v8_fma(vx0, mla_v8_load_f32(y3 + 4 * (i + 0)), acc3_0);
+    }
+    {
+        float lanes[1][8];
+        mla_v8_store(lanes[0], acc0_0);
+        for (int64_t k = i; k < n; ++k) {
+            const int a = (int)((k / 8) % 1), l = (int)(k % 8);
+            lanes[a][l] = fmaf(mla_elem(x, k), mla_elem(y0, k), lanes[a][l]);
+        }
+        o[0] = mla_fold(lanes);
+    }
+    {
+        float lanes[1][8];
+        mla_v8_store(lanes[0], acc1_0);
+        for (int64_t k = i; k < n; ++k) {
+            const int a = (int)((k / 8) % 1), l = (int)(k % 8);
+            lanes[a][l] = fmaf(mla_elem(x, k), mla_elem(y1, k), lanes[a][l]);
+        }
+        o[1] = mla_fold(lanes);
+    }
+    {
+        float lanes[1][8];
+        mla_v8_store(lanes[0], acc2_0);
+        for (int64_t k = i; k < n; ++k) {
+            const int a = (int)((k / 8) % 1), l = (int)(k % 8);
+            lanes[a][l] = fmaf(mla_elem(x, k), mla_elem(y2, k), lanes[a][l]);
+        }
+        o[2] = mla_fold(lanes);
+    }
+    {
+        float lanes[1][8];
+        mla_v8_store(lanes[0], acc3_0);
+        for (int64_t k = i; k < n; ++k) {
+            const int a = (int)((k / 8) % 1), l = (int)(k % 8);
+            lanes[a][l] = fmaf(mla_elem(x, k), mla_elem(y3, k), lanes[a][l]);
+        }
+        o[3] = mla_fold(lanes);
+    }
+}
+
 /* out[i][j] (float at out + i*out_stride + 4j bytes) = dot(x row i, y row j), rows of n values */
 void mlaref_vec_dot_f32_f32__avx512_l8a1(const uint8_t *x, int64_t x_stride, int64_t m, const uint8_t *y, int64_t y_stride, int64_t n_y,
                 int64_t n, float *out, int64_t out_stride) {
     for (int64_t i = 0; i < m; ++i) {
         float *o = (float *)(void *)((uint8_t *)out + i * out_stride);
-        for (int64_t j = 0; j < n_y; ++j) o[j] = mla_dot_row(x + i * x_stride, y + j * y_stride, n);
+        int64_t j = 0;
+        for (; j + 4 <= n_y; j += 4) mla_dot_rows4(x + i * x_stride, y + j * y_stride, y_stride, n, o + j);
+        for (; j < n_y; ++j) o[j] = mla_dot_row(x + i * x_stride, y + j * y_stride, n);
     }
 }

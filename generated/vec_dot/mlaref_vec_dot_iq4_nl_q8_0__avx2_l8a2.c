@@ -190,6 +190,22 @@ static inline __m256i mla_lane4_sums_v(const int8_t *x, const int8_t *y) {
 static inline void mla_lane4_sums(const int8_t *x, const int8_t *y, int32_t *out) {
     _mm256_storeu_si256((__m256i *)out, mla_lane4_sums_v(x, y));
 }
+
+/* -- vec_dot lane sums of 32 int8 products held in registers: int32 lane j = elements 4j..4j+3 (exact integers) -- */
+/* u unsigned bytes times s signed bytes: maddubs makes int16 pair sums (exact while |pair| < 2^15, true for
+   u <= 127 or |s| <= 127), madd by ones adds the pairs of pairs */
+static inline __m256i mla_lane4_us_v(__m256i u, __m256i s) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+/* (u - off) times s, the offset taken off in int16 before widening: exact for u, off <= 31 and any int8 s */
+static inline __m256i mla_lane4_us_off_v(__m256i u, __m256i off, __m256i s) {
+    const __m256i d = _mm256_sub_epi16(_mm256_maddubs_epi16(u, s), _mm256_maddubs_epi16(off, s));
+    return _mm256_madd_epi16(d, _mm256_set1_epi16(1));
+}
+/* signed x times signed y as |x| times y with x's sign: exact for y != -128 (the q8 quantizers give [-127, 127]) */
+static inline __m256i mla_lane4_ss_v(__m256i x, __m256i y) {
+    return mla_lane4_us_v(_mm256_abs_epi8(x), _mm256_sign_epi8(y, x));
+}
 static const int8_t mla_kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
 static inline void mla_dequant_row_iq4_nl(const uint8_t *x, float *y, int64_t n) {
@@ -300,6 +316,29 @@ static inline const int8_t *mla_vd_y_q8_0(const uint8_t *row, int64_t nb, int64_
 }
 #endif
 
+/* f16 -> f32 by F16C: the same exact value as mla_fp16_to_fp32 (which is written to agree with vcvtph2ps) */
+static inline float mla_vd_h2f(const uint8_t *p) { return _cvtsh_ss(mla_ld_u16(p)); }
+
+/* block b of a y row: its 32 values, and where its f16 d (and s) fields sit */
+static inline const int8_t *mla_vd_yp(const uint8_t *row, int64_t nb, int64_t b, const uint8_t **pd,
+                                      const uint8_t **ps) {
+    (void)nb;
+    *pd = row + 34 * b;
+    *ps = *pd;
+    return (const int8_t *)(row + 34 * b + 2);
+}
+
+/* the int32 lane sums of one x block with 32 y values, the block unpacked in registers (nibbles by and/shift,
+   bit 4 of the 5-bit types spread from qh by a byte shuffle and a bit test, iq4_nl by a 16-entry table shuffle) */
+static inline __m256i mla_vd_lanes(const uint8_t *b, __m256i vy) {
+    const __m128i q = _mm_loadu_si128((const __m128i *)(const void *)(b + 2));
+    /* bytes 0..15: low nibbles (elements 0..15), bytes 16..31: high nibbles (elements 16..31) */
+    const __m256i nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0F));
+    const __m256i u = nib;
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)mla_kvalues_iq4nl));
+    return mla_lane4_ss_v(_mm256_shuffle_epi8(table, u), vy);
+}
+
 /* accumulators by halves, then 8 -> 4 -> 2 -> 1 lanes by halves (hsum_float_8's order) */
 static inline float mla_fold(float acc[2][8]) {
     float s[8];
@@ -316,14 +355,13 @@ static float mla_dot_row(const uint8_t *x, const uint8_t *y, int64_t n) {
     for (int a = 0; a < 2; ++a) acc[a] = mla_v8_zero();
     const int64_t nfull = nb;
     for (int64_t b = 0; b < nfull; ++b) {
-        int8_t qx[32];
-        int32_t l[8];
-        float dx, mx, dy, sy;
-        mla_vd_x_iq4_nl(x + 18 * b, qx, &dx, &mx);
-        const int8_t *qy = mla_vd_y_q8_0(y, nb, b, &dy, &sy);
-        mla_lane4_sums(qx, qy, l);
-        acc[b % 2] = mla_v8_fma(mla_v8_set1(dx * dy), mla_v8_from_i32(l), acc[b % 2]);
-        (void)mx; (void)sy;
+        const uint8_t *xb = x + 18 * b;
+        const uint8_t *pd, *ps;
+        const int8_t *qy = mla_vd_yp(y, nb, b, &pd, &ps);
+        const __m256i l = mla_vd_lanes(xb, _mm256_loadu_si256((const __m256i *)(const void *)qy));
+        const float dxy = mla_vd_h2f(xb) * mla_vd_h2f(pd);
+        acc[b % 2] = mla_v8_fma(mla_v8_set1(dxy), _mm256_cvtepi32_ps(l), acc[b % 2]);
+        (void)ps;
     }
     float lanes[2][8];
     for (int a = 0; a < 2; ++a) mla_v8_store(lanes[a], acc[a]);
@@ -331,11 +369,130 @@ static float mla_dot_row(const uint8_t *x, const uint8_t *y, int64_t n) {
     return total;
 }
 
+
+/* four y rows against one x row: each x block is unpacked once for four independent accumulator chains (more
+   work in flight); every output keeps mla_dot_row's float order exactly, only the interleaving differs */
+static void mla_dot_rows4(const uint8_t *x, const uint8_t *y, int64_t y_stride, int64_t n, float *o) {
+    const int64_t nb = n / 32;
+    /* the four rows written out (not a loop over an array) so the accumulators stay in registers at -O2 */
+    const uint8_t *y0 = y + 0 * y_stride;
+    mla_v8 acc0_0 = mla_v8_zero();
+    mla_v8 acc0_1 = mla_v8_zero();
+    const uint8_t *y1 = y + 1 * y_stride;
+    mla_v8 acc1_0 = mla_v8_zero();
+    mla_v8 acc1_1 = mla_v8_zero();
+    const uint8_t *y2 = y + 2 * y_stride;
+    mla_v8 acc2_0 = mla_v8_zero();
+    mla_v8 acc2_1 = mla_v8_zero();
+    const uint8_t *y3 = y + 3 * y_stride;
+    mla_v8 acc3_0 = mla_v8_zero();
+    mla_v8 acc3_1 = mla_v8_zero();
+    const int64_t nfull = nb;
+    for (int64_t b = 0; b < nfull; b += 2) {
+        {
+            const uint8_t *xb = x + 18 * (b + 0);
+            const float dx = mla_vd_h2f(xb);
+            {
+                const uint8_t *pd, *ps;
+                const int8_t *qy = mla_vd_yp(y0, nb, b + 0, &pd, &ps);
+                const __m256i l = mla_vd_lanes(xb, _mm256_loadu_si256((const __m256i *)(const void *)qy));
+                acc0_0 = mla_v8_fma(mla_v8_set1(dx * mla_vd_h2f(pd)), _mm256_cvtepi32_ps(l), acc0_0);
+                (void)ps;
+            }
+            {
+                const uint8_t *pd, *ps;
+                const int8_t *qy = mla_vd_yp(y1, nb, b + 0, &pd, &ps);
+                const __m256i l = mla_vd_lanes(xb, _mm256_loadu_si256((const __m256i *)(const void *)qy));
+                acc1_0 = mla_v8_fma(mla_v8_set1(dx * mla_vd_h2f(pd)), _mm256_cvtepi32_ps(l), acc1_0);
+                (void)ps;
+            }
+            {
+                const uint8_t *pd, *ps;
+                const int8_t *qy = mla_vd_yp(y2, nb, b + 0, &pd, &ps);
+                const __m256i l = mla_vd_lanes(xb, _mm256_loadu_si256((const __m256i *)(const void *)qy));
+                acc2_0 = mla_v8_fma(mla_v8_set1(dx * mla_vd_h2f(pd)), _mm256_cvtepi32_ps(l), acc2_0);
+                (void)ps;
+            }
+            {
+                const uint8_t *pd, *ps;
+                const int8_t *qy = mla_vd_yp(y3, nb, b + 0, &pd, &ps);
+                const __m256i l = mla_vd_lanes(xb, _mm256_loadu_si256((const __m256i *)(const void *)qy));
+                acc3_0 = mla_v8_fma(mla_v8_set1(dx * mla_vd_h2f(pd)), _mm256_cvtepi32_ps(l), acc3_0);
+                (void)ps;
+            }
+        }
+        if (b + 1 >= nfull) break;
+        {
+            const uint8_t *xb = x + 18 * (b + 1);
+            const float dx = mla_vd_h2f(xb);
+            {
+                const uint8_t *pd, *ps;
+                const int8_t *qy = mla_vd_yp(y0, nb, b + 1, &pd, &ps);
+                const __m256i l = mla_vd_lanes(xb, _mm256_loadu_si256((const __m256i *)(const void *)qy));
+                acc0_1 = mla_v8_fma(mla_v8_set1(dx * mla_vd_h2f(pd)), _mm256_cvtepi32_ps(l), acc0_1);
+                (void)ps;
+            }
+            {
+                const uint8_t *pd, *ps;
+                const int8_t *qy = mla_vd_yp(y1, nb, b + 1, &pd, &ps);
+                const __m256i l = mla_vd_lanes(xb, _mm256_loadu_si256((const __m256i *)(const void *)qy));
+                acc1_1 = mla_v8_fma(mla_v8_set1(dx * mla_vd_h2f(pd)), _mm256_cvtepi32_ps(l), acc1_1);
+                (void)ps;
+            }
+            {
+                const uint8_t *pd, *ps;
+                const int8_t *qy = mla_vd_yp(y2, nb, b + 1, &pd, &ps);
+                const __m256i l = mla_vd_lanes(xb, _mm256_loadu_si256((const __m256i *)(const void *)qy));
+                acc2_1 = mla_v8_fma(mla_v8_set1(dx * mla_vd_h2f(pd)), _mm256_cvtepi32_ps(l), acc2_1);
+                (void)ps;
+            }
+            {
+                const uint8_t *pd, *ps;
+                const int8_t *qy = mla_vd_yp(y3, nb, b + 1, &pd, &ps);
+                const __m256i l = mla_vd_lanes(xb, _mm256_loadu_si256((const __m256i *)(const void *)qy));
+                acc3_1 = mla_v8_fma(mla_v8_set1(dx * mla_vd_h2f(pd)), _mm256_cvtepi32_ps(l), acc3_1);
+                (void)ps;
+            }
+        }
+        if (b + 1 >= nfull) break;
+    }
+    {
+        float lanes[2][8];
+        mla_v8_store(lanes[0], acc0_0);
+        mla_v8_store(lanes[1], acc0_1);
+        float total = mla_fold(lanes);
+        o[0] = total;
+    }
+    {
+        float lanes[2][8];
+        mla_v8_store(lanes[0], acc1_0);
+        mla_v8_store(lanes[1], acc1_1);
+        float total = mla_fold(lanes);
+        o[1] = total;
+    }
+    {
+        float lanes[2][8];
+        mla_v8_store(lanes[0], acc2_0);
+        mla_v8_store(lanes[1], acc2_1);
+        float total = mla_fold(lanes);
+        o[2] = total;
+    }
+    {
+        float lanes[2][8];
+        mla_v8_store(lanes[0], acc3_0);
+        mla_v8_store(lanes[1], acc3_1);
+        float total = mla_fold(lanes);
+        o[3] = total;
+    }
+}
+
 /* out[i][j] (float at out + i*out_stride + 4j bytes) = dot(x row i, y row j), rows of n values */
 void mlaref_vec_dot_iq4_nl_q8_0__avx2_l8a2(const uint8_t *x, int64_t x_stride, int64_t m, const uint8_t *y, int64_t y_stride, int64_t n_y,
                 int64_t n, float *out, int64_t out_stride) {
     for (int64_t i = 0; i < m; ++i) {
         float *o = (float *)(void *)((uint8_t *)out + i * out_stride);
-        for (int64_t j = 0; j < n_y; ++j) o[j] = mla_dot_row(x + i * x_stride, y + j * y_stride, n);
+        int64_t j = 0;
+        for (; j + 4 <= n_y; j += 4) mla_dot_rows4(x + i * x_stride, y + j * y_stride, y_stride, n, o + j);
+        for (; j < n_y; ++j) o[j] = mla_dot_row(x + i * x_stride, y + j * y_stride, n);
     }
 }

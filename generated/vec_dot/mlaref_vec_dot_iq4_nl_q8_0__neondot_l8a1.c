@@ -332,11 +332,13 @@ static float mla_dot_row(const uint8_t *x, const uint8_t *y, int64_t n) {
     return total;
 }
 
+
 /* out[i][j] (float at out + i*out_stride + 4j bytes) = dot(x row i, y row j), rows of n values */
 void mlaref_vec_dot_iq4_nl_q8_0__neondot_l8a1(const uint8_t *x, int64_t x_stride, int64_t m, const uint8_t *y, int64_t y_stride, int64_t n_y,
                 int64_t n, float *out, int64_t out_stride) {
     for (int64_t i = 0; i < m; ++i) {
         float *o = (float *)(void *)((uint8_t *)out + i * out_stride);
-        for (int64_t j = 0; j < n_y; ++j) o[j] = mla_dot_row(x + i * x_stride, y + j * y_stride, n);
+        int64_t j = 0;
+        for (; j < n_y; ++j) o[j] = mla_dot_row(x + i * x_stride, y + j * y_stride, n);
     }
 }

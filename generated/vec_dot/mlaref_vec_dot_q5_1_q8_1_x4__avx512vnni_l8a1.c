@@ -191,6 +191,19 @@ static inline void mla_lane4_sums(const int8_t *x, const int8_t *y, int32_t *out
     const __m256i s2 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8((char)0x80), vy);
     _mm256_storeu_si256((__m256i *)out, _mm256_sub_epi32(s1, s2));
 }
+
+/* -- vec_dot lane sums of 32 int8 products held in registers: int32 lane j = elements 4j..4j+3 (exact integers) -- */
+/* vpdpbusd adds the four u*s products of each lane in 32 bits: exact for any bytes */
+static inline __m256i mla_lane4_us_v(__m256i u, __m256i s) {
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+}
+static inline __m256i mla_lane4_us_off_v(__m256i u, __m256i off, __m256i s) {
+    return _mm256_sub_epi32(mla_lane4_us_v(u, s), mla_lane4_us_v(off, s));
+}
+/* signed x times signed y as |x| times y with x's sign: exact for y != -128 (the q8 quantizers give [-127, 127]) */
+static inline __m256i mla_lane4_ss_v(__m256i x, __m256i y) {
+    return mla_lane4_us_v(_mm256_abs_epi8(x), _mm256_sign_epi8(y, x));
+}
 static inline void mla_dequant_row_q5_1(const uint8_t *x, float *y, int64_t n) {
     for (int64_t i = 0; i < n / 32; ++i, x += 24, y += 32) {
         const uint32_t qh = mla_ld_u32(x + 4);
@@ -334,6 +347,35 @@ static inline const int8_t *mla_vd_y_q8_1_x4(const uint8_t *row, int64_t nb, int
     return pq;
 }
 
+/* f16 -> f32 by F16C: the same exact value as mla_fp16_to_fp32 (which is written to agree with vcvtph2ps) */
+static inline float mla_vd_h2f(const uint8_t *p) { return _cvtsh_ss(mla_ld_u16(p)); }
+
+/* block b of a y row: its 32 values, and where its f16 d (and s) fields sit */
+static inline const int8_t *mla_vd_yp(const uint8_t *row, int64_t nb, int64_t b, const uint8_t **pd,
+                                      const uint8_t **ps) {
+    uint8_t *d, *s; int8_t *q;
+    mla_q8_1_x4_addr((uint8_t *)row, nb, b, &d, &s, &q);
+    *pd = d;
+    *ps = s;
+    return q;
+}
+
+/* the int32 lane sums of one x block with 32 y values, the block unpacked in registers (nibbles by and/shift,
+   bit 4 of the 5-bit types spread from qh by a byte shuffle and a bit test, iq4_nl by a 16-entry table shuffle) */
+static inline __m256i mla_vd_lanes(const uint8_t *b, __m256i vy) {
+    const __m128i q = _mm_loadu_si128((const __m128i *)(const void *)(b + 8));
+    /* bytes 0..15: low nibbles (elements 0..15), bytes 16..31: high nibbles (elements 16..31) */
+    const __m256i nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0F));
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    /* byte k holds qh byte k/8; testing bit k%8 gives 0xFF where element k has bit 4 set */
+    const __m256i h = _mm256_shuffle_epi8(_mm256_set1_epi32((int)mla_ld_u32(b + 4)), spread);
+    const __m256i u = _mm256_or_si256(nib, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(h, bit), bit),
+                                                            _mm256_set1_epi8(0x10)));
+    return mla_lane4_us_v(u, vy);
+}
+
 /* accumulators by halves, then 8 -> 4 -> 2 -> 1 lanes by halves (hsum_float_8's order) */
 static inline float mla_fold(float acc[1][8]) {
     float s[8];
@@ -350,14 +392,13 @@ static float mla_dot_row(const uint8_t *x, const uint8_t *y, int64_t n) {
     float summs = 0.0f;
     const int64_t nfull = nb;
     for (int64_t b = 0; b < nfull; ++b) {
-        int8_t qx[32];
-        int32_t l[8];
-        float dx, mx, dy, sy;
-        mla_vd_x_q5_1(x + 24 * b, qx, &dx, &mx);
-        const int8_t *qy = mla_vd_y_q8_1_x4(y, nb, b, &dy, &sy);
-        mla_lane4_sums(qx, qy, l);
-        acc[b % 1] = mla_v8_fma(mla_v8_set1(dx * dy), mla_v8_from_i32(l), acc[b % 1]);
-        summs = fmaf(mx, sy, summs);
+        const uint8_t *xb = x + 24 * b;
+        const uint8_t *pd, *ps;
+        const int8_t *qy = mla_vd_yp(y, nb, b, &pd, &ps);
+        const __m256i l = mla_vd_lanes(xb, _mm256_loadu_si256((const __m256i *)(const void *)qy));
+        const float dxy = mla_vd_h2f(xb) * mla_vd_h2f(pd);
+        acc[b % 1] = mla_v8_fma(mla_v8_set1(dxy), _mm256_cvtepi32_ps(l), acc[b % 1]);
+        summs = fmaf(mla_vd_h2f(xb + 2), mla_vd_h2f(ps), summs);
     }
     float lanes[1][8];
     for (int a = 0; a < 1; ++a) mla_v8_store(lanes[a], acc[a]);
@@ -366,11 +407,97 @@ static float mla_dot_row(const uint8_t *x, const uint8_t *y, int64_t n) {
     return total;
 }
 
+
+/* four y rows against one x row: each x block is unpacked once for four independent accumulator chains (more
+   work in flight); every output keeps mla_dot_row's float order exactly, only the interleaving differs */
+static void mla_dot_rows4(const uint8_t *x, const uint8_t *y, int64_t y_stride, int64_t n, float *o) {
+    const int64_t nb = n / 32;
+    /* the four rows written out (not a loop over an array) so the accumulators stay in registers at -O2 */
+    const uint8_t *y0 = y + 0 * y_stride;
+    mla_v8 acc0_0 = mla_v8_zero();
+    float summs0 = 0.0f;
+    const uint8_t *y1 = y + 1 * y_stride;
+    mla_v8 acc1_0 = mla_v8_zero();
+    float summs1 = 0.0f;
+    const uint8_t *y2 = y + 2 * y_stride;
+    mla_v8 acc2_0 = mla_v8_zero();
+    float summs2 = 0.0f;
+    const uint8_t *y3 = y + 3 * y_stride;
+    mla_v8 acc3_0 = mla_v8_zero();
+    float summs3 = 0.0f;
+    const int64_t nfull = nb;
+    for (int64_t b = 0; b < nfull; b += 1) {
+        {
+            const uint8_t *xb = x + 24 * (b + 0);
+            const float dx = mla_vd_h2f(xb);
+            const float mx = mla_vd_h2f(xb + 2);
+            {
+                const uint8_t *pd, *ps;
+                const int8_t *qy = mla_vd_yp(y0, nb, b + 0, &pd, &ps);
+                const __m256i l = mla_vd_lanes(xb, _mm256_loadu_si256((const __m256i *)(const void *)qy));
+                acc0_0 = mla_v8_fma(mla_v8_set1(dx * mla_vd_h2f(pd)), _mm256_cvtepi32_ps(l), acc0_0);
+                summs0 = fmaf(mx, mla_vd_h2f(ps), summs0);
+            }
+            {
+                const uint8_t *pd, *ps;
+                const int8_t *qy = mla_vd_yp(y1, nb, b + 0, &pd, &ps);
+                const __m256i l = mla_vd_lanes(xb, _mm256_loadu_si256((const __m256i *)(const void *)qy));
+                acc1_0 = mla_v8_fma(mla_v8_set1(dx * mla_vd_h2f(pd)), _mm256_cvtepi32_ps(l), acc1_0);
+                summs1 = fmaf(mx, mla_vd_h2f(ps), summs1);
+            }
+            {
+                const uint8_t *pd, *ps;
+                const int8_t *qy = mla_vd_yp(y2, nb, b + 0, &pd, &ps);
+                const __m256i l = mla_vd_lanes(xb, _mm256_loadu_si256((const __m256i *)(const void *)qy));
+                acc2_0 = mla_v8_fma(mla_v8_set1(dx * mla_vd_h2f(pd)), _mm256_cvtepi32_ps(l), acc2_0);
+                summs2 = fmaf(mx, mla_vd_h2f(ps), summs2);
+            }
+            {
+                const uint8_t *pd, *ps;
+                const int8_t *qy = mla_vd_yp(y3, nb, b + 0, &pd, &ps);
+                const __m256i l = mla_vd_lanes(xb, _mm256_loadu_si256((const __m256i *)(const void *)qy));
+                acc3_0 = mla_v8_fma(mla_v8_set1(dx * mla_vd_h2f(pd)), _mm256_cvtepi32_ps(l), acc3_0);
+                summs3 = fmaf(mx, mla_vd_h2f(ps), summs3);
+            }
+        }
+    }
+    {
+        float lanes[1][8];
+        mla_v8_store(lanes[0], acc0_0);
+        float total = mla_fold(lanes);
+        total = total + summs0;
+        o[0] = total;
+    }
+    {
+        float lanes[1][8];
+        mla_v8_store(lanes[0], acc1_0);
+        float total = mla_fold(lanes);
+        total = total + summs1;
+        o[1] = total;
+    }
+    {
+        float lanes[1][8];
+        mla_v8_store(lanes[0], acc2_0);
+        float total = mla_fold(lanes);
+        total = total + summs2;
+        o[2] = total;
+    }
+    {
+        float lanes[1][8];
+        mla_v8_store(lanes[0], acc3_0);
+        float total = mla_fold(lanes);
+        total = total + summs3;
+        o[3] = total;
+    }
+}
+
 /* out[i][j] (float at out + i*out_stride + 4j bytes) = dot(x row i, y row j), rows of n values */
 void mlaref_vec_dot_q5_1_q8_1_x4__avx512vnni_l8a1(const uint8_t *x, int64_t x_stride, int64_t m, const uint8_t *y, int64_t y_stride, int64_t n_y,
                 int64_t n, float *out, int64_t out_stride) {
     for (int64_t i = 0; i < m; ++i) {
         float *o = (float *)(void *)((uint8_t *)out + i * out_stride);
-        for (int64_t j = 0; j < n_y; ++j) o[j] = mla_dot_row(x + i * x_stride, y + j * y_stride, n);
+        int64_t j = 0;
+        for (; j + 4 <= n_y; j += 4) mla_dot_rows4(x + i * x_stride, y + j * y_stride, y_stride, n, o + j);
+        for (; j < n_y; ++j) o[j] = mla_dot_row(x + i * x_stride, y + j * y_stride, n);
     }
 }

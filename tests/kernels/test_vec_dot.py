@@ -32,13 +32,15 @@ def test_vec_dot(kernel_name, kt, rng):
     # element pairs: tile 8*A and its neighbours, odd tails, MLA rows; blocks: 1..7 blocks (odd for the iq4_nl
     # tail, 4-block groups and their tails for the x4 layouts), 192 and 576
     sizes = [1, 7, 8, 9, 15, 16, 17, 37, 192, 576] if element else [32, 64, 96, 128, 160, 224, 192, 576]
-    for n in sizes:
-        x, y = vec_dot_operands(rng, k["type_x"], k["type_y"], 3, 4, n)
-        want = ref_vec_dot(x, k["type_x"], y, k["type_y"], n, plan=plan)
-        out = kt.Guarded(3, 4, np.float32)
-        K.vec_dot(x, k["type_x"], y, k["type_y"], n, plan=plan, kernel=kernel_name, out=out.array)
-        out.check()
-        kt.assert_same_bytes(out.array, want, 4, f"{kernel_name} n={n}")
+    # y row counts: the 4-row tile of the x86 kernels, tile + 1 / tile + 3 (the leftover-row path), and 1
+    for n_y in (4, 5, 7, 1):
+        for n in sizes if n_y == 4 else sizes[-3:]:
+            x, y = vec_dot_operands(rng, k["type_x"], k["type_y"], 3, n_y, n)
+            want = ref_vec_dot(x, k["type_x"], y, k["type_y"], n, plan=plan)
+            out = kt.Guarded(3, n_y, np.float32)
+            K.vec_dot(x, k["type_x"], y, k["type_y"], n, plan=plan, kernel=kernel_name, out=out.array)
+            out.check()
+            kt.assert_same_bytes(out.array, want, 4, f"{kernel_name} n={n} y rows={n_y}")
 
 
 def test_vec_dot_threads_and_dispatch(rng):
