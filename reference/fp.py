@@ -63,11 +63,17 @@ def bits_f32(u) -> np.ndarray:
 _CHUNK_NARROW = 1 << 16  # f32 -> f16 / bf16
 _CHUNK_WIDEN = 1 << 17  # f16 -> f32
 
-# f32 -> f16 by float32 arithmetic (see f32_to_f16): the bits of 65536.0, the first value past the f16 range,
-# and 2**-14, the smallest normal f16.
+# f32 -> f16 by float32 arithmetic (see f32_to_f16): the bits of 65536.0, the first value past the f16 range
+# (also the lowest exponent field of such values).
 _F16_CLAMP = np.uint32(0x47800000)
-_F16_MIN_NORMAL = np.float32(2.0**-14)
 _F16_ROUNDER = np.uint32((13 << 23) | 0x400000)  # exponent + 13 and mantissa 1.5: C = 1.5 * 2**(E + 13)
+_F16_C_SUBNORMAL = 0x3F400000  # the bits of 0.75 = 1.5 * 2**(-14 + 13), C for the subnormal f16 range
+_F16_SCALE = np.float32(2.0**-112)
+_F32_ABS = np.uint32(0x7FFFFFFF)
+_F32_EXP = np.uint32(0x7F800000)
+_SHIFT_13 = np.uint32(13)
+_SHIFT_3 = np.uint32(3)
+_SIGN_AT_28 = np.uint32(1 << 28)
 
 
 def _chunks(n: int, size: int):
@@ -91,42 +97,53 @@ def _f32_to_f16(x, f16c: bool, out) -> np.ndarray:
     h = _output(out, u.shape, np.uint16, "f32_to_f16")
     uf, hf = u.reshape(-1), h.reshape(-1)
     m = min(uf.size, _CHUNK_NARROW)
-    a_buf = np.empty(m, dtype=np.uint32)
-    c_buf = np.empty(m, dtype=np.uint32)
+    bufs = (np.empty(m, dtype=np.uint32), np.empty(m, dtype=np.uint32),
+            # C's lower bound as an array: NumPy's maximum against a scalar is not vectorised, against an array it is
+            np.full(m, _F16_C_SUBNORMAL, dtype=np.uint32))
     for i, j in _chunks(uf.size, _CHUNK_NARROW):
-        uc, hc = uf[i:j], hf[i:j]
-        a, c = a_buf[: j - i], c_buf[: j - i]
-        af, cf = a.view(np.float32), c.view(np.float32)
-        np.bitwise_and(uc, np.uint32(0x7FFFFFFF), out=a)  # |x|; the sign is put back at the end
-        top = a.max()
-        if top > _F16_CLAMP:
-            np.minimum(a, _F16_CLAMP, out=a)  # larger values, Inf and NaN: all round to Inf (NaN fixed below)
-        # C = 1.5 * 2**(E + 13) for |x| in [2**E, 2**(E+1)), E >= -14: |x| + C lies in [2**(E+13), 2**(E+14)),
-        # where the float32 ulp is 2**(E-10), the f16 ulp of |x|'s binade; so the float32 addition rounds |x| to
-        # f16 precision, to nearest even, and subtracting C again is exact. Below 2**-14, C = 0.75 rounds to
-        # the subnormal f16 step 2**-24.
-        np.bitwise_and(a, np.uint32(0x7F800000), out=c)
-        if a.min() < 0x38800000:
-            np.maximum(cf, _F16_MIN_NORMAL, out=cf)
-        c += _F16_ROUNDER
-        af += cf
-        af -= cf
-        # The rounded value times 2**-112 (exact) has the f16 exponent in its float32 exponent field, or is
-        # the f32 subnormal with the f16 subnormal's bits, 13 places up; 65536 becomes 0x7C00 (Inf).
-        af *= np.float32(2.0**-112)
-        a >>= np.uint32(13)
-        np.right_shift(uc, np.uint32(16), out=c)
-        c &= np.uint32(0x8000)
-        a |= c
-        np.copyto(hc, a, casting="unsafe")
-        if top > 0x7F800000:
-            nan = (uc & np.uint32(0x7FFFFFFF)) > 0x7F800000
-            un = uc[nan]
-            fixed = ((un >> np.uint32(16)) & np.uint32(0x8000)) | np.uint32(0x7E00)
-            if f16c:
-                fixed |= (un >> np.uint32(13)) & np.uint32(0x3FF)
-            hc[nan] = fixed
+        _f32_to_f16_chunk(uf[i:j], hf[i:j], *(b[: j - i] if j - i < m else b for b in bufs), f16c)
     return h
+
+
+def _f32_to_f16_chunk(u, h, a, c, c_min, f16c: bool) -> None:
+    """One cache-sized piece of ``_f32_to_f16``: f32 bits ``u`` -> f16 bits ``h``, in the work arrays ``a, c``."""
+    af, cf = a.view(np.float32), c.view(np.float32)
+    x = u.view(np.float32)
+    np.bitwise_and(u, _F32_EXP, out=c)
+    top = c.max()
+    if top >= _F16_CLAMP:
+        # |x| >= 65536, Inf and NaN: clamp |x| to 65536, which rounds to Inf (NaN is fixed below)
+        np.bitwise_and(u, _F32_ABS, out=a)
+        np.minimum(a, _F16_CLAMP, out=a)
+        np.bitwise_and(a, _F32_EXP, out=c)
+        a |= u & ~_F32_ABS
+        x = af
+    # C = 1.5 * 2**(E + 13) for |x| in [2**E, 2**(E+1)), E >= -14: |x| + C lies in [2**(E+13), 2**(E+14)),
+    # where the float32 ulp is 2**(E-10), the f16 ulp of |x|'s binade; so the float32 addition rounds |x| to
+    # f16 precision, to nearest even (for negative x, C - |x| rounds the same way, as C is an even multiple of
+    # that ulp), and subtracting C again is exact. Below 2**-14, C = 0.75 rounds to the subnormal f16 step
+    # 2**-24. C is positive, and positive floats order as their bits, so its lower bound is an integer maximum.
+    c += _F16_ROUNDER
+    np.maximum(c, c_min, out=c)
+    np.add(x, cf, out=af)
+    af -= cf
+    # The rounded value times 2**-112 (exact) has the f16 exponent in its float32 exponent field, or is
+    # the f32 subnormal with the f16 subnormal's bits, 13 places up; 65536 becomes 0x7C00 (Inf). Its sign is
+    # lost where it rounded to zero (C - C = +0), so the sign of x goes to bit 28 (zero so far: exponents
+    # <= 31) and lands on bit 15 with the shift; bits 16-18 are cut by the cast to uint16.
+    af *= _F16_SCALE
+    np.right_shift(u, _SHIFT_3, out=c)
+    c &= _SIGN_AT_28
+    a |= c
+    a >>= _SHIFT_13
+    np.copyto(h, a, casting="unsafe")
+    if top == 0x7F800000:
+        nan = (u & _F32_ABS) > 0x7F800000
+        un = u[nan]
+        fixed = ((un >> np.uint32(16)) & np.uint32(0x8000)) | np.uint32(0x7E00)
+        if f16c:
+            fixed |= (un >> np.uint32(13)) & np.uint32(0x3FF)
+        h[nan] = fixed
 
 
 def f32_to_f16(x, out: np.ndarray | None = None) -> np.ndarray:
