@@ -46,7 +46,7 @@ import numpy as np
 
 from mlaref.reference import fp
 from mlaref.reference.ops._common import check_tensor
-from mlaref.reference.ops.flash_attn_ext import K_VEC_DOT_TYPE, expf, v_expf_avx2, v_expf_avx512
+from mlaref.reference.ops.flash_attn_ext import K_VEC_DOT_TYPE, check_operands, expf, v_expf_avx2, v_expf_avx512
 from mlaref.reference.ops.mul_mat import _from_float
 from mlaref.reference.ops.vec_dot import vec_dot
 from mlaref.reference.plan import get_plan
@@ -60,20 +60,9 @@ _EXP = {"libm": expf, "v_expf_avx2": v_expf_avx2, "v_expf_avx512": v_expf_avx512
 
 def _check(q, k, v, mask, scale):
     op = "flash_attn_ext_partial"
-    check_tensor(op, "q", q, ("f32",))
-    check_tensor(op, "k", k, tuple(K_VEC_DOT_TYPE))
-    check_tensor(op, "v", v, tuple(K_VEC_DOT_TYPE))
-    if mask is not None:
-        check_tensor(op, "mask", mask, ("f16",))
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.nb[0] != t.type_size:
-            raise ValueError(f"{op}: the rows of {name} must be contiguous (nb[0] {t.nb[0]} != {t.type_size})")
-    if q.ne[0] != k.ne[0]:
-        raise ValueError(f"{op}: q.ne[0] ({q.ne[0]}) must equal k.ne[0] ({k.ne[0]}) (Dk)")
+    check_operands(op, q, k, v, mask)
     if k.ne[1] != v.ne[1] or k.ne[2:] != v.ne[2:]:
         raise ValueError(f"{op}: k {k.ne} and v {v.ne} must have the same cells and heads (ne[1:4])")
-    if q.ne[2] % k.ne[2] or q.ne[3] % k.ne[3]:
-        raise ValueError(f"{op}: q.ne[2:4] {q.ne[2:]} must be multiples of k.ne[2:4] {k.ne[2:]} (head broadcast)")
     if mask is not None and (mask.ne[0] != k.ne[1] or mask.ne[1] < q.ne[1]):
         raise ValueError(f"{op}: the mask must be [n_cells = {k.ne[1]}, >= n_q = {q.ne[1]}], got ne {mask.ne[:2]}")
     if not isinstance(scale, (int, float, np.floating)) or isinstance(scale, bool):

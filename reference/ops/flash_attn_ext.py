@@ -139,8 +139,8 @@ def _rows_bytes(t: Tensor, i2: int, i3: int) -> np.ndarray:
     return np.stack([t.row(i1, i2, i3) for i1 in range(t.ne[1])])
 
 
-def _check(q, k, v, mask, scale, max_bias, softcap):
-    op = "flash_attn_ext"
+def check_operands(op, q, k, v, mask):
+    """The operand rules flash_attn_ext and its chunked partial share: types, contiguous rows, Dk, head broadcast."""
     check_tensor(op, "q", q, ("f32",))
     check_tensor(op, "k", k, tuple(K_VEC_DOT_TYPE))
     check_tensor(op, "v", v, tuple(K_VEC_DOT_TYPE))
@@ -151,12 +151,17 @@ def _check(q, k, v, mask, scale, max_bias, softcap):
             raise ValueError(f"{op}: the rows of {name} must be contiguous (nb[0] {t.nb[0]} != {t.type_size})")
     if q.ne[0] != k.ne[0]:
         raise ValueError(f"{op}: q.ne[0] ({q.ne[0]}) must equal k.ne[0] ({k.ne[0]}) (Dk)")
+    if q.ne[2] % k.ne[2] or q.ne[3] % k.ne[3]:
+        raise ValueError(f"{op}: q.ne[2:4] {q.ne[2:]} must be multiples of k.ne[2:4] {k.ne[2:]} (head broadcast)")
+
+
+def _check(q, k, v, mask, scale, max_bias, softcap):
+    op = "flash_attn_ext"
+    check_operands(op, q, k, v, mask)
     if k.ne[1] != v.ne[1]:
         raise ValueError(f"{op}: k and v must have the same number of KV rows (ne[1]: {k.ne[1]} vs {v.ne[1]})")
     if k.ne[2:] != v.ne[2:]:
         raise ValueError(f"{op}: k and v must have the same head dims (ne[2:4]: {k.ne[2:]} vs {v.ne[2:]})")
-    if q.ne[2] % k.ne[2] or q.ne[3] % k.ne[3]:
-        raise ValueError(f"{op}: q.ne[2:4] {q.ne[2:]} must be multiples of k.ne[2:4] {k.ne[2:]} (head broadcast)")
     if mask is not None and (mask.ne[0] < k.ne[1] or mask.ne[1] < q.ne[1]):
         raise ValueError(f"{op}: mask must cover [n_kv, n_q] = [{k.ne[1]}, {q.ne[1]}], got ne {mask.ne[:2]}")
     for name, val in (("scale", scale), ("max_bias", max_bias), ("softcap", softcap)):
