@@ -30,7 +30,8 @@ from there. The build must have the C API and struct layouts of ggml-python's he
 ``ggml_version()`` / ``ggml_commit()`` of the library loaded and warns when the version differs.
 
 Expectations. A case says ``expect: exact`` where the spec models the library's own order for this build
-(ggml-python's x86 build with AVX-512: vec_dot plan ``ggml_x86_avx512``, quantize variants ``ref``/``x86``/
+(ggml-python's native x86 build with AVX-512: vec_dot plan ``ggml_x86_avx512`` with AVX512-FP16,
+``ggml_x86_avx512_znver4`` without, quantize variants ``ref``/``x86``/
 ``model``, soft_max's AVX-512 ``ggml_v_expf``, rope with GNU-mode FMA contractions, flash_attn_ext's one-chunk
 algorithm), ``expect: nmse`` elsewhere. Where upstream ggml's semantics differ from ik_llama.cpp@676f0e71b
 (FACTS.md), the case's ``note`` says so and the verdict text carries it. Where upstream refuses what the spec
@@ -398,7 +399,7 @@ def op_vec_dot(p, inp):
     xt, yt, n, x, y = p["x_type"], p["y_type"], p["n"], inp["x"], inp["y"]
     if f"{xt}.{yt}" not in supported_pairs():
         raise Unsupported(f"the spec has no vec_dot order for {xt}.{yt}")
-    spec = vec_dot(x, xt, y, yt, n, p.get("plan", "ggml_x86_avx512"))
+    spec = vec_dot(x, xt, y, yt, n, p.get("plan") or _peer_plan())
     peer = _peer()
     lib = np.array([[peer.vec_dot(xt, x[i], y[j], n) for j in range(y.shape[0])] for i in range(x.shape[0])],
                    np.float32)
@@ -466,7 +467,7 @@ def op_mul_mat(p, inp):
     from mlaref.reference.ops import cast  # noqa: PLC0415
 
     a, b = inp["a"], inp["b"]
-    spec = _out_tensor(_spec_call(mul_mat, a, b, plan=p.get("plan", "ggml_x86_avx512"), variant="x86"))
+    spec = _out_tensor(_spec_call(mul_mat, a, b, plan=p.get("plan") or _peer_plan(), variant="x86"))
     if _mul_mat_supported(a, b):
         return spec, _out_tensor(_ops().mul_mat(a, b, n_threads=p.get("n_threads", 1)))
     vdt = _ops().type_name(int(_traits_fn(a.type, "vec_dot_type", cpu=True)))
@@ -506,7 +507,7 @@ def op_flash_attn_ext(p, inp):
 
     q, k, v, mask = inp["q"], inp["k"], inp["v"], inp.get("mask")
     spec = _spec_call(flash_attn_ext, q, k, v, mask, p["scale"], algorithm=p.get("algorithm", "generic"),
-                      plan=p.get("plan", "ggml_x86_avx512"), variant="x86")
+                      plan=p.get("plan") or _peer_plan(), variant="x86")
     lib = _ops().flash_attn_ext(q, k, v, mask, p["scale"], n_threads=p.get("n_threads", 1))
     return _out_tensor(spec), _out_tensor(lib)
 
@@ -841,11 +842,23 @@ def _quantize_note(t: str, variant: str) -> str:
     return ""
 
 
+def _peer_plan() -> str:
+    """The vec_dot plan of ggml-python's build on this CPU (``ggml_peer.vec_dot_plan``); ``ggml_x86_avx512`` where
+    mlaref has not measured the build (a mismatch then says the order is not modelled, not that ggml is wrong)."""
+    from mlaref.codegen import ggml_peer  # noqa: PLC0415
+
+    try:
+        return ggml_peer.vec_dot_plan()
+    except LookupError:
+        return "ggml_x86_avx512"
+
+
 def default_cases() -> list[Case]:
     """The specification's case set: small, deterministic, covering every op and type of the brief."""
     from mlaref.reference import registry  # noqa: PLC0415
 
     cases = []
+    plan = _peer_plan()
     formats = registry()
     # quantize: every registered format x variant (model also with an imatrix where the format uses one)
     for t, fmt in sorted(formats.items()):
@@ -874,10 +887,10 @@ def default_cases() -> list[Case]:
     for xt, yt in vdt.items():
         n = 512 if yt == "q8_K" else (100 if xt == "f32" else 288)  # 288 = 9 blocks: iq4_nl's scalar tail
         cases.append(_mk(
-            f"vec_dot/{xt}.{yt}", "vec_dot", {"x_type": xt, "y_type": yt, "n": n, "plan": "ggml_x86_avx512"},
+            f"vec_dot/{xt}.{yt}", "vec_dot", {"x_type": xt, "y_type": yt, "n": n, "plan": plan},
             {"x": {"gen": "quantized", "type": xt, "variant": "ref", "shape": [3, n], "scale": 0.5},
              "y": {"gen": "quantized", "type": yt, "variant": "x86", "shape": [4, n]}},
-            note="plan ggml_x86_avx512 (upstream's AVX2/AVX-512 order); ik_llama.cpp's x86 mul_mat uses iqk "
+            note=f"plan {plan} (upstream's AVX2/AVX-512 order); ik_llama.cpp's x86 mul_mat uses iqk "
                  "kernels instead (FACTS 4a)"))
     # cpy: the conversions of FACTS 4d
     cpy_list = [("f32", "f16", False), ("f32", "f16", True), ("f32", "bf16", False), ("f32", "q8_0", False),
@@ -932,7 +945,7 @@ def default_cases() -> list[Case]:
     # mul_mat: weight types x src1 {f32, f16}
     for wt in ("f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl", "q4_K", "q6_K"):
         for bt in ("f32", "f16"):
-            note = "plan ggml_x86_avx512, src1 by the x86 from_float"
+            note = f"plan {plan}, src1 by the x86 from_float"
             if wt == "f16" and bt == "f32":
                 note += ("; upstream (no IQK) rounds src1 to f16 (vec_dot_type F16), ik_llama.cpp's x86 IQK path "
                          "computes F16 x F32 in f32: FACTS 4a")
@@ -942,7 +955,7 @@ def default_cases() -> list[Case]:
             elif wt not in ("f32", "f16", "bf16"):
                 note += ("; ik_llama.cpp's x86 build quantizes src1 to Q8_0_X4/Q8_1_X4 and runs iqk kernels "
                          "(a different float order): FACTS 4a")
-            cases.append(_mk(f"mul_mat/{wt}x{bt}", "mul_mat", {"plan": "ggml_x86_avx512", "n_threads": 2},
+            cases.append(_mk(f"mul_mat/{wt}x{bt}", "mul_mat", {"plan": plan, "n_threads": 2},
                              {"a": {"gen": "normal", "type": wt, "shape": [1, 16, 256], "scale": 0.1},
                               "b": {"gen": "normal", "type": bt, "shape": [2, 5, 256]}},
                              note=note))
@@ -967,7 +980,7 @@ def default_cases() -> list[Case]:
                 "upstream's tiled path (n_q >= 64, f16 K/V): an order the spec does not model")
         note += "; ik_llama.cpp@676f0e71b runs iqk's blocked algorithm instead (FACTS 4e)"
         cases.append(_mk(f"flash_attn_ext/{kv}/dk192_dv128/nq{nq}", "flash_attn_ext",
-                         {"scale": KQ_SCALE, "algorithm": "generic", "plan": "ggml_x86_avx512", "n_threads": 2},
+                         {"scale": KQ_SCALE, "algorithm": "generic", "plan": plan, "n_threads": 2},
                          {"q": {"gen": "normal", "type": "f32", "shape": [1, 4, nq, 192]},
                           "k": {"gen": "normal", "type": kv, "shape": [1, 1, 256, 192]},
                           "v": {"gen": "normal", "type": kv, "shape": [1, 1, 256, 128]},

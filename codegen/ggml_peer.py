@@ -38,6 +38,25 @@ def unavailable_reason() -> str:
     return _module()[1]
 
 
+@functools.cache
+def vec_dot_plan() -> str:
+    """The reduction plan (``mlaref.reference.plan``) that upstream ggml's SIMD ``vec_dot`` follows as ggml-python
+    built it on this machine (natively, ``GGML_NATIVE``), chosen from the CPU's features: AVX512-FP16 means the
+    Sapphire Rapids build (``ggml_x86_avx512``: f16 dots in half precision); AVX-512 with BF16 but no FP16 means
+    the AMD Zen 4 build (``ggml_x86_avx512_znver4``). Raises ``LookupError`` on a CPU whose build mlaref has not
+    measured, so callers can skip with the reason rather than compare against a guessed order."""
+    from mlaref.codegen import cpu  # noqa: PLC0415
+
+    have = cpu.features()
+    if {"avx512f", "avx512_fp16"} <= have:
+        return "ggml_x86_avx512"
+    if {"avx512f", "avx512_vnni", "avx512_bf16"} <= have:
+        return "ggml_x86_avx512_znver4"
+    raise LookupError("upstream ggml's vec_dot order is modelled for native x86 builds with AVX512-FP16 "
+                      "(ggml_x86_avx512) or AVX512-BF16 without FP16 (ggml_x86_avx512_znver4); this CPU has "
+                      "neither")
+
+
 def lib():
     g, reason = _module()
     if g is None:

@@ -39,9 +39,13 @@ register layout per pair (``plan.for_pair("iq4_nl.q8_0")``):
   SIMD, each operation rounded once (``-ffp-contract=off``).
 * ``ggml_generic_gnu``: the same compiled in GNU C mode with FMA available: GCC contracts the last
   ``sumf += a*b`` into one fused multiply-add (read from the disassembly of ggml-python's libggml-cpu.so).
-* ``ggml_x86_avx512``: upstream ggml's ``vec_dot`` as ggml-python builds it on this machine (AVX-512
-  F/BW/VL/VNNI/BF16/FP16): q8_0, q4_0, q5_0, q4_1, q5_1, q4_K, q6_K l8a1 (their AVX2 code), iq4_nl l8a2, f32
+* ``ggml_x86_avx512``: upstream ggml's ``vec_dot`` as ggml-python builds it natively on Intel Sapphire Rapids
+  (AVX-512 F/BW/VL/VNNI/BF16/FP16): q8_0, q4_0, q5_0, q4_1, q5_1, q4_K, q6_K l8a1 (their AVX2 code), iq4_nl l8a2, f32
   l16a4, f16 l32a4 in **f16** arithmetic, bf16 two ``vdpbf16ps`` accumulators.
+* ``ggml_x86_avx512_znver4``: the same source as GCC builds it natively on AMD Zen 4 (AVX-512 without FP16): the
+  block pairs as above except iq4_nl's odd last block (rounded product, then add), f32 l16a4 with the leftovers
+  vectorised in chunks of 8 only, f16 l16a4 in f32 arithmetic. Which of the two AVX-512 plans describes the peer
+  on a machine is chosen from its CPU features (``mlaref.codegen.ggml_peer.vec_dot_plan``).
 * ``ggml_x86_avx2``: the same code on an AVX2+FMA+F16C machine: the block pairs as above, f32/f16 l8a4 with the
   hadd fold (read from the code, not run here; the f32 leftovers rule is the one GCC produced for the AVX-512
   build and may differ in an AVX2 build; bf16 is not defined).
@@ -67,6 +71,7 @@ __all__ = [
     "GGML_GENERIC_GNU",
     "GGML_X86_AVX2",
     "GGML_X86_AVX512",
+    "GGML_X86_AVX512_ZNVER4",
     "MLAREF_L8A1",
     "MLAREF_L8A2",
     "MLAREF_L16A1",
@@ -76,7 +81,7 @@ __all__ = [
 _FOLDS = ("halves", "hadd", "serial")
 _INT_TO_FLOAT = ("lane4", "block")
 _ACC_TYPES = ("f32", "f16", "f64")
-_TAILS = ("masked", "scalar_f32", "scalar_gcc", "scalar_f64")
+_TAILS = ("masked", "scalar_f32", "scalar_f32m", "scalar_gcc", "scalar_gcc8", "scalar_f64")
 _EXPS = ("libm", "v_expf_avx2", "v_expf_avx512")
 
 
@@ -86,8 +91,10 @@ class ReductionPlan:
 
     ``tail`` says what happens to the elements / blocks after the last full step of ``lanes*accs`` slots:
     ``masked`` (mlaref: they are absent, the slots keep their value), ``scalar_f32`` (ggml: added to the folded
-    float sum one by one with the pair's scalar formula, fused), ``scalar_gcc`` (ggml's f32 leftovers loop as GCC
-    vectorised it: chunks of 8, then 4, as rounded products added in order, then fused scalar FMAs),
+    float sum one by one with the pair's scalar formula, fused), ``scalar_f32m`` (the same, a rounded product then
+    an add), ``scalar_gcc`` (ggml's f32 leftovers loop as GCC vectorised it: chunks of 8, then 4, as rounded
+    products added in order, then fused scalar FMAs), ``scalar_gcc8`` (the same with chunks of 8 only: GCC's
+    znver4 tuning),
     ``scalar_f64`` (ggml's f16 leftovers: exact products added to a double).
     """
 
@@ -211,6 +218,20 @@ GGML_X86_AVX512 = ReductionPlan(
                             tail="scalar_f64")),
     ),
 )
+# The same source as GCC builds it with -march=native on AMD Zen 4 (AVX-512 F/BW/VL/VNNI/BF16, no AVX512-FP16),
+# measured against ggml-python's libggml-cpu on an AMD EPYC: without FP16 the f16 dot converts each 16-lane step
+# to f32 (GGML_F32Cx16: STEP 64 / EPR 16, f32 FMA) and reduces like f32; GCC's znver4 tuning vectorises the f32
+# leftovers in chunks of 8 only (no chunk of 4); iq4_nl's odd last block is a rounded product then an add.
+GGML_X86_AVX512_ZNVER4 = ReductionPlan(
+    name="ggml_x86_avx512_znver4", pairs_only=True,
+    by_pair=tuple((k, v) for k, v in _X86_BLOCKS if k != "iq4_nl.q8_0") + (
+        ("iq4_nl.q8_0", _lane("ggml_x86", 8, 2, tail="scalar_f32m")),
+        ("f32.f32", _lane("ggml_x86_avx512_znver4", 16, 4, int_to_float="block", tail="scalar_gcc8")),
+        ("f16.f16", _lane("ggml_x86_avx512_znver4", 16, 4, int_to_float="block", tail="scalar_f64")),
+        ("bf16.bf16", _lane("ggml_x86_avx512", 16, 2, int_to_float="block", acc_type="f64", dot2=True,
+                            tail="scalar_f64")),
+    ),
+)
 # AVX2 + FMA + F16C: GGML_F32_STEP 32 / EPR 8 with GGML_F32x8_REDUCE (hadd), f16 through F32Cx8 in f32.
 GGML_X86_AVX2 = ReductionPlan(
     name="ggml_x86_avx2", pairs_only=True,
@@ -227,7 +248,7 @@ MLAREF_L16A2 = _lane("mlaref_l16a2", 16, 2)
 
 PLANS: dict[str, ReductionPlan] = {
     p.name: p
-    for p in (GGML_GENERIC, GGML_GENERIC_GNU, GGML_X86_AVX2, GGML_X86_AVX512,
+    for p in (GGML_GENERIC, GGML_GENERIC_GNU, GGML_X86_AVX2, GGML_X86_AVX512, GGML_X86_AVX512_ZNVER4,
               MLAREF_L8A1, MLAREF_L8A2, MLAREF_L16A1, MLAREF_L16A2)
 }
 

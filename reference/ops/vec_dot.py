@@ -170,11 +170,12 @@ def _dot_elements(xv: np.ndarray, yv: np.ndarray, plan: ReductionPlan) -> np.nda
         for i in rest:
             s = s + (xv[:, None, i] * yv[None, :, i]).astype(np.float32).astype(np.float64)
         return s.astype(np.float32)
-    if plan.tail == "scalar_gcc":
+    if plan.tail in ("scalar_gcc", "scalar_gcc8"):
         # GCC's vectorisation of ``for (i = np; i < n; ++i) sumf += x[i]*y[i]`` (ggml_vec_dot_f32): chunks of 8
-        # while 8 remain and then one chunk of 4 are rounded products added in order; the last 1..3 are fmaf.
+        # while 8 remain (and, for ``scalar_gcc``, then one chunk of 4) are rounded products added in order; the
+        # last ones are fmaf.
         r = n - full * step
-        unfused = (r // 8) * 8 + (4 if r % 8 >= 4 else 0)
+        unfused = (r // 8) * 8 + (4 if r % 8 >= 4 and plan.tail == "scalar_gcc" else 0)
         for t, i in enumerate(rest):
             if t < unfused:
                 total = (total + (xv[:, None, i] * yv[None, :, i]).astype(np.float32)).astype(np.float32)
@@ -277,13 +278,17 @@ def _dot_blocks(x: np.ndarray, xt: str, y: np.ndarray, yt: str, n: int, plan: Re
         else:
             acc[:, :, k] = acc[:, :, k] + (d * lanesum[:, :, b]).astype(np.float32)
     total = _fold(acc, plan.fold, _add_f32)
-    if plan.tail == "scalar_f32":
-        # ggml finishes the blocks left after the last full step with the scalar formula (fused by GCC).
+    if plan.tail in ("scalar_f32", "scalar_f32m"):
+        # ggml finishes the blocks left after the last full step with the scalar formula ``sumf += d*sumi``
+        # (fused by GCC for ``scalar_f32``, a rounded product then an add for ``scalar_f32m``).
         for b in range(nfull, nb):
             sumi = lanesum[:, :, b, 0]
             for j in range(1, 8):
                 sumi = sumi + lanesum[:, :, b, j]  # integers below 2**24: exact
-            total = fp.fmaf(dd[..., b], sumi, total)
+            if plan.tail == "scalar_f32":
+                total = fp.fmaf(dd[..., b], sumi, total)
+            else:
+                total = (total + (dd[..., b] * sumi).astype(np.float32)).astype(np.float32)
     if has_m:
         summs = np.zeros((M, N), np.float32)
         for b in range(nb):

@@ -67,20 +67,20 @@ def _float64_attention(q, k, v, mask, scale, softcap=0.0):
 
 @pytest.mark.parametrize("kvt", ["q8_0", "f16"])
 @pytest.mark.parametrize("dims", [(192, 128), (128, 128), (576, 512)])
-def test_generic_equals_upstream_ggml(ops, rng, kvt, dims):
+def test_generic_equals_upstream_ggml(ops, rng, kvt, dims, peer_plan):
     """Few queries (< GGML_FA_TILE_Q = 64): upstream runs its per-row one_chunk code for f16 and q8_0 alike.
     n_kv = 100 (no block multiple), a fully masked row (row 3 -> zeros), K/V shared by 2 heads (nh_kv = 2)."""
     Dk, Dv = dims
     q, k, v, mask = _inputs(rng, kvt, Dk, Dv, nq=4, nh=4, n_kv=100, nh_kv=2, masked_rows=(3,), scale_q=0.3)
     scale = 1 / np.sqrt(Dk)
-    got = flash_attn_ext(q, k, v, mask, scale, plan="ggml_x86_avx512")
+    got = flash_attn_ext(q, k, v, mask, scale, plan=peer_plan)
     want = ops.flash_attn_ext(q, k, v, mask, scale)
     assert got.ne == want.ne == (Dv, 4, 4, 1)
     assert np.array_equal(_bits(got), _bits(want))
     assert not got.to_numpy()[0, 3].any()  # S = 0 -> 1/S taken as 0
 
 
-def test_views_equal_upstream_ggml(ops, rng):
+def test_views_equal_upstream_ggml(ops, rng, peer_plan):
     """As in the graph: q a permuted view (heads and tokens swapped), K and V row views into one cache buffer."""
     nq, nh, n_kv = 3, 4, 64
     qbase = Tensor.from_numpy((rng.standard_normal((1, nq, nh, 192)) * 0.3).astype(np.float32))
@@ -92,28 +92,28 @@ def test_views_equal_upstream_ggml(ops, rng):
     m = np.zeros((1, 1, nq, n_kv), np.float32)
     m[..., 0, 40:] = -np.inf
     mask = Tensor.from_numpy(m, "f16")
-    got = flash_attn_ext(q, k, v, mask, 0.1, plan="ggml_x86_avx512")
+    got = flash_attn_ext(q, k, v, mask, 0.1, plan=peer_plan)
     assert np.array_equal(_bits(got), _bits(ops.flash_attn_ext(q, k, v, mask, 0.1)))
 
 
-def test_generic_softcap_equals_upstream_ggml(ops, rng):
+def test_generic_softcap_equals_upstream_ggml(ops, rng, peer_plan):
     q, k, v, mask = _inputs(rng, "q8_0", 192, 128, nq=3, nh=2, n_kv=64)
-    got = flash_attn_ext(q, k, v, mask, 0.125, 0.0, 30.0, plan="ggml_x86_avx512")
+    got = flash_attn_ext(q, k, v, mask, 0.125, 0.0, 30.0, plan=peer_plan)
     assert np.array_equal(_bits(got), _bits(ops.flash_attn_ext(q, k, v, mask, 0.125, 0.0, 30.0)))
 
 
-def test_mla_shapes_against_upstream_ggml(ops, rng):
+def test_mla_shapes_against_upstream_ggml(ops, rng, peer_plan):
     """FlashMLA-2 PP shapes: Q [192, n_q, 16], K [192, 256, 16], V [128, 256, 16].
 
     q8_0 K/V: upstream's per-row path, bit for bit. f16 K/V with 64 queries: upstream takes its tiled path
     (another order), so NMSE against it and against float64."""
     q, k, v, mask = _inputs(rng, "q8_0", 192, 128, nq=16, nh=16, n_kv=256, scale_q=0.3)
     scale = 1 / np.sqrt(192)
-    got = flash_attn_ext(q, k, v, mask, scale, plan="ggml_x86_avx512")
+    got = flash_attn_ext(q, k, v, mask, scale, plan=peer_plan)
     assert np.array_equal(_bits(got), _bits(ops.flash_attn_ext(q, k, v, mask, scale, n_threads=4)))
 
     q, k, v, mask = _inputs(rng, "f16", 192, 128, nq=64, nh=16, n_kv=256, scale_q=0.3)
-    got = flash_attn_ext(q, k, v, mask, scale, plan="ggml_x86_avx512").to_numpy()[0]
+    got = flash_attn_ext(q, k, v, mask, scale, plan=peer_plan).to_numpy()[0]
     tiled = ops.flash_attn_ext(q, k, v, mask, scale, n_threads=4).to_numpy()[0]
     exact = _float64_attention(q, k, v, mask, scale)
     assert _nmse(got, exact) < NMSE_FA

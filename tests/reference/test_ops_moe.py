@@ -297,18 +297,18 @@ def _ids(rng, n_exp, n_used, T):
 
 @pytest.mark.parametrize("n_b", [1, 3])
 @pytest.mark.parametrize("wt", WEIGHTS)
-def test_mul_mat_id_matches_ggml(g, rng, wt, n_b):
+def test_mul_mat_id_matches_ggml(g, rng, wt, n_b, peer_plan):
     """5 experts of [K, 20], 3 used per token, 7 tokens; b with one row per token (broadcast) or one per slot."""
     K = 256 if wt in ("q4_K", "q6_K") else 64
     a = _experts(rng, 5, 20, K, wt)
     b = Tensor.from_numpy(rng.standard_normal((7, n_b, K)).astype(np.float32))
     ids = _ids(rng, 5, 3, 7)
     want = ggml_ops.run(lambda ctx, x, y, z: g.ggml_mul_mat_id(ctx, x, y, z), a, b, ids, n_threads=3)
-    _same_bytes(mul_mat_id(a, b, ids, plan="ggml_x86_avx512"), want)
+    _same_bytes(mul_mat_id(a, b, ids, plan=peer_plan), want)
 
 
 @pytest.mark.parametrize("wt", ["q8_0", "q4_K"])
-def test_mul_mat_id_src1_in_vec_dot_type_and_repeated_experts(g, rng, wt):
+def test_mul_mat_id_src1_in_vec_dot_type_and_repeated_experts(g, rng, wt, peer_plan):
     """src1 already quantized (upstream's own from_float), and one expert twice in a token's list."""
     K = 256
     vdt = VEC_DOT_TYPE[wt]
@@ -317,10 +317,10 @@ def test_mul_mat_id_src1_in_vec_dot_type_and_repeated_experts(g, rng, wt):
     b = Tensor.from_bytes(quantize(bf, vdt, variant="x86"), vdt, (K, 2, 5))
     ids = Tensor.from_numpy(np.array([[0, 0], [3, 1], [2, 2], [1, 3], [3, 3]], np.int32))
     want = ggml_ops.run(lambda ctx, x, y, z: g.ggml_mul_mat_id(ctx, x, y, z), a, b, ids)
-    _same_bytes(mul_mat_id(a, b, ids, plan="ggml_x86_avx512"), want)
+    _same_bytes(mul_mat_id(a, b, ids, plan=peer_plan), want)
 
 
-def test_mul_mat_id_moe_chain_on_facts_shapes(g, rng):
+def test_mul_mat_id_moe_chain_on_facts_shapes(g, rng, peer_plan):
     """The MoE FFN of FACTS 3.3 scaled down (2048 -> 64, 1408 -> 96, 64 experts -> 8, 512 tokens -> 5):
     gate/up [64, 96, 8] x ffn_norm [64, 1, 5] -> [96, 6, 5]; down [96, 64, 8] x [96, 6, 5] -> [64, 6, 5]."""
     up, gate = _experts(rng, 8, 96, 64, "q4_0"), _experts(rng, 8, 96, 64, "q8_0")
@@ -334,7 +334,7 @@ def test_mul_mat_id_moe_chain_on_facts_shapes(g, rng):
         return g.ggml_mul_mat_id(ctx, d, h, i)
 
     want = run(ggml_chain, up, gate, down, x, ids, n_threads=2)
-    p = "ggml_x86_avx512"
+    p = peer_plan
     h = fused_mul_unary(mul_mat_id(gate, x, ids, plan=p), mul_mat_id(up, x, ids, plan=p), "SILU")
     assert h.ne == (96, 6, 5, 1)
     got = mul_mat_id(down, h, ids, plan=p)
