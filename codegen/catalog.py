@@ -14,6 +14,8 @@ family              C signature (all sizes int64_t, strides in bytes)
 ``quantize_row``    ``(const float *x, uint8_t *y, n_rows, n, x_stride, y_stride)``
 ``convert_rows``    ``(const uint8_t *x, uint8_t *y, float *scratch, n_rows, n, x_stride, y_stride)``
 ``copy_rows``       ``(uint8_t *dst, const uint8_t *src, row_bytes, n_rep, ne1, ne2, ne3, s_nb1..3, d_nb1..3)``
+``concat_rows``     ``(uint8_t *dst, const uint8_t *a, const uint8_t *b, a_bytes, b_bytes, ne1, ne2, ne3,
+                    a_nb1..3, b_nb1..3, d_nb1..3)``
 ``vec_dot``         ``(const uint8_t *x, x_stride, m, const uint8_t *y, y_stride, n_y, n, float *out, out_stride)``
 ==================  =====================================================================================
 
@@ -52,12 +54,15 @@ SIGNATURES = {
     "copy_rows": "void {name}(uint8_t *dst, const uint8_t *src, int64_t row_bytes, int64_t n_rep, int64_t ne1, "
                  "int64_t ne2, int64_t ne3, int64_t s_nb1, int64_t s_nb2, int64_t s_nb3, int64_t d_nb1, "
                  "int64_t d_nb2, int64_t d_nb3);",
+    "concat_rows": "void {name}(uint8_t *dst, const uint8_t *a, const uint8_t *b, int64_t a_bytes, int64_t b_bytes, "
+                   "int64_t ne1, int64_t ne2, int64_t ne3, int64_t a_nb1, int64_t a_nb2, int64_t a_nb3, "
+                   "int64_t b_nb1, int64_t b_nb2, int64_t b_nb3, int64_t d_nb1, int64_t d_nb2, int64_t d_nb3);",
 }
 FAMILIES = tuple(SIGNATURES)
 
 # Formats whose dequantizer exists in C (codegen/templates/formats/<type>.h.j2) and whether it uses SIMD primitives.
 DEQUANT_TYPES = {
-    "f32": False, "f16": True, "bf16": False, "q4_0": True, "q4_1": True, "q5_0": True, "q5_1": True,
+    "f32": False, "f16": True, "bf16": True, "q4_0": True, "q4_1": True, "q5_0": True, "q5_1": True,
     "q8_0": True, "q8_1": True, "iq4_nl": True, "q8_K": True, "q4_K": True, "q6_K": True,
     "q8_0_x4": True, "q8_1_x4": True,
 }
@@ -65,15 +70,15 @@ DEQUANT_TYPES = {
 # a variant that coincides with ``ref`` for a type (q4_0's ``x86``) is the ``ref`` kernel.
 QUANT_VARIANTS = {
     "f16": {"ref": True, "x86": True},
-    "bf16": {"ref": False},
-    "q4_0": {"ref": False},
-    "q4_1": {"ref": False},
-    "q5_0": {"ref": False},
-    "q5_1": {"ref": False},
+    "bf16": {"ref": True},
+    "q4_0": {"ref": True},
+    "q4_1": {"ref": True},
+    "q5_0": {"ref": True},
+    "q5_1": {"ref": True},
     "q8_0": {"ref": True, "x86": True},
     "q8_1": {"ref": True, "x86": True},
-    "q8_K": {"ref": False, "iqk": True},
-    "iq4_nl": {"ref": False},
+    "q8_K": {"ref": True, "iqk": True},
+    "iq4_nl": {"ref": True},
     "q8_0_x4": {"iqk": True},
     "q8_1_x4": {"iqk": True},
 }
@@ -84,6 +89,7 @@ VEC_DOT_PAIRS = {
     "f32": ("f32",), "f16": ("f16",), "bf16": ("bf16",),
     "q8_0": ("q8_0", "q8_0_x4"), "q4_0": ("q8_0", "q8_0_x4"), "q5_0": ("q8_0", "q8_0_x4"),
     "iq4_nl": ("q8_0", "q8_0_x4"), "q4_1": ("q8_1", "q8_1_x4"), "q5_1": ("q8_1", "q8_1_x4"),
+    "q4_K": ("q8_K",), "q6_K": ("q8_K",),
 }
 VEC_DOT_PLANS = {"l8a1": "mlaref_l8a1", "l8a2": "mlaref_l8a2", "ggml_generic": "ggml_generic",
                  "ggml_x86_avx2": "ggml_x86_avx2"}
@@ -158,10 +164,10 @@ class KernelSpec:
                     raise ValueError(f"{where}: convert_rows takes a source in {', '.join(CONVERT_SOURCES)} "
                                      f"different from the target")
                 simd = simd or DEQUANT_TYPES[self.type_x]
-        else:  # copy_rows
+        else:  # copy_rows, concat_rows
             simd = False
             if self.type_x != "bytes" or self.plan != "ref":
-                raise ValueError(f"{where}: copy_rows is type-agnostic: type 'bytes', plan 'ref'")
+                raise ValueError(f"{where}: {self.family} is type-agnostic: type 'bytes', plan 'ref'")
         if self.isa != "scalar" and not simd:
             raise ValueError(f"{where}: the row code of this kernel is plain C (no SIMD primitives); only the "
                              f"scalar ISA is generated for it")
@@ -209,6 +215,7 @@ def catalog() -> tuple[KernelSpec, ...]:
                 specs += [KernelSpec("convert_rows", src, dst, i, plan)
                           for i in _row_isas(simd or DEQUANT_TYPES[src])]
     specs.append(KernelSpec("copy_rows", "bytes", None, "scalar", "ref"))
+    specs.append(KernelSpec("concat_rows", "bytes", None, "scalar", "ref"))
     for tx, tys in VEC_DOT_PAIRS.items():
         for ty in tys:
             for plan in VEC_DOT_PLANS:

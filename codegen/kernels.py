@@ -322,33 +322,101 @@ def vec_dot(x, x_type, y, y_type, n, plan="ggml_generic", *, isa=None, kernel=No
     return out
 
 
-# -- Tensor ops: #253's row paths on the copy kernel ---------------------------------------------------------
+# -- Tensor ops: #253's row paths on the copy kernels -----------------------------------------------------
 
 def _row_bytes_ok(t) -> bool:
     return t.nb[0] == t.type_size
 
 
-def _copier(dst_t, src_t, isa, kernel):
-    """A function (dst_off, src_off, row_bytes, n_rep, ne123) running the copy kernel between two tensors' rows
-    (addressed by their strides + offsets); the kernel is resolved and the buffers checked once per op."""
+def _span(t) -> tuple[int, int]:
+    """[first, last) absolute addresses of the bytes a tensor view covers."""
+    lo = t.data.__array_interface__["data"][0] + t.offset
+    return lo, lo + t.nbytes()
+
+
+def _check_disjoint(dst_t, srcs, op: str) -> None:
+    """The destination's byte span must not meet a source's: the kernels read and write without ordering."""
+    d0, d1 = _span(dst_t)
+    for arg, t in srcs:
+        s0, s1 = _span(t)
+        if d0 < s1 and s0 < d1:
+            raise ValueError(f"{op}: out overlaps {arg} (bytes [{d0:#x}, {d1:#x}) and [{s0:#x}, {s1:#x}))")
+
+
+def _out_tensor(out, op: str, type_: str, ne, srcs):
+    """A fresh contiguous destination, or the caller's ``out`` once checked (type, ne, contiguity, writable,
+    disjoint from every source)."""
+    from mlaref.reference.tensor import Tensor
+
+    if out is None:
+        return Tensor.empty(type_, ne)
+    if not isinstance(out, Tensor):
+        raise TypeError(f"{op}: out must be a Tensor, got {type(out).__name__}")
+    if out.type != type_ or tuple(out.ne) != tuple(ne):
+        raise ValueError(f"{op}: out must be a {type_} tensor of ne {tuple(ne)}, got {out.type} of ne {out.ne}")
+    if not out.is_contiguous():
+        raise ValueError(f"{op}: out must be contiguous (nb {out.nb})")
+    if not out.data.flags.writeable:
+        raise ValueError(f"{op}: out is read-only")
+    _check_disjoint(out, srcs, op)
+    return out
+
+
+def _split_dim(ne123, n_threads: int) -> int:
+    """The dim (1..3) whose rows are split over threads: the outermost with at least ``n_threads`` entries, else
+    the largest. Every destination row is written by one thread, so the bytes do not depend on the split."""
+    for d in (3, 2, 1):
+        if ne123[d - 1] >= n_threads:
+            return d
+    return max((3, 2, 1), key=lambda d: ne123[d - 1])
+
+
+def _row_jobs(ne123, n_threads: int, bases_nb):
+    """(pointer offsets per tensor, ne1, ne2, ne3) of each thread's share of the rows; ``bases_nb`` holds each
+    tensor's (nb1, nb2, nb3)."""
+    if n_threads == 1:
+        return [((0,) * len(bases_nb), *ne123)]
+    d = _split_dim(ne123, n_threads)
+    jobs = []
+    for r0, r1 in _split(ne123[d - 1], n_threads):
+        ne = list(ne123)
+        ne[d - 1] = r1 - r0
+        jobs.append((tuple(r0 * nb[d - 1] for nb in bases_nb), *ne))
+    return jobs
+
+
+def _run_jobs(calls) -> None:
+    """Run zero-argument kernel calls: the first here, the rest on the shared pool."""
+    _run_rows(lambda k, _r0, _r1: calls[k](), len(calls), len(calls))
+
+
+def _copier(dst_t, src_t, isa, kernel, *, fresh: bool = False, s_nb=None):
+    """A function (dst_off, src_off, row_bytes, n_rep, ne123, n_threads) running the copy kernel between two
+    tensors' rows (addressed by their strides + offsets, or the source strides ``s_nb``: 0 re-reads a row); the
+    kernel is resolved and the buffers checked once per op (a destination the op allocated itself cannot overlap,
+    so ``fresh`` skips that check)."""
     spec, fn, ffi = resolve("copy_rows", "bytes", None, "ref", isa=isa, kernel=kernel)
-    if np.shares_memory(dst_t.data, src_t.data):
-        raise ValueError("copy: the destination buffer shares memory with the source")
-    if not dst_t.data.flags.writeable:
-        raise ValueError("copy: the destination buffer is read-only")
+    if not fresh:
+        if not dst_t.data.flags.writeable:
+            raise ValueError("copy: the destination buffer is read-only")
+        _check_disjoint(dst_t, [("the source", src_t)], "copy")
     pd = _ptr(ffi, "uint8_t *", dst_t.data) + dst_t.offset
     ps = _ptr(ffi, "uint8_t *", src_t.data) + src_t.offset
-    strides = (*src_t.nb[1:], *dst_t.nb[1:])
+    s_nb, d_nb = tuple(src_t.nb[1:]) if s_nb is None else tuple(s_nb), tuple(dst_t.nb[1:])
 
-    def copy(dst_off: int, src_off: int, row_bytes: int, n_rep: int, ne123) -> None:
-        fn(pd + dst_off, ps + src_off, row_bytes, n_rep, *ne123, *strides)
+    def copy(dst_off: int, src_off: int, row_bytes: int, n_rep: int, ne123, n_threads: int = 1) -> None:
+        calls = [functools.partial(fn, pd + dst_off + od, ps + src_off + os_, row_bytes, n_rep, n1, n2, n3,
+                                   *s_nb, *d_nb)
+                 for (od, os_), n1, n2, n3 in _row_jobs(tuple(ne123), n_threads, (d_nb, s_nb))]
+        _run_jobs(calls)
 
     return copy
 
 
-def _copy(dst_t, dst_off: int, src_t, src_off: int, row_bytes: int, n_rep: int, ne123, isa, kernel) -> None:
+def _copy(dst_t, dst_off: int, src_t, src_off: int, row_bytes: int, n_rep: int, ne123, isa, kernel,
+          n_threads: int = 1) -> None:
     """dst rows (i1, i2, i3) <- n_rep copies of src rows, both addressed by their tensors' strides + offsets."""
-    _copier(dst_t, src_t, isa, kernel)(dst_off, src_off, row_bytes, n_rep, ne123)
+    _copier(dst_t, src_t, isa, kernel)(dst_off, src_off, row_bytes, n_rep, ne123, n_threads)
 
 
 def _rows_of(t) -> np.ndarray:
@@ -361,40 +429,67 @@ def _rows_of(t) -> np.ndarray:
     return view.reshape(-1, rs)
 
 
-def concat(a, b, dim: int, *, isa=None, kernel=None):
-    """``reference.ops.concat.concat``; dim 0 of a non-f32/i32 type (``concat_any``) runs the copy kernel."""
-    ref = importlib.import_module("mlaref.reference.ops.concat")
-    from mlaref.reference.tensor import Tensor
-
-    if dim != 0 or a.type in ("f32", "i32") or a.type != b.type or not (_row_bytes_ok(a) and _row_bytes_ok(b)):
-        return ref.concat(a, b, dim)
-    if a.ne[1:] != b.ne[1:]:
-        raise ValueError(f"concat: a and b must agree in ne[1:] for dim 0, got {a.ne} and {b.ne}")
-    dst = Tensor.empty(a.type, (a.ne[0] + b.ne[0],) + tuple(a.ne[1:]))
-    ra = a.row_size()
-    _copy(dst, 0, a, 0, ra, 1, a.ne[1:], isa, kernel)
-    _copy(dst, ra, b, 0, b.row_size(), 1, b.ne[1:], isa, kernel)
+def _from_reference(result, out, op: str, srcs):
+    """A reference result, or its bytes written into the checked ``out``."""
+    if out is None:
+        return result
+    dst = _out_tensor(out, op, result.type, result.ne, srcs)
+    dst.data[dst.offset: dst.offset + dst.nbytes()] = result.data[result.offset: result.offset + result.nbytes()]
     return dst
 
 
-def repeat(src, b, *, isa=None, kernel=None):
-    """``reference.ops.repeat.repeat`` by the copy kernel (every type: rows tiled, each row repeated in ne0)."""
-    ref = importlib.import_module("mlaref.reference.ops.repeat")
-    from mlaref.reference.tensor import Tensor
+def concat(a, b, dim: int, *, isa=None, kernel=None, n_threads=1, out=None):
+    """``reference.ops.concat.concat``; dim 0 of a non-f32/i32 type (``concat_any``) runs the one-pass
+    ``concat_rows`` kernel (each destination row written once, a's bytes then b's). ``out``: a contiguous Tensor
+    of the result's type and ne to write into (as ggml writes into an allocator-planned buffer)."""
+    ref = importlib.import_module("mlaref.reference.ops.concat")
 
+    n_threads = _args.check_threads(n_threads)
+    if dim != 0 or a.type in ("f32", "i32") or a.type != b.type or not (_row_bytes_ok(a) and _row_bytes_ok(b)):
+        return _from_reference(ref.concat(a, b, dim), out, "concat", [("a", a), ("b", b)])
+    if a.ne[1:] != b.ne[1:]:
+        raise ValueError(f"concat: a and b must agree in ne[1:] for dim 0, got {a.ne} and {b.ne}")
+    dst = _out_tensor(out, "concat", a.type, (a.ne[0] + b.ne[0],) + tuple(a.ne[1:]), [("a", a), ("b", b)])
+    spec, fn, ffi = resolve("concat_rows", "bytes", None, "ref", isa=isa, kernel=kernel)
+    pd = _ptr(ffi, "uint8_t *", dst.data) + dst.offset
+    pa = _ptr(ffi, "uint8_t *", a.data) + a.offset
+    pb = _ptr(ffi, "uint8_t *", b.data) + b.offset
+    a_nb, b_nb, d_nb = tuple(a.nb[1:]), tuple(b.nb[1:]), tuple(dst.nb[1:])
+    ra, rb = a.row_size(), b.row_size()
+    calls = [functools.partial(fn, pd + od, pa + oa, pb + ob, ra, rb, n1, n2, n3, *a_nb, *b_nb, *d_nb)
+             for (od, oa, ob), n1, n2, n3 in _row_jobs(tuple(a.ne[1:]), n_threads, (d_nb, a_nb, b_nb))]
+    _run_jobs(calls)
+    return dst
+
+
+def repeat(src, b, *, isa=None, kernel=None, n_threads=1, out=None):
+    """``reference.ops.repeat.repeat`` by the copy kernel (every type: rows tiled, each row repeated in ne0).
+    ``out``: a contiguous Tensor of the target type and ne to write into."""
+    ref = importlib.import_module("mlaref.reference.ops.repeat")
+
+    n_threads = _args.check_threads(n_threads)
     ne = ref._target(src, b)
     if not _row_bytes_ok(src):
-        return ref.repeat(src, b)
-    dst = Tensor.empty(src.type, ne)
-    reps = [ne[k] // src.ne[k] for k in range(4)]
+        return _from_reference(ref.repeat(src, b), out, "repeat", [("src", src)])
+    dst = _out_tensor(out, "repeat", src.type, ne, [("src", src)])
+    # A dim where src has one entry is a broadcast: the kernel walks all of dst's entries with a source stride
+    # of 0. Only dims where src has several entries and is repeated need a tile loop here.
+    bcast = [k for k in (1, 2, 3) if src.ne[k] == 1]
+    s_nb = [0 if k in bcast else src.nb[k] for k in (1, 2, 3)]
+    ne123 = tuple(ne[k] if k in bcast else src.ne[k] for k in (1, 2, 3))
+    reps = [1 if k in bcast else ne[k] // src.ne[k] for k in range(4)]
+    reps[0] = ne[0] // src.ne[0]
     row = src.row_size()
-    copy = _copier(dst, src, isa, kernel)
-    ne123 = src.ne[1:]
-    for t3 in range(reps[3]):
-        for t2 in range(reps[2]):
-            for t1 in range(reps[1]):
-                off = t1 * src.ne[1] * dst.nb[1] + t2 * src.ne[2] * dst.nb[2] + t3 * src.ne[3] * dst.nb[3]
-                copy(off, 0, row, reps[0], ne123)
+    copy = _copier(dst, src, isa, kernel, fresh=True, s_nb=s_nb)  # dst is fresh or was checked by _out_tensor
+    tiles = [t1 * src.ne[1] * dst.nb[1] + t2 * src.ne[2] * dst.nb[2] + t3 * src.ne[3] * dst.nb[3]
+             for t3 in range(reps[3]) for t2 in range(reps[2]) for t1 in range(reps[1])]
+    if n_threads == 1 or len(tiles) < n_threads:
+        for off in tiles:
+            copy(off, 0, row, reps[0], ne123, n_threads)
+    else:  # whole tiles per thread: each writes its own destination rows
+        parts = _split(len(tiles), n_threads)
+        _run_jobs([functools.partial(lambda t0, t1: [copy(off, 0, row, reps[0], ne123) for off in tiles[t0:t1]],
+                                     t0, t1) for t0, t1 in parts])
     return dst
 
 

@@ -63,6 +63,66 @@ static inline int32_t mla_rne_i32_x86(float v) {
 static inline int8_t mla_roundaway_i8(float v) { return (int8_t)roundf(v); }
 static inline int8_t mla_rne_i8(float v) { return (int8_t)rintf(v); }
 #include <arm_neon.h>
+/* y[i] = f32 with bf16 x[i] as its upper 16 bits */
+static inline void mla_dq_bf16_to_f32_n(const uint8_t *x, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const uint16x8_t u = vld1q_u16((const uint16_t *)(const void *)(x + 2 * i));
+        vst1q_u32((uint32_t *)(void *)(y + i), vshll_n_u16(vget_low_u16(u), 16));
+        vst1q_u32((uint32_t *)(void *)(y + i + 4), vshll_high_n_u16(u, 16));
+    }
+    for (; i < n; ++i) y[i] = mla_bits_f32((uint32_t)mla_ld_u16(x + 2 * i) << 16);
+}
+
+/* y[i] = f16 x[i] widened (exact; fcvtl and mla_fp16_to_fp32 agree on every pattern) */
+static inline void mla_dq_f16_to_f32_n(const uint8_t *x, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const float16x8_t h = vreinterpretq_f16_u16(vld1q_u16((const uint16_t *)(const void *)(x + 2 * i)));
+        vst1q_f32(y + i, vcvt_f32_f16(vget_low_f16(h)));
+        vst1q_f32(y + i + 4, vcvt_high_f32_f16(h));
+    }
+    for (; i < n; ++i) y[i] = mla_fp16_to_fp32(mla_ld_u16(x + 2 * i));
+}
+
+/* y[0..16) = v * d, one product each */
+static inline void mla_dq_i8x16_scale(int8x16_t v, float32x4_t vd, float *y) {
+    const int16x8_t a = vmovl_s8(vget_low_s8(v)), b = vmovl_high_s8(v);
+    vst1q_f32(y, vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(a))), vd));
+    vst1q_f32(y + 4, vmulq_f32(vcvtq_f32_s32(vmovl_high_s16(a)), vd));
+    vst1q_f32(y + 8, vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(b))), vd));
+    vst1q_f32(y + 12, vmulq_f32(vcvtq_f32_s32(vmovl_high_s16(b)), vd));
+}
+
+/* y[j] = lut[qs[j] & 15] * d and y[16 + j] = lut[qs[j] >> 4] * d, j < 16: a table byte, then one product */
+static inline void mla_dq_lut16_scale32(const int8_t *lut, const uint8_t *qs, float d, float *y) {
+    const int8x16_t t = vld1q_s8(lut);
+    const uint8x16_t b = vld1q_u8(qs);
+    const float32x4_t vd = vdupq_n_f32(d);
+    mla_dq_i8x16_scale(vqtbl1q_s8(t, vandq_u8(b, vdupq_n_u8(0x0F))), vd, y);
+    mla_dq_i8x16_scale(vqtbl1q_s8(t, vshrq_n_u8(b, 4)), vd, y + 16);
+}
+
+/* y[0..16) = v * d + m, a product then a sum (vmulq, vaddq: two roundings, not vfmaq) */
+static inline void mla_dq_u8x16_scale_add(uint8x16_t v, float32x4_t vd, float32x4_t vm, float *y) {
+    const uint16x8_t a = vmovl_u8(vget_low_u8(v)), b = vmovl_high_u8(v);
+    vst1q_f32(y, vaddq_f32(vmulq_f32(vcvtq_f32_u32(vmovl_u16(vget_low_u16(a))), vd), vm));
+    vst1q_f32(y + 4, vaddq_f32(vmulq_f32(vcvtq_f32_u32(vmovl_high_u16(a)), vd), vm));
+    vst1q_f32(y + 8, vaddq_f32(vmulq_f32(vcvtq_f32_u32(vmovl_u16(vget_low_u16(b))), vd), vm));
+    vst1q_f32(y + 12, vaddq_f32(vmulq_f32(vcvtq_f32_u32(vmovl_high_u16(b)), vd), vm));
+}
+
+/* y[l] = (qs[l] & 15) * d0 + m0 and y[32 + l] = (qs[l] >> 4) * d1 + m1, l < 32 */
+static inline void mla_dq_nib32_scale_add(const uint8_t *qs, float d0, float m0, float d1, float m1, float *y) {
+    const uint8x16_t m4 = vdupq_n_u8(0x0F);
+    const float32x4_t vd0 = vdupq_n_f32(d0), vm0 = vdupq_n_f32(m0);
+    const float32x4_t vd1 = vdupq_n_f32(d1), vm1 = vdupq_n_f32(m1);
+    for (int h = 0; h < 2; ++h) {
+        const uint8x16_t b = vld1q_u8(qs + 16 * h);
+        mla_dq_u8x16_scale_add(vandq_u8(b, m4), vd0, vm0, y + 16 * h);
+        mla_dq_u8x16_scale_add(vshrq_n_u8(b, 4), vd1, vm1, y + 32 + 16 * h);
+    }
+}
 
 static inline void mla_f16_to_f32_n(const uint8_t *x, float *y, int64_t n) {
     int64_t i = 0;
@@ -188,19 +248,21 @@ static inline void mla_lane4_sums(const int8_t *x, const int8_t *y, int32_t *out
     vst1q_s32(out, mla_lane4_16(x, y));
     vst1q_s32(out + 4, mla_lane4_16(x + 16, y + 16));
 }
-static inline void mla_dequant_row_bf16(const uint8_t *x, float *y, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) y[i] = mla_bits_f32((uint32_t)mla_ld_u16(x + 2 * i) << 16);
-}
+static inline void mla_dequant_row_bf16(const uint8_t *x, float *y, int64_t n) { mla_dq_bf16_to_f32_n(x, y, n); }
 
 /* ggml_compute_fp32_to_bf16: round to nearest even by integer addition; NaN -> (u >> 16) | 0x40 */
 static inline void mla_quant_row_bf16_ref(const float *x, uint8_t *y, int64_t n) {
+#if defined(__AVX2__)
+    mla_qr_bf16_row(x, y, n); /* simd/qrow_x86.h.j2: the same integer rounding on 8 lanes */
+    return;
+#endif
     for (int64_t i = 0; i < n; ++i) {
         const uint32_t u = mla_f32_bits(x[i]);
         const uint32_t h = (u & 0x7FFFFFFFu) > 0x7F800000u ? ((u >> 16) | 0x40u) : ((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
         mla_st_u16(y + 2 * i, (uint16_t)h);
     }
 }
-static inline void mla_dequant_row_f16(const uint8_t *x, float *y, int64_t n) { mla_f16_to_f32_n(x, y, n); }
+static inline void mla_dequant_row_f16(const uint8_t *x, float *y, int64_t n) { mla_dq_f16_to_f32_n(x, y, n); }
 /* x86: F16C's rule everywhere (NaN keeps its top payload bits, quieted) */
 static inline void mla_quant_row_f16_x86(const float *x, uint8_t *y, int64_t n) { mla_f32_to_f16_n(x, y, n); }
 

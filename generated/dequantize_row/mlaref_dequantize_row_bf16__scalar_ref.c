@@ -62,6 +62,32 @@ static inline int32_t mla_rne_i32_x86(float v) {
 /* C roundf (ties away from zero) and rintf (ties to even in the default rounding mode) narrowed to int8. */
 static inline int8_t mla_roundaway_i8(float v) { return (int8_t)roundf(v); }
 static inline int8_t mla_rne_i8(float v) { return (int8_t)rintf(v); }
+/* y[i] = f32 with bf16 x[i] as its upper 16 bits */
+static inline void mla_dq_bf16_to_f32_n(const uint8_t *x, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) y[i] = mla_bits_f32((uint32_t)mla_ld_u16(x + 2 * i) << 16);
+}
+
+/* y[i] = f16 x[i] widened (exact) */
+static inline void mla_dq_f16_to_f32_n(const uint8_t *x, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) y[i] = mla_fp16_to_fp32(mla_ld_u16(x + 2 * i));
+}
+
+/* y[j] = lut[qs[j] & 15] * d and y[16 + j] = lut[qs[j] >> 4] * d, j < 16: a table byte, then one product */
+static inline void mla_dq_lut16_scale32(const int8_t *lut, const uint8_t *qs, float d, float *y) {
+    for (int j = 0; j < 16; ++j) {
+        y[j] = (float)lut[qs[j] & 0x0F] * d;
+        y[16 + j] = (float)lut[qs[j] >> 4] * d;
+    }
+}
+
+/* y[l] = (qs[l] & 15) * d0 + m0 and y[32 + l] = (qs[l] >> 4) * d1 + m1, l < 32; -ffp-contract=off keeps the
+   product and the sum two roundings */
+static inline void mla_dq_nib32_scale_add(const uint8_t *qs, float d0, float m0, float d1, float m1, float *y) {
+    for (int l = 0; l < 32; ++l) {
+        y[l] = (float)(qs[l] & 0x0F) * d0 + m0;
+        y[32 + l] = (float)(qs[l] >> 4) * d1 + m1;
+    }
+}
 
 static inline void mla_f16_to_f32_n(const uint8_t *x, float *y, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] = mla_fp16_to_fp32(mla_ld_u16(x + 2 * i));
@@ -132,12 +158,14 @@ static inline void mla_lane4_sums(const int8_t *x, const int8_t *y, int32_t *out
         out[j] = s;
     }
 }
-static inline void mla_dequant_row_bf16(const uint8_t *x, float *y, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) y[i] = mla_bits_f32((uint32_t)mla_ld_u16(x + 2 * i) << 16);
-}
+static inline void mla_dequant_row_bf16(const uint8_t *x, float *y, int64_t n) { mla_dq_bf16_to_f32_n(x, y, n); }
 
 /* ggml_compute_fp32_to_bf16: round to nearest even by integer addition; NaN -> (u >> 16) | 0x40 */
 static inline void mla_quant_row_bf16_ref(const float *x, uint8_t *y, int64_t n) {
+#if defined(__AVX2__)
+    mla_qr_bf16_row(x, y, n); /* simd/qrow_x86.h.j2: the same integer rounding on 8 lanes */
+    return;
+#endif
     for (int64_t i = 0; i < n; ++i) {
         const uint32_t u = mla_f32_bits(x[i]);
         const uint32_t h = (u & 0x7FFFFFFFu) > 0x7F800000u ? ((u >> 16) | 0x40u) : ((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);

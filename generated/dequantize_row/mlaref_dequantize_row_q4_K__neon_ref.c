@@ -63,6 +63,66 @@ static inline int32_t mla_rne_i32_x86(float v) {
 static inline int8_t mla_roundaway_i8(float v) { return (int8_t)roundf(v); }
 static inline int8_t mla_rne_i8(float v) { return (int8_t)rintf(v); }
 #include <arm_neon.h>
+/* y[i] = f32 with bf16 x[i] as its upper 16 bits */
+static inline void mla_dq_bf16_to_f32_n(const uint8_t *x, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const uint16x8_t u = vld1q_u16((const uint16_t *)(const void *)(x + 2 * i));
+        vst1q_u32((uint32_t *)(void *)(y + i), vshll_n_u16(vget_low_u16(u), 16));
+        vst1q_u32((uint32_t *)(void *)(y + i + 4), vshll_high_n_u16(u, 16));
+    }
+    for (; i < n; ++i) y[i] = mla_bits_f32((uint32_t)mla_ld_u16(x + 2 * i) << 16);
+}
+
+/* y[i] = f16 x[i] widened (exact; fcvtl and mla_fp16_to_fp32 agree on every pattern) */
+static inline void mla_dq_f16_to_f32_n(const uint8_t *x, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const float16x8_t h = vreinterpretq_f16_u16(vld1q_u16((const uint16_t *)(const void *)(x + 2 * i)));
+        vst1q_f32(y + i, vcvt_f32_f16(vget_low_f16(h)));
+        vst1q_f32(y + i + 4, vcvt_high_f32_f16(h));
+    }
+    for (; i < n; ++i) y[i] = mla_fp16_to_fp32(mla_ld_u16(x + 2 * i));
+}
+
+/* y[0..16) = v * d, one product each */
+static inline void mla_dq_i8x16_scale(int8x16_t v, float32x4_t vd, float *y) {
+    const int16x8_t a = vmovl_s8(vget_low_s8(v)), b = vmovl_high_s8(v);
+    vst1q_f32(y, vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(a))), vd));
+    vst1q_f32(y + 4, vmulq_f32(vcvtq_f32_s32(vmovl_high_s16(a)), vd));
+    vst1q_f32(y + 8, vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(b))), vd));
+    vst1q_f32(y + 12, vmulq_f32(vcvtq_f32_s32(vmovl_high_s16(b)), vd));
+}
+
+/* y[j] = lut[qs[j] & 15] * d and y[16 + j] = lut[qs[j] >> 4] * d, j < 16: a table byte, then one product */
+static inline void mla_dq_lut16_scale32(const int8_t *lut, const uint8_t *qs, float d, float *y) {
+    const int8x16_t t = vld1q_s8(lut);
+    const uint8x16_t b = vld1q_u8(qs);
+    const float32x4_t vd = vdupq_n_f32(d);
+    mla_dq_i8x16_scale(vqtbl1q_s8(t, vandq_u8(b, vdupq_n_u8(0x0F))), vd, y);
+    mla_dq_i8x16_scale(vqtbl1q_s8(t, vshrq_n_u8(b, 4)), vd, y + 16);
+}
+
+/* y[0..16) = v * d + m, a product then a sum (vmulq, vaddq: two roundings, not vfmaq) */
+static inline void mla_dq_u8x16_scale_add(uint8x16_t v, float32x4_t vd, float32x4_t vm, float *y) {
+    const uint16x8_t a = vmovl_u8(vget_low_u8(v)), b = vmovl_high_u8(v);
+    vst1q_f32(y, vaddq_f32(vmulq_f32(vcvtq_f32_u32(vmovl_u16(vget_low_u16(a))), vd), vm));
+    vst1q_f32(y + 4, vaddq_f32(vmulq_f32(vcvtq_f32_u32(vmovl_high_u16(a)), vd), vm));
+    vst1q_f32(y + 8, vaddq_f32(vmulq_f32(vcvtq_f32_u32(vmovl_u16(vget_low_u16(b))), vd), vm));
+    vst1q_f32(y + 12, vaddq_f32(vmulq_f32(vcvtq_f32_u32(vmovl_high_u16(b)), vd), vm));
+}
+
+/* y[l] = (qs[l] & 15) * d0 + m0 and y[32 + l] = (qs[l] >> 4) * d1 + m1, l < 32 */
+static inline void mla_dq_nib32_scale_add(const uint8_t *qs, float d0, float m0, float d1, float m1, float *y) {
+    const uint8x16_t m4 = vdupq_n_u8(0x0F);
+    const float32x4_t vd0 = vdupq_n_f32(d0), vm0 = vdupq_n_f32(m0);
+    const float32x4_t vd1 = vdupq_n_f32(d1), vm1 = vdupq_n_f32(m1);
+    for (int h = 0; h < 2; ++h) {
+        const uint8x16_t b = vld1q_u8(qs + 16 * h);
+        mla_dq_u8x16_scale_add(vandq_u8(b, m4), vd0, vm0, y + 16 * h);
+        mla_dq_u8x16_scale_add(vshrq_n_u8(b, 4), vd1, vm1, y + 32 + 16 * h);
+    }
+}
 
 static inline void mla_f16_to_f32_n(const uint8_t *x, float *y, int64_t n) {
     int64_t i = 0;
@@ -188,31 +248,27 @@ static inline void mla_lane4_sums(const int8_t *x, const int8_t *y, int32_t *out
     vst1q_s32(out, mla_lane4_16(x, y));
     vst1q_s32(out + 4, mla_lane4_16(x + 16, y + 16));
 }
-static inline void mla_q4_K_scale_min(int j, const uint8_t *s, uint8_t *sc, uint8_t *m) {
-    if (j < 4) {
-        *sc = s[j] & 63;
-        *m = s[j + 4] & 63;
-    } else {
-        *sc = (uint8_t)((s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4));
-        *m = (uint8_t)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
+/* the 8 six-bit scales and mins of a super-block from its 12 bytes s (get_scale_min_k4) */
+static inline void mla_q4_K_scales_mins(const uint8_t *s, uint8_t *sc, uint8_t *m) {
+    for (int j = 0; j < 4; ++j) {
+        sc[j] = s[j] & 63;
+        m[j] = s[j + 4] & 63;
+        sc[j + 4] = (uint8_t)((s[j + 8] & 0x0F) | ((s[j] >> 6) << 4));
+        m[j + 4] = (uint8_t)((s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4));
     }
 }
 
+/* 32 bytes qs[32c..] hold sub-block 2c in their low nibbles and 2c + 1 in their high nibbles */
 static inline void mla_dequant_row_q4_K(const uint8_t *x, float *y, int64_t n) {
     for (int64_t i = 0; i < n / 256; ++i, x += 144, y += 256) {
         const float d = mla_fp16_to_fp32(mla_ld_u16(x));
         const float dmin = mla_fp16_to_fp32(mla_ld_u16(x + 2));
-        const uint8_t *qs = x + 16;
+        uint8_t sc[8], m[8];
+        mla_q4_K_scales_mins(x + 4, sc, m);
         for (int c = 0; c < 4; ++c) {
-            for (int half = 0; half < 2; ++half) {
-                uint8_t sc, m;
-                mla_q4_K_scale_min(2 * c + half, x + 4, &sc, &m);
-                int8_t q[32];
-                for (int l = 0; l < 32; ++l) q[l] = (int8_t)(half ? qs[32 * c + l] >> 4 : qs[32 * c + l] & 0x0F);
-                const float d1 = d * (float)sc;
-                const float m1 = dmin * (float)m;
-                mla_i8_scale_add_n(q, d1, -m1, y + 64 * c + 32 * half, 32);
-            }
+            const float d0 = d * (float)sc[2 * c], m0 = dmin * (float)m[2 * c];
+            const float d1 = d * (float)sc[2 * c + 1], m1 = dmin * (float)m[2 * c + 1];
+            mla_dq_nib32_scale_add(x + 16 + 32 * c, d0, -m0, d1, -m1, y + 64 * c);
         }
     }
 }

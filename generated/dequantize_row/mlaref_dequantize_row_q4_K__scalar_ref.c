@@ -62,6 +62,32 @@ static inline int32_t mla_rne_i32_x86(float v) {
 /* C roundf (ties away from zero) and rintf (ties to even in the default rounding mode) narrowed to int8. */
 static inline int8_t mla_roundaway_i8(float v) { return (int8_t)roundf(v); }
 static inline int8_t mla_rne_i8(float v) { return (int8_t)rintf(v); }
+/* y[i] = f32 with bf16 x[i] as its upper 16 bits */
+static inline void mla_dq_bf16_to_f32_n(const uint8_t *x, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) y[i] = mla_bits_f32((uint32_t)mla_ld_u16(x + 2 * i) << 16);
+}
+
+/* y[i] = f16 x[i] widened (exact) */
+static inline void mla_dq_f16_to_f32_n(const uint8_t *x, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) y[i] = mla_fp16_to_fp32(mla_ld_u16(x + 2 * i));
+}
+
+/* y[j] = lut[qs[j] & 15] * d and y[16 + j] = lut[qs[j] >> 4] * d, j < 16: a table byte, then one product */
+static inline void mla_dq_lut16_scale32(const int8_t *lut, const uint8_t *qs, float d, float *y) {
+    for (int j = 0; j < 16; ++j) {
+        y[j] = (float)lut[qs[j] & 0x0F] * d;
+        y[16 + j] = (float)lut[qs[j] >> 4] * d;
+    }
+}
+
+/* y[l] = (qs[l] & 15) * d0 + m0 and y[32 + l] = (qs[l] >> 4) * d1 + m1, l < 32; -ffp-contract=off keeps the
+   product and the sum two roundings */
+static inline void mla_dq_nib32_scale_add(const uint8_t *qs, float d0, float m0, float d1, float m1, float *y) {
+    for (int l = 0; l < 32; ++l) {
+        y[l] = (float)(qs[l] & 0x0F) * d0 + m0;
+        y[32 + l] = (float)(qs[l] >> 4) * d1 + m1;
+    }
+}
 
 static inline void mla_f16_to_f32_n(const uint8_t *x, float *y, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] = mla_fp16_to_fp32(mla_ld_u16(x + 2 * i));
@@ -132,31 +158,27 @@ static inline void mla_lane4_sums(const int8_t *x, const int8_t *y, int32_t *out
         out[j] = s;
     }
 }
-static inline void mla_q4_K_scale_min(int j, const uint8_t *s, uint8_t *sc, uint8_t *m) {
-    if (j < 4) {
-        *sc = s[j] & 63;
-        *m = s[j + 4] & 63;
-    } else {
-        *sc = (uint8_t)((s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4));
-        *m = (uint8_t)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
+/* the 8 six-bit scales and mins of a super-block from its 12 bytes s (get_scale_min_k4) */
+static inline void mla_q4_K_scales_mins(const uint8_t *s, uint8_t *sc, uint8_t *m) {
+    for (int j = 0; j < 4; ++j) {
+        sc[j] = s[j] & 63;
+        m[j] = s[j + 4] & 63;
+        sc[j + 4] = (uint8_t)((s[j + 8] & 0x0F) | ((s[j] >> 6) << 4));
+        m[j + 4] = (uint8_t)((s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4));
     }
 }
 
+/* 32 bytes qs[32c..] hold sub-block 2c in their low nibbles and 2c + 1 in their high nibbles */
 static inline void mla_dequant_row_q4_K(const uint8_t *x, float *y, int64_t n) {
     for (int64_t i = 0; i < n / 256; ++i, x += 144, y += 256) {
         const float d = mla_fp16_to_fp32(mla_ld_u16(x));
         const float dmin = mla_fp16_to_fp32(mla_ld_u16(x + 2));
-        const uint8_t *qs = x + 16;
+        uint8_t sc[8], m[8];
+        mla_q4_K_scales_mins(x + 4, sc, m);
         for (int c = 0; c < 4; ++c) {
-            for (int half = 0; half < 2; ++half) {
-                uint8_t sc, m;
-                mla_q4_K_scale_min(2 * c + half, x + 4, &sc, &m);
-                int8_t q[32];
-                for (int l = 0; l < 32; ++l) q[l] = (int8_t)(half ? qs[32 * c + l] >> 4 : qs[32 * c + l] & 0x0F);
-                const float d1 = d * (float)sc;
-                const float m1 = dmin * (float)m;
-                mla_i8_scale_add_n(q, d1, -m1, y + 64 * c + 32 * half, 32);
-            }
+            const float d0 = d * (float)sc[2 * c], m0 = dmin * (float)m[2 * c];
+            const float d1 = d * (float)sc[2 * c + 1], m1 = dmin * (float)m[2 * c + 1];
+            mla_dq_nib32_scale_add(x + 16 + 32 * c, d0, -m0, d1, -m1, y + 64 * c);
         }
     }
 }

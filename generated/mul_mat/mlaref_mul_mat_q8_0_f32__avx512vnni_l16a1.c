@@ -63,6 +63,59 @@ static inline int32_t mla_rne_i32_x86(float v) {
 static inline int8_t mla_roundaway_i8(float v) { return (int8_t)roundf(v); }
 static inline int8_t mla_rne_i8(float v) { return (int8_t)rintf(v); }
 #include <immintrin.h>
+/* y[i] = f32 with bf16 x[i] as its upper 16 bits */
+static inline void mla_dq_bf16_to_f32_n(const uint8_t *x, float *y, int64_t n) {
+    int64_t i = 0;
+    /* whole-line stores: a head of up to 15 elements brings y + i to a 64-byte boundary */
+    for (; i < n && i < 16 && ((uintptr_t)(y + i) & 63u); ++i) y[i] = mla_bits_f32((uint32_t)mla_ld_u16(x + 2 * i) << 16);
+    for (; i + 16 <= n; i += 16) {
+        const __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(x + 2 * i)));
+        _mm512_storeu_si512((void *)(y + i), _mm512_slli_epi32(u, 16));
+    }
+    for (; i < n; ++i) y[i] = mla_bits_f32((uint32_t)mla_ld_u16(x + 2 * i) << 16);
+}
+
+/* y[i] = f16 x[i] widened (exact; vcvtph2ps and mla_fp16_to_fp32 agree on every pattern) */
+static inline void mla_dq_f16_to_f32_n(const uint8_t *x, float *y, int64_t n) {
+    int64_t i = 0;
+    /* whole-line stores: a head of up to 15 elements brings y + i to a 64-byte boundary */
+    for (; i < n && i < 16 && ((uintptr_t)(y + i) & 63u); ++i) y[i] = mla_fp16_to_fp32(mla_ld_u16(x + 2 * i));
+    for (; i + 16 <= n; i += 16) {
+        _mm512_storeu_ps(y + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(x + 2 * i))));
+    }
+    for (; i < n; ++i) y[i] = mla_fp16_to_fp32(mla_ld_u16(x + 2 * i));
+}
+
+/* y[j] = lut[qs[j] & 15] * d and y[16 + j] = lut[qs[j] >> 4] * d, j < 16: a table byte, then one product */
+static inline void mla_dq_lut16_scale32(const int8_t *lut, const uint8_t *qs, float d, float *y) {
+    const __m128i t = _mm_loadu_si128((const __m128i *)(const void *)lut);
+    const __m128i b = _mm_loadu_si128((const __m128i *)(const void *)qs);
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    const __m512 vd = _mm512_set1_ps(d);
+    const __m128i lo = _mm_shuffle_epi8(t, _mm_and_si128(b, m4));
+    const __m128i hi = _mm_shuffle_epi8(t, _mm_and_si128(_mm_srli_epi16(b, 4), m4));
+    _mm512_storeu_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)), vd));
+    _mm512_storeu_ps(y + 16, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)), vd));
+}
+
+static inline __m512 mla_dq_u8x16_scale_add(__m128i v, __m512 vd, __m512 vm) {
+    /* a product then a sum, two roundings: the scalar formula, not an FMA */
+    return _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)), vd), vm);
+}
+
+/* y[l] = (qs[l] & 15) * d0 + m0 and y[32 + l] = (qs[l] >> 4) * d1 + m1, l < 32 */
+static inline void mla_dq_nib32_scale_add(const uint8_t *qs, float d0, float m0, float d1, float m1, float *y) {
+    const __m256i b = _mm256_loadu_si256((const __m256i *)(const void *)qs);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i lo = _mm256_and_si256(b, m4);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m4);
+    const __m512 vd0 = _mm512_set1_ps(d0), vm0 = _mm512_set1_ps(m0);
+    const __m512 vd1 = _mm512_set1_ps(d1), vm1 = _mm512_set1_ps(m1);
+    _mm512_storeu_ps(y, mla_dq_u8x16_scale_add(_mm256_castsi256_si128(lo), vd0, vm0));
+    _mm512_storeu_ps(y + 16, mla_dq_u8x16_scale_add(_mm256_extracti128_si256(lo, 1), vd0, vm0));
+    _mm512_storeu_ps(y + 32, mla_dq_u8x16_scale_add(_mm256_castsi256_si128(hi), vd1, vm1));
+    _mm512_storeu_ps(y + 48, mla_dq_u8x16_scale_add(_mm256_extracti128_si256(hi, 1), vd1, vm1));
+}
 
 static inline void mla_f16_to_f32_n(const uint8_t *x, float *y, int64_t n) {
     int64_t i = 0;
@@ -204,6 +257,416 @@ static inline __m256i mla_lane4_us_off_v(__m256i u, __m256i off, __m256i s) {
 static inline __m256i mla_lane4_ss_v(__m256i x, __m256i y) {
     return mla_lane4_us_v(_mm256_abs_epi8(x), _mm256_sign_epi8(y, x));
 }
+#ifndef MLA_QROW_X86
+#define MLA_QROW_X86
+/* Included by simd/avx2.h.j2 and simd/avx512.h.j2 only; __AVX512BW__ picks the 16-lane bodies. */
+
+/* roundf(v) = truncf(v + copysignf(0.49999997f, v)) for every finite float (checked over all 2^32 bit patterns:
+ * the one rounded addition never crosses an integer the wrong way) */
+#define MLA_QR_PRED_HALF 0x1.fffffep-2f
+
+/* max over 4 vectors of 8 -> lane k = max of vector k; exact in any order (max of magnitudes) */
+static inline __m128 mla_qr_fold4_max(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+    const __m256 t0 = _mm256_max_ps(_mm256_unpacklo_ps(a0, a1), _mm256_unpackhi_ps(a0, a1));
+    const __m256 t1 = _mm256_max_ps(_mm256_unpacklo_ps(a2, a3), _mm256_unpackhi_ps(a2, a3));
+    const __m256 u = _mm256_max_ps(_mm256_shuffle_ps(t0, t1, _MM_SHUFFLE(1, 0, 1, 0)),
+                                   _mm256_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm_max_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
+}
+
+/* the same fold with min */
+static inline __m128 mla_qr_fold4_min(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+    const __m256 t0 = _mm256_min_ps(_mm256_unpacklo_ps(a0, a1), _mm256_unpackhi_ps(a0, a1));
+    const __m256 t1 = _mm256_min_ps(_mm256_unpacklo_ps(a2, a3), _mm256_unpackhi_ps(a2, a3));
+    const __m256 u = _mm256_min_ps(_mm256_shuffle_ps(t0, t1, _MM_SHUFFLE(1, 0, 1, 0)),
+                                   _mm256_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm_min_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
+}
+
+/* max |x| of one block of 32 in 8 lanes; max(|x|, acc) keeps acc where x is NaN (C's `if (a > amax)`) */
+static inline __m256 mla_qr_absmax8(const float *x) {
+#if defined(__AVX512BW__)
+    const __m512 m = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + 16)), _mm512_abs_ps(_mm512_loadu_ps(x)));
+    return _mm256_max_ps(_mm512_extractf32x8_ps(m, 1), _mm512_castps512_ps256(m));
+#else
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_andnot_ps(sign, _mm256_loadu_ps(x));
+    m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + 8)), m);
+    m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + 16)), m);
+    return _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + 24)), m);
+#endif
+}
+
+/* min and max of one block of 32 in 8 lanes each (NaN elements keep the accumulator) */
+static inline void mla_qr_minmax8(const float *x, __m256 *mn, __m256 *mx) {
+#if defined(__AVX512BW__)
+    const __m512 a = _mm512_loadu_ps(x), b = _mm512_loadu_ps(x + 16);
+    const __m512 lo = _mm512_min_ps(b, a), hi = _mm512_max_ps(b, a);
+    *mn = _mm256_min_ps(_mm512_extractf32x8_ps(lo, 1), _mm512_castps512_ps256(lo));
+    *mx = _mm256_max_ps(_mm512_extractf32x8_ps(hi, 1), _mm512_castps512_ps256(hi));
+#else
+    __m256 lo = _mm256_loadu_ps(x), hi = lo;
+    for (int k = 8; k < 32; k += 8) {
+        const __m256 v = _mm256_loadu_ps(x + k);
+        lo = _mm256_min_ps(v, lo);
+        hi = _mm256_max_ps(v, hi);
+    }
+    *mn = lo;
+    *mx = hi;
+#endif
+}
+
+/* max |x| of 4 consecutive blocks of 32 -> lanes 0..3 */
+static inline __m128 mla_qr_amax_4x32(const float *x) {
+    return mla_qr_fold4_max(mla_qr_absmax8(x), mla_qr_absmax8(x + 32), mla_qr_absmax8(x + 64), mla_qr_absmax8(x + 96));
+}
+
+/* 32-bit mask of the elements of a block of 32 equal to v */
+static inline uint32_t mla_qr_eq_mask32(const float *x, float v) {
+#if defined(__AVX512BW__)
+    const __m512 b = _mm512_set1_ps(v);
+    return (uint32_t)_mm512_cmp_ps_mask(_mm512_loadu_ps(x), b, _CMP_EQ_OQ)
+         | (uint32_t)_mm512_cmp_ps_mask(_mm512_loadu_ps(x + 16), b, _CMP_EQ_OQ) << 16;
+#else
+    const __m256 b = _mm256_set1_ps(v);
+    uint32_t m = 0;
+    for (int k = 0; k < 4; ++k) m |= (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + 8 * k), b, _CMP_EQ_OQ)) << (8 * k);
+    return m;
+#endif
+}
+
+/* The signed value of largest magnitude of a block, first one on ties, +0 when amax == 0: C's scan
+ * `if (amax < fabsf(x[j])) { amax = fabsf(x[j]); max = x[j]; }` given its exact amax */
+static inline float mla_qr_first_absmax(const float *x, float amax) {
+    if (amax == 0.0f) return 0.0f;
+    uint32_t m;
+#if defined(__AVX512BW__)
+    const __m512 b = _mm512_set1_ps(amax);
+    m = (uint32_t)_mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_loadu_ps(x)), b, _CMP_EQ_OQ)
+      | (uint32_t)_mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_loadu_ps(x + 16)), b, _CMP_EQ_OQ) << 16;
+#else
+    const __m256 sign = _mm256_set1_ps(-0.0f), b = _mm256_set1_ps(amax);
+    m = 0;
+    for (int k = 0; k < 4; ++k) {
+        const __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(x + 8 * k));
+        m |= (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_EQ_OQ)) << (8 * k);
+    }
+#endif
+    return m ? x[__builtin_ctz(m)] : 0.0f; /* m == 0 only for a non-finite amax (out of domain) */
+}
+
+/* A zero extreme of a min/max scan that keeps the first of equal values takes the sign of the first zero. */
+static inline float mla_qr_first_zero(const float *x, float ext) {
+    if (ext != 0.0f) return ext;
+    const uint32_t m = mla_qr_eq_mask32(x, 0.0f);
+    return m ? x[__builtin_ctz(m)] : ext;
+}
+
+/* 32 floats times id -> 32 int8, stored at q and returned. rne: RNE, a non-finite product gives -128 (cvtps2dq's
+ * integer indefinite through saturating packs); else roundf (ties away), a non-finite product gives 0 (the low
+ * byte of the indefinite value, as the scalar code's truncating narrowing). */
+static inline __m256i mla_qr_q8_values(const float *x, float id, int rne, int8_t *q) {
+#if defined(__AVX512BW__)
+    const __m512 vid = _mm512_set1_ps(id);
+    __m128i b[2];
+    for (int h = 0; h < 2; ++h) {
+        const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + 16 * h), vid);
+        if (rne) {
+            b[h] = _mm512_cvtsepi32_epi8(_mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        } else {
+            const __m512 t = _mm512_add_ps(v, _mm512_or_ps(_mm512_and_ps(v, _mm512_set1_ps(-0.0f)),
+                                                           _mm512_set1_ps(MLA_QR_PRED_HALF)));
+            b[h] = _mm512_cvtepi32_epi8(_mm512_cvtt_roundps_epi32(t, _MM_FROUND_NO_EXC));
+        }
+    }
+    const __m256i r = _mm256_inserti128_si256(_mm256_castsi128_si256(b[0]), b[1], 1);
+#else
+    const __m256 vid = _mm256_set1_ps(id);
+    __m256i i[4];
+    for (int k = 0; k < 4; ++k) {
+        const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), vid);
+        if (rne) {
+            i[k] = _mm256_cvtps_epi32(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        } else {
+            const __m256 t = _mm256_add_ps(v, _mm256_or_ps(_mm256_and_ps(v, _mm256_set1_ps(-0.0f)),
+                                                           _mm256_set1_ps(MLA_QR_PRED_HALF)));
+            const __m256i c = _mm256_cvttps_epi32(t);
+            i[k] = _mm256_andnot_si256(_mm256_cmpeq_epi32(c, _mm256_set1_epi32(INT32_MIN)), c);
+        }
+    }
+    /* finite results lie in [-127, 127], so the saturating packs only act on the indefinite value */
+    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+    const __m256i r = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+#endif
+    _mm256_storeu_si256((__m256i *)(void *)q, r);
+    return r;
+}
+
+/* sum of 32 int8 (exact): sad of the bytes biased to unsigned, minus the bias */
+static inline int32_t mla_qr_sum_i8x32(__m256i b) {
+    const __m256i s = _mm256_sad_epu8(_mm256_xor_si256(b, _mm256_set1_epi8((char)0x80)), _mm256_setzero_si256());
+    const __m128i t = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    return (int32_t)(_mm_cvtsi128_si32(t) + _mm_extract_epi32(t, 2)) - 32 * 128;
+}
+
+/* Four q8 blocks of 32 floats at x: block k stores f16(d) at pd + k*d_step, its int8 values at pq + k*q_step and,
+ * when ps, f16(sum(q) * d) at ps + k*s_step. d = amax/127; rne (x86/iqk): id = 127/amax (0 if amax == 0), RNE;
+ * else (ref): id = 1/d (0 if d == 0), ties away. Vector divisions round like the scalar ones (IEEE). */
+static inline void mla_qr_q8_4x32(const float *x, int rne, uint8_t *pd, int64_t d_step, uint8_t *ps, int64_t s_step,
+                                  int8_t *pq, int64_t q_step) {
+    const __m128 amax = mla_qr_amax_4x32(x);
+    const __m128 d = _mm_div_ps(amax, _mm_set1_ps(127.0f));
+    const __m128 id = rne ? _mm_and_ps(_mm_div_ps(_mm_set1_ps(127.0f), amax), _mm_cmpneq_ps(amax, _mm_setzero_ps()))
+                          : _mm_and_ps(_mm_div_ps(_mm_set1_ps(1.0f), d), _mm_cmpneq_ps(d, _mm_setzero_ps()));
+    float idk[4];
+    _mm_storeu_ps(idk, id);
+    int32_t sum[4];
+    for (int k = 0; k < 4; ++k) {
+        const __m256i b = mla_qr_q8_values(x + 32 * k, idk[k], rne, pq + k * q_step);
+        if (ps) sum[k] = mla_qr_sum_i8x32(b);
+    }
+    uint16_t dh[4], sh[4];
+    _mm_storel_epi64((__m128i *)(void *)dh, _mm_cvtps_ph(d, _MM_FROUND_TO_NEAREST_INT));
+    for (int k = 0; k < 4; ++k) mla_st_u16(pd + k * d_step, dh[k]);
+    if (ps) {
+        const __m128 s = _mm_mul_ps(_mm_cvtepi32_ps(_mm_loadu_si128((const __m128i *)(const void *)sum)), d);
+        _mm_storel_epi64((__m128i *)(void *)sh, _mm_cvtps_ph(s, _MM_FROUND_TO_NEAREST_INT));
+        for (int k = 0; k < 4; ++k) mla_st_u16(ps + k * s_step, sh[k]);
+    }
+}
+
+/* A q8_0 / q8_1 row (or its _x4 layout: groups of 4 blocks with the scales first) of nb = n/32 blocks.
+ * Groups of 4 blocks are g_bytes long (4 block sizes either way); in a group, block k has d at d_step*k, s at
+ * s_off + s_step*k (no s when s_off < 0) and values at q_off + q_step*k. The last nb % 4 blocks are plain blocks
+ * (d, [s,] values), quantized from a zero-padded copy (a zero block changes no other block). */
+static inline void mla_qr_q8_row(const float *x, uint8_t *y, int64_t n, int rne, int64_t g_bytes, int64_t d_step,
+                                 int64_t s_off, int64_t s_step, int64_t q_off, int64_t q_step) {
+    const int64_t nb = n / 32, bb = g_bytes / 4, pq_off = s_off < 0 ? 2 : 4;
+    int64_t i = 0;
+    for (; i + 4 <= nb; i += 4) {
+        uint8_t *g = y + bb * i;
+        mla_qr_q8_4x32(x + 32 * i, rne, g, d_step, s_off < 0 ? NULL : g + s_off, s_step, (int8_t *)(g + q_off), q_step);
+    }
+    if (i < nb) {
+        float tmp[128];
+        uint8_t out[4 * 36];
+        memset(tmp, 0, sizeof tmp);
+        memcpy(tmp, x + 32 * i, (size_t)(nb - i) * 32 * sizeof(float));
+        mla_qr_q8_4x32(tmp, rne, out, bb, s_off < 0 ? NULL : out + 2, bb, (int8_t *)(out + pq_off), bb);
+        memcpy(y + bb * i, out, (size_t)((nb - i) * bb));
+    }
+}
+/* -- legacy 4/5-bit blocks (q4_0, q4_1, q5_0, q5_1): 8 lanes per step on both ISAs -- */
+
+/* trunc(((x [- m]) * id) + add) of 32 floats (C's truncating cast of the scalar expression, no FMA), at most top */
+static inline void mla_qr_legacy_values(const float *x, int sub, float m, float id, float add, int top, __m256i i[4]) {
+    const __m256 vm = _mm256_set1_ps(m), vid = _mm256_set1_ps(id), va = _mm256_set1_ps(add);
+    const __m256i vt = _mm256_set1_epi32(top);
+    for (int k = 0; k < 4; ++k) {
+        __m256 v = _mm256_loadu_ps(x + 8 * k);
+        if (sub) v = _mm256_sub_ps(v, vm);
+        i[k] = _mm256_min_epi32(_mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(v, vid), va)), vt);
+    }
+}
+
+/* bytes j = (q[j] & 15) | (q[j + 16] & 15) << 4 of the 32 values in i (elements 8k..8k+7 in i[k]) */
+static inline __m128i mla_qr_nibbles(const __m256i i[4]) {
+    const __m256i lo4 = _mm256_set1_epi32(15);
+    const __m256i a = _mm256_or_si256(_mm256_and_si256(i[0], lo4), _mm256_slli_epi32(_mm256_and_si256(i[2], lo4), 4));
+    const __m256i b = _mm256_or_si256(_mm256_and_si256(i[1], lo4), _mm256_slli_epi32(_mm256_and_si256(i[3], lo4), 4));
+    const __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), _MM_SHUFFLE(3, 1, 2, 0));
+    return _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+}
+
+/* bit j = bit 4 of value j (q5's high bits) */
+static inline uint32_t mla_qr_bit4(const __m256i i[4]) {
+    uint32_t m = 0;
+    for (int k = 0; k < 4; ++k) m |= (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(i[k], 27))) << (8 * k);
+    return m;
+}
+
+/* A row of q4_0 (bits 4, with_min 0), q4_1 (4, 1), q5_0 (5, 0) or q5_1 (5, 1), as the scalar functions of
+ * formats/<type>.h.j2: symmetric d = max/-(2^(bits-1)) with the first signed maximum, q = min(top, (int)(x*id +
+ * 2^(bits-1) + 0.5)); with a minimum d = (max - min)/(2^bits - 1), q = min(top, (int)((x - min)*id + 0.5)).
+ * Four blocks share the divisions and the f16 conversions; the last n/32 % 4 blocks go through a zero-padded copy. */
+static inline void mla_qr_legacy_row(const float *x, uint8_t *y, int64_t n, int bits, int with_min) {
+    const int64_t nb = n / 32, bb = 18 + 2 * with_min + (bits == 5 ? 4 : 0), qs_off = bb - 16;
+    const float half = bits == 4 ? 8.0f : 16.0f;
+    const float div = with_min ? 2.0f * half - 1.0f : -half;
+    const float add = with_min ? 0.5f : half + 0.5f;
+    const int top = bits == 4 ? 15 : 31;
+    float tmp[128];
+    uint8_t out[4 * 24];
+    for (int64_t i = 0; i < nb; i += 4) {
+        const float *xb = x + 32 * i;
+        uint8_t *yb = y + bb * i;
+        if (i + 4 > nb) {
+            memset(tmp, 0, sizeof tmp);
+            memcpy(tmp, xb, (size_t)(nb - i) * 32 * sizeof(float));
+            xb = tmp;
+            yb = out;
+        }
+        float lo[4], hi[4];
+        __m128 d;
+        if (with_min) {
+            __m256 mn[4], mx[4];
+            for (int k = 0; k < 4; ++k) mla_qr_minmax8(xb + 32 * k, &mn[k], &mx[k]);
+            _mm_storeu_ps(lo, mla_qr_fold4_min(mn[0], mn[1], mn[2], mn[3]));
+            _mm_storeu_ps(hi, mla_qr_fold4_max(mx[0], mx[1], mx[2], mx[3]));
+            for (int k = 0; k < 4; ++k) {
+                lo[k] = mla_qr_first_zero(xb + 32 * k, lo[k]);
+                hi[k] = mla_qr_first_zero(xb + 32 * k, hi[k]);
+            }
+            d = _mm_div_ps(_mm_sub_ps(_mm_loadu_ps(hi), _mm_loadu_ps(lo)), _mm_set1_ps(div));
+        } else {
+            _mm_storeu_ps(hi, mla_qr_amax_4x32(xb));
+            for (int k = 0; k < 4; ++k) hi[k] = mla_qr_first_absmax(xb + 32 * k, hi[k]);
+            d = _mm_div_ps(_mm_loadu_ps(hi), _mm_set1_ps(div));
+        }
+        float idk[4];
+        _mm_storeu_ps(idk, _mm_and_ps(_mm_div_ps(_mm_set1_ps(1.0f), d), _mm_cmpneq_ps(d, _mm_setzero_ps())));
+        uint16_t dh[4], mh[4];
+        _mm_storel_epi64((__m128i *)(void *)dh, _mm_cvtps_ph(d, _MM_FROUND_TO_NEAREST_INT));
+        if (with_min) _mm_storel_epi64((__m128i *)(void *)mh, _mm_cvtps_ph(_mm_loadu_ps(lo), _MM_FROUND_TO_NEAREST_INT));
+        for (int k = 0; k < 4; ++k) {
+            uint8_t *b = yb + bb * k;
+            __m256i q[4];
+            mla_qr_legacy_values(xb + 32 * k, with_min, with_min ? lo[k] : 0.0f, idk[k], add, top, q);
+            mla_st_u16(b, dh[k]);
+            if (with_min) mla_st_u16(b + 2, mh[k]);
+            if (bits == 5) {
+                const uint32_t qh = mla_qr_bit4(q);
+                memcpy(b + qs_off - 4, &qh, 4);
+            }
+            _mm_storeu_si128((__m128i *)(void *)(b + qs_off), mla_qr_nibbles(q));
+        }
+        if (yb == out) memcpy(y + bb * i, out, (size_t)((nb - i) * bb));
+    }
+}
+
+/* -- iq4_nl: best_index_int8 on 8 lanes -- */
+
+/* table[idx] for 16-entry float tables and idx in 0..15 */
+static inline __m256 mla_qr_lut16(__m256 t_lo, __m256 t_hi, __m256i idx) {
+    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(t_lo, idx), _mm256_permutevar8x32_ps(t_hi, idx),
+                            _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+}
+
+/* The scalar best index (formats/iq4_nl.h.j2): lo = the last j <= 14 with !(v < k[j]) (found by a 4-step search
+ * over the sorted table; NaN passes every step, as it takes the scalar search's upper branches), then
+ * v - k[lo] < k[lo+1] - v ? lo : lo + 1. Values beyond the table ends fall out of the same comparison. */
+static inline __m256i mla_qr_iq4nl_index(__m256 v, __m256 t_lo, __m256 t_hi) {
+    __m256i lo = _mm256_setzero_si256();
+    for (int s = 8; s >= 1; s >>= 1) {
+        const __m256i c = _mm256_add_epi32(lo, _mm256_set1_epi32(s));
+        const __m256 pass = _mm256_cmp_ps(v, mla_qr_lut16(t_lo, t_hi, c), _CMP_NLT_UQ);
+        lo = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(lo), _mm256_castsi256_ps(c), pass));
+    }
+    lo = _mm256_min_epi32(lo, _mm256_set1_epi32(14));
+    const __m256i up = _mm256_add_epi32(lo, _mm256_set1_epi32(1));
+    const __m256 below = _mm256_cmp_ps(_mm256_sub_ps(v, mla_qr_lut16(t_lo, t_hi, lo)),
+                                       _mm256_sub_ps(mla_qr_lut16(t_lo, t_hi, up), v), _CMP_LT_OQ);
+    return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(up), _mm256_castsi256_ps(lo), below));
+}
+
+/* One iq4_nl block (ntry = -1, no weights): indices L[32] (as int32 in 4 vectors) and the f32 scale */
+static inline float mla_qr_iq4nl_block(const float *x, float amax, const int8_t *kv, __m256i L[4]) {
+    const float mx = mla_qr_first_absmax(x, amax);
+    if (amax < 1e-15f) {
+        for (int k = 0; k < 4; ++k) L[k] = _mm256_set1_epi32(8);
+        return 0.0f;
+    }
+    const __m256 t_lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)kv)));
+    const __m256 t_hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(kv + 8))));
+    const float id = 1.0f / (mx / -127.0f);
+    const __m256 vid = _mm256_set1_ps(id);
+    float a[32], b[32];
+    for (int k = 0; k < 4; ++k) {
+        const __m256 xv = _mm256_loadu_ps(x + 8 * k);
+        L[k] = mla_qr_iq4nl_index(_mm256_mul_ps(vid, xv), t_lo, t_hi);
+        const __m256 q = mla_qr_lut16(t_lo, t_hi, L[k]);
+        const __m256 wq = _mm256_mul_ps(_mm256_mul_ps(xv, xv), q);
+        _mm256_storeu_ps(a + 8 * k, _mm256_mul_ps(wq, xv));
+        _mm256_storeu_ps(b + 8 * k, _mm256_mul_ps(wq, q));
+    }
+    /* the two sums run in element order, as the scalar code */
+    float sumqx = 0.0f, sumq2 = 0.0f;
+    for (int j = 0; j < 32; ++j) {
+        sumqx += a[j];
+        sumq2 += b[j];
+    }
+    return sumq2 > 0.0f ? sumqx / sumq2 : 0.0f;
+}
+
+/* -- q8_K ref: nearest_int(iscale * x), at most 127, narrowed to int8 by truncation -- */
+static inline void mla_qr_q8K_ref_block(const float *x, uint8_t *y) {
+    __m256 m0 = mla_qr_absmax8(x), m1 = mla_qr_absmax8(x + 32), m2 = mla_qr_absmax8(x + 64), m3 = mla_qr_absmax8(x + 96);
+    m0 = _mm256_max_ps(mla_qr_absmax8(x + 128), m0);
+    m1 = _mm256_max_ps(mla_qr_absmax8(x + 160), m1);
+    m2 = _mm256_max_ps(mla_qr_absmax8(x + 192), m2);
+    m3 = _mm256_max_ps(mla_qr_absmax8(x + 224), m3);
+    const __m128 a4 = mla_qr_fold4_max(m0, m1, m2, m3);
+    const __m128 a2 = _mm_max_ps(a4, _mm_movehl_ps(a4, a4));
+    const float amax = _mm_cvtss_f32(_mm_max_ss(a2, _mm_shuffle_ps(a2, a2, _MM_SHUFFLE(1, 1, 1, 1))));
+    int8_t *q = (int8_t *)(y + 4);
+    float mx = 0.0f;
+    for (int c = 0; c < 8 && amax != 0.0f; ++c) {
+        if (mla_qr_eq_mask32(x + 32 * c, amax) | mla_qr_eq_mask32(x + 32 * c, -amax)) {
+            mx = mla_qr_first_absmax(x + 32 * c, amax);
+            break;
+        }
+    }
+    if (amax == 0.0f || mx == 0.0f) {
+        memset(y, 0, 292); /* d = 0, q = 0, bsums = 0: the scalar code's zero block */
+        return;
+    }
+    const float iscale = -127.0f / mx;
+    const __m256 vis = _mm256_set1_ps(iscale), magic = _mm256_set1_ps(12582912.0f);
+    const __m256i mant = _mm256_set1_epi32(0x007FFFFF), bias = _mm256_set1_epi32(0x00400000);
+    const __m256i top = _mm256_set1_epi32(127), low8 = _mm256_set1_epi32(0xFF);
+    for (int c = 0; c < 8; ++c) {
+        __m256i i[4];
+        for (int k = 0; k < 4; ++k) {
+            const __m256 t = _mm256_add_ps(_mm256_mul_ps(vis, _mm256_loadu_ps(x + 32 * c + 8 * k)), magic);
+            const __m256i v = _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(t), mant), bias);
+            i[k] = _mm256_and_si256(_mm256_min_epi32(v, top), low8); /* the low byte: (int8_t) of the int */
+        }
+        const __m256i p = _mm256_packus_epi16(_mm256_packus_epi32(i[0], i[1]), _mm256_packus_epi32(i[2], i[3]));
+        const __m256i b = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)(void *)(q + 32 * c), b);
+        /* two bsums of 16 from the bytes: sad of the biased bytes per 8, minus the bias */
+        const __m256i s = _mm256_sad_epu8(_mm256_xor_si256(b, _mm256_set1_epi8((char)0x80)), _mm256_setzero_si256());
+        int64_t s8[4];
+        _mm256_storeu_si256((__m256i *)(void *)s8, s);
+        mla_st_u16(y + 260 + 4 * c, (uint16_t)(int16_t)(s8[0] + s8[1] - 16 * 128));
+        mla_st_u16(y + 262 + 4 * c, (uint16_t)(int16_t)(s8[2] + s8[3] - 16 * 128));
+    }
+    mla_st_f32(y, 1.0f / iscale);
+}
+
+/* -- bf16 ref: ggml_compute_fp32_to_bf16 on 8 lanes -- */
+static inline __m256i mla_qr_bf16_8(__m256 f) {
+    const __m256i u = _mm256_castps_si256(f);
+    const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7FFFFFFF)), _mm256_set1_epi32(0x7F800000));
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), odd), 16);
+    const __m256i qn = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+    return _mm256_blendv_epi8(r, qn, nan);
+}
+
+static inline void mla_qr_bf16_row(const float *x, uint8_t *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m256i p = _mm256_packus_epi32(mla_qr_bf16_8(_mm256_loadu_ps(x + i)), mla_qr_bf16_8(_mm256_loadu_ps(x + i + 8)));
+        _mm256_storeu_si256((__m256i *)(void *)(y + 2 * i), _mm256_permute4x64_epi64(p, _MM_SHUFFLE(3, 1, 2, 0)));
+    }
+    for (; i < n; ++i) {
+        const uint32_t u = mla_f32_bits(x[i]);
+        const uint32_t h = (u & 0x7FFFFFFFu) > 0x7F800000u ? ((u >> 16) | 0x40u) : ((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+        mla_st_u16(y + 2 * i, (uint16_t)h);
+    }
+}
+#endif
 #include <stdlib.h>
 static inline void mla_dequant_row_f32(const uint8_t *x, float *y, int64_t n) { memcpy(y, x, (size_t)n * 4); }
 #ifndef MLA_FORMAT_Q8_0
@@ -233,12 +696,21 @@ static inline void mla_dequant_row_q8_0(const uint8_t *x, float *y, int64_t n) {
     for (int64_t i = 0; i < n / 32; ++i) mla_dequant_block_q8_0(x + 34 * i, (const int8_t *)(x + 34 * i + 2), y + 32 * i);
 }
 
+/* x86 builds quantize four blocks at a time (simd/qrow_x86.h.j2); same bytes as the block functions */
 static inline void mla_quant_row_q8_0_ref(const float *x, uint8_t *y, int64_t n) {
+#if defined(__AVX2__)
+    mla_qr_q8_row(x, y, n, 0, 136, 34, -1, 0, 2, 34);
+#else
     for (int64_t i = 0; i < n / 32; ++i) mla_quant_block_q8_0_ref(x + 32 * i, y + 34 * i, (int8_t *)(y + 34 * i + 2));
+#endif
 }
 
 static inline void mla_quant_row_q8_0_x86(const float *x, uint8_t *y, int64_t n) {
+#if defined(__AVX2__)
+    mla_qr_q8_row(x, y, n, 1, 136, 34, -1, 0, 2, 34);
+#else
     for (int64_t i = 0; i < n / 32; ++i) mla_quant_block_q8_0_x86(x + 32 * i, y + 34 * i, (int8_t *)(y + 34 * i + 2));
+#endif
 }
 
 static inline void mla_vd_x_q8_0(const uint8_t *b, int8_t *q, float *d, float *m) {

@@ -82,6 +82,8 @@ def test_forcing_each_isa(token):
         want = max((t for t in ("scalar", "avx2", "avx512") if t in allowed), key=lambda t: isa.get(t).priority)
         assert spec.isa == want
         spec, _ = dispatch.choose("quantize_row", "q4_0", None, "ref")
+        assert spec.isa == want
+        spec, _ = dispatch.choose("copy_rows", "bytes", None, "ref")
         assert spec.isa == "scalar"  # plain C: only a scalar kernel exists
 
 

@@ -77,7 +77,13 @@ def _neon_vec_dot(kernel_name, k, kt, rng):
     ref_vec_dot = importlib.import_module("mlaref.reference.ops.vec_dot").vec_dot
     plan = catalog.VEC_DOT_PLANS[k["plan"]]
     element = k["type_x"] in ("f32", "f16", "bf16")
-    for n in ([1, 7, 8, 9, 17, 37, 576] if element else [32, 96, 128, 160, 192, 576]):
+    if element:
+        sizes = [1, 7, 8, 9, 17, 37, 576]
+    elif k["type_y"] == "q8_K":
+        sizes = [256, 512, 768, 1280]
+    else:
+        sizes = [32, 96, 128, 160, 192, 576]
+    for n in sizes:
         xf = rng.standard_normal((3, n)).astype(np.float32)
         yf = rng.standard_normal((4, n)).astype(np.float32)
         if element:

@@ -31,7 +31,13 @@ def test_vec_dot(kernel_name, kt, rng):
     element = k["type_x"] in ("f32", "f16", "bf16")
     # element pairs: tile 8*A and its neighbours, odd tails, MLA rows; blocks: 1..7 blocks (odd for the iq4_nl
     # tail, 4-block groups and their tails for the x4 layouts), 192 and 576
-    sizes = [1, 7, 8, 9, 15, 16, 17, 37, 192, 576] if element else [32, 64, 96, 128, 160, 224, 192, 576]
+    # (super-blocks of 256 for the k-quants: 1..5 of them, and the 7168 of a DeepSeek-V2 hidden row)
+    if element:
+        sizes = [1, 7, 8, 9, 15, 16, 17, 37, 192, 576]
+    elif k["type_y"] == "q8_K":
+        sizes = [256, 512, 768, 1024, 1280, 7168]
+    else:
+        sizes = [32, 64, 96, 128, 160, 224, 192, 576]
     # y row counts: the 4-row tile of the x86 kernels, tile + 1 / tile + 3 (the leftover-row path), and 1
     for n_y in (4, 5, 7, 1):
         for n in sizes if n_y == 4 else sizes[-3:]:
