@@ -11,12 +11,17 @@ compare=True, threads=(1, 2))`` returns a dict:
     ``(kernel, reason)`` for kernels this machine cannot run (or whose inputs cannot be built).
 ``comparison``
     (when ``compare``) one dict per (family, types, plan, thread count) that upstream ggml also has, from
-    :func:`compare_kernels`: MB/s of the dispatched mlaref kernel, the NumPy reference, ggml's own C (through
-    ggml-python) and, for copies, memcpy (``np.copyto`` of the same bytes), each as median/min/max over
-    ``repeat`` runs, and the ratios ``vs_ggml`` and ``vs_memcpy`` (medians; > 1 means mlaref is faster).
+    :func:`compare_kernels`: MB/s of the dispatched mlaref kernel called directly (``mlaref``), of the same
+    kernel through :mod:`mlaref.codegen.kernels` (``mlaref_api``: argument checks and dispatch included), of the
+    NumPy reference, of ggml's own C (through ggml-python) and, for copies, of memcpy (``np.copyto`` of the same
+    bytes), each as median/min/max over ``repeat`` runs, and the ratios ``vs_ggml``, ``vs_memcpy`` (kernel to
+    kernel) and ``api_vs_ggml`` (medians; > 1 means mlaref is faster).
 
-Fairness. ggml's ``from_float``, ``from_float_ref`` and ``to_float`` treat their input as one run of independent
-blocks, so they are called once on the whole contiguous buffer (``k = n_rows * n``), not row by row from Python.
+Fairness. Kernel is timed against kernel: the generated C function is called through cffi with pointers made
+once, as ggml's C is called through ctypes with pointers made once; the Python checks of
+:mod:`mlaref.codegen.kernels` (about 10-20 us a call) are timed separately (``mlaref_api``). ggml's
+``from_float``, ``from_float_ref`` and ``to_float`` treat their input as one run of independent blocks, so they
+are called once on the whole contiguous buffer (``k = n_rows * n``), not row by row from Python.
 ggml's ``vec_dot`` computes one dot product per call, so a small C loop (compiled here with cffi, into the mlaref
 cache dir) calls it for every (x row, y row) pair in the order the mlaref kernel uses: x rows outer. Two threads
 split the rows in halves on Python threads for every contender (cffi and ctypes release the GIL), so thread
@@ -246,7 +251,17 @@ def _row(family, what, plan, kernel, nbytes, t, timings) -> dict:
     for other in ("ggml", "reference", "memcpy"):
         o = st.get(other)
         r[f"vs_{other}"] = (o["median_s"] / m["median_s"]) if (m and o) else None
+    a, g = st.get("mlaref_api"), st.get("ggml")
+    r["api_vs_ggml"] = (g["median_s"] / a["median_s"]) if (a and g) else None
     return r
+
+
+def _raw_parts(fn, ffi, src, dst, n_rows: int, n_threads: int, tail):
+    """Zero-argument calls of a row kernel ``fn(src_row0, dst_row0, rows, *tail(...))`` on halves of the rows:
+    pointers are cast once here, as ggml's are made once for its ctypes call."""
+    ps, pd = ffi.cast("char *", src.ctypes.data), ffi.cast("char *", dst.ctypes.data)
+    ss, sd = src.strides[0], dst.strides[0]
+    return [functools.partial(tail, ps + r0 * ss, pd + r0 * sd, r1 - r0) for r0, r1 in _halves(n_rows, n_threads)]
 
 
 def compare_kernels(types=None, n_rows: int = 64, n: int = 4096, threads=(1, 2), warmup: int = 2,
@@ -281,7 +296,12 @@ def compare_kernels(types=None, n_rows: int = 64, n: int = 4096, threads=(1, 2),
         res = np.empty((n_rows, nn // bs * ts_), np.uint8)
         ref_ts = _times(lambda: R.quantize(x, type_, variant=v), 0, ref_repeat) if reference else None
         for t in threads:
-            timings = {"mlaref": _times(lambda: K.quantize(x, type_, variant=v, n_threads=t, out=res), warmup, repeat),
+            spec, fn, ffi = K.resolve("quantize_row", type_, None, plan)
+            raw = _raw_parts(fn, ffi, x, res, n_rows, t, lambda ps, pd, k, fn=fn, ffi=ffi: fn(
+                ffi.cast("const float *", ps), ffi.cast("uint8_t *", pd), k, nn, x.strides[0], res.strides[0]))
+            timings = {"mlaref": _times(lambda: _split_run(raw), warmup, repeat),
+                       "mlaref_api": _times(lambda: K.quantize(x, type_, variant=v, n_threads=t, out=res), warmup,
+                                            repeat),
                        "reference": ref_ts}
             if f is not None:
                 g_out = np.empty_like(res)
@@ -308,7 +328,11 @@ def compare_kernels(types=None, n_rows: int = 64, n: int = 4096, threads=(1, 2),
         res = np.empty((n_rows, nn), np.float32)
         ref_ts = _times(lambda: R.dequantize(data, type_), 0, ref_repeat) if reference else None
         for t in threads:
-            timings = {"mlaref": _times(lambda: K.dequantize(data, type_, n_threads=t, out=res), warmup, repeat),
+            spec, fn, ffi = K.resolve("dequantize_row", type_, None, "ref")
+            raw = _raw_parts(fn, ffi, data, res, n_rows, t, lambda ps, pd, k, fn=fn, ffi=ffi: fn(
+                ffi.cast("const uint8_t *", ps), ffi.cast("float *", pd), k, nn, data.strides[0], res.strides[0]))
+            timings = {"mlaref": _times(lambda: _split_run(raw), warmup, repeat),
+                       "mlaref_api": _times(lambda: K.dequantize(data, type_, n_threads=t, out=res), warmup, repeat),
                        "reference": ref_ts}
             if type_ == "f32":  # a copy: memcpy of the same bytes is the bound
                 mem_out = np.empty_like(res)
@@ -346,15 +370,22 @@ def compare_kernels(types=None, n_rows: int = 64, n: int = 4096, threads=(1, 2),
         for plan_tok in plans:
             plan = catalog.VEC_DOT_PLANS[plan_tok]
             try:
-                name = K.resolve("vec_dot", tx, ty, plan_tok)[0].name
+                spec, fn, ffi = K.resolve("vec_dot", tx, ty, plan_tok)
+                name = spec.name
             except Exception:
                 continue
+            qy = ffi.cast("const uint8_t *", yb.ctypes.data)
             res = np.empty((n_rows, n_y), np.float32)
             ref_ts = (_times(lambda: ref_vec_dot(xb, tx, yb, ty, nn, plan=plan), 0, 1)
                       if reference else None)
             for t in threads:
-                timings = {"mlaref": _times(lambda: K.vec_dot(xb, tx, yb, ty, nn, plan=plan, n_threads=t, out=res),
-                                            warmup, repeat), "reference": ref_ts}
+                raw = _raw_parts(fn, ffi, xb, res, n_rows, t, lambda px, po, k, fn=fn, ffi=ffi, qy=qy: fn(
+                    ffi.cast("const uint8_t *", px), xb.strides[0], k, qy, yb.strides[0], n_y, nn,
+                    ffi.cast("float *", po), res.strides[0]))
+                timings = {"mlaref": _times(lambda: _split_run(raw), warmup, repeat),
+                           "mlaref_api": _times(lambda: K.vec_dot(xb, tx, yb, ty, nn, plan=plan, n_threads=t,
+                                                                  out=res), warmup, repeat),
+                           "reference": ref_ts}
                 if vd is not None:
                     shim = _shim()
                     fp = shim.ffi.cast("void *", _fn_addr(vd))
@@ -384,30 +415,39 @@ def compare_kernels(types=None, n_rows: int = 64, n: int = 4096, threads=(1, 2),
             timings = {"mlaref": _times(lambda: _split_run(parts), warmup, repeat),
                        "memcpy": _times(lambda: _split_run(mparts), warmup, repeat)}
             out.append(_row("copy_rows", "f16 rows of 576 (1152 B)", "ref", spec.name, src.nbytes, t, timings))
-        out.extend(_mla_copy_rows(spec.name, rng, warmup, repeat))
+        out.extend(_mla_copy_rows(spec.name, rng, warmup, repeat, threads))
     return out
 
 
-def _mla_copy_rows(kernel: str, rng, warmup: int, repeat: int, n_kv: int = 512, heads: int = 16) -> list[dict]:
-    """The MLA K build as the graph runs it (kernels.repeat / kernels.concat on Tensors, one thread, Python
-    included): the 64 rope values of each f16 cache row of 576 repeated over the heads, then k_nope (128) ++ rope
-    (64) along dim 0; against memcpy of the output bytes."""
+def _mla_copy_rows(kernel: str, rng, warmup: int, repeat: int, threads=(1, 2), n_kv: int = 4096,
+                   heads: int = 16) -> list[dict]:
+    """The MLA K build as the graph runs it (kernels.repeat / kernels.concat on Tensors, Python included, into
+    destination tensors allocated once, as ggml's allocator plans them): the 64 rope values of each f16 cache row
+    of 576 repeated over the heads, then k_nope (128) ++ rope (64) along dim 0 by the one-pass concat_rows
+    kernel; against memcpy of the output bytes on the same threads."""
     from mlaref.reference.tensor import Tensor
 
     cache = Tensor.from_numpy(rng.standard_normal((n_kv, 576)).astype(np.float16))
     row = cache.nb[1]
     rope = cache.view((64, n_kv, 1, 1), (2, row, row * n_kv, row * n_kv), 2 * 512)
     k_nope = Tensor.from_numpy(rng.standard_normal((heads, n_kv, 128)).astype(np.float16))
-    rep = K.repeat(rope, (64, n_kv, heads, 1))
+    target = (64, n_kv, heads, 1)
+    rep = K.repeat(rope, target)
+    rep_out, cat_out = Tensor.empty("f16", target), Tensor.empty("f16", (192, n_kv, heads, 1))
+    concat_kernel = K.resolve("concat_rows", "bytes", None, "ref")[0].name
     out = []
-    for what, call, nbytes in (
-            (f"repeat rope 64 x{heads} heads", lambda: K.repeat(rope, (64, n_kv, heads, 1)), rep.nbytes()),
-            (f"concat 128++64, {n_kv}x{heads}", lambda: K.concat(k_nope, rep, 0),
-             k_nope.nbytes() + rep.nbytes())):
-        a = rng.integers(0, 256, nbytes, dtype=np.uint8)
-        b = np.empty_like(a)
-        timings = {"mlaref": _times(call, warmup, repeat), "memcpy": _times(lambda: np.copyto(b, a), warmup, repeat)}
-        out.append(_row("copy_op", what, "ref", kernel, nbytes, 1, timings))
+    for t in threads:
+        for what, call, nbytes, name in (
+                (f"repeat rope 64 x{heads} heads", lambda: K.repeat(rope, target, n_threads=t, out=rep_out),
+                 rep.nbytes(), kernel),
+                (f"concat 128++64, {n_kv}x{heads}", lambda: K.concat(k_nope, rep, 0, n_threads=t, out=cat_out),
+                 cat_out.nbytes(), concat_kernel)):
+            a = rng.integers(0, 256, nbytes, dtype=np.uint8)
+            b = np.empty_like(a)
+            mparts = [functools.partial(np.copyto, b[r0:r1], a[r0:r1]) for r0, r1 in _halves(nbytes, t)]
+            timings = {"mlaref": _times(call, warmup, repeat),
+                       "memcpy": _times(lambda: _split_run(mparts), warmup, repeat)}
+            out.append(_row("copy_op", what, "ref", name, nbytes, t, timings))
     return out
 
 
@@ -421,17 +461,20 @@ def _fmt_ratio(r) -> str:
 
 def format_table(result) -> str:
     """The comparison of :func:`bench_kernels` (or a :func:`compare_kernels` list) as a text table: median MB/s
-    per contender, [min..max] MB/s of mlaref, and the median ratios vs ggml, the reference and memcpy."""
+    per contender, [min..max] MB/s of the mlaref kernel, and the median ratios vs ggml (kernel to kernel, and
+    through the Python API), the reference and memcpy."""
     rows = result.get("comparison", []) if isinstance(result, dict) else result
-    head = (f"{'op':10} {'what':26} {'plan':13} {'T':>2} {'mlaref':>8} {'[min..max]':>15} {'ggml':>8} "
-            f"{'ref':>8} {'memcpy':>8} {'vs ggml':>8} {'vs ref':>9} {'vs memcpy':>9}  kernel")
+    head = (f"{'op':10} {'what':26} {'plan':13} {'T':>2} {'mlaref':>8} {'[min..max]':>15} {'api':>8} {'ggml':>8} "
+            f"{'ref':>8} {'memcpy':>8} {'vs ggml':>8} {'api/ggml':>8} {'vs ref':>9} {'vs memcpy':>9}  kernel")
     lines = ["MB/s (median of repeats; float32 bytes for quantize/dequantize, x bytes for vec_dot, copied bytes "
-             "for copies)", head, "-" * len(head)]
+             "for copies); mlaref = the C kernel called directly, api = through mlaref.codegen.kernels",
+             head, "-" * len(head)]
     for r in rows:
         m = r.get("mlaref")
         span = f"[{m['mb_per_s_min']:.0f}..{m['mb_per_s_max']:.0f}]" if m else "-"
         lines.append(f"{r['family']:10} {r['what']:26} {r['plan']:13} {r['n_threads']:>2} {_fmt_mb(m)} {span:>15} "
-                     f"{_fmt_mb(r.get('ggml'))} {_fmt_mb(r.get('reference'))} {_fmt_mb(r.get('memcpy'))} "
-                     f"{_fmt_ratio(r['vs_ggml']):>8} {_fmt_ratio(r['vs_reference']):>9} "
+                     f"{_fmt_mb(r.get('mlaref_api'))} {_fmt_mb(r.get('ggml'))} {_fmt_mb(r.get('reference'))} "
+                     f"{_fmt_mb(r.get('memcpy'))} {_fmt_ratio(r['vs_ggml']):>8} "
+                     f"{_fmt_ratio(r.get('api_vs_ggml')):>8} {_fmt_ratio(r['vs_reference']):>9} "
                      f"{_fmt_ratio(r['vs_memcpy']):>9}  {r['kernel']}")
     return "\n".join(lines)

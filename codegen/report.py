@@ -339,6 +339,12 @@ def check_kernel(name: str, n_rows: int = 5) -> dict:
                 cases += 1
                 if not ok:
                     return {"status": "fail", "cases": cases, "detail": f"rows {row_bytes}x{n_rep} ne {ne}: {why}"}
+        elif fam == "concat_rows":
+            for ra, rb, ne in [(34, 34, (3, 2, 2)), (1024, 128, (5, 3, 1)), (256, 128, (1, 1, 1)), (18, 36, (4, 2, 3))]:
+                ok, why = _check_concat_rows(K, name, rng, ra, rb, ne)
+                cases += 1
+                if not ok:
+                    return {"status": "fail", "cases": cases, "detail": f"rows {ra}+{rb} ne {ne}: {why}"}
         elif fam == "mul_mat":
             cases = _check_mul_mat(R, name, spec, rng)
         elif fam == "flash_attn_ext":
@@ -466,6 +472,32 @@ def _check_copy_rows(K, name, rng, row_bytes, n_rep, ne) -> tuple[bool, str]:
                 s0 = i1 * s_nb[0] + i2 * s_nb[1] + i3 * s_nb[2]
                 d0 = i1 * d_nb[0] + i2 * d_nb[1] + i3 * d_nb[2]
                 want[d0:d0 + row_bytes * n_rep] = np.tile(src[s0:s0 + row_bytes], n_rep)
+    return _same(dst, want)
+
+
+def _check_concat_rows(K, name, rng, ra, rb, ne) -> tuple[bool, str]:
+    """dst row (i1,i2,i3) = a row ++ b row at padded byte strides; bytes between rows kept."""
+    _spec, fn, ffi = K.resolve("concat_rows", "bytes", None, "ref", kernel=name)
+
+    def strides(row, pad):
+        return (row + pad, (row + pad) * ne[0] + 3, ((row + pad) * ne[0] + 3) * ne[1] + 1)
+
+    a_nb, b_nb, d_nb = strides(ra, 7), strides(rb, 2), strides(ra + rb, 5)
+    a = rng.integers(0, 256, size=a_nb[2] * ne[2], dtype=np.uint8)
+    b = rng.integers(0, 256, size=b_nb[2] * ne[2], dtype=np.uint8)
+    total = d_nb[2] * ne[2]
+    dst = np.full(total + 64, 0x5A, dtype=np.uint8)
+    fn(ffi.cast("uint8_t *", dst.ctypes.data), ffi.cast("const uint8_t *", a.ctypes.data),
+       ffi.cast("const uint8_t *", b.ctypes.data), ra, rb, *ne, *a_nb, *b_nb, *d_nb)
+    want = np.full(total + 64, 0x5A, dtype=np.uint8)
+    for i3 in range(ne[2]):
+        for i2 in range(ne[1]):
+            for i1 in range(ne[0]):
+                d0 = i1 * d_nb[0] + i2 * d_nb[1] + i3 * d_nb[2]
+                a0 = i1 * a_nb[0] + i2 * a_nb[1] + i3 * a_nb[2]
+                b0 = i1 * b_nb[0] + i2 * b_nb[1] + i3 * b_nb[2]
+                want[d0:d0 + ra] = a[a0:a0 + ra]
+                want[d0 + ra:d0 + ra + rb] = b[b0:b0 + rb]
     return _same(dst, want)
 
 
