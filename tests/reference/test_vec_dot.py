@@ -531,3 +531,21 @@ def test_supported_pairs_cover_the_table():
     assert {"f32.f32", "f16.f16", "bf16.bf16", "q8_0.q8_0", "q4_0.q8_0", "q4_1.q8_1", "q5_0.q8_0", "q5_1.q8_1",
             "iq4_nl.q8_0", "q8_0.q8_0_x4", "iq4_nl.q8_0_x4", "q4_1.q8_1_x4", "q4_K.q8_K", "q6_K.q8_K"
             } <= set(supported_pairs())
+
+
+@pytest.mark.parametrize("flags,want", [
+    ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16"}, "ggml_x86_avx512"),
+    ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, "ggml_x86_avx512_znver4"),
+    ({"avx2", "fma", "f16c"}, None),
+])
+def test_peer_plan_is_chosen_by_cpu_features(monkeypatch, flags, want):
+    """Sapphire Rapids (FP16) -> ggml_x86_avx512; Zen 4 (BF16, no FP16) -> _znver4; unmeasured builds refuse."""
+    from mlaref.codegen import cpu, ggml_peer
+
+    monkeypatch.setattr(cpu, "features", lambda path=None: frozenset(flags))
+    choose = ggml_peer.vec_dot_plan.__wrapped__
+    if want is None:
+        with pytest.raises(LookupError, match="neither"):
+            choose()
+    else:
+        assert choose() == want and want in PLANS
