@@ -158,19 +158,41 @@ static inline void mla_lane4_sums(const int8_t *x, const int8_t *y, int32_t *out
         out[j] = s;
     }
 }
+/* n bytes from s to d (no overlap). The rows of #253's copies are short (a 64-value rope part is 128 bytes of
+   f16, a k_nope head 256): a libc memcpy call per row costs as much as the copy itself, so rows below 512 bytes
+   are copied here in fixed 32-byte chunks, which GCC inlines as vector moves; longer rows go to memcpy. */
+static inline void mla_copy_bytes(uint8_t *d, const uint8_t *s, int64_t n) {
+    if (n >= 512) {
+        memcpy(d, s, (size_t)n);
+        return;
+    }
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) memcpy(d + j, s + j, 32);
+    for (; j + 8 <= n; j += 8) memcpy(d + j, s + j, 8);
+    for (; j < n; ++j) d[j] = s[j];
+}
+
+/* Rows per block of the broadcast order below: 64 source rows of up to a few hundred bytes stay in L1. */
+#define MLA_COPY_BLOCK 64
 
 /* dst row (i1,i2,i3) = n_rep back-to-back copies of the row_bytes bytes of src row (i1,i2,i3). Source and
-   destination must not overlap (checked in Python). */
+   destination must not overlap (checked in Python). A source stride of 0 in dim 2 (repeat broadcasting one
+   row over heads, as the MLA K build does with the rope part) re-reads the same rows ne2 times: then blocks of
+   MLA_COPY_BLOCK rows are read once into L1 and written to every i2. The bytes do not depend on the order. */
 void mlaref_copy_rows_bytes__scalar_ref(uint8_t *dst, const uint8_t *src, int64_t row_bytes, int64_t n_rep,
                 int64_t ne1, int64_t ne2, int64_t ne3,
                 int64_t s_nb1, int64_t s_nb2, int64_t s_nb3,
                 int64_t d_nb1, int64_t d_nb2, int64_t d_nb3) {
+    const int64_t blk = (s_nb2 == 0 && ne2 > 1) ? MLA_COPY_BLOCK : ne1;
     for (int64_t i3 = 0; i3 < ne3; ++i3) {
-        for (int64_t i2 = 0; i2 < ne2; ++i2) {
-            for (int64_t i1 = 0; i1 < ne1; ++i1) {
-                const uint8_t *s = src + i1 * s_nb1 + i2 * s_nb2 + i3 * s_nb3;
-                uint8_t *d = dst + i1 * d_nb1 + i2 * d_nb2 + i3 * d_nb3;
-                for (int64_t k = 0; k < n_rep; ++k) memcpy(d + k * row_bytes, s, (size_t)row_bytes);
+        for (int64_t b0 = 0; b0 < ne1; b0 += blk) {
+            const int64_t b1 = b0 + blk < ne1 ? b0 + blk : ne1;
+            for (int64_t i2 = 0; i2 < ne2; ++i2) {
+                for (int64_t i1 = b0; i1 < b1; ++i1) {
+                    const uint8_t *s = src + i1 * s_nb1 + i2 * s_nb2 + i3 * s_nb3;
+                    uint8_t *d = dst + i1 * d_nb1 + i2 * d_nb2 + i3 * d_nb3;
+                    for (int64_t k = 0; k < n_rep; ++k) mla_copy_bytes(d + k * row_bytes, s, row_bytes);
+                }
             }
         }
     }

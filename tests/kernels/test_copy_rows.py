@@ -41,6 +41,26 @@ def test_copy_rows_kernel(kernel_name, kt, rng):
         kt.assert_same_bytes(dst, want, max(row_bytes, 1), f"{kernel_name} rows {row_bytes}x{n_rep} ne {ne}")
 
 
+def test_copy_rows_broadcast_over_dim2(kernel_name, kt, rng):
+    """A source stride of 0 in dim 2 (repeat over heads) takes the blocked order: 1, 64 +- 1 and 130 rows (blocks
+    and a tail), rows of 3, 128 (inline chunks), 520 (memcpy) bytes; every head gets the same rows."""
+    k = kt.manifest_kernels()[kernel_name]
+    kt.require_isa(k["isa"])
+    spec, fn, ffi = K.resolve("copy_rows", "bytes", None, "ref", kernel=kernel_name)
+    for row_bytes, ne1, ne2 in [(128, 130, 3), (3, 63, 2), (128, 65, 16), (520, 64, 2), (128, 1, 5)]:
+        s_nb1 = row_bytes + 1024  # a strided view: the rope part of a 576-wide cache row
+        src = rng.integers(0, 256, size=s_nb1 * ne1, dtype=np.uint8)
+        d_nb = (row_bytes, row_bytes * ne1, row_bytes * ne1 * ne2)
+        out = kt.Guarded(1, d_nb[2], np.uint8)
+        dst = out.array.reshape(-1)
+        fn(ffi.cast("uint8_t *", dst.ctypes.data), ffi.cast("const uint8_t *", src.ctypes.data), row_bytes, 1,
+           ne1, ne2, 1, s_nb1, 0, 0, *d_nb)
+        out.check()
+        rows = src.reshape(ne1, s_nb1)[:, :row_bytes]
+        want = np.broadcast_to(rows, (ne2, ne1, row_bytes)).reshape(-1)
+        kt.assert_same_bytes(dst, want, row_bytes, f"{kernel_name} broadcast {row_bytes} B x {ne1} rows x {ne2}")
+
+
 def _tensor_api():
     try:
         concat = importlib.import_module("mlaref.reference.ops.concat")
