@@ -127,6 +127,14 @@ def block_words(blocks: np.ndarray, offset: int, n: int) -> np.ndarray:
     return w
 
 
+def block_words_rows(blocks: np.ndarray, offset: int, n: int) -> np.ndarray:
+    """Bytes ``offset .. offset + 4n`` of every block as little-endian uint32 words, block-major: ``(n_blocks, n)``
+    (for dequantizers that build their values in element order and write rows without a transpose)."""
+    nb = blocks.shape[0]
+    raw = np.ascontiguousarray(blocks).view(np.uint8).reshape(nb, blocks.dtype.itemsize)
+    return np.ascontiguousarray(raw[:, offset : offset + 4 * n]).view("<u4")
+
+
 def nibble_lanes(words: np.ndarray) -> np.ndarray:
     """The 4 uint32 words of ``qs[16]`` ``(4, n_blocks)`` -> uint32 lanes ``(8, n_blocks)`` of 4 nibble bytes.
 

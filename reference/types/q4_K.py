@@ -54,7 +54,7 @@ import numpy as np
 from mlaref.reference import fp
 from mlaref.reference.types import _quant_math as qm
 from mlaref.reference.types._base import BlockFormat
-from mlaref.reference.types.q4_0 import block_words
+from mlaref.reference.types.q4_0 import block_words_rows
 
 F32 = np.float32
 
@@ -174,23 +174,24 @@ class Q4_K(BlockFormat):
         return L, fp.f32_to_f16_soft(d_block), fp.f32_to_f16_soft(m_block), ls.T, lm.T
 
     def dequantize_into(self, blocks, out):
-        """In lanes (see ``q4_0.scaled_lanes_into``): the 32 words of ``qs`` are ``[c, k]`` = bytes
-        ``32c + 4k .. 32c + 4k + 3``; their low nibbles are lane k of sub-block ``2c``, their high nibbles lane k of
-        sub-block ``2c + 1``. Lanes are laid out ``[k, sub-block, block]`` so every operation runs along the blocks."""
+        """In element order: the 32 words of ``qs`` are ``[c, k]`` = bytes ``32c + 4k .. 32c + 4k + 3``; their low
+        nibbles are elements ``64c + 4k ..`` (sub-block ``2c``), their high nibbles elements ``64c + 32 + 4k ..``
+        (sub-block ``2c + 1``). The nibbles are built as uint32 words ``[block, c, h, k]``, whose bytes are the
+        elements in row order: one uint8 -> f32 pass into ``out``, then ``* d*sc`` and ``- dmin*m`` per
+        sub-block, broadcast over its 32 values."""
         nb = blocks.shape[0]
-        w = block_words(blocks, 16, 32).reshape(4, 8, nb).transpose(1, 0, 2)  # [k, c, block]
-        lanes = np.empty((8, 4, 2, nb), dtype=np.uint32)  # [k, c, h, block]: sub-block 2c + h
+        w = block_words_rows(blocks, 16, 32).reshape(nb, 4, 8)  # [block, c, k]
+        lanes = np.empty((nb, 4, 2, 8), dtype=np.uint32)  # [block, c, h, k]: sub-block 2c + h
         np.bitwise_and(w, np.uint32(0x0F0F0F0F), out=lanes[:, :, 0])
         np.right_shift(w, np.uint32(4), out=lanes[:, :, 1])
         lanes[:, :, 1] &= np.uint32(0x0F0F0F0F)
         sc, m = unpack_scales(blocks["scales"])
         d1 = fp.f16_to_f32(blocks["d"]) * sc.astype(F32)  # (8 sub-blocks, nb): d * sc, rounded once
         m1 = fp.f16_to_f32(blocks["dmin"]) * m.astype(F32)
-        f = np.empty((8, 8, 4 * nb), dtype=F32)  # [k, sub-block, 4 block + i]
-        np.copyto(f, lanes.view(np.uint8).reshape(8, 8, 4 * nb))
-        f *= np.repeat(d1, 4, axis=1)  # exact: an 11-bit d times a 6-bit sc times a 4-bit q fits in 24 bits
-        f -= np.repeat(m1, 4, axis=1)
-        np.copyto(out.view(np.complex128).reshape(nb, 8, 8), f.view(np.complex128).transpose(2, 1, 0))
+        rows = out.reshape(nb, 8, 32)  # [block, sub-block, value]
+        np.copyto(rows, lanes.view(np.uint8).reshape(nb, 8, 32))
+        rows *= d1.T[:, :, None]  # exact: an 11-bit d times a 6-bit sc times a 4-bit q fits in 24 bits
+        rows -= m1.T[:, :, None]
 
     def random_blocks(self, rng, n_blocks):
         out = np.empty(n_blocks, dtype=self.dtype)

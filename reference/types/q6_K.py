@@ -43,7 +43,7 @@ import numpy as np
 from mlaref.reference import fp
 from mlaref.reference.types import _quant_math as qm
 from mlaref.reference.types._base import BlockFormat
-from mlaref.reference.types.q4_0 import block_words
+from mlaref.reference.types.q4_0 import block_words_rows
 
 F32 = np.float32
 
@@ -93,33 +93,29 @@ class Q6_K(BlockFormat):
         return out
 
     def dequantize_into(self, blocks, out):
-        """In lanes (see ``q4_0.scaled_lanes_into``), laid out ``[lane, sub-block, block]``.
-
-        Bytes ``4g .. 4g + 3`` (g = 4gq + gi) of quarter k of half h are elements ``128h + 32k + 16gq + 4gi ..``:
-        lane gi of sub-block ``8h + 2k + gq``. Their low nibbles are word ``16h + 8(k & 1) + g`` of ``ql`` shifted by
-        ``4(k >> 1)``, their high bits word ``8h + g`` of ``qh`` shifted by ``2k``.
-        """
+        """In element order: byte ``4g + j`` of quarter k of half h holds element ``128h + 32k + 4g + j``, whose low
+        nibble is in word ``16h + 8(k & 1) + g`` of ``ql`` (shifted by ``4(k >> 1)``) and whose high bits are in
+        word ``8h + g`` of ``qh`` (shifted by ``2k``). The codes are built as uint32 words ``[block, h, k, g]``, so
+        their bytes are the elements in row order: one int8 -> f32 pass into ``out``, then one multiply by the 16
+        sub-block scales of each block broadcast over 16 values."""
         nb = blocks.shape[0]
-        ql = block_words(blocks, 0, 32).reshape(2, 2, 2, 4, nb).transpose(3, 0, 1, 2, 4)  # [gi, h, k & 1, gq, block]
-        qh = block_words(blocks, 128, 16).reshape(2, 2, 4, nb).transpose(2, 0, 1, 3)  # [gi, h, gq, block]
-        codes = np.empty((4, 2, 4, 2, nb), dtype=np.uint32)  # [gi, h, k, gq, block]
-        by_k = codes.reshape(4, 2, 2, 2, 2, nb)  # [gi, h, k >> 1, k & 1, gq, block]
+        ql = block_words_rows(blocks, 0, 32).reshape(nb, 2, 2, 8)  # [block, h, k & 1, g]
+        qh = block_words_rows(blocks, 128, 16).reshape(nb, 2, 1, 8)  # [block, h, 1, g]
+        codes = np.empty((nb, 2, 4, 8), dtype=np.uint32)  # [block, h, k, g]
+        by_k = codes.reshape(nb, 2, 2, 2, 8)  # [block, h, k >> 1, k & 1, g]
         np.bitwise_and(ql, np.uint32(0x0F0F0F0F), out=by_k[:, :, 0])
         np.right_shift(ql, np.uint32(4), out=by_k[:, :, 1])
         by_k[:, :, 1] &= np.uint32(0x0F0F0F0F)
-        hb = np.right_shift(qh[:, :, None], np.arange(0, 8, 2, dtype=np.uint32)[:, None, None])  # [gi, h, k, gq, b]
+        hb = np.right_shift(qh, np.arange(0, 8, 2, dtype=np.uint32)[:, None])  # [block, h, k, g]
         hb &= np.uint32(0x03030303)
         hb <<= np.uint32(4)
         codes |= hb
         codes += np.uint32(0x60606060)  # (b + 0x60) ^ 0x80 is b - 32 as an int8 byte for b in 0..63; no carries
         codes ^= np.uint32(0x80808080)
-        sc = np.empty((16, nb), dtype=F32)
-        np.copyto(sc, blocks["scales"].T)
-        ds = fp.f16_to_f32(blocks["d"]) * sc  # (16 sub-blocks, nb): d * sc_b, exact (11 + 8 bits)
-        f = np.empty((4, 16, 4 * nb), dtype=F32)  # [gi, sub-block, 4 block + i]
-        np.copyto(f, codes.view(np.int8).reshape(4, 16, 4 * nb))
-        f *= np.repeat(ds, 4, axis=1)
-        np.copyto(out.view(np.complex128).reshape(nb, 16, 4), f.view(np.complex128).transpose(2, 1, 0))
+        ds = fp.f16_to_f32(blocks["d"])[:, None] * blocks["scales"].astype(F32)  # (nb, 16): d * sc_b, exact
+        rows = out.reshape(nb, 16, 16)  # [block, sub-block, value]
+        np.copyto(rows, codes.view(np.int8).reshape(nb, 16, 16))
+        rows *= ds[:, :, None]
 
     def random_blocks(self, rng, n_blocks):
         out = np.empty(n_blocks, dtype=self.dtype)
