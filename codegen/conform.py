@@ -31,9 +31,9 @@ from there. The build must have the C API and struct layouts of ggml-python's he
 
 Expectations. A case says ``expect: exact`` where the spec models the library's own order for this build
 (ggml-python's native x86 build with AVX-512: vec_dot plan ``ggml_x86_avx512`` with AVX512-FP16,
-``ggml_x86_avx512_znver4`` without, quantize variants ``ref``/``x86``/
-``model``, soft_max's AVX-512 ``ggml_v_expf``, rope with GNU-mode FMA contractions, flash_attn_ext's one-chunk
-algorithm), ``expect: nmse`` elsewhere. Where upstream ggml's semantics differ from ik_llama.cpp@676f0e71b
+``ggml_x86_avx512_znver4`` with BF16 only, ``ggml_x86_avx512_icelake`` with neither; quantize variants
+``ref``/``x86``/``model``, soft_max's AVX-512 ``ggml_v_expf``, rope with GNU-mode FMA contractions,
+flash_attn_ext's one-chunk algorithm), ``expect: nmse`` elsewhere. Where upstream ggml's semantics differ from ik_llama.cpp@676f0e71b
 (FACTS.md), the case's ``note`` says so and the verdict text carries it. Where upstream refuses what the spec
 defines, the verdict is ``unsupported`` with the reason, or, when an exact rewrite exists, a comparison through it
 that the verdict names (mul_mat with an f16 src1: upstream on the src1 widened to f32, FACTS 0.10). ``known``

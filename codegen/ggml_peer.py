@@ -43,7 +43,8 @@ def vec_dot_plan() -> str:
     """The reduction plan (``mlaref.reference.plan``) that upstream ggml's SIMD ``vec_dot`` follows as ggml-python
     built it on this machine (natively, ``GGML_NATIVE``), chosen from the CPU's features: AVX512-FP16 means the
     Sapphire Rapids build (``ggml_x86_avx512``: f16 dots in half precision); AVX-512 with BF16 but no FP16 means
-    the AMD Zen 4 build (``ggml_x86_avx512_znver4``). Raises ``LookupError`` on a CPU whose build mlaref has not
+    the AMD Zen 4 build (``ggml_x86_avx512_znver4``); AVX-512 VNNI with neither means the Intel Ice Lake build
+    (``ggml_x86_avx512_icelake``: bf16 widened to f32). Raises ``LookupError`` on a CPU whose build mlaref has not
     measured, so callers can skip with the reason rather than compare against a guessed order."""
     from mlaref.codegen import cpu  # noqa: PLC0415
 
@@ -52,9 +53,11 @@ def vec_dot_plan() -> str:
         return "ggml_x86_avx512"
     if {"avx512f", "avx512_vnni", "avx512_bf16"} <= have:
         return "ggml_x86_avx512_znver4"
-    raise LookupError("upstream ggml's vec_dot order is modelled for native x86 builds with AVX512-FP16 "
-                      "(ggml_x86_avx512) or AVX512-BF16 without FP16 (ggml_x86_avx512_znver4); this CPU has "
-                      "neither")
+    if {"avx512f", "avx512_vnni"} <= have:
+        return "ggml_x86_avx512_icelake"
+    raise LookupError("upstream ggml's vec_dot order is modelled for native x86 builds with AVX-512 and VNNI "
+                      "(with FP16: ggml_x86_avx512; BF16 without FP16: ggml_x86_avx512_znver4; neither: "
+                      "ggml_x86_avx512_icelake); this CPU has no AVX-512 VNNI")
 
 
 def lib():

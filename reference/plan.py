@@ -46,6 +46,9 @@ register layout per pair (``plan.for_pair("iq4_nl.q8_0")``):
   block pairs as above except iq4_nl's odd last block (rounded product, then add), f32 l16a4 with the leftovers
   vectorised in chunks of 8 only, f16 l16a4 in f32 arithmetic. Which of the two AVX-512 plans describes the peer
   on a machine is chosen from its CPU features (``mlaref.codegen.ggml_peer.vec_dot_plan``).
+* ``ggml_x86_avx512_icelake``: the same source built natively on Intel Ice Lake (AVX-512 with neither BF16 nor
+  FP16): block pairs and f32 as ``ggml_x86_avx512``, f16 as ``_znver4``, bf16 widened to f32 in two 16-lane FMA
+  accumulators, each reduced into a double.
 * ``ggml_x86_avx2``: the same code on an AVX2+FMA+F16C machine: the block pairs as above, f32/f16 l8a4 with the
   hadd fold (read from the code, not run here; the f32 leftovers rule is the one GCC produced for the AVX-512
   build and may differ in an AVX2 build; bf16 is not defined).
@@ -72,6 +75,7 @@ __all__ = [
     "GGML_X86_AVX2",
     "GGML_X86_AVX512",
     "GGML_X86_AVX512_ZNVER4",
+    "GGML_X86_AVX512_ICELAKE",
     "MLAREF_L8A1",
     "MLAREF_L8A2",
     "MLAREF_L16A1",
@@ -129,6 +133,9 @@ class ReductionPlan:
         if self.int_to_float == "lane4" and self.lanes * self.accs < 8:
             raise ValueError(f"ReductionPlan {self.name}: int_to_float 'lane4' needs lanes*accs >= 8 "
                              f"(8 lane sums per 32-block)")
+        if self.acc_type == "f64" and self.fold != "serial" and self.tail not in ("masked", "scalar_f64"):
+            raise ValueError(f"ReductionPlan {self.name}: f64 accumulation of lane sums takes tail 'masked' or "
+                             f"'scalar_f64', got {self.tail!r}")
         if self.k_step < 1 or self.q_step < 1 or self.kv_chunks < 1:
             raise ValueError(f"ReductionPlan {self.name}: k_step, q_step and kv_chunks must be >= 1")
 
@@ -232,6 +239,21 @@ GGML_X86_AVX512_ZNVER4 = ReductionPlan(
                             tail="scalar_f64")),
     ),
 )
+# The same source as GCC builds it with -march=native on Intel Ice Lake server (AVX-512 F/BW/VL/VNNI/VBMI, neither
+# BF16 nor FP16), measured against ggml-python's libggml-cpu on a Xeon: block pairs and the f32 dot as on Sapphire
+# Rapids (Intel tuning: leftovers in chunks of 8 then 4, iq4_nl's odd block fused), the f16 dot in f32 as on
+# Zen 4, and the bf16 dot by vec.cpp's AVX512F branch: bf16 widened to f32, two 16-lane accumulators over
+# 32-element steps (c1: elements 0..15, c2: 16..31), ``c = mul + c`` contracted by GCC into one FMA, each
+# accumulator reduced on its own and added to a double.
+GGML_X86_AVX512_ICELAKE = ReductionPlan(
+    name="ggml_x86_avx512_icelake", pairs_only=True,
+    by_pair=_X86_BLOCKS + (
+        ("f32.f32", _lane("ggml_x86_avx512", 16, 4, int_to_float="block", tail="scalar_gcc")),
+        ("f16.f16", _lane("ggml_x86_avx512_znver4", 16, 4, int_to_float="block", tail="scalar_f64")),
+        ("bf16.bf16", _lane("ggml_x86_avx512_icelake", 16, 2, int_to_float="block", acc_type="f64",
+                            tail="scalar_f64")),
+    ),
+)
 # AVX2 + FMA + F16C: GGML_F32_STEP 32 / EPR 8 with GGML_F32x8_REDUCE (hadd), f16 through F32Cx8 in f32.
 GGML_X86_AVX2 = ReductionPlan(
     name="ggml_x86_avx2", pairs_only=True,
@@ -249,7 +271,7 @@ MLAREF_L16A2 = _lane("mlaref_l16a2", 16, 2)
 PLANS: dict[str, ReductionPlan] = {
     p.name: p
     for p in (GGML_GENERIC, GGML_GENERIC_GNU, GGML_X86_AVX2, GGML_X86_AVX512, GGML_X86_AVX512_ZNVER4,
-              MLAREF_L8A1, MLAREF_L8A2, MLAREF_L16A1, MLAREF_L16A2)
+              GGML_X86_AVX512_ICELAKE, MLAREF_L8A1, MLAREF_L8A2, MLAREF_L16A1, MLAREF_L16A2)
 }
 
 

@@ -163,8 +163,16 @@ def _dot_elements(xv: np.ndarray, yv: np.ndarray, plan: ReductionPlan) -> np.nda
         else:
             new = (acc + (xs * ys).astype(np.float32)).astype(np.float32)
         acc = np.where(valid.reshape(A, L), new, acc).astype(np.float32)
-    total = _fold(acc, plan.fold, _add_f16 if half else _add_f32)
     rest = range(full * step, n)
+    if plan.acc_type == "f64":
+        # each accumulator folded on its own, added to a double in accumulator order (ggml's
+        # ``sumf += (ggml_float)_mm512_reduce_add_ps(c_a)``)
+        s = np.zeros((M, N), np.float64)
+        for a in range(A):
+            s = s + _fold(acc[:, :, a:a + 1, :], plan.fold, _add_f32).astype(np.float64)
+        total = s
+    else:
+        total = _fold(acc, plan.fold, _add_f16 if half else _add_f32)
     if plan.tail == "scalar_f64":
         s = total.astype(np.float64)
         for i in rest:

@@ -10,9 +10,10 @@ import pytest
 from mlaref.codegen import conform, cpu
 
 # The expected verdicts are those of ggml-python's build on this machine: ggml compiled with -march=native, with
-# AVX-512 and AVX512-BF16, and either AVX512-FP16 (f16 dots in half precision, plan ggml_x86_avx512) or not
-# (AMD Zen 4, plan ggml_x86_avx512_znver4); ggml_peer.vec_dot_plan() picks one. Elsewhere they would differ.
-_NEEDS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_bf16")
+# AVX-512 and VNNI, and AVX512-FP16 (f16 dots in half precision, plan ggml_x86_avx512), AVX512-BF16 without FP16
+# (AMD Zen 4, plan ggml_x86_avx512_znver4) or neither (Intel Ice Lake, plan ggml_x86_avx512_icelake);
+# ggml_peer.vec_dot_plan() picks one. Elsewhere they would differ.
+_NEEDS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni")
 _LACKS = [f for f in _NEEDS if f not in cpu.features()]
 pytestmark = pytest.mark.skipif(bool(_LACKS), reason=f"the case set's exact verdicts assume ggml built for "
                                                       f"{', '.join(_NEEDS)}; this CPU lacks {', '.join(_LACKS)}")

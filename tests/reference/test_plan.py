@@ -50,6 +50,8 @@ def test_ggml_x86_resolves_per_pair():
         (dict(lanes=4, accs=1, fold="halves", int_to_float="lane4"), "lane4' needs lanes\\*accs >= 8"),
         (dict(lanes=8, accs=1, fold="halves", exp="fastexp"), "exp must be one of"),
         (dict(k_step=0), "k_step, q_step and kv_chunks must be >= 1"),
+        (dict(lanes=16, accs=2, fold="halves", acc_type="f64", tail="scalar_gcc"),
+         "f64 accumulation of lane sums takes tail 'masked' or 'scalar_f64'"),
     ],
 )
 def test_bad_plans(kwargs, message):

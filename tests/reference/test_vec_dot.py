@@ -536,16 +536,19 @@ def test_supported_pairs_cover_the_table():
 @pytest.mark.parametrize("flags,want", [
     ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16"}, "ggml_x86_avx512"),
     ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, "ggml_x86_avx512_znver4"),
+    ({"avx2", "avx512f", "avx512_vnni", "avx512_vbmi"}, "ggml_x86_avx512_icelake"),
+    ({"avx2", "avx512f"}, None),
     ({"avx2", "fma", "f16c"}, None),
 ])
 def test_peer_plan_is_chosen_by_cpu_features(monkeypatch, flags, want):
-    """Sapphire Rapids (FP16) -> ggml_x86_avx512; Zen 4 (BF16, no FP16) -> _znver4; unmeasured builds refuse."""
+    """Sapphire Rapids (FP16) -> ggml_x86_avx512; Zen 4 (BF16, no FP16) -> _znver4; Ice Lake (VNNI, neither)
+    -> _icelake; unmeasured builds (no AVX-512 VNNI) refuse."""
     from mlaref.codegen import cpu, ggml_peer
 
     monkeypatch.setattr(cpu, "features", lambda path=None: frozenset(flags))
     choose = ggml_peer.vec_dot_plan.__wrapped__
     if want is None:
-        with pytest.raises(LookupError, match="neither"):
+        with pytest.raises(LookupError, match="no AVX-512 VNNI"):
             choose()
     else:
         assert choose() == want and want in PLANS
