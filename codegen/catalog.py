@@ -27,7 +27,8 @@ y, scalar and avx2). ``avx512vnni`` and ``neondot`` only change the int8 lane su
 ISA rule: a format whose row code calls the SIMD primitives (``simd/<isa>.h.j2``) gets a kernel for every ISA
 in ``ROW_ISAS``; a format whose code is plain scalar C gets only ``scalar`` (another ISA would compile the same
 loop with other flags and add nothing). ``avx512vnni`` and ``neondot`` differ from their base ISA only in integer
-dot products, so only ``vec_dot`` may use them.
+dot products, so only ``vec_dot`` may use them. The byte-copy families (``copy_rows``, ``concat_rows``) exist for
+``COPY_ISAS``: the x86 ISAs write large outputs with streaming stores; NEON would add nothing to the portable C.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from mlaref.codegen import naming
 __all__ = ["KernelSpec", "catalog", "FAMILIES", "SIGNATURES", "QUANT_VARIANTS", "ROW_ISAS"]
 
 ROW_ISAS = ("scalar", "avx2", "avx512", "neon")
+# The byte-copy families: the x86 ISAs differ from the portable C only by streaming stores for large outputs.
+COPY_ISAS = ("scalar", "avx2", "avx512")
 
 # C prototypes per family, ``{name}`` filled in; build.py hands them to cffi's cdef.
 SIGNATURES = {
@@ -165,9 +168,12 @@ class KernelSpec:
                                      f"different from the target")
                 simd = simd or DEQUANT_TYPES[self.type_x]
         else:  # copy_rows, concat_rows
-            simd = False
+            simd = self.isa in COPY_ISAS
             if self.type_x != "bytes" or self.plan != "ref":
                 raise ValueError(f"{where}: {self.family} is type-agnostic: type 'bytes', plan 'ref'")
+            if not simd:
+                raise ValueError(f"{where}: {self.family} is generated for {', '.join(COPY_ISAS)} (the x86 ISAs "
+                                 f"add streaming stores; elsewhere the portable C is the kernel)")
         if self.isa != "scalar" and not simd:
             raise ValueError(f"{where}: the row code of this kernel is plain C (no SIMD primitives); only the "
                              f"scalar ISA is generated for it")
@@ -214,8 +220,7 @@ def catalog() -> tuple[KernelSpec, ...]:
             for plan, simd in QUANT_VARIANTS[dst].items():
                 specs += [KernelSpec("convert_rows", src, dst, i, plan)
                           for i in _row_isas(simd or DEQUANT_TYPES[src])]
-    specs.append(KernelSpec("copy_rows", "bytes", None, "scalar", "ref"))
-    specs.append(KernelSpec("concat_rows", "bytes", None, "scalar", "ref"))
+    specs += [KernelSpec(f, "bytes", None, i, "ref") for f in ("copy_rows", "concat_rows") for i in COPY_ISAS]
     for tx, tys in VEC_DOT_PAIRS.items():
         for ty in tys:
             for plan in VEC_DOT_PLANS:

@@ -143,11 +143,14 @@ class Tensor:
     # -- constructors ---------------------------------------------------------------------------------
     @classmethod
     def empty(cls, type: str, ne, name: str = "") -> "Tensor":
-        """A contiguous tensor with a new, uninitialised buffer (``ggml_new_tensor``)."""
+        """A contiguous tensor with a new, uninitialised buffer (``ggml_new_tensor``), its data 64-byte aligned
+        as ggml's CPU buffers place tensors (``TENSOR_ALIGNMENT``, here a cache line)."""
         ne = _norm_ne(ne, "Tensor.empty")
         nb = _contiguous_nb(type, ne)
         n = nb[3] * ne[3]
-        return cls(type, ne, nb, np.empty(n, dtype=np.uint8), 0, name)
+        raw = np.empty(n + 64, dtype=np.uint8)
+        start = -raw.ctypes.data % 64
+        return cls(type, ne, nb, raw[start:start + n], 0, name)
 
     @classmethod
     def zeros(cls, type: str, ne, name: str = "") -> "Tensor":

@@ -158,6 +158,13 @@ static inline void mla_lane4_sums(const int8_t *x, const int8_t *y, int32_t *out
         out[j] = s;
     }
 }
+/* mla_stream_copy: n bytes (a multiple of MLA_STREAM_ALIGN) from s to a d aligned to MLA_STREAM_ALIGN, by
+   non-temporal stores, which do not read the destination lines into the cache first; mla_stream_fence orders
+   them before whatever the caller does next. MLA_STREAM_ALIGN 0: no streaming stores on this ISA. */
+#define MLA_STREAM_ALIGN 0
+static inline void mla_stream_copy(uint8_t *d, const uint8_t *s, int64_t n) { memcpy(d, s, (size_t)n); }
+static inline void mla_stream_fence(void) {}
+
 /* n bytes from s to d (no overlap). The rows of #253's copies are short (a 64-value rope part is 128 bytes of
    f16, a k_nope head 256): a libc memcpy call per row costs as much as the copy itself, so rows below 512 bytes
    are copied here in fixed 32-byte chunks, which GCC inlines as vector moves; longer rows go to memcpy. */
@@ -172,20 +179,103 @@ static inline void mla_copy_bytes(uint8_t *d, const uint8_t *s, int64_t n) {
     for (; j < n; ++j) d[j] = s[j];
 }
 
+/* A call that writes at least this many destination bytes writes them with streaming (non-temporal) stores
+   where the ISA has them. Ordinary stores first read every destination line into the cache (read for
+   ownership): for an output larger than the caches that is a third memory stream beside the source reads and
+   the write-backs, and it held row copies to about 60 % of memcpy's bandwidth (measured on a Xeon with
+   1.25 MiB L2 per core: 6.7 vs 11.6 GB/s at 25 MB; ordinary stores still win below about 4 MB, where the
+   output stays in cache for its reader). */
+#define MLA_COPY_STREAM_MIN_BYTES ((int64_t)4 << 20)
+#define MLA_SPAN_STAGE 4096
+
+static inline int mla_copy_streams(int64_t total_bytes) {
+    return MLA_STREAM_ALIGN > 0 && total_bytes >= MLA_COPY_STREAM_MIN_BYTES;
+}
+
+/* A contiguous run of destination bytes written front to back with streaming stores. Rows rarely start on a
+   cache line (a q8_0 row of 204 bytes, an output buffer 16 bytes past a page), and a line written partly by
+   ordinary and partly by streaming stores costs more than either, so the bytes are appended to a small staging
+   buffer (L1) and only whole aligned lines leave it by streaming stores; the span's first and last partial
+   lines are written by ordinary stores. */
+typedef struct {
+    uint8_t *d;                              /* destination address of buf[0] */
+    int64_t n;                               /* bytes waiting in buf */
+    uint8_t buf[MLA_SPAN_STAGE + 64] __attribute__((aligned(64)));
+} mla_span;
+
+static inline void mla_span_start(mla_span *w, uint8_t *d) {
+    w->d = d;
+    w->n = 0;
+}
+
+/* Write out buf's whole aligned lines (all of it when final); keep the ragged rest at buf[0]. */
+static inline void mla_span_flush(mla_span *w, int final) {
+    const int64_t a = MLA_STREAM_ALIGN > 0 ? MLA_STREAM_ALIGN : 1;
+    int64_t head = (int64_t)((uintptr_t)(a - (uintptr_t)w->d % (uintptr_t)a) % (uintptr_t)a);
+    if (head > w->n) head = w->n;
+    memcpy(w->d, w->buf, (size_t)head);
+    const int64_t body = (w->n - head) / a * a;
+    mla_stream_copy(w->d + head, w->buf + head, body);
+    const int64_t rest = w->n - head - body;
+    if (final) {
+        memcpy(w->d + head + body, w->buf + head + body, (size_t)rest);
+        w->d += w->n;
+        w->n = 0;
+    } else {
+        memmove(w->buf, w->buf + head + body, (size_t)rest);
+        w->d += head + body;
+        w->n = rest;
+    }
+}
+
+/* Append n bytes from s to the span. With nothing staged and the destination on a line (aligned rows of an
+   aligned buffer: f16 MLA rows of 256 and 128 bytes), whole lines stream straight from the source. */
+static inline void mla_span_put(mla_span *w, const uint8_t *s, int64_t n) {
+    if (MLA_STREAM_ALIGN > 0 && w->n == 0 && (uintptr_t)w->d % MLA_STREAM_ALIGN == 0 && n >= MLA_STREAM_ALIGN) {
+        const int64_t body = MLA_STREAM_ALIGN > 0 ? n / MLA_STREAM_ALIGN * MLA_STREAM_ALIGN : 0;
+        mla_stream_copy(w->d, s, body);
+        w->d += body;
+        s += body;
+        n -= body;
+    }
+    while (n > 0) {
+        const int64_t k = n < MLA_SPAN_STAGE - w->n ? n : MLA_SPAN_STAGE - w->n;
+        mla_copy_bytes(w->buf + w->n, s, k);
+        w->n += k;
+        s += k;
+        n -= k;
+        if (w->n == MLA_SPAN_STAGE) mla_span_flush(w, 0);
+    }
+}
+
 /* dst row (i1,i2,i3) = the a_bytes of a row (i1,i2,i3), then the b_bytes of b row (i1,i2,i3). No buffer overlaps
-   another (checked in Python). */
+   another (checked in Python). A large output goes out by streaming stores, in spans: all rows of one (i2,i3)
+   when they lie back to back, else each row. */
 void mlaref_concat_rows_bytes__scalar_ref(uint8_t *dst, const uint8_t *a, const uint8_t *b, int64_t a_bytes, int64_t b_bytes,
                 int64_t ne1, int64_t ne2, int64_t ne3,
                 int64_t a_nb1, int64_t a_nb2, int64_t a_nb3,
                 int64_t b_nb1, int64_t b_nb2, int64_t b_nb3,
                 int64_t d_nb1, int64_t d_nb2, int64_t d_nb3) {
+    const int stream = mla_copy_streams((a_bytes + b_bytes) * ne1 * ne2 * ne3);
+    const int packed = d_nb1 == a_bytes + b_bytes;
+    mla_span w;
     for (int64_t i3 = 0; i3 < ne3; ++i3) {
         for (int64_t i2 = 0; i2 < ne2; ++i2) {
             for (int64_t i1 = 0; i1 < ne1; ++i1) {
                 uint8_t *d = dst + i1 * d_nb1 + i2 * d_nb2 + i3 * d_nb3;
-                mla_copy_bytes(d, a + i1 * a_nb1 + i2 * a_nb2 + i3 * a_nb3, a_bytes);
-                mla_copy_bytes(d + a_bytes, b + i1 * b_nb1 + i2 * b_nb2 + i3 * b_nb3, b_bytes);
+                const uint8_t *sa = a + i1 * a_nb1 + i2 * a_nb2 + i3 * a_nb3;
+                const uint8_t *sb = b + i1 * b_nb1 + i2 * b_nb2 + i3 * b_nb3;
+                if (!stream) {
+                    mla_copy_bytes(d, sa, a_bytes);
+                    mla_copy_bytes(d + a_bytes, sb, b_bytes);
+                    continue;
+                }
+                if (!packed || i1 == 0) mla_span_start(&w, d);
+                mla_span_put(&w, sa, a_bytes);
+                mla_span_put(&w, sb, b_bytes);
+                if (!packed || i1 == ne1 - 1) mla_span_flush(&w, 1);
             }
         }
     }
+    if (stream) mla_stream_fence();
 }

@@ -78,7 +78,7 @@ def test_format_rejects_bad_parts():
     (KernelSpec("dequantize_row", "q8_0", None, "avx512vnni", "ref"), "vec_dot only"),
     (KernelSpec("dequantize_row", "q8_0", "q8_0", "scalar", "ref"), "type_y"),
     (KernelSpec("dequantize_row", "q8_0", None, "scalar", "x86"), "plan is 'ref'"),
-    (KernelSpec("copy_rows", "bytes", None, "avx2", "ref"), "plain C"),
+    (KernelSpec("copy_rows", "bytes", None, "neon", "ref"), "streaming stores"),
     (KernelSpec("quantize_row", "q8_0", None, "scalar", "iqk"), "variants"),
     (KernelSpec("quantize_row", "q6_K", None, "scalar", "ref"), "no C quantizer"),
     (KernelSpec("convert_rows", "f16", "f16", "scalar", "ref"), "different from the target"),

@@ -49,6 +49,33 @@ def test_concat_rows_kernel(kernel_name, kt, rng):
         kt.assert_same_bytes(dst, want, max(ra + rb, 1), f"{kernel_name} rows {ra}+{rb} ne {ne}")
 
 
+STREAM_MIN_BYTES = 4 << 20  # MLA_COPY_STREAM_MIN_BYTES of codegen/templates/simd/copy.h.j2
+
+
+@pytest.mark.parametrize("ra,rb,pad", [(256, 128, 0), (250, 131, 3), (64, 8, 1)])
+def test_concat_rows_streaming_output(kernel_name, kt, rng, ra, rb, pad):
+    """An output above the streaming threshold (the x86 kernels write it with non-temporal stores): rows aligned
+    to the vector width, rows straddling it (ragged heads and tails), rows shorter than a vector; gaps untouched."""
+    k = kt.manifest_kernels()[kernel_name]
+    kt.require_isa(k["isa"])
+    _spec, fn, ffi = K.resolve("concat_rows", "bytes", None, "ref", kernel=kernel_name)
+    d_nb1 = ra + rb + pad
+    ne1 = STREAM_MIN_BYTES // (ra + rb) + 3
+    a = rng.integers(0, 256, size=(ne1, ra), dtype=np.uint8)
+    b = rng.integers(0, 256, size=(ne1, rb + 1), dtype=np.uint8)  # a strided source
+    total = d_nb1 * ne1
+    out = kt.Guarded(1, total + 1, np.uint8)
+    dst = out.array.reshape(-1)[1:]  # one byte past a 64-byte boundary
+    dst[...] = 0x5A
+    fn(ffi.cast("uint8_t *", dst.ctypes.data), ffi.cast("const uint8_t *", a.ctypes.data),
+       ffi.cast("const uint8_t *", b.ctypes.data), ra, rb, ne1, 1, 1, ra, ra * ne1, ra * ne1,
+       rb + 1, (rb + 1) * ne1, (rb + 1) * ne1, d_nb1, total, total)
+    out.check()
+    want = np.full((ne1, d_nb1), 0x5A, dtype=np.uint8)
+    want[:, :ra], want[:, ra:ra + rb] = a, b[:, :rb]
+    kt.assert_same_bytes(dst, want.reshape(-1), d_nb1, f"{kernel_name} rows {ra}+{rb} x {ne1}")
+
+
 def _mla_k_parts(rng, type_name, n_kv=5, heads=3):
     """k_nope (128 per head) and the rope part (64) of one f16/q8_0 cache row of 576, viewed in place."""
     cache = Tensor.from_numpy(rng.standard_normal((n_kv, 576)).astype(np.float32), type=type_name)

@@ -41,6 +41,30 @@ def test_copy_rows_kernel(kernel_name, kt, rng):
         kt.assert_same_bytes(dst, want, max(row_bytes, 1), f"{kernel_name} rows {row_bytes}x{n_rep} ne {ne}")
 
 
+@pytest.mark.parametrize("row_bytes,n_rep,ne2", [(1152, 1, 1), (130, 3, 1), (128, 1, 16)])
+def test_copy_rows_streaming_output(kernel_name, kt, rng, row_bytes, n_rep, ne2):
+    """An output above the 4 MiB streaming threshold (non-temporal stores on x86): MLA cache rows, ragged
+    repeated rows, the rope part broadcast over 16 heads; the destination starts one byte past a 64-byte
+    boundary, so every row has a ragged head."""
+    k = kt.manifest_kernels()[kernel_name]
+    kt.require_isa(k["isa"])
+    spec, fn, ffi = K.resolve("copy_rows", "bytes", None, "ref", kernel=kernel_name)
+    ne1 = (4 << 20) // (row_bytes * n_rep * ne2) + 5
+    s_nb1 = row_bytes + 64
+    src = rng.integers(0, 256, size=(ne1, s_nb1), dtype=np.uint8)
+    d_nb1 = row_bytes * n_rep + 1
+    total = d_nb1 * ne1 * ne2
+    out = kt.Guarded(1, total + 1, np.uint8)
+    dst = out.array.reshape(-1)[1:]
+    dst[...] = 0x5A
+    fn(ffi.cast("uint8_t *", dst.ctypes.data), ffi.cast("const uint8_t *", src.ctypes.data), row_bytes, n_rep,
+       ne1, ne2, 1, s_nb1, 0, 0, d_nb1, d_nb1 * ne1, total)
+    out.check()
+    want = np.full((ne2, ne1, d_nb1), 0x5A, dtype=np.uint8)
+    want[:, :, :row_bytes * n_rep] = np.tile(src[:, :row_bytes], (1, n_rep))[None]
+    kt.assert_same_bytes(dst, want.reshape(-1), d_nb1, f"{kernel_name} rows {row_bytes}x{n_rep} heads {ne2}")
+
+
 def test_copy_rows_broadcast_over_dim2(kernel_name, kt, rng):
     """A source stride of 0 in dim 2 (repeat over heads) takes the blocked order: 1, 64 +- 1 and 130 rows (blocks
     and a tail), rows of 3, 128 (inline chunks), 520 (memcpy) bytes; every head gets the same rows."""
