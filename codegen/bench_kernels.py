@@ -27,7 +27,9 @@ cache dir) calls it for every (x row, y row) pair in the order the mlaref kernel
 split the rows in halves on Python threads for every contender (cffi and ctypes release the GIL), so thread
 start-up and hand-off costs are the same on both sides. The reference is NumPy and single-threaded; its
 timing is the same in every thread row. The MB/s unit: float32 bytes for quantize / dequantize (the float side),
-x-operand bytes for vec_dot, copied bytes for copies. Speed is reported, never asserted.
+x-operand bytes for vec_dot, copied bytes for copies. The contenders of one row are timed in turn (mlaref,
+api, ggml, memcpy, then again), each sample being back-to-back calls that last about 2 ms together, so a slow
+period of the shared machine lands on every contender alike. Speed is reported, never asserted.
 
 :func:`format_table` prints the comparison as a text table.
 """
@@ -96,6 +98,33 @@ def _times(call, warmup: int, repeat: int) -> list[float]:
         t0 = time.perf_counter()
         call()
         out.append(time.perf_counter() - t0)
+    return out
+
+
+# A timed sample lasts at least this long: the op is called back to back enough times (the same count for every
+# contender of a row), so timer resolution and one-off stalls weigh little.
+_SAMPLE_S = 2e-3
+
+
+def _interleaved(calls: dict, warmup: int, repeat: int) -> dict[str, list[float]]:
+    """Seconds per call of each contender over ``repeat`` samples, taken in turn (A, B, C, A, B, C, ...) after
+    ``warmup`` calls each, so a slow period of a shared machine is spread over every contender instead of being
+    absorbed by one contender's block of runs. A sample is ``k`` back-to-back calls, ``k`` chosen from the
+    slowest contender's warm-up so it lasts about ``_SAMPLE_S``."""
+    slowest = 0.0
+    for call in calls.values():
+        for _ in range(max(1, warmup)):
+            t0 = time.perf_counter()
+            call()
+            slowest = max(slowest, time.perf_counter() - t0)
+    k = max(1, min(100, int(_SAMPLE_S / max(slowest, 1e-9))))
+    out: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(max(1, repeat)):
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            for _ in range(k):
+                call()
+            out[name].append((time.perf_counter() - t0) / k)
     return out
 
 
@@ -299,16 +328,15 @@ def compare_kernels(types=None, n_rows: int = 64, n: int = 4096, threads=(1, 2),
             spec, fn, ffi = K.resolve("quantize_row", type_, None, plan)
             raw = _raw_parts(fn, ffi, x, res, n_rows, t, lambda ps, pd, k, fn=fn, ffi=ffi: fn(
                 ffi.cast("const float *", ps), ffi.cast("uint8_t *", pd), k, nn, x.strides[0], res.strides[0]))
-            timings = {"mlaref": _times(lambda: _split_run(raw), warmup, repeat),
-                       "mlaref_api": _times(lambda: K.quantize(x, type_, variant=v, n_threads=t, out=res), warmup,
-                                            repeat),
-                       "reference": ref_ts}
+            calls = {"mlaref": functools.partial(_split_run, raw),
+                     "mlaref_api": lambda: K.quantize(x, type_, variant=v, n_threads=t, out=res)}
             if f is not None:
                 g_out = np.empty_like(res)
                 parts = [functools.partial(f, x[r0:].ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
                                            ctypes.c_void_p(g_out[r0:].ctypes.data), ctypes.c_int64((r1 - r0) * nn))
                          for r0, r1 in _halves(n_rows, t)]
-                timings["ggml"] = _times(lambda: _split_run(parts), warmup, repeat)
+                calls["ggml"] = functools.partial(_split_run, parts)
+            timings = {**_interleaved(calls, warmup, repeat), "reference": ref_ts}
             out.append(_row("quantize", type_, plan, name, x.nbytes, t, timings))
 
     # dequantize: every type with a dequantize kernel
@@ -331,20 +359,20 @@ def compare_kernels(types=None, n_rows: int = 64, n: int = 4096, threads=(1, 2),
             spec, fn, ffi = K.resolve("dequantize_row", type_, None, "ref")
             raw = _raw_parts(fn, ffi, data, res, n_rows, t, lambda ps, pd, k, fn=fn, ffi=ffi: fn(
                 ffi.cast("const uint8_t *", ps), ffi.cast("float *", pd), k, nn, data.strides[0], res.strides[0]))
-            timings = {"mlaref": _times(lambda: _split_run(raw), warmup, repeat),
-                       "mlaref_api": _times(lambda: K.dequantize(data, type_, n_threads=t, out=res), warmup, repeat),
-                       "reference": ref_ts}
+            calls = {"mlaref": functools.partial(_split_run, raw),
+                     "mlaref_api": lambda: K.dequantize(data, type_, n_threads=t, out=res)}
             if type_ == "f32":  # a copy: memcpy of the same bytes is the bound
                 mem_out = np.empty_like(res)
                 mparts = [functools.partial(np.copyto, mem_out[r0:r1], x[r0:r1]) for r0, r1 in _halves(n_rows, t)]
-                timings["memcpy"] = _times(lambda: _split_run(mparts), warmup, repeat)
+                calls["memcpy"] = functools.partial(_split_run, mparts)
             if f is not None:
                 g_out = np.empty_like(res)
                 parts = [functools.partial(f, ctypes.c_void_p(data[r0:].ctypes.data),
                                            g_out[r0:].ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
                                            ctypes.c_int64((r1 - r0) * nn))
                          for r0, r1 in _halves(n_rows, t)]
-                timings["ggml"] = _times(lambda: _split_run(parts), warmup, repeat)
+                calls["ggml"] = functools.partial(_split_run, parts)
+            timings = {**_interleaved(calls, warmup, repeat), "reference": ref_ts}
             out.append(_row("dequantize", type_, "ref", name, res.nbytes, t, timings))
 
     # vec_dot: the pairs ggml has (x type with its vec_dot_type), 8 y rows
@@ -382,10 +410,8 @@ def compare_kernels(types=None, n_rows: int = 64, n: int = 4096, threads=(1, 2),
                 raw = _raw_parts(fn, ffi, xb, res, n_rows, t, lambda px, po, k, fn=fn, ffi=ffi, qy=qy: fn(
                     ffi.cast("const uint8_t *", px), xb.strides[0], k, qy, yb.strides[0], n_y, nn,
                     ffi.cast("float *", po), res.strides[0]))
-                timings = {"mlaref": _times(lambda: _split_run(raw), warmup, repeat),
-                           "mlaref_api": _times(lambda: K.vec_dot(xb, tx, yb, ty, nn, plan=plan, n_threads=t,
-                                                                  out=res), warmup, repeat),
-                           "reference": ref_ts}
+                calls = {"mlaref": functools.partial(_split_run, raw),
+                         "mlaref_api": lambda: K.vec_dot(xb, tx, yb, ty, nn, plan=plan, n_threads=t, out=res)}
                 if vd is not None:
                     shim = _shim()
                     fp = shim.ffi.cast("void *", _fn_addr(vd))
@@ -397,7 +423,8 @@ def compare_kernels(types=None, n_rows: int = 64, n: int = 4096, threads=(1, 2),
                         fp, nn, px + r0 * sx, sx, r1 - r0, py, sy, n_y,
                         shim.ffi.cast("float *", po + r0 * g_out.strides[0]), g_out.strides[0]))
                         for r0, r1 in _halves(n_rows, t)]
-                    timings["ggml"] = _times(lambda: _split_run(parts), warmup, repeat)
+                    calls["ggml"] = functools.partial(_split_run, parts)
+                timings = {**_interleaved(calls, warmup, repeat), "reference": ref_ts}
                 out.append(_row("vec_dot", f"{tx}.{ty}", plan, name, xb.nbytes, t, timings))
 
     # row copies (concat/repeat/cpy of one type): MLA cache rows of 576 f16 values into a wider destination
@@ -412,8 +439,8 @@ def compare_kernels(types=None, n_rows: int = 64, n: int = 4096, threads=(1, 2),
                                                1152, 1152 * rows_n, 1152 * rows_n, 1152, 1152 * rows_n,
                                                1152 * rows_n)) for r0, r1 in _halves(rows_n, t)]
             mparts = [(lambda r0=r0, r1=r1: np.copyto(dst[r0:r1], src[r0:r1])) for r0, r1 in _halves(rows_n, t)]
-            timings = {"mlaref": _times(lambda: _split_run(parts), warmup, repeat),
-                       "memcpy": _times(lambda: _split_run(mparts), warmup, repeat)}
+            timings = _interleaved({"mlaref": functools.partial(_split_run, parts),
+                                    "memcpy": functools.partial(_split_run, mparts)}, warmup, repeat)
             out.append(_row("copy_rows", "f16 rows of 576 (1152 B)", "ref", spec.name, src.nbytes, t, timings))
         out.extend(_mla_copy_rows(spec.name, rng, warmup, repeat, threads))
     return out
@@ -445,8 +472,8 @@ def _mla_copy_rows(kernel: str, rng, warmup: int, repeat: int, threads=(1, 2), n
             a = rng.integers(0, 256, nbytes, dtype=np.uint8)
             b = np.empty_like(a)
             mparts = [functools.partial(np.copyto, b[r0:r1], a[r0:r1]) for r0, r1 in _halves(nbytes, t)]
-            timings = {"mlaref": _times(call, warmup, repeat),
-                       "memcpy": _times(lambda: _split_run(mparts), warmup, repeat)}
+            timings = _interleaved({"mlaref": call, "memcpy": functools.partial(_split_run, mparts)}, warmup,
+                                   repeat)
             out.append(_row("copy_op", what, "ref", name, nbytes, t, timings))
     return out
 
