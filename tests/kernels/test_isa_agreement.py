@@ -84,6 +84,8 @@ def test_forcing_each_isa(token):
         spec, _ = dispatch.choose("quantize_row", "q4_0", None, "ref")
         assert spec.isa == want
         spec, _ = dispatch.choose("copy_rows", "bytes", None, "ref")
+        assert spec.isa == want  # the x86 copies add streaming stores
+        spec, _ = dispatch.choose("dequantize_row", "f32", None, "ref")
         assert spec.isa == "scalar"  # plain C: only a scalar kernel exists
 
 
