@@ -58,22 +58,28 @@ def bits_f32(u) -> np.ndarray:
     return np.ascontiguousarray(u, dtype=np.uint32).view(np.float32)
 
 
-# Values per NumPy pass in the array conversions (measured best): large enough to amortise the calls, small
-# enough that the work arrays stay in L2 cache.
-_CHUNK_NARROW = 1 << 16  # f32 -> f16 / bf16
+# Values per NumPy pass in the array conversions (measured best on a 1.25 MiB L2): large enough to amortise the
+# calls, small enough that the work arrays stay in L2 cache.
+_CHUNK_NARROW = 1 << 16  # f32 -> bf16
+_CHUNK_F16 = 1 << 15  # f32 -> f16: two work arrays and a bound array besides input and output
 _CHUNK_WIDEN = 1 << 17  # f16 -> f32
 
-# f32 -> f16 by float32 arithmetic (see f32_to_f16): the bits of 65536.0, the first value past the f16 range
-# (also the lowest exponent field of such values).
-_F16_CLAMP = np.uint32(0x47800000)
-_F16_ROUNDER = np.uint32((13 << 23) | 0x400000)  # exponent + 13 and mantissa 1.5: C = 1.5 * 2**(E + 13)
-_F16_C_SUBNORMAL = 0x3F400000  # the bits of 0.75 = 1.5 * 2**(-14 + 13), C for the subnormal f16 range
-_F16_SCALE = np.float32(2.0**-112)
+# f32 -> f16 (see f32_to_f16). Exponent fields are those of float32 bits, e = E + 127.
 _F32_ABS = np.uint32(0x7FFFFFFF)
+_F32_SIGN = np.uint32(0x80000000)
 _F32_EXP = np.uint32(0x7F800000)
+_F16_CLAMP = np.uint32(0x47800000)  # 65536.0, the first value past the f16 range; also its exponent field (143)
+_F16_E_MIN = 0x38800000  # 2**-14, the smallest normal half; its exponent field is 113
 _SHIFT_13 = np.uint32(13)
-_SHIFT_3 = np.uint32(3)
-_SIGN_AT_28 = np.uint32(1 << 28)
+_SHIFT_16 = np.int32(16)
+_E_TWICE = np.uint32((1 << 13) + 1)  # e << 10 times this = (e << 23) + (e << 10)
+_SIGN_TWICE = np.uint32(0x80008000)  # the sign bit at bit 31 (the sign of C) and at bit 15 (the sign of the half)
+_C_OFFSET = np.uint32((13 << 23) + (15 << 10))  # exponent field + 13; half exponent field + 15 = e - 113 (mod 32)
+
+# f16 -> f32 (see f16_to_f32)
+_SHIFT_13_I32 = np.int32(13)
+_F16_WIDE_MASK = np.int32(0x8FFFE000 - (1 << 32))  # the sign bit, exponent and mantissa; bits 28-30 cleared
+_F16_WIDE_SCALE = np.float32(2.0**112)
 
 
 def _chunks(n: int, size: int):
@@ -96,50 +102,57 @@ def _f32_to_f16(x, f16c: bool, out) -> np.ndarray:
     u = f32_bits(x)
     h = _output(out, u.shape, np.uint16, "f32_to_f16")
     uf, hf = u.reshape(-1), h.reshape(-1)
-    m = min(uf.size, _CHUNK_NARROW)
+    m = min(uf.size, _CHUNK_F16)
     bufs = (np.empty(m, dtype=np.uint32), np.empty(m, dtype=np.uint32),
-            # C's lower bound as an array: NumPy's maximum against a scalar is not vectorised, against an array it is
-            np.full(m, _F16_C_SUBNORMAL, dtype=np.uint32))
-    for i, j in _chunks(uf.size, _CHUNK_NARROW):
+            # the exponent's lower bound as an array: NumPy's maximum against a scalar is not vectorised
+            np.full(m, _F16_E_MIN, dtype=np.uint32))
+    for i, j in _chunks(uf.size, _CHUNK_F16):
         _f32_to_f16_chunk(uf[i:j], hf[i:j], *(b[: j - i] if j - i < m else b for b in bufs), f16c)
     return h
 
 
-def _f32_to_f16_chunk(u, h, a, c, c_min, f16c: bool) -> None:
-    """One cache-sized piece of ``_f32_to_f16``: f32 bits ``u`` -> f16 bits ``h``, in the work arrays ``a, c``."""
-    af, cf = a.view(np.float32), c.view(np.float32)
-    x = u.view(np.float32)
+def _f32_to_f16_chunk(u, h, c, t, e_min, f16c: bool) -> None:
+    """One cache-sized piece of ``_f32_to_f16``: f32 bits ``u`` -> f16 bits ``h``, in the work arrays ``c, t``.
+
+    One float32 addition ``x + C`` rounds and encodes at once: ``C`` (below) is chosen so that the low 16 bits
+    of the sum are the half. Everything else builds ``C`` from the sign and exponent of ``x``, in 7 passes.
+    """
+    bits = u
     np.bitwise_and(u, _F32_EXP, out=c)
     top = c.max()
     if top >= _F16_CLAMP:
-        # |x| >= 65536, Inf and NaN: clamp |x| to 65536, which rounds to Inf (NaN is fixed below)
-        np.bitwise_and(u, _F32_ABS, out=a)
-        np.minimum(a, _F16_CLAMP, out=a)
-        np.bitwise_and(a, _F32_EXP, out=c)
-        a |= u & ~_F32_ABS
-        x = af
-    # C = 1.5 * 2**(E + 13) for |x| in [2**E, 2**(E+1)), E >= -14: |x| + C lies in [2**(E+13), 2**(E+14)),
-    # where the float32 ulp is 2**(E-10), the f16 ulp of |x|'s binade; so the float32 addition rounds |x| to
-    # f16 precision, to nearest even (for negative x, C - |x| rounds the same way, as C is an even multiple of
-    # that ulp), and subtracting C again is exact. Below 2**-14, C = 0.75 rounds to the subnormal f16 step
-    # 2**-24. C is positive, and positive floats order as their bits, so its lower bound is an integer maximum.
-    c += _F16_ROUNDER
-    np.maximum(c, c_min, out=c)
-    np.add(x, cf, out=af)
-    af -= cf
-    # The rounded value times 2**-112 (exact) has the f16 exponent in its float32 exponent field, or is
-    # the f32 subnormal with the f16 subnormal's bits, 13 places up; 65536 becomes 0x7C00 (Inf). Its sign is
-    # lost where it rounded to zero (C - C = +0), so the sign of x goes to bit 28 (zero so far: exponents
-    # <= 31) and lands on bit 15 with the shift; bits 16-18 are cut by the cast to uint16.
-    af *= _F16_SCALE
-    np.right_shift(u, _SHIFT_3, out=c)
-    c &= _SIGN_AT_28
-    a |= c
-    a >>= _SHIFT_13
-    np.copyto(h, a, casting="unsafe")
+        # |x| >= 65536, Inf and NaN: go on with |x| clamped to 65536, which rounds to Inf (NaN is fixed below)
+        u = np.minimum(u & _F32_ABS, _F16_CLAMP) | (u & _F32_SIGN)
+        np.bitwise_and(u, _F32_EXP, out=c)
+    # C, for x with sign s and exponent field e (e' = max(e, 113), the binade of x or, for |x| < 2**-14, of
+    # the subnormal halves), has the bits
+    #     s << 31 | (e' + 13) << 23 | 2 << 16 | s << 15 | ((e' - 113) mod 32) << 10
+    # i.e. C = +-2**(E' + 13) * (1 + M / 2**23), the mantissa M even and below 2**18.
+    # * Rounding: x and C have the same sign, so |x + C| = |C| + |x| rounded. |x| < 2**(E' + 1), so the sum stays
+    #   in C's binade [2**(E' + 13), 2**(E' + 14)), whose float32 step 2**(E' - 10) is the f16 step of |x|;
+    #   C is a multiple of it, so the sum is |C| + k * 2**(E' - 10) with k = |x| / 2**(E' - 10) rounded to
+    #   nearest, ties to the even sum mantissa M + k, i.e. to even k: the f16 rounding of |x|, k in [0, 2048].
+    # * Encoding: the bits of the sum are those of C plus k (no carry out of the mantissa), so its low 16 bits
+    #   are s << 15 | ((E' + 14) << 10) + k, the bits of the half s * k * 2**(E' - 10): for a normal half
+    #   (E' + 15) << 10 | (k - 1024), for E' = -14 the subnormal k (k = 1024 is 2**-14, and a carry to the next
+    #   exponent is the rounding up into the next binade, up to 0x7C00 = Inf for |x| >= 65520).
+    # Built as: (e' << 10) * (2**13 + 1) = e' << 23 | e' << 10 (no overlap: e' <= 143); + the constant sets
+    # the exponent to e' + 13 and bits 10-17 to e' + 15 = (e' - 113) mod 32 + 128, whose bit 15 is clear (e' + 15
+    # is in [128, 158]) and whose bit 17 lands in the mantissa's free part; then the sign bits from x's high half
+    # shifted down arithmetically (bits 15-31 all equal the sign).
+    np.maximum(c, e_min, out=c)
+    np.right_shift(c, _SHIFT_13, out=c)
+    np.multiply(c, _E_TWICE, out=c)
+    np.right_shift(u.view(np.int32), _SHIFT_16, out=t.view(np.int32))
+    np.bitwise_and(t, _SIGN_TWICE, out=t)
+    np.add(c, t, out=c)
+    np.add(c, _C_OFFSET, out=c)
+    cf = c.view(np.float32)
+    np.add(u.view(np.float32), cf, out=cf)
+    np.copyto(h, c, casting="unsafe")
     if top == 0x7F800000:
-        nan = (u & _F32_ABS) > 0x7F800000
-        un = u[nan]
+        nan = (bits & _F32_ABS) > 0x7F800000
+        un = bits[nan]
         fixed = ((un >> np.uint32(16)) & np.uint32(0x8000)) | np.uint32(0x7E00)
         if f16c:
             fixed |= (un >> np.uint32(13)) & np.uint32(0x3FF)
@@ -149,11 +162,12 @@ def _f32_to_f16_chunk(u, h, a, c, c_min, f16c: bool) -> None:
 def f32_to_f16(x, out: np.ndarray | None = None) -> np.ndarray:
     """f32 -> f16 bits (uint16) as F16C ``vcvtps2ph`` with round-to-nearest-even.
 
-    Finite values round to nearest, ties to even, by one float32 addition: for ``|x|`` in ``[2**E, 2**(E+1))``
-    (``E >= -14``) the sum ``|x| + 1.5*2**(E+13)`` has float32 ulp ``2**(E-10)``, the f16 step of that binade
-    (``0.75``, ulp ``2**-24``, for the subnormal range), so IEEE float32 addition performs exactly the f16
-    rounding; the rounded value, scaled by ``2**-112``, carries the f16 bits 13 places up. ``|x| >= 65520``
-    rounds to 65536 and becomes Inf. NaN keeps its sign and the top 10 payload bits and is quieted (bit 9 set).
+    Finite values round to nearest, ties to even, by one float32 addition ``x + C``: for ``|x|`` in
+    ``[2**E, 2**(E+1))`` (``E >= -14``; ``E = -14`` for the subnormal range) ``C`` has the sign of ``x`` and lies
+    in the binade ``[2**(E+13), 2**(E+14))``, whose float32 ulp ``2**(E-10)`` is the f16 step of ``x``, so IEEE
+    float32 addition performs exactly the f16 rounding; ``C``'s low mantissa bits are chosen so that the low 16
+    bits of the sum are the half (see ``_f32_to_f16_chunk``). ``|x| >= 65520`` rounds up to Inf. NaN keeps its
+    sign and the top 10 payload bits and is quieted (bit 9 set).
     ``out``: an optional C-contiguous uint16 array of ``x``'s shape.
     """
     return _f32_to_f16(x, True, out)
@@ -193,19 +207,24 @@ def f16_to_f32(h, out: np.ndarray | None = None) -> np.ndarray:
     h = np.ascontiguousarray(h, dtype=np.uint16)
     y = _output(out, h.shape, np.float32, "f16_to_f32")
     hf, yf = h.reshape(-1), y.reshape(-1)
-    t_buf = np.empty(min(hf.size, _CHUNK_WIDEN), dtype=np.uint16)
+    special = False
     for i, j in _chunks(hf.size, _CHUNK_WIDEN):
         hc, yc = hf[i:j], yf[i:j]
         yi = yc.view(np.int32)
-        np.left_shift(hc.view(np.int16), 13, out=yi, dtype=np.int32)
-        yi &= np.int32(0x8FFFE000 - (1 << 32))
-        yc *= np.float32(2.0**112)
-        t = t_buf[: j - i]
-        np.bitwise_and(hc, np.uint16(0x7C00), out=t)
-        if t.max() == 0x7C00:
-            special = t == 0x7C00
-            quiet = (hc[special] & np.uint16(0x3FF)) != 0
-            yi[special] |= np.where(quiet, np.int32(0x7FC00000), np.int32(0x7F800000))
+        # sign-extend by a plain int16 -> int32 copy, then shift in place: a shifting ufunc with a widening
+        # cast would go through NumPy's slower buffered loop
+        np.copyto(yi, hc.view(np.int16), casting="unsafe")
+        # exponent 31 (Inf, NaN), tested while the chunk is in cache by two max-reductions instead of a mask
+        # and a pass: the negative ones (0xFC00-0xFFFF) are the largest uint16 values, the positive ones
+        # (0x7C00-0x7FFF) the largest int16 values
+        special = special or hc.max() >= 0xFC00 or hc.view(np.int16).max() >= 0x7C00
+        np.left_shift(yi, _SHIFT_13_I32, out=yi)
+        np.bitwise_and(yi, _F16_WIDE_MASK, out=yi)
+        np.multiply(yc, _F16_WIDE_SCALE, out=yc)
+    if special:
+        sel = (hf & np.uint16(0x7C00)) == 0x7C00
+        quiet = (hf[sel] & np.uint16(0x3FF)) != 0
+        yf.view(np.int32)[sel] |= np.where(quiet, np.int32(0x7FC00000), np.int32(0x7F800000))
     return y
 
 
