@@ -140,8 +140,9 @@ static inline void mla_span_flush(mla_span *w, int final) {
 /* Append n bytes from s to the span. With nothing staged and the destination on a line (aligned rows of an
    aligned buffer: f16 MLA rows of 256 and 128 bytes), whole lines stream straight from the source. */
 static inline void mla_span_put(mla_span *w, const uint8_t *s, int64_t n) {
-    if (MLA_STREAM_ALIGN > 0 && w->n == 0 && (uintptr_t)w->d % MLA_STREAM_ALIGN == 0 && n >= MLA_STREAM_ALIGN) {
-        const int64_t body = MLA_STREAM_ALIGN > 0 ? n / MLA_STREAM_ALIGN * MLA_STREAM_ALIGN : 0;
+    const int64_t a = MLA_STREAM_ALIGN > 0 ? MLA_STREAM_ALIGN : 1;  /* no "% 0" where the ISA has none */
+    if (MLA_STREAM_ALIGN > 0 && w->n == 0 && (uintptr_t)w->d % (uintptr_t)a == 0 && n >= a) {
+        const int64_t body = n / a * a;
         mla_stream_copy(w->d, s, body);
         w->d += body;
         s += body;
