@@ -125,6 +125,15 @@ def _fold(acc: np.ndarray, fold: str, add) -> np.ndarray:
     return acc[..., 0]
 
 
+def _fold_each_to_f64(acc: np.ndarray, fold: str) -> np.ndarray:
+    """(M, N, A, L) -> (M, N) float64: each accumulator folded on its own, the results added to a double in
+    accumulator order (ggml's ``sumf += (ggml_float)_mm512_reduce_add_ps(c_a)``)."""
+    s = np.zeros(acc.shape[:2], np.float64)
+    for a in range(acc.shape[2]):
+        s = s + _fold(acc[:, :, a:a + 1, :], fold, _add_f32).astype(np.float64)
+    return s
+
+
 def _add_f32(a, b):
     return (a + b).astype(np.float32)
 
@@ -165,12 +174,7 @@ def _dot_elements(xv: np.ndarray, yv: np.ndarray, plan: ReductionPlan) -> np.nda
         acc = np.where(valid.reshape(A, L), new, acc).astype(np.float32)
     rest = range(full * step, n)
     if plan.acc_type == "f64":
-        # each accumulator folded on its own, added to a double in accumulator order (ggml's
-        # ``sumf += (ggml_float)_mm512_reduce_add_ps(c_a)``)
-        s = np.zeros((M, N), np.float64)
-        for a in range(A):
-            s = s + _fold(acc[:, :, a:a + 1, :], plan.fold, _add_f32).astype(np.float64)
-        total = s
+        total = _fold_each_to_f64(acc, plan.fold)
     else:
         total = _fold(acc, plan.fold, _add_f16 if half else _add_f32)
     if plan.tail == "scalar_f64":
@@ -222,9 +226,7 @@ def _dot_elements_dot2(xv: np.ndarray, yv: np.ndarray, plan: ReductionPlan) -> n
             ys = _daz(yv[:, idx]).reshape(1, N, A, L)
             acc = fp.fmaf(xs, ys, acc)
             acc = np.where(np.abs(acc) < tiny, np.copysign(np.float32(0), acc), acc).astype(np.float32)
-    s = np.zeros((M, N), np.float64)
-    for a in range(A):
-        s = s + _fold(acc[:, :, a:a + 1, :], "halves", _add_f32).astype(np.float64)
+    s = _fold_each_to_f64(acc, "halves")
     for i in range((n // step) * step, n):
         s = s + (xv[:, None, i] * yv[None, :, i]).astype(np.float32).astype(np.float64)
     return s.astype(np.float32)

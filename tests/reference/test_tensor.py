@@ -150,3 +150,11 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="unknown tensor type"):
         Tensor.empty("q9_9", (32,))
 
+
+
+def test_empty_data_is_cache_line_aligned():
+    """Tensor.empty places its data on a 64-byte boundary, as ggml's CPU buffers place tensors (the streaming
+    row copies rely on it for aligned rows)."""
+    for ne in [(1,), (34, 3), (576, 7, 2), (192, 4096)]:
+        t = Tensor.empty("f16", ne)
+        assert t.data.ctypes.data % 64 == 0 and t.data.size == t.nbytes(), ne
