@@ -67,12 +67,14 @@ _CHUNK_WIDEN = 1 << 17  # f16 -> f32
 # f32 -> f16 (see f32_to_f16). Exponent fields are those of float32 bits, e = E + 127.
 _F32_ABS = np.uint32(0x7FFFFFFF)
 _F32_SIGN = np.uint32(0x80000000)
-_F32_EXP = np.uint32(0x7F800000)
-_F16_CLAMP = np.uint32(0x47800000)  # 65536.0, the first value past the f16 range; also its exponent field (143)
-_F16_E_MIN = 0x38800000  # 2**-14, the smallest normal half; its exponent field is 113
-_SHIFT_13 = np.uint32(13)
+_F16_CLAMP = np.uint32(0x47800000)  # 65536.0, the first value past the f16 range
+# the exponent field at bits 7-14 (of x's high half): its mask, 65536's and Inf's fields, and 2**-14's (113)
+_EXP_7 = np.uint32(0x7F80)
+_F16_CLAMP_7 = np.uint32(143 << 7)
+_F32_INF_7 = np.uint32(255 << 7)
+_F16_E_MIN_7 = 113 << 7
 _SHIFT_16 = np.int32(16)
-_E_TWICE = np.uint32((1 << 13) + 1)  # e << 10 times this = (e << 23) + (e << 10)
+_E_TWICE_7 = np.uint32((1 << 16) + (1 << 3))  # e << 7 times this = (e << 23) + (e << 10)
 _SIGN_TWICE = np.uint32(0x80008000)  # the sign bit at bit 31 (the sign of C) and at bit 15 (the sign of the half)
 _C_OFFSET = np.uint32((13 << 23) + (15 << 10))  # exponent field + 13; half exponent field + 15 = e - 113 (mod 32)
 
@@ -105,7 +107,7 @@ def _f32_to_f16(x, f16c: bool, out) -> np.ndarray:
     m = min(uf.size, _CHUNK_F16)
     bufs = (np.empty(m, dtype=np.uint32), np.empty(m, dtype=np.uint32),
             # the exponent's lower bound as an array: NumPy's maximum against a scalar is not vectorised
-            np.full(m, _F16_E_MIN, dtype=np.uint32))
+            np.full(m, _F16_E_MIN_7, dtype=np.uint32))
     for i, j in _chunks(uf.size, _CHUNK_F16):
         _f32_to_f16_chunk(uf[i:j], hf[i:j], *(b[: j - i] if j - i < m else b for b in bufs), f16c)
     return h
@@ -115,15 +117,19 @@ def _f32_to_f16_chunk(u, h, c, t, e_min, f16c: bool) -> None:
     """One cache-sized piece of ``_f32_to_f16``: f32 bits ``u`` -> f16 bits ``h``, in the work arrays ``c, t``.
 
     One float32 addition ``x + C`` rounds and encodes at once: ``C`` (below) is chosen so that the low 16 bits
-    of the sum are the half. Everything else builds ``C`` from the sign and exponent of ``x``, in 7 passes.
+    of the sum are the half. Everything else builds ``C`` from the sign and exponent of ``x``, in 7 passes and one
+    max-reduction (which finds values past the f16 range).
     """
     bits = u
-    np.bitwise_and(u, _F32_EXP, out=c)
+    # the high half of x, shifted down arithmetically: bit 15 and bits 16-31 are the sign, bits 7-14 the exponent
+    np.right_shift(u.view(np.int32), _SHIFT_16, out=t.view(np.int32))
+    np.bitwise_and(t, _EXP_7, out=c)
     top = c.max()
-    if top >= _F16_CLAMP:
+    if top >= _F16_CLAMP_7:
         # |x| >= 65536, Inf and NaN: go on with |x| clamped to 65536, which rounds to Inf (NaN is fixed below)
         u = np.minimum(u & _F32_ABS, _F16_CLAMP) | (u & _F32_SIGN)
-        np.bitwise_and(u, _F32_EXP, out=c)
+        np.right_shift(u.view(np.int32), _SHIFT_16, out=t.view(np.int32))
+        np.bitwise_and(t, _EXP_7, out=c)
     # C, for x with sign s and exponent field e (e' = max(e, 113), the binade of x or, for |x| < 2**-14, of
     # the subnormal halves), has the bits
     #     s << 31 | (e' + 13) << 23 | 2 << 16 | s << 15 | ((e' - 113) mod 32) << 10
@@ -136,21 +142,19 @@ def _f32_to_f16_chunk(u, h, c, t, e_min, f16c: bool) -> None:
     #   are s << 15 | ((E' + 14) << 10) + k, the bits of the half s * k * 2**(E' - 10): for a normal half
     #   (E' + 15) << 10 | (k - 1024), for E' = -14 the subnormal k (k = 1024 is 2**-14, and a carry to the next
     #   exponent is the rounding up into the next binade, up to 0x7C00 = Inf for |x| >= 65520).
-    # Built as: (e' << 10) * (2**13 + 1) = e' << 23 | e' << 10 (no overlap: e' <= 143); + the constant sets
+    # Built as: (e' << 7) * (2**16 + 2**3) = e' << 23 | e' << 10 (no overlap: e' <= 143); + the constant sets
     # the exponent to e' + 13 and bits 10-17 to e' + 15 = (e' - 113) mod 32 + 128, whose bit 15 is clear (e' + 15
-    # is in [128, 158]) and whose bit 17 lands in the mantissa's free part; then the sign bits from x's high half
-    # shifted down arithmetically (bits 15-31 all equal the sign).
+    # is in [128, 158]) and whose bit 17 lands in the mantissa's free part; then the two sign bits, kept from the
+    # shifted high half (bits 31 and 15).
     np.maximum(c, e_min, out=c)
-    np.right_shift(c, _SHIFT_13, out=c)
-    np.multiply(c, _E_TWICE, out=c)
-    np.right_shift(u.view(np.int32), _SHIFT_16, out=t.view(np.int32))
+    np.multiply(c, _E_TWICE_7, out=c)
     np.bitwise_and(t, _SIGN_TWICE, out=t)
     np.add(c, t, out=c)
     np.add(c, _C_OFFSET, out=c)
     cf = c.view(np.float32)
     np.add(u.view(np.float32), cf, out=cf)
     np.copyto(h, c, casting="unsafe")
-    if top == 0x7F800000:
+    if top == _F32_INF_7:
         nan = (bits & _F32_ABS) > 0x7F800000
         un = bits[nan]
         fixed = ((un >> np.uint32(16)) & np.uint32(0x8000)) | np.uint32(0x7E00)
