@@ -17,15 +17,15 @@ compare=True, threads=(1, 2))`` returns a dict:
     bytes), each as median/min/max over ``repeat`` runs, and the ratios ``vs_ggml``, ``vs_memcpy`` (kernel to
     kernel) and ``api_vs_ggml`` (medians; > 1 means mlaref is faster).
 
-Fairness. Kernel is timed against kernel: the generated C function is called through cffi with pointers made
-once, as ggml's C is called through ctypes with pointers made once; the Python checks of
-:mod:`mlaref.codegen.kernels` (about 10-20 us a call) are timed separately (``mlaref_api``). ggml's
-``from_float``, ``from_float_ref`` and ``to_float`` treat their input as one run of independent blocks, so they
-are called once on the whole contiguous buffer (``k = n_rows * n``), not row by row from Python.
-ggml's ``vec_dot`` computes one dot product per call, so a small C loop (compiled here with cffi, into the mlaref
-cache dir) calls it for every (x row, y row) pair in the order the mlaref kernel uses: x rows outer. Two threads
-split the rows in halves on Python threads for every contender (cffi and ctypes release the GIL), so thread
-start-up and hand-off costs are the same on both sides. The reference is NumPy and single-threaded; its
+Fairness. Kernel is timed against kernel: the generated C function and ggml's C function are both called
+from one job array of :mod:`mlaref.codegen.pool` built once (addresses and arguments made once), by the same
+C runner: one job per thread on halves of the rows, the first run by the calling thread, the second by a pool
+worker, so thread start-up and hand-off cost the same on both sides and no Python runs between the parts. The
+Python checks of :mod:`mlaref.codegen.kernels` (about 10-20 us a call) are timed separately (``mlaref_api``).
+ggml's ``from_float``, ``from_float_ref`` and ``to_float`` treat their input as one run of independent blocks,
+so each job calls them once on its rows as one buffer (``k = rows * n``). ggml's ``vec_dot`` computes one dot
+product per call, so its job (``ggml_vec_dot``) calls it for every (x row, y row) pair in the order the mlaref
+kernel uses: x rows outer. memcpy is libc's, on the same split. The reference is NumPy and single-threaded; its
 timing is the same in every thread row. The MB/s unit: float32 bytes for quantize / dequantize (the float side),
 x-operand bytes for vec_dot, copied bytes for copies. The contenders of one row are timed in turn (mlaref,
 api, ggml, memcpy, then again), each sample being back-to-back calls that last about 2 ms together, so a slow
@@ -36,22 +36,14 @@ period of the shared machine lands on every contender alike. Speed is reported, 
 
 from __future__ import annotations
 
-import concurrent.futures
 import ctypes
-import functools
-import hashlib
 import importlib
-import importlib.machinery
-import importlib.util
-import os
 import statistics
-import sysconfig
-import tempfile
 import time
 
 import numpy as np
 
-from mlaref.codegen import catalog, cpu
+from mlaref.codegen import catalog, cpu, pool
 from mlaref.codegen import kernels as K
 
 __all__ = ["bench_kernels", "time_kernel", "compare_kernels", "format_table", "FAMILIES"]
@@ -171,68 +163,10 @@ def bench_kernels(families=None, isas=None, types=None, n_rows: int = 64, n: int
 
 # -- the comparison -------------------------------------------------------------------------------------------
 
-_POOL: list = [None]
-
-
-def _split_run(parts) -> None:
-    """Run zero-argument callables, the first on this thread and the rest on a reused pool; wait for all."""
-    if len(parts) == 1:
-        parts[0]()
-        return
-    if _POOL[0] is None:
-        _POOL[0] = concurrent.futures.ThreadPoolExecutor(8, "mlaref-bench")
-    futures = [_POOL[0].submit(p) for p in parts[1:]]
-    try:
-        parts[0]()
-    finally:
-        for f in futures:
-            f.result()
-
-
 def _halves(n_rows: int, n_threads: int):
     k = max(1, min(n_threads, n_rows))
     b = [n_rows * i // k for i in range(k + 1)]
     return [(b[i], b[i + 1]) for i in range(k) if b[i + 1] > b[i]]
-
-
-_SHIM_SRC = r"""
-typedef void (*mlaref_vd_t)(int n, float *s, size_t bs, const void *x, size_t bx, const void *y, size_t by, int nrc);
-void mlaref_bench_vec_dot_loop(void *fp, int n, const unsigned char *x, size_t sx, long m, const unsigned char *y,
-                               size_t sy, long ny, float *out, size_t so) {
-    mlaref_vd_t vd = (mlaref_vd_t)fp;
-    for (long i = 0; i < m; i++)
-        for (long j = 0; j < ny; j++)
-            vd(n, (float *)((char *)out + i * so) + j, 0, x + i * sx, 0, y + j * sy, 0, 1);
-}
-"""
-_SHIM_CDEF = ("void mlaref_bench_vec_dot_loop(void *fp, int n, const unsigned char *x, size_t sx, long m, "
-              "const unsigned char *y, size_t sy, long ny, float *out, size_t so);")
-
-
-@functools.cache
-def _shim():
-    """The C loop over ggml's vec_dot (built once into the mlaref cache dir, keyed by its source)."""
-    import cffi
-    from filelock import FileLock
-
-    from mlaref.codegen import build
-
-    key = hashlib.sha256((_SHIM_SRC + _SHIM_CDEF + build.compiler_version()).encode()).hexdigest()[:16]
-    modname = f"_mlaref_bench_shim_{key}"
-    root = build.cache_dir()
-    final = root / f"{modname}{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
-    with FileLock(str(root / f"{modname}.lock")):
-        if not final.exists():
-            ffi = cffi.FFI()
-            ffi.cdef(_SHIM_CDEF)
-            ffi.set_source(modname, _SHIM_SRC, extra_compile_args=["-O2"])
-            with tempfile.TemporaryDirectory(dir=root) as tmp:
-                os.replace(ffi.compile(tmpdir=tmp, verbose=False), final)
-    loader = importlib.machinery.ExtensionFileLoader(modname, str(final))
-    spec = importlib.util.spec_from_file_location(modname, final, loader=loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
 
 
 def _fn_addr(f) -> int:
@@ -285,12 +219,16 @@ def _row(family, what, plan, kernel, nbytes, t, timings) -> dict:
     return r
 
 
-def _raw_parts(fn, ffi, src, dst, n_rows: int, n_threads: int, tail):
-    """Zero-argument calls of a row kernel ``fn(src_row0, dst_row0, rows, *tail(...))`` on halves of the rows:
-    pointers are cast once here, as ggml's are made once for its ctypes call."""
-    ps, pd = ffi.cast("char *", src.ctypes.data), ffi.cast("char *", dst.ctypes.data)
-    ss, sd = src.strides[0], dst.strides[0]
-    return [functools.partial(tail, ps + r0 * ss, pd + r0 * sd, r1 - r0) for r0, r1 in _halves(n_rows, n_threads)]
+def _on_pool(kind: str, fn: int, n_rows: int, n_threads: int, args, keep: tuple):
+    """A zero-argument call running ``fn`` on the pool: one job per thread, on ``_halves`` of the rows, with the
+    arguments ``args(r0, r1)``; the job array is built once, as ggml's pointers are made once. ``keep``: the
+    arrays the addresses point into, held as long as the call is."""
+    jobs = pool.jobs_array([pool.job(kind, fn, *args(r0, r1)) for r0, r1 in _halves(n_rows, n_threads)])
+
+    def call(_keep=keep):
+        pool.run(jobs)
+
+    return call
 
 
 def compare_kernels(types=None, n_rows: int = 64, n: int = 4096, threads=(1, 2), warmup: int = 2,
@@ -326,16 +264,15 @@ def compare_kernels(types=None, n_rows: int = 64, n: int = 4096, threads=(1, 2),
         ref_ts = _times(lambda: R.quantize(x, type_, variant=v), 0, ref_repeat) if reference else None
         for t in threads:
             spec, fn, ffi = K.resolve("quantize_row", type_, None, plan)
-            raw = _raw_parts(fn, ffi, x, res, n_rows, t, lambda ps, pd, k, fn=fn, ffi=ffi: fn(
-                ffi.cast("const float *", ps), ffi.cast("uint8_t *", pd), k, nn, x.strides[0], res.strides[0]))
-            calls = {"mlaref": functools.partial(_split_run, raw),
+            ax, ar, sx, sr = pool.address(x), pool.address(res), x.strides[0], res.strides[0]
+            calls = {"mlaref": _on_pool("quantize", K._address(ffi, fn), n_rows, t, lambda r0, r1: (
+                         ax + r0 * sx, ar + r0 * sr, r1 - r0, nn, sx, sr), (x, res)),
                      "mlaref_api": lambda: K.quantize(x, type_, variant=v, n_threads=t, out=res)}
             if f is not None:
                 g_out = np.empty_like(res)
-                parts = [functools.partial(f, x[r0:].ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
-                                           ctypes.c_void_p(g_out[r0:].ctypes.data), ctypes.c_int64((r1 - r0) * nn))
-                         for r0, r1 in _halves(n_rows, t)]
-                calls["ggml"] = functools.partial(_split_run, parts)
+                ag = pool.address(g_out)
+                calls["ggml"] = _on_pool("from_float", _fn_addr(f), n_rows, t, lambda r0, r1: (
+                    ax + r0 * sx, ag + r0 * sr, (r1 - r0) * nn), (x, g_out))
             timings = {**_interleaved(calls, warmup, repeat), "reference": ref_ts}
             out.append(_row("quantize", type_, plan, name, x.nbytes, t, timings))
 
@@ -357,21 +294,20 @@ def compare_kernels(types=None, n_rows: int = 64, n: int = 4096, threads=(1, 2),
         ref_ts = _times(lambda: R.dequantize(data, type_), 0, ref_repeat) if reference else None
         for t in threads:
             spec, fn, ffi = K.resolve("dequantize_row", type_, None, "ref")
-            raw = _raw_parts(fn, ffi, data, res, n_rows, t, lambda ps, pd, k, fn=fn, ffi=ffi: fn(
-                ffi.cast("const uint8_t *", ps), ffi.cast("float *", pd), k, nn, data.strides[0], res.strides[0]))
-            calls = {"mlaref": functools.partial(_split_run, raw),
+            ad, ar, sd, sr = pool.address(data), pool.address(res), data.strides[0], res.strides[0]
+            calls = {"mlaref": _on_pool("dequantize", K._address(ffi, fn), n_rows, t, lambda r0, r1: (
+                         ad + r0 * sd, ar + r0 * sr, r1 - r0, nn, sd, sr), (data, res)),
                      "mlaref_api": lambda: K.dequantize(data, type_, n_threads=t, out=res)}
             if type_ == "f32":  # a copy: memcpy of the same bytes is the bound
                 mem_out = np.empty_like(res)
-                mparts = [functools.partial(np.copyto, mem_out[r0:r1], x[r0:r1]) for r0, r1 in _halves(n_rows, t)]
-                calls["memcpy"] = functools.partial(_split_run, mparts)
+                am = pool.address(mem_out)
+                calls["memcpy"] = _on_pool("memcpy", 0, n_rows, t, lambda r0, r1: (
+                    am + r0 * sr, ad + r0 * sd, (r1 - r0) * sr), (data, mem_out))
             if f is not None:
                 g_out = np.empty_like(res)
-                parts = [functools.partial(f, ctypes.c_void_p(data[r0:].ctypes.data),
-                                           g_out[r0:].ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
-                                           ctypes.c_int64((r1 - r0) * nn))
-                         for r0, r1 in _halves(n_rows, t)]
-                calls["ggml"] = functools.partial(_split_run, parts)
+                ag = pool.address(g_out)
+                calls["ggml"] = _on_pool("to_float", _fn_addr(f), n_rows, t, lambda r0, r1: (
+                    ad + r0 * sd, ag + r0 * sr, (r1 - r0) * nn), (data, g_out))
             timings = {**_interleaved(calls, warmup, repeat), "reference": ref_ts}
             out.append(_row("dequantize", type_, "ref", name, res.nbytes, t, timings))
 
@@ -402,28 +338,20 @@ def compare_kernels(types=None, n_rows: int = 64, n: int = 4096, threads=(1, 2),
                 name = spec.name
             except Exception:
                 continue
-            qy = ffi.cast("const uint8_t *", yb.ctypes.data)
             res = np.empty((n_rows, n_y), np.float32)
+            ax, ay, ao = pool.address(xb), pool.address(yb), pool.address(res)
+            sx, sy, so = xb.strides[0], yb.strides[0], res.strides[0]
             ref_ts = (_times(lambda: ref_vec_dot(xb, tx, yb, ty, nn, plan=plan), 0, 1)
                       if reference else None)
             for t in threads:
-                raw = _raw_parts(fn, ffi, xb, res, n_rows, t, lambda px, po, k, fn=fn, ffi=ffi, qy=qy: fn(
-                    ffi.cast("const uint8_t *", px), xb.strides[0], k, qy, yb.strides[0], n_y, nn,
-                    ffi.cast("float *", po), res.strides[0]))
-                calls = {"mlaref": functools.partial(_split_run, raw),
+                calls = {"mlaref": _on_pool("vec_dot", K._address(ffi, fn), n_rows, t, lambda r0, r1: (
+                             ax + r0 * sx, sx, r1 - r0, ay, sy, n_y, nn, ao + r0 * so, so), (xb, yb, res)),
                          "mlaref_api": lambda: K.vec_dot(xb, tx, yb, ty, nn, plan=plan, n_threads=t, out=res)}
                 if vd is not None:
-                    shim = _shim()
-                    fp = shim.ffi.cast("void *", _fn_addr(vd))
                     g_out = np.empty_like(res)
-                    sx, sy = xb.strides[0], yb.strides[0]
-                    px, py = shim.ffi.from_buffer(xb), shim.ffi.from_buffer(yb)
-                    po = shim.ffi.from_buffer(g_out)
-                    parts = [(lambda r0=r0, r1=r1: shim.lib.mlaref_bench_vec_dot_loop(
-                        fp, nn, px + r0 * sx, sx, r1 - r0, py, sy, n_y,
-                        shim.ffi.cast("float *", po + r0 * g_out.strides[0]), g_out.strides[0]))
-                        for r0, r1 in _halves(n_rows, t)]
-                    calls["ggml"] = functools.partial(_split_run, parts)
+                    ag = pool.address(g_out)
+                    calls["ggml"] = _on_pool("ggml_vec_dot", _fn_addr(vd), n_rows, t, lambda r0, r1: (
+                        ax + r0 * sx, sx, r1 - r0, ay, sy, n_y, nn, ag + r0 * so, so), (xb, yb, g_out))
                 timings = {**_interleaved(calls, warmup, repeat), "reference": ref_ts}
                 out.append(_row("vec_dot", f"{tx}.{ty}", plan, name, xb.nbytes, t, timings))
 
@@ -433,14 +361,15 @@ def compare_kernels(types=None, n_rows: int = 64, n: int = 4096, threads=(1, 2),
         rows_n = max(1, n_rows * n * 4 // 1152)  # about the f32 bytes of the other rows
         src = rng.integers(0, 256, (rows_n, 1152), dtype=np.uint8)
         dst = np.empty((rows_n, 1152), np.uint8)
-        ps, pd = ffi.from_buffer("uint8_t[]", src), ffi.from_buffer("uint8_t[]", dst)
+        a_s, a_d, mem = pool.address(src), pool.address(dst), np.empty_like(dst)
+        a_m, fa, big = pool.address(mem), K._address(ffi, fn), 1152 * rows_n
         for t in threads:
-            parts = [(lambda r0=r0, r1=r1: fn(pd + r0 * 1152, ps + r0 * 1152, 1152, 1, r1 - r0, 1, 1,
-                                               1152, 1152 * rows_n, 1152 * rows_n, 1152, 1152 * rows_n,
-                                               1152 * rows_n)) for r0, r1 in _halves(rows_n, t)]
-            mparts = [(lambda r0=r0, r1=r1: np.copyto(dst[r0:r1], src[r0:r1])) for r0, r1 in _halves(rows_n, t)]
-            timings = _interleaved({"mlaref": functools.partial(_split_run, parts),
-                                    "memcpy": functools.partial(_split_run, mparts)}, warmup, repeat)
+            timings = _interleaved({
+                "mlaref": _on_pool("copy", fa, rows_n, t, lambda r0, r1: (
+                    a_d + r0 * 1152, a_s + r0 * 1152, 1152, 1, r1 - r0, 1, 1, 1152, big, big, 1152, big, big),
+                    (src, dst)),
+                "memcpy": _on_pool("memcpy", 0, rows_n, t, lambda r0, r1: (
+                    a_m + r0 * 1152, a_s + r0 * 1152, (r1 - r0) * 1152), (src, mem))}, warmup, repeat)
             out.append(_row("copy_rows", "f16 rows of 576 (1152 B)", "ref", spec.name, src.nbytes, t, timings))
         out.extend(_mla_copy_rows(spec.name, rng, warmup, repeat, threads))
     return out
@@ -471,9 +400,9 @@ def _mla_copy_rows(kernel: str, rng, warmup: int, repeat: int, threads=(1, 2), n
                  cat_out.nbytes(), concat_kernel)):
             a = rng.integers(0, 256, nbytes, dtype=np.uint8)
             b = np.empty_like(a)
-            mparts = [functools.partial(np.copyto, b[r0:r1], a[r0:r1]) for r0, r1 in _halves(nbytes, t)]
-            timings = _interleaved({"mlaref": call, "memcpy": functools.partial(_split_run, mparts)}, warmup,
-                                   repeat)
+            memcpy = _on_pool("memcpy", 0, nbytes, t, lambda r0, r1, pa=pool.address(a), pb=pool.address(b): (
+                pb + r0, pa + r0, r1 - r0), (a, b))
+            timings = _interleaved({"mlaref": call, "memcpy": memcpy}, warmup, repeat)
             out.append(_row("copy_op", what, "ref", name, nbytes, t, timings))
     return out
 

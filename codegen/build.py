@@ -35,8 +35,8 @@ import tempfile
 from mlaref.codegen import catalog as _catalog
 from mlaref.codegen import isa as _isa
 
-__all__ = ["COMMON_CFLAGS", "BuildError", "cache_dir", "cflags", "load", "module_key", "compiler_version",
-           "sanitize_enabled", "build_all"]
+__all__ = ["COMMON_CFLAGS", "BuildError", "cache_dir", "cflags", "load", "load_runtime", "module_key",
+           "compiler_version", "sanitize_enabled", "build_all"]
 
 COMMON_CFLAGS = ("-O2", "-std=c11", "-ffp-contract=off", "-fno-fast-math")
 SANITIZE_FLAGS = ("-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined")
@@ -197,6 +197,45 @@ def load(family: str, isa: str):
             _compile(family, isa, modname, final)
     module = _import(modname, final)
     _LOADED[(family, modname)] = module
+    return module
+
+
+def load_runtime(stem: str, source: pathlib.Path, cdef: str, libraries=()):
+    """A hand-written C runtime module (``codegen/<stem>.c``, e.g. the thread pool) built like the kernel modules:
+    ``COMMON_CFLAGS`` (+ sanitizer flags), cached under a key of its source, cdef, flags and compiler."""
+    import cffi
+    from filelock import FileLock
+
+    flags = COMMON_CFLAGS + ((*SANITIZE_FLAGS,) if sanitize_enabled() else ())
+    h = hashlib.sha256()
+    for part in (source.read_bytes(), cdef.encode(), " ".join(flags).encode(), " ".join(libraries).encode(),
+                 compiler_version().encode(), cffi.__version__.encode(),
+                 (sys.implementation.cache_tag + (sysconfig.get_config_var("EXT_SUFFIX") or "")).encode()):
+        h.update(part + b"\0")
+    modname = f"_mlaref_{stem}_{h.hexdigest()[:16]}"
+    cached = _LOADED.get((stem, modname))
+    if cached is not None:
+        return cached
+    root = cache_dir()
+    final = root / f"{modname}{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
+    with FileLock(str(root / f"{modname}.lock")):
+        if not final.exists():
+            ffi = cffi.FFI()
+            ffi.cdef(cdef)
+            link = list(SANITIZE_FLAGS) if sanitize_enabled() else []
+            ffi.set_source(modname, "#include <stdint.h>\n" + cdef, sources=[str(source)],
+                           extra_compile_args=list(flags), extra_link_args=link, libraries=list(libraries))
+            with tempfile.TemporaryDirectory(prefix=f"{modname}-", dir=root) as tmp:
+                log_path = pathlib.Path(tmp) / "build.log"
+                try:
+                    with _captured_fds(log_path):
+                        built = ffi.compile(tmpdir=tmp, verbose=False)
+                except Exception as exc:
+                    log = log_path.read_text(errors="replace") if log_path.exists() else ""
+                    raise BuildError(f"building {modname} ({source.name}) failed: {exc}\n{log[-4000:]}") from exc
+                os.replace(built, final)
+    module = _import(modname, final)
+    _LOADED[(stem, modname)] = module
     return module
 
 

@@ -7,9 +7,9 @@ their reference counterparts (``mlaref.reference.quantize`` / ``dequantize``, ``
 
 * ``isa=``: cap dispatch at this ISA (it and the ISAs it implies), as ``dispatch.forced`` does;
 * ``kernel=``: run exactly this kernel (a name from generated/manifest.json; tests use it);
-* ``n_threads=``: split the rows over Python threads. cffi releases the GIL around out-of-line API calls, so
-  the threads run in parallel; each row is written by one thread only and no reduction crosses rows, so the
-  bytes do not depend on the thread count;
+* ``n_threads=``: split the rows over C threads (:mod:`mlaref.codegen.pool`: one cffi call hands the parts to
+  worker threads, with the GIL released); each row is written by one thread only and no reduction crosses rows,
+  so the bytes do not depend on the thread count;
 * ``out=``: write into a caller's array (checked by :mod:`mlaref.codegen.args`: dtype, shape, strides,
   writability, overlap, alignment).
 
@@ -21,18 +21,16 @@ Per-call cost. A row-sized call must not be dominated by Python, so: :func:`reso
 ffi)`` per request and dispatch state (:func:`mlaref.codegen.dispatch.state_key`: ``isa=``, ``dispatch.forced``,
 ``MLAREF_ISA``, ``MLAREF_DISABLE_ISA``, ``MLAREF_SANITIZE``), so a forced or disabled ISA still takes effect on the
 next call; outputs the function allocates skip the output checks (they cannot fail on a fresh ``np.empty``);
-C-contiguous inputs become rows by ``reshape``; pointers are cast once per call. Threaded splits run on one
-process-wide pool that is created once (and again after a ``fork``): the caller runs the first part itself and
-a call from inside a pool worker runs its parts in that worker, so nested calls cannot deadlock.
+C-contiguous inputs become rows by ``reshape``; pointers are cast once per call. Threaded splits run on the C
+pool of :mod:`mlaref.codegen.pool` (started once, and again after a ``fork``): the caller runs the first part
+itself, and a call that finds the pool serving another thread runs its parts in turn on its own thread, so
+concurrent calls cannot deadlock.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import importlib
-import os
-import threading
 
 import numpy as np
 
@@ -40,6 +38,7 @@ from mlaref.codegen import args as _args
 from mlaref.codegen import build as _build
 from mlaref.codegen import catalog as _catalog
 from mlaref.codegen import dispatch as _dispatch
+from mlaref.codegen import pool as _pool
 
 __all__ = [
     "quantize", "dequantize", "convert", "vec_dot", "concat", "repeat", "cpy", "mul_mat", "flash_attn_ext",
@@ -129,10 +128,6 @@ def _resolve(family, type_x, type_y, plan, isa, kernel):
     return spec, getattr(module.lib, spec.name), module.ffi
 
 
-def _ptr(ffi, ctype: str, a: np.ndarray):
-    return ffi.cast(ctype, a.__array_interface__["data"][0])
-
-
 def _base(ffi, a: np.ndarray):
     """A ``char *`` cdata at ``a``'s first byte: ``from_buffer`` when contiguous (a tenth of the cost of
     ``__array_interface__``), the address otherwise. The cdata keeps ``a`` alive while it is held."""
@@ -147,29 +142,14 @@ def _split(n_rows: int, n_threads: int):
     return [(bounds[i], bounds[i + 1]) for i in range(k) if bounds[i + 1] > bounds[i]]
 
 
-_POOL: list = [None, -1]  # [executor, pid that created it]
-_POOL_LOCK = threading.Lock()
-_WORKER = threading.local()
+@functools.lru_cache(maxsize=None)
+def _address(ffi, fn) -> int:
+    """The address of a kernel (a function of a cffi ``lib``, as :func:`resolve` returns it), for pool jobs."""
+    return int(ffi.cast("uintptr_t", ffi.addressof(fn.__self__, fn.__name__)))
 
 
-def _mark_worker() -> None:
-    _WORKER.inside = True
-
-
-def _pool() -> concurrent.futures.ThreadPoolExecutor:
-    """The process-wide worker pool; threads are started on demand (up to MAX_THREADS - 1) and then reused."""
-    pool, pid = _POOL
-    if pool is not None and pid == os.getpid():
-        return pool
-    with _POOL_LOCK:
-        if _POOL[0] is None or _POOL[1] != os.getpid():
-            # After a fork the child has none of the parent's threads; a fresh executor replaces the stale one.
-            _POOL[0] = concurrent.futures.ThreadPoolExecutor(_args.MAX_THREADS - 1, "mlaref-kernel", _mark_worker)
-            _POOL[1] = os.getpid()
-        return _POOL[0]
-
-
-def _run_rows(call, n_rows: int, n_threads: int) -> None:
+def _run_rows(call, n_rows: int, n_threads: int, job=None) -> None:
+    """``call(k, r0, r1)`` for the rows at once, or ``job(k, r0, r1)`` (a pool job row) per part on C threads."""
     if n_threads == 1 or n_rows == 1:
         call(0, 0, n_rows)
         return
@@ -177,18 +157,7 @@ def _run_rows(call, n_rows: int, n_threads: int) -> None:
     if len(parts) == 1:
         call(0, parts[0][0], parts[0][1])
         return
-    if getattr(_WORKER, "inside", False):
-        for k, (r0, r1) in enumerate(parts):
-            call(k, r0, r1)
-        return
-    pool = _pool()
-    futures = [pool.submit(call, k, r0, r1) for k, (r0, r1) in enumerate(parts[1:], start=1)]
-    try:
-        call(0, parts[0][0], parts[0][1])
-    finally:
-        # every part must be finished before the output is returned (or an error propagates)
-        for f in futures:
-            f.result()
+    _pool.run([job(k, r0, r1) for k, (r0, r1) in enumerate(parts)])
 
 
 def dequantize(data, type, *, isa=None, kernel=None, n_threads=1, out=None) -> np.ndarray:
@@ -210,7 +179,11 @@ def dequantize(data, type, *, isa=None, kernel=None, n_threads=1, out=None) -> n
     def call(_k, r0, r1):
         fn(cast("const uint8_t *", px + r0 * sx), cast("float *", py + r0 * sy), r1 - r0, n, sx, sy)
 
-    _run_rows(call, rows.n_rows, n_threads)
+    def job(_k, r0, r1):
+        return _pool.job("dequantize", _address(ffi, fn), ax + r0 * sx, ay + r0 * sy, r1 - r0, n, sx, sy)
+
+    ax, ay = _pool.address(rows.array), _pool.address(dst.array)
+    _run_rows(call, rows.n_rows, n_threads, job)
     return out
 
 
@@ -236,7 +209,11 @@ def quantize(x, type, *, variant="ref", imatrix=None, isa=None, kernel=None, n_t
     def call(_k, r0, r1):
         fn(cast("const float *", px + r0 * sx), cast("uint8_t *", py + r0 * sy), r1 - r0, n, sx, sy)
 
-    _run_rows(call, rows.n_rows, n_threads)
+    def job(_k, r0, r1):
+        return _pool.job("quantize", _address(ffi, fn), ax + r0 * sx, ay + r0 * sy, r1 - r0, n, sx, sy)
+
+    ax, ay = _pool.address(rows.array), _pool.address(dst.array)
+    _run_rows(call, rows.n_rows, n_threads, job)
     return out
 
 
@@ -267,7 +244,12 @@ def convert(data, src_type, dst_type, *, variant="ref", isa=None, kernel=None, n
         fn(cast("const uint8_t *", px + r0 * sx), cast("uint8_t *", py + r0 * sy), cast("float *", pt + k * 4 * n),
            r1 - r0, n, sx, sy)
 
-    _run_rows(call, rows.n_rows, n_threads)
+    def job(k, r0, r1):
+        return _pool.job("convert", _address(ffi, fn), ax + r0 * sx, ay + r0 * sy, at + k * 4 * n, r1 - r0, n, sx,
+                         sy)
+
+    ax, ay, at = _pool.address(rows.array), _pool.address(dst.array), _pool.address(scratch)
+    _run_rows(call, rows.n_rows, n_threads, job)
     return out
 
 
@@ -318,7 +300,11 @@ def vec_dot(x, x_type, y, y_type, n, plan="ggml_generic", *, isa=None, kernel=No
     def call(_k, r0, r1):
         fn(cast("const uint8_t *", px + r0 * sx), sx, r1 - r0, py, sy, ny, n, cast("float *", po + r0 * so), so)
 
-    _run_rows(call, xr.n_rows, n_threads)
+    def job(_k, r0, r1):
+        return _pool.job("vec_dot", _address(ffi, fn), ax + r0 * sx, sx, r1 - r0, ay, sy, ny, n, ao + r0 * so, so)
+
+    ax, ay, ao = _pool.address(xr.array), _pool.address(yr.array), _pool.address(dst.array)
+    _run_rows(call, xr.n_rows, n_threads, job)
     return out
 
 
@@ -385,9 +371,9 @@ def _row_jobs(ne123, n_threads: int, bases_nb):
     return jobs
 
 
-def _run_jobs(calls) -> None:
-    """Run zero-argument kernel calls: the first here, the rest on the shared pool."""
-    _run_rows(lambda k, _r0, _r1: calls[k](), len(calls), len(calls))
+def _run_jobs(jobs) -> None:
+    """Run pool job rows, one per thread: the first on this thread, the rest on the pool's workers."""
+    _pool.run(jobs)
 
 
 def _copier(dst_t, src_t, isa, kernel, *, fresh: bool = False, s_nb=None):
@@ -400,15 +386,15 @@ def _copier(dst_t, src_t, isa, kernel, *, fresh: bool = False, s_nb=None):
         if not dst_t.data.flags.writeable:
             raise ValueError("copy: the destination buffer is read-only")
         _check_disjoint(dst_t, [("the source", src_t)], "copy")
-    pd = _ptr(ffi, "uint8_t *", dst_t.data) + dst_t.offset
-    ps = _ptr(ffi, "uint8_t *", src_t.data) + src_t.offset
+    ad = _pool.address(dst_t.data) + dst_t.offset
+    as_ = _pool.address(src_t.data) + src_t.offset
     s_nb, d_nb = tuple(src_t.nb[1:]) if s_nb is None else tuple(s_nb), tuple(dst_t.nb[1:])
+    fa = _address(ffi, fn)
 
     def copy(dst_off: int, src_off: int, row_bytes: int, n_rep: int, ne123, n_threads: int = 1) -> None:
-        calls = [functools.partial(fn, pd + dst_off + od, ps + src_off + os_, row_bytes, n_rep, n1, n2, n3,
-                                   *s_nb, *d_nb)
-                 for (od, os_), n1, n2, n3 in _row_jobs(tuple(ne123), n_threads, (d_nb, s_nb))]
-        _run_jobs(calls)
+        _run_jobs([_pool.job("copy", fa, ad + dst_off + od, as_ + src_off + os_, row_bytes, n_rep, n1, n2, n3,
+                             *s_nb, *d_nb)
+                   for (od, os_), n1, n2, n3 in _row_jobs(tuple(ne123), n_threads, (d_nb, s_nb))])
 
     return copy
 
@@ -451,14 +437,13 @@ def concat(a, b, dim: int, *, isa=None, kernel=None, n_threads=1, out=None):
         raise ValueError(f"concat: a and b must agree in ne[1:] for dim 0, got {a.ne} and {b.ne}")
     dst = _out_tensor(out, "concat", a.type, (a.ne[0] + b.ne[0],) + tuple(a.ne[1:]), [("a", a), ("b", b)])
     spec, fn, ffi = resolve("concat_rows", "bytes", None, "ref", isa=isa, kernel=kernel)
-    pd = _ptr(ffi, "uint8_t *", dst.data) + dst.offset
-    pa = _ptr(ffi, "uint8_t *", a.data) + a.offset
-    pb = _ptr(ffi, "uint8_t *", b.data) + b.offset
+    ad = _pool.address(dst.data) + dst.offset
+    aa = _pool.address(a.data) + a.offset
+    ab = _pool.address(b.data) + b.offset
     a_nb, b_nb, d_nb = tuple(a.nb[1:]), tuple(b.nb[1:]), tuple(dst.nb[1:])
-    ra, rb = a.row_size(), b.row_size()
-    calls = [functools.partial(fn, pd + od, pa + oa, pb + ob, ra, rb, n1, n2, n3, *a_nb, *b_nb, *d_nb)
-             for (od, oa, ob), n1, n2, n3 in _row_jobs(tuple(a.ne[1:]), n_threads, (d_nb, a_nb, b_nb))]
-    _run_jobs(calls)
+    ra, rb, fa = a.row_size(), b.row_size(), _address(ffi, fn)
+    _run_jobs([_pool.job("concat", fa, ad + od, aa + oa, ab + ob, ra, rb, n1, n2, n3, *a_nb, *b_nb, *d_nb)
+               for (od, oa, ob), n1, n2, n3 in _row_jobs(tuple(a.ne[1:]), n_threads, (d_nb, a_nb, b_nb))])
     return dst
 
 
@@ -483,13 +468,8 @@ def repeat(src, b, *, isa=None, kernel=None, n_threads=1, out=None):
     copy = _copier(dst, src, isa, kernel, fresh=True, s_nb=s_nb)  # dst is fresh or was checked by _out_tensor
     tiles = [t1 * src.ne[1] * dst.nb[1] + t2 * src.ne[2] * dst.nb[2] + t3 * src.ne[3] * dst.nb[3]
              for t3 in range(reps[3]) for t2 in range(reps[2]) for t1 in range(reps[1])]
-    if n_threads == 1 or len(tiles) < n_threads:
-        for off in tiles:
-            copy(off, 0, row, reps[0], ne123, n_threads)
-    else:  # whole tiles per thread: each writes its own destination rows
-        parts = _split(len(tiles), n_threads)
-        _run_jobs([functools.partial(lambda t0, t1: [copy(off, 0, row, reps[0], ne123) for off in tiles[t0:t1]],
-                                     t0, t1) for t0, t1 in parts])
+    for off in tiles:  # each tile's rows split over the threads
+        copy(off, 0, row, reps[0], ne123, n_threads)
     return dst
 
 

@@ -1,0 +1,81 @@
+"""Row kernels on C threads: the pool of ``codegen/pool.c``, behind ``n_threads > 1`` of :mod:`mlaref.codegen.kernels`.
+
+A threaded call used to hand its parts to Python threads; on a 2-core machine the hand-off (a future, a lock,
+waking a thread that must take the GIL) cost 50-200 us, more than a 64-row kernel call itself. Here the parts
+go to C worker threads in one cffi call: the GIL is released for the call, the caller runs the first part,
+idle workers spin briefly before they sleep, and nothing returns before every part is done.
+
+A *job* is one row of an int64 array of ``WORDS`` columns, ``[kind, function address, arguments...]``, where
+``kind`` (``KIND``) names the function's prototype and pointers are addresses. :func:`run` checks the array and
+calls ``mla_pool_run``; the Python callers (kernels.py, bench_kernels.py) build the jobs from arguments they
+have already validated. The module is compiled on first use into the kernel cache, keyed by its source, flags and
+compiler (as the kernel modules are, :mod:`mlaref.codegen.build`).
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+
+import numpy as np
+
+__all__ = ["WORDS", "KIND", "MAX_JOBS", "run", "job", "address", "workers"]
+
+SOURCE = pathlib.Path(__file__).resolve().parent / "pool.c"
+WORDS = 20
+MAX_JOBS = 256
+KIND = {name: k for k, name in enumerate(
+    ("quantize", "dequantize", "convert", "vec_dot", "copy", "concat", "memcpy", "from_float", "to_float",
+     "ggml_vec_dot"), start=1)}
+# arguments each kind takes (pool.c's prototypes)
+_ARGS = {"quantize": 6, "dequantize": 6, "convert": 7, "vec_dot": 9, "copy": 13, "concat": 17, "memcpy": 3,
+         "from_float": 3, "to_float": 3, "ggml_vec_dot": 9}
+_CDEF = "int mla_pool_run(const int64_t *jobs, int n_jobs);\nint mla_pool_workers(void);\n"
+
+
+@functools.cache
+def _module():
+    from mlaref.codegen import build
+
+    return build.load_runtime("pool", SOURCE, _CDEF, libraries=["pthread"])
+
+
+def address(x) -> int:
+    """The address of a cffi pointer or function (``ffi.addressof(lib, name)``) or of a NumPy array's data."""
+    if isinstance(x, np.ndarray):
+        return x.__array_interface__["data"][0]
+    import cffi
+
+    return int(cffi.FFI().cast("uintptr_t", x))
+
+
+def job(kind: str, fn: int, *args: int) -> list[int]:
+    """One job row: ``kind`` (a key of ``KIND``), the function's address and its arguments (ints, addresses)."""
+    if len(args) != _ARGS[kind]:
+        raise ValueError(f"pool job {kind!r}: takes {_ARGS[kind]} arguments, got {len(args)}")
+    return [KIND[kind], fn, *args] + [0] * (WORDS - 2 - len(args))
+
+
+def jobs_array(rows: list[list[int]]) -> np.ndarray:
+    """The job rows as the C-contiguous int64 array ``run`` takes (build it once to time calls alone)."""
+    a = np.array(rows, dtype=np.int64)
+    if a.ndim != 2 or a.shape[1] != WORDS or not 1 <= a.shape[0] <= MAX_JOBS:
+        raise ValueError(f"pool jobs: expected 1..{MAX_JOBS} rows of {WORDS} int64 words, got shape {a.shape}")
+    return a
+
+
+def run(jobs) -> None:
+    """Run the jobs, the first on this thread and the others on pool workers; return when all are done."""
+    if not isinstance(jobs, np.ndarray):
+        jobs = jobs_array(jobs)
+    if (jobs.dtype != np.int64 or jobs.ndim != 2 or jobs.shape[1] != WORDS or not jobs.flags.c_contiguous
+            or not 1 <= jobs.shape[0] <= MAX_JOBS):
+        raise ValueError(f"pool jobs: expected a C-contiguous int64 array of 1..{MAX_JOBS} rows of {WORDS} words")
+    mod = _module()
+    if mod.lib.mla_pool_run(mod.ffi.from_buffer("int64_t[]", jobs), jobs.shape[0]) != 0:  # checks every kind
+        raise ValueError(f"pool jobs: unknown kind in {sorted(set(jobs[:, 0].tolist()))}; kinds are {KIND}")
+
+
+def workers() -> int:
+    """Worker threads the pool has started in this process (it starts them on demand and keeps them)."""
+    return _module().lib.mla_pool_workers()
