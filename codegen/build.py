@@ -144,6 +144,11 @@ def _compile(family: str, isa: str, modname: str, final: pathlib.Path) -> None:
     link = list(SANITIZE_FLAGS) if sanitize_enabled() else []
     ffi.set_source(modname, "#include <stdint.h>\n" + cdef, sources=sources, extra_compile_args=list(cflags(isa)),
                    extra_link_args=link, libraries=["m"])
+    _compile_ffi(ffi, modname, final, f"{family}, {isa}")
+
+
+def _compile_ffi(ffi, modname: str, final: pathlib.Path, what: str) -> None:
+    """Compile a configured cffi module in a temporary dir and move it to ``final`` (an atomic rename)."""
     with tempfile.TemporaryDirectory(prefix=f"{modname}-", dir=final.parent) as tmp:
         log_path = pathlib.Path(tmp) / "build.log"
         try:
@@ -151,7 +156,7 @@ def _compile(family: str, isa: str, modname: str, final: pathlib.Path) -> None:
                 built = ffi.compile(tmpdir=tmp, verbose=False)
         except Exception as exc:  # distutils raises CompileError / LinkError; the compiler wrote to fd 2
             log = log_path.read_text(errors="replace") if log_path.exists() else ""
-            raise BuildError(f"building {modname} ({family}, {isa}) failed: {exc}\n{log[-4000:]}") from exc
+            raise BuildError(f"building {modname} ({what}) failed: {exc}\n{log[-4000:]}") from exc
         os.replace(built, final)
 
 
@@ -185,7 +190,12 @@ def load(family: str, isa: str):
         raise ValueError(f"{isa} kernels are for {info.arch}; they run through the qemu driver (build.run_cross), "
                          f"not in this {_isa.host_arch()} process")
     modname, _ = module_key(family, isa)
-    cached = _LOADED.get((family, modname))
+    return _cached(family, modname, lambda final: _compile(family, isa, modname, final))
+
+
+def _cached(group: str, modname: str, compile_to):
+    """The module ``modname``: from this process, the cache dir, or ``compile_to(final path)`` under its lock."""
+    cached = _LOADED.get((group, modname))
     if cached is not None:
         return cached
     from filelock import FileLock
@@ -194,9 +204,9 @@ def load(family: str, isa: str):
     final = root / f"{modname}{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
     with FileLock(str(root / f"{modname}.lock")):
         if not final.exists():
-            _compile(family, isa, modname, final)
+            compile_to(final)
     module = _import(modname, final)
-    _LOADED[(family, modname)] = module
+    _LOADED[(group, modname)] = module
     return module
 
 
@@ -204,7 +214,6 @@ def load_runtime(stem: str, source: pathlib.Path, cdef: str, libraries=()):
     """A hand-written C runtime module (``codegen/<stem>.c``, e.g. the thread pool) built like the kernel modules:
     ``COMMON_CFLAGS`` (+ sanitizer flags), cached under a key of its source, cdef, flags and compiler."""
     import cffi
-    from filelock import FileLock
 
     flags = COMMON_CFLAGS + ((*SANITIZE_FLAGS,) if sanitize_enabled() else ())
     h = hashlib.sha256()
@@ -213,30 +222,16 @@ def load_runtime(stem: str, source: pathlib.Path, cdef: str, libraries=()):
                  (sys.implementation.cache_tag + (sysconfig.get_config_var("EXT_SUFFIX") or "")).encode()):
         h.update(part + b"\0")
     modname = f"_mlaref_{stem}_{h.hexdigest()[:16]}"
-    cached = _LOADED.get((stem, modname))
-    if cached is not None:
-        return cached
-    root = cache_dir()
-    final = root / f"{modname}{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
-    with FileLock(str(root / f"{modname}.lock")):
-        if not final.exists():
-            ffi = cffi.FFI()
-            ffi.cdef(cdef)
-            link = list(SANITIZE_FLAGS) if sanitize_enabled() else []
-            ffi.set_source(modname, "#include <stdint.h>\n" + cdef, sources=[str(source)],
-                           extra_compile_args=list(flags), extra_link_args=link, libraries=list(libraries))
-            with tempfile.TemporaryDirectory(prefix=f"{modname}-", dir=root) as tmp:
-                log_path = pathlib.Path(tmp) / "build.log"
-                try:
-                    with _captured_fds(log_path):
-                        built = ffi.compile(tmpdir=tmp, verbose=False)
-                except Exception as exc:
-                    log = log_path.read_text(errors="replace") if log_path.exists() else ""
-                    raise BuildError(f"building {modname} ({source.name}) failed: {exc}\n{log[-4000:]}") from exc
-                os.replace(built, final)
-    module = _import(modname, final)
-    _LOADED[(stem, modname)] = module
-    return module
+
+    def compile_to(final: pathlib.Path) -> None:
+        ffi = cffi.FFI()
+        ffi.cdef(cdef)
+        link = list(SANITIZE_FLAGS) if sanitize_enabled() else []
+        ffi.set_source(modname, "#include <stdint.h>\n" + cdef, sources=[str(source)], extra_compile_args=list(flags),
+                       extra_link_args=link, libraries=list(libraries))
+        _compile_ffi(ffi, modname, final, source.name)
+
+    return _cached(stem, modname, compile_to)
 
 
 def build_all(isas=None, progress: bool | None = None) -> dict[tuple[str, str], str]:

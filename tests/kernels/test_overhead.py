@@ -117,12 +117,15 @@ def test_pool_works_in_a_forked_child(rng):
 
 
 def test_threaded_calls_from_many_threads(rng):
+    """Several Python threads calling at once: one is served by the C pool, the others find it busy and run
+    their parts in turn on their own thread; every call gets the reference bytes."""
     x = _x(rng, rows=16, n=512)
     want = R.quantize(x, "q8_0", variant="x86")
     got = [None] * 4
 
     def work(i):
-        got[i] = K.quantize(x, "q8_0", variant="x86", n_threads=2)
+        for _ in range(20):
+            got[i] = K.quantize(x, "q8_0", variant="x86", n_threads=2 + i % 3)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
     for t in threads:

@@ -1,11 +1,10 @@
 """The C thread pool (codegen/pool.c) behind n_threads > 1: every job kind runs the function it names with the
 arguments given, more jobs than cores still give the reference bytes, and bad job arrays are refused in Python
-or by the C side before anything runs."""
+or by the C side before anything runs. Concurrent callers: tests/kernels/test_overhead.py."""
 
 from __future__ import annotations
 
 import ctypes
-import threading
 
 import numpy as np
 import pytest
@@ -69,23 +68,6 @@ def test_memcpy_job(rng):
     dst = np.zeros_like(src)
     pool.run([pool.job("memcpy", 0, pool.address(dst) + h, pool.address(src) + h, 1 << 15) for h in (0, 1 << 15)])
     assert np.array_equal(dst, src)
-
-
-def test_concurrent_callers_each_get_their_bytes(x):
-    """Several Python threads calling at once: one is served by the pool, the others run their jobs in turn."""
-    want = R.quantize(x, "q4_0")
-    got = [None] * 6
-
-    def work(i):
-        for _ in range(20):
-            got[i] = K.quantize(x, "q4_0", n_threads=2 + i % 3)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert all(g is not None and np.array_equal(g, want) for g in got)
 
 
 def test_bad_job_arrays_are_refused():
