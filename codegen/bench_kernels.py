@@ -366,7 +366,8 @@ def compare_kernels(types=None, n_rows: int = 64, n: int = 4096, threads=(1, 2),
         for t in threads:
             timings = _interleaved({
                 "mlaref": _on_pool("copy", fa, rows_n, t, lambda r0, r1: (
-                    a_d + r0 * 1152, a_s + r0 * 1152, 1152, 1, r1 - r0, 1, 1, 1152, big, big, 1152, big, big),
+                    a_d + r0 * 1152, a_s + r0 * 1152, 1152, 1, r1 - r0, 1, 1, 1152, big, big, 1152, big, big,
+                    K._streams(2 * big)),
                     (src, dst)),
                 "memcpy": _on_pool("memcpy", 0, rows_n, t, lambda r0, r1: (
                     a_m + r0 * 1152, a_s + r0 * 1152, (r1 - r0) * 1152), (src, mem))}, warmup, repeat)

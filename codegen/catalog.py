@@ -13,9 +13,10 @@ family              C signature (all sizes int64_t, strides in bytes)
 ``dequantize_row``  ``(const uint8_t *x, float *y, n_rows, n, x_stride, y_stride)``
 ``quantize_row``    ``(const float *x, uint8_t *y, n_rows, n, x_stride, y_stride)``
 ``convert_rows``    ``(const uint8_t *x, uint8_t *y, float *scratch, n_rows, n, x_stride, y_stride)``
-``copy_rows``       ``(uint8_t *dst, const uint8_t *src, row_bytes, n_rep, ne1, ne2, ne3, s_nb1..3, d_nb1..3)``
+``copy_rows``       ``(uint8_t *dst, const uint8_t *src, row_bytes, n_rep, ne1, ne2, ne3, s_nb1..3, d_nb1..3,
+                    stream)``
 ``concat_rows``     ``(uint8_t *dst, const uint8_t *a, const uint8_t *b, a_bytes, b_bytes, ne1, ne2, ne3,
-                    a_nb1..3, b_nb1..3, d_nb1..3)``
+                    a_nb1..3, b_nb1..3, d_nb1..3, stream)``
 ``vec_dot``         ``(const uint8_t *x, x_stride, m, const uint8_t *y, y_stride, n_y, n, float *out, out_stride)``
 ==================  =====================================================================================
 
@@ -56,10 +57,11 @@ SIGNATURES = {
                "int64_t n_y, int64_t n, float *out, int64_t out_stride);",
     "copy_rows": "void {name}(uint8_t *dst, const uint8_t *src, int64_t row_bytes, int64_t n_rep, int64_t ne1, "
                  "int64_t ne2, int64_t ne3, int64_t s_nb1, int64_t s_nb2, int64_t s_nb3, int64_t d_nb1, "
-                 "int64_t d_nb2, int64_t d_nb3);",
+                 "int64_t d_nb2, int64_t d_nb3, int64_t stream);",
     "concat_rows": "void {name}(uint8_t *dst, const uint8_t *a, const uint8_t *b, int64_t a_bytes, int64_t b_bytes, "
                    "int64_t ne1, int64_t ne2, int64_t ne3, int64_t a_nb1, int64_t a_nb2, int64_t a_nb3, "
-                   "int64_t b_nb1, int64_t b_nb2, int64_t b_nb3, int64_t d_nb1, int64_t d_nb2, int64_t d_nb3);",
+                   "int64_t b_nb1, int64_t b_nb2, int64_t b_nb3, int64_t d_nb1, int64_t d_nb2, int64_t d_nb3, "
+                   "int64_t stream);",
 }
 FAMILIES = tuple(SIGNATURES)
 

@@ -14,9 +14,11 @@ import sys
 
 from mlaref.codegen import isa as _isa
 
-__all__ = ["features", "missing", "supported", "report", "configure", "run"]
+__all__ = ["features", "missing", "supported", "llc_bytes", "report", "configure", "run"]
 
 _CPUINFO = "/proc/cpuinfo"
+_CACHES = "/sys/devices/system/cpu/cpu0/cache"
+LLC_FALLBACK = 16 << 20  # when sysfs does not say (a copy op of 4 MiB and more then streams, the earlier rule)
 
 
 @functools.cache
@@ -32,6 +34,32 @@ def features(path: str = _CPUINFO) -> frozenset[str]:
         if key.strip() in ("flags", "Features"):
             return frozenset(value.split())
     return frozenset()
+
+
+@functools.cache
+def llc_bytes(path: str = _CACHES) -> int:
+    """Bytes of the last-level cache of cpu0 (the largest data or unified cache sysfs lists, e.g. ``49152K``), or
+    ``LLC_FALLBACK`` where sysfs cannot be read. The row copies choose streaming stores against it."""
+    best = 0
+    try:
+        entries = sorted(os.listdir(path))
+    except OSError:
+        return LLC_FALLBACK
+    for entry in entries:
+        if not entry.startswith("index"):
+            continue
+        try:
+            with open(os.path.join(path, entry, "type")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(path, entry, "size")) as f:
+                size = f.read().strip()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+        digits = size[:-1] if size[-1:] in "KMG" else size
+        if kind in ("Data", "Unified") and digits.isdigit():
+            best = max(best, int(digits) * scale)
+    return best or LLC_FALLBACK
 
 
 def missing(token: str) -> tuple[str, ...]:
@@ -62,6 +90,7 @@ def report() -> str:
         f"NumPy       {numpy.__version__}",
         f"compiler    {build.compiler_version()}",
         f"cache       {os.environ.get('MLAREF_CACHE_DIR') or '(user cache dir)'}",
+        f"LLC         {llc_bytes() >> 10} KiB (row copies of more than a quarter of it use streaming stores)",
         "baseline    scalar",
     ]
     for info in _isa.ISAS.values():

@@ -37,6 +37,7 @@ import numpy as np
 from mlaref.codegen import args as _args
 from mlaref.codegen import build as _build
 from mlaref.codegen import catalog as _catalog
+from mlaref.codegen import cpu as _cpu
 from mlaref.codegen import dispatch as _dispatch
 from mlaref.codegen import pool as _pool
 
@@ -376,8 +377,17 @@ def _run_jobs(jobs) -> None:
     _pool.run(jobs)
 
 
+def _streams(footprint: int) -> int:
+    """The ``stream`` argument of the row-copy kernels for an op that reads and writes ``footprint`` bytes in all
+    (every thread's share): 1 (streaming stores) when that is more than a quarter of the last-level cache, so the
+    output could not stay in cache for its reader anyway, else 0. Measured here (48 MiB L3): the 36 MB MLA concat
+    runs at 0.54x memcpy with ordinary stores and 0.9x streamed; the 8.5 MB repeat at 0.9x ordinary, 0.7x
+    streamed. The bytes do not depend on it."""
+    return int(footprint * 4 > _cpu.llc_bytes())
+
+
 def _copier(dst_t, src_t, isa, kernel, *, fresh: bool = False, s_nb=None):
-    """A function (dst_off, src_off, row_bytes, n_rep, ne123, n_threads) running the copy kernel between two
+    """A function (dst_off, src_off, row_bytes, n_rep, ne123, n_threads, stream) running the copy kernel between two
     tensors' rows (addressed by their strides + offsets, or the source strides ``s_nb``: 0 re-reads a row); the
     kernel is resolved and the buffers checked once per op (a destination the op allocated itself cannot overlap,
     so ``fresh`` skips that check)."""
@@ -391,9 +401,10 @@ def _copier(dst_t, src_t, isa, kernel, *, fresh: bool = False, s_nb=None):
     s_nb, d_nb = tuple(src_t.nb[1:]) if s_nb is None else tuple(s_nb), tuple(dst_t.nb[1:])
     fa = _address(ffi, fn)
 
-    def copy(dst_off: int, src_off: int, row_bytes: int, n_rep: int, ne123, n_threads: int = 1) -> None:
+    def copy(dst_off: int, src_off: int, row_bytes: int, n_rep: int, ne123, n_threads: int = 1,
+             stream: int = 0) -> None:
         _run_jobs([_pool.job("copy", fa, ad + dst_off + od, as_ + src_off + os_, row_bytes, n_rep, n1, n2, n3,
-                             *s_nb, *d_nb)
+                             *s_nb, *d_nb, stream)
                    for (od, os_), n1, n2, n3 in _row_jobs(tuple(ne123), n_threads, (d_nb, s_nb))])
 
     return copy
@@ -402,7 +413,9 @@ def _copier(dst_t, src_t, isa, kernel, *, fresh: bool = False, s_nb=None):
 def _copy(dst_t, dst_off: int, src_t, src_off: int, row_bytes: int, n_rep: int, ne123, isa, kernel,
           n_threads: int = 1) -> None:
     """dst rows (i1, i2, i3) <- n_rep copies of src rows, both addressed by their tensors' strides + offsets."""
-    _copier(dst_t, src_t, isa, kernel)(dst_off, src_off, row_bytes, n_rep, ne123, n_threads)
+    n_rows = ne123[0] * ne123[1] * ne123[2]
+    _copier(dst_t, src_t, isa, kernel)(dst_off, src_off, row_bytes, n_rep, ne123, n_threads,
+                                       _streams(row_bytes * (n_rep + 1) * n_rows))
 
 
 def _rows_of(t) -> np.ndarray:
@@ -442,7 +455,8 @@ def concat(a, b, dim: int, *, isa=None, kernel=None, n_threads=1, out=None):
     ab = _pool.address(b.data) + b.offset
     a_nb, b_nb, d_nb = tuple(a.nb[1:]), tuple(b.nb[1:]), tuple(dst.nb[1:])
     ra, rb, fa = a.row_size(), b.row_size(), _address(ffi, fn)
-    _run_jobs([_pool.job("concat", fa, ad + od, aa + oa, ab + ob, ra, rb, n1, n2, n3, *a_nb, *b_nb, *d_nb)
+    stream = _streams(2 * dst.nbytes())  # a and b are read once, dst written once
+    _run_jobs([_pool.job("concat", fa, ad + od, aa + oa, ab + ob, ra, rb, n1, n2, n3, *a_nb, *b_nb, *d_nb, stream)
                for (od, oa, ob), n1, n2, n3 in _row_jobs(tuple(a.ne[1:]), n_threads, (d_nb, a_nb, b_nb))])
     return dst
 
@@ -468,8 +482,9 @@ def repeat(src, b, *, isa=None, kernel=None, n_threads=1, out=None):
     copy = _copier(dst, src, isa, kernel, fresh=True, s_nb=s_nb)  # dst is fresh or was checked by _out_tensor
     tiles = [t1 * src.ne[1] * dst.nb[1] + t2 * src.ne[2] * dst.nb[2] + t3 * src.ne[3] * dst.nb[3]
              for t3 in range(reps[3]) for t2 in range(reps[2]) for t1 in range(reps[1])]
+    stream = _streams(dst.nbytes() + row * src.nrows())  # each source row is read from memory once
     for off in tiles:  # each tile's rows split over the threads
-        copy(off, 0, row, reps[0], ne123, n_threads)
+        copy(off, 0, row, reps[0], ne123, n_threads, stream)
     return dst
 
 

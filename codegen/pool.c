@@ -37,9 +37,9 @@ enum {
     MLA_JOB_VEC_DOT,       /* fn(const uint8_t *x, x_stride, n_rows, const uint8_t *y, y_stride, ny, n, float *out,
                               out_stride) */
     MLA_JOB_COPY,          /* fn(uint8_t *dst, const uint8_t *src, row_bytes, n_rep, ne1, ne2, ne3, s_nb1..3,
-                              d_nb1..3) */
+                              d_nb1..3, stream) */
     MLA_JOB_CONCAT,        /* fn(uint8_t *dst, const uint8_t *a, const uint8_t *b, a_bytes, b_bytes, ne1, ne2, ne3,
-                              a_nb1..3, b_nb1..3, d_nb1..3) */
+                              a_nb1..3, b_nb1..3, d_nb1..3, stream) */
     /* peers, for the benchmark: the same split, so thread hand-off costs the same on both sides */
     MLA_JOB_MEMCPY,        /* memcpy(dst, src, bytes); the function word is unused */
     MLA_JOB_FROM_FLOAT,    /* ggml from_float: fn(const float *x, void *y, int64_t k) */
@@ -56,10 +56,10 @@ typedef void (*mla_convert_fn)(const uint8_t *, uint8_t *, float *, int64_t, int
 typedef void (*mla_vec_dot_fn)(const uint8_t *, int64_t, int64_t, const uint8_t *, int64_t, int64_t, int64_t,
                                float *, int64_t);
 typedef void (*mla_copy_fn)(uint8_t *, const uint8_t *, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                            int64_t, int64_t, int64_t, int64_t, int64_t);
+                            int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
 typedef void (*mla_concat_fn)(uint8_t *, const uint8_t *, const uint8_t *, int64_t, int64_t, int64_t, int64_t,
                               int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                              int64_t);
+                              int64_t, int64_t);
 typedef void (*mla_from_float_fn)(const float *, void *, int64_t);
 typedef void (*mla_to_float_fn)(const void *, float *, int64_t);
 typedef void (*mla_ggml_vec_dot_fn)(int, float *, size_t, const void *, size_t, const void *, size_t, int);
@@ -86,11 +86,11 @@ static void mla_run_job(const int64_t *job) {
         break;
     case MLA_JOB_COPY:
         ((mla_copy_fn)fn)(MLA_P(uint8_t *, 0), MLA_P(const uint8_t *, 1), a[2], a[3], a[4], a[5], a[6], a[7], a[8],
-                          a[9], a[10], a[11], a[12]);
+                          a[9], a[10], a[11], a[12], a[13]);
         break;
     case MLA_JOB_CONCAT:
         ((mla_concat_fn)fn)(MLA_P(uint8_t *, 0), MLA_P(const uint8_t *, 1), MLA_P(const uint8_t *, 2), a[3], a[4],
-                            a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15], a[16]);
+                            a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15], a[16], a[17]);
         break;
     case MLA_JOB_MEMCPY:
         memcpy(MLA_P(void *, 0), MLA_P(const void *, 1), (size_t)a[2]);

@@ -28,7 +28,7 @@ KIND = {name: k for k, name in enumerate(
     ("quantize", "dequantize", "convert", "vec_dot", "copy", "concat", "memcpy", "from_float", "to_float",
      "ggml_vec_dot"), start=1)}
 # arguments each kind takes (pool.c's prototypes)
-_ARGS = {"quantize": 6, "dequantize": 6, "convert": 7, "vec_dot": 9, "copy": 13, "concat": 17, "memcpy": 3,
+_ARGS = {"quantize": 6, "dequantize": 6, "convert": 7, "vec_dot": 9, "copy": 14, "concat": 18, "memcpy": 3,
          "from_float": 3, "to_float": 3, "ggml_vec_dot": 9}
 _CDEF = "int mla_pool_run(const int64_t *jobs, int n_jobs);\nint mla_pool_workers(void);\n"
 

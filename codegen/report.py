@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import pathlib
@@ -333,18 +334,21 @@ def check_kernel(name: str, n_rows: int = 5) -> dict:
                 if not ok:
                     return {"status": "fail", "cases": cases, "detail": f"n={n}: {why}"}
         elif fam == "copy_rows":
-            for row_bytes, n_rep, ne in [(34, 1, (3, 2, 2)), (68, 16, (2, 3, 1)), (1152, 1, (1, 1, 1)),
-                                         (18, 3, (4, 2, 3))]:
-                ok, why = _check_copy_rows(K, name, rng, row_bytes, n_rep, ne)
+            for (row_bytes, n_rep, ne), stream in itertools.product(
+                    [(34, 1, (3, 2, 2)), (68, 16, (2, 3, 1)), (1152, 1, (1, 1, 1)), (18, 3, (4, 2, 3))], (0, 1)):
+                ok, why = _check_copy_rows(K, name, rng, row_bytes, n_rep, ne, stream)
                 cases += 1
                 if not ok:
-                    return {"status": "fail", "cases": cases, "detail": f"rows {row_bytes}x{n_rep} ne {ne}: {why}"}
+                    return {"status": "fail", "cases": cases,
+                            "detail": f"rows {row_bytes}x{n_rep} ne {ne} stream {stream}: {why}"}
         elif fam == "concat_rows":
-            for ra, rb, ne in [(34, 34, (3, 2, 2)), (1024, 128, (5, 3, 1)), (256, 128, (1, 1, 1)), (18, 36, (4, 2, 3))]:
-                ok, why = _check_concat_rows(K, name, rng, ra, rb, ne)
+            for (ra, rb, ne), stream in itertools.product(
+                    [(34, 34, (3, 2, 2)), (1024, 128, (5, 3, 1)), (256, 128, (1, 1, 1)), (18, 36, (4, 2, 3))], (0, 1)):
+                ok, why = _check_concat_rows(K, name, rng, ra, rb, ne, stream)
                 cases += 1
                 if not ok:
-                    return {"status": "fail", "cases": cases, "detail": f"rows {ra}+{rb} ne {ne}: {why}"}
+                    return {"status": "fail", "cases": cases,
+                            "detail": f"rows {ra}+{rb} ne {ne} stream {stream}: {why}"}
         elif fam == "mul_mat":
             cases = _check_mul_mat(R, name, spec, rng)
         elif fam == "flash_attn_ext":
@@ -453,8 +457,9 @@ def _vec_dot_operands(R, rng, x_type, y_type, m, n_y, n):
     return R.quantize(xf, x_type), R.quantize(yf, y_type, variant=y_variant)
 
 
-def _check_copy_rows(K, name, rng, row_bytes, n_rep, ne) -> tuple[bool, str]:
-    """dst row (i1,i2,i3) = n_rep copies of src row (i1,i2,i3) at padded byte strides; bytes between rows kept."""
+def _check_copy_rows(K, name, rng, row_bytes, n_rep, ne, stream) -> tuple[bool, str]:
+    """dst row (i1,i2,i3) = n_rep copies of src row (i1,i2,i3) at padded byte strides; bytes between rows kept;
+    ``stream``: the kernel's streaming-store choice (the same bytes either way)."""
     _spec, fn, ffi = K.resolve("copy_rows", "bytes", None, "ref", kernel=name)
     s_nb1 = row_bytes + 7
     s_nb = (s_nb1, s_nb1 * ne[0] + 3, (s_nb1 * ne[0] + 3) * ne[1] + 1)
@@ -464,7 +469,7 @@ def _check_copy_rows(K, name, rng, row_bytes, n_rep, ne) -> tuple[bool, str]:
     total = d_nb[2] * ne[2]
     dst = np.full(total + 64, 0x5A, dtype=np.uint8)
     fn(ffi.cast("uint8_t *", dst.ctypes.data), ffi.cast("const uint8_t *", src.ctypes.data), row_bytes, n_rep,
-       *ne, *s_nb, *d_nb)
+       *ne, *s_nb, *d_nb, stream)
     want = np.full(total + 64, 0x5A, dtype=np.uint8)
     for i3 in range(ne[2]):
         for i2 in range(ne[1]):
@@ -475,8 +480,9 @@ def _check_copy_rows(K, name, rng, row_bytes, n_rep, ne) -> tuple[bool, str]:
     return _same(dst, want)
 
 
-def _check_concat_rows(K, name, rng, ra, rb, ne) -> tuple[bool, str]:
-    """dst row (i1,i2,i3) = a row ++ b row at padded byte strides; bytes between rows kept."""
+def _check_concat_rows(K, name, rng, ra, rb, ne, stream) -> tuple[bool, str]:
+    """dst row (i1,i2,i3) = a row ++ b row at padded byte strides; bytes between rows kept; ``stream`` as for
+    copy_rows."""
     _spec, fn, ffi = K.resolve("concat_rows", "bytes", None, "ref", kernel=name)
 
     def strides(row, pad):
@@ -488,7 +494,7 @@ def _check_concat_rows(K, name, rng, ra, rb, ne) -> tuple[bool, str]:
     total = d_nb[2] * ne[2]
     dst = np.full(total + 64, 0x5A, dtype=np.uint8)
     fn(ffi.cast("uint8_t *", dst.ctypes.data), ffi.cast("const uint8_t *", a.ctypes.data),
-       ffi.cast("const uint8_t *", b.ctypes.data), ra, rb, *ne, *a_nb, *b_nb, *d_nb)
+       ffi.cast("const uint8_t *", b.ctypes.data), ra, rb, *ne, *a_nb, *b_nb, *d_nb, stream)
     want = np.full(total + 64, 0x5A, dtype=np.uint8)
     for i3 in range(ne[2]):
         for i2 in range(ne[1]):

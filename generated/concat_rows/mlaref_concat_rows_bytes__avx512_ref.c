@@ -86,17 +86,17 @@ static inline void mla_copy_bytes(uint8_t *d, const uint8_t *s, int64_t n) {
     for (; j < n; ++j) d[j] = s[j];
 }
 
-/* A call that writes at least this many destination bytes writes them with streaming (non-temporal) stores
-   where the ISA has them. Ordinary stores first read every destination line into the cache (read for
-   ownership): for an output larger than the caches that is a third memory stream beside the source reads and
-   the write-backs, and it held row copies to about 60 % of memcpy's bandwidth (measured on a Xeon with
-   1.25 MiB L2 per core: 6.7 vs 11.6 GB/s at 25 MB; ordinary stores still win below about 4 MB, where the
-   output stays in cache for its reader). */
-#define MLA_COPY_STREAM_MIN_BYTES ((int64_t)4 << 20)
+/* Streaming (non-temporal) stores, where the ISA has them, are the caller's choice (the kernels' `stream`
+   argument): an ordinary store first reads its destination line into the cache (read for ownership), which for
+   an op whose bytes do not fit the caches is a third memory stream beside the source reads and the write-backs
+   (it held a 36 MB concat to about half of memcpy's bandwidth); when they do fit, ordinary stores leave the
+   output in cache for its reader and win (a repeat writing 8 MB: 0.7x memcpy streamed, 0.9x not). The caller
+   sees the whole op, however many threads share it (mlaref.codegen.kernels: the op's source and destination
+   bytes against the last-level cache). */
 #define MLA_SPAN_STAGE 4096
 
-static inline int mla_copy_streams(int64_t total_bytes) {
-    return MLA_STREAM_ALIGN > 0 && total_bytes >= MLA_COPY_STREAM_MIN_BYTES;
+static inline int mla_copy_streams(int64_t stream) {
+    return MLA_STREAM_ALIGN > 0 && stream != 0;
 }
 
 /* A contiguous run of destination bytes written front to back with streaming stores. Rows rarely start on a
@@ -157,14 +157,15 @@ static inline void mla_span_put(mla_span *w, const uint8_t *s, int64_t n) {
 }
 
 /* dst row (i1,i2,i3) = the a_bytes of a row (i1,i2,i3), then the b_bytes of b row (i1,i2,i3). No buffer overlaps
-   another (checked in Python). A large output goes out by streaming stores, in spans: all rows of one (i2,i3)
-   when they lie back to back, else each row. */
+   another (checked in Python). With `stream` (and an ISA that has them) the output goes out by streaming stores,
+   in spans: all rows of one (i2,i3) when they lie back to back, else each row. The bytes do not depend on
+   `stream`. */
 void mlaref_concat_rows_bytes__avx512_ref(uint8_t *dst, const uint8_t *a, const uint8_t *b, int64_t a_bytes, int64_t b_bytes,
                 int64_t ne1, int64_t ne2, int64_t ne3,
                 int64_t a_nb1, int64_t a_nb2, int64_t a_nb3,
                 int64_t b_nb1, int64_t b_nb2, int64_t b_nb3,
-                int64_t d_nb1, int64_t d_nb2, int64_t d_nb3) {
-    const int stream = mla_copy_streams((a_bytes + b_bytes) * ne1 * ne2 * ne3);
+                int64_t d_nb1, int64_t d_nb2, int64_t d_nb3, int64_t stream) {
+    const int streaming = mla_copy_streams(stream);
     const int packed = d_nb1 == a_bytes + b_bytes;
     mla_span w;
     for (int64_t i3 = 0; i3 < ne3; ++i3) {
@@ -173,7 +174,7 @@ void mlaref_concat_rows_bytes__avx512_ref(uint8_t *dst, const uint8_t *a, const 
                 uint8_t *d = dst + i1 * d_nb1 + i2 * d_nb2 + i3 * d_nb3;
                 const uint8_t *sa = a + i1 * a_nb1 + i2 * a_nb2 + i3 * a_nb3;
                 const uint8_t *sb = b + i1 * b_nb1 + i2 * b_nb2 + i3 * b_nb3;
-                if (!stream) {
+                if (!streaming) {
                     mla_copy_bytes(d, sa, a_bytes);
                     mla_copy_bytes(d + a_bytes, sb, b_bytes);
                     continue;
@@ -185,5 +186,5 @@ void mlaref_concat_rows_bytes__avx512_ref(uint8_t *dst, const uint8_t *a, const 
             }
         }
     }
-    if (stream) mla_stream_fence();
+    if (streaming) mla_stream_fence();
 }

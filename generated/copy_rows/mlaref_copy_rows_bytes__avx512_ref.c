@@ -86,17 +86,17 @@ static inline void mla_copy_bytes(uint8_t *d, const uint8_t *s, int64_t n) {
     for (; j < n; ++j) d[j] = s[j];
 }
 
-/* A call that writes at least this many destination bytes writes them with streaming (non-temporal) stores
-   where the ISA has them. Ordinary stores first read every destination line into the cache (read for
-   ownership): for an output larger than the caches that is a third memory stream beside the source reads and
-   the write-backs, and it held row copies to about 60 % of memcpy's bandwidth (measured on a Xeon with
-   1.25 MiB L2 per core: 6.7 vs 11.6 GB/s at 25 MB; ordinary stores still win below about 4 MB, where the
-   output stays in cache for its reader). */
-#define MLA_COPY_STREAM_MIN_BYTES ((int64_t)4 << 20)
+/* Streaming (non-temporal) stores, where the ISA has them, are the caller's choice (the kernels' `stream`
+   argument): an ordinary store first reads its destination line into the cache (read for ownership), which for
+   an op whose bytes do not fit the caches is a third memory stream beside the source reads and the write-backs
+   (it held a 36 MB concat to about half of memcpy's bandwidth); when they do fit, ordinary stores leave the
+   output in cache for its reader and win (a repeat writing 8 MB: 0.7x memcpy streamed, 0.9x not). The caller
+   sees the whole op, however many threads share it (mlaref.codegen.kernels: the op's source and destination
+   bytes against the last-level cache). */
 #define MLA_SPAN_STAGE 4096
 
-static inline int mla_copy_streams(int64_t total_bytes) {
-    return MLA_STREAM_ALIGN > 0 && total_bytes >= MLA_COPY_STREAM_MIN_BYTES;
+static inline int mla_copy_streams(int64_t stream) {
+    return MLA_STREAM_ALIGN > 0 && stream != 0;
 }
 
 /* A contiguous run of destination bytes written front to back with streaming stores. Rows rarely start on a
@@ -162,26 +162,33 @@ static inline void mla_span_put(mla_span *w, const uint8_t *s, int64_t n) {
 /* dst row (i1,i2,i3) = n_rep back-to-back copies of the row_bytes bytes of src row (i1,i2,i3). Source and
    destination must not overlap (checked in Python). A source stride of 0 in dim 2 (repeat broadcasting one
    row over heads, as the MLA K build does with the rope part) re-reads the same rows ne2 times: then blocks of
-   MLA_COPY_BLOCK rows are read once into L1 and written to every i2. A large output goes out by streaming
-   stores, in spans: the rows of one block (or of all i1) when they lie back to back, else each row. The bytes
-   do not depend on the order. */
+   MLA_COPY_BLOCK rows are read once into L1 and written to every i2. With `stream` (and an ISA that has them)
+   the output goes out by streaming stores, in spans: the rows of one block (or of all i1) when they lie back to
+   back, else each row; without, rows that lie back to back on both sides are copied as one run. The bytes do
+   not depend on the order or on `stream`. */
 void mlaref_copy_rows_bytes__avx512_ref(uint8_t *dst, const uint8_t *src, int64_t row_bytes, int64_t n_rep,
                 int64_t ne1, int64_t ne2, int64_t ne3,
                 int64_t s_nb1, int64_t s_nb2, int64_t s_nb3,
-                int64_t d_nb1, int64_t d_nb2, int64_t d_nb3) {
+                int64_t d_nb1, int64_t d_nb2, int64_t d_nb3, int64_t stream) {
     const int64_t blk = (s_nb2 == 0 && ne2 > 1) ? MLA_COPY_BLOCK : ne1;
     const int64_t out_row = row_bytes * n_rep;
-    const int stream = mla_copy_streams(out_row * ne1 * ne2 * ne3);
+    const int streaming = mla_copy_streams(stream);
     const int packed = d_nb1 == out_row;  /* the rows of a block are one contiguous span */
+    const int runs = !streaming && n_rep == 1 && s_nb1 == row_bytes && d_nb1 == row_bytes;  /* one copy per block */
     mla_span w;
     for (int64_t i3 = 0; i3 < ne3; ++i3) {
         for (int64_t b0 = 0; b0 < ne1; b0 += blk) {
             const int64_t b1 = b0 + blk < ne1 ? b0 + blk : ne1;
             for (int64_t i2 = 0; i2 < ne2; ++i2) {
+                if (runs) {
+                    mla_copy_bytes(dst + b0 * d_nb1 + i2 * d_nb2 + i3 * d_nb3,
+                                   src + b0 * s_nb1 + i2 * s_nb2 + i3 * s_nb3, (b1 - b0) * row_bytes);
+                    continue;
+                }
                 for (int64_t i1 = b0; i1 < b1; ++i1) {
                     const uint8_t *s = src + i1 * s_nb1 + i2 * s_nb2 + i3 * s_nb3;
                     uint8_t *d = dst + i1 * d_nb1 + i2 * d_nb2 + i3 * d_nb3;
-                    if (!stream) {
+                    if (!streaming) {
                         for (int64_t k = 0; k < n_rep; ++k) mla_copy_bytes(d + k * row_bytes, s, row_bytes);
                         continue;
                     }
@@ -192,5 +199,5 @@ void mlaref_copy_rows_bytes__avx512_ref(uint8_t *dst, const uint8_t *src, int64_
             }
         }
     }
-    if (stream) mla_stream_fence();
+    if (streaming) mla_stream_fence();
 }

@@ -81,6 +81,20 @@ def test_cpu_probe_parses_cpuinfo(tmp_path):
     assert cpu.features(str(tmp_path / "missing")) == frozenset()
 
 
+def test_llc_probe_reads_sysfs(tmp_path):
+    """The largest data or unified cache sysfs lists (this Ice Lake VM's layout), not the instruction cache; the
+    fallback where sysfs says nothing."""
+    for i, (level, kind, size) in enumerate([(1, "Data", "48K"), (1, "Instruction", "64M"), (2, "Unified", "1280K"),
+                                             (3, "Unified", "49152K")]):
+        d = tmp_path / f"index{i}"
+        d.mkdir()
+        (d / "level").write_text(f"{level}\n")
+        (d / "type").write_text(f"{kind}\n")
+        (d / "size").write_text(f"{size}\n")
+    assert cpu.llc_bytes.__wrapped__(str(tmp_path)) == 49152 * 1024
+    assert cpu.llc_bytes.__wrapped__(str(tmp_path / "missing")) == cpu.LLC_FALLBACK == 16 << 20
+
+
 def test_missing_features_are_named():
     assert cpu.missing("scalar") == ()
     other = "neon" if cpu.host_arch_is_x86() else "avx2"

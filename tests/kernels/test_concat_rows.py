@@ -15,7 +15,8 @@ ref_repeat = importlib.import_module("mlaref.reference.ops.repeat")
 FAMILY = "concat_rows"
 
 
-def test_concat_rows_kernel(kernel_name, kt, rng):
+@pytest.mark.parametrize("stream", [0, 1])
+def test_concat_rows_kernel(kernel_name, kt, rng, stream):
     """dst row (i1,i2,i3) = a row ++ b row at arbitrary byte strides of all three; the gaps stay untouched."""
     k = kt.manifest_kernels()[kernel_name]
     kt.require_isa(k["isa"])
@@ -35,7 +36,7 @@ def test_concat_rows_kernel(kernel_name, kt, rng):
         dst = out.array.reshape(-1)
         dst[...] = 0x5A
         fn(ffi.cast("uint8_t *", dst.ctypes.data), ffi.cast("const uint8_t *", a.ctypes.data),
-           ffi.cast("const uint8_t *", b.ctypes.data), ra, rb, *ne, *a_nb, *b_nb, *d_nb)
+           ffi.cast("const uint8_t *", b.ctypes.data), ra, rb, *ne, *a_nb, *b_nb, *d_nb, stream)
         out.check()
         want = np.full(total, 0x5A, dtype=np.uint8)
         for i3 in range(ne[2]):
@@ -46,21 +47,21 @@ def test_concat_rows_kernel(kernel_name, kt, rng):
                     b0 = i1 * b_nb[0] + i2 * b_nb[1] + i3 * b_nb[2]
                     want[d0:d0 + ra] = a[a0:a0 + ra]
                     want[d0 + ra:d0 + ra + rb] = b[b0:b0 + rb]
-        kt.assert_same_bytes(dst, want, max(ra + rb, 1), f"{kernel_name} rows {ra}+{rb} ne {ne}")
+        kt.assert_same_bytes(dst, want, max(ra + rb, 1), f"{kernel_name} rows {ra}+{rb} ne {ne} stream {stream}")
 
 
-STREAM_MIN_BYTES = 4 << 20  # MLA_COPY_STREAM_MIN_BYTES of codegen/templates/simd/copy.h.j2
+STREAM_TEST_BYTES = 4 << 20  # an output several times the 4 KiB staging span and the L2
 
 
 @pytest.mark.parametrize("ra,rb,pad", [(256, 128, 0), (250, 131, 3), (64, 8, 1)])
 def test_concat_rows_streaming_output(kernel_name, kt, rng, ra, rb, pad):
-    """An output above the streaming threshold (the x86 kernels write it with non-temporal stores): rows aligned
-    to the vector width, rows straddling it (ragged heads and tails), rows shorter than a vector; gaps untouched."""
+    """A large output with ``stream`` (the x86 kernels write it with non-temporal stores): rows aligned to the
+    vector width, rows straddling it (ragged heads and tails), rows shorter than a vector; gaps untouched."""
     k = kt.manifest_kernels()[kernel_name]
     kt.require_isa(k["isa"])
     _spec, fn, ffi = K.resolve("concat_rows", "bytes", None, "ref", kernel=kernel_name)
     d_nb1 = ra + rb + pad
-    ne1 = STREAM_MIN_BYTES // (ra + rb) + 3
+    ne1 = STREAM_TEST_BYTES // (ra + rb) + 3
     a = rng.integers(0, 256, size=(ne1, ra), dtype=np.uint8)
     b = rng.integers(0, 256, size=(ne1, rb + 1), dtype=np.uint8)  # a strided source
     total = d_nb1 * ne1
@@ -69,7 +70,7 @@ def test_concat_rows_streaming_output(kernel_name, kt, rng, ra, rb, pad):
     dst[...] = 0x5A
     fn(ffi.cast("uint8_t *", dst.ctypes.data), ffi.cast("const uint8_t *", a.ctypes.data),
        ffi.cast("const uint8_t *", b.ctypes.data), ra, rb, ne1, 1, 1, ra, ra * ne1, ra * ne1,
-       rb + 1, (rb + 1) * ne1, (rb + 1) * ne1, d_nb1, total, total)
+       rb + 1, (rb + 1) * ne1, (rb + 1) * ne1, d_nb1, total, total, 1)
     out.check()
     want = np.full((ne1, d_nb1), 0x5A, dtype=np.uint8)
     want[:, :ra], want[:, ra:ra + rb] = a, b[:, :rb]
@@ -107,6 +108,25 @@ def test_mla_k_build_threads_and_out(type_name, n_threads, rng):
     rep_out = Tensor.empty(type_name, target)
     K.repeat(rope, target, n_threads=n_threads, out=rep_out)
     assert np.array_equal(rep_out.raw(), want_rep.raw())
+
+
+@pytest.mark.parametrize("llc", [1 << 10, 1 << 40])
+def test_mla_k_build_streamed_or_not(llc, rng, monkeypatch):
+    """The ops choose streaming stores against the last-level cache size (a tiny cache: every op streams; a huge
+    one: none does); the bytes are the reference's either way, for 1 and 2 threads."""
+    from mlaref.codegen import cpu
+
+    monkeypatch.setattr(cpu, "llc_bytes", lambda: llc)
+    assert K._streams(1 << 20) == (llc == 1 << 10)
+    _cache, rope, k_nope = _mla_k_parts(rng, "f16", n_kv=300, heads=5)
+    target = (64, rope.ne[1], k_nope.ne[2], 1)
+    want_rep = ref_repeat.repeat(rope, target)
+    want = ref_concat.concat(k_nope, want_rep, 0)
+    for t in (1, 2):
+        rep = K.repeat(rope, target, n_threads=t)
+        assert np.array_equal(rep.raw(), want_rep.raw())
+        assert np.array_equal(K.concat(k_nope, rep, 0, n_threads=t).raw(), want.raw())
+        assert np.array_equal(K.cpy(want, "f16").raw(), want.raw())
 
 
 def test_repeat_tiles_split_over_threads(rng):

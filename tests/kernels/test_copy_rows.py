@@ -11,24 +11,27 @@ from mlaref.codegen import kernels as K
 FAMILY = "copy_rows"
 
 
-def test_copy_rows_kernel(kernel_name, kt, rng):
-    """dst row (i1,i2,i3) = n_rep copies of src row (i1,i2,i3) at arbitrary byte strides; gaps untouched."""
+@pytest.mark.parametrize("stream", [0, 1])
+def test_copy_rows_kernel(kernel_name, kt, rng, stream):
+    """dst row (i1,i2,i3) = n_rep copies of src row (i1,i2,i3) at arbitrary byte strides; gaps untouched; the
+    same bytes with and without streaming stores (``stream``), and for rows back to back on both sides."""
     k = kt.manifest_kernels()[kernel_name]
     kt.require_isa(k["isa"])
     spec, fn, ffi = K.resolve("copy_rows", "bytes", None, "ref", kernel=kernel_name)
-    for row_bytes, n_rep, ne in [(34, 1, (3, 2, 2)), (68, 16, (2, 3, 1)), (1, 5, (7, 1, 1)), (1152, 1, (1, 1, 1)),
-                                 (18, 3, (4, 2, 3))]:
-        s_nb1 = row_bytes + 7
+    for row_bytes, n_rep, ne, gap in [(34, 1, (3, 2, 2), 7), (68, 16, (2, 3, 1), 7), (1, 5, (7, 1, 1), 7),
+                                      (1152, 1, (1, 1, 1), 7), (18, 3, (4, 2, 3), 7), (40, 1, (5, 2, 2), 0),
+                                      (600, 1, (3, 2, 1), 0)]:
+        s_nb1 = row_bytes + gap  # gap 0 and n_rep 1: back-to-back rows on both sides, copied as one run
         s_nb = (s_nb1, s_nb1 * ne[0] + 3, (s_nb1 * ne[0] + 3) * ne[1] + 1)
         src = rng.integers(0, 256, size=s_nb[2] * ne[2] + 16, dtype=np.uint8)
-        d_nb1 = row_bytes * n_rep + 5
+        d_nb1 = row_bytes * n_rep + (5 if gap else 0)
         d_nb = (d_nb1, d_nb1 * ne[0] + 2, (d_nb1 * ne[0] + 2) * ne[1])
         total = d_nb[2] * ne[2]
         out = kt.Guarded(1, total, np.uint8)
         dst = out.array.reshape(-1)
         dst[...] = 0x5A
         fn(ffi.cast("uint8_t *", dst.ctypes.data), ffi.cast("const uint8_t *", src.ctypes.data), row_bytes, n_rep,
-           *ne, *s_nb, *d_nb)
+           *ne, *s_nb, *d_nb, stream)
         out.check()
         want = np.full(total, 0x5A, dtype=np.uint8)
         for i3 in range(ne[2]):
@@ -38,13 +41,14 @@ def test_copy_rows_kernel(kernel_name, kt, rng):
                     d0 = i1 * d_nb[0] + i2 * d_nb[1] + i3 * d_nb[2]
                     for r in range(n_rep):
                         want[d0 + r * row_bytes : d0 + (r + 1) * row_bytes] = src[s0 : s0 + row_bytes]
-        kt.assert_same_bytes(dst, want, max(row_bytes, 1), f"{kernel_name} rows {row_bytes}x{n_rep} ne {ne}")
+        kt.assert_same_bytes(dst, want, max(row_bytes, 1),
+                             f"{kernel_name} rows {row_bytes}x{n_rep} ne {ne} gap {gap} stream {stream}")
 
 
 @pytest.mark.parametrize("row_bytes,n_rep,ne2", [(1152, 1, 1), (130, 3, 1), (128, 1, 16)])
 def test_copy_rows_streaming_output(kernel_name, kt, rng, row_bytes, n_rep, ne2):
-    """An output above the 4 MiB streaming threshold (non-temporal stores on x86): MLA cache rows, ragged
-    repeated rows, the rope part broadcast over 16 heads; the destination starts one byte past a 64-byte
+    """A large output with ``stream`` (non-temporal stores on x86, through the staging span): MLA cache rows,
+    ragged repeated rows, the rope part broadcast over 16 heads; the destination starts one byte past a 64-byte
     boundary, so every row has a ragged head."""
     k = kt.manifest_kernels()[kernel_name]
     kt.require_isa(k["isa"])
@@ -58,14 +62,15 @@ def test_copy_rows_streaming_output(kernel_name, kt, rng, row_bytes, n_rep, ne2)
     dst = out.array.reshape(-1)[1:]
     dst[...] = 0x5A
     fn(ffi.cast("uint8_t *", dst.ctypes.data), ffi.cast("const uint8_t *", src.ctypes.data), row_bytes, n_rep,
-       ne1, ne2, 1, s_nb1, 0, 0, d_nb1, d_nb1 * ne1, total)
+       ne1, ne2, 1, s_nb1, 0, 0, d_nb1, d_nb1 * ne1, total, 1)
     out.check()
     want = np.full((ne2, ne1, d_nb1), 0x5A, dtype=np.uint8)
     want[:, :, :row_bytes * n_rep] = np.tile(src[:, :row_bytes], (1, n_rep))[None]
     kt.assert_same_bytes(dst, want.reshape(-1), d_nb1, f"{kernel_name} rows {row_bytes}x{n_rep} heads {ne2}")
 
 
-def test_copy_rows_broadcast_over_dim2(kernel_name, kt, rng):
+@pytest.mark.parametrize("stream", [0, 1])
+def test_copy_rows_broadcast_over_dim2(kernel_name, kt, rng, stream):
     """A source stride of 0 in dim 2 (repeat over heads) takes the blocked order: 1, 64 +- 1 and 130 rows (blocks
     and a tail), rows of 3, 128 (inline chunks), 520 (memcpy) bytes; every head gets the same rows."""
     k = kt.manifest_kernels()[kernel_name]
@@ -78,11 +83,12 @@ def test_copy_rows_broadcast_over_dim2(kernel_name, kt, rng):
         out = kt.Guarded(1, d_nb[2], np.uint8)
         dst = out.array.reshape(-1)
         fn(ffi.cast("uint8_t *", dst.ctypes.data), ffi.cast("const uint8_t *", src.ctypes.data), row_bytes, 1,
-           ne1, ne2, 1, s_nb1, 0, 0, *d_nb)
+           ne1, ne2, 1, s_nb1, 0, 0, *d_nb, stream)
         out.check()
         rows = src.reshape(ne1, s_nb1)[:, :row_bytes]
         want = np.broadcast_to(rows, (ne2, ne1, row_bytes)).reshape(-1)
-        kt.assert_same_bytes(dst, want, row_bytes, f"{kernel_name} broadcast {row_bytes} B x {ne1} rows x {ne2}")
+        kt.assert_same_bytes(dst, want, row_bytes,
+                             f"{kernel_name} broadcast {row_bytes} B x {ne1} rows x {ne2} stream {stream}")
 
 
 def _tensor_api():
