@@ -23,7 +23,8 @@ family              C signature (all sizes int64_t, strides in bytes)
 vec_dot plans (kernel-name token -> reference/plan.py plan): ``l8a1`` / ``l8a2`` -> ``mlaref_l8a1`` /
 ``mlaref_l8a2`` (every ISA; ``l16a1`` gives the same bytes as ``l8a2`` by the plan's lane map, so it is not a
 separate kernel), ``ggml_generic`` (scalar C, serial: scalar ISA only), ``ggml_x86_avx2`` (block pairs with plain
-y, scalar and avx2). ``avx512vnni`` and ``neondot`` only change the int8 lane sums, so only block pairs get them.
+y, scalar and the x86 ISAs: its float order is ggml's AVX2 path, and the wider ISAs only sum the exact int8 lanes
+faster). ``avx512vnni`` and ``neondot`` only change the int8 lane sums, so only block pairs get them.
 
 ISA rule: a format whose row code calls the SIMD primitives (``simd/<isa>.h.j2``) gets a kernel for every ISA
 in ``ROW_ISAS``; a format whose code is plain scalar C gets only ``scalar`` (another ISA would compile the same
@@ -197,8 +198,8 @@ class KernelSpec:
             raise ValueError(f"{where}: ggml's own plans go with ggml's plain vec_dot types, not {self.type_y}")
         if self.plan == "ggml_generic" and self.isa != "scalar":
             raise ValueError(f"{where}: ggml_generic is a serial order; only the scalar ISA is generated for it")
-        if self.plan == "ggml_x86_avx2" and (element or self.isa not in ("scalar", "avx2")):
-            raise ValueError(f"{where}: ggml_x86_avx2 is generated for block pairs on scalar and avx2")
+        if self.plan == "ggml_x86_avx2" and (element or self.isa in ("neon", "neondot")):
+            raise ValueError(f"{where}: ggml_x86_avx2 is generated for block pairs on scalar and the x86 ISAs")
         return self
 
 

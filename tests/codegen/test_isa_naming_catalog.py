@@ -91,7 +91,8 @@ def test_format_rejects_bad_parts():
     (KernelSpec("vec_dot", "f16", "f16", "avx512vnni", "l8a1"), "element pairs"),
     (KernelSpec("vec_dot", "q8_0", "q8_0_x4", "scalar", "ggml_generic"), "plain vec_dot types"),
     (KernelSpec("vec_dot", "q8_0", "q8_0", "avx2", "ggml_generic"), "serial"),
-    (KernelSpec("vec_dot", "q8_0", "q8_0", "avx512", "ggml_x86_avx2"), "scalar and avx2"),
+    (KernelSpec("vec_dot", "q8_0", "q8_0", "neon", "ggml_x86_avx2"), "scalar and the x86 ISAs"),
+    (KernelSpec("vec_dot", "f16", "f16", "avx512", "ggml_x86_avx2"), "scalar and the x86 ISAs"),
 ])
 def test_validate_couplings(spec, match):
     with pytest.raises(ValueError, match=match):
