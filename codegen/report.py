@@ -325,7 +325,8 @@ def check_kernel(name: str, n_rows: int = 5) -> dict:
 
             plan = catalog.VEC_DOT_PLANS[spec.plan]
             element = spec.type_x in ("f32", "f16", "bf16")
-            for n in ([1, 9, 17, 192, 576] if element else [32, 224, 192, 576]):
+            kquant = spec.type_x in ("q4_K", "q6_K")  # 256-value super-blocks
+            for n in ([1, 9, 17, 192, 576] if element else [256, 768, 1536] if kquant else [32, 224, 192, 576]):
                 x, y = _vec_dot_operands(R, rng, spec.type_x, spec.type_y, 3, 4, n)
                 want = ref_vec_dot(x, spec.type_x, y, spec.type_y, n, plan=plan)
                 got = K.vec_dot(x, spec.type_x, y, spec.type_y, n, plan=plan, kernel=name)

@@ -137,6 +137,22 @@ def test_kernel_checks_and_isa_summary(tiny_run):
     assert cpu_sec["dispatch_order"][-1] == "scalar"
 
 
+@pytest.mark.parametrize("name", [
+    "mlaref_vec_dot_q4_K_q8_K__scalar_l8a2", "mlaref_vec_dot_q6_K_q8_K__scalar_ggml_generic",
+    "mlaref_vec_dot_q6_K_q8_K__avx2_ggml_x86_avx2", "mlaref_vec_dot_q8_0_q8_0__scalar_l8a1",
+    "mlaref_concat_rows_bytes__scalar_ref", "mlaref_copy_rows_bytes__avx2_ref"])
+def test_full_report_kernel_check_passes(name):
+    """The full report's own check of one kernel (the quick run checks a subset): K-quant rows are whole
+    super-blocks, copies run with and without streaming stores."""
+    from mlaref.codegen import catalog, cpu
+
+    miss = cpu.missing(catalog.by_name()[name].isa)
+    if miss:
+        pytest.skip(f"this CPU lacks {', '.join(miss)}")
+    got = R.check_kernel(name)
+    assert got["status"] == "pass" and got["cases"] >= 3, got
+
+
 def test_mla_sections(tiny_run):
     from mlaref.codegen import ggml_peer
 
