@@ -160,11 +160,15 @@ static inline void mla_span_put(mla_span *w, const uint8_t *s, int64_t n) {
 
 /* Rows per block of the broadcast order below: 64 source rows of up to a few hundred bytes stay in L1. */
 #define MLA_COPY_BLOCK 64
+/* Bytes of the L1 buffer a broadcast block is gathered into when its destination rows lie back to back. */
+#define MLA_COPY_GATHER 16384
 
 /* dst row (i1,i2,i3) = n_rep back-to-back copies of the row_bytes bytes of src row (i1,i2,i3). Source and
    destination must not overlap (checked in Python). A source stride of 0 in dim 2 (repeat broadcasting one
    row over heads, as the MLA K build does with the rope part) re-reads the same rows ne2 times: then blocks of
-   MLA_COPY_BLOCK rows are read once into L1 and written to every i2. With `stream` (and an ISA that has them)
+   MLA_COPY_BLOCK rows are read once into L1 and written to every i2 (when the destination rows of a block lie
+   back to back, gathered once into an L1 buffer, which goes to every i2 as one run). With `stream` (and an ISA
+   that has them)
    the output goes out by streaming stores, in spans: the rows of one block (or of all i1) when they lie back to
    back, else each row; without, rows that lie back to back on both sides are copied as one run. The bytes do
    not depend on the order or on `stream`. */
@@ -177,10 +181,24 @@ void mlaref_copy_rows_bytes__avx2_ref(uint8_t *dst, const uint8_t *src, int64_t 
     const int streaming = mla_copy_streams(stream);
     const int packed = d_nb1 == out_row;  /* the rows of a block are one contiguous span */
     const int runs = !streaming && n_rep == 1 && s_nb1 == row_bytes && d_nb1 == row_bytes;  /* one copy per block */
+    const int gather = !streaming && !runs && blk < ne1 && packed && blk * out_row <= MLA_COPY_GATHER;
+    _Alignas(64) uint8_t rows[MLA_COPY_GATHER];
     mla_span w;
     for (int64_t i3 = 0; i3 < ne3; ++i3) {
         for (int64_t b0 = 0; b0 < ne1; b0 += blk) {
             const int64_t b1 = b0 + blk < ne1 ? b0 + blk : ne1;
+            if (gather) {  /* s_nb2 == 0: the block's rows are the same for every i2 */
+                for (int64_t i1 = b0; i1 < b1; ++i1) {
+                    for (int64_t k = 0; k < n_rep; ++k) {
+                        mla_copy_bytes(rows + (i1 - b0) * out_row + k * row_bytes, src + i1 * s_nb1 + i3 * s_nb3,
+                                       row_bytes);
+                    }
+                }
+                for (int64_t i2 = 0; i2 < ne2; ++i2) {
+                    memcpy(dst + b0 * d_nb1 + i2 * d_nb2 + i3 * d_nb3, rows, (size_t)((b1 - b0) * out_row));
+                }
+                continue;
+            }
             for (int64_t i2 = 0; i2 < ne2; ++i2) {
                 if (runs) {
                     mla_copy_bytes(dst + b0 * d_nb1 + i2 * d_nb2 + i3 * d_nb3,
