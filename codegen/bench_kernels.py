@@ -21,7 +21,7 @@ Fairness. Kernel is timed against kernel: the generated C function and ggml's C 
 from one job array of :mod:`mlaref.codegen.pool` built once (addresses and arguments made once), by the same
 C runner: one job per thread on halves of the rows, the first run by the calling thread, the second by a pool
 worker, so thread start-up and hand-off cost the same on both sides and no Python runs between the parts. The
-Python checks of :mod:`mlaref.codegen.kernels` (about 10-20 us a call) are timed separately (``mlaref_api``).
+Python checks of :mod:`mlaref.codegen.kernels` (15-50 us a call here) are timed separately (``mlaref_api``).
 ggml's ``from_float``, ``from_float_ref`` and ``to_float`` treat their input as one run of independent blocks,
 so each job calls them once on its rows as one buffer (``k = rows * n``). ggml's ``vec_dot`` computes one dot
 product per call, so its job (``ggml_vec_dot``) calls it for every (x row, y row) pair in the order the mlaref

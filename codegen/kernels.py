@@ -149,6 +149,11 @@ def _address(ffi, fn) -> int:
     return int(ffi.cast("uintptr_t", ffi.addressof(fn.__self__, fn.__name__)))
 
 
+def _at(ffi, p) -> int:
+    """The address a cffi pointer holds (pool jobs carry addresses as integers)."""
+    return int(ffi.cast("uintptr_t", p))
+
+
 def _run_rows(call, n_rows: int, n_threads: int, job=None) -> None:
     """``call(k, r0, r1)`` for the rows at once, or ``job(k, r0, r1)`` (a pool job row) per part on C threads."""
     if n_threads == 1 or n_rows == 1:
@@ -181,9 +186,9 @@ def dequantize(data, type, *, isa=None, kernel=None, n_threads=1, out=None) -> n
         fn(cast("const uint8_t *", px + r0 * sx), cast("float *", py + r0 * sy), r1 - r0, n, sx, sy)
 
     def job(_k, r0, r1):
-        return _pool.job("dequantize", _address(ffi, fn), ax + r0 * sx, ay + r0 * sy, r1 - r0, n, sx, sy)
+        return _pool.job("dequantize", _address(ffi, fn), _at(ffi, px) + r0 * sx, _at(ffi, py) + r0 * sy, r1 - r0, n,
+                         sx, sy)
 
-    ax, ay = _pool.address(rows.array), _pool.address(dst.array)
     _run_rows(call, rows.n_rows, n_threads, job)
     return out
 
@@ -211,9 +216,9 @@ def quantize(x, type, *, variant="ref", imatrix=None, isa=None, kernel=None, n_t
         fn(cast("const float *", px + r0 * sx), cast("uint8_t *", py + r0 * sy), r1 - r0, n, sx, sy)
 
     def job(_k, r0, r1):
-        return _pool.job("quantize", _address(ffi, fn), ax + r0 * sx, ay + r0 * sy, r1 - r0, n, sx, sy)
+        return _pool.job("quantize", _address(ffi, fn), _at(ffi, px) + r0 * sx, _at(ffi, py) + r0 * sy, r1 - r0, n,
+                         sx, sy)
 
-    ax, ay = _pool.address(rows.array), _pool.address(dst.array)
     _run_rows(call, rows.n_rows, n_threads, job)
     return out
 
@@ -246,10 +251,9 @@ def convert(data, src_type, dst_type, *, variant="ref", isa=None, kernel=None, n
            r1 - r0, n, sx, sy)
 
     def job(k, r0, r1):
-        return _pool.job("convert", _address(ffi, fn), ax + r0 * sx, ay + r0 * sy, at + k * 4 * n, r1 - r0, n, sx,
-                         sy)
+        return _pool.job("convert", _address(ffi, fn), _at(ffi, px) + r0 * sx, _at(ffi, py) + r0 * sy,
+                         _at(ffi, pt) + k * 4 * n, r1 - r0, n, sx, sy)
 
-    ax, ay, at = _pool.address(rows.array), _pool.address(dst.array), _pool.address(scratch)
     _run_rows(call, rows.n_rows, n_threads, job)
     return out
 
@@ -302,9 +306,9 @@ def vec_dot(x, x_type, y, y_type, n, plan="ggml_generic", *, isa=None, kernel=No
         fn(cast("const uint8_t *", px + r0 * sx), sx, r1 - r0, py, sy, ny, n, cast("float *", po + r0 * so), so)
 
     def job(_k, r0, r1):
-        return _pool.job("vec_dot", _address(ffi, fn), ax + r0 * sx, sx, r1 - r0, ay, sy, ny, n, ao + r0 * so, so)
+        return _pool.job("vec_dot", _address(ffi, fn), _at(ffi, px) + r0 * sx, sx, r1 - r0, _at(ffi, py), sy, ny, n,
+                         _at(ffi, po) + r0 * so, so)
 
-    ax, ay, ao = _pool.address(xr.array), _pool.address(yr.array), _pool.address(dst.array)
     _run_rows(call, xr.n_rows, n_threads, job)
     return out
 
