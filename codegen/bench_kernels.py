@@ -163,12 +163,6 @@ def bench_kernels(families=None, isas=None, types=None, n_rows: int = 64, n: int
 
 # -- the comparison -------------------------------------------------------------------------------------------
 
-def _halves(n_rows: int, n_threads: int):
-    k = max(1, min(n_threads, n_rows))
-    b = [n_rows * i // k for i in range(k + 1)]
-    return [(b[i], b[i + 1]) for i in range(k) if b[i + 1] > b[i]]
-
-
 def _fn_addr(f) -> int:
     return ctypes.cast(f, ctypes.c_void_p).value
 
@@ -238,10 +232,11 @@ def _aligned(a_or_shape, dtype=None) -> np.ndarray:
 
 
 def _on_pool(kind: str, fn: int, n_rows: int, n_threads: int, args, keep: tuple):
-    """A zero-argument call running ``fn`` on the pool: one job per thread, on ``_halves`` of the rows, with the
+    """A zero-argument call running ``fn`` on the pool: one job per thread, on equal shares of the rows (as
+    :mod:`mlaref.codegen.kernels` splits them), with the
     arguments ``args(r0, r1)``; the job array is built once, as ggml's pointers are made once. ``keep``: the
     arrays the addresses point into, held as long as the call is."""
-    jobs = pool.jobs_array([pool.job(kind, fn, *args(r0, r1)) for r0, r1 in _halves(n_rows, n_threads)])
+    jobs = pool.jobs_array([pool.job(kind, fn, *args(r0, r1)) for r0, r1 in K._split(n_rows, n_threads)])
 
     def call(_keep=keep):
         pool.run(jobs)

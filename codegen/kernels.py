@@ -376,11 +376,6 @@ def _row_jobs(ne123, n_threads: int, bases_nb):
     return jobs
 
 
-def _run_jobs(jobs) -> None:
-    """Run pool job rows, one per thread: the first on this thread, the rest on the pool's workers."""
-    _pool.run(jobs)
-
-
 def _streams(footprint: int) -> int:
     """The ``stream`` argument of the row-copy kernels for an op that reads and writes ``footprint`` bytes in all
     (every thread's share): 1 (streaming stores) when that is more than a quarter of the last-level cache, so the
@@ -407,7 +402,7 @@ def _copier(dst_t, src_t, isa, kernel, *, fresh: bool = False, s_nb=None):
 
     def copy(dst_off: int, src_off: int, row_bytes: int, n_rep: int, ne123, n_threads: int = 1,
              stream: int = 0) -> None:
-        _run_jobs([_pool.job("copy", fa, ad + dst_off + od, as_ + src_off + os_, row_bytes, n_rep, n1, n2, n3,
+        _pool.run([_pool.job("copy", fa, ad + dst_off + od, as_ + src_off + os_, row_bytes, n_rep, n1, n2, n3,
                              *s_nb, *d_nb, stream)
                    for (od, os_), n1, n2, n3 in _row_jobs(tuple(ne123), n_threads, (d_nb, s_nb))])
 
@@ -460,7 +455,7 @@ def concat(a, b, dim: int, *, isa=None, kernel=None, n_threads=1, out=None):
     a_nb, b_nb, d_nb = tuple(a.nb[1:]), tuple(b.nb[1:]), tuple(dst.nb[1:])
     ra, rb, fa = a.row_size(), b.row_size(), _address(ffi, fn)
     stream = _streams(2 * dst.nbytes())  # a and b are read once, dst written once
-    _run_jobs([_pool.job("concat", fa, ad + od, aa + oa, ab + ob, ra, rb, n1, n2, n3, *a_nb, *b_nb, *d_nb, stream)
+    _pool.run([_pool.job("concat", fa, ad + od, aa + oa, ab + ob, ra, rb, n1, n2, n3, *a_nb, *b_nb, *d_nb, stream)
                for (od, oa, ob), n1, n2, n3 in _row_jobs(tuple(a.ne[1:]), n_threads, (d_nb, a_nb, b_nb))])
     return dst
 

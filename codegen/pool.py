@@ -40,13 +40,9 @@ def _module():
     return build.load_runtime("pool", SOURCE, _CDEF, libraries=["pthread"])
 
 
-def address(x) -> int:
-    """The address of a cffi pointer or function (``ffi.addressof(lib, name)``) or of a NumPy array's data."""
-    if isinstance(x, np.ndarray):
-        return x.__array_interface__["data"][0]
-    import cffi
-
-    return int(cffi.FFI().cast("uintptr_t", x))
+def address(a: np.ndarray) -> int:
+    """The address of a NumPy array's first byte (its data pointer), for job arguments."""
+    return a.__array_interface__["data"][0]
 
 
 def job(kind: str, fn: int, *args: int) -> list[int]:
