@@ -222,10 +222,9 @@ def _aligned(a_or_shape, dtype=None) -> np.ndarray:
         src, shape, dtype = a_or_shape, a_or_shape.shape, a_or_shape.dtype
     else:
         shape, dtype = a_or_shape, np.dtype(dtype)
-    n = int(np.prod(shape)) * dtype.itemsize
-    raw = np.empty(n + 64, np.uint8)
-    start = -raw.ctypes.data % 64
-    out = raw[start:start + n].view(dtype).reshape(shape)
+    from mlaref.reference.tensor import aligned_buffer
+
+    out = aligned_buffer(int(np.prod(shape)) * dtype.itemsize).view(dtype).reshape(shape)
     if src is not None:
         out[...] = src
     return out

@@ -35,7 +35,7 @@ import numpy as np
 
 from mlaref.reference import fp
 
-__all__ = ["ELEMENT_TYPES", "Tensor", "contiguous_n", "type_geometry", "row_size", "is_element_type"]
+__all__ = ["ELEMENT_TYPES", "Tensor", "contiguous_n", "type_geometry", "row_size", "is_element_type", "aligned_buffer"]
 
 # name -> (NumPy storage dtype of one element, ggml_type_size)
 ELEMENT_TYPES: dict[str, tuple[np.dtype, int]] = {
@@ -109,6 +109,14 @@ def contiguous_n(ne, nb, block_size: int, type_size: int, n: int = 0) -> bool:
     return True
 
 
+def aligned_buffer(nbytes: int, align: int = 64) -> np.ndarray:
+    """``nbytes`` uninitialised bytes (uint8) whose first byte sits on an ``align``-byte boundary, as ggml's CPU
+    buffers place tensor data (``TENSOR_ALIGNMENT``; here a cache line)."""
+    raw = np.empty(nbytes + align, dtype=np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start:start + nbytes]
+
+
 class Tensor:
     """A ggml tensor: ``type``, ``ne``, ``nb``, ``offset`` into the shared uint8 buffer ``data``."""
 
@@ -147,10 +155,7 @@ class Tensor:
         as ggml's CPU buffers place tensors (``TENSOR_ALIGNMENT``, here a cache line)."""
         ne = _norm_ne(ne, "Tensor.empty")
         nb = _contiguous_nb(type, ne)
-        n = nb[3] * ne[3]
-        raw = np.empty(n + 64, dtype=np.uint8)
-        start = -raw.ctypes.data % 64
-        return cls(type, ne, nb, raw[start:start + n], 0, name)
+        return cls(type, ne, nb, aligned_buffer(nb[3] * ne[3]), 0, name)
 
     @classmethod
     def zeros(cls, type: str, ne, name: str = "") -> "Tensor":
