@@ -507,8 +507,8 @@ def run_mla(*, n_kv=N_KV_FULL, T: int = 512, repeats: int = 3, n_threads: int | 
                 "the NumPy reference fa_merge)",
         "reference": "mlaref NumPy reference ops (single-threaded bit-exact models) at reduced shapes; "
                      "not a measurement of the seed's claim",
-        "kernels": f"mlaref's generated C kernels for mul_mat and flash_attn_ext ({n_threads} Python threads), the "
-                   f"copy_rows kernel for repeat/concat, NumPy for the float casts and the f32 concat; wkv_b "
+        "kernels": f"mlaref's generated C kernels for mul_mat and flash_attn_ext ({n_threads} threads of the C "
+                   f"pool), the copy_rows kernel for repeat/concat, NumPy for the float casts and the f32 concat; wkv_b "
                    f"{weight_type} (the seed's weight type), cache f16; chunked: per-chunk attention without the "
                    "merge (merge timed separately with the NumPy reference fa_merge)",
     }[backend]

@@ -23,20 +23,19 @@ iqk's blocked online softmax with the plan's ``k_step``, ``kv_chunks`` (merged i
 (``libm``, ``v_expf_avx2`` or ``v_expf_avx512``; each is computed lane by lane in C with one rounding per step, so
 every ISA can run every exp). K and V are f16 or q8_0 (the same type), the mask f16 (binary, as iqk reads it).
 
-Threads (``n_threads``): Python threads over disjoint work (cffi releases the GIL): mul_mat splits src1 columns
-(or src0 rows when there are fewer columns than threads), flash_attn_ext splits (head, block of ``q_block``
-queries) units. A reduction is never split by thread count, so the bytes do not depend on ``n_threads``
+Threads (``n_threads``): jobs of the C thread pool (:mod:`mlaref.codegen.pool`) over disjoint work: mul_mat
+splits src1 columns (or src0 rows when there are fewer columns than threads), flash_attn_ext splits (head, block
+of ``q_block`` queries) units. A reduction is never split by thread count, so the bytes do not depend on ``n_threads``
 (style.md 4.8). ``isa=`` caps dispatch, ``kernel=`` names one kernel of generated/manifest.json.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-
 import numpy as np
 
 from mlaref.codegen import args as _args
 from mlaref.codegen import kernels as _kernels
+from mlaref.codegen import pool as _pool
 from mlaref.reference.plan import MLAREF_L16A1, ReductionPlan, get_plan
 from mlaref.reference.tensor import Tensor
 
@@ -87,12 +86,17 @@ def _ranges(n: int, parts: int, align: int) -> list[tuple[int, int]]:
     return [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
 
 
-def _run(call, ranges) -> list:
+def _run(call, kind: str, fn, ffi, args, ranges) -> list[int]:
+    """The kernel's return codes over ``ranges``: one range called here directly, several as jobs of the C thread
+    pool (:mod:`mlaref.codegen.pool`), job k with the arguments ``args(lo, hi)`` (addresses as ints)."""
     if len(ranges) == 1:
         return [call(*ranges[0])]
-    with concurrent.futures.ThreadPoolExecutor(len(ranges)) as pool:
-        futures = [pool.submit(call, lo, hi) for lo, hi in ranges]
-        return [f.result() for f in futures]
+    fa = _kernels._address(ffi, fn)
+    return _pool.run([_pool.job(kind, fa, *args(lo, hi)) for lo, hi in ranges]).tolist()
+
+
+def _addr(t: Tensor) -> int:
+    return _pool.address(t.data) + t.offset
 
 
 def _check_tensor(op: str, what: str, t, types) -> None:
@@ -166,7 +170,12 @@ def mul_mat(a: Tensor, b: Tensor, *, plan=MM_PLAN, variant: str = "x86", vec_dot
         return fn(p0, p1, pd, K, M, a.ne[2], a.ne[3], a.nb[1], a.nb[2], a.nb[3], N, ne12, ne13, b.nb[1], b.nb[2],
                   b.nb[3], r0, r1, c0, c1)
 
-    rcs = _run(call, _ranges(cols if by_cols else M, n_threads, _COL_BLOCK))
+    def args(lo, hi):
+        r0, r1, c0, c1 = (0, M, lo, hi) if by_cols else (lo, hi, 0, cols)
+        return (_addr(a), _addr(b), _addr(dst), K, M, a.ne[2], a.ne[3], a.nb[1], a.nb[2], a.nb[3], N, ne12, ne13,
+                b.nb[1], b.nb[2], b.nb[3], r0, r1, c0, c1)
+
+    rcs = _run(call, "mul_mat", fn, ffi, args, _ranges(cols if by_cols else M, n_threads, _COL_BLOCK))
     if any(rc != 0 for rc in rcs):
         raise MemoryError(f"{spec.name}: the kernel could not allocate its scratch buffers")
     return dst
@@ -243,7 +252,14 @@ def flash_attn_ext(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale, 
                   float(scale), float(np.float32(softcap)), plan.k_step, plan.kv_chunks, _EXP_KIND[plan.exp],
                   q_block, u0, u1)
 
-    rcs = _run(call, _ranges(units, n_threads, 1))
+    def args(u0, u1):
+        return (_addr(q), _addr(k), _addr(v), _addr(mask) if mask is not None else 0, _addr(dst), Dk, Dv, nq, nh, ne3,
+                q.nb[1], q.nb[2], q.nb[3], n_kv, k.ne[2], k.ne[3], k.nb[1], k.nb[2], k.nb[3], v.nb[1], v.nb[2],
+                v.nb[3], mnb[1], mnb[2], mnb[3], mne[2], mne[3], _pool.f32_word(scale),
+                _pool.f32_word(np.float32(softcap)), plan.k_step, plan.kv_chunks, _EXP_KIND[plan.exp], q_block, u0,
+                u1)
+
+    rcs = _run(call, "flash_attn", fn, ffi, args, _ranges(units, n_threads, 1))
     if any(rc < 0 for rc in rcs):
         raise MemoryError(f"{spec.name}: the kernel could not allocate its scratch buffers")
     if sum(rcs):

@@ -1,13 +1,15 @@
-/* The thread pool behind n_threads > 1 of the row kernels (mlaref.codegen.pool): C threads, no Python hand-off.
+/* The thread pool behind n_threads > 1 of the kernels (mlaref.codegen.pool): C threads, no Python hand-off.
  *
  * A call hands over an array of jobs, one per part of the rows. Every job is MLA_JOB_WORDS int64 words:
  *
- *     [kind, function address, argument 0, argument 1, ...]
+ *     [kind, function address, argument 0, argument 1, ..., result]
  *
  * and `kind` says which prototype the function has, so each call below is through a pointer of exactly the
- * function's type (pointers travel as integers). The caller runs job 0 itself, worker w runs job w + 1, and
- * mla_pool_run returns when every job is done. Rows are split between jobs by the Python side, each job writes
- * its own rows, so the bytes do not depend on how many jobs there are.
+ * function's type (pointers travel as integers, a float as its 32 bits). A function that returns an int (the
+ * mul_mat and flash_attn_ext kernels: an allocation failure, masked-out rows) leaves it in the last word. The
+ * caller runs job 0 itself, worker w runs job w + 1, and mla_pool_run returns when every job is done. Rows are
+ * split between jobs by the Python side, each job writes its own rows, so the bytes do not depend on how many
+ * jobs there are.
  *
  * Waking a worker: each worker owns a cache-line-sized slot holding its next job (NULL when idle). After a job
  * it watches its slot for MLA_SPIN_NS (a kernel call from Python follows the previous one within microseconds),
@@ -26,7 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MLA_JOB_WORDS 20
+#define MLA_JOB_WORDS 40
 #define MLA_POOL_MAX_WORKERS 255
 #define MLA_SPIN_NS 200000 /* how long an idle worker (and a waiting caller) spins before it sleeps (yields) */
 
@@ -47,6 +49,10 @@ enum {
     MLA_JOB_GGML_VEC_DOT,  /* ggml vec_dot fn(int n, float *s, size_t bs, const void *x, size_t bx, const void *y,
                               size_t by, int nrc), called for each (x row, y row): x, x_stride, n_rows, y,
                               y_stride, ny, n, out, out_stride as for MLA_JOB_VEC_DOT */
+    MLA_JOB_MUL_MAT,       /* int fn(const uint8_t *src0, const uint8_t *src1, float *dst, 17 int64: K, M, ne02, ne03,
+                              nb01..03, N, ne12, ne13, nb11..13, r0, r1, c0, c1) */
+    MLA_JOB_FLASH_ATTN,    /* int fn(q, k, v, mask, float *dst, 22 int64: Dk .. mne3, float scale, float softcap,
+                              int64 k_step, int64 kv_chunks, int exp_kind, int64 q_block, u0, u1) */
     MLA_JOB_KINDS
 };
 
@@ -63,10 +69,26 @@ typedef void (*mla_concat_fn)(uint8_t *, const uint8_t *, const uint8_t *, int64
 typedef void (*mla_from_float_fn)(const float *, void *, int64_t);
 typedef void (*mla_to_float_fn)(const void *, float *, int64_t);
 typedef void (*mla_ggml_vec_dot_fn)(int, float *, size_t, const void *, size_t, const void *, size_t, int);
+typedef int (*mla_mul_mat_fn)(const uint8_t *, const uint8_t *, float *, int64_t, int64_t, int64_t, int64_t, int64_t,
+                              int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                              int64_t, int64_t, int64_t);
+typedef int (*mla_flash_attn_fn)(const uint8_t *, const uint8_t *, const uint8_t *, const uint8_t *, float *,
+                                 int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                 int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                 int64_t, int64_t, int64_t, int64_t, float, float, int64_t, int64_t, int, int64_t,
+                                 int64_t, int64_t);
+
+/* the float whose 32 bits a job word holds */
+static inline float mla_word_f32(int64_t w) {
+    const uint32_t b = (uint32_t)w;
+    float f;
+    memcpy(&f, &b, 4);
+    return f;
+}
 
 #define MLA_P(type, k) ((type)(intptr_t)a[k])
 
-static void mla_run_job(const int64_t *job) {
+static void mla_run_job(int64_t *job) {
     const int64_t *a = job + 2;
     const intptr_t fn = (intptr_t)job[1];
     switch (job[0]) {
@@ -110,14 +132,26 @@ static void mla_run_job(const int64_t *job) {
                                           y + j * a[4], 0, 1);
         break;
     }
+    case MLA_JOB_MUL_MAT:
+        job[MLA_JOB_WORDS - 1] = ((mla_mul_mat_fn)fn)(
+            MLA_P(const uint8_t *, 0), MLA_P(const uint8_t *, 1), MLA_P(float *, 2), a[3], a[4], a[5], a[6], a[7],
+            a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15], a[16], a[17], a[18], a[19]);
+        break;
+    case MLA_JOB_FLASH_ATTN:
+        job[MLA_JOB_WORDS - 1] = ((mla_flash_attn_fn)fn)(
+            MLA_P(const uint8_t *, 0), MLA_P(const uint8_t *, 1), MLA_P(const uint8_t *, 2), MLA_P(const uint8_t *, 3),
+            MLA_P(float *, 4), a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15], a[16], a[17],
+            a[18], a[19], a[20], a[21], a[22], a[23], a[24], a[25], a[26], mla_word_f32(a[27]), mla_word_f32(a[28]),
+            a[29], a[30], (int)a[31], a[32], a[33], a[34]);
+        break;
     default:
         break; /* unreachable: mla_pool_run checks every kind first */
     }
 }
 
 typedef struct {
-    _Atomic(const int64_t *) job; /* the next job of this worker; NULL when it has none (set back when done) */
-    char pad[64 - sizeof(const int64_t *)];
+    _Atomic(int64_t *) job; /* the next job of this worker; NULL when it has none (set back when done) */
+    char pad[64 - sizeof(int64_t *)];
 } mla_slot;
 
 static struct {
@@ -146,7 +180,7 @@ static int64_t mla_now_ns(void) {
 static void *mla_worker(void *arg) {
     mla_slot *slot = &mla_pool.slot[(intptr_t)arg];
     for (;;) {
-        const int64_t *job = atomic_load_explicit(&slot->job, memory_order_acquire);
+        int64_t *job = atomic_load_explicit(&slot->job, memory_order_acquire);
         if (!job) {
             const int64_t until = mla_now_ns() + MLA_SPIN_NS;
             for (int spin = 0; !job; ++spin) {
@@ -203,7 +237,7 @@ __attribute__((constructor)) static void mla_pool_init(void) {
     pthread_atfork(NULL, NULL, mla_after_fork);
 }
 
-int mla_pool_run(const int64_t *jobs, int n_jobs) {
+int mla_pool_run(int64_t *jobs, int n_jobs) {
     if (n_jobs < 1 || n_jobs > MLA_POOL_MAX_WORKERS + 1)
         return -1;
     for (int j = 0; j < n_jobs; ++j)

@@ -19,18 +19,18 @@ import pathlib
 
 import numpy as np
 
-__all__ = ["WORDS", "KIND", "MAX_JOBS", "run", "job", "address", "workers"]
+__all__ = ["WORDS", "KIND", "MAX_JOBS", "run", "job", "jobs_array", "f32_word", "address", "workers"]
 
 SOURCE = pathlib.Path(__file__).resolve().parent / "pool.c"
-WORDS = 20
+WORDS = 40
 MAX_JOBS = 256
 KIND = {name: k for k, name in enumerate(
     ("quantize", "dequantize", "convert", "vec_dot", "copy", "concat", "memcpy", "from_float", "to_float",
-     "ggml_vec_dot"), start=1)}
+     "ggml_vec_dot", "mul_mat", "flash_attn"), start=1)}
 # arguments each kind takes (pool.c's prototypes)
 _ARGS = {"quantize": 6, "dequantize": 6, "convert": 7, "vec_dot": 9, "copy": 14, "concat": 18, "memcpy": 3,
-         "from_float": 3, "to_float": 3, "ggml_vec_dot": 9}
-_CDEF = "int mla_pool_run(const int64_t *jobs, int n_jobs);\nint mla_pool_workers(void);\n"
+         "from_float": 3, "to_float": 3, "ggml_vec_dot": 9, "mul_mat": 20, "flash_attn": 35}
+_CDEF = "int mla_pool_run(int64_t *jobs, int n_jobs);\nint mla_pool_workers(void);\n"
 
 
 @functools.cache
@@ -46,10 +46,16 @@ def address(a: np.ndarray) -> int:
 
 
 def job(kind: str, fn: int, *args: int) -> list[int]:
-    """One job row: ``kind`` (a key of ``KIND``), the function's address and its arguments (ints, addresses)."""
+    """One job row: ``kind`` (a key of ``KIND``), the function's address and its arguments (ints, addresses, a
+    float as :func:`f32_word`); the last word receives an int-returning function's result."""
     if len(args) != _ARGS[kind]:
         raise ValueError(f"pool job {kind!r}: takes {_ARGS[kind]} arguments, got {len(args)}")
     return [KIND[kind], fn, *args] + [0] * (WORDS - 2 - len(args))
+
+
+def f32_word(x) -> int:
+    """The job word of a float argument: its float32 bits."""
+    return int(np.float32(x).view(np.uint32))
 
 
 def jobs_array(rows: list[list[int]]) -> np.ndarray:
@@ -60,16 +66,19 @@ def jobs_array(rows: list[list[int]]) -> np.ndarray:
     return a
 
 
-def run(jobs) -> None:
-    """Run the jobs, the first on this thread and the others on pool workers; return when all are done."""
+def run(jobs) -> np.ndarray:
+    """Run the jobs, the first on this thread and the others on pool workers; return when all are done, with the
+    result word of each job (the int an int-returning function gave, else 0)."""
     if not isinstance(jobs, np.ndarray):
         jobs = jobs_array(jobs)
     if (jobs.dtype != np.int64 or jobs.ndim != 2 or jobs.shape[1] != WORDS or not jobs.flags.c_contiguous
-            or not 1 <= jobs.shape[0] <= MAX_JOBS):
-        raise ValueError(f"pool jobs: expected a C-contiguous int64 array of 1..{MAX_JOBS} rows of {WORDS} words")
+            or not jobs.flags.writeable or not 1 <= jobs.shape[0] <= MAX_JOBS):
+        raise ValueError(f"pool jobs: expected a writeable C-contiguous int64 array of 1..{MAX_JOBS} rows of {WORDS} "
+                         "words")
     mod = _module()
     if mod.lib.mla_pool_run(mod.ffi.from_buffer("int64_t[]", jobs), jobs.shape[0]) != 0:  # checks every kind
         raise ValueError(f"pool jobs: unknown kind in {sorted(set(jobs[:, 0].tolist()))}; kinds are {KIND}")
+    return jobs[:, WORDS - 1]
 
 
 def workers() -> int:

@@ -99,6 +99,8 @@ def test_flash_attn_fully_masked_row_raises(rng):
         ref_fa(q, k, v, mask, 0.125, algorithm="blocked", plan=KM.FA_PLAN)
     with pytest.raises(ValueError, match="masked"):
         KM.flash_attn_ext(q, k, v, mask, 0.125)
+    with pytest.raises(ValueError, match="1 query row"):  # the count comes back from a pool worker's job too
+        KM.flash_attn_ext(q, k, v, mask, 0.125, n_threads=3, q_block=1)
 
 
 def test_flash_attn_rejects_bad_arguments(rng):

@@ -75,7 +75,7 @@ def test_bad_job_arrays_are_refused():
         pool.job("quantize", 0, 1, 2)
     with pytest.raises(KeyError):
         pool.job("sort", 0)
-    with pytest.raises(ValueError, match="rows of 20"):
+    with pytest.raises(ValueError, match=f"rows of {pool.WORDS}"):
         pool.run(np.zeros((2, 5), np.int64))
     with pytest.raises(ValueError, match="1..256 rows"):
         pool.run(np.zeros((257, pool.WORDS), np.int64))
