@@ -25,8 +25,8 @@ every ISA can run every exp). K and V are f16 or q8_0 (the same type), the mask 
 
 Threads (``n_threads``): jobs of the C thread pool (:mod:`mlaref.codegen.pool`) over disjoint work: mul_mat
 splits src1 columns (or src0 rows when there are fewer columns than threads), flash_attn_ext splits (head, block
-of ``q_block`` queries) units. A reduction is never split by thread count, so the bytes do not depend on ``n_threads``
-(style.md 4.8). ``isa=`` caps dispatch, ``kernel=`` names one kernel of generated/manifest.json.
+of ``q_block`` queries) units. A reduction is never split by thread count, so the bytes do not depend on
+``n_threads`` (style.md 4.8). ``isa=`` caps dispatch, ``kernel=`` names one kernel of generated/manifest.json.
 """
 
 from __future__ import annotations
@@ -71,10 +71,6 @@ def _check_l16a1(plan, pair: str, op: str) -> ReductionPlan:
     return plan
 
 
-def _ptr(ffi, t: Tensor):
-    return ffi.cast("uint8_t *", t.data.ctypes.data + t.offset)
-
-
 def _ranges(n: int, parts: int, align: int) -> list[tuple[int, int]]:
     """``parts`` contiguous ranges covering [0, n), boundaries at multiples of ``align`` where possible."""
     parts = max(1, min(parts, n))
@@ -86,11 +82,9 @@ def _ranges(n: int, parts: int, align: int) -> list[tuple[int, int]]:
     return [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
 
 
-def _run(call, kind: str, fn, ffi, args, ranges) -> list[int]:
-    """The kernel's return codes over ``ranges``: one range called here directly, several as jobs of the C thread
-    pool (:mod:`mlaref.codegen.pool`), job k with the arguments ``args(lo, hi)`` (addresses as ints)."""
-    if len(ranges) == 1:
-        return [call(*ranges[0])]
+def _run(kind: str, fn, ffi, args, ranges) -> list[int]:
+    """The kernel's return codes over ``ranges``, as jobs of the C thread pool (:mod:`mlaref.codegen.pool`; a
+    single job runs on this thread), job k with the arguments ``args(lo, hi)`` (addresses as ints)."""
     fa = _kernels._address(ffi, fn)
     return _pool.run([_pool.job(kind, fa, *args(lo, hi)) for lo, hi in ranges]).tolist()
 
@@ -161,21 +155,14 @@ def mul_mat(a: Tensor, b: Tensor, *, plan=MM_PLAN, variant: str = "x86", vec_dot
     if M == 0 or cols == 0:
         return dst
     spec, fn, ffi = _kernels.resolve("mul_mat", a.type, b.type, "l16a1", isa=isa, kernel=kernel)
-    p0, p1 = _ptr(ffi, a), _ptr(ffi, b)
-    pd = ffi.cast("float *", dst.data.ctypes.data + dst.offset)
     by_cols = cols >= n_threads
-
-    def call(lo, hi):
-        r0, r1, c0, c1 = (0, M, lo, hi) if by_cols else (lo, hi, 0, cols)
-        return fn(p0, p1, pd, K, M, a.ne[2], a.ne[3], a.nb[1], a.nb[2], a.nb[3], N, ne12, ne13, b.nb[1], b.nb[2],
-                  b.nb[3], r0, r1, c0, c1)
 
     def args(lo, hi):
         r0, r1, c0, c1 = (0, M, lo, hi) if by_cols else (lo, hi, 0, cols)
         return (_addr(a), _addr(b), _addr(dst), K, M, a.ne[2], a.ne[3], a.nb[1], a.nb[2], a.nb[3], N, ne12, ne13,
                 b.nb[1], b.nb[2], b.nb[3], r0, r1, c0, c1)
 
-    rcs = _run(call, "mul_mat", fn, ffi, args, _ranges(cols if by_cols else M, n_threads, _COL_BLOCK))
+    rcs = _run("mul_mat", fn, ffi, args, _ranges(cols if by_cols else M, n_threads, _COL_BLOCK))
     if any(rc != 0 for rc in rcs):
         raise MemoryError(f"{spec.name}: the kernel could not allocate its scratch buffers")
     return dst
@@ -240,17 +227,8 @@ def flash_attn_ext(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale, 
     if units == 0:
         return dst
     spec, fn, ffi = _kernels.resolve(op, k.type, v.type, "l16a1", isa=isa, kernel=kernel)
-    pq, pk, pv = _ptr(ffi, q), _ptr(ffi, k), _ptr(ffi, v)
-    pm = _ptr(ffi, mask) if mask is not None else ffi.NULL
     mnb = mask.nb if mask is not None else (0, 0, 0, 0)
     mne = mask.ne if mask is not None else (1, 1, 1, 1)
-    pd = ffi.cast("float *", dst.data.ctypes.data + dst.offset)
-
-    def call(u0, u1):
-        return fn(pq, pk, pv, pm, pd, Dk, Dv, nq, nh, ne3, q.nb[1], q.nb[2], q.nb[3], n_kv, k.ne[2], k.ne[3],
-                  k.nb[1], k.nb[2], k.nb[3], v.nb[1], v.nb[2], v.nb[3], mnb[1], mnb[2], mnb[3], mne[2], mne[3],
-                  float(scale), float(np.float32(softcap)), plan.k_step, plan.kv_chunks, _EXP_KIND[plan.exp],
-                  q_block, u0, u1)
 
     def args(u0, u1):
         return (_addr(q), _addr(k), _addr(v), _addr(mask) if mask is not None else 0, _addr(dst), Dk, Dv, nq, nh, ne3,
@@ -259,7 +237,7 @@ def flash_attn_ext(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale, 
                 _pool.f32_word(np.float32(softcap)), plan.k_step, plan.kv_chunks, _EXP_KIND[plan.exp], q_block, u0,
                 u1)
 
-    rcs = _run(call, "flash_attn", fn, ffi, args, _ranges(units, n_threads, 1))
+    rcs = _run("flash_attn", fn, ffi, args, _ranges(units, n_threads, 1))
     if any(rc < 0 for rc in rcs):
         raise MemoryError(f"{spec.name}: the kernel could not allocate its scratch buffers")
     if sum(rcs):

@@ -1,4 +1,5 @@
-"""Row kernels on C threads: the pool of ``codegen/pool.c``, behind ``n_threads > 1`` of :mod:`mlaref.codegen.kernels`.
+"""Kernels on C threads: the pool of ``codegen/pool.c``, behind ``n_threads > 1`` of :mod:`mlaref.codegen.kernels`
+and :mod:`mlaref.codegen.kernels_mm`.
 
 A threaded call used to hand its parts to Python threads; on a 2-core machine the hand-off (a future, a lock,
 waking a thread that must take the GIL) cost 50-200 us, more than a 64-row kernel call itself. Here the parts
@@ -7,9 +8,9 @@ idle workers spin briefly before they sleep, and nothing returns before every pa
 
 A *job* is one row of an int64 array of ``WORDS`` columns, ``[kind, function address, arguments...]``, where
 ``kind`` (``KIND``) names the function's prototype and pointers are addresses. :func:`run` checks the array and
-calls ``mla_pool_run``; the Python callers (kernels.py, bench_kernels.py) build the jobs from arguments they
-have already validated. The module is compiled on first use into the kernel cache, keyed by its source, flags and
-compiler (as the kernel modules are, :mod:`mlaref.codegen.build`).
+calls ``mla_pool_run``; the Python callers (kernels.py, kernels_mm.py, bench_kernels.py) build the jobs from
+arguments they have already validated. The module is compiled on first use into the kernel cache, keyed by its
+source, flags and compiler (as the kernel modules are, :mod:`mlaref.codegen.build`).
 """
 
 from __future__ import annotations
