@@ -1017,6 +1017,16 @@ def make_report(out: pathlib.Path, mode: str = "full", show: bool = True, n_thre
         return r
 
     sections["bench_ops"] = _run_section("bench_ops", bench_ops_section)
+
+    def bench_types_section():
+        if show:
+            print("bench types (reference vs gguf-py) ...", file=sys.stderr, flush=True)
+        fmts = list(cfg["bench_types"]) if cfg["bench_types"] else None
+        r = bench.bench_types(size_mb=cfg["bench_mb"], repeats=max(5, cfg["bench_repeats"]), formats=fmts)
+        r["status"] = "ok"
+        return r
+
+    sections["bench_types"] = _run_section("bench_types", bench_types_section)
     sections["mla"] = _run_section("mla", mla_section, "kernels")
     sections["mla_ggml"] = _run_section("mla_ggml", mla_section, "ggml")
 
@@ -1099,6 +1109,10 @@ def _collect_checks(sections: dict) -> list[dict]:
         if m["status"] == "failed":
             checks.append({"name": f"build {m['family']} {m['isa']}", "passed": False})
     checks += sections.get("seed_tables", {}).get("checks", [])
+    for r in sections.get("bench_types", {}).get("results", []):
+        if r["same_result"]["value"] is not None:
+            checks.append({"name": f"reference {r['format']} {r['direction']} equals gguf-py",
+                           "passed": bool(r["same_result"]["value"])})
     for sec in ("mla", "mla_ggml"):
         m = sections.get(sec, {})
         for r in m.get("rows", []):
@@ -1224,6 +1238,16 @@ def render_markdown(r: dict) -> str:
     L.append(_skipped(bk))
     if "results" in bk:
         L += ["```", format_bench_kernels(bk), "```", "", "![throughput](kernel_throughput.png)", ""]
+
+    L += ["## The reference against gguf-py", ""]
+    bt = s.get("bench_types", {"status": "skipped", "reason": "not run"})
+    L.append(_skipped(bt))
+    if "results" in bt:
+        from mlaref.codegen.bench import format_table
+
+        L += ["Both are NumPy: mlaref's readable reference (`mlaref.reference.quantize` / `dequantize`) and gguf-py's "
+              "`gguf.quants`, on the same data; `same` says whether they gave the same bytes.", "",
+              "```", format_table(bt), "```", ""]
 
     L += ["## One MLA layer's ops (small shapes)", ""]
     bo = s.get("bench_ops", {"status": "skipped", "reason": "not run"})

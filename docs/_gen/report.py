@@ -19,7 +19,7 @@ ROOT = DOCS.parent
 
 # page section -> the report.md "## " headings it shows (prefix match)
 SECTIONS = {
-    "performance": ("Kernel throughput", "The seed's speed claim"),
+    "performance": ("Kernel throughput", "The reference against gguf-py", "The seed's speed claim"),
     "conformance": ("CPU", "Build", "Kernel checks", "Seed tables", "Skipped"),
 }
 

@@ -172,6 +172,22 @@ def test_mla_sections(tiny_run):
     assert "1.018" in md  # the seed's pp512 ratio beside ours
 
 
+def test_bench_types_section(tiny_run):
+    """The reference against gguf-py: q8_0 both ways, same bytes, and each same-bytes verdict is a check."""
+    bt = tiny_run[3]["sections"]["bench_types"]
+    assert bt["status"] == "ok" and bt["method"]["repeats"] >= 5
+    rows = {r["direction"]: r for r in bt["results"] if r["format"] == "q8_0"}
+    assert set(rows) == {"quantize", "dequantize"}
+    for r in rows.values():
+        assert r["same_result"]["value"] is True
+        want = r["mlaref"]["throughput"]["median"] / r["gguf-py"]["throughput"]["median"]
+        assert r["ratio_ours_over_gguf"]["value"] == pytest.approx(want, rel=1e-12)
+    names = {c["name"]: c["passed"] for c in tiny_run[3]["checks"]["list"]}
+    assert names["reference q8_0 quantize equals gguf-py"] is True
+    assert names["reference q8_0 dequantize equals gguf-py"] is True
+    assert "## The reference against gguf-py" in (tiny_run[0] / "report.md").read_text()
+
+
 # -- degradation: in-process runs with pieces forced to fail or go missing ------------------------------------------
 
 def _boom(*args, **kwargs):
