@@ -64,24 +64,36 @@ _CHUNK_NARROW = 1 << 16  # f32 -> bf16
 _CHUNK_F16 = 1 << 15  # f32 -> f16: two work arrays and a bound array besides input and output
 _CHUNK_WIDEN = 1 << 17  # f16 -> f32
 
+def _const(value, dtype) -> np.ndarray:
+    """A read-only 0-d array: a constant operand of the array passes below."""
+    a = np.array(value, dtype=dtype)
+    a.flags.writeable = False
+    return a
+
+
 # f32 -> f16 (see f32_to_f16). Exponent fields are those of float32 bits, e = E + 127.
-# The constants the array passes use are plain Python ints: NumPy takes them in the array's dtype, and
-# measurably faster than NumPy scalars in these per-chunk calls.
-_F32_ABS = 0x7FFFFFFF
-_F32_SIGN = 0x80000000
-_F16_CLAMP = 0x47800000  # 65536.0, the first value past the f16 range
+# The constants of the array passes are 0-d arrays of the passes' dtype: a ufunc call converts a Python or
+# NumPy scalar first, which costs as much as the call itself on a cache-sized piece.
+_F32_ABS = _const(0x7FFFFFFF, np.uint32)
+_F32_SIGN = _const(0x80000000, np.uint32)
+_F16_CLAMP = _const(0x47800000, np.uint32)  # 65536.0, the first value past the f16 range
 # the exponent field at bits 7-14 (of x's high half): its mask, 65536's and Inf's fields, and 2**-14's (113)
-_EXP_7 = 0x7F80
+_EXP_7 = _const(0x7F80, np.uint32)
 _F16_CLAMP_7 = 143 << 7
 _F32_INF_7 = 255 << 7
 _F16_E_MIN_7 = 113 << 7
-_E_TWICE_7 = (1 << 16) + (1 << 3)  # e << 7 times this = (e << 23) + (e << 10)
-_SIGN_TWICE = 0x80008000  # the sign bit at bit 31 (the sign of C) and at bit 15 (the sign of the half)
-_C_OFFSET = (13 << 23) + (15 << 10)  # exponent field + 13; half exponent field + 15 = e - 113 (mod 32)
+_SHIFT_16 = _const(16, np.int32)
+_E_TWICE_7 = _const((1 << 16) + (1 << 3), np.uint32)  # e << 7 times this = (e << 23) + (e << 10)
+# the sign bit at bit 31 (the sign of C) and at bit 15 (the sign of the half)
+_SIGN_TWICE = _const(0x80008000, np.uint32)
+# exponent field + 13; half exponent field + 15 = e - 113 (mod 32)
+_C_OFFSET = _const((13 << 23) + (15 << 10), np.uint32)
 
 # f16 -> f32 (see f16_to_f32)
-_F16_WIDE_MASK = 0x8FFFE000 - (1 << 32)  # as int32: the sign bit, exponent and mantissa; bits 28-30 cleared
-_F16_WIDE_SCALE = 2.0**112
+_SHIFT_13 = _const(13, np.int32)
+# as int32: the sign bit, exponent and mantissa; bits 28-30 cleared
+_F16_WIDE_MASK = _const(0x8FFFE000 - (1 << 32), np.int32)
+_F16_WIDE_SCALE = _const(2.0**112, np.float32)
 
 
 def _chunks(n: int, size: int):
@@ -123,13 +135,13 @@ def _f32_to_f16_chunk(u, h, c, t, e_min, f16c: bool) -> None:
     """
     bits = u
     # the high half of x, shifted down arithmetically: bit 15 and bits 16-31 are the sign, bits 7-14 the exponent
-    np.right_shift(u.view(np.int32), 16, out=t.view(np.int32))
+    np.right_shift(u.view(np.int32), _SHIFT_16, out=t.view(np.int32))
     np.bitwise_and(t, _EXP_7, out=c)
-    top = c.max()
+    top = np.maximum.reduce(c)
     if top >= _F16_CLAMP_7:
         # |x| >= 65536, Inf and NaN: go on with |x| clamped to 65536, which rounds to Inf (NaN is fixed below)
         u = np.minimum(u & _F32_ABS, _F16_CLAMP) | (u & _F32_SIGN)
-        np.right_shift(u.view(np.int32), 16, out=t.view(np.int32))
+        np.right_shift(u.view(np.int32), _SHIFT_16, out=t.view(np.int32))
         np.bitwise_and(t, _EXP_7, out=c)
     # C, for x with sign s and exponent field e (e' = max(e, 113), the binade of x or, for |x| < 2**-14, of
     # the subnormal halves), has the bits
@@ -223,7 +235,7 @@ def f16_to_f32(h, out: np.ndarray | None = None) -> np.ndarray:
         # and a pass: the negative ones (0xFC00-0xFFFF) are the largest uint16 values, the positive ones
         # (0x7C00-0x7FFF) the largest int16 values
         special = special or hc.max() >= 0xFC00 or hc.view(np.int16).max() >= 0x7C00
-        np.left_shift(yi, 13, out=yi)
+        np.left_shift(yi, _SHIFT_13, out=yi)
         np.bitwise_and(yi, _F16_WIDE_MASK, out=yi)
         np.multiply(yc, _F16_WIDE_SCALE, out=yc)
     if special:
