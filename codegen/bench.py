@@ -5,7 +5,9 @@ once or more to warm up (imports, caches, page faults), then ``repeats`` timed r
 ``time.perf_counter``; report the median and the min and max of the repeats. Throughput is bytes of float32
 data per second, in MB/s with MB = 10^6 bytes, so a quantize and a dequantize of the same tensor are
 comparable. The contenders run in the same process on the same data, and their timed runs alternate
-(``measure_interleaved``) so that a busy spell of the machine does not land on one of them only.
+(``measure_interleaved``) so that a busy spell of the machine does not land on one of them only. The order
+within each round is shuffled (``round_orders``): a run finds the caches as the run before it left them, and
+a fixed order would always hand one contender the leftovers of the same other one.
 
 ``mlaref bench types`` measures, for every block format registered in :mod:`mlaref.reference` and both
 directions, mlaref's NumPy reference (``quantize(x, name)`` with the ``ref`` variant, ``dequantize``) and
@@ -21,6 +23,7 @@ import importlib
 import json
 import math
 import platform
+import random
 import statistics
 import sys
 import time
@@ -99,13 +102,34 @@ def measure(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1) -> T
     return Timing(tuple(seconds), warmup)
 
 
+def round_orders(names, repeats: int, seed: int = 0) -> list[list]:
+    """The order of the contenders ``names`` in each of ``repeats`` rounds of an interleaved benchmark.
+
+    Each round is a permutation, shuffled with a fixed seed (so a run is reproducible), and a round never
+    starts with the contender that ended the round before: no contender runs twice in a row. A run finds the
+    caches as the previous run left them (measured here: putting ggml's dequantize right after the NumPy
+    reference instead of after the kernel moved the kernel/ggml ratio by 6-11 %), so with a fixed order one
+    contender would always inherit the same other one's leftovers.
+    """
+    names = list(names)
+    rng = random.Random(seed)
+    orders: list[list] = []
+    for _ in range(repeats):
+        order = names[:]
+        rng.shuffle(order)
+        if orders and len(order) > 1 and order[0] == orders[-1][-1]:
+            order = order[1:] + order[:1]
+        orders.append(order)
+    return orders
+
+
 def measure_interleaved(
     fns: dict[str, Callable[[], object]], *, repeats: int = 5, warmup: int = 1
 ) -> dict[str, Timing]:
-    """Time several contenders fairly: warm each up, then run them in turn (A, B, A, B, ...) ``repeats`` times.
+    """Time several contenders fairly: warm each up, then ``repeats`` rounds in which each runs once.
 
     On a shared or throttling machine, alternating spreads slow periods over every contender instead of
-    letting one contender's block of runs absorb them.
+    letting one contender's block of runs absorb them; the order within a round comes from ``round_orders``.
     """
     if repeats < 1:
         raise ValueError(f"measure_interleaved: repeats must be >= 1, got {repeats}")
@@ -115,10 +139,10 @@ def measure_interleaved(
         for _ in range(warmup):
             fn()
     seconds: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    for order in round_orders(fns, repeats):
+        for name in order:
             t0 = time.perf_counter()
-            fn()
+            fns[name]()
             seconds[name].append(time.perf_counter() - t0)
     return {name: Timing(tuple(v), warmup) for name, v in seconds.items()}
 
@@ -301,7 +325,8 @@ def bench_types(*, size_mb: float = 4.0, repeats: int = 5, formats: list[str] | 
     return {
         "benchmark": "mlaref bench types",
         "method": {
-            "timer": "time.perf_counter, wall clock, one call per run; mlaref and gguf-py runs alternate",
+            "timer": "time.perf_counter, wall clock, one call per run; mlaref and gguf-py runs alternate "
+                     "(order shuffled each round, seeded; see round_orders)",
             "warmup": 1,
             "repeats": repeats,
             "statistic": "median (min and max of the repeats also given)",

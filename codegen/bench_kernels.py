@@ -44,6 +44,7 @@ import time
 import numpy as np
 
 from mlaref.codegen import catalog, cpu, pool
+from mlaref.codegen.bench import round_orders
 from mlaref.codegen import kernels as K
 
 __all__ = ["bench_kernels", "time_kernel", "compare_kernels", "format_table", "FAMILIES"]
@@ -99,10 +100,11 @@ _SAMPLE_S = 2e-3
 
 
 def _interleaved(calls: dict, warmup: int, repeat: int) -> dict[str, list[float]]:
-    """Seconds per call of each contender over ``repeat`` samples, taken in turn (A, B, C, A, B, C, ...) after
-    ``warmup`` calls each, so a slow period of a shared machine is spread over every contender instead of being
-    absorbed by one contender's block of runs. A sample is ``k`` back-to-back calls, ``k`` chosen from the
-    slowest contender's warm-up so it lasts about ``_SAMPLE_S``."""
+    """Seconds per call of each contender over ``repeat`` samples, taken in rounds (each contender once per
+    round, in the order of ``bench.round_orders``) after ``warmup`` calls each, so a slow period of a shared
+    machine is spread over every contender instead of being absorbed by one contender's block of runs. A sample
+    is ``k`` back-to-back calls, ``k`` chosen from the slowest contender's warm-up so it lasts about
+    ``_SAMPLE_S``."""
     slowest = 0.0
     for call in calls.values():
         for _ in range(max(1, warmup)):
@@ -111,8 +113,9 @@ def _interleaved(calls: dict, warmup: int, repeat: int) -> dict[str, list[float]
             slowest = max(slowest, time.perf_counter() - t0)
     k = max(1, min(100, int(_SAMPLE_S / max(slowest, 1e-9))))
     out: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(max(1, repeat)):
-        for name, call in calls.items():
+    for order in round_orders(calls, max(1, repeat)):
+        for name in order:
+            call = calls[name]
             t0 = time.perf_counter()
             for _ in range(k):
                 call()

@@ -43,8 +43,8 @@ Back-ends, named in every result's ``backend`` field:
     runs, not to measure the seed's claim.
 
 Method: every variant of one ``n_kv`` is prepared once (one ggml context; one set of tensors); one warm-up run each,
-then ``repeats`` rounds
-in which the variants run in turn (:func:`mlaref.codegen.bench.measure_interleaved`); median, min, max.
+then ``repeats`` rounds in which each variant runs once, in a shuffled order
+(:func:`mlaref.codegen.bench.measure_interleaved`); median, min, max.
 Speed-ups are ratios of medians within one run: ``speedup_direct_over_f32 = t_f32 / t_direct`` (the seed's
 sense: > 1 means the #253 branch is faster) and ``speedup_chunked_over_direct = t_direct / t_chunked``.
 

@@ -132,8 +132,9 @@ def _measure(fns: dict, *, repeats: int, warmup: int) -> tuple[dict, dict]:
             fn()
     wall: dict = {n: [] for n in fns}
     cpu: dict = {n: [] for n in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    for order in _bench.round_orders(fns, repeats):
+        for name in order:
+            fn = fns[name]
             c0, t0 = time.process_time(), time.perf_counter()
             fn()
             wall[name].append(time.perf_counter() - t0)

@@ -635,7 +635,7 @@ def bench_kernels(*, types=None, size_mb: float = 4.0, repeats: int = 5, seed: i
             rows.append(row)
     return {
         "benchmark": "mlaref bench kernels",
-        "method": {"timer": "time.perf_counter, one call per run; contenders interleaved", "warmup": 1,
+        "method": {"timer": "time.perf_counter, one call per run; contenders interleaved, order shuffled each round", "warmup": 1,
                    "repeats": repeats, "statistic": "median (min and max also given)",
                    "throughput_unit": "MB/s of float32 data (quantize: input; dequantize: output); MB = 10^6 B",
                    "threads": 1,
@@ -743,7 +743,7 @@ def bench_ops(*, repeats: int = 5, seed: int = 0) -> dict:
         rows.append(row)
     return {
         "benchmark": "mlaref bench ops",
-        "method": {"timer": "time.perf_counter, one call per run; contenders interleaved", "warmup": 1,
+        "method": {"timer": "time.perf_counter, one call per run; contenders interleaved, order shuffled each round", "warmup": 1,
                    "repeats": repeats, "statistic": "median (min and max also given)", "threads": 1,
                    "ggml": "ggml_ops.run: a fresh ggml context and graph per call, inputs copied in and the "
                            "result copied out (that overhead is part of its time)"},
