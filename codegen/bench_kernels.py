@@ -27,9 +27,10 @@ so each job calls them once on its rows as one buffer (``k = rows * n``). ggml's
 product per call, so its job (``ggml_vec_dot``) calls it for every (x row, y row) pair in the order the mlaref
 kernel uses: x rows outer. memcpy is libc's, on the same split. The reference is NumPy and single-threaded; its
 timing is the same in every thread row. The MB/s unit: float32 bytes for quantize / dequantize (the float side),
-x-operand bytes for vec_dot, copied bytes for copies. The contenders of one row are timed in turn (mlaref,
-api, ggml, memcpy, then again), each sample being back-to-back calls that last about 2 ms together, so a slow
-period of the shared machine lands on every contender alike. Speed is reported, never asserted.
+x-operand bytes for vec_dot, copied bytes for copies. The contenders of one row are timed in rounds (mlaref,
+api, ggml and memcpy once each, in the shuffled order of ``bench.round_orders``), each sample being
+back-to-back calls that last about 2 ms together, so a slow period of the shared machine lands on every
+contender alike. Speed is reported, never asserted.
 
 :func:`format_table` prints the comparison as a text table.
 """
@@ -235,9 +236,9 @@ def _aligned(a_or_shape, dtype=None) -> np.ndarray:
 
 def _on_pool(kind: str, fn: int, n_rows: int, n_threads: int, args, keep: tuple):
     """A zero-argument call running ``fn`` on the pool: one job per thread, on equal shares of the rows (as
-    :mod:`mlaref.codegen.kernels` splits them), with the
-    arguments ``args(r0, r1)``; the job array is built once, as ggml's pointers are made once. ``keep``: the
-    arrays the addresses point into, held as long as the call is."""
+    :mod:`mlaref.codegen.kernels` splits them), with the arguments ``args(r0, r1)``; the job array is built
+    once, as ggml's pointers are made once. ``keep``: the arrays the addresses point into, held as long as the
+    call is."""
     jobs = pool.jobs_array([pool.job(kind, fn, *args(r0, r1)) for r0, r1 in K._split(n_rows, n_threads)])
 
     def call(_keep=keep):
