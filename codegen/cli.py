@@ -17,6 +17,7 @@ COMMANDS = {
     "inspect": ("mlaref.reference.gguf_io", "hyper-parameters, tensors and memory plan of a GGUF file"),
     "report": ("mlaref.codegen.report", "the main job: build, check, benchmark, reproduce the seed, write a report"),
     "conform": ("mlaref.codegen.conform", "check a real libggml against the specification, op by op"),
+    "peer": ("mlaref.codegen.peer_build", "list or build the peers (upstream ggml at each CPU level) from source"),
 }
 
 

@@ -38,26 +38,51 @@ def unavailable_reason() -> str:
     return _module()[1]
 
 
-@functools.cache
-def vec_dot_plan() -> str:
-    """The reduction plan (``mlaref.reference.plan``) that upstream ggml's SIMD ``vec_dot`` follows as ggml-python
-    built it on this machine (natively, ``GGML_NATIVE``), chosen from the CPU's features: AVX512-FP16 means the
-    Sapphire Rapids build (``ggml_x86_avx512``: f16 dots in half precision); AVX-512 with BF16 but no FP16 means
-    the AMD Zen 4 build (``ggml_x86_avx512_znver4``); AVX-512 VNNI with neither means the Intel Ice Lake build
-    (``ggml_x86_avx512_icelake``: bf16 widened to f32). Raises ``LookupError`` on a CPU whose build mlaref has not
-    measured, so callers can skip with the reason rather than compare against a guessed order."""
-    from mlaref.codegen import cpu  # noqa: PLC0415
+# ggml_cpu_has_<name>() -> the builds.FEATURES it stands for (ggml-cpu.c: each returns whether the macro was set
+# when the CPU back-end was compiled, not what this CPU can do).
+_HAS = {"sse3": ("sse3",), "ssse3": ("ssse3",), "avx": ("avx",), "avx2": ("avx2",), "fma": ("fma",),
+        "f16c": ("f16c",), "bmi2": ("bmi2",), "avx512": ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"),
+        "avx512_vnni": ("avx512_vnni",), "avx512_bf16": ("avx512_bf16",)}
 
-    have = cpu.features()
-    if {"avx512f", "avx512_fp16"} <= have:
-        return "ggml_x86_avx512"
-    if {"avx512f", "avx512_vnni", "avx512_bf16"} <= have:
-        return "ggml_x86_avx512_znver4"
-    if {"avx512f", "avx512_vnni"} <= have:
-        return "ggml_x86_avx512_icelake"
-    raise LookupError("upstream ggml's vec_dot order is modelled for native x86 builds with AVX-512 and VNNI "
-                      "(with FP16: ggml_x86_avx512; BF16 without FP16: ggml_x86_avx512_znver4; neither: "
-                      "ggml_x86_avx512_icelake); this CPU has no AVX-512 VNNI")
+
+@functools.cache
+def build():
+    """The :class:`mlaref.reference.builds.GgmlBuild` of the loaded library: the features it was *compiled* with,
+    read from its ``ggml_cpu_has_*`` (never from this CPU), and its tuning.
+
+    A library built by ``mlaref peer build`` carries ``lib/mlaref-build.json`` (level, tuning ``generic``). Any
+    other is taken as ggml-python's default, a native build (``GGML_NATIVE=ON``) made on this machine: its tuning
+    is GCC's ``-mtune`` for ``-march=native`` here, and AVX512-FP16 (which ggml does not report) is read from the
+    CPU. ``sse4_2`` is not reported either; every level that has AVX was compiled with it."""
+    import json  # noqa: PLC0415
+    import pathlib  # noqa: PLC0415
+
+    from mlaref.codegen import cpu, peer_build  # noqa: PLC0415
+    from mlaref.reference.builds import GgmlBuild  # noqa: PLC0415
+
+    g = lib()
+    feats = set()
+    for name, stands_for in _HAS.items():
+        fn = getattr(g, f"ggml_cpu_has_{name}", None)
+        if fn is not None and fn():
+            feats.update(stands_for)
+    if "avx" in feats:
+        feats.add("sse4_2")
+    record = pathlib.Path(g.__file__).parent / "lib" / "mlaref-build.json"
+    if record.exists():
+        info = json.loads(record.read_text())
+        tune = info.get("tune", "generic")
+        return GgmlBuild(frozenset(feats), tune, info["level"] if tune == "generic" else f"{info['level']}/{tune}")
+    if "avx512f" in feats and "avx512_fp16" in cpu.features():
+        feats.add("avx512_fp16")
+    tune = peer_build.native_tune()
+    return GgmlBuild(frozenset(feats), tune, f"native/{tune}")
+
+
+def vec_dot_plan() -> str:
+    """The reduction plan (``mlaref.reference.plan``) that the loaded library's ``vec_dot`` follows:
+    ``build().vec_dot_plan`` (see :mod:`mlaref.reference.builds`)."""
+    return build().vec_dot_plan
 
 
 def lib():
@@ -140,6 +165,18 @@ def vec_dot(name: str, x: np.ndarray, y: np.ndarray, n: int) -> np.float32:
     s = np.zeros(1, dtype=np.float32)
     traits.vec_dot(n, _f32_ptr(s), 0, x.ctypes.data, 0, y.ctypes.data, 0, 1)
     return s[0]
+
+
+def vec_dot_rows(name: str, X: np.ndarray, Y: np.ndarray, n: int) -> np.ndarray:
+    """:func:`vec_dot` of every row of ``X`` (uint8 ``(M, row_bytes)`` of ``name``) with every row of ``Y`` (its
+    vec_dot_type) -> float32 ``(M, N)``: one call of a child process (``peer_build.call``) for a whole batch."""
+    X = np.asarray(X, dtype=np.uint8)
+    Y = np.asarray(Y, dtype=np.uint8)
+    out = np.empty((X.shape[0], Y.shape[0]), dtype=np.float32)
+    for i in range(X.shape[0]):
+        for j in range(Y.shape[0]):
+            out[i, j] = vec_dot(name, X[i], Y[j], n)
+    return out
 
 
 def vec_dot_type(name: str) -> int:

@@ -18,6 +18,11 @@ Lane map of a lane plan (``lanes`` = L float lanes, ``accs`` = A accumulators, `
         slot = b % (L*A/8). So an AVX-512 kernel runs an l8a2 plan with block 2k in lanes 0..7 and block 2k+1
         in lanes 8..15 of one zmm register, and l16a1 gives the same bytes as l8a2.
 
+    32-blocks with int_to_float = "lane8" (ggml's AVX-without-AVX2 code): block b gives 4 int32 lane sums,
+        lane j = the 8 products of elements 4j..4j+3 and 16+4j..16+4j+3 (the block's two 16-byte halves
+        madd'ed and added), and fills 4 float lanes: slot = b % (L*A/4), so two blocks share one 8-lane register
+        (block 2k in lanes 0..3, 2k+1 in lanes 4..7).
+
     fold "halves" (8 -> 4 -> 2 -> 1, v[i] + v[i + half]), applied first across accumulators, then across lanes:
 
         acc0: | a0 a1 a2 a3 a4 a5 a6 a7 |     acc0 + acc1 -> | s0 .. s7 |
@@ -33,7 +38,8 @@ Serial plans (``lanes == 1``) are ggml's scalar formulas; ``acc_type`` says whet
 a double in accumulator order; ``dot2`` lanes take two adjacent products per step (AVX512-BF16 ``vdpbf16ps``).
 
 Named plans for ggml's own orders (style.md 4.9) resolve per pair, because ggml's x86 code uses a different
-register layout per pair (``plan.for_pair("iq4_nl.q8_0")``):
+register layout per pair (``plan.for_pair("iq4_nl.q8_0")``). Which one a given build of ggml runs is
+``mlaref.reference.builds.GgmlBuild.vec_dot_plan``:
 
 * ``ggml_generic``: the scalar C source of ``ggml_vec_dot_<x>_<y>_generic`` / ``ggml_vec_dot_f16`` without
   SIMD, each operation rounded once (``-ffp-contract=off``).
@@ -44,14 +50,18 @@ register layout per pair (``plan.for_pair("iq4_nl.q8_0")``):
   l16a4, f16 l32a4 in **f16** arithmetic, bf16 two ``vdpbf16ps`` accumulators.
 * ``ggml_x86_avx512_znver4``: the same source as GCC builds it natively on AMD Zen 4 (AVX-512 without FP16): the
   block pairs as above except iq4_nl's odd last block (rounded product, then add), f32 l16a4 with the leftovers
-  vectorised in chunks of 8 only, f16 l16a4 in f32 arithmetic. Which of the two AVX-512 plans describes the peer
-  on a machine is chosen from its CPU features (``mlaref.codegen.ggml_peer.vec_dot_plan``).
+  vectorised in chunks of 8 only, f16 l16a4 in f32 arithmetic.
 * ``ggml_x86_avx512_icelake``: the same source built natively on Intel Ice Lake (AVX-512 with neither BF16 nor
   FP16): block pairs and f32 as ``ggml_x86_avx512``, f16 as ``_znver4``, bf16 widened to f32 in two 16-lane FMA
   accumulators, each reduced into a double.
-* ``ggml_x86_avx2``: the same code on an AVX2+FMA+F16C machine: the block pairs as above, f32/f16 l8a4 with the
-  hadd fold (read from the code, not run here; the f32 leftovers rule is the one GCC produced for the AVX-512
-  build and may differ in an AVX2 build; bf16 is not defined).
+* ``ggml_x86_avx512_bf16``: the avx512bf16 level (inferred, not run): ``_icelake`` with bf16 as ``ggml_x86_avx512``.
+* ``ggml_x86_avx2``: the same code built at the avx2 level (AVX2+FMA+F16C, GCC's generic tuning): the block pairs
+  as above, f32/f16 l8a4 with the hadd fold, bf16 widened to f32 in four 8-lane FMA accumulators.
+* ``ggml_x86_avx2_znver3``: the same built natively on AMD Zen 3 (-march=znver3): as ``ggml_x86_avx2`` except
+  iq4_nl's odd last block (rounded product, then add).
+* ``ggml_x86_avx``: the same code built at the avx level (AVX without FMA, F16C, AVX2): nothing fused; q8_0, q4_0
+  and iq4_nl two blocks per register (int_to_float "lane8") and an odd last block in scalar code; q5_0, q4_1,
+  q5_1, q4_K, q6_K as AVX2 unfused; f32/f16 l8a4 hadd and bf16 l8a4 halves, unfused.
 * ``mlaref_l8a1``, ``mlaref_l8a2``, ``mlaref_l16a1``, ``mlaref_l16a2``: mlaref's kernel plans: FMA, halves, f32
   lanes; ragged steps leave the missing slots untouched.
 
@@ -72,7 +82,10 @@ __all__ = [
     "get_plan",
     "GGML_GENERIC",
     "GGML_GENERIC_GNU",
+    "GGML_X86_AVX",
     "GGML_X86_AVX2",
+    "GGML_X86_AVX2_ZNVER3",
+    "GGML_X86_AVX512_BF16",
     "GGML_X86_AVX512",
     "GGML_X86_AVX512_ZNVER4",
     "GGML_X86_AVX512_ICELAKE",
@@ -83,7 +96,7 @@ __all__ = [
 ]
 
 _FOLDS = ("halves", "hadd", "serial")
-_INT_TO_FLOAT = ("lane4", "block")
+_INT_TO_FLOAT = ("lane4", "lane8", "block")
 _ACC_TYPES = ("f32", "f16", "f64")
 _TAILS = ("masked", "scalar_f32", "scalar_f32m", "scalar_gcc", "scalar_gcc8", "scalar_f64")
 _EXPS = ("libm", "v_expf_avx2", "v_expf_avx512")
@@ -133,6 +146,9 @@ class ReductionPlan:
         if self.int_to_float == "lane4" and self.lanes * self.accs < 8:
             raise ValueError(f"ReductionPlan {self.name}: int_to_float 'lane4' needs lanes*accs >= 8 "
                              f"(8 lane sums per 32-block)")
+        if self.int_to_float == "lane8" and self.lanes * self.accs < 4:
+            raise ValueError(f"ReductionPlan {self.name}: int_to_float 'lane8' needs lanes*accs >= 4 "
+                             f"(4 lane sums per 32-block)")
         if self.acc_type == "f64" and self.fold != "serial" and self.tail not in ("masked", "scalar_f64"):
             raise ValueError(f"ReductionPlan {self.name}: f64 accumulation of lane sums takes tail 'masked' or "
                              f"'scalar_f64', got {self.tail!r}")
@@ -254,12 +270,63 @@ GGML_X86_AVX512_ICELAKE = ReductionPlan(
                             tail="scalar_f64")),
     ),
 )
-# AVX2 + FMA + F16C: GGML_F32_STEP 32 / EPR 8 with GGML_F32x8_REDUCE (hadd), f16 through F32Cx8 in f32.
+# AVX2 + FMA + F16C (the avx2 level, GCC's generic tuning), measured against ggml-python's library built at that
+# level on an AMD EPYC (Zen 3): GGML_F32_STEP 32 / EPR 8 with GGML_F32x8_REDUCE (hadd), f16 through F32Cx8 in f32;
+# bf16 (vec.cpp's AVX2 branch): bf16 widened to f32, four 8-lane accumulators over 32-element steps, ``c = mul + c``
+# contracted into one FMA, folded (c1+c3)+(c2+c4) and then 8 -> 4 -> 2 -> 1 by halves into one float that starts
+# the double sum of the leftovers.
+_X86_AVX2_BF16 = _lane("ggml_x86_avx2", 8, 4, int_to_float="block", tail="scalar_f64")
 GGML_X86_AVX2 = ReductionPlan(
     name="ggml_x86_avx2", pairs_only=True,
     by_pair=_X86_BLOCKS + (
         ("f32.f32", _lane("ggml_x86_avx2", 8, 4, fold="hadd", int_to_float="block", tail="scalar_gcc")),
         ("f16.f16", _lane("ggml_x86_avx2", 8, 4, fold="hadd", int_to_float="block", tail="scalar_f64")),
+        ("bf16.bf16", _X86_AVX2_BF16),
+    ),
+)
+# The same source built natively on AMD Zen 3 (-march=native = znver3, AVX2 without AVX-512), measured against
+# ggml-python's library there: as the avx2 level except iq4_nl's odd last block, a rounded product then an add
+# (as GCC's znver4 tuning does too).
+GGML_X86_AVX2_ZNVER3 = ReductionPlan(
+    name="ggml_x86_avx2_znver3", pairs_only=True,
+    by_pair=tuple((k, v) for k, v in GGML_X86_AVX2.by_pair if k != "iq4_nl.q8_0") + (
+        ("iq4_nl.q8_0", _lane("ggml_x86", 8, 2, tail="scalar_f32m")),
+    ),
+)
+# AVX without FMA, F16C or AVX2 (the avx level: -msse4.2 -mavx, GCC's generic tuning), measured against ggml-python's
+# library built at that level on an AMD EPYC (Zen 3). Nothing is fused (GCC cannot contract without -mfma).
+# arch/x86/quants.c@ggml 0.15.3, the ``__AVX__`` branches: q8_0, q4_0 and iq4_nl take two blocks per 8-lane
+# register (``quad_fp16_delta_float``: block 2k in lanes 0..3, 2k+1 in lanes 4..7), each lane the sum of 8
+# products (``mul_sum_i8_quad_float``: int_to_float "lane8"), ``accum + deltas*p``, hsum_float_8, then an odd last
+# block by the scalar formula; q5_0, q4_1, q5_1, q4_K and q6_K are the AVX2 lane maps with ``acc + d*q`` (q4_K's
+# min accumulator likewise). vec.cpp / simd-mappings.h: f32 and f16 (F32Cx8 through the f16 table, no F16C) as on
+# AVX2 with ``_mm256_add_ps(_mm256_mul_ps(b, c), a)``; f32 leftovers are rounded products added in order; bf16 the
+# AVX2 branch unfused.
+_X86_AVX_QUAD = _lane("ggml_x86_avx", 8, 1, fma=False, int_to_float="lane8", tail="scalar_f32m")
+_X86_AVX_ONE = _lane("ggml_x86_avx", 8, 1, fma=False)
+GGML_X86_AVX = ReductionPlan(
+    name="ggml_x86_avx", pairs_only=True, fma=False,  # element-wise a*b + c (flash attention's V update) unfused
+    by_pair=(
+        ("q8_0.q8_0", _X86_AVX_QUAD),
+        ("q4_0.q8_0", _X86_AVX_QUAD),
+        ("iq4_nl.q8_0", _X86_AVX_QUAD),
+        ("q5_0.q8_0", _X86_AVX_ONE),
+        ("q4_1.q8_1", _X86_AVX_ONE),
+        ("q5_1.q8_1", _X86_AVX_ONE),
+        ("q4_K.q8_K", _X86_AVX_ONE),
+        ("q6_K.q8_K", _X86_AVX_ONE),
+        ("f32.f32", _lane("ggml_x86_avx", 8, 4, fold="hadd", fma=False, int_to_float="block", tail="scalar_f32m")),
+        ("f16.f16", _lane("ggml_x86_avx", 8, 4, fold="hadd", fma=False, int_to_float="block", tail="scalar_f64")),
+        ("bf16.bf16", _lane("ggml_x86_avx", 8, 4, fma=False, int_to_float="block", tail="scalar_f64")),
+    ),
+)
+# AVX-512 with AVX512-BF16 and GCC's generic tuning (the avx512bf16 level): inferred, not run (no such CPU here):
+# the Ice Lake plan with the bf16 dot on vdpbf16ps as on Zen 4 and Sapphire Rapids.
+GGML_X86_AVX512_BF16 = ReductionPlan(
+    name="ggml_x86_avx512_bf16", pairs_only=True,
+    by_pair=tuple((k, v) for k, v in GGML_X86_AVX512_ICELAKE.by_pair if k != "bf16.bf16") + (
+        ("bf16.bf16", _lane("ggml_x86_avx512", 16, 2, int_to_float="block", acc_type="f64", dot2=True,
+                            tail="scalar_f64")),
     ),
 )
 
@@ -270,8 +337,9 @@ MLAREF_L16A2 = _lane("mlaref_l16a2", 16, 2)
 
 PLANS: dict[str, ReductionPlan] = {
     p.name: p
-    for p in (GGML_GENERIC, GGML_GENERIC_GNU, GGML_X86_AVX2, GGML_X86_AVX512, GGML_X86_AVX512_ZNVER4,
-              GGML_X86_AVX512_ICELAKE, MLAREF_L8A1, MLAREF_L8A2, MLAREF_L16A1, MLAREF_L16A2)
+    for p in (GGML_GENERIC, GGML_GENERIC_GNU, GGML_X86_AVX, GGML_X86_AVX2, GGML_X86_AVX2_ZNVER3, GGML_X86_AVX512,
+              GGML_X86_AVX512_ZNVER4, GGML_X86_AVX512_ICELAKE, GGML_X86_AVX512_BF16,
+              MLAREF_L8A1, MLAREF_L8A2, MLAREF_L16A1, MLAREF_L16A2)
 }
 
 

@@ -20,10 +20,13 @@ def ggml():
 
 
 @pytest.fixture(scope="session")
-def peer_plan(ggml):
-    """The reduction plan upstream ggml's vec_dot follows as ggml-python built it on this CPU
-    (``ggml_peer.vec_dot_plan``); tests skip, naming the CPU's missing features, where no plan is modelled."""
-    try:
-        return ggml.vec_dot_plan()
-    except LookupError as exc:
-        pytest.skip(str(exc))
+def peer_build(ggml):
+    """The :class:`mlaref.reference.builds.GgmlBuild` of the loaded ggml library: the features it was compiled with
+    (read from the library, never from this CPU) and its tuning."""
+    return ggml.build()
+
+
+@pytest.fixture(scope="session")
+def peer_plan(peer_build):
+    """The reduction plan upstream ggml's vec_dot follows in the loaded build (``GgmlBuild.vec_dot_plan``)."""
+    return peer_build.vec_dot_plan

@@ -10,16 +10,18 @@ computed in the float order of ``plan.for_pair(x_type.y_type)``. Pairs (FACTS 4a
   the same with the interleaved y layouts ``q8_0_x4`` / ``q8_1_x4`` (only the byte positions differ);
 * 256-element super-blocks: ``q4_K.q8_K``, ``q6_K.q8_K`` (see :func:`_dot_kquants` for their lane maps).
 
-Bit-exactness established by the tests: ``ggml_x86_avx512`` equals upstream ggml's ``vec_dot`` as ggml-python
-builds it on an AVX-512 (VNNI, BF16, FP16) machine for every pair above; ``ggml_generic_gnu`` equals the peer
-library's compiled ``ggml_vec_dot_*_generic`` symbols (all but q5_0, whose symbol is miscompiled in that build);
-``ggml_generic`` equals an independent transcription of the C source.
+Bit-exactness established by the tests: each build's plan (``mlaref.reference.builds``: ``ggml_generic``,
+``ggml_x86_avx``, ``ggml_x86_avx2`` for the levels of that name, ``ggml_x86_avx2_znver3`` and the AVX-512 plans for
+native builds) equals upstream ggml's ``vec_dot`` in that build for every pair above; ``ggml_generic`` /
+``ggml_generic_gnu`` equal the library's compiled ``ggml_vec_dot_*_generic`` symbols, unfused or fused as GCC chose
+per build (the tests' ``COMPILED_GENERIC``), and an independent transcription of the C source.
 
 How it is computed (style.md section 4):
 
 1. **Integers, exact in any order.** Each block's int products are summed in int32 (``|sum| < 2**31``):
-   the whole block for serial plans (``int_to_float = "block"``), or 8 lane sums of 4 consecutive products for
-   lane plans (``"lane4"``; ``|lane| <= 4*127*128 < 2**24``, so the int -> float conversion is exact).
+   the whole block for serial plans (``int_to_float = "block"``), 8 lane sums of 4 consecutive products for
+   lane plans (``"lane4"``; ``|lane| <= 4*127*128 < 2**24``, so the int -> float conversion is exact), or 4 lane
+   sums of 8 products (``"lane8"``: products 4j..4j+3 and 16+4j..16+4j+3, ggml's AVX code; still < 2**24).
 2. **Floats, one rounding per step.** A loop over the reduction axis (blocks or element steps) only, every
    step vectorised over all (i, j) and lanes and rounded once: float32 adds/multiplies by NumPy, fused
    multiply-adds by :func:`mlaref.reference.fp.fmaf`, half-precision arithmetic by an exact float64 result
@@ -197,6 +199,11 @@ def _dot_elements(xv: np.ndarray, yv: np.ndarray, plan: ReductionPlan) -> np.nda
     if plan.tail == "scalar_f32":
         for i in rest:
             total = fp.fmaf(xv[:, None, i], yv[None, :, i], total)
+    if plan.tail == "scalar_f32m":
+        # ``sumf += x[i]*y[i]`` without FMA (vec.cpp@ggml 0.15.3, a build without -mfma): whether GCC vectorises the
+        # products or not, each is rounded and the adds stay in index order.
+        for i in rest:
+            total = (total + (xv[:, None, i] * yv[None, :, i]).astype(np.float32)).astype(np.float32)
     return total.astype(np.float32)
 
 
@@ -243,6 +250,29 @@ def _int_sums(qx: np.ndarray, qy: np.ndarray, group: int) -> np.ndarray:
     return np.einsum("mbjk,nbjk->mnbj", a, b, optimize=False)
 
 
+# int_to_float of a lane plan on 32-blocks -> how many register lanes one block fills.
+_BLOCK_LANES = {"lane4": 8, "lane8": 4}
+
+
+def _block_lanes(qx: np.ndarray, qy: np.ndarray, int_to_float: str) -> np.ndarray:
+    """The exact int32 lane sums of every block: (M, N, nb, 8) for ``lane4`` (lane j = products 4j..4j+3), or
+    (M, N, nb, 4) for ``lane8`` (lane j = products 4j..4j+3 and 16+4j..16+4j+3: the two 16-byte halves of a block
+    ``_mm_madd_epi16``'d and added, ``mul_sum_i8_quad_float`` in arch/x86/quants.c@ggml 0.15.3)."""
+    s4 = _int_sums(qx, qy, 4)
+    if int_to_float == "lane4":
+        return s4
+    return s4[..., :4] + s4[..., 4:]
+
+
+def _scalar_factors(formula: str, sumi, dd, dx, dy):
+    """(P, Q) of the pair's scalar ``sumf += P*Q`` (``_vecdot_pairs.BLOCK_PAIRS``): P*Q is the last product."""
+    if formula == "sumi*(dx*dy)":
+        return sumi, dd
+    if formula == "sumi*dx*dy":
+        return (sumi * dx).astype(np.float32), np.broadcast_to(dy, np.shape(sumi))
+    return dd, sumi
+
+
 def _dot_blocks(x: np.ndarray, xt: str, y: np.ndarray, yt: str, n: int, plan: ReductionPlan) -> np.ndarray:
     qx, dx, mx = pairs.decode_x(x, xt, n)
     qy, dy, sy = pairs.decode_y(y, yt, n)
@@ -258,12 +288,7 @@ def _dot_blocks(x: np.ndarray, xt: str, y: np.ndarray, yt: str, n: int, plan: Re
         sumi = _int_sums(qx, qy, 32)[..., 0].astype(np.float32)  # |sumi| < 2**24 except in theory; see domain
         sumf = np.zeros((M, N), np.float32)
         for b in range(nb):
-            if formula == "sumi*(dx*dy)":
-                P, Q = sumi[..., b], dd[..., b]
-            elif formula == "sumi*dx*dy":
-                P, Q = (sumi[..., b] * dxb[..., b]).astype(np.float32), np.broadcast_to(dyb[..., b], (M, N))
-            else:
-                P, Q = dd[..., b], sumi[..., b]
+            P, Q = _scalar_factors(formula, sumi[..., b], dd[..., b], dxb[..., b], dyb[..., b])
             if has_m:
                 R = (mx[:, None, b] * sy[None, :, b]).astype(np.float32)
                 term = fp.fmaf(P, Q, R) if plan.fma else ((P * Q).astype(np.float32) + R).astype(np.float32)
@@ -274,11 +299,12 @@ def _dot_blocks(x: np.ndarray, xt: str, y: np.ndarray, yt: str, n: int, plan: Re
                 sumf = (sumf + (P * Q).astype(np.float32)).astype(np.float32)
         return sumf
 
-    if plan.int_to_float != "lane4":
-        raise ValueError(f"vec_dot: lane plan {plan.name} must use int_to_float='lane4' for block pairs")
-    lanesum = _int_sums(qx, qy, 4).astype(np.float32)  # (M, N, nb, 8), exact
-    slots = plan.lanes * plan.accs // 8
-    acc = np.zeros((M, N, slots, 8), np.float32)
+    if plan.int_to_float not in _BLOCK_LANES:
+        raise ValueError(f"vec_dot: lane plan {plan.name} must use int_to_float='lane4' or 'lane8' for block pairs")
+    lanesum = _block_lanes(qx, qy, plan.int_to_float).astype(np.float32)  # (M, N, nb, W), exact
+    width = _BLOCK_LANES[plan.int_to_float]  # register lanes one block fills
+    slots = plan.lanes * plan.accs // width  # blocks per step
+    acc = np.zeros((M, N, slots, width), np.float32)  # the A registers of L lanes, flat, one block per slot
     nfull = nb if plan.tail == "masked" else (nb // slots) * slots
     for b in range(nfull):
         k = b % slots
@@ -287,18 +313,20 @@ def _dot_blocks(x: np.ndarray, xt: str, y: np.ndarray, yt: str, n: int, plan: Re
             acc[:, :, k] = fp.fmaf(d, lanesum[:, :, b], acc[:, :, k])
         else:
             acc[:, :, k] = acc[:, :, k] + (d * lanesum[:, :, b]).astype(np.float32)
-    total = _fold(acc, plan.fold, _add_f32)
+    total = _fold(acc.reshape(M, N, plan.accs, plan.lanes), plan.fold, _add_f32)
     if plan.tail in ("scalar_f32", "scalar_f32m"):
-        # ggml finishes the blocks left after the last full step with the scalar formula ``sumf += d*sumi``
-        # (fused by GCC for ``scalar_f32``, a rounded product then an add for ``scalar_f32m``).
+        # ggml finishes the blocks left after the last full step with the pair's scalar formula
+        # (``sumf += sumi*(dx*dy)`` for q8_0, ``sumi*dx*dy`` for q4_0, ``d*(sumi1 + sumi2)`` for iq4_nl; fused by
+        # GCC for ``scalar_f32``, a rounded product then an add for ``scalar_f32m``).
         for b in range(nfull, nb):
             sumi = lanesum[:, :, b, 0]
-            for j in range(1, 8):
+            for j in range(1, width):
                 sumi = sumi + lanesum[:, :, b, j]  # integers below 2**24: exact
+            P, Q = _scalar_factors(formula, sumi, dd[..., b], dxb[..., b], dyb[..., b])
             if plan.tail == "scalar_f32":
-                total = fp.fmaf(dd[..., b], sumi, total)
+                total = fp.fmaf(P, Q, total)
             else:
-                total = (total + (dd[..., b] * sumi).astype(np.float32)).astype(np.float32)
+                total = (total + (P * Q).astype(np.float32)).astype(np.float32)
     if has_m:
         summs = np.zeros((M, N), np.float32)
         for b in range(nb):

@@ -16,6 +16,7 @@ def test_named_plans_and_fingerprints():
     assert P.GGML_GENERIC.for_pair("f16").fingerprint == "s1mx64"
     assert P.GGML_X86_AVX512.for_pair("f16.f16").fingerprint == "l32a4x16"
     assert P.GGML_X86_AVX2.for_pair("f32.f32").fingerprint == "l8a4h"
+    assert P.GGML_X86_AVX.for_pair("f32.f32").fingerprint == "l8a4mh"
 
 
 def test_flash_attention_fingerprint():
@@ -40,6 +41,15 @@ def test_ggml_x86_resolves_per_pair():
     assert P.MLAREF_L8A2.for_pair("q8_0.q8_0") is P.MLAREF_L8A2
 
 
+def test_ggml_x86_avx_is_unfused_with_two_blocks_per_register_where_ggml_says():
+    """arch/x86/quants.c's __AVX__ branches: q8_0, q4_0, iq4_nl go through mul_sum_i8_quad_float (two blocks per
+    __m256, an odd last block in scalar code); q5_0, q4_1, q5_1 and the k-quants one block per register."""
+    quad = {p for p, _ in P.GGML_X86_AVX.by_pair if P.GGML_X86_AVX.for_pair(p).int_to_float == "lane8"}
+    assert quad == {"q8_0.q8_0", "q4_0.q8_0", "iq4_nl.q8_0"}
+    assert all(P.GGML_X86_AVX.for_pair(p).tail == "scalar_f32m" for p in quad)
+    assert not any(plan.fma for _, plan in P.GGML_X86_AVX.by_pair)  # no -mfma: GCC cannot contract
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -48,6 +58,7 @@ def test_ggml_x86_resolves_per_pair():
         (dict(lanes=8, accs=1, fold="zigzag"), "fold must be one of"),
         (dict(lanes=1, accs=1, fold="halves"), "fold 'serial' goes with lanes == accs == 1"),
         (dict(lanes=4, accs=1, fold="halves", int_to_float="lane4"), "lane4' needs lanes\\*accs >= 8"),
+        (dict(lanes=2, accs=1, fold="halves", int_to_float="lane8"), "lane8' needs lanes\\*accs >= 4"),
         (dict(lanes=8, accs=1, fold="halves", exp="fastexp"), "exp must be one of"),
         (dict(k_step=0), "k_step, q_step and kv_chunks must be >= 1"),
         (dict(lanes=16, accs=2, fold="halves", acc_type="f64", tail="scalar_gcc"),

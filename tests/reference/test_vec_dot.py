@@ -4,8 +4,10 @@ orders, the x4 layouts, and NMSE bounds against float64 math.
 Oracles, none of them the code under test:
 * ``_scalar_*``: a per-block Python transcription of ``ggml_vec_dot_<x>_<y>_generic`` (ggml-cpu/quants.c),
   decoding bytes with ``struct``-style loops and NumPy float32 scalars; fused steps use libm ``fmaf``;
-* the peer's ``vec_dot`` (upstream ggml's SIMD code as ggml-python built it here: AVX-512 F/VNNI/BF16, with or
-  without FP16, plan ``ggml_peer.vec_dot_plan()``);
+* the peer's ``vec_dot`` (upstream ggml's SIMD code as ggml-python built it here, natively; its plan is
+  ``ggml_peer.build().vec_dot_plan``, the ``peer_plan`` fixture);
+* upstream ggml built at each level (``generic``, ``avx``, ``avx2``, ...; ``mlaref.codegen.peer_build``), run in a
+  child process per level, against the level's plan ``builds.level(level).vec_dot_plan``;
 * the peer library's exported ``ggml_vec_dot_*_generic`` symbols (the scalar code as GCC compiled it);
 * gguf-py's ``dequantize`` and float64 dot products for the NMSE bounds.
 """
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 
 from mlaref.codegen import libm
+from mlaref.reference import builds
 from mlaref.reference.ops.vec_dot import fma_f16, round_f64_to_f16, supported_pairs, vec_dot
 from mlaref.reference.plan import PLANS, ReductionPlan
 
@@ -112,34 +115,71 @@ def test_generic_plans_equal_scalar_transcription(peer, xt, yt, fused):
         assert np.array_equal(_bits(got), _bits(want)), (xt, n)
 
 
+def _avx2_block_path(plan: str, pair: str) -> bool:
+    """Whether ``plan`` runs ``pair`` on arch/x86/quants.c's ``__AVX2__`` code (8 lanes of 4 products, FMA)."""
+    own = PLANS[plan].for_pair(pair)
+    return (own.lanes, own.int_to_float, own.fma) == (8, "lane4", True)
+
+
 @pytest.mark.parametrize("xt,yt", BLOCK_PAIRS)
 def test_x86_plan_equals_upstream_ggml_vec_dot(peer, xt, yt, peer_plan):
-    """The peer's plan (ggml_x86_avx512 or ggml_x86_avx512_znver4, by CPU) = upstream ggml's vec_dot on this
-    machine, bit for bit (AVX2 code paths with VNNI)."""
+    """The peer's plan (``build().vec_dot_plan``: e.g. ggml_x86_avx2_znver3 on Zen 3, ggml_x86_avx512_znver4 on
+    Zen 4) = upstream ggml's vec_dot on this machine, bit for bit."""
     for n in SIZES:
         qx, qy = _data(peer, xt, yt, n, seed=n)
         got = vec_dot(qx, xt, qy, yt, n, peer_plan)
         want = np.array([[peer.vec_dot(xt, qx[i], qy[j], n) for j in range(len(qy))] for i in range(len(qx))])
         assert np.array_equal(_bits(got), _bits(want)), (xt, n)
-        # mlaref's own l8a1 is ggml's order for the one-accumulator pairs, and l8a2 is iq4_nl's when the
-        # block count is even (with an odd count ggml finishes the last block in scalar code).
+        # On the AVX2 code paths mlaref's own l8a1 is ggml's order for the one-accumulator pairs, and l8a2 is
+        # iq4_nl's when the block count is even (with an odd count ggml finishes the last block in scalar code).
+        if not _avx2_block_path(peer_plan, f"{xt}.{yt}"):
+            continue
         if xt != "iq4_nl":
             assert np.array_equal(_bits(vec_dot(qx, xt, qy, yt, n, "mlaref_l8a1")), _bits(want)), (xt, n)
         elif (n // 32) % 2 == 0:
             assert np.array_equal(_bits(vec_dot(qx, xt, qy, yt, n, "mlaref_l8a2")), _bits(want)), (xt, n)
 
 
-@pytest.mark.parametrize("xt,yt", [p for p in BLOCK_PAIRS if p[0] != "q5_0"])
-def test_generic_gnu_equals_compiled_generic_symbols(peer, xt, yt, peer_plan):
-    """The peer exports ``ggml_vec_dot_<x>_<y>_generic``: the scalar C as GCC compiled it. The Sapphire Rapids
-    build fuses the last a*b of every pair (``ggml_generic_gnu``); the Zen 4 build (``-march=znver4``) fuses it
-    for q4_1/q5_1 only and leaves q8_0, q4_0 and iq4_nl unfused (``ggml_generic``), as measured on both.
+# The plan of each exported ``ggml_vec_dot_<x>_<y>_generic`` symbol (the scalar C as GCC compiled it) in the build
+# that each vec_dot plan describes, measured: whether GCC contracted the last ``sumf += a*b`` into an FMA
+# (``ggml_generic_gnu``) or not (``ggml_generic``) depends on the target having FMA and on GCC's tuning. None: the
+# symbol disagrees with its own C source in that build (q5_0 on Sapphire Rapids returns (x+256)*y for negative
+# 5-bit values: its int8 cast is lost in GCC's vectorisation); a missing x type was not measured.
+_G, _GNU = "ggml_generic", "ggml_generic_gnu"
+_X_TYPES = ("q8_0", "q4_0", "q5_0", "iq4_nl", "q4_1", "q5_1", "q4_K", "q6_K")
+COMPILED_GENERIC = {
+    "ggml_generic": dict.fromkeys(_X_TYPES, _G),  # no FMA in the target: nothing to fuse
+    "ggml_x86_avx": dict.fromkeys(_X_TYPES, _G),
+    "ggml_x86_avx2": dict.fromkeys(_X_TYPES, _GNU),  # generic tuning fuses every pair (level avx2, Zen 3)
+    "ggml_x86_avx2_znver3": {"q8_0": _G, "q4_0": _G, "q5_0": _G, "iq4_nl": _G, "q4_1": _GNU, "q5_1": _GNU,
+                             "q4_K": _GNU, "q6_K": _G},
+    "ggml_x86_avx512": {**dict.fromkeys(_X_TYPES, _GNU), "q5_0": None},
+    "ggml_x86_avx512_znver4": {"q8_0": _G, "q4_0": _G, "iq4_nl": _G, "q4_1": _GNU, "q5_1": _GNU, "q4_K": _GNU,
+                               "q6_K": _G},
+    "ggml_x86_avx512_icelake": {x: _GNU for x in _X_TYPES if x != "q5_0"},
+}
 
-    q5_0 is left out: that symbol returns (x+256)*y for negative 5-bit values in this build (its int8 cast is
-    lost in GCC's vectorisation), so it disagrees with its own C source; its SIMD vec_dot is tested above.
-    """
-    compiled = "ggml_generic" if peer_plan == "ggml_x86_avx512_znver4" and xt in ("q8_0", "q4_0", "iq4_nl") \
-        else "ggml_generic_gnu"
+
+def _compiled_generic(plan: str, xt: str) -> str:
+    plans = COMPILED_GENERIC.get(plan, {})
+    if xt not in plans:
+        pytest.skip(f"which plan GCC compiled ggml_vec_dot_{xt}_*_generic to in the {plan} build is not measured")
+    if plans[xt] is None:
+        pytest.skip(f"ggml_vec_dot_{xt}_*_generic disagrees with its own C source in the {plan} build")
+    return plans[xt]
+
+
+def test_compiled_generic_table_names_known_plans():
+    assert set(COMPILED_GENERIC) <= set(PLANS)
+    assert all(set(v) <= set(_X_TYPES) and set(v.values()) <= {_G, _GNU, None} for v in COMPILED_GENERIC.values())
+
+
+@pytest.mark.parametrize("xt,yt", BLOCK_PAIRS)
+def test_generic_gnu_equals_compiled_generic_symbols(peer, xt, yt, peer_plan):
+    """The peer exports ``ggml_vec_dot_<x>_<y>_generic``: the scalar C as GCC compiled it, fused or not as
+    ``COMPILED_GENERIC`` says for the peer's build (e.g. the Sapphire Rapids build fuses every pair; the Zen 3 and
+    Zen 4 builds fuse q4_1/q5_1 only and leave q8_0, q4_0 and iq4_nl unfused)."""
+    compiled = _compiled_generic(peer_plan, xt)
     lib = ctypes.CDLL(peer.lib().__file__.replace("ggml.py", "lib/libggml-cpu.so"))
     fn = getattr(lib, f"ggml_vec_dot_{xt}_{yt}_generic")
     fn.restype = None
@@ -183,6 +223,158 @@ def test_element_generic_is_a_double_sum():
                      for i in range(2)])
     got = vec_dot(x.view(np.uint8), "f16", y.view(np.uint8), "f16", 200, "ggml_generic")
     assert np.array_equal(_bits(got), _bits(want))
+
+
+# -- upstream ggml at each build level -------------------------------------------------------------------------
+
+LEVEL_PAIRS = [f"{x}.{y}" for x, y in BLOCK_PAIRS] + ["q4_K.q8_K", "q6_K.q8_K", "f32.f32", "f16.f16", "bf16.bf16"]
+# 1 block, odd block counts (the AVX build's scalar last block), an even count, the MLA row; k-quants 1-3
+# super-blocks; element pairs below / between / at the 32-element steps and with leftovers.
+LEVEL_SIZES = {"block": (32, 96, 160, 576), "k": (256, 512, 768), "element": (7, 33, 47, 64, 100, 576)}
+
+
+def _element_rows(et: str, n: int, rows_x: int, rows_y: int, seed: int):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows_x, n)).astype(np.float32)
+    y = rng.standard_normal((rows_y, n)).astype(np.float32)
+    if et == "f16":
+        x, y = x.astype(np.float16), y.astype(np.float16)
+    if et == "bf16":
+        x, y = (x.view(np.uint32) >> 16).astype(np.uint16), (y.view(np.uint32) >> 16).astype(np.uint16)
+    return np.ascontiguousarray(x).view(np.uint8), np.ascontiguousarray(y).view(np.uint8)
+
+
+def _level_or_skip(level: str):
+    """Skip where this CPU cannot run ``level`` (naming the features it lacks) or its build cannot be made."""
+    from mlaref.codegen import peer_build  # noqa: PLC0415
+
+    missing = peer_build.missing_for(level)
+    if missing:
+        pytest.skip(f"level {level} needs CPU features this machine lacks: {', '.join(missing)}")
+    try:
+        peer_build.shim(level)  # builds it into the user cache on first use (about a minute)
+    except peer_build.PeerBuildError as exc:
+        pytest.skip(str(exc))
+    return peer_build
+
+
+_LEVEL_RUNS: dict[str, dict] = {}
+
+
+def _level_run(peer, level: str) -> dict:
+    """{(pair, n): (x rows, y rows, upstream's results)} for every pair and size at ``level``: one child process
+    per level (``peer_build.call_many``), computed once per session."""
+    if level not in _LEVEL_RUNS:
+        pb = _level_or_skip(level)
+        jobs = []
+        for pair in LEVEL_PAIRS:
+            xt, yt = pair.split(".")
+            kind = "element" if xt == yt and xt in ("f32", "f16", "bf16") else "k" if yt == "q8_K" else "block"
+            for n in LEVEL_SIZES[kind]:
+                if kind == "element":
+                    qx, qy = _element_rows(xt, n, 4, 5, seed=n)
+                else:
+                    qx, qy = _data(peer, xt, yt, n, rows_x=4, rows_y=5, seed=n)
+                jobs.append(((pair, n), qx, qy))
+        want = pb.call_many(level, [("mlaref.codegen.ggml_peer:vec_dot_rows", (key[0].split(".")[0], qx, qy, key[1]),
+                                     {}) for key, qx, qy in jobs])
+        _LEVEL_RUNS[level] = {key: (qx, qy, w) for (key, qx, qy), w in zip(jobs, want)}
+    return _LEVEL_RUNS[level]
+
+
+@pytest.mark.parametrize("pair", LEVEL_PAIRS)
+@pytest.mark.parametrize("level", builds.LEVEL_ORDER)
+def test_level_build_equals_its_plan(peer, level, pair):
+    """Upstream ggml built at ``level`` (GGML_NATIVE=OFF, GCC's generic tuning) = ``builds.level(level)``'s plan,
+    bit for bit, every x row against every y row, at every size of the pair's kind."""
+    run = _level_run(peer, level)
+    plan = builds.level(level).vec_dot_plan
+    xt, yt = pair.split(".")
+    for (p, n), (qx, qy, want) in run.items():
+        if p != pair:
+            continue
+        got = vec_dot(qx, xt, qy, yt, n, plan)
+        bad = np.argwhere(_bits(got) != _bits(want))
+        assert not len(bad), f"{plan} vs level {level}, {pair}, n = {n}: {len(bad)} of {got.size} differ, e.g. " \
+                             f"{[(tuple(ij), got[tuple(ij)], want[tuple(ij)]) for ij in bad[:3]]}"
+
+
+def _q8_0_row(blocks) -> np.ndarray:
+    """q8_0 row bytes from [(d, {index: q})] per block."""
+    out = b""
+    for d, qs in blocks:
+        q = np.zeros(32, np.int8)
+        for i, v in qs.items():
+            q[i] = v
+        out += np.array([d], "<f2").tobytes() + q.tobytes()
+    return np.frombuffer(out, np.uint8)
+
+
+def _known_cases():
+    """Inputs whose bytes tell the levels' orders apart (each value derived by hand below).
+
+    f32, n = 64, y = 1 except y[32] = 1 + 2**-12:
+      row A: x[0] = -1, x[32] = 1 + 2**-12 (lane 0 of accumulator 0 in both 32-element steps). The product
+        (1 + 2**-12)**2 = 1 + 2**-11 + 2**-24 rounds to 1 + 2**-11 (a tie, to even). Without FMA (generic's double
+        sum, avx) the result is 2**-11; avx2's fused step keeps it exactly: 2**-11 + 2**-24.
+      row B: x[0] = 2**24, x[8] = x[16] = 1: generic's double sum gives 2**24 + 2; the 8-lane builds put the three
+        in accumulators 0, 1, 2, fold (a0 + a2) + (a1 + a3): 2**24 + 1 -> 2**24 (tie to even), + 1 -> 2**24.
+    q8_0, n = 64 (two blocks): block 0 of x and y: d = 1024, q[0] = 4 (one product 2**20 * 16 = 2**24);
+      block 1 (d = 1) of y has q[0] = q[4] = q[16] = 1 and of x row A q[0] = q[16] = 1, of row B q[0] = q[4] = 1.
+      generic (serial): 2**24 + 2 for both rows. avx (int_to_float lane8: block 1 in register lanes 4..7, lane 4 =
+      products 0..3 and 16..19): row A lane 4 = 2, l0 + l4 = 2**24 + 2; row B lanes 4, 5 = 1, 1: (l0 + l4) ->
+      2**24, + (l1 + l5) -> 2**24. avx2 (lane4, one block per register, FMA): element 0 of block 1 joins lane 0:
+      fma(1, 1, 2**24) -> 2**24 for both rows; element 16 (lane 4) or 4 (lane 1) is then lost in the fold: 2**24.
+    """
+    e = 2.0**-12
+    y = np.ones((1, 64), np.float32)
+    y[0, 32] = 1 + e
+    xa = np.zeros(64, np.float32)
+    xa[0], xa[32] = -1, 1 + e
+    xb = np.zeros(64, np.float32)
+    xb[0], xb[8], xb[16] = 2.0**24, 1, 1
+    f32 = (np.stack([xa, xb]).view(np.uint8), y.view(np.uint8))
+    big = (1024.0, {0: 4})
+    q8 = (np.stack([_q8_0_row([big, (1.0, {0: 1, 16: 1})]), _q8_0_row([big, (1.0, {0: 1, 4: 1})])]),
+          _q8_0_row([big, (1.0, {0: 1, 4: 1, 16: 1})])[None, :])
+    t = 2.0**24
+    want = {  # plan -> (f32 rows A, B; q8_0 rows A, B)
+        "ggml_generic": ((2.0**-11, t + 2), (t + 2, t + 2)),
+        "ggml_x86_avx": ((2.0**-11, t), (t + 2, t)),
+        "ggml_x86_avx2": ((2.0**-11 + 2.0**-24, t), (t, t)),
+    }
+    return {"f32": f32, "q8_0": q8}, want
+
+
+@pytest.mark.parametrize("level", ["generic", "avx", "avx2"])
+def test_levels_differ_on_known_inputs(level):
+    """Each level's plan gives its own hand-derived bytes on ``_known_cases`` (so the three orders differ), and
+    upstream ggml built at that level gives the same."""
+    cases, want = _known_cases()
+    plan = builds.level(level).vec_dot_plan
+    assert len({v for v in want.values()}) == len(want)  # the cases tell every pair of these plans apart
+    got = tuple(tuple(vec_dot(x, t, y, t, 64, plan)[:, 0].tolist()) for t, (x, y) in cases.items())
+    assert got == want[plan]
+    pb = _level_or_skip(level)
+    built = tuple(tuple(pb.call(level, "mlaref.codegen.ggml_peer:vec_dot_rows", t, x, y, 64)[:, 0].tolist())
+                  for t, (x, y) in cases.items())
+    assert built == want[plan]
+
+
+def test_native_build_on_known_inputs(peer, peer_plan):
+    """The loaded (native) build on ``_known_cases``: its plan's bytes; where that plan is one of the level plans'
+    orders for these pairs (e.g. ggml_x86_avx2_znver3 = ggml_x86_avx2 for f32 and q8_0), the hand values too."""
+    cases, want = _known_cases()
+    for t, (x, y) in cases.items():
+        got = vec_dot(x, t, y, t, 64, peer_plan)
+        built = np.array([[peer.vec_dot(t, x[i], y[0], 64)] for i in range(len(x))], np.float32)
+        assert np.array_equal(_bits(got), _bits(built)), t
+    for name, values in want.items():
+        same = all(PLANS[peer_plan].for_pair(f"{t}.{t}").replace(name="") == PLANS[name].for_pair(f"{t}.{t}")
+                   .replace(name="") for t in cases)
+        if same:
+            assert tuple(tuple(vec_dot(x, t, y, t, 64, peer_plan)[:, 0].tolist())
+                         for t, (x, y) in cases.items()) == values
 
 
 # -- k-quants -------------------------------------------------------------------------------------------------
@@ -266,9 +458,10 @@ def test_kquants_against_transcription_symbols_and_simd(peer, xt, peer_plan):
                    ctypes.c_void_p(qx[i].ctypes.data), ctypes.c_size_t(0),
                    ctypes.c_void_p(qy[j].ctypes.data), ctypes.c_size_t(0), ctypes.c_int(1))
                 sym[i, j] = s[0]
-        # GCC fuses q6_K's ``sums[l] += d*aux32[l]`` in the Sapphire Rapids build, not in the Zen 4 one (measured)
-        compiled = "ggml_generic" if peer_plan == "ggml_x86_avx512_znver4" and xt == "q6_K" else "ggml_generic_gnu"
-        assert np.array_equal(_bits(vec_dot(qx, xt, qy, "q8_K", n, compiled)), _bits(sym))
+        # e.g. GCC fuses q6_K's ``sums[l] += d*aux32[l]`` in the Sapphire Rapids build, not in the Zen 3/4 ones
+        compiled = COMPILED_GENERIC.get(peer_plan, {}).get(xt)
+        if compiled is not None:
+            assert np.array_equal(_bits(vec_dot(qx, xt, qy, "q8_K", n, compiled)), _bits(sym))
         simd = np.array([[peer.vec_dot(xt, qx[i], qy[j], n) for j in range(3)] for i in range(2)])
         assert np.array_equal(_bits(vec_dot(qx, xt, qy, "q8_K", n, peer_plan)), _bits(simd))
 
@@ -329,14 +522,16 @@ def test_order_case_by_hand():
         assert vec_dot(xb, "q8_0", yb, "q8_0", 128, name)[0, 0] == np.float32(value), name
 
 
-def test_minus_128_is_outside_the_domain(peer):
-    """(-128)*(-128) in q8_0: the reference computes +16384; ggml's sign trick (|x| as unsigned, y*sign(x)
-    wrapping back to -128) gives -16384. ggml's quantizers never write -128, so this is the documented edge."""
+def test_minus_128_is_outside_the_domain(peer, peer_plan):
+    """(-128)*(-128) in q8_0: the reference computes +16384; ggml's AVX2 sign trick (|x| as unsigned, y*sign(x)
+    wrapping back to -128) gives -16384. ggml's quantizers never write -128, so this is the documented edge.
+    (ggml's scalar code, and the AVX build's one-block tail, multiply true integers: +16384.)"""
     qs = np.zeros(32, np.int8)
     qs[0] = -128
     row = np.frombuffer(np.array([1.0], "<f2").tobytes() + qs.tobytes(), np.uint8).reshape(1, -1)
     assert vec_dot(row, "q8_0", row, "q8_0", 32, "ggml_x86_avx512")[0, 0] == np.float32(16384)
-    assert peer.vec_dot("q8_0", row[0], row[0], 32) == np.float32(-16384)
+    want = -16384 if _avx2_block_path(peer_plan, "q8_0.q8_0") else 16384
+    assert peer.vec_dot("q8_0", row[0], row[0], 32) == np.float32(want)
 
 
 def test_l16a1_equals_l8a2_on_block_pairs(peer):
@@ -522,9 +717,10 @@ def test_bad_inputs(args, error, message):
         vec_dot(*args)
 
 
-def test_x86_plan_rejects_pairs_it_does_not_define():
-    with pytest.raises(ValueError, match="plan ggml_x86_avx2 does not define the pair 'bf16.bf16'"):
-        vec_dot(np.zeros((1, 64), np.uint8), "bf16", np.zeros((1, 64), np.uint8), "bf16", 32, "ggml_x86_avx2")
+def test_per_pair_plan_rejects_pairs_it_does_not_define():
+    only_q8 = ReductionPlan(name="only_q8", pairs_only=True, by_pair=(("q8_0.q8_0", PLANS["mlaref_l8a1"]),))
+    with pytest.raises(ValueError, match="plan only_q8 does not define the pair 'bf16.bf16'"):
+        vec_dot(np.zeros((1, 64), np.uint8), "bf16", np.zeros((1, 64), np.uint8), "bf16", 32, only_q8)
 
 
 def test_supported_pairs_cover_the_table():
@@ -533,22 +729,9 @@ def test_supported_pairs_cover_the_table():
             } <= set(supported_pairs())
 
 
-@pytest.mark.parametrize("flags,want", [
-    ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16"}, "ggml_x86_avx512"),
-    ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, "ggml_x86_avx512_znver4"),
-    ({"avx2", "avx512f", "avx512_vnni", "avx512_vbmi"}, "ggml_x86_avx512_icelake"),
-    ({"avx2", "avx512f"}, None),
-    ({"avx2", "fma", "f16c"}, None),
-])
-def test_peer_plan_is_chosen_by_cpu_features(monkeypatch, flags, want):
-    """Sapphire Rapids (FP16) -> ggml_x86_avx512; Zen 4 (BF16, no FP16) -> _znver4; Ice Lake (VNNI, neither)
-    -> _icelake; unmeasured builds (no AVX-512 VNNI) refuse."""
-    from mlaref.codegen import cpu, ggml_peer
-
-    monkeypatch.setattr(cpu, "features", lambda path=None: frozenset(flags))
-    choose = ggml_peer.vec_dot_plan.__wrapped__
-    if want is None:
-        with pytest.raises(LookupError, match="no AVX-512 VNNI"):
-            choose()
-    else:
-        assert choose() == want and want in PLANS
+@pytest.mark.parametrize("name", builds.LEVEL_ORDER)
+def test_every_level_plan_defines_every_pair(name):
+    """A build's plan must give an order for every pair vec_dot accepts (ggml's x86 plans are per pair only)."""
+    plan = PLANS[builds.level(name).vec_dot_plan]
+    for pair in supported_pairs():
+        assert plan.for_pair(pair) is not None, pair
