@@ -11,8 +11,10 @@ Strides are copied into the ggml view as they are, including ``nb[0]``: this is 
 ``ggml_permute`` / ``ggml_transpose`` / ``ggml_view_4d`` would make, without building that chain.
 
 The op functions below (``concat``, ``repeat``, ``cpy``, ``cast``, ``get_rows``, ``add``, ``mul``,
-``scale``, ``rms_norm``, ``rope_ext``, ``soft_max_ext``) are one-line builders over ``run``. Other op
-families append their functions at the end of this file.
+``scale``, ``rms_norm``, ``rope_ext``, ``soft_max_ext``, ``unary``) are one-line builders over ``run``. Being
+module-level functions of Tensors, they also run against another build of ggml through
+``peer_build.call(level, "mlaref.codegen.ggml_ops:<op>", ...)`` (``call_many`` for several in one child).
+Other op families append their functions at the end of this file.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ __all__ = [
     "rms_norm",
     "rope_ext",
     "soft_max_ext",
+    "unary",
 ]
 
 _I32 = 26  # GGML_TYPE_I32 in ggml.h (upstream numbering)
@@ -252,6 +255,12 @@ def soft_max_ext(a: Tensor, mask: Tensor | None, scale: float, max_bias: float, 
     return run(lambda ctx, x, m: g.ggml_soft_max_ext(ctx, x, m, float(scale), float(max_bias)), a, mask,
                n_threads=n_threads)
 
+
+def unary(a: Tensor, op: str, *, n_threads: int = 1) -> Tensor:
+    """``ggml_silu`` / ``ggml_gelu`` / ``ggml_relu`` of ``a`` (``op`` = "SILU", "GELU", "RELU", as ``ggml_unary``)."""
+    g = ggml_peer.lib()
+    fn = {"SILU": g.ggml_silu, "GELU": g.ggml_gelu, "RELU": g.ggml_relu}[op]
+    return run(lambda ctx, x: fn(ctx, x), a, n_threads=n_threads)
 
 
 # -- the ops of reference/ops/{mul_mat,flash_attn_ext}.py ---------------------------------------------------------

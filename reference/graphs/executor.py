@@ -60,6 +60,8 @@ DEFAULT_OPTIONS: dict[str, dict] = {
     "ARGSORT": {"algorithm": "exchange"},
     "FLASH_ATTN_EXT": {"algorithm": "generic", "plan": "ggml_generic", "variant": "x86"},
     "FLASH_ATTN_EXT_PARTIAL": {"plan": "ggml_generic", "variant": "x86"},
+    "SOFT_MAX": {"simd": "avx512"},
+    "FUSED_MUL_UNARY": {"simd": "avx512"},
 }
 
 
@@ -98,7 +100,7 @@ def _fused_rms_norm(node, a, w, **kw):
 
 def _soft_max(node, a, mask=None, **kw):
     p = node.op_params
-    return ops.soft_max(a, mask, p["scale"], p["max_bias"])
+    return ops.soft_max(a, mask, p["scale"], p["max_bias"], **kw)
 
 
 def _rope(node, a, pos, **kw):
@@ -132,7 +134,7 @@ def _fa_merge(node, a, b=None, **kw):
 
 # -- the MoE ops (reference/ops/{fused_mul_unary,argsort,mul_mat_id,multi_add}.py) -------------------------------
 def _fused_mul_unary(node, a, b, **kw):
-    return ops.fused_mul_unary(a, b, node.op_params["unary"])
+    return ops.fused_mul_unary(a, b, node.op_params["unary"], **kw)
 
 
 def _argsort(node, a, **kw):

@@ -46,9 +46,10 @@ import numpy as np
 
 from mlaref.reference import fp
 from mlaref.reference.ops._common import check_tensor
-from mlaref.reference.ops.flash_attn_ext import K_VEC_DOT_TYPE, check_operands, expf, v_expf_avx2, v_expf_avx512
+from mlaref.reference.ops.flash_attn_ext import K_VEC_DOT_TYPE, check_operands, expf
 from mlaref.reference.ops.mul_mat import _from_float
 from mlaref.reference.ops.vec_dot import vec_dot
+from mlaref.reference.ops.vexp import v_expf_avx2, v_expf_avx512
 from mlaref.reference.plan import get_plan
 from mlaref.reference.tensor import Tensor
 

@@ -4,20 +4,30 @@
 contiguous, and row ``i1`` of every head uses mask row ``i1``; the head of row (i1, i2, i3) is ``i2``. This is
 upstream ggml's indexing (ggml-cpu/ops.cpp). ggml.c@676f0e71b walks the flattened rows ``r`` at ``r*nb[1]``
 with mask row ``r % ne1`` and head ``(r / ne1) % ne2``: the same for a contiguous ``a`` (the only case it
-handles correctly). Per row ``x`` (float32 throughout)::
+handles correctly). Per row ``x`` (float32 throughout), with ``W = vexp.WIDTH[simd]``::
 
     w[i]  = x[i] * scale                                   (ggml_vec_scale_f32)
-    w[i]  = fma(slope, mask[i], w[i])                      (GNU-mode contraction of w += slope*m; exact if slope=1)
+    w[i]  = fma(slope, mask[i], w[i])   with FMA           (GNU-mode contraction of w += slope*m; exact if slope=1)
+          = w[i] + slope*mask[i]        without FMA        (sse2, sse2_avx: product and sum each rounded)
     max   = MAX(... MAX(MAX(-inf, w[0]), w[1]) ..., w[n-1])      (MAX(a, b) = a > b ? a : b)
-    e[i]  = v_expf(w[i] - max)  for the first 16*floor(n/16) values;  expf(w[i] - max) for the tail
-    sum   = double sum, in order, of each 16-chunk's float horizontal sum (16->8->4->2->1 halves) and of
-            each tail value
+    e[i]  = v_expf(w[i] - max)  for the first W*floor(n/W) values;  expf(w[i] - max) for the tail
+    sum   = double sum, in order, of each W-chunk's float horizontal sum and of each tail value
     y[i]  = e[i] * (float)(1.0 / sum)
 
-``v_expf`` is ggml's AVX-512 ``ggml_v_expf`` (vec.h: Cody-Waite reduction with FMAs, a degree-5 polynomial,
-``vscalefps``), reproduced step by step with correctly rounded FMAs (``fp.fmaf``); the tail uses libm ``expf``
-(:mod:`mlaref.codegen.libm`). This is the build of upstream ggml on an AVX512F+DQ CPU (what ggml-python runs
-here); an AVX2-only build uses 8-lane chunks and a different ``v_expf`` and is not modelled.
+``simd`` names the build (``GgmlBuild.simd``, :mod:`mlaref.reference.builds`); ggml_vec_soft_max_f32
+(ggml-cpu/vec.cpp@ggml 0.15.3) and ggml_v_expf (ggml-cpu/vec.h@ggml 0.15.3) are chosen at compile time:
+
+* ``"avx512"`` (AVX512F+DQ, the default): 16-lane chunks, the ``__m512`` ``v_expf`` (``vscalefps``), the chunk
+  summed by ``_mm512_reduce_add_ps`` (halves 16 -> 8 -> 4 -> 2 -> 1);
+* ``"avx2"`` (AVX2+FMA): 8-lane chunks, the ``__m256`` ``v_expf`` (``fma(j, 2^n, 2^n)``, two-step scaling for
+  |n| > 126), halves 8 -> 4 -> 2 -> 1 (extract-high + low, movehl, movehdup);
+* ``"sse2_fma"``, ``"sse2_avx"``, ``"sse2"``: 4-lane chunks, the ``__m128`` ``v_expf`` (with FMA, or each
+  multiply and add rounded), summed ``(v0+v2) + (v1+v3)`` when compiled with AVX and ``(v0+v1) + (v2+v3)``
+  (the shuffle variant) on the x86-64 baseline.
+
+Each ``v_expf`` is reproduced step by step with correctly rounded FMAs (``fp.fmaf``) in :mod:`.vexp`; the tail
+uses libm ``expf`` (:mod:`mlaref.codegen.libm`).
+
 ALiBi (``max_bias > 0``): with ``n_head = ne2`` and ``n_head_log2 = 2^floor(log2(n_head))``,
 ``m0 = powf(2, -max_bias / n_head_log2)``, ``m1 = powf(2, -(max_bias/2) / n_head_log2)``, and head ``h``
 has slope ``powf(m0, h+1)`` if ``h < n_head_log2`` else ``powf(m1, 2(h - n_head_log2) + 1)``; otherwise 1.
@@ -36,6 +46,7 @@ import numpy as np
 from mlaref.codegen import libm
 from mlaref.reference import fp
 from mlaref.reference.ops._common import check_rows_contiguous, check_tensor
+from mlaref.reference.ops.vexp import FMA, WIDTH, check_simd, chunk_sum, v_expf, v_expf_avx512
 from mlaref.reference.tensor import Tensor
 
 __all__ = ["soft_max", "v_expf_avx512", "alibi_slopes"]
@@ -51,28 +62,6 @@ def _powf():
     return fn
 
 
-def v_expf_avx512(x: np.ndarray) -> np.ndarray:
-    """ggml's AVX-512 ``ggml_v_expf`` (ggml-cpu/vec.h), element-wise on float32."""
-    x = np.asarray(x, dtype=np.float32)
-    r = _F(float.fromhex("0x1.8p23"))
-    z = fp.fmaf(x, _F(float.fromhex("0x1.715476p+0")), r)
-    n = (z - r).astype(np.float32)
-    b = fp.fmaf(-n, _F(float.fromhex("0x1.7f7d1cp-20")), fp.fmaf(-n, _F(float.fromhex("0x1.62e4p-1")), x))
-    u = (b * b).astype(np.float32)
-    p = fp.fmaf(
-        fp.fmaf(fp.fmaf(_F(float.fromhex("0x1.0e4020p-7")), b, _F(float.fromhex("0x1.573e2ep-5"))), u,
-                fp.fmaf(_F(float.fromhex("0x1.555e66p-3")), b, _F(float.fromhex("0x1.fffdb6p-2")))),
-        u,
-        fp.fmaf(_F(float.fromhex("0x1.ffffecp-1")), b, _F(1.0)),
-    )
-    with np.errstate(over="ignore", invalid="ignore"):
-        # vscalefps: p * 2^n rounded once (ldexp on float32 is exact or correctly rounded to subnormal)
-        res = np.ldexp(p, np.clip(np.nan_to_num(n), -300, 300).astype(np.int32)).astype(np.float32)
-        big = np.abs(n) > 192
-        alt = np.where(n <= 0, _F(0), _F(np.inf))
-    return np.where(big, alt, res).astype(np.float32)
-
-
 def alibi_slopes(n_head: int, max_bias: float) -> np.ndarray:
     """The per-head slope of ggml's soft_max (all 1 when ``max_bias == 0``)."""
     if max_bias <= 0:
@@ -85,8 +74,10 @@ def alibi_slopes(n_head: int, max_bias: float) -> np.ndarray:
     return np.array(s, dtype=np.float32)
 
 
-def soft_max(a: Tensor, mask: Tensor | None = None, scale: float = 1.0, max_bias: float = 0.0) -> Tensor:
-    """``ggml_soft_max_ext(a, mask, scale, max_bias)``."""
+def soft_max(a: Tensor, mask: Tensor | None = None, scale: float = 1.0, max_bias: float = 0.0, *,
+             simd: str = "avx512") -> Tensor:
+    """``ggml_soft_max_ext(a, mask, scale, max_bias)`` as the ggml build ``simd`` computes it (``vexp.SIMD``)."""
+    check_simd("soft_max", simd)
     check_tensor("soft_max", "a", a, ("f32",))
     check_rows_contiguous("soft_max", "a", a)
     if max_bias < 0 or not np.isfinite(max_bias):
@@ -103,7 +94,11 @@ def soft_max(a: Tensor, mask: Tensor | None = None, scale: float = 1.0, max_bias
             raise ValueError("soft_max: mask must be contiguous")
         m = mask.to_numpy()[0, 0, : a.ne[1]]  # (ne1, ne0)
         slope = alibi_slopes(a.ne[2], max_bias)[None, :, None, None]
-        w = fp.fmaf(slope, m[None, None], w)
+        if FMA[simd]:
+            w = fp.fmaf(slope, m[None, None], w)
+        else:
+            with np.errstate(invalid="ignore", over="ignore"):
+                w = (w + (slope * m[None, None]).astype(np.float32)).astype(np.float32)
     elif max_bias > 0:
         raise ValueError("soft_max: ALiBi (max_bias > 0) needs a mask")
     # ggml_vec_max_f32: max = MAX(max, w[i]) in index order with MAX(a, b) = a > b ? a : b, starting at -inf
@@ -113,17 +108,14 @@ def soft_max(a: Tensor, mask: Tensor | None = None, scale: float = 1.0, max_bias
         mx = np.where(mx > w[..., i], mx, w[..., i])
     mx = mx[..., None]
     d = (w - mx).astype(np.float32)
-    n = a.ne[0]
-    cut = n // 16 * 16
+    n, width = a.ne[0], WIDTH[simd]
+    cut = n // width * width
     e = np.empty_like(d)
     s = np.zeros(d.shape[:-1], dtype=np.float64)
     if cut:
-        e[..., :cut] = v_expf_avx512(d[..., :cut])
-        for c in range(0, cut, 16):
-            v = e[..., c : c + 16]
-            for half in (8, 4, 2, 1):  # _mm512_reduce_add_ps: v[i] + v[i + half]
-                v = (v[..., :half] + v[..., half : 2 * half]).astype(np.float32)
-            s = s + v[..., 0].astype(np.float64)
+        e[..., :cut] = v_expf(d[..., :cut], simd)
+        for c in range(0, cut, width):
+            s = s + chunk_sum(e[..., c : c + width], simd).astype(np.float64)
     if cut < n:
         e[..., cut:] = libm.expf(np.ascontiguousarray(d[..., cut:]))
         for i in range(cut, n):

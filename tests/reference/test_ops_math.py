@@ -2,7 +2,9 @@
 
 Every op here is bit-exact against ggml-python's CPU back-end (equal bytes). fused_rms_norm, which upstream
 lacks, is checked against ggml where the math coincides (unit or power-of-two weights), against a scalar
-re-statement of its definition, and against float64 math (NMSE bound 1e-12).
+re-statement of its definition, and against float64 math (NMSE bound 1e-12). soft_max depends on the build's
+vector exp (``simd``): it is compared with the installed library at ``ggml_peer.build().simd`` and with upstream
+built at each level this CPU runs (``peer_build``) at that level's ``simd``.
 """
 
 import math
@@ -10,10 +12,12 @@ import math
 import numpy as np
 import pytest
 
-from mlaref.codegen import ggml_ops, libm
+from mlaref.codegen import ggml_ops, ggml_peer, libm, peer_build
+from mlaref.reference import builds
 from mlaref.reference.ops import add, fused_rms_norm, mul, rms_norm, rope, scale, soft_max
 from mlaref.reference.ops.rope import rope_cache, yarn_corr_dims
 from mlaref.reference.ops.soft_max import v_expf_avx512
+from mlaref.reference.ops.vexp import SIMD, WIDTH, chunk_sum, v_expf, v_expf_avx2, v_expf_sse2
 from mlaref.reference.tensor import Tensor
 
 
@@ -252,8 +256,121 @@ def test_soft_max_matches_ggml(ggml, rng, n, mask_type):
         m[:, 0] = 0.0  # every row keeps at least one finite value
         mask = Tensor.from_numpy(m, mask_type)
     for sc, max_bias in ((0.11472137, 0.0), (1.0, 8.0 if mask_type else 0.0)):
-        got = soft_max(a, mask, sc, max_bias)
+        got = soft_max(a, mask, sc, max_bias, simd=ggml.build().simd)
         _same_bytes(got, ggml_ops.soft_max_ext(a, mask, sc, max_bias, n_threads=3))
+
+
+# The levels whose soft_max / SILU differ (builds.GgmlBuild.simd: sse2, sse2_avx, avx2, avx512).
+SIMD_LEVELS = ["generic", "avx", "avx2", "avx512"]
+
+
+def _level_simd(level: str) -> str:
+    """``builds.level(level).simd``; skips, naming what is missing, where this CPU or machine cannot run it."""
+    miss = peer_build.missing_for(level)
+    if miss:
+        pytest.skip(f"ggml level {level} needs {', '.join(miss)}, which this CPU lacks")
+    if not ggml_peer.available():
+        pytest.skip(ggml_peer.unavailable_reason())
+    return builds.level(level).simd
+
+
+def _soft_max_cases(rng):
+    """(name, a, mask, scale, max_bias): rows with and without tails for every chunk width, f16 / f32 masks,
+    ALiBi over 3 heads (slopes from m0 and m1), and extreme exponents: w - max down to -200 (v_expf's |n| > 126
+    subnormal branch and |n| > 192 flush to 0) and f32 mask entries of -1e30."""
+    cases = []
+    for n in (15, 16, 17, 100):
+        a = _f32(rng, 2, 3, 5, n, scale=4)
+        m = (rng.standard_normal((5, n)) * 3).astype(np.float32)
+        m[rng.random((5, n)) < 0.3] = -np.inf
+        m[:, 0] = 0.0  # every row keeps at least one finite value
+        cases.append((f"n{n}", a, None, 0.37, 0.0))
+        for mt in ("f16", "f32"):
+            cases.append((f"n{n}/mask_{mt}", a, Tensor.from_numpy(m, mt), 0.11472137, 0.0))
+            cases.append((f"n{n}/mask_{mt}/alibi", a, Tensor.from_numpy(m, mt), 1.0, 8.0))
+        x = -rng.uniform(0, 200, (2, 3, 5, n)).astype(np.float32)
+        x[..., rng.integers(n)] = 0.0
+        cases.append((f"n{n}/extreme", Tensor.from_numpy(x), None, 1.0, 0.0))
+        big = m.copy()
+        big[rng.random((5, n)) < 0.2] = -1e30
+        big[:, 0] = 0.0
+        cases.append((f"n{n}/extreme/mask_f32/alibi", Tensor.from_numpy(x), Tensor.from_numpy(big), 1.0, 8.0))
+    return cases
+
+
+@pytest.mark.parametrize("level", SIMD_LEVELS)
+def test_soft_max_matches_ggml_at_each_level(rng, level):
+    """Upstream ggml built at ``level`` gives the bytes of ``soft_max(..., simd=builds.level(level).simd)`` on every
+    case, and every other variant of the model differs on some case (so a wrong model fails)."""
+    simd = _level_simd(level)
+    cases = _soft_max_cases(rng)
+    want = peer_build.call_many(level, [("mlaref.codegen.ggml_ops:soft_max_ext", (a, m, sc, mb), {})
+                                        for _, a, m, sc, mb in cases])
+    bad = [name for (name, a, m, sc, mb), w in zip(cases, want)
+           if not np.array_equal(soft_max(a, m, sc, mb, simd=simd).raw(), w.raw())]
+    assert not bad, f"soft_max(simd={simd!r}) differs from ggml level {level} on {bad}"
+    for other in SIMD:
+        if other != simd:
+            assert any(not np.array_equal(soft_max(a, m, sc, mb, simd=other).raw(), w.raw())
+                       for (_, a, m, sc, mb), w in zip(cases, want)), f"simd={other!r} gives level {level}'s bytes"
+
+
+# Scores whose v_expf is below 2^-30: with one 0 per row of 16 every chunk sums to exactly 1 (the small values
+# vanish in any fold order), 1/sum is 1, and soft_max returns each v_expf bit pattern unchanged.
+_PROBE_LO, _PROBE_HI = -200.0, -21.0
+
+
+def _v_expf_probe(rng, rows=4000):
+    x = np.concatenate([rng.uniform(-104, _PROBE_HI, rows * 15 - 3000),
+                        rng.uniform(-90, -86, 1000),  # around |n| = 126 (x = -87.34)
+                        rng.uniform(-140, -130, 1000),  # around |n| = 192 (x = -133.08)
+                        rng.uniform(_PROBE_LO, -104, 1000)]).astype(np.float32)
+    rows_ = np.zeros((rows, 16), np.float32)
+    zero_at = rng.integers(16, size=rows)
+    keep = np.ones((rows, 16), bool)
+    keep[np.arange(rows), zero_at] = False
+    rows_[keep] = rng.permutation(x)
+    return rows_, keep
+
+
+def test_v_expf_variants_differ_on_the_probe(rng):
+    """The probe holds inputs where the variants disagree: the AVX2 and AVX-512 closings of the polynomial,
+    and FMA against separately rounded multiply-adds."""
+    rows_, keep = _v_expf_probe(rng)
+    x = rows_[keep]
+    assert x.max() < _PROBE_HI and x.min() >= _PROBE_LO
+    e2, e5, e0 = (f(x).view(np.uint32) for f in (v_expf_avx2, v_expf_avx512, v_expf_sse2))
+    assert (e2 != e5).sum() > 1000 and (e2 != e0).sum() > 50 and (e5 != e0).sum() > 1000
+    assert (v_expf(x, "sse2_fma") == v_expf_avx2(x)).all() and (v_expf(x, "sse2_avx") == v_expf_sse2(x)).all()
+
+
+@pytest.mark.parametrize("level", SIMD_LEVELS)
+def test_v_expf_equals_each_level_bit_for_bit(rng, level):
+    """60,000 scores in [-200, -21] through upstream's soft_max at ``level``: each output is that build's
+    ggml_v_expf exactly (see _PROBE_HI), so the level's variant must give every bit, and another variant's
+    differing bits are caught."""
+    simd = _level_simd(level)
+    rows_, keep = _v_expf_probe(rng)
+    got = peer_build.call(level, "mlaref.codegen.ggml_ops:soft_max_ext", Tensor.from_numpy(rows_), None, 1.0, 0.0)
+    y = got.to_numpy().reshape(rows_.shape)
+    assert (y[~keep] == 1.0).all()
+    want = v_expf(rows_[keep], simd)
+    diff = y[keep].view(np.uint32) != want.view(np.uint32)
+    assert not diff.any(), f"{int(diff.sum())} of {diff.size} v_expf({simd}) values differ from level {level}"
+    for other in SIMD:
+        if v_expf(rows_[keep], other).tobytes() != want.tobytes():
+            assert (y[keep].view(np.uint32) != v_expf(rows_[keep], other).view(np.uint32)).any()
+
+
+def test_chunk_sum_orders():
+    """The float sum of one chunk per build: halves for AVX-512 / AVX2 / SSE2 with AVX, adjacent pairs for SSE2."""
+    v = np.array([1.0, 2.0**-24, -1.0, 2.0**-24], np.float32)
+    assert chunk_sum(v, "sse2_avx") == np.float32(2.0**-23) == chunk_sum(v, "sse2_fma")  # 0 + 2^-23
+    assert chunk_sum(v, "sse2") == np.float32(2.0**-24)  # 1 (1 + 2^-24 ties to even) + (-1 + 2^-24)
+    w = np.array([1.0, 0, 0, 0, 2.0**-24, 0, 0, 0], np.float32)
+    assert chunk_sum(w, "avx2") == np.float32(1.0)  # (1 + 2^-24) ties to even at the first step
+    assert chunk_sum(np.tile(w, 2), "avx512") == np.float32(2.0)
+    assert [WIDTH[s] for s in SIMD] == [16, 8, 4, 4, 4]
 
 
 def test_soft_max_nmse_against_float64(rng):
@@ -264,14 +381,20 @@ def test_soft_max_nmse_against_float64(rng):
     assert _nmse(got, e / e.sum(axis=-1, keepdims=True)) < 1e-12
 
 
-def test_v_expf_avx512_accuracy_against_libm(rng):
-    x = np.concatenate([rng.uniform(-87, 0, 20000), rng.uniform(-104, -87, 2000), [0.0, -0.0, -1e-30, -88.7]])
+@pytest.mark.parametrize("simd", SIMD)
+def test_v_expf_accuracy_against_libm(rng, simd):
+    x = np.concatenate([rng.uniform(-87, 0, 20000), rng.uniform(-104, -87, 2000), rng.uniform(0, 88.7, 2000),
+                        [0.0, -0.0, -1e-30, -88.7, 88.5]])
     x = x.astype(np.float32)
-    got, want = v_expf_avx512(x), libm.expf(x)
+    got, want = v_expf(x, simd), libm.expf(x)
     normal = want >= np.float32(1.2e-38)
     ulps = np.abs(got[normal].view(np.int32).astype(np.int64) - want[normal].view(np.int32).astype(np.int64))
     assert ulps.max() <= 2  # ggml states a maximum error of 1.45 ulp + rounding
-    assert (v_expf_avx512(np.array([-200.0, -1000.0, 100.0], np.float32)) == [0, 0, np.inf]).all()
+    special = v_expf(np.array([-200.0, -1000.0, 100.0, 1000.0, -np.inf, np.inf], np.float32), simd)
+    assert special.tolist() == [0, 0, np.inf, np.inf, 0, np.inf]
+    assert np.isnan(v_expf(np.array([np.nan], np.float32), simd)).all()
+    if simd == "avx512":
+        assert np.array_equal(v_expf_avx512(x), got)
 
 
 def test_soft_max_bad_inputs():
@@ -286,3 +409,5 @@ def test_soft_max_bad_inputs():
         soft_max(Tensor.zeros("f16", (8, 4)))
     with pytest.raises(ValueError, match="soft_max: max_bias must be finite and >= 0"):
         soft_max(a, None, 1.0, -1.0)
+    with pytest.raises(ValueError, match="soft_max: simd must be one of avx512, avx2, sse2_fma, sse2_avx, sse2 "):
+        soft_max(a, simd="avx3")

@@ -1,6 +1,7 @@
 """The MoE FFN ops (unary, fused_mul_unary, argsort, mul_mat_id, multi_add) against upstream ggml and their definitions.
 
-Bit-exact (equal bytes) against ggml-python's CPU back-end on this AVX-512 machine: unary SILU / GELU / RELU,
+Bit-exact (equal bytes) against ggml-python's CPU back-end, with the build's vector exp (``simd`` =
+``ggml_peer.build().simd``), and against upstream built at each level this CPU runs: unary SILU / GELU / RELU,
 argsort with ``algorithm="std_sort"`` (ties and NaN included, also on libstdc++'s heapsort fallback), argsort
 ``"exchange"`` where values are distinct, mul_mat_id under plan ``ggml_x86_avx512`` for every weight type, and
 fused_mul_unary SILU / RELU (equal to upstream's ``mul(unary(a), b)``). ik_llama.cpp-only parts are checked
@@ -11,14 +12,15 @@ ik's SIMD GELU (NMSE bound 1e-12 against float64 gelu; measured about 2e-15).
 import numpy as np
 import pytest
 
-from mlaref.codegen import ggml_ops
-from mlaref.reference import quantize
+from mlaref.codegen import ggml_ops, ggml_peer, peer_build
+from mlaref.reference import builds, fp, quantize
 from mlaref.reference.graphs import executor, ir
 from mlaref.reference.ops import argsort, fused_mul_unary, mul_mat, mul_mat_id, multi_add, unary
 from mlaref.reference.ops.argsort import std_sort_indices
 from mlaref.reference.ops.fused_mul_unary import v_gelu_avx512_ik
 from mlaref.reference.ops.mul_mat import VEC_DOT_TYPE
 from mlaref.reference.ops.unary import gelu_f32, gelu_table_lookup
+from mlaref.reference.ops.vexp import SIMD
 from mlaref.reference.tensor import Tensor
 
 NMSE_SILU = 1e-12  # f32 silu vs float64; v_expf is within 2 ulp
@@ -63,39 +65,82 @@ def _activations(rng, rows, n):
 # -- unary -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n", [1, 15, 16, 17, 48, 100])
 @pytest.mark.parametrize("op", ["SILU", "GELU", "RELU"])
-def test_unary_matches_ggml(g, rng, n, op):
+def test_unary_matches_ggml(g, ggml, rng, n, op):
     fn = {"SILU": g.ggml_silu, "GELU": g.ggml_gelu, "RELU": g.ggml_relu}[op]
     a = Tensor.from_numpy(_activations(rng, 12, n).reshape(2, 6, n))
-    _same_bytes(unary(a, op), ggml_ops.run(lambda ctx, x: fn(ctx, x), a, n_threads=3))
+    _same_bytes(unary(a, op, simd=ggml.build().simd), ggml_ops.run(lambda ctx, x: fn(ctx, x), a, n_threads=3))
 
 
 @pytest.mark.parametrize("op", ["SILU", "GELU"])
-def test_unary_strided_rows_match_ggml(g, rng, op):
-    """Rows 40 floats apart, 33 used: the 16-chunks start at each row (not at a flat index)."""
+def test_unary_strided_rows_match_ggml(g, ggml, rng, op):
+    """Rows 40 floats apart, 33 used: the SIMD chunks start at each row (not at a flat index)."""
     fn = {"SILU": g.ggml_silu, "GELU": g.ggml_gelu}[op]
     base = Tensor.from_numpy((rng.standard_normal((3, 5, 40)) * 4).astype(np.float32))
     a = base.view((33, 5, 3), (base.nb[1], base.nb[2]), 4 * 3)
     assert not a.is_contiguous()
-    _same_bytes(unary(a, op), ggml_ops.run(lambda ctx, x: fn(ctx, x), a))
+    _same_bytes(unary(a, op, simd=ggml.build().simd), ggml_ops.run(lambda ctx, x: fn(ctx, x), a))
 
 
-def test_gelu_every_f16_key_matches_ggml(g):
+# The levels whose SILU (chunk width, v_expf) or GELU table (FMA contraction) differ.
+SIMD_LEVELS = ["generic", "avx", "avx2", "avx512"]
+
+
+def _level_simd(level: str) -> str:
+    """``builds.level(level).simd``; skips, naming what is missing, where this CPU or machine cannot run it."""
+    miss = peer_build.missing_for(level)
+    if miss:
+        pytest.skip(f"ggml level {level} needs {', '.join(miss)}, which this CPU lacks")
+    if not ggml_peer.available():
+        pytest.skip(ggml_peer.unavailable_reason())
+    return builds.level(level).simd
+
+
+@pytest.mark.parametrize("level", SIMD_LEVELS)
+def test_silu_matches_ggml_at_each_level(rng, level):
+    """Upstream's SILU built at ``level`` equals ``unary(a, "SILU", simd=builds.level(level).simd)`` on rows with
+    and without tails, special values, and |x| in [80, 140] (v_expf's |n| > 126 and |n| > 192 branches on both
+    signs); the variants with another chunk width or v_expf differ somewhere."""
+    simd = _level_simd(level)
+    cases = []
+    for n in (15, 16, 17, 100):
+        x = _activations(rng, 24, n)
+        x[12:] = rng.uniform(80, 140, (12, n)).astype(np.float32) * rng.choice([-1, 1], (12, n)).astype(np.float32)
+        cases.append(Tensor.from_numpy(x.reshape(2, 12, n)))
+    want = peer_build.call_many(level, [("mlaref.codegen.ggml_ops:unary", (a, "SILU"), {}) for a in cases])
+    for a, w in zip(cases, want):
+        _same_bytes(unary(a, "SILU", simd=simd), w)
+    for other in SIMD:
+        if other != simd and {other, simd} != {"sse2", "sse2_avx"}:  # those two share v_expf and width
+            assert any(unary(a, "SILU", simd=other).raw().tobytes() != w.raw().tobytes() for a, w in zip(cases, want))
+
+
+@pytest.mark.parametrize("level", SIMD_LEVELS)
+def test_gelu_table_matches_ggml_at_each_level(level):
+    """All 65536 f16 keys: builds with FMA contract ``1 + A*x*x`` in the table's gelu, builds without do not; one
+    entry tells them apart."""
+    simd = _level_simd(level)
+    x = fp.f16_to_f32(np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)).reshape(256, 256)
+    a = Tensor.from_numpy(x)
+    want = peer_build.call(level, "mlaref.codegen.ggml_ops:unary", a, "GELU")
+    _same_bytes(unary(a, "GELU", simd=simd), want)
+    other = "sse2" if simd in ("avx512", "avx2") else "avx2"
+    assert unary(a, "GELU", simd=other).raw().tobytes() != want.raw().tobytes()
+
+
+def test_gelu_every_f16_key_matches_ggml(g, ggml):
     """All 65536 f16 values (the table's keys, NaN and Inf included) plus f32 values between them."""
     h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
-    from mlaref.reference import fp  # noqa: PLC0415
-
     x = fp.f16_to_f32(h).reshape(256, 256)
     a = Tensor.from_numpy(x)
-    _same_bytes(unary(a, "GELU"), ggml_ops.run(lambda ctx, t: g.ggml_gelu(ctx, t), a))
+    simd = ggml.build().simd
+    _same_bytes(unary(a, "GELU", simd=simd), ggml_ops.run(lambda ctx, t: g.ggml_gelu(ctx, t), a))
     mid = (x * np.float32(1.0003)).astype(np.float32)  # f32 values that round to a neighbouring key
     b = Tensor.from_numpy(mid)
-    _same_bytes(unary(b, "GELU"), ggml_ops.run(lambda ctx, t: g.ggml_gelu(ctx, t), b))
+    _same_bytes(unary(b, "GELU", simd=simd), ggml_ops.run(lambda ctx, t: g.ggml_gelu(ctx, t), b))
 
 
 def test_gelu_table_needs_gcc_contraction(g):
     """Without the fmaf of ``1 + A*x*x`` (GCC's GNU-mode contraction) at least one table entry differs."""
-    from mlaref.reference import fp  # noqa: PLC0415
-
     x = fp.f16_to_f32(np.arange(1 << 16, dtype=np.uint32).astype(np.uint16))
     x = x[np.isfinite(x) & (np.abs(x) < 10)]
     want = ggml_ops.run(lambda ctx, t: g.ggml_gelu(ctx, t), Tensor.from_numpy(x[None])).to_numpy().reshape(-1)
@@ -127,18 +172,20 @@ def test_unary_bad_inputs():
         unary(a.transpose(), "SILU")
     with pytest.raises(TypeError, match="unary: a must be an mlaref Tensor"):
         unary(np.zeros((2, 16), np.float32), "SILU")
+    with pytest.raises(ValueError, match="unary: simd must be one of avx512, avx2, sse2_fma, sse2_avx, sse2 "):
+        unary(a, "SILU", simd="neon")
 
 
 # -- fused_mul_unary -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n", [5, 16, 37, 64])
 @pytest.mark.parametrize("op", ["SILU", "RELU"])
-def test_fused_mul_unary_equals_upstream_mul_of_unary(g, rng, n, op):
+def test_fused_mul_unary_equals_upstream_mul_of_unary(g, ggml, rng, n, op):
     """ik's fused SILU / RELU compute exactly upstream's ``mul(unary(a), b)`` (same routines, one more product)."""
     fn = {"SILU": g.ggml_silu, "RELU": g.ggml_relu}[op]
     a = Tensor.from_numpy(_activations(rng, 6, n).reshape(2, 3, n))
     b = Tensor.from_numpy((rng.standard_normal((2, 3, n)) * 2).astype(np.float32))
     want = ggml_ops.run(lambda ctx, x, y: g.ggml_mul(ctx, fn(ctx, x), y), a, b, n_threads=2)
-    _same_bytes(fused_mul_unary(a, b, op), want)
+    _same_bytes(fused_mul_unary(a, b, op, simd=ggml.build().simd), want)
 
 
 def test_fused_mul_unary_gelu_ik(g, rng):
@@ -158,12 +205,12 @@ def test_fused_mul_unary_gelu_ik(g, rng):
     assert v.tolist() == [12.0, 50.0, 0.0, 0.0, 0.0]
 
 
-def test_fused_mul_unary_on_moe_shape(g, rng):
+def test_fused_mul_unary_on_moe_shape(g, ggml, rng):
     """[1408, 6, T] gate and up (the MoE experts, FACTS 3.3) at T = 3: 1408 = 88 chunks of 16, no tail."""
     a = Tensor.from_numpy((rng.standard_normal((3, 6, 1408)) * 2).astype(np.float32))
     b = Tensor.from_numpy(rng.standard_normal((3, 6, 1408)).astype(np.float32))
     want = ggml_ops.run(lambda ctx, x, y: g.ggml_mul(ctx, g.ggml_silu(ctx, x), y), a, b, n_threads=4)
-    _same_bytes(fused_mul_unary(a, b, "SILU"), want)
+    _same_bytes(fused_mul_unary(a, b, "SILU", simd=ggml.build().simd), want)
 
 
 def test_fused_mul_unary_bad_inputs():
@@ -173,6 +220,10 @@ def test_fused_mul_unary_bad_inputs():
         fused_mul_unary(a, Tensor.zeros("f32", (16, 2)))
     with pytest.raises(ValueError, match="fused_mul_unary: op must be one of SILU, GELU, RELU, got 'SWIGLU'"):
         fused_mul_unary(a, a, "SWIGLU")
+    with pytest.raises(ValueError, match="fused_mul_unary: simd must be one of avx512, avx2, sse2_fma, sse2_avx, "):
+        fused_mul_unary(a, a, "SILU", simd="AVX2")
+    with pytest.raises(NotImplementedError, match="fused_mul_unary: GELU is modelled for ik's AVX-512 build only"):
+        fused_mul_unary(a, a, "GELU", simd="avx2")
     with pytest.raises(TypeError, match="fused_mul_unary: b must be of type f32, got f16"):
         fused_mul_unary(a, Tensor.zeros("f16", (16, 4)))
     gappy = Tensor.zeros("f32", (16, 4, 2)).permute(0, 2, 1, 3)  # [16, 2, 4] with dims 1 and 2 swapped
