@@ -30,7 +30,7 @@ pattern but +0.0 masks the entry to -inf):
     smax = max_k s[k];  if smax == -inf: skip the block
     if smax > M:  if M > -inf: ms = expf(M - smax); S *= ms; acc *= ms   else: S = 0; acc = 0
                   M = smax
-    p[k] = exp(s[k] - M)   (plan.exp: libm, or the v_expf polynomial of AVX2 / AVX-512)
+    p[k] = exp(s[k] - M)   (plan.exp: libm, or the v_expf polynomial of AVX2 / AVX-512: :mod:`.vexp`)
     S   += sum(p): 8-lane vectors added in order, then the halves fold
     acc[d] = fma(V[k][d], p[k], acc[d]) for k in order       (f32 acc; V widened / dequantized)
 
@@ -54,6 +54,7 @@ from mlaref.reference import fp
 from mlaref.reference.ops._common import check_tensor
 from mlaref.reference.ops.mul_mat import _from_float
 from mlaref.reference.ops.vec_dot import fma_f16, round_f64_to_f16, vec_dot
+from mlaref.reference.ops.vexp import v_expf_avx2, v_expf_avx512
 from mlaref.reference.plan import get_plan
 from mlaref.reference.tensor import Tensor
 
@@ -75,61 +76,6 @@ def tanhf(x) -> np.ndarray:
     from mlaref.codegen import libm  # noqa: PLC0415
 
     return libm.tanhf(np.asarray(x, np.float32))
-
-
-def _f32(bits: int) -> np.float32:
-    return np.array([bits], np.uint32).view(np.float32)[0]
-
-
-_R = np.float32(12582912.0)  # 0x1.8p23
-_LOG2E = _f32(0x3FB8AA3B)  # 0x1.715476p+0
-_LN2_HI = _f32(0x3F317200)  # 0x1.62e4p-1
-_LN2_LO = _f32(0x35BFBE8E)  # 0x1.7f7d1cp-20
-_C1, _C2, _C3, _C4, _C5 = (_f32(0x3F7FFFF6), _f32(0x3EFFFEDB), _f32(0x3E2AAF33), _f32(0x3D2B9F17), _f32(0x3C072010))
-
-
-def _v_expf_common(x):
-    x = np.asarray(x, np.float32)
-    z = fp.fmaf(x, _LOG2E, _R)
-    n = (z - _R).astype(np.float32)
-    b = fp.fmaf(-n, _LN2_LO, fp.fmaf(-n, _LN2_HI, x))  # fnmadd(a, b, c) = -(a*b) + c, one rounding
-    u = (b * b).astype(np.float32)
-    poly = fp.fmaf(fp.fmaf(_C5, b, _C4), u, fp.fmaf(_C3, b, _C2))
-    return x, z, n, b, u, poly
-
-
-def v_expf_avx2(x) -> np.ndarray:
-    """``ggml_v_expf(__m256)`` (ggml-cpu/vec.h; iqk's ``v_expf``), element by element, exactly.
-
-    j = fma(poly, u, C1*b); k = 2**n from z's bits; fast path fma(j, k, k); for |n| > 126 the two-step scaling
-    ``fma(s2, j, s2)*s1``; for |n| > 192 ``s1*s1`` (+inf or 0).
-    """
-    with np.errstate(over="ignore", invalid="ignore"):
-        x, z, n, b, u, poly = _v_expf_common(x)
-        j = fp.fmaf(poly, u, (_C1 * b).astype(np.float32))
-        e = (fp.f32_bits(z).astype(np.uint64) << np.uint64(23)).astype(np.uint32)
-        k = fp.bits_f32((e.astype(np.uint64) + 0x3F800000).astype(np.uint32))
-        fast = fp.fmaf(j, k, k)
-        an = np.abs(n)
-        g = np.where(n <= 0, np.uint32(0x82000000), np.uint32(0)).astype(np.uint32)
-        s1 = fp.bits_f32((g.astype(np.uint64) + 0x7F000000).astype(np.uint32))
-        s2 = fp.bits_f32((e.astype(np.int64) - g.astype(np.int64)).astype(np.uint32))
-        slow = (fp.fmaf(s2, j, s2) * s1).astype(np.float32)
-        huge = (s1 * s1).astype(np.float32)
-        out = np.where(an > 192, huge, np.where(an > 126, slow, fast))
-    return out.astype(np.float32)
-
-
-def v_expf_avx512(x) -> np.ndarray:
-    """``ggml_v_expf(__m512)``: j = fma(poly, u, fma(C1, b, 1)); ``scalef(j, n)``; |n| > 192 -> +inf / 0."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        x, z, n, b, u, poly = _v_expf_common(x)
-        j = fp.fmaf(poly, u, fp.fmaf(_C1, b, np.float32(1)))
-        nn = np.where(np.isfinite(n), n, 0).astype(np.float64)
-        res = (j.astype(np.float64) * np.exp2(np.clip(nn, -300, 300))).astype(np.float32)  # exact, one rounding
-        alt = np.where(n <= 0, np.float32(0), np.float32(np.inf))
-        out = np.where(np.abs(n) > 192, alt, res)
-    return out.astype(np.float32)
 
 
 _EXP = {"libm": expf, "v_expf_avx2": v_expf_avx2, "v_expf_avx512": v_expf_avx512}
@@ -338,17 +284,22 @@ def flash_attn_ext(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale, 
     widens K instead, as iqk's x86 f16 kernel keeps Q in f32).
     """
     _check(q, k, v, mask, scale, max_bias, softcap)
-    if algorithm not in ("generic", "blocked"):
-        raise ValueError(f"flash_attn_ext: algorithm must be 'generic' or 'blocked', got {algorithm!r}")
+    if algorithm not in ("generic", "blocked", "tiled"):
+        raise ValueError(f"flash_attn_ext: algorithm must be 'generic', 'blocked' or 'tiled', got {algorithm!r}")
     plan = get_plan(plan)
     scale = np.float32(scale)
     if softcap != 0:
         scale = np.float32(scale / np.float32(softcap))
-    kq, V, m, mb = _gather(q, k, v, mask, plan, variant, kq_type)
-    if algorithm == "generic":
-        out = _generic(kq, V, m, scale, softcap, v.type == "f16", plan)
+    if algorithm == "tiled":  # upstream's f32 tile kernel (64+ queries, f16/f32 K/V): its own K·Q, see fa_tiled
+        from mlaref.reference.ops.fa_tiled import flash_attn_tiled  # noqa: PLC0415
+
+        out = flash_attn_tiled(q, k, v, mask, scale, softcap, plan)
     else:
-        out = _blocked(kq, V, mb, scale, softcap, plan)
+        kq, V, m, mb = _gather(q, k, v, mask, plan, variant, kq_type)
+        if algorithm == "generic":
+            out = _generic(kq, V, m, scale, softcap, v.type == "f16", plan)
+        else:
+            out = _blocked(kq, V, mb, scale, softcap, plan)
     Dk, nq, nh, ne3 = q.ne
     dst = Tensor.empty("f32", (v.ne[0], nh, nq, ne3))
     dst.storage()[...] = out.reshape(ne3, nq, nh, v.ne[0])

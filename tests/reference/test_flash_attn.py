@@ -192,19 +192,24 @@ def test_blocked_rejects_fully_masked_rows(rng):
 
 # -- v_expf ------------------------------------------------------------------------------------------------------
 
-def test_v_expf_avx512_equals_ggml_soft_max(ops, rng):
-    """ggml's soft_max on AVX-512 rows of 16: y = ggml_v_expf(x - max) * f32(1/sum), sum a double of the
-    16-lane reduction. Predicting every output bit from v_expf_avx512 checks it equals ggml_v_expf(__m512);
-    scores spread over [-104, 0] reach the subnormal and the |n| > 126 ranges."""
+def test_v_expf_of_the_build_equals_ggml_soft_max(ops, rng):
+    """ggml's soft_max on rows of 16: y = ggml_v_expf(x - max) * f32(1/sum), sum a double of the per-chunk float
+    sums (``vexp.chunk_sum``). Predicting every output bit from the build's v_expf (``ggml_peer.build().simd``:
+    v_expf_avx512 on AVX512F+DQ, v_expf_avx2 on AVX2+FMA, ...) checks it equals that build's ggml_v_expf; scores
+    spread over [-104, 0] reach the subnormal and the |n| > 126 ranges."""
+    from mlaref.codegen import ggml_peer  # noqa: PLC0415
+    from mlaref.reference.ops.vexp import WIDTH, chunk_sum, v_expf  # noqa: PLC0415
+
+    simd = ggml_peer.build().simd
     x = np.concatenate([np.zeros((400, 1)), -rng.uniform(0, 104, (400, 15))], axis=1).astype(np.float32)
     x = x[:, rng.permutation(16)]
     got = ops.soft_max_ext(Tensor.from_numpy(x), None, 1.0, 0.0).to_numpy()
-    e = v_expf_avx512((x - x.max(1, keepdims=True)).astype(np.float32))
-    lanes = e
-    while lanes.shape[1] > 1:
-        h = lanes.shape[1] // 2
-        lanes = (lanes[:, :h] + lanes[:, h:]).astype(np.float32)
-    inv = (1.0 / lanes[:, 0].astype(np.float64)).astype(np.float32)
+    e = v_expf((x - x.max(1, keepdims=True)).astype(np.float32), simd)
+    w = WIDTH[simd]
+    s = np.zeros(400)
+    for c in range(0, 16, w):
+        s = s + chunk_sum(e[:, c:c + w], simd).astype(np.float64)
+    inv = (1.0 / s).astype(np.float32)
     assert np.array_equal((e * inv[:, None]).astype(np.float32).view(np.uint32), got.reshape(400, 16).view(np.uint32))
 
 
