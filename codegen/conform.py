@@ -22,18 +22,22 @@ Every case runs in a worker process (``python -m mlaref.codegen.conform --worker
 and writes one JSON line per result: a crash in the library kills only that worker, the parent reports the case
 ``aborted`` and starts a new worker for the next one. Each case has a time limit (``--timeout``).
 
-Which library runs (``--lib PATH``): ggml-python loads ``lib/libggml.so`` (with ``libggml-base.so`` and
-``libggml-cpu.so`` beside it) from its package directory and has no environment variable to point it elsewhere
-(``ggml/ggml.py: load_shared_library``). For another build the run makes a copy of the ggml-python package in
-a temporary directory whose ``lib`` entries link to the given build's libraries, and the workers import ``ggml``
-from there. The build must have the C API and struct layouts of ggml-python's header version: the run prints
-``ggml_version()`` / ``ggml_commit()`` of the library loaded and warns when the version differs.
+Which library runs (``--peer ggml-python@LEVEL`` or ``--lib PATH``): ggml-python loads ``lib/libggml.so`` (with
+``libggml-base.so`` and ``libggml-cpu.so`` beside it) from its package directory and has no environment variable
+to point it elsewhere (``ggml/ggml.py: load_shared_library``). For another build the run makes a copy of the
+ggml-python package in a temporary directory whose ``lib`` entries link to the given build's libraries, and the
+workers import ``ggml`` from there. ``--peer ggml-python@LEVEL`` is the build of that level from ggml-python's
+own sdist (``mlaref peer build``, :mod:`mlaref.codegen.peer_build`), built on first use; ``--peer ggml-python``
+(the default) is the installed package's library. A ``--lib`` build must have the C API and struct layouts of
+ggml-python's header version: the run prints ``ggml_version()`` / ``ggml_commit()`` of the library loaded and
+warns when the version differs.
 
-Expectations. A case says ``expect: exact`` where the spec models the library's own order for this build
-(ggml-python's native x86 build with AVX-512: vec_dot plan ``ggml_x86_avx512`` with AVX512-FP16,
-``ggml_x86_avx512_znver4`` with BF16 only, ``ggml_x86_avx512_icelake`` with neither; quantize variants
-``ref``/``x86``/``model``, soft_max's AVX-512 ``ggml_v_expf``, rope with GNU-mode FMA contractions,
-flash_attn_ext's one-chunk algorithm), ``expect: nmse`` elsewhere. Where upstream ggml's semantics differ from ik_llama.cpp@676f0e71b
+Expectations. A case says ``expect: exact`` where the spec models the library's own order. The worker reads the
+features the loaded library was compiled with (``ggml_cpu_has_*``) and its tuning, and takes from that
+:class:`mlaref.reference.builds.GgmlBuild` the vec_dot plan (``ggml_generic``, ``ggml_x86_avx``,
+``ggml_x86_avx2``, ``ggml_x86_avx2_znver3``, the AVX-512 plans) and soft_max's vector ``expf``; never this CPU's
+features. Also exact: quantize variants ``ref``/``x86``/``model``, rope with GNU-mode FMA contractions,
+flash_attn_ext's one-chunk and tiled paths), ``expect: nmse`` elsewhere. Where upstream ggml's semantics differ from ik_llama.cpp@676f0e71b
 (FACTS.md), the case's ``note`` says so and the verdict text carries it. Where upstream refuses what the spec
 defines, the verdict is ``unsupported`` with the reason, or, when an exact rewrite exists, a comparison through it
 that the verdict names (mul_mat with an f16 src1: upstream on the src1 widened to f32, FACTS 0.10). ``known``
@@ -357,7 +361,9 @@ def op_quantize(p, inp):
         raise Unsupported("variant iqk is ik_llama.cpp@676f0e71b's IQK from_float; upstream ggml has none "
                           "(its CPU from_float is variant x86)")
     _check_lib_type(t)
-    spec = _spec_call(quantize, x, t, variant=variant, imatrix=imatrix)
+    # "x86" is the CPU back-end's from_float: in a build without AVX / F16C that is the reference routine
+    spec_variant = _peer_build().from_float(t) if variant == "x86" else variant
+    spec = _spec_call(quantize, x, t, variant=spec_variant, imatrix=imatrix)
     peer = _peer()
     if variant == "ref":
         if _traits_fn(t, "from_float_ref", cpu=False):
@@ -467,7 +473,7 @@ def op_mul_mat(p, inp):
     from mlaref.reference.ops import cast  # noqa: PLC0415
 
     a, b = inp["a"], inp["b"]
-    spec = _out_tensor(_spec_call(mul_mat, a, b, plan=p.get("plan") or _peer_plan(), variant="x86"))
+    spec = _out_tensor(_spec_call(mul_mat, a, b, plan=p.get("plan") or _peer_plan(), variant=_src1_variant(a.type)))
     if _mul_mat_supported(a, b):
         return spec, _out_tensor(_ops().mul_mat(a, b, n_threads=p.get("n_threads", 1)))
     vdt = _ops().type_name(int(_traits_fn(a.type, "vec_dot_type", cpu=True)))
@@ -484,7 +490,8 @@ def op_soft_max(p, inp):
     from mlaref.reference.ops import soft_max  # noqa: PLC0415
 
     mask = inp.get("mask")
-    spec = _spec_call(soft_max, inp["a"], mask, p["scale"], p.get("max_bias", 0.0))
+    spec = _spec_call(soft_max, inp["a"], mask, p["scale"], p.get("max_bias", 0.0),
+                      simd=p.get("simd") or _peer_simd())
     lib = _ops().soft_max_ext(inp["a"], mask, p["scale"], p.get("max_bias", 0.0), n_threads=p.get("n_threads", 1))
     return _out_tensor(spec), _out_tensor(lib)
 
@@ -497,17 +504,32 @@ def op_rope(p, inp):
     from mlaref.reference.ops import rope  # noqa: PLC0415
 
     args = [p[k] for k in _ROPE_ARGS]
-    spec = _spec_call(rope, inp["a"], inp["pos"], *args)
+    spec = _spec_call(rope, inp["a"], inp["pos"], *args, fma=_peer_build().fma)
     return _out_tensor(spec), _out_tensor(_ops().rope_ext(inp["a"], inp["pos"], *args,
                                                           n_threads=p.get("n_threads", 1)))
+
+
+def _upstream_fa_algorithm(q, k, v, plan) -> str:
+    """The path upstream's ``ggml_compute_forward_flash_attn_ext_f16`` takes (ggml-cpu/ops.cpp@ggml 0.15.3):
+    ``tiled`` for an f32 q with f16 or f32 K/V of one type, at least ``GGML_FA_TILE_Q`` = 64 query rows, and Dv
+    a multiple of the build's f32 vector width (``GGML_F32_EPR``: the lanes of the plan's f32 dot; no condition
+    without SIMD); else the one-chunk path, ``generic``."""
+    from mlaref.reference.plan import get_plan  # noqa: PLC0415
+
+    epr = get_plan(plan).for_pair("f32.f32").lanes
+    tiled = (q.type == "f32" and k.type == v.type and k.type in ("f16", "f32") and q.ne[1] >= 64
+             and v.ne[0] % epr == 0)
+    return "tiled" if tiled else "generic"
 
 
 def op_flash_attn_ext(p, inp):
     from mlaref.reference.ops.flash_attn_ext import flash_attn_ext  # noqa: PLC0415
 
     q, k, v, mask = inp["q"], inp["k"], inp["v"], inp.get("mask")
-    spec = _spec_call(flash_attn_ext, q, k, v, mask, p["scale"], algorithm=p.get("algorithm", "generic"),
-                      plan=p.get("plan") or _peer_plan(), variant="x86")
+    plan = p.get("plan") or _peer_plan()
+    algorithm = p.get("algorithm") or _upstream_fa_algorithm(q, k, v, plan)
+    spec = _spec_call(flash_attn_ext, q, k, v, mask, p["scale"], algorithm=algorithm, plan=plan,
+                      variant=_src1_variant(k.type))
     lib = _ops().flash_attn_ext(q, k, v, mask, p["scale"], n_threads=p.get("n_threads", 1))
     return _out_tensor(spec), _out_tensor(lib)
 
@@ -626,26 +648,13 @@ def _run_in_worker(case: Case) -> dict:
 
 def _shim_package(lib_path: str) -> str:
     """A temporary copy of the ggml-python package whose ``lib/`` links to another build's libraries."""
-    import importlib.util  # noqa: PLC0415
+    from mlaref.codegen import peer_build  # noqa: PLC0415
 
     p = Path(lib_path).expanduser().resolve()
     lib_dir = p if p.is_dir() else p.parent
     if not (lib_dir / "libggml.so").exists():
         raise FileNotFoundError(f"--lib {lib_path}: no libggml.so in {lib_dir}")
-    spec = importlib.util.find_spec("ggml")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("--lib needs the ggml-python package (its Python bindings) installed")
-    pkg = Path(list(spec.submodule_search_locations)[0])
-    root = Path(tempfile.mkdtemp(prefix="mlaref-ggml-"))
-    dst = root / "ggml"
-    dst.mkdir()
-    for f in pkg.iterdir():
-        if f.suffix == ".py" or f.name == "py.typed":
-            shutil.copy2(f, dst / f.name)  # copies, not links: ggml.py resolves its own path
-    (dst / "lib").mkdir()
-    for so in lib_dir.glob("libggml*.so*"):
-        (dst / "lib" / so.name).symlink_to(so)
-    return str(root)
+    return str(peer_build.make_shim(lib_dir))
 
 
 def worker_main(argv=None) -> int:
@@ -662,6 +671,13 @@ def worker_main(argv=None) -> int:
         g.ggml_cpu_init()  # fills the f16 table the CPU kernels read
         info["ggml"] = {"file": str(Path(g.__file__).parent / "lib"), "header_version": g.GGML_VERSION,
                         "version": g.ggml_version().decode(), "commit": g.ggml_commit().decode()}
+        b = peer.build()
+        try:
+            plan = b.vec_dot_plan
+        except LookupError:
+            plan = None
+        info["ggml"]["build"] = {"name": b.name, "level": b.level, "tune": b.tune, "features": sorted(b.features),
+                                 "vec_dot_plan": plan, "simd": b.simd, "verified": b.verified}
     else:
         info["error"] = peer.unavailable_reason()
     proto.write(json.dumps(info) + "\n")
@@ -843,14 +859,34 @@ def _quantize_note(t: str, variant: str) -> str:
 
 
 def _peer_plan() -> str:
-    """The vec_dot plan of ggml-python's build on this CPU (``ggml_peer.vec_dot_plan``); ``ggml_x86_avx512`` where
-    mlaref has not measured the build (a mismatch then says the order is not modelled, not that ggml is wrong)."""
+    """The vec_dot plan of the library this worker loaded (``ggml_peer.build().vec_dot_plan``: from the features
+    it was compiled with and its tuning, mlaref.reference.builds); a build whose order is not modelled makes the
+    case ``unsupported`` with the reason, never a comparison against a guessed order."""
     from mlaref.codegen import ggml_peer  # noqa: PLC0415
 
     try:
         return ggml_peer.vec_dot_plan()
-    except LookupError:
-        return "ggml_x86_avx512"
+    except LookupError as exc:
+        raise Unsupported(str(exc)) from None
+
+
+def _peer_build():
+    """The :class:`~mlaref.reference.builds.GgmlBuild` of the library this worker loaded."""
+    from mlaref.codegen import ggml_peer  # noqa: PLC0415
+
+    return ggml_peer.build()
+
+
+def _peer_simd() -> str:
+    """The vector ``expf`` variant of the library this worker loaded (``GgmlBuild.simd``)."""
+    return _peer_build().simd
+
+
+def _src1_variant(weight_type: str) -> str:
+    """The from_float variant the loaded build converts src1 (or Q) rows with: that of the vec_dot type."""
+    from mlaref.reference.ops.mul_mat import VEC_DOT_TYPE  # noqa: PLC0415
+
+    return _peer_build().from_float(VEC_DOT_TYPE.get(weight_type, weight_type))
 
 
 def default_cases() -> list[Case]:
@@ -858,7 +894,6 @@ def default_cases() -> list[Case]:
     from mlaref.reference import registry  # noqa: PLC0415
 
     cases = []
-    plan = _peer_plan()
     formats = registry()
     # quantize: every registered format x variant (model also with an imatrix where the format uses one)
     for t, fmt in sorted(formats.items()):
@@ -887,10 +922,10 @@ def default_cases() -> list[Case]:
     for xt, yt in vdt.items():
         n = 512 if yt == "q8_K" else (100 if xt == "f32" else 288)  # 288 = 9 blocks: iq4_nl's scalar tail
         cases.append(_mk(
-            f"vec_dot/{xt}.{yt}", "vec_dot", {"x_type": xt, "y_type": yt, "n": n, "plan": plan},
+            f"vec_dot/{xt}.{yt}", "vec_dot", {"x_type": xt, "y_type": yt, "n": n},
             {"x": {"gen": "quantized", "type": xt, "variant": "ref", "shape": [3, n], "scale": 0.5},
              "y": {"gen": "quantized", "type": yt, "variant": "x86", "shape": [4, n]}},
-            note=f"plan {plan} (upstream's AVX2/AVX-512 order); ik_llama.cpp's x86 mul_mat uses iqk "
+            note="the vec_dot plan of the library's build (mlaref.reference.builds); ik_llama.cpp's x86 mul_mat uses iqk "
                  "kernels instead (FACTS 4a)"))
     # cpy: the conversions of FACTS 4d
     cpy_list = [("f32", "f16", False), ("f32", "f16", True), ("f32", "bf16", False), ("f32", "q8_0", False),
@@ -945,7 +980,7 @@ def default_cases() -> list[Case]:
     # mul_mat: weight types x src1 {f32, f16}
     for wt in ("f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl", "q4_K", "q6_K"):
         for bt in ("f32", "f16"):
-            note = f"plan {plan}, src1 by the x86 from_float"
+            note = "the vec_dot plan of the library's build, src1 by the x86 from_float"
             if wt == "f16" and bt == "f32":
                 note += ("; upstream (no IQK) rounds src1 to f16 (vec_dot_type F16), ik_llama.cpp's x86 IQK path "
                          "computes F16 x F32 in f32: FACTS 4a")
@@ -955,7 +990,7 @@ def default_cases() -> list[Case]:
             elif wt not in ("f32", "f16", "bf16"):
                 note += ("; ik_llama.cpp's x86 build quantizes src1 to Q8_0_X4/Q8_1_X4 and runs iqk kernels "
                          "(a different float order): FACTS 4a")
-            cases.append(_mk(f"mul_mat/{wt}x{bt}", "mul_mat", {"plan": plan, "n_threads": 2},
+            cases.append(_mk(f"mul_mat/{wt}x{bt}", "mul_mat", {"n_threads": 2},
                              {"a": {"gen": "normal", "type": wt, "shape": [1, 16, 256], "scale": 0.1},
                               "b": {"gen": "normal", "type": bt, "shape": [2, 5, 256]}},
                              note=note))
@@ -963,7 +998,7 @@ def default_cases() -> list[Case]:
     cases.append(_mk("soft_max/f32/mask_f16", "soft_max", {"scale": KQ_SCALE, "n_threads": 2},
                      {"a": {"gen": "normal", "type": "f32", "shape": [1, 4, 6, 100], "scale": 4.0},
                       "mask": {"gen": "mask", "type": "f16", "shape": [8, 100], "inf_frac": 0.3, "normal": True}},
-                     note="ggml's AVX-512 ggml_v_expf for 16-wide chunks, libm expf for the tail"))
+                     note="ggml_v_expf of the library's build (16, 8 or 4 lanes) for whole chunks, libm expf for the tail"))
     cases.append(_mk("soft_max/f32/mask_f32_alibi", "soft_max", {"scale": 1.0, "max_bias": 8.0},
                      {"a": {"gen": "normal", "type": "f32", "shape": [1, 4, 6, 64], "scale": 4.0},
                       "mask": {"gen": "mask", "type": "f32", "shape": [6, 64], "inf_frac": 0.3, "normal": True}}))
@@ -973,19 +1008,19 @@ def default_cases() -> list[Case]:
                       "pos": {"gen": "ints", "low": 0, "high": 16384, "shape": [24], "first": [0, 1, 4095, 4096]}},
                      note="libm cosf/sinf/logf and GNU-mode FMA contractions; ik_llama.cpp assumed to contract alike"))
     # flash_attn_ext: Dk 192 / Dv 128, f16 K/V (and q8_0), 4 heads sharing one KV head
-    for kv, nq in (("f16", 8), ("f16", 64), ("q8_0", 8)):
-        tiled = nq >= 64
-        note = ("upstream's one-chunk algorithm (n_q < GGML_FA_TILE_Q = 64): the spec's 'generic' algorithm"
-                if not tiled else
-                "upstream's tiled path (n_q >= 64, f16 K/V): an order the spec does not model")
+    for kv, nq in (("f16", 8), ("f16", 64), ("q8_0", 8), ("q8_0", 64)):
+        tiled = nq >= 64 and kv == "f16"
+        note = ("upstream's one-chunk algorithm (n_q < GGML_FA_TILE_Q = 64, or K/V not f16/f32): the spec's "
+                "'generic' algorithm" if not tiled else
+                "upstream's tiled path (n_q >= 64, f16 K/V): the spec's 'tiled' algorithm")
         note += "; ik_llama.cpp@676f0e71b runs iqk's blocked algorithm instead (FACTS 4e)"
         cases.append(_mk(f"flash_attn_ext/{kv}/dk192_dv128/nq{nq}", "flash_attn_ext",
-                         {"scale": KQ_SCALE, "algorithm": "generic", "plan": plan, "n_threads": 2},
+                         {"scale": KQ_SCALE, "n_threads": 2},
                          {"q": {"gen": "normal", "type": "f32", "shape": [1, 4, nq, 192]},
                           "k": {"gen": "normal", "type": kv, "shape": [1, 1, 256, 192]},
                           "v": {"gen": "normal", "type": kv, "shape": [1, 1, 256, 128]},
                           "mask": {"gen": "mask", "type": "f16", "shape": [nq, 256], "inf_frac": 0.2}},
-                         expect="nmse" if tiled else "exact", note=note))
+                         note=note))
     return cases
 
 
@@ -1016,12 +1051,19 @@ def select(cases, ops=None, types=None) -> list[Case]:
 # ==================================================================================================================
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--peer", metavar="NAME[@LEVEL]", help="the peer to check: ggml-python (the installed "
+                        "package's library, the default) or ggml-python@LEVEL (native, generic, avx, avx2, avx512, "
+                        "avx512vnni, avx512bf16: built from its sdist on first use, see mlaref peer)")
     parser.add_argument("--lib", metavar="PATH", help="a libggml.so (or its directory) of another build with "
                                                       "ggml-python's header version (default: ggml-python's own)")
     ops = ", ".join(o for o in OPS if o not in TEST_ONLY_OPS)
     parser.add_argument("--ops", metavar="a,b,...", help=f"only these ops ({ops})")
     parser.add_argument("--types", metavar="a,b,...", help="only cases involving one of these types")
+    parser.add_argument("--all-levels", action="store_true", help="check the installed library and ggml-python "
+                        "built at every level this CPU runs, one run each")
     parser.add_argument("--json", metavar="FILE", help="also write the verdicts as JSON")
+    parser.add_argument("--json-dir", metavar="DIR", help="also write each run's verdicts as DIR/<build>.json "
+                                                          "(the docs' snapshots: docs/data/conform)")
     parser.add_argument("--case", metavar="FILE", action="append",
                         help="replay the case(s) of a case file instead of the case set (repeatable)")
     parser.add_argument("--quick", action="store_true", help="a fast subset of the case set")
@@ -1064,21 +1106,76 @@ def run(args) -> int:
             print(f"{'':<{w}}    note: {v['note']}", flush=True)
 
     try:
-        result = run_cases(cases, lib_path=args.lib, timeout=args.timeout, progress=progress)
-    except (RuntimeError, FileNotFoundError, ImportError) as exc:
+        targets = _targets(args)
+    except (ValueError, RuntimeError) as exc:
         print(f"mlaref conform: {exc}", file=sys.stderr)
         return 2
+    worst = 0
+    for label, lib_path in targets:
+        if len(targets) > 1:
+            print(f"\n=== {label}", flush=True)
+        try:
+            if callable(lib_path):
+                lib_path = lib_path()
+            result = run_cases(cases, lib_path=lib_path, timeout=args.timeout, progress=progress)
+        except (RuntimeError, FileNotFoundError, ImportError, ValueError) as exc:
+            print(f"mlaref conform: {label}: {exc}", file=sys.stderr)
+            return 2
+        unexplained = _summarise(result)
+        worst = max(worst, 1 if unexplained else 0)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        if args.json_dir:
+            out = Path(args.json_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{snapshot_name(result)}.json").write_text(json.dumps(result, indent=1) + "\n")
+    return worst
+
+
+def snapshot_name(result: dict) -> str:
+    """The file stem of a run's snapshot: its build's name (``avx2``, ``native-znver3``)."""
+    b = result.get("ggml", {}).get("build") or {}
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", b.get("name") or "unknown")
+
+
+def _targets(args) -> list:
+    """(label, lib path or a callable that builds it) for each library the run checks."""
+    from mlaref.codegen import peer_build  # noqa: PLC0415
+
+    if args.all_levels:
+        if args.lib or args.peer:
+            raise ValueError("--all-levels runs the installed library and every level; give no --peer or --lib")
+        return [("ggml-python (installed)", None)] + [
+            (f"ggml-python@{lv}", lambda lv=lv: str(peer_build.ensure(lv, progress=True) / "lib"))
+            for lv in peer_build.runnable_levels()]
+    if args.peer:
+        _, level = peer_build.parse_peer(args.peer)
+        if level is not None:
+            if args.lib:
+                raise ValueError("give --peer NAME@LEVEL or --lib, not both")
+            miss = peer_build.missing_for(level)
+            if miss:
+                raise ValueError(f"level {level} needs CPU features this machine lacks: {', '.join(miss)}")
+            return [(args.peer, lambda: str(peer_build.ensure(level, progress=True) / "lib"))]
+    return [(args.lib or "ggml-python (installed)", args.lib)]
+
+
+def _summarise(result: dict) -> int:
+    """Print a run's library, build model and counts; return the number of unexplained verdicts."""
     g = result["ggml"]
     counts = {s: sum(v["status"] == s for v in result["verdicts"]) for s in STATUSES}
     unexplained = sum(not v["explained"] for v in result["verdicts"])
     print(f"\nlibggml {g.get('version', '?')} ({g.get('commit', '?')}) from {g.get('file', '?')}")
+    b = g.get("build") or {}
+    if b:
+        print(f"build {b['name']} (compiled with {' '.join(b['features']) or 'the x86-64 baseline'}): vec_dot plan "
+              f"{b['vec_dot_plan']}, v_expf {b['simd']}; " + (f"verified on {b['verified']}" if b["verified"]
+                                                                else "this plan is inferred, not yet run bit for bit"))
     if g.get("version") != g.get("header_version"):
         print(f"warning: the library is version {g.get('version')}, ggml-python's header is "
               f"{g.get('header_version')}: struct layouts may differ", file=sys.stderr)
     print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; {unexplained} unexplained")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-    return 1 if unexplained else 0
+    return unexplained
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""The Conformance page's verdict table: a snapshot of ``mlaref conform --json docs/data/conform.json``.
+"""The Conformance page's verdict tables: the snapshots ``mlaref conform --all-levels --json-dir docs/data/conform``
+wrote, one JSON per build of upstream ggml (the installed native library and ggml-python's sdist built at each
+level the recording machine runs).
 
-The snapshot is the machine-readable output of a real run against the libggml that ``ggml-python`` builds; this
-module only renders it (per op: counts by verdict, then every verdict that is not ``bit-exact`` with its
-explanation). Refresh it with ``mlaref conform --json docs/data/conform.json``.
+This module only renders them: a table of the builds (what each was compiled with, the plan and vector exp the
+spec took from that, and where the plan was verified), counts by verdict per op with one column per build, and
+every verdict that is not ``bit-exact`` with the builds that gave it and the reason the run gave.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import collections
 import json
 from pathlib import Path
 
-SNAPSHOT = Path(__file__).resolve().parents[1] / "data" / "conform.json"
+SNAPSHOTS = Path(__file__).resolve().parents[1] / "data" / "conform"
 STATUSES = ("bit-exact", "within NMSE bound", "mismatch", "unsupported", "aborted")
+# The order of columns: the levels lowest first, then native builds.
+_LEVEL_ORDER = ("generic", "avx", "avx2", "avx512", "avx512vnni", "avx512bf16")
 
 
 def _status(v: dict) -> str:
@@ -20,32 +24,64 @@ def _status(v: dict) -> str:
     return next((k for k in STATUSES if s.startswith(k)), s)
 
 
+def load() -> list[tuple[str, dict]]:
+    """(build name, snapshot) for every snapshot, levels first (lowest first), then native builds."""
+    runs = []
+    for path in sorted(SNAPSHOTS.glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        runs.append((path.stem, data))
+
+    def key(item):
+        name = item[0]
+        return (_LEVEL_ORDER.index(name), name) if name in _LEVEL_ORDER else (len(_LEVEL_ORDER), name)
+
+    return sorted(runs, key=key)
+
+
 def verdict_tables() -> str:
-    if not SNAPSHOT.is_file():
-        return '!!! note "No conformance snapshot"\n    `docs/data/conform.json` is missing; run `mlaref conform --json docs/data/conform.json`.\n'
-    data = json.loads(SNAPSHOT.read_text(encoding="utf-8"))
-    lib = data.get("ggml", {})
-    verdicts = data["verdicts"]
-    by_op: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    for v in verdicts:
-        by_op[v["op"]][_status(v)] += 1
-    total = collections.Counter(_status(v) for v in verdicts)
-    lines = [
-        f"Run against libggml {lib.get('version', '?')} (header {lib.get('header_version', '?')}), the library "
-        f"`ggml-python` builds: {len(verdicts)} cases, "
-        + ", ".join(f"{total[s]} {s}" for s in STATUSES if total[s])
-        + f"; {sum(1 for v in verdicts if not v.get('explained'))} unexplained.",
-        "",
-        "| op | " + " | ".join(STATUSES) + " |",
-        "|---|" + "---:|" * len(STATUSES),
-    ]
-    for op, counts in by_op.items():
-        lines.append(f"| {op} | " + " | ".join(str(counts[s]) if counts[s] else "" for s in STATUSES) + " |")
-    lines += ["", "Every verdict other than bit-exact, with the reason the run gave:", "",
-              "| case | verdict | why |", "|---|---|---|"]
-    for v in verdicts:
-        if _status(v) == "bit-exact":
-            continue
-        why = (v.get("note") or v.get("text") or "").replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| `{v['id']}` | {v['status'].replace('|', '/')} | {why} |")
+    runs = load()
+    if not runs:
+        return ('!!! note "No conformance snapshot"\n    `docs/data/conform/` is empty; run '
+                '`mlaref conform --all-levels --json-dir docs/data/conform`.\n')
+    lines = ["| build | compiled with | vec_dot plan | v_expf | cases | bit-exact | unexplained | plan verified on |",
+             "|---|---|---|---|---:|---:|---:|---|"]
+    for name, data in runs:
+        b = data["ggml"].get("build", {})
+        vs = data["verdicts"]
+        exact = sum(_status(v) == "bit-exact" for v in vs)
+        bad = sum(1 for v in vs if not v.get("explained"))
+        feats = " ".join(b.get("features", [])) or "x86-64 baseline (SSE2)"
+        lines.append(f"| `{name}` | {feats} | `{b.get('vec_dot_plan')}` | `{b.get('simd')}` | {len(vs)} | {exact} "
+                     f"| {bad} | {b.get('verified') or 'inferred, not run'} |")
+    lines.append("")
+    for name, data in runs:
+        vs = data["verdicts"]
+        total = collections.Counter(_status(v) for v in vs)
+        lines.append(f"* `{name}`: libggml {data['ggml'].get('version', '?')}, {len(vs)} cases, "
+                     + ", ".join(f"{total[s]} {s}" for s in STATUSES if total[s])
+                     + f"; {sum(1 for v in vs if not v.get('explained'))} unexplained.")
+    lines += ["", "Verdicts per op (bit-exact / cases; then the other verdicts):", "",
+              "| op | " + " | ".join(f"`{n}`" for n, _ in runs) + " |", "|---|" + "---|" * len(runs)]
+    ops = list(dict.fromkeys(v["op"] for _, d in runs for v in d["verdicts"]))
+    for op in ops:
+        cells = []
+        for _, data in runs:
+            c = collections.Counter(_status(v) for v in data["verdicts"] if v["op"] == op)
+            n = sum(c.values())
+            rest = ", ".join(f"{c[s]} {s}" for s in STATUSES[1:] if c[s])
+            cells.append(f"{c['bit-exact']}/{n}" + (f" ({rest})" if rest else ""))
+        lines.append(f"| {op} | " + " | ".join(cells) + " |")
+    lines += ["", "Every verdict other than bit-exact, with the builds that gave it and the reason:", "",
+              "| case | verdict | builds | why |", "|---|---|---|---|"]
+    seen: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
+    why: dict[tuple[str, str], str] = {}
+    for name, data in runs:
+        for v in data["verdicts"]:
+            if _status(v) == "bit-exact":
+                continue
+            key = (v["id"], _status(v))
+            seen[key].append(name)
+            why.setdefault(key, (v.get("note") or v.get("text") or "").replace("|", "\\|").replace("\n", " "))
+    for (cid, status), names in seen.items():
+        lines.append(f"| `{cid}` | {status} | {', '.join(f'`{n}`' for n in names)} | {why[(cid, status)]} |")
     return "\n".join(lines) + "\n"

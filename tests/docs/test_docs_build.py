@@ -140,13 +140,22 @@ def test_report_section_names_a_report_it_cannot_read(tmp_path, monkeypatch):
     assert "could not be read" in text and "JSONDecodeError" in text
 
 
-def test_conformance_page_renders_the_conform_snapshot(site):
-    """The verdict counts on the page are those of docs/data/conform.json, counted here independently, and the
-    F1 finding (upstream concat of q8_0 rows) appears with its reason."""
+def test_conformance_page_renders_the_conform_snapshots(site):
+    """Every build's snapshot in docs/data/conform/ is on the page with its counts, counted here independently;
+    the lower levels (generic, avx, avx2) are there with 0 unexplained; the F1 finding (upstream concat of q8_0
+    rows) appears with its reason."""
     import json
 
-    data = json.loads((ROOT / "docs" / "data" / "conform.json").read_text())
-    html = (site / "conformance" / "index.html").read_text()
-    exact = sum(v["status"] == "bit-exact" for v in data["verdicts"])
-    assert exact > 100 and f"{len(data['verdicts'])} cases, {exact} bit-exact" in html
+    html = _text((site / "conformance" / "index.html").read_text())
+    snaps = sorted((ROOT / "docs" / "data" / "conform").glob("*.json"))
+    assert {p.stem for p in snaps} >= {"generic", "avx", "avx2"}
+    for path in snaps:
+        data = json.loads(path.read_text())
+        exact = sum(v["status"] == "bit-exact" for v in data["verdicts"])
+        unexplained = sum(not v["explained"] for v in data["verdicts"])
+        assert exact > 100 and re.search(rf"{re.escape(path.stem)}\s*: libggml", html), path.stem
+        assert f"{len(data['verdicts'])} cases, {exact} bit-exact" in html, path.stem
+        if path.stem in ("generic", "avx", "avx2"):
+            assert unexplained == 0, path.stem
+            assert data["ggml"]["build"]["vec_dot_plan"] in html
     assert "concat/q8_0" in html and "aborted" in html
