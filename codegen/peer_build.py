@@ -284,3 +284,57 @@ def call(level: str, target: str, *args, timeout: float = 600, **kwargs):
     """``module:function(*args, **kwargs)`` run in a child process whose ``import ggml`` loads ``level``'s build;
     its return value (pickled) comes back (:func:`call_many` with one call)."""
     return call_many(level, [(target, args, kwargs)], timeout=timeout)[0]
+
+
+# ==================================================================================================================
+# CLI: mlaref peer list | mlaref peer build NAME [--level LEVEL ...]
+# ==================================================================================================================
+
+def parse_peer(spec: str) -> tuple[str, str | None]:
+    """``NAME[@LEVEL]`` -> (name, level or None); raises ValueError naming what is wrong."""
+    name, _, lvl = spec.partition("@")
+    if name != PEER:
+        raise ValueError(f"unknown peer {name!r}; known: {PEER} ({PEER} {VERSION}, upstream ggml 0.15.3)")
+    if lvl and lvl != "native" and lvl not in LEVEL_CMAKE:
+        raise ValueError(f"unknown level {lvl!r} of {PEER}; known: native, {', '.join(LEVEL_CMAKE)}")
+    return name, (lvl or None)
+
+
+def configure(parser) -> None:
+    sub = parser.add_subparsers(dest="peer_command", metavar="ACTION")
+    sub.add_parser("list", help="the peers and levels, which run on this CPU, and which are built")
+    b = sub.add_parser("build", help="build a peer's ggml CPU library at some levels into the user cache")
+    b.add_argument("name", help=PEER)
+    b.add_argument("--level", action="append", metavar="LEVEL",
+                   help="native or one of " + ", ".join(LEVEL_CMAKE) + " (repeatable; default: every level this "
+                        "CPU runs)")
+
+
+def run(args) -> int:
+    if args.peer_command in (None, "list"):
+        print(f"{PEER} {VERSION} (upstream ggml 0.15.3); builds in {build_dir('x').parent}")
+        for lv in ("native", *LEVEL_CMAKE):
+            miss = missing_for(lv)
+            rec = record(lv)
+            state = (f"built ({rec.get('seconds', '?')} s, {rec.get('compiler', '?')}, tune {rec.get('tune')})"
+                     if rec else "not built")
+            runs = "runs here" if not miss else f"cannot run here (missing {', '.join(miss)})"
+            if lv == "native":
+                plan = "that of the CPU it is built on"
+            else:
+                b = builds.level(lv)
+                plan = f"{b.vec_dot_plan} ({'verified on ' + b.verified if b.verified else 'inferred, not yet run'})"
+            print(f"  {PEER}@{lv:<11} {runs}; {state}; vec_dot plan {plan}")
+        return 0
+    try:
+        parse_peer(args.name)
+        levels = args.level or runnable_levels()
+        for lv in levels:
+            parse_peer(f"{args.name}@{lv}")
+        for lv in levels:
+            out = ensure(lv, progress=True)
+            print(f"{PEER}@{lv}: {out / 'lib'}", flush=True)
+    except (ValueError, PeerBuildError) as exc:
+        print(f"mlaref peer: {exc}", file=sys.stderr)
+        return 2
+    return 0
