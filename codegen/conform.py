@@ -523,13 +523,15 @@ def _upstream_fa_algorithm(q, k, v, plan) -> str:
 
 
 def op_flash_attn_ext(p, inp):
-    from mlaref.reference.ops.flash_attn_ext import flash_attn_ext  # noqa: PLC0415
+    from mlaref.reference.ops.flash_attn_ext import flash_attn_ext, upstream_splits_kv  # noqa: PLC0415
 
     q, k, v, mask = inp["q"], inp["k"], inp["v"], inp.get("mask")
     plan = p.get("plan") or _peer_plan()
     algorithm = p.get("algorithm") or _upstream_fa_algorithm(q, k, v, plan)
+    # one query row over >= 512 f16/f32 KV rows: upstream splits the KV rows over its threads and merges
+    kv_split = p.get("n_threads", 1) if upstream_splits_kv(q, k, v) and algorithm == "generic" else None
     spec = _spec_call(flash_attn_ext, q, k, v, mask, p["scale"], algorithm=algorithm, plan=plan,
-                      variant=_src1_variant(k.type))
+                      variant=_src1_variant(k.type), kv_split=kv_split)
     lib = _ops().flash_attn_ext(q, k, v, mask, p["scale"], n_threads=p.get("n_threads", 1))
     return _out_tensor(spec), _out_tensor(lib)
 
@@ -1021,6 +1023,18 @@ def default_cases() -> list[Case]:
                           "v": {"gen": "normal", "type": kv, "shape": [1, 1, 256, 128]},
                           "mask": {"gen": "mask", "type": "f16", "shape": [nq, 256], "inf_frac": 0.2}},
                          note=note))
+    # token generation: one query row over the 576-wide latent cache (V a view of K's first 512 columns in the
+    # graphs; separate tensors here), >= 512 KV rows: upstream's split-KV path, one chunk per thread
+    for nth in (1, 3):
+        cases.append(_mk(f"flash_attn_ext/f16/dk576_dv512/nq1_nkv640/t{nth}", "flash_attn_ext",
+                         {"scale": KQ_SCALE, "n_threads": nth},
+                         {"q": {"gen": "normal", "type": "f32", "shape": [1, 4, 1, 576]},
+                          "k": {"gen": "normal", "type": "f16", "shape": [1, 1, 640, 576]},
+                          "v": {"gen": "normal", "type": "f16", "shape": [1, 1, 640, 512]},
+                          "mask": {"gen": "mask", "type": "f16", "shape": [1, 640], "inf_frac": 0.2}},
+                         note=f"upstream's split-KV path (1 query, >= 512 f16 KV rows): {nth} chunk(s), one per "
+                              "thread, merged in order: the spec's kv_split; ik_llama.cpp@676f0e71b runs iqk's "
+                              "blocked algorithm instead (FACTS 4e)"))
     return cases
 
 

@@ -1,15 +1,15 @@
-"""flash_attn_ext: softmax(scale·Q·Kᵀ + mask)·V per head, online, in two orders (ggml's per-row and iqk's blocked).
+"""flash_attn_ext: softmax(scale·Q·Kᵀ + mask)·V, online, in ggml's orders (one-chunk, split-KV, tiled) and iqk's.
 
-``flash_attn_ext(q, k, v, mask, scale, max_bias=0, softcap=0, *, algorithm="generic", plan=...)`` takes
-q f32 ``[Dk, n_q, n_head, ne3]``, k ``[Dk, n_kv, n_head_kv, ne3]`` and v ``[Dv, n_kv, n_head_kv, ne3]`` (f16 or
-q8_0; head h reads K/V head ``h // (n_head / n_head_kv)``), an optional f16 mask ``[n_kv, >= n_q, ...]`` (row
-iq1, broadcast over heads by ``iq2 % mask.ne2``), and returns f32 ``[Dv, n_head, n_q, ne3]``: the result
+``flash_attn_ext(q, k, v, mask, scale, max_bias=0, softcap=0, *, algorithm="generic", plan=..., kv_split=None)``
+takes q f32 ``[Dk, n_q, n_head, ne3]``, k ``[Dk, n_kv, n_head_kv, ne3]`` and v ``[Dv, n_kv, n_head_kv, ne3]`` (f16,
+f32 or q8_0; head h reads K/V head ``h // (n_head / n_head_kv)``), an optional f16 mask ``[n_kv, >= n_q, ...]``
+(row iq1, broadcast over heads by ``iq2 % mask.ne2``), and returns f32 ``[Dv, n_head, n_q, ne3]``: the result
 already permuted (0, 2, 1, 3) as ggml writes it. If ``softcap != 0`` then ``scale /= softcap`` first
-(``ggml_compute_forward_flash_attn_ext_f16``). ALiBi (``max_bias > 0``) is not modelled.
+(``ggml_compute_forward_flash_attn_ext_f16``). ALiBi (``max_bias > 0``) and attention sinks are not modelled.
 
 **algorithm="generic"**: upstream ggml's ``ggml_compute_forward_flash_attn_ext_f16_one_chunk`` (ops.cpp of
-ggml-python's vendored ggml; FACTS 4e "Generic ggml algorithm"). Q is converted to K's vec_dot type with its
-``from_float`` (f16: RNE; q8_0: ``variant``). For each KV row ic in order, per query row:
+ggml-python's vendored ggml 0.15.3; FACTS 4e "Generic ggml algorithm"). Q is converted to K's vec_dot type with
+its ``from_float`` (f16: RNE; q8_0: ``variant``). For each KV row ic in order, per query row:
 
     mv = mask[ic]; skip the row if mv == -inf
     s  = vec_dot(K[ic], Q) * scale           (plan.for_pair(k.vdt) order); softcap: s = softcap*tanhf(s)
@@ -21,6 +21,25 @@ ggml-python's vendored ggml; FACTS 4e "Generic ggml algorithm"). Q is converted 
 VKQ is f16 when V is f16 and f32 otherwise (V through ``to_float``). The f16 updates follow the plan's f16 pair:
 half-precision FMA with ``vs`` rounded to f16 first (AVX512-FP16 ``vfmadd231ph``, ``acc_type == "f16"``), or
 f32 FMA / multiply-add rounded to f16 at each store (F16C). At the end ``out = VKQ * (S == 0 ? 0 : 1/S)``.
+
+**Split KV** (``algorithm="generic", kv_split=n``): upstream's ``ggml_compute_forward_flash_attn_ext_f16`` takes
+another path when there is one query row (``neq1 == 1 and neq3 == 1``: decoding one token), K and V are of one
+type, f16 or f32, and ``n_kv >= 512``: it splits the KV rows into ``nth`` (its **thread count**) chunks of
+``ceil(n_kv / nth)`` rows, runs the one-chunk code above on each (state M, S and VKQ, an f16 VKQ widened to f32,
+left unnormalised) and ``ggml_flash_attn_ext_reduce_partials`` merges them in chunk order, skipping chunks
+with ``S_c == 0``:
+
+    Mn = fmaxf(M, M_c);  a = expf(M - Mn);  b = expf(M_c - Mn)         (from M = -inf, S = 0, VKQ = 0)
+    VKQ = fma(VKQ, a, VKQ_c*b);  S = fma(S, a, S_c*b);  M = Mn          (plan.fma; else both products rounded)
+    out = S != 0 ? VKQ * (1/S) : VKQ
+
+So there upstream's bytes depend on its thread count. The spec stays thread-independent: the chunk count is the
+explicit ``kv_split`` (``None``: the one-chunk order; ``n >= 1``: this path with n chunks, valid only where
+upstream takes it, :func:`upstream_splits_kv`). ``kv_split=1`` is not ``None``: upstream's one-thread merge of
+its single chunk is the identity except that it turns a -0.0 of VKQ into +0.0 (``fma(0, 0, -0.0) = +0.0``).
+
+**algorithm="tiled"**: from 64 queries (f32 q, K and V both f16 or both f32, and in a SIMD build
+``Dv % GGML_F32_EPR == 0``) upstream runs a tiled f32 kernel, another order: :mod:`.fa_tiled`.
 
 **algorithm="blocked"**: the iqk order (FACTS 4e "iqk algorithm"), parametrised by the plan: KV rows in blocks
 of ``k_step``, split into ``kv_chunks`` contiguous chunks that run independently and are merged in index order.
@@ -39,11 +58,12 @@ acc = fma(acc2, b, acc1*a) (chunks with M = -inf contribute nothing); then ``out
 
 Every float step is one rounded element-wise operation; the only loops are over KV rows / blocks.
 
-Tested bit for bit: ``algorithm="generic"`` with ``plan="ggml_x86_avx512"`` equals upstream ggml (ggml-python on
-an AVX-512 FP16/BF16/VNNI machine) for q8_0 K/V at any query count, and for f16 K/V below 64 queries; from 64
-queries on, upstream runs a tiled f32 kernel for f16/f32 K/V (another order), compared by NMSE. The blocked
-algorithm has no executable oracle here (ik_llama.cpp is not built); it is checked against float64 attention
-and hand-built exact cases.
+Tested bit for bit against upstream ggml (ggml-python 0.0.45; tests/reference/test_flash_attn.py): the generic
+algorithm with the build's plan for q8_0 K/V at any query count and for f16 K/V below 64 queries; from 64 queries
+upstream runs a tiled f32 kernel for f16/f32 K/V, ``algorithm="tiled"`` (fa_tiled.py); the split-KV path at 1 to
+4 threads with ``kv_split`` = the thread count (f16 Dk 576 / Dv 512 with V a view of K, f32 192 / 128, masks),
+natively (AMD Zen 3) and at the levels generic, avx and avx2. The blocked algorithm has no executable oracle here
+(ik_llama.cpp is not built); it is checked against float64 attention and hand-built exact cases.
 """
 
 from __future__ import annotations
@@ -58,7 +78,8 @@ from mlaref.reference.ops.vexp import v_expf_avx2, v_expf_avx512
 from mlaref.reference.plan import get_plan
 from mlaref.reference.tensor import Tensor
 
-__all__ = ["flash_attn_ext", "v_expf_avx2", "v_expf_avx512", "expf", "tanhf", "K_VEC_DOT_TYPE"]
+__all__ = ["flash_attn_ext", "upstream_splits_kv", "SPLIT_KV_MIN", "v_expf_avx2", "v_expf_avx512", "expf", "tanhf",
+           "K_VEC_DOT_TYPE"]
 
 K_VEC_DOT_TYPE = {"f16": "f16", "q8_0": "q8_0", "f32": "f32"}
 _NEG_INF = np.float32(-np.inf)
@@ -153,7 +174,8 @@ def _gather(q, k, v, mask, plan, variant, kq_type):
     return kq.reshape(-1, n_kv), V, m, mb
 
 
-def _generic(kq, V, m, scale, softcap, v_is_f16, plan):
+def _generic_state(kq, V, m, scale, softcap, v_is_f16, plan):
+    """The one-chunk loop over the KV rows given: (M, S, VKQ) per query row, VKQ unnormalised (f16 values in f32)."""
     R, n_kv = kq.shape
     Dv = V.shape[2]
     f16mode = "f32"
@@ -198,8 +220,46 @@ def _generic(kq, V, m, scale, softcap, v_is_f16, plan):
         acc = np.where(live[:, None], upd, acc).astype(np.float32)
         Snew = fp.fmaf(S, ms, vs) if plan.fma else ((S * ms).astype(np.float32) + vs).astype(np.float32)
         S = np.where(live, Snew, S).astype(np.float32)
+    return M, S, acc
+
+
+def _generic(kq, V, m, scale, softcap, v_is_f16, plan):
+    """The one-chunk order over all KV rows: ``VKQ * (S == 0 ? 0 : 1/S)``."""
+    _, S, acc = _generic_state(kq, V, m, scale, softcap, v_is_f16, plan)
     with np.errstate(divide="ignore"):
         inv = np.where(S == 0, np.float32(0), (np.float32(1) / S).astype(np.float32)).astype(np.float32)
+    return (acc * inv[:, None]).astype(np.float32)
+
+
+def _mul_add(a, x, b, y, fma: bool):
+    """``a*x + b*y`` as GCC compiles it: ``fma(a, x, b*y)`` with FMA, else both products rounded then added."""
+    by = (b * y).astype(np.float32)
+    if fma:
+        return fp.fmaf(a, x, by)
+    return ((a * x).astype(np.float32) + by).astype(np.float32)
+
+
+def _split_kv(kq, V, m, scale, softcap, v_is_f16, plan, n_split):
+    """Upstream's split-KV path: ``n_split`` chunks of ``ceil(n_kv / n_split)`` rows, each the one-chunk order,
+    merged in chunk order by ``ggml_flash_attn_ext_reduce_partials`` (module docstring, "Split KV")."""
+    R, n_kv = kq.shape
+    size = -(-n_kv // n_split)
+    M = np.full(R, _NEG_INF, np.float32)
+    S = np.zeros(R, np.float32)
+    acc = np.zeros((R, V.shape[2]), np.float32)
+    for lo in range(0, n_kv, size):  # chunks that start at or past n_kv hold nothing: upstream skips them
+        hi = min(lo + size, n_kv)
+        Mc, Sc, accc = _generic_state(kq[:, lo:hi], V[:, lo:hi], m[:, lo:hi], scale, softcap, v_is_f16, plan)
+        live = Sc != 0  # upstream skips a chunk whose S is 0 (every row masked)
+        Mn = np.fmax(M, Mc)
+        with np.errstate(invalid="ignore"):  # M - Mn is -inf - -inf only where the chunk is skipped
+            a = expf((M - Mn).astype(np.float32))
+            b = expf((Mc - Mn).astype(np.float32))
+            acc = np.where(live[:, None], _mul_add(acc, a[:, None], accc, b[:, None], plan.fma), acc)
+            S = np.where(live, _mul_add(S, a, Sc, b, plan.fma), S).astype(np.float32)
+        M = np.where(live, Mn, M).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(S != 0, (np.float32(1) / S).astype(np.float32), np.float32(1)).astype(np.float32)
     return (acc * inv[:, None]).astype(np.float32)
 
 
@@ -275,17 +335,46 @@ def _blocked(kq, V, mb, scale, softcap, plan):
     return (acc * inv[:, None]).astype(np.float32)
 
 
+SPLIT_KV_MIN = 512  # ggml_compute_forward_flash_attn_ext_f16: use_split_kv_path needs nek1 >= 512
+
+
+def upstream_splits_kv(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether upstream ggml 0.15.3 takes its split-KV path (``use_split_kv_path`` in
+    ``ggml_compute_forward_flash_attn_ext_f16``): one query row (``q.ne[1] == 1 and q.ne[3] == 1``), q f32, K and V
+    of one type, f16 or f32, and ``n_kv >= 512``. There its result depends on its thread count: pass that count as
+    ``kv_split`` to :func:`flash_attn_ext`."""
+    return (q.ne[1] == 1 and q.ne[3] == 1 and q.type == "f32" and k.type == v.type and k.type in ("f16", "f32")
+            and k.ne[1] >= SPLIT_KV_MIN)
+
+
+def _check_kv_split(kv_split, algorithm, q, k, v):
+    op = "flash_attn_ext"
+    if not isinstance(kv_split, (int, np.integer)) or isinstance(kv_split, bool) or kv_split < 1:
+        raise ValueError(f"{op}: kv_split must be None or an int >= 1 (upstream's thread count), got {kv_split!r}")
+    if algorithm != "generic":
+        raise ValueError(f"{op}: kv_split applies to algorithm='generic' only (upstream's split-KV path runs the "
+                         f"one-chunk code), got algorithm={algorithm!r}")
+    if not upstream_splits_kv(q, k, v):
+        raise ValueError(f"{op}: kv_split models upstream's split-KV path, taken only for one query row (q.ne[1] == 1 "
+                         f"and q.ne[3] == 1), K and V of one type, f16 or f32, and n_kv >= {SPLIT_KV_MIN}; got q.ne "
+                         f"{q.ne}, k {k.type}, v {v.type}, n_kv {k.ne[1]}")
+
+
 def flash_attn_ext(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale, max_bias=0.0, softcap=0.0, *,
                    algorithm: str = "generic", plan="ggml_generic", variant: str = "x86",
-                   kq_type: str | None = None) -> Tensor:
+                   kq_type: str | None = None, kv_split: int | None = None) -> Tensor:
     """``ggml_flash_attn_ext`` on the CPU; see the module docstring. Returns f32 ``[Dv, n_head, n_q, ne3]``.
 
     ``kq_type`` overrides the type Q is converted to for the K·Q dots (default: K's vec_dot type; ``"f32"``
-    widens K instead, as iqk's x86 f16 kernel keeps Q in f32).
+    widens K instead, as iqk's x86 f16 kernel keeps Q in f32). ``kv_split``: the number of KV chunks upstream's
+    split-KV path uses, its thread count (``None``: no split, the one-chunk order); valid only where upstream
+    takes that path (:func:`upstream_splits_kv`), with ``algorithm="generic"``.
     """
     _check(q, k, v, mask, scale, max_bias, softcap)
     if algorithm not in ("generic", "blocked", "tiled"):
         raise ValueError(f"flash_attn_ext: algorithm must be 'generic', 'blocked' or 'tiled', got {algorithm!r}")
+    if kv_split is not None:
+        _check_kv_split(kv_split, algorithm, q, k, v)
     plan = get_plan(plan)
     scale = np.float32(scale)
     if softcap != 0:
@@ -296,7 +385,9 @@ def flash_attn_ext(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale, 
         out = flash_attn_tiled(q, k, v, mask, scale, softcap, plan)
     else:
         kq, V, m, mb = _gather(q, k, v, mask, plan, variant, kq_type)
-        if algorithm == "generic":
+        if kv_split is not None:
+            out = _split_kv(kq, V, m, scale, softcap, v.type == "f16", plan, int(kv_split))
+        elif algorithm == "generic":
             out = _generic(kq, V, m, scale, softcap, v.type == "f16", plan)
         else:
             out = _blocked(kq, V, mb, scale, softcap, plan)

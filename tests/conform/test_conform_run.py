@@ -38,7 +38,8 @@ MUST_BE_EXACT = (
                                      "q6_K")]
     + ["mul_mat/f16xf16", "soft_max/f32/mask_f16", "soft_max/f32/mask_f32_alibi", "rope/f32/yarn",
        "flash_attn_ext/f16/dk192_dv128/nq8", "flash_attn_ext/q8_0/dk192_dv128/nq8",
-       "flash_attn_ext/f16/dk192_dv128/nq64", "flash_attn_ext/q8_0/dk192_dv128/nq64"]
+       "flash_attn_ext/f16/dk192_dv128/nq64", "flash_attn_ext/q8_0/dk192_dv128/nq64",
+       "flash_attn_ext/f16/dk576_dv512/nq1_nkv640/t1", "flash_attn_ext/f16/dk576_dv512/nq1_nkv640/t3"]
 )
 # Upstream ggml's CPU back-end refuses mul_mat with an f16 src1 unless f16 is the weight's vec_dot type.
 UPSTREAM_REFUSES_F16_SRC1 = ["f32", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl", "q4_K", "q6_K"]

@@ -1,11 +1,12 @@
-"""flash_attn_ext: ggml's per-row algorithm bit for bit against upstream ggml, the blocked (iqk) algorithm against
-float64 softmax attention, hand-built exact cases, the v_expf polynomials, bad inputs."""
+"""flash_attn_ext: ggml's per-row algorithm and its split-KV path bit for bit against upstream ggml (natively and at
+each build level), the blocked (iqk) algorithm against float64 softmax attention, hand-built exact cases, the
+v_expf polynomials, bad inputs."""
 
 import numpy as np
 import pytest
 
 from mlaref.codegen import libm
-from mlaref.reference.ops.flash_attn_ext import flash_attn_ext, v_expf_avx2, v_expf_avx512
+from mlaref.reference.ops.flash_attn_ext import flash_attn_ext, upstream_splits_kv, v_expf_avx2, v_expf_avx512
 from mlaref.reference.plan import MLAREF_L8A2
 from mlaref.reference.tensor import Tensor
 
@@ -105,19 +106,118 @@ def test_generic_softcap_equals_upstream_ggml(ops, rng, peer_plan):
 def test_mla_shapes_against_upstream_ggml(ops, rng, peer_plan):
     """FlashMLA-2 PP shapes: Q [192, n_q, 16], K [192, 256, 16], V [128, 256, 16].
 
-    q8_0 K/V: upstream's per-row path, bit for bit. f16 K/V with 64 queries: upstream takes its tiled path
-    (another order), so NMSE against it and against float64."""
+    q8_0 K/V: upstream's per-row path, bit for bit. f16 K/V with 64 queries: upstream takes its tiled path,
+    ``algorithm="tiled"``, bit for bit; the one-chunk order is another order, within the NMSE bound of both."""
     q, k, v, mask = _inputs(rng, "q8_0", 192, 128, nq=16, nh=16, n_kv=256, scale_q=0.3)
     scale = 1 / np.sqrt(192)
     got = flash_attn_ext(q, k, v, mask, scale, plan=peer_plan)
     assert np.array_equal(_bits(got), _bits(ops.flash_attn_ext(q, k, v, mask, scale, n_threads=4)))
 
     q, k, v, mask = _inputs(rng, "f16", 192, 128, nq=64, nh=16, n_kv=256, scale_q=0.3)
+    want = ops.flash_attn_ext(q, k, v, mask, scale, n_threads=4)
+    tiled = flash_attn_ext(q, k, v, mask, scale, algorithm="tiled", plan=peer_plan)
+    assert np.array_equal(_bits(tiled), _bits(want))
     got = flash_attn_ext(q, k, v, mask, scale, plan=peer_plan).to_numpy()[0]
-    tiled = ops.flash_attn_ext(q, k, v, mask, scale, n_threads=4).to_numpy()[0]
+    assert _nmse(got, _float64_attention(q, k, v, mask, scale)) < NMSE_FA
+    assert _nmse(got, want.to_numpy()[0]) < NMSE_FA
+
+
+# -- split KV: one query row, n_kv >= 512, f16/f32 K/V: upstream splits the KV rows over its threads -------------
+
+def _split_cases(rng):
+    """(id, q, k, v, mask, scale, softcap) for upstream's split-KV path: the MLA decode shape (f16, Dk 576 / Dv 512,
+    V a view of K) and f32 Dk 192 / Dv 128 with 4 heads on 2 KV heads and softcap. The mask hides KV rows 170..379
+    (at 4 threads all of chunk 1, 175..349: a chunk with S = 0, which the merge skips) and adds 1.5 at row 450."""
+    out = []
+    for name, kvt, Dk, Dv, n_kv, nh_kv, softcap in (("f16/dk576_dv512", "f16", 576, 512, 700, 1, 0.0),
+                                                    ("f32/dk192_dv128/softcap", "f32", 192, 128, 600, 2, 20.0)):
+        q = Tensor.from_numpy((rng.standard_normal((1, 4, 1, Dk)) * 0.3).astype(np.float32))
+        k = Tensor.from_numpy(rng.standard_normal((1, nh_kv, n_kv, Dk)).astype(np.float32), kvt)
+        if kvt == "f16":
+            v = k.view((Dv, n_kv, nh_kv, 1), k.nb, 0)
+        else:
+            v = Tensor.from_numpy(rng.standard_normal((1, nh_kv, n_kv, Dv)).astype(np.float32), kvt)
+        m = np.zeros((1, 1, 1, n_kv), np.float32)
+        m[..., 170:380] = -np.inf
+        m[..., 450] = 1.5
+        assert upstream_splits_kv(q, k, v)
+        out.append((name, q, k, v, Tensor.from_numpy(m, "f16"), float(1 / np.sqrt(Dk)), softcap))
+    return out
+
+
+def test_split_kv_equals_upstream_ggml(ops, rng, peer_plan):
+    """At 1 to 4 threads upstream's bytes are the model's with ``kv_split`` = the thread count."""
+    bad = []
+    for name, q, k, v, mask, scale, softcap in _split_cases(rng):
+        for nth in (1, 2, 3, 4):
+            got = flash_attn_ext(q, k, v, mask, scale, 0.0, softcap, plan=peer_plan, kv_split=nth)
+            want = ops.flash_attn_ext(q, k, v, mask, scale, 0.0, softcap, n_threads=nth)
+            if not np.array_equal(_bits(got), _bits(want)):
+                bad.append(f"{name}@{nth}: {int(np.sum(_bits(got) != _bits(want)))} words differ")
+    assert not bad, bad
+
+
+# The levels whose split-KV merge differs: fused (avx2, avx512) or not (generic, avx).
+LEVELS = ["generic", "avx", "avx2", "avx512"]
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_split_kv_equals_upstream_ggml_at_each_level(rng, level):
+    """Upstream ggml built at ``level`` gives the model's bytes with that level's plan, at 1, 2 and 3 threads;
+    avx512 is run only where the CPU has it."""
+    from mlaref.codegen import ggml_peer, peer_build  # noqa: PLC0415
+    from mlaref.reference import builds  # noqa: PLC0415
+
+    miss = peer_build.missing_for(level)
+    if miss:
+        pytest.skip(f"ggml level {level} needs {', '.join(miss)}, which this CPU lacks")
+    if not ggml_peer.available():
+        pytest.skip(ggml_peer.unavailable_reason())
+    plan = builds.level(level).vec_dot_plan
+    cases = _split_cases(rng)
+    threads = (1, 2, 3)
+    calls = [("mlaref.codegen.ggml_ops:flash_attn_ext", (q, k, v, m, sc, 0.0, cap), {"n_threads": nth})
+             for _, q, k, v, m, sc, cap in cases for nth in threads]
+    want = iter(peer_build.call_many(level, calls))
+    bad = []
+    for name, q, k, v, mask, scale, softcap in cases:
+        for nth in threads:
+            got = flash_attn_ext(q, k, v, mask, scale, 0.0, softcap, plan=plan, kv_split=nth)
+            if not np.array_equal(_bits(got), _bits(next(want))):
+                bad.append(f"{name}@{nth}")
+    assert not bad, f"plan {plan} differs from ggml level {level} on {bad}"
+
+
+def test_split_kv_depends_on_the_split(rng):
+    """Upstream's result there depends on its thread count: 2 or 3 chunks give other bytes than 1, all within the
+    NMSE bound of float64 attention."""
+    name, q, k, v, mask, scale, softcap = _split_cases(rng)[0]
+    outs = {n: flash_attn_ext(q, k, v, mask, scale, plan="ggml_x86_avx2", kv_split=n) for n in (1, 2, 3)}
+    assert not np.array_equal(_bits(outs[1]), _bits(outs[2]))
+    assert not np.array_equal(_bits(outs[1]), _bits(outs[3]))
     exact = _float64_attention(q, k, v, mask, scale)
-    assert _nmse(got, exact) < NMSE_FA
-    assert _nmse(got, tiled) < NMSE_FA
+    assert all(_nmse(o.to_numpy()[0], exact) < NMSE_FA for o in outs.values())
+
+
+def test_split_kv_one_thread_turns_negative_zero_positive(ops, peer_plan):
+    """Upstream oddity: with one thread the split-KV path still merges its single chunk, fma(0, 0, VKQ*1), which is
+    VKQ except that -0.0 becomes +0.0; so ``kv_split=1`` is not the one-chunk order (``kv_split=None``). Built case
+    (f16 VKQ): V row 0 is -2**-24, the later rows -0.0; row 1's score is 20 above row 0's, so VKQ *= expf(-20)
+    underflows to -0.0 in f16 and stays there."""
+    n_kv, D = 512, 64
+    qn = np.zeros((1, 1, 1, D), np.float32)
+    qn[..., 0] = 1
+    kn = np.zeros((1, 1, n_kv, D), np.float32)
+    kn[..., 0] = -10
+    kn[..., 0, 0], kn[..., 1, 0] = 0, 20
+    vn = np.full((1, 1, n_kv, D), -0.0, np.float32)
+    vn[..., 0, :] = -2.0 ** -24
+    q, k, v = Tensor.from_numpy(qn), Tensor.from_numpy(kn, "f16"), Tensor.from_numpy(vn, "f16")
+    one_chunk = flash_attn_ext(q, k, v, None, 1.0, plan=peer_plan).to_numpy()
+    assert np.all(one_chunk == 0) and np.all(np.signbit(one_chunk))
+    got = flash_attn_ext(q, k, v, None, 1.0, plan=peer_plan, kv_split=1)
+    assert not np.signbit(got.to_numpy()).any()
+    assert np.array_equal(_bits(got), _bits(ops.flash_attn_ext(q, k, v, None, 1.0, n_threads=1)))
 
 
 BLOCKED = [
@@ -251,7 +351,13 @@ def _bad(rng, what):
     if what == "alibi":
         return (q, k, v, mask, 0.1, 8.0), {}
     if what == "algorithm":
-        return (q, k, v, mask, 0.1), {"algorithm": "tiled"}
+        return (q, k, v, mask, 0.1), {"algorithm": "paged"}
+    if what == "kv-split-shape":  # 2 query rows, 32 KV rows: upstream does not split
+        return (q, k, v, mask, 0.1), {"kv_split": 2}
+    if what == "kv-split-algorithm":
+        return (q, k, v, mask, 0.1), {"kv_split": 2, "algorithm": "blocked"}
+    if what == "kv-split-value":
+        return (q, k, v, mask, 0.1), {"kv_split": 0}
     if what == "scale":
         return (q, k, v, mask, "0.1"), {}
     return (q, k, v, mask, 0.1), {}
@@ -266,7 +372,10 @@ def _bad(rng, what):
         ("mask-shape", ValueError, "mask must cover"),
         ("mask-type", TypeError, "mask must be of type f16"),
         ("alibi", ValueError, "max_bias must be 0"),
-        ("algorithm", ValueError, "algorithm must be 'generic' or 'blocked'"),
+        ("algorithm", ValueError, "algorithm must be 'generic', 'blocked' or 'tiled'"),
+        ("kv-split-shape", ValueError, "one query row .* n_kv >= 512"),
+        ("kv-split-algorithm", ValueError, "kv_split applies to algorithm='generic' only"),
+        ("kv-split-value", ValueError, "kv_split must be None or an int >= 1"),
         ("scale", TypeError, "scale must be a real number"),
         ("valid", None, None),
     ],
