@@ -473,6 +473,8 @@ def op_mul_mat(p, inp):
     from mlaref.reference.ops import cast  # noqa: PLC0415
 
     a, b = inp["a"], inp["b"]
+    if _peer_build().mul_mat_modelled:
+        raise Unsupported(_peer_build().mul_mat_modelled)
     spec = _out_tensor(_spec_call(mul_mat, a, b, plan=p.get("plan") or _peer_plan(), variant=_src1_variant(a.type)))
     if _mul_mat_supported(a, b):
         return spec, _out_tensor(_ops().mul_mat(a, b, n_threads=p.get("n_threads", 1)))

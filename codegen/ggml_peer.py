@@ -42,7 +42,7 @@ def unavailable_reason() -> str:
 # when the CPU back-end was compiled, not what this CPU can do).
 _HAS = {"sse3": ("sse3",), "ssse3": ("ssse3",), "avx": ("avx",), "avx2": ("avx2",), "fma": ("fma",),
         "f16c": ("f16c",), "bmi2": ("bmi2",), "avx512": ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"),
-        "avx512_vnni": ("avx512_vnni",), "avx512_bf16": ("avx512_bf16",)}
+        "avx512_vnni": ("avx512_vnni",), "avx512_bf16": ("avx512_bf16",), "llamafile": ("llamafile",)}
 
 
 @functools.cache

@@ -42,7 +42,7 @@ __all__ = ["GgmlBuild", "LEVELS", "LEVEL_ORDER", "FEATURES", "level", "VERIFIED"
 
 # The feature names a build is described by (GCC's predefined-macro names, lower case; avx512 = F/CD/VL/DQ/BW).
 FEATURES = ("sse3", "ssse3", "sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512cd", "avx512vl",
-            "avx512dq", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16")
+            "avx512dq", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "llamafile")
 
 _AVX = frozenset({"sse3", "ssse3", "sse4_2", "avx"})
 _AVX2 = _AVX | {"avx2", "fma", "f16c", "bmi2"}
@@ -127,6 +127,18 @@ class GgmlBuild:
                                   f"builds; its order is not modelled")
             return "ggml_x86_avx"
         return "ggml_generic"
+
+    @property
+    def mul_mat_modelled(self) -> str:
+        """'' where the spec models this build's ``mul_mat`` (vec_dot rows, ``ggml_compute_forward_mul_mat``), else
+        why not: with ``GGML_LLAMAFILE`` (``ggml_cpu_has_llamafile()``; ggml's CMake default is OFF and
+        ggml-python keeps it, llama.cpp turns it on) llamafile's ``sgemm`` takes contiguous f32 / f16 / bf16 /
+        q8_0 / q4_0 ... products over first (ggml-cpu.c@ggml 0.15.3, ``#if GGML_USE_LLAMAFILE``), in tiles of
+        its own order, which the spec does not model."""
+        if "llamafile" in self.features:
+            return (f"ggml build {self.name} has llamafile's sgemm (GGML_LLAMAFILE), which takes mul_mat over "
+                    "in an order the spec does not model")
+        return ""
 
     @property
     def simd(self) -> str:

@@ -74,6 +74,8 @@ def test_the_installed_library_is_described_by_its_compiled_features():
     assert ("avx512f" in b.features) == bool(g.ggml_cpu_has_avx512())
     assert ("fma" in b.features) == bool(g.ggml_cpu_has_fma())
     assert b.name.startswith("native/")
+    # ggml-python keeps ggml's default GGML_LLAMAFILE=OFF: mul_mat is ggml's own, which the spec models
+    assert not g.ggml_cpu_has_llamafile() and b.mul_mat_modelled == ""
 
 
 def test_build_model_choices():
@@ -91,5 +93,6 @@ def test_build_model_choices():
     assert not builds.level("avx512bf16").verified  # generic tuning with BF16: inferred, never run
     with pytest.raises(LookupError, match="not modelled"):
         _ = builds.GgmlBuild(builds.LEVELS["avx"] | {"fma"}).vec_dot_plan
+    assert "sgemm" in builds.GgmlBuild(builds.LEVELS["avx2"] | {"llamafile"}).mul_mat_modelled
     with pytest.raises(ValueError, match="unknown features"):
         builds.GgmlBuild(frozenset({"avx9"}))
