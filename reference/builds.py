@@ -28,6 +28,10 @@ level            compiler flags (GGML_* options)                              wh
 ``avx512bf16``   ``avx512vnni`` + ``-mavx512bf16``                            the bf16 dot on ``vdpbf16ps``
 ===============  ==========================================================  ========================================
 
+On aarch64 (``ARM_LEVELS``, ``GGML_CPU_ARM_ARCH``): ``aarch64-neon`` (``armv8-a``: NEON, its int8 dot emulated),
+``aarch64-dotprod`` (``armv8.2-a+dotprod``: ``vdotq_s32``), ``aarch64-fp16`` (``armv8.2-a+fp16+dotprod``: f16 dots
+in half precision). FMA is part of the base ISA, so GCC contracts there at every level.
+
 A native build (``GGML_NATIVE=ON``, what ``pip install ggml-python`` compiles from its sdist) has the features of
 the CPU it was built on and that CPU's tuning; AVX512-FP16 (half-precision f16 dots) is reachable only that way.
 Which (features, tuning) pairs have been run against a real build is in ``VERIFIED``; the docs' Conformance page
@@ -38,11 +42,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["GgmlBuild", "LEVELS", "LEVEL_ORDER", "FEATURES", "level", "VERIFIED"]
+__all__ = ["GgmlBuild", "LEVELS", "LEVEL_ORDER", "ARM_LEVELS", "FEATURES", "level", "VERIFIED"]
 
 # The feature names a build is described by (GCC's predefined-macro names, lower case; avx512 = F/CD/VL/DQ/BW).
 FEATURES = ("sse3", "ssse3", "sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512cd", "avx512vl",
-            "avx512dq", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "llamafile")
+            "avx512dq", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "neon", "dotprod", "fp16_va",
+            "llamafile")
 
 _AVX = frozenset({"sse3", "ssse3", "sse4_2", "avx"})
 _AVX2 = _AVX | {"avx2", "fma", "f16c", "bmi2"}
@@ -58,6 +63,14 @@ LEVELS: dict[str, frozenset[str]] = {
 }
 LEVEL_ORDER = tuple(LEVELS)
 
+# The aarch64 levels: GGML_CPU_ARM_ARCH = armv8-a, armv8.2-a+dotprod, armv8.2-a+fp16+dotprod (GGML_NATIVE=OFF),
+# cross-built with GCC and run under qemu-user (mlaref.codegen.peer_cross).
+ARM_LEVELS: dict[str, frozenset[str]] = {
+    "aarch64-neon": frozenset({"neon"}),
+    "aarch64-dotprod": frozenset({"neon", "dotprod"}),
+    "aarch64-fp16": frozenset({"neon", "dotprod", "fp16_va"}),
+}
+
 # (plan, tuning) pairs run bit for bit against a real build: the machine that ran each, for the docs.
 VERIFIED = {
     ("ggml_generic", "generic"): "AMD EPYC (Zen 3), ggml-python 0.0.45 built at level generic",
@@ -67,6 +80,11 @@ VERIFIED = {
     ("ggml_x86_avx512", "sapphirerapids"): "Intel Sapphire Rapids, ggml-python 0.0.45 built natively",
     ("ggml_x86_avx512_znver4", "znver4"): "AMD EPYC (Zen 4), ggml-python 0.0.45 built natively",
     ("ggml_x86_avx512_icelake", "icelake-server"): "Intel Ice Lake Xeon, ggml-python 0.0.45 built natively",
+    ("ggml_arm_neon", "generic"): "qemu-aarch64 on AMD EPYC (Zen 3), ggml 0.15.3 cross-built with GCC 12, armv8-a",
+    ("ggml_arm_dotprod", "generic"): "qemu-aarch64 on AMD EPYC (Zen 3), ggml 0.15.3 cross-built with GCC 12, "
+                                     "armv8.2-a+dotprod",
+    ("ggml_arm_fp16", "generic"): "qemu-aarch64 on AMD EPYC (Zen 3), ggml 0.15.3 cross-built with GCC 12, "
+                                  "armv8.2-a+fp16+dotprod",
 }
 
 
@@ -94,6 +112,12 @@ class GgmlBuild:
     @property
     def level(self) -> str:
         """The highest of ``LEVELS`` whose features this build has (a native build has more)."""
+        if "neon" in self.features:
+            best = "aarch64-neon"
+            for name, feats in ARM_LEVELS.items():
+                if feats <= self.features:
+                    best = name
+            return best
         best = "generic"
         for name, feats in LEVELS.items():
             if feats <= self.features:
@@ -102,8 +126,8 @@ class GgmlBuild:
 
     @property
     def fma(self) -> bool:
-        """Whether GCC may fuse ``a*b + c`` (GNU C contracts wherever the target has FMA)."""
-        return "fma" in self.features
+        """Whether GCC may fuse ``a*b + c`` (GNU C contracts wherever the target has FMA; on aarch64 always)."""
+        return "fma" in self.features or "neon" in self.features
 
     @property
     def vec_dot_plan(self) -> str:
@@ -111,6 +135,9 @@ class GgmlBuild:
 
         Raises ``LookupError`` for a build whose order is neither modelled nor inferable (never for a level)."""
         t = self.tune
+        if self.has("neon"):
+            return "ggml_arm_fp16" if self.has("fp16_va") else "ggml_arm_dotprod" if self.has("dotprod") \
+                else "ggml_arm_neon"
         if self.has("avx512f"):
             if self.has("avx512_fp16"):
                 return "ggml_x86_avx512"  # Sapphire Rapids: f16 dots in half precision
@@ -145,6 +172,8 @@ class GgmlBuild:
         """The vector ``expf`` (and chunk width) of soft_max and SILU: ``avx512`` (16 lanes, AVX512F+DQ),
         ``avx2`` (8 lanes, AVX2+FMA), ``sse2_fma`` / ``sse2_avx`` / ``sse2`` (4 lanes: with FMA; without FMA but
         compiled with AVX, which changes soft_max's horizontal sum; the x86-64 baseline)."""
+        if self.has("neon"):
+            return "neon"
         if self.has("avx512f", "avx512dq"):
             return "avx512"
         if self.has("avx2", "fma"):
@@ -158,6 +187,8 @@ class GgmlBuild:
         ``type_name`` in this build: arch/x86/quants.c's q8_0 / q8_1 code (``127/amax``, ties to even) is
         compiled under ``__AVX__``, the F16C ``vcvtps2ph`` of f16 rows (NaN payloads) under ``__F16C__``; without
         them the CPU back-end falls back to the reference routine (``ref``)."""
+        if self.has("neon"):  # arch/arm/quants.c: q8_0 / q8_1 round as the x86 code does; q8_K, f16: reference
+            return "x86" if type_name in ("q8_0", "q8_1") else "ref" if type_name in ("q8_K", "f16") else "x86"
         if type_name in ("q8_0", "q8_1"):
             return "x86" if self.has("avx") else "ref"
         if type_name == "f16":
@@ -174,7 +205,9 @@ class GgmlBuild:
 
 
 def level(name: str, tune: str = "generic") -> GgmlBuild:
-    """The build of level ``name`` (``LEVELS``), compiled with ``GGML_NATIVE=OFF`` (tuning ``generic``)."""
-    if name not in LEVELS:
-        raise ValueError(f"unknown ggml build level {name!r}; known: {', '.join(LEVELS)}")
-    return GgmlBuild(LEVELS[name], tune, name if tune == "generic" else f"{name}/{tune}")
+    """The build of level ``name`` (``LEVELS`` or ``ARM_LEVELS``), compiled with ``GGML_NATIVE=OFF`` (tuning
+    ``generic``)."""
+    feats = LEVELS.get(name, ARM_LEVELS.get(name))
+    if feats is None:
+        raise ValueError(f"unknown ggml build level {name!r}; known: {', '.join((*LEVELS, *ARM_LEVELS))}")
+    return GgmlBuild(feats, tune, name if tune == "generic" else f"{name}/{tune}")

@@ -86,6 +86,9 @@ __all__ = [
     "GGML_X86_AVX2",
     "GGML_X86_AVX2_ZNVER3",
     "GGML_X86_AVX512_BF16",
+    "GGML_ARM_NEON",
+    "GGML_ARM_DOTPROD",
+    "GGML_ARM_FP16",
     "GGML_X86_AVX512",
     "GGML_X86_AVX512_ZNVER4",
     "GGML_X86_AVX512_ICELAKE",
@@ -100,6 +103,9 @@ _INT_TO_FLOAT = ("lane4", "lane8", "block")
 _ACC_TYPES = ("f32", "f16", "f64")
 _TAILS = ("masked", "scalar_f32", "scalar_f32m", "scalar_gcc", "scalar_gcc8", "scalar_f64")
 _EXPS = ("libm", "v_expf_avx2", "v_expf_avx512")
+_ACC_FOLDS = ("lanewise", "each")
+_LANE_MAPS = ("quad", "pair")
+_SUMMS = ("last", "pairs", "split")
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,13 @@ class ReductionPlan:
     by_pair: tuple = field(default=(), compare=True)
     pairs_only: bool = False  # a family of per-pair plans with no default (ggml's x86 plans)
     dot2: bool = False  # each lane takes 2 adjacent products per step, odd then even (vdpbf16ps)
+    # The orders of ggml's NEON kernels (GGML_ARM_* below); the defaults mean "as every x86 plan".
+    acc_fold: str = "lanewise"  # accumulators added lane by lane, then folded; "each": each folded on its own
+    lane_map: str = "quad"  # int lanes of "lane8": vdotq_s32 groups ("quad") or its vmull/vpaddl emulation ("pair")
+    summs: str = "last"  # q4_1 / q5_1's m*s terms: one sum added last, per two blocks ("pairs"), even/odd ("split")
+    block_pairs: bool = False  # a serial block plan that takes two blocks per step (NEON iq4_nl)
+    superblock: bool = False  # a serial k-quant plan with one int sum per super-block
+    lane_fold_f32: bool = False  # f16 accumulators whose lanes are folded in f32
 
     def __post_init__(self):
         if self.lanes < 1 or self.lanes & (self.lanes - 1):
@@ -152,6 +165,16 @@ class ReductionPlan:
         if self.acc_type == "f64" and self.fold != "serial" and self.tail not in ("masked", "scalar_f64"):
             raise ValueError(f"ReductionPlan {self.name}: f64 accumulation of lane sums takes tail 'masked' or "
                              f"'scalar_f64', got {self.tail!r}")
+        for attr, allowed in (("acc_fold", _ACC_FOLDS), ("lane_map", _LANE_MAPS), ("summs", _SUMMS)):
+            if getattr(self, attr) not in allowed:
+                raise ValueError(f"ReductionPlan {self.name}: {attr} must be one of {allowed}, "
+                                 f"got {getattr(self, attr)!r}")
+        if self.lane_map == "pair" and self.int_to_float != "lane8":
+            raise ValueError(f"ReductionPlan {self.name}: lane_map 'pair' goes with int_to_float 'lane8'")
+        if (self.block_pairs or self.superblock) and self.fold != "serial":
+            raise ValueError(f"ReductionPlan {self.name}: block_pairs and superblock are for serial plans")
+        if self.lane_fold_f32 and self.acc_type != "f16":
+            raise ValueError(f"ReductionPlan {self.name}: lane_fold_f32 goes with acc_type 'f16'")
         if self.k_step < 1 or self.q_step < 1 or self.kv_chunks < 1:
             raise ValueError(f"ReductionPlan {self.name}: k_step, q_step and kv_chunks must be >= 1")
 
@@ -330,6 +353,79 @@ GGML_X86_AVX512_BF16 = ReductionPlan(
     ),
 )
 
+
+# ggml's vec_dot on aarch64 (NEON, + dotprod, + fp16 vector arithmetic), read from arch/arm/quants.c, vec.cpp and
+# simd-mappings.h at ggml 0.15.3 and checked bit for bit against that source cross-built with GCC 12 for each level
+# (mlaref.codegen.peer_cross), run under qemu-user. GCC in GNU mode contracts ``a*b + c`` on aarch64 (FMA is part
+# of the base ISA), but the ``vmlaq_n_f32`` intrinsic expands to a multiply and an add, each rounded.
+#
+# ===============  ====================  ==========================================================================
+# pair             plan                  ggml's NEON code
+# ===============  ====================  ==========================================================================
+# q8_0, q4_0,      l4a2, unfused,        two ``float32x4_t`` sums: block 2k -> ``sumv0``, 2k+1 -> ``sumv1``;
+# q5_0, q4_1,      ``lane8``,            ``sumv += float(int lanes) * (dx*dy)`` (``vmlaq_n_f32``); each sum folded
+# q5_1             ``acc_fold="each"``,  by ``vaddvq_f32`` ((l0+l1)+(l2+l3), fold ``hadd`` on 4 lanes), the two
+#                  tail ``scalar_f32``   floats added; an odd last block by the generic formula, fused. Int lanes:
+#                                        ``vdotq_s32`` (products 4j..4j+3 of each 16-byte half) with dotprod, its
+#                                        emulation (``lane_map="pair"``: products 2j, 2j+1, 8+2j, 9+2j) without.
+#                                        q4_1: ``summs += m0*s0 + m1*s1`` per two blocks (``summs="pairs"``);
+#                                        q5_1: even / odd blocks in two fused sums (``summs="split"``)
+# iq4_nl           serial,               ``sumf += d0*S0 + d1*S1`` per two blocks (first product fused), then
+#                  ``block_pairs``       an odd last block fused
+# q4_K, q6_K       serial,               one int sum per super-block; q4_K ``sumf -= dmin*mins`` then
+#                  ``superblock``        ``sumf += d*sumi``; q6_K ``sum += d*(isum - 32*isum_mins)``; all fused
+# f32              l4a4 hadd, tail       GGML_F32_STEP 16 / EPR 4 (``vfmaq_f32``), accumulators by halves,
+#                  ``scalar_gcc``        ``vaddvq_f32``; leftovers (< 16) as GCC vectorises them: chunks of 4
+#                                        rounded products added in order, then fused
+# f16              l4a4 hadd, f32,       without FP16 vector arithmetic: GGML_F32Cx4 (f16 widened, f32 FMA);
+#                  tail ``scalar_f64``   leftovers exact products added to a double
+# f16 (fp16)       l8a4 in f16, lanes    with it: GGML_F16x8 (``vfmaq_f16``), accumulators by halves in f16, then
+#                  in f32, ``hadd``      lanes 0..3 + 4..7 and ``vaddvq_f32`` in f32 (``lane_fold_f32``)
+# bf16             serial f64            no NEON branch: ggml's scalar double sum of exact products
+# ===============  ====================  ==========================================================================
+
+def _arm(name: str, **kw) -> ReductionPlan:
+    return ReductionPlan(name=name, **kw)
+
+
+def _blocks(name: str, lane_map: str) -> tuple:
+    """The 32-block pairs of a NEON level: l4a2 unfused, each accumulator folded by vaddvq_f32."""
+    def two(**kw):
+        return _arm(name, lanes=4, accs=2, fold="hadd", fma=False, int_to_float="lane8", acc_fold="each",
+                    lane_map=lane_map, tail="scalar_f32", **kw)
+    return (
+        ("q8_0.q8_0", two()),
+        ("q4_0.q8_0", two()),
+        ("q5_0.q8_0", two()),
+        ("q4_1.q8_1", two(summs="pairs")),
+        ("q5_1.q8_1", two(summs="split")),
+        ("iq4_nl.q8_0", _arm(name, block_pairs=True)),
+        ("q4_K.q8_K", _arm(name, superblock=True)),
+        ("q6_K.q8_K", _arm(name, superblock=True)),
+    )
+
+
+def _elements(name: str, fp16: bool) -> tuple:
+    f16 = (_arm(name, lanes=8, accs=4, fold="hadd", int_to_float="block", acc_type="f16", lane_fold_f32=True,
+                tail="scalar_f64") if fp16 else
+           _arm(name, lanes=4, accs=4, fold="hadd", int_to_float="block", tail="scalar_f64"))
+    return (
+        ("f32.f32", _arm(name, lanes=4, accs=4, fold="hadd", int_to_float="block", tail="scalar_gcc")),
+        ("f16.f16", f16),
+        ("bf16.bf16", _arm(name, acc_type="f64")),
+    )
+
+
+def _family(name: str, lane_map: str, fp16: bool) -> ReductionPlan:
+    # fma=True: element-wise a*b + c in plain C (flash attention's V update) is contracted by GCC on aarch64
+    return _arm(name, pairs_only=True, fma=True, by_pair=_blocks(name, lane_map) + _elements(name, fp16))
+
+
+GGML_ARM_NEON = _family("ggml_arm_neon", "pair", False)  # -march=armv8-a
+GGML_ARM_DOTPROD = _family("ggml_arm_dotprod", "quad", False)  # -march=armv8.2-a+dotprod
+GGML_ARM_FP16 = _family("ggml_arm_fp16", "quad", True)  # -march=armv8.2-a+fp16+dotprod
+
+
 MLAREF_L8A1 = _lane("mlaref_l8a1", 8, 1)
 MLAREF_L8A2 = _lane("mlaref_l8a2", 8, 2)
 MLAREF_L16A1 = _lane("mlaref_l16a1", 16, 1)
@@ -338,8 +434,8 @@ MLAREF_L16A2 = _lane("mlaref_l16a2", 16, 2)
 PLANS: dict[str, ReductionPlan] = {
     p.name: p
     for p in (GGML_GENERIC, GGML_GENERIC_GNU, GGML_X86_AVX, GGML_X86_AVX2, GGML_X86_AVX2_ZNVER3, GGML_X86_AVX512,
-              GGML_X86_AVX512_ZNVER4, GGML_X86_AVX512_ICELAKE, GGML_X86_AVX512_BF16,
-              MLAREF_L8A1, MLAREF_L8A2, MLAREF_L16A1, MLAREF_L16A2)
+              GGML_X86_AVX512_ZNVER4, GGML_X86_AVX512_ICELAKE, GGML_X86_AVX512_BF16, GGML_ARM_NEON, GGML_ARM_DOTPROD,
+              GGML_ARM_FP16, MLAREF_L8A1, MLAREF_L8A2, MLAREF_L16A1, MLAREF_L16A2)
 }
 
 

@@ -14,7 +14,10 @@ Bit-exactness established by the tests: each build's plan (``mlaref.reference.bu
 ``ggml_x86_avx``, ``ggml_x86_avx2`` for the levels of that name, ``ggml_x86_avx2_znver3`` and the AVX-512 plans for
 native builds) equals upstream ggml's ``vec_dot`` in that build for every pair above; ``ggml_generic`` /
 ``ggml_generic_gnu`` equal the library's compiled ``ggml_vec_dot_*_generic`` symbols, unfused or fused as GCC chose
-per build (the tests' ``COMPILED_GENERIC``), and an independent transcription of the C source.
+per build (the tests' ``COMPILED_GENERIC``), and an independent transcription of the C source. The aarch64 plans
+(``ggml_arm_neon``, ``ggml_arm_dotprod``, ``ggml_arm_fp16``: :mod:`mlaref.reference.plan`) equal ggml
+cross-built for those levels and run under qemu-user; their extra fields (``acc_fold``, ``lane_map``, ``summs``,
+``block_pairs``, ``superblock``, ``lane_fold_f32``) are read here with defaults that leave every other plan as is.
 
 How it is computed (style.md section 4):
 
@@ -177,6 +180,13 @@ def _dot_elements(xv: np.ndarray, yv: np.ndarray, plan: ReductionPlan) -> np.nda
     rest = range(full * step, n)
     if plan.acc_type == "f64":
         total = _fold_each_to_f64(acc, plan.fold)
+    elif half and plan.lane_fold_f32:
+        # GGML_F16x8_REDUCE (NEON with FP16 vector arithmetic): accumulators added in f16, then the 8 lanes
+        # widened to f32 and folded there
+        while acc.shape[-2] > 1:
+            h = acc.shape[-2] // 2
+            acc = _add_f16(acc[..., :h, :], acc[..., h:, :])
+        total = _fold(acc, plan.fold, _add_f32)
     else:
         total = _fold(acc, plan.fold, _add_f16 if half else _add_f32)
     if plan.tail == "scalar_f64":
@@ -254,10 +264,15 @@ def _int_sums(qx: np.ndarray, qy: np.ndarray, group: int) -> np.ndarray:
 _BLOCK_LANES = {"lane4": 8, "lane8": 4}
 
 
-def _block_lanes(qx: np.ndarray, qy: np.ndarray, int_to_float: str) -> np.ndarray:
+def _block_lanes(qx: np.ndarray, qy: np.ndarray, int_to_float: str, lane_map: str = "quad") -> np.ndarray:
     """The exact int32 lane sums of every block: (M, N, nb, 8) for ``lane4`` (lane j = products 4j..4j+3), or
     (M, N, nb, 4) for ``lane8`` (lane j = products 4j..4j+3 and 16+4j..16+4j+3: the two 16-byte halves of a block
     ``_mm_madd_epi16``'d and added, ``mul_sum_i8_quad_float`` in arch/x86/quants.c@ggml 0.15.3)."""
+    if lane_map == "pair" and int_to_float == "lane8":
+        # ggml_vdotq_s32 without the dot-product extension (ggml-cpu-impl.h@ggml 0.15.3): vmull_s8 of each 8-byte
+        # half, vpaddlq_s16 (adjacent pairs): lane j = products 2j, 2j+1, 8+2j, 9+2j of each 16-byte half
+        s2 = _int_sums(qx, qy, 2)  # (M, N, nb, 16): pair p = products 2p, 2p+1
+        return s2.reshape(s2.shape[:3] + (2, 2, 4)).sum(axis=(3, 4), dtype=np.int32)
     s4 = _int_sums(qx, qy, 4)
     if int_to_float == "lane4":
         return s4
@@ -284,6 +299,8 @@ def _dot_blocks(x: np.ndarray, xt: str, y: np.ndarray, yt: str, n: int, plan: Re
     dd = (dxb * dyb).astype(np.float32)  # (M, N, nb); dx*dy == dy*dx exactly
     has_m = mx is not None
 
+    if plan.fold == "serial" and plan.block_pairs:
+        return _dot_block_pairs(qx, qy, formula, dd, dxb, dyb, plan)
     if plan.fold == "serial":
         sumi = _int_sums(qx, qy, 32)[..., 0].astype(np.float32)  # |sumi| < 2**24 except in theory; see domain
         sumf = np.zeros((M, N), np.float32)
@@ -301,7 +318,7 @@ def _dot_blocks(x: np.ndarray, xt: str, y: np.ndarray, yt: str, n: int, plan: Re
 
     if plan.int_to_float not in _BLOCK_LANES:
         raise ValueError(f"vec_dot: lane plan {plan.name} must use int_to_float='lane4' or 'lane8' for block pairs")
-    lanesum = _block_lanes(qx, qy, plan.int_to_float).astype(np.float32)  # (M, N, nb, W), exact
+    lanesum = _block_lanes(qx, qy, plan.int_to_float, plan.lane_map).astype(np.float32)
     width = _BLOCK_LANES[plan.int_to_float]  # register lanes one block fills
     slots = plan.lanes * plan.accs // width  # blocks per step
     acc = np.zeros((M, N, slots, width), np.float32)  # the A registers of L lanes, flat, one block per slot
@@ -313,7 +330,17 @@ def _dot_blocks(x: np.ndarray, xt: str, y: np.ndarray, yt: str, n: int, plan: Re
             acc[:, :, k] = fp.fmaf(d, lanesum[:, :, b], acc[:, :, k])
         else:
             acc[:, :, k] = acc[:, :, k] + (d * lanesum[:, :, b]).astype(np.float32)
-    total = _fold(acc.reshape(M, N, plan.accs, plan.lanes), plan.fold, _add_f32)
+    acc = acc.reshape(M, N, plan.accs, plan.lanes)
+    if plan.acc_fold == "each":
+        # every accumulator folded on its own, the floats added in accumulator order (NEON: vaddvq_f32(sumv0) +
+        # vaddvq_f32(sumv1))
+        total = _fold(acc[:, :, :1], plan.fold, _add_f32)
+        for a in range(1, plan.accs):
+            total = _add_f32(total, _fold(acc[:, :, a:a + 1], plan.fold, _add_f32))
+    else:
+        total = _fold(acc, plan.fold, _add_f32)
+    if has_m:
+        total = _add_summs(total, mx, sy, nfull, plan)
     if plan.tail in ("scalar_f32", "scalar_f32m"):
         # ggml finishes the blocks left after the last full step with the pair's scalar formula
         # (``sumf += sumi*(dx*dy)`` for q8_0, ``sumi*dx*dy`` for q4_0, ``d*(sumi1 + sumi2)`` for iq4_nl; fused by
@@ -323,19 +350,59 @@ def _dot_blocks(x: np.ndarray, xt: str, y: np.ndarray, yt: str, n: int, plan: Re
             for j in range(1, width):
                 sumi = sumi + lanesum[:, :, b, j]  # integers below 2**24: exact
             P, Q = _scalar_factors(formula, sumi, dd[..., b], dxb[..., b], dyb[..., b])
-            if plan.tail == "scalar_f32":
+            if has_m:  # sumf += (dx*dy)*sumi + mx*sy: the sum of both terms, then the add
+                R = (mx[:, None, b] * sy[None, :, b]).astype(np.float32)
+                term = fp.fmaf(P, Q, R) if plan.tail == "scalar_f32" else _add_f32((P * Q).astype(np.float32), R)
+                total = _add_f32(total, term)
+            elif plan.tail == "scalar_f32":
                 total = fp.fmaf(P, Q, total)
             else:
                 total = (total + (P * Q).astype(np.float32)).astype(np.float32)
-    if has_m:
+    return total.astype(np.float32)
+
+
+def _add_summs(total, mx, sy, nfull: int, plan: ReductionPlan) -> np.ndarray:
+    """Adds the m*s terms of the first ``nfull`` blocks of q4_1/q5_1 to the folded sum, as ``plan.summs`` says:
+    ``last`` (x86: one float sum over the blocks, fused if the plan fuses, added last), ``pairs`` (NEON q4_1:
+    ``summs += mx0*sy0 + mx1*sy1`` per two blocks, the first product fused) or ``split`` (NEON q5_1: even and odd
+    blocks in two fused sums, added to the folded sum in that order)."""
+    mode = plan.summs
+    M, N = total.shape
+    if mode == "last":
         summs = np.zeros((M, N), np.float32)
-        for b in range(nb):
+        for b in range(nfull):
             if plan.fma:
                 summs = fp.fmaf(mx[:, None, b], sy[None, :, b], summs)
             else:
                 summs = (summs + (mx[:, None, b] * sy[None, :, b]).astype(np.float32)).astype(np.float32)
-        total = (total + summs).astype(np.float32)
-    return total.astype(np.float32)
+        return _add_f32(total, summs)
+    if mode == "pairs":
+        summs = np.zeros((M, N), np.float32)
+        for b in range(0, nfull - 1, 2):
+            second = (mx[:, None, b + 1] * sy[None, :, b + 1]).astype(np.float32)
+            summs = _add_f32(summs, fp.fmaf(mx[:, None, b], sy[None, :, b], second))
+        return _add_f32(total, summs)
+    parts = [np.zeros((M, N), np.float32), np.zeros((M, N), np.float32)]
+    for b in range(nfull):
+        parts[b % 2] = fp.fmaf(mx[:, None, b], sy[None, :, b], parts[b % 2])
+    return _add_f32(_add_f32(total, parts[0]), parts[1])
+
+
+def _dot_block_pairs(qx, qy, formula: str, dd, dxb, dyb, plan: ReductionPlan) -> np.ndarray:
+    """A serial plan with ``block_pairs`` (ggml_vec_dot_iq4_nl_q8_0's NEON code): per two blocks
+    ``sumf += P0*Q0 + P1*Q1`` (the pair's scalar factors; GCC fuses the first product onto the rounded second),
+    then an odd last block ``sumf += P*Q``, fused."""
+    sumi = _int_sums(qx, qy, 32)[..., 0].astype(np.float32)
+    nb = sumi.shape[-1]
+    sumf = np.zeros(sumi.shape[:2], np.float32)
+    fac = [_scalar_factors(formula, sumi[..., b], dd[..., b], dxb[..., b], dyb[..., b]) for b in range(nb)]
+    for b in range(0, nb - 1, 2):
+        (P0, Q0), (P1, Q1) = fac[b], fac[b + 1]
+        sumf = _add_f32(sumf, fp.fmaf(P0, Q0, (P1 * Q1).astype(np.float32)))
+    if nb % 2:
+        P, Q = fac[nb - 1]
+        sumf = fp.fmaf(P, Q, sumf)
+    return sumf
 
 
 # -- k-quant pairs (256-element super-blocks, y = q8_K) -------------------------------------------------------
@@ -358,6 +425,8 @@ def _dot_kquants(x: np.ndarray, xt: str, y: np.ndarray, n: int, plan: ReductionP
     M, nb = dx.shape
     N = dy.shape[0]
     d = (dx[:, None, :] * dy[None, :, :]).astype(np.float32)  # (M, N, nb); commutative, so order-free
+    if plan.fold == "serial" and plan.superblock:
+        return _dot_kquants_superblock(xt, q, sc, mn, dmin, qy, dy, bsums, d)
     if plan.fold == "serial":
         signed = q - 32 if xt == "q6_K" else q
         w = (signed.astype(np.int32) * sc).reshape(M, nb, 32, 8)  # scale * value, index % 8 = lane
@@ -412,6 +481,27 @@ def _dot_kquants(x: np.ndarray, xt: str, y: np.ndarray, n: int, plan: ReductionP
                 accm = (accm + (ndm[..., b, None] * prod[:, :, b]).astype(np.float32)).astype(np.float32)
         total = (total + _fold(accm[:, :, None, :], "halves", _add_f32)).astype(np.float32)
     return total
+
+
+def _dot_kquants_superblock(xt, q, sc, mn, dmin, qy, dy, bsums, d) -> np.ndarray:
+    """A serial plan with ``superblock`` (the NEON code of ggml_vec_dot_q4_K_q8_K / q6_K_q8_K, arch/arm/quants.c@ggml
+    0.15.3): one exact int sum per super-block (q6_K: ``isum - 32*isum_mins``), converted to float once
+    (rounded to nearest even above 2**24); q4_K first ``sumf -= dmin*summins`` then ``sumf += d*sumi``, each one
+    fused multiply-add with ``dmin = y.d*f16(x.dmin)`` and ``d = y.d*f16(x.d)``."""
+    M, nb = d.shape[0], d.shape[2]
+    N = d.shape[1]
+    signed = q.astype(np.int32) - (32 if xt == "q6_K" else 0)
+    isum = np.einsum("mbk,nbk->mnb", signed * sc, qy.astype(np.int32), optimize=False).astype(np.float32)
+    sumf = np.zeros((M, N), np.float32)
+    if xt == "q4_K":
+        smin = np.einsum("nbj,mbj->mnb", bsums.astype(np.int32), np.repeat(mn, 2, axis=-1).astype(np.int32),
+                         optimize=False).astype(np.float32)
+        ndm = -(dmin[:, None, :] * dy[None, :, :]).astype(np.float32)
+    for b in range(nb):
+        if xt == "q4_K":
+            sumf = fp.fmaf(ndm[..., b], smin[..., b], sumf)
+        sumf = fp.fmaf(d[..., b], isum[..., b], sumf)
+    return sumf
 
 
 # -- public entry -----------------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ applied and which steps are fused. The variants are named by ``GgmlBuild.simd`` 
 ``sse2_avx``  4      ``__m128`` without FMA: ``MADD128(a, b, c)`` = ``a*b`` then ``+ c``, each rounded;
                      ``NMADD128(a, b, c)`` = ``c - a*b`` likewise (``-mavx`` without ``-mfma``)
 ``sse2``      4      the same ``v_expf`` as ``sse2_avx`` (the x86-64 baseline)
+``neon``      4      ``float32x4_t`` (aarch64): the operations of ``avx2`` (``vfmaq_f32`` / ``vfmsq_f32``, the same
+                     ``|n| > 126`` / ``|n| > 192`` scaling, ``vclezq_f32`` for ``n <= 0``)
 ============  =====  ==============================================================================================
 
 The ``|n| > 126`` / ``|n| > 192`` branches of the 8- and 4-lane code are taken per vector (only if some lane
@@ -31,7 +33,8 @@ adding them to its double sum; :func:`chunk_sum` gives that float per build:
   ``[2,3,0,1]`` shuffle and ``T8[0] + T8[1]``): halves 16 -> 8 -> 4 -> 2 -> 1, ``v[i] + v[i + half]``;
 * ``avx2``: extract-high + low, ``movehl``, ``add_ss`` with ``movehdup``: halves 8 -> 4 -> 2 -> 1;
 * ``sse2_fma``, ``sse2_avx`` (compiled with ``__AVX__``): ``movehl`` then ``movehdup``: ``(v0+v2) + (v1+v3)``;
-* ``sse2`` (no AVX): the ``shuffle(2,3,0,1)`` / ``movehl`` / ``add_ss`` variant: ``(v0+v1) + (v2+v3)``.
+* ``sse2`` (no AVX): the ``shuffle(2,3,0,1)`` / ``movehl`` / ``add_ss`` variant: ``(v0+v1) + (v2+v3)``;
+* ``neon``: ``vaddvq_f32``, AArch64's pairwise ``faddp``: ``(v0+v1) + (v2+v3)``.
 
 Every chunk of :data:`WIDTH` values takes the vector code; the remaining ``n % WIDTH`` take the scalar code with
 libm ``expf``.
@@ -46,11 +49,11 @@ from mlaref.reference import fp
 __all__ = ["SIMD", "WIDTH", "FMA", "check_simd", "v_expf", "v_expf_avx512", "v_expf_avx2", "v_expf_sse2",
            "chunk_sum"]
 
-SIMD = ("avx512", "avx2", "sse2_fma", "sse2_avx", "sse2")
+SIMD = ("avx512", "avx2", "sse2_fma", "sse2_avx", "sse2", "neon")
 # Floats per vector: the chunk of soft_max and SILU.
-WIDTH = {"avx512": 16, "avx2": 8, "sse2_fma": 4, "sse2_avx": 4, "sse2": 4}
+WIDTH = {"avx512": 16, "avx2": 8, "sse2_fma": 4, "sse2_avx": 4, "sse2": 4, "neon": 4}
 # Whether the build has FMA: the v_expf's MADD128, and GCC's GNU-mode contraction of a*b + c in plain C.
-FMA = {"avx512": True, "avx2": True, "sse2_fma": True, "sse2_avx": False, "sse2": False}
+FMA = {"avx512": True, "avx2": True, "sse2_fma": True, "sse2_avx": False, "sse2": False, "neon": True}
 
 _F = np.float32
 
@@ -151,7 +154,7 @@ def v_expf_sse2(x) -> np.ndarray:
 
 
 _V = {"avx512": v_expf_avx512, "avx2": v_expf_avx2, "sse2_fma": v_expf_avx2, "sse2_avx": v_expf_sse2,
-      "sse2": v_expf_sse2}
+      "sse2": v_expf_sse2, "neon": v_expf_avx2}
 
 
 def v_expf(x, simd: str) -> np.ndarray:
@@ -165,7 +168,7 @@ def chunk_sum(v: np.ndarray, simd: str) -> np.ndarray:
     v = np.asarray(v, _F)
     if v.shape[-1] != WIDTH[simd]:
         raise ValueError(f"chunk_sum: a {simd} chunk has {WIDTH[simd]} values, got {v.shape[-1]}")
-    if simd == "sse2":  # shuffle(2,3,0,1) + add, movehl, add_ss: adjacent pairs first
+    if simd in ("sse2", "neon"):  # sse2: shuffle(2,3,0,1) + add, movehl, add_ss; neon: vaddvq_f32 (faddp): pairs
         return ((v[..., 0] + v[..., 1]).astype(_F) + (v[..., 2] + v[..., 3]).astype(_F)).astype(_F)
     while v.shape[-1] > 1:
         half = v.shape[-1] // 2

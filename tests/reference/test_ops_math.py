@@ -370,7 +370,8 @@ def test_chunk_sum_orders():
     w = np.array([1.0, 0, 0, 0, 2.0**-24, 0, 0, 0], np.float32)
     assert chunk_sum(w, "avx2") == np.float32(1.0)  # (1 + 2^-24) ties to even at the first step
     assert chunk_sum(np.tile(w, 2), "avx512") == np.float32(2.0)
-    assert [WIDTH[s] for s in SIMD] == [16, 8, 4, 4, 4]
+    assert chunk_sum(v, "neon") == np.float32(2.0**-24)  # vaddvq_f32: adjacent pairs, as sse2
+    assert [WIDTH[s] for s in SIMD] == [16, 8, 4, 4, 4, 4]
 
 
 def test_soft_max_nmse_against_float64(rng):
@@ -409,5 +410,5 @@ def test_soft_max_bad_inputs():
         soft_max(Tensor.zeros("f16", (8, 4)))
     with pytest.raises(ValueError, match="soft_max: max_bias must be finite and >= 0"):
         soft_max(a, None, 1.0, -1.0)
-    with pytest.raises(ValueError, match="soft_max: simd must be one of avx512, avx2, sse2_fma, sse2_avx, sse2 "):
+    with pytest.raises(ValueError, match="soft_max: simd must be one of avx512, avx2, sse2_fma, sse2_avx, sse2, neon "):
         soft_max(a, simd="avx3")
