@@ -1,7 +1,7 @@
 """Benchmarks of the mul_mat and flash_attn_ext kernels against upstream ggml (ggml-python), for `mlaref bench`.
 
-``bench_mul_mat(...)`` times ``kv_f32 = mul_mat(wkv_b [512, 4096], cache view [512, n_kv])`` (FACTS 3.3 node 12;
-the cache rows hold 576 values, the view the first 512) for each case
+``bench_mul_mat(...)`` times ``kv_f32 = mul_mat(wkv_b [512, 4096], cache view [512, n_kv])`` (upstream facts §3.3
+node 12; the cache rows hold 576 values, the view the first 512) for each case
 
 * ``f16 x f16``: both run it directly (iqk and mlaref read the f16 cache as is);
 * ``q8_0 x f32``: ggml quantizes the f32 src1 to q8_0 in its work buffer, mlaref inside the kernel;

@@ -13,7 +13,7 @@ concurrent builders (pytest-xdist workers, two processes); the finished file is 
 rename, so a reader never sees half a library.
 
 ``-std=c11 -ffp-contract=off -fno-fast-math`` keep GCC from fusing ``a*b + c`` on its own (in GNU mode it would
-on FMA targets; FACTS.md section 4), so the C computes what the template says.
+on FMA targets; upstream facts §4), so the C computes what the template says.
 """
 
 from __future__ import annotations

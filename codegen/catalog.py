@@ -72,7 +72,7 @@ DEQUANT_TYPES = {
     "q8_0": True, "q8_1": True, "iq4_nl": True, "q8_K": True, "q4_K": True, "q6_K": True,
     "q8_0_x4": True, "q8_1_x4": True,
 }
-# Quantizers in C: type -> {variant: uses SIMD primitives}. Variants are those of reference/types (FACTS 4d);
+# Quantizers in C: type -> {variant: uses SIMD primitives}. Variants are those of reference/types (upstream facts §4d);
 # a variant that coincides with ``ref`` for a type (q4_0's ``x86``) is the ``ref`` kernel.
 QUANT_VARIANTS = {
     "f16": {"ref": True, "x86": True},
@@ -88,9 +88,9 @@ QUANT_VARIANTS = {
     "q8_0_x4": {"iqk": True},
     "q8_1_x4": {"iqk": True},
 }
-# convert_rows: src1 row types -> the vec_dot types they are converted to (FACTS 4a, #253's iqk_quantize_any).
+# convert_rows: src1 row types -> the vec_dot types they are converted to (upstream facts §4a, #253's iqk_quantize_any).
 CONVERT_SOURCES = ("f16", "bf16", "q8_0")
-# vec_dot pairs (FACTS 4a; reference/ops/_vecdot_pairs.py): x type -> y types
+# vec_dot pairs (upstream facts §4a; reference/ops/_vecdot_pairs.py): x type -> y types
 VEC_DOT_PAIRS = {
     "f32": ("f32",), "f16": ("f16",), "bf16": ("bf16",),
     "q8_0": ("q8_0", "q8_0_x4"), "q4_0": ("q8_0", "q8_0_x4"), "q5_0": ("q8_0", "q8_0_x4"),
@@ -186,7 +186,7 @@ class KernelSpec:
 
     def _validate_vec_dot(self, where: str) -> "KernelSpec":
         if self.type_y not in VEC_DOT_PAIRS.get(self.type_x, ()):
-            raise ValueError(f"{where}: {self.type_x}.{self.type_y} is not a vec_dot pair (FACTS 4a)")
+            raise ValueError(f"{where}: {self.type_x}.{self.type_y} is not a vec_dot pair (upstream facts §4a)")
         if self.plan not in VEC_DOT_PLANS:
             raise ValueError(f"{where}: vec_dot plans are {', '.join(VEC_DOT_PLANS)}")
         element = self.type_x in ("f32", "f16", "bf16")

@@ -38,9 +38,9 @@ features the loaded library was compiled with (``ggml_cpu_has_*``) and its tunin
 ``ggml_x86_avx2``, ``ggml_x86_avx2_znver3``, the AVX-512 plans) and soft_max's vector ``expf``; never this CPU's
 features. Also exact: quantize variants ``ref``/``x86``/``model``, rope with GNU-mode FMA contractions,
 flash_attn_ext's one-chunk and tiled paths), ``expect: nmse`` elsewhere. Where upstream ggml's semantics differ from ik_llama.cpp@676f0e71b
-(FACTS.md), the case's ``note`` says so and the verdict text carries it. Where upstream refuses what the spec
+(upstream facts §4), the case's ``note`` says so and the verdict text carries it. Where upstream refuses what the spec
 defines, the verdict is ``unsupported`` with the reason, or, when an exact rewrite exists, a comparison through it
-that the verdict names (mul_mat with an f16 src1: upstream on the src1 widened to f32, FACTS 0.10). ``known``
+that the verdict names (mul_mat with an f16 src1: upstream on the src1 widened to f32, upstream facts §0.10). ``known``
 names a documented gap (``upstream-lacks``: a worker death becomes ``unsupported``, with the signal as evidence) or
 finding (docs/conformance-findings.md); a mismatch or abort is *explained* only when a ``known`` entry covers it,
 and ``mlaref conform`` exits 1 when any verdict is unexplained.
@@ -73,7 +73,7 @@ NMSE_BOUND = {"mul_mat": 5e-4, "flash_attn_ext": 5e-4}  # ggml tests/test-backen
 DEFAULT_TIMEOUT = 60.0
 STATUSES = ("bit-exact", "within NMSE bound", "mismatch", "unsupported", "aborted")
 
-# -- FACTS 1.3: DeepSeek-V2-Lite's rope / attention constants, in float32 ------------------------------------------
+# -- upstream facts §1.3: DeepSeek-V2-Lite's rope / attention constants, in float32 ------------------------------------
 KQ_SCALE = 0.11472137
 FREQ_SCALE = float(np.float32(1.0) / np.float32(40.0))
 ATTN_FACTOR = float(np.float32(1.0) / (np.float32(1.0) + np.float32(0.1) * np.float32(np.log(np.float32(40.0)))))
@@ -483,9 +483,10 @@ def op_mul_mat(p, inp):
            "ik_llama.cpp@676f0e71b converts any src1 row with to_float + from_float (PR #253, iqk_quantize_any)")
     if b.type not in ("f16", "bf16"):
         raise Unsupported(why)
-    # to_float of f16/bf16 is exact, so #253's result must equal upstream's on src1 widened to f32 (FACTS 0.10).
+    # to_float of f16/bf16 is exact, so #253's result must equal upstream's on src1 widened to f32
+    # (upstream facts §0.10).
     lib = _ops().mul_mat(a, cast(b, "f32"), n_threads=p.get("n_threads", 1))
-    return spec, _out_tensor(lib), f"{why}; compared with upstream on src1 widened to f32 (exact), FACTS 0.10"
+    return spec, _out_tensor(lib), f"{why}; compared with upstream on src1 widened to f32 (exact), upstream facts §0.10"
 
 
 def op_soft_max(p, inp):
@@ -856,7 +857,7 @@ def _quantize_note(t: str, variant: str) -> str:
     if t == "q8_K":
         return ("upstream's CPU from_float of Q8_K is quantize_row_q8_K_ref (d = 1/iscale, may be negative); "
                 "ik_llama.cpp@676f0e71b's IQK build uses iqk_quantize_row_q8_K (d = amax/127, ties to even): "
-                "FACTS 4d")
+                "upstream facts §4d")
     if t in ("q8_0", "q8_1") and variant == "x86":
         return "x86 from_float: id = 127/amax and ties to even (ref: 1/d and roundf); same in ik_llama.cpp"
     return ""
@@ -930,8 +931,8 @@ def default_cases() -> list[Case]:
             {"x": {"gen": "quantized", "type": xt, "variant": "ref", "shape": [3, n], "scale": 0.5},
              "y": {"gen": "quantized", "type": yt, "variant": "x86", "shape": [4, n]}},
             note="the vec_dot plan of the library's build (mlaref.reference.builds); ik_llama.cpp's x86 mul_mat uses iqk "
-                 "kernels instead (FACTS 4a)"))
-    # cpy: the conversions of FACTS 4d
+                 "kernels instead (upstream facts §4a)"))
+    # cpy: the conversions of upstream facts §4d
     cpy_list = [("f32", "f16", False), ("f32", "f16", True), ("f32", "bf16", False), ("f32", "q8_0", False),
                 ("f32", "q4_0", False), ("f32", "q5_1", False), ("f32", "iq4_nl", False), ("f32", "q4_K", False),
                 ("f32", "q6_K", False), ("f16", "f32", False), ("bf16", "f32", False), ("f16", "bf16", False),
@@ -942,7 +943,7 @@ def default_cases() -> list[Case]:
         cid = f"cpy/{st}->{dt}" + ("/transposed" if tr else "")
         note = ""
         if (st, dt) == ("f32", "q8_0"):
-            note = "CPU from_float = quantize_row_q8_0 (x86 variant), not _ref: FACTS 4d"
+            note = "CPU from_float = quantize_row_q8_0 (x86 variant), not _ref: upstream facts §4d"
         if (st, dt) == ("q8_0", "f16"):
             note = "quant -> f32 only (dup_q); ik_llama.cpp@676f0e71b and upstream both abort otherwise"
         known = {"kind": "upstream-lacks", "text": "upstream ggml_compute_forward_dup aborts for a quantized "
@@ -987,13 +988,13 @@ def default_cases() -> list[Case]:
             note = "the vec_dot plan of the library's build, src1 by the x86 from_float"
             if wt == "f16" and bt == "f32":
                 note += ("; upstream (no IQK) rounds src1 to f16 (vec_dot_type F16), ik_llama.cpp's x86 IQK path "
-                         "computes F16 x F32 in f32: FACTS 4a")
+                         "computes F16 x F32 in f32: upstream facts §4a")
             elif wt in ("q4_K", "q6_K"):
                 note += ("; ik_llama.cpp's x86 build quantizes src1 with iqk_quantize_row_q8_K (d = amax/127) "
-                         "and runs iqk kernels: FACTS 4a, 4d")
+                         "and runs iqk kernels: upstream facts §4a, §4d")
             elif wt not in ("f32", "f16", "bf16"):
                 note += ("; ik_llama.cpp's x86 build quantizes src1 to Q8_0_X4/Q8_1_X4 and runs iqk kernels "
-                         "(a different float order): FACTS 4a")
+                         "(a different float order): upstream facts §4a")
             cases.append(_mk(f"mul_mat/{wt}x{bt}", "mul_mat", {"n_threads": 2},
                              {"a": {"gen": "normal", "type": wt, "shape": [1, 16, 256], "scale": 0.1},
                               "b": {"gen": "normal", "type": bt, "shape": [2, 5, 256]}},
@@ -1006,7 +1007,7 @@ def default_cases() -> list[Case]:
     cases.append(_mk("soft_max/f32/mask_f32_alibi", "soft_max", {"scale": 1.0, "max_bias": 8.0},
                      {"a": {"gen": "normal", "type": "f32", "shape": [1, 4, 6, 64], "scale": 4.0},
                       "mask": {"gen": "mask", "type": "f32", "shape": [6, 64], "inf_frac": 0.3, "normal": True}}))
-    # rope mode 0 with YaRN (FACTS 1.3): q_rope-like rows [64, 16 heads, 24 tokens]
+    # rope mode 0 with YaRN (upstream facts §1.3): q_rope-like rows [64, 16 heads, 24 tokens]
     cases.append(_mk("rope/f32/yarn", "rope", dict(YARN, n_threads=2),
                      {"a": {"gen": "normal", "type": "f32", "shape": [1, 24, 16, 64]},
                       "pos": {"gen": "ints", "low": 0, "high": 16384, "shape": [24], "first": [0, 1, 4095, 4096]}},
@@ -1017,7 +1018,7 @@ def default_cases() -> list[Case]:
         note = ("upstream's one-chunk algorithm (n_q < GGML_FA_TILE_Q = 64, or K/V not f16/f32): the spec's "
                 "'generic' algorithm" if not tiled else
                 "upstream's tiled path (n_q >= 64, f16 K/V): the spec's 'tiled' algorithm")
-        note += "; ik_llama.cpp@676f0e71b runs iqk's blocked algorithm instead (FACTS 4e)"
+        note += "; ik_llama.cpp@676f0e71b runs iqk's blocked algorithm instead (upstream facts §4e)"
         cases.append(_mk(f"flash_attn_ext/{kv}/dk192_dv128/nq{nq}", "flash_attn_ext",
                          {"scale": KQ_SCALE, "n_threads": 2},
                          {"q": {"gen": "normal", "type": "f32", "shape": [1, 4, nq, 192]},
@@ -1036,7 +1037,7 @@ def default_cases() -> list[Case]:
                           "mask": {"gen": "mask", "type": "f16", "shape": [1, 640], "inf_frac": 0.2}},
                          note=f"upstream's split-KV path (1 query, >= 512 f16 KV rows): {nth} chunk(s), one per "
                               "thread, merged in order: the spec's kv_split; ik_llama.cpp@676f0e71b runs iqk's "
-                              "blocked algorithm instead (FACTS 4e)"))
+                              "blocked algorithm instead (upstream facts §4e)"))
     return cases
 
 

@@ -10,7 +10,7 @@
 * src1 columns are converted inside the kernel, per thread and per block of 128 (256 for block weights) columns,
   to src0's vec_dot type (f32, f16, bf16 -> itself; q4_1 / q5_1 -> q8_1; q4_K / q6_K -> q8_K; other block weights
   -> q8_0) by ``to_float`` then the ``x86`` ``from_float`` (for bf16 and q8_K that is their reference rounding),
-  #253's ``iqk_quantize_any`` order (FACTS 4a); there is no full f32 copy of src1;
+  #253's ``iqk_quantize_any`` order (upstream facts §4a); there is no full f32 copy of src1;
 * the kernel walks 4 x 4 register tiles (4 src0 rows x 4 src1 columns, one 16-lane accumulator each).
 
 Value domain: a q8_0 src1 holding -128 (no ggml quantizer writes it) is multiplied exactly by the scalar and

@@ -815,7 +815,7 @@ def seed_tables(contexts=None) -> dict:
         "status": "ok" if all(c["passed"] for c in checks) else "failed",
         "model": hp.name, "cache_type": "f16", "ubatch": 512,
         "note": "the seed's four .02 cells (main 32768/65536/131072, PR 131072) read .01 in ik_llama.cpp's own "
-                "output for the same graph (FACTS.md 6.6); the model reproduces ik_llama.cpp's print",
+                "output for the same graph (upstream facts §6.6); the model reproduces ik_llama.cpp's print",
         "rows": rows,
         "checks": checks,
     }

@@ -1,7 +1,7 @@
 """An exact model of ggml's graph allocator: compute-buffer size, tensor offsets and the live set at the peak.
 
 Reproduces ``ggml-alloc.c@676f0e71b`` (ik_llama.cpp) as the CPU back-end runs it during llama.cpp's
-worst-case reserve (FACTS.md 6.1-6.3):
+worst-case reserve (upstream facts §6.1 to §6.3):
 
 Dynamic allocator (``ggml_dyn_tallocr``)
     a free-block list sorted by offset, reset to one "tail" block ``[0, SIZE_MAX/2)``. ``alloc(size)``
@@ -24,7 +24,7 @@ Buffer
     ggml-alloc reserves ``max_size``; ``ggml_backend_cpu_buffer_type_alloc_buffer`` adds ``TENSOR_ALIGNMENT``
     (32) and llama.cpp prints ``size / 1024 / 1024`` with ``%8.2f`` ("CPU compute buffer size").
 
-KV cache (``llama_kv_cache_init``, FACTS.md 2): ``n_layer · n_ctx · row_size(type, kv_lora_rank + n_rot)``.
+KV cache (``llama_kv_cache_init``, upstream facts §2): ``n_layer · n_ctx · row_size(type, kv_lora_rank + n_rot)``.
 
 The CLI command ``mlaref plan`` lives here (:func:`configure`, :func:`run`).
 """
@@ -60,7 +60,7 @@ SEED_TABLE = {
     131072: ("3888.00", "3476.02", "5556.02"),
 }
 
-# What ik_llama.cpp itself prints for the same architecture (FACTS.md 6.6): the seed's four ".02" cells
+# What ik_llama.cpp itself prints for the same architecture (upstream facts §6.6): the seed's four ".02" cells
 # read ".01" there. The model must reproduce these.
 PRINTED_TABLE = {
     2048: ("204.00", "204.00"),
@@ -203,7 +203,7 @@ class AllocResult:
         return sorted(out, key=lambda x: x.offset)
 
     def peak_live(self) -> list[LiveTensor]:
-        """What is alive when the buffer reaches its size (FACTS.md 6.5)."""
+        """What is alive when the buffer reaches its size (upstream facts §6.5)."""
         return self.live_after(self.peak_event)
 
     @property
@@ -331,7 +331,7 @@ def allocate_graph(graph: ir.Graph, alignment: int = CPU_ALIGNMENT) -> AllocResu
 
 # -- the DeepSeek-V2 memory plan -------------------------------------------------------------------------
 def kv_cache_bytes(hp, n_ctx: int, cache_type: str = "f16") -> int:
-    """MLA KV cache bytes for mla = 2 with FA: ``n_layer · n_ctx · row_size(cache_type, 576)`` (FACTS.md 2)."""
+    """MLA KV cache bytes for mla = 2 with FA: ``n_layer · n_ctx · row_size(cache_type, 576)`` (upstream facts §2)."""
     if cache_type not in ("f16", "q8_0", "bf16"):
         raise ValueError(f"cache_type must be f16, q8_0 or bf16, got {cache_type!r}")
     if not isinstance(n_ctx, int) or n_ctx <= 0:
@@ -408,7 +408,8 @@ def run(args) -> int:
                 line += f" {s[col] if s else '-':>12} {p[col - 1] if p else '-':>11}"
         print(line)
     if seed:
-        print("seed .02 cells (main 32768/65536/131072, PR 131072): ik_llama.cpp itself prints .01 (FACTS 6.6)")
+        print("seed .02 cells (main 32768/65536/131072, PR 131072): ik_llama.cpp itself prints .01 "
+              "(upstream facts §6.6)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": hp.name, "cache_type": args.cache_type, "rows": rows}, f, indent=1)

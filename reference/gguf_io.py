@@ -25,7 +25,7 @@ GGUF layout (version 2 and 3, little-endian)::
 
 Hyper-parameters are read as ``llm_load_hparams`` reads them (``src/llama.cpp@676f0e71b``, generic part then
 ``case LLM_ARCH_DEEPSEEK2``): the same keys, the same strict value types (``GKV::get_kv``: a ``u32`` field
-needs a ``UINT32`` value), the same defaults for absent optional keys (FACTS.md 1.1). One deliberate
+needs a ``UINT32`` value), the same defaults for absent optional keys (upstream facts §1.1). One deliberate
 difference: llama.cpp decides "Lite" (plain ``wq``, no ``attention.q_lora_rank``) only by ``n_layer == 27``,
 which a reduced-layer Lite cannot satisfy; here the q path follows the presence of ``attention.q_lora_rank``
 (what the converter writes) and ``hparams["loader_note"]`` says when llama.cpp would refuse the file.
@@ -37,7 +37,7 @@ encoded with :func:`mlaref.reference.quantize` (block types) or :mod:`mlaref.ref
 does (``DeepseekV2Model.modify_tensors``).
 
 ``mlaref inspect FILE.gguf [--ctx N] [--cache-type f16|q8_0]`` prints hyper-parameters, the tensor table, the
-MLA KV-cache plan (FACTS.md 2) and which kernels each weight type would use.
+MLA KV-cache plan (upstream facts §2) and which kernels each weight type would use.
 """
 
 from __future__ import annotations
@@ -788,7 +788,7 @@ PRESETS = {
     "tiny": dict(n_layer=2, n_embd=64, n_head=2, n_lora_kv=32, n_rot=32, n_embd_head_k=64, n_embd_head_v=32,
                  n_lora_q=0, n_ff=64, n_ff_exp=32, n_expert=4, n_expert_used=2, n_expert_shared=1,
                  n_layer_dense_lead=1, n_vocab=64, n_ctx_train=4096),
-    # DeepSeek-V2-Lite's attention (FACTS.md 1.1); 2 layers, 4 experts, narrow FFNs, small vocab
+    # DeepSeek-V2-Lite's attention (upstream facts §1.1); 2 layers, 4 experts, narrow FFNs, small vocab
     "lite-attn": dict(n_layer=2, n_embd=2048, n_head=16, n_lora_kv=512, n_rot=64, n_embd_head_k=192,
                       n_embd_head_v=128, n_lora_q=0, n_ff=512, n_ff_exp=256, n_expert=4, n_expert_used=2,
                       n_expert_shared=2, n_layer_dense_lead=1, n_vocab=256, n_ctx_train=163840),
@@ -973,7 +973,7 @@ def write_synthetic(path, preset: str = "tiny", *, types: dict | None = None, se
 # plans and the `mlaref inspect` command
 # ---------------------------------------------------------------------------------------------------------
 def kv_cache_plan(hp: dict, n_ctx: int, cache_type: str = "f16") -> dict:
-    """The MLA KV cache of ``-mla 2 -fa`` (FACTS.md 2): one ``[kv_lora_rank + n_rot, kv_size]`` tensor per layer.
+    """The MLA KV cache of ``-mla 2 -fa`` (upstream facts §2): one ``[kv_lora_rank + n_rot, kv_size]`` tensor per layer.
 
     kv_size = n_ctx rounded up to 256 (flash attention, :func:`mlaref.reference.hparams.pad_ctx`); the bytes come
     from :func:`mlaref.reference.alloc.kv_cache_bytes` (``n_layer * kv_size * row_size(cache_type, 576)``).

@@ -1,11 +1,11 @@
 """DeepSeek-V2 hyper-parameters as llama.cpp reads them, with the Lite and full presets and their validation.
 
 Fields carry llama.cpp's names (``llama_hparams`` in ``src/llama.cpp@676f0e71b``); the GGUF keys are
-``deepseek2.<key>`` (FACTS.md 1.1). llama.cpp decides "Lite" (no q low-rank projection, a plain ``wq``)
+``deepseek2.<key>`` (upstream facts §1.1). llama.cpp decides "Lite" (no q low-rank projection, a plain ``wq``)
 only by ``n_layer == 27`` (``llm_load_hparams``); :attr:`HParams.is_lite` keys it on ``n_lora_q == 0`` instead,
 so that synthetic models with fewer layers keep the Lite structure.
 
-Derived values used by the graph (``build_deepseek2``, FACTS.md 1.3), in float32 as the C++ computes them::
+Derived values used by the graph (``build_deepseek2``, upstream facts §1.3), in float32 as the C++ computes them::
 
     mscale             = attn_factor * (1 + rope_yarn_log_mul * logf(1 / freq_scale))
     kq_scale           = mscale * mscale / sqrtf(n_embd_head_k)
@@ -16,7 +16,7 @@ the two may differ in the last bit.
 
 Presets:
 
-* ``deepseek-v2-lite``: FACTS.md 1.1 (GGUF dumps; vocab, head_count_kv, expert_used_count,
+* ``deepseek-v2-lite``: upstream facts §1.1 (GGUF dumps; vocab, head_count_kv, expert_used_count,
   leading_dense_block_count, rms eps and rope base are HF-config values **[unverified]** there).
 * ``deepseek-v2``: the 236B model, from its HF ``config.json`` (hidden 5120, 60 layers, 128 heads, q_lora_rank
   1536, 160 routed experts of width 1536, 2 shared, 6 used, routed_scaling_factor 16, first_k_dense_replace 1,

@@ -996,7 +996,7 @@ static inline void mm_put_blocks(const int8_t *q, const float *d, int64_t nb, ui
     }
 }
 
-/* the exact int8 values and f32 scales of a row of 32-blocks (ggml-common.h layouts; FACTS 5) */
+/* the exact int8 values and f32 scales of a row of 32-blocks (ggml-common.h layouts; upstream facts §5) */
 
 static inline float mm_f32c(uint32_t u) { return mla_bits_f32(u); }
 #define MM_EXP_R 12582912.0f /* 0x1.8p23 */

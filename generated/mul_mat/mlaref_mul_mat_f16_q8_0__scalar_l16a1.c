@@ -376,7 +376,7 @@ static inline void mm_put_blocks(const int8_t *q, const float *d, int64_t nb, ui
     }
 }
 
-/* the exact int8 values and f32 scales of a row of 32-blocks (ggml-common.h layouts; FACTS 5) */
+/* the exact int8 values and f32 scales of a row of 32-blocks (ggml-common.h layouts; upstream facts §5) */
 
 
 /* src1 columns converted per block: the y cache stays in L2 while src0 streams through; block weights are decoded

@@ -413,7 +413,7 @@ static inline void mm_put_blocks(const int8_t *q, const float *d, int64_t nb, ui
     }
 }
 
-/* the exact int8 values and f32 scales of a row of 32-blocks (ggml-common.h layouts; FACTS 5) */
+/* the exact int8 values and f32 scales of a row of 32-blocks (ggml-common.h layouts; upstream facts §5) */
 
 /* k-quant rows -> int16 values (x: q * sub-block scale, q6_K codes minus 32; y: q8_K values) per super-block, the
    super-block scale, and for q4_K the dmin and the 8 mins (x) or the 8 sums of 32 y values from bsums (y) */

@@ -1070,7 +1070,7 @@ static inline void mm_put_blocks(const int8_t *q, const float *d, int64_t nb, ui
     }
 }
 
-/* the exact int8 values and f32 scales of a row of 32-blocks (ggml-common.h layouts; FACTS 5) */
+/* the exact int8 values and f32 scales of a row of 32-blocks (ggml-common.h layouts; upstream facts §5) */
 /* m: the q4_1 / q5_1 offsets, the q8_1 s = f16(d * sum q); unused (may be NULL) for the other types */
 static inline void mm_decode_q5_0(const uint8_t *row, int64_t nb, int8_t *q, float *d, float *m) {
     (void)m;

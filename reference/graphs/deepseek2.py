@@ -2,12 +2,12 @@
 
 The builder issues the same ggml calls, in the same order and with the same ``build_forward_expand`` roots,
 as ``llm_build_context::build_deepseek2`` (``src/llama.cpp@676f0e71b``), so the IR's DFS gives llama.cpp's
-node order and the allocator model sees llama.cpp's graph (FACTS.md 3). Names are the ``cb`` names
+node order and the allocator model sees llama.cpp's graph (upstream facts §3). Names are the ``cb`` names
 (``"%s-%d"`` with the layer, e.g. ``kv_f32-1``) or ggml's automatic ones.
 
 Prompt-processing attention (n_tokens > n_head, the worst-case reserve graph):
 
-``f32``  (before #253, fc6a65dda; FACTS 3.3 "old sub-branch")
+``f32``  (before #253, fc6a65dda; upstream facts §3.3 "old sub-branch")
     cast the whole per-layer cache view ``[576, n_kv]`` to f32, ``kv_f32 = wkv_b × nope``, repeat and permute
     the rope part in f32, concat K in f32, cast K and V back to the cache type.
 ``direct`` (#253's CPU-only branch, 676f0e71b)
@@ -27,12 +27,12 @@ Prompt-processing attention (n_tokens > n_head, the worst-case reserve graph):
     token). Default chunk: 4096 cells (DeepSeek-V2-Lite, f16 cache: 204.00 MiB up to 65536, 260.26 at
     131072; 2048 cells give 217.13 there, at twice the merges).
 
-Token generation (n_tokens <= n_head, FACTS 3.1): the absorbed-weights path with ``wk_b``/``wv_b``, a
+Token generation (n_tokens <= n_head, upstream facts §3.1): the absorbed-weights path with ``wk_b``/``wv_b``, a
 transposed copy of the latent cache, ``soft_max_ext`` with the f16 mask; shared by all variants (the
 chunked variant's mask is its f16 input, the others cast the f32 input as llama.cpp does).
 
 Worst case (``llama_new_context_with_model``): ``n_tokens = min(n_ctx, n_ubatch)``, ``n_kv = n_ctx``,
-``kv_head = n_ctx - n_tokens``, ``n_outputs = n_tokens`` (FACTS 6.3).
+``kv_head = n_ctx - n_tokens``, ``n_outputs = n_tokens`` (upstream facts §6.3).
 """
 
 from __future__ import annotations
@@ -410,7 +410,7 @@ class _Builder:
         return acc
 
     def attn_tg(self, q_nope, q_rope, kv_cache, wk_b, wv_b, kv_l, il) -> ir.Tensor:
-        """mla = 2 token generation (n_tokens <= n_head), FACTS 3.1; attn_max_batch = 0."""
+        """mla = 2 token generation (n_tokens <= n_head), upstream facts §3.1; attn_max_batch = 0."""
         hp, T = self.hp, self.T
         H, nope, rank = hp.n_head, hp.n_embd_head_qk_nope, hp.n_lora_kv
         rs = ir.row_size

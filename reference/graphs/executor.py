@@ -1,7 +1,7 @@
 """The graph executor: runs an IR graph node by node, in graph order, on the reference ops (or on overrides).
 
 ``run_graph(g, weights=..., kv_cache=..., inputs=..., keep=..., impl=..., options=...)`` walks
-``g.graph.nodes`` (the order ``build_forward_expand`` gives, FACTS 3.3) and binds every IR tensor to an
+``g.graph.nodes`` (the order ``build_forward_expand`` gives, upstream facts §3.3) and binds every IR tensor to an
 :class:`mlaref.reference.tensor.Tensor`:
 
 * **leaves** by name: weights (``g.weights``; every IR leaf of that name, e.g. ``attn_kv_b`` used once per KV chunk,
@@ -29,7 +29,7 @@ meaning and the reference ``cpy`` refuses it (ValueError).
 
 Memory: a tensor's buffer is dropped after the last node that reads it (directly or through a view), unless it
 is a leaf, the graph output or named in ``keep``, so the executor's live set follows ggml-alloc's free rule
-(FACTS 6.2) without in-place reuse: after every node of the synthetic graphs it holds exactly the bytes
+(upstream facts §6.2) without in-place reuse: after every node of the synthetic graphs it holds exactly the bytes
 :func:`mlaref.reference.alloc.allocate_graph` holds, inputs aside (tests/graphs/test_executor.py).
 ``stats`` (a dict) receives ``peak_bytes`` (the largest sum of live owned buffers, each rounded up to the
 32-byte alignment, taken right after a node's result exists and before its dead sources are dropped),

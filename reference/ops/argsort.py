@@ -3,7 +3,7 @@
 ``a`` is f32 ``[ne0, ne1, ne2, ne3]`` with packed rows; the result is a new contiguous **i32** tensor of the same
 shape whose row ``r`` lists the indices ``0..ne0-1`` of row ``r`` of ``a`` in ``order`` ("asc" or "desc",
 ``GGML_SORT_ORDER_ASC`` = 0 / ``DESC`` = 1). ``ggml_top_k(a, k)`` is the view of the first ``k`` columns of the
-descending argsort; the MoE router takes the top 6 of 64 expert probabilities per token (FACTS 3.3).
+descending argsort; the MoE router takes the top 6 of 64 expert probabilities per token (upstream facts §3.3).
 
 Values compare with C float ``<`` / ``>``: any comparison with NaN is false, and -0 equals +0. Which of several
 equal values comes first depends on the sorting algorithm, and the two ggml versions use different ones:

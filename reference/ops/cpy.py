@@ -5,7 +5,7 @@ Both tensors hold the same number of elements; values are taken in ggml's logica
 i2, i3) of the source and written in the logical order of the destination, so the shapes may differ.
 ``cpy(src, dst)`` writes into ``dst`` (a Tensor, typically a view: the write is visible in its base) and returns
 it; ``dst`` may also be a type name, giving a new contiguous tensor of src's shape (``ggml_cast``). ``dup(a)`` is
-``cast(a, a.type)``. Conversions (FACTS.md 4d):
+``cast(a, a.type)``. Conversions (upstream facts §4d):
 
 ==================  ===================================================================  ======================
 src -> dst          rule                                                                 rounding

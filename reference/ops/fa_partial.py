@@ -14,7 +14,7 @@ when the chunks are the plan's chunks (``n_kv * c // n`` .. ``n_kv * (c + 1) // 
 ``[Dk|Dv, n, n_head_kv, ne3]`` (f16 or q8_0; head h reads K/V head ``h // (n_head / n_head_kv)``), an optional f16
 mask ``[n, >= n_q]`` that may be a strided column block of the full mask. Result f32 ``[Dv + 2, n_head, n_q,
 ne3]``; row (h, t) holds ``acc[0..Dv-1]``, then ``M``, then ``S``, computed by the blocked online softmax
-over the chunk's cells in blocks of ``plan.k_step`` (FACTS 4e "iqk algorithm"):
+over the chunk's cells in blocks of ``plan.k_step`` (upstream facts §4e, "The iqk algorithm"):
 
     s = vec_dot(K[j], Q) * scale          (Q converted to K's vec_dot type, plan.for_pair order)
     s = -inf where the mask's f16 bits are not +0.0 (binary mask)

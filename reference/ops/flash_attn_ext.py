@@ -8,8 +8,8 @@ already permuted (0, 2, 1, 3) as ggml writes it. If ``softcap != 0`` then ``scal
 (``ggml_compute_forward_flash_attn_ext_f16``). ALiBi (``max_bias > 0``) and attention sinks are not modelled.
 
 **algorithm="generic"**: upstream ggml's ``ggml_compute_forward_flash_attn_ext_f16_one_chunk`` (ops.cpp of
-ggml-python's vendored ggml 0.15.3; FACTS 4e "Generic ggml algorithm"). Q is converted to K's vec_dot type with
-its ``from_float`` (f16: RNE; q8_0: ``variant``). For each KV row ic in order, per query row:
+ggml-python's vendored ggml 0.15.3; upstream facts §4e, "ggml's generic algorithm"). Q is converted to K's vec_dot
+type with its ``from_float`` (f16: RNE; q8_0: ``variant``). For each KV row ic in order, per query row:
 
     mv = mask[ic]; skip the row if mv == -inf
     s  = vec_dot(K[ic], Q) * scale           (plan.for_pair(k.vdt) order); softcap: s = softcap*tanhf(s)
@@ -41,8 +41,9 @@ its single chunk is the identity except that it turns a -0.0 of VKQ into +0.0 (`
 **algorithm="tiled"**: from 64 queries (f32 q, K and V both f16 or both f32, and in a SIMD build
 ``Dv % GGML_F32_EPR == 0``) upstream runs a tiled f32 kernel, another order: :mod:`.fa_tiled`.
 
-**algorithm="blocked"**: the iqk order (FACTS 4e "iqk algorithm"), parametrised by the plan: KV rows in blocks
-of ``k_step``, split into ``kv_chunks`` contiguous chunks that run independently and are merged in index order.
+**algorithm="blocked"**: the iqk order (upstream facts §4e, "The iqk algorithm"), parametrised by the plan: KV rows
+in blocks of ``k_step``, split into ``kv_chunks`` contiguous chunks that run independently and are merged in index
+order.
 Per block, with s = vec_dot(K, Q)·scale (or softcap·tanhf(s·scale)), and the mask **binary** (any f16 bit
 pattern but +0.0 masks the entry to -inf):
 

@@ -9,7 +9,7 @@ contiguous f32 tensor ``[ne0, n, ne2, ne3]`` (i32 when ``a`` is i32)::
 ``to_f32`` is the exact widening of f16/bf16, a plain copy of f32/i32, and the format's ``to_float``
 (dequantize) for block types: every value is exact given the source. Every index must lie in ``[0, a.ne[1])``
 (ggml asserts it). a's rows must be packed (``nb[0] == type size``), as ggml's row routines read them.
-Runs on one thread in ik_llama.cpp@676f0e71b (FACTS.md 7); upstream ggml splits rows, which does not matter.
+Runs on one thread in ik_llama.cpp@676f0e71b (upstream facts §7); upstream ggml splits rows, which does not matter.
 """
 
 from __future__ import annotations

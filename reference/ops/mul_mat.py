@@ -1,6 +1,6 @@
 """mul_mat: ``dst = a · b`` over ggml tensors, with src1 converted to the weight's vec_dot type first.
 
-Shapes (``ggml_mul_mat``, FACTS 4a): a = src0 ``[K, M, ne02, ne03]``, b = src1 ``[K, N, ne12, ne13]`` with
+Shapes (``ggml_mul_mat``, upstream facts §4a): a = src0 ``[K, M, ne02, ne03]``, b = src1 ``[K, N, ne12, ne13]`` with
 ``ne12 % ne02 == 0`` and ``ne13 % ne03 == 0``; dst is always **f32** ``[M, N, ne12, ne13]``, contiguous:
 
     dst[i13, i12, i11, i01] = vec_dot(a row (i01, i12 // r2, i13 // r3), converted b row (i11, i12, i13))
@@ -18,13 +18,13 @@ Two versions, as ONNX versions an op whose semantics change (style.md 1):
   f32 nor the vec_dot type is widened with ``to_float`` (exact for f16/bf16, the dequantized values for block
   types) and then converted with ``from_float``. The per-thread scratch row changes nothing numerically.
 
-The vec_dot type per weight type is ggml's column without IQK (FACTS 4a): f32 -> f32, f16 -> f16 (so an f16
+The vec_dot type per weight type is ggml's column without IQK (upstream facts §4a): f32 -> f32, f16 -> f16 (so an f16
 weight rounds an f32 src1 to f16), bf16 -> bf16, q4_0/q5_0/q8_0/iq4_nl -> q8_0, q4_1/q5_1 -> q8_1,
 q4_K/q6_K -> q8_K (upstream's x86 ``from_float`` of q8_K is its reference quantizer: variant ``x86``). A
 ``vec_dot_type`` argument selects another accepted y layout (``q8_0_x4`` / ``q8_1_x4``).
 
 Every dot product is :func:`mlaref.reference.ops.vec_dot.vec_dot` under ``plan``, so the result is bit-exact
-with any implementation of that plan; threads in ggml split only rows (FACTS 7), which changes nothing.
+with any implementation of that plan; threads in ggml split only rows (upstream facts §7), which changes nothing.
 """
 
 from __future__ import annotations

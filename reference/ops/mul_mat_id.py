@@ -6,9 +6,9 @@ matrix per expert, rows packed), ``b`` = src1 ``[K, n_b, T, 1]``, ``ids`` = i32 
 
     dst[:, i, t] = mul_mat(as[:, :, ids[i, t]], b[:, i % n_b, t])        i < n_used, t < T
 
-so ``n_b == 1`` broadcasts one src1 row per token to all of its experts (the MoE gate/up projections of FACTS 3.3:
-as [2048, 1408, 64], b = ffn_norm [2048, 1, 512], ids [6, 512] -> [1408, 6, 512]) and ``n_b == n_used`` gives each
-expert slot its own row (the down projection: b [1408, 6, 512] -> [2048, 6, 512]).
+so ``n_b == 1`` broadcasts one src1 row per token to all of its experts (the MoE gate/up projections of
+upstream facts §3.3: as [2048, 1408, 64], b = ffn_norm [2048, 1, 512], ids [6, 512] -> [1408, 6, 512]) and
+``n_b == n_used`` gives each expert slot its own row (the down projection: b [1408, 6, 512] -> [2048, 6, 512]).
 
 Every element is the mul_mat element of :mod:`mlaref.reference.ops.mul_mat` for the same weight row and src1 row:
 src1 rows are converted with the weight's vec_dot type's ``from_float`` (row by row, or block by block when

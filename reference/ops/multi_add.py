@@ -3,7 +3,8 @@
 ik_llama.cpp@676f0e71b (ggml.c, ``ggml_multi_add`` / ``ggml_compute_forward_multi_add_f32``) sums the MoE
 experts' outputs: ``a`` is the view ``[ne0, ne1]`` (``ne2 == ne3 == 1``) of the weighted expert outputs
 ``[ne0, n, ne1]`` whose row ``r`` starts at ``r*nb[1]``, with ``nb[1] = n*ne0*4`` for the contiguous
-``[2048, 6, 512]`` tensor of FACTS 3.3. ``n = n_experts >= 1``. The result is a new contiguous f32 ``[ne0, ne1]``::
+``[2048, 6, 512]`` tensor of upstream facts §3.3. ``n = n_experts >= 1``. The result is a new contiguous f32
+``[ne0, ne1]``::
 
     dst[:, r] = ((0 + x_0) + x_1) + ... + x_{n-1},     x_j = the ne0 floats at byte r*nb[1] + j*ne0*4
 

@@ -23,7 +23,7 @@ math as ``ggml_compute_forward_rope_f32`` at ggml.c@676f0e71b), all in float32::
 product is rounded, the first is fused). Running upstream ggml (ggml-python, x86-64 with FMA) settles two of
 the marked lines: with both the ``theta`` and the output contractions the result is bit-exact; without the
 ``theta`` one about 23 % of the outputs differ, without the output one 0.7 % (512 tokens x 16 heads, YaRN
-parameters of FACTS.md 1.3; tests/reference/test_ops_math.py). The ``m`` line gives the same float either way for
+parameters of upstream facts §1.3; tests/reference/test_ops_math.py). The ``m`` line gives the same float either way for
 ``freq_scale = 1/40``, so its contraction is modelled but unconfirmed. ``fma=False`` gives the uncontracted
 formulas of a ``-ffp-contract=off`` build. ik_llama.cpp@676f0e71b (C, ``-std=gnu11 -march=native``) is assumed
 to contract the same way **[unverified]**.

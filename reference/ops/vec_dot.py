@@ -3,7 +3,7 @@
 ``vec_dot(x, x_type, y, y_type, n, plan="ggml_generic") -> float32 (M, N)``: ``x`` holds M rows and ``y`` N
 rows of ``n`` values each as raw bytes (uint8 ``(M, row_bytes)``; f32 rows as their 4-byte little-endian
 words, f16/bf16 rows as their 16-bit patterns); ``out[i, j]`` is the dot product of x row i and y row j,
-computed in the float order of ``plan.for_pair(x_type.y_type)``. Pairs (FACTS 4a's vec_dot_type table):
+computed in the float order of ``plan.for_pair(x_type.y_type)``. Pairs (upstream facts §4a, vec_dot_type table):
 
 * element pairs: ``f32.f32``, ``f16.f16``, ``bf16.bf16``;
 * 32-blocks: ``q8_0.q8_0``, ``q4_0.q8_0``, ``q5_0.q8_0``, ``iq4_nl.q8_0``, ``q4_1.q8_1``, ``q5_1.q8_1``, and

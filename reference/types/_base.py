@@ -20,7 +20,7 @@ out as rows (the x4 layouts interleave them). Importance weights reach ``quantiz
 ``block_weights``, which by default repeats the imatrix for every row; formats whose model quantizer mixes in row
 statistics (``sigma2`` of the legacy ``_impl`` quantizers) override it.
 
-Quantize variants are named by lineage (FACTS.md section 4d):
+Quantize variants are named by lineage (upstream facts §4d):
 
 =========  ===================================================================================
 variant    meaning
@@ -55,7 +55,7 @@ class BlockFormat:
     block_size: ClassVar[int]
     type_size: ClassVar[int]
     dtype: ClassVar[np.dtype]
-    vec_dot_type: ClassVar[str | None]  # src1's type in ggml's scalar vec_dot (FACTS 4a); None: no vec_dot
+    vec_dot_type: ClassVar[str | None]  # src1's type in ggml's scalar vec_dot (upstream facts §4a); None: no vec_dot
     is_quantized: ClassVar[bool] = True
     domain: ClassVar[str] = "every byte pattern"
     variants: ClassVar[dict[str, str]] = {"ref": "ref", "model": "ref", "x86": "ref"}

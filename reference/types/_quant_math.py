@@ -17,7 +17,7 @@ baseline x86-64 with SSE2), and the tests compare bytes with it. Contraction wou
 accumulations of ``make_qx_quants`` (``sumlx = fmaf(w*x, l, sumlx)``, ``suml2 = fmaf(w*l, l, suml2)``) changes
 32 of 2048 q6_K blocks of N(0, 1) data, and the peer agrees with the unfused model on all of them. A real
 ik_llama.cpp build compiles ggml-quants.c with ``-march=native`` in GNU C mode, where GCC may contract these
-expressions (FACTS.md section 4): its bytes may differ from these in that way (not checked).
+expressions (upstream facts §4): its bytes may differ from these in that way (not checked).
 
 ``nearest_int`` is ggml's ``1.5*2**23`` trick (:func:`mlaref.reference.fp.nearest_int`), reproduced bit for bit
 also outside its asserted range (asserts are compiled out), so inf and NaN map the way the C code maps them.

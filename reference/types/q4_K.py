@@ -43,7 +43,7 @@ Reproduces ggml-quants.c of the upstream ggml that ggml-python 0.0.45 vendors; i
 same ``quantize_row_q4_K_ref``, ``quantize_row_q4_K_impl`` and dequantizer, and differs only in
 ``make_qp_quants`` for sub-block scales all below 1e-15 (see :mod:`._quant_math`). No step is fused into an FMA
 (the peer's ggml-base holds no FMA instruction); a real ik_llama.cpp build compiles ggml-quants.c with
-``-march=native`` in GNU C mode and may contract some of these expressions (FACTS.md section 4, unverified).
+``-march=native`` in GNU C mode and may contract some of these expressions (upstream facts §4, unverified).
 
 Valid domain: ``d`` and ``dmin`` finite f16 (ggml writes them >= 0); every scale and nibble byte pattern.
 Dequantize is defined for every byte pattern.

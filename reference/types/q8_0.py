@@ -19,7 +19,7 @@ Quantization, per block with ``amax = max |x_j|``:
   ``id = 127 / amax`` and the rounding is ``_mm256_round_ps(_MM_ROUND_NEAREST)``, i.e. ties to even. ``d`` is
   stored with ``GGML_CPU_FP32_TO_FP16``, which upstream (GCC/Clang) maps to the software routine, as ``ref``
   does (ik_llama.cpp's IQK quantizers store with F16C; the two differ only on NaN). ``ref`` and ``x86``
-  differ on exact .5 ties and wherever ``127/amax`` and ``1/(amax/127)`` differ by an ulp (FACTS.md 4d).
+  differ on exact .5 ties and wherever ``127/amax`` and ``1/(amax/127)`` differ by an ulp (upstream facts §4d).
 * ``model`` is ``ref`` (``quantize_q8_0`` ignores the imatrix).
 
 Non-finite products. Where ``x * id`` is not finite (an infinite input, or ``amax`` so small that the

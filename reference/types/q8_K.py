@@ -25,7 +25,7 @@ Quantization variants:
   is infinite, every product is +-inf or NaN, ``nearest_int`` maps both to a multiple of 256, so ``qs = 0``,
   ``bsums = 0`` and ``d = 1/iscale = -+0``.
 * ``x86``: upstream ggml's CPU ``from_float`` (``quantize_row_q8_K`` in ggml-cpu/arch/x86/quants.c) calls ``ref``
-  (FACTS.md 4d, "Upstream ggml differs for Q8_K").
+  (upstream facts §4d, "Upstream ggml differs for Q8_K").
 * ``iqk``: ik_llama.cpp@676f0e71b's CPU ``from_float`` on x86 with AVX2, ``iqk_quantize_row_q8_K``
   (ggml/src/iqk/iqk_quantize.cpp): ``amax = max|x|``, ``d = amax/127`` (>= 0), ``id = 127/amax`` (0 if
   ``amax == 0``), ``v = x*id`` rounded to nearest even (``_mm256_round_ps``), converted by ``_mm256_cvtps_epi32``
@@ -39,7 +39,7 @@ How ref and iqk relate: both multipliers are the same float up to sign (``-127/m
 exactly, division being sign-symmetric) and both round ties to even, so for every block with ``127/amax``
 finite, ``qs_iqk = -sign(max) * qs_ref`` and ``bsums_iqk = -sign(max) * bsums_ref`` exactly; ``d`` agrees in
 magnitude to one ulp (``amax/127`` vs ``1/(-127/max)``). They differ otherwise only in the sign of ``d``, in
-all-zero blocks (bsums written vs left alone) and in the tiny-``amax`` hazard above. (FACTS.md 5 says "q can
+all-zero blocks (bsums written vs left alone) and in the tiny-``amax`` hazard above. (upstream facts §5 says "q can
 differ": it can only by this sign.)
 
 Valid domain (what the quantizers write, and what vec_dot kernels may assume): ``d`` a finite float32 of any

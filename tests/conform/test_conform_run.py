@@ -1,8 +1,8 @@
 """mlaref conform against ggml-python's libggml: the whole case set runs, every verdict is explained, and the ops
 the spec models exactly are bit-exact.
 
-The expectations below are written out here from the facts (FACTS.md 4a-4g, the upstream sources), not taken from
-the cases' own ``expect`` fields: a case set that quietly downgraded an op to "nmse" would fail here.
+The expectations below are written out here from the facts (upstream facts §4a to §4g, and the upstream sources), not
+taken from the cases' own ``expect`` fields: a case set that quietly downgraded an op to "nmse" would fail here.
 """
 
 import pytest
@@ -113,7 +113,7 @@ def test_flash_attention_takes_upstreams_path(by_id):
 @pytest.mark.parametrize("wt", UPSTREAM_REFUSES_F16_SRC1)
 def test_mul_mat_f16_src1_equals_upstream_on_the_widened_src1(by_id, wt):
     """Upstream refuses an f16 src1; #253's to_float widening is exact, so the spec's MulMat_253 on the f16 src1
-    must give upstream's bytes on the f32 copy (FACTS 0.10), and the verdict says how it was compared."""
+    must give upstream's bytes on the f32 copy (upstream facts §0.10), and the verdict says how it was compared."""
     v = by_id[f"mul_mat/{wt}xf16"]
     assert v["status"] == "bit-exact", v["text"]
     assert "supports_op" in v["text"] and "PR #253" in v["text"] and "widened to f32" in v["text"]

@@ -85,7 +85,7 @@ def test_memory_slopes_agree_with_the_seed_table(site):
 
 
 def test_memory_peak_tables_show_the_peak_tensors(site):
-    # FACTS 6.5: at 16384 the PR's peak is the allocation of v-1 (buffer 452.01 MiB, the seed's cell), main's
+    # Upstream facts §6.5: at 16384 the PR's peak is the allocation of v-1 (buffer 452.01 MiB, the seed's cell), main's
     # the allocation of k-1 (712.01); f32 K is 12288 B per token (192 f32 x 16 heads), the f16 K 6144.
     memory = _text((site / "memory" / "index.html").read_text(encoding="utf-8"))
     assert "allocation of v-1 set max_size" in memory and "452.01 MiB" in memory
@@ -97,7 +97,7 @@ def test_memory_peak_tables_show_the_peak_tensors(site):
 
 
 def test_graph_pages_show_the_builders_nodes(site):
-    # FACTS 3.3: in the PR's branch K is a CONCAT in the cache type, [192, n_kv, 16]; before it K is a CPY
+    # Upstream facts §3.3: in the PR's branch K is a CONCAT in the cache type, [192, n_kv, 16]; before it K is a CPY
     # (cast) of the f32 concat k_f32.
     graphs = _text((site / "graphs" / "index.html").read_text(encoding="utf-8"))
     assert "k-1 CONCAT f16 [192, 8192, 16] 50,331,648" in graphs  # 192*8192*16*2 bytes
@@ -159,3 +159,79 @@ def test_conformance_page_renders_the_conform_snapshots(site):
             assert unexplained == 0, path.stem
             assert data["ggml"]["build"]["vec_dot_plan"] in html
     assert "concat/q8_0" in html and "aborted" in html
+
+
+# -- the upstream facts: the repository cites its own pages (docs/facts/), never a file outside it ---------------
+# the fact sheet outside the repository, joined at run time so that neither this file nor its .pyc names it
+_OLD_SHEET = "".join(("F", "ACTS"))
+_SECTION = r"§(?:\d+[a-g]?(?:\.\d+)?|A(?:\.\d+)?)"
+_CITATION = re.compile(rf"[Uu]pstream facts\s+({_SECTION}(?:(?:, | and | to | / ){_SECTION})*)")
+# the numbering the citations use: one anchor per section, and per item of §0 and of Appendix A
+_SECTIONS = (["0", "1", "1.1", "1.2", "1.3", "2", "3", "3.1", "3.2", "3.3", "4", "5", "6", "7", "8", "A"]
+             + [f"0.{i}" for i in range(1, 11)] + [f"4{c}" for c in "abcdefg"] + [f"6.{i}" for i in range(1, 7)]
+             + [f"A.{i}" for i in range(1, 10)])
+
+
+def _anchor(section: str) -> str:
+    return "facts-" + section.lstrip("§").lower().replace(".", "-")
+
+
+def _fact_pages() -> dict[str, set[str]]:
+    """docs/facts/<page>.md -> the ``{#facts-...}`` anchors it defines."""
+    return {p.name: set(re.findall(r"\{#(facts-[a-z0-9-]+)\}", p.read_text(encoding="utf-8")))
+            for p in sorted((ROOT / "docs" / "facts").glob("*.md"))}
+
+
+def _repository_texts():
+    """(path, text) of every file in the repository that git tracks or would track (not .git, not ignored
+    build outputs); JSON's ``\\u00a7`` escapes read as ``§``."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, names):
+        path = ROOT / name
+        if not path.is_file():
+            continue  # deleted in the work tree
+        data = path.read_bytes()
+        if b"\0" in data[:8192]:
+            continue  # binary
+        text = data.decode("utf-8", errors="replace")
+        yield name, text.replace("\\u00a7", "§") if name.endswith(".json") else text
+
+
+def test_facts_pages_define_every_section_once():
+    pages = _fact_pages()
+    assert "index.md" in pages
+    defined = [a for anchors in pages.values() for a in anchors]
+    assert len(defined) == len(set(defined)), "an anchor is defined twice"
+    missing = sorted({_anchor(s) for s in _SECTIONS} - set(defined))
+    assert not missing, f"docs/facts/ lacks the anchors {missing}"
+
+
+def test_nothing_cites_the_outside_fact_sheet_and_every_citation_resolves():
+    pages = _fact_pages()
+    anchors = {a for page in pages.values() for a in page}
+    old = re.compile(rf"\b{_OLD_SHEET}(?:\.md\b|\s+(?:section\s+)?\d)")
+    link = re.compile(r"\]\(([^()#\s]*)#(facts-[a-z0-9-]+)\)")  # a Markdown link to a facts anchor
+    outside, unresolved, n = [], [], 0
+    for name, text in _repository_texts():
+        for k, line in enumerate(text.splitlines(), 1):
+            if old.search(line):
+                outside.append(f"{name}:{k}: {line.strip()[:100]}")
+            for m in _CITATION.finditer(line):
+                for s in re.findall(_SECTION, m.group(1)):
+                    n += 1
+                    if _anchor(s) not in anchors:
+                        unresolved.append(f"{name}:{k}: {s}")
+            if name.endswith(".md"):
+                for target, anchor in link.findall(line):
+                    page = ((ROOT / name).parent / target).resolve() if target else (ROOT / name).resolve()
+                    if page.parent != (ROOT / "docs" / "facts").resolve() or anchor not in pages.get(page.name, ()):
+                        unresolved.append(f"{name}:{k}: {target}#{anchor}")
+    assert not outside, "cites the fact sheet outside the repository:\n" + "\n".join(outside)
+    assert not unresolved, "cites an upstream-facts section no page defines:\n" + "\n".join(unresolved)
+    assert n > 300  # the code, tests, templates and docs do cite the facts

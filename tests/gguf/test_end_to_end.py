@@ -10,7 +10,8 @@ What is shown (the expected relations come from the graphs work, tests/graphs/te
 under test):
 
 * f32 (pre-#253) and direct (#253) give the same bytes for the attention output ``kqv`` of every layer and the
-  logits, for an f16 cache and for a q8_0 cache written by ggml's x86 quantizer (FACTS 0.10 as executed there);
+  logits, for an f16 cache and for a q8_0 cache written by ggml's x86 quantizer
+  (upstream facts §0.10 as executed there);
 * chunked (``flash_attn_ext_partial`` + ``fa_merge`` over 256-cell chunks) gives the bytes of the direct graph
   whose ``flash_attn_ext`` runs the blocked algorithm with ``kv_chunks = n_kv / 256``;
 * with the generated kernels put into the executor (``codegen/kernel_impls.py``) under the same plans

@@ -1,6 +1,6 @@
 """The "lite-attn" synthetic file: DeepSeek-V2-Lite's real attention shapes, read, planned and inspected.
 
-Expected values are FACTS.md 1.1 (shapes from llm_load_tensors) and 2 (KV cache) and the seed's table
+Expected values are upstream facts §1.1 (shapes from llm_load_tensors) and §2 (KV cache) and the seed's table
 (60.75 MiB of f16 cache for 27 layers at 2048 context), typed in here, not computed by the code under test.
 """
 
@@ -11,7 +11,7 @@ import pytest
 from mlaref.codegen.cli import main as cli_main
 from mlaref.reference import gguf_io
 
-# FACTS.md 1.1: (ne0, ne1) of the attention weights of DeepSeek-V2-Lite
+# Upstream facts §1.1: (ne0, ne1) of the attention weights of DeepSeek-V2-Lite
 LITE_ATTN_SHAPES = {
     "attn_q": (2048, 3072),
     "attn_kv_a_mqa": (2048, 576),

@@ -167,7 +167,7 @@ def test_q_lora_path(tmp_path):
 
 
 def test_loader_defaults_for_absent_optional_keys(tiny, tools, tmp_path):
-    """FACTS.md 1.1 / llm_load_hparams: absent optional keys take the loader's defaults."""
+    """Upstream facts §1.1 / llm_load_hparams: absent optional keys take the loader's defaults."""
     path, _ = tiny
     a = "deepseek2."
     dropped = tools.rewrite(path, tmp_path / "d.gguf", drop=[

@@ -1,6 +1,6 @@
-"""The ggml-alloc model against the seed's table, what ik_llama.cpp prints, and the peak tables of FACTS.md 6.
+"""The ggml-alloc model against the seed's table, what ik_llama.cpp prints, and the peak tables of upstream facts §6.
 
-Expected values are literals copied from the seed README / FACTS.md (independent of the code under test).
+Expected values are literals copied from the seed README / upstream facts §6 (independent of the code under test).
 """
 
 import json
@@ -19,7 +19,7 @@ MiB = 1 << 20
 SEED_KV = {2048: "60.75", 4096: "121.50", 8192: "243.00", 16384: "486.00", 32768: "972.00", 65536: "1944.00",
            131072: "3888.00"}
 
-# What ik_llama.cpp@676f0e71b (PR) and @fc6a65dda (main) print as "CPU compute buffer size" (FACTS.md 6.6).
+# What ik_llama.cpp@676f0e71b (PR) and @fc6a65dda (main) print as "CPU compute buffer size" (upstream facts §6.6).
 PRINTED = {
     ("direct", 2048): "204.00", ("direct", 4096): "204.00", ("direct", 8192): "220.01",
     ("direct", 16384): "452.01", ("direct", 32768): "884.01", ("direct", 65536): "1748.01",
@@ -28,7 +28,7 @@ PRINTED = {
     ("f32", 32768): "1404.01", ("f32", 65536): "2788.01", ("f32", 131072): "5556.01",
 }
 
-# The seed's own cells where they differ from the program (FACTS.md 6.6: the seed reads .02 there).
+# The seed's own cells where they differ from the program (upstream facts §6.6: the seed reads .02 there).
 SEED_02 = {("f32", 32768): "1404.02", ("f32", 65536): "2788.02", ("f32", 131072): "5556.02",
            ("direct", 131072): "3476.02"}
 
@@ -46,7 +46,8 @@ def test_kv_cache_matches_seed_column(n_ctx):
 
 
 def test_kv_cache_other_types():
-    # FACTS 2: q8_0 rows are 18 blocks x 34 B = 612 B, 27 x 612 = 16524 B per cell; bf16 rows are 1152 B like f16.
+    # Upstream facts §2: q8_0 rows are 18 blocks x 34 B = 612 B, 27 x 612 = 16524 B per cell; bf16 rows are 1152 B
+    # like f16.
     assert kv_cache_bytes(LITE, 2048, "q8_0") == 27 * 2048 * 612
     assert mib(kv_cache_bytes(LITE, 2048, "q8_0")) == "32.27"
     assert kv_cache_bytes(LITE, 131072, "bf16") == 4_076_863_488
@@ -61,7 +62,7 @@ def test_compute_buffer_as_printed(buffers, variant, n_ctx):
 
 
 def test_seed_02_cells_are_the_only_differences(buffers):
-    # The seed agrees with the program everywhere except four cells, each exactly 0.01 higher (FACTS 6.6).
+    # The seed agrees with the program everywhere except four cells, each exactly 0.01 higher (upstream facts §6.6).
     seed_pr = {2048: "204.00", 4096: "204.00", 8192: "220.01", 16384: "452.01", 32768: "884.01",
                65536: "1748.01", 131072: "3476.02"}
     seed_main = {2048: "204.00", 4096: "204.00", 8192: "358.01", 16384: "712.01", 32768: "1404.02",
@@ -77,7 +78,7 @@ def test_seed_02_cells_are_the_only_differences(buffers):
 
 
 def test_large_context_formula(buffers):
-    # FACTS 6.4: max_size = 27648 n + 20 MiB + 6144 B (PR) and 44288 n + 20 MiB + 6144 B (main), n >= 16384,
+    # Upstream facts §6.4: max_size = 27648 n + 20 MiB + 6144 B (PR) and 44288 n + 20 MiB + 6144 B (main), n >= 16384,
     # and the CPU buffer adds 32 B.
     for n in (16384, 32768, 65536, 131072):
         assert buffers["direct", n].max_size == 27648 * n + 20 * MiB + 6144
@@ -86,12 +87,12 @@ def test_large_context_formula(buffers):
 
 
 def test_fmoe_changes_nothing():
-    # FACTS 6.6: -fmoe still prints 3476.01 / 5556.01 at 131072.
+    # Upstream facts §6.6: -fmoe still prints 3476.01 / 5556.01 at 131072.
     assert compute_buffer(LITE, 131072, variant="direct", fmoe=True).buffer_mib == "3476.01"
     assert compute_buffer(LITE, 131072, variant="f32", fmoe=True).buffer_mib == "5556.01"
 
 
-# -- what is alive at the peak (FACTS 6.5) --------------------------------------------------------------------
+# -- what is alive at the peak (upstream facts §6.5) -------------------------------------------------------------------
 def _live(r):
     return {lt.name: round(lt.offset / MiB, 3) for lt in r.peak_live()}
 
@@ -112,7 +113,7 @@ def test_peak_pr_16384(buffers):
                 "k_nope-1": 324.006, "v-1": 388.006}
     assert {k: live.get(k) for k in expected} == expected
     sizes = {lt.name: lt.size for lt in r.peak_live()}
-    # bytes per context token: f16 mask 1024, kv_f32 16384, k_nope 4096, v 4096 (FACTS 6.5 table)
+    # bytes per context token: f16 mask 1024, kv_f32 16384, k_nope 4096, v 4096 (upstream facts §6.5 table)
     assert [sizes[k] // 16384 for k in ("KQ_mask (copy)", "kv_f32-1", "k_nope-1", "v-1")] == [1024, 16384, 4096, 4096]
     assert round(max(lt.end for lt in r.peak_live()) / MiB, 3) == 452.006
     # the f32 mask's hole at 4096 B: 2048 B per token
@@ -136,7 +137,7 @@ def test_peak_main_16384(buffers):
 
 
 def test_peak_8192(buffers):
-    # FACTS 6.5: PR 220.01 peaks in layer 1 (only l_out-0 below the f16 mask, 4 MiB); main 358.01 is a
+    # Upstream facts §6.5: PR 220.01 peaks in layer 1 (only l_out-0 below the f16 mask, 4 MiB); main 358.01 is a
     # layer-0 peak at k-0 with the f32 mask still alive and no f16 mask yet: 43264 n + 20 MiB.
     pr = buffers["direct", 8192]
     assert pr.peak_tensor.name == "v-1"
@@ -167,7 +168,7 @@ def test_chunk_length_trades_memory():
     assert sizes[0] < sizes[1] < sizes[2]
 
 
-# -- the dynamic allocator's rules (FACTS 6.1), on hand-made sequences ---------------------------------------------
+# -- the dynamic allocator's rules (upstream facts §6.1), on hand-made sequences ---------------------------------------
 def test_dyn_alloc_alignment_and_tail():
     d = DynAllocator(32)
     assert d.alloc(1) == 0
@@ -290,7 +291,7 @@ def test_plan_cli_plot(tmp_path):
 
 
 def test_tables_in_module_match_facts():
-    # The module's tables (used by the CLI) must say what the seed and FACTS 6.6 say.
+    # The module's tables (used by the CLI) must say what the seed and upstream facts §6.6 say.
     for n, kv in SEED_KV.items():
         assert alloc.SEED_TABLE[n][0] == kv
         assert alloc.PRINTED_TABLE[n] == (PRINTED["direct", n], PRINTED["f32", n])

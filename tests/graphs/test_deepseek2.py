@@ -1,4 +1,4 @@
-"""DeepSeek-V2 graphs against FACTS.md 3 (node order, names, ops, shapes, strides) and the hyper-parameter rules."""
+"""DeepSeek-V2 graphs against upstream facts §3 (node order, names, ops, shapes, strides) and hyper-parameter rules."""
 
 import pytest
 
@@ -32,7 +32,7 @@ def old():
 
 
 def test_common_part_layer1(direct):
-    # FACTS 3.3 common part, rows 1-10 (layer 1; kv_head = n_ctx - 512).
+    # Upstream facts §3.3 common part, rows 1-10 (layer 1; kv_head = n_ctx - 512).
     nodes = _layer_nodes(direct, 1, "attn_norm", "cache_kv_l1 (view) (copy of kvr-1)")
     got = [(t.name,) + _row(t) for t in nodes]
     row = 1152
@@ -52,7 +52,7 @@ def test_common_part_layer1(direct):
 
 
 def test_direct_branch_layer1(direct):
-    # FACTS 3.3 "new sub-branch" rows 11-19, then the query rows q1-q6, the f16 mask only in layer 0, FA.
+    # Upstream facts §3.3 "new sub-branch" rows 11-19, then the query rows q1-q6, the f16 mask only in layer 0, FA.
     nodes = _layer_nodes(direct, 1, "kv_f32", "kqv-1")
     got = [(t.name,) + _row(t) for t in nodes]
     assert got == [
@@ -86,7 +86,7 @@ def test_direct_branch_layer1(direct):
 
 
 def test_f32_branch_layer0(old):
-    # FACTS 3.3 "old sub-branch" rows 11'-22': the query is visited before K/V, the f16 mask just before FA.
+    # Upstream facts §3.3 "old sub-branch" rows 11'-22': the query is visited before K/V, the f16 mask just before FA.
     nodes = _layer_nodes(old, 0, "q", "kqv-0")
     got = [(t.name,) + _row(t) for t in nodes]
     names = [r[0] for r in got]
@@ -139,7 +139,7 @@ def test_rest_of_layer_and_output(direct):
 
 
 def test_q8_0_cache_rope_view():
-    # FACTS 3.3 row 17: the rope part of a q8_0 row starts at row_size(q8_0, 512) = 544 B; rows are 612 B.
+    # Upstream facts §3.3 row 17: the rope part of a q8_0 row starts at row_size(q8_0, 512) = 544 B; rows are 612 B.
     g = deepseek2.build_graph(LITE, 2048, variant="direct", cache_type="q8_0").graph
     rep = next(t for t in g.nodes if t.name == "k_rope-0" and t.op == "REPEAT")
     assert rep.type == "q8_0"
@@ -185,7 +185,8 @@ def test_chunked_short_last_chunk_and_single_chunk():
 
 
 def test_token_generation_path():
-    # FACTS 3.1: T <= n_head uses the absorbed path (mla = 2): no flash attention, soft_max_ext on the f16 mask.
+    # Upstream facts §3.1: T <= n_head uses the absorbed path (mla = 2): no flash attention, soft_max_ext on the f16
+    # mask.
     mg = deepseek2.build_graph(LITE, 4096, n_tokens=1, n_kv=4096, kv_head=100)
     assert mg.path == "tg"
     g = mg.graph
@@ -218,7 +219,7 @@ def test_full_deepseek_v2_q_path():
 
 
 def test_hparams_derived_values():
-    # FACTS 1.1 / 1.3
+    # Upstream facts §1.1 / §1.3
     assert LITE.is_lite and LITE.n_embd_head_qk_nope == 128 and LITE.kv_row_elems == 576
     assert float(LITE.mscale) == pytest.approx(1.2608037, abs=2e-7)
     assert float(LITE.kq_scale) == pytest.approx(0.11472137, abs=2e-8)

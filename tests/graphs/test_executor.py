@@ -1,6 +1,6 @@
-"""The graph executor on a synthetic DeepSeek-V2: f32 vs direct (FACTS 0.10), chunked vs blocked flash attention.
+"""The graph executor on a synthetic DeepSeek-V2: f32 vs direct (upstream facts §0.10), chunked vs blocked attention.
 
-**Finding (FACTS 0.10, executed).** The ``f32`` (pre-#253) and ``direct`` (#253) FlashMLA-2 branches differ
+**Finding (upstream facts §0.10, executed).** The ``f32`` (pre-#253) and ``direct`` (#253) FlashMLA-2 branches differ
 in two places only: (1) the matmul ``kv_f32 = wkv_b × cache`` gets src1 as f32 values of the cache (f32) or
 as the cache's own bytes (direct), and (2) K's rope part is copied bytewise (direct) or dequantized,
 repeated, concatenated in f32 and quantized again (f32). So the two give the same K, V and attention bytes
@@ -13,8 +13,8 @@ iff every cache block survives ``to_float`` -> the writer's ``from_float`` uncha
   ``q = rint(x·127/amax)``): every block with ``d != 0`` has ``max|q| = 127`` and is a fixed point of
   dequantize -> quantize, subnormal ``d`` included (``test_x86_q8_0_blocks_are_fixed_points``). With a
   q8_0-family weight (q8_0, iq4_nl: vec_dot type q8_0) the direct matmul uses the cache bytes as they are
-  (``src1.type == vec_dot_type``: FACTS 0.10's "src1 is quantized from the same f32 values" does not happen
-  there) and the f32 one requantizes them, to the same bytes. **K, V and kqv are bit-identical** for q8_0,
+  (``src1.type == vec_dot_type``: the "src1 is quantized from the same f32 values" of upstream facts §0.10 does not
+  happen there) and the f32 one requantizes them, to the same bytes. **K, V and kqv are bit-identical** for q8_0,
   iq4_nl and f16 weights. One exception, in the bytes only: a block with ``0 < amax < 127·2^-25`` stores
   ``d = 0`` with non-zero ``qs`` (the multiplier ``127/amax`` does not see that d underflowed); the f32
   branch rewrites it as zeros, so **K's rope bytes differ in those cells while K's values, V and kqv are
@@ -313,7 +313,7 @@ def test_two_layer_model(cache_type):
 
 # -- token generation (absorbed weights) against prompt processing ----------------------------------------
 def test_tg_path_agrees_with_pp_path():
-    """The TG graph (q·wk_b against the latent cache, soft_max, wv_b; FACTS 3.1) and the PP graph (wkv_b
+    """The TG graph (q·wk_b against the latent cache, soft_max, wv_b; upstream facts §3.1) and the PP graph (wkv_b
     decompression, flash attention) compute the same attention when wk_b / wv_b are wkv_b's halves: the last two
     tokens of a 32-token PP micro-batch, re-run as a 2-token TG batch on the cache the PP run left. Not
     bit-exact (the TG path rounds q·wk_b, the probabilities and the latent sums to f16); bounds are NMSE,
@@ -401,8 +401,8 @@ def test_synthetic_model_is_deterministic():
 @pytest.mark.parametrize("n_layer", [1, 2])
 def test_live_bytes_match_allocator(variant, n_layer):
     """After every node (its dead sources dropped), the executor holds exactly the bytes ggml-alloc holds
-    (FACTS 6.2; sizes rounded to 32 B), graph inputs aside (ggml-alloc places them, the caller binds them here).
-    In-place reuse changes only the moment inside a node, not the state after it."""
+    (upstream facts §6.2; sizes rounded to 32 B), graph inputs aside (ggml-alloc places them, the caller binds them
+    here). In-place reuse changes only the moment inside a node, not the state after it."""
     model = LAYER if n_layer == 1 else MODEL
     g = model.build(N_CTX, variant=variant, cache_type="q8_0", n_tokens=T, weight_type="q8_0")
     res = allocate_graph(g.graph)

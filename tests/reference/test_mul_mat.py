@@ -105,7 +105,7 @@ def test_nmse_every_weight_and_src1_type(rng, wt, plan):
 
 @pytest.mark.parametrize("wt", ["q8_0", "q4_0", "iq4_nl", "q4_1", "q5_1"])
 def test_253_on_f16_src1_equals_pre253_on_its_f32_cast(rng, wt):
-    """FACTS 0.10: f16 -> f32 is exact and from_float sees the same f32 values, so the bytes agree."""
+    """Upstream facts §0.10: f16 -> f32 is exact and from_float sees the same f32 values, so the bytes agree."""
     a = _tensor(rng, (32, 128), wt, 0.1)
     b16 = _tensor(rng, (2, 9, 128), "f16")
     b32 = Tensor.from_numpy(b16.to_numpy(), "f32")

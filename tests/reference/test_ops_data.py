@@ -61,7 +61,7 @@ def test_concat_f32_permuted_and_strided_inputs_match_ggml(ggml, rng, dim):
 
 
 def test_concat_graph_q_concat_matches_ggml(ggml, rng):
-    # q_concat = concat(q_nope view [128, 16, T], q_rope [64, 16, T], 0) of FACTS 3.3 (q2, q4, q5), T = 24.
+    # q_concat = concat(q_nope view [128, 16, T], q_rope [64, 16, T], 0) of upstream facts §3.3 (q2, q4, q5), T = 24.
     q = _f32(rng, 24, 3072)
     q_nope = q.view((128, 16, 24), (768, 12288), 0)
     q_rope = _f32(rng, 24, 16, 64)
@@ -69,7 +69,7 @@ def test_concat_graph_q_concat_matches_ggml(ggml, rng):
 
 
 def test_concat_two_views_of_one_buffer_match_ggml(ggml, rng):
-    # k_nope / v style: two views of one kv_f32 buffer [4096, n] at offsets 0 and 512 B (FACTS 3.3 #13, #15)
+    # k_nope / v style: two views of one kv_f32 buffer [4096, n] at offsets 0 and 512 B (upstream facts §3.3 #13, #15)
     kv = _f32(rng, 6, 4096)
     k_nope = kv.view((128, 6, 16), (16384, 1024), 0)
     v = kv.view((128, 6, 16), (16384, 1024), 512)
@@ -97,7 +97,7 @@ def test_concat_f16_dim0_equals_upstream_element_path(ggml, rng):
 
 @pytest.mark.parametrize("type_", ["q8_0", "f16"])
 def test_concat_any_rows_of_the_cache(rng, type_):
-    # k = concat(k_nope [128, n_kv, 16], repeat(kv_cache_rope [64, n_kv, 1]), 0) (FACTS 3.3 #14-#19). The
+    # k = concat(k_nope [128, n_kv, 16], repeat(kv_cache_rope [64, n_kv, 1]), 0) (upstream facts §3.3 #14-#19). The
     # rope part is a view of the cache rows (576 values each) at byte offset row_size(512).
     n_kv, heads = 12, 16
     cache = _blocks(rng, "q8_0", (576, n_kv)) if type_ == "q8_0" else Tensor.from_numpy(
@@ -175,7 +175,8 @@ def test_repeat_matches_ggml(ggml, rng, type_, src_ne, dst_ne):
 def test_repeat_i32_and_strided_rows_match_ggml(ggml, rng):
     i = Tensor.from_numpy(rng.integers(-9, 9, (2, 3)).astype(np.int32))
     _same_bytes(repeat(i, (6, 4, 2)), ggml_ops.repeat(i, (6, 4, 2)))
-    # the old sub-branch's repeat of the f32 rope view [64, 1, n_kv] with nb1 = nb2 = 2304 (FACTS 3.3 #16', #17')
+    # the old sub-branch's repeat of the f32 rope view [64, 1, n_kv] with nb1 = nb2 = 2304
+    # (upstream facts §3.3 #16', #17')
     kv = _f32(rng, 10, 576)
     view = kv.view((64, 1, 10), (2304, 2304), 2048)
     _same_bytes(repeat(view, (64, 16, 10)), ggml_ops.repeat(view, (64, 16, 10)))
@@ -273,7 +274,7 @@ def test_cpy_into_a_transposed_destination_matches_ggml(ggml, rng):
 
 
 def test_cpy_into_a_cache_view_touches_only_the_view(ggml, rng):
-    # The cache store (FACTS 3.3 #9-#10): cpy(kvr [576, T] f32, view of rows kv_head..kv_head+T-1 of kv_l).
+    # The cache store (upstream facts §3.3 #9-#10): cpy(kvr [576, T] f32, view of rows kv_head..kv_head+T-1 of kv_l).
     for type_ in ("f16", "q8_0"):
         kvr = _f32(rng, 8, 576)
         cache = Tensor.from_bytes(np.full(row_size(type_, 576) * 20, 0xA5, np.uint8), type_, (576, 20))

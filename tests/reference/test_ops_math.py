@@ -100,7 +100,7 @@ def test_rms_norm_matches_ggml(ggml, rng, n):
 
 def test_rms_norm_strided_rows_match_ggml(ggml, rng):
     kv = _f32(rng, 20, 576)
-    view = kv.view((512, 20), (2304,), 0)  # kv_compressed view (FACTS 3.3 #3)
+    view = kv.view((512, 20), (2304,), 0)  # kv_compressed view (upstream facts §3.3 #3)
     _same_bytes(rms_norm(view, 1e-6), ggml_ops.rms_norm(view, 1e-6))
 
 
@@ -176,7 +176,7 @@ def test_yarn_constants_of_facts_1_3():
 
 @pytest.mark.parametrize("heads", [1, 16])
 def test_rope_yarn_matches_ggml(ggml, rng, heads):
-    # q_rope [64, 16, T] / k_rope [64, 1, T] views of the graph (FACTS 3.3 q3, #5) with positions up to 16k
+    # q_rope [64, 16, T] / k_rope [64, 1, T] views of the graph (upstream facts §3.3 q3, #5) with positions up to 16k
     T = 96
     q = _f32(rng, T, heads * 192)
     view = q.view((64, heads, T), (768, heads * 768), 512)
@@ -186,7 +186,7 @@ def test_rope_yarn_matches_ggml(ggml, rng, heads):
 
 
 def test_rope_yarn_nmse_against_float64(rng):
-    """rope against YaRN written out in float64 from FACTS 1.3 / 4g (theta = p * base^(-2k/n), ramp, mix,
+    """rope against YaRN written out in float64 from upstream facts §1.3 / §4g (theta = p * base^(-2k/n), ramp, mix,
     magnitude m), not from the float32 code path. Bound 1e-6: float32 angles up to 16383 rad carry an absolute
     error of about one float32 ulp of the angle (~1e-3) in the fastest pair, which dominates (measured ~1e-8)."""
     T = 64

@@ -206,7 +206,7 @@ def test_fused_mul_unary_gelu_ik(g, rng):
 
 
 def test_fused_mul_unary_on_moe_shape(g, ggml, rng):
-    """[1408, 6, T] gate and up (the MoE experts, FACTS 3.3) at T = 3: 1408 = 88 chunks of 16, no tail."""
+    """[1408, 6, T] gate and up (the MoE experts, upstream facts §3.3) at T = 3: 1408 = 88 chunks of 16, no tail."""
     a = Tensor.from_numpy((rng.standard_normal((3, 6, 1408)) * 2).astype(np.float32))
     b = Tensor.from_numpy(rng.standard_normal((3, 6, 1408)).astype(np.float32))
     want = ggml_ops.run(lambda ctx, x, y: g.ggml_mul(ctx, g.ggml_silu(ctx, x), y), a, b, n_threads=4)
@@ -372,7 +372,7 @@ def test_mul_mat_id_src1_in_vec_dot_type_and_repeated_experts(g, rng, wt, peer_p
 
 
 def test_mul_mat_id_moe_chain_on_facts_shapes(g, rng, peer_plan):
-    """The MoE FFN of FACTS 3.3 scaled down (2048 -> 64, 1408 -> 96, 64 experts -> 8, 512 tokens -> 5):
+    """The MoE FFN of upstream facts §3.3 scaled down (2048 -> 64, 1408 -> 96, 64 experts -> 8, 512 tokens -> 5):
     gate/up [64, 96, 8] x ffn_norm [64, 1, 5] -> [96, 6, 5]; down [96, 64, 8] x [96, 6, 5] -> [64, 6, 5]."""
     up, gate = _experts(rng, 8, 96, 64, "q4_0"), _experts(rng, 8, 96, 64, "q8_0")
     down = _experts(rng, 8, 64, 96, "iq4_nl")

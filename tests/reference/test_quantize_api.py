@@ -11,7 +11,7 @@ from mlaref.reference import VARIANTS, dequantize, get_type, quantize, registry
 
 FORMATS = ["f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q8_1", "iq4_nl", "q8_0_x4", "q8_1_x4"]
 
-# (name, ggml_type, block_size, type_size, vec_dot_type) from ggml.h / ggml-common.h / FACTS.md 4a and 5
+# (name, ggml_type, block_size, type_size, vec_dot_type) from ggml.h / ggml-common.h / upstream facts §4a and §5
 GEOMETRY = [
     ("f32", 0, 1, 4, "f32"),
     ("f16", 1, 1, 2, "f16"),

@@ -58,7 +58,7 @@ def test_permute_matches_ggml_for_all_orders(gctx, ggml):
 
 
 def test_graph_views_strides():
-    # FACTS 3.3: kv_rope_compresseed [576, 512] f32; k_rope view [64, 1, 512] nb1 = nb2 = 2304 off 2048;
+    # Upstream facts §3.3: kv_rope_compresseed [576, 512] f32; k_rope view [64, 1, 512] nb1 = nb2 = 2304 off 2048;
     # q [3072, 512] viewed as q_rope [64, 16, 512] nb1 = 768, nb2 = 12288, off 512; permute(0,2,1,3) of q_concat.
     kv = Tensor.empty("f32", (576, 512))
     kr = kv.view((64, 1, 512), (2304, 2304), 2048)

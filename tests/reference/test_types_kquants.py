@@ -3,7 +3,7 @@
 Oracles: the peer's ``quantize_row_<t>_ref`` (``from_float_ref``; q8_K has none in type_traits, so the
 exported ``quantize_row_q8_K_ref`` is called by name), the CPU ``from_float``, ``ggml_quantize_chunk`` with and
 without an imatrix, ``to_float`` (q8_K: the exported ``dequantize_row_q8_K``), gguf-py's Q4_K / Q6_K
-dequantizers, and, for the iqk variant of q8_K, values stated by hand from FACTS.md 5.
+dequantizers, and, for the iqk variant of q8_K, values stated by hand from upstream facts §5.
 """
 
 import numpy as np
@@ -244,7 +244,7 @@ def test_q4_K_dequantize_on_a_hand_built_block():
 def test_q6_K_dequantize_on_a_hand_built_block():
     """d = 0.5, scale of sub-block b = b - 8, code of element e = e % 64: y = 0.5 * (b - 8) * (e % 64 - 32).
 
-    Packing per FACTS.md 5: for half h and l < 32, ql[64h + l] = c[128h + l] | c[128h + 64 + l] << 4 (low
+    Packing per upstream facts §5: for half h and l < 32, ql[64h + l] = c[128h + l] | c[128h + 64 + l] << 4 (low
     nibbles), ql[64h + 32 + l] = c[128h + 32 + l] | c[128h + 96 + l] << 4, and qh[32h + l] holds bits 4-5 of
     c[128h + l], c[128h + 32 + l], c[128h + 64 + l], c[128h + 96 + l] at bit 0, 2, 4, 6.
     """
@@ -275,7 +275,7 @@ def test_q8_K_dequantize_on_a_hand_built_block():
     assert np.array_equal(y, (-0.375 * (np.arange(256) - 128)).astype(np.float32))
 
 
-# -- the iqk variant of q8_K (ik_llama.cpp's iqk_quantize_row_q8_K), FACTS.md 5 ------------------------
+# -- the iqk variant of q8_K (ik_llama.cpp's iqk_quantize_row_q8_K), upstream facts §5 ------------------------
 
 def _unpack_q8_K(data):
     b = np.ascontiguousarray(data).reshape(-1).view(get_type("q8_K").dtype)

@@ -3,7 +3,7 @@
 Formats: f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q8_1, iq4_nl and ik_llama.cpp's interleaved q8_0_x4 /
 q8_1_x4. Oracles: the peer's ``from_float_ref`` (variant ``ref``), the CPU ``from_float`` (``x86``),
 ``ggml_quantize_chunk`` with and without an imatrix (``model``), ``to_float``; gguf-py's ``quants`` as an
-independent second oracle; FACTS.md 5 for the x4 layouts (which no peer implements).
+independent second oracle; upstream facts §5 for the x4 layouts (which no peer implements).
 
 Inputs where ggml's result is C undefined behaviour (a non-finite float converted to an integer: infinite
 inputs or a block maximum so small that ``1/d`` overflows, in every reference quantizer) are not compared;
@@ -334,10 +334,10 @@ def test_dequantize_matches_gguf_py(rng, t):
     assert np.array_equal(dequantize(data, t).view(np.uint32), theirs.astype(np.float32).view(np.uint32))
 
 
-# -- the x4 layouts (no peer: FACTS.md 5 and ggml's plain q8 blocks) -------------------------------------
+# -- the x4 layouts (no peer: upstream facts §5 and ggml's plain q8 blocks) -------------------------------------
 
 def _deinterleave(data, n, plain_size, n_scales):
-    """Plain q8 blocks from interleaved rows, written from FACTS.md 5: groups of four blocks store their
+    """Plain q8 blocks from interleaved rows, written from upstream facts §5: groups of four blocks store their
     ``n_scales`` f16 fields per block (``d[4]``, then ``s[4]`` for q8_1) and then ``qs[128]`` (block r at 32r);
     the last ``nb % 4`` blocks are plain. Byte loops on purpose: independent of the reference's NumPy views.
     """
@@ -369,7 +369,7 @@ def test_x4_rows_deinterleave_to_ggml_x86_blocks(ggml, rng, t, plain, n_scales, 
     ``_mm256_round_ps(NEAREST)``, saturating packs, ``s = d * hsum``); only the store addresses differ. The
     f16 stores differ (F16C there, the software routine upstream) only for a NaN scale, which finite inputs
     cannot produce. So the plain blocks must equal ggml's, byte for byte, and the layout is checked by a
-    de-interleaver written from FACTS.md 5, not by the reference's own views.
+    de-interleaver written from upstream facts §5, not by the reference's own views.
     """
     fmt = get_type(t)
     x = np.concatenate([_normal_rows(rng, 7, n), _edge_rows("q8_0", "x86")[:, :n]])

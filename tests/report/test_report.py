@@ -108,7 +108,7 @@ def test_seed_tables_equal_the_allocator(tiny_run):
         assert row["kv_cache"]["mib"]["value"] == alloc.SEED_TABLE[n][0]  # the seed's own KV column
         for v in ("f32", "direct", "chunked"):
             assert row[v]["bytes"]["value"] == alloc.compute_buffer(hp, n, variant=v).buffer_size, (n, v)
-        # what ik_llama.cpp prints for the PR (direct) and main (f32) graphs (FACTS.md 6.6)
+        # what ik_llama.cpp prints for the PR (direct) and main (f32) graphs (upstream facts §6.6)
         assert row["direct"]["mib"]["value"] == alloc.PRINTED_TABLE[n][0]
         assert row["f32"]["mib"]["value"] == alloc.PRINTED_TABLE[n][1]
     assert st["rows"][-1]["direct"]["mib"]["value"] == "3476.01"
