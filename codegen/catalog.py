@@ -254,7 +254,7 @@ def by_key() -> dict[tuple, dict[str, KernelSpec]]:
     return out
 
 
-# ---- mul_mat and flash_attn_ext (helper H11; entry points in codegen/kernels_mm.py) --------------------------
+# ---- mul_mat and flash_attn_ext (helper H11; entry points in codegen/kernels/mm.py) --------------------------
 # mul_mat: type_x = src0 (weight), type_y = src1 (its columns are converted to type_x's vec_dot type inside the
 # kernel, #253 semantics); flash_attn_ext: type_x = K type, type_y = V type. Plan "l16a1" = mlaref_l16a1 for every
 # dot product; flash attention's k_step, kv_chunks and exp are run-time arguments taken from the plan value.

@@ -509,7 +509,7 @@ def cli_page() -> str:
 _API = {
     "mlaref.reference": ["quantize", "dequantize", "get_type", "registry"],
     "mlaref.reference.fp": None,  # everything in __all__
-    "mlaref.codegen.libm": None,
+    "mlaref.reference.libm": None,
     "mlaref.codegen.bench": ["measure", "measure_interleaved", "Timing", "bench_types", "format_table"],
 }
 

@@ -64,7 +64,7 @@ LEVELS: dict[str, frozenset[str]] = {
 LEVEL_ORDER = tuple(LEVELS)
 
 # The aarch64 levels: GGML_CPU_ARM_ARCH = armv8-a, armv8.2-a+dotprod, armv8.2-a+fp16+dotprod (GGML_NATIVE=OFF),
-# cross-built with GCC and run under qemu-user (mlaref.codegen.peer_cross).
+# cross-built with GCC and run under qemu-user (mlaref.codegen.peers.cross).
 ARM_LEVELS: dict[str, frozenset[str]] = {
     "aarch64-neon": frozenset({"neon"}),
     "aarch64-dotprod": frozenset({"neon", "dotprod"}),

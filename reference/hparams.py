@@ -11,7 +11,7 @@ Derived values used by the graph (``build_deepseek2``, upstream facts §1.3), in
     kq_scale           = mscale * mscale / sqrtf(n_embd_head_k)
     attn_factor_scaled = 1 / (1 + 0.1 * logf(1 / freq_scale))
 
-``logf`` is taken from the platform libm when available (``mlaref.codegen.libm``), else NumPy float32;
+``logf`` is taken from the platform libm when available (``mlaref.reference.libm``), else NumPy float32;
 the two may differ in the last bit.
 
 Presets:
@@ -41,7 +41,7 @@ NO_FA_CTX_PAD = 32
 
 def _logf(x: float) -> np.float32:
     try:
-        from mlaref.codegen import libm
+        from mlaref.reference import libm as libm
 
         if libm.available():
             return np.float32(libm.logf(np.array([x], dtype=np.float32))[0])

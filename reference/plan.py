@@ -356,7 +356,7 @@ GGML_X86_AVX512_BF16 = ReductionPlan(
 
 # ggml's vec_dot on aarch64 (NEON, + dotprod, + fp16 vector arithmetic), read from arch/arm/quants.c, vec.cpp and
 # simd-mappings.h at ggml 0.15.3 and checked bit for bit against that source cross-built with GCC 12 for each level
-# (mlaref.codegen.peer_cross), run under qemu-user. GCC in GNU mode contracts ``a*b + c`` on aarch64 (FMA is part
+# (mlaref.codegen.peers.cross), run under qemu-user. GCC in GNU mode contracts ``a*b + c`` on aarch64 (FMA is part
 # of the base ISA), but the ``vmlaq_n_f32`` intrinsic expands to a multiply and an add, each rounded.
 #
 # ===============  ====================  ==========================================================================

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mlaref.codegen import ggml_peer
+from mlaref.codegen.peers import ggml as ggml_peer
 
 
 @pytest.fixture

@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlaref.codegen import libm
+from mlaref.reference import libm as libm
 from mlaref.reference import fp
 from mlaref.reference.ops import vexp
 from mlaref.reference.plan import ReductionPlan

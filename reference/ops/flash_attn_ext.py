@@ -87,15 +87,15 @@ _NEG_INF = np.float32(-np.inf)
 
 
 def expf(x) -> np.ndarray:
-    """libm ``expf`` element-wise (through :mod:`mlaref.codegen.libm`)."""
-    from mlaref.codegen import libm  # noqa: PLC0415
+    """libm ``expf`` element-wise (through :mod:`mlaref.reference.libm`)."""
+    from mlaref.reference import libm as libm  # noqa: PLC0415
 
     return libm.expf(np.asarray(x, np.float32))
 
 
 def tanhf(x) -> np.ndarray:
     """libm ``tanhf`` element-wise."""
-    from mlaref.codegen import libm  # noqa: PLC0415
+    from mlaref.reference import libm as libm  # noqa: PLC0415
 
     return libm.tanhf(np.asarray(x, np.float32))
 

@@ -28,7 +28,7 @@ parameters of upstream facts §1.3; tests/reference/test_ops_math.py). The ``m``
 formulas of a ``-ffp-contract=off`` build. ik_llama.cpp@676f0e71b (C, ``-std=gnu11 -march=native``) is assumed
 to contract the same way **[unverified]**.
 
-The transcendentals come from the platform's libm through :mod:`mlaref.codegen.libm`: NumPy's float32 ``cos`` /
+The transcendentals come from the platform's libm through :mod:`mlaref.reference.libm`: NumPy's float32 ``cos`` /
 ``sin`` are SIMD implementations that differ from glibc's ``cosf``/``sinf`` in the last bit for about 16 % of
 angles drawn as |N(0, 1000)| on this machine (NumPy 2, AVX-512), so they cannot be used. The result is
 bit-exact against a ggml that calls the same libm (the ggml-python peer here uses the system glibc). Other modes
@@ -44,7 +44,7 @@ import math
 
 import numpy as np
 
-from mlaref.codegen import libm
+from mlaref.reference import libm as libm
 from mlaref.reference import fp
 from mlaref.reference.ops._common import check_rows_contiguous, check_tensor
 from mlaref.reference.tensor import Tensor

@@ -26,7 +26,7 @@ handles correctly). Per row ``x`` (float32 throughout), with ``W = vexp.WIDTH[si
   (the shuffle variant) on the x86-64 baseline.
 
 Each ``v_expf`` is reproduced step by step with correctly rounded FMAs (``fp.fmaf``) in :mod:`.vexp`; the tail
-uses libm ``expf`` (:mod:`mlaref.codegen.libm`).
+uses libm ``expf`` (:mod:`mlaref.reference.libm`).
 
 ALiBi (``max_bias > 0``): with ``n_head = ne2`` and ``n_head_log2 = 2^floor(log2(n_head))``,
 ``m0 = powf(2, -max_bias / n_head_log2)``, ``m1 = powf(2, -(max_bias/2) / n_head_log2)``, and head ``h``
@@ -43,7 +43,7 @@ import math
 
 import numpy as np
 
-from mlaref.codegen import libm
+from mlaref.reference import libm as libm
 from mlaref.reference import fp
 from mlaref.reference.ops._common import check_rows_contiguous, check_tensor
 from mlaref.reference.ops.vexp import FMA, WIDTH, check_simd, chunk_sum, v_expf, v_expf_avx512

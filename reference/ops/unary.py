@@ -33,7 +33,7 @@ import functools
 
 import numpy as np
 
-from mlaref.codegen import libm
+from mlaref.reference import libm as libm
 from mlaref.reference import fp
 from mlaref.reference.ops._common import check_rows_contiguous, check_tensor
 from mlaref.reference.ops.vexp import FMA, WIDTH, check_simd, v_expf

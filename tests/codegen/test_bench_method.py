@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from mlaref.codegen import bench
+from mlaref.codegen.bench import method as bench
 
 
 def test_round_orders_are_permutations_without_repeats_in_a_row():

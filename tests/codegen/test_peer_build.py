@@ -6,7 +6,11 @@ the levels this CPU runs, and each check reads the library of that level in a ch
 
 import pytest
 
-from mlaref.codegen import cpu, ggml_peer, peer_build
+from mlaref.codegen import cpu
+
+from mlaref.codegen.peers import ggml as ggml_peer
+
+from mlaref.codegen.peers import build as peer_build
 from mlaref.reference import builds
 
 RUNNABLE = peer_build.runnable_levels()
@@ -56,7 +60,7 @@ def test_a_level_build_reports_the_features_it_was_compiled_with(level):
     miss = peer_build.missing_for(level)
     if miss:
         pytest.skip(f"level {level} needs {', '.join(miss)}, which this CPU lacks")
-    b = peer_build.call(level, "mlaref.codegen.ggml_peer:build")
+    b = peer_build.call(level, "mlaref.codegen.peers.ggml:build")
     assert b.features == builds.LEVELS[level]
     assert (b.level, b.tune) == (level, "generic")
     assert b.vec_dot_plan == builds.level(level).vec_dot_plan

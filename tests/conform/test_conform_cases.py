@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from mlaref.codegen import conform
+from mlaref.codegen.conform import runner as conform
 
 
 def _args(*argv):
@@ -56,7 +56,7 @@ def test_committed_case_files_are_current_and_well_formed():
         assert len({c.id for c in cases}) == len(cases), f
     ids = [c.id for c in conform.load_cases(conform.CASES_DIR / "default.json")]
     assert ids == [c.id for c in conform.default_cases()], (
-        "codegen/cases/default.json is stale: mlaref conform --write-cases codegen/cases/default.json")
+        "codegen/conform/cases/default.json is stale: mlaref conform --write-cases codegen/conform/cases/default.json")
     (f1,) = conform.load_cases(conform.CASES_DIR / "finding-F1-concat-q8_0.json")
     assert f1 == conform.finding_cases()[0]
 

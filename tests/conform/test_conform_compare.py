@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from mlaref.codegen import conform
+from mlaref.codegen.conform import runner as conform
 from mlaref.codegen.conform import Output, compare, nmse
 
 

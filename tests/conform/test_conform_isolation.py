@@ -2,7 +2,7 @@
 
 import pytest
 
-from mlaref.codegen import conform
+from mlaref.codegen.conform import runner as conform
 
 
 def _rope_case():

@@ -7,11 +7,13 @@ taken from the cases' own ``expect`` fields: a case set that quietly downgraded 
 
 import pytest
 
-from mlaref.codegen import conform, peer_build
+from mlaref.codegen.conform import runner as conform
+
+from mlaref.codegen.peers import build as peer_build
 from mlaref.reference import builds
 
 # Every build of upstream ggml this CPU runs: the installed ggml-python library (native, its plan read from the
-# features it was compiled with) and ggml-python's sdist built at each level (mlaref.codegen.peer_build). The
+# features it was compiled with) and ggml-python's sdist built at each level (mlaref.codegen.peers.build). The
 # expectations below hold for every one of them: the spec models each build's order, so nothing here depends on
 # this CPU. Levels this CPU cannot run are listed, with what it lacks, by test_levels_not_run_here_are_named.
 PEERS = ["installed"] + [f"level:{lv}" for lv in peer_build.runnable_levels()]

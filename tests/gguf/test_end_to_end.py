@@ -14,13 +14,13 @@ under test):
   (upstream facts §0.10 as executed there);
 * chunked (``flash_attn_ext_partial`` + ``fa_merge`` over 256-cell chunks) gives the bytes of the direct graph
   whose ``flash_attn_ext`` runs the blocked algorithm with ``kv_chunks = n_kv / 256``;
-* with the generated kernels put into the executor (``codegen/kernel_impls.py``) under the same plans
+* with the generated kernels put into the executor (``codegen/kernels/impls.py``) under the same plans
   (``mlaref_l16a1`` dots, blocked attention with ``k_step`` 64), every kept tensor, the KV cache written and the
   logits equal the reference's bytes; the ops that ran on kernels are asserted, per op and for whole graphs;
 * the ``lite-attn`` file (DeepSeek-V2-Lite's attention: 16 heads, 192 = 128 + 64 K, 128 V, rank 512) runs its
   two layers for a 20-token prompt at n_ctx 256, f32 = direct, and kernels = reference.
 
-Kernel checks skip, naming the missing kernel function, when ``codegen/kernels.py`` or ``codegen/kernels_mm.py``
+Kernel checks skip, naming the missing kernel function, when ``codegen/kernels.py`` or ``codegen/kernels/mm.py``
 does not provide it; the reference checks always run.
 """
 
@@ -223,9 +223,9 @@ def test_chunked_equals_blocked_flash_attn(tiny, prompt, history, cache_type):
 # -- generated kernels -----------------------------------------------------------------------------------
 def _kernel_mod():
     try:
-        from mlaref.codegen import kernel_impls
+        from mlaref.codegen.kernels import impls as kernel_impls
     except ImportError as exc:  # kernel_impls imports no kernel module itself; this is a broken tree
-        raise AssertionError(f"codegen/kernel_impls.py does not import: {exc}") from exc
+        raise AssertionError(f"codegen/kernels/impls.py does not import: {exc}") from exc
     return kernel_impls
 
 
@@ -251,7 +251,7 @@ def _impls(ops=None, **kw):
 def _plans():
     """The same plans for reference and kernels: l16a1 dots, blocked attention with iqk's k_step 64."""
     try:
-        from mlaref.codegen.kernels_mm import fa_plan
+        from mlaref.codegen.kernels.mm import fa_plan
         fa = fa_plan(k_step=64, kv_chunks=512 // KV_CHUNK)
     except ImportError:
         fa = get_plan("mlaref_l16a1").replace(kv_chunks=512 // KV_CHUNK, **FA_L16)
@@ -351,7 +351,7 @@ def test_kernel_attention_equals_the_chunked_graph(tiny, prompt, history):
 def test_kernel_record_is_what_ran(tiny, prompt, history, monkeypatch):
     """The record says "kernel" only where a kernel was resolved: count the kernel families dispatched."""
     ki = _impls()
-    from mlaref.codegen import kernels
+    from mlaref.codegen.kernels import rows as kernels  # every kernel call resolves through rows.resolve
 
     families = []
     real = kernels.resolve

@@ -117,7 +117,7 @@ def test_mla_k_build_streamed_or_not(llc, rng, monkeypatch):
     from mlaref.codegen import cpu
 
     monkeypatch.setattr(cpu, "llc_bytes", lambda: llc)
-    assert K._streams(1 << 20) == (llc == 1 << 10)
+    assert K.streams(1 << 20) == (llc == 1 << 10)
     _cache, rope, k_nope = _mla_k_parts(rng, "f16", n_kv=300, heads=5)
     target = (64, rope.ne[1], k_nope.ne[2], 1)
     want_rep = ref_repeat.repeat(rope, target)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from mlaref import reference as R
-from mlaref.codegen import kernels_mm as KM
+from mlaref.codegen.kernels import mm as KM
 from mlaref.reference.ops.flash_attn_ext import flash_attn_ext as ref_fa
 from mlaref.reference.tensor import Tensor
 
@@ -135,7 +135,7 @@ def _nmse(x, truth) -> float:
 @pytest.mark.parametrize("type", ["f16", "q8_0"])
 def test_flash_attn_mla_shape_vs_ggml(type, ggml, rng):
     """FlashMLA-2 PP attention: Dk 192, Dv 128, 16 heads, f16 causal-style mask, small n_kv."""
-    from mlaref.codegen import ggml_ops
+    from mlaref.codegen.peers import ggml_ops as ggml_ops
 
     Dk, Dv, nh, nq, n_kv = 192, 128, 16, 8, 96
     q = _q(rng, Dk, nq, nh, s=0.5)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from mlaref import reference as R
-from mlaref.codegen import kernels_mm as KM
+from mlaref.codegen.kernels import mm as KM
 from mlaref.reference.ops.mul_mat import MulMat_253
 from mlaref.reference.tensor import Tensor
 
@@ -131,7 +131,7 @@ def _nmse(x: np.ndarray, truth: np.ndarray) -> float:
                                     ("q8_0", "q8_0"), ("q4_0", "f16"), ("q4_K", "f32"), ("q6_K", "f16")])
 def test_mul_mat_mla_shape_vs_ggml(tx, ty, ggml, rng):
     """kv_f32 = mul_mat(wkv_b [512, 4096], cache view [512, n_kv]) with the cache rows of 576 values."""
-    from mlaref.codegen import ggml_ops
+    from mlaref.codegen.peers import ggml_ops as ggml_ops
 
     n_kv = 24
     w = _tensor(_values(rng, 4096, 512) * np.float32(0.05), tx, (512, 4096, 1, 1))

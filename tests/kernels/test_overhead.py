@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from mlaref import reference as R
-from mlaref.codegen import cpu, dispatch, pool
+from mlaref.codegen import cpu, dispatch
+from mlaref.codegen.kernels import pool as pool
 from mlaref.codegen import kernels as K
 from mlaref.reference.tensor import Tensor
 
@@ -181,7 +182,7 @@ def test_repeat_and_concat_mla_shapes(rng):
 def test_ggml_vec_dot_job_of_the_benchmark_equals_ggml(ggml, rng):
     """The pool's loop over ggml's vec_dot (the benchmark's ggml contender) gives ggml's own value for every
     (x row, y row) pair."""
-    from mlaref.codegen import bench_kernels as B
+    from mlaref.codegen.bench import kernels as B
 
     x = R.quantize(_x(rng, rows=3, n=128), "q8_0")
     y = R.quantize(_x(rng, rows=2, n=128), "q8_0", variant="x86")
@@ -194,7 +195,7 @@ def test_ggml_vec_dot_job_of_the_benchmark_equals_ggml(ggml, rng):
 
 
 def test_compare_kernels_rows(ggml):
-    from mlaref.codegen import bench_kernels as B
+    from mlaref.codegen.bench import kernels as B
 
     rows = B.compare_kernels(types=["q8_0"], n_rows=4, n=64, threads=(1, 2), warmup=0, repeat=1)
     fams = {(r["family"], r["what"], r["plan"], r["n_threads"]) for r in rows}

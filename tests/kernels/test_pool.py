@@ -1,4 +1,4 @@
-"""The C thread pool (codegen/pool.c) behind n_threads > 1: every job kind runs the function it names with the
+"""The C thread pool (codegen/kernels/pool.c) behind n_threads > 1: every job kind runs the function it names with the
 arguments given, more jobs than cores still give the reference bytes, and bad job arrays are refused in Python
 or by the C side before anything runs. Concurrent callers: tests/kernels/test_overhead.py."""
 
@@ -11,12 +11,12 @@ import pytest
 
 from mlaref import reference as R
 from mlaref.codegen import kernels as K
-from mlaref.codegen import pool
+from mlaref.codegen.kernels import pool as pool
 
 
 def _kernel(family, type_x, type_y, plan):
     spec, fn, ffi = K.resolve(family, type_x, type_y, plan)
-    return K._address(ffi, fn)
+    return K.address(ffi, fn)
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The aarch64 plans (``reference/plan.py``'s ``ggml_arm_*``) and the NEON soft_max against upstream ggml cross-built for aarch64.
 
-Each level of ``mlaref.codegen.peer_cross`` (ggml 0.15.3 built with GCC for ``armv8-a``, ``armv8.2-a+dotprod`` and
+Each level of ``mlaref.codegen.peers.cross`` (ggml 0.15.3 built with GCC for ``armv8-a``, ``armv8.2-a+dotprod`` and
 ``armv8.2-a+fp16+dotprod``) runs under qemu-user; every pair's ``vec_dot`` must equal the level's plan bit for
 bit on sizes with tails (odd block counts, element counts around the 16/32-element steps, k-quants at 256 to
 1280). One qemu run per level answers every dot product. Skipped, naming the packages, where the cross
@@ -15,7 +15,7 @@ import importlib
 import numpy as np
 import pytest
 
-from mlaref.codegen import peer_cross
+from mlaref.codegen.peers import cross as peer_cross
 from mlaref.reference import builds, quantize
 from mlaref.reference.ops import vexp
 from mlaref.reference.ops.soft_max import soft_max

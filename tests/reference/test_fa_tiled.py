@@ -4,7 +4,11 @@ several thread counts and build levels; not the one-chunk order; exact on a hand
 import numpy as np
 import pytest
 
-from mlaref.codegen import ggml_ops, ggml_peer, peer_build
+from mlaref.codegen.peers import ggml_ops as ggml_ops
+
+from mlaref.codegen.peers import ggml as ggml_peer
+
+from mlaref.codegen.peers import build as peer_build
 from mlaref.reference import builds
 from mlaref.reference.ops.fa_tiled import Q_TILE, tiled_build
 from mlaref.reference.ops.flash_attn_ext import flash_attn_ext
@@ -101,7 +105,7 @@ def test_tiled_equals_upstream_ggml_at_each_level(rng, level):
         pytest.skip(ggml_peer.unavailable_reason())
     plan = builds.level(level).vec_dot_plan
     cases = _cases(rng, big=False)
-    calls = [("mlaref.codegen.ggml_ops:flash_attn_ext", (q, k, v, m, sc, 0.0, cap), {"n_threads": nth})
+    calls = [("mlaref.codegen.peers.ggml_ops:flash_attn_ext", (q, k, v, m, sc, 0.0, cap), {"n_threads": nth})
              for _, q, k, v, m, sc, cap in cases for nth in (1, 3)]
     want = peer_build.call_many(level, calls)
     bad = []

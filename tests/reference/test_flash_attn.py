@@ -5,7 +5,7 @@ v_expf polynomials, bad inputs."""
 import numpy as np
 import pytest
 
-from mlaref.codegen import libm
+from mlaref.reference import libm as libm
 from mlaref.reference.ops.flash_attn_ext import flash_attn_ext, upstream_splits_kv, v_expf_avx2, v_expf_avx512
 from mlaref.reference.plan import MLAREF_L8A2
 from mlaref.reference.tensor import Tensor
@@ -15,12 +15,12 @@ NMSE_FA = 5e-4  # test-backend-ops' bound for flash_attn_ext; measured <= 6e-6 (
 
 @pytest.fixture(scope="module")
 def ops():
-    from mlaref.codegen import ggml_peer  # noqa: PLC0415
+    from mlaref.codegen.peers import ggml as ggml_peer  # noqa: PLC0415
 
     if not ggml_peer.available():
         pytest.skip(ggml_peer.unavailable_reason())
     ggml_peer.lib().ggml_cpu_init()  # fills the f16 table the CPU kernels read
-    from mlaref.codegen import ggml_ops  # noqa: PLC0415
+    from mlaref.codegen.peers import ggml_ops as ggml_ops  # noqa: PLC0415
 
     return ggml_ops
 
@@ -165,7 +165,8 @@ LEVELS = ["generic", "avx", "avx2", "avx512"]
 def test_split_kv_equals_upstream_ggml_at_each_level(rng, level):
     """Upstream ggml built at ``level`` gives the model's bytes with that level's plan, at 1, 2 and 3 threads;
     avx512 is run only where the CPU has it."""
-    from mlaref.codegen import ggml_peer, peer_build  # noqa: PLC0415
+    from mlaref.codegen.peers import ggml as ggml_peer  # noqa: PLC0415
+    from mlaref.codegen.peers import build as peer_build  # noqa: PLC0415
     from mlaref.reference import builds  # noqa: PLC0415
 
     miss = peer_build.missing_for(level)
@@ -176,7 +177,7 @@ def test_split_kv_equals_upstream_ggml_at_each_level(rng, level):
     plan = builds.level(level).vec_dot_plan
     cases = _split_cases(rng)
     threads = (1, 2, 3)
-    calls = [("mlaref.codegen.ggml_ops:flash_attn_ext", (q, k, v, m, sc, 0.0, cap), {"n_threads": nth})
+    calls = [("mlaref.codegen.peers.ggml_ops:flash_attn_ext", (q, k, v, m, sc, 0.0, cap), {"n_threads": nth})
              for _, q, k, v, m, sc, cap in cases for nth in threads]
     want = iter(peer_build.call_many(level, calls))
     bad = []
@@ -297,7 +298,7 @@ def test_v_expf_of_the_build_equals_ggml_soft_max(ops, rng):
     sums (``vexp.chunk_sum``). Predicting every output bit from the build's v_expf (``ggml_peer.build().simd``:
     v_expf_avx512 on AVX512F+DQ, v_expf_avx2 on AVX2+FMA, ...) checks it equals that build's ggml_v_expf; scores
     spread over [-104, 0] reach the subnormal and the |n| > 126 ranges."""
-    from mlaref.codegen import ggml_peer  # noqa: PLC0415
+    from mlaref.codegen.peers import ggml as ggml_peer  # noqa: PLC0415
     from mlaref.reference.ops.vexp import WIDTH, chunk_sum, v_expf  # noqa: PLC0415
 
     simd = ggml_peer.build().simd

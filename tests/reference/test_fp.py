@@ -10,7 +10,7 @@ The oracles:
 * upstream ggml itself through the ``ggml`` fixture: ``ggml_fp16_to_fp32_row``, ``ggml_fp32_to_fp16_row``
   (portable), ``ggml_cpu_fp16_to_fp32`` and the CPU ``from_float`` of F16 (F16C), ``ggml_bf16_to_fp32_row``,
   ``ggml_fp32_to_bf16_row`` and ``from_float_ref`` of BF16;
-* the C library (``fmaf``, ``roundf``, ``rintf``) through :mod:`mlaref.codegen.libm`.
+* the C library (``fmaf``, ``roundf``, ``rintf``) through :mod:`mlaref.reference.libm`.
 
 The f32 -> f16/bf16 corpora hold more than 10^7 inputs each: every rounding boundary of every finite target
 value (the halfway points and one and two ulps either side), every low-bit pattern below the kept bits for
@@ -26,7 +26,7 @@ import functools
 import numpy as np
 import pytest
 
-from mlaref.codegen import libm
+from mlaref.reference import libm as libm
 from mlaref.reference import fp
 
 needs_libm = pytest.mark.skipif(not libm.available(), reason="no C math library loadable through ctypes")

@@ -15,12 +15,12 @@ NMSE_MUL_MAT = 5e-4  # test-backend-ops' mul_mat bound; measured <= 7e-5 (src1 -
 
 @pytest.fixture(scope="module")
 def ops():
-    from mlaref.codegen import ggml_peer  # noqa: PLC0415
+    from mlaref.codegen.peers import ggml as ggml_peer  # noqa: PLC0415
 
     if not ggml_peer.available():
         pytest.skip(ggml_peer.unavailable_reason())
     ggml_peer.lib().ggml_cpu_init()  # fills the f16 table the CPU kernels read
-    from mlaref.codegen import ggml_ops  # noqa: PLC0415
+    from mlaref.codegen.peers import ggml_ops as ggml_ops  # noqa: PLC0415
 
     return ggml_ops
 

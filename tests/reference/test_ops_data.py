@@ -8,7 +8,7 @@ assembled here with plain slicing, following the memcpy rule stated in each test
 import numpy as np
 import pytest
 
-from mlaref.codegen import ggml_ops
+from mlaref.codegen.peers import ggml_ops as ggml_ops
 from mlaref.reference import fp, get_type, quantize, registry
 from mlaref.reference.ops import cast, concat, cpy, dup, get_rows, repeat
 from mlaref.reference.ops.concat import Concat_253, Concat_pre253

@@ -12,7 +12,13 @@ import math
 import numpy as np
 import pytest
 
-from mlaref.codegen import ggml_ops, ggml_peer, libm, peer_build
+from mlaref.codegen.peers import ggml_ops as ggml_ops
+
+from mlaref.codegen.peers import ggml as ggml_peer
+
+from mlaref.reference import libm as libm
+
+from mlaref.codegen.peers import build as peer_build
 from mlaref.reference import builds
 from mlaref.reference.ops import add, fused_rms_norm, mul, rms_norm, rope, scale, soft_max
 from mlaref.reference.ops.rope import rope_cache, yarn_corr_dims
@@ -304,7 +310,7 @@ def test_soft_max_matches_ggml_at_each_level(rng, level):
     case, and every other variant of the model differs on some case (so a wrong model fails)."""
     simd = _level_simd(level)
     cases = _soft_max_cases(rng)
-    want = peer_build.call_many(level, [("mlaref.codegen.ggml_ops:soft_max_ext", (a, m, sc, mb), {})
+    want = peer_build.call_many(level, [("mlaref.codegen.peers.ggml_ops:soft_max_ext", (a, m, sc, mb), {})
                                         for _, a, m, sc, mb in cases])
     bad = [name for (name, a, m, sc, mb), w in zip(cases, want)
            if not np.array_equal(soft_max(a, m, sc, mb, simd=simd).raw(), w.raw())]
@@ -351,7 +357,7 @@ def test_v_expf_equals_each_level_bit_for_bit(rng, level):
     differing bits are caught."""
     simd = _level_simd(level)
     rows_, keep = _v_expf_probe(rng)
-    got = peer_build.call(level, "mlaref.codegen.ggml_ops:soft_max_ext", Tensor.from_numpy(rows_), None, 1.0, 0.0)
+    got = peer_build.call(level, "mlaref.codegen.peers.ggml_ops:soft_max_ext", Tensor.from_numpy(rows_), None, 1.0, 0.0)
     y = got.to_numpy().reshape(rows_.shape)
     assert (y[~keep] == 1.0).all()
     want = v_expf(rows_[keep], simd)

@@ -12,7 +12,11 @@ ik's SIMD GELU (NMSE bound 1e-12 against float64 gelu; measured about 2e-15).
 import numpy as np
 import pytest
 
-from mlaref.codegen import ggml_ops, ggml_peer, peer_build
+from mlaref.codegen.peers import ggml_ops as ggml_ops
+
+from mlaref.codegen.peers import ggml as ggml_peer
+
+from mlaref.codegen.peers import build as peer_build
 from mlaref.reference import builds, fp, quantize
 from mlaref.reference.graphs import executor, ir
 from mlaref.reference.ops import argsort, fused_mul_unary, mul_mat, mul_mat_id, multi_add, unary
@@ -30,7 +34,7 @@ NMSE_GELU_TABLE = 1e-5  # upstream's f16 table: the key and the entry are rounde
 
 @pytest.fixture(scope="module")
 def g():
-    from mlaref.codegen import ggml_peer  # noqa: PLC0415
+    from mlaref.codegen.peers import ggml as ggml_peer  # noqa: PLC0415
 
     if not ggml_peer.available():
         pytest.skip(ggml_peer.unavailable_reason())
@@ -106,7 +110,7 @@ def test_silu_matches_ggml_at_each_level(rng, level):
         x = _activations(rng, 24, n)
         x[12:] = rng.uniform(80, 140, (12, n)).astype(np.float32) * rng.choice([-1, 1], (12, n)).astype(np.float32)
         cases.append(Tensor.from_numpy(x.reshape(2, 12, n)))
-    want = peer_build.call_many(level, [("mlaref.codegen.ggml_ops:unary", (a, "SILU"), {}) for a in cases])
+    want = peer_build.call_many(level, [("mlaref.codegen.peers.ggml_ops:unary", (a, "SILU"), {}) for a in cases])
     for a, w in zip(cases, want):
         _same_bytes(unary(a, "SILU", simd=simd), w)
     for other in SIMD:
@@ -121,7 +125,7 @@ def test_gelu_table_matches_ggml_at_each_level(level):
     simd = _level_simd(level)
     x = fp.f16_to_f32(np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)).reshape(256, 256)
     a = Tensor.from_numpy(x)
-    want = peer_build.call(level, "mlaref.codegen.ggml_ops:unary", a, "GELU")
+    want = peer_build.call(level, "mlaref.codegen.peers.ggml_ops:unary", a, "GELU")
     _same_bytes(unary(a, "GELU", simd=simd), want)
     other = "sse2" if simd in ("avx512", "avx2") else "avx2"
     assert unary(a, "GELU", simd=other).raw().tobytes() != want.raw().tobytes()

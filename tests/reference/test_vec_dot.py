@@ -6,7 +6,7 @@ Oracles, none of them the code under test:
   decoding bytes with ``struct``-style loops and NumPy float32 scalars; fused steps use libm ``fmaf``;
 * the peer's ``vec_dot`` (upstream ggml's SIMD code as ggml-python built it here, natively; its plan is
   ``ggml_peer.build().vec_dot_plan``, the ``peer_plan`` fixture);
-* upstream ggml built at each level (``generic``, ``avx``, ``avx2``, ...; ``mlaref.codegen.peer_build``), run in a
+* upstream ggml built at each level (``generic``, ``avx``, ``avx2``, ...; ``mlaref.codegen.peers.build``), run in a
   child process per level, against the level's plan ``builds.level(level).vec_dot_plan``;
 * the peer library's exported ``ggml_vec_dot_*_generic`` symbols (the scalar code as GCC compiled it);
 * gguf-py's ``dequantize`` and float64 dot products for the NMSE bounds.
@@ -17,7 +17,7 @@ import ctypes
 import numpy as np
 import pytest
 
-from mlaref.codegen import libm
+from mlaref.reference import libm as libm
 from mlaref.reference import builds
 from mlaref.reference.ops.vec_dot import fma_f16, round_f64_to_f16, supported_pairs, vec_dot
 from mlaref.reference.plan import PLANS, ReductionPlan
@@ -31,7 +31,7 @@ SIZES = [32, 96, 160, 576]  # 1 block, odd block counts (iq4_nl's scalar tail), 
 
 @pytest.fixture(scope="module")
 def peer():
-    from mlaref.codegen import ggml_peer  # noqa: PLC0415
+    from mlaref.codegen.peers import ggml as ggml_peer  # noqa: PLC0415
 
     if not ggml_peer.available():
         pytest.skip(ggml_peer.unavailable_reason())
@@ -246,7 +246,7 @@ def _element_rows(et: str, n: int, rows_x: int, rows_y: int, seed: int):
 
 def _level_or_skip(level: str):
     """Skip where this CPU cannot run ``level`` (naming the features it lacks) or its build cannot be made."""
-    from mlaref.codegen import peer_build  # noqa: PLC0415
+    from mlaref.codegen.peers import build as peer_build  # noqa: PLC0415
 
     missing = peer_build.missing_for(level)
     if missing:
@@ -276,7 +276,7 @@ def _level_run(peer, level: str) -> dict:
                 else:
                     qx, qy = _data(peer, xt, yt, n, rows_x=4, rows_y=5, seed=n)
                 jobs.append(((pair, n), qx, qy))
-        want = pb.call_many(level, [("mlaref.codegen.ggml_peer:vec_dot_rows", (key[0].split(".")[0], qx, qy, key[1]),
+        want = pb.call_many(level, [("mlaref.codegen.peers.ggml:vec_dot_rows", (key[0].split(".")[0], qx, qy, key[1]),
                                      {}) for key, qx, qy in jobs])
         _LEVEL_RUNS[level] = {key: (qx, qy, w) for (key, qx, qy), w in zip(jobs, want)}
     return _LEVEL_RUNS[level]
@@ -356,7 +356,7 @@ def test_levels_differ_on_known_inputs(level):
     got = tuple(tuple(vec_dot(x, t, y, t, 64, plan)[:, 0].tolist()) for t, (x, y) in cases.items())
     assert got == want[plan]
     pb = _level_or_skip(level)
-    built = tuple(tuple(pb.call(level, "mlaref.codegen.ggml_peer:vec_dot_rows", t, x, y, 64)[:, 0].tolist())
+    built = tuple(tuple(pb.call(level, "mlaref.codegen.peers.ggml:vec_dot_rows", t, x, y, 64)[:, 0].tolist())
                   for t, (x, y) in cases.items())
     assert built == want[plan]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlaref.codegen import bench_mla as B
+from mlaref.codegen.bench import mla as B
 
 
 def test_mask_of_the_last_micro_batch():

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from mlaref.codegen import bench_mla
-from mlaref.codegen import report as R
+from mlaref.codegen.bench import mla as bench_mla
+from mlaref.codegen.report import builder as R
 
 TIME_LIMIT = 120  # seconds for `mlaref report --tiny` in the test
 PLOTS = {"compute_buffer.png", "mla_speedup.png", "mla_times.png", "kernel_throughput.png"}
@@ -83,7 +83,7 @@ def test_plots_are_pngs_of_the_stated_size(tiny_run):
     pytest.importorskip("matplotlib")
     out, _, _, report = tiny_run
     plots = report["plots"]
-    from mlaref.codegen import ggml_peer
+    from mlaref.codegen.peers import ggml as ggml_peer
 
     assert plots["status"] == "ok"
     assert {p["file"] for p in plots["plots"]} == PLOTS | (PLOTS_GGML if ggml_peer.available() else set())
@@ -154,7 +154,7 @@ def test_full_report_kernel_check_passes(name):
 
 
 def test_mla_sections(tiny_run):
-    from mlaref.codegen import ggml_peer
+    from mlaref.codegen.peers import ggml as ggml_peer
 
     sections = tiny_run[3]["sections"]
     assert sections["mla"]["status"] == "ok"
@@ -239,7 +239,7 @@ def test_skipped_sections_do_not_fail_the_report(tmp_path, monkeypatch):
 
 def test_without_ggml_python_or_matmul_kernels(tmp_path, monkeypatch):
     """ggml-python absent and no mul_mat/flash_attn_ext kernels: the report completes and says what it skipped."""
-    from mlaref.codegen import ggml_peer
+    from mlaref.codegen.peers import ggml as ggml_peer
 
     monkeypatch.setattr(ggml_peer, "available", lambda: False)
     monkeypatch.setattr(ggml_peer, "unavailable_reason", lambda: "ggml-python is not usable here (test)")

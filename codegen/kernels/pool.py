@@ -1,5 +1,5 @@
-"""Kernels on C threads: the pool of ``codegen/pool.c``, behind ``n_threads > 1`` of :mod:`mlaref.codegen.kernels`
-and :mod:`mlaref.codegen.kernels_mm`.
+"""Kernels on C threads: the pool of ``codegen/kernels/pool.c``, behind ``n_threads > 1`` of :mod:`mlaref.codegen.kernels`
+and :mod:`mlaref.codegen.kernels.mm`.
 
 A threaded call used to hand its parts to Python threads; on a 2-core machine the hand-off (a future, a lock,
 waking a thread that must take the GIL) cost 50-200 us, more than a 64-row kernel call itself. Here the parts

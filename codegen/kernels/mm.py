@@ -23,7 +23,7 @@ iqk's blocked online softmax with the plan's ``k_step``, ``kv_chunks`` (merged i
 (``libm``, ``v_expf_avx2`` or ``v_expf_avx512``; each is computed lane by lane in C with one rounding per step, so
 every ISA can run every exp). K and V are f16 or q8_0 (the same type), the mask f16 (binary, as iqk reads it).
 
-Threads (``n_threads``): jobs of the C thread pool (:mod:`mlaref.codegen.pool`) over disjoint work: mul_mat
+Threads (``n_threads``): jobs of the C thread pool (:mod:`mlaref.codegen.kernels.pool`) over disjoint work: mul_mat
 splits src1 columns (or src0 rows when there are fewer columns than threads), flash_attn_ext splits (head, block
 of ``q_block`` queries) units. A reduction is never split by thread count, so the bytes do not depend on
 ``n_threads`` (style.md 4.8). ``isa=`` caps dispatch, ``kernel=`` names one kernel of generated/manifest.json.
@@ -34,8 +34,8 @@ from __future__ import annotations
 import numpy as np
 
 from mlaref.codegen import args as _args
-from mlaref.codegen import kernels as _kernels
-from mlaref.codegen import pool as _pool
+from mlaref.codegen.kernels import rows as _kernels
+from mlaref.codegen.kernels import pool as _pool
 from mlaref.reference.plan import MLAREF_L16A1, ReductionPlan, get_plan
 from mlaref.reference.tensor import Tensor
 
@@ -83,9 +83,9 @@ def _ranges(n: int, parts: int, align: int) -> list[tuple[int, int]]:
 
 
 def _run(kind: str, fn, ffi, args, ranges) -> list[int]:
-    """The kernel's return codes over ``ranges``, as jobs of the C thread pool (:mod:`mlaref.codegen.pool`; a
+    """The kernel's return codes over ``ranges``, as jobs of the C thread pool (:mod:`mlaref.codegen.kernels.pool`; a
     single job runs on this thread), job k with the arguments ``args(lo, hi)`` (addresses as ints)."""
-    fa = _kernels._address(ffi, fn)
+    fa = _kernels.address(ffi, fn)
     return _pool.run([_pool.job(kind, fa, *args(lo, hi)) for lo, hi in ranges]).tolist()
 
 

@@ -1,7 +1,7 @@
 /* mlaref's driver for a cross-built upstream ggml (ggml-base + ggml-cpu, static) under qemu-user.
 
    Reads requests from stdin until EOF and answers each on stdout; every integer is a little-endian int32, every
-   float an IEEE float32, rows are raw bytes (mlaref.codegen.peer_cross writes and reads this protocol):
+   float an IEEE float32, rows are raw bytes (mlaref.codegen.peers.cross writes and reads this protocol):
 
      'F'                                    -> 16 x int32: ggml_cpu_has_{neon, arm_fma, fp16_va, dotprod,
                                                matmul_int8, sve, sme}, then __ARM_FEATURE_{DOTPROD, FMA,

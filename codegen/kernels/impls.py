@@ -2,7 +2,7 @@
 
 :func:`mlaref.reference.graphs.executor.run_graph` takes ``impl={op: fn}`` with ``fn(node, *srcs, **options)``.
 :class:`KernelImpls` builds that dict from :mod:`mlaref.codegen.kernels` (helper H5: copy / quantize / dequantize /
-convert rows) and :mod:`mlaref.codegen.kernels_mm` (helper H11: ``mul_mat``, ``flash_attn_ext``), whose functions
+convert rows) and :mod:`mlaref.codegen.kernels.mm` (helper H11: ``mul_mat``, ``flash_attn_ext``), whose functions
 take the reference's arguments and return the reference's bytes under the same plan:
 
 ============== ====================================== ===========================================================
@@ -51,8 +51,8 @@ __all__ = ["KERNEL_OPS", "KernelImpls", "Run", "available"]
 KERNEL_OPS = ("MUL_MAT", "FLASH_ATTN_EXT", "CPY", "CONT", "CONCAT", "REPEAT", "GET_ROWS")
 # op -> (module, function) the adapter calls
 _KERNEL_FUNCS = {
-    "MUL_MAT": ("mlaref.codegen.kernels_mm", "mul_mat"),
-    "FLASH_ATTN_EXT": ("mlaref.codegen.kernels_mm", "flash_attn_ext"),
+    "MUL_MAT": ("mlaref.codegen.kernels.mm", "mul_mat"),
+    "FLASH_ATTN_EXT": ("mlaref.codegen.kernels.mm", "flash_attn_ext"),
     "CPY": ("mlaref.codegen.kernels", "cpy"),
     "CONT": ("mlaref.codegen.kernels", "cpy"),
     "CONCAT": ("mlaref.codegen.kernels", "concat"),

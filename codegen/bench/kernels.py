@@ -18,7 +18,7 @@ compare=True, threads=(1, 2))`` returns a dict:
     kernel) and ``api_vs_ggml`` (medians; > 1 means mlaref is faster).
 
 Fairness. Kernel is timed against kernel: the generated C function and ggml's C function are both called
-from one job array of :mod:`mlaref.codegen.pool` built once (addresses and arguments made once), by the same
+from one job array of :mod:`mlaref.codegen.kernels.pool` built once (addresses and arguments made once), by the same
 C runner: one job per thread on halves of the rows, the first run by the calling thread, the second by a pool
 worker, so thread start-up and hand-off cost the same on both sides and no Python runs between the parts. The
 Python checks of :mod:`mlaref.codegen.kernels` (15-50 us a call here) are timed separately (``mlaref_api``).
@@ -44,7 +44,9 @@ import time
 
 import numpy as np
 
-from mlaref.codegen import catalog, cpu, pool
+from mlaref.codegen import catalog, cpu
+
+from mlaref.codegen.kernels import pool as pool
 from mlaref.codegen.bench import round_orders
 from mlaref.codegen import kernels as K
 
@@ -174,9 +176,9 @@ def _fn_addr(f) -> int:
 def _ggml_row_fn(kind: str, type: str, plan: str | None):
     """ggml's function for a (kind, type, plan), or None with no counterpart: quantize ``ref`` -> from_float_ref
     (``quantize_row_<t>_ref``), quantize ``x86`` -> the CPU back-end's from_float, dequantize -> to_float."""
-    from mlaref.codegen import ggml_peer as gp
+    from mlaref.codegen.peers import ggml as gp
 
-    if not gp.available() or type not in gp._GGML_TYPE:
+    if not gp.available() or type not in gp.GGML_TYPE:
         return None
     g = gp.lib()
     t = gp.ggml_type(type)
@@ -239,7 +241,7 @@ def _on_pool(kind: str, fn: int, n_rows: int, n_threads: int, args, keep: tuple)
     :mod:`mlaref.codegen.kernels` splits them), with the arguments ``args(r0, r1)``; the job array is built
     once, as ggml's pointers are made once. ``keep``: the arrays the addresses point into, held as long as the
     call is."""
-    jobs = pool.jobs_array([pool.job(kind, fn, *args(r0, r1)) for r0, r1 in K._split(n_rows, n_threads)])
+    jobs = pool.jobs_array([pool.job(kind, fn, *args(r0, r1)) for r0, r1 in K.split(n_rows, n_threads)])
 
     def call(_keep=keep):
         pool.run(jobs)
@@ -252,7 +254,7 @@ def compare_kernels(types=None, n_rows: int = 64, n: int = 4096, threads=(1, 2),
     """Rows of the comparison (see the module docstring): quantize and dequantize per format and plan, vec_dot
     per pair ggml also has (ggml's x86 order and mlaref's ``l8a2``), and row copies vs memcpy."""
     from mlaref import reference as R
-    from mlaref.codegen import ggml_peer as gp
+    from mlaref.codegen.peers import ggml as gp
 
     ref_vec_dot = importlib.import_module("mlaref.reference.ops.vec_dot").vec_dot
     rng = np.random.default_rng(seed)
@@ -281,7 +283,7 @@ def compare_kernels(types=None, n_rows: int = 64, n: int = 4096, threads=(1, 2),
         for t in threads:
             spec, fn, ffi = K.resolve("quantize_row", type_, None, plan)
             ax, ar, sx, sr = pool.address(x), pool.address(res), x.strides[0], res.strides[0]
-            calls = {"mlaref": _on_pool("quantize", K._address(ffi, fn), n_rows, t, lambda r0, r1: (
+            calls = {"mlaref": _on_pool("quantize", K.address(ffi, fn), n_rows, t, lambda r0, r1: (
                          ax + r0 * sx, ar + r0 * sr, r1 - r0, nn, sx, sr), (x, res)),
                      "mlaref_api": lambda: K.quantize(x, type_, variant=v, n_threads=t, out=res)}
             if f is not None:
@@ -311,7 +313,7 @@ def compare_kernels(types=None, n_rows: int = 64, n: int = 4096, threads=(1, 2),
         for t in threads:
             spec, fn, ffi = K.resolve("dequantize_row", type_, None, "ref")
             ad, ar, sd, sr = pool.address(data), pool.address(res), data.strides[0], res.strides[0]
-            calls = {"mlaref": _on_pool("dequantize", K._address(ffi, fn), n_rows, t, lambda r0, r1: (
+            calls = {"mlaref": _on_pool("dequantize", K.address(ffi, fn), n_rows, t, lambda r0, r1: (
                          ad + r0 * sd, ar + r0 * sr, r1 - r0, nn, sd, sr), (data, res)),
                      "mlaref_api": lambda: K.dequantize(data, type_, n_threads=t, out=res)}
             if type_ == "f32":  # a copy: memcpy of the same bytes is the bound
@@ -344,7 +346,7 @@ def compare_kernels(types=None, n_rows: int = 64, n: int = 4096, threads=(1, 2),
             yb = R.quantize(yf, ty) if ty in ("f16", "bf16") else R.quantize(yf, ty, variant="x86")
         xb, yb = _aligned(xb), _aligned(yb)
         vd = None
-        if gp.available() and tx in gp._GGML_TYPE and gp.vec_dot_type(tx) == gp.ggml_type(ty):
+        if gp.available() and tx in gp.GGML_TYPE and gp.vec_dot_type(tx) == gp.ggml_type(ty):
             vd = gp.lib().ggml_get_type_traits_cpu(gp.ggml_type(tx)).contents.vec_dot
         plans = [p for p in ("ggml_x86_avx2", "l8a2") if any(
             s.family == "vec_dot" and (s.type_x, s.type_y, s.plan) == (tx, ty, p) for s in catalog.catalog())]
@@ -361,7 +363,7 @@ def compare_kernels(types=None, n_rows: int = 64, n: int = 4096, threads=(1, 2),
             ref_ts = (_times(lambda: ref_vec_dot(xb, tx, yb, ty, nn, plan=plan), 0, 1)
                       if reference else None)
             for t in threads:
-                calls = {"mlaref": _on_pool("vec_dot", K._address(ffi, fn), n_rows, t, lambda r0, r1: (
+                calls = {"mlaref": _on_pool("vec_dot", K.address(ffi, fn), n_rows, t, lambda r0, r1: (
                              ax + r0 * sx, sx, r1 - r0, ay, sy, n_y, nn, ao + r0 * so, so), (xb, yb, res)),
                          "mlaref_api": lambda: K.vec_dot(xb, tx, yb, ty, nn, plan=plan, n_threads=t, out=res)}
                 if vd is not None:
@@ -379,12 +381,12 @@ def compare_kernels(types=None, n_rows: int = 64, n: int = 4096, threads=(1, 2),
         src = _aligned(rng.integers(0, 256, (rows_n, 1152), dtype=np.uint8))
         dst = _aligned((rows_n, 1152), np.uint8)
         a_s, a_d, mem = pool.address(src), pool.address(dst), _aligned(dst.shape, dst.dtype)
-        a_m, fa, big = pool.address(mem), K._address(ffi, fn), 1152 * rows_n
+        a_m, fa, big = pool.address(mem), K.address(ffi, fn), 1152 * rows_n
         for t in threads:
             timings = _interleaved({
                 "mlaref": _on_pool("copy", fa, rows_n, t, lambda r0, r1: (
                     a_d + r0 * 1152, a_s + r0 * 1152, 1152, 1, r1 - r0, 1, 1, 1152, big, big, 1152, big, big,
-                    K._streams(2 * big)),
+                    K.streams(2 * big)),
                     (src, dst)),
                 "memcpy": _on_pool("memcpy", 0, rows_n, t, lambda r0, r1: (
                     a_m + r0 * 1152, a_s + r0 * 1152, (r1 - r0) * 1152), (src, mem))}, warmup, repeat)

@@ -154,7 +154,7 @@ def environment() -> dict:
         "numpy": np.__version__,
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "processor": _cpu_model(),
+        "processor": cpu_model(),
     }
     try:
         from importlib.metadata import version  # noqa: PLC0415
@@ -166,7 +166,7 @@ def environment() -> dict:
     return env
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
@@ -385,11 +385,11 @@ _PENDING: dict[str, str] = {}
 # The other benchmarks live in their own modules: name -> (module, configure, run, help). Each module's
 # ``configure(parser)`` adds the options and ``run(args) -> int`` prints the table (and writes --json).
 _EXTERNAL = {
-    "kernels": ("mlaref.codegen.bench", "_configure_kernels", "_run_kernels",
+    "kernels": ("mlaref.codegen.bench.method", "_configure_kernels", "_run_kernels",
                 "generated C kernels by name, and each family against the reference and ggml (bench_kernels.py)"),
-    "ops": ("mlaref.codegen.report", "configure_bench_ops", "run_bench_ops",
+    "ops": ("mlaref.codegen.report.builder", "configure_bench_ops", "run_bench_ops",
             "one MLA layer's ops at small shapes: reference vs kernels vs ggml"),
-    "mla": ("mlaref.codegen.bench_mla", "configure", "run",
+    "mla": ("mlaref.codegen.bench.mla", "configure", "run",
             "the FlashMLA-2 prompt-processing layer (K/V build + attention), f32 vs direct (PR #253) vs chunked"),
 }
 
@@ -434,7 +434,7 @@ def _configure_kernels(p: argparse.ArgumentParser) -> None:
 
 
 def _run_mm(args) -> int:
-    from mlaref.codegen import bench_mm  # noqa: PLC0415
+    from mlaref.codegen.bench import mm as bench_mm  # noqa: PLC0415
 
     results = {
         "mul_mat": bench_mm.bench_mul_mat(n_kvs=tuple(args.n_kv), threads=tuple(args.threads), repeats=args.repeats),
@@ -453,7 +453,7 @@ def _run_mm(args) -> int:
 
 
 def _run_kernels(args) -> int:
-    from mlaref.codegen import bench_kernels as bk  # noqa: PLC0415
+    from mlaref.codegen.bench import kernels as bk  # noqa: PLC0415
 
     if args.repeats < 1 or any(t < 1 for t in args.threads):
         print("mlaref bench kernels: --repeats and --threads must be >= 1", file=sys.stderr)

@@ -1,4 +1,4 @@
-/* The thread pool behind n_threads > 1 of the kernels (mlaref.codegen.pool): C threads, no Python hand-off.
+/* The thread pool behind n_threads > 1 of the kernels (mlaref.codegen.kernels.pool): C threads, no Python hand-off.
  *
  * A call hands over an array of jobs, one per part of the rows. Every job is MLA_JOB_WORDS int64 words:
  *

@@ -33,7 +33,7 @@ import math
 import numpy as np
 
 from mlaref.codegen import bench as _bench
-from mlaref.codegen import kernels_mm as _km
+from mlaref.codegen.kernels import mm as _km
 from mlaref.reference.tensor import Tensor
 
 __all__ = ["bench_mul_mat", "bench_flash_attn", "peak_gflops", "format_table", "MM_CASES", "EXTRA_CASES"]
@@ -82,10 +82,12 @@ class _GgmlGraph:
     """One ggml graph built once over copies of mlaref tensors; ``compute()`` runs it (the timed part)."""
 
     def __init__(self, builder, *inputs: Tensor, n_threads: int, extra_bytes: int = 0):
-        from mlaref.codegen import ggml_ops, ggml_peer
+        from mlaref.codegen.peers import ggml_ops as ggml_ops
+
+        from mlaref.codegen.peers import ggml as ggml_peer
 
         g = self.g = ggml_peer.lib()
-        need = sum(max(t.data.size, ggml_ops._span(t)) + 64 for t in inputs)  # noqa: SLF001
+        need = sum(max(t.data.size, ggml_ops._span(t)) + 64 for t in inputs)
         mem = need + extra_bytes + (64 << 20) + int(g.ggml_graph_overhead())  # + results and casts
         self.ctx = g.ggml_init(g.ggml_init_params(mem_size=mem, mem_buffer=None, no_alloc=False))
         if not self.ctx:
@@ -94,7 +96,7 @@ class _GgmlGraph:
         views: dict = {}
         for t in inputs:
             views.setdefault(id(t.data), []).append(t)
-        gts = [ggml_ops._to_ggml(g, self.ctx, t, bases, views) for t in inputs]  # noqa: SLF001
+        gts = [ggml_ops._to_ggml(g, self.ctx, t, bases, views) for t in inputs]
         self.out = builder(g, self.ctx, *gts)
         self.gf = g.ggml_new_graph(self.ctx)
         g.ggml_build_forward_expand(self.gf, self.out)
@@ -108,9 +110,9 @@ class _GgmlGraph:
             raise RuntimeError(f"ggml_graph_compute returned {status}")
 
     def result(self) -> np.ndarray:
-        from mlaref.codegen import ggml_ops
+        from mlaref.codegen.peers import ggml_ops as ggml_ops
 
-        return ggml_ops._from_ggml(self.g, self.out).to_numpy()  # noqa: SLF001
+        return ggml_ops._from_ggml(self.g, self.out).to_numpy()
 
     def close(self) -> None:
         self.g.ggml_free(self.ctx)

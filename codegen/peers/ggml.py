@@ -12,7 +12,7 @@ import functools
 
 import numpy as np
 
-_GGML_TYPE = {
+GGML_TYPE = {
     "f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q8_1": 9,
     "q4_K": 12, "q6_K": 14, "q8_K": 15, "iq4_nl": 20, "bf16": 30,
 }
@@ -57,7 +57,9 @@ def build():
     import json  # noqa: PLC0415
     import pathlib  # noqa: PLC0415
 
-    from mlaref.codegen import cpu, peer_build  # noqa: PLC0415
+    from mlaref.codegen import cpu  # noqa: PLC0415
+
+    from mlaref.codegen.peers import build as peer_build  # noqa: PLC0415
     from mlaref.reference.builds import GgmlBuild  # noqa: PLC0415
 
     g = lib()
@@ -93,9 +95,9 @@ def lib():
 
 
 def ggml_type(name: str) -> int:
-    if name not in _GGML_TYPE:
-        raise ValueError(f"ggml has no type {name!r} (known to the peer: {', '.join(_GGML_TYPE)})")
-    return _GGML_TYPE[name]
+    if name not in GGML_TYPE:
+        raise ValueError(f"ggml has no type {name!r} (known to the peer: {', '.join(GGML_TYPE)})")
+    return GGML_TYPE[name]
 
 
 def _f32_ptr(a: np.ndarray):

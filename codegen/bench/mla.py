@@ -21,7 +21,7 @@ of the last micro-batch of a prompt of ``n_kv`` tokens (token t sees cells ``<= 
 Back-ends, named in every result's ``backend`` field:
 
 ``kernels`` (the default where they run)
-    mlaref's generated C kernels: ``mul_mat`` and ``flash_attn_ext`` of :mod:`mlaref.codegen.kernels_mm` (Python
+    mlaref's generated C kernels: ``mul_mat`` and ``flash_attn_ext`` of :mod:`mlaref.codegen.kernels.mm` (Python
     threads over disjoint work; iqk's blocked attention order), the ``copy_rows`` kernel for repeat and concat,
     NumPy for the float casts and the f32 concat (no kernel exists for those); ``wkv_b`` is **IQ4_NL**, the
     seed's weight type, which the direct branch can feed with the f16 cache (converted to q8_0 inside the
@@ -126,7 +126,7 @@ class _GgmlLayer:
     """The three variants' graphs for one ``n_kv`` in one ggml context (see the module docstring)."""
 
     def __init__(self, s: dict, n_kv: int, kv_chunk: int, n_threads: int, seed: int):
-        from mlaref.codegen import ggml_peer
+        from mlaref.codegen.peers import ggml as ggml_peer
 
         self.g = g = ggml_peer.lib()
         self.s, self.n_kv, self.n_threads = s, n_kv, n_threads
@@ -355,9 +355,9 @@ def _reference_layer(s: dict, n_kv: int, kv_chunk: int, seed: int) -> dict:
 # kernels back-end: mlaref's generated C kernels
 # ----------------------------------------------------------------------------------------------------------
 KERNEL_OPS = {
-    "mul_mat": "mlaref.codegen.kernels_mm.mul_mat (generated mul_mat kernel, l16a1 plan; src1 f16 or f32 converted "
+    "mul_mat": "mlaref.codegen.kernels.mm.mul_mat (generated mul_mat kernel, l16a1 plan; src1 f16 or f32 converted "
                "to q8_0 in the kernel, #253's iqk_quantize_any order)",
-    "flash_attn_ext": "mlaref.codegen.kernels_mm.flash_attn_ext (generated kernel, iqk's blocked order)",
+    "flash_attn_ext": "mlaref.codegen.kernels.mm.flash_attn_ext (generated kernel, iqk's blocked order)",
     "repeat, concat (cache type)": "mlaref.codegen.kernels.repeat / concat (generated copy_rows kernel)",
     "repeat (f32)": "mlaref.codegen.kernels.repeat (generated copy_rows kernel)",
     "concat (f32)": "mlaref.reference.ops.concat (NumPy; no kernel for f32 concat, as in kernels.concat)",
@@ -368,7 +368,7 @@ KERNEL_OPS = {
 def _kernel_layer(s: dict, n_kv: int, kv_chunk: int, n_threads: int, seed: int, weight_type: str) -> dict:
     """Callables for each variant (and ``<variant>/kv``, the K/V build alone) on mlaref's kernels; see KERNEL_OPS."""
     from mlaref.codegen import kernels as K
-    from mlaref.codegen import kernels_mm as KM
+    from mlaref.codegen.kernels import mm as KM
     from mlaref.reference.ops.concat import concat
     from mlaref.reference.ops.cpy import cast
     from mlaref.reference.tensor import Tensor
@@ -441,7 +441,7 @@ def _kernels_available() -> str | None:
     """None when the generated mul_mat and flash_attn_ext kernels can run here, else the reason."""
     try:
         from mlaref.codegen import kernels as K
-        from mlaref.codegen import kernels_mm  # noqa: F401
+        from mlaref.codegen.kernels import mm as kernels_mm  # noqa: F401
 
         K.resolve("mul_mat", "iq4_nl", "f16", "l16a1")
         K.resolve("flash_attn_ext", "f16", "f16", "l16a1")
@@ -459,7 +459,8 @@ def run_mla(*, n_kv=N_KV_FULL, T: int = 512, repeats: int = 3, n_threads: int | 
     the head count (tests; the reference back-end defaults to 2). ``progress(done, total, label)`` is called
     before each ``n_kv``.
     """
-    from mlaref.codegen import bench, ggml_peer
+    from mlaref.codegen import bench
+    from mlaref.codegen.peers import ggml as ggml_peer
     from mlaref.reference.hparams import preset
 
     if backend not in ("auto", "ggml", "kernels", "reference"):

@@ -27,7 +27,7 @@ Which library runs (``--peer ggml-python@LEVEL`` or ``--lib PATH``): ggml-python
 to point it elsewhere (``ggml/ggml.py: load_shared_library``). For another build the run makes a copy of the
 ggml-python package in a temporary directory whose ``lib`` entries link to the given build's libraries, and the
 workers import ``ggml`` from there. ``--peer ggml-python@LEVEL`` is the build of that level from ggml-python's
-own sdist (``mlaref peer build``, :mod:`mlaref.codegen.peer_build`), built on first use; ``--peer ggml-python``
+own sdist (``mlaref peer build``, :mod:`mlaref.codegen.peers.build`), built on first use; ``--peer ggml-python``
 (the default) is the installed package's library. A ``--lib`` build must have the C API and struct layouts of
 ggml-python's header version: the run prints ``ggml_version()`` / ``ggml_commit()`` of the library loaded and
 warns when the version differs.
@@ -320,13 +320,13 @@ def _out_rows(kind: str, rows: np.ndarray, n: int) -> Output:
 
 
 def _peer():
-    from mlaref.codegen import ggml_peer  # noqa: PLC0415
+    from mlaref.codegen.peers import ggml as ggml_peer  # noqa: PLC0415
 
     return ggml_peer
 
 
 def _ops():
-    from mlaref.codegen import ggml_ops  # noqa: PLC0415
+    from mlaref.codegen.peers import ggml_ops as ggml_ops  # noqa: PLC0415
 
     return ggml_ops
 
@@ -346,7 +346,7 @@ def _traits_fn(type_name: str, field: str, cpu: bool):
 
 
 def _check_lib_type(t: str) -> None:
-    if t not in _peer()._GGML_TYPE:  # noqa: SLF001  (the peer's table of upstream type numbers)
+    if t not in _peer().GGML_TYPE:
         raise Unsupported(f"upstream ggml has no type {t} (an ik_llama.cpp@676f0e71b-only layout)")
 
 
@@ -653,7 +653,7 @@ def _run_in_worker(case: Case) -> dict:
 
 def _shim_package(lib_path: str) -> str:
     """A temporary copy of the ggml-python package whose ``lib/`` links to another build's libraries."""
-    from mlaref.codegen import peer_build  # noqa: PLC0415
+    from mlaref.codegen.peers import build as peer_build  # noqa: PLC0415
 
     p = Path(lib_path).expanduser().resolve()
     lib_dir = p if p.is_dir() else p.parent
@@ -839,7 +839,7 @@ _FINDING_CONCAT = {"kind": "finding", "text": "F1 in docs/conformance-findings.m
 
 
 def finding_cases() -> list[Case]:
-    """Minimal reproducers of the findings in docs/conformance-findings.md (codegen/cases/finding-*.json)."""
+    """Minimal reproducers of the findings in docs/conformance-findings.md (codegen/conform/cases/finding-*.json)."""
     return [_mk("finding/F1/concat_q8_0_dim0_one_block_each", "concat", {"dim": 0},
                 {"a": {"gen": "normal", "type": "q8_0", "shape": [1, 32]},
                  "b": {"gen": "normal", "type": "q8_0", "shape": [1, 32]}},
@@ -867,7 +867,7 @@ def _peer_plan() -> str:
     """The vec_dot plan of the library this worker loaded (``ggml_peer.build().vec_dot_plan``: from the features
     it was compiled with and its tuning, mlaref.reference.builds); a build whose order is not modelled makes the
     case ``unsupported`` with the reason, never a comparison against a guessed order."""
-    from mlaref.codegen import ggml_peer  # noqa: PLC0415
+    from mlaref.codegen.peers import ggml as ggml_peer  # noqa: PLC0415
 
     try:
         return ggml_peer.vec_dot_plan()
@@ -877,7 +877,7 @@ def _peer_plan() -> str:
 
 def _peer_build():
     """The :class:`~mlaref.reference.builds.GgmlBuild` of the library this worker loaded."""
-    from mlaref.codegen import ggml_peer  # noqa: PLC0415
+    from mlaref.codegen.peers import ggml as ggml_peer  # noqa: PLC0415
 
     return ggml_peer.build()
 
@@ -1157,7 +1157,7 @@ def snapshot_name(result: dict) -> str:
 
 def _targets(args) -> list:
     """(label, lib path or a callable that builds it) for each library the run checks."""
-    from mlaref.codegen import peer_build  # noqa: PLC0415
+    from mlaref.codegen.peers import build as peer_build  # noqa: PLC0415
 
     if args.all_levels:
         if args.lib or args.peer:
@@ -1193,11 +1193,3 @@ def _summarise(result: dict) -> int:
               f"{g.get('header_version')}: struct layouts may differ", file=sys.stderr)
     print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; {unexplained} unexplained")
     return unexplained
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["--worker"]:
-        sys.exit(worker_main(sys.argv[2:]))
-    _p = argparse.ArgumentParser(prog="python -m mlaref.codegen.conform", description=__doc__.splitlines()[0])
-    configure(_p)
-    sys.exit(run(_p.parse_args()))

@@ -13,7 +13,7 @@ Strides are copied into the ggml view as they are, including ``nb[0]``: this is 
 The op functions below (``concat``, ``repeat``, ``cpy``, ``cast``, ``get_rows``, ``add``, ``mul``,
 ``scale``, ``rms_norm``, ``rope_ext``, ``soft_max_ext``, ``unary``) are one-line builders over ``run``. Being
 module-level functions of Tensors, they also run against another build of ggml through
-``peer_build.call(level, "mlaref.codegen.ggml_ops:<op>", ...)`` (``call_many`` for several in one child).
+``peer_build.call(level, "mlaref.codegen.peers.ggml_ops:<op>", ...)`` (``call_many`` for several in one child).
 Other op families append their functions at the end of this file.
 """
 
@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from mlaref.codegen import ggml_peer
+from mlaref.codegen.peers import ggml as ggml_peer
 from mlaref.reference.tensor import Tensor, row_size, type_geometry
 
 __all__ = [
@@ -60,8 +60,8 @@ def type_name(tid: int) -> str:
     """The mlaref type name of an ``enum ggml_type`` value."""
     if tid == _I32:
         return "i32"
-    for name in ggml_peer._GGML_TYPE:  # noqa: SLF001  (the one table of type numbers)
-        if ggml_peer._GGML_TYPE[name] == tid:  # noqa: SLF001
+    for name in ggml_peer.GGML_TYPE:
+        if ggml_peer.GGML_TYPE[name] == tid:
             return name
     raise ValueError(f"ggml type {tid} has no mlaref name")
 

@@ -1,7 +1,7 @@
 """Cross-build upstream ggml for aarch64 at three levels and run its CPU code under qemu-user through a C driver.
 
 ggml-python's ctypes bindings cannot load an aarch64 library into an x86 Python, so the peer is a small static
-aarch64 program, ``codegen/ggml_cross_driver.c`` linked against ggml's ``ggml-base`` and ``ggml-cpu`` static
+aarch64 program, ``codegen/peers/ggml_cross_driver.c`` linked against ggml's ``ggml-base`` and ``ggml-cpu`` static
 libraries, that reads requests on stdin and answers on stdout (its header comment is the protocol). The levels
 are ggml's own CMake switch ``GGML_CPU_ARM_ARCH`` (ggml/src/ggml-cpu/CMakeLists.txt at ggml 0.15.3, as vendored by
 ggml-python 0.0.45) with ``GGML_NATIVE=OFF``:
@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from mlaref.codegen import build as _build
-from mlaref.codegen import peer_build
+from mlaref.codegen.peers import build as peer_build
 
 __all__ = ["LEVELS", "LEVEL_ORDER", "CC", "CXX", "QEMU", "APT_PACKAGES", "CrossToolsMissing", "tools_missing",
            "build_dir", "built", "record", "ensure", "driver", "run", "compiled_features", "call_vec_dot",

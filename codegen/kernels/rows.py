@@ -7,7 +7,7 @@ their reference counterparts (``mlaref.reference.quantize`` / ``dequantize``, ``
 
 * ``isa=``: cap dispatch at this ISA (it and the ISAs it implies), as ``dispatch.forced`` does;
 * ``kernel=``: run exactly this kernel (a name from generated/manifest.json; tests use it);
-* ``n_threads=``: split the rows over C threads (:mod:`mlaref.codegen.pool`: one cffi call hands the parts to
+* ``n_threads=``: split the rows over C threads (:mod:`mlaref.codegen.kernels.pool`: one cffi call hands the parts to
   worker threads, with the GIL released); each row is written by one thread only and no reduction crosses rows,
   so the bytes do not depend on the thread count;
 * ``out=``: write into a caller's array (checked by :mod:`mlaref.codegen.args`: dtype, shape, strides,
@@ -22,7 +22,7 @@ ffi)`` per request and dispatch state (:func:`mlaref.codegen.dispatch.state_key`
 ``MLAREF_ISA``, ``MLAREF_DISABLE_ISA``, ``MLAREF_SANITIZE``), so a forced or disabled ISA still takes effect on the
 next call; outputs the function allocates skip the output checks (they cannot fail on a fresh ``np.empty``);
 C-contiguous inputs become rows by ``reshape``; pointers are cast once per call. Threaded splits run on the C
-pool of :mod:`mlaref.codegen.pool` (started once, and again after a ``fork``): the caller runs the first part
+pool of :mod:`mlaref.codegen.kernels.pool` (started once, and again after a ``fork``): the caller runs the first part
 itself, and a call that finds the pool serving another thread runs its parts in turn on its own thread, so
 concurrent calls cannot deadlock.
 """
@@ -39,21 +39,13 @@ from mlaref.codegen import build as _build
 from mlaref.codegen import catalog as _catalog
 from mlaref.codegen import cpu as _cpu
 from mlaref.codegen import dispatch as _dispatch
-from mlaref.codegen import pool as _pool
+from mlaref.codegen.kernels import pool as _pool
 
 __all__ = [
-    "quantize", "dequantize", "convert", "vec_dot", "concat", "repeat", "cpy", "mul_mat", "flash_attn_ext",
-    "resolve", "geometry", "DispatchError",
+    "quantize", "dequantize", "convert", "vec_dot", "concat", "repeat", "cpy", "resolve", "geometry", "split",
+    "address", "streams", "DispatchError", "GEOMETRY",
 ]
 
-
-def __getattr__(name):
-    """``mul_mat`` and ``flash_attn_ext`` live in :mod:`mlaref.codegen.kernels_mm` (which imports this module)."""
-    if name in ("mul_mat", "flash_attn_ext"):
-        from mlaref.codegen import kernels_mm
-
-        return getattr(kernels_mm, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 DispatchError = _dispatch.DispatchError
 
@@ -137,14 +129,14 @@ def _base(ffi, a: np.ndarray):
     return ffi.cast("char *", a.__array_interface__["data"][0])
 
 
-def _split(n_rows: int, n_threads: int):
+def split(n_rows: int, n_threads: int):
     k = min(n_threads, n_rows)
     bounds = [n_rows * i // k for i in range(k + 1)]
     return [(bounds[i], bounds[i + 1]) for i in range(k) if bounds[i + 1] > bounds[i]]
 
 
 @functools.lru_cache(maxsize=None)
-def _address(ffi, fn) -> int:
+def address(ffi, fn) -> int:
     """The address of a kernel (a function of a cffi ``lib``, as :func:`resolve` returns it), for pool jobs."""
     return int(ffi.cast("uintptr_t", ffi.addressof(fn.__self__, fn.__name__)))
 
@@ -159,7 +151,7 @@ def _run_rows(call, n_rows: int, n_threads: int, job=None) -> None:
     if n_threads == 1 or n_rows == 1:
         call(0, 0, n_rows)
         return
-    parts = _split(n_rows, n_threads)
+    parts = split(n_rows, n_threads)
     if len(parts) == 1:
         call(0, parts[0][0], parts[0][1])
         return
@@ -186,7 +178,7 @@ def dequantize(data, type, *, isa=None, kernel=None, n_threads=1, out=None) -> n
         fn(cast("const uint8_t *", px + r0 * sx), cast("float *", py + r0 * sy), r1 - r0, n, sx, sy)
 
     def job(_k, r0, r1):
-        return _pool.job("dequantize", _address(ffi, fn), _at(ffi, px) + r0 * sx, _at(ffi, py) + r0 * sy, r1 - r0, n,
+        return _pool.job("dequantize", address(ffi, fn), _at(ffi, px) + r0 * sx, _at(ffi, py) + r0 * sy, r1 - r0, n,
                          sx, sy)
 
     _run_rows(call, rows.n_rows, n_threads, job)
@@ -216,7 +208,7 @@ def quantize(x, type, *, variant="ref", imatrix=None, isa=None, kernel=None, n_t
         fn(cast("const float *", px + r0 * sx), cast("uint8_t *", py + r0 * sy), r1 - r0, n, sx, sy)
 
     def job(_k, r0, r1):
-        return _pool.job("quantize", _address(ffi, fn), _at(ffi, px) + r0 * sx, _at(ffi, py) + r0 * sy, r1 - r0, n,
+        return _pool.job("quantize", address(ffi, fn), _at(ffi, px) + r0 * sx, _at(ffi, py) + r0 * sy, r1 - r0, n,
                          sx, sy)
 
     _run_rows(call, rows.n_rows, n_threads, job)
@@ -241,7 +233,7 @@ def convert(data, src_type, dst_type, *, variant="ref", isa=None, kernel=None, n
     else:
         dst = _args.output_rows(out, "out", np.uint8, shape, inputs=[("data", rows.array)])
     spec, fn, ffi = resolve("convert_rows", src_type, dst_type, plan, isa=isa, kernel=kernel)
-    parts = _split(rows.n_rows, n_threads)
+    parts = split(rows.n_rows, n_threads)
     scratch = np.empty((len(parts), n), dtype=np.float32)
     px, py, pt, sx, sy = _base(ffi, rows.array), _base(ffi, dst.array), _base(ffi, scratch), rows.stride, dst.stride
     cast = ffi.cast
@@ -251,7 +243,7 @@ def convert(data, src_type, dst_type, *, variant="ref", isa=None, kernel=None, n
            r1 - r0, n, sx, sy)
 
     def job(k, r0, r1):
-        return _pool.job("convert", _address(ffi, fn), _at(ffi, px) + r0 * sx, _at(ffi, py) + r0 * sy,
+        return _pool.job("convert", address(ffi, fn), _at(ffi, px) + r0 * sx, _at(ffi, py) + r0 * sy,
                          _at(ffi, pt) + k * 4 * n, r1 - r0, n, sx, sy)
 
     _run_rows(call, rows.n_rows, n_threads, job)
@@ -306,7 +298,7 @@ def vec_dot(x, x_type, y, y_type, n, plan="ggml_generic", *, isa=None, kernel=No
         fn(cast("const uint8_t *", px + r0 * sx), sx, r1 - r0, py, sy, ny, n, cast("float *", po + r0 * so), so)
 
     def job(_k, r0, r1):
-        return _pool.job("vec_dot", _address(ffi, fn), _at(ffi, px) + r0 * sx, sx, r1 - r0, _at(ffi, py), sy, ny, n,
+        return _pool.job("vec_dot", address(ffi, fn), _at(ffi, px) + r0 * sx, sx, r1 - r0, _at(ffi, py), sy, ny, n,
                          _at(ffi, po) + r0 * so, so)
 
     _run_rows(call, xr.n_rows, n_threads, job)
@@ -369,14 +361,14 @@ def _row_jobs(ne123, n_threads: int, bases_nb):
         return [((0,) * len(bases_nb), *ne123)]
     d = _split_dim(ne123, n_threads)
     jobs = []
-    for r0, r1 in _split(ne123[d - 1], n_threads):
+    for r0, r1 in split(ne123[d - 1], n_threads):
         ne = list(ne123)
         ne[d - 1] = r1 - r0
         jobs.append((tuple(r0 * nb[d - 1] for nb in bases_nb), *ne))
     return jobs
 
 
-def _streams(footprint: int) -> int:
+def streams(footprint: int) -> int:
     """The ``stream`` argument of the row-copy kernels for an op that reads and writes ``footprint`` bytes in all
     (every thread's share): 1 (streaming stores) when that is more than a quarter of the last-level cache, so the
     output could not stay in cache for its reader anyway, else 0. Measured here (48 MiB L3): the 36 MB MLA concat
@@ -398,7 +390,7 @@ def _copier(dst_t, src_t, isa, kernel, *, fresh: bool = False, s_nb=None):
     ad = _pool.address(dst_t.data) + dst_t.offset
     as_ = _pool.address(src_t.data) + src_t.offset
     s_nb, d_nb = tuple(src_t.nb[1:]) if s_nb is None else tuple(s_nb), tuple(dst_t.nb[1:])
-    fa = _address(ffi, fn)
+    fa = address(ffi, fn)
 
     def copy(dst_off: int, src_off: int, row_bytes: int, n_rep: int, ne123, n_threads: int = 1,
              stream: int = 0) -> None:
@@ -414,7 +406,7 @@ def _copy(dst_t, dst_off: int, src_t, src_off: int, row_bytes: int, n_rep: int, 
     """dst rows (i1, i2, i3) <- n_rep copies of src rows, both addressed by their tensors' strides + offsets."""
     n_rows = ne123[0] * ne123[1] * ne123[2]
     _copier(dst_t, src_t, isa, kernel)(dst_off, src_off, row_bytes, n_rep, ne123, n_threads,
-                                       _streams(row_bytes * (n_rep + 1) * n_rows))
+                                       streams(row_bytes * (n_rep + 1) * n_rows))
 
 
 def _rows_of(t) -> np.ndarray:
@@ -453,8 +445,8 @@ def concat(a, b, dim: int, *, isa=None, kernel=None, n_threads=1, out=None):
     aa = _pool.address(a.data) + a.offset
     ab = _pool.address(b.data) + b.offset
     a_nb, b_nb, d_nb = tuple(a.nb[1:]), tuple(b.nb[1:]), tuple(dst.nb[1:])
-    ra, rb, fa = a.row_size(), b.row_size(), _address(ffi, fn)
-    stream = _streams(2 * dst.nbytes())  # a and b are read once, dst written once
+    ra, rb, fa = a.row_size(), b.row_size(), address(ffi, fn)
+    stream = streams(2 * dst.nbytes())  # a and b are read once, dst written once
     _pool.run([_pool.job("concat", fa, ad + od, aa + oa, ab + ob, ra, rb, n1, n2, n3, *a_nb, *b_nb, *d_nb, stream)
                for (od, oa, ob), n1, n2, n3 in _row_jobs(tuple(a.ne[1:]), n_threads, (d_nb, a_nb, b_nb))])
     return dst
@@ -481,7 +473,7 @@ def repeat(src, b, *, isa=None, kernel=None, n_threads=1, out=None):
     copy = _copier(dst, src, isa, kernel, fresh=True, s_nb=s_nb)  # dst is fresh or was checked by _out_tensor
     tiles = [t1 * src.ne[1] * dst.nb[1] + t2 * src.ne[2] * dst.nb[2] + t3 * src.ne[3] * dst.nb[3]
              for t3 in range(reps[3]) for t2 in range(reps[2]) for t1 in range(reps[1])]
-    stream = _streams(dst.nbytes() + row * src.nrows())  # each source row is read from memory once
+    stream = streams(dst.nbytes() + row * src.nrows())  # each source row is read from memory once
     for off in tiles:  # each tile's rows split over the threads
         copy(off, 0, row, reps[0], ne123, n_threads, stream)
     return dst

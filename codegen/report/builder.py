@@ -1,7 +1,7 @@
 """`mlaref report`: detect the CPU, build and check every kernel, benchmark, reproduce the seed, write the report.
 
 ``mlaref report [--quick] [--out DIR]`` writes ``DIR/report.md`` (for people), ``DIR/report.json`` (for
-machines; schema ``codegen/report.schema.json``, every figure a ``{value, unit, method}`` or a timing with its
+machines; schema ``codegen/report/report.schema.json``, every figure a ``{value, unit, method}`` or a timing with its
 median/min/max) and PNG plots (matplotlib; skipped with a reason without it). Sections, in order:
 
 ``cpu``
@@ -23,7 +23,7 @@ median/min/max) and PNG plots (matplotlib; skipped with a reason without it). Se
 ``bench_ops``
     seconds per call of one MLA layer's ops at small shapes: reference, kernels, ggml (:func:`bench_ops`).
 ``mla``, ``mla_ggml``
-    the seed's speed claim as per-layer ratios on this CPU (:mod:`mlaref.codegen.bench_mla`): on mlaref's
+    the seed's speed claim as per-layer ratios on this CPU (:mod:`mlaref.codegen.bench.mla`): on mlaref's
     generated kernels (IQ4_NL ``wkv_b`` as in the seed), and on upstream ggml through ggml-python.
 
 Fixed case set of ``check`` (seeded from the kernel name, so every run checks the same inputs): row lengths of 1
@@ -50,8 +50,8 @@ import zlib
 
 import numpy as np
 
-__all__ = ["configure", "run", "make_report", "check_kernel", "bench_kernels", "seed_tables", "PLOT_SIZE",
-           "SCHEMA_PATH"]
+__all__ = ["configure", "run", "make_report", "check_kernel", "bench_kernels", "seed_tables", "render_markdown",
+           "PLOT_SIZE", "SCHEMA_PATH"]
 
 SCHEMA_PATH = pathlib.Path(__file__).resolve().parent / "report.schema.json"
 PLOT_SIZE = (960, 600)  # pixels of every PNG (figsize 9.6 x 6.0 in at 100 dpi)
@@ -129,7 +129,7 @@ def section_cpu() -> dict:
     return {
         "status": "ok",
         "arch": isa_mod.host_arch(),
-        "model": bench._cpu_model(),
+        "model": bench.cpu_model(),
         "logical_cpus": os.cpu_count() or 1,
         "compiler": build.compiler_version(),
         "isas": isas,
@@ -393,7 +393,7 @@ def _tensor_of(R, values: np.ndarray, type: str, ne, row_len: int | None = None)
 def _check_mul_mat(R, name, spec, rng) -> int:
     """mul_mat kernel vs ``MulMat_253(plan="mlaref_l16a1", variant="x86")``: a K tail with src0 broadcast over
     two src1 matrices, and a strided src1 (cache rows with the rope part skipped), 2 threads."""
-    from mlaref.codegen import kernels_mm as KM
+    from mlaref.codegen.kernels import mm as KM
     from mlaref.reference.ops.mul_mat import MulMat_253
 
     tx, ty = spec.type_x, spec.type_y
@@ -421,7 +421,7 @@ def _check_mul_mat(R, name, spec, rng) -> int:
 def _check_flash_attn(R, name, spec, rng) -> int:
     """flash_attn_ext kernel vs the reference's blocked order: Dk 192 / Dv 128, 2 heads, 70 cells with a partly
     masked row, k_step 16 and 32 with 3 KV chunks, 2 threads."""
-    from mlaref.codegen import kernels_mm as KM
+    from mlaref.codegen.kernels import mm as KM
     from mlaref.reference.ops.flash_attn_ext import flash_attn_ext as ref_fa
     from mlaref.reference.tensor import Tensor
 
@@ -566,11 +566,12 @@ def bench_kernels(*, types=None, size_mb: float = 4.0, repeats: int = 5, seed: i
 
     Quantize uses the ``ref`` variant for all three (ggml: ``quantize_row_<type>_ref``); dequantize reads the same
     bytes in all three (ggml: ``to_float``); ggml's row functions are called once on the whole buffer (the rows
-    are whole blocks). One thread each. (codegen/bench_kernels.py's ``compare_kernels`` is the per-kernel,
+    are whole blocks). One thread each. (codegen/bench/kernels.py's ``compare_kernels`` is the per-kernel,
     per-thread-count comparison of ``mlaref bench kernels``.)
     """
     from mlaref import reference as R
-    from mlaref.codegen import bench, catalog, ggml_peer
+    from mlaref.codegen import bench, catalog
+    from mlaref.codegen.peers import ggml as ggml_peer
     from mlaref.codegen import kernels as K
 
     dq = [t for t in catalog.DEQUANT_TYPES if t in R.registry()]
@@ -667,7 +668,8 @@ def format_bench_kernels(result: dict) -> str:
 
 def _ops_cases(rng) -> list[tuple]:
     """(name, shapes, {contender: callable}) for the ops of one MLA layer at small shapes."""
-    from mlaref.codegen import ggml_ops, ggml_peer
+    from mlaref.codegen.peers import ggml_ops as ggml_ops
+    from mlaref.codegen.peers import ggml as ggml_peer
     from mlaref.codegen import kernels as K
     from mlaref.reference.ops.concat import concat
     from mlaref.reference.ops.cpy import cast
@@ -696,7 +698,7 @@ def _ops_cases(rng) -> list[tuple]:
                    **({"ggml": lambda: ggml_ops.concat(a, b, 0)} if peer else {})}))
     w, c = t((256, 512), "f16", 0.05), t((64, 512))
     try:
-        from mlaref.codegen import kernels_mm as KM
+        from mlaref.codegen.kernels import mm as KM
     except ImportError:
         KM = None
     mm_kernel = {"kernel": lambda: KM.mul_mat(w, c)} if KM else {}
@@ -716,7 +718,9 @@ def _ops_cases(rng) -> list[tuple]:
 def bench_ops(*, repeats: int = 5, seed: int = 0) -> dict:
     """Seconds per call of the ops of one MLA layer at small shapes: the NumPy reference, mlaref's kernels (where
     the op has a kernel path) and upstream ggml through ggml-python (one fresh context per call)."""
-    from mlaref.codegen import bench, ggml_peer
+    from mlaref.codegen import bench
+
+    from mlaref.codegen.peers import ggml as ggml_peer
 
     rows = []
     for name, shapes, fns in _ops_cases(np.random.default_rng(seed)):
@@ -867,7 +871,7 @@ def plot_seed_tables(st: dict, out: pathlib.Path) -> dict:
 
 
 def plot_mla(mla: dict, out: pathlib.Path) -> list[dict]:
-    from mlaref.codegen.bench_mla import SEED_PP
+    from mlaref.codegen.bench.mla import SEED_PP
 
     rows = mla["rows"]
     tag = "" if mla["backend"] != "ggml" else "_ggml"
@@ -955,7 +959,11 @@ def _run_section(name: str, fn, *args):
 
 def make_report(out: pathlib.Path, mode: str = "full", show: bool = True, n_threads: int | None = None) -> dict:
     """Run every section, write report.json, report.md and the plots into ``out``; return the report dict."""
-    from mlaref.codegen import bench, bench_mla, ggml_peer
+    from mlaref.codegen import bench
+
+    from mlaref.codegen.bench import mla as bench_mla
+
+    from mlaref.codegen.peers import ggml as ggml_peer
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -985,7 +993,7 @@ def make_report(out: pathlib.Path, mode: str = "full", show: bool = True, n_thre
     sections["bench_kernels"] = _run_section("bench_kernels", bench_kernels_section)
 
     def mla_section(backend: str):
-        from mlaref.codegen.bench_mla import _kernels_available
+        from mlaref.codegen.bench.mla import _kernels_available
 
         if backend == "ggml":
             if not ggml_peer.available():
@@ -1272,7 +1280,7 @@ def render_markdown(r: dict) -> str:
 
 
 def _md_mla(m: dict, tag: str) -> list[str]:
-    from mlaref.codegen.bench_mla import SEED_PP, format_table
+    from mlaref.codegen.bench.mla import SEED_PP, format_table
 
     L = [_skipped(m)]
     if "rows" not in m:
