@@ -66,6 +66,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlaref.reference.compare import nmse, ulps
+
 SCHEMA = "mlaref.conform.case/1"
 CASES_DIR = Path(__file__).resolve().parent / "cases"
 NMSE_DEFAULT = 1e-7
@@ -564,28 +566,6 @@ TEST_ONLY_OPS = ("selftest_abort",)
 _BITS = {"f32": np.uint32, "i32": np.uint32, "f16": np.uint16, "bf16": np.uint16}
 
 
-def nmse(lib: np.ndarray, spec: np.ndarray) -> float:
-    """sum((lib - spec)^2) / sum(spec^2) in float64 (inf if either holds a non-finite value where they differ)."""
-    a = np.asarray(lib, np.float64).reshape(-1)
-    b = np.asarray(spec, np.float64).reshape(-1)
-    same = (a == b) | (np.isnan(a) & np.isnan(b))
-    if not np.all(np.isfinite(a[~same])) or not np.all(np.isfinite(b[~same])):
-        return float("inf")
-    a, b = np.where(same, 0, a), np.where(same, 0, b)
-    den = float(np.sum(np.asarray(spec, np.float64)[np.isfinite(spec)] ** 2))
-    num = float(np.sum((a - b) ** 2))
-    return 0.0 if num == 0 else (num / den if den > 0 else float("inf"))
-
-
-def _ulps(a_bits: int, b_bits: int, width: int) -> int:
-    sign = 1 << (width - 1)
-
-    def ordered(u):
-        return -(u & (sign - 1)) if u & sign else u
-
-    return abs(ordered(a_bits) - ordered(b_bits))
-
-
 def compare(spec: Output, lib: Output, expect: str, bound: float) -> dict:
     """The verdict fields of one comparison (status, text, nmse, first difference)."""
     if spec.kind != lib.kind or spec.data.size != lib.data.size:
@@ -604,7 +584,7 @@ def compare(spec: Output, lib: Output, expect: str, bound: float) -> dict:
         idx = np.unravel_index(i, spec.shape)
         width = 8 * np.dtype(dt).itemsize
         first = {"index": [int(v) for v in idx], "spec_bits": f"0x{int(sb[i]):0{width // 4}x}",
-                 "lib_bits": f"0x{int(lb[i]):0{width // 4}x}", "ulps": _ulps(int(sb[i]), int(lb[i]), width)}
+                 "lib_bits": f"0x{int(lb[i]):0{width // 4}x}", "ulps": ulps(int(sb[i]), int(lb[i]), width)}
         where = (f"element {first['index']} (NumPy order): spec {first['spec_bits']} vs ggml {first['lib_bits']}, "
                  f"{first['ulps']} ulp")
         count = f"{diff.size} of {sb.size} elements differ"
