@@ -18,6 +18,8 @@ family              C signature (all sizes int64_t, strides in bytes)
 ``concat_rows``     ``(uint8_t *dst, const uint8_t *a, const uint8_t *b, a_bytes, b_bytes, ne1, ne2, ne3,
                     a_nb1..3, b_nb1..3, d_nb1..3, stream)``
 ``vec_dot``         ``(const uint8_t *x, x_stride, m, const uint8_t *y, y_stride, n_y, n, float *out, out_stride)``
+``mul_mat``,        ``int``, with the shapes and strides of every operand and one thread's range (``SIGNATURES``)
+``flash_attn_ext``
 ==================  =====================================================================================
 
 vec_dot plans (kernel-name token -> reference/plan.py plan): ``l8a1`` / ``l8a2`` -> ``mlaref_l8a1`` /
@@ -37,8 +39,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from types import MappingProxyType
 
 from mlaref.codegen import naming
+from mlaref.reference.types import get_type
 
 __all__ = ["KernelSpec", "catalog", "FAMILIES", "SIGNATURES", "QUANT_VARIANTS", "ROW_ISAS"]
 
@@ -46,8 +50,8 @@ ROW_ISAS = ("scalar", "avx2", "avx512", "neon")
 # The byte-copy families: the x86 ISAs differ from the portable C only by streaming stores for large outputs.
 COPY_ISAS = ("scalar", "avx2", "avx512")
 
-# C prototypes per family, ``{name}`` filled in; build.py hands them to cffi's cdef.
-SIGNATURES = {
+# C prototypes per family, ``{name}`` filled in; build.py hands them to cffi's cdef (read-only).
+SIGNATURES = MappingProxyType({
     "dequantize_row": "void {name}(const uint8_t *x, float *y, int64_t n_rows, int64_t n, int64_t x_stride, "
                       "int64_t y_stride);",
     "quantize_row": "void {name}(const float *x, uint8_t *y, int64_t n_rows, int64_t n, int64_t x_stride, "
@@ -63,18 +67,30 @@ SIGNATURES = {
                    "int64_t ne1, int64_t ne2, int64_t ne3, int64_t a_nb1, int64_t a_nb2, int64_t a_nb3, "
                    "int64_t b_nb1, int64_t b_nb2, int64_t b_nb3, int64_t d_nb1, int64_t d_nb2, int64_t d_nb3, "
                    "int64_t stream);",
-}
+    # mul_mat / flash_attn_ext (see the end of this file): one thread's part, src0 rows [r0, r1) x src1 columns
+    # [c0, c1) / (head, query block) units [u0, u1); 0 when it succeeded
+    "mul_mat": "int {name}(const uint8_t *src0, const uint8_t *src1, float *dst, int64_t K, int64_t M, "
+               "int64_t ne02, int64_t ne03, int64_t nb01, int64_t nb02, int64_t nb03, int64_t N, int64_t ne12, "
+               "int64_t ne13, int64_t nb11, int64_t nb12, int64_t nb13, int64_t r0, int64_t r1, int64_t c0, "
+               "int64_t c1);",
+    "flash_attn_ext": "int {name}(const uint8_t *q, const uint8_t *k, const uint8_t *v, const uint8_t *mask, "
+                      "float *dst, int64_t Dk, int64_t Dv, int64_t nq, int64_t nh, int64_t ne3, int64_t nbq1, "
+                      "int64_t nbq2, int64_t nbq3, int64_t n_kv, int64_t nhk, int64_t ne3k, int64_t nbk1, "
+                      "int64_t nbk2, int64_t nbk3, int64_t nbv1, int64_t nbv2, int64_t nbv3, int64_t nbm1, "
+                      "int64_t nbm2, int64_t nbm3, int64_t mne2, int64_t mne3, float scale, float softcap, "
+                      "int64_t k_step, int64_t kv_chunks, int exp_kind, int64_t q_block, int64_t u0, int64_t u1);",
+})
 FAMILIES = tuple(SIGNATURES)
 
 # Formats whose dequantizer exists in C (codegen/templates/formats/<type>.h.j2) and whether it uses SIMD primitives.
-DEQUANT_TYPES = {
+DEQUANT_TYPES = MappingProxyType({
     "f32": False, "f16": True, "bf16": True, "q4_0": True, "q4_1": True, "q5_0": True, "q5_1": True,
     "q8_0": True, "q8_1": True, "iq4_nl": True, "q8_K": True, "q4_K": True, "q6_K": True,
     "q8_0_x4": True, "q8_1_x4": True,
-}
+})
 # Quantizers in C: type -> {variant: uses SIMD primitives}. Variants are those of reference/types (upstream facts §4d);
 # a variant that coincides with ``ref`` for a type (q4_0's ``x86``) is the ``ref`` kernel.
-QUANT_VARIANTS = {
+QUANT_VARIANTS = MappingProxyType({t: MappingProxyType(v) for t, v in {
     "f16": {"ref": True, "x86": True},
     "bf16": {"ref": True},
     "q4_0": {"ref": True},
@@ -87,18 +103,23 @@ QUANT_VARIANTS = {
     "iq4_nl": {"ref": True},
     "q8_0_x4": {"iqk": True},
     "q8_1_x4": {"iqk": True},
-}
+}.items()})
 # convert_rows: src1 row types -> the vec_dot types they are converted to (upstream facts §4a, #253's iqk_quantize_any).
 CONVERT_SOURCES = ("f16", "bf16", "q8_0")
-# vec_dot pairs (upstream facts §4a; reference/ops/_vecdot_pairs.py): x type -> y types
-VEC_DOT_PAIRS = {
-    "f32": ("f32",), "f16": ("f16",), "bf16": ("bf16",),
-    "q8_0": ("q8_0", "q8_0_x4"), "q4_0": ("q8_0", "q8_0_x4"), "q5_0": ("q8_0", "q8_0_x4"),
-    "iq4_nl": ("q8_0", "q8_0_x4"), "q4_1": ("q8_1", "q8_1_x4"), "q5_1": ("q8_1", "q8_1_x4"),
-    "q4_K": ("q8_K",), "q6_K": ("q8_K",),
-}
-VEC_DOT_PLANS = {"l8a1": "mlaref_l8a1", "l8a2": "mlaref_l8a2", "ggml_generic": "ggml_generic",
-                 "ggml_x86_avx2": "ggml_x86_avx2"}
+# vec_dot pairs (upstream facts §4a; reference/ops/_vecdot_pairs.py): x type -> y types, x's vec_dot_type (from the
+# format registry) and then that type's interleaved IQK layout where one exists
+VEC_DOT_X_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q5_0", "iq4_nl", "q4_1", "q5_1", "q4_K", "q6_K")
+_X4_LAYOUTS = {"q8_0": ("q8_0_x4",), "q8_1": ("q8_1_x4",)}
+
+
+def _vec_dot_ys(x: str) -> tuple[str, ...]:
+    vdt = get_type(x).vec_dot_type
+    return (vdt, *_X4_LAYOUTS.get(vdt, ()))
+
+
+VEC_DOT_PAIRS = MappingProxyType({x: _vec_dot_ys(x) for x in VEC_DOT_X_TYPES})
+VEC_DOT_PLANS = MappingProxyType({"l8a1": "mlaref_l8a1", "l8a2": "mlaref_l8a2", "ggml_generic": "ggml_generic",
+                                  "ggml_x86_avx2": "ggml_x86_avx2"})
 VEC_DOT_ISAS = ("scalar", "avx2", "avx512", "avx512vnni", "neon", "neondot")
 CONVERT_TARGETS = ("f16", "q8_0", "q8_1", "q8_K", "q8_0_x4", "q8_1_x4")
 
@@ -264,19 +285,6 @@ MM_Y_TYPES = ("f32", "f16", "bf16", "q8_0")
 FA_KV_TYPES = ("f16", "q8_0")
 MM_ISAS = ("scalar", "avx2", "avx512", "avx512vnni")
 MM_PLANS = ("l16a1",)
-SIGNATURES.update({
-    "mul_mat": "int {name}(const uint8_t *src0, const uint8_t *src1, float *dst, int64_t K, int64_t M, "
-               "int64_t ne02, int64_t ne03, int64_t nb01, int64_t nb02, int64_t nb03, int64_t N, int64_t ne12, "
-               "int64_t ne13, int64_t nb11, int64_t nb12, int64_t nb13, int64_t r0, int64_t r1, int64_t c0, "
-               "int64_t c1);",
-    "flash_attn_ext": "int {name}(const uint8_t *q, const uint8_t *k, const uint8_t *v, const uint8_t *mask, "
-                      "float *dst, int64_t Dk, int64_t Dv, int64_t nq, int64_t nh, int64_t ne3, int64_t nbq1, "
-                      "int64_t nbq2, int64_t nbq3, int64_t n_kv, int64_t nhk, int64_t ne3k, int64_t nbk1, "
-                      "int64_t nbk2, int64_t nbk3, int64_t nbv1, int64_t nbv2, int64_t nbv3, int64_t nbm1, "
-                      "int64_t nbm2, int64_t nbm3, int64_t mne2, int64_t mne3, float scale, float softcap, "
-                      "int64_t k_step, int64_t kv_chunks, int exp_kind, int64_t q_block, int64_t u0, int64_t u1);",
-})
-FAMILIES = tuple(SIGNATURES)
 
 
 def _validate_mm(spec: KernelSpec, where: str) -> KernelSpec:

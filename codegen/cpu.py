@@ -1,20 +1,18 @@
-"""CPU feature probe (``/proc/cpuinfo`` on Linux) and ``mlaref info``: what runs here and which kernel is chosen.
+"""CPU feature probe: the features of this processor (``/proc/cpuinfo`` on Linux) and its last-level cache.
 
 Feature names are the kernel's flag names as ``/proc/cpuinfo`` prints them (``flags`` on x86, ``Features`` on
-ARM): ``avx2 fma f16c avx512f avx512cd avx512bw avx512dq avx512vl avx512_vnni`` / ``asimd asimddp``. The report
-follows NumPy's ``np.show_runtime()``: baseline, found and not found, then the environment overrides in effect.
+ARM): ``avx2 fma f16c avx512f avx512cd avx512bw avx512dq avx512vl avx512_vnni`` / ``asimd asimddp``.
+``mlaref info`` (:mod:`mlaref.codegen.cli.info`) reports them.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import platform
-import sys
 
 from mlaref.codegen import isa as _isa
 
-__all__ = ["features", "missing", "supported", "llc_bytes", "report", "configure", "run"]
+__all__ = ["features", "missing", "supported", "llc_bytes", "host_arch_is_x86"]
 
 _CPUINFO = "/proc/cpuinfo"
 _CACHES = "/sys/devices/system/cpu/cpu0/cache"
@@ -77,48 +75,3 @@ def host_arch_is_x86() -> bool:
 
 def supported(token: str) -> bool:
     return not missing(token)
-
-
-def report() -> str:
-    """The text of ``mlaref info``."""
-    import numpy
-
-    from mlaref.codegen import build, dispatch
-
-    lines = [
-        f"Python      {sys.version.split()[0]} ({sys.implementation.cache_tag}, {platform.machine()})",
-        f"NumPy       {numpy.__version__}",
-        f"compiler    {build.compiler_version()}",
-        f"cache       {os.environ.get('MLAREF_CACHE_DIR') or '(user cache dir)'}",
-        f"LLC         {llc_bytes() >> 10} KiB (row copies of more than a quarter of it use streaming stores)",
-        "baseline    scalar",
-    ]
-    for info in _isa.ISAS.values():
-        if info.token == "scalar":
-            continue
-        miss = missing(info.token)
-        state = "found" if not miss else "not found (missing: " + ", ".join(miss) + ")"
-        lines.append(f"{info.token:<11} {state}   [{' '.join(info.features)}]")
-    lines.append(f"MLAREF_ISA          = {os.environ.get('MLAREF_ISA', '(unset)')}")
-    lines.append(f"MLAREF_DISABLE_ISA  = {os.environ.get('MLAREF_DISABLE_ISA', '(unset)')}")
-    lines.append(f"MLAREF_SANITIZE     = {os.environ.get('MLAREF_SANITIZE', '(unset)')}")
-    try:
-        order = dispatch.candidates()
-        lines.append("dispatch order: " + " > ".join(order))
-        lines.append("kernel chosen per op:")
-        for key, name in dispatch.table():
-            lines.append(f"  {key:<38} {name}")
-    except Exception as exc:  # a report must print even when dispatch cannot (bad MLAREF_ISA, no compiler)
-        lines.append(f"dispatch unavailable: {exc}")
-    return "\n".join(lines)
-
-
-def configure(parser) -> None:
-    parser.add_argument("--no-kernels", action="store_true", help="skip the per-op table (no compiler needed)")
-
-
-def run(args) -> int:
-    if getattr(args, "no_kernels", False):
-        os.environ.setdefault("MLAREF_INFO_NO_BUILD", "1")
-    print(report())
-    return 0

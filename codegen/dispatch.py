@@ -27,6 +27,7 @@ import contextlib
 import contextvars
 import os
 
+from mlaref.codegen import build
 from mlaref.codegen import catalog as _catalog
 from mlaref.codegen import cpu as _cpu
 from mlaref.codegen import isa as _isa
@@ -98,8 +99,6 @@ def choose(family: str, type_x: str, type_y: str | None, plan: str, force: str |
 
 
 def _choose(family: str, type_x: str, type_y: str | None, plan: str, force: str | None):
-    from mlaref.codegen import build
-
     have = _catalog.by_key().get((family, type_x, type_y, plan), {})
     what = f"{family} {type_x}{'/' + type_y if type_y else ''} plan {plan}"
     if not have:

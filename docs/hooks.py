@@ -11,7 +11,7 @@
   ``<!-- mlaref:seed-figure -->``; ``<!-- mlaref:format-table -->`` lists the registered formats;
 * ``<!-- mlaref:isa-table -->`` (from ``codegen/isa.py``), ``<!-- mlaref:kernel-table -->`` (from
   ``generated/manifest.json``) and ``<!-- mlaref:memory-table -->`` (from the allocator model,
-  ``reference/alloc.py``, run during the build).
+  ``reference/graphs/alloc.py``, run during the build).
 
 * figures and tables from ``docs/_gen/`` (one module per page): ``<!-- mlaref:graph-figure VARIANT -->`` and
   ``<!-- mlaref:graph-table VARIANT -->`` (the real DeepSeek-V2 builders), ``<!-- mlaref:memory-... -->`` (the
@@ -198,57 +198,12 @@ def on_page_markdown(markdown, page, config, files):
     if "<!-- mlaref:op-table -->" in markdown:
         markdown = markdown.replace("<!-- mlaref:op-table -->", op_overview(page))
     if "<!-- mlaref:isa-table -->" in markdown:
-        markdown = markdown.replace("<!-- mlaref:isa-table -->", isa_table())
+        markdown = markdown.replace("<!-- mlaref:isa-table -->", _gen("kernels").isa_table())
     if "<!-- mlaref:memory-table -->" in markdown:
         markdown = markdown.replace("<!-- mlaref:memory-table -->", memory_table())
     if "<!-- mlaref:kernel-table -->" in markdown:
-        markdown = markdown.replace("<!-- mlaref:kernel-table -->", kernel_tables())
-    return link_fact_citations(generated_markers(markdown, page), page)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Citations of the upstream facts (docs/facts/*.md)
-# ----------------------------------------------------------------------------------------------------------
-_SECTION = r"§(?:\d+[a-g]?(?:\.\d+)?|A(?:\.\d+)?)"
-# "upstream facts §4a", "... §6.1 to §6.3", "... §4a, §4d", "... §1.3 / §4g"; not when already a link text
-_CITATION = re.compile(rf"(?<!\[)([Uu]pstream facts\s+)({_SECTION}(?:(?:, | and | to | / ){_SECTION})*)")
-
-
-def fact_anchors() -> dict[str, str]:
-    """Every ``{#facts-...}`` anchor of the facts pages -> the page (``facts/<name>.md``) that defines it."""
-    if "fact_anchors" not in _CACHE:
-        found = {}
-        for md in sorted((DOCS / "facts").glob("*.md")):
-            for anchor in re.findall(r"\{#(facts-[a-z0-9-]+)\}", md.read_text(encoding="utf-8")):
-                found[anchor] = f"facts/{md.name}"
-        _CACHE["fact_anchors"] = found
-    return _CACHE["fact_anchors"]
-
-
-def fact_anchor(section: str) -> str:
-    """``§4a`` -> ``facts-4a``, ``§0.10`` -> ``facts-0-10``, ``§A.4`` -> ``facts-a-4``."""
-    return "facts-" + section.lstrip("§").lower().replace(".", "-")
-
-
-def link_fact_citations(markdown: str, page) -> str:
-    """Turn each section of every unlinked upstream-facts citation into a link (code spans and fences kept)."""
-    anchors, prefix = fact_anchors(), "../" * page.file.src_uri.count("/")
-
-    def link(m):
-        def one(s):
-            anchor = fact_anchor(s.group(0))
-            if anchor not in anchors:
-                raise ValueError(f"{page.file.src_uri}: '{m.group(0)}' cites {s.group(0)}, which no page under "
-                                 f"docs/facts/ defines (no {{#{anchor}}})")
-            return f"[{s.group(0)}]({prefix}{anchors[anchor]}#{anchor})"
-
-        return m.group(1) + re.sub(_SECTION, one, m.group(2))
-
-    parts = markdown.split("```")
-    for k in range(0, len(parts), 2):  # outside fenced blocks
-        spans = re.split(r"(`[^`\n]*`)", parts[k])
-        parts[k] = "".join(t if t.startswith("`") else _CITATION.sub(link, t) for t in spans)
-    return "```".join(parts)
+        markdown = markdown.replace("<!-- mlaref:kernel-table -->", _gen("kernels").kernel_tables())
+    return _gen("facts").link_fact_citations(generated_markers(markdown, page), page)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -534,26 +489,10 @@ def api_page() -> str:
 # ----------------------------------------------------------------------------------------------------------
 # ISAs and generated kernels
 # ----------------------------------------------------------------------------------------------------------
-def isa_table() -> str:
-    try:
-        from mlaref.codegen import isa  # noqa: PLC0415
-    except ImportError as exc:
-        return f"*The ISA table (`codegen/isa.py`) is not available in this build ({exc}).*"
-    rows = ["| token | arch | CPU features | gcc flags | vector bits | priority | NumPy | Highway | ggml macros |",
-            "|---|---|---|---|---:|---:|---|---|---|"]
-    for t in sorted(isa.ISAS.values(), key=lambda t: (t.arch, t.priority)):
-        rows.append(
-            f"| `{t.token}` | {t.arch} | {' '.join(t.features) or '(none)'} | "
-            f"{' '.join(f'`{c}`' for c in t.cflags) or '(none)'} | "
-            f"{t.vector_bits} | {t.priority} | {t.numpy} | {t.highway} | {t.ggml} |"
-        )
-    return "\n".join(rows)
-
-
 def memory_table() -> str:
     """KV cache and compute buffer per context from the allocator model, beside the seed's printed values."""
     try:
-        from mlaref.reference import alloc  # noqa: PLC0415
+        from mlaref.reference.graphs import alloc  # noqa: PLC0415
         from mlaref.reference.hparams import preset  # noqa: PLC0415
     except ImportError as exc:
         return f"*The allocator model is not available in this build ({exc}).*"
@@ -573,30 +512,6 @@ def memory_table() -> str:
         rows.append(f"| {n_ctx} | {cell(kv, kv_s)} | {kv_s} | {cell(main, main_s)} | {main_s} | {main_p} | "
                     f"{cell(pr, pr_s)} | {pr_s} | {pr_p} |")
     return "\n".join(rows)
-
-
-def kernel_tables() -> str:
-    import json  # noqa: PLC0415
-
-    import mlaref.generated  # noqa: PLC0415
-
-    path = Path(mlaref.generated.__file__).resolve().parent / "manifest.json"
-    if not path.is_file():
-        return "*No kernels generated yet (`generated/manifest.json` is missing; run `mlaref generate`).*"
-    kernels = json.loads(path.read_text(encoding="utf-8"))["kernels"]
-    families: dict[str, list[tuple[str, dict]]] = {}
-    for name, k in sorted(kernels.items()):
-        families.setdefault(k["family"], []).append((name, k))
-    out = [f"{len(kernels)} kernels in {len(families)} families, read from `generated/manifest.json`.", "",
-           "| family | template | kernels | ISAs | plans |", "|---|---|---:|---|---|"]
-    for fam, ks in families.items():
-        isas = sorted({k["isa"] for _, k in ks})
-        plans = sorted({k["plan"] for _, k in ks})
-        out.append(f"| {fam} | `{ks[0][1]['template']}` | {len(ks)} | {', '.join(isas)} | {', '.join(plans)} |")
-    for fam, ks in families.items():
-        out += ["", f"### {fam}", "", "| kernel | type x | type y | ISA | plan |", "|---|---|---|---|---|"]
-        out += [f"| `{n}` | {k.get('type_x', '')} | {k.get('type_y', '')} | {k['isa']} | {k['plan']} |" for n, k in ks]
-    return "\n".join(out)
 
 
 # ----------------------------------------------------------------------------------------------------------

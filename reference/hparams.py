@@ -6,7 +6,6 @@ only by ``n_layer == 27`` (``llm_load_hparams``); :attr:`HParams.is_lite` keys i
 so that synthetic models with fewer layers keep the Lite structure.
 
 Derived values used by the graph (``build_deepseek2``, upstream facts §1.3), in float32 as the C++ computes them::
-
     mscale             = attn_factor * (1 + rope_yarn_log_mul * logf(1 / freq_scale))
     kq_scale           = mscale * mscale / sqrtf(n_embd_head_k)
     attn_factor_scaled = 1 / (1 + 0.1 * logf(1 / freq_scale))
@@ -14,7 +13,7 @@ Derived values used by the graph (``build_deepseek2``, upstream facts §1.3), in
 ``logf`` is taken from the platform libm when available (``mlaref.reference.libm``), else NumPy float32;
 the two may differ in the last bit.
 
-Presets:
+Presets (:data:`PRESETS`, the one table of named models; :data:`CHECKPOINTS` names the released ones):
 
 * ``deepseek-v2-lite``: upstream facts §1.1 (GGUF dumps; vocab, head_count_kv, expert_used_count,
   leading_dense_block_count, rms eps and rope base are HF-config values **[unverified]** there).
@@ -22,6 +21,11 @@ Presets:
   1536, 160 routed experts of width 1536, 2 shared, 6 used, routed_scaling_factor 16, first_k_dense_replace 1,
   intermediate 12288) **[unverified against a GGUF]**. Its group-limited routing (n_group 8, topk_group 3) is
   not implemented by llama.cpp@676f0e71b and is not modelled.
+* ``lite-attn``: ``deepseek-v2-lite``'s attention with 2 layers, 4 experts, narrow FFNs and a small vocabulary;
+  a GGUF file of it is a few MiB (:func:`mlaref.reference.gguf.write_synthetic`).
+* ``tiny``: Lite's structure (plain ``wq``) at toy sizes, every row a multiple of 32: the GGUF writer's default.
+* ``synthetic-tiny``: the full model's structure (low-rank q) at toy sizes: the graphs' default
+  (:func:`mlaref.reference.graphs.synthetic.tiny_hparams`).
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from mlaref.reference import libm as libm
 
-__all__ = ["HParams", "PRESETS", "preset", "FA_CTX_PAD", "pad_ctx"]
+__all__ = ["HParams", "PRESETS", "CHECKPOINTS", "preset", "FA_CTX_PAD", "pad_ctx"]
 
 # llama_kv_cache_get_padding (llama.cpp@676f0e71b): n_ctx is a multiple of 256 with flash attention, else 32.
 FA_CTX_PAD = 256
@@ -41,8 +46,6 @@ NO_FA_CTX_PAD = 32
 
 def _logf(x: float) -> np.float32:
     try:
-        from mlaref.reference import libm as libm
-
         if libm.available():
             return np.float32(libm.logf(np.array([x], dtype=np.float32))[0])
     except ImportError:
@@ -177,6 +180,10 @@ class HParams:
         return dataclasses.replace(self, **changes)
 
 
+# -- the presets: the one table of named models ----------------------------------------------------------------
+# Every preset of mlaref, published or synthetic, is defined here and nowhere else. The other views derive from
+# it: preset() and CHECKPOINTS here, the GGUF writer's presets (mlaref.reference.gguf.presets: the entries it has
+# weight types for) and the graphs' toy model (mlaref.reference.graphs.synthetic.tiny_hparams).
 DEEPSEEK_V2_LITE = HParams(
     name="deepseek-v2-lite",
     n_layer=27, n_embd=2048, n_head=16, n_head_kv=16, n_embd_head_k=192, n_embd_head_v=128, n_rot=64,
@@ -191,11 +198,27 @@ DEEPSEEK_V2 = HParams(
     n_layer_dense_lead=1, n_vocab=102400, expert_weights_scale=16.0,
 )
 
-PRESETS = {p.name: p for p in (DEEPSEEK_V2_LITE, DEEPSEEK_V2)}
+PRESETS = {p.name: p for p in (
+    DEEPSEEK_V2_LITE,
+    DEEPSEEK_V2,
+    # DeepSeek-V2-Lite's attention, all of it (upstream facts §1.1); 2 layers, 4 experts, narrow FFNs, small vocab
+    DEEPSEEK_V2_LITE.replace(name="lite-attn", n_layer=2, n_ff=512, n_ff_exp=256, n_expert=4, n_expert_used=2,
+                             n_vocab=256),
+    # Lite's structure (plain wq) at toy sizes; every row a multiple of 32 (q8_0, iq4_nl, q4_0 ... blocks)
+    HParams(name="tiny", n_layer=2, n_embd=64, n_head=2, n_head_kv=2, n_embd_head_k=64, n_embd_head_v=32, n_rot=32,
+            n_lora_q=0, n_lora_kv=32, n_ff=64, n_ff_exp=32, n_expert=4, n_expert_used=2, n_expert_shared=1,
+            n_layer_dense_lead=1, n_vocab=64, n_ctx_train=4096),
+    # the full model's structure (low-rank q) at toy sizes, multiples of 32; a cache row of 96 values
+    HParams(name="synthetic-tiny", n_layer=2, n_embd=64, n_head=2, n_head_kv=2, n_embd_head_k=64, n_embd_head_v=32,
+            n_rot=32, n_lora_q=64, n_lora_kv=64, n_ff=64, n_ff_exp=32, n_expert=8, n_expert_used=3,
+            n_expert_shared=1, n_layer_dense_lead=1, n_vocab=64),
+)}
+
+CHECKPOINTS = (DEEPSEEK_V2_LITE.name, DEEPSEEK_V2.name)  # the released models; the other presets are synthetic
 
 
 def preset(name: str) -> HParams:
-    """The preset called ``name`` (``deepseek-v2-lite`` or ``deepseek-v2``)."""
+    """The preset called ``name`` (a key of :data:`PRESETS`: ``deepseek-v2-lite``, ``deepseek-v2``, ...)."""
     if name not in PRESETS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(PRESETS)}")
     return PRESETS[name]

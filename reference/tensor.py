@@ -33,7 +33,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from mlaref.reference import fp
+from mlaref.reference import dequantize, fp, get_type, quantize  # the registry and its (de)quantizers
 
 __all__ = ["ELEMENT_TYPES", "Tensor", "contiguous_n", "type_geometry", "row_size", "is_element_type", "aligned_buffer"]
 
@@ -57,7 +57,6 @@ def type_geometry(type: str) -> tuple[int, int]:
         raise TypeError(f"type must be a type name (str), got {type!r}")
     if type in ELEMENT_TYPES:
         return 1, ELEMENT_TYPES[type][1]
-    from mlaref.reference import get_type  # noqa: PLC0415  (the registry imports every format module)
 
     fmt = get_type(type)
     return int(fmt.block_size), int(fmt.type_size)
@@ -201,8 +200,6 @@ class Tensor:
         elif type == "bf16":
             t.storage()[...] = fp.f32_to_bf16(x)
         else:
-            from mlaref.reference import quantize  # noqa: PLC0415
-
             t.storage()[...] = quantize(x, type, variant="ref")
         return t
 
@@ -380,7 +377,6 @@ class Tensor:
             return fp.f16_to_f32(np.ascontiguousarray(self.storage()))
         if self.type == "bf16":
             return fp.bf16_to_f32(np.ascontiguousarray(self.storage()))
-        from mlaref.reference import dequantize  # noqa: PLC0415
 
         raw = self.raw()
         if raw.size == 0:

@@ -47,8 +47,12 @@ import numpy as np
 from mlaref.codegen import catalog, cpu
 
 from mlaref.codegen.kernels import pool as pool
-from mlaref.codegen.bench import round_orders
+from mlaref.codegen.bench.method import round_orders
 from mlaref.codegen import kernels as K
+from mlaref import reference as R
+from mlaref.codegen.peers import ggml as gp
+from mlaref.reference.tensor import Tensor
+from mlaref.reference.tensor import aligned_buffer
 
 __all__ = ["bench_kernels", "time_kernel", "compare_kernels", "format_table", "FAMILIES"]
 
@@ -56,8 +60,6 @@ FAMILIES = ("dequantize_row", "quantize_row", "convert_rows", "vec_dot")
 
 
 def _inputs(spec, n_rows: int, n: int, rng):
-    from mlaref import reference as R
-
     bs = max(K.geometry(spec.type_x)[0], K.geometry(spec.type_y)[0] if spec.type_y else 1, 32)
     n = max(bs, n // bs * bs)
     x = rng.standard_normal((n_rows, n)).astype(np.float32)
@@ -176,7 +178,6 @@ def _fn_addr(f) -> int:
 def _ggml_row_fn(kind: str, type: str, plan: str | None):
     """ggml's function for a (kind, type, plan), or None with no counterpart: quantize ``ref`` -> from_float_ref
     (``quantize_row_<t>_ref``), quantize ``x86`` -> the CPU back-end's from_float, dequantize -> to_float."""
-    from mlaref.codegen.peers import ggml as gp
 
     if not gp.available() or type not in gp.GGML_TYPE:
         return None
@@ -228,7 +229,6 @@ def _aligned(a_or_shape, dtype=None) -> np.ndarray:
         src, shape, dtype = a_or_shape, a_or_shape.shape, a_or_shape.dtype
     else:
         shape, dtype = a_or_shape, np.dtype(dtype)
-    from mlaref.reference.tensor import aligned_buffer
 
     out = aligned_buffer(int(np.prod(shape)) * dtype.itemsize).view(dtype).reshape(shape)
     if src is not None:
@@ -253,8 +253,6 @@ def compare_kernels(types=None, n_rows: int = 64, n: int = 4096, threads=(1, 2),
                     repeat: int = 5, seed: int = 0, reference: bool = True) -> list[dict]:
     """Rows of the comparison (see the module docstring): quantize and dequantize per format and plan, vec_dot
     per pair ggml also has (ggml's x86 order and mlaref's ``l8a2``), and row copies vs memcpy."""
-    from mlaref import reference as R
-    from mlaref.codegen.peers import ggml as gp
 
     ref_vec_dot = importlib.import_module("mlaref.reference.ops.vec_dot").vec_dot
     rng = np.random.default_rng(seed)
@@ -401,7 +399,6 @@ def _mla_copy_rows(kernel: str, rng, warmup: int, repeat: int, threads=(1, 2), n
     destination tensors allocated once, as ggml's allocator plans them): the 64 rope values of each f16 cache row
     of 576 repeated over the heads, then k_nope (128) ++ rope (64) along dim 0 by the one-pass concat_rows
     kernel; against memcpy of the output bytes on the same threads."""
-    from mlaref.reference.tensor import Tensor
 
     cache = Tensor.from_numpy(rng.standard_normal((n_kv, 576)).astype(np.float16))
     row = cache.nb[1]

@@ -32,9 +32,13 @@ import math
 
 import numpy as np
 
-from mlaref.codegen import bench as _bench
+from mlaref.codegen.bench import method as _bench
 from mlaref.codegen.kernels import mm as _km
+from mlaref.reference import compare
 from mlaref.reference.tensor import Tensor
+from mlaref import reference as R
+from mlaref.codegen.peers import ggml as ggml_peer
+from mlaref.codegen.peers import ggml_ops as ggml_ops
 
 __all__ = ["bench_mul_mat", "bench_flash_attn", "peak_gflops", "format_table", "MM_CASES", "EXTRA_CASES"]
 
@@ -61,8 +65,6 @@ def peak_gflops(n_threads: int, *, lanes: int = 16, fma_units: int = FMA_UNITS) 
 
 
 def _tensor(rng, type: str, rows: int, n: int, row_len: int | None = None, scale: float = 1.0) -> Tensor:
-    from mlaref import reference as R
-
     width = row_len or n
     x = (rng.standard_normal((rows, width)) * scale).astype(np.float32)
     if type == "f32":
@@ -82,12 +84,10 @@ class _GgmlGraph:
     """One ggml graph built once over copies of mlaref tensors; ``compute()`` runs it (the timed part)."""
 
     def __init__(self, builder, *inputs: Tensor, n_threads: int, extra_bytes: int = 0):
-        from mlaref.codegen.peers import ggml_ops as ggml_ops
 
-        from mlaref.codegen.peers import ggml as ggml_peer
 
         g = self.g = ggml_peer.lib()
-        need = sum(max(t.data.size, ggml_ops._span(t)) + 64 for t in inputs)
+        need = sum(max(t.data.size, ggml_ops.span(t)) + 64 for t in inputs)
         mem = need + extra_bytes + (64 << 20) + int(g.ggml_graph_overhead())  # + results and casts
         self.ctx = g.ggml_init(g.ggml_init_params(mem_size=mem, mem_buffer=None, no_alloc=False))
         if not self.ctx:
@@ -96,7 +96,7 @@ class _GgmlGraph:
         views: dict = {}
         for t in inputs:
             views.setdefault(id(t.data), []).append(t)
-        gts = [ggml_ops._to_ggml(g, self.ctx, t, bases, views) for t in inputs]
+        gts = [ggml_ops.to_ggml(g, self.ctx, t, bases, views) for t in inputs]
         self.out = builder(g, self.ctx, *gts)
         self.gf = g.ggml_new_graph(self.ctx)
         g.ggml_build_forward_expand(self.gf, self.out)
@@ -110,18 +110,10 @@ class _GgmlGraph:
             raise RuntimeError(f"ggml_graph_compute returned {status}")
 
     def result(self) -> np.ndarray:
-        from mlaref.codegen.peers import ggml_ops as ggml_ops
-
-        return ggml_ops._from_ggml(self.g, self.out).to_numpy()
+        return ggml_ops.from_ggml(self.g, self.out).to_numpy()
 
     def close(self) -> None:
         self.g.ggml_free(self.ctx)
-
-
-def _nmse(x: np.ndarray, y: np.ndarray) -> float:
-    x = x.astype(np.float64).ravel()
-    y = y.astype(np.float64).ravel()
-    return float(np.sum((x - y) ** 2) / max(np.sum(y ** 2), 1e-300))
 
 
 def _measure(fns: dict, *, repeats: int, warmup: int) -> tuple[dict, dict]:
@@ -195,7 +187,7 @@ def bench_mul_mat(*, n_kvs=(1024, 4096, 16384), threads=(1, 2), cases=MM_CASES, 
                         box["out"] = _km.mul_mat(w, cache, n_threads=nt)
 
                     timings = _measure({"mlaref": ours, "ggml": graph.compute}, repeats=repeats, warmup=warmup)
-                    nmse = _nmse(box["out"].to_numpy(), graph.result())
+                    nmse = compare.nmse(box["out"].to_numpy(), graph.result())
                 finally:
                     graph.close()
                 rows.append(_cell(case, n_kv, nt, 2.0 * K * M * n_kv, timings, nmse))
@@ -229,7 +221,7 @@ def bench_flash_attn(*, n_kvs=(1024, 4096, 16384), threads=(1, 2), kv_type: str 
                     box["out"] = _km.flash_attn_ext(q, k, v, mask, scale, plan=plan, n_threads=nt)
 
                 timings = _measure({"mlaref": ours, "ggml": graph.compute}, repeats=repeats, warmup=warmup)
-                nmse = _nmse(box["out"].to_numpy(), graph.result())
+                nmse = compare.nmse(box["out"].to_numpy(), graph.result())
             finally:
                 graph.close()
             rows.append(_cell(f"fa {kv_type} {exp}", n_kv, nt, 2.0 * n_head * n_q * n_kv * (Dk + Dv), timings, nmse))

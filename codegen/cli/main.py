@@ -10,11 +10,11 @@ import mlaref
 
 # command -> (module, help). The module defines ``configure(parser)`` and ``run(args) -> int``.
 COMMANDS = {
-    "info": ("mlaref.codegen.cpu", "Python, NumPy, compiler, CPU features found / not found, kernels chosen"),
+    "info": ("mlaref.codegen.cli.info", "Python, NumPy, compiler, CPU features found / not found, kernels chosen"),
     "generate": ("mlaref.codegen.generate", "render the kernel catalog into generated/ (--check to verify)"),
-    "bench": ("mlaref.codegen.bench.method", "benchmarks: types, kernels, ops, mla"),
-    "plan": ("mlaref.reference.alloc", "KV cache and compute buffer per context (ggml-alloc model)"),
-    "inspect": ("mlaref.reference.gguf_io", "hyper-parameters, tensors and memory plan of a GGUF file"),
+    "bench": ("mlaref.codegen.cli.bench", "benchmarks: types, kernels, ops, mla"),
+    "plan": ("mlaref.codegen.cli.plan", "KV cache and compute buffer per context (ggml-alloc model)"),
+    "inspect": ("mlaref.codegen.cli.inspect", "hyper-parameters, tensors and memory plan of a GGUF file"),
     "report": ("mlaref.codegen.report.builder", "the main job: build, check, benchmark, reproduce the seed, write a report"),
     "conform": ("mlaref.codegen.conform.runner", "check a real libggml against the specification, op by op"),
     "peer": ("mlaref.codegen.peers.build", "list or build the peers (upstream ggml at each CPU level) from source"),

@@ -3,7 +3,8 @@
 import argparse
 import sys
 
-from mlaref.codegen.conform.runner import configure, run, worker_main
+from mlaref.codegen.conform.runner import configure, run
+from mlaref.codegen.conform.worker import worker_main
 
 if sys.argv[1:2] == ["--worker"]:
     sys.exit(worker_main(sys.argv[2:]))

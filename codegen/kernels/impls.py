@@ -45,6 +45,8 @@ import numpy as np
 
 from mlaref.reference.graphs.executor import REFERENCE_OPS
 from mlaref.reference.tensor import Tensor
+from mlaref.codegen import kernels
+from mlaref.codegen.dispatch import DispatchError
 
 __all__ = ["KERNEL_OPS", "KernelImpls", "Run", "available"]
 
@@ -84,8 +86,6 @@ def _refusals() -> tuple:
     """Exceptions a kernel wrapper raises when it refuses arguments (before computing anything)."""
     out = [ValueError, TypeError]
     try:
-        from mlaref.codegen.dispatch import DispatchError
-
         out.append(DispatchError)
     except ImportError:
         pass
@@ -187,7 +187,6 @@ class KernelImpls:
             return "src rows are not packed (nb[0] != type size)"
         if not dst.is_contiguous():
             return "dst is not contiguous"
-        from mlaref.codegen import kernels
 
         geo = getattr(kernels, "GEOMETRY", {})
         if src.type == dst.type:

@@ -31,13 +31,17 @@ of ``q_block`` queries) units. A reduction is never split by thread count, so th
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import numpy as np
 
 from mlaref.codegen import args as _args
+from mlaref.codegen import catalog as _catalog
 from mlaref.codegen.kernels import rows as _kernels
 from mlaref.codegen.kernels import pool as _pool
 from mlaref.reference.plan import MLAREF_L16A1, ReductionPlan, get_plan
 from mlaref.reference.tensor import Tensor
+from mlaref.reference.types import get_type
 
 __all__ = ["mul_mat", "flash_attn_ext", "FA_PLAN", "MM_PLAN", "fa_plan", "VEC_DOT_TYPE"]
 
@@ -45,10 +49,10 @@ MM_PLAN = MLAREF_L16A1
 # the default flash-attention plan: l16a1 dots, iqk's k_step 64 for n_kv % 64 == 0, one KV chunk, libm expf
 FA_PLAN = MLAREF_L16A1.replace(name="mlaref_fa_l16a1", k_step=64, q_step=64, kv_chunks=1, exp="libm")
 _EXP_KIND = {"libm": 0, "v_expf_avx2": 1, "v_expf_avx512": 2}
-VEC_DOT_TYPE = {"f32": "f32", "f16": "f16", "bf16": "bf16", "q8_0": "q8_0", "q4_0": "q8_0", "q5_0": "q8_0",
-                "iq4_nl": "q8_0", "q4_1": "q8_1", "q5_1": "q8_1", "q4_K": "q8_K", "q6_K": "q8_K"}
-_SRC1_TYPES = ("f32", "f16", "bf16", "q8_0")
-_KV_TYPES = ("f16", "q8_0")
+# the weight types the catalog has kernels for -> their vec_dot type (the format registry's; read-only)
+VEC_DOT_TYPE = MappingProxyType({t: get_type(t).vec_dot_type for t in _catalog.MM_X_TYPES})
+_SRC1_TYPES = _catalog.MM_Y_TYPES
+_KV_TYPES = _catalog.FA_KV_TYPES
 _COL_BLOCK = 4  # thread ranges of src1 columns / src0 rows start at multiples of the tile size
 
 

@@ -19,6 +19,7 @@ import functools
 import pathlib
 
 import numpy as np
+from mlaref.codegen import build
 
 __all__ = ["WORDS", "KIND", "MAX_JOBS", "run", "job", "jobs_array", "f32_word", "address", "workers"]
 
@@ -36,8 +37,6 @@ _CDEF = "int mla_pool_run(int64_t *jobs, int n_jobs);\nint mla_pool_workers(void
 
 @functools.cache
 def _module():
-    from mlaref.codegen import build
-
     return build.load_runtime("pool", SOURCE, _CDEF, libraries=["pthread"])
 
 

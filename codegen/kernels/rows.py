@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+from types import MappingProxyType
 
 import numpy as np
 
@@ -40,6 +41,9 @@ from mlaref.codegen import catalog as _catalog
 from mlaref.codegen import cpu as _cpu
 from mlaref.codegen import dispatch as _dispatch
 from mlaref.codegen.kernels import pool as _pool
+from mlaref.codegen import cpu
+from mlaref.reference import get_type
+from mlaref.reference.tensor import Tensor
 
 __all__ = [
     "quantize", "dequantize", "convert", "vec_dot", "concat", "repeat", "cpy", "resolve", "geometry", "split",
@@ -49,13 +53,13 @@ __all__ = [
 
 DispatchError = _dispatch.DispatchError
 
-# (values per block, bytes per block) of every type a kernel handles; checked against the reference registry
-# by the tests (the C code hard-codes the same numbers).
-GEOMETRY = {
-    "f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22),
-    "q5_1": (32, 24), "q8_0": (32, 34), "q8_1": (32, 36), "iq4_nl": (32, 18), "q8_K": (256, 292),
-    "q4_K": (256, 144), "q6_K": (256, 210), "q8_0_x4": (32, 34), "q8_1_x4": (32, 36),
-}
+# (values per block, bytes per block) of every type a row kernel handles, from the format registry (read-only).
+# The C code hard-codes the same numbers; the kernel tests compare its bytes with the reference's.
+GEOMETRY = MappingProxyType({
+    t: (get_type(t).block_size, get_type(t).type_size)
+    for t in dict.fromkeys([*_catalog.DEQUANT_TYPES, *_catalog.QUANT_VARIANTS, *_catalog.VEC_DOT_PAIRS,
+                            *(y for ys in _catalog.VEC_DOT_PAIRS.values() for y in ys)])
+})
 
 
 def geometry(type: str) -> tuple[int, int]:
@@ -78,8 +82,6 @@ def _variant_plan(type: str, variant: str) -> str:
 def _variant_plan_cached(type: str, variant: str) -> str:
     """The variant tables are fixed once the reference is imported; errors are raised, never cached."""
     try:
-        from mlaref.reference import get_type
-
         variants = get_type(type).variants
     except (KeyError, ValueError, ImportError):
         variants = {v: v for v in _catalog.QUANT_VARIANTS.get(type, {})} | {"model": "ref"}
@@ -110,7 +112,6 @@ def _resolve(family, type_x, type_y, plan, isa, kernel):
         if (spec.family, spec.type_x, spec.type_y, spec.plan) != (family, type_x, type_y, plan):
             raise ValueError(f"kernel: {kernel} computes {spec.family} {spec.type_x}/{spec.type_y} [{spec.plan}], "
                              f"not {family} {type_x}/{type_y} [{plan}]")
-        from mlaref.codegen import cpu
 
         miss = cpu.missing(spec.isa)
         if miss:
@@ -329,7 +330,6 @@ def _check_disjoint(dst_t, srcs, op: str) -> None:
 def _out_tensor(out, op: str, type_: str, ne, srcs):
     """A fresh contiguous destination, or the caller's ``out`` once checked (type, ne, contiguity, writable,
     disjoint from every source)."""
-    from mlaref.reference.tensor import Tensor
 
     if out is None:
         return Tensor.empty(type_, ne)
@@ -483,7 +483,6 @@ def cpy(src, dst, *, variant=None, isa=None, n_threads=1, **kwargs):
     """``reference.ops.cpy.cpy``: same-type row copies, float -> block type and block type -> f32 by kernels;
     everything else (element-wise float casts, keyword options of the reference) by the reference."""
     ref = importlib.import_module("mlaref.reference.ops.cpy")
-    from mlaref.reference.tensor import Tensor
 
     if kwargs:
         return ref.cpy(src, dst, variant=variant, **kwargs)
@@ -499,8 +498,6 @@ def cpy(src, dst, *, variant=None, isa=None, n_threads=1, **kwargs):
         rows = rows.copy()  # an f32 kernel reads aligned floats (a fresh copy is aligned, as np.stack's was)
     view = dst.data[dst.offset: dst.offset + dst.nbytes()].reshape(src.nrows(), -1)
     if src.type in ("f32", "f16", "bf16") and dst.type in GEOMETRY and dst.type not in ("f32", "f16", "bf16"):
-        from mlaref.reference import get_type
-
         fmt = get_type(dst.type)
         v = variant or ("x86" if "x86" in fmt.variants else "ref")
         if src.type == "f32":

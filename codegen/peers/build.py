@@ -114,18 +114,18 @@ def native_tune() -> str:
     return "generic"
 
 
-def _say(progress, text):
+def say(progress, text):
     if progress:
         print(f"mlaref peer: {text}", file=sys.stderr, flush=True)
 
 
-def _fetch_sdist(work: Path, progress: bool) -> Path:
+def fetch_sdist(work: Path, progress: bool) -> Path:
     """The unpacked ggml-python sdist (cached beside the builds)."""
     root = build_dir("_src").parent
     src = root / "_src" / f"ggml_python-{VERSION}"
     if (src / "vendor" / "ggml" / "CMakeLists.txt").exists():
         return src
-    _say(progress, f"fetching {PEER}=={VERSION} (source distribution) with pip")
+    say(progress, f"fetching {PEER}=={VERSION} (source distribution) with pip")
     dl = work / "dl"
     cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "--quiet",
            "-d", str(dl), f"{PEER}=={VERSION}"]
@@ -175,12 +175,12 @@ def ensure(level: str, progress: bool | None = None) -> Path:
             return out
         with tempfile.TemporaryDirectory(prefix="mlaref-peer-") as tmp:
             work = Path(tmp)
-            src = _fetch_sdist(work, progress)
+            src = fetch_sdist(work, progress)
             bdir = work / "build"
             t0 = time.perf_counter()
-            _say(progress, f"configuring {PEER} {VERSION} at level {level}")
+            say(progress, f"configuring {PEER} {VERSION} at level {level}")
             _run(["cmake", "-S", str(src / "vendor" / "ggml"), "-B", str(bdir), *_cmake_args(level)], "configure")
-            _say(progress, f"building ggml, ggml-base and ggml-cpu (level {level}; about a minute on 2 cores)")
+            say(progress, f"building ggml, ggml-base and ggml-cpu (level {level}; about a minute on 2 cores)")
             _run(["cmake", "--build", str(bdir), "-j", str(max(1, os.cpu_count() or 1)), "--target", *_TARGETS],
                  "build")
             if out.exists():
@@ -198,7 +198,7 @@ def ensure(level: str, progress: bool | None = None) -> Path:
                       "compiler": _build.compiler_version(), "cmake_args": _cmake_args(level),
                       "seconds": round(time.perf_counter() - t0, 1)}
             (out / "lib" / RECORD).write_text(json.dumps(record, indent=1) + "\n")
-            _say(progress, f"level {level} built in {record['seconds']} s -> {out}")
+            say(progress, f"level {level} built in {record['seconds']} s -> {out}")
     return out
 
 

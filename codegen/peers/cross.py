@@ -44,6 +44,8 @@ import numpy as np
 
 from mlaref.codegen import build as _build
 from mlaref.codegen.peers import build as peer_build
+from mlaref.reference import get_type
+from mlaref.reference.tensor import row_size
 
 __all__ = ["LEVELS", "LEVEL_ORDER", "CC", "CXX", "QEMU", "APT_PACKAGES", "CrossToolsMissing", "tools_missing",
            "build_dir", "built", "record", "ensure", "driver", "run", "compiled_features", "call_vec_dot",
@@ -144,15 +146,15 @@ def ensure(level: str, progress: bool | None = None) -> Path:
             return out
         with tempfile.TemporaryDirectory(prefix="mlaref-xpeer-") as tmp:
             work = Path(tmp)
-            src = peer_build._fetch_sdist(work, progress) / "vendor" / "ggml"
+            src = peer_build.fetch_sdist(work, progress) / "vendor" / "ggml"
             toolchain = work / "aarch64.cmake"
             toolchain.write_text(_TOOLCHAIN)
             bdir = work / "build"
             t0 = time.perf_counter()
-            peer_build._say(progress, f"configuring {peer_build.PEER} {peer_build.VERSION} for {level} "
+            peer_build.say(progress, f"configuring {peer_build.PEER} {peer_build.VERSION} for {level} "
                                       f"(-march={LEVELS[level]})")
             _run_tool(["cmake", "-S", str(src), "-B", str(bdir), *_cmake_args(level, toolchain)], "cmake configure")
-            peer_build._say(progress, f"building ggml-base and ggml-cpu for {level} (about two minutes on 2 cores)")
+            peer_build.say(progress, f"building ggml-base and ggml-cpu for {level} (about two minutes on 2 cores)")
             _run_tool(["cmake", "--build", str(bdir), "-j", str(max(1, os.cpu_count() or 1)), "--target",
                        *_TARGETS], "cmake build")
             if out.exists():
@@ -165,7 +167,7 @@ def ensure(level: str, progress: bool | None = None) -> Path:
                    "march": LEVELS[level], "compiler": _version(CC),
                    "cmake_args": _cmake_args(level, Path("aarch64.cmake")), "seconds": round(time.perf_counter() - t0, 1)}
             (out / "lib" / RECORD).write_text(json.dumps(rec, indent=1) + "\n")
-            peer_build._say(progress, f"{level} built in {rec['seconds']} s -> {out}")
+            peer_build.say(progress, f"{level} built in {rec['seconds']} s -> {out}")
     return out
 
 
@@ -215,8 +217,6 @@ def _i32(*vals) -> bytes:
 
 
 def _type_id(type_name: str) -> int:
-    from mlaref.reference import get_type  # noqa: PLC0415
-
     if type_name == "f32":
         return 0
     if type_name == "f16":
@@ -225,8 +225,6 @@ def _type_id(type_name: str) -> int:
 
 
 def _row_bytes(type_name: str, n: int) -> int:
-    from mlaref.reference.tensor import row_size  # noqa: PLC0415
-
     return row_size(type_name, n)
 
 

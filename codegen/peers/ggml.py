@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from types import MappingProxyType
 
 import numpy as np
+from mlaref.codegen import cpu
+from mlaref.codegen.peers import build as peer_build
+from mlaref.reference.builds import GgmlBuild
+from mlaref.reference.types import registry
 
-GGML_TYPE = {
-    "f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q8_1": 9,
-    "q4_K": 12, "q6_K": 14, "q8_K": 15, "iq4_nl": 20, "bf16": 30,
-}
+# enum ggml_type of every registered format upstream ggml has (the format registry's numbers; read-only)
+GGML_TYPE = MappingProxyType({name: fmt.ggml_type for name, fmt in sorted(registry().items()) if fmt.upstream})
 
 
 @functools.cache
@@ -57,10 +60,7 @@ def build():
     import json  # noqa: PLC0415
     import pathlib  # noqa: PLC0415
 
-    from mlaref.codegen import cpu  # noqa: PLC0415
 
-    from mlaref.codegen.peers import build as peer_build  # noqa: PLC0415
-    from mlaref.reference.builds import GgmlBuild  # noqa: PLC0415
 
     g = lib()
     feats = set()

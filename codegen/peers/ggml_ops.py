@@ -66,19 +66,19 @@ def type_name(tid: int) -> str:
     raise ValueError(f"ggml type {tid} has no mlaref name")
 
 
-def _span(t: Tensor) -> int:
+def span(t: Tensor) -> int:
     """Bytes a ggml view of ``t`` must be allowed to reach: ggml_new_tensor_impl asserts the packed size."""
     packed = row_size(t.type, t.ne[0]) * t.ne[1] * t.ne[2] * t.ne[3]
     return t.offset + max(packed, t.nbytes())
 
 
-def _to_ggml(g, ctx, t: Tensor, bases: dict, views: dict):
+def to_ggml(g, ctx, t: Tensor, bases: dict, views: dict):
     bs, ts = type_geometry(t.type)
     key = (id(t.data), t.type)
     if key not in bases:
         # One base per (buffer, type): the buffer's bytes, padded to whole blocks and to the packed size
         # every view of it needs.
-        need = max([t.data.size] + [_span(u) for u in views[id(t.data)]])
+        need = max([t.data.size] + [span(u) for u in views[id(t.data)]])
         n_blocks = -(-need // ts)
         base = g.ggml_new_tensor_1d(ctx, type_id(t.type), n_blocks * bs)
         dst = base.contents.data
@@ -87,7 +87,7 @@ def _to_ggml(g, ctx, t: Tensor, bases: dict, views: dict):
             ctypes.memmove(dst, np.ascontiguousarray(t.data).ctypes.data, t.data.size)
         bases[key] = (base, n_blocks * ts)
     base, size = bases[key]
-    if _span(t) > size:
+    if span(t) > size:
         raise ValueError(f"ggml_ops: view {t} reaches past its base buffer ({size} bytes)")
     v = g.ggml_view_4d(ctx, base, t.ne[0], t.ne[1], t.ne[2], t.ne[3], t.nb[1], t.nb[2], t.nb[3], t.offset)
     for i in range(4):
@@ -95,7 +95,7 @@ def _to_ggml(g, ctx, t: Tensor, bases: dict, views: dict):
     return v
 
 
-def _from_ggml(g, out) -> Tensor:
+def from_ggml(g, out) -> Tensor:
     c = out.contents
     tname = type_name(int(c.type))
     ne = tuple(int(c.ne[i]) for i in range(4))
@@ -120,7 +120,7 @@ def run(builder: Callable, *inputs: Tensor, n_threads: int = 1, mem_bytes: int |
             raise TypeError(f"ggml_ops.run: input {i} must be an mlaref Tensor, got {type(t).__name__}")
     if n_threads < 1:
         raise ValueError(f"ggml_ops.run: n_threads must be >= 1, got {n_threads}")
-    in_bytes = sum(max(t.data.size, _span(t)) + 64 for t in inputs)
+    in_bytes = sum(max(t.data.size, span(t)) + 64 for t in inputs)
     if mem_bytes is None:
         mem_bytes = 4 * in_bytes + (64 << 20)
     mem_bytes += int(g.ggml_graph_overhead()) + 4096 * (len(inputs) + 16)
@@ -132,7 +132,7 @@ def run(builder: Callable, *inputs: Tensor, n_threads: int = 1, mem_bytes: int |
         views: dict = {}
         for t in inputs:
             views.setdefault(id(t.data), []).append(t)
-        gts = [_to_ggml(g, ctx, t, bases, views) for t in inputs]
+        gts = [to_ggml(g, ctx, t, bases, views) for t in inputs]
         res = builder(ctx, *gts)
         outs = tuple(res) if isinstance(res, (tuple, list)) else (res,)
         gf = g.ggml_new_graph(ctx)
@@ -141,7 +141,7 @@ def run(builder: Callable, *inputs: Tensor, n_threads: int = 1, mem_bytes: int |
         status = g.ggml_graph_compute_with_ctx(ctx, gf, n_threads)
         if status != 0:
             raise RuntimeError(f"ggml_ops.run: ggml_graph_compute_with_ctx returned status {status}")
-        result = tuple(_from_ggml(g, o) for o in outs)
+        result = tuple(from_ggml(g, o) for o in outs)
     finally:
         g.ggml_free(ctx)
     return result if isinstance(res, (tuple, list)) else result[0]

@@ -1,4 +1,4 @@
-"""The Kernels page's generated parts: the name grammar, the dispatch rules, and the lane-map figure of a plan.
+"""The Kernels page's generated parts: ISA and kernel tables, name grammar, dispatch rules, a plan's lane map.
 
 * the grammar is :func:`mlaref.codegen.naming.grammar` and a few names from ``generated/manifest.json`` taken
   apart by :func:`mlaref.codegen.naming.parse`;
@@ -215,3 +215,41 @@ def lane_map_png(name: str = PLAN, n_blocks: int = N_BLOCKS) -> bytes:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
+
+
+def isa_table() -> str:
+    try:
+        from mlaref.codegen import isa  # noqa: PLC0415
+    except ImportError as exc:
+        return f"*The ISA table (`codegen/isa.py`) is not available in this build ({exc}).*"
+    rows = ["| token | arch | CPU features | gcc flags | vector bits | priority | NumPy | Highway | ggml macros |",
+            "|---|---|---|---|---:|---:|---|---|---|"]
+    for t in sorted(isa.ISAS.values(), key=lambda t: (t.arch, t.priority)):
+        rows.append(
+            f"| `{t.token}` | {t.arch} | {' '.join(t.features) or '(none)'} | "
+            f"{' '.join(f'`{c}`' for c in t.cflags) or '(none)'} | "
+            f"{t.vector_bits} | {t.priority} | {t.numpy} | {t.highway} | {t.ggml} |"
+        )
+    return "\n".join(rows)
+
+
+def kernel_tables() -> str:
+    import mlaref.generated  # noqa: PLC0415
+
+    path = Path(mlaref.generated.__file__).resolve().parent / "manifest.json"
+    if not path.is_file():
+        return "*No kernels generated yet (`generated/manifest.json` is missing; run `mlaref generate`).*"
+    kernels = json.loads(path.read_text(encoding="utf-8"))["kernels"]
+    families: dict[str, list[tuple[str, dict]]] = {}
+    for name, k in sorted(kernels.items()):
+        families.setdefault(k["family"], []).append((name, k))
+    out = [f"{len(kernels)} kernels in {len(families)} families, read from `generated/manifest.json`.", "",
+           "| family | template | kernels | ISAs | plans |", "|---|---|---:|---|---|"]
+    for fam, ks in families.items():
+        isas = sorted({k["isa"] for _, k in ks})
+        plans = sorted({k["plan"] for _, k in ks})
+        out.append(f"| {fam} | `{ks[0][1]['template']}` | {len(ks)} | {', '.join(isas)} | {', '.join(plans)} |")
+    for fam, ks in families.items():
+        out += ["", f"### {fam}", "", "| kernel | type x | type y | ISA | plan |", "|---|---|---|---|---|"]
+        out += [f"| `{n}` | {k.get('type_x', '')} | {k.get('type_y', '')} | {k['isa']} | {k['plan']} |" for n, k in ks]
+    return "\n".join(out)

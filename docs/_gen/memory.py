@@ -1,8 +1,9 @@
 """The Memory page's generated parts: the buffer-vs-context plot, the peak tables and the timeline figure.
 
-Everything comes from the allocator model :mod:`mlaref.reference.alloc` run during the site build:
+Everything comes from the allocator model :mod:`mlaref.reference.graphs.alloc` run during the site build:
 
-* the plot is what ``mlaref plan --plot`` draws (the command is run in-process through ``alloc.run``);
+* the plot is what ``mlaref plan --plot`` draws (the command is run in-process through
+  :func:`mlaref.codegen.cli.plan.run`);
 * the peak tables list, in address order, every tensor alive and every hole below ``max_size`` right after the
   allocation that set the buffer size (``AllocResult.peak_live`` / ``peak_gaps``);
 * the slope (bytes per context token) is ``(buffer(2n) - buffer(n)) / n`` from the same plan rows;
@@ -30,14 +31,14 @@ def _hp():
 
 def plan_plot_png() -> tuple[bytes, list[dict]]:
     """Run ``mlaref plan --plot FILE --json FILE`` in-process; return the PNG bytes and the JSON rows."""
-    from mlaref.reference import alloc
+    from mlaref.codegen.cli import plan
 
     with tempfile.TemporaryDirectory() as d:
         png, js = os.path.join(d, "plan.png"), os.path.join(d, "plan.json")
         args = argparse.Namespace(model=MODEL, ctx=list(CONTEXTS), variant=None, cache_type="f16", kv_chunk=None,
                                   plot=png, json=js)
         with contextlib.redirect_stdout(io.StringIO()):
-            rc = alloc.run(args)
+            rc = plan.run(args)
         if rc != 0:
             raise RuntimeError(f"mlaref plan returned {rc}")
         with open(png, "rb") as f:
@@ -49,7 +50,7 @@ def plan_plot_png() -> tuple[bytes, list[dict]]:
 
 def variants_table(rows: list[dict]) -> str:
     """All three variants per context (MiB), from the rows ``mlaref plan --json`` wrote."""
-    from mlaref.reference import alloc
+    from mlaref.reference.graphs import alloc
 
     variants = list(rows[0]["buffer_bytes"])
     out = ["| context | KV cache | " + " | ".join(f"buffer, `{v}`" for v in variants) + " |",
@@ -83,7 +84,7 @@ def peak_table(variant: str, n_ctx: int = 16384) -> str:
     A live tensor's "bytes per context token" is shown when the same tensor is twice as large in the graph for
     ``2·n_ctx`` (so it grows with context); holes are the free ranges between live tensors.
     """
-    from mlaref.reference import alloc
+    from mlaref.reference.graphs import alloc
     from mlaref.reference.graphs import deepseek2
 
     hp = _hp()
@@ -118,7 +119,7 @@ def timeline_png(n_ctx: int = 16384, layers: int = 3) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mlaref.reference import alloc
+    from mlaref.reference.graphs import alloc
     from mlaref.reference.graphs import deepseek2
 
     hp = _hp()

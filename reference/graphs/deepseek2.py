@@ -71,7 +71,7 @@ class MLAGraph:
     output: ir.Tensor | None = None
 
 
-def _check(hp: HParams, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head, kv_chunk, n_ubatch):
+def check_hparams(hp: HParams, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head, kv_chunk, n_ubatch):
     if not isinstance(hp, HParams):
         raise TypeError(f"hp must be an HParams, got {type(hp).__name__}")
     if variant not in VARIANTS:
@@ -115,14 +115,14 @@ def build_graph(hp: HParams, n_ctx: int, *, variant: str = "direct", cache_type:
         n_kv = n_ctx
     if kv_head is None:
         kv_head = n_ctx - n_tokens if isinstance(n_ctx, int) else 0
-    _check(hp, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head, kv_chunk, n_ubatch)
+    check_hparams(hp, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head, kv_chunk, n_ubatch)
     if weight_types is not None and not isinstance(weight_types, dict):
         raise TypeError(f"weight_types must be a dict of weight name -> type name, got {type(weight_types).__name__}")
-    return _Builder(hp, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head, weight_type, kv_chunk, fmoe,
+    return Builder(hp, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head, weight_type, kv_chunk, fmoe,
                     weight_types).build()
 
 
-class _Builder:
+class Builder:
     def __init__(self, hp, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head, weight_type, kv_chunk, fmoe,
                  weight_types=None):
         self.hp = hp

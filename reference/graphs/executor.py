@@ -30,7 +30,7 @@ meaning and the reference ``cpy`` refuses it (ValueError).
 Memory: a tensor's buffer is dropped after the last node that reads it (directly or through a view), unless it
 is a leaf, the graph output or named in ``keep``, so the executor's live set follows ggml-alloc's free rule
 (upstream facts §6.2) without in-place reuse: after every node of the synthetic graphs it holds exactly the bytes
-:func:`mlaref.reference.alloc.allocate_graph` holds, inputs aside (tests/graphs/test_executor.py).
+:func:`mlaref.reference.graphs.alloc.allocate_graph` holds, inputs aside (tests/graphs/test_executor.py).
 ``stats`` (a dict) receives ``peak_bytes`` (the largest sum of live owned buffers, each rounded up to the
 32-byte alignment, taken right after a node's result exists and before its dead sources are dropped),
 ``peak_node`` and ``live`` (the sum after each node, dead sources dropped).

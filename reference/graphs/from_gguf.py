@@ -1,6 +1,6 @@
 """A GGUF model bound to the DeepSeek-V2 graphs: its weights, a KV cache and the inputs of a prompt, then run.
 
-:class:`GGUFModel` plays, for an opened GGUF file (:func:`mlaref.reference.gguf_io.open_gguf`), the part
+:class:`GGUFModel` plays, for an opened GGUF file (:func:`mlaref.reference.gguf.open_gguf`), the part
 :class:`mlaref.reference.graphs.synthetic.SyntheticModel` plays for generated weights:
 
 * ``build(n_ctx, ...)``: the graph of :func:`mlaref.reference.graphs.deepseek2.build_graph`, except that every
@@ -30,6 +30,7 @@ import os
 
 import numpy as np
 
+from mlaref.reference import gguf
 from mlaref.reference.graphs import deepseek2
 from mlaref.reference.graphs.executor import run_graph
 from mlaref.reference.hparams import FA_CTX_PAD
@@ -44,7 +45,7 @@ def default_n_kv(n_ctx: int, kv_head: int, n_tokens: int) -> int:
     return min(n_ctx, max(FA_CTX_PAD, -(-cell_max // FA_CTX_PAD) * FA_CTX_PAD))
 
 
-class _FileTypedBuilder(deepseek2._Builder):
+class _FileTypedBuilder(deepseek2.Builder):
     """``build_deepseek2`` with each weight's type taken from the file (see the module docstring)."""
 
     def __init__(self, file_types: dict, *args):
@@ -62,14 +63,12 @@ class GGUFModel:
     """Weights, KV cache and inputs of a GGUF file for DeepSeek-V2 graphs (see the module docstring)."""
 
     def __init__(self, model):
-        from mlaref.reference import gguf_io
-
         if isinstance(model, (str, os.PathLike)):
-            model = gguf_io.open_gguf(model)
-        if not isinstance(model, gguf_io.Model):
+            model = gguf.open_gguf(model)
+        if not isinstance(model, gguf.Model):
             raise TypeError(f"model must be a GGUF path or an open_gguf Model, got {type(model).__name__}")
-        if model.arch != gguf_io.ARCH:
-            raise ValueError(f"{model.path}: architecture {model.arch!r}; the graphs are built for {gguf_io.ARCH!r}")
+        if model.arch != gguf.ARCH:
+            raise ValueError(f"{model.path}: architecture {model.arch!r}; the graphs are built for {gguf.ARCH!r}")
         if model.hp is None:
             raise ValueError(f"{model.path}: the hyper-parameters are not usable: {model.hp_error}")
         self.model = model
@@ -87,7 +86,7 @@ class GGUFModel:
             raise TypeError(f"kv_head must be an int, got {kv_head!r}")
         if n_kv is None and isinstance(n_ctx, int) and n_ctx > 0:
             n_kv = default_n_kv(n_ctx, kv_head, n_tokens)
-        deepseek2._check(self.hp, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head, kv_chunk, n_ubatch)
+        deepseek2.check_hparams(self.hp, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head, kv_chunk, n_ubatch)
         if n_kv < kv_head + n_tokens:
             raise ValueError(f"n_kv ({n_kv}) must cover the micro-batch's cells: kv_head ({kv_head}) + n_tokens "
                              f"({n_tokens}) = {kv_head + n_tokens}")
@@ -166,7 +165,7 @@ def run_gguf(path_or_model, tokens, *, variant: str, n_ctx: int, cache_type: str
              impl: dict | None = None, options: dict | None = None, keep=(), stats: dict | None = None) -> dict:
     """Run one micro-batch of ``tokens`` through a GGUF model's graph; return ``run_graph``'s tensors by name.
 
-    ``path_or_model``: a GGUF path, an :func:`~mlaref.reference.gguf_io.open_gguf` Model or a :class:`GGUFModel`.
+    ``path_or_model``: a GGUF path, an :func:`~mlaref.reference.gguf.open_gguf` Model or a :class:`GGUFModel`.
     The tokens occupy cells ``kv_head .. kv_head + T - 1``. ``kv_cache`` (one Tensor per layer, of
     ``cache_type`` and ne ``[kv_lora_rank + n_rot, n_ctx]``) holds the cells of earlier micro-batches and is
     written in place; it is required when ``kv_head > 0`` and a zeroed cache is used otherwise. ``impl``,

@@ -1,9 +1,10 @@
 """A tiny synthetic DeepSeek-V2: random weights of small dimensions with the real structure, deterministic from a seed.
 
-:func:`tiny_hparams` keeps every structural feature of DeepSeek-V2 (MLA with a low-rank q, a latent KV cache
-row ``[c_kv (n_lora_kv) | k_rope (n_rot)]``, per-head ``wkv_b`` decompression into nope and v halves,
-a dense lead layer, then MoE layers with shared experts) at sizes that are multiples of 32, so every tensor
-can be stored in a 32-block format (q8_0, iq4_nl, ...)::
+:func:`tiny_hparams` (the ``synthetic-tiny`` preset of :data:`mlaref.reference.hparams.PRESETS`) keeps every
+structural feature of DeepSeek-V2 (MLA with a low-rank q, a latent KV cache row ``[c_kv (n_lora_kv) | k_rope
+(n_rot)]``, per-head ``wkv_b`` decompression into nope and v halves, a dense lead layer, then MoE layers with
+shared experts) at sizes that are multiples of 32, so every tensor can be stored in a 32-block format (q8_0,
+iq4_nl, ...)::
 
     n_embd 64, n_head 2, head_k 64 = nope 32 + rope 32, head_v 32, n_lora_q 64, n_lora_kv 64,
     n_ff 64, n_ff_exp 32, 8 experts (3 used, 1 shared), vocab 64, cache row 96 values
@@ -30,7 +31,7 @@ import zlib
 import numpy as np
 
 from mlaref.reference.graphs import deepseek2
-from mlaref.reference.hparams import HParams
+from mlaref.reference.hparams import HParams, preset
 from mlaref.reference.ops.cpy import cpy
 from mlaref.reference.tensor import Tensor
 
@@ -38,14 +39,9 @@ __all__ = ["tiny_hparams", "SyntheticModel"]
 
 
 def tiny_hparams(n_layer: int = 2, **changes) -> HParams:
-    """DeepSeek-V2's structure at toy sizes (see the module docstring); ``changes`` override fields."""
-    fields = dict(
-        name="synthetic-tiny", n_layer=n_layer, n_embd=64, n_head=2, n_head_kv=2, n_embd_head_k=64,
-        n_embd_head_v=32, n_rot=32, n_lora_q=64, n_lora_kv=64, n_ff=64, n_ff_exp=32, n_expert=8, n_expert_used=3,
-        n_expert_shared=1, n_layer_dense_lead=min(1, n_layer), n_vocab=64,
-    )
-    fields.update(changes)
-    return HParams(**fields)
+    """The ``synthetic-tiny`` preset of :data:`mlaref.reference.hparams.PRESETS` (see the module docstring) with
+    ``n_layer`` layers, the first dense; ``changes`` override fields."""
+    return preset("synthetic-tiny").replace(**{"n_layer": n_layer, "n_layer_dense_lead": min(1, n_layer), **changes})
 
 
 class SyntheticModel:

@@ -10,7 +10,6 @@ already permuted (0, 2, 1, 3) as ggml writes it. If ``softcap != 0`` then ``scal
 **algorithm="generic"**: upstream ggml's ``ggml_compute_forward_flash_attn_ext_f16_one_chunk`` (ops.cpp of
 ggml-python's vendored ggml 0.15.3; upstream facts §4e, "ggml's generic algorithm"). Q is converted to K's vec_dot
 type with its ``from_float`` (f16: RNE; q8_0: ``variant``). For each KV row ic in order, per query row:
-
     mv = mask[ic]; skip the row if mv == -inf
     s  = vec_dot(K[ic], Q) * scale           (plan.for_pair(k.vdt) order); softcap: s = softcap*tanhf(s)
     s  = s + mv
@@ -28,7 +27,6 @@ type, f16 or f32, and ``n_kv >= 512``: it splits the KV rows into ``nth`` (its *
 ``ceil(n_kv / nth)`` rows, runs the one-chunk code above on each (state M, S and VKQ, an f16 VKQ widened to f32,
 left unnormalised) and ``ggml_flash_attn_ext_reduce_partials`` merges them in chunk order, skipping chunks
 with ``S_c == 0``:
-
     Mn = fmaxf(M, M_c);  a = expf(M - Mn);  b = expf(M_c - Mn)         (from M = -inf, S = 0, VKQ = 0)
     VKQ = fma(VKQ, a, VKQ_c*b);  S = fma(S, a, S_c*b);  M = Mn          (plan.fma; else both products rounded)
     out = S != 0 ? VKQ * (1/S) : VKQ
@@ -46,7 +44,6 @@ in blocks of ``k_step``, split into ``kv_chunks`` contiguous chunks that run ind
 order.
 Per block, with s = vec_dot(K, Q)·scale (or softcap·tanhf(s·scale)), and the mask **binary** (any f16 bit
 pattern but +0.0 masks the entry to -inf):
-
     smax = max_k s[k];  if smax == -inf: skip the block
     if smax > M:  if M > -inf: ms = expf(M - smax); S *= ms; acc *= ms   else: S = 0; acc = 0
                   M = smax
@@ -69,6 +66,8 @@ natively (AMD Zen 3) and at the levels generic, avx and avx2. The blocked algori
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import numpy as np
 
 from mlaref.reference import fp
@@ -78,24 +77,26 @@ from mlaref.reference.ops.vec_dot import fma_f16, round_f64_to_f16, vec_dot
 from mlaref.reference.ops.vexp import v_expf_avx2, v_expf_avx512
 from mlaref.reference.plan import get_plan
 from mlaref.reference.tensor import Tensor
+from mlaref.reference.types import get_type
+from mlaref.reference import libm as libm
+from mlaref.reference.ops.fa_tiled import flash_attn_tiled
 
 __all__ = ["flash_attn_ext", "upstream_splits_kv", "SPLIT_KV_MIN", "v_expf_avx2", "v_expf_avx512", "expf", "tanhf",
            "K_VEC_DOT_TYPE"]
 
-K_VEC_DOT_TYPE = {"f16": "f16", "q8_0": "q8_0", "f32": "f32"}
+# the K (and V) types flash_attn_ext takes -> K's vec_dot type, the type Q is converted to (read-only)
+K_VEC_DOT_TYPE = MappingProxyType({t: get_type(t).vec_dot_type for t in ("f16", "q8_0", "f32")})
 _NEG_INF = np.float32(-np.inf)
 
 
 def expf(x) -> np.ndarray:
     """libm ``expf`` element-wise (through :mod:`mlaref.reference.libm`)."""
-    from mlaref.reference import libm as libm  # noqa: PLC0415
 
     return libm.expf(np.asarray(x, np.float32))
 
 
 def tanhf(x) -> np.ndarray:
     """libm ``tanhf`` element-wise."""
-    from mlaref.reference import libm as libm  # noqa: PLC0415
 
     return libm.tanhf(np.asarray(x, np.float32))
 
@@ -381,7 +382,6 @@ def flash_attn_ext(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale, 
     if softcap != 0:
         scale = np.float32(scale / np.float32(softcap))
     if algorithm == "tiled":  # upstream's f32 tile kernel (64+ queries, f16/f32 K/V): its own K·Q, see fa_tiled
-        from mlaref.reference.ops.fa_tiled import flash_attn_tiled  # noqa: PLC0415
 
         out = flash_attn_tiled(q, k, v, mask, scale, softcap, plan)
     else:

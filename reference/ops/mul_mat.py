@@ -2,7 +2,6 @@
 
 Shapes (``ggml_mul_mat``, upstream facts §4a): a = src0 ``[K, M, ne02, ne03]``, b = src1 ``[K, N, ne12, ne13]`` with
 ``ne12 % ne02 == 0`` and ``ne13 % ne03 == 0``; dst is always **f32** ``[M, N, ne12, ne13]``, contiguous:
-
     dst[i13, i12, i11, i01] = vec_dot(a row (i01, i12 // r2, i13 // r3), converted b row (i11, i12, i13))
 
 with ``r2 = ne12 / ne02``, ``r3 = ne13 / ne03`` (integer division: consecutive src1 matrices share one src0
@@ -18,10 +17,11 @@ Two versions, as ONNX versions an op whose semantics change (style.md 1):
   f32 nor the vec_dot type is widened with ``to_float`` (exact for f16/bf16, the dequantized values for block
   types) and then converted with ``from_float``. The per-thread scratch row changes nothing numerically.
 
-The vec_dot type per weight type is ggml's column without IQK (upstream facts §4a): f32 -> f32, f16 -> f16 (so an f16
-weight rounds an f32 src1 to f16), bf16 -> bf16, q4_0/q5_0/q8_0/iq4_nl -> q8_0, q4_1/q5_1 -> q8_1,
-q4_K/q6_K -> q8_K (upstream's x86 ``from_float`` of q8_K is its reference quantizer: variant ``x86``). A
-``vec_dot_type`` argument selects another accepted y layout (``q8_0_x4`` / ``q8_1_x4``).
+The vec_dot type per weight type (``VEC_DOT_TYPE``, read from each format's ``vec_dot_type`` in the registry) is
+ggml's column without IQK (upstream facts §4a): f32 -> f32, f16 -> f16 (so an f16 weight rounds an f32 src1 to
+f16), bf16 -> bf16, q4_0/q5_0/q8_0/iq4_nl -> q8_0, q4_1/q5_1 -> q8_1, q4_K/q6_K -> q8_K (upstream's x86
+``from_float`` of q8_K is its reference quantizer: variant ``x86``). A ``vec_dot_type`` argument selects another
+accepted y layout (``q8_0_x4`` / ``q8_1_x4``).
 
 Every dot product is :func:`mlaref.reference.ops.vec_dot.vec_dot` under ``plan``, so the result is bit-exact
 with any implementation of that plan; threads in ggml split only rows (upstream facts §7), which changes nothing.
@@ -29,27 +29,30 @@ with any implementation of that plan; threads in ggml split only rows (upstream 
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import numpy as np
 
 from mlaref.reference.ops._common import check_tensor
 from mlaref.reference.ops.vec_dot import supported_pairs, vec_dot
 from mlaref.reference.plan import get_plan
 from mlaref.reference.tensor import Tensor
+from mlaref.reference.types import registry
+from mlaref.reference import get_type, quantize
 
 __all__ = ["MulMat_pre253", "MulMat_253", "mul_mat", "VEC_DOT_TYPE"]
 
-VEC_DOT_TYPE = {
-    "f32": "f32", "f16": "f16", "bf16": "bf16",
-    "q4_0": "q8_0", "q5_0": "q8_0", "q8_0": "q8_0", "iq4_nl": "q8_0",
-    "q4_1": "q8_1", "q5_1": "q8_1",
-    "q4_K": "q8_K", "q6_K": "q8_K",
-}
+# weight type -> its vec_dot type, for every registered format that has a vec_dot with that type (read-only)
+VEC_DOT_TYPE = MappingProxyType({
+    name: fmt.vec_dot_type for name, fmt in sorted(registry().items())
+    if fmt.vec_dot_type is not None and f"{name}.{fmt.vec_dot_type}" in supported_pairs()
+})
+
 
 def _from_float(values: np.ndarray, type: str, variant: str) -> np.ndarray:
     """float32 rows (R, K) -> uint8 rows of ``type`` (the ``from_float`` of that type)."""
     if type == "f32":
         return np.ascontiguousarray(values, dtype=np.float32).view(np.uint8)
-    from mlaref.reference import get_type, quantize  # noqa: PLC0415
 
     fmt = get_type(type)  # raises a clear ValueError if the format is not registered
     if variant not in fmt.variants:

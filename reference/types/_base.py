@@ -51,11 +51,22 @@ class BlockFormat:
     """One ggml tensor type: block geometry, byte layout and the (de)quantization math."""
 
     name: ClassVar[str]
-    ggml_type: ClassVar[int]  # enum ggml_type value in ggml.h (ik_llama.cpp numbering for the x4 layouts)
+    # enum ggml_type in ggml.h: ggml 0.15.3 and ik_llama.cpp@676f0e71b give every type they share the same number;
+    # the ik-only layouts (upstream = False) carry ik_llama.cpp@676f0e71b's number.
+    ggml_type: ClassVar[int]
+    upstream: ClassVar[bool] = True  # does upstream ggml 0.15.3 have this type? False: ik_llama.cpp@676f0e71b only
+    # The type id of a tensor in a GGUF file, set at registration: gguf.c stores a tensor's enum ggml_type, so it is
+    # ggml_type for an upstream type; None for the ik-only layouts, which no file holds (they exist only as
+    # operands converted for IQK's kernels).
+    gguf_type: ClassVar[int | None]
     block_size: ClassVar[int]
     type_size: ClassVar[int]
     dtype: ClassVar[np.dtype]
-    vec_dot_type: ClassVar[str | None]  # src1's type in ggml's scalar vec_dot (upstream facts §4a); None: no vec_dot
+    # src1's type in ggml's vec_dot: the traits' ``vec_dot_type`` (type_traits_cpu, ggml-cpu.c at ggml 0.15.3;
+    # type_traits, ggml.c@676f0e71b; the column without IQK of upstream facts §4a). None where the traits set none
+    # (q8_K, the x4 layouts). q8_1 names itself although neither has a q8_1 vec_dot: which pairs have one is
+    # reference/ops/vec_dot.py's supported_pairs().
+    vec_dot_type: ClassVar[str | None]
     is_quantized: ClassVar[bool] = True
     domain: ClassVar[str] = "every byte pattern"
     variants: ClassVar[dict[str, str]] = {"ref": "ref", "model": "ref", "x86": "ref"}
@@ -68,6 +79,7 @@ class BlockFormat:
         if "name" not in cls.__dict__:
             return  # an abstract intermediate class
         assert cls.dtype.itemsize == cls.type_size, (cls.name, cls.dtype.itemsize, cls.type_size)
+        cls.gguf_type = cls.ggml_type if cls.upstream else None
         assert cls.name not in _REGISTRY, f"format {cls.name!r} registered twice"
         _REGISTRY[cls.name] = cls()
 

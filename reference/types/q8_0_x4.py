@@ -65,7 +65,8 @@ def deinterleave_rows(data: np.ndarray, block_dtype: np.dtype, group_dtype: np.d
 
 class Q8_0_X4(BlockFormat):
     name = "q8_0_x4"
-    ggml_type = 98
+    ggml_type = 98  # GGML_TYPE_Q8_0_X4, ggml.h@676f0e71b (97 in later ik_llama.cpp)
+    upstream = False
     block_size = 32
     type_size = 34
     dtype = Q8_0.dtype  # the plain tail block; groups of four use group_dtype

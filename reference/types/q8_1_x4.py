@@ -33,7 +33,8 @@ from mlaref.reference.types.q8_1 import Q8_1
 
 class Q8_1_X4(Q8_0_X4):
     name = "q8_1_x4"
-    ggml_type = 99
+    ggml_type = 99  # GGML_TYPE_Q8_1_X4, ggml.h@676f0e71b (98 in later ik_llama.cpp)
+    upstream = False
     block_size = 32
     type_size = 36
     dtype = Q8_1.dtype

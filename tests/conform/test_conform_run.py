@@ -7,8 +7,9 @@ taken from the cases' own ``expect`` fields: a case set that quietly downgraded 
 
 import pytest
 
-from mlaref.codegen.conform import runner as conform
-
+from mlaref.codegen.conform.caseset import default_cases
+from mlaref.codegen.conform.verdict import STATUSES
+from mlaref.codegen.conform.worker import run_cases
 from mlaref.codegen.peers import build as peer_build
 from mlaref.reference import builds
 
@@ -52,7 +53,7 @@ def result(request, ggml):
     lib = None
     if request.param.startswith("level:"):
         lib = str(peer_build.ensure(request.param.split(":", 1)[1]) / "lib")
-    return conform.run_cases(conform.default_cases(), lib_path=lib, timeout=60)
+    return run_cases(default_cases(), lib_path=lib, timeout=60)
 
 
 def test_the_build_model_is_the_librarys(request, result):
@@ -78,10 +79,10 @@ def by_id(result):
 
 
 def test_every_case_has_a_verdict_and_the_library_is_named(result):
-    assert [v["id"] for v in result["verdicts"]] == [c.id for c in conform.default_cases()]
+    assert [v["id"] for v in result["verdicts"]] == [c.id for c in default_cases()]
     assert result["ggml"]["version"] and result["ggml"]["file"].endswith("lib")
     for v in result["verdicts"]:
-        assert v["status"] in conform.STATUSES, v
+        assert v["status"] in STATUSES, v
         assert v["text"].startswith(v["status"]), v
 
 
@@ -140,7 +141,7 @@ def test_ik_differences_are_stated(by_id):
 
 
 def test_every_exact_expectation_holds_and_nothing_is_approximate(result):
-    cases = {c.id: c for c in conform.default_cases()}
+    cases = {c.id: c for c in default_cases()}
     for v in result["verdicts"]:
         c = cases[v["id"]]
         if c.expect == "exact" and v["status"] not in ("unsupported",) and not c.known:

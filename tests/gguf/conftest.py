@@ -14,7 +14,7 @@ from gguf import GGUFReader, GGUFWriter
 from gguf.constants import GGUFValueType
 from gguf.quants import quant_shape_to_byte_shape
 
-from mlaref.reference import gguf_io
+from mlaref.reference.gguf import open_gguf, write_synthetic
 
 
 def field_offsets(path) -> dict:
@@ -170,7 +170,7 @@ def tools():
 def tiny(tmp_path_factory):
     """A tiny synthetic deepseek2 file (q8_0 weights, f32 norms) and what the writer says it wrote."""
     path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
-    info = gguf_io.write_synthetic(path, "tiny", seed=7)
+    info = write_synthetic(path, "tiny", seed=7)
     return str(path), info
 
 
@@ -184,11 +184,11 @@ def fuzz_seed(tmp_path_factory):
     """(path, field offsets) of the valid file the fuzz campaigns mutate."""
     d = tmp_path_factory.mktemp("fuzz")
     base = d / "base.gguf"
-    gguf_io.write_synthetic(base, "tiny", seed=1, types=dict(embd="f16", attn_q="f32"), **MICRO)
+    write_synthetic(base, "tiny", seed=1, types=dict(embd="f16", attn_q="f32"), **MICRO)
     path = rewrite(base, d / "seed.gguf", extra={
         "tokenizer.ggml.tokens": ([f"tok{i}" for i in range(32)], GGUFValueType.ARRAY),
         "tokenizer.ggml.scores": ([float(i) for i in range(32)], GGUFValueType.ARRAY),
         "tokenizer.ggml.token_type": ([1] * 32, GGUFValueType.ARRAY),
     })
-    gguf_io.open_gguf(path)  # the seed itself is valid
+    open_gguf(path)  # the seed itself is valid
     return path, field_offsets(path)

@@ -1,6 +1,6 @@
 """A synthetic GGUF file end to end: f32 / direct / chunked graphs, reference vs generated kernels, Lite shapes.
 
-The file is written by :func:`mlaref.reference.gguf_io.write_synthetic` (preset ``tiny``: 2 layers, a dense layer
+The file is written by :func:`mlaref.reference.gguf.write_synthetic` (preset ``tiny``: 2 layers, a dense layer
 then a MoE layer, q8_0 and iq4_nl weights, f32 norms), read back memory-mapped and run by
 :func:`mlaref.reference.graphs.from_gguf.run_gguf` as a prompt of two micro-batches: 272 tokens from an empty
 cache, then 16 tokens at ``kv_head = 272``, so the second micro-batch attends over ``n_kv = 512`` cells and both
@@ -29,7 +29,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlaref.reference import fp, gguf_io
+from mlaref.reference import fp
+from mlaref.reference.compare import nmse
+from mlaref.reference.gguf import write_synthetic
 from mlaref.reference.graphs.from_gguf import GGUFModel, default_n_kv, run_gguf
 from mlaref.reference.plan import get_plan
 from mlaref.reference.tensor import Tensor
@@ -51,15 +53,10 @@ def _same(a: Tensor, b: Tensor) -> bool:
     return a.type == b.type and a.ne == b.ne and np.array_equal(a.raw(), b.raw())
 
 
-def _nmse(x, ref) -> float:
-    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-    return float(np.sum((x - ref) ** 2) / np.sum(ref ** 2))
-
-
 @pytest.fixture(scope="module")
 def tiny_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("e2e") / "tiny-mixed.gguf"
-    info = gguf_io.write_synthetic(path, "tiny", seed=3, types=TINY_TYPES)
+    info = write_synthetic(path, "tiny", seed=3, types=TINY_TYPES)
     return str(path), info
 
 
@@ -171,7 +168,7 @@ def test_three_variants_end_to_end_f16_cache(tiny, prompt, history):
     assert changed.size and changed.min() >= T1 and changed.max() < T1 + T
     # direct runs ggml's generic attention (f16 V accumulation), chunked the blocked one: close, not equal
     assert not _same(chunked["kqv-0"], direct["kqv-0"])
-    assert _nmse(chunked["kqv-0"].to_numpy(), direct["kqv-0"].to_numpy()) < 2e-5
+    assert nmse(chunked["kqv-0"].to_numpy(), direct["kqv-0"].to_numpy()) < 2e-5
 
 
 def test_attention_output_against_float64(tiny, prompt, history):
@@ -191,8 +188,8 @@ def test_attention_output_against_float64(tiny, prompt, history):
     want = np.einsum("thk,hkd->thd", p / p.sum(axis=-1, keepdims=True), v)  # (T, H, Dv)
     got_d, got_c = direct["kqv-0"].to_numpy()[0], chunked["kqv-0"].to_numpy()[0]
     assert got_d.shape == got_c.shape == want.shape == (T, 2, 32)
-    assert _nmse(got_c, want) < 1e-11  # measured 6.8e-14
-    assert _nmse(got_d, want) < 2e-5  # measured 4.3e-6
+    assert nmse(got_c, want) < 1e-11  # measured 6.8e-14
+    assert nmse(got_d, want) < 2e-5  # measured 4.3e-6
 
 
 def test_f32_vs_direct_q8_0_cache(tiny, prompt, history):
@@ -405,7 +402,7 @@ LITE_T = 20  # > n_head = 16: the flash-attention (prompt) path
 @pytest.fixture(scope="module")
 def lite(tmp_path_factory):
     path = tmp_path_factory.mktemp("e2e-lite") / "lite-attn.gguf"
-    gguf_io.write_synthetic(path, "lite-attn", seed=253)
+    write_synthetic(path, "lite-attn", seed=253)
     return GGUFModel(str(path))
 
 

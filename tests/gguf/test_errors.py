@@ -9,7 +9,7 @@ import pytest
 from gguf import GGUFWriter
 from gguf.constants import GGUFValueType
 
-from mlaref.reference import gguf_io as g
+from mlaref.reference import gguf as g
 
 U32 = GGUFValueType.UINT32
 

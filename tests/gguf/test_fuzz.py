@@ -16,7 +16,7 @@ import tracemalloc
 
 import numpy as np
 
-from mlaref.reference import gguf_io
+from mlaref.reference.gguf import GGUFError, open_gguf
 
 N_CASES = 3000
 CASE_TIME_LIMIT_S = 10.0  # a hang guard per file, not a speed target (speed is never asserted in tests)
@@ -49,12 +49,12 @@ def test_fuzz_open_gguf(fuzz_seed, tools, tmp_path):
         p.write_bytes(blob)
         t_case = time.perf_counter()
         try:
-            m = gguf_io.open_gguf(p)
+            m = open_gguf(p)
             for t in m.tensors.values():
                 t.to_numpy()
             outcomes["opened"] += 1
             del m, t
-        except gguf_io.GGUFError as exc:
+        except GGUFError as exc:
             outcomes[type(exc).__name__] += 1
             if "GGUFReader failed" in str(exc):
                 reader_wrapped.append((kind, str(exc)))

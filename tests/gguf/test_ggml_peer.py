@@ -17,8 +17,9 @@ import sys
 import numpy as np
 import pytest
 from gguf import GGUFReader
+from gguf.constants import GGMLQuantizationType
 
-from mlaref.reference import gguf_io
+from mlaref.reference.gguf import GGUFError, open_gguf, write_synthetic
 
 pytestmark = pytest.mark.ggml
 
@@ -73,10 +74,10 @@ def test_synthetic_files_agree_with_ggml(ggml, tiny, tmp_path):
     from ggml import ggml as g
 
     mix = tmp_path / "mix.gguf"
-    gguf_io.write_synthetic(mix, "tiny", seed=2, n_lora_q=32,
+    write_synthetic(mix, "tiny", seed=2, n_lora_q=32,
                             types=dict(embd="f16", attn_q="bf16", attn_kv_b="iq4_nl", exps="q4_0"))
     for path in (tiny[0], str(mix)):
-        m = gguf_io.open_gguf(path)
+        m = open_gguf(path)
         ctx = g.gguf_init_from_file(path.encode(), g.gguf_init_params(no_alloc=True, ctx=None))
         assert ctx is not None
         try:
@@ -87,7 +88,7 @@ def test_synthetic_files_agree_with_ggml(ggml, tiny, tmp_path):
             assert g.gguf_get_n_tensors(ctx) == len(m.infos)
             for i, ti in enumerate(m.infos):
                 assert g.gguf_get_tensor_name(ctx, i).decode() == ti.name
-                assert g.gguf_get_tensor_type(ctx, i) == getattr(gguf_io.GGMLQuantizationType, ti.ggml_type)
+                assert g.gguf_get_tensor_type(ctx, i) == getattr(GGMLQuantizationType, ti.ggml_type)
                 assert g.gguf_get_data_offset(ctx) + g.gguf_get_tensor_offset(ctx, i) == ti.offset
                 assert g.gguf_get_tensor_size(ctx, i) == ti.nbytes
             for key, field in [("deepseek2.block_count", "n_layer"), ("deepseek2.attention.kv_lora_rank", "n_lora_kv"),
@@ -112,9 +113,9 @@ def test_ggml_refuses_nothing_that_open_gguf_accepts(ggml, fuzz_seed, tools, tmp
         p.write_bytes(blob)
         paths.append(p)
         try:
-            gguf_io.open_gguf(p)
+            open_gguf(p)
             ours.append(None)
-        except gguf_io.GGUFError as exc:
+        except GGUFError as exc:
             ours.append(type(exc).__name__)
     verdicts = _ggml_verdicts(paths, tmp_path)
     assert len(verdicts) == N_DIFF

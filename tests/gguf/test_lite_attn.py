@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 
 from mlaref.codegen.cli import main as cli_main
-from mlaref.reference import gguf_io
+from mlaref.reference.gguf import open_gguf, write_synthetic
+from mlaref.reference.graphs.alloc import compute_buffer, kv_cache_plan
 
 # Upstream facts §1.1: (ne0, ne1) of the attention weights of DeepSeek-V2-Lite
 LITE_ATTN_SHAPES = {
@@ -26,8 +27,8 @@ LITE_ATTN_SHAPES = {
 @pytest.fixture(scope="module")
 def lite(tmp_path_factory):
     path = tmp_path_factory.mktemp("lite") / "lite-attn.gguf"
-    info = gguf_io.write_synthetic(path, "lite-attn", seed=253)
-    return str(path), info, gguf_io.open_gguf(path)
+    info = write_synthetic(path, "lite-attn", seed=253)
+    return str(path), info, open_gguf(path)
 
 
 def test_lite_attn_hyper_parameters(lite):
@@ -66,17 +67,17 @@ def test_lite_attn_tensor_names_and_shapes(lite):
 
 def test_lite_attn_kv_cache_matches_the_seed(lite):
     _, _, m = lite
-    plan = gguf_io.kv_cache_plan(m.hparams, 2048, "f16")
+    plan = kv_cache_plan(m.hparams, 2048, "f16")
     assert plan["ne"] == (576, 2048) and plan["row_bytes"] == 1152
     assert plan["bytes_per_layer"] == 2359296
     assert 27 * plan["bytes_per_layer"] == 63700992 == int(60.75 * 2**20)  # the seed: 60.75 MiB, 27 layers
     assert plan["bytes"] == 2 * 2359296
-    q8 = gguf_io.kv_cache_plan(m.hparams, 2048, "q8_0")
+    q8 = kv_cache_plan(m.hparams, 2048, "q8_0")
     assert q8["row_bytes"] == 612 and q8["bytes_per_layer"] == 2048 * 612
     # n_ctx is padded to 256 with flash attention
-    assert gguf_io.kv_cache_plan(m.hparams, 2049, "f16")["kv_size"] == 2304
+    assert kv_cache_plan(m.hparams, 2049, "f16")["kv_size"] == 2304
     for n_ctx, mib in [(4096, 121.50), (131072, 3888.00)]:
-        assert 27 * gguf_io.kv_cache_plan(m.hparams, n_ctx)["bytes_per_layer"] == int(mib * 2**20)
+        assert 27 * kv_cache_plan(m.hparams, n_ctx)["bytes_per_layer"] == int(mib * 2**20)
 
 
 def test_inspect_prints_the_plan(lite, capsys):
@@ -111,23 +112,21 @@ def test_inspect_reports_a_bad_file(tmp_path, capsys):
 
 def test_inspect_plans_the_compute_buffer_through_alloc(tmp_path, capsys):
     """For a model mlaref.reference.hparams accepts, inspect prints alloc's worst-case compute buffer."""
-    from mlaref.reference import alloc
-
     path = tmp_path / "q.gguf"
-    gguf_io.write_synthetic(path, "tiny", seed=1, n_lora_q=32)
-    m = gguf_io.open_gguf(path)
+    write_synthetic(path, "tiny", seed=1, n_lora_q=32)
+    m = open_gguf(path)
     assert m.hp is not None and m.hp.n_lora_q == 32
-    expect = alloc.compute_buffer(m.hp, 512, variant="direct", cache_type="f16").buffer_size
+    expect = compute_buffer(m.hp, 512, variant="direct", cache_type="f16").buffer_size
     assert cli_main(["inspect", str(path), "--ctx", "300"]) == 0  # 300 -> kv_size 512
     out = capsys.readouterr().out
     assert f"compute buffer (ubatch 512): PR #253 {expect} B" in out
     # 2 layers without q_lora: llama.cpp's loader (n_layer == 27 rule) would refuse it, HParams keeps the Lite
     # structure (is_lite keys on n_lora_q == 0), so it is planned
     lite = tmp_path / "l.gguf"
-    gguf_io.write_synthetic(lite, "tiny", seed=1)
-    ml = gguf_io.open_gguf(lite)
+    write_synthetic(lite, "tiny", seed=1)
+    ml = open_gguf(lite)
     assert ml.hp is not None and ml.hp.is_lite and not ml.hp.loader_is_lite
     assert cli_main(["inspect", str(lite), "--ctx", "2048"]) == 0
     out = capsys.readouterr().out
-    expect = alloc.compute_buffer(ml.hp, 2048, variant="direct", cache_type="f16").buffer_size
+    expect = compute_buffer(ml.hp, 2048, variant="direct", cache_type="f16").buffer_size
     assert f"compute buffer (ubatch 512): PR #253 {expect} B" in out

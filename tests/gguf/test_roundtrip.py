@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from gguf import GGUFReader, GGUFWriter
@@ -11,7 +13,17 @@ from gguf.constants import GGMLQuantizationType, GGUFValueType
 from gguf.quants import dequantize as gguf_dequantize
 
 from mlaref.codegen.cli import main as cli_main
-from mlaref.reference import gguf_io, registry
+from mlaref.reference import registry
+from mlaref.reference.gguf import (
+    BadValue,
+    ShapeMismatch,
+    gguf_type,
+    mlaref_type_name,
+    open_gguf,
+    synthetic_hparams,
+    write_synthetic,
+)
+from mlaref.reference.hparams import preset
 
 
 def _quantizable(block: int) -> list[str]:
@@ -21,7 +33,7 @@ def _quantizable(block: int) -> list[str]:
         if fmt.block_size != block:
             continue
         try:
-            gguf_io._gguf_type(name)
+            gguf_type(name)
             from mlaref.reference import quantize
 
             quantize(np.zeros((1, fmt.block_size), np.float32), name)
@@ -39,7 +51,7 @@ CLASSES = ("embd", "output", "attn_q", "attn_kv_a", "attn_kv_b", "attn_k_b", "at
 
 
 def _check_round_trip(path, info, params):
-    m = gguf_io.open_gguf(path)
+    m = open_gguf(path)
     hp = m.hparams
     # every tensor: same name set, type, shape, bytes; Tensors are views of the file map (no copy)
     assert [ti.name for ti in m.infos] == list(info["tensors"])
@@ -74,7 +86,7 @@ def _check_round_trip(path, info, params):
 
 def test_round_trip_tiny_q8_0(tiny):
     path, info = tiny
-    m = _check_round_trip(path, info, gguf_io.synthetic_hparams("tiny"))
+    m = _check_round_trip(path, info, synthetic_hparams("tiny"))
     assert m.arch == "deepseek2" and m.version == 3 and m.alignment == 32
     assert not m.unsupported
     assert {t for t, _, _ in info["tensors"].values()} == {"f32", "q8_0"}
@@ -83,24 +95,24 @@ def test_round_trip_tiny_q8_0(tiny):
 @pytest.mark.parametrize("qtype", _quantizable(32) + _quantizable(1))
 def test_round_trip_every_small_block_type(tmp_path, qtype):
     path = tmp_path / f"{qtype}.gguf"
-    info = gguf_io.write_synthetic(path, "tiny", seed=3, types={c: qtype for c in CLASSES})
-    _check_round_trip(path, info, gguf_io.synthetic_hparams("tiny"))
+    info = write_synthetic(path, "tiny", seed=3, types={c: qtype for c in CLASSES})
+    _check_round_trip(path, info, synthetic_hparams("tiny"))
     assert {t for t, _, _ in info["tensors"].values()} == {"f32", qtype}
 
 
 @pytest.mark.parametrize("qtype", _quantizable(256))
 def test_round_trip_every_qk_k_type(tmp_path, qtype):
     path = tmp_path / f"{qtype}.gguf"
-    info = gguf_io.write_synthetic(path, "tiny", seed=4, types={c: qtype for c in CLASSES}, **WIDE)
-    _check_round_trip(path, info, gguf_io.synthetic_hparams("tiny", **WIDE))
+    info = write_synthetic(path, "tiny", seed=4, types={c: qtype for c in CLASSES}, **WIDE)
+    _check_round_trip(path, info, synthetic_hparams("tiny", **WIDE))
     assert {t for t, _, _ in info["tensors"].values()} == {"f32", qtype}
 
 
 def test_tensors_decode_like_gguf_py(tmp_path):
     """Tensor.to_numpy on the mapped file equals gguf-py's own dequantizer (an independent decoder)."""
     path = tmp_path / "mix.gguf"
-    info = gguf_io.write_synthetic(path, "tiny", seed=5, types=dict(embd="f16", attn_q="bf16", attn_kv_b="f32"))
-    m = gguf_io.open_gguf(path)
+    info = write_synthetic(path, "tiny", seed=5, types=dict(embd="f16", attn_q="bf16", attn_kv_b="f32"))
+    m = open_gguf(path)
     r = GGUFReader(path)
     checked = 0
     for rt in r.tensors:
@@ -119,17 +131,17 @@ def test_qk_k_fallback_like_llama_quantize(tmp_path):
     path = tmp_path / "fb.gguf"
     if "q6_K" not in registry():
         pytest.skip("q6_K is not registered in this tree")
-    info = gguf_io.write_synthetic(path, "tiny", seed=1, types=dict(exps="q6_K"))
+    info = write_synthetic(path, "tiny", seed=1, types=dict(exps="q6_K"))
     assert info["tensors"]["blk.1.ffn_gate_exps.weight"][0] == "q8_0"  # ne0 = 64 (n_embd)
     with pytest.raises(ValueError, match="not a multiple of q6_K's block 256"):
-        gguf_io.write_synthetic(path, "tiny", seed=1, types=dict(exps="q6_K"), fallback=False)
+        write_synthetic(path, "tiny", seed=1, types=dict(exps="q6_K"), fallback=False)
 
 
 def test_k_b_and_v_b_are_split_from_kv_b(tmp_path):
     """attn_k_b / attn_v_b hold the k_nope / v rows of attn_kv_b per head (convert_hf_to_gguf.py's split)."""
     path = tmp_path / "f32.gguf"
-    gguf_io.write_synthetic(path, "tiny", seed=9, types={c: "f32" for c in CLASSES})
-    m = gguf_io.open_gguf(path)
+    write_synthetic(path, "tiny", seed=9, types={c: "f32" for c in CLASSES})
+    m = open_gguf(path)
     H, kv, nope, hv = 2, 32, 32, 32  # tiny: n_head, kv_lora_rank, qk_nope, v_head_dim
     kv_b = m.tensors["blk.0.attn_kv_b.weight"].to_numpy()[0, 0]  # (H*(nope+hv), kv): row r, column c
     k_b = m.tensors["blk.0.attn_k_b.weight"].to_numpy()[0, 0]  # (H*kv, nope)
@@ -145,9 +157,9 @@ def test_k_b_and_v_b_are_split_from_kv_b(tmp_path):
 
 def test_writer_is_deterministic(tmp_path):
     a, b, c = tmp_path / "a.gguf", tmp_path / "b.gguf", tmp_path / "c.gguf"
-    gguf_io.write_synthetic(a, "tiny", seed=11)
-    gguf_io.write_synthetic(b, "tiny", seed=11)
-    gguf_io.write_synthetic(c, "tiny", seed=12)
+    write_synthetic(a, "tiny", seed=11)
+    write_synthetic(b, "tiny", seed=11)
+    write_synthetic(c, "tiny", seed=12)
     assert a.read_bytes() == b.read_bytes()
     assert a.read_bytes() != c.read_bytes()
     assert len(a.read_bytes()) == len(c.read_bytes())
@@ -156,11 +168,11 @@ def test_writer_is_deterministic(tmp_path):
 def test_q_lora_path(tmp_path):
     """With attention.q_lora_rank the file has attn_q_a / attn_q_a_norm / attn_q_b instead of attn_q."""
     path = tmp_path / "qlora.gguf"
-    info = gguf_io.write_synthetic(path, "tiny", seed=2, n_lora_q=32)
+    info = write_synthetic(path, "tiny", seed=2, n_lora_q=32)
     names = set(info["tensors"])
     assert "blk.0.attn_q_a.weight" in names and "blk.0.attn_q_b.weight" in names
     assert "blk.0.attn_q_a_norm.weight" in names and "blk.0.attn_q.weight" not in names
-    m = gguf_io.open_gguf(path)
+    m = open_gguf(path)
     assert m.hparams["n_lora_q"] == 32 and m.hparams["loader_note"] == ""
     assert m.info("blk.1.attn_q_b.weight").ne == (32, 2 * 64, 1, 1)  # [q_lora_rank, n_head * n_embd_head_k]
     assert m.hp is not None and m.hp.n_lora_q == 32  # mlaref.reference.hparams accepts a non-Lite model
@@ -175,7 +187,7 @@ def test_loader_defaults_for_absent_optional_keys(tiny, tools, tmp_path):
         a + "rope.scaling.original_context_length", a + "expert_weights_norm", a + "expert_gating_func",
         a + "attention.key_length", a + "attention.value_length", a + "rope.dimension_count", a + "vocab_size",
     ], extra={"tokenizer.ggml.tokens": ([f"t{i}" for i in range(64)], GGUFValueType.ARRAY)})
-    m = gguf_io.open_gguf(dropped, check_tensors=False)
+    m = open_gguf(dropped, check_tensors=False)
     hp = m.hparams
     assert hp["n_head_kv"] == hp["n_head"] == 2
     assert hp["rope_freq_base_train"] == 10000.0
@@ -191,15 +203,15 @@ def test_loader_defaults_for_absent_optional_keys(tiny, tools, tmp_path):
     assert m.metadata["general.architecture"] == "deepseek2" and m.metadata.get("no.such.key") is None
     assert m.kv_types["tokenizer.ggml.tokens"] == (GGUFValueType.ARRAY, GGUFValueType.STRING, 64)
     # with key_length gone, the tensors no longer match the hyper-parameters
-    with pytest.raises(gguf_io.ShapeMismatch):
-        gguf_io.open_gguf(dropped)
+    with pytest.raises(ShapeMismatch):
+        open_gguf(dropped)
 
 
 def test_gating_func_zero_means_softmax_and_two_sigmoid(tiny, tools, tmp_path):
     path, _ = tiny
     key = "deepseek2.expert_gating_func"
-    m0 = gguf_io.open_gguf(tools.rewrite(path, tmp_path / "g0.gguf", change={key: (0, GGUFValueType.UINT32)}))
-    m2 = gguf_io.open_gguf(tools.rewrite(path, tmp_path / "g2.gguf", change={key: (2, GGUFValueType.UINT32)}))
+    m0 = open_gguf(tools.rewrite(path, tmp_path / "g0.gguf", change={key: (0, GGUFValueType.UINT32)}))
+    m2 = open_gguf(tools.rewrite(path, tmp_path / "g2.gguf", change={key: (2, GGUFValueType.UINT32)}))
     assert m0.hparams["expert_gating_func"] == "softmax"
     assert m2.hparams["expert_gating_func"] == "sigmoid"
 
@@ -214,7 +226,7 @@ def test_unsupported_types_are_listed_not_fatal(tmp_path, capsys):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    m = gguf_io.open_gguf(path)
+    m = open_gguf(path)
     assert m.hparams is None  # not deepseek2: no hyper-parameters, no tensor checks
     assert "iq2_xxs" not in registry()
     assert [ti.name for ti in m.unsupported] == ["b"] and m.info("b").ne == (256, 2, 1, 1)
@@ -225,22 +237,41 @@ def test_unsupported_types_are_listed_not_fatal(tmp_path, capsys):
     assert "unsupported tensor types (listed, not loaded): b (IQ2_XXS)" in out
 
 
+def test_writer_presets_are_the_hparams_presets(tiny):
+    """The writer's presets are entries of the one presets table (mlaref.reference.hparams.PRESETS): a file written
+    from one reads back as that preset's HParams (floats as the file's float32)."""
+    path, _ = tiny
+    hp = open_gguf(path).hp
+    want = preset("tiny")
+    for f in dataclasses.fields(want):
+        got, exp = getattr(hp, f.name), getattr(want, f.name)
+        if f.name == "name":
+            assert got == "mlaref-synthetic-tiny"
+        elif isinstance(exp, float):
+            assert got == float(np.float32(exp)), f.name
+        else:
+            assert got == exp, f.name
+    lite = synthetic_hparams("lite-attn")
+    assert {k: lite[k] for k in ("n_embd", "n_head", "n_lora_kv", "n_rot", "n_embd_head_k", "n_embd_head_v")} == dict(
+        n_embd=2048, n_head=16, n_lora_kv=512, n_rot=64, n_embd_head_k=192, n_embd_head_v=128)  # upstream facts §1.1
+
+
 def test_writer_rejects_bad_arguments(tmp_path):
     p = tmp_path / "x.gguf"
     with pytest.raises(ValueError, match="preset must be one of tiny, lite-attn"):
-        gguf_io.write_synthetic(p, "huge")
+        write_synthetic(p, "huge")
     with pytest.raises(ValueError, match=r"unknown synthetic parameters \['n_heads'\]"):
-        gguf_io.write_synthetic(p, "tiny", n_heads=2)
+        write_synthetic(p, "tiny", n_heads=2)
     with pytest.raises(ValueError, match="n_embd must be an int >= 1"):
-        gguf_io.write_synthetic(p, "tiny", n_embd=0)
+        write_synthetic(p, "tiny", n_embd=0)
     with pytest.raises(ValueError, match="n_rot .* must be smaller than n_embd_head_k"):
-        gguf_io.write_synthetic(p, "tiny", n_rot=64)
+        write_synthetic(p, "tiny", n_rot=64)
     with pytest.raises(ValueError, match=r"unknown tensor classes \['attn'\]"):
-        gguf_io.write_synthetic(p, "tiny", types=dict(attn="q8_0"))
+        write_synthetic(p, "tiny", types=dict(attn="q8_0"))
     with pytest.raises(ValueError, match="unknown tensor type 'q9_9'"):
-        gguf_io.write_synthetic(p, "tiny", types=dict(exps="q9_9"))
+        write_synthetic(p, "tiny", types=dict(exps="q9_9"))
     with pytest.raises(ValueError, match="seed must be an int >= 0"):
-        gguf_io.write_synthetic(p, "tiny", seed=-1)
+        write_synthetic(p, "tiny", seed=-1)
     assert not p.exists()
 
 
@@ -253,10 +284,10 @@ def test_writer_refuses_types_gguf_py_sizes_differently(tmp_path):
         pytest.skip("q8_1 is not registered in this tree")
     assert registry()["q8_1"].type_size == 36
     with pytest.raises(ValueError, match="GGML_QUANT_SIZES gives"):
-        gguf_io.write_synthetic(tmp_path / "q81.gguf", "tiny", types=dict(exps="q8_1"))
-    assert gguf_io.mlaref_type_name(GGMLQuantizationType.Q8_1) is None
-    assert gguf_io.mlaref_type_name(GGMLQuantizationType.Q8_0) == "q8_0"
-    assert gguf_io.mlaref_type_name(GGMLQuantizationType.Q4_K) == "q4_K"
+        write_synthetic(tmp_path / "q81.gguf", "tiny", types=dict(exps="q8_1"))
+    assert mlaref_type_name(GGMLQuantizationType.Q8_1) is None
+    assert mlaref_type_name(GGMLQuantizationType.Q8_0) == "q8_0"
+    assert mlaref_type_name(GGMLQuantizationType.Q4_K) == "q4_K"
 
 
 def test_per_layer_arrays_and_the_old_rope_key(tiny, tools, tmp_path):
@@ -268,15 +299,15 @@ def test_per_layer_arrays_and_the_old_rope_key(tiny, tools, tmp_path):
         a + "feed_forward_length": ([64, 64], GGUFValueType.ARRAY),
         a + "attention.head_count": ([2, 2], GGUFValueType.ARRAY),
     }, drop=[a + "rope.scaling.factor"], extra={a + "rope.scale_linear": (4.0, GGUFValueType.FLOAT32)})
-    m = gguf_io.open_gguf(p)
+    m = open_gguf(p)
     assert m.kv_types[a + "feed_forward_length"] == (GGUFValueType.ARRAY, GGUFValueType.INT32, 2)
     assert m.hparams["n_ff_arr"] == [64, 64] and m.hparams["n_head_arr"] == [2, 2]
     assert m.hparams["n_head_kv_arr"] == [2, 2]  # the key is present as a scalar 2
     assert m.hparams["rope_freq_scale_train"] == 0.25
     bad = tools.rewrite(path, tmp_path / "neg.gguf",
                         change={a + "attention.head_count": ([2, -1], GGUFValueType.ARRAY)})
-    with pytest.raises(gguf_io.BadValue, match="negative count"):
-        gguf_io.open_gguf(bad)
+    with pytest.raises(BadValue, match="negative count"):
+        open_gguf(bad)
 
 
 _SMALL_TYPES = _quantizable(32) + ["f16", "f32"]
@@ -299,7 +330,7 @@ def test_round_trip_random_shapes(tmp_path, data):
     types = {c: data.draw(st.sampled_from(_SMALL_TYPES)) for c in CLASSES}
     seed = data.draw(st.integers(0, 2**32))
     path = tmp_path / f"h{seed}.gguf"
-    info = gguf_io.write_synthetic(path, "tiny", seed=seed, types=types, **params)
-    m = _check_round_trip(path, info, gguf_io.synthetic_hparams("tiny", **params))
+    info = write_synthetic(path, "tiny", seed=seed, types=types, **params)
+    m = _check_round_trip(path, info, synthetic_hparams("tiny", **params))
     assert m.hparams["n_layer_dense_lead"] == params["n_layer_dense_lead"]
     path.unlink()

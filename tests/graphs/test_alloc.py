@@ -7,9 +7,8 @@ import json
 
 import pytest
 
-from mlaref.reference import alloc
-from mlaref.reference.alloc import DynAllocator, allocate_graph, compute_buffer, kv_cache_bytes, mib
-from mlaref.reference.graphs import ir
+from mlaref.reference.graphs import alloc, ir
+from mlaref.reference.graphs.alloc import DynAllocator, allocate_graph, compute_buffer, kv_cache_bytes, mib
 from mlaref.reference.hparams import preset
 
 LITE = preset("deepseek-v2-lite")
@@ -297,3 +296,13 @@ def test_tables_in_module_match_facts():
         assert alloc.PRINTED_TABLE[n] == (PRINTED["direct", n], PRINTED["f32", n])
     for (v, n), s in SEED_02.items():
         assert alloc.SEED_TABLE[n][1 if v == "direct" else 2] == s
+
+
+def test_the_old_import_path_gives_the_same_objects():
+    """``mlaref.reference.alloc`` (before the model moved beside the graphs) re-exports the same objects."""
+    import mlaref.reference.alloc as old
+
+    assert old.__all__ and set(old.__all__) <= set(alloc.__all__)
+    for name in old.__all__:
+        assert getattr(old, name) is getattr(alloc, name), name
+    assert not hasattr(old, "run") and not hasattr(old, "configure")  # `mlaref plan` is mlaref.codegen.cli.plan

@@ -17,6 +17,7 @@ import pytest
 
 from mlaref import reference as R
 from mlaref.codegen.kernels import mm as KM
+from mlaref.reference.compare import nmse
 from mlaref.reference.ops.flash_attn_ext import flash_attn_ext as ref_fa
 from mlaref.reference.tensor import Tensor
 
@@ -126,12 +127,6 @@ def test_flash_attn_rejects_bad_arguments(rng):
         KM.flash_attn_ext(q, k, v, None, 0.1, q_block=0)
 
 
-def _nmse(x, truth) -> float:
-    x = np.asarray(x, np.float64).ravel()
-    t = np.asarray(truth, np.float64).ravel()
-    return float(np.sum((x - t) ** 2) / np.sum(t ** 2))
-
-
 @pytest.mark.parametrize("type", ["f16", "q8_0"])
 def test_flash_attn_mla_shape_vs_ggml(type, ggml, rng):
     """FlashMLA-2 PP attention: Dk 192, Dv 128, 16 heads, f16 causal-style mask, small n_kv."""
@@ -156,6 +151,6 @@ def test_flash_attn_mla_shape_vs_ggml(type, ggml, rng):
     got_v = got.to_numpy()[0]
     ref_v = ref.to_numpy()[0]
     assert got_v.shape == truth.shape == ref_v.shape
-    assert _nmse(got_v, truth) < NMSE_BOUND
-    assert _nmse(ref_v, truth) < NMSE_BOUND
-    assert _nmse(got_v, ref_v) < NMSE_BOUND
+    assert nmse(got_v, truth) < NMSE_BOUND
+    assert nmse(ref_v, truth) < NMSE_BOUND
+    assert nmse(got_v, ref_v) < NMSE_BOUND

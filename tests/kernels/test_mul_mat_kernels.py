@@ -17,6 +17,7 @@ import pytest
 
 from mlaref import reference as R
 from mlaref.codegen.kernels import mm as KM
+from mlaref.reference.compare import nmse
 from mlaref.reference.ops.mul_mat import MulMat_253
 from mlaref.reference.tensor import Tensor
 
@@ -121,12 +122,6 @@ def test_mul_mat_rejects_bad_arguments(rng):
         KM.mul_mat(a, b, out=Tensor.zeros("f32", (3, 4, 1, 1)))
 
 
-def _nmse(x: np.ndarray, truth: np.ndarray) -> float:
-    x = x.astype(np.float64).ravel()
-    t = truth.astype(np.float64).ravel()
-    return float(np.sum((x - t) ** 2) / np.sum(t ** 2))
-
-
 @pytest.mark.parametrize("tx, ty", [("f16", "f16"), ("q8_0", "f32"), ("q8_0", "f16"), ("iq4_nl", "f16"),
                                     ("q8_0", "q8_0"), ("q4_0", "f16"), ("q4_K", "f32"), ("q6_K", "f16")])
 def test_mul_mat_mla_shape_vs_ggml(tx, ty, ggml, rng):
@@ -142,12 +137,12 @@ def test_mul_mat_mla_shape_vs_ggml(tx, ty, ggml, rng):
     upstream_direct = (tx, ty) in (("f16", "f16"), ("q8_0", "f32"), ("q8_0", "q8_0"), ("q4_K", "f32"))
     b = cache if upstream_direct else ggml_ops.cast(cache, "f32")  # upstream cannot take a non-f32 src1 (#253)
     ref = ggml_ops.mul_mat(w, b).to_numpy().reshape(n_kv, 4096)
-    assert _nmse(got, truth) < NMSE_BOUND
-    assert _nmse(ref, truth) < NMSE_BOUND
-    assert _nmse(got, ref) < NMSE_BOUND
+    assert nmse(got, truth) < NMSE_BOUND
+    assert nmse(ref, truth) < NMSE_BOUND
+    assert nmse(got, ref) < NMSE_BOUND
     if (tx, ty) == ("f16", "f16"):
         # f16 x f16 products are exact, only the summation order differs: far inside the bound
-        assert _nmse(got, truth) < 1e-12
+        assert nmse(got, truth) < 1e-12
 
 
 def test_mul_mat_q8_0_src1_holding_minus_128(kt, rng):

@@ -10,21 +10,19 @@ compilers or qemu are missing; the first run builds each level into the user cac
 from __future__ import annotations
 
 import functools
-import importlib
 
 import numpy as np
 import pytest
 
 from mlaref.codegen.peers import cross as peer_cross
-from mlaref.reference import builds, quantize
+from mlaref.reference import builds, get_type, quantize
 from mlaref.reference.ops import vexp
 from mlaref.reference.ops.soft_max import soft_max
 from mlaref.reference.ops.vec_dot import vec_dot
 from mlaref.reference.tensor import Tensor
 
 PLAN = {lv: builds.level(lv).vec_dot_plan for lv in builds.ARM_LEVELS}
-BLOCK_PAIRS = {"q8_0": "q8_0", "q4_0": "q8_0", "q5_0": "q8_0", "iq4_nl": "q8_0", "q4_1": "q8_1", "q5_1": "q8_1",
-               "q4_K": "q8_K", "q6_K": "q8_K"}
+BLOCK_PAIRS = {x: get_type(x).vec_dot_type for x in ("q8_0", "q4_0", "q5_0", "iq4_nl", "q4_1", "q5_1", "q4_K", "q6_K")}
 ELEMENTS = ("f32", "f16", "bf16")
 SIZES = {"32": (32, 64, 96, 160, 352, 1024), "256": (256, 512, 768, 1280),
          "el": (1, 3, 4, 5, 15, 16, 17, 31, 32, 33, 47, 63, 64, 100, 129, 1031)}

@@ -10,6 +10,7 @@ from mlaref.codegen.peers import ggml as ggml_peer
 
 from mlaref.codegen.peers import build as peer_build
 from mlaref.reference import builds
+from mlaref.reference.compare import nmse
 from mlaref.reference.ops.fa_tiled import Q_TILE, tiled_build
 from mlaref.reference.ops.flash_attn_ext import flash_attn_ext
 from mlaref.reference.plan import get_plan
@@ -70,11 +71,6 @@ def _bits(t: Tensor) -> np.ndarray:
     return t.to_numpy().view(np.uint32)
 
 
-def _nmse(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.sum((a - b) ** 2) / np.sum(b ** 2))
-
-
 def test_tiled_equals_upstream_ggml(ggml, rng, peer_plan):
     """Every case, at 1, 2, 3 and 4 threads (which change the rows each tile holds, not one bit: fa_tiled's
     "Rows are independent"), gives the model's bytes; the fully masked row gives zeros."""
@@ -123,7 +119,7 @@ def test_tiled_is_not_the_one_chunk_order(rng):
     tiled = flash_attn_ext(q, k, v, mask, 0.07, algorithm="tiled", plan="ggml_x86_avx2_znver3")
     generic = flash_attn_ext(q, k, v, mask, 0.07, algorithm="generic", plan="ggml_x86_avx2_znver3")
     assert not np.array_equal(_bits(tiled), _bits(generic))
-    assert _nmse(tiled.to_numpy(), generic.to_numpy()) < NMSE_FA
+    assert nmse(tiled.to_numpy(), generic.to_numpy()) < NMSE_FA
 
 
 def test_tiled_build_differences_change_bytes(rng):
@@ -151,7 +147,7 @@ def test_softcap_without_mask_weighs_stale_padding(ggml, rng, peer_plan):
     s = softcap * np.tanh(qv @ kv.T * scale / softcap)
     e = np.exp(s - s.max(1, keepdims=True))
     exact = (e @ vv) / e.sum(1, keepdims=True)
-    assert _nmse(got.to_numpy()[0, :, 0], exact) > NMSE_FA
+    assert nmse(got.to_numpy()[0, :, 0], exact) > NMSE_FA
 
 
 @pytest.mark.parametrize("plan", ["ggml_generic", "ggml_x86_avx2", "ggml_x86_avx512"])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mlaref.reference import libm as libm
+from mlaref.reference.compare import nmse
 from mlaref.reference.ops.flash_attn_ext import flash_attn_ext, upstream_splits_kv, v_expf_avx2, v_expf_avx512
 from mlaref.reference.plan import MLAREF_L8A2
 from mlaref.reference.tensor import Tensor
@@ -40,11 +41,6 @@ def _inputs(rng, kvt, Dk, Dv, nq, nh, n_kv, nh_kv=None, masked_rows=(), scale_q=
 
 def _bits(t):
     return t.to_numpy().view(np.uint32)
-
-
-def _nmse(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.sum((a - b) ** 2) / np.sum(b ** 2))
 
 
 def _float64_attention(q, k, v, mask, scale, softcap=0.0):
@@ -118,8 +114,8 @@ def test_mla_shapes_against_upstream_ggml(ops, rng, peer_plan):
     tiled = flash_attn_ext(q, k, v, mask, scale, algorithm="tiled", plan=peer_plan)
     assert np.array_equal(_bits(tiled), _bits(want))
     got = flash_attn_ext(q, k, v, mask, scale, plan=peer_plan).to_numpy()[0]
-    assert _nmse(got, _float64_attention(q, k, v, mask, scale)) < NMSE_FA
-    assert _nmse(got, want.to_numpy()[0]) < NMSE_FA
+    assert nmse(got, _float64_attention(q, k, v, mask, scale)) < NMSE_FA
+    assert nmse(got, want.to_numpy()[0]) < NMSE_FA
 
 
 # -- split KV: one query row, n_kv >= 512, f16/f32 K/V: upstream splits the KV rows over its threads -------------
@@ -197,7 +193,7 @@ def test_split_kv_depends_on_the_split(rng):
     assert not np.array_equal(_bits(outs[1]), _bits(outs[2]))
     assert not np.array_equal(_bits(outs[1]), _bits(outs[3]))
     exact = _float64_attention(q, k, v, mask, scale)
-    assert all(_nmse(o.to_numpy()[0], exact) < NMSE_FA for o in outs.values())
+    assert all(nmse(o.to_numpy()[0], exact) < NMSE_FA for o in outs.values())
 
 
 def test_split_kv_one_thread_turns_negative_zero_positive(ops, peer_plan):
@@ -236,7 +232,7 @@ def test_blocked_nmse_against_float64(rng, plan, kvt, dims):
     q, k, v, mask = _inputs(rng, kvt, Dk, Dv, nq=4, nh=2, n_kv=100, scale_q=0.3)
     scale = 1 / np.sqrt(Dk)
     got = flash_attn_ext(q, k, v, mask, scale, algorithm="blocked", plan=plan, kq_type="f32" if kvt == "f16" else None)
-    err = _nmse(got.to_numpy()[0], _float64_attention(q, k, v, mask, scale))
+    err = nmse(got.to_numpy()[0], _float64_attention(q, k, v, mask, scale))
     assert err < NMSE_FA, err
 
 
@@ -244,7 +240,7 @@ def test_blocked_nmse_against_float64(rng, plan, kvt, dims):
 def test_generic_and_blocked_nmse_with_softcap(rng, algorithm):
     q, k, v, mask = _inputs(rng, "f16", 192, 128, nq=4, nh=2, n_kv=96, scale_q=2.0)
     got = flash_attn_ext(q, k, v, mask, 0.1, 0.0, 5.0, algorithm=algorithm, plan=MLAREF_L8A2)
-    assert _nmse(got.to_numpy()[0], _float64_attention(q, k, v, mask, 0.1, softcap=5.0)) < NMSE_FA
+    assert nmse(got.to_numpy()[0], _float64_attention(q, k, v, mask, 0.1, softcap=5.0)) < NMSE_FA
 
 
 @pytest.mark.parametrize("algorithm", ["generic", "blocked"])

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from mlaref.reference import fp, quantize
+from mlaref.reference.compare import nmse
 from mlaref.reference.ops.mul_mat import VEC_DOT_TYPE, MulMat_253, MulMat_pre253, mul_mat
 from mlaref.reference.tensor import Tensor
 
@@ -87,11 +88,6 @@ def test_f16_weight_rounds_f32_src1_to_f16(ops, rng, peer_plan):
     assert np.array_equal(_bits(got), _bits(mul_mat(a, b16, plan=peer_plan)))
 
 
-def _nmse(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.sum((a - b) ** 2) / np.sum(b ** 2))
-
-
 @pytest.mark.parametrize("plan", ["ggml_generic", "mlaref_l8a2"])
 @pytest.mark.parametrize("wt", WEIGHTS)
 def test_nmse_every_weight_and_src1_type(rng, wt, plan):
@@ -100,7 +96,7 @@ def test_nmse_every_weight_and_src1_type(rng, wt, plan):
         b = _tensor(rng, (2, 6, 512), bt)
         exact = a.to_numpy().astype(np.float64)[0] @ np.swapaxes(b.to_numpy().astype(np.float64)[0], -1, -2)
         got = mul_mat(a, b, plan=plan).to_numpy()[0]
-        assert _nmse(np.swapaxes(got, -1, -2), exact) < NMSE_MUL_MAT, (wt, bt)
+        assert nmse(np.swapaxes(got, -1, -2), exact) < NMSE_MUL_MAT, (wt, bt)
 
 
 @pytest.mark.parametrize("wt", ["q8_0", "q4_0", "iq4_nl", "q4_1", "q5_1"])

@@ -20,6 +20,7 @@ from mlaref.reference import libm as libm
 
 from mlaref.codegen.peers import build as peer_build
 from mlaref.reference import builds
+from mlaref.reference.compare import nmse
 from mlaref.reference.ops import add, fused_rms_norm, mul, rms_norm, rope, scale, soft_max
 from mlaref.reference.ops.rope import rope_cache, yarn_corr_dims
 from mlaref.reference.ops.soft_max import v_expf_avx512
@@ -35,11 +36,6 @@ def _same_bytes(x: Tensor, y: Tensor):
 
 def _f32(rng, *shape, scale=1.0):
     return Tensor.from_numpy((rng.standard_normal(shape) * scale).astype(np.float32))
-
-
-def _nmse(y, ref):
-    ref = np.asarray(ref, np.float64)
-    return float(np.sum((np.asarray(y, np.float64) - ref) ** 2) / np.sum(ref**2))
 
 
 # -- add / mul / scale ----------------------------------------------------------------------------------
@@ -139,7 +135,7 @@ def test_fused_rms_norm_definition(rng):
         assert np.array_equal(got[r], want)
     x64 = x.astype(np.float64)
     ref = x64 * w / np.sqrt(np.mean(x64**2, axis=1, keepdims=True) + 1e-6)
-    assert _nmse(got, ref) < 1e-12
+    assert nmse(got, ref) < 1e-12
     # the weight-first order differs from rms_norm-then-mul somewhere
     other = mul(rms_norm(Tensor.from_numpy(x), 1e-6), Tensor.from_numpy(w)).to_numpy()[0, 0]
     assert not np.array_equal(got, other)
@@ -215,7 +211,7 @@ def test_rope_yarn_nmse_against_float64(rng):
     want[..., 0::2] = x0 * cos - x1 * sin
     want[..., 1::2] = x0 * sin + x1 * cos
     assert (c0, c1) == (10, 23)
-    assert _nmse(got, want) < 1e-6
+    assert nmse(got, want) < 1e-6
 
 
 def test_rope_contraction_matters(ggml, rng):
@@ -385,7 +381,7 @@ def test_soft_max_nmse_against_float64(rng):
     got = soft_max(Tensor.from_numpy(x), None, 0.5).to_numpy()[0]
     w = x.astype(np.float64) * 0.5
     e = np.exp(w - w.max(axis=-1, keepdims=True))
-    assert _nmse(got, e / e.sum(axis=-1, keepdims=True)) < 1e-12
+    assert nmse(got, e / e.sum(axis=-1, keepdims=True)) < 1e-12
 
 
 @pytest.mark.parametrize("simd", SIMD)

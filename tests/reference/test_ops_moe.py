@@ -18,6 +18,7 @@ from mlaref.codegen.peers import ggml as ggml_peer
 
 from mlaref.codegen.peers import build as peer_build
 from mlaref.reference import builds, fp, quantize
+from mlaref.reference.compare import nmse
 from mlaref.reference.graphs import executor, ir
 from mlaref.reference.ops import argsort, fused_mul_unary, mul_mat, mul_mat_id, multi_add, unary
 from mlaref.reference.ops.argsort import std_sort_indices
@@ -47,11 +48,6 @@ def _same_bytes(x: Tensor, y: Tensor):
     assert x.type == y.type and x.ne == y.ne
     diff = x.raw() != y.raw()
     assert not diff.any(), f"{int(diff.sum())} differing bytes"
-
-
-def _nmse(y, ref):
-    ref = np.asarray(ref, np.float64)
-    return float(np.sum((np.asarray(y, np.float64) - ref) ** 2) / np.sum(ref**2))
 
 
 SPECIAL = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 88.0, -88.0, 100.0, -100.0, 1e-40, -1e-40, 3e38, -3e38,
@@ -157,9 +153,9 @@ def test_unary_nmse_against_float64(rng):
     x = (rng.standard_normal((4, 300)) * 5).astype(np.float32)
     xd = x.astype(np.float64)
     silu = unary(Tensor.from_numpy(x), "SILU").to_numpy()[0, 0]
-    assert _nmse(silu, xd / (1 + np.exp(-xd))) < NMSE_SILU
+    assert nmse(silu, xd / (1 + np.exp(-xd))) < NMSE_SILU
     gelu_ref = 0.5 * xd * (1 + np.tanh(np.sqrt(2 / np.pi) * xd * (1 + 0.044715 * xd * xd)))
-    assert _nmse(unary(Tensor.from_numpy(x), "GELU").to_numpy()[0, 0], gelu_ref) < NMSE_GELU_TABLE
+    assert nmse(unary(Tensor.from_numpy(x), "GELU").to_numpy()[0, 0], gelu_ref) < NMSE_GELU_TABLE
     relu = unary(Tensor.from_numpy(np.array([-0.0, 0.0, np.nan, -1.0, 2.5], np.float32)), "RELU").to_numpy()
     assert relu.reshape(-1).view(np.uint32).tolist() == [0, 0, 0, 0, np.float32(2.5).view(np.uint32)]
 
@@ -203,7 +199,7 @@ def test_fused_mul_unary_gelu_ik(g, rng):
     assert np.array_equal(got[:, 32:].view(np.uint32), up[:, 32:].view(np.uint32))
     xd = x.astype(np.float64)
     ref = 0.5 * xd * (1 + np.tanh(np.sqrt(2 / np.pi) * xd * (1 + 0.044715 * xd * xd))) * y
-    assert _nmse(got[:, :32], ref[:, :32]) < NMSE_GELU_IK
+    assert nmse(got[:, :32], ref[:, :32]) < NMSE_GELU_IK
     # large |x|: the blend to 1 above arg 30 and v_expf's flush to 0 below -104 give x and 0 exactly
     v = v_gelu_avx512_ik(np.array([12.0, 50.0, -12.0, -50.0, 0.0], np.float32))
     assert v.tolist() == [12.0, 50.0, 0.0, 0.0, 0.0]

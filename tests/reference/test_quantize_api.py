@@ -48,6 +48,17 @@ def test_geometry_matches_ggml(ggml, name):
     assert ggml.vec_dot_type(name) == ggml.ggml_type(fmt.vec_dot_type)
 
 
+def test_gguf_type_is_gguf_pys_id():
+    """A GGUF file stores a tensor's upstream enum ggml_type (gguf-py's GGMLQuantizationType); the ik-only x4
+    layouts have no GGUF id."""
+    gguf = pytest.importorskip("gguf")
+    for name, fmt in registry().items():
+        member = gguf.GGMLQuantizationType.__members__.get(name.upper())
+        assert fmt.upstream == (member is not None), name
+        assert fmt.gguf_type == (None if member is None else int(member)), name
+        assert fmt.gguf_type in (None, fmt.ggml_type), name
+
+
 def test_struct_field_names_follow_ggml():
     """Field names and offsets of ggml-common.h's block structs."""
     expect = {

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from mlaref.codegen.bench import mla as B
+from mlaref.codegen.bench import mla_layers as L
 
 
 def test_mask_of_the_last_micro_batch():
-    m = B._mask(768, 512)  # n_kv 768, T 512: token t sees cells 0 .. 256 + t
+    m = L.mask(768, 512)  # n_kv 768, T 512: token t sees cells 0 .. 256 + t
     assert m.dtype == np.float16 and m.shape == (512, 768)
     assert m[0, 256] == 0 and np.isneginf(m[0, 257])
     assert m[511, 767] == 0
@@ -61,8 +62,8 @@ def test_ggml_variants_compute_the_same_attention(ggml):
     both the same f16 K and V); the chunked graph yields one finite attention output per chunk."""
     from mlaref.reference.hparams import preset
 
-    s = B._shapes(preset("deepseek-v2-lite"), 64, 2)
-    layer = B._GgmlLayer(s, 1024, 512, 2, seed=3)
+    s = L.shapes(preset("deepseek-v2-lite"), 64, 2)
+    layer = L.GgmlLayer(s, 1024, 512, 2, seed=3)
     try:
         for v in B.VARIANTS:
             layer.compute(v)
@@ -81,13 +82,13 @@ def test_kernel_variants_compute_the_same_attention():
     """mlaref's kernels, IQ4_NL wkv_b, 2 heads, 64 queries, n_kv 512 in chunks of 256: the f32 and direct sequences
     give equal bits (the f16 cache values are exact in f32, so both feed the same q8_0 rows to the weight's vec_dot);
     the chunked sequence yields one attention output per chunk."""
-    reason = B._kernels_available()
+    reason = B.kernels_available()
     if reason is not None:
         pytest.skip(f"the mul_mat / flash_attn_ext kernels cannot run here: {reason}")
     from mlaref.reference.hparams import preset
 
-    s = B._shapes(preset("deepseek-v2-lite"), 64, 2)
-    layer = B._kernel_layer(s, 512, 256, 2, seed=5, weight_type="iq4_nl")
+    s = L.shapes(preset("deepseek-v2-lite"), 64, 2)
+    layer = L.kernel_layer(s, 512, 256, 2, seed=5, weight_type="iq4_nl")
     f32, direct, chunked = layer["f32"](), layer["direct"](), layer["chunked"]()
     a, b = f32.to_numpy(), direct.to_numpy()
     assert a.size == 128 * 2 * 64 and np.all(np.isfinite(a))

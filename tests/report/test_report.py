@@ -13,8 +13,10 @@ import time
 
 import pytest
 
+from mlaref.codegen import report as R
 from mlaref.codegen.bench import mla as bench_mla
-from mlaref.codegen.report import builder as R
+from mlaref.codegen.bench import throughput
+from mlaref.codegen.report import check, sections
 
 TIME_LIMIT = 120  # seconds for `mlaref report --tiny` in the test
 PLOTS = {"compute_buffer.png", "mla_speedup.png", "mla_times.png", "kernel_throughput.png"}
@@ -206,11 +208,11 @@ def test_a_failing_kernel_check_gives_exit_1(tmp_path, monkeypatch, capsys):
     from mlaref.codegen import cli
 
     victim = "mlaref_dequantize_row_q8_0__scalar_ref"
-    monkeypatch.setattr(R, "section_build", _fake_build)
-    monkeypatch.setattr(R, "check_kernel", lambda name, n_rows=5: (
+    monkeypatch.setattr(sections, "section_build", _fake_build)
+    monkeypatch.setattr(check, "check_kernel", lambda name, n_rows=5: (
         {"status": "fail", "cases": 1, "detail": "n=32: 3 bits differ"} if name == victim
         else {"status": "pass", "cases": 1, "detail": ""}))
-    monkeypatch.setattr(R, "bench_kernels", _boom)
+    monkeypatch.setattr(throughput, "bench_kernels", _boom)
     monkeypatch.setattr(bench_mla, "run_mla", _boom)
     rc = cli.main(["report", "--tiny", "--no-progress", "--out", str(tmp_path)])
     assert rc == 1
@@ -228,9 +230,9 @@ def test_a_failing_kernel_check_gives_exit_1(tmp_path, monkeypatch, capsys):
 
 
 def test_skipped_sections_do_not_fail_the_report(tmp_path, monkeypatch):
-    monkeypatch.setattr(R, "section_build", _fake_build)
-    monkeypatch.setattr(R, "check_kernel", lambda name, n_rows=5: {"status": "pass", "cases": 1, "detail": ""})
-    monkeypatch.setattr(R, "bench_kernels", _boom)
+    monkeypatch.setattr(sections, "section_build", _fake_build)
+    monkeypatch.setattr(check, "check_kernel", lambda name, n_rows=5: {"status": "pass", "cases": 1, "detail": ""})
+    monkeypatch.setattr(throughput, "bench_kernels", _boom)
     monkeypatch.setattr(bench_mla, "run_mla", _boom)
     report = R.make_report(tmp_path, "tiny", show=False)
     assert report["exit_code"] == 0
@@ -243,9 +245,9 @@ def test_without_ggml_python_or_matmul_kernels(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ggml_peer, "available", lambda: False)
     monkeypatch.setattr(ggml_peer, "unavailable_reason", lambda: "ggml-python is not usable here (test)")
-    monkeypatch.setattr(bench_mla, "_kernels_available", lambda: "DispatchError: no mul_mat kernel (test)")
-    monkeypatch.setattr(R, "section_build", _fake_build)
-    monkeypatch.setattr(R, "check_kernel", lambda name, n_rows=5: {"status": "pass", "cases": 1, "detail": ""})
+    monkeypatch.setattr(bench_mla, "kernels_available", lambda: "DispatchError: no mul_mat kernel (test)")
+    monkeypatch.setattr(sections, "section_build", _fake_build)
+    monkeypatch.setattr(check, "check_kernel", lambda name, n_rows=5: {"status": "pass", "cases": 1, "detail": ""})
     report = R.make_report(tmp_path, "tiny", show=False)
     assert report["environment"]["ggml_python"] is False
     mla = report["sections"]["mla"]
@@ -253,7 +255,7 @@ def test_without_ggml_python_or_matmul_kernels(tmp_path, monkeypatch):
     assert "no mul_mat kernel (test)" in mla["note"]
     assert report["sections"]["mla_ggml"] == {"status": "skipped", "reason": "ggml-python is not usable here (test)",
                                               "seconds": report["sections"]["mla_ggml"]["seconds"]}
-    assert [r["n_kv"] for r in mla["rows"]] == list(R.MLA_REFERENCE["n_kv"])
+    assert [r["n_kv"] for r in mla["rows"]] == list(sections.MLA_REFERENCE["n_kv"])
     assert all(r["f32_equals_direct"]["value"] for r in mla["rows"])
     # two chunks at n_kv 512: partial attention (f32 accumulator) + merge against one pass of ggml's generic order
     # (f16 V accumulator): ggml's NMSE bound for flash_attn_ext, 5e-4 (test-backend-ops.cpp)

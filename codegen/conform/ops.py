@@ -1,0 +1,301 @@
+"""The conformance ops: per op, the spec's result and the loaded library's for the same input bytes.
+
+Each ``op_*`` takes a case's ``params`` and its generated inputs and returns the two results as :class:`Output`
+values, ``(spec, lib)``, or ``(spec, lib, remark)`` where the remark says how the library side was reached, or
+raises :class:`Unsupported` with the reason when one side does not define the case.
+
+The library's float orders are taken from the build it is, never from this CPU: the worker reads the features the
+loaded library was compiled with (``ggml_cpu_has_*``) and its tuning, and takes from that
+:class:`mlaref.reference.builds.GgmlBuild` the vec_dot plan (``ggml_generic``, ``ggml_x86_avx``, ``ggml_x86_avx2``,
+``ggml_x86_avx2_znver3``, the AVX-512 plans), soft_max's vector ``expf``, the ``from_float`` variant of src1 and
+whether rope's FMA contractions happen. Where upstream refuses what the spec defines and an exact rewrite exists,
+the comparison goes through it and the remark names it (mul_mat with an f16 src1: upstream on the src1 widened to
+f32, upstream facts §0.10).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+import signal
+import time
+
+import numpy as np
+
+from mlaref.codegen.peers import ggml as ggml_peer
+from mlaref.codegen.peers import ggml_ops
+from mlaref.reference import dequantize, fp, quantize
+from mlaref.reference.ops import cast, concat, get_rows, repeat, rope, soft_max
+from mlaref.reference.ops.flash_attn_ext import flash_attn_ext, upstream_splits_kv
+from mlaref.reference.ops.mul_mat import VEC_DOT_TYPE, mul_mat
+from mlaref.reference.ops.vec_dot import supported_pairs, vec_dot
+from mlaref.reference.plan import get_plan
+
+
+class Unsupported(Exception):
+    """One side does not define the case; the message says which side and why."""
+
+
+@dataclasses.dataclass
+class Output:
+    """An op's result as stored values: ``kind`` is ``f32`` / ``f16`` / ``bf16`` (element bits) or a block type
+    (bytes, compared byte by byte); ``values`` float32 values for the NMSE (dequantized for block types)."""
+
+    kind: str
+    data: np.ndarray  # uint8 bytes, C order
+    shape: tuple  # NumPy shape of the elements (or of the rows of bytes for block types)
+    values: np.ndarray
+
+
+def _out_f32(arr: np.ndarray) -> Output:
+    """A float32 NumPy array -> Output."""
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    return Output("f32", arr.view(np.uint8).reshape(-1), arr.shape, arr)
+
+
+def _out_tensor(t) -> Output:
+    """A contiguous mlaref Tensor -> Output."""
+    raw = t.raw()
+    if t.type in ("f32", "f16", "bf16", "i32"):
+        return Output(t.type, raw.reshape(-1), (t.ne[3], t.ne[2], t.ne[1], t.ne[0]),
+                      t.to_numpy().astype(np.float32))
+    return Output(t.type, raw.reshape(-1), raw.shape, t.to_numpy())
+
+
+def _out_rows(kind: str, rows: np.ndarray, n: int) -> Output:
+    """uint8 rows of a block or element type -> Output (values by the spec's dequantize)."""
+    rows = np.ascontiguousarray(rows, dtype=np.uint8)
+    if kind == "f32":
+        v = rows.view(np.float32).reshape(rows.shape[0], n)
+        return Output("f32", rows.reshape(-1), v.shape, v.copy())
+    if kind in ("f16", "bf16"):
+        bits = rows.view(np.uint16).reshape(rows.shape[0], n)
+        v = fp.f16_to_f32(bits) if kind == "f16" else fp.bf16_to_f32(bits)
+        return Output(kind, rows.reshape(-1), v.shape, v)
+    return Output(kind, rows.reshape(-1), rows.shape, dequantize(rows, kind))
+
+
+def _spec_call(fn, *args, **kwargs):
+    """Call the spec; its TypeError/ValueError (the spec does not define this case) becomes Unsupported."""
+    try:
+        return fn(*args, **kwargs)
+    except (TypeError, ValueError, NotImplementedError) as exc:
+        raise Unsupported(f"the spec does not define it: {exc}") from None
+
+
+def _traits_fn(type_name: str, field: str, cpu: bool):
+    g = ggml_peer.lib()
+    tr = (g.ggml_get_type_traits_cpu if cpu else g.ggml_get_type_traits)(ggml_peer.ggml_type(type_name)).contents
+    return getattr(tr, field)
+
+
+def _check_lib_type(t: str) -> None:
+    if t not in ggml_peer.GGML_TYPE:
+        raise Unsupported(f"upstream ggml has no type {t} (an ik_llama.cpp@676f0e71b-only layout)")
+
+
+# -- the loaded library's build: its float orders, never this CPU's ---------------------------------------------------
+
+def _peer_plan() -> str:
+    """The vec_dot plan of the library this worker loaded (``ggml_peer.build().vec_dot_plan``: from the features
+    it was compiled with and its tuning, mlaref.reference.builds); a build whose order is not modelled makes the
+    case ``unsupported`` with the reason, never a comparison against a guessed order."""
+    try:
+        return ggml_peer.vec_dot_plan()
+    except LookupError as exc:
+        raise Unsupported(str(exc)) from None
+
+
+def _peer_build():
+    """The :class:`~mlaref.reference.builds.GgmlBuild` of the library this worker loaded."""
+    return ggml_peer.build()
+
+
+def _peer_simd() -> str:
+    """The vector ``expf`` variant of the library this worker loaded (``GgmlBuild.simd``)."""
+    return _peer_build().simd
+
+
+def _src1_variant(weight_type: str) -> str:
+    """The from_float variant the loaded build converts src1 (or Q) rows with: that of the vec_dot type."""
+    return _peer_build().from_float(VEC_DOT_TYPE.get(weight_type, weight_type))
+
+
+# -- the ops --------------------------------------------------------------------------------------------------------
+
+def op_quantize(p, inp):
+    """quantize rows: variant ref = type_traits.from_float_ref, x86 = CPU type_traits.from_float,
+    model = ggml_quantize_chunk (with the imatrix input if the case has one)."""
+    t, variant, x = p["type"], p["variant"], inp["x"]
+    imatrix = inp.get("imatrix")
+    if variant == "iqk":
+        raise Unsupported("variant iqk is ik_llama.cpp@676f0e71b's IQK from_float; upstream ggml has none "
+                          "(its CPU from_float is variant x86)")
+    _check_lib_type(t)
+    # "x86" is the CPU back-end's from_float: in a build without AVX / F16C that is the reference routine
+    spec_variant = _peer_build().from_float(t) if variant == "x86" else variant
+    spec = _spec_call(quantize, x, t, variant=spec_variant, imatrix=imatrix)
+    if variant == "ref":
+        if _traits_fn(t, "from_float_ref", cpu=False):
+            lib = ggml_peer.from_float_ref(t, x)
+        elif t == "q8_K":
+            lib = ggml_peer.quantize_row_symbol("quantize_row_q8_K_ref", t, x)  # traits entry is NULL upstream
+        else:
+            raise Unsupported(f"upstream type_traits[{t}].from_float_ref is NULL")
+    elif variant == "x86":
+        lib = ggml_peer.from_float(t, x)
+    else:
+        lib = ggml_peer.quantize_chunk(t, x, imatrix)
+    return _out_rows(t, spec, x.shape[1]), _out_rows(t, lib, x.shape[1])
+
+
+def op_dequantize(p, inp):
+    """dequantize rows: type_traits.to_float (the exported dequantize_row_<t> where the traits entry is NULL)."""
+    t, data, n = p["type"], inp["data"], p["n"]
+    _check_lib_type(t)
+    spec = _spec_call(dequantize, data, t)
+    if _traits_fn(t, "to_float", cpu=False):
+        lib = ggml_peer.to_float(t, data, n)
+    else:
+        try:
+            lib = ggml_peer.dequantize_row_symbol(f"dequantize_row_{t}", data, n)
+        except NotImplementedError:
+            raise Unsupported(f"upstream type_traits[{t}].to_float is NULL and no dequantize_row_{t} is exported")\
+                from None
+    return _out_f32(spec), _out_f32(lib)
+
+
+def op_vec_dot(p, inp):
+    """CPU type_traits[x].vec_dot of every x row with every y row (y of x's vec_dot_type), n values each."""
+    xt, yt, n, x, y = p["x_type"], p["y_type"], p["n"], inp["x"], inp["y"]
+    if f"{xt}.{yt}" not in supported_pairs():
+        raise Unsupported(f"the spec has no vec_dot order for {xt}.{yt}")
+    spec = vec_dot(x, xt, y, yt, n, p.get("plan") or _peer_plan())
+    lib = np.array([[ggml_peer.vec_dot(xt, x[i], y[j], n) for j in range(y.shape[0])] for i in range(x.shape[0])],
+                   np.float32)
+    return _out_f32(spec), _out_f32(lib)
+
+
+def _maybe_transposed(t, p):
+    return t.transpose() if p.get("src_transposed") else t
+
+
+def op_cpy(p, inp):
+    """ggml_cpy(src, new contiguous tensor of dst_type and src's shape) (= ggml_cast)."""
+    src = _maybe_transposed(inp["src"], p)
+    spec = _spec_call(cast, src, p["dst_type"])
+    return _out_tensor(spec), _out_tensor(ggml_ops.cast(src, p["dst_type"], n_threads=p.get("n_threads", 1)))
+
+
+def op_concat(p, inp):
+    spec = _spec_call(concat, inp["a"], inp["b"], p["dim"])
+    return _out_tensor(spec), _out_tensor(ggml_ops.concat(inp["a"], inp["b"], p["dim"],
+                                                          n_threads=p.get("n_threads", 1)))
+
+
+def op_repeat(p, inp):
+    spec = _spec_call(repeat, inp["a"], tuple(p["ne"]))
+    return _out_tensor(spec), _out_tensor(ggml_ops.repeat(inp["a"], tuple(p["ne"])))
+
+
+def op_get_rows(p, inp):
+    spec = _spec_call(get_rows, inp["a"], inp["rows"])
+    return _out_tensor(spec), _out_tensor(ggml_ops.get_rows(inp["a"], inp["rows"]))
+
+
+def _mul_mat_supported(a, b) -> bool:
+    """Ask the library: its CPU back-end's ``supports_op`` for this MUL_MAT node (shapes only, no data)."""
+    g = ggml_peer.lib()
+    ctx = g.ggml_init(g.ggml_init_params(mem_size=1 << 20, mem_buffer=None, no_alloc=True))
+    try:
+        ta = g.ggml_new_tensor_4d(ctx, ggml_ops.type_id(a.type), *a.ne)
+        tb = g.ggml_new_tensor_4d(ctx, ggml_ops.type_id(b.type), *b.ne)
+        node = g.ggml_mul_mat(ctx, ta, tb)
+        backend = g.ggml_backend_cpu_init()
+        try:
+            return bool(g.ggml_backend_supports_op(backend, node))
+        finally:
+            g.ggml_backend_free(backend)
+    finally:
+        g.ggml_free(ctx)
+
+
+def op_mul_mat(p, inp):
+    """ggml_mul_mat(a, b): the spec's MulMat_253 with the vec_dot plan of this build (``plan``) and src1 converted
+    by the x86 ``from_float``; cases upstream's CPU back-end refuses (its ``supports_op``) are not run."""
+    a, b = inp["a"], inp["b"]
+    if _peer_build().mul_mat_modelled:
+        raise Unsupported(_peer_build().mul_mat_modelled)
+    spec = _out_tensor(_spec_call(mul_mat, a, b, plan=p.get("plan") or _peer_plan(), variant=_src1_variant(a.type)))
+    if _mul_mat_supported(a, b):
+        return spec, _out_tensor(ggml_ops.mul_mat(a, b, n_threads=p.get("n_threads", 1)))
+    vdt = ggml_ops.type_name(int(_traits_fn(a.type, "vec_dot_type", cpu=True)))
+    why = (f"upstream's CPU back-end refuses an {b.type} src1 (supports_op: f32 or the vec_dot type {vdt}); "
+           "ik_llama.cpp@676f0e71b converts any src1 row with to_float + from_float (PR #253, iqk_quantize_any)")
+    if b.type not in ("f16", "bf16"):
+        raise Unsupported(why)
+    # to_float of f16/bf16 is exact, so #253's result must equal upstream's on src1 widened to f32
+    # (upstream facts §0.10).
+    lib = ggml_ops.mul_mat(a, cast(b, "f32"), n_threads=p.get("n_threads", 1))
+    return spec, _out_tensor(lib), f"{why}; compared with upstream on src1 widened to f32 (exact), upstream facts §0.10"
+
+
+def op_soft_max(p, inp):
+    mask = inp.get("mask")
+    spec = _spec_call(soft_max, inp["a"], mask, p["scale"], p.get("max_bias", 0.0),
+                      simd=p.get("simd") or _peer_simd())
+    lib = ggml_ops.soft_max_ext(inp["a"], mask, p["scale"], p.get("max_bias", 0.0), n_threads=p.get("n_threads", 1))
+    return _out_tensor(spec), _out_tensor(lib)
+
+
+_ROPE_ARGS = ("n_dims", "mode", "n_ctx_orig", "freq_base", "freq_scale", "ext_factor", "attn_factor", "beta_fast",
+              "beta_slow")
+
+
+def op_rope(p, inp):
+    args = [p[k] for k in _ROPE_ARGS]
+    spec = _spec_call(rope, inp["a"], inp["pos"], *args, fma=_peer_build().fma)
+    return _out_tensor(spec), _out_tensor(ggml_ops.rope_ext(inp["a"], inp["pos"], *args,
+                                                            n_threads=p.get("n_threads", 1)))
+
+
+def _upstream_fa_algorithm(q, k, v, plan) -> str:
+    """The path upstream's ``ggml_compute_forward_flash_attn_ext_f16`` takes (ggml-cpu/ops.cpp@ggml 0.15.3):
+    ``tiled`` for an f32 q with f16 or f32 K/V of one type, at least ``GGML_FA_TILE_Q`` = 64 query rows, and Dv
+    a multiple of the build's f32 vector width (``GGML_F32_EPR``: the lanes of the plan's f32 dot; no condition
+    without SIMD); else the one-chunk path, ``generic``."""
+    epr = get_plan(plan).for_pair("f32.f32").lanes
+    tiled = (q.type == "f32" and k.type == v.type and k.type in ("f16", "f32") and q.ne[1] >= 64
+             and v.ne[0] % epr == 0)
+    return "tiled" if tiled else "generic"
+
+
+def op_flash_attn_ext(p, inp):
+    q, k, v, mask = inp["q"], inp["k"], inp["v"], inp.get("mask")
+    plan = p.get("plan") or _peer_plan()
+    algorithm = p.get("algorithm") or _upstream_fa_algorithm(q, k, v, plan)
+    # one query row over >= 512 f16/f32 KV rows: upstream splits the KV rows over its threads and merges
+    kv_split = p.get("n_threads", 1) if upstream_splits_kv(q, k, v) and algorithm == "generic" else None
+    spec = _spec_call(flash_attn_ext, q, k, v, mask, p["scale"], algorithm=algorithm, plan=plan,
+                      variant=_src1_variant(k.type), kv_split=kv_split)
+    lib = ggml_ops.flash_attn_ext(q, k, v, mask, p["scale"], n_threads=p.get("n_threads", 1))
+    return _out_tensor(spec), _out_tensor(lib)
+
+
+def op_selftest_abort(p, inp):
+    """Test-only: kill the worker the way a failing GGML_ASSERT does (libc ``abort()``, or raise ``signal``)."""
+    sig = p.get("signal", "SIGABRT")
+    if sig == "SIGABRT":
+        ctypes.CDLL(None).abort()
+    if sig == "hang":
+        time.sleep(3600)
+    os.kill(os.getpid(), getattr(signal, sig))
+    raise RuntimeError("unreachable")
+
+
+OPS = {"quantize": op_quantize, "dequantize": op_dequantize, "vec_dot": op_vec_dot, "cpy": op_cpy,
+       "concat": op_concat, "repeat": op_repeat, "get_rows": op_get_rows, "mul_mat": op_mul_mat,
+       "soft_max": op_soft_max, "rope": op_rope, "flash_attn_ext": op_flash_attn_ext,
+       "selftest_abort": op_selftest_abort}
+TEST_ONLY_OPS = ("selftest_abort",)
