@@ -347,7 +347,7 @@ def format_table(result: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# CLI: mlaref bench mla (codegen/bench.py adds the sub-command with these two functions)
+# CLI: mlaref bench mla (codegen/cli/bench.py adds the sub-command with these two functions)
 # ----------------------------------------------------------------------------------------------------------
 def configure(parser) -> None:
     parser.add_argument("--n-kv", type=int, nargs="+", default=list(N_KV_FULL), metavar="N",

@@ -22,7 +22,7 @@ _PENDING: dict[str, str] = {}
 # ``configure(parser)`` adds the options and ``run(args) -> int`` prints the table (and writes --json).
 _EXTERNAL = {
     "kernels": ("mlaref.codegen.cli.bench", "_configure_kernels", "_run_kernels",
-                "generated C kernels by name, and each family against the reference and ggml (bench_kernels.py)"),
+                "generated C kernels by name, and each family against the reference and ggml (bench/kernels.py)"),
     "ops": ("mlaref.codegen.bench.ops", "configure", "run",
             "one MLA layer's ops at small shapes: reference vs kernels vs ggml"),
     "mla": ("mlaref.codegen.bench.mla", "configure", "run",
@@ -64,7 +64,7 @@ def _configure_kernels(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=5, metavar="N", help="timed runs per kernel (default 5)")
     p.add_argument("--json", metavar="FILE", help="also write the machine-readable result to FILE")
     p.add_argument("--mm", action="store_true",
-                   help="instead: FlashMLA-2's kv_f32 mul_mat and flash_attn_ext (bench_mm.py) against ggml")
+                   help="instead: FlashMLA-2's kv_f32 mul_mat and flash_attn_ext (bench/mm.py) against ggml")
     p.add_argument("--n-kv", type=int, nargs="+", default=[1024, 4096, 16384], metavar="N",
                    help="with --mm: KV lengths (default 1024 4096 16384)")
 

@@ -8,7 +8,7 @@ idle workers spin briefly before they sleep, and nothing returns before every pa
 
 A *job* is one row of an int64 array of ``WORDS`` columns, ``[kind, function address, arguments...]``, where
 ``kind`` (``KIND``) names the function's prototype and pointers are addresses. :func:`run` checks the array and
-calls ``mla_pool_run``; the Python callers (kernels.py, kernels_mm.py, bench_kernels.py) build the jobs from
+calls ``mla_pool_run``; the Python callers (kernels/rows.py, kernels/mm.py, bench/kernels.py) build the jobs from
 arguments they have already validated. The module is compiled on first use into the kernel cache, keyed by its
 source, flags and compiler (as the kernel modules are, :mod:`mlaref.codegen.build`).
 """

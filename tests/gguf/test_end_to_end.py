@@ -20,7 +20,7 @@ under test):
 * the ``lite-attn`` file (DeepSeek-V2-Lite's attention: 16 heads, 192 = 128 + 64 K, 128 V, rank 512) runs its
   two layers for a 20-token prompt at n_ctx 256, f32 = direct, and kernels = reference.
 
-Kernel checks skip, naming the missing kernel function, when ``codegen/kernels.py`` or ``codegen/kernels/mm.py``
+Kernel checks skip, naming the missing kernel function, when ``codegen/kernels/rows.py`` or ``codegen/kernels/mm.py``
 does not provide it; the reference checks always run.
 """
 

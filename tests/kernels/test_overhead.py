@@ -1,4 +1,4 @@
-"""The per-call fast paths of codegen/kernels.py keep their meaning: cached dispatch, reused threads, row views.
+"""The per-call fast paths of codegen/kernels/rows.py keep their meaning: cached dispatch, reused threads, row views.
 
 Dispatch decisions and resolved C functions are cached per process; these tests change the state a cache must
 see (``dispatch.forced``, ``isa=``, ``MLAREF_ISA``, ``MLAREF_DISABLE_ISA``) after a cached call and check that the
