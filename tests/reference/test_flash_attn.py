@@ -14,18 +14,6 @@ from mlaref.reference.tensor import Tensor
 NMSE_FA = 5e-4  # test-backend-ops' bound for flash_attn_ext; measured <= 6e-6 (f16 accumulators), 1e-13 (f32)
 
 
-@pytest.fixture(scope="module")
-def ops():
-    from mlaref.codegen.peers import ggml as ggml_peer  # noqa: PLC0415
-
-    if not ggml_peer.available():
-        pytest.skip(ggml_peer.unavailable_reason())
-    ggml_peer.lib().ggml_cpu_init()  # fills the f16 table the CPU kernels read
-    from mlaref.codegen.peers import ggml_ops as ggml_ops  # noqa: PLC0415
-
-    return ggml_ops
-
-
 def _inputs(rng, kvt, Dk, Dv, nq, nh, n_kv, nh_kv=None, masked_rows=(), scale_q=1.0):
     nh_kv = nh if nh_kv is None else nh_kv
     q = Tensor.from_numpy((rng.standard_normal((1, nh, nq, Dk)) * scale_q).astype(np.float32))
@@ -64,20 +52,20 @@ def _float64_attention(q, k, v, mask, scale, softcap=0.0):
 
 @pytest.mark.parametrize("kvt", ["q8_0", "f16"])
 @pytest.mark.parametrize("dims", [(192, 128), (128, 128), (576, 512)])
-def test_generic_equals_upstream_ggml(ops, rng, kvt, dims, peer_plan):
+def test_generic_equals_upstream_ggml(ggml_ops, rng, kvt, dims, peer_plan):
     """Few queries (< GGML_FA_TILE_Q = 64): upstream runs its per-row one_chunk code for f16 and q8_0 alike.
     n_kv = 100 (no block multiple), a fully masked row (row 3 -> zeros), K/V shared by 2 heads (nh_kv = 2)."""
     Dk, Dv = dims
     q, k, v, mask = _inputs(rng, kvt, Dk, Dv, nq=4, nh=4, n_kv=100, nh_kv=2, masked_rows=(3,), scale_q=0.3)
     scale = 1 / np.sqrt(Dk)
     got = flash_attn_ext(q, k, v, mask, scale, plan=peer_plan)
-    want = ops.flash_attn_ext(q, k, v, mask, scale)
+    want = ggml_ops.flash_attn_ext(q, k, v, mask, scale)
     assert got.ne == want.ne == (Dv, 4, 4, 1)
     assert np.array_equal(_bits(got), _bits(want))
     assert not got.to_numpy()[0, 3].any()  # S = 0 -> 1/S taken as 0
 
 
-def test_views_equal_upstream_ggml(ops, rng, peer_plan):
+def test_views_equal_upstream_ggml(ggml_ops, rng, peer_plan):
     """As in the graph: q a permuted view (heads and tokens swapped), K and V row views into one cache buffer."""
     nq, nh, n_kv = 3, 4, 64
     qbase = Tensor.from_numpy((rng.standard_normal((1, nq, nh, 192)) * 0.3).astype(np.float32))
@@ -90,16 +78,16 @@ def test_views_equal_upstream_ggml(ops, rng, peer_plan):
     m[..., 0, 40:] = -np.inf
     mask = Tensor.from_numpy(m, "f16")
     got = flash_attn_ext(q, k, v, mask, 0.1, plan=peer_plan)
-    assert np.array_equal(_bits(got), _bits(ops.flash_attn_ext(q, k, v, mask, 0.1)))
+    assert np.array_equal(_bits(got), _bits(ggml_ops.flash_attn_ext(q, k, v, mask, 0.1)))
 
 
-def test_generic_softcap_equals_upstream_ggml(ops, rng, peer_plan):
+def test_generic_softcap_equals_upstream_ggml(ggml_ops, rng, peer_plan):
     q, k, v, mask = _inputs(rng, "q8_0", 192, 128, nq=3, nh=2, n_kv=64)
     got = flash_attn_ext(q, k, v, mask, 0.125, 0.0, 30.0, plan=peer_plan)
-    assert np.array_equal(_bits(got), _bits(ops.flash_attn_ext(q, k, v, mask, 0.125, 0.0, 30.0)))
+    assert np.array_equal(_bits(got), _bits(ggml_ops.flash_attn_ext(q, k, v, mask, 0.125, 0.0, 30.0)))
 
 
-def test_mla_shapes_against_upstream_ggml(ops, rng, peer_plan):
+def test_mla_shapes_against_upstream_ggml(ggml_ops, rng, peer_plan):
     """FlashMLA-2 PP shapes: Q [192, n_q, 16], K [192, 256, 16], V [128, 256, 16].
 
     q8_0 K/V: upstream's per-row path, bit for bit. f16 K/V with 64 queries: upstream takes its tiled path,
@@ -107,10 +95,10 @@ def test_mla_shapes_against_upstream_ggml(ops, rng, peer_plan):
     q, k, v, mask = _inputs(rng, "q8_0", 192, 128, nq=16, nh=16, n_kv=256, scale_q=0.3)
     scale = 1 / np.sqrt(192)
     got = flash_attn_ext(q, k, v, mask, scale, plan=peer_plan)
-    assert np.array_equal(_bits(got), _bits(ops.flash_attn_ext(q, k, v, mask, scale, n_threads=4)))
+    assert np.array_equal(_bits(got), _bits(ggml_ops.flash_attn_ext(q, k, v, mask, scale, n_threads=4)))
 
     q, k, v, mask = _inputs(rng, "f16", 192, 128, nq=64, nh=16, n_kv=256, scale_q=0.3)
-    want = ops.flash_attn_ext(q, k, v, mask, scale, n_threads=4)
+    want = ggml_ops.flash_attn_ext(q, k, v, mask, scale, n_threads=4)
     tiled = flash_attn_ext(q, k, v, mask, scale, algorithm="tiled", plan=peer_plan)
     assert np.array_equal(_bits(tiled), _bits(want))
     got = flash_attn_ext(q, k, v, mask, scale, plan=peer_plan).to_numpy()[0]
@@ -141,13 +129,13 @@ def _split_cases(rng):
     return out
 
 
-def test_split_kv_equals_upstream_ggml(ops, rng, peer_plan):
+def test_split_kv_equals_upstream_ggml(ggml_ops, rng, peer_plan):
     """At 1 to 4 threads upstream's bytes are the model's with ``kv_split`` = the thread count."""
     bad = []
     for name, q, k, v, mask, scale, softcap in _split_cases(rng):
         for nth in (1, 2, 3, 4):
             got = flash_attn_ext(q, k, v, mask, scale, 0.0, softcap, plan=peer_plan, kv_split=nth)
-            want = ops.flash_attn_ext(q, k, v, mask, scale, 0.0, softcap, n_threads=nth)
+            want = ggml_ops.flash_attn_ext(q, k, v, mask, scale, 0.0, softcap, n_threads=nth)
             if not np.array_equal(_bits(got), _bits(want)):
                 bad.append(f"{name}@{nth}: {int(np.sum(_bits(got) != _bits(want)))} words differ")
     assert not bad, bad
@@ -196,7 +184,7 @@ def test_split_kv_depends_on_the_split(rng):
     assert all(nmse(o.to_numpy()[0], exact) < NMSE_FA for o in outs.values())
 
 
-def test_split_kv_one_thread_turns_negative_zero_positive(ops, peer_plan):
+def test_split_kv_one_thread_turns_negative_zero_positive(ggml_ops, peer_plan):
     """Upstream oddity: with one thread the split-KV path still merges its single chunk, fma(0, 0, VKQ*1), which is
     VKQ except that -0.0 becomes +0.0; so ``kv_split=1`` is not the one-chunk order (``kv_split=None``). Built case
     (f16 VKQ): V row 0 is -2**-24, the later rows -0.0; row 1's score is 20 above row 0's, so VKQ *= expf(-20)
@@ -214,7 +202,7 @@ def test_split_kv_one_thread_turns_negative_zero_positive(ops, peer_plan):
     assert np.all(one_chunk == 0) and np.all(np.signbit(one_chunk))
     got = flash_attn_ext(q, k, v, None, 1.0, plan=peer_plan, kv_split=1)
     assert not np.signbit(got.to_numpy()).any()
-    assert np.array_equal(_bits(got), _bits(ops.flash_attn_ext(q, k, v, None, 1.0, n_threads=1)))
+    assert np.array_equal(_bits(got), _bits(ggml_ops.flash_attn_ext(q, k, v, None, 1.0, n_threads=1)))
 
 
 BLOCKED = [
@@ -289,7 +277,7 @@ def test_blocked_rejects_fully_masked_rows(rng):
 
 # -- v_expf ------------------------------------------------------------------------------------------------------
 
-def test_v_expf_of_the_build_equals_ggml_soft_max(ops, rng):
+def test_v_expf_of_the_build_equals_ggml_soft_max(ggml_ops, rng):
     """ggml's soft_max on rows of 16: y = ggml_v_expf(x - max) * f32(1/sum), sum a double of the per-chunk float
     sums (``vexp.chunk_sum``). Predicting every output bit from the build's v_expf (``ggml_peer.build().simd``:
     v_expf_avx512 on AVX512F+DQ, v_expf_avx2 on AVX2+FMA, ...) checks it equals that build's ggml_v_expf; scores
@@ -300,7 +288,7 @@ def test_v_expf_of_the_build_equals_ggml_soft_max(ops, rng):
     simd = ggml_peer.build().simd
     x = np.concatenate([np.zeros((400, 1)), -rng.uniform(0, 104, (400, 15))], axis=1).astype(np.float32)
     x = x[:, rng.permutation(16)]
-    got = ops.soft_max_ext(Tensor.from_numpy(x), None, 1.0, 0.0).to_numpy()
+    got = ggml_ops.soft_max_ext(Tensor.from_numpy(x), None, 1.0, 0.0).to_numpy()
     e = v_expf((x - x.max(1, keepdims=True)).astype(np.float32), simd)
     w = WIDTH[simd]
     s = np.zeros(400)

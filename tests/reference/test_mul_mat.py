@@ -14,18 +14,6 @@ SRC1 = ["f32", "f16", "bf16", "q8_0"]
 NMSE_MUL_MAT = 5e-4  # test-backend-ops' mul_mat bound; measured <= 7e-5 (src1 -> q8_0/q8_1/q8_K dominates)
 
 
-@pytest.fixture(scope="module")
-def ops():
-    from mlaref.codegen.peers import ggml as ggml_peer  # noqa: PLC0415
-
-    if not ggml_peer.available():
-        pytest.skip(ggml_peer.unavailable_reason())
-    ggml_peer.lib().ggml_cpu_init()  # fills the f16 table the CPU kernels read
-    from mlaref.codegen.peers import ggml_ops as ggml_ops  # noqa: PLC0415
-
-    return ggml_ops
-
-
 def _bits(t: Tensor):
     return t.to_numpy().view(np.uint32)
 
@@ -36,7 +24,7 @@ def _tensor(rng, shape, type, scale=1.0):
 
 @pytest.mark.parametrize("bt", ["f32", "vdt"])
 @pytest.mark.parametrize("wt", WEIGHTS)
-def test_pre253_equals_upstream_ggml(ops, rng, wt, bt, peer_plan):
+def test_pre253_equals_upstream_ggml(ggml_ops, rng, wt, bt, peer_plan):
     """Upstream ggml is pre-#253 (src1 f32 or the vec_dot type); broadcast a [K, M, 1, 3] over b [K, N, 2, 3]."""
     bt = VEC_DOT_TYPE[wt] if bt == "vdt" else bt
     K = 512 if wt in ("q4_K", "q6_K") else 96
@@ -45,12 +33,12 @@ def test_pre253_equals_upstream_ggml(ops, rng, wt, bt, peer_plan):
     if bt != "f32":  # src1 already in the vec_dot type, as upstream's own from_float writes it
         b = Tensor.from_bytes(quantize(b.to_numpy(), bt, variant="x86"), bt, b.ne)
     got = MulMat_pre253(plan=peer_plan, variant="x86")(a, b)
-    want = ops.mul_mat(a, b)
+    want = ggml_ops.mul_mat(a, b)
     assert got.ne == want.ne == (24, 5, 2, 3) and got.type == "f32"
     assert np.array_equal(_bits(got), _bits(want))
 
 
-def test_views_and_strides_are_honoured(ops, rng, peer_plan):
+def test_views_and_strides_are_honoured(ggml_ops, rng, peer_plan):
     """src0 as a row subset with an offset, src1 as a permuted view (rows not adjacent), both vs ggml."""
     base_a = _tensor(rng, (1, 2, 40, 64), "q8_0", 0.1)
     a = base_a.view((64, 16, 2, 1), base_a.nb, base_a.nb[1] * 3)
@@ -58,7 +46,7 @@ def test_views_and_strides_are_honoured(ops, rng, peer_plan):
     b = base_b.permute(0, 2, 1, 3)
     assert not b.is_contiguous()
     got = mul_mat(a, b, plan=peer_plan)
-    assert np.array_equal(_bits(got), _bits(ops.mul_mat(a, b)))
+    assert np.array_equal(_bits(got), _bits(ggml_ops.mul_mat(a, b)))
     assert np.array_equal(_bits(got), _bits(mul_mat(a.copy(), b.copy(), plan=peer_plan)))
 
 
@@ -71,19 +59,19 @@ def test_broadcast_is_integer_division():
     assert out.tolist() == [32.0, 32.0, 64.0, 64.0]
 
 
-def test_mla_shape_against_upstream_ggml(ops, rng, peer_plan):
+def test_mla_shape_against_upstream_ggml(ggml_ops, rng, peer_plan):
     """FlashMLA-2's kv = wkv_b · cache: [512, 4096] q8_0 weight x [512, 256] q8_0 cache, bit for bit."""
     a = _tensor(rng, (4096, 512), "q8_0", 0.05)
     b = _tensor(rng, (256, 512), "q8_0")
-    assert np.array_equal(_bits(mul_mat(a, b, plan=peer_plan)), _bits(ops.mul_mat(a, b, n_threads=4)))
+    assert np.array_equal(_bits(mul_mat(a, b, plan=peer_plan)), _bits(ggml_ops.mul_mat(a, b, n_threads=4)))
 
 
-def test_f16_weight_rounds_f32_src1_to_f16(ops, rng, peer_plan):
+def test_f16_weight_rounds_f32_src1_to_f16(ggml_ops, rng, peer_plan):
     """vec_dot_type F16: an f32 src1 is rounded to f16 first (non-IQK ggml), matching ggml on [512, 512] x 64."""
     a = _tensor(rng, (512, 512), "f16", 0.05)
     b = _tensor(rng, (64, 512), "f32")
     got = mul_mat(a, b, plan=peer_plan)
-    assert np.array_equal(_bits(got), _bits(ops.mul_mat(a, b, n_threads=4)))
+    assert np.array_equal(_bits(got), _bits(ggml_ops.mul_mat(a, b, n_threads=4)))
     b16 = Tensor.from_numpy(fp.f16_to_f32(fp.f32_to_f16(b.to_numpy())), "f32")
     assert np.array_equal(_bits(got), _bits(mul_mat(a, b16, plan=peer_plan)))
 

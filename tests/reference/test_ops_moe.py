@@ -33,17 +33,6 @@ NMSE_GELU_IK = 1e-12  # ik's SIMD gelu (tanh through v_expf) vs float64 tanh gel
 NMSE_GELU_TABLE = 1e-5  # upstream's f16 table: the key and the entry are rounded to f16
 
 
-@pytest.fixture(scope="module")
-def g():
-    from mlaref.codegen.peers import ggml as ggml_peer  # noqa: PLC0415
-
-    if not ggml_peer.available():
-        pytest.skip(ggml_peer.unavailable_reason())
-    lib = ggml_peer.lib()
-    lib.ggml_cpu_init()  # fills the f16 and gelu tables the CPU kernels read
-    return lib
-
-
 def _same_bytes(x: Tensor, y: Tensor):
     assert x.type == y.type and x.ne == y.ne
     diff = x.raw() != y.raw()
@@ -65,16 +54,16 @@ def _activations(rng, rows, n):
 # -- unary -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n", [1, 15, 16, 17, 48, 100])
 @pytest.mark.parametrize("op", ["SILU", "GELU", "RELU"])
-def test_unary_matches_ggml(g, ggml, rng, n, op):
-    fn = {"SILU": g.ggml_silu, "GELU": g.ggml_gelu, "RELU": g.ggml_relu}[op]
+def test_unary_matches_ggml(ggml_lib, ggml, rng, n, op):
+    fn = {"SILU": ggml_lib.ggml_silu, "GELU": ggml_lib.ggml_gelu, "RELU": ggml_lib.ggml_relu}[op]
     a = Tensor.from_numpy(_activations(rng, 12, n).reshape(2, 6, n))
     _same_bytes(unary(a, op, simd=ggml.build().simd), ggml_ops.run(lambda ctx, x: fn(ctx, x), a, n_threads=3))
 
 
 @pytest.mark.parametrize("op", ["SILU", "GELU"])
-def test_unary_strided_rows_match_ggml(g, ggml, rng, op):
+def test_unary_strided_rows_match_ggml(ggml_lib, ggml, rng, op):
     """Rows 40 floats apart, 33 used: the SIMD chunks start at each row (not at a flat index)."""
-    fn = {"SILU": g.ggml_silu, "GELU": g.ggml_gelu}[op]
+    fn = {"SILU": ggml_lib.ggml_silu, "GELU": ggml_lib.ggml_gelu}[op]
     base = Tensor.from_numpy((rng.standard_normal((3, 5, 40)) * 4).astype(np.float32))
     a = base.view((33, 5, 3), (base.nb[1], base.nb[2]), 4 * 3)
     assert not a.is_contiguous()
@@ -127,23 +116,23 @@ def test_gelu_table_matches_ggml_at_each_level(level):
     assert unary(a, "GELU", simd=other).raw().tobytes() != want.raw().tobytes()
 
 
-def test_gelu_every_f16_key_matches_ggml(g, ggml):
+def test_gelu_every_f16_key_matches_ggml(ggml_lib, ggml):
     """All 65536 f16 values (the table's keys, NaN and Inf included) plus f32 values between them."""
     h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
     x = fp.f16_to_f32(h).reshape(256, 256)
     a = Tensor.from_numpy(x)
     simd = ggml.build().simd
-    _same_bytes(unary(a, "GELU", simd=simd), ggml_ops.run(lambda ctx, t: g.ggml_gelu(ctx, t), a))
+    _same_bytes(unary(a, "GELU", simd=simd), ggml_ops.run(lambda ctx, t: ggml_lib.ggml_gelu(ctx, t), a))
     mid = (x * np.float32(1.0003)).astype(np.float32)  # f32 values that round to a neighbouring key
     b = Tensor.from_numpy(mid)
-    _same_bytes(unary(b, "GELU", simd=simd), ggml_ops.run(lambda ctx, t: g.ggml_gelu(ctx, t), b))
+    _same_bytes(unary(b, "GELU", simd=simd), ggml_ops.run(lambda ctx, t: ggml_lib.ggml_gelu(ctx, t), b))
 
 
-def test_gelu_table_needs_gcc_contraction(g):
+def test_gelu_table_needs_gcc_contraction(ggml_lib):
     """Without the fmaf of ``1 + A*x*x`` (GCC's GNU-mode contraction) at least one table entry differs."""
     x = fp.f16_to_f32(np.arange(1 << 16, dtype=np.uint32).astype(np.uint16))
     x = x[np.isfinite(x) & (np.abs(x) < 10)]
-    want = ggml_ops.run(lambda ctx, t: g.ggml_gelu(ctx, t), Tensor.from_numpy(x[None])).to_numpy().reshape(-1)
+    want = ggml_ops.run(lambda ctx, t: ggml_lib.ggml_gelu(ctx, t), Tensor.from_numpy(x[None])).to_numpy().reshape(-1)
     plain = fp.f16_to_f32(fp.f32_to_f16_soft(gelu_f32(x, contract=False)))
     assert (plain.view(np.uint32) != want.view(np.uint32)).sum() >= 1
     assert np.array_equal(gelu_table_lookup(x).view(np.uint32), want.view(np.uint32))
@@ -179,23 +168,23 @@ def test_unary_bad_inputs():
 # -- fused_mul_unary -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n", [5, 16, 37, 64])
 @pytest.mark.parametrize("op", ["SILU", "RELU"])
-def test_fused_mul_unary_equals_upstream_mul_of_unary(g, ggml, rng, n, op):
+def test_fused_mul_unary_equals_upstream_mul_of_unary(ggml_lib, ggml, rng, n, op):
     """ik's fused SILU / RELU compute exactly upstream's ``mul(unary(a), b)`` (same routines, one more product)."""
-    fn = {"SILU": g.ggml_silu, "RELU": g.ggml_relu}[op]
+    fn = {"SILU": ggml_lib.ggml_silu, "RELU": ggml_lib.ggml_relu}[op]
     a = Tensor.from_numpy(_activations(rng, 6, n).reshape(2, 3, n))
     b = Tensor.from_numpy((rng.standard_normal((2, 3, n)) * 2).astype(np.float32))
-    want = ggml_ops.run(lambda ctx, x, y: g.ggml_mul(ctx, fn(ctx, x), y), a, b, n_threads=2)
+    want = ggml_ops.run(lambda ctx, x, y: ggml_lib.ggml_mul(ctx, fn(ctx, x), y), a, b, n_threads=2)
     _same_bytes(fused_mul_unary(a, b, op, simd=ggml.build().simd), want)
 
 
-def test_fused_mul_unary_gelu_ik(g, rng):
+def test_fused_mul_unary_gelu_ik(ggml_lib, rng):
     """GELU: the 16-chunks take ik's SIMD gelu (NMSE bound vs float64), the tail upstream's table (bit-exact)."""
     n = 40  # chunks [0, 32), tail [32, 40)
     x = (rng.standard_normal((8, n)) * 3).astype(np.float32)
     y = (rng.standard_normal((8, n))).astype(np.float32)
     a, b = Tensor.from_numpy(x), Tensor.from_numpy(y)
     got = fused_mul_unary(a, b, "GELU").to_numpy()[0, 0]
-    up = ggml_ops.run(lambda ctx, p, q: g.ggml_mul(ctx, g.ggml_gelu(ctx, p), q), a, b).to_numpy()[0, 0]
+    up = ggml_ops.run(lambda ctx, p, q: ggml_lib.ggml_mul(ctx, ggml_lib.ggml_gelu(ctx, p), q), a, b).to_numpy()[0, 0]
     assert np.array_equal(got[:, 32:].view(np.uint32), up[:, 32:].view(np.uint32))
     xd = x.astype(np.float64)
     ref = 0.5 * xd * (1 + np.tanh(np.sqrt(2 / np.pi) * xd * (1 + 0.044715 * xd * xd))) * y
@@ -205,11 +194,11 @@ def test_fused_mul_unary_gelu_ik(g, rng):
     assert v.tolist() == [12.0, 50.0, 0.0, 0.0, 0.0]
 
 
-def test_fused_mul_unary_on_moe_shape(g, ggml, rng):
+def test_fused_mul_unary_on_moe_shape(ggml_lib, ggml, rng):
     """[1408, 6, T] gate and up (the MoE experts, upstream facts §3.3) at T = 3: 1408 = 88 chunks of 16, no tail."""
     a = Tensor.from_numpy((rng.standard_normal((3, 6, 1408)) * 2).astype(np.float32))
     b = Tensor.from_numpy(rng.standard_normal((3, 6, 1408)).astype(np.float32))
-    want = ggml_ops.run(lambda ctx, x, y: g.ggml_mul(ctx, g.ggml_silu(ctx, x), y), a, b, n_threads=4)
+    want = ggml_ops.run(lambda ctx, x, y: ggml_lib.ggml_mul(ctx, ggml_lib.ggml_silu(ctx, x), y), a, b, n_threads=4)
     _same_bytes(fused_mul_unary(a, b, "SILU", simd=ggml.build().simd), want)
 
 
@@ -245,10 +234,10 @@ def _rows(rng, kind, r, n):
 
 @pytest.mark.parametrize("n", [1, 2, 5, 16, 17, 64, 100, 257])
 @pytest.mark.parametrize("kind", ["ties", "distinct", "nan"])
-def test_argsort_std_sort_matches_ggml(g, rng, n, kind):
+def test_argsort_std_sort_matches_ggml(ggml_lib, rng, n, kind):
     a = Tensor.from_numpy(_rows(rng, kind, 12, n).reshape(3, 4, n))
-    for order, o in (("asc", g.GGML_SORT_ORDER_ASC), ("desc", g.GGML_SORT_ORDER_DESC)):
-        want = ggml_ops.run(lambda ctx, t: g.ggml_argsort(ctx, t, o), a, n_threads=2)
+    for order, o in (("asc", ggml_lib.GGML_SORT_ORDER_ASC), ("desc", ggml_lib.GGML_SORT_ORDER_DESC)):
+        want = ggml_ops.run(lambda ctx, t: ggml_lib.ggml_argsort(ctx, t, o), a, n_threads=2)
         _same_bytes(argsort(a, order, "std_sort"), want)
 
 
@@ -277,28 +266,28 @@ def _median_of_three_killer(n):
 
 
 @pytest.mark.parametrize("n", [40, 64, 200])
-def test_argsort_std_sort_heapsort_fallback_matches_ggml(g, n):
+def test_argsort_std_sort_heapsort_fallback_matches_ggml(ggml_lib, n):
     v = np.floor(_median_of_three_killer(n) / 2)  # pairs of equal values: ties inside the heap-sorted range
-    for order, o, x in (("asc", g.GGML_SORT_ORDER_ASC, v), ("desc", g.GGML_SORT_ORDER_DESC, -v)):
+    for order, o, x in (("asc", ggml_lib.GGML_SORT_ORDER_ASC, v), ("desc", ggml_lib.GGML_SORT_ORDER_DESC, -v)):
         x = x.astype(np.float32)
         stats = {}
         std_sort_indices(x.tolist(), order == "desc", stats)
         assert stats.get("heapsorts", 0) >= 1 and len(set(x.tolist())) < n
         a = Tensor.from_numpy(x[None])
-        _same_bytes(argsort(a, order, "std_sort"), ggml_ops.run(lambda ctx, t: g.ggml_argsort(ctx, t, o), a))
+        _same_bytes(argsort(a, order, "std_sort"), ggml_ops.run(lambda ctx, t: ggml_lib.ggml_argsort(ctx, t, o), a))
 
 
-def test_argsort_exchange_matches_ggml_without_ties(g, rng):
+def test_argsort_exchange_matches_ggml_without_ties(ggml_lib, rng):
     """The router's top-k input, [64 experts, 64 tokens] of soft-maxed logits: distinct values, so ik's exchange
     sort and upstream's std::sort give the same permutation."""
     x = rng.standard_normal((64, 64)).astype(np.float32)
     assert all(len(set(r.tolist())) == 64 for r in x)
     a = Tensor.from_numpy(x)
-    for order, o in (("asc", g.GGML_SORT_ORDER_ASC), ("desc", g.GGML_SORT_ORDER_DESC)):
-        _same_bytes(argsort(a, order), ggml_ops.run(lambda ctx, t: g.ggml_argsort(ctx, t, o), a))
+    for order, o in (("asc", ggml_lib.GGML_SORT_ORDER_ASC), ("desc", ggml_lib.GGML_SORT_ORDER_DESC)):
+        _same_bytes(argsort(a, order), ggml_ops.run(lambda ctx, t: ggml_lib.ggml_argsort(ctx, t, o), a))
 
 
-def test_argsort_tie_orders_hand_checked(g):
+def test_argsort_tie_orders_hand_checked(ggml_lib):
     """ik's exchange sort is not stable; std::sort on <= 16 values is insertion sort, which is."""
     def run(vals, order, algorithm):
         return argsort(Tensor.from_numpy(np.array([vals], np.float32)), order, algorithm).to_numpy().reshape(-1)
@@ -308,7 +297,7 @@ def test_argsort_tie_orders_hand_checked(g):
     assert run([np.nan, 1, 0], "asc", "exchange").tolist() == [0, 2, 1]  # NaN compares false: stays first
     assert run([1, 1, 0], "asc", "std_sort").tolist() == [2, 0, 1]
     a = Tensor.from_numpy(np.array([[1, 1, 0]], np.float32))
-    want = ggml_ops.run(lambda ctx, t: g.ggml_argsort(ctx, t, g.GGML_SORT_ORDER_ASC), a)
+    want = ggml_ops.run(lambda ctx, t: ggml_lib.ggml_argsort(ctx, t, ggml_lib.GGML_SORT_ORDER_ASC), a)
     assert want.to_numpy().reshape(-1).tolist() == [2, 0, 1]
 
 
@@ -348,18 +337,18 @@ def _ids(rng, n_exp, n_used, T):
 
 @pytest.mark.parametrize("n_b", [1, 3])
 @pytest.mark.parametrize("wt", WEIGHTS)
-def test_mul_mat_id_matches_ggml(g, rng, wt, n_b, peer_plan):
+def test_mul_mat_id_matches_ggml(ggml_lib, rng, wt, n_b, peer_plan):
     """5 experts of [K, 20], 3 used per token, 7 tokens; b with one row per token (broadcast) or one per slot."""
     K = 256 if wt in ("q4_K", "q6_K") else 64
     a = _experts(rng, 5, 20, K, wt)
     b = Tensor.from_numpy(rng.standard_normal((7, n_b, K)).astype(np.float32))
     ids = _ids(rng, 5, 3, 7)
-    want = ggml_ops.run(lambda ctx, x, y, z: g.ggml_mul_mat_id(ctx, x, y, z), a, b, ids, n_threads=3)
+    want = ggml_ops.run(lambda ctx, x, y, z: ggml_lib.ggml_mul_mat_id(ctx, x, y, z), a, b, ids, n_threads=3)
     _same_bytes(mul_mat_id(a, b, ids, plan=peer_plan), want)
 
 
 @pytest.mark.parametrize("wt", ["q8_0", "q4_K"])
-def test_mul_mat_id_src1_in_vec_dot_type_and_repeated_experts(g, rng, wt, peer_plan):
+def test_mul_mat_id_src1_in_vec_dot_type_and_repeated_experts(ggml_lib, rng, wt, peer_plan):
     """src1 already quantized (upstream's own from_float), and one expert twice in a token's list."""
     K = 256
     vdt = VEC_DOT_TYPE[wt]
@@ -367,11 +356,11 @@ def test_mul_mat_id_src1_in_vec_dot_type_and_repeated_experts(g, rng, wt, peer_p
     bf = rng.standard_normal((5, 2, K)).astype(np.float32)
     b = Tensor.from_bytes(quantize(bf, vdt, variant="x86"), vdt, (K, 2, 5))
     ids = Tensor.from_numpy(np.array([[0, 0], [3, 1], [2, 2], [1, 3], [3, 3]], np.int32))
-    want = ggml_ops.run(lambda ctx, x, y, z: g.ggml_mul_mat_id(ctx, x, y, z), a, b, ids)
+    want = ggml_ops.run(lambda ctx, x, y, z: ggml_lib.ggml_mul_mat_id(ctx, x, y, z), a, b, ids)
     _same_bytes(mul_mat_id(a, b, ids, plan=peer_plan), want)
 
 
-def test_mul_mat_id_moe_chain_on_facts_shapes(g, rng, peer_plan):
+def test_mul_mat_id_moe_chain_on_facts_shapes(ggml_lib, rng, peer_plan):
     """The MoE FFN of upstream facts §3.3 scaled down (2048 -> 64, 1408 -> 96, 64 experts -> 8, 512 tokens -> 5):
     gate/up [64, 96, 8] x ffn_norm [64, 1, 5] -> [96, 6, 5]; down [96, 64, 8] x [96, 6, 5] -> [64, 6, 5]."""
     up, gate = _experts(rng, 8, 96, 64, "q4_0"), _experts(rng, 8, 96, 64, "q8_0")
@@ -381,8 +370,8 @@ def test_mul_mat_id_moe_chain_on_facts_shapes(g, rng, peer_plan):
     run = ggml_ops.run
 
     def ggml_chain(ctx, u, gt, d, xx, i):
-        h = g.ggml_mul(ctx, g.ggml_silu(ctx, g.ggml_mul_mat_id(ctx, gt, xx, i)), g.ggml_mul_mat_id(ctx, u, xx, i))
-        return g.ggml_mul_mat_id(ctx, d, h, i)
+        h = ggml_lib.ggml_mul(ctx, ggml_lib.ggml_silu(ctx, ggml_lib.ggml_mul_mat_id(ctx, gt, xx, i)), ggml_lib.ggml_mul_mat_id(ctx, u, xx, i))
+        return ggml_lib.ggml_mul_mat_id(ctx, d, h, i)
 
     want = run(ggml_chain, up, gate, down, x, ids, n_threads=2)
     p = peer_plan
@@ -443,15 +432,15 @@ def test_multi_add_sums_in_order_from_zero():
     assert out[1].tolist() == [0.0, 0.0, 0.0, 0.875]
 
 
-def test_multi_add_equals_upstream_add_chain(g, rng):
+def test_multi_add_equals_upstream_add_chain(ggml_lib, rng):
     """Without -0 the sum from 0 equals upstream's ``add(add(add(x0, x1), x2) ...)`` on the expert views."""
     e = Tensor.from_numpy((rng.standard_normal((5, 6, 64)) * 3).astype(np.float32))  # [64, 6 experts, 5 tokens]
 
     def chain(ctx, t):
-        views = [g.ggml_view_2d(ctx, t, 64, 5, e.nb[2], j * 64 * 4) for j in range(6)]
+        views = [ggml_lib.ggml_view_2d(ctx, t, 64, 5, e.nb[2], j * 64 * 4) for j in range(6)]
         acc = views[0]
         for v in views[1:]:
-            acc = g.ggml_add(ctx, acc, v)
+            acc = ggml_lib.ggml_add(ctx, acc, v)
         return acc
 
     _same_bytes(multi_add(_expert_view(e), 6), ggml_ops.run(chain, e))
