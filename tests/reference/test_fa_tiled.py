@@ -6,10 +6,8 @@ import pytest
 
 from mlaref.codegen.peers import ggml_ops as ggml_ops
 
-from mlaref.codegen.peers import ggml as ggml_peer
 
 from mlaref.codegen.peers import build as peer_build
-from mlaref.reference import builds
 from mlaref.reference.compare import nmse
 from mlaref.reference.ops.fa_tiled import Q_TILE, tiled_build
 from mlaref.reference.ops.flash_attn_ext import flash_attn_ext
@@ -91,15 +89,10 @@ LEVELS = ["generic", "avx", "avx2", "avx512"]
 
 
 @pytest.mark.parametrize("level", LEVELS)
-def test_tiled_equals_upstream_ggml_at_each_level(rng, level):
+def test_tiled_equals_upstream_ggml_at_each_level(rng, level, ggml_level):
     """Upstream ggml built at ``level`` gives the model's bytes with that level's plan (``GgmlBuild.vec_dot_plan``),
     at 1 and 3 threads; avx512 is run only where the CPU has it."""
-    miss = peer_build.missing_for(level)
-    if miss:
-        pytest.skip(f"ggml level {level} needs {', '.join(miss)}, which this CPU lacks")
-    if not ggml_peer.available():
-        pytest.skip(ggml_peer.unavailable_reason())
-    plan = builds.level(level).vec_dot_plan
+    plan = ggml_level(level).vec_dot_plan
     cases = _cases(rng, big=False)
     calls = [("mlaref.codegen.peers.ggml_ops:flash_attn_ext", (q, k, v, m, sc, 0.0, cap), {"n_threads": nth})
              for _, q, k, v, m, sc, cap in cases for nth in (1, 3)]

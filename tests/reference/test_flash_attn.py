@@ -146,19 +146,12 @@ LEVELS = ["generic", "avx", "avx2", "avx512"]
 
 
 @pytest.mark.parametrize("level", LEVELS)
-def test_split_kv_equals_upstream_ggml_at_each_level(rng, level):
+def test_split_kv_equals_upstream_ggml_at_each_level(rng, level, ggml_level):
     """Upstream ggml built at ``level`` gives the model's bytes with that level's plan, at 1, 2 and 3 threads;
     avx512 is run only where the CPU has it."""
-    from mlaref.codegen.peers import ggml as ggml_peer  # noqa: PLC0415
     from mlaref.codegen.peers import build as peer_build  # noqa: PLC0415
-    from mlaref.reference import builds  # noqa: PLC0415
 
-    miss = peer_build.missing_for(level)
-    if miss:
-        pytest.skip(f"ggml level {level} needs {', '.join(miss)}, which this CPU lacks")
-    if not ggml_peer.available():
-        pytest.skip(ggml_peer.unavailable_reason())
-    plan = builds.level(level).vec_dot_plan
+    plan = ggml_level(level).vec_dot_plan
     cases = _split_cases(rng)
     threads = (1, 2, 3)
     calls = [("mlaref.codegen.peers.ggml_ops:flash_attn_ext", (q, k, v, m, sc, 0.0, cap), {"n_threads": nth})

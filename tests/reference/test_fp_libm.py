@@ -23,18 +23,6 @@ def _f32(u):
     return np.ascontiguousarray(u, dtype=np.uint32).view(np.float32)
 
 
-def _both_signs(u):
-    u = np.asarray(u, dtype=np.uint32) & np.uint32(0x7FFFFFFF)
-    return np.concatenate([u, u | np.uint32(0x80000000)])
-
-
-def _neighbours(u, steps=(-2, -1, 0, 1, 2)):
-    """Bit patterns ``u + k`` for k in steps, kept inside the finite non-negative f32 range."""
-    u = np.asarray(u, dtype=np.int64)
-    out = np.concatenate([u + k for k in steps])
-    return out[(out >= 0) & (out < 0x7F800000)].astype(np.uint32)
-
-
 def _assert_bits_equal(got, want, x=None, what=""):
     got = np.asarray(got)
     want = np.asarray(want)

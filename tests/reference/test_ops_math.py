@@ -14,12 +14,10 @@ import pytest
 
 from mlaref.codegen.peers import ggml_ops as ggml_ops
 
-from mlaref.codegen.peers import ggml as ggml_peer
 
 from mlaref.reference import libm as libm
 
 from mlaref.codegen.peers import build as peer_build
-from mlaref.reference import builds
 from mlaref.reference.compare import nmse
 from mlaref.reference.ops import add, fused_rms_norm, mul, rms_norm, rope, scale, soft_max
 from mlaref.reference.ops.rope import rope_cache, yarn_corr_dims
@@ -266,16 +264,6 @@ def test_soft_max_matches_ggml(ggml, rng, n, mask_type):
 SIMD_LEVELS = ["generic", "avx", "avx2", "avx512"]
 
 
-def _level_simd(level: str) -> str:
-    """``builds.level(level).simd``; skips, naming what is missing, where this CPU or machine cannot run it."""
-    miss = peer_build.missing_for(level)
-    if miss:
-        pytest.skip(f"ggml level {level} needs {', '.join(miss)}, which this CPU lacks")
-    if not ggml_peer.available():
-        pytest.skip(ggml_peer.unavailable_reason())
-    return builds.level(level).simd
-
-
 def _soft_max_cases(rng):
     """(name, a, mask, scale, max_bias): rows with and without tails for every chunk width, f16 / f32 masks,
     ALiBi over 3 heads (slopes from m0 and m1), and extreme exponents: w - max down to -200 (v_expf's |n| > 126
@@ -301,10 +289,10 @@ def _soft_max_cases(rng):
 
 
 @pytest.mark.parametrize("level", SIMD_LEVELS)
-def test_soft_max_matches_ggml_at_each_level(rng, level):
+def test_soft_max_matches_ggml_at_each_level(rng, level, ggml_level):
     """Upstream ggml built at ``level`` gives the bytes of ``soft_max(..., simd=builds.level(level).simd)`` on every
     case, and every other variant of the model differs on some case (so a wrong model fails)."""
-    simd = _level_simd(level)
+    simd = ggml_level(level).simd
     cases = _soft_max_cases(rng)
     want = peer_build.call_many(level, [("mlaref.codegen.peers.ggml_ops:soft_max_ext", (a, m, sc, mb), {})
                                         for _, a, m, sc, mb in cases])
@@ -347,11 +335,11 @@ def test_v_expf_variants_differ_on_the_probe(rng):
 
 
 @pytest.mark.parametrize("level", SIMD_LEVELS)
-def test_v_expf_equals_each_level_bit_for_bit(rng, level):
+def test_v_expf_equals_each_level_bit_for_bit(rng, level, ggml_level):
     """60,000 scores in [-200, -21] through upstream's soft_max at ``level``: each output is that build's
     ggml_v_expf exactly (see _PROBE_HI), so the level's variant must give every bit, and another variant's
     differing bits are caught."""
-    simd = _level_simd(level)
+    simd = ggml_level(level).simd
     rows_, keep = _v_expf_probe(rng)
     got = peer_build.call(level, "mlaref.codegen.peers.ggml_ops:soft_max_ext", Tensor.from_numpy(rows_), None, 1.0, 0.0)
     y = got.to_numpy().reshape(rows_.shape)

@@ -14,10 +14,9 @@ import pytest
 
 from mlaref.codegen.peers import ggml_ops as ggml_ops
 
-from mlaref.codegen.peers import ggml as ggml_peer
 
 from mlaref.codegen.peers import build as peer_build
-from mlaref.reference import builds, fp, quantize
+from mlaref.reference import fp, quantize
 from mlaref.reference.compare import nmse
 from mlaref.reference.graphs import executor, ir
 from mlaref.reference.ops import argsort, fused_mul_unary, mul_mat, mul_mat_id, multi_add, unary
@@ -74,22 +73,12 @@ def test_unary_strided_rows_match_ggml(ggml_lib, ggml, rng, op):
 SIMD_LEVELS = ["generic", "avx", "avx2", "avx512"]
 
 
-def _level_simd(level: str) -> str:
-    """``builds.level(level).simd``; skips, naming what is missing, where this CPU or machine cannot run it."""
-    miss = peer_build.missing_for(level)
-    if miss:
-        pytest.skip(f"ggml level {level} needs {', '.join(miss)}, which this CPU lacks")
-    if not ggml_peer.available():
-        pytest.skip(ggml_peer.unavailable_reason())
-    return builds.level(level).simd
-
-
 @pytest.mark.parametrize("level", SIMD_LEVELS)
-def test_silu_matches_ggml_at_each_level(rng, level):
+def test_silu_matches_ggml_at_each_level(rng, level, ggml_level):
     """Upstream's SILU built at ``level`` equals ``unary(a, "SILU", simd=builds.level(level).simd)`` on rows with
     and without tails, special values, and |x| in [80, 140] (v_expf's |n| > 126 and |n| > 192 branches on both
     signs); the variants with another chunk width or v_expf differ somewhere."""
-    simd = _level_simd(level)
+    simd = ggml_level(level).simd
     cases = []
     for n in (15, 16, 17, 100):
         x = _activations(rng, 24, n)
@@ -104,10 +93,10 @@ def test_silu_matches_ggml_at_each_level(rng, level):
 
 
 @pytest.mark.parametrize("level", SIMD_LEVELS)
-def test_gelu_table_matches_ggml_at_each_level(level):
+def test_gelu_table_matches_ggml_at_each_level(level, ggml_level):
     """All 65536 f16 keys: builds with FMA contract ``1 + A*x*x`` in the table's gelu, builds without do not; one
     entry tells them apart."""
-    simd = _level_simd(level)
+    simd = ggml_level(level).simd
     x = fp.f16_to_f32(np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)).reshape(256, 256)
     a = Tensor.from_numpy(x)
     want = peer_build.call(level, "mlaref.codegen.peers.ggml_ops:unary", a, "GELU")
