@@ -15,6 +15,7 @@ import numpy as np
 
 from mlaref.codegen.conform.case import Case
 from mlaref.reference import registry
+from mlaref.reference.ops.mul_mat import VEC_DOT_TYPE
 
 CASES_DIR = Path(__file__).resolve().parent / "cases"
 
@@ -86,9 +87,8 @@ def default_cases() -> list[Case]:
         cases.append(_mk(f"dequantize/{t}", "dequantize", {"type": t, "n": n},
                          {"data": {"gen": "blocks", "type": t, "rows": 3, "n": n}}))
     # vec_dot: every pair upstream ggml's CPU traits define for the types the spec knows
-    vdt = {"f32": "f32", "f16": "f16", "bf16": "bf16", "q4_0": "q8_0", "q4_1": "q8_1", "q5_0": "q8_0",
-           "q5_1": "q8_1", "q8_0": "q8_0", "iq4_nl": "q8_0", "q4_K": "q8_K", "q6_K": "q8_K"}
-    for xt, yt in vdt.items():
+    for xt in ("f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl", "q4_K", "q6_K"):
+        yt = VEC_DOT_TYPE[xt]  # the registry's vec_dot type
         n = 512 if yt == "q8_K" else (100 if xt == "f32" else 288)  # 288 = 9 blocks: iq4_nl's scalar tail
         cases.append(_mk(
             f"vec_dot/{xt}.{yt}", "vec_dot", {"x_type": xt, "y_type": yt, "n": n},

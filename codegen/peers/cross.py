@@ -45,6 +45,7 @@ import numpy as np
 from mlaref.codegen import build as _build
 from mlaref.codegen.peers import build as peer_build
 from mlaref.reference import get_type
+from mlaref.reference.ops.mul_mat import VEC_DOT_TYPE
 from mlaref.reference.tensor import row_size
 
 __all__ = ["LEVELS", "LEVEL_ORDER", "CC", "CXX", "QEMU", "APT_PACKAGES", "CrossToolsMissing", "tools_missing",
@@ -235,17 +236,15 @@ def compiled_features(level: str) -> dict[str, bool]:
     return {name: bool(v) for name, v in zip(_FEATURE_NAMES, vals)}
 
 
-_VEC_DOT_TYPE = {"q4_0": "q8_0", "q5_0": "q8_0", "q8_0": "q8_0", "iq4_nl": "q8_0", "q4_1": "q8_1", "q5_1": "q8_1",
-                 "q4_K": "q8_K", "q6_K": "q8_K", "f32": "f32", "f16": "f16", "bf16": "bf16"}
 
 
 def _vec_dot_request(type: str, X, Y, n: int) -> tuple[bytes, tuple[int, int]]:
     X = np.ascontiguousarray(X, np.uint8)
     Y = np.ascontiguousarray(Y, np.uint8)
-    if type in _VEC_DOT_TYPE:
-        bx, by = _row_bytes(type, n), _row_bytes(_VEC_DOT_TYPE[type], n)
+    if type in VEC_DOT_TYPE:
+        bx, by = _row_bytes(type, n), _row_bytes(VEC_DOT_TYPE[type], n)
         if X.shape[1:] != (bx,) or Y.shape[1:] != (by,):
-            raise ValueError(f"call_vec_dot: {type} rows of n = {n} are {bx} bytes and {_VEC_DOT_TYPE[type]} "
+            raise ValueError(f"call_vec_dot: {type} rows of n = {n} are {bx} bytes and {VEC_DOT_TYPE[type]} "
                              f"rows {by}; got {X.shape} and {Y.shape}")
     req = b"D" + _i32(_type_id(type), n, X.shape[0], Y.shape[0]) + X.tobytes() + Y.tobytes()
     return req, (X.shape[0], Y.shape[0])
