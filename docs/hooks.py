@@ -465,6 +465,8 @@ _API = {
     "mlaref.reference": ["quantize", "dequantize", "get_type", "registry"],
     "mlaref.reference.fp": None,  # everything in __all__
     "mlaref.reference.libm": None,
+    "mlaref.reference.builds": ["GgmlBuild", "level"],
+    "mlaref.reference.compare": None,
     "mlaref.codegen.bench": ["measure", "measure_interleaved", "Timing", "bench_types", "format_table"],
 }
 
