@@ -44,15 +44,13 @@ import time
 
 import numpy as np
 
-from mlaref.codegen import catalog, cpu
-
-from mlaref.codegen.kernels import pool as pool
-from mlaref.codegen.bench.method import round_orders
-from mlaref.codegen import kernels as K
 from mlaref import reference as R
+from mlaref.codegen import catalog, cpu
+from mlaref.codegen import kernels as K
+from mlaref.codegen.bench.method import round_orders
+from mlaref.codegen.kernels import pool as pool
 from mlaref.codegen.peers import ggml as gp
-from mlaref.reference.tensor import Tensor
-from mlaref.reference.tensor import aligned_buffer
+from mlaref.reference.tensor import Tensor, aligned_buffer
 
 __all__ = ["bench_kernels", "time_kernel", "compare_kernels", "format_table", "FAMILIES"]
 

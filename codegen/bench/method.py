@@ -13,6 +13,7 @@ a fixed order would always hand one contender the leftovers of the same other on
 
 from __future__ import annotations
 
+import json
 import platform
 import random
 import statistics
@@ -167,3 +168,24 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def runnable(fns: dict) -> tuple[dict, dict]:
+    """Call each contender once: ``(those that ran, {name: why not})``; a contender that cannot run here is n/a
+    with the reason (its exception, shortened), never the end of the benchmark."""
+    live, reasons = {}, {}
+    for name, fn in fns.items():
+        try:
+            fn()
+            live[name] = fn
+        except Exception as exc:  # noqa: BLE001  (any failure of a contender is its verdict)
+            reasons[name] = f"{type(exc).__name__}: {exc}"[:300]
+    return live, reasons
+
+
+def print_and_save(table: str, result: dict, json_path: str | None) -> None:
+    """A benchmark command's output: the table on stdout, and the result as JSON when ``--json`` names a file."""
+    print(table)
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
+            f.write("\n")
+        print(f"wrote {json_path}")

@@ -59,6 +59,7 @@ the attention-only ratio of a pp-N run (sum over its micro-batches, linear inter
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 
@@ -364,19 +365,11 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
-    import json
-    import sys
-
     try:
         result = run_mla(n_kv=tuple(args.n_kv), repeats=args.repeats, n_threads=args.threads,
                          kv_chunk=args.kv_chunk, backend=args.backend, weight_type=args.weight_type)
     except (ValueError, RuntimeError) as exc:
         print(f"mlaref bench mla: {exc}", file=sys.stderr)
         return 2
-    print(format_table(result))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
-            f.write("\n")
-        print(f"wrote {args.json}")
+    bench.print_and_save(format_table(result), result, args.json)
     return 0

@@ -11,6 +11,7 @@ import ctypes
 import time
 
 import numpy as np
+
 from mlaref.codegen import kernels as K
 from mlaref.codegen.kernels import mm as KM
 from mlaref.codegen.peers import ggml as ggml_peer
@@ -228,7 +229,7 @@ def reference_layer(s: dict, n_kv: int, kv_chunk: int, seed: int) -> dict:
     """Callables running each variant's op sequence on the NumPy reference ops (mlaref.reference.ops)."""
 
     d = layer_data(s, n_kv, seed)
-    H, T, rank, rope, nope, dv = s["n_head"], s["T"], s["rank"], s["rope"], s["nope"], s["dv"]
+    H, rank, rope, nope, dv = s["n_head"], s["rank"], s["rope"], s["nope"], s["dv"]
     per_head = nope + dv
     wkv_b = Tensor.from_numpy(d["wkv_b"].astype(np.float32), "f16")
     cache = Tensor.from_numpy(d["cache"].astype(np.float32), "f16")

@@ -32,13 +32,13 @@ import math
 
 import numpy as np
 
+from mlaref import reference as R
 from mlaref.codegen.bench import method as _bench
 from mlaref.codegen.kernels import mm as _km
-from mlaref.reference import compare
-from mlaref.reference.tensor import Tensor
-from mlaref import reference as R
 from mlaref.codegen.peers import ggml as ggml_peer
 from mlaref.codegen.peers import ggml_ops as ggml_ops
+from mlaref.reference import compare
+from mlaref.reference.tensor import Tensor
 
 __all__ = ["bench_mul_mat", "bench_flash_attn", "peak_gflops", "format_table", "MM_CASES", "EXTRA_CASES"]
 

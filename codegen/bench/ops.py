@@ -11,13 +11,12 @@ that overhead is part of ggml's time). One thread; timed interleaved
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np
 
 from mlaref.codegen import kernels as K
-from mlaref.codegen.bench.method import environment, measure_interleaved
+from mlaref.codegen.bench.method import environment, measure_interleaved, print_and_save, runnable
 from mlaref.codegen.kernels import mm as KM
 from mlaref.codegen.peers import ggml as ggml_peer
 from mlaref.codegen.peers import ggml_ops
@@ -71,13 +70,7 @@ def bench_ops(*, repeats: int = 5, seed: int = 0) -> dict:
     the op has a kernel path) and upstream ggml through ggml-python (one fresh context per call)."""
     rows = []
     for name, shapes, fns in _cases(np.random.default_rng(seed)):
-        live, reasons = {}, {}
-        for k, fn in fns.items():
-            try:
-                fn()
-                live[k] = fn
-            except Exception as exc:  # a contender that cannot run here is n/a with the reason
-                reasons[k] = f"{type(exc).__name__}: {exc}"[:300]
+        live, reasons = runnable(fns)
         if not ggml_peer.available():
             reasons["ggml"] = ggml_peer.unavailable_reason()
         timings = measure_interleaved(live, repeats=repeats, warmup=0) if live else {}
@@ -132,10 +125,5 @@ def run(args) -> int:
         print(f"mlaref bench ops: --repeats must be >= 1, got {args.repeats}", file=sys.stderr)
         return 2
     result = bench_ops(repeats=args.repeats)
-    print(format_table(result))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)  # plain floats, strings and lists: no custom encoder needed
-            f.write("\n")
-        print(f"wrote {args.json}")
+    print_and_save(format_table(result), result, args.json)
     return 0

@@ -24,7 +24,7 @@ import numpy as np
 from mlaref import reference
 from mlaref.codegen import catalog
 from mlaref.codegen import kernels as K
-from mlaref.codegen.bench.method import environment, measure_interleaved
+from mlaref.codegen.bench.method import environment, measure_interleaved, runnable
 from mlaref.codegen.peers import ggml as ggml_peer
 
 __all__ = ["bench_kernels", "format_table"]
@@ -93,13 +93,8 @@ def _row(t: str, fmt, direction: str, x: np.ndarray, data: np.ndarray, n_values:
         reasons["ggml"] = ggml_peer.unavailable_reason()
     else:
         fns["ggml"] = peer
-    live = {}
-    for k, fn in fns.items():
-        try:
-            fn()
-            live[k] = fn
-        except Exception as exc:  # a contender that cannot run here is n/a with the reason
-            reasons[k] = f"{type(exc).__name__}: {exc}"[:300]
+    live, why = runnable(fns)
+    reasons.update(why)
     timings = measure_interleaved(live, repeats=repeats, warmup=0) if live else {}
     row = {"format": t, "direction": direction, "float32_bytes": nbytes}
     for k in CONTENDERS:

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+
 from mlaref import reference
-
-
 from mlaref.codegen.bench.method import MB, Timing, environment, measure_interleaved
 
 

@@ -9,9 +9,9 @@ import json
 import sys
 
 from mlaref.codegen.bench import kernels as bk
-from mlaref.codegen.bench.types import bench_types, format_table
 from mlaref.codegen.bench import mm as bench_mm
-
+from mlaref.codegen.bench.method import print_and_save
+from mlaref.codegen.bench.types import bench_types, format_table
 
 # ----------------------------------------------------------------------------------------------------------
 # CLI
@@ -125,10 +125,5 @@ def run(args) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
-    print(format_table(result))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
-            f.write("\n")
-        print(f"wrote {args.json}")
+    print_and_save(format_table(result), result, args.json)
     return 0
