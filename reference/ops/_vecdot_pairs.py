@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from mlaref.reference import fp
+from mlaref.reference.types import get_type
 
 __all__ = ["BLOCK_PAIRS", "ELEMENT_TYPES", "KQUANT_PAIRS", "KVALUES_IQ4NL", "TYPE_SIZE", "decode_x", "decode_y",
            "decode_kquant", "decode_q8_K"]
@@ -39,9 +40,10 @@ KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 3
 
 ELEMENT_TYPES = ("f32", "f16", "bf16")
 
-# bytes per 32-block (per 4 blocks for the x4 layouts)
-TYPE_SIZE = {"q4_0": 18, "q4_1": 20, "q5_0": 22, "q5_1": 24, "q8_0": 34, "q8_1": 36, "iq4_nl": 18,
-             "q8_0_x4": 136, "q8_1_x4": 144, "q4_K": 144, "q6_K": 210, "q8_K": 292}
+# bytes per block from the format registry (per 4 blocks for the x4 layouts, whose rows interleave 4 blocks)
+TYPE_SIZE = {t: get_type(t).type_size * (4 if t.endswith("_x4") else 1)
+             for t in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q8_1", "iq4_nl", "q8_0_x4", "q8_1_x4", "q4_K", "q6_K",
+                       "q8_K")}
 
 # 256-element super-blocks with a q8_K y (ggml-common.h):
 #   q4_K  144 B: d f16, dmin f16, scales[12] (8 6-bit scales and mins), qs[128]; value = d*sc_j*q - dmin*m_j,
@@ -50,7 +52,7 @@ TYPE_SIZE = {"q4_0": 18, "q4_1": 20, "q5_0": 22, "q5_1": 24, "q8_0": 34, "q8_1":
 #   q6_K  210 B: ql[128], qh[64], scales[16] int8, d f16; value = d*sc_j*(q - 32), q in [0, 63]; sub-block
 #         j = elements 16j..16j+15
 #   q8_K  292 B: d f32, qs[256] int8, bsums[16] int16 (sums of 16 consecutive qs)
-KQUANT_PAIRS = {"q4_K": "q8_K", "q6_K": "q8_K"}
+KQUANT_PAIRS = {t: get_type(t).vec_dot_type for t in ("q4_K", "q6_K")}
 
 # x type -> (y types accepted, generic formula). The formula names the scalar C expression of
 # ggml_vec_dot_<x>_<y>_generic (ggml-cpu/quants.c) with P*Q the last product (the one GCC fuses):
