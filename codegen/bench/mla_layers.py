@@ -23,8 +23,8 @@ from mlaref.reference.ops.mul_mat import MulMat_253, MulMat_pre253
 from mlaref.reference.ops.repeat import repeat
 from mlaref.reference.tensor import Tensor
 
-__all__ = ["VARIANTS", "KERNEL_OPS", "shapes", "mask", "layer_data", "variant_bytes", "GgmlLayer", "merge_seconds",
-           "reference_layer", "kernel_layer"]
+__all__ = ["VARIANTS", "KERNEL_OPS", "split_kv", "shapes", "mask", "layer_data", "variant_bytes", "GgmlLayer",
+           "merge_seconds", "reference_layer", "kernel_layer"]
 
 VARIANTS = ("f32", "direct", "chunked")
 _F32, _F16 = 0, 1  # enum ggml_type
@@ -54,6 +54,15 @@ def layer_data(s: dict, n_kv: int, seed: int) -> dict:
         "q": rng.standard_normal((T, H, s["dk"])).astype(np.float32),
         "mask": mask(n_kv, T),
     }
+
+
+def split_kv(kv_f32, n: int, H: int, nope: int, dv: int):
+    """The K-nope and V views of ``kv_f32 = wkv_b x c_kv`` ([H * (nope + dv), n] f32): per head, ``nope`` rows
+    of K, then ``dv`` rows of V."""
+    nb1, per_head = kv_f32.nb[1], nope + dv
+    k = kv_f32.view((nope, n, H, 1), (4, nb1, 4 * per_head, nb1 * n), 0)
+    v = kv_f32.view((dv, n, H, 1), (4, nb1, 4 * per_head, nb1 * n), 4 * nope)
+    return k, v
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -230,24 +239,17 @@ def reference_layer(s: dict, n_kv: int, kv_chunk: int, seed: int) -> dict:
 
     d = layer_data(s, n_kv, seed)
     H, rank, rope, nope, dv = s["n_head"], s["rank"], s["rope"], s["nope"], s["dv"]
-    per_head = nope + dv
     wkv_b = Tensor.from_numpy(d["wkv_b"].astype(np.float32), "f16")
     cache = Tensor.from_numpy(d["cache"].astype(np.float32), "f16")
     q = Tensor.from_numpy(d["q"]).permute(0, 2, 1, 3)
     mask = Tensor.from_numpy(d["mask"].astype(np.float32), "f16")
     scale = s["kq_scale"]
 
-    def split(kv_f32, n):
-        nb1 = kv_f32.nb[1]
-        k = kv_f32.view((nope, n, H, 1), (4, nb1, 4 * per_head, nb1 * n), 0)
-        v = kv_f32.view((dv, n, H, 1), (4, nb1, 4 * per_head, nb1 * n), 4 * nope)
-        return k, v
-
     def kv_direct(c0, n):
         row = cache.nb[1]
         nope_view = cache.view((rank, n, 1, 1), (2, row, row * n, row * n), c0 * row)
         kv_f32 = MulMat_253()(wkv_b, nope_view)
-        k_nope_f32, v_f32 = split(kv_f32, n)
+        k_nope_f32, v_f32 = split_kv(kv_f32, n, H, nope, dv)
         v = cast(v_f32, "f16")
         k_nope = cast(k_nope_f32, "f16")
         rope_view = cache.view((rope, n, 1, 1), (2, row, row * n, row * n), c0 * row + 2 * rank)
@@ -265,7 +267,7 @@ def reference_layer(s: dict, n_kv: int, kv_chunk: int, seed: int) -> dict:
         nope_v = kv32.view((rank, n_kv, 1, 1), (4, r32, r32 * n_kv, r32 * n_kv), 0)
         rope_v = kv32.view((rope, 1, n_kv, 1), (4, r32, r32, r32 * n_kv), 4 * rank)
         kv_f32 = MulMat_pre253()(wkv_b, nope_v)
-        k_nope_f32, v_f32 = split(kv_f32, n_kv)
+        k_nope_f32, v_f32 = split_kv(kv_f32, n_kv, H, nope, dv)
         k_rope_f32 = repeat(rope_v, (rope, H, n_kv, 1)).permute(0, 2, 1, 3)
         k = cast(concat(k_nope_f32, k_rope_f32, 0), "f16")
         return flash_attn_ext(q, k, cast(v_f32, "f16"), mask, scale)
@@ -306,7 +308,6 @@ def kernel_layer(s: dict, n_kv: int, kv_chunk: int, n_threads: int, seed: int, w
 
     d = layer_data(s, n_kv, seed)
     H, rank, rope, nope, dv = s["n_head"], s["rank"], s["rope"], s["nope"], s["dv"]
-    per_head = nope + dv
     wkv_b = Tensor.from_numpy(d["wkv_b"].astype(np.float32), weight_type)
     cache = Tensor.from_numpy(d["cache"].astype(np.float32), "f16")
     q = Tensor.from_numpy(d["q"]).permute(0, 2, 1, 3)
@@ -314,16 +315,10 @@ def kernel_layer(s: dict, n_kv: int, kv_chunk: int, n_threads: int, seed: int, w
     scale = s["kq_scale"]
     row = cache.nb[1]
 
-    def split(kv_f32, n):
-        nb1 = kv_f32.nb[1]
-        k = kv_f32.view((nope, n, H, 1), (4, nb1, 4 * per_head, nb1 * n), 0)
-        v = kv_f32.view((dv, n, H, 1), (4, nb1, 4 * per_head, nb1 * n), 4 * nope)
-        return k, v
-
     def kv_direct(c0, n):
         nope_view = cache.view((rank, n, 1, 1), (2, row, row * n, row * n), c0 * row)
         kv_f32 = KM.mul_mat(wkv_b, nope_view, n_threads=n_threads)
-        k_nope_f32, v_f32 = split(kv_f32, n)
+        k_nope_f32, v_f32 = split_kv(kv_f32, n, H, nope, dv)
         v = cast(v_f32, "f16")
         k_nope = cast(k_nope_f32, "f16")
         rope_view = cache.view((rope, n, 1, 1), (2, row, row * n, row * n), c0 * row + 2 * rank)
@@ -335,7 +330,7 @@ def kernel_layer(s: dict, n_kv: int, kv_chunk: int, n_threads: int, seed: int, w
         nope_v = kv32.view((rank, n_kv, 1, 1), (4, r32, r32 * n_kv, r32 * n_kv), 0)
         rope_v = kv32.view((rope, 1, n_kv, 1), (4, r32, r32, r32 * n_kv), 4 * rank)
         kv = KM.mul_mat(wkv_b, nope_v, n_threads=n_threads)
-        k_nope_f32, v_f32 = split(kv, n_kv)
+        k_nope_f32, v_f32 = split_kv(kv, n_kv, H, nope, dv)
         k_rope_f32 = K.repeat(rope_v, (rope, H, n_kv, 1)).permute(0, 2, 1, 3)
         return cast(concat(k_nope_f32, k_rope_f32, 0), "f16"), cast(v_f32, "f16")
 
