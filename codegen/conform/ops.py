@@ -23,8 +23,7 @@ import time
 
 import numpy as np
 
-from mlaref.codegen.peers import ggml as ggml_peer
-from mlaref.codegen.peers import ggml_ops
+from mlaref.codegen.conform import peer as _peer
 from mlaref.reference import dequantize, fp, quantize
 from mlaref.reference.ops import cast, concat, get_rows, repeat, rope, soft_max
 from mlaref.reference.ops.flash_attn_ext import flash_attn_ext, upstream_splits_kv
@@ -84,15 +83,16 @@ def _spec_call(fn, *args, **kwargs):
         raise Unsupported(f"the spec does not define it: {exc}") from None
 
 
-def _traits_fn(type_name: str, field: str, cpu: bool):
-    g = ggml_peer.lib()
-    tr = (g.ggml_get_type_traits_cpu if cpu else g.ggml_get_type_traits)(ggml_peer.ggml_type(type_name)).contents
-    return getattr(tr, field)
+def P():
+    """The functions of the library this worker checks (:mod:`mlaref.codegen.conform.peer`)."""
+    return _peer.module()
 
 
 def _check_lib_type(t: str) -> None:
-    if t not in ggml_peer.GGML_TYPE:
-        raise Unsupported(f"upstream ggml has no type {t} (an ik_llama.cpp@676f0e71b-only layout)")
+    if not P().has_type(t):
+        if P().name.startswith("ik-"):
+            raise Unsupported(f"{P().name} has no type {t}")
+        raise Unsupported(f"upstream ggml has no type {t} (an ik_llama.cpp layout)")
 
 
 # -- the loaded library's build: its float orders, never this CPU's ---------------------------------------------------
@@ -102,14 +102,14 @@ def _peer_plan() -> str:
     it was compiled with and its tuning, mlaref.reference.builds); a build whose order is not modelled makes the
     case ``unsupported`` with the reason, never a comparison against a guessed order."""
     try:
-        return ggml_peer.vec_dot_plan()
+        return P().build().vec_dot_plan
     except LookupError as exc:
         raise Unsupported(str(exc)) from None
 
 
 def _peer_build():
     """The :class:`~mlaref.reference.builds.GgmlBuild` of the library this worker loaded."""
-    return ggml_peer.build()
+    return P().build()
 
 
 def _peer_simd() -> str:
@@ -137,16 +137,16 @@ def op_quantize(p, inp):
     spec_variant = _peer_build().from_float(t) if variant == "x86" else variant
     spec = _spec_call(quantize, x, t, variant=spec_variant, imatrix=imatrix)
     if variant == "ref":
-        if _traits_fn(t, "from_float_ref", cpu=False):
-            lib = ggml_peer.from_float_ref(t, x)
-        elif t == "q8_K":
-            lib = ggml_peer.quantize_row_symbol("quantize_row_q8_K_ref", t, x)  # traits entry is NULL upstream
+        if P().has_trait(t, "from_float_ref"):
+            lib = P().from_float_ref(t, x)
+        elif t == "q8_K" and hasattr(P(), "quantize_row_symbol"):
+            lib = P().quantize_row_symbol("quantize_row_q8_K_ref", t, x)  # traits entry is NULL upstream
         else:
-            raise Unsupported(f"upstream type_traits[{t}].from_float_ref is NULL")
+            raise Unsupported(f"{P().name}: type_traits[{t}].from_float_ref is NULL")
     elif variant == "x86":
-        lib = ggml_peer.from_float(t, x)
+        lib = P().from_float(t, x)
     else:
-        lib = ggml_peer.quantize_chunk(t, x, imatrix)
+        lib = P().quantize_chunk(t, x, imatrix)
     return _out_rows(t, spec, x.shape[1]), _out_rows(t, lib, x.shape[1])
 
 
@@ -155,14 +155,16 @@ def op_dequantize(p, inp):
     t, data, n = p["type"], inp["data"], p["n"]
     _check_lib_type(t)
     spec = _spec_call(dequantize, data, t)
-    if _traits_fn(t, "to_float", cpu=False):
-        lib = ggml_peer.to_float(t, data, n)
+    if P().has_trait(t, "to_float"):
+        lib = P().to_float(t, data, n)
     else:
         try:
-            lib = ggml_peer.dequantize_row_symbol(f"dequantize_row_{t}", data, n)
+            if not hasattr(P(), "dequantize_row_symbol"):
+                raise NotImplementedError
+            lib = P().dequantize_row_symbol(f"dequantize_row_{t}", data, n)
         except NotImplementedError:
-            raise Unsupported(f"upstream type_traits[{t}].to_float is NULL and no dequantize_row_{t} is exported")\
-                from None
+            raise Unsupported(f"{P().name}: type_traits[{t}].to_float is NULL and no dequantize_row_{t} is "
+                              "exported") from None
     return _out_f32(spec), _out_f32(lib)
 
 
@@ -172,7 +174,7 @@ def op_vec_dot(p, inp):
     if f"{xt}.{yt}" not in supported_pairs():
         raise Unsupported(f"the spec has no vec_dot order for {xt}.{yt}")
     spec = vec_dot(x, xt, y, yt, n, p.get("plan") or _peer_plan())
-    lib = np.array([[ggml_peer.vec_dot(xt, x[i], y[j], n) for j in range(y.shape[0])] for i in range(x.shape[0])],
+    lib = np.array([[P().vec_dot(xt, x[i], y[j], n) for j in range(y.shape[0])] for i in range(x.shape[0])],
                    np.float32)
     return _out_f32(spec), _out_f32(lib)
 
@@ -185,40 +187,22 @@ def op_cpy(p, inp):
     """ggml_cpy(src, new contiguous tensor of dst_type and src's shape) (= ggml_cast)."""
     src = _maybe_transposed(inp["src"], p)
     spec = _spec_call(cast, src, p["dst_type"])
-    return _out_tensor(spec), _out_tensor(ggml_ops.cast(src, p["dst_type"], n_threads=p.get("n_threads", 1)))
+    return _out_tensor(spec), _out_tensor(P().cast(src, p["dst_type"], n_threads=p.get("n_threads", 1)))
 
 
 def op_concat(p, inp):
     spec = _spec_call(concat, inp["a"], inp["b"], p["dim"])
-    return _out_tensor(spec), _out_tensor(ggml_ops.concat(inp["a"], inp["b"], p["dim"],
-                                                          n_threads=p.get("n_threads", 1)))
+    return _out_tensor(spec), _out_tensor(P().concat(inp["a"], inp["b"], p["dim"], n_threads=p.get("n_threads", 1)))
 
 
 def op_repeat(p, inp):
     spec = _spec_call(repeat, inp["a"], tuple(p["ne"]))
-    return _out_tensor(spec), _out_tensor(ggml_ops.repeat(inp["a"], tuple(p["ne"])))
+    return _out_tensor(spec), _out_tensor(P().repeat(inp["a"], tuple(p["ne"])))
 
 
 def op_get_rows(p, inp):
     spec = _spec_call(get_rows, inp["a"], inp["rows"])
-    return _out_tensor(spec), _out_tensor(ggml_ops.get_rows(inp["a"], inp["rows"]))
-
-
-def _mul_mat_supported(a, b) -> bool:
-    """Ask the library: its CPU back-end's ``supports_op`` for this MUL_MAT node (shapes only, no data)."""
-    g = ggml_peer.lib()
-    ctx = g.ggml_init(g.ggml_init_params(mem_size=1 << 20, mem_buffer=None, no_alloc=True))
-    try:
-        ta = g.ggml_new_tensor_4d(ctx, ggml_ops.type_id(a.type), *a.ne)
-        tb = g.ggml_new_tensor_4d(ctx, ggml_ops.type_id(b.type), *b.ne)
-        node = g.ggml_mul_mat(ctx, ta, tb)
-        backend = g.ggml_backend_cpu_init()
-        try:
-            return bool(g.ggml_backend_supports_op(backend, node))
-        finally:
-            g.ggml_backend_free(backend)
-    finally:
-        g.ggml_free(ctx)
+    return _out_tensor(spec), _out_tensor(P().get_rows(inp["a"], inp["rows"]))
 
 
 def op_mul_mat(p, inp):
@@ -228,16 +212,16 @@ def op_mul_mat(p, inp):
     if _peer_build().mul_mat_modelled:
         raise Unsupported(_peer_build().mul_mat_modelled)
     spec = _out_tensor(_spec_call(mul_mat, a, b, plan=p.get("plan") or _peer_plan(), variant=_src1_variant(a.type)))
-    if _mul_mat_supported(a, b):
-        return spec, _out_tensor(ggml_ops.mul_mat(a, b, n_threads=p.get("n_threads", 1)))
-    vdt = ggml_ops.type_name(int(_traits_fn(a.type, "vec_dot_type", cpu=True)))
+    if P().mul_mat_supported(a, b):
+        return spec, _out_tensor(P().mul_mat(a, b, n_threads=p.get("n_threads", 1)))
+    vdt = P().vec_dot_type(a.type)
     why = (f"upstream's CPU back-end refuses an {b.type} src1 (supports_op: f32 or the vec_dot type {vdt}); "
            "ik_llama.cpp@676f0e71b converts any src1 row with to_float + from_float (PR #253, iqk_quantize_any)")
     if b.type not in ("f16", "bf16"):
         raise Unsupported(why)
     # to_float of f16/bf16 is exact, so #253's result must equal upstream's on src1 widened to f32
     # (upstream facts §0.10).
-    lib = ggml_ops.mul_mat(a, cast(b, "f32"), n_threads=p.get("n_threads", 1))
+    lib = P().mul_mat(a, cast(b, "f32"), n_threads=p.get("n_threads", 1))
     return spec, _out_tensor(lib), f"{why}; compared with upstream on src1 widened to f32 (exact), upstream facts §0.10"
 
 
@@ -245,7 +229,7 @@ def op_soft_max(p, inp):
     mask = inp.get("mask")
     spec = _spec_call(soft_max, inp["a"], mask, p["scale"], p.get("max_bias", 0.0),
                       simd=p.get("simd") or _peer_simd())
-    lib = ggml_ops.soft_max_ext(inp["a"], mask, p["scale"], p.get("max_bias", 0.0), n_threads=p.get("n_threads", 1))
+    lib = P().soft_max_ext(inp["a"], mask, p["scale"], p.get("max_bias", 0.0), n_threads=p.get("n_threads", 1))
     return _out_tensor(spec), _out_tensor(lib)
 
 
@@ -256,8 +240,8 @@ _ROPE_ARGS = ("n_dims", "mode", "n_ctx_orig", "freq_base", "freq_scale", "ext_fa
 def op_rope(p, inp):
     args = [p[k] for k in _ROPE_ARGS]
     spec = _spec_call(rope, inp["a"], inp["pos"], *args, fma=_peer_build().fma)
-    return _out_tensor(spec), _out_tensor(ggml_ops.rope_ext(inp["a"], inp["pos"], *args,
-                                                            n_threads=p.get("n_threads", 1)))
+    return _out_tensor(spec), _out_tensor(P().rope_ext(inp["a"], inp["pos"], *args,
+                                                        n_threads=p.get("n_threads", 1)))
 
 
 def _upstream_fa_algorithm(q, k, v, plan) -> str:
@@ -279,7 +263,7 @@ def op_flash_attn_ext(p, inp):
     kv_split = p.get("n_threads", 1) if upstream_splits_kv(q, k, v) and algorithm == "generic" else None
     spec = _spec_call(flash_attn_ext, q, k, v, mask, p["scale"], algorithm=algorithm, plan=plan,
                       variant=_src1_variant(k.type), kv_split=kv_split)
-    lib = ggml_ops.flash_attn_ext(q, k, v, mask, p["scale"], n_threads=p.get("n_threads", 1))
+    lib = P().flash_attn_ext(q, k, v, mask, p["scale"], n_threads=p.get("n_threads", 1))
     return _out_tensor(spec), _out_tensor(lib)
 
 

@@ -9,7 +9,9 @@ ggml-python@LEVEL`` is the build of that level from ggml-python's own sdist (``m
 :mod:`mlaref.codegen.peers.build`), built on first use; ``--lib PATH`` is any other build, which must have the C
 API and struct layouts of ggml-python's header version: the run prints ``ggml_version()`` / ``ggml_commit()`` of
 the library loaded and warns when the version differs. ``--all-levels`` runs the installed library and every level
-this CPU runs.
+this CPU runs. ``--peer llama-cpp-python[@LEVEL]`` and ``--peer ik-llama-cpp-python[@LEVEL]`` (level ``native``
+by default) run through mlaref's C harness compiled against that peer's headers
+(:mod:`mlaref.codegen.peers.harness`); ``--harness`` runs ggml-python's level build through it too.
 
 ``mlaref conform`` exits 1 when any verdict is unexplained (a mismatch or abort no ``known`` entry covers), 2 on a
 usage error or a library that cannot be loaded, 0 otherwise.
@@ -29,12 +31,16 @@ from mlaref.codegen.conform.ops import OPS, TEST_ONLY_OPS
 from mlaref.codegen.conform.verdict import STATUSES
 from mlaref.codegen.conform.worker import DEFAULT_TIMEOUT, run_cases
 from mlaref.codegen.peers import build as peer_build
+from mlaref.codegen.peers import harness
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peer", metavar="NAME[@LEVEL]", help="the peer to check: ggml-python (the installed "
-                        "package's library, the default) or ggml-python@LEVEL (native, generic, avx, avx2, avx512, "
-                        "avx512vnni, avx512bf16: built from its sdist on first use, see mlaref peer)")
+                        "package's library, the default), ggml-python@LEVEL (native, generic, avx, avx2, avx512, "
+                        "avx512vnni, avx512bf16), llama-cpp-python[@LEVEL] or ik-llama-cpp-python[@LEVEL] (level "
+                        "native by default); builds come from the sdists on first use, see mlaref peer")
+    parser.add_argument("--harness", action="store_true", help="reach ggml-python@LEVEL through mlaref's C harness "
+                        "instead of ggml-python's bindings (the other peers always use the harness)")
     parser.add_argument("--lib", metavar="PATH", help="a libggml.so (or its directory) of another build with "
                                                       "ggml-python's header version (default: ggml-python's own)")
     ops = ", ".join(o for o in OPS if o not in TEST_ONLY_OPS)
@@ -98,7 +104,8 @@ def run(args) -> int:
         try:
             if callable(lib_path):
                 lib_path = lib_path()
-            result = run_cases(cases, lib_path=lib_path, timeout=args.timeout, progress=progress)
+            where = lib_path if isinstance(lib_path, dict) else {"lib_path": lib_path}
+            result = run_cases(cases, timeout=args.timeout, progress=progress, **where)
         except (RuntimeError, FileNotFoundError, ImportError, ValueError) as exc:
             print(f"mlaref conform: {label}: {exc}", file=sys.stderr)
             return 2
@@ -114,9 +121,13 @@ def run(args) -> int:
 
 
 def snapshot_name(result: dict) -> str:
-    """The file stem of a run's snapshot: its build's name (``avx2``, ``native-znver3``)."""
-    b = result.get("ggml", {}).get("build") or {}
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", b.get("name") or "unknown")
+    """The file stem of a run's snapshot: its build's name (``avx2``, ``native-znver3``), after the peer's name for
+    a peer other than ggml-python (``ik-llama-cpp-python-native-znver3``)."""
+    g = result.get("ggml", {})
+    b = g.get("build") or {}
+    peer = g.get("peer", "ggml-python")
+    name = b.get("name") or "unknown"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name if peer == "ggml-python" else f"{peer}-{name}")
 
 
 def _targets(args) -> list:
@@ -128,7 +139,15 @@ def _targets(args) -> list:
             (f"ggml-python@{lv}", lambda lv=lv: str(peer_build.ensure(lv, progress=True) / "lib"))
             for lv in peer_build.runnable_levels()]
     if args.peer:
-        _, level = peer_build.parse_peer(args.peer)
+        name, level = peer_build.parse_peer(args.peer)
+        if name != peer_build.PEER or args.harness:
+            if args.lib:
+                raise ValueError(f"--lib is for ggml-python's bindings; {name} runs through the harness")
+            level = level or "native"
+            miss = peer_build.missing_for(level)
+            if miss:
+                raise ValueError(f"level {level} needs CPU features this machine lacks: {', '.join(miss)}")
+            return [(f"{name}@{level}", lambda: {"harness": str(harness.ensure(name, level, progress=True))})]
         if level is not None:
             if args.lib:
                 raise ValueError("give --peer NAME@LEVEL or --lib, not both")
@@ -144,13 +163,17 @@ def _summarise(result: dict) -> int:
     g = result["ggml"]
     counts = {s: sum(v["status"] == s for v in result["verdicts"]) for s in STATUSES}
     unexplained = sum(not v["explained"] for v in result["verdicts"])
-    print(f"\nlibggml {g.get('version', '?')} ({g.get('commit', '?')}) from {g.get('file', '?')}")
+    if "harness" in g:
+        print(f"\n{g['peer']} {g.get('version', '?')} ({g.get('vendors')}) from {g.get('file', '?')}, through "
+              f"mlaref's harness")
+    else:
+        print(f"\nlibggml {g.get('version', '?')} ({g.get('commit', '?')}) from {g.get('file', '?')}")
     b = g.get("build") or {}
     if b:
         print(f"build {b['name']} (compiled with {' '.join(b['features']) or 'the x86-64 baseline'}): vec_dot plan "
               f"{b['vec_dot_plan']}, v_expf {b['simd']}; " + (f"verified on {b['verified']}" if b["verified"]
                                                                 else "this plan is inferred, not yet run bit for bit"))
-    if g.get("version") != g.get("header_version"):
+    if "harness" not in g and g.get("version") != g.get("header_version"):
         print(f"warning: the library is version {g.get('version')}, ggml-python's header is "
               f"{g.get('header_version')}: struct layouts may differ", file=sys.stderr)
     print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; {unexplained} unexplained")

@@ -10,6 +10,8 @@ Which library the workers load: ggml-python loads ``lib/libggml.so`` (with ``lib
 package in a temporary directory whose ``lib`` entries link to the given build's libraries
 (:func:`mlaref.codegen.peers.build.make_shim`), and the workers import ``ggml`` from there. The worker reports
 ``ggml_version()`` / ``ggml_commit()`` of the library loaded and its :class:`~mlaref.reference.builds.GgmlBuild`.
+With ``harness`` (any peer, :mod:`mlaref.codegen.peers.harness`) the workers load that harness library instead
+(``MLAREF_CONFORM_HARNESS``) and reach the peer through it (:mod:`.peer`).
 """
 
 from __future__ import annotations
@@ -26,12 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from mlaref.codegen.conform import peer as _peer
 from mlaref.codegen.conform.case import Case
 from mlaref.codegen.conform.inputs import make_input
 from mlaref.codegen.conform.ops import OPS, Unsupported
 from mlaref.codegen.conform.verdict import compare, verdict_for
 from mlaref.codegen.peers import build as peer_build
-from mlaref.codegen.peers import ggml as ggml_peer
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -71,20 +73,11 @@ def worker_main(argv=None) -> int:
     if shim:
         sys.path.insert(0, shim)
     info = {"ready": True}
-    if ggml_peer.available():
-        g = ggml_peer.lib()
-        g.ggml_cpu_init()  # fills the f16 table the CPU kernels read
-        info["ggml"] = {"file": str(Path(g.__file__).parent / "lib"), "header_version": g.GGML_VERSION,
-                        "version": g.ggml_version().decode(), "commit": g.ggml_commit().decode()}
-        b = ggml_peer.build()
-        try:
-            plan = b.vec_dot_plan
-        except LookupError:
-            plan = None
-        info["ggml"]["build"] = {"name": b.name, "level": b.level, "tune": b.tune, "features": sorted(b.features),
-                                 "vec_dot_plan": plan, "simd": b.simd, "verified": b.verified}
+    ok, why = _peer.available()
+    if ok:
+        info["ggml"] = _peer.info()
     else:
-        info["error"] = ggml_peer.unavailable_reason()
+        info["error"] = why
     proto.write(json.dumps(info) + "\n")
     for line in sys.stdin:
         if not line.strip():
@@ -98,11 +91,14 @@ def worker_main(argv=None) -> int:
 class Worker:
     """A worker process (``python -m mlaref.codegen.conform --worker``) and its protocol pipe."""
 
-    def __init__(self, shim: str | None = None):
+    def __init__(self, shim: str | None = None, harness: str | None = None):
         env = dict(os.environ, GGML_NO_BACKTRACE="1", PYTHONUNBUFFERED="1")  # no gdb attach on GGML_ABORT
         env.pop("MLAREF_CONFORM_SHIM", None)
+        env.pop(_peer.ENV, None)
         if shim:
             env["MLAREF_CONFORM_SHIM"] = shim
+        if harness:
+            env[_peer.ENV] = harness
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([sys.executable, "-m", "mlaref.codegen.conform", "--worker"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
@@ -171,8 +167,12 @@ class Worker:
         self.stderr.close()
 
 
-def run_cases(cases, *, lib_path: str | None = None, timeout: float = DEFAULT_TIMEOUT, progress=None) -> dict:
-    """Run ``cases`` in workers; returns ``{"ggml": library info, "verdicts": [...]}`` in case order."""
+def run_cases(cases, *, lib_path: str | None = None, harness: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+              progress=None) -> dict:
+    """Run ``cases`` in workers; returns ``{"ggml": library info, "verdicts": [...]}`` in case order. ``lib_path``:
+    another build for ggml-python's bindings; ``harness``: a peer's harness library (any peer) instead."""
+    if lib_path and harness:
+        raise ValueError("run_cases: give lib_path (ggml-python's bindings) or harness, not both")
     verdicts = []
     worker = None
     info = {}
@@ -180,7 +180,7 @@ def run_cases(cases, *, lib_path: str | None = None, timeout: float = DEFAULT_TI
     try:
         for case in cases:
             if worker is None:
-                worker = Worker(shim)
+                worker = Worker(shim, harness)
                 info = worker.info.get("ggml", info)
                 if "error" in worker.info:
                     raise RuntimeError(f"mlaref conform: the library cannot be loaded: {worker.info['error']}")

@@ -1,11 +1,29 @@
-"""Build upstream ggml at each CPU level from ggml-python's source distribution, and run code against one build.
+"""Build the peers' ggml at each CPU level from their source distributions, and run code against one build.
 
-``mlaref peer build ggml-python --level LEVEL`` fetches the sdist (``pip download --no-binary :all: --no-deps
-ggml-python==VERSION``), configures its vendored ggml with CMake at the level's switches (``GGML_NATIVE=OFF``,
-``mlaref.reference.builds.LEVELS``), builds only the ``ggml``, ``ggml-base`` and ``ggml-cpu`` targets, and
-installs the libraries into the user cache (``<cache>/peers/ggml-python-VERSION/LEVEL/``) under a file lock, with
+Three peers (:data:`PEERS`), each a package on the index that vendors a ggml:
+
+=======================  =========  ==========================================  ==================================
+peer                     version    vendors                                     CMake source, targets
+=======================  =========  ==========================================  ==================================
+``ggml-python``          0.0.45     upstream ggml 0.15.3                        ``vendor/ggml``; ggml, ggml-base,
+                                                                                ggml-cpu
+``llama-cpp-python``     0.3.36     llama.cpp with upstream ggml 0.25.3         ``vendor/llama.cpp``; ggml,
+                                                                                ggml-base, ggml-cpu
+``ik-llama-cpp-python``  0.1.5      ik_llama.cpp (a snapshot of April 2026)     ``vendor/ik_llama.cpp``; ggml
+=======================  =========  ==========================================  ==================================
+
+``mlaref peer build NAME --level LEVEL`` fetches the sdist (``pip download --no-binary :all: --no-deps
+NAME==VERSION``), configures its vendored ggml with CMake at the level's switches (``GGML_NATIVE=OFF``,
+``mlaref.reference.builds.LEVELS``; the llama.cpp trees are configured from their root with every ``LLAMA_BUILD_*``
+off, because their ggml directory alone lacks ``ggml.pc.in``), builds only the ggml library targets, and
+installs the libraries into the user cache (``<cache>/peers/NAME-VERSION/LEVEL/``) under a file lock, with
 a record of what was built (``lib/mlaref-build.json``: version, level, features, tuning, compiler, flags). A level that
 this CPU cannot run is refused before anything is built. ``level="native"`` builds with ``GGML_NATIVE=ON``.
+On 2 cores a level takes about a minute (ggml-python), 4 minutes (llama-cpp-python) and 9 minutes
+(ik-llama-cpp-python: its iqk sources are heavy).
+
+Only ggml-python has Python bindings that fit its ``ggml.h``; the other two are run through mlaref's C harness
+(:mod:`mlaref.codegen.peers.harness`), which works for all three.
 
 ggml-python loads ``lib/libggml.so`` from its own package directory, so a build is used through a *shim*: a copy
 of the installed package's Python files beside a ``lib/`` of links to the build (:func:`shim`). Code runs against
@@ -15,6 +33,7 @@ that build. On a cold cache a level takes about a minute on 2 cores (ggml 0.15.3
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -30,11 +49,52 @@ from mlaref.codegen import build as _build
 from mlaref.codegen import cpu
 from mlaref.reference import builds
 
-__all__ = ["PEER", "VERSION", "LEVEL_CMAKE", "RECORD", "missing_for", "runnable_levels", "build_dir", "built", "record",
+__all__ = ["PEER", "VERSION", "PeerSpec", "PEERS", "peer_spec", "LEVEL_CMAKE", "RECORD", "missing_for", "runnable_levels", "build_dir", "built", "record",
            "ensure", "make_shim", "shim", "call", "call_many", "native_tune", "PeerBuildError"]
 
 PEER = "ggml-python"
 VERSION = "0.0.45"  # vendors upstream ggml 0.15.3
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerSpec:
+    """One peer: the package on the index and how its vendored ggml is built."""
+
+    name: str
+    version: str
+    vendors: str  # what the sdist vendors, in words
+    source: str  # the CMake source directory inside the unpacked sdist
+    targets: tuple[str, ...]  # the CMake targets built (the ggml libraries only)
+    lib_dirs: tuple[str, ...]  # where the build tree puts the libraries, relative to it
+    cmake: tuple[str, ...] = ()  # further CMake switches
+    minutes: int = 1  # a cold build of one level on 2 cores, roughly
+
+    @property
+    def unpacked(self) -> str:
+        return f"{self.name.replace('-', '_')}-{self.version}"
+
+
+_NO_LLAMA = ("-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF",
+             "-DLLAMA_BUILD_TOOLS=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_COMMON=OFF")
+PEERS = {
+    "ggml-python": PeerSpec("ggml-python", "0.0.45", "upstream ggml 0.15.3", "vendor/ggml",
+                            ("ggml", "ggml-base", "ggml-cpu"), ("src",), (), 1),
+    "llama-cpp-python": PeerSpec("llama-cpp-python", "0.3.36", "llama.cpp with upstream ggml 0.25.3",
+                                 "vendor/llama.cpp", ("ggml", "ggml-base", "ggml-cpu"), ("bin", "ggml/src"),
+                                 _NO_LLAMA, 4),
+    "ik-llama-cpp-python": PeerSpec("ik-llama-cpp-python", "0.1.5", "ik_llama.cpp (a snapshot of April 2026)",
+                                    "vendor/ik_llama.cpp", ("ggml",), ("bin", "ggml/src"),
+                                    (*_NO_LLAMA, "-DGGML_CUDA=OFF", "-DGGML_NCCL=OFF"), 9),
+}
+
+
+def peer_spec(name: str) -> PeerSpec:
+    """The :class:`PeerSpec` of ``name``; a ValueError lists the known peers."""
+    try:
+        return PEERS[name]
+    except KeyError:
+        raise ValueError(f"unknown peer {name!r}; known: "
+                         + ", ".join(f"{p.name} ({p.version}, {p.vendors})" for p in PEERS.values())) from None
 
 _OFF = ("GGML_SSE42", "GGML_AVX", "GGML_AVX2", "GGML_BMI2", "GGML_FMA", "GGML_F16C", "GGML_AVX512",
         "GGML_AVX512_VBMI", "GGML_AVX512_VNNI", "GGML_AVX512_BF16", "GGML_AVX_VNNI")
@@ -60,7 +120,6 @@ _CPU_NEEDS = {
     "avx512bf16": ("avx2", "fma", "f16c", "bmi2", "avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw",
                    "avx512_vnni", "avx512_bf16"),
 }
-_TARGETS = ("ggml", "ggml-base", "ggml-cpu")
 RECORD = "mlaref-build.json"  # beside the libraries: what was built, read back by ggml_peer.build()
 
 
@@ -84,17 +143,18 @@ def runnable_levels() -> list[str]:
     return [lv for lv in builds.LEVEL_ORDER if not missing_for(lv)]
 
 
-def build_dir(level: str) -> Path:
-    return _build.cache_dir() / "peers" / f"{PEER}-{VERSION}" / level
+def build_dir(level: str, peer: str = PEER) -> Path:
+    spec = peer_spec(peer)
+    return _build.cache_dir() / "peers" / f"{spec.name}-{spec.version}" / level
 
 
-def built(level: str) -> bool:
-    return (build_dir(level) / "lib" / RECORD).exists()
+def built(level: str, peer: str = PEER) -> bool:
+    return (build_dir(level, peer) / "lib" / RECORD).exists()
 
 
-def record(level: str) -> dict:
-    """What was built for ``level`` (``lib/mlaref-build.json``), or {} if it is not built."""
-    path = build_dir(level) / "lib" / RECORD
+def record(level: str, peer: str = PEER) -> dict:
+    """What was built for ``level`` of ``peer`` (``lib/mlaref-build.json``), or {} if it is not built."""
+    path = build_dir(level, peer) / "lib" / RECORD
     return json.loads(path.read_text()) if path.exists() else {}
 
 
@@ -119,94 +179,118 @@ def say(progress, text):
         print(f"mlaref peer: {text}", file=sys.stderr, flush=True)
 
 
-def fetch_sdist(work: Path, progress: bool) -> Path:
-    """The unpacked ggml-python sdist (cached beside the builds)."""
-    root = build_dir("_src").parent
-    src = root / "_src" / f"ggml_python-{VERSION}"
-    if (src / "vendor" / "ggml" / "CMakeLists.txt").exists():
+def source_dir(peer: str = PEER) -> Path:
+    """Where the unpacked sdist of ``peer`` lives (it may not be there yet: :func:`fetch_sdist`)."""
+    spec = peer_spec(peer)
+    return build_dir("_src", peer) / spec.unpacked
+
+
+def fetch_sdist(work: Path, progress: bool, peer: str = PEER) -> Path:
+    """The unpacked sdist of ``peer`` (cached beside its builds)."""
+    spec = peer_spec(peer)
+    src = source_dir(peer)
+    if (src / spec.source / "CMakeLists.txt").exists():
         return src
-    say(progress, f"fetching {PEER}=={VERSION} (source distribution) with pip")
+    say(progress, f"fetching {spec.name}=={spec.version} (source distribution) with pip")
     dl = work / "dl"
     cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "--quiet",
-           "-d", str(dl), f"{PEER}=={VERSION}"]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+           "-d", str(dl), f"{spec.name}=={spec.version}"]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    except subprocess.TimeoutExpired:
+        raise PeerBuildError(f"pip download of {spec.name} {spec.version} took more than 30 minutes") from None
     tars = sorted(dl.glob("*.tar.gz")) if dl.exists() else []
     if res.returncode != 0 or not tars:
         tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
-        raise PeerBuildError(f"could not download the {PEER} {VERSION} sdist with pip (network or index?): "
-                             + " | ".join(tail))
-    unpack = root / "_src"
+        raise PeerBuildError(f"could not download the {spec.name} {spec.version} sdist with pip (network or "
+                             "index?): " + " | ".join(tail))
+    unpack = src.parent
     unpack.mkdir(parents=True, exist_ok=True)
     with tarfile.open(tars[0]) as tf:
         tf.extractall(unpack, filter="data")
-    if not (src / "vendor" / "ggml" / "CMakeLists.txt").exists():
-        raise PeerBuildError(f"the {PEER} {VERSION} sdist has no vendor/ggml/CMakeLists.txt")
+    if not (src / spec.source / "CMakeLists.txt").exists():
+        raise PeerBuildError(f"the {spec.name} {spec.version} sdist has no {spec.source}/CMakeLists.txt")
     return src
 
 
-def _cmake_args(level: str) -> list[str]:
+def include_dir(peer: str = PEER) -> Path:
+    """The directory of ``peer``'s public ggml headers (``ggml.h``, ...) in its unpacked sdist."""
+    spec = peer_spec(peer)
+    base = source_dir(peer) / spec.source
+    return base / "include" if (base / "include" / "ggml.h").exists() else base / "ggml" / "include"
+
+
+def _cmake_args(level: str, peer: str = PEER) -> list[str]:
     args = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON", "-DGGML_BUILD_TESTS=OFF",
-            "-DGGML_BUILD_EXAMPLES=OFF", "-DGGML_OPENMP=OFF", "-DGGML_CCACHE=OFF", "-DGGML_LLAMAFILE=OFF"]
+            "-DGGML_BUILD_EXAMPLES=OFF", "-DGGML_OPENMP=OFF", "-DGGML_CCACHE=OFF", "-DGGML_LLAMAFILE=OFF",
+            *peer_spec(peer).cmake]
     if level == "native":
         return args + ["-DGGML_NATIVE=ON"]
     on = set(LEVEL_CMAKE[level])
     return args + ["-DGGML_NATIVE=OFF"] + [f"-D{opt}={'ON' if opt in on else 'OFF'}" for opt in _OFF]
 
 
-def ensure(level: str, progress: bool | None = None) -> Path:
-    """The directory of ``level``'s build (its ``lib/``), built first if the cache lacks it."""
+def ensure(level: str, progress: bool | None = None, peer: str = PEER) -> Path:
+    """The directory of ``peer``'s build at ``level`` (its ``lib/``), built first if the cache lacks it."""
+    spec = peer_spec(peer)
     missing = missing_for(level)
     if missing:
         raise PeerBuildError(f"level {level} needs CPU features this machine lacks: {', '.join(missing)}")
     progress = sys.stderr.isatty() if progress is None else progress
-    out = build_dir(level)
-    if built(level):
+    out = build_dir(level, peer)
+    if built(level, peer):
         return out
     for tool in ("cmake",):
         if shutil.which(tool) is None:
-            raise PeerBuildError(f"building {PEER} needs {tool} on PATH (apt-get install {tool})")
+            raise PeerBuildError(f"building {spec.name} needs {tool} on PATH (apt-get install {tool})")
     if not _build.compiler() or shutil.which(_build.compiler()[0]) is None:
         raise PeerBuildError("building a peer needs a C compiler (CC or cc on PATH)")
     from filelock import FileLock  # noqa: PLC0415
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out.parent / f"{level}.lock")):
-        if built(level):
+        if built(level, peer):
             return out
         with tempfile.TemporaryDirectory(prefix="mlaref-peer-") as tmp:
             work = Path(tmp)
-            src = fetch_sdist(work, progress)
+            src = fetch_sdist(work, progress, peer)
             bdir = work / "build"
             t0 = time.perf_counter()
-            say(progress, f"configuring {PEER} {VERSION} at level {level}")
-            _run(["cmake", "-S", str(src / "vendor" / "ggml"), "-B", str(bdir), *_cmake_args(level)], "configure")
-            say(progress, f"building ggml, ggml-base and ggml-cpu (level {level}; about a minute on 2 cores)")
-            _run(["cmake", "--build", str(bdir), "-j", str(max(1, os.cpu_count() or 1)), "--target", *_TARGETS],
-                 "build")
+            say(progress, f"configuring {spec.name} {spec.version} at level {level}")
+            _run(["cmake", "-S", str(src / spec.source), "-B", str(bdir), *_cmake_args(level, peer)], "configure",
+                 spec.name)
+            say(progress, f"building {', '.join(spec.targets)} (level {level}; about {spec.minutes} minute"
+                          f"{'s' if spec.minutes > 1 else ''} on 2 cores)")
+            _run(["cmake", "--build", str(bdir), "-j", str(max(1, os.cpu_count() or 1)), "--target", *spec.targets],
+                 "build", spec.name)
             if out.exists():
                 shutil.rmtree(out)
             (out / "lib").mkdir(parents=True)
-            for so in (bdir / "src").glob("libggml*.so*"):
-                if so.is_file() and not so.is_symlink():
+            found = [so for d in spec.lib_dirs for so in sorted((bdir / d).glob("libggml*.so*"))]
+            for so in found:
+                if so.is_file() and not so.is_symlink() and not (out / "lib" / so.name).exists():
                     shutil.copy2(so, out / "lib" / so.name)
-            for so in (bdir / "src").glob("libggml*.so*"):
-                if so.is_symlink():
+            for so in found:
+                if so.is_symlink() and not (out / "lib" / so.name).exists():
                     (out / "lib" / so.name).symlink_to(os.readlink(so))
-            record = {"peer": PEER, "version": VERSION, "ggml": "0.15.3", "level": level,
+            if not (out / "lib" / "libggml.so").exists():
+                raise PeerBuildError(f"the {spec.name} build made no libggml.so in {', '.join(spec.lib_dirs)}")
+            record = {"peer": spec.name, "version": spec.version, "ggml": spec.vendors, "level": level,
+                      "commit": None,  # an sdist carries no git metadata: the vendored commit is not known
                       "features": sorted(builds.LEVELS.get(level, ())) if level != "native" else None,
                       "tune": native_tune() if level == "native" else "generic",
-                      "compiler": _build.compiler_version(), "cmake_args": _cmake_args(level),
+                      "compiler": _build.compiler_version(), "cmake_args": _cmake_args(level, peer),
                       "seconds": round(time.perf_counter() - t0, 1)}
             (out / "lib" / RECORD).write_text(json.dumps(record, indent=1) + "\n")
             say(progress, f"level {level} built in {record['seconds']} s -> {out}")
     return out
 
 
-def _run(cmd, what):
+def _run(cmd, what, name=PEER):
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         tail = "\n".join((res.stdout + res.stderr).strip().splitlines()[-15:])
-        raise PeerBuildError(f"cmake {what} of {PEER} failed ({' '.join(cmd[:3])} ...):\n{tail}")
+        raise PeerBuildError(f"cmake {what} of {name} failed ({' '.join(cmd[:3])} ...):\n{tail}")
 
 
 def make_shim(lib_dir, root=None) -> Path:
@@ -293,10 +377,9 @@ def call(level: str, target: str, *args, timeout: float = 600, **kwargs):
 def parse_peer(spec: str) -> tuple[str, str | None]:
     """``NAME[@LEVEL]`` -> (name, level or None); raises ValueError naming what is wrong."""
     name, _, lvl = spec.partition("@")
-    if name != PEER:
-        raise ValueError(f"unknown peer {name!r}; known: {PEER} ({PEER} {VERSION}, upstream ggml 0.15.3)")
+    peer_spec(name)
     if lvl and lvl != "native" and lvl not in LEVEL_CMAKE:
-        raise ValueError(f"unknown level {lvl!r} of {PEER}; known: native, {', '.join(LEVEL_CMAKE)}")
+        raise ValueError(f"unknown level {lvl!r} of {name}; known: native, {', '.join(LEVEL_CMAKE)}")
     return name, (lvl or None)
 
 
@@ -304,36 +387,45 @@ def configure(parser) -> None:
     sub = parser.add_subparsers(dest="peer_command", metavar="ACTION")
     sub.add_parser("list", help="the peers and levels, which run on this CPU, and which are built")
     b = sub.add_parser("build", help="build a peer's ggml CPU library at some levels into the user cache")
-    b.add_argument("name", help=PEER)
+    b.add_argument("name", help=", ".join(PEERS))
     b.add_argument("--level", action="append", metavar="LEVEL",
                    help="native or one of " + ", ".join(LEVEL_CMAKE) + " (repeatable; default: every level this "
-                        "CPU runs)")
+                        f"CPU runs for {PEER}, native for the others)")
 
 
-def run(args) -> int:
-    if args.peer_command in (None, "list"):
-        print(f"{PEER} {VERSION} (upstream ggml 0.15.3); builds in {build_dir('x').parent}")
+def _list() -> None:
+    for spec in PEERS.values():
+        print(f"{spec.name} {spec.version} ({spec.vendors}); builds in {build_dir('x', spec.name).parent}; "
+              f"about {spec.minutes} min a level on 2 cores")
         for lv in ("native", *LEVEL_CMAKE):
             miss = missing_for(lv)
-            rec = record(lv)
+            rec = record(lv, spec.name)
             state = (f"built ({rec.get('seconds', '?')} s, {rec.get('compiler', '?')}, tune {rec.get('tune')})"
                      if rec else "not built")
             runs = "runs here" if not miss else f"cannot run here (missing {', '.join(miss)})"
+            if spec.name != PEER:
+                print(f"  {spec.name}@{lv:<11} {runs}; {state}")
+                continue
             if lv == "native":
                 plan = "that of the CPU it is built on"
             else:
                 b = builds.level(lv)
                 plan = f"{b.vec_dot_plan} ({'verified on ' + b.verified if b.verified else 'inferred, not yet run'})"
-            print(f"  {PEER}@{lv:<11} {runs}; {state}; vec_dot plan {plan}")
+            print(f"  {spec.name}@{lv:<11} {runs}; {state}; vec_dot plan {plan}")
+
+
+def run(args) -> int:
+    if args.peer_command in (None, "list"):
+        _list()
         return 0
     try:
         parse_peer(args.name)
-        levels = args.level or runnable_levels()
+        levels = args.level or (runnable_levels() if args.name == PEER else ["native"])
         for lv in levels:
             parse_peer(f"{args.name}@{lv}")
         for lv in levels:
-            out = ensure(lv, progress=True)
-            print(f"{PEER}@{lv}: {out / 'lib'}", flush=True)
+            out = ensure(lv, progress=True, peer=args.name)
+            print(f"{args.name}@{lv}: {out / 'lib'}", flush=True)
     except (ValueError, PeerBuildError) as exc:
         print(f"mlaref peer: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,367 @@
+"""mlaref's C harness: one stable ABI over every peer's ggml, compiled against that peer's own headers.
+
+The three peers' ``ggml.h`` differ (type and op enums, struct layouts, where the CPU API lives), so no one set of
+Python bindings fits them all. Instead ``codegen/peers/harness.c.j2`` is rendered per peer and compiled against the
+peer's headers and libraries into ``libmlaref_harness.so`` (beside the build, keyed by the hash of its source and
+the compiler). The template's parameters are read from the headers themselves (:func:`dialect`): whether the CPU
+API is in ``ggml-cpu.h``, how the type traits are reached, whether ``ggml_cpu_init`` exists, which
+``ggml_cpu_has_*`` are declared. The library's ABI is the same for every peer:
+
+* ``mh_info()``: JSON of the build's ``ggml_cpu_has_*`` and its type table (``ggml_type_name``, block and type
+  sizes, CPU ``vec_dot_type``, which converters exist), so types are matched by *name*, never by enum value;
+* ``mh_from_float`` / ``mh_to_float`` / ``mh_vec_dot`` / ``mh_quantize_chunk``: the type traits (``mh_row_symbol``: an exported
+  row routine by name, where the traits do not reach it);
+* ``mh_graph_*``: nodes (:class:`Graph`) built with the peer's own API calls into one context, inputs as views
+  of one base tensor per (buffer, type) with the given ``ne`` / ``nb`` / offset, computed by
+  ``ggml_graph_compute_with_ctx``.
+
+Loading two peers' ``libggml.so`` into one process would mix them: :func:`load` takes one harness per process,
+and the conformance runner calls it from worker processes (a ggml assert aborts the worker, not the run).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jinja2
+import numpy as np
+
+from mlaref.codegen import build as _build
+from mlaref.codegen.peers import build as peer_build
+from mlaref.reference.tensor import Tensor, row_size, type_geometry
+
+__all__ = ["TEMPLATE", "ABI", "OPS", "HarnessError", "dialect", "render", "ensure", "load", "loaded", "Harness",
+           "Graph"]
+
+TEMPLATE = Path(__file__).resolve().parent / "harness.c.j2"
+ABI = 1
+# enum mh_op of the template
+OPS = {"input": 0, "new": 1, "mul_mat": 2, "concat": 3, "repeat": 4, "cpy": 5, "get_rows": 6, "soft_max_ext": 7,
+       "rope_ext": 8, "flash_attn_ext": 9, "view": 10, "permute": 11, "cont": 12, "reshape": 13, "transpose": 14,
+       "add": 15, "mul": 16, "scale": 17, "rms_norm": 18, "silu": 19, "gelu": 20}
+_LIB = "libmlaref_harness.so"
+
+
+class HarnessError(RuntimeError):
+    """The harness refused a request (its ``mh_error()`` text) or could not be built."""
+
+
+class _Node(ctypes.Structure):
+    _fields_ = [("op", ctypes.c_int32), ("src", ctypes.c_int32 * 4), ("type", ctypes.c_int32),
+                ("ne", ctypes.c_int64 * 4), ("nb", ctypes.c_int64 * 4), ("offset", ctypes.c_int64),
+                ("buf", ctypes.c_int32), ("ip", ctypes.c_int32 * 8), ("fp", ctypes.c_float * 8)]
+
+
+# -- rendering ----------------------------------------------------------------------------------------------------
+
+def dialect(include: Path, peer: str) -> dict:
+    """The template's parameters for the headers in ``include`` (read from the headers, not from the peer's name)."""
+    include = Path(include)
+    texts = {p.name: p.read_text(errors="replace") for p in include.glob("ggml*.h")}
+    if "ggml.h" not in texts:
+        raise HarnessError(f"no ggml.h in {include}")
+    cpu_h = texts.get("ggml-cpu.h", "")
+    declared = "".join(texts.values())
+    features = sorted(set(re.findall(r"\bggml_cpu_has_(\w+)\s*\(\s*void\s*\)", cpu_h or texts["ggml.h"])))
+    return {
+        "peer": peer,
+        "cpu_header": bool(cpu_h),
+        "traits": "split" if "ggml_get_type_traits_cpu" in declared else "internal",
+        "cpu_init": "ggml_cpu_init" in declared,
+        "features": features,
+    }
+
+
+def render(params: dict) -> str:
+    """The harness C source for ``params`` (see :func:`dialect`); the same parameters give the same bytes."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE.parent)), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    return env.get_template(TEMPLATE.name).render(**params)
+
+
+def ensure(peer: str, level: str = "native", progress: bool | None = None) -> Path:
+    """The path of ``peer``'s harness library at ``level`` (the peer and the harness built first if needed)."""
+    out = peer_build.ensure(level, progress=progress, peer=peer)
+    lib = out / "lib"
+    include = peer_build.include_dir(peer)
+    if not (include / "ggml.h").exists():  # the build came from elsewhere: fetch the headers again
+        with tempfile.TemporaryDirectory(prefix="mlaref-peer-") as tmp:
+            peer_build.fetch_sdist(Path(tmp), bool(progress), peer)
+    src = render(dialect(include, peer))
+    cc = _build.compiler()
+    key = hashlib.sha256((src + "\0" + " ".join(cc) + "\0" + _build.compiler_version()).encode()).hexdigest()[:16]
+    dst = out / "harness" / key / _LIB
+    if dst.exists():
+        return dst
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    (dst.parent / "mlaref_harness.c").write_text(src)
+    libs = [f"-l{n}" for n in ("ggml", "ggml-base", "ggml-cpu") if (lib / f"lib{n}.so").exists()]
+    tmp = dst.with_suffix(f".{os.getpid()}.tmp")
+    cmd = [*cc, "-std=c11", "-O2", "-fPIC", "-shared", "-Wall", "-Werror=implicit-function-declaration",
+           "-Wno-deprecated-declarations", str(dst.parent / "mlaref_harness.c"), "-I", str(include),
+           "-L", str(lib), *libs, f"-Wl,-rpath,{lib}", "-o", str(tmp)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise HarnessError(f"compiling the harness for {peer} failed:\n" + "\n".join(res.stderr.splitlines()[-20:]))
+    os.replace(tmp, dst)
+    return dst
+
+
+# -- the loaded harness ---------------------------------------------------------------------------------------------
+
+_loaded: Harness | None = None
+
+
+def load(path) -> Harness:
+    """Load the harness at ``path`` into this process (only one per process: see the module docstring)."""
+    global _loaded
+    path = str(Path(path).resolve())
+    if _loaded is not None:
+        if _loaded.path != path:
+            raise HarnessError(f"this process already loaded {_loaded.path}; one harness per process")
+        return _loaded
+    _loaded = Harness(path)
+    return _loaded
+
+
+def loaded() -> Harness:
+    if _loaded is None:
+        raise HarnessError("no harness is loaded in this process (mlaref.codegen.peers.harness.load)")
+    return _loaded
+
+
+class Harness:
+    """One peer's harness library, loaded with ctypes."""
+
+    def __init__(self, path: str):
+        self.path = path
+        lib = ctypes.CDLL(path)
+        self._lib = lib
+        vp, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+        sig = {
+            "mh_abi": ([], i32), "mh_error": ([], ctypes.c_char_p), "mh_info": ([], ctypes.c_char_p),
+            "mh_from_float": ([i32, i32, vp, vp, i64, i64], i32), "mh_to_float": ([i32, vp, vp, i64, i64], i32),
+            "mh_vec_dot": ([i32, i64, vp, vp, vp], i32), "mh_quantize_chunk": ([i32, vp, vp, i64, i64, vp], i32),
+            "mh_row_symbol": ([ctypes.c_char_p, i32, vp, vp, i64, i64, i64, i64], i32),
+            "mh_graph_new": ([i64, i32], vp), "mh_graph_free": ([vp], None),
+            "mh_graph_build": ([vp, ctypes.POINTER(_Node), i32, ctypes.POINTER(vp), ctypes.POINTER(i64), i32,
+                                ctypes.POINTER(ctypes.c_int32), i32], i32),
+            "mh_graph_supports": ([vp, i32], i32), "mh_graph_compute": ([vp, i32], i32),
+            "mh_graph_output_desc": ([vp, i32, ctypes.POINTER(i64)], i32),
+            "mh_graph_output_copy": ([vp, i32, vp, i64], i32),
+        }
+        for name, (args, res) in sig.items():
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = args, res
+        if lib.mh_abi() != ABI:
+            raise HarnessError(f"{path}: harness ABI {lib.mh_abi()}, mlaref expects {ABI}")
+        self.info = json.loads(lib.mh_info().decode())
+        self.types = {}
+        for t in self.info["types"]:  # removed types keep their slot under a placeholder name ("DEPRECATED")
+            if t["name"] and t["name"] != "DEPRECATED" and t["name"] not in self.types:
+                self.types[t["name"]] = t
+        self.names = {t["id"]: t["name"] for t in self.info["types"]}
+
+    def check(self, rc: int, what: str) -> int:
+        if rc < 0:
+            raise HarnessError(f"{what}: {self._lib.mh_error().decode()}")
+        return rc
+
+    def type_id(self, name: str) -> int:
+        if name not in self.types:
+            raise HarnessError(f"{self.info['peer']} has no type {name!r}")
+        return self.types[name]["id"]
+
+    def has(self, name: str, field: str = "to_float") -> bool:
+        return name in self.types and bool(self.types[name][field])
+
+    def vec_dot_type(self, name: str) -> str:
+        return self.names[self.types[name]["vec_dot_type"]]
+
+    # -- the type traits --
+    def from_float(self, type_name: str, x: np.ndarray, ref: bool = False) -> np.ndarray:
+        x = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
+        rows, n = x.shape
+        _check_row(type_name, n)
+        out = np.zeros((rows, row_size(type_name, n)), np.uint8)
+        self.check(self._lib.mh_from_float(self.type_id(type_name), int(ref), x.ctypes.data, out.ctypes.data, rows,
+                                           n), f"from_float({type_name})")
+        return out
+
+    def to_float(self, type_name: str, data: np.ndarray, n: int) -> np.ndarray:
+        _check_row(type_name, n)
+        data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1, row_size(type_name, n))
+        out = np.zeros((data.shape[0], n), np.float32)
+        self.check(self._lib.mh_to_float(self.type_id(type_name), data.ctypes.data, out.ctypes.data, data.shape[0], n),
+                   f"to_float({type_name})")
+        return out
+
+    def vec_dot(self, type_name: str, x: np.ndarray, y: np.ndarray, n: int) -> float:
+        _check_row(type_name, n)
+        x = np.ascontiguousarray(x, dtype=np.uint8)
+        y = np.ascontiguousarray(y, dtype=np.uint8)
+        if x.size != row_size(type_name, n) or y.size != row_size(self.vec_dot_type(type_name), n):
+            raise ValueError(f"vec_dot({type_name}, n={n}): rows of {x.size} and {y.size} bytes do not fit")
+        s = np.zeros(1, np.float32)
+        self.check(self._lib.mh_vec_dot(self.type_id(type_name), n, x.ctypes.data, y.ctypes.data, s.ctypes.data),
+                   f"vec_dot({type_name})")
+        return float(s[0])
+
+    def quantize_chunk(self, type_name: str, x: np.ndarray, imatrix=None) -> np.ndarray:
+        x = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
+        rows, n = x.shape
+        _check_row(type_name, n)
+        im = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
+        if im is not None and im.size != n:
+            raise ValueError(f"quantize_chunk: imatrix has {im.size} values, rows have {n}")
+        out = np.zeros((rows, row_size(type_name, n)), np.uint8)
+        self.check(self._lib.mh_quantize_chunk(self.type_id(type_name), x.ctypes.data, out.ctypes.data, rows, n,
+                                               None if im is None else im.ctypes.data), f"quantize_chunk({type_name})")
+        return out
+
+    def quantize_row_symbol(self, func: str, type_name: str, x: np.ndarray) -> np.ndarray:
+        """An exported ``quantize_row_*`` routine by name, row by row; NotImplementedError if none is exported."""
+        x = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
+        rows, n = x.shape
+        _check_row(type_name, n)
+        out = np.zeros((rows, row_size(type_name, n)), np.uint8)
+        self._symbol(func, 0, x, out, rows, n, 4 * n, out.shape[1])
+        return out
+
+    def dequantize_row_symbol(self, func: str, data: np.ndarray, n: int) -> np.ndarray:
+        """An exported ``dequantize_row_*`` routine by name on uint8 rows ``(rows, row_bytes)``."""
+        data = np.ascontiguousarray(np.atleast_2d(data), dtype=np.uint8)
+        out = np.zeros((data.shape[0], n), np.float32)
+        self._symbol(func, 1, data, out, data.shape[0], n, data.shape[1], 4 * n)
+        return out
+
+    def _symbol(self, func, kind, x, y, rows, n, x_row, y_row):
+        rc = self._lib.mh_row_symbol(func.encode(), kind, x.ctypes.data, y.ctypes.data, rows, n, x_row, y_row)
+        if rc == -7:
+            raise NotImplementedError(self._lib.mh_error().decode())
+        self.check(rc, func)
+
+    def graph(self) -> Graph:
+        return Graph(self)
+
+
+def _check_row(type_name: str, n: int) -> None:
+    bs, _ = type_geometry(type_name)
+    if n <= 0 or n % bs:
+        raise ValueError(f"{type_name}: a row of {n} values is not a positive multiple of the block size {bs}")
+
+
+class Graph:
+    """Nodes for one ggml graph of the loaded peer; each method adds a node and returns its index.
+
+    ``g.input(t)`` adds an mlaref Tensor (a view of its buffer with its own ``ne``/``nb``/offset; two Tensors over
+    one NumPy buffer become two views of one ggml tensor); the op methods take node indices. ``g.run(outs,
+    n_threads)`` computes the graph and returns the outputs as contiguous mlaref Tensors; ``g.supports(node)``
+    asks the CPU back-end's ``supports_op`` without computing."""
+
+    def __init__(self, harness: Harness):
+        self.h = harness
+        self.nodes: list[_Node] = []
+        self.bufs: list[np.ndarray] = []
+        self._buf_ids: dict[int, int] = {}
+
+    def _add(self, op: str, src=(), type_name=None, ne=(1, 1, 1, 1), nb=(0, 0, 0, 0), offset=0, buf=0, ip=(),
+             fp=()) -> int:
+        n = _Node()
+        n.op = OPS[op]
+        srcs = list(src) + [-1] * (4 - len(src))
+        for k in range(4):
+            if srcs[k] is not None and srcs[k] >= len(self.nodes):
+                raise ValueError(f"{op}: source {srcs[k]} is not an earlier node")
+            n.src[k] = -1 if srcs[k] is None else srcs[k]
+        n.type = -1 if type_name is None else self.h.type_id(type_name)
+        for k in range(4):
+            n.ne[k], n.nb[k] = ne[k], nb[k]
+        n.offset, n.buf = offset, buf
+        for k, v in enumerate(ip):
+            n.ip[k] = int(v)
+        for k, v in enumerate(fp):
+            n.fp[k] = float(v)
+        self.nodes.append(n)
+        return len(self.nodes) - 1
+
+    def input(self, t: Tensor) -> int:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"Graph.input takes an mlaref Tensor, got {type(t).__name__}")
+        key = id(t.data)
+        if key not in self._buf_ids:
+            self._buf_ids[key] = len(self.bufs)
+            self.bufs.append(t.data)
+        return self._add("input", type_name=t.type, ne=t.ne, nb=t.nb, offset=t.offset, buf=self._buf_ids[key])
+
+    def new(self, type_name: str, ne) -> int:
+        ne = tuple(ne) + (1,) * (4 - len(ne))
+        return self._add("new", type_name=type_name, ne=ne)
+
+    def op(self, name: str, *src, ip=(), fp=()) -> int:
+        if name not in OPS or name in ("input", "new", "view", "reshape"):
+            raise ValueError(f"Graph.op: unknown op {name!r}")
+        return self._add(name, src=src, ip=ip, fp=fp)
+
+    def view(self, a: int, ne, nb, offset: int) -> int:
+        ne = tuple(ne) + (1,) * (4 - len(ne))
+        nb = (0, *tuple(nb)) + (0,) * (3 - len(nb))
+        return self._add("view", src=(a,), type_name="f32", ne=ne, nb=nb, offset=offset)
+
+    def reshape(self, a: int, ne) -> int:
+        ne = tuple(ne) + (1,) * (4 - len(ne))
+        return self._add("reshape", src=(a,), type_name="f32", ne=ne)
+
+    def _build(self, outputs, mem_bytes):
+        h = self.h
+        total = sum(b.size for b in self.bufs)
+        mem = mem_bytes or (4 * total + (64 << 20))
+        handle = h._lib.mh_graph_new(mem, len(self.nodes))
+        if not handle:
+            raise HarnessError(h._lib.mh_error().decode())
+        keep = [np.ascontiguousarray(b) for b in self.bufs]
+        ptrs = (ctypes.c_void_p * max(1, len(keep)))(*[b.ctypes.data for b in keep])
+        sizes = (ctypes.c_int64 * max(1, len(keep)))(*[b.size for b in keep])
+        nodes = (_Node * max(1, len(self.nodes)))(*self.nodes)
+        outs = (ctypes.c_int32 * max(1, len(outputs)))(*outputs)
+        try:
+            h.check(h._lib.mh_graph_build(handle, nodes, len(self.nodes), ptrs, sizes, len(keep), outs, len(outputs)),
+                    "graph build")
+        except HarnessError:
+            h._lib.mh_graph_free(handle)
+            raise
+        return handle
+
+    def supports(self, node: int) -> bool:
+        """The CPU back-end's ``supports_op`` for ``node`` (nothing is computed)."""
+        handle = self._build([node], 1 << 24 if not self.bufs else None)
+        try:
+            return bool(self.h.check(self.h._lib.mh_graph_supports(handle, node), "supports_op"))
+        finally:
+            self.h._lib.mh_graph_free(handle)
+
+    def run(self, outputs, n_threads: int = 1, mem_bytes: int | None = None) -> list[Tensor]:
+        outputs = [outputs] if isinstance(outputs, int) else list(outputs)
+        h = self.h
+        handle = self._build(outputs, mem_bytes)
+        try:
+            h.check(h._lib.mh_graph_compute(handle, int(n_threads)), "graph compute")
+            res = []
+            for k in range(len(outputs)):
+                desc = (ctypes.c_int64 * 10)()
+                h.check(h._lib.mh_graph_output_desc(handle, k, desc), "output")
+                name = h.names[int(desc[0])]
+                buf = np.zeros(max(1, int(desc[9])), np.uint8)
+                h.check(h._lib.mh_graph_output_copy(handle, k, buf.ctypes.data, buf.size), "output copy")
+                res.append(Tensor(name, tuple(desc[1:5]), tuple(desc[5:9]), buf, 0).copy())
+            return res
+        finally:
+            h._lib.mh_graph_free(handle)
+
