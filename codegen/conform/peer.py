@@ -18,7 +18,7 @@ import numpy as np
 from mlaref.codegen.peers import ggml as ggml_peer
 from mlaref.codegen.peers import ggml_ops, harness, harness_ops
 
-__all__ = ["ENV", "API", "uses_harness", "module", "info"]
+__all__ = ["API", "ENV", "info", "module", "uses_harness"]
 
 ENV = "MLAREF_CONFORM_HARNESS"
 API = ("build", "has_type", "has_trait", "vec_dot_type", "from_float", "from_float_ref", "to_float", "vec_dot",

@@ -49,8 +49,27 @@ from mlaref.codegen import build as _build
 from mlaref.codegen import cpu
 from mlaref.reference import builds
 
-__all__ = ["PEER", "VERSION", "PeerSpec", "PEERS", "peer_spec", "LEVEL_CMAKE", "RECORD", "missing_for", "runnable_levels", "build_dir", "built", "record",
-           "ensure", "make_shim", "shim", "call", "call_many", "native_tune", "PeerBuildError"]
+__all__ = [
+    "LEVEL_CMAKE",
+    "PEER",
+    "PEERS",
+    "RECORD",
+    "VERSION",
+    "PeerBuildError",
+    "PeerSpec",
+    "build_dir",
+    "built",
+    "call",
+    "call_many",
+    "ensure",
+    "make_shim",
+    "missing_for",
+    "native_tune",
+    "peer_spec",
+    "record",
+    "runnable_levels",
+    "shim",
+]
 
 PEER = "ggml-python"
 VERSION = "0.0.45"  # vendors upstream ggml 0.15.3
@@ -245,7 +264,7 @@ def ensure(level: str, progress: bool | None = None, peer: str = PEER) -> Path:
             raise PeerBuildError(f"building {spec.name} needs {tool} on PATH (apt-get install {tool})")
     if not _build.compiler() or shutil.which(_build.compiler()[0]) is None:
         raise PeerBuildError("building a peer needs a C compiler (CC or cc on PATH)")
-    from filelock import FileLock  # noqa: PLC0415
+    from filelock import FileLock
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out.parent / f"{level}.lock")):
@@ -297,7 +316,7 @@ def make_shim(lib_dir, root=None) -> Path:
     """A copy of the installed ggml-python package's Python files in ``root`` (a new temporary directory if None)
     whose ``ggml/lib/`` links to the libraries in ``lib_dir`` (and its ``mlaref-build.json``, if any); put
     ``root`` on ``PYTHONPATH`` and ``import ggml`` loads that build."""
-    import importlib.util  # noqa: PLC0415
+    import importlib.util
 
     lib_dir = Path(lib_dir).expanduser().resolve()
     if not (lib_dir / "libggml.so").exists():

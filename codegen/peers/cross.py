@@ -48,9 +48,28 @@ from mlaref.reference import get_type
 from mlaref.reference.ops.mul_mat import VEC_DOT_TYPE
 from mlaref.reference.tensor import row_size
 
-__all__ = ["LEVELS", "LEVEL_ORDER", "CC", "CXX", "QEMU", "APT_PACKAGES", "CrossToolsMissing", "tools_missing",
-           "build_dir", "built", "record", "ensure", "driver", "run", "compiled_features", "call_vec_dot",
-           "call_vec_dot_many", "call_from_float", "call_to_float", "call_soft_max"]
+__all__ = [
+    "APT_PACKAGES",
+    "CC",
+    "CXX",
+    "LEVELS",
+    "LEVEL_ORDER",
+    "QEMU",
+    "CrossToolsMissing",
+    "build_dir",
+    "built",
+    "call_from_float",
+    "call_soft_max",
+    "call_to_float",
+    "call_vec_dot",
+    "call_vec_dot_many",
+    "compiled_features",
+    "driver",
+    "ensure",
+    "record",
+    "run",
+    "tools_missing",
+]
 
 # level -> GGML_CPU_ARM_ARCH (the -march= that ggml's CMake passes for GGML_NATIVE=OFF)
 LEVELS = {
@@ -139,7 +158,7 @@ def ensure(level: str, progress: bool | None = None) -> Path:
     if built(level):
         return out
     progress = sys.stderr.isatty() if progress is None else progress
-    from filelock import FileLock  # noqa: PLC0415
+    from filelock import FileLock
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out.parent / f"{level}.lock")):
@@ -186,7 +205,7 @@ def driver(level: str) -> Path:
     exe = out / f"ggml-driver-{key}"
     if exe.exists():
         return exe
-    from filelock import FileLock  # noqa: PLC0415
+    from filelock import FileLock
 
     with FileLock(str(out / "driver.lock")):
         if exe.exists():

@@ -12,6 +12,7 @@ import functools
 from types import MappingProxyType
 
 import numpy as np
+
 from mlaref.codegen import cpu
 from mlaref.codegen.peers import build as peer_build
 from mlaref.reference.builds import GgmlBuild
@@ -24,7 +25,7 @@ GGML_TYPE = MappingProxyType({name: fmt.ggml_type for name, fmt in sorted(regist
 @functools.cache
 def _module():
     try:
-        from ggml import ggml as g  # noqa: PLC0415
+        from ggml import ggml as g
     except Exception as exc:  # ImportError, or OSError when the shared library fails to load
         return None, f"ggml-python is not usable here ({type(exc).__name__}: {exc}); install mlaref[ggml]"
     # The CPU back-end fills its f16 -> f32 table here; without it its kernels read zeros for every f16
@@ -57,8 +58,8 @@ def build():
     other is taken as ggml-python's default, a native build (``GGML_NATIVE=ON``) made on this machine: its tuning
     is GCC's ``-mtune`` for ``-march=native`` here, and AVX512-FP16 (which ggml does not report) is read from the
     CPU. ``sse4_2`` is not reported either; every level that has AVX was compiled with it."""
-    import json  # noqa: PLC0415
-    import pathlib  # noqa: PLC0415
+    import json
+    import pathlib
 
 
 

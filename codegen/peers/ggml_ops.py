@@ -28,21 +28,21 @@ from mlaref.codegen.peers import ggml as ggml_peer
 from mlaref.reference.tensor import Tensor, row_size, type_geometry
 
 __all__ = [
-    "run",
-    "type_id",
-    "type_name",
-    "concat",
-    "repeat",
-    "cpy",
+    "add",
     "cast",
+    "concat",
+    "cpy",
     "dup",
     "get_rows",
-    "add",
     "mul",
-    "scale",
+    "repeat",
     "rms_norm",
     "rope_ext",
+    "run",
+    "scale",
     "soft_max_ext",
+    "type_id",
+    "type_name",
     "unary",
 ]
 

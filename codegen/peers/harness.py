@@ -37,8 +37,19 @@ from mlaref.codegen import build as _build
 from mlaref.codegen.peers import build as peer_build
 from mlaref.reference.tensor import Tensor, row_size, type_geometry
 
-__all__ = ["TEMPLATE", "ABI", "OPS", "HarnessError", "dialect", "render", "ensure", "load", "loaded", "Harness",
-           "Graph"]
+__all__ = [
+    "ABI",
+    "OPS",
+    "TEMPLATE",
+    "Graph",
+    "Harness",
+    "HarnessError",
+    "dialect",
+    "ensure",
+    "load",
+    "loaded",
+    "render",
+]
 
 TEMPLATE = Path(__file__).resolve().parent / "harness.c.j2"
 ABI = 1

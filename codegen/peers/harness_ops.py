@@ -20,10 +20,36 @@ from mlaref.codegen.peers import harness
 from mlaref.reference.builds import FEATURES, GgmlBuild
 from mlaref.reference.tensor import Tensor
 
-__all__ = ["build", "record", "peer_name", "has_type", "has_trait", "vec_dot_type", "from_float", "from_float_ref",
-           "to_float", "vec_dot", "quantize_chunk", "quantize_row_symbol", "dequantize_row_symbol", "cast", "cpy", "concat", "repeat", "get_rows", "add", "mul",
-           "scale", "rms_norm", "rope_ext", "soft_max_ext", "unary", "mul_mat", "mul_mat_supported",
-           "flash_attn_ext"]
+__all__ = [
+    "add",
+    "build",
+    "cast",
+    "concat",
+    "cpy",
+    "dequantize_row_symbol",
+    "flash_attn_ext",
+    "from_float",
+    "from_float_ref",
+    "get_rows",
+    "has_trait",
+    "has_type",
+    "mul",
+    "mul_mat",
+    "mul_mat_supported",
+    "peer_name",
+    "quantize_chunk",
+    "quantize_row_symbol",
+    "record",
+    "repeat",
+    "rms_norm",
+    "rope_ext",
+    "scale",
+    "soft_max_ext",
+    "to_float",
+    "unary",
+    "vec_dot",
+    "vec_dot_type",
+]
 
 # ggml_cpu_has_<name> -> mlaref.reference.builds feature names
 _HAS = {"sse3": ("sse3",), "ssse3": ("ssse3",), "avx": ("avx",), "avx2": ("avx2",), "fma": ("fma",),
