@@ -17,7 +17,7 @@ This package re-exports their public names.
 
 from mlaref.codegen.conform.case import NMSE_BOUND, NMSE_DEFAULT, SCHEMA, Case, cases_text, load_cases, save_cases
 from mlaref.codegen.conform.caseset import CASES_DIR, KQ_SCALE, YARN, default_cases, finding_cases, quick_cases, select
-from mlaref.codegen.conform.inputs import GENERATORS, make_input
+from mlaref.codegen.conform.inputs import GENERATORS, make_input, make_inputs
 from mlaref.codegen.conform.ops import OPS, TEST_ONLY_OPS, Output, Unsupported
 from mlaref.codegen.conform.runner import configure, run, snapshot_name
 from mlaref.codegen.conform.verdict import STATUSES, compare, verdict_for
@@ -28,7 +28,7 @@ __all__ = [
     # case
     "SCHEMA", "NMSE_DEFAULT", "NMSE_BOUND", "Case", "cases_text", "save_cases", "load_cases",
     # inputs
-    "GENERATORS", "make_input",
+    "GENERATORS", "make_input", "make_inputs",
     # ops
     "OPS", "TEST_ONLY_OPS", "Output", "Unsupported",
     # verdict (and the measures it uses)

@@ -41,6 +41,13 @@ def finding_cases() -> list[Case]:
                      "[a's block, b's block]", known=_FINDING_CONCAT)]
 
 
+def _kq_pad(n_q: int) -> int:
+    """Mask rows for ``n_q`` queries: ik_llama.cpp's ggml_flash_attn_ext asserts ``mask->ne[1] >=
+    GGML_PAD(n_q, GGML_KQ_MASK_PAD)`` with GGML_KQ_MASK_PAD = 16 (ggml/include/ggml.h, ggml/src/ggml.c of the
+    ik-llama-cpp-python 0.1.5 sdist); upstream reads the first n_q rows of any taller mask."""
+    return -(-n_q // 16) * 16
+
+
 def _seed(case_id: str, name: str) -> int:
     return zlib.crc32(f"{case_id}/{name}".encode())
 
@@ -189,7 +196,7 @@ def default_cases() -> list[Case]:
                          {"q": {"gen": "normal", "type": "f32", "shape": [1, 4, nq, 192]},
                           "k": {"gen": "normal", "type": kv, "shape": [1, 1, 256, 192]},
                           "v": {"gen": "normal", "type": kv, "shape": [1, 1, 256, 128]},
-                          "mask": {"gen": "mask", "type": "f16", "shape": [nq, 256], "inf_frac": 0.2}},
+                          "mask": {"gen": "mask", "type": "f16", "shape": [_kq_pad(nq), 256], "inf_frac": 0.2}},
                          note=note))
     # token generation: one query row over the 576-wide latent cache (V a view of K's first 512 columns in the
     # graphs; separate tensors here), >= 512 KV rows: upstream's split-KV path, one chunk per thread
@@ -199,10 +206,77 @@ def default_cases() -> list[Case]:
                          {"q": {"gen": "normal", "type": "f32", "shape": [1, 4, 1, 576]},
                           "k": {"gen": "normal", "type": "f16", "shape": [1, 1, 640, 576]},
                           "v": {"gen": "normal", "type": "f16", "shape": [1, 1, 640, 512]},
-                          "mask": {"gen": "mask", "type": "f16", "shape": [1, 640], "inf_frac": 0.2}},
+                          "mask": {"gen": "mask", "type": "f16", "shape": [_kq_pad(1), 640], "inf_frac": 0.2}},
                          note=f"upstream's split-KV path (1 query, >= 512 f16 KV rows): {nth} chunk(s), one per "
                               "thread, merged in order: the spec's kv_split; ik_llama.cpp@676f0e71b runs iqk's "
                               "blocked algorithm instead (upstream facts §4e)"))
+    return cases + pr253_cases()
+
+
+# -- PR #253's own ops at the shapes of DeepSeek-V2-Lite's attention (upstream facts §1.3) ----------------------------
+KV_LORA, ROPE, N_HEAD, NOPE, V_HEAD = 512, 64, 16, 128, 128
+_NOTE_253 = "PR #253 (ik_llama.cpp@676f0e71b): "
+
+
+def pr253_cases() -> list[Case]:
+    """The cases of PR #253's ops as the MLA graphs build them: the K/V decompression ``mul_mat`` of the
+    ``wkv_b`` weight ([512, 4096]) with a view of the latent cache ([512 of 576, n_kv]) of f16, bf16 or q8_0;
+    ``concat`` of the compressed KV with the RoPE part along dim 0; ``repeat`` of the RoPE K over heads; the
+    cache store ``cpy``; flash attention at Dk 192 / Dv 128 and at 576 / 512 with V a view of K, under causal
+    masks (whole KV blocks masked for the first query rows)."""
+    cases = []
+    w = KV_LORA + ROPE
+    for wt in ("f16", "q8_0", "iq4_nl", "q4_0", "q4_K", "q6_K"):
+        for ct in ("f16", "bf16", "q8_0"):
+            for n_kv in (7, 64):
+                cid = f"pr253/mul_mat/{wt}x{ct}_cache_view/nkv{n_kv}"
+                cases.append(_mk(cid, "mul_mat", {"n_threads": 2},
+                                 {"a": {"gen": "normal", "type": wt, "shape": [1, N_HEAD * (NOPE + V_HEAD), KV_LORA],
+                                        "scale": 0.05},
+                                  "cache": {"gen": "normal", "type": ct, "shape": [1, n_kv, w]},
+                                  "b": {"gen": "view", "of": "cache", "cols": [0, KV_LORA]}},
+                                 note=_NOTE_253 + f"mul_mat takes a {ct} src1 (any type: to_float + the vec_dot "
+                                      "type's from_float, iqk_quantize_any); upstream's supports_op refuses it"))
+    for t in ("f16", "bf16", "q8_0"):
+        for n in (1, 37):
+            cases.append(_mk(f"pr253/concat/{t}/kv_rope/n{n}", "concat", {"dim": 0, "n_threads": 2},
+                             {"a": {"gen": "normal", "type": t, "shape": [1, n, 1, KV_LORA]},
+                              "b": {"gen": "normal", "type": t, "shape": [1, n, 1, ROPE]}},
+                             note=_NOTE_253 + "concat_any copies each row's bytes (dim 0)",
+                             known=_FINDING_CONCAT if t == "q8_0" else None))
+    for t in ("f16", "q8_0"):
+        known = None
+        if t == "q8_0":
+            known = {"kind": "upstream-lacks",
+                     "text": "upstream ggml_compute_forward_repeat has no path for block types (GGML_ABORT); "
+                             "ik_llama.cpp@676f0e71b copies whole rows (repeat_any, PR #253)"}
+        cases.append(_mk(f"pr253/repeat/{t}/k_rope_over_heads", "repeat", {"ne": [ROPE, N_HEAD, 37, 1]},
+                         {"a": {"gen": "normal", "type": t, "shape": [1, 37, 1, ROPE]}},
+                         note=_NOTE_253 + "repeat_any copies whole rows", known=known))
+    for t in ("f16", "q8_0"):
+        cases.append(_mk(f"pr253/cpy/f32->{t}/cache_store", "cpy", {"dst_type": t, "n_threads": 2},
+                         {"src": {"gen": "normal", "type": "f32", "shape": [1, 1, 37, w]}},
+                         note="the latent cache store: the CPU from_float of the cache type"))
+    for kv in ("f16", "q8_0"):
+        for nq, nkv in ((1, 256), (8, 256), (64, 256), (512, 512)):
+            causal = {"gen": "mask", "type": "f16", "shape": [_kq_pad(nq), nkv], "causal": nq}
+            heads = 1 if nq >= 512 else 4  # the spec's float order in NumPy: keep a case to seconds
+            cases.append(_mk(f"pr253/flash_attn_ext/{kv}/dk192_dv128/nq{nq}_nkv{nkv}", "flash_attn_ext",
+                             {"scale": KQ_SCALE, "n_threads": 2},
+                             {"q": {"gen": "normal", "type": "f32", "shape": [1, heads, nq, NOPE + ROPE]},
+                              "k": {"gen": "normal", "type": kv, "shape": [1, heads, nkv, NOPE + ROPE]},
+                              "v": {"gen": "normal", "type": kv, "shape": [1, heads, nkv, V_HEAD]},
+                              "mask": causal},
+                             note=_NOTE_253 + "the f32 / direct branches' attention (K and V decompressed "
+                                              "per head)"))
+            cases.append(_mk(f"pr253/flash_attn_ext/{kv}/dk576_dv512_v_view/nq{nq}_nkv{nkv}", "flash_attn_ext",
+                             {"scale": KQ_SCALE, "n_threads": 2},
+                             {"q": {"gen": "normal", "type": "f32", "shape": [1, heads, nq, w]},
+                              "k": {"gen": "normal", "type": kv, "shape": [1, 1, nkv, w]},
+                              "v": {"gen": "view", "of": "k", "cols": [0, KV_LORA]},
+                              "mask": causal},
+                             note=_NOTE_253 + "FlashMLA-2: attention over the latent cache, V the first 512 "
+                                              "columns of K"))
     return cases
 
 

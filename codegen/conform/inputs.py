@@ -62,19 +62,54 @@ def _gen_ints(rng, s):
 
 def _gen_mask(rng, s):
     """A mask Tensor ``shape`` (n_q, n_kv) of ``type``: zeros, a fraction ``inf_frac`` of -inf, column 0 kept finite;
-    ``normal`` adds N(0, 1) values to the finite entries (soft_max takes real-valued masks)."""
+    ``normal`` adds N(0, 1) values to the finite entries (soft_max takes real-valued masks); ``causal: n_q``
+    masks column j of row i when j > n_kv - n_q + i (the prompt's own causal mask: the last KV blocks are fully
+    masked for the first rows; rows past n_q are the padding flash attention's mask carries)."""
     m = np.zeros(s["shape"], np.float32)
     if s.get("normal"):
         m = rng.standard_normal(s["shape"]).astype(np.float32)
     m[rng.random(s["shape"]) < s.get("inf_frac", 0.0)] = -np.inf
+    if s.get("causal"):
+        nq, nkv = int(s["causal"]), s["shape"][-1]
+        j, i = np.meshgrid(np.arange(nkv), np.arange(s["shape"][-2]))
+        m[j > nkv - nq + i] = -np.inf
     m[..., 0] = 0.0
     return Tensor.from_numpy(m, s.get("type", "f16"))
 
 
+def _gen_view(rng, s):
+    """A view of another input (made by :func:`make_inputs`, which knows the other inputs)."""
+    raise ValueError("a 'view' input refers to another input: make it with make_inputs")
+
+
 GENERATORS = {"normal": _gen_normal, "uniform": _gen_uniform, "ties": _gen_ties, "blocks": _gen_blocks,
-              "quantized": _gen_quantized, "ints": _gen_ints, "mask": _gen_mask}
+              "quantized": _gen_quantized, "ints": _gen_ints, "mask": _gen_mask, "view": _gen_view}
 
 
 def make_input(spec: dict):
     """The input a generator spec describes: ``GENERATORS[spec["gen"]](np.random.default_rng(spec["seed"]), spec)``."""
     return GENERATORS[spec["gen"]](np.random.default_rng(spec["seed"]), spec)
+
+
+def _view(spec: dict, made: dict) -> Tensor:
+    """``{"gen": "view", "of": NAME, "cols": [start, count]}``: columns ``start .. start+count`` of every row of
+    the earlier input NAME, as the graphs take them (``ggml_view_4d`` with the source's row strides: the K-nope
+    view of the latent cache, V as a view of K). ``start`` and ``count`` are whole blocks."""
+    src = made.get(spec["of"])
+    if not isinstance(src, Tensor):
+        raise ValueError(f"view input: {spec['of']!r} is not an earlier Tensor input")
+    start, count = spec["cols"]
+    bs, ts = src.block_size, src.type_size
+    if start % bs or count % bs or count <= 0 or start + count > src.ne[0]:
+        raise ValueError(f"view input: columns {start}..{start + count} of {src.ne[0]} are not whole {bs}-blocks")
+    return src.view((count, *src.ne[1:]), src.nb[1:], start // bs * ts)
+
+
+def make_inputs(specs: dict) -> dict:
+    """Every input of a case: the generated ones first, then the ``view`` ones over them (case files keep
+    their inputs in key order, so a view may be listed before the input it views)."""
+    made = {name: make_input(spec) for name, spec in specs.items() if spec["gen"] != "view"}
+    for name, spec in specs.items():
+        if spec["gen"] == "view":
+            made[name] = _view(spec, made)
+    return {name: made[name] for name in specs}

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from mlaref.codegen.conform import peer as _peer
 from mlaref.codegen.conform.case import Case
-from mlaref.codegen.conform.inputs import make_input
+from mlaref.codegen.conform.inputs import make_inputs
 from mlaref.codegen.conform.ops import OPS, Unsupported
 from mlaref.codegen.conform.verdict import compare, verdict_for
 from mlaref.codegen.peers import build as peer_build
@@ -45,7 +45,7 @@ def _run_in_worker(case: Case) -> dict:
     appended to the verdict text in brackets."""
     t0 = time.perf_counter()
     try:
-        inputs = {name: make_input(spec) for name, spec in case.inputs.items()}
+        inputs = make_inputs(case.inputs)
         spec, lib, *remark = OPS[case.op](case.params, inputs)
         res = compare(spec, lib, case.expect, case.nmse_bound)
         if remark:
