@@ -56,7 +56,7 @@ ABI = 1
 # enum mh_op of the template
 OPS = {"input": 0, "new": 1, "mul_mat": 2, "concat": 3, "repeat": 4, "cpy": 5, "get_rows": 6, "soft_max_ext": 7,
        "rope_ext": 8, "flash_attn_ext": 9, "view": 10, "permute": 11, "cont": 12, "reshape": 13, "transpose": 14,
-       "add": 15, "mul": 16, "scale": 17, "rms_norm": 18, "silu": 19, "gelu": 20}
+       "add": 15, "mul": 16, "scale": 17, "rms_norm": 18, "silu": 19, "gelu": 20, "fused_rms_norm": 21}
 _LIB = "libmlaref_harness.so"
 
 
@@ -87,6 +87,7 @@ def dialect(include: Path, peer: str) -> dict:
         "traits": "split" if "ggml_get_type_traits_cpu" in declared else "internal",
         "cpu_init": "ggml_cpu_init" in declared,
         "features": features,
+        "fused_rms_norm": "ggml_fused_rms_norm" in declared,
     }
 
 
@@ -322,8 +323,10 @@ class Graph:
         return self._add(name, src=src, ip=ip, fp=fp)
 
     def view(self, a: int, ne, nb, offset: int) -> int:
+        """``ggml_view_4d(a, ne, nb1..3, offset)``; ``nb`` of 4 strides sets ``nb[0]`` too (a permuted view)."""
         ne = tuple(ne) + (1,) * (4 - len(ne))
-        nb = (0, *tuple(nb)) + (0,) * (3 - len(nb))
+        nb = tuple(nb)
+        nb = nb if len(nb) == 4 else (0, *nb) + (0,) * (3 - len(nb))
         return self._add("view", src=(a,), type_name="f32", ne=ne, nb=nb, offset=offset)
 
     def reshape(self, a: int, ne) -> int:

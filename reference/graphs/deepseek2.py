@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from mlaref.reference.graphs import ir
 from mlaref.reference.hparams import FA_CTX_PAD, HParams
 
-__all__ = ["VARIANTS", "CACHE_TYPES", "DEFAULT_KV_CHUNK", "MLAGraph", "build_graph"]
+__all__ = ["VARIANTS", "CACHE_TYPES", "DEFAULT_KV_CHUNK", "MLAGraph", "build_graph", "build_attention_block"]
 
 VARIANTS = ("f32", "direct", "chunked")
 CACHE_TYPES = ("f16", "q8_0", "bf16")
@@ -122,6 +122,25 @@ def build_graph(hp: HParams, n_ctx: int, *, variant: str = "direct", cache_type:
                     weight_types).build()
 
 
+def build_attention_block(hp: HParams, n_ctx: int, *, variant: str = "direct", cache_type: str = "f16",
+                          n_tokens: int = 32, n_kv: int | None = None, kv_head: int | None = None,
+                          weight_type: str = "q8_0", il: int = 0) -> MLAGraph:
+    """Layer ``il``'s attention alone, as :func:`build_graph` builds it: from the input ``attn_norm-{il}`` (the
+    normed hidden state, an f32 input ``[n_embd, n_tokens]``) to ``kqv_out-{il}`` (the graph output), with the
+    cache store, the K/V build of ``variant`` and the flash attention in between; the inputs are
+    ``attn_norm-{il}``, ``inp_pos`` and ``KQ_mask`` and the layer's cache is ``kv_cache[0]``. Used to run one
+    layer's attention on a real ggml and on the spec from the same bytes."""
+    if n_kv is None:
+        n_kv = n_ctx
+    if kv_head is None:
+        kv_head = n_ctx - n_tokens
+    check_hparams(hp, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head, DEFAULT_KV_CHUNK, 512)
+    if n_tokens <= hp.n_head:
+        raise ValueError(f"the attention block is the prompt path: n_tokens must exceed n_head ({hp.n_head})")
+    b = Builder(hp, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head, weight_type, DEFAULT_KV_CHUNK, False)
+    return b.build_block(il)
+
+
 class Builder:
     def __init__(self, hp, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head, weight_type, kv_chunk, fmoe,
                  weight_types=None):
@@ -176,18 +195,8 @@ class Builder:
 
         inp_tokens = self.cb(ir.input_tensor("", "i32", (T,)), "inp_tokens", -1)
         inpL = self.cb(ir.get_rows(self.w("token_embd.weight", (hp.n_embd, hp.n_vocab)), inp_tokens), "inp_embd", -1)
-        inp_pos = self.cb(ir.input_tensor("", "i32", (T,)), "inp_pos", -1)
-        pad = (T + ir.GGML_KQ_MASK_PAD - 1) // ir.GGML_KQ_MASK_PAD * ir.GGML_KQ_MASK_PAD
-        if self.variant == "chunked":
-            kq_mask = self.cb(ir.input_tensor("", "f16", (self.n_kv, pad)), "KQ_mask", -1)
-            self.inputs["KQ_mask"] = kq_mask
-        else:
-            kq_mask32 = self.cb(ir.input_tensor("", "f32", (self.n_kv, pad)), "KQ_mask", -1)
-            kq_mask = ir.cast(kq_mask32, "f16")  # flash_attn: build_inp_KQ_mask returns the f16 cast
-            self.inputs["KQ_mask"] = kq_mask32
-        self.inputs.update(inp_tokens=inp_tokens, inp_pos=inp_pos)
-        self.kq_mask = kq_mask
-        self.inp_pos = inp_pos
+        self._inputs()
+        self.inputs["inp_tokens"] = inp_tokens
 
         for il in range(hp.n_layer):
             inpSA = inpL
@@ -217,6 +226,38 @@ class Builder:
                         n_tokens=T, n_kv=self.n_kv, kv_head=self.kv_head, n_outputs=self.n_outputs,
                         path="flash_mla2" if self.pp_opt else "tg", kv_chunk=self.kv_chunk, inputs=self.inputs,
                         weights=self.weights, kv_cache=self.kv_l, output=cur)
+
+    def _inputs(self):
+        """``inp_pos`` and the flash-attention mask (f32 input, cast to f16 except for the chunked variant)."""
+        T = self.T
+        inp_pos = self.cb(ir.input_tensor("", "i32", (T,)), "inp_pos", -1)
+        pad = (T + ir.GGML_KQ_MASK_PAD - 1) // ir.GGML_KQ_MASK_PAD * ir.GGML_KQ_MASK_PAD
+        if self.variant == "chunked":
+            kq_mask = self.cb(ir.input_tensor("", "f16", (self.n_kv, pad)), "KQ_mask", -1)
+            self.inputs["KQ_mask"] = kq_mask
+        else:
+            kq_mask32 = self.cb(ir.input_tensor("", "f32", (self.n_kv, pad)), "KQ_mask", -1)
+            kq_mask = ir.cast(kq_mask32, "f16")  # flash_attn: build_inp_KQ_mask returns the f16 cast
+            self.inputs["KQ_mask"] = kq_mask32
+        self.inputs["inp_pos"] = inp_pos
+        self.kq_mask = kq_mask
+        self.inp_pos = inp_pos
+
+    def build_block(self, il: int) -> MLAGraph:
+        """See :func:`build_attention_block`."""
+        hp = self.hp
+        self.kv_l = [ir.weight(f"cache_kv_l{il}", self.ct, (hp.kv_row_elems, self.n_ctx))]
+        cur = self.cb(ir.input_tensor("", "f32", (hp.n_embd, self.T)), "attn_norm", il)
+        self._inputs()
+        self.inputs[cur.name] = cur
+        if il:
+            self.kv_l = [None] * il + self.kv_l
+        out = self.attention(cur, il)
+        self.gf.expand(out)
+        return MLAGraph(graph=self.gf, hparams=hp, variant=self.variant, cache_type=self.ct, n_ctx=self.n_ctx,
+                        n_tokens=self.T, n_kv=self.n_kv, kv_head=self.kv_head, n_outputs=self.T, path="flash_mla2",
+                        kv_chunk=self.kv_chunk, inputs=self.inputs, weights=self.weights,
+                        kv_cache=[t for t in self.kv_l if t is not None], output=out)
 
     def ffn(self, cur, wfmt, n_ff, il) -> ir.Tensor:
         """``llm_build_ffn`` with SILU and a parallel gate: ``down × (silu(gate × x) · (up × x))``."""
