@@ -173,6 +173,9 @@ def op_vec_dot(p, inp):
     xt, yt, n, x, y = p["x_type"], p["y_type"], p["n"], inp["x"], inp["y"]
     if f"{xt}.{yt}" not in supported_pairs():
         raise Unsupported(f"the spec has no vec_dot order for {xt}.{yt}")
+    if P().vec_dot_type(xt) != yt:
+        raise Unsupported(f"{P().name}'s CPU vec_dot of {xt} takes {P().vec_dot_type(xt)} rows, not {yt} "
+                          "(its type traits' vec_dot_type)")
     spec = vec_dot(x, xt, y, yt, n, p.get("plan") or _peer_plan())
     lib = np.array([[P().vec_dot(xt, x[i], y[j], n) for j in range(y.shape[0])] for i in range(x.shape[0])],
                    np.float32)

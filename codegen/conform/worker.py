@@ -34,6 +34,7 @@ from mlaref.codegen.conform.inputs import make_inputs
 from mlaref.codegen.conform.ops import OPS, Unsupported
 from mlaref.codegen.conform.verdict import compare, verdict_for
 from mlaref.codegen.peers import build as peer_build
+from mlaref.codegen.peers.harness import LayoutMismatch
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -52,6 +53,8 @@ def _run_in_worker(case: Case) -> dict:
             res["text"] += f" [{remark[0]}]"
     except Unsupported as exc:
         res = {"status": "unsupported", "text": f"unsupported ({exc})", "nmse": None}
+    except LayoutMismatch as exc:  # checked before any pointer reaches the peer
+        res = {"status": "unsupported", "text": f"unsupported (another block layout: {exc})", "nmse": None}
     res["seconds"] = round(time.perf_counter() - t0, 4)
     return res
 

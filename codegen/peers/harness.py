@@ -64,6 +64,10 @@ class HarnessError(RuntimeError):
     """The harness refused a request (its ``mh_error()`` text) or could not be built."""
 
 
+class LayoutMismatch(HarnessError):
+    """The peer stores a type in another block layout than mlaref's: nothing of that type is passed to C."""
+
+
 class _Node(ctypes.Structure):
     _fields_ = [("op", ctypes.c_int32), ("src", ctypes.c_int32 * 4), ("type", ctypes.c_int32),
                 ("ne", ctypes.c_int64 * 4), ("nb", ctypes.c_int64 * 4), ("offset", ctypes.c_int64),
@@ -187,9 +191,29 @@ class Harness:
         return rc
 
     def type_id(self, name: str) -> int:
+        """The peer's enum value of type ``name``, after checking that the peer stores it as mlaref does (block
+        size, block bytes, bytes of a 4096-value row): a pointer to mlaref's bytes must never reach C code that
+        reads or writes another layout."""
         if name not in self.types:
             raise HarnessError(f"{self.info['peer']} has no type {name!r}")
+        self.check_layout(name)
         return self.types[name]["id"]
+
+    def check_layout(self, name: str) -> None:
+        """Raise :class:`LayoutMismatch` if the peer's block of ``name`` is not mlaref's (e.g. ik_llama.cpp's
+        2026 ``block_q8_K`` has a ``float sum`` after ``d``: 296 bytes, upstream's and mlaref's have 292)."""
+        t = self.types[name]
+        if name == "i32":
+            return
+        try:
+            bs, ts = type_geometry(name)
+        except (KeyError, ValueError):
+            raise LayoutMismatch(f"mlaref has no layout for {self.info['peer']}'s type {name!r}") from None
+        row = row_size(name, 4096) if 4096 % bs == 0 else -1
+        if (t["blck_size"], t["type_size"], t["row_4096"]) != (bs, ts, row):
+            raise LayoutMismatch(
+                f"{self.info['peer']} stores {name} as blocks of {t['blck_size']} values in {t['type_size']} bytes "
+                f"({t['row_4096']} bytes per 4096 values); mlaref's {name} is {bs} values in {ts} bytes ({row})")
 
     def has(self, name: str, field: str = "to_float") -> bool:
         return name in self.types and bool(self.types[name][field])
@@ -217,6 +241,7 @@ class Harness:
 
     def vec_dot(self, type_name: str, x: np.ndarray, y: np.ndarray, n: int) -> float:
         _check_row(type_name, n)
+        self.check_layout(self.vec_dot_type(type_name))
         x = np.ascontiguousarray(x, dtype=np.uint8)
         y = np.ascontiguousarray(y, dtype=np.uint8)
         if x.size != row_size(type_name, n) or y.size != row_size(self.vec_dot_type(type_name), n):
