@@ -70,7 +70,7 @@ def _ggml_python() -> types.SimpleNamespace:
 
 def _harness() -> types.SimpleNamespace:
     harness.load(os.environ[ENV])
-    ns = types.SimpleNamespace(name=harness_ops.peer_name())
+    ns = types.SimpleNamespace(name=harness_ops.peer_name(), build_record=harness_ops.record)
     for fn in (*API, "quantize_row_symbol", "dequantize_row_symbol"):
         setattr(ns, fn, getattr(harness_ops, fn))
     return ns

@@ -25,8 +25,10 @@ import ctypes
 import hashlib
 import json
 import os
+import pickle
 import re
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -44,6 +46,9 @@ __all__ = [
     "Graph",
     "Harness",
     "HarnessError",
+    "LayoutMismatch",
+    "call",
+    "call_many",
     "dialect",
     "ensure",
     "load",
@@ -128,6 +133,50 @@ def ensure(peer: str, level: str = "native", progress: bool | None = None) -> Pa
         raise HarnessError(f"compiling the harness for {peer} failed:\n" + "\n".join(res.stderr.splitlines()[-20:]))
     os.replace(tmp, dst)
     return dst
+
+
+_CHILD = r"""
+import pickle, sys, importlib
+from mlaref.codegen.peers import harness
+harness.load(sys.argv[1])
+calls = pickle.load(sys.stdin.buffer)
+out = []
+for target, args, kwargs in calls:
+    mod, fn = target.split(":")
+    try:
+        out.append(("ok", getattr(importlib.import_module(mod), fn)(*args, **kwargs)))
+    except Exception as exc:
+        out.append(("raised", (type(exc).__name__, str(exc))))
+sys.stdout.buffer.write(pickle.dumps(out))
+"""
+
+
+def call_many(peer: str, level: str, calls, timeout: float = 600) -> list:
+    """``[(target, args, kwargs), ...]`` (``target = "module:function"``) run in order in one child process that
+    has loaded ``peer``'s harness at ``level`` (built first if needed); their return values come back as a list,
+    an exception as ``("raised", (name, text))`` in its place. A crash in the library raises HarnessError with
+    the end of its stderr."""
+    calls = [(t, tuple(a), dict(k)) for t, a, k in calls]
+    for t, _, _ in calls:
+        if t.count(":") != 1:
+            raise ValueError(f"call target must be 'module:function', got {t!r}")
+    path = str(ensure(peer, level))
+    env = dict(os.environ, GGML_NO_BACKTRACE="1")
+    res = subprocess.run([sys.executable, "-c", _CHILD, path], input=pickle.dumps(calls), capture_output=True,
+                         env=env, timeout=timeout)
+    if res.returncode != 0:
+        tail = res.stderr.decode(errors="replace").strip().splitlines()[-5:]
+        raise HarnessError(f"{calls[0][0] if calls else 'nothing'} against {peer}@{level} exited with "
+                           f"{res.returncode}: " + " | ".join(tail))
+    return [v if kind == "ok" else ("raised", v) for kind, v in pickle.loads(res.stdout)]
+
+
+def call(peer: str, level: str, target: str, *args, timeout: float = 600, **kwargs):
+    """:func:`call_many` with one call; an exception in the child is raised here as HarnessError."""
+    out = call_many(peer, level, [(target, args, kwargs)], timeout=timeout)[0]
+    if isinstance(out, tuple) and len(out) == 2 and out[0] == "raised":
+        raise HarnessError(f"{target} raised {out[1][0]}: {out[1][1]}")
+    return out
 
 
 # -- the loaded harness ---------------------------------------------------------------------------------------------
@@ -343,8 +392,16 @@ class Graph:
         return self._add("new", type_name=type_name, ne=ne)
 
     def op(self, name: str, *src, ip=(), fp=()) -> int:
+        """Add op ``name`` over earlier nodes ``src`` with integer / float parameters ``ip`` / ``fp`` (see the
+        template's mh_graph_build). Parameters ggml would assert on are refused here, before C sees them."""
         if name not in OPS or name in ("input", "new", "view", "reshape"):
             raise ValueError(f"Graph.op: unknown op {name!r}")
+        if name == "concat" and (len(ip) != 1 or not 0 <= int(ip[0]) < 4):
+            raise ValueError(f"concat: dim must be one of 0..3, got {list(ip)}")
+        if name == "permute" and sorted(int(v) for v in ip) != [0, 1, 2, 3]:
+            raise ValueError(f"permute: axes must be a permutation of 0..3, got {list(ip)}")
+        if len(ip) > 8 or len(fp) > 8:
+            raise ValueError(f"{name}: at most 8 integer and 8 float parameters")
         return self._add(name, src=src, ip=ip, fp=fp)
 
     def view(self, a: int, ne, nb, offset: int) -> int:

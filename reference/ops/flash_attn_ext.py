@@ -36,6 +36,10 @@ explicit ``kv_split`` (``None``: the one-chunk order; ``n >= 1``: this path with
 upstream takes it, :func:`upstream_splits_kv`). ``kv_split=1`` is not ``None``: upstream's one-thread merge of
 its single chunk is the identity except that it turns a -0.0 of VKQ into +0.0 (``fma(0, 0, -0.0) = +0.0``).
 
+**algorithm="iqk2026"**: the CPU flash attention of the ik_llama.cpp snapshot vendored in ik-llama-cpp-python
+0.1.5, AVX2+FMA build, bit for bit (f16 / q8_0 K and V, Dk/Dv 192/128 and 576/512): :mod:`.fa_iqk2026`. Its one-query
+KV splits depend on upstream's thread count, passed as ``n_threads``.
+
 **algorithm="tiled"**: from 64 queries (f32 q, K and V both f16 or both f32, and in a SIMD build
 ``Dv % GGML_F32_EPR == 0``) upstream runs a tiled f32 kernel, another order: :mod:`.fa_tiled`.
 
@@ -80,6 +84,7 @@ from mlaref.reference.tensor import Tensor
 from mlaref.reference.types import get_type
 from mlaref.reference import libm as libm
 from mlaref.reference.ops.fa_tiled import flash_attn_tiled
+from mlaref.reference.ops.fa_iqk2026 import flash_attn_iqk2026
 
 __all__ = ["flash_attn_ext", "upstream_splits_kv", "SPLIT_KV_MIN", "v_expf_avx2", "v_expf_avx512", "expf", "tanhf",
            "K_VEC_DOT_TYPE"]
@@ -364,24 +369,33 @@ def _check_kv_split(kv_split, algorithm, q, k, v):
 
 def flash_attn_ext(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale, max_bias=0.0, softcap=0.0, *,
                    algorithm: str = "generic", plan="ggml_generic", variant: str = "x86",
-                   kq_type: str | None = None, kv_split: int | None = None) -> Tensor:
+                   kq_type: str | None = None, kv_split: int | None = None,
+                   n_threads: int | None = None) -> Tensor:
     """``ggml_flash_attn_ext`` on the CPU; see the module docstring. Returns f32 ``[Dv, n_head, n_q, ne3]``.
 
     ``kq_type`` overrides the type Q is converted to for the K·Q dots (default: K's vec_dot type; ``"f32"``
     widens K instead, as iqk's x86 f16 kernel keeps Q in f32). ``kv_split``: the number of KV chunks upstream's
     split-KV path uses, its thread count (``None``: no split, the one-chunk order); valid only where upstream
-    takes that path (:func:`upstream_splits_kv`), with ``algorithm="generic"``.
+    takes that path (:func:`upstream_splits_kv`), with ``algorithm="generic"``. ``n_threads``: only for
+    ``algorithm="iqk2026"``, the thread count upstream ran with (default 1); its one-query KV splits depend on it.
     """
     _check(q, k, v, mask, scale, max_bias, softcap)
-    if algorithm not in ("generic", "blocked", "tiled"):
-        raise ValueError(f"flash_attn_ext: algorithm must be 'generic', 'blocked' or 'tiled', got {algorithm!r}")
+    if algorithm not in ("generic", "blocked", "tiled", "iqk2026"):
+        raise ValueError(f"flash_attn_ext: algorithm must be 'generic', 'blocked', 'tiled' or 'iqk2026', "
+                         f"got {algorithm!r}")
+    if n_threads is not None and algorithm != "iqk2026":
+        raise ValueError(f"flash_attn_ext: n_threads applies to algorithm='iqk2026' only, got {algorithm!r}")
     if kv_split is not None:
         _check_kv_split(kv_split, algorithm, q, k, v)
     plan = get_plan(plan)
     scale = np.float32(scale)
     if softcap != 0:
         scale = np.float32(scale / np.float32(softcap))
-    if algorithm == "tiled":  # upstream's f32 tile kernel (64+ queries, f16/f32 K/V): its own K·Q, see fa_tiled
+    if algorithm == "iqk2026":  # the 2026 ik_llama.cpp snapshot's iqk kernel: its own K·Q and order, see fa_iqk2026
+        if kv_split is not None:
+            raise ValueError("flash_attn_ext: kv_split does not apply to algorithm='iqk2026' (pass n_threads)")
+        out = flash_attn_iqk2026(q, k, v, mask, scale, softcap, 1 if n_threads is None else n_threads)
+    elif algorithm == "tiled":  # upstream's f32 tile kernel (64+ queries, f16/f32 K/V): its own K·Q, see fa_tiled
 
         out = flash_attn_tiled(q, k, v, mask, scale, softcap, plan)
     else:

@@ -22,19 +22,19 @@ The paths, each a named model (``PATHS``; :func:`ik2026_path` picks one). Every 
 operation rounded once, FMA fused; ``S`` are exact integer sums; ``dy`` is the bf16 scale of a q8_2 block, ``s``
 its int16 quant sum; ``fold8`` is ``hsum_float_8`` = ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)) (iqk_common.h:224-231).
 
-``ik2026_f16_l8``  f16 weight (iqk_gemm_floats.cpp:184-214, AVX2 ``QFBase`` k_step 8, floats.cpp:58-103):
+``ik2026_f16_l8``  f16 weight (iqk_gemm_floats.cpp:184-214, AVX2 ``QFBase`` k_step 8, floats.cpp:59-99):
     one 8-lane accumulator; element e in lane e % 8; ``acc = x*y`` for elements 0..7 (a product, not an FMA),
     then ``acc = fma(y, x, acc)`` per 8 elements; a last group of 4 fills lanes 0..3 (lanes 4..7 get
     ``fma(0, 0, acc)``); ``fold8``. x is the f16 weight widened (exact); y the f32 or f16 row.
 ``ik2026_q8_0_h16`` / ``ik2026_iq4_nl_h16``  N < 32 (``mul_mat_qX_0_q8_0_T<..., block_q8_2>``,
-    iqk_gemm_legacy_quants.cpp:398-421, ``AccumT`` 319-366, ``Sum4<..., SignedDot, false>`` 47-66): per group of 4
+    iqk_gemm_legacy_quants.cpp:398-421, ``AccumT`` 297-366, ``Sum4<..., SignedDot, false>`` 47-66): per group of 4
     blocks, lane k = block 4g+k elements 0..15, lane 4+k = its elements 16..31 (each an exact sum of 16
     products); ``d = f32(dx) * dy`` (ScaleHelperQ8_2S, 123-134); ``acc = fma(d, float(S), acc)``; a block after
     the last full group puts its 8 four-product sums in lanes 0..7 with the same d; ``fold8``.
 ``ik2026_q4_0_h16m``  N < 32 (``mul_mat_qX_1_q8_2_T``, 502-515): as above with unsigned nibbles and the -8
-    offset as a separate term: ``m = (dx * -8) * (dy * float(s))`` (ScaleHelperQ_0_1<8> 146-170 times
-    convert_scales 86-90), ``accm[k] += m`` (4 float lanes from 0; a tail block adds ``m * 0.25`` to all four);
-    result ``t_k = (acc_k + acc_{4+k}) + accm_k``, ``(t0 + t2) + (t1 + t3)`` (MinusType1, 283-305).
+    offset as a separate term: ``m = (dx * -8) * (dy * float(s))`` (ScaleHelperQ_0_1<8> 151-171 times
+    convert_scales 84-88), ``accm[k] += m`` (4 float lanes from 0; a tail block adds ``m * 0.25`` to all four);
+    result ``t_k = (acc_k + acc_{4+k}) + accm_k``, ``(t0 + t2) + (t1 + t3)`` (MinusType1, 275-296).
 ``ik2026_q8_0_r8``  q8_0 / iq4_nl / q4_0 with N >= 32: the weight becomes q8_0_r8 without loss (d copied,
     values q, kvalues[nib] or nib - 8; 1941-2007); ``mul_mat_q8_0_r8_q8_2`` (1669-1753): one float per row,
     per block in order ``acc = fma(f32(dx) * dy, float(S_block), acc)``; no fold.
@@ -47,7 +47,7 @@ its int16 quant sum; ``fold8`` is ``hsum_float_8`` = ((l0+l4)+(l2+l6)) + ((l1+l5
     nibbles; ``mul_mat_q8_1_r8_q8_2`` (legacy_quants.cpp:1869-1933): per group of 4 blocks first
     ``acc = fma(m'_b, float(s_b) * dy_b, acc)`` for the 4 blocks, then per block ``e = d'_b * dy_b``,
     ``acc = fma(e, float(S_lo), acc)``, ``acc = fma(e, float(S_hi), acc)`` (halves of 16); no fold.
-``ik2026_q6_K_h16``  q6_K, N < 64 (``mul_mat_qY_K_q8_2_X4_T``, kquants.cpp:937-1029): per half j of 128,
+``ik2026_q6_K_h16``  q6_K, N < 64 (``mul_mat_qY_K_q8_2_X4_T``, kquants.cpp:938-1029): per half j of 128,
     lane k / 4+k = 16-element sub-block 8j+2k / 8j+2k+1 (y block k's two halves), ``q - 32`` signed,
     ``acc = fma((f32(d) * float(sc)) * dy, float(S), acc)``; ``fold8``.
 ``ik2026_q6_K_r8``  q6_K, N >= 64: the weight is **re-quantized with loss** to q8_0_r8
@@ -57,7 +57,8 @@ its int16 quant sum; ``fold8`` is ``hsum_float_8`` = ((l0+l4)+(l2+l6)) + ((l1+l5
 
 Bit-exactness: every path was compared with the library (``harness_ops.mul_mat`` on the sdist's libggml.so) for
 the weights f16, q8_0, iq4_nl, q4_0, q4_K, q6_K, src1 f32 / f16 / bf16 / q8_0 (also a 512-of-576 view),
-K = 512, M = 64 and 4096, N = 1, 7, 32, 64, 100, n_threads 1 and 2: equal bytes.
+K = 512, M = 64 and 4096, N = 1, 7, 32, 64, 100, n_threads 1 and 2: equal bytes; also K = 160 / 576 (tail blocks),
+f16 with K % 8 == 4, q4_K / q6_K with K = 256 / 768, and the tiled branch (M / nth < 32).
 
 Value domain: weights as their formats state (q8_0 quants never -128: the sign trick of ``SignedDot`` would give
 -128 * -128 = -16384 there); src1 finite.

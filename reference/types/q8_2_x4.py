@@ -38,7 +38,7 @@ values stay in [-127, 127]; then ``s`` is the plain sum (``|s| <= 4064``). The a
 (iqk_quantize.cpp:926-984) stores ``s`` as a bf16 of ``d * sum`` instead: not modelled (this is the x86 build).
 
 Dequantization (ik_llama.cpp has no ``to_float`` for this type): ``y[j] = f32(bf16 d) * qs[j]``; ``s`` unused.
-Every kernel reads ``d`` back as ``bits << 16`` (iqk_gemm_legacy_quants.cpp:88-92, iqk_gemm_kquants.cpp:800-803).
+Every kernel reads ``d`` back as ``bits << 16`` (iqk_gemm_legacy_quants.cpp:84-88 and 121-134, iqk_gemm_kquants.cpp:812).
 
 ggml type 99 is the snapshot's ``GGML_TYPE_Q8_2_X4`` (ggml/include/ggml.h:430; 99 was ``Q8_1_X4`` at 676f0e71b). The
 only variant is ``iqk``, here meaning the snapshot's IQK ``from_float``.

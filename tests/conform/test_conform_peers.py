@@ -1,0 +1,77 @@
+"""mlaref conform against the other real systems, through mlaref's C harness: upstream ggml 0.25.3
+(llama-cpp-python 0.3.36) and ik_llama.cpp (ik-llama-cpp-python 0.1.5), each built natively from its sdist.
+
+The expectations are written out here from the facts (docs/facts/, the peers' sources), never taken from the
+cases' ``expect`` fields or from a run.
+"""
+
+import pytest
+
+from mlaref.codegen.conform.caseset import default_cases
+from mlaref.codegen.conform.worker import run_cases
+from mlaref.codegen.peers import harness
+
+from tests.conform.test_conform_run import MUST_BE_EXACT
+
+# What ggml 0.15.3 and 0.25.3 both lack (their type traits or types), with the reason in each verdict.
+UPSTREAM_UNSUPPORTED = sorted(
+    ["quantize/f32/ref", "quantize/q8_0_x4/iqk", "quantize/q8_1_x4/iqk", "quantize/q8_K/iqk", "dequantize/f32",
+     "dequantize/q8_0_x4", "dequantize/q8_1", "dequantize/q8_1_x4", "cpy/q8_0->f16", "repeat/q8_0"])
+
+
+@pytest.fixture(scope="module")
+def upstream_025():
+    res = run_cases(default_cases(), harness=str(harness.ensure("llama-cpp-python", "native")), timeout=120)
+    return res, {v["id"]: v for v in res["verdicts"]}
+
+
+def test_upstream_0_25_3_is_named_and_nothing_is_unexplained(upstream_025):
+    res, by_id = upstream_025
+    g = res["ggml"]
+    assert g["peer"] == "llama-cpp-python" and g["version"] == "0.3.36" and "0.25.3" in g["vendors"]
+    assert g["harness"].endswith("libmlaref_harness.so")
+    assert [v["id"] for v in res["verdicts"]] == [c.id for c in default_cases()]
+    assert [(k, v["text"]) for k, v in by_id.items() if not v["explained"]] == []
+
+
+def test_upstream_0_25_3_is_bit_exact_where_0_15_3_is(upstream_025):
+    _, by_id = upstream_025
+    bad = {c: by_id[c]["text"] for c in MUST_BE_EXACT if by_id[c]["status"] != "bit-exact"}
+    assert bad == {}
+
+
+def test_finding_f1_is_fixed_in_0_25_3(upstream_025):
+    """Quantized concat along dim 0: 0.15.3 aborts or writes past the rows (finding F1); 0.25.3 (after
+    llama.cpp PR #25247) copies each row's blocks, the spec's bytes."""
+    _, by_id = upstream_025
+    for cid in ("concat/q8_0/dim0", "pr253/concat/q8_0/kv_rope/n1", "pr253/concat/q8_0/kv_rope/n37"):
+        assert by_id[cid]["status"] == "bit-exact", by_id[cid]["text"]
+
+
+def test_upstream_0_25_3_on_pr253s_ops(upstream_025):
+    """0.25.3 still refuses a q8_0 src1 and still aborts on a quantized repeat; all else of #253 is bit-exact."""
+    _, by_id = upstream_025
+    for cid, v in by_id.items():
+        if not cid.startswith("pr253/"):
+            continue
+        if "xq8_0_cache_view" in cid:
+            assert v["status"] == "unsupported" and "supports_op" in v["text"], v["text"]
+        elif cid == "pr253/repeat/q8_0/k_rope_over_heads":
+            assert v["status"] == "unsupported" and "SIGABRT" in v["text"], v["text"]
+        elif cid.startswith(("pr253/mul_mat/q4_K", "pr253/mul_mat/q6_K")) and cid.endswith("nkv64"):
+            assert v["status"] == "within NMSE bound" and "tiled K-quant kernel" in v["text"], v["text"]
+        else:
+            assert v["status"] == "bit-exact", (cid, v["text"])
+    unsupported = sorted(k for k, v in by_id.items() if v["status"] == "unsupported" and not k.startswith("pr253/"))
+    assert unsupported == UPSTREAM_UNSUPPORTED
+
+
+def test_upstream_0_25_3_stock_mul_mat_is_bit_exact_without_its_tiled_kernel(monkeypatch):
+    """With GGML_CPU_TILED_MM=0 (read by ggml-cpu/tiled/tiled.cpp) the K-quant products of >= 8 src1 rows take
+    the stock vec_dot path again, and the spec gives its bytes."""
+    cases = [c for c in default_cases() if c.id.startswith(("pr253/mul_mat/q4_K", "pr253/mul_mat/q6_K"))
+             and "xq8_0" not in c.id]
+    assert len(cases) == 8
+    monkeypatch.setenv("GGML_CPU_TILED_MM", "0")
+    res = run_cases(cases, harness=str(harness.ensure("llama-cpp-python", "native")), timeout=120)
+    assert [(v["id"], v["status"]) for v in res["verdicts"]] == [(c.id, "bit-exact") for c in cases]
