@@ -39,7 +39,7 @@ or (576, 512); an f16 mask (required); ``max_bias = 0``; ``softcap = 0``; ``n_kv
     - q8_0 K: q is quantized to **q8_2** x4 rows (``HelperQ80::block_q8`` on AVX2, ``iqk_fa_templates.h:230-232``;
       ``quantize_row_q8_2_x4``, ``iqk/iqk_quantize.cpp:1090``, AVX2 body ``:987-1077``): per 32-block
       ``d = bf16_rne(amax / 127)``, ``q = rint(x · (1/d))``. Block integer dots are exact; the float part is
-        * R8 kernel (``iqk/iqk_gemm_legacy_quants.cpp:1670-1745``; used when K was repacked, or when the kernel
+        * R8 kernel (``iqk/iqk_gemm_legacy_quants.cpp:1670-1755``; used when K was repacked, or when the kernel
           is called with exactly one chunk of q_step >= 4 rows, ``iqk_fa_templates.h:1417-1441``):
           ``acc = fma(dK_b·dQ_b, Σ_b, acc)`` over blocks b in order from 0;
         * lanes kernel (``mul_mat_qX_0_q8_0_T<Q8_0_Unpacker, n, block_q8_2>``, ``:399-418``, ``AccumT`` ``:297-330``,
@@ -70,13 +70,24 @@ import math
 
 import numpy as np
 
-from mlaref.reference import fp
-from mlaref.reference import libm
+from mlaref.reference import fp, libm
 from mlaref.reference.ops.vexp import v_expf_avx2
 from mlaref.reference.tensor import Tensor
 
-__all__ = ["SNAPSHOT", "BUILD", "flash_attn_iqk2026", "quantize_q8_2", "kq_f16", "kq_q8_0_r8", "kq_q8_0_lanes",
-           "plan_kernel_rows", "q_steps", "k_step_for", "thread_path", "MASK_PAD"]
+__all__ = [
+    "BUILD",
+    "MASK_PAD",
+    "SNAPSHOT",
+    "flash_attn_iqk2026",
+    "k_step_for",
+    "kq_f16",
+    "kq_q8_0_lanes",
+    "kq_q8_0_r8",
+    "plan_kernel_rows",
+    "q_steps",
+    "quantize_q8_2",
+    "thread_path",
+]
 
 SNAPSHOT = "ik_llama.cpp vendored in ik-llama-cpp-python 0.1.5 (sdist)"
 BUILD = "x86-64 AVX2+FMA+F16C, no AVX-512 (AMD Zen 3)"
@@ -167,7 +178,7 @@ def _int_dot(qq: np.ndarray, kq: np.ndarray) -> np.ndarray:
 
 
 def kq_q8_0_r8(qd, qq, kd, kqs) -> np.ndarray:
-    """K·Q of the Q8_0_R8 kernel ``mul_mat_q8_0_r8_q8_2`` (AVX2, ``iqk/iqk_gemm_legacy_quants.cpp:1670-1745``).
+    """K·Q of the Q8_0_R8 kernel ``mul_mat_q8_0_r8_q8_2`` (AVX2, ``iqk/iqk_gemm_legacy_quants.cpp:1670-1755``).
 
     ``qd`` (R, nb) / ``qq`` (R, nb, 32): the q8_2 rows; ``kd`` (n, nb) / ``kqs`` (n, nb, 32): K's q8_0 scales
     (widened f16) and quants. Per block b in order: ``acc = fma(f32(dK_b · dQ_b), float(Σ_b), acc)`` from 0."""
@@ -277,7 +288,7 @@ def plan_kernel_rows(Dk, Dv, mask_bits: np.ndarray, k_type: str, repacked: bool)
 
 def _state(kq, mvals, V, ks, nblocks, scale):
     """(M, S, acc) after the blocks of each row: ``kq`` (R, n) K·Q, ``mvals`` (R, n) mask values, ``V`` (n, Dv)."""
-    R, n = kq.shape
+    R = kq.shape[0]
     M = np.full(R, _NEG_INF, _F32)
     S = np.zeros(R, _F32)
     acc = np.zeros((R, V.shape[1]), _F32)
@@ -336,8 +347,9 @@ class _KV:
 
 
 def _run(kv: _KV, jobs, Dk, Dv, scale, repacked):
-    """Run kernel calls that share one KV head and KV range: ``jobs`` = [(qrows (r, Dk), mbits (r, n), mvals
-    (r, n)), ...] over KV rows [lo, hi). Returns the (M, S, acc) of each job's rows."""
+    """Run kernel calls that share one KV head and one KV range, batched over their rows: ``jobs`` =
+    [(qrows (r, Dk), mask bits (r, n), mask values (r, n), lo, hi), ...] for KV rows [lo, hi). Each job is planned
+    as its own call (its own q_step chunks). Returns the unnormalised (M, S, acc) of each job's rows."""
     lo, hi = jobs[0][3], jobs[0][4]
     plans = [plan_kernel_rows(Dk, Dv, mb, kv.k_type, repacked) for _, mb, _, _, _ in jobs]
     ks = plans[0][0]

@@ -381,8 +381,8 @@ def flash_attn_ext(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale, 
     """
     _check(q, k, v, mask, scale, max_bias, softcap)
     if algorithm not in ("generic", "blocked", "tiled", "iqk2026"):
-        raise ValueError(f"flash_attn_ext: algorithm must be 'generic', 'blocked', 'tiled' or 'iqk2026', "
-                         f"got {algorithm!r}")
+        raise ValueError(f"flash_attn_ext: algorithm must be 'generic', 'blocked' or 'tiled' (or the ik snapshot's "
+                         f"'iqk2026'), got {algorithm!r}")
     if n_threads is not None and algorithm != "iqk2026":
         raise ValueError(f"flash_attn_ext: n_threads applies to algorithm='iqk2026' only, got {algorithm!r}")
     if kv_split is not None:
