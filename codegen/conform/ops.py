@@ -29,6 +29,7 @@ from mlaref.reference import dequantize, fp, quantize
 from mlaref.reference.ops import cast, concat, get_rows, repeat, rope, soft_max
 from mlaref.reference.ops.flash_attn_ext import flash_attn_ext, upstream_splits_kv
 from mlaref.reference.ops.mul_mat import VEC_DOT_TYPE, mul_mat
+from mlaref.reference.ops.mul_mat_iqk import mul_mat_ik2026
 from mlaref.reference.ops.vec_dot import supported_pairs, vec_dot
 from mlaref.reference.plan import get_plan
 
@@ -89,6 +90,20 @@ def P():
     return _peer.module()
 
 
+def _is_ik() -> bool:
+    """Whether the library checked is the ik_llama.cpp snapshot (ik-llama-cpp-python 0.1.5), whose mul_mat and
+    flash attention the spec models as ``mul_mat_ik2026`` and ``algorithm="iqk2026"`` (docs/facts/ik-snapshot*.md)."""
+    return P().name == "ik-llama-cpp-python"
+
+
+def _check_ik_build() -> None:
+    """The ik snapshot models are of its AVX2 build without AVX-512 / VNNI; any other build is not modelled."""
+    b = P().build()
+    if not b.has("avx2", "fma", "f16c") or b.has("avx512f") or b.has("avx512_vnni"):
+        raise Unsupported(f"the spec models ik-llama-cpp-python 0.1.5's AVX2 build (no AVX-512, no VNNI); this "
+                          f"build is {b.name} ({' '.join(sorted(b.features)) or 'baseline'})")
+
+
 def _check_lib_type(t: str) -> None:
     if not P().has_type(t):
         if P().name.startswith("ik-"):
@@ -145,6 +160,8 @@ def op_quantize(p, inp):
         else:
             raise Unsupported(f"{P().name}: type_traits[{t}].from_float_ref is NULL")
     elif variant == "x86":
+        if not P().has_trait(t, "from_float"):
+            raise Unsupported(f"{P().name}: the CPU type_traits[{t}].from_float is NULL")
         lib = P().from_float(t, x)
     else:
         lib = P().quantize_chunk(t, x, imatrix)
@@ -235,6 +252,11 @@ def op_mul_mat(p, inp):
     """ggml_mul_mat(a, b): the spec's MulMat_253 with the vec_dot plan of this build (``plan``) and src1 converted
     by the x86 ``from_float``; cases upstream's CPU back-end refuses (its ``supports_op``) are not run."""
     a, b = inp["a"], inp["b"]
+    nth = p.get("n_threads", 1)
+    if _is_ik():
+        _check_ik_build()
+        spec = _out_tensor(_spec_call(mul_mat_ik2026, a, b, n_threads=nth))
+        return spec, _out_tensor(P().mul_mat(a, b, n_threads=nth)), "the ik snapshot's paths: mul_mat_ik2026"
     if _peer_build().mul_mat_modelled:
         raise Unsupported(_peer_build().mul_mat_modelled)
     spec = _out_tensor(_spec_call(mul_mat, a, b, plan=p.get("plan") or _peer_plan(), variant=_src1_variant(a.type)))
@@ -286,6 +308,12 @@ def _upstream_fa_algorithm(q, k, v, plan) -> str:
 
 def op_flash_attn_ext(p, inp):
     q, k, v, mask = inp["q"], inp["k"], inp["v"], inp.get("mask")
+    nth = p.get("n_threads", 1)
+    if _is_ik():
+        _check_ik_build()
+        spec = _spec_call(flash_attn_ext, q, k, v, mask, p["scale"], algorithm="iqk2026", n_threads=nth)
+        return _out_tensor(spec), _out_tensor(P().flash_attn_ext(q, k, v, mask, p["scale"], n_threads=nth)), \
+            "the ik snapshot's iqk flash attention: algorithm='iqk2026'"
     plan = p.get("plan") or _peer_plan()
     algorithm = p.get("algorithm") or _upstream_fa_algorithm(q, k, v, plan)
     # one query row over >= 512 f16/f32 KV rows: upstream splits the KV rows over its threads and merges
