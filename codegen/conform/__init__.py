@@ -18,7 +18,8 @@ This package re-exports their public names.
 from mlaref.codegen.conform.case import NMSE_BOUND, NMSE_DEFAULT, SCHEMA, Case, cases_text, load_cases, save_cases
 from mlaref.codegen.conform.caseset import CASES_DIR, KQ_SCALE, YARN, default_cases, finding_cases, quick_cases, select
 from mlaref.codegen.conform.inputs import GENERATORS, make_input, make_inputs
-from mlaref.codegen.conform.ops import OPS, TEST_ONLY_OPS, Output, Unsupported
+from mlaref.codegen.conform.ops import OPS, TEST_ONLY_OPS
+from mlaref.codegen.conform.outputs import Output, Unsupported
 from mlaref.codegen.conform.runner import configure, run, snapshot_name
 from mlaref.codegen.conform.verdict import STATUSES, compare, verdict_for
 from mlaref.codegen.conform.worker import DEFAULT_TIMEOUT, Worker, run_cases, worker_main

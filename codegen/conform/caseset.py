@@ -277,6 +277,32 @@ def pr253_cases() -> list[Case]:
                               "mask": causal},
                              note=_NOTE_253 + "FlashMLA-2: attention over the latent cache, V the first 512 "
                                               "columns of K"))
+    return cases + mla_block_cases()
+
+
+MLA_NODES = ("k-0", "v-0", "kqv-0", "kqv_out-0")
+
+
+def mla_block_cases() -> list[Case]:
+    """One DeepSeek-V2-Lite layer's attention as one graph (the ``lite-attn`` preset: V2-Lite's attention shapes,
+    synthetic q8_0 weights): the spec's executor against the peer (``mla_block``) for both branches and both
+    cache types, and the peer's direct branch against its own f32 branch (``mla_identity``). Every case of one
+    graph shares the input ``x`` (one seed), so a worker computes each graph once."""
+    cases = []
+    x = {"gen": "normal", "shape": [32, 2048], "seed": 253}
+    base = {"preset": "lite-attn", "weight_type": "q8_0", "n_tokens": 32, "n_ctx": 256, "seed": 1, "n_threads": 2}
+    for ct in ("f16", "q8_0"):
+        for variant in ("f32", "direct"):
+            for node in MLA_NODES:
+                cases.append(_mk(f"pr253/mla_block/{ct}_cache/{variant}/{node}", "mla_block",
+                                 dict(base, cache_type=ct, variant=variant, node=node), {"x": dict(x)},
+                                 note="the ik graph (fused_rms_norm, #253's any-type src1): runs on ik_llama.cpp "
+                                      "through mlaref's harness"))
+        for node in MLA_NODES:
+            cases.append(_mk(f"pr253/mla_identity/{ct}_cache/{node}", "mla_identity",
+                             dict(base, cache_type=ct, variant="direct", node=node), {"x": dict(x)},
+                             note="#253's claim on the real system: K and V built in the cache type give the f32 "
+                                  "branch's bytes"))
     return cases
 
 

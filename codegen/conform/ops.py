@@ -16,7 +16,6 @@ f32, upstream facts §0.10).
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import os
 import re
 import signal
@@ -25,7 +24,9 @@ import time
 import numpy as np
 
 from mlaref.codegen.conform import peer as _peer
-from mlaref.reference import dequantize, fp, quantize
+from mlaref.codegen.conform.mla import op_mla_block, op_mla_identity
+from mlaref.codegen.conform.outputs import Unsupported, out_f32, out_rows, out_tensor, spec_call
+from mlaref.reference import dequantize, quantize
 from mlaref.reference.ops import cast, concat, get_rows, repeat, rope, soft_max
 from mlaref.reference.ops.flash_attn_ext import flash_attn_ext, upstream_splits_kv
 from mlaref.reference.ops.mul_mat import VEC_DOT_TYPE, mul_mat
@@ -34,55 +35,8 @@ from mlaref.reference.ops.vec_dot import supported_pairs, vec_dot
 from mlaref.reference.plan import get_plan
 
 
-class Unsupported(Exception):
-    """One side does not define the case; the message says which side and why."""
-
-
-@dataclasses.dataclass
-class Output:
-    """An op's result as stored values: ``kind`` is ``f32`` / ``f16`` / ``bf16`` (element bits) or a block type
-    (bytes, compared byte by byte); ``values`` float32 values for the NMSE (dequantized for block types)."""
-
-    kind: str
-    data: np.ndarray  # uint8 bytes, C order
-    shape: tuple  # NumPy shape of the elements (or of the rows of bytes for block types)
-    values: np.ndarray
-
-
-def _out_f32(arr: np.ndarray) -> Output:
-    """A float32 NumPy array -> Output."""
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    return Output("f32", arr.view(np.uint8).reshape(-1), arr.shape, arr)
-
-
-def _out_tensor(t) -> Output:
-    """A contiguous mlaref Tensor -> Output."""
-    raw = t.raw()
-    if t.type in ("f32", "f16", "bf16", "i32"):
-        return Output(t.type, raw.reshape(-1), (t.ne[3], t.ne[2], t.ne[1], t.ne[0]),
-                      t.to_numpy().astype(np.float32))
-    return Output(t.type, raw.reshape(-1), raw.shape, t.to_numpy())
-
-
-def _out_rows(kind: str, rows: np.ndarray, n: int) -> Output:
-    """uint8 rows of a block or element type -> Output (values by the spec's dequantize)."""
-    rows = np.ascontiguousarray(rows, dtype=np.uint8)
-    if kind == "f32":
-        v = rows.view(np.float32).reshape(rows.shape[0], n)
-        return Output("f32", rows.reshape(-1), v.shape, v.copy())
-    if kind in ("f16", "bf16"):
-        bits = rows.view(np.uint16).reshape(rows.shape[0], n)
-        v = fp.f16_to_f32(bits) if kind == "f16" else fp.bf16_to_f32(bits)
-        return Output(kind, rows.reshape(-1), v.shape, v)
-    return Output(kind, rows.reshape(-1), rows.shape, dequantize(rows, kind))
-
-
-def _spec_call(fn, *args, **kwargs):
-    """Call the spec; its TypeError/ValueError (the spec does not define this case) becomes Unsupported."""
-    try:
-        return fn(*args, **kwargs)
-    except (TypeError, ValueError, NotImplementedError) as exc:
-        raise Unsupported(f"the spec does not define it: {exc}") from None
+# the pieces every op module shares (outputs.py), under this module's old names
+_out_f32, _out_tensor, _out_rows, _spec_call = out_f32, out_tensor, out_rows, spec_call
 
 
 def P():
@@ -338,5 +292,5 @@ def op_selftest_abort(p, inp):
 OPS = {"quantize": op_quantize, "dequantize": op_dequantize, "vec_dot": op_vec_dot, "cpy": op_cpy,
        "concat": op_concat, "repeat": op_repeat, "get_rows": op_get_rows, "mul_mat": op_mul_mat,
        "soft_max": op_soft_max, "rope": op_rope, "flash_attn_ext": op_flash_attn_ext,
-       "selftest_abort": op_selftest_abort}
+       "mla_block": op_mla_block, "mla_identity": op_mla_identity, "selftest_abort": op_selftest_abort}
 TEST_ONLY_OPS = ("selftest_abort",)

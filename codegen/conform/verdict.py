@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from mlaref.codegen.conform.case import Case
-from mlaref.codegen.conform.ops import Output
+from mlaref.codegen.conform.outputs import Output
 from mlaref.reference import get_type
 from mlaref.reference.compare import nmse, ulps
 

@@ -31,7 +31,8 @@ from pathlib import Path
 from mlaref.codegen.conform import peer as _peer
 from mlaref.codegen.conform.case import Case
 from mlaref.codegen.conform.inputs import make_inputs
-from mlaref.codegen.conform.ops import OPS, Unsupported
+from mlaref.codegen.conform.ops import OPS
+from mlaref.codegen.conform.outputs import Unsupported
 from mlaref.codegen.conform.verdict import compare, verdict_for
 from mlaref.codegen.peers import build as peer_build
 from mlaref.codegen.peers.harness import LayoutMismatch

@@ -3,7 +3,7 @@
 import numpy as np
 
 from mlaref.codegen.conform.caseset import default_cases
-from mlaref.codegen.conform.ops import Output
+from mlaref.codegen.conform.outputs import Output
 from mlaref.codegen.conform.verdict import compare
 from mlaref.reference.compare import nmse
 
