@@ -1,6 +1,7 @@
-"""The Conformance page's verdict tables: the snapshots ``mlaref conform --all-levels --json-dir docs/data/conform``
-wrote, one JSON per build of upstream ggml (the installed native library and ggml-python's sdist built at each
-level the recording machine runs).
+"""The Conformance page's verdict tables: the snapshots ``mlaref conform ... --json-dir docs/data/conform`` wrote,
+one JSON per build of a peer: upstream ggml 0.15.3 (the installed native ggml-python library and its sdist built at
+each level the recording machine runs), upstream ggml 0.25.3 (llama-cpp-python) and ik_llama.cpp
+(ik-llama-cpp-python), side by side.
 
 This module only renders them: a table of the builds (what each was compiled with, the plan and vector exp the
 spec took from that, and where the plan was verified), counts by verdict per op with one column per build, and
@@ -19,6 +20,16 @@ STATUSES = ("bit-exact", "within NMSE bound", "mismatch", "unsupported", "aborte
 _LEVEL_ORDER = ("generic", "avx", "avx2", "avx512", "avx512vnni", "avx512bf16")
 
 
+_PEER_ORDER = ("ggml-python", "llama-cpp-python", "ik-llama-cpp-python")
+_PEER_TEXT = {"ggml-python": "ggml-python 0.0.45: upstream ggml 0.15.3",
+              "llama-cpp-python": "llama-cpp-python 0.3.36: upstream ggml 0.25.3",
+              "ik-llama-cpp-python": "ik-llama-cpp-python 0.1.5: ik_llama.cpp (2026 snapshot)"}
+
+
+def _peer(data: dict) -> str:
+    return data["ggml"].get("peer", "ggml-python")
+
+
 def _status(v: dict) -> str:
     s = v["status"]
     return next((k for k in STATUSES if s.startswith(k)), s)
@@ -32,8 +43,9 @@ def load() -> list[tuple[str, dict]]:
         runs.append((path.stem, data))
 
     def key(item):
-        name = item[0]
-        return (_LEVEL_ORDER.index(name), name) if name in _LEVEL_ORDER else (len(_LEVEL_ORDER), name)
+        name, data = item
+        peer = _PEER_ORDER.index(_peer(data)) if _peer(data) in _PEER_ORDER else len(_PEER_ORDER)
+        return (peer, _LEVEL_ORDER.index(name), name) if name in _LEVEL_ORDER else (peer, len(_LEVEL_ORDER), name)
 
     return sorted(runs, key=key)
 
@@ -43,21 +55,22 @@ def verdict_tables() -> str:
     if not runs:
         return ('!!! note "No conformance snapshot"\n    `docs/data/conform/` is empty; run '
                 '`mlaref conform --all-levels --json-dir docs/data/conform`.\n')
-    lines = ["| build | compiled with | vec_dot plan | v_expf | cases | bit-exact | unexplained | plan verified on |",
-             "|---|---|---|---|---:|---:|---:|---|"]
+    lines = ["| build | peer | compiled with | vec_dot plan | v_expf | cases | bit-exact | unexplained | plan verified on |",
+             "|---|---|---|---|---|---:|---:|---:|---|"]
     for name, data in runs:
         b = data["ggml"].get("build", {})
         vs = data["verdicts"]
         exact = sum(_status(v) == "bit-exact" for v in vs)
         bad = sum(1 for v in vs if not v.get("explained"))
         feats = " ".join(b.get("features", [])) or "x86-64 baseline (SSE2)"
-        lines.append(f"| `{name}` | {feats} | `{b.get('vec_dot_plan')}` | `{b.get('simd')}` | {len(vs)} | {exact} "
+        lines.append(f"| `{name}` | {_PEER_TEXT.get(_peer(data), _peer(data))} | {feats} | `{b.get('vec_dot_plan')}` "
+                     f"| `{b.get('simd')}` | {len(vs)} | {exact} "
                      f"| {bad} | {b.get('verified') or 'inferred, not run'} |")
     lines.append("")
     for name, data in runs:
         vs = data["verdicts"]
         total = collections.Counter(_status(v) for v in vs)
-        lines.append(f"* `{name}`: libggml {data['ggml'].get('version', '?')}, {len(vs)} cases, "
+        lines.append(f"* `{name}`: {_PEER_TEXT.get(_peer(data), _peer(data))}, {len(vs)} cases, "
                      + ", ".join(f"{total[s]} {s}" for s in STATUSES if total[s])
                      + f"; {sum(1 for v in vs if not v.get('explained'))} unexplained.")
     lines += ["", "Verdicts per op (bit-exact / cases; then the other verdicts):", "",

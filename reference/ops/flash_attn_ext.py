@@ -64,8 +64,15 @@ Tested bit for bit against upstream ggml (ggml-python 0.0.45; tests/reference/te
 algorithm with the build's plan for q8_0 K/V at any query count and for f16 K/V below 64 queries; from 64 queries
 upstream runs a tiled f32 kernel for f16/f32 K/V, ``algorithm="tiled"`` (fa_tiled.py); the split-KV path at 1 to
 4 threads with ``kv_split`` = the thread count (f16 Dk 576 / Dv 512 with V a view of K, f32 192 / 128, masks),
-natively (AMD Zen 3) and at the levels generic, avx and avx2. The blocked algorithm has no executable oracle here
-(ik_llama.cpp is not built); it is checked against float64 attention and hand-built exact cases.
+natively (AMD Zen 3) and at the levels generic, avx and avx2.
+
+Executable oracles: ik_llama.cpp itself, built from the ik-llama-cpp-python 0.1.5 sdist (``mlaref peer build
+ik-llama-cpp-python``) and run through mlaref's C harness: ``mlaref conform --peer ik-llama-cpp-python`` checks
+``algorithm="iqk2026"`` bit for bit against it (f16 / q8_0 K/V, 192/128 and 576/512 with V a view of K, 1 to 512
+queries, causal masks, 1 and 2 threads), natively on AMD Zen 3. The "blocked" algorithm models
+ik_llama.cpp@676f0e71b (2025), of which no build is at hand: it stays checked against float64 attention and
+hand-built exact cases, and the 2026 snapshot's differences from it (k_step 128, the q8_2 Q conversion, the
+repacked q8_0 K, the one-query thread split) are listed in docs/facts/ik-snapshot-fa.md.
 """
 
 from __future__ import annotations
