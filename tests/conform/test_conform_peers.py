@@ -79,3 +79,42 @@ def test_upstream_0_25_3_stock_mul_mat_is_bit_exact_without_its_tiled_kernel(mon
     monkeypatch.setenv("GGML_CPU_TILED_MM", "0")
     res = run_cases(cases, harness=str(harness.ensure("llama-cpp-python", "native")), timeout=120)
     assert [(v["id"], v["status"]) for v in res["verdicts"]] == [(c.id, "bit-exact") for c in cases]
+
+
+# -- ik_llama.cpp itself (the 2026 snapshot of ik-llama-cpp-python 0.1.5) ---------------------------------------
+
+@pytest.fixture(scope="module")
+def ik():
+    res = run_cases(default_cases(), harness=str(harness.ensure("ik-llama-cpp-python", "native")), timeout=180)
+    return res, {v["id"]: v for v in res["verdicts"]}
+
+
+def test_ik_is_named_and_nothing_is_unexplained(ik):
+    res, by_id = ik
+    g = res["ggml"]
+    assert g["peer"] == "ik-llama-cpp-python" and g["version"] == "0.1.5" and "ik_llama.cpp" in g["vendors"]
+    assert [(k, v["text"]) for k, v in by_id.items() if not v["explained"]] == []
+
+
+def test_every_pr253_op_is_bit_exact_on_ik_llama_cpp(ik):
+    """PR #253's own ops on the system it was written for, all bit-exact: mul_mat of every weight type with an
+    f16 / bf16 / q8_0 latent-cache view (mul_mat_ik2026), concat and repeat of f16 / bf16 / q8_0 rows, the cache
+    store, flash attention 192/128 and 576/512 with V a view of K (algorithm='iqk2026'), and one layer's whole
+    attention graph in both branches, whose K, V and output are the same bytes (mla_identity)."""
+    _, by_id = ik
+    pr = {k: v for k, v in by_id.items() if k.startswith("pr253/")}
+    assert len(pr) == 86
+    assert {k: v["text"] for k, v in pr.items() if v["status"] != "bit-exact"} == {}
+    assert sum(k.startswith("pr253/mla_identity/") for k in pr) == 8
+
+
+def test_ik_differences_from_upstream_are_stated(ik):
+    """What the snapshot does not share with upstream is reported with the reason, never compared blindly."""
+    _, by_id = ik
+    for pair in ("q8_0.q8_0", "iq4_nl.q8_0", "q4_K.q8_K", "q6_K.q8_K"):
+        v = by_id[f"vec_dot/{pair}"]
+        assert v["status"] == "unsupported" and "q8_2_x4" in v["text"], v["text"]
+    v = by_id["quantize/q8_K/x86"]
+    assert v["status"] == "unsupported" and "296 bytes" in v["text"], v["text"]
+    for cid in ("repeat/q8_0", "concat/q8_0/dim0"):
+        assert by_id[cid]["status"] == "bit-exact", by_id[cid]["text"]
