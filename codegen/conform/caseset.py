@@ -134,6 +134,19 @@ def default_cases() -> list[Case]:
                       "b": {"gen": "normal", "type": "f16", "shape": [3, 4, 64]}},
                      note="upstream: element path concat_f16; ik_llama.cpp@676f0e71b: row memcpy (concat_any, "
                           "#253); same bytes for dim 0"))
+    for t, dim in (("f16", 2), ("bf16", 1), ("q8_0", 1), ("q8_0", 2)):
+        sb = [3, 4, 64]
+        sb[2 - dim] = {1: 2, 2: 5}[dim]
+        block = t == "q8_0"
+        cases.append(_mk(f"concat/{t}/dim{dim}", "concat", {"dim": dim},
+                         {"a": {"gen": "normal", "type": t, "shape": [3, 4, 64]},
+                          "b": {"gen": "normal", "type": t, "shape": sb}},
+                         note=("upstream 0.25.3 copies rows along any dim (concat_any); 0.15.3 copies ne0 blocks per "
+                               "row, so the rows it writes later repair the result but the last row writes past "
+                               "the tensor (F1: a heap overflow even where the bytes come out right); ik_llama.cpp "
+                               "asserts dim == 0" if block else
+                               "upstream: element path along any dim (concat_f16); ik_llama.cpp asserts dim == 0"),
+                         known=_FINDING_CONCAT if block else None))
     cases.append(_mk("concat/q8_0/dim0", "concat", {"dim": 0},
                      {"a": {"gen": "normal", "type": "q8_0", "shape": [3, 4, 128]},
                       "b": {"gen": "normal", "type": "q8_0", "shape": [3, 4, 64]}},

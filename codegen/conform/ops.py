@@ -27,7 +27,8 @@ from mlaref.codegen.conform import peer as _peer
 from mlaref.codegen.conform.mla import op_mla_block, op_mla_identity
 from mlaref.codegen.conform.outputs import Unsupported, out_f32, out_rows, out_tensor, spec_call
 from mlaref.reference import dequantize, quantize
-from mlaref.reference.ops import cast, concat, get_rows, repeat, rope, soft_max
+from mlaref.reference.ops import cast, get_rows, repeat, rope, soft_max
+from mlaref.reference.ops.concat import Concat_253, Concat_ggml015, Concat_ggml025
 from mlaref.reference.ops.flash_attn_ext import flash_attn_ext, upstream_splits_kv
 from mlaref.reference.ops.mul_mat import VEC_DOT_TYPE, mul_mat
 from mlaref.reference.ops.mul_mat_iqk import mul_mat_ik2026
@@ -165,8 +166,28 @@ def op_cpy(p, inp):
     return _out_tensor(spec), _out_tensor(P().cast(src, p["dst_type"], n_threads=p.get("n_threads", 1)))
 
 
+def _ggml_version() -> str:
+    """``"0.15.3"`` / ``"0.25.3"`` for upstream ggml as vendored by the peer, ``"ik"`` for the ik snapshot."""
+    if _is_ik():
+        return "ik"
+    rec = P().build_record() if hasattr(P(), "build_record") else {}
+    return "0.25.3" if "0.25.3" in str(rec.get("ggml", "")) else "0.15.3"
+
+
+def _concat_version(t: str):
+    """The spec's concat class for the library's version (reference/ops/concat.py). Against ggml 0.15.3 block
+    types are compared with the row semantics the fix adopted (``Concat_ggml025``), so finding F1 shows as a
+    mismatch or abort, never as a case nobody ran."""
+    v = _ggml_version()
+    if v == "ik":
+        return Concat_253
+    if v == "0.25.3":
+        return Concat_ggml025
+    return Concat_ggml015 if t in ("f32", "i32", "f16", "bf16") else Concat_ggml025
+
+
 def op_concat(p, inp):
-    spec = _spec_call(concat, inp["a"], inp["b"], p["dim"])
+    spec = _spec_call(_concat_version(inp["a"].type).eval, inp["a"], inp["b"], p["dim"])
     return _out_tensor(spec), _out_tensor(P().concat(inp["a"], inp["b"], p["dim"], n_threads=p.get("n_threads", 1)))
 
 

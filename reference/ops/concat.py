@@ -18,8 +18,23 @@ Two paths, chosen by type (``ggml_compute_forward_concat``, ggml.c@676f0e71b):
   (``nb[0] == type size``): upstream does not check this and would copy unrelated bytes; mlaref refuses.
 
 Before #253 (fc6a65dda) every type other than f32/i32 aborted (``GGML_ABORT``); ``Concat_pre253`` raises
-TypeError there. ``concat(a, b, dim)`` is ``Concat_253``. Upstream ggml (ggml-cpu/ops.cpp) has an element path
-for f16/bf16 too, which gives the same bytes as the row path for dim 0.
+TypeError there. ``concat(a, b, dim)`` is ``Concat_253``.
+
+Upstream ggml, two versions, each a class (``ggml_compute_forward_concat``, ggml-cpu/ops.cpp):
+
+* ``Concat_ggml015`` (ggml 0.15.3, ggml-python 0.0.45): element paths for f32/i32 (4 bytes) and f16/bf16
+  (2 bytes, ``ggml_compute_forward_concat_f16``), along **any** dim, each element read through all four strides
+  (any ``nb[0]``); block types go to a ``concat_any`` that copies ``ne0`` units of one *block* per row
+  (``ne0`` counts elements, the stride is a block: ops.cpp:1897-1938 of ggml-python 0.0.45's sdist), so every row
+  writes past its end and the last row past the tensor (finding F1 in docs/conformance-findings.md). Along dims
+  1-3 the rows written later overwrite the spill inside the result, whose bytes then come out right, but the
+  writes past it are a heap overflow; along dim 0 b's rows are also read from the wrong offsets. No defined
+  result: the class raises for block types.
+* ``Concat_ggml025`` (ggml 0.25.3, llama-cpp-python 0.3.36; llama.cpp PR #25247): the same element paths, and for
+  block types a row path along **any** dim (``ggml_compute_forward_concat_any``, ops.cpp:1899-1949 of that sdist):
+  rows must be contiguous (it asserts ``ggml_is_contiguous_rows``); along dim 0 b's row follows a's row
+  (``a.ne0 / block size`` blocks in), along dims 1-3 b's rows follow a's rows. Same bytes as ``Concat_253`` where
+  that is defined (dim 0).
 """
 
 from __future__ import annotations
@@ -29,9 +44,10 @@ import numpy as np
 from mlaref.reference.ops._common import check_rows_contiguous, check_tensor, element_bits
 from mlaref.reference.tensor import Tensor
 
-__all__ = ["Concat_pre253", "Concat_253", "concat"]
+__all__ = ["Concat_pre253", "Concat_253", "Concat_ggml015", "Concat_ggml025", "concat"]
 
 _ELEMENT_PATH = ("f32", "i32")
+_UPSTREAM_ELEMENT_PATH = ("f32", "i32", "f16", "bf16")
 
 
 def _shape(a: Tensor, b: Tensor, dim) -> tuple[int, int, int, int]:
@@ -48,9 +64,10 @@ def _shape(a: Tensor, b: Tensor, dim) -> tuple[int, int, int, int]:
     return tuple(ne)
 
 
-def _element_path(a: Tensor, b: Tensor, dim: int, ne) -> Tensor:
+def _element_path(a: Tensor, b: Tensor, dim: int, ne, packed: bool = True) -> Tensor:
+    """Every destination element from a or b (``packed``: ik_llama.cpp's assert nb[0] == 4)."""
     for arg, t in (("a", a), ("b", b)):
-        if t.nb[0] != 4:
+        if packed and t.nb[0] != 4:
             raise ValueError(f"concat: {arg} must have 4-byte elements in a row (nb[0] == 4, got {t.nb[0]})")
     dst = Tensor.empty(a.type, ne)
     out = element_bits(dst)  # (ne3, ne2, ne1, ne0): NumPy axis 3 - k is ggml dim k
@@ -95,6 +112,48 @@ class Concat_253:
         rows = dst.data.reshape(ne[3], ne[2], ne[1], ra + b.row_size())  # dst is contiguous
         rows[..., :ra] = a.raw()
         rows[..., ra:] = b.raw()
+        return dst
+
+
+class Concat_ggml015:
+    """concat of upstream ggml 0.15.3: element paths for f32/i32/f16/bf16 along any dim; block types undefined."""
+
+    @staticmethod
+    def eval(a: Tensor, b: Tensor, dim: int) -> Tensor:
+        check_tensor("concat", "a", a)
+        check_tensor("concat", "b", b)
+        ne = _shape(a, b, dim)
+        if a.type not in _UPSTREAM_ELEMENT_PATH:
+            raise TypeError(f"concat: ggml 0.15.3 has no defined result for {a.type} (its concat_any steps over "
+                            "block types with element strides and reads and writes past the rows: finding F1)")
+        return _element_path(a, b, dim, ne, packed=False)
+
+
+class Concat_ggml025:
+    """concat of upstream ggml 0.25.3: element paths for f32/i32/f16/bf16, a row path for block types, any dim."""
+
+    @staticmethod
+    def eval(a: Tensor, b: Tensor, dim: int) -> Tensor:
+        check_tensor("concat", "a", a)
+        check_tensor("concat", "b", b)
+        ne = _shape(a, b, dim)
+        if a.type in _UPSTREAM_ELEMENT_PATH:
+            return _element_path(a, b, dim, ne, packed=False)
+        check_rows_contiguous("concat", "a", a)
+        check_rows_contiguous("concat", "b", b)
+        dst = Tensor.empty(a.type, ne)
+        if dim == 0:
+            ra = a.row_size()
+            rows = dst.data.reshape(ne[3], ne[2], ne[1], ra + b.row_size())
+            rows[..., :ra] = a.raw()
+            rows[..., ra:] = b.raw()
+            return dst
+        rows = dst.data.reshape(ne[3], ne[2], ne[1], dst.row_size())
+        split = [slice(None)] * 3
+        split[2 - (dim - 1)] = slice(0, a.ne[dim])
+        rows[tuple(split)] = a.raw()
+        split[2 - (dim - 1)] = slice(a.ne[dim], ne[dim])
+        rows[tuple(split)] = b.raw()
         return dst
 
 
