@@ -146,3 +146,20 @@ def test_the_tie_cases_tell_the_two_q8_roundings_apart():
     assert np.array_equal(qs["ref"], away)
     assert np.array_equal(qs["x86"], np.rint(x).astype(np.int8))
     assert (qs["ref"] != qs["x86"]).sum() > 100
+
+
+def test_view_inputs_share_their_sources_buffer_and_causal_masks_close_whole_blocks():
+    from mlaref.codegen.conform.inputs import make_inputs
+
+    made = make_inputs({"v": {"gen": "view", "of": "k", "cols": [0, 512], "seed": 1},
+                        "k": {"gen": "normal", "type": "q8_0", "shape": [1, 1, 40, 576], "seed": 2},
+                        "m": {"gen": "mask", "type": "f16", "shape": [16, 256], "causal": 3, "seed": 3}})
+    k, v, m = made["k"], made["v"], made["m"]
+    assert v.data is k.data and v.ne == (512, 40, 1, 1) and v.nb[1:] == k.nb[1:] and v.offset == k.offset
+    assert np.array_equal(v.to_numpy(), k.to_numpy()[..., :512])
+    vals = m.to_numpy().reshape(16, 256)
+    for i in range(3):  # query i sees columns 0 .. 256 - 3 + i
+        assert np.isfinite(vals[i, : 254 + i]).all() and np.isneginf(vals[i, 254 + i:]).all()
+    with pytest.raises(ValueError, match="whole 32-blocks"):
+        make_inputs({"k": {"gen": "normal", "type": "q8_0", "shape": [2, 64], "seed": 1},
+                     "v": {"gen": "view", "of": "k", "cols": [0, 48], "seed": 1}})

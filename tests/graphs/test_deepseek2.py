@@ -267,3 +267,33 @@ def test_bad_hyper_parameters():
     with pytest.raises(ValueError, match="unknown model 'deepseek-v3'"):
         preset("deepseek-v3")
     assert isinstance(LITE.replace(n_ctx_train=4096), HParams)
+
+
+def test_the_attention_block_is_the_layers_attention_alone():
+    """build_attention_block: the nodes of layer 0's attention in build_graph's order, from the input attn_norm-0
+    to kqv_out-0, with the cache store before the reads of the cache and #253's ops of the branch."""
+    from mlaref.reference.graphs.deepseek2 import build_attention_block, build_graph
+    from mlaref.reference.hparams import preset
+
+    hp = preset("lite-attn").replace(n_layer=1, n_layer_dense_lead=1)
+    blk = build_attention_block(hp, 256, variant="direct", cache_type="q8_0", n_tokens=32)
+    full = build_graph(hp, 256, variant="direct", cache_type="q8_0", n_tokens=32)
+    names = [n.name for n in blk.graph.nodes]
+    assert names[-1] == "kqv_out-0" and blk.output.name == "kqv_out-0"
+    full_names = [n.name for n in full.graph.nodes]
+    lo, hi = full_names.index(names[0]), full_names.index("kqv_out-0")
+
+    def sig(nodes):  # op, type, shape and name (auto names "node_%d" count graph-wide: left out)
+        return [(n.op, n.type, n.ne, "" if n.name.startswith("node_") else n.name) for n in nodes]
+
+    assert sig(full.graph.nodes[lo:hi + 1]) == sig(blk.graph.nodes)  # the same nodes, in the same order
+    assert set(blk.inputs) == {"attn_norm-0", "inp_pos", "KQ_mask"} and len(blk.kv_cache) == 1
+    ops = [n.op for n in blk.graph.nodes]
+    store = next(i for i, n in enumerate(blk.graph.nodes) if n.op == "CPY" and "kvr-0" in n.name)
+    first_read = next(i for i, n in enumerate(blk.graph.nodes) if n.name == "kv_f32-0")
+    assert store < first_read
+    assert {"CONCAT", "REPEAT", "FLASH_ATTN_EXT", "FUSED_RMS_NORM"} <= set(ops)
+    kv = next(n for n in blk.graph.nodes if n.name == "kv_f32-0")
+    assert kv.src[1].type == "q8_0"  # the direct branch: mul_mat over the q8_0 cache view
+    with pytest.raises(ValueError, match="n_tokens must exceed n_head"):
+        build_attention_block(hp, 256, n_tokens=8)
