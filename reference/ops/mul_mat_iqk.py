@@ -26,6 +26,12 @@ its int16 quant sum; ``fold8`` is ``hsum_float_8`` = ((l0+l4)+(l2+l6)) + ((l1+l5
     one 8-lane accumulator; element e in lane e % 8; ``acc = x*y`` for elements 0..7 (a product, not an FMA),
     then ``acc = fma(y, x, acc)`` per 8 elements; a last group of 4 fills lanes 0..3 (lanes 4..7 get
     ``fma(0, 0, acc)``); ``fold8``. x is the f16 weight widened (exact); y the f32 or f16 row.
+``ik2026_f32_l8`` / ``ik2026_bf16_l8``  f32 / bf16 weight: the same kernel as ``ik2026_f16_l8``
+    (``set_mul_mat_f<float|ggml_bf16_t, ...>``, iqk_gemm_floats.cpp:608-663), the weight widened exactly. An f32
+    weight takes f32 / f16 src1 as given (K % 4 == 0); with bf16 / q8_0 src1 the snapshot converts src1 to the
+    vec_dot type f32, whose type_traits have no ``from_float`` (ggml.c:680-689): it calls a null pointer and
+    crashes, so those raise here. A bf16 weight (K % 8 == 0) takes f32 / bf16 src1 as given; f16 / q8_0 src1
+    become bf16 first (``to_float``, then ``ggml_fp32_to_bf16_row``: round to nearest even, ggml.c:502-516).
 ``ik2026_q8_0_h16`` / ``ik2026_iq4_nl_h16``  N < 32 (``mul_mat_qX_0_q8_0_T<..., block_q8_2>``,
     iqk_gemm_legacy_quants.cpp:398-421, ``AccumT`` 297-366, ``Sum4<..., SignedDot, false>`` 47-66): per group of 4
     blocks, lane k = block 4g+k elements 0..15, lane 4+k = its elements 16..31 (each an exact sum of 16
@@ -35,9 +41,18 @@ its int16 quant sum; ``fold8`` is ``hsum_float_8`` = ((l0+l4)+(l2+l6)) + ((l1+l5
     offset as a separate term: ``m = (dx * -8) * (dy * float(s))`` (ScaleHelperQ_0_1<8> 151-171 times
     convert_scales 84-88), ``accm[k] += m`` (4 float lanes from 0; a tail block adds ``m * 0.25`` to all four);
     result ``t_k = (acc_k + acc_{4+k}) + accm_k``, ``(t0 + t2) + (t1 + t3)`` (MinusType1, 275-296).
-``ik2026_q8_0_r8``  q8_0 / iq4_nl / q4_0 with N >= 32: the weight becomes q8_0_r8 without loss (d copied,
-    values q, kvalues[nib] or nib - 8; 1941-2007); ``mul_mat_q8_0_r8_q8_2`` (1669-1753): one float per row,
+``ik2026_q5_0_h16m``  q5_0, N < 32 (``Q5_0_1_Unpacker``, 794-798): as ``ik2026_q4_0_h16m`` with the unsigned
+    5-bit values and ``m = (dx * -16) * (dy * float(s))`` (ScaleHelperQ_0_1<16>).
+``ik2026_q4_1_h16m`` / ``ik2026_q5_1_h16m``  q4_1 / q5_1, N < 32 (``Q4_1_Unpacker`` / ``Q5_1_Unpacker``,
+    799-808, ScaleHelperQ_1 238-266): as ``ik2026_q4_0_h16m`` with the unsigned stored values and the block's own
+    min: ``m = f32(mx) * (dy * float(s))``.
+``ik2026_q8_0_r8``  q8_0 / iq4_nl / q4_0 / q5_0 with N >= 32: the weight becomes q8_0_r8 without loss (d copied,
+    values q, kvalues[nib], nib - 8 or q - 16; 1941-2009); ``mul_mat_q8_0_r8_q8_2`` (1669-1753): one float per row,
     per block in order ``acc = fma(f32(dx) * dy, float(S_block), acc)``; no fold.
+``ik2026_q8_1_r8``  q4_1 / q5_1 with N >= 32: the weight becomes q8_1_r8 without loss (d, m and the unsigned
+    values copied, ``iqk_convert_qX_1_q8_1_r8`` 2011-2042); ``mul_mat_q8_1_r8_q8_2`` (1869-1937) as in
+    ``ik2026_q4_K_r8`` with d' = d, m' = m. Its loop runs ``nb / 4`` groups of 4 blocks only (1897): **blocks after the
+    last full group (K % 128) are dropped** from the result (checked against the library with K = 160, 576).
 ``ik2026_q4_K_h16``  q4_K, N < 32 (``mul_mat_qX_K_q8_2_X4_T``, iqk_gemm_kquants.cpp:782-864): per super-block,
     first ``acc_l = fma(dy_l * float(s_l), -(f32(dmin) * float(m_l)), acc_l)`` for the 8 sub-blocks l; then for
     each half j of 128: lane k / 4+k = sub-block 4j+k elements 0..15 / 16..31,
@@ -55,10 +70,22 @@ its int16 quant sum; ``fold8`` is ``hsum_float_8`` = ((l0+l4)+(l2+l6)) + ((l1+l5
     ``mx = float(max|v|) / 127``, ``d' = f16(f32(d) * mx)``, values ``sat8(rint(float(v) * (1 / mx)))`` (0 if
     ``mx <= 1e-9``); then ``ik2026_q8_0_r8``.
 
+``ik2026_vec_dot_avx2``  f16 / f32 / bf16 weight with K not a multiple of the iqk float kernels' step (4; bf16
+    8) and src1 already of the weight's type: iqk declines and ggml's chunked vec_dot runs (ggml.c:17021-,
+    ``ggml_vec_dot_f32`` 2871-2912, ``ggml_vec_dot_bf16`` 2914-2976, ``ggml_vec_dot_f16`` 2978-): mlaref's
+    ``ggml_x86_avx2`` plan (:func:`~mlaref.reference.ops.vec_dot.vec_dot`) gives its bytes. With another src1
+    type the snapshot converts src1, iqk declines again and ``ggml_compute_forward_mul_mat`` **returns without
+    writing dst** (the ``return`` at ggml.c:17018 follows the second ``iqk_mul_mat_4d`` whatever it answered),
+    or, for an f32 weight, crashes on the missing ``from_float``: both raise here.
+
+Not modelled: the N == 1 batched special cases of ``iqk_mul_mat_4d``.
+
 Bit-exactness: every path was compared with the library (``harness_ops.mul_mat`` on the sdist's libggml.so) for
 the weights f16, q8_0, iq4_nl, q4_0, q4_K, q6_K, src1 f32 / f16 / bf16 / q8_0 (also a 512-of-576 view),
 K = 512, M = 64 and 4096, N = 1, 7, 32, 64, 100, n_threads 1 and 2: equal bytes; also K = 160 / 576 (tail blocks),
-f16 with K % 8 == 4, q4_K / q6_K with K = 256 / 768, and the tiled branch (M / nth < 32).
+f16 with K % 8 == 4, q4_K / q6_K with K = 256 / 768, and the tiled branch (M / nth < 32). The same grid, plus the
+weight ne = [256, 16] with src1 ne = [256, 5, 2] on 2 threads, for f32 (src1 f32 / f16), bf16, q4_1, q5_0 and q5_1,
+with K = 160 / 576 for the last three, f32 K = 12 / 20 / 516, bf16 K = 8 / 24 / 520 and the tiled branch.
 
 Value domain: weights as their formats state (q8_0 quants never -128: the sign trick of ``SignedDot`` would give
 -128 * -128 = -16384 there); src1 finite.
@@ -71,6 +98,7 @@ import numpy as np
 from mlaref.reference import fp, quantize
 from mlaref.reference.ops._common import check_tensor
 from mlaref.reference.ops import _vecdot_pairs as pairs
+from mlaref.reference.ops.vec_dot import vec_dot
 from mlaref.reference.tensor import Tensor
 
 __all__ = ["SNAPSHOT", "PATHS", "REPACK_MIN_N", "ik2026_path", "MulMat_ik2026", "mul_mat_ik2026", "fold8"]
@@ -80,29 +108,45 @@ SNAPSHOT = ("ik_llama.cpp vendored in ik-llama-cpp-python 0.1.5 (sdist), x86-64 
 
 # the named models of this module (see the module docstring)
 PATHS = ("ik2026_f16_l8", "ik2026_q8_0_h16", "ik2026_iq4_nl_h16", "ik2026_q4_0_h16m", "ik2026_q8_0_r8",
-         "ik2026_q4_K_h16", "ik2026_q4_K_r8", "ik2026_q6_K_h16", "ik2026_q6_K_r8")
+         "ik2026_q4_K_h16", "ik2026_q4_K_r8", "ik2026_q6_K_h16", "ik2026_q6_K_r8",
+         "ik2026_f32_l8", "ik2026_bf16_l8", "ik2026_q5_0_h16m", "ik2026_q4_1_h16m", "ik2026_q5_1_h16m",
+         "ik2026_q8_1_r8", "ik2026_vec_dot_avx2")
 
 # weight type -> the smallest N at which MulMat::is_dequant_better repacks it (iqk_mul_mat.cpp:254-274, AVX2)
-REPACK_MIN_N = {"q4_0": 32, "q8_0": 32, "iq4_nl": 32, "q4_K": 32, "q6_K": 64}
+REPACK_MIN_N = {"q4_0": 32, "q8_0": 32, "iq4_nl": 32, "q4_K": 32, "q6_K": 64, "q4_1": 32, "q5_0": 32, "q5_1": 32}
 
+# float weights: one kernel family, never repacked (is_dequant_better names no other type for them)
+_FLOAT_PATH = {"f16": "ik2026_f16_l8", "f32": "ik2026_f32_l8", "bf16": "ik2026_bf16_l8"}
 _SMALL_N_PATH = {"q8_0": "ik2026_q8_0_h16", "iq4_nl": "ik2026_iq4_nl_h16", "q4_0": "ik2026_q4_0_h16m",
-                 "q4_K": "ik2026_q4_K_h16", "q6_K": "ik2026_q6_K_h16"}
+                 "q4_K": "ik2026_q4_K_h16", "q6_K": "ik2026_q6_K_h16", "q5_0": "ik2026_q5_0_h16m",
+                 "q4_1": "ik2026_q4_1_h16m", "q5_1": "ik2026_q5_1_h16m"}
 _REPACK_PATH = {"q8_0": "ik2026_q8_0_r8", "iq4_nl": "ik2026_q8_0_r8", "q4_0": "ik2026_q8_0_r8",
-                "q4_K": "ik2026_q4_K_r8", "q6_K": "ik2026_q6_K_r8"}
+                "q4_K": "ik2026_q4_K_r8", "q6_K": "ik2026_q6_K_r8", "q5_0": "ik2026_q8_0_r8",
+                "q4_1": "ik2026_q8_1_r8", "q5_1": "ik2026_q8_1_r8"}
+_WEIGHT_TYPES = tuple(_FLOAT_PATH) + tuple(_SMALL_N_PATH)
 _SRC1_TYPES = ("f32", "f16", "bf16", "q8_0")
+# K must be a multiple of this for the iqk kernels to accept the weight (iqk_gemm_floats.cpp:611, 642,
+# iqk_gemm_legacy_quants.cpp:2086, k-quants 256)
+_K_MULTIPLE = {"f16": 4, "f32": 4, "bf16": 8, "q4_K": 256, "q6_K": 256}
+# the legacy h16m kernels' offset: ScaleHelperQ_0_1<8> / <16> give the block's m as dx * -8 / dx * -16
+# (iqk_gemm_legacy_quants.cpp:151-171); q4_1 / q5_1 carry their own m (ScaleHelperQ_1, 238-266)
+_H16M_OFFSET = {"q4_0": 8, "q5_0": 16}
 
 
-def ik2026_path(weight_type: str, n: int, m: int, n_threads: int = 1) -> str:
+def ik2026_path(weight_type: str, n: int, m: int, n_threads: int = 1, k: int | None = None) -> str:
     """The model the snapshot runs for an ``m``-row weight and ``n`` src1 rows of one matrix on ``n_threads``.
 
-    Repacking needs (iqk_mul_mat.cpp:514, 534-537): ``m / nth >= 32`` (integer division), ``ceil(m / nth) >= 16``,
+    ``k`` (the row length), when given, matters for float weights only: a K the iqk float kernels decline (not a
+    multiple of 4, bf16: 8) runs ggml's own vec_dot, ``ik2026_vec_dot_avx2``. Repacking needs (iqk_mul_mat.cpp:514, 534-537): ``m / nth >= 32`` (integer division), ``ceil(m / nth) >= 16``,
     ``n`` at least ``REPACK_MIN_N`` and ``m`` a multiple of 8 (the r8 layouts' rows).
     """
-    if weight_type == "f16":
-        return "ik2026_f16_l8"
+    if weight_type in _FLOAT_PATH:
+        if k is not None and k % _K_MULTIPLE[weight_type]:
+            return "ik2026_vec_dot_avx2"
+        return _FLOAT_PATH[weight_type]
     if weight_type not in _SMALL_N_PATH:
         raise ValueError(f"mul_mat_ik2026: weight type {weight_type!r} is not modelled; "
-                         f"modelled: f16, {', '.join(_SMALL_N_PATH)}")
+                         f"modelled: {', '.join(_WEIGHT_TYPES)}")
     repack = (m // n_threads >= 32 and -(-m // n_threads) >= 16 and n >= REPACK_MIN_N[weight_type]
               and m % 8 == 0)
     return _REPACK_PATH[weight_type] if repack else _SMALL_N_PATH[weight_type]
@@ -171,18 +215,17 @@ def _f16_l8(xv: np.ndarray, yv: np.ndarray) -> np.ndarray:
     return fold8(acc)
 
 
-def _legacy_h16(qx, dx, qy, dy, s, offset_m: bool) -> np.ndarray:
-    """``ik2026_q8_0_h16`` / ``_iq4_nl_h16`` / (``offset_m``) ``_q4_0_h16m``; qx are the signed weight values
-    (q4_0: nib - 8), turned back into unsigned nibbles for the q4_0 kernel."""
+def _legacy_h16(qx, dx, qy, dy, s, mx=None) -> np.ndarray:
+    """``ik2026_q8_0_h16`` / ``_iq4_nl_h16`` (``mx`` None: qx signed) and the h16m paths ``ik2026_q4_0_h16m``,
+    ``_q5_0_h16m``, ``_q4_1_h16m``, ``_q5_1_h16m`` (qx the unsigned stored values, ``mx`` the block's offset
+    factor (M, nb): ``dx * -8``, ``dx * -16`` or the block's own m)."""
     m, nb = dx.shape
     n = dy.shape[0]
-    if offset_m:
-        qx = qx + 8
     s16 = _isums(qx, qy, 16)  # (M, N, nb, 2)
     s4 = _isums(qx, qy, 4)  # (M, N, nb, 8): the tail blocks' lanes
     d = _mul(dx[:, None, :], dy[None, :, :])  # (M, N, nb)
-    if offset_m:
-        mterm = _mul(_mul(dx, np.float32(-8))[:, None, :], _mul(dy, s)[None, :, :])
+    if mx is not None:
+        mterm = _mul(mx[:, None, :], _mul(dy, s)[None, :, :])
     acc = np.zeros((m, n, 8), np.float32)
     accm = np.zeros((m, n, 4), np.float32)
     g = nb // 4
@@ -191,13 +234,13 @@ def _legacy_h16(qx, dx, qy, dy, s, offset_m: bool) -> np.ndarray:
         dd = np.concatenate([d[..., blk], d[..., blk]], axis=-1)
         ss = np.concatenate([s16[..., blk, 0], s16[..., blk, 1]], axis=-1)
         acc = fp.fmaf(dd, ss, acc)
-        if offset_m:
+        if mx is not None:
             accm = _add(accm, mterm[..., blk])
     for b in range(4 * g, nb):
         acc = fp.fmaf(d[..., b:b + 1], s4[..., b, :], acc)
-        if offset_m:
+        if mx is not None:
             accm = _add(accm, _mul(mterm[..., b:b + 1], np.float32(0.25)))
-    if offset_m:
+    if mx is not None:
         return _fold4(_add(_add(acc[..., :4], acc[..., 4:]), accm))
     return fold8(acc)
 
@@ -240,15 +283,14 @@ def _q4_K_h16(rows, k, qy, dy, s) -> np.ndarray:
     return fold8(acc)
 
 
-def _q4_K_r8(rows, k, qy, dy, s) -> np.ndarray:
-    """``ik2026_q4_K_r8``: q8_1_r8 scales rounded to f16, mins first per group of 4 blocks."""
-    q, d, dmin, sc, mn = _q4_K_parts(rows, k)
-    m = d.shape[0]
-    dq = fp.f16_to_f32(fp.f32_to_f16(_mul(d[:, :, None], sc))).reshape(m, -1)  # (M, nb*8)
-    mq = fp.f16_to_f32(fp.f32_to_f16(_mul(-dmin[:, :, None], mn))).reshape(m, -1)
+def _q8_1_r8(q, dq, mq, qy, dy, s) -> np.ndarray:
+    """``ik2026_q8_1_r8`` (``mul_mat_q8_1_r8_q8_2``): q (M, nb, 32) unsigned values, dq / mq (M, nb) the per-block
+    scale and min as the f16 stored in q8_1_r8 (widened); per group of 4 blocks the 4 min terms first, then per
+    block two FMAs (elements 0..15, 16..31). Blocks after the last full group of 4 are not visited at all
+    (the kernel's loop runs ``nb / 4`` groups)."""
     s16 = _isums(q, qy, 16)
-    sy = _mul(s, dy)  # (N, nb*8)
-    acc = np.zeros((m, dy.shape[0]), np.float32)
+    sy = _mul(s, dy)  # (N, nb)
+    acc = np.zeros((q.shape[0], dy.shape[0]), np.float32)
     for g in range(q.shape[1] // 4):
         for b in range(4 * g, 4 * g + 4):
             acc = fp.fmaf(mq[:, None, b], sy[None, :, b], acc)
@@ -257,6 +299,15 @@ def _q4_K_r8(rows, k, qy, dy, s) -> np.ndarray:
             acc = fp.fmaf(e, s16[..., b, 0], acc)
             acc = fp.fmaf(e, s16[..., b, 1], acc)
     return acc
+
+
+def _q4_K_r8(rows, k, qy, dy, s) -> np.ndarray:
+    """``ik2026_q4_K_r8``: q8_1_r8 scales rounded to f16, then :func:`_q8_1_r8`."""
+    q, d, dmin, sc, mn = _q4_K_parts(rows, k)
+    m = d.shape[0]
+    dq = fp.f16_to_f32(fp.f32_to_f16(_mul(d[:, :, None], sc))).reshape(m, -1)  # (M, nb*8)
+    mq = fp.f16_to_f32(fp.f32_to_f16(_mul(-dmin[:, :, None], mn))).reshape(m, -1)
+    return _q8_1_r8(q, dq, mq, qy, dy, s)
 
 
 def _q6_K_parts(rows: np.ndarray, k: int):
@@ -334,14 +385,25 @@ class MulMat_ik2026:
     def _check(self, a: Tensor, b: Tensor) -> None:
         check_tensor(self.version, "a (src0)", a)
         check_tensor(self.version, "b (src1)", b)
-        if a.type != "f16" and a.type not in _SMALL_N_PATH:
-            raise ValueError(f"{self.version}: weight type {a.type} is not modelled; modelled: f16, "
-                             f"{', '.join(_SMALL_N_PATH)}")
+        if a.type not in _WEIGHT_TYPES:
+            raise ValueError(f"{self.version}: weight type {a.type} is not modelled; modelled: "
+                             f"{', '.join(_WEIGHT_TYPES)}")
         if b.type not in _SRC1_TYPES:
             raise ValueError(f"{self.version}: src1 type {b.type} is not modelled; modelled: {', '.join(_SRC1_TYPES)}")
+        ragged = a.ne[0] % _K_MULTIPLE.get(a.type, 32) != 0  # the iqk kernels decline this K
+        if a.type == "f32" and (b.type not in ("f32", "f16") or (ragged and b.type != "f32")):
+            # iqk declines and src1 would be converted to the vec_dot type f32, whose type_traits have no
+            # from_float (ggml.c:680-689): the snapshot calls a null pointer (SIGSEGV)
+            raise ValueError(f"{self.version}: an f32 weight with a {b.type} src1 (K = {a.ne[0]}) crashes the "
+                             f"snapshot (no from_float for f32); nothing to model")
+        if ragged and a.type in _FLOAT_PATH and b.type != a.type:
+            # iqk declines, src1 is converted to the vec_dot type (the weight's type), iqk declines again and
+            # ggml_compute_forward_mul_mat returns without computing anything (ggml.c:16990-17018)
+            raise ValueError(f"{self.version}: {a.type} weight, {b.type} src1, K = {a.ne[0]}: the snapshot "
+                             f"never writes dst here; nothing to model")
         if a.ne[0] != b.ne[0]:
             raise ValueError(f"{self.version}: a.ne[0] ({a.ne[0]}) must equal b.ne[0] ({b.ne[0]})")
-        if a.ne[0] % (256 if a.type in ("q4_K", "q6_K") else 32 if a.type != "f16" else 4):
+        if ragged and a.type not in _FLOAT_PATH:
             raise ValueError(f"{self.version}: K = {a.ne[0]} is not handled by the iqk kernels of {a.type}")
         if a.nb[0] != a.type_size or b.nb[0] != b.type_size:
             raise ValueError(f"{self.version}: rows of a and b must have contiguous elements")
@@ -354,12 +416,20 @@ class MulMat_ik2026:
 
     def _one(self, x: np.ndarray, wt: str, y_rows: np.ndarray, bt: str, k: int, nth: int) -> np.ndarray:
         m, n = x.shape[0], y_rows.shape[0]
-        path = self.path or ik2026_path(wt, n, m, nth)
+        path = self.path or ik2026_path(wt, n, m, nth, k)
+        if path == "ik2026_vec_dot_avx2":  # src1 is the weight's type here (_check)
+            return vec_dot(x, wt, y_rows, bt, k, "ggml_x86_avx2")
         yv = _src1_values(y_rows, bt, k)
         if wt == "f16":
             if bt not in ("f32", "f16"):  # converted to the vec_dot type f16 (RNE) first
                 yv = fp.f16_to_f32(fp.f32_to_f16(yv))
             return _f16_l8(fp.f16_to_f32(np.ascontiguousarray(x).view("<u2")).reshape(m, k), yv)
+        if wt == "f32":  # f32 / f16 src1 as given (_check refuses the others)
+            return _f16_l8(np.ascontiguousarray(x).view(np.float32).reshape(m, k), yv)
+        if wt == "bf16":
+            if bt not in ("f32", "bf16"):  # converted to the vec_dot type bf16 (RNE) first
+                yv = fp.bf16_to_f32(fp.f32_to_bf16(yv))
+            return _f16_l8(fp.bf16_to_f32(np.ascontiguousarray(x).view("<u2")).reshape(m, k), yv)
         qy, dy, s = _q8_2_values(quantize(yv, "q8_2_x4", variant="iqk"), k)
         if wt in ("q4_K", "q6_K"):
             if path == "ik2026_q4_K_h16":
@@ -370,11 +440,18 @@ class MulMat_ik2026:
                 return _q6_K_h16(x, k, qy, dy)
             q8, dq = _q6_K_requant(x, k)
             return _r8_serial(q8, dq, qy, dy)
-        qx, dx, _ = pairs.decode_x(x, wt, k)
+        qx, dx, mx = pairs.decode_x(x, wt, k)
         qx = qx.astype(np.int32)
-        if path == "ik2026_q8_0_r8":
+        if path == "ik2026_q8_0_r8":  # q8_0_r8 stores the signed values (q4_0: nib - 8, q5_0: q - 16)
             return _r8_serial(qx, dx, qy, dy)
-        return _legacy_h16(qx, dx, qy, dy, s, offset_m=(path == "ik2026_q4_0_h16m"))
+        if path == "ik2026_q8_1_r8":  # q4_1 / q5_1: d, m and the unsigned values copied
+            return _q8_1_r8(qx, dx, mx, qy, dy, s)
+        if not path.endswith("_h16m"):
+            return _legacy_h16(qx, dx, qy, dy, s)
+        if wt in _H16M_OFFSET:  # the kernel sees the unsigned stored values; the offset is an m term
+            off = _H16M_OFFSET[wt]
+            return _legacy_h16(qx + off, dx, qy, dy, s, mx=_mul(dx, np.float32(-off)))
+        return _legacy_h16(qx, dx, qy, dy, s, mx=mx)
 
     def __call__(self, a: Tensor, b: Tensor) -> Tensor:
         self._check(a, b)
@@ -392,7 +469,7 @@ class MulMat_ik2026:
                 x = _matrix_rows(a, i12 // r2, i13 // r3)
                 y = _matrix_rows(b, i12, i13)
                 res = np.empty((m, n), np.float32)
-                path = self.path or ik2026_path(a.type, n, m, nth)
+                path = self.path or ik2026_path(a.type, n, m, nth, k)
                 for i in range(0, m, step):
                     res[i:i + step] = MulMat_ik2026(path=path)._one(x[i:i + step], a.type, y, b.type, k, 1)
                 out[i13, i12] = res.T

@@ -151,6 +151,12 @@ def test_q4_0_offset_term_cancels_exactly():
     ("q6_K", 64, 64, 2, "ik2026_q6_K_r8"), ("f16", 100, 64, 2, "ik2026_f16_l8"),
     # M/nth < 32: the tiled branch, which never repacks; M not a multiple of 8: no r8 layout
     ("q8_0", 100, 32, 2, "ik2026_q8_0_h16"), ("q8_0", 100, 36, 1, "ik2026_q8_0_h16"),
+    # f32 / bf16 weights: one float kernel for every N; q5_0 repacks to q8_0_r8, q4_1 / q5_1 to q8_1_r8 at N >= 32
+    ("f32", 100, 4096, 2, "ik2026_f32_l8"), ("bf16", 1, 64, 1, "ik2026_bf16_l8"),
+    ("q5_0", 31, 64, 1, "ik2026_q5_0_h16m"), ("q5_0", 32, 64, 1, "ik2026_q8_0_r8"),
+    ("q4_1", 31, 64, 2, "ik2026_q4_1_h16m"), ("q4_1", 32, 64, 2, "ik2026_q8_1_r8"),
+    ("q5_1", 7, 4096, 2, "ik2026_q5_1_h16m"), ("q5_1", 64, 4096, 2, "ik2026_q8_1_r8"),
+    ("q5_1", 100, 32, 2, "ik2026_q5_1_h16m"),
 ])
 def test_path_choice(wt, n, m, nth, want):
     assert ik2026_path(wt, n, m, nth) == want
@@ -168,3 +174,123 @@ def test_q6_K_requantization_of_a_flat_block():
     q8, dq = _q6_K_requant(blk[None, :], 256)
     assert (q8 == 127).all()
     assert (dq == np.float32(np.float16(np.float32(1) / np.float32(127)))).all()
+
+
+def _f16_bytes(v: float) -> np.ndarray:
+    return np.array([v], np.float16).view(np.uint8)
+
+
+def _q4_1_block(d: float, m: float, nibbles: np.ndarray) -> np.ndarray:
+    """block_q4_1 {d f16, m f16, qs[16]}: element j < 16 in the low nibble of qs[j], element 16 + j in the high."""
+    nib = nibbles.astype(np.uint8)
+    return np.concatenate([_f16_bytes(d), _f16_bytes(m), nib[:16] | (nib[16:] << 4)])
+
+
+def _rows(block_bytes: np.ndarray, m: int, k: int, type: str) -> Tensor:
+    return Tensor.from_bytes(np.tile(block_bytes, (m, 1)), type, (k, m))
+
+
+def test_f32_weight_lanes_and_fold_with_f32_and_f16_src1():
+    # element e in lane e % 8: lane 0 = 2**24 * 1 (a product), then fma(1, 1, 2**24) = 2**24 + 1 -> 2**24 (tie to
+    # even); lanes 1 and 3 hold 1. fold8 = ((2**24 + 0) + (0 + 0)) + ((1 + 0) + (1 + 0)) = 2**24 + 2, exact.
+    # Adding the elements in order would give 2**24 (each +1 lost).
+    x = np.zeros((1, 16), np.float32)
+    x[0, [0, 1, 3, 8]] = [2.0**24, 1, 1, 1]
+    a = Tensor.from_numpy(x)
+    for bt in ("f32", "f16"):
+        b = Tensor.from_numpy(np.ones((1, 16), np.float32), bt)
+        assert ik2026_path("f32", 1, 1) == "ik2026_f32_l8"
+        assert mul_mat_ik2026(a, b).to_numpy().item() == 2.0**24 + 2
+    with pytest.raises(ValueError, match="crashes the snapshot"):
+        mul_mat_ik2026(a, Tensor.from_numpy(np.ones((1, 16), np.float32), "bf16"))
+
+
+def test_bf16_weight_rounds_f16_src1_to_bf16_first():
+    # an f16 src1 is converted to the vec_dot type bf16 (round to nearest even on the bits) before the kernel:
+    # 1 + 2**-10 -> 1; 1 + 2**-8 is the tie between 1 and 1 + 2**-7 -> 1 (even); 1 + 3 * 2**-8 is the tie between
+    # 1 + 2**-7 and 1 + 2**-6 -> 1 + 2**-6 (even). With a weight of ones the 8 lanes add exactly.
+    a = Tensor.from_numpy(np.ones((1, 8), np.float32), "bf16")
+    for v, want in ((1 + 2**-10, 1.0), (1 + 2**-8, 1.0), (1 + 3 * 2**-8, 1 + 2**-6)):
+        y = np.full((1, 8), v, np.float32)
+        assert mul_mat_ik2026(a, Tensor.from_numpy(y, "f16")).to_numpy().item() == 8 * want
+        assert mul_mat_ik2026(a, Tensor.from_numpy(y)).to_numpy().item() == 8 * v  # f32 src1 taken as is
+    with pytest.raises(ValueError, match="K = 12: the snapshot never writes dst"):
+        mul_mat_ik2026(Tensor.from_numpy(np.ones((1, 12), np.float32), "bf16"),
+                       Tensor.from_numpy(np.ones((1, 12), np.float32)))
+
+
+def test_q5_0_values_with_high_bits_small_and_repacked():
+    # one q5_0 block, d = 1, stored 5-bit value of element j = j (low nibble j % 16, high bit j >= 16), so its value
+    # is j - 16; src1 integers with amax 127 quantize to themselves (d = 1). Every partial sum is a small integer,
+    # so both paths (h16m: 16 * s in the m term, q8_0_r8: the signed values) give the exact dot product.
+    j = np.arange(32)
+    qs = ((j[:16] % 16) | ((j[16:] % 16) << 4)).astype(np.uint8)
+    qh = np.packbits((j >= 16).astype(np.uint8), bitorder="little")  # bit j = high bit of element j
+    blk = np.concatenate([_f16_bytes(1.0), qh, qs])
+    y = np.zeros(32, np.float32)
+    y[:8] = [127, -3, 5, 0, 7, -11, 2, 1]
+    y[20:24] = [9, -6, 4, 100]
+    want = float(sum(int(jj - 16) * int(v) for jj, v in zip(j, y)))
+    for n, path in ((7, "ik2026_q5_0_h16m"), (32, "ik2026_q8_0_r8")):
+        assert ik2026_path("q5_0", n, 64) == path
+        r = mul_mat_ik2026(_rows(blk, 64, 32, "q5_0"), Tensor.from_numpy(np.tile(y, (n, 1)))).to_numpy()
+        assert (r == want).all()
+
+
+def _q4_1_order_case():
+    """q4_1 weight (K = 128, 64 equal rows) and src1 rows whose q8_2 values are the inputs (d = 1).
+
+    Blocks 0 and 1: d = 1, m = 4096, nibble 1 at element 17 only; blocks 2 and 3 zero. src1 blocks 0 and 1:
+    elements 0..15 = 127, element 16 = 15, element 17 = 1, so s = 2032 + 16 = 2048 and S = 1 (elements 16..31).
+    """
+    nib = np.zeros(32)
+    nib[17] = 1
+    blocks = [_q4_1_block(1.0, 4096.0, nib)] * 2 + [_q4_1_block(0.0, 0.0, np.zeros(32))] * 2
+    yb = np.zeros(32, np.float32)
+    yb[:16], yb[16], yb[17] = 127, 15, 1
+    y = np.concatenate([yb, yb, np.zeros(64, np.float32)])
+    return _rows(np.concatenate(blocks), 64, 128, "q4_1"), y
+
+
+def test_q4_1_min_terms_separate_or_first():
+    a, y = _q4_1_order_case()
+    # h16m (N < 32): lanes 4 and 5 hold 1 (S of block 0 / 1), the m accumulator's lanes 0 and 1 hold
+    # 4096 * (1 * 2048) = 2**23; t_k = (acc_k + acc_{4+k}) + accm_k: t0 = t1 = 2**23 + 1, t2 = t3 = 0;
+    # (t0 + t2) + (t1 + t3) = 2**24 + 2 exactly, the true value.
+    r = mul_mat_ik2026(a, Tensor.from_numpy(np.tile(y, (7, 1)))).to_numpy()
+    assert (r == 2.0**24 + 2).all()
+    # q8_1_r8 (N >= 32): one float, the 4 min terms first: 2**23, then 2**24; then each block's
+    # fma(1 * 1, S = 1, 2**24) = 2**24 + 1 -> 2**24 (tie to even): the 2 is lost
+    r = mul_mat_ik2026(a, Tensor.from_numpy(np.tile(y, (32, 1)))).to_numpy()
+    assert ik2026_path("q4_1", 32, 64) == "ik2026_q8_1_r8"
+    assert (r == 2.0**24).all()
+
+
+def test_q8_1_r8_skips_blocks_after_the_last_group_of_4():
+    # K = 160 (5 blocks); only block 4 is non-zero: d = 1, m = 0.5, every nibble 1; src1 all ones, so each q8_2
+    # block has d = bf16(1/127) = 2**-7 * 129/128, q = 127, s = 4064.
+    # h16m (N = 7): the tail block's 8 lanes get fma(dy, 4 * 127, 0) = 508 * dy = 3.999755859375 (exact), its m
+    # term m * (dy * s) = 0.5 * 31.998046875, a quarter of it (3.999755859375) into each of the 4 m lanes:
+    # t_k = 2 * 3.999755859375 + 3.999755859375 and the sum of the four, 47.9970703125 (= 1.5 * 4064 * dy).
+    # q8_1_r8 (N = 32): mul_mat_q8_1_r8_q8_2 walks nb / 4 = 1 group only, so the result is 0.
+    zero = _q4_1_block(0.0, 0.0, np.zeros(32))
+    blk = np.concatenate([zero] * 4 + [_q4_1_block(1.0, 0.5, np.ones(32))])
+    a = _rows(blk, 64, 160, "q4_1")
+    assert (mul_mat_ik2026(a, Tensor.from_numpy(np.ones((7, 160), np.float32))).to_numpy() == 47.9970703125).all()
+    assert (mul_mat_ik2026(a, Tensor.from_numpy(np.ones((32, 160), np.float32))).to_numpy() == 0.0).all()
+
+
+def test_ragged_float_rows_run_ggml_vec_dot_or_are_refused():
+    # K = 6 is not a multiple of 4: iqk declines and ggml_vec_dot_f32 runs: no full 32-element step, so the
+    # 6 products are added one by one to 0: 2**24, then + 1 twice, each a tie that rounds to even: 2**24
+    # (the iqk lane kernel would have kept both ones in separate lanes)
+    x = np.array([[2.0**24, 1, 1, 0, 0, 0]], np.float32)
+    y = np.ones((1, 6), np.float32)
+    assert ik2026_path("f32", 1, 1, k=6) == "ik2026_vec_dot_avx2"
+    assert mul_mat_ik2026(Tensor.from_numpy(x), Tensor.from_numpy(y)).to_numpy().item() == 2.0**24
+    # src1 of another type than the weight: the snapshot converts it and then computes nothing (f16, bf16) or
+    # crashes (f32: no from_float)
+    with pytest.raises(ValueError, match="never writes dst"):
+        mul_mat_ik2026(Tensor.from_numpy(x, "f16"), Tensor.from_numpy(y))
+    with pytest.raises(ValueError, match="crashes the snapshot"):
+        mul_mat_ik2026(Tensor.from_numpy(x), Tensor.from_numpy(y, "f16"))
