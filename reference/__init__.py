@@ -12,22 +12,27 @@ from __future__ import annotations
 import numpy as np
 
 from mlaref.reference.types import VARIANTS, get_type, registry
+from mlaref.reference.types._ik2026 import IK2026_VARIANTS
 
-__all__ = ["quantize", "dequantize", "get_type", "registry", "VARIANTS"]
+__all__ = ["quantize", "dequantize", "get_type", "registry", "VARIANTS", "IK2026_VARIANTS"]
 
 
 def quantize(x, type, *, variant: str = "ref", imatrix=None) -> np.ndarray:
     """Quantize float32 ``x`` (last dim a multiple of the block size) into rows of ``type``.
 
     Returns uint8 of shape ``x.shape[:-1] + (row_bytes,)``. ``variant`` names the ggml routine reproduced
-    (``ref``, ``model``, ``x86``, ``iqk``; see :mod:`mlaref.reference.types._base`). ``imatrix``, the
-    importance weights of ``ggml_quantize_chunk``, has one float per column and goes with ``variant="model"``.
+    (``ref``, ``model``, ``x86``, ``iqk``; see :mod:`mlaref.reference.types._base`; and the 2026 ik_llama.cpp
+    snapshot's ``ik2026_ref``, ``ik2026_x86``, ``ik2026_model`` where a format has them). ``imatrix``, the
+    importance weights of ``ggml_quantize_chunk``, has one float per column and goes with ``variant="model"``
+    or ``"ik2026_model"``.
     """
     fmt = get_type(type)
-    if variant not in VARIANTS:
-        raise ValueError(f"quantize: unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
-    if variant not in fmt.variants:
-        raise ValueError(f"quantize: {fmt.name} has no variant {variant!r}; it has {', '.join(fmt.variants)}")
+    if variant not in VARIANTS + IK2026_VARIANTS:
+        raise ValueError(f"quantize: unknown variant {variant!r}; known: {', '.join(VARIANTS + IK2026_VARIANTS)}")
+    table = fmt.ik2026_variants if variant in IK2026_VARIANTS else fmt.variants
+    if variant not in table:
+        have = [*fmt.variants, *fmt.ik2026_variants]
+        raise ValueError(f"quantize: {fmt.name} has no variant {variant!r}; it has {', '.join(have)}")
     x = np.asarray(x)
     if x.dtype != np.float32:
         raise TypeError(f"quantize: x must be float32, got {x.dtype}")
@@ -39,8 +44,8 @@ def quantize(x, type, *, variant: str = "ref", imatrix=None) -> np.ndarray:
             f"quantize: the last dim of x ({n}) must be a positive multiple of {fmt.name}'s block size {fmt.block_size}"
         )
     if imatrix is not None:
-        if variant != "model":
-            raise ValueError(f"quantize: imatrix goes with variant='model', not {variant!r}")
+        if variant not in ("model", "ik2026_model"):
+            raise ValueError(f"quantize: imatrix goes with variant='model', not {variant!r} (or with 'ik2026_model')")
         imatrix = np.asarray(imatrix)
         if imatrix.dtype != np.float32 or imatrix.shape != (n,):
             raise ValueError(
@@ -48,7 +53,7 @@ def quantize(x, type, *, variant: str = "ref", imatrix=None) -> np.ndarray:
                 f"got {imatrix.dtype} {imatrix.shape}"
             )
     rows = np.ascontiguousarray(x).reshape(-1, n)
-    out = fmt.quantize_rows(rows, fmt.variants[variant], imatrix)
+    out = fmt.quantize_rows(rows, table[variant], imatrix)
     return out.reshape(x.shape[:-1] + (fmt.row_size(n),))
 
 

@@ -32,13 +32,24 @@ _FINDING_CONCAT = {"kind": "finding", "text": "F1 in docs/conformance-findings.m
                                               "#25247, after this ggml-python's ggml 0.15.3)"}
 
 
+_FINDING_DUP = {"kind": "finding", "text": "F2 in docs/conformance-findings.md: the ik_llama.cpp snapshot's "
+                                            "dup_same_cont splits a contiguous same-type copy by elements but "
+                                            "copies blocks, so a q8_0 -> q8_0 cpy reads and writes 32 times the "
+                                            "tensor's bytes; with 2 threads the second copy lands far past it "
+                                            "(the process hangs or crashes)"}
+
+
 def finding_cases() -> list[Case]:
     """Minimal reproducers of the findings in docs/conformance-findings.md (codegen/conform/cases/finding-*.json)."""
     return [_mk("finding/F1/concat_q8_0_dim0_one_block_each", "concat", {"dim": 0},
                 {"a": {"gen": "normal", "type": "q8_0", "shape": [1, 32]},
                  "b": {"gen": "normal", "type": "q8_0", "shape": [1, 32]}},
                 note="ik_llama.cpp@676f0e71b (concat_any, PR #253) and the spec copy each row's bytes: dst = "
-                     "[a's block, b's block]", known=_FINDING_CONCAT)]
+                     "[a's block, b's block]", known=_FINDING_CONCAT),
+            _mk("finding/F2/cpy_q8_0_q8_0_two_threads", "cpy", {"dst_type": "q8_0", "n_threads": 2},
+                {"src": {"gen": "normal", "type": "q8_0", "shape": [2, 64]}},
+                note="upstream splits the copy by blocks (dup_same_cont, ggml-cpu/ops.cpp of ggml 0.15.3): "
+                     "bit-exact there", known=_FINDING_DUP)]
 
 
 def _kq_pad(n_q: int) -> int:
@@ -119,7 +130,7 @@ def default_cases() -> list[Case]:
             note = "quant -> f32 only (dup_q); ik_llama.cpp@676f0e71b and upstream both abort otherwise"
         known = {"kind": "upstream-lacks", "text": "upstream ggml_compute_forward_dup aborts for a quantized "
                                                    "src unless dst is f32 (as ik_llama.cpp)"} \
-            if (st, dt) == ("q8_0", "f16") else None
+            if (st, dt) == ("q8_0", "f16") else _FINDING_DUP if (st, dt) == ("q8_0", "q8_0") else None
         cases.append(_mk(cid, "cpy", {"dst_type": dt, "src_transposed": tr, "n_threads": 2},
                          {"src": {"gen": "normal", "type": st, "shape": shape}}, note=note, known=known))
     # concat: dims 0..3 for f32, dim 0 for f16 and q8_0

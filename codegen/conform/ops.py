@@ -26,7 +26,7 @@ import numpy as np
 from mlaref.codegen.conform import peer as _peer
 from mlaref.codegen.conform.mla import op_mla_block, op_mla_identity
 from mlaref.codegen.conform.outputs import Unsupported, out_f32, out_rows, out_tensor, spec_call
-from mlaref.reference import dequantize, quantize
+from mlaref.reference import dequantize, get_type, quantize
 from mlaref.reference.ops import cast, get_rows, repeat, rope, soft_max
 from mlaref.reference.ops.concat import Concat_253, Concat_ggml015, Concat_ggml025
 from mlaref.reference.ops.flash_attn_ext import flash_attn_ext, upstream_splits_kv
@@ -57,6 +57,13 @@ def _check_ik_build() -> None:
     if not b.has("avx2", "fma", "f16c") or b.has("avx512f") or b.has("avx512_vnni"):
         raise Unsupported(f"the spec models ik-llama-cpp-python 0.1.5's AVX2 build (no AVX-512, no VNNI); this "
                           f"build is {b.name} ({' '.join(sorted(b.features)) or 'baseline'})")
+
+
+def _ik_variant(t: str, variant: str, default: str) -> str:
+    """The spec's quantize variant of the ik snapshot's routine ``variant`` (ref / x86 / model) for type ``t``: the
+    snapshot's own (``ik2026_*``, reference/types/_ik2026.py) where it differs from upstream's, else ``default``."""
+    mine = f"ik2026_{variant}"
+    return mine if mine in get_type(t).ik2026_variants else default
 
 
 def _check_lib_type(t: str) -> None:
@@ -100,12 +107,19 @@ def op_quantize(p, inp):
     model = ggml_quantize_chunk (with the imatrix input if the case has one)."""
     t, variant, x = p["type"], p["variant"], inp["x"]
     imatrix = inp.get("imatrix")
-    if variant == "iqk":
+    if variant == "iqk" and not _is_ik():
         raise Unsupported("variant iqk is ik_llama.cpp@676f0e71b's IQK from_float; upstream ggml has none "
                           "(its CPU from_float is variant x86)")
     _check_lib_type(t)
+    if variant == "iqk":  # the ik snapshot's CPU from_float of an IQK type
+        if not P().has_trait(t, "from_float"):
+            raise Unsupported(f"{P().name}: the CPU type_traits[{t}].from_float is NULL")
+        spec = _spec_call(quantize, x, t, variant="iqk")
+        return _out_rows(t, spec, x.shape[1]), _out_rows(t, P().from_float(t, x), x.shape[1])
     # "x86" is the CPU back-end's from_float: in a build without AVX / F16C that is the reference routine
     spec_variant = _peer_build().from_float(t) if variant == "x86" else variant
+    if _is_ik():
+        spec_variant = _ik_variant(t, variant, spec_variant)
     spec = _spec_call(quantize, x, t, variant=spec_variant, imatrix=imatrix)
     if variant == "ref":
         if P().has_trait(t, "from_float_ref"):
@@ -162,7 +176,11 @@ def _maybe_transposed(t, p):
 def op_cpy(p, inp):
     """ggml_cpy(src, new contiguous tensor of dst_type and src's shape) (= ggml_cast)."""
     src = _maybe_transposed(inp["src"], p)
-    spec = _spec_call(cast, src, p["dst_type"])
+    dt = p["dst_type"]
+    kw = {}
+    if _is_ik() and src.type in ("f32", "f16", "bf16") and dt not in ("f32", "f16", "bf16"):
+        kw["variant"] = _ik_variant(dt, "x86", "x86" if "x86" in get_type(dt).variants else "ref")
+    spec = _spec_call(cast, src, dt, **kw)
     return _out_tensor(spec), _out_tensor(P().cast(src, p["dst_type"], n_threads=p.get("n_threads", 1)))
 
 

@@ -317,13 +317,21 @@ class Harness:
         x = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
         rows, n = x.shape
         _check_row(type_name, n)
+        if type_name in self.types:
+            self.check_layout(type_name)
         out = np.zeros((rows, row_size(type_name, n)), np.uint8)
         self._symbol(func, 0, x, out, rows, n, 4 * n, out.shape[1])
         return out
 
     def dequantize_row_symbol(self, func: str, data: np.ndarray, n: int) -> np.ndarray:
-        """An exported ``dequantize_row_*`` routine by name on uint8 rows ``(rows, row_bytes)``."""
+        """An exported ``dequantize_row_<type>`` routine by name on uint8 rows ``(rows, row_bytes)``; the type's
+        layout is checked first (the name says which type)."""
+        type_name = func.removeprefix("dequantize_row_")
+        if type_name in self.types:
+            self.check_layout(type_name)
         data = np.ascontiguousarray(np.atleast_2d(data), dtype=np.uint8)
+        if data.shape[1] != row_size(type_name, n):
+            raise ValueError(f"{func}: rows of {data.shape[1]} bytes do not hold {n} {type_name} values")
         out = np.zeros((data.shape[0], n), np.float32)
         self._symbol(func, 1, data, out, data.shape[0], n, data.shape[1], 4 * n)
         return out

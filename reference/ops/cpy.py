@@ -104,8 +104,9 @@ def cpy(src: Tensor, dst, *, variant: str | None = None, bf16_simd: bool = False
         fmt = get_type(dst.type)
         if variant is None:
             variant = "x86" if "x86" in fmt.variants else "ref"
-        if variant not in fmt.variants:
-            raise ValueError(f"cpy: {dst.type} has no quantize variant {variant!r}; it has {', '.join(fmt.variants)}")
+        if variant not in fmt.variants and variant not in fmt.ik2026_variants:
+            have = [*fmt.variants, *fmt.ik2026_variants]
+            raise ValueError(f"cpy: {dst.type} has no quantize variant {variant!r}; it has {', '.join(have)}")
         if src.ne[0] % fmt.block_size:
             raise ValueError(
                 f"cpy: src rows of {src.ne[0]} values cannot be quantized to {dst.type}: "

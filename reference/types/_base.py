@@ -31,6 +31,10 @@ variant    meaning
 ``iqk``    ik_llama.cpp@676f0e71b's IQK ``from_float`` (q8_K and the x4 layouts)
 =========  ===================================================================================
 
+The quantizers of the April 2026 ik_llama.cpp snapshot (``ik2026_ref``, ``ik2026_x86``, ``ik2026_model``) are listed
+apart, in ``ik2026_variants`` (same shape as ``variants``), and run through ``mlaref.reference.quantize`` like the others; see
+:mod:`._ik2026`.
+
 A format lists in ``variants`` the variants it accepts; each maps to the implementation that runs, so
 variants that coincide for a type are the same code (``Q4_0.variants = {"ref": "ref", "model": "ref",
 "x86": "ref"}``).
@@ -70,6 +74,9 @@ class BlockFormat:
     is_quantized: ClassVar[bool] = True
     domain: ClassVar[str] = "every byte pattern"
     variants: ClassVar[dict[str, str]] = {"ref": "ref", "model": "ref", "x86": "ref"}
+    # The 2026 ik_llama.cpp snapshot's quantizers (names in _ik2026.IK2026_VARIANTS) -> implementation names that
+    # quantize_blocks understands; empty where none is modelled.
+    ik2026_variants: ClassVar[dict[str, str]] = {}
     takes_imatrix: ClassVar[bool] = False  # does the model quantizer use importance weights?
     chunk_blocks: ClassVar[int] = 4096  # blocks per NumPy pass in quantize_rows (and dequantize_rows by default)
     dequantize_chunk_blocks: ClassVar[int | None] = None  # blocks per pass in dequantize_rows; None: chunk_blocks
@@ -123,10 +130,15 @@ class BlockFormat:
         n_rows, n = x.shape
         return np.broadcast_to(imatrix.astype(np.float32), (n_rows, n)).reshape(-1, self.block_size)
 
+    def variant_block_weights(self, x: np.ndarray, imatrix: np.ndarray | None, variant: str) -> np.ndarray | None:
+        """``block_weights`` for the implementation ``variant``; formats whose variants weigh differently override it
+        (the ik2026 legacy quantizers, :mod:`._ik2026`)."""
+        return self.block_weights(x, imatrix)
+
     def quantize_rows(self, x: np.ndarray, variant: str, imatrix: np.ndarray | None) -> np.ndarray:
         """float32 ``(n_rows, n)`` -> uint8 ``(n_rows, row_size(n))``."""
         n_rows, n = x.shape
-        weights = self.block_weights(x, imatrix)
+        weights = self.variant_block_weights(x, imatrix, variant)
         xb = x.reshape(-1, self.block_size)
         out = np.empty(xb.shape[0], dtype=self.dtype)
         step = self.chunk_blocks

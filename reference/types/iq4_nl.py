@@ -141,6 +141,108 @@ def quantize_iq4_nl_blocks(x: np.ndarray, ntry: int, qw: np.ndarray | None):
     return d, L
 
 
+def ik2026_blocks(x: np.ndarray, ntry: int, qw: np.ndarray | None):
+    """The snapshot's ``quantize_row_iq4_nl_impl`` (one 32-block per super-block), as built: ``(d, L)``.
+
+    ggml-quants.c:14713-14881. Steps 1-3 of the module doc, with ``sigma2 = fmaf(x, x, sigma2)`` summed, the
+    weights ``qw * sqrtf(fmaf(x, x, sigma2))``, the sums ``sumqx = fmaf(w*q, x, sumqx)``, ``sumq2 = fmaf(w*q,
+    q, sumq2)`` and no ``sumq2 > 0`` guard on the first ``d = sumqx/sumq2`` (ggml-quants.c:14760). Then:
+
+    * for ``itry = -ntry..ntry`` two tries, ``id = (itry - 127)/max`` and ``id = (itry + 113)/max``
+      (ggml-quants.c:14765-14800), each taken when ``sumq2 > 0`` and ``sumqx**2 > best*sumq2``;
+    * a greedy search of at most 1024 steps (ggml-quants.c:14802-14831): ``g_j = (d*w_j) * fmaf(-d, q_j, x_j)``;
+      over the j with ``g > 0, L < 15`` (step ``(kv[L+1] - kv[L])/g``) or ``g < 0, L > 0`` (step ``(kv[L-1] -
+      kv[L])/g``) take the first smallest step; ``sumqx = fmaf(w*x, dq, sumqx)``, ``sumq2 = fmaf(w, dq2,
+      sumq2)`` with the integer differences ``dq``, ``dq2`` of the values and their squares; keep it when
+      ``sumq2 > 0`` and ``sumqx**2 > best*sumq2`` (``d = sumqx/sumq2``, ``best = d*sumqx``), else stop.
+    * With ``ntry > 0`` the indices are recomputed from ``id = d ? 1/d : 0`` (ggml-quants.c:14868-14874); with
+      ``ntry = -1`` (``from_float`` and ``from_float_ref``) the searched ones are stored, and an ``amax < 1e-15``
+      block keeps stale indices (written here as ``ZERO_BLOCK_INDEX``, as in ``ref``).
+
+    ``best_index_iq4nl`` (ggml-quants.c:14706-14711) looks up ``(int)x + 127`` in a 241-entry table and then
+    compares the two neighbours; for every finite x it gives :func:`best_index` (checked over all table cells and
+    their boundaries), so that function serves.
+    """
+    nb = x.shape[0]
+    F = np.float32
+    if qw is None:
+        w = x * x
+    else:
+        sigma2 = np.zeros(nb, dtype=F)
+        for j in range(x.shape[1]):
+            sigma2 = fp.fmaf(x[:, j], x[:, j], sigma2)
+        sigma2 = sigma2 * F(2.0 / 32)
+        w = (qw * np.sqrt(fp.fmaf(x, x, sigma2[:, None]))).astype(F)
+    amax, mx = signed_absmax(x)
+    tiny = amax < GROUP_MAX_EPS
+    mx = np.where(tiny, F(1), mx).astype(F)
+
+    def fused_sums(L):
+        q = _KV[L]
+        sqx = np.zeros(L.shape[:-1], dtype=F)
+        sq2 = np.zeros(L.shape[:-1], dtype=F)
+        for j in range(L.shape[-1]):
+            wq = w[:, j] * q[:, j]
+            sqx = fp.fmaf(wq, x[:, j], sqx)
+            sq2 = fp.fmaf(wq, q[:, j], sq2)
+        return sqx, sq2
+
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        d = ((-mx if ntry > 0 else mx) / F(KVALUES[0])).astype(F)
+        L = best_index((F(1) / d)[:, None] * x)
+        sumqx, sumq2 = fused_sums(L)
+        d = (sumqx / sumq2).astype(F)
+        best = (d * sumqx).astype(F)
+        for itry in range(-ntry, ntry + 1):
+            for top in (int(KVALUES[0]), int(KVALUES[15])):
+                Lt = best_index((F(itry + top) / mx)[:, None] * x)
+                tqx, tq2 = fused_sums(Lt)
+                take = (tq2 > 0) & (tqx * tqx > best * tq2)
+                d = np.where(take, tqx / tq2, d).astype(F)
+                best = np.where(take, d * tqx, best).astype(F)
+                sumqx = np.where(take, tqx, sumqx).astype(F)
+                sumq2 = np.where(take, tq2, sumq2).astype(F)
+                L = np.where(take[:, None], Lt, L)
+        L = L.astype(np.int64)
+        kv = KVALUES.astype(np.int64)
+        active = ~tiny
+        for _ in range(32 * 32):
+            idx = np.flatnonzero(active)
+            if idx.size == 0:
+                break
+            xa, wa, la, da = x[idx], w[idx], L[idx], d[idx]
+            q = _KV[la]
+            g = (da[:, None] * wa) * fp.fmaf(-da[:, None], q, xa)
+            up = (g > 0) & (la < 15)
+            down = (g < 0) & (la > 0)
+            step = np.full(g.shape, np.inf, dtype=F)
+            step[up] = (_KV[la[up] + 1] - q[up]) / g[up]
+            step[down] = (_KV[la[down] - 1] - q[down]) / g[down]
+            j = np.argmin(step, axis=1)  # the first smallest, as the strict '<' scan
+            r = np.arange(idx.size)
+            found = step[r, j] < np.inf
+            lj = la[r, j]
+            lnew = np.clip(lj + np.where(up[r, j], 1, -1), 0, 15)
+            wj, xj = wa[r, j], xa[r, j]
+            new_x = fp.fmaf(wj * xj, (kv[lnew] - kv[lj]).astype(F), sumqx[idx])
+            new_2 = fp.fmaf(wj, (kv[lnew] * kv[lnew] - kv[lj] * kv[lj]).astype(F), sumq2[idx])
+            keep = found & (new_2 > 0) & (new_x * new_x > best[idx] * new_2)
+            kept = idx[keep]
+            sumqx[kept] = new_x[keep]
+            sumq2[kept] = new_2[keep]
+            d[kept] = new_x[keep] / new_2[keep]
+            best[kept] = d[kept] * new_x[keep]
+            L[kept, j[keep]] = lnew[keep]
+            active[idx[~keep]] = False
+        d = np.where(tiny, F(0), d).astype(F)
+        if ntry > 0:
+            iscale = np.where(d != 0, F(1) / d, F(0)).astype(F)
+            L = best_index(iscale[:, None] * x)
+        else:
+            L[tiny] = ZERO_BLOCK_INDEX
+    return d, L.astype(np.uint8)
+
+
 class IQ4_NL(BlockFormat):
     name = "iq4_nl"
     ggml_type = 20
@@ -150,10 +252,21 @@ class IQ4_NL(BlockFormat):
     vec_dot_type = "q8_0"
     domain = "d a finite f16; qs any"
     variants = {"ref": "ref", "model": "model", "x86": "ref"}
+    # from_float_ref calls from_float (ggml-quants.c:14921-14924), which runs the impl with ntry = -1
+    # (ggml-quants.c:14906-14919); ggml_quantize_chunk runs it with ntry = 7 (ggml-quants.c:14884-14904).
+    ik2026_variants = {"ik2026_ref": "ik2026_x86", "ik2026_x86": "ik2026_x86", "ik2026_model": "ik2026_model"}
     takes_imatrix = True
 
     def quantize_blocks(self, x, variant, weights):
         out = np.empty(x.shape[0], dtype=self.dtype)
+        if variant in ("ik2026_x86", "ik2026_model"):
+            ntry = 7 if variant == "ik2026_model" else -1
+            for i in range(0, x.shape[0], 512):
+                w = None if weights is None or ntry < 0 else weights[i : i + 512]
+                d, L = ik2026_blocks(x[i : i + 512], ntry, w)
+                out["d"][i : i + 512] = fp.f32_to_f16(d)
+                out["qs"][i : i + 512] = pack_nibbles(L)
+            return out
         if variant == "model":
             # the 15 tries make 15x larger temporaries: work in pieces that stay in cache
             for i in range(0, x.shape[0], 512):

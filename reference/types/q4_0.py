@@ -31,6 +31,7 @@ Valid domain: ``d`` a finite f16; every nibble is a value.
 import numpy as np
 
 from mlaref.reference import fp
+from mlaref.reference.types import _ik2026 as ik
 from mlaref.reference.types import _quant_math as qm
 from mlaref.reference.types._base import BlockFormat
 
@@ -211,13 +212,72 @@ def qx_blocks(x: np.ndarray, nmax: int, w: np.ndarray):
 
 class LegacyFormat(BlockFormat):
     """q4_0, q4_1, q5_0, q5_1: ``ref`` is also the x86 ``from_float``; the model quantizer
-    (``quantize_row_q*_impl``) weighs the imatrix with the row statistic of ``row_sigma2_weights``."""
+    (``quantize_row_q*_impl``) weighs the imatrix with the row statistic of ``row_sigma2_weights`` (the ik2026
+    model quantizer with that of ``_ik2026.legacy_row_weights``)."""
 
     variants = {"ref": "ref", "model": "model", "x86": "ref"}
+    # The snapshot's _ref functions, from_float (but q4_0's) and imatrix-free quantize_* are upstream's code and
+    # agree with ``ref`` byte for byte as built; ik2026_model without an imatrix is ``ref`` too.
+    ik2026_variants = {"ik2026_ref": "ref", "ik2026_x86": "ref", "ik2026_model": "ik2026_model"}
+    ik2026_imatrix_modelled: bool = False  # is quantize_row_<t>_impl of the snapshot reproduced (q4_0, q5_0)?
     takes_imatrix = True
 
     def block_weights(self, x, imatrix):
         return None if imatrix is None else row_sigma2_weights(x, imatrix, self.block_size)
+
+    def variant_block_weights(self, x, imatrix, variant):
+        if variant == "ik2026_model" and imatrix is not None:
+            if not self.ik2026_imatrix_modelled:
+                raise NotImplementedError(f"{self.name} ik2026_model with an imatrix is not modelled")
+            return ik.legacy_row_weights(x, imatrix, self.block_size)
+        return self.block_weights(x, imatrix)
+
+
+def hsum_float_8(v: np.ndarray) -> np.ndarray:
+    """IQK's ``hsum_float_8`` over the last axis of 8 lanes (iqk/iqk_common.h:224-231): lanes i and i + 4 added,
+    then ``(s0 + s2) + (s1 + s3)``."""
+    s = v[..., :4] + v[..., 4:]
+    return (s[..., 0] + s[..., 2]) + (s[..., 1] + s[..., 3])
+
+
+def iqk_q4_0_blocks(x: np.ndarray):
+    """``iqk_quantize_q4_0``, the AVX2 branch (iqk/iqk_quantize.cpp:716-771): the snapshot's q4_0 ``from_float``.
+
+    Per block of 32 (8 lanes x 4 vectors, element ``8k + i`` in lane i of vector k):
+
+    1. ``max``, ``min`` of the block; if ``|max| > |min|`` then ``d = max/-8`` and ``id = |max| > 1e-13 ? 1/d : 0``,
+       else the same with ``min`` (iqk_quantize.cpp:735-746): ties of magnitude take the negative value. In an
+       all-zero block ``min`` is the zero of element 27 (the second operand wins every ``vminps`` of
+       ``hmin_float_8``, iqk/iqk_common.h:251-256), so +0 inputs give ``d = -0`` (stored 0x8000).
+    2. ``r = min(rint(id*x), 7)`` (round half to even, ``_mm256_round_ps``), stored as ``r + 8`` (no lower clamp:
+       ``id*x >= -8`` up to rounding, which ``rint`` absorbs).
+    3. Per lane, over the 4 vectors: ``wr = (x*x)*r``, ``sumqx = fmaf(wr, x, sumqx)``, ``sumq2 = fmaf(wr, r,
+       sumq2)``; both reduced by :func:`hsum_float_8`. If ``sumq2 > 0``, ``d = sumqx/sumq2``.
+    4. Store ``f16(d)`` (F16C) and the nibbles ``L_j | L_{j+16} << 4``.
+
+    Returns float32 ``d (n_blocks,)`` and uint8 ``L (n_blocks, 32)``.
+    """
+    nb = x.shape[0]
+    hi = x.max(axis=1)
+    lo = x.min(axis=1)
+    use_max = np.abs(hi) > np.abs(lo)
+    lo = np.where((hi == 0) & (lo == 0), x[:, 27], lo)
+    m = np.where(use_max, hi, lo)
+    d = (m / np.float32(-8)).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        iscale = np.where(np.abs(m) > np.float32(1e-13), np.float32(1) / d, np.float32(0)).astype(np.float32)
+        r = np.minimum(np.rint(iscale[:, None] * x), np.float32(7)).astype(np.float32)
+        wr = (x * x) * r
+        lanes_x, lanes_r, lanes_wr = (a.reshape(nb, 4, 8) for a in (x, r, wr))
+        sumqx = np.zeros((nb, 8), dtype=np.float32)
+        sumq2 = np.zeros((nb, 8), dtype=np.float32)
+        for k in range(4):
+            sumqx = fp.fmaf(lanes_wr[:, k], lanes_x[:, k], sumqx)
+            sumq2 = fp.fmaf(lanes_wr[:, k], lanes_r[:, k], sumq2)
+        sumq2 = hsum_float_8(sumq2)
+        d = np.where(sumq2 > 0, hsum_float_8(sumqx) / sumq2, d).astype(np.float32)
+    L = (r.astype(np.int32) + 8).astype(np.uint8)
+    return d, L
 
 
 class Q4_0(LegacyFormat):
@@ -228,9 +288,23 @@ class Q4_0(LegacyFormat):
     dtype = np.dtype([("d", "<u2"), ("qs", "u1", (16,))])
     vec_dot_type = "q8_0"
     domain = "d a finite f16; qs any"
+    # ik2026_ref / model without imatrix: the snapshot's quantize_row_q4_0_ref is upstream's (ggml-quants.c:673-708),
+    # and its compiled code agrees with ``ref`` byte for byte.
+    ik2026_variants = {"ik2026_ref": "ref", "ik2026_x86": "ik2026_x86", "ik2026_model": "ik2026_model"}
+    ik2026_imatrix_modelled = True
 
     def quantize_blocks(self, x, variant, weights):
         out = np.empty(x.shape[0], dtype=self.dtype)
+        if variant == "ik2026_x86":
+            d, L = iqk_q4_0_blocks(x)
+            out["d"] = fp.f32_to_f16(d)
+            out["qs"] = pack_nibbles(L)
+            return out
+        if variant == "ik2026_model" and weights is not None:
+            d, L = ik.make_qx_quants(np.ascontiguousarray(x.T), 8, np.ascontiguousarray(weights.T))
+            out["d"] = fp.f32_to_f16_soft(d)
+            out["qs"] = pack_nibbles(np.ascontiguousarray(L.T).view(np.uint8))
+            return out
         if variant == "model" and weights is not None:
             d, L = qx_blocks(x, 8, weights)
             out["d"] = fp.f32_to_f16_soft(d)

@@ -52,6 +52,7 @@ Dequantize is defined for every byte pattern.
 import numpy as np
 
 from mlaref.reference import fp
+from mlaref.reference.types import _ik2026 as ik
 from mlaref.reference.types import _quant_math as qm
 from mlaref.reference.types._base import BlockFormat
 from mlaref.reference.types.q4_0 import block_words_rows
@@ -104,6 +105,10 @@ class Q4_K(BlockFormat):
     vec_dot_type = "q8_K"
     domain = "d and dmin finite f16; any scales and qs bytes"
     variants = {"ref": "ref", "model": "model", "x86": "ref"}
+    # from_float (quantize_row_q4_K, ggml-quants.c:2817-2821) and ggml_quantize_chunk without an imatrix
+    # (ggml-quants.c:2904-2908) both run quantize_row_q4_K_ref; with an imatrix (quantize_row_q4_K_impl,
+    # make_qkx3_quants + make_qp_quants as built) the snapshot is not modelled: ik2026_model refuses an imatrix.
+    ik2026_variants = {"ik2026_ref": "ik2026_ref", "ik2026_x86": "ik2026_ref", "ik2026_model": "ik2026_ref"}
     takes_imatrix = True
     chunk_blocks = 256  # keeps the solvers' (value, sub-block) work arrays in L2 cache: ~1.7x over 4096
     dequantize_chunk_blocks = 512
@@ -112,7 +117,11 @@ class Q4_K(BlockFormat):
         nb = x.shape[0]
         # Sub-blocks become columns: (32, nb*8), element l of sub-block (block i, j) at [l, 8i + j].
         xs = np.ascontiguousarray(x.reshape(nb * 8, 32).T)
-        if variant == "model" and weights is not None:
+        if variant == "ik2026_ref":
+            if weights is not None:
+                raise NotImplementedError("q4_K ik2026_model with an imatrix (quantize_row_q4_K_impl) is not modelled")
+            L, d, dmin, ls, lm = self._ik2026_ref(xs, nb)
+        elif variant == "model" and weights is not None:
             L, d, dmin, ls, lm = self._impl(x, xs, weights)
         else:
             L, d, dmin, ls, lm = self._ref(xs, nb)
@@ -154,6 +163,32 @@ class Q4_K(BlockFormat):
         d = fp.f32_to_f16_soft(max_scale / F32(63))
         dmin = fp.f32_to_f16_soft(max_min / F32(63))
         return L, d, dmin, ls, lm
+
+    @staticmethod
+    def _ik2026_ref(xs, nb):
+        """The snapshot's ``quantize_row_q4_K_ref`` as built (ggml-quants.c:2717-2789), up to the re-quantization.
+
+        As ``_ref``, except: ``sum_x2`` is a plain sum of rounded squares (GCC vectorises the squares); the solver
+        is :func:`._ik2026.make_qkx2_quants`; the 6-bit codes are ``nearest_int_fma(63/max, scale_j)``
+        (ggml-quants.c:2754-2755, the add fused). The re-quantization divides first, so nothing there fuses.
+        """
+        sum_x2 = qm.seq_sum(xs * xs)
+        av_x = np.sqrt(sum_x2 / F32(32)).astype(F32)
+        w = av_x[None, :] + np.abs(xs)
+        scales, mins, L = ik.make_qkx2_quants(xs, w, 15, -1.0, 0.1, 20)
+        scales = scales.reshape(nb, 8)
+        mins = mins.reshape(nb, 8)
+        max_scale = np.zeros(nb, dtype=F32)
+        max_min = np.zeros(nb, dtype=F32)
+        for j in range(8):
+            max_scale = np.where(scales[:, j] > max_scale, scales[:, j], max_scale)
+            max_min = np.where(mins[:, j] > max_min, mins[:, j], max_min)
+        with np.errstate(divide="ignore"):
+            inv_scale = np.where(max_scale > 0, F32(63) / max_scale, F32(0)).astype(F32)
+            inv_min = np.where(max_min > 0, F32(63) / max_min, F32(0)).astype(F32)
+        ls = np.minimum(63, ik.nearest_int_fma(inv_scale[:, None], scales) & 0xFF)
+        lm = np.minimum(63, ik.nearest_int_fma(inv_min[:, None], mins) & 0xFF)
+        return L, fp.f32_to_f16(max_scale / F32(63)), fp.f32_to_f16(max_min / F32(63)), ls, lm
 
     @staticmethod
     def _impl(x, xs, qw):

@@ -27,6 +27,7 @@ Valid domain: ``d`` a finite f16; every 5-bit value is a value. Non-finite ``x*i
 import numpy as np
 
 from mlaref.reference import fp
+from mlaref.reference.types import _ik2026 as ik
 from mlaref.reference.types.q4_0 import (
     LegacyFormat,
     block_words,
@@ -89,9 +90,19 @@ class Q5_0(LegacyFormat):
     dtype = np.dtype([("d", "<u2"), ("qh", "u1", (4,)), ("qs", "u1", (16,))])
     vec_dot_type = "q8_0"
     domain = "d a finite f16; qh, qs any"
+    # The snapshot's quantize_row_q5_0_ref is upstream's and is also its from_float; only the imatrix path
+    # (quantize_row_q5_0_impl, ggml-quants.c:3452-3489) runs the new make_qx_quants (_ik2026).
+    ik2026_imatrix_modelled = True
 
     def quantize_blocks(self, x, variant, weights):
         out = np.empty(x.shape[0], dtype=self.dtype)
+        if variant == "ik2026_model" and weights is not None:
+            d, L = ik.make_qx_quants(np.ascontiguousarray(x.T), 16, np.ascontiguousarray(weights.T))
+            q = np.ascontiguousarray(L.T).view(np.uint8)
+            out["d"] = fp.f32_to_f16_soft(d)
+            out["qh"] = pack_qh(q)
+            out["qs"] = pack_nibbles(q & 0x0F)
+            return out
         if variant == "model" and weights is not None:
             d, q = qx_blocks(x, 16, weights)
             out["d"] = fp.f32_to_f16_soft(d)

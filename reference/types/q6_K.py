@@ -41,6 +41,7 @@ Valid domain: ``d`` a finite f16; every ``ql``/``qh``/``scales`` byte pattern (g
 import numpy as np
 
 from mlaref.reference import fp
+from mlaref.reference.types import _ik2026 as ik
 from mlaref.reference.types import _quant_math as qm
 from mlaref.reference.types._base import BlockFormat
 from mlaref.reference.types.q4_0 import block_words_rows
@@ -57,6 +58,9 @@ class Q6_K(BlockFormat):
     vec_dot_type = "q8_K"
     domain = "d a finite f16; any ql, qh and scales bytes"
     variants = {"ref": "ref", "model": "model", "x86": "ref"}
+    # from_float = quantize_row_q6_K_ref (ggml-quants.c:3254-3258); ggml_quantize_chunk = quantize_row_q6_K_impl
+    # (ggml-quants.c:3260-3342), the same steps with qw passed straight to make_qx_quants (ggml-quants.c:3284).
+    ik2026_variants = {"ik2026_ref": "ik2026_ref", "ik2026_x86": "ik2026_ref", "ik2026_model": "ik2026_model"}
     takes_imatrix = True
     chunk_blocks = 256  # keeps the solvers' (value, sub-block) work arrays in L2 cache: ~1.7x over 4096
     dequantize_chunk_blocks = 512
@@ -65,16 +69,20 @@ class Q6_K(BlockFormat):
         nb = x.shape[0]
         xs = np.ascontiguousarray(x.reshape(nb * 16, 16).T)  # (16, nb*16): sub-block 16i + b in column 16i + b
         qw = None
-        if variant == "model" and weights is not None:
+        if variant in ("model", "ik2026_model") and weights is not None:
             qw = np.ascontiguousarray(weights.reshape(nb * 16, 16).T)
-        scales, L = qm.make_qx_quants(xs, 32, qw)
+        ik2026 = variant.startswith("ik2026")
+        scales, L = (ik.make_qx_quants if ik2026 else qm.make_qx_quants)(xs, 32, qw)
         scales = scales.reshape(nb, 16)
         max_scale = qm.first_absmax(np.ascontiguousarray(scales.T))
         zero = np.abs(max_scale) < qm.GROUP_MAX_EPS
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             iscale = F32(-128) / max_scale
             d = fp.f32_to_f16_soft(F32(1) / iscale)
-            sc = np.minimum(127, fp.nearest_int(iscale[:, None] * scales)).astype(np.int8)
+            if ik2026:  # nearest_int(iscale*scales[ib]) with the add fused (ggml-quants.c:3188)
+                sc = np.minimum(127, ik.nearest_int_fma(iscale[:, None], scales)).astype(np.int8)
+            else:
+                sc = np.minimum(127, fp.nearest_int(iscale[:, None] * scales)).astype(np.int8)
             D = (fp.f16_to_f32(d)[:, None] * sc.astype(F32)).reshape(-1)
             Lr = np.clip(fp.nearest_int(xs / D[None, :]), -32, 31) + 32
         L = np.where((D != 0)[None, :], Lr, L).astype(np.uint8)

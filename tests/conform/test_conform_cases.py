@@ -64,7 +64,8 @@ def test_committed_case_files_are_current_and_well_formed():
     assert ids == [c.id for c in default_cases()], (
         "codegen/conform/cases/default.json is stale: mlaref conform --write-cases codegen/conform/cases/default.json")
     (f1,) = load_cases(CASES_DIR / "finding-F1-concat-q8_0.json")
-    assert f1 == finding_cases()[0]
+    (f2,) = load_cases(CASES_DIR / "finding-F2-cpy-q8_0-ik.json")
+    assert [f1, f2] == finding_cases()
 
 
 def test_replaying_a_case_file_gives_the_same_verdicts(ggml, tmp_path):
