@@ -19,8 +19,8 @@ off, because their ggml directory alone lacks ``ggml.pc.in``), builds only the g
 installs the libraries into the user cache (``<cache>/peers/NAME-VERSION/LEVEL/``) under a file lock, with
 a record of what was built (``lib/mlaref-build.json``: version, level, features, tuning, compiler, flags). A level that
 this CPU cannot run is refused before anything is built. ``level="native"`` builds with ``GGML_NATIVE=ON``.
-On 2 cores a level takes about a minute (ggml-python), 4 minutes (llama-cpp-python) and 9 minutes
-(ik-llama-cpp-python: its iqk sources are heavy).
+On 2 idle cores a level takes about a minute (ggml-python), 2.5 minutes (llama-cpp-python) and 11 minutes
+(ik-llama-cpp-python: 22 CPU-minutes of iqk sources).
 
 Only ggml-python has Python bindings that fit its ``ggml.h``; the other two are run through mlaref's C harness
 (:mod:`mlaref.codegen.peers.harness`), which works for all three.
@@ -100,10 +100,10 @@ PEERS = {
                             ("ggml", "ggml-base", "ggml-cpu"), ("src",), (), 1),
     "llama-cpp-python": PeerSpec("llama-cpp-python", "0.3.36", "llama.cpp with upstream ggml 0.25.3",
                                  "vendor/llama.cpp", ("ggml", "ggml-base", "ggml-cpu"), ("bin", "ggml/src"),
-                                 _NO_LLAMA, 4),
+                                 _NO_LLAMA, 3),
     "ik-llama-cpp-python": PeerSpec("ik-llama-cpp-python", "0.1.5", "ik_llama.cpp (a snapshot of April 2026)",
                                     "vendor/ik_llama.cpp", ("ggml",), ("bin", "ggml/src"),
-                                    (*_NO_LLAMA, "-DGGML_CUDA=OFF", "-DGGML_NCCL=OFF"), 9),
+                                    (*_NO_LLAMA, "-DGGML_CUDA=OFF", "-DGGML_NCCL=OFF"), 11),
 }
 
 
