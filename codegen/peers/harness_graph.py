@@ -44,27 +44,11 @@ OPS = {
 }
 
 
-def _leaves(g, weights, kv_cache, inputs) -> dict:
-    values = {}
-    for name in g.weights:
-        if name in weights:
-            values[name] = weights[name]
-    if len(kv_cache) != len(g.kv_cache):
-        raise ValueError(f"kv_cache: expected {len(g.kv_cache)} layers, got {len(kv_cache)}")
-    for t, c in zip(g.kv_cache, kv_cache):
-        values[t.name] = c
-    for name in g.inputs:
-        if name not in inputs:
-            raise ValueError(f"inputs: missing {name!r}")
-        values[name] = inputs[name]
-    return values
-
-
 def run_graph(g, *, weights: dict, kv_cache: list, inputs: dict, keep=(), n_threads: int = 1) -> dict[str, Tensor]:
     """Compute ``g`` (an MLAGraph) on the loaded peer; the tensors named in ``keep`` and the output, by name."""
     h = harness.loaded()
     graph = g.graph
-    values = _leaves(g, weights, kv_cache, inputs)
+    values = executor.leaf_values(g, weights, kv_cache, inputs)
     gr = h.graph()
     node_of: dict[int, int] = {}
     bound: dict[str, int] = {}

@@ -49,7 +49,7 @@ from mlaref.reference.ops.flash_attn_ext import flash_attn_ext
 from mlaref.reference.ops.mul_mat import mul_mat
 from mlaref.reference.tensor import Tensor
 
-__all__ = ["run_graph", "REFERENCE_OPS", "DEFAULT_OPTIONS", "VIEW_OPS", "bind_leaf"]
+__all__ = ["run_graph", "REFERENCE_OPS", "DEFAULT_OPTIONS", "VIEW_OPS", "bind_leaf", "leaf_values"]
 
 VIEW_OPS = frozenset({"VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"})
 ALIGNMENT = 32  # CPU TENSOR_ALIGNMENT, as ggml-alloc rounds sizes
@@ -188,7 +188,8 @@ def bind_leaf(t: ir.Tensor, value) -> Tensor:
     return Tensor.from_numpy(a.reshape(shape), t.type, name=t.name)
 
 
-def _leaf_values(g, weights, kv_cache, inputs) -> dict[str, object]:
+def leaf_values(g, weights, kv_cache, inputs) -> dict[str, object]:
+    """The values of ``g``'s leaves by name (weights, each layer's KV cache, inputs), every one required."""
     by_name: dict[str, object] = {}
     for name in g.weights:
         if name not in weights:
@@ -230,7 +231,7 @@ def run_graph(g, *, weights: dict, kv_cache: list, inputs: dict, keep=(), impl: 
         opts.setdefault(op, {}).update(kw)
     keep = set(keep)
     graph = g.graph
-    values = _leaf_values(g, weights, kv_cache, inputs)
+    values = leaf_values(g, weights, kv_cache, inputs)
 
     env: dict[int, Tensor] = {}
     bound: dict[str, Tensor] = {}  # one tensor per name (the chunked graph has one wkv_b leaf per chunk)

@@ -80,6 +80,18 @@ def _element_path(a: Tensor, b: Tensor, dim: int, ne, packed: bool = True) -> Te
     return dst
 
 
+def _rows_dim0(a: Tensor, b: Tensor, ne) -> Tensor:
+    """The row path along dim 0: each result row is a's row bytes, then b's (rows must be packed)."""
+    check_rows_contiguous("concat", "a", a)
+    check_rows_contiguous("concat", "b", b)
+    dst = Tensor.empty(a.type, ne)
+    ra = a.row_size()
+    rows = dst.data.reshape(ne[3], ne[2], ne[1], ra + b.row_size())  # dst is contiguous
+    rows[..., :ra] = a.raw()
+    rows[..., ra:] = b.raw()
+    return dst
+
+
 class Concat_pre253:
     """concat at fc6a65dda: the element path for f32/i32; every other type aborts."""
 
@@ -105,14 +117,7 @@ class Concat_253:
             return _element_path(a, b, dim, ne)
         if dim != 0:
             raise ValueError(f"concat: {a.type} tensors can be concatenated along dim 0 only (got dim {dim})")
-        check_rows_contiguous("concat", "a", a)
-        check_rows_contiguous("concat", "b", b)
-        dst = Tensor.empty(a.type, ne)
-        ra = a.row_size()
-        rows = dst.data.reshape(ne[3], ne[2], ne[1], ra + b.row_size())  # dst is contiguous
-        rows[..., :ra] = a.raw()
-        rows[..., ra:] = b.raw()
-        return dst
+        return _rows_dim0(a, b, ne)
 
 
 class Concat_ggml015:
@@ -139,15 +144,11 @@ class Concat_ggml025:
         ne = _shape(a, b, dim)
         if a.type in _UPSTREAM_ELEMENT_PATH:
             return _element_path(a, b, dim, ne, packed=False)
+        if dim == 0:
+            return _rows_dim0(a, b, ne)
         check_rows_contiguous("concat", "a", a)
         check_rows_contiguous("concat", "b", b)
         dst = Tensor.empty(a.type, ne)
-        if dim == 0:
-            ra = a.row_size()
-            rows = dst.data.reshape(ne[3], ne[2], ne[1], ra + b.row_size())
-            rows[..., :ra] = a.raw()
-            rows[..., ra:] = b.raw()
-            return dst
         rows = dst.data.reshape(ne[3], ne[2], ne[1], dst.row_size())
         split = [slice(None)] * 3
         split[2 - (dim - 1)] = slice(0, a.ne[dim])

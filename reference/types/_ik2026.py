@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 
 from mlaref.reference import fp
-from mlaref.reference.types._quant_math import GROUP_MAX_EPS, _seq_min_max, first_absmax, seq_sum
+from mlaref.reference.types._quant_math import GROUP_MAX_EPS, first_absmax, seq_sum, weighted_range
 
 F32 = np.float32
 IK2026_VARIANTS = ("ik2026_ref", "ik2026_x86", "ik2026_model")
@@ -178,12 +178,7 @@ def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelt
       ``this_scale = fmaf(-sum_x, sum_l, sum_w*sum_xl) / D`` (here the *second* product is the fused one).
     """
     n = x.shape[0]
-    lo, hi = _seq_min_max(x)
-    sum_w = w[0].copy()
-    sum_x = sum_w * x[0]
-    for i in range(1, n):
-        sum_w = sum_w + w[i]
-        sum_x = sum_x + w[i] * x[i]
+    lo, hi, sum_w, sum_x = weighted_range(x, w)
     lo = np.where(lo > 0, F32(0), lo).astype(F32)
     flat = (hi - lo) < F32(1e-10)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):

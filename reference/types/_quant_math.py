@@ -74,6 +74,18 @@ def _seq_min_max(x: np.ndarray):
     return lo, hi
 
 
+
+def weighted_range(x: np.ndarray, w: np.ndarray):
+    """Per column of ``x`` ``(n, groups)``: (min, max) in order, and ``sum_w``, ``sum_x = Σ w·x`` summed in
+    order, each product rounded (the prologue of the make_qkx solvers)."""
+    lo, hi = _seq_min_max(x)
+    sum_w = w[0].copy()
+    sum_x = sum_w * x[0]
+    for i in range(1, x.shape[0]):
+        sum_w = sum_w + w[i]
+        sum_x = sum_x + w[i] * x[i]
+    return lo, hi, sum_w, sum_x
+
 def make_qx_quants(x: np.ndarray, nmax: int, qw: np.ndarray | None = None):
     """``make_qx_quants(n, nmax, x, L, rmse_type = 1, qw)`` on ``(n, m)`` groups -> (scale ``(m,)``, L ``(n, m)``).
 
@@ -129,13 +141,7 @@ def make_qkx_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta
     cannot differ once ``min`` is clamped to <= 0 and ``max >= min``, and in qkx3's default weights (the
     caller passes the weights here).
     """
-    n = x.shape[0]
-    lo, hi = _seq_min_max(x)
-    sum_w = w[0].copy()
-    sum_x = sum_w * x[0]
-    for i in range(1, n):
-        sum_w = sum_w + w[i]
-        sum_x = sum_x + w[i] * x[i]
+    lo, hi, sum_w, sum_x = weighted_range(x, w)
     lo = np.where(lo > 0, F32(0), lo).astype(F32, copy=False)
     flat = hi == lo
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):

@@ -144,10 +144,20 @@ class Q4_K(BlockFormat):
     @staticmethod
     def _ref(xs, nb):
         """``quantize_row_q4_K_ref`` up to the re-quantization: (L, d, dmin, scale codes, min codes)."""
+        L, max_scale, max_min, ls, lm = Q4_K._codes(xs, nb, qm.make_qkx_quants,
+                                                    lambda inv, v: fp.nearest_int(inv * v))
+        d = fp.f32_to_f16_soft(max_scale / F32(63))
+        dmin = fp.f32_to_f16_soft(max_min / F32(63))
+        return L, d, dmin, ls, lm
+
+    @staticmethod
+    def _codes(xs, nb, solver, to_int):
+        """The shared part of both ``_ref``s: weights ``av_x + |x|``, the (scale, min) solver per 32 values, and
+        the 6-bit codes ``min(63, to_int(63/max, v))`` of the scales and mins, with the two maxima."""
         sum_x2 = qm.seq_sum(xs * xs)
         av_x = np.sqrt(sum_x2 / F32(32)).astype(F32)
         w = av_x[None, :] + np.abs(xs)
-        scales, mins, L = qm.make_qkx_quants(xs, w, 15, -1.0, 0.1, 20)
+        scales, mins, L = solver(xs, w, 15, -1.0, 0.1, 20)
         scales = scales.reshape(nb, 8)
         mins = mins.reshape(nb, 8)
         max_scale = np.zeros(nb, dtype=F32)
@@ -158,11 +168,9 @@ class Q4_K(BlockFormat):
         with np.errstate(divide="ignore"):
             inv_scale = np.where(max_scale > 0, F32(63) / max_scale, F32(0)).astype(F32)
             inv_min = np.where(max_min > 0, F32(63) / max_min, F32(0)).astype(F32)
-        ls = np.minimum(63, fp.nearest_int(inv_scale[:, None] * scales) & 0xFF)
-        lm = np.minimum(63, fp.nearest_int(inv_min[:, None] * mins) & 0xFF)
-        d = fp.f32_to_f16_soft(max_scale / F32(63))
-        dmin = fp.f32_to_f16_soft(max_min / F32(63))
-        return L, d, dmin, ls, lm
+        ls = np.minimum(63, to_int(inv_scale[:, None], scales) & 0xFF)
+        lm = np.minimum(63, to_int(inv_min[:, None], mins) & 0xFF)
+        return L, max_scale, max_min, ls, lm
 
     @staticmethod
     def _ik2026_ref(xs, nb):
@@ -172,22 +180,7 @@ class Q4_K(BlockFormat):
         is :func:`._ik2026.make_qkx2_quants`; the 6-bit codes are ``nearest_int_fma(63/max, scale_j)``
         (ggml-quants.c:2754-2755, the add fused). The re-quantization divides first, so nothing there fuses.
         """
-        sum_x2 = qm.seq_sum(xs * xs)
-        av_x = np.sqrt(sum_x2 / F32(32)).astype(F32)
-        w = av_x[None, :] + np.abs(xs)
-        scales, mins, L = ik.make_qkx2_quants(xs, w, 15, -1.0, 0.1, 20)
-        scales = scales.reshape(nb, 8)
-        mins = mins.reshape(nb, 8)
-        max_scale = np.zeros(nb, dtype=F32)
-        max_min = np.zeros(nb, dtype=F32)
-        for j in range(8):
-            max_scale = np.where(scales[:, j] > max_scale, scales[:, j], max_scale)
-            max_min = np.where(mins[:, j] > max_min, mins[:, j], max_min)
-        with np.errstate(divide="ignore"):
-            inv_scale = np.where(max_scale > 0, F32(63) / max_scale, F32(0)).astype(F32)
-            inv_min = np.where(max_min > 0, F32(63) / max_min, F32(0)).astype(F32)
-        ls = np.minimum(63, ik.nearest_int_fma(inv_scale[:, None], scales) & 0xFF)
-        lm = np.minimum(63, ik.nearest_int_fma(inv_min[:, None], mins) & 0xFF)
+        L, max_scale, max_min, ls, lm = Q4_K._codes(xs, nb, ik.make_qkx2_quants, ik.nearest_int_fma)
         return L, fp.f32_to_f16(max_scale / F32(63)), fp.f32_to_f16(max_min / F32(63)), ls, lm
 
     @staticmethod
