@@ -336,7 +336,8 @@ def quick_cases() -> list[Case]:
             "dequantize/q4_K", "dequantize/q8_0", "vec_dot/q8_0", "vec_dot/iq4_nl", "vec_dot/f16", "vec_dot/q6_K",
             "cpy/f32->q8_0", "cpy/f32->f16/", "cpy/q8_0->f16", "concat/f32/dim1", "concat/q8_0", "repeat/",
             "get_rows/q8_0", "mul_mat/q8_0xf", "mul_mat/f16xf32", "mul_mat/q4_Kxf32", "soft_max/f32/mask_f16",
-            "rope/", "flash_attn_ext/f16/dk192_dv128/nq8")
+            "rope/", "flash_attn_ext/f16/dk192_dv128/nq8", "pr253/mla_block/q8_0_cache/direct/kqv_out-0",
+            "pr253/mla_identity/q8_0_cache/kqv_out-0")
     return [c for c in default_cases() if any(c.id.startswith(k) for k in keep)]
 
 
