@@ -103,7 +103,9 @@ def test_filters_select_by_op_and_type(capsys):
     assert run(_args("--list", "--ops", "repeat")) == 0
     assert capsys.readouterr().out.splitlines() == ["repeat/f32  (repeat, expect exact)",
                                                      "repeat/f16  (repeat, expect exact)",
-                                                     "repeat/q8_0  (repeat, expect exact)"]
+                                                     "repeat/q8_0  (repeat, expect exact)",
+                                                     "pr253/repeat/f16/k_rope_over_heads  (repeat, expect exact)",
+                                                     "pr253/repeat/q8_0/k_rope_over_heads  (repeat, expect exact)"]
     assert run(_args("--ops", "nope")) == 2
     assert {c.op for c in quick_cases()} == {c.op for c in cases if c.op != "selftest_abort"}
 
