@@ -122,15 +122,19 @@ def ensure(peer: str, level: str = "native", progress: bool | None = None) -> Pa
     if dst.exists():
         return dst
     dst.parent.mkdir(parents=True, exist_ok=True)
-    (dst.parent / "mlaref_harness.c").write_text(src)
+    # every file under a name of this process until it is complete: two processes may build it at once
+    c_tmp = dst.parent / f"mlaref_harness.{os.getpid()}.c"
+    c_tmp.write_text(src)
     libs = [f"-l{n}" for n in ("ggml", "ggml-base", "ggml-cpu") if (lib / f"lib{n}.so").exists()]
     tmp = dst.with_suffix(f".{os.getpid()}.tmp")
     cmd = [*cc, "-std=c11", "-O2", "-fPIC", "-shared", "-Wall", "-Werror=implicit-function-declaration",
-           "-Wno-deprecated-declarations", str(dst.parent / "mlaref_harness.c"), "-I", str(include),
+           "-Wno-deprecated-declarations", str(c_tmp), "-I", str(include),
            "-L", str(lib), *libs, f"-Wl,-rpath,{lib}", "-o", str(tmp)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
+        c_tmp.unlink(missing_ok=True)
         raise HarnessError(f"compiling the harness for {peer} failed:\n" + "\n".join(res.stderr.splitlines()[-20:]))
+    os.replace(c_tmp, dst.parent / "mlaref_harness.c")
     os.replace(tmp, dst)
     return dst
 
