@@ -15,8 +15,8 @@ from tests.conform.test_conform_run import MUST_BE_EXACT
 
 # What ggml 0.15.3 and 0.25.3 both lack (their type traits or types), with the reason in each verdict.
 UPSTREAM_UNSUPPORTED = sorted(
-    ["quantize/f32/ref", "quantize/q8_0_x4/iqk", "quantize/q8_1_x4/iqk", "quantize/q8_K/iqk", "dequantize/f32",
-     "dequantize/q8_0_x4", "dequantize/q8_1", "dequantize/q8_1_x4", "cpy/q8_0->f16", "repeat/q8_0"])
+    ["quantize/f32/ref", "quantize/q8_0_x4/iqk", "quantize/q8_1_x4/iqk", "quantize/q8_2_x4/iqk", "quantize/q8_K/iqk", "dequantize/f32",
+     "dequantize/q8_0_x4", "dequantize/q8_1", "dequantize/q8_1_x4", "dequantize/q8_2_x4", "cpy/q8_0->f16", "repeat/q8_0"])
 
 
 @pytest.fixture(scope="module")

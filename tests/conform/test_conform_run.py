@@ -184,6 +184,6 @@ def test_every_exact_expectation_holds_and_nothing_is_approximate(result):
     unsupported = sorted(v["id"] for v in result["verdicts"] if v["status"] == "unsupported"
                          and not v["id"].startswith("pr253/"))
     assert unsupported == sorted(
-        ["quantize/f32/ref", "quantize/q8_0_x4/iqk", "quantize/q8_1_x4/iqk", "quantize/q8_K/iqk", "dequantize/f32",
-         "dequantize/q8_0_x4", "dequantize/q8_1", "dequantize/q8_1_x4", "cpy/q8_0->f16", "repeat/q8_0"])
+        ["quantize/f32/ref", "quantize/q8_0_x4/iqk", "quantize/q8_1_x4/iqk", "quantize/q8_2_x4/iqk", "quantize/q8_K/iqk", "dequantize/f32",
+         "dequantize/q8_0_x4", "dequantize/q8_1", "dequantize/q8_1_x4", "dequantize/q8_2_x4", "cpy/q8_0->f16", "repeat/q8_0"])
 
