@@ -61,6 +61,7 @@ __all__ = [
     "built",
     "call",
     "call_many",
+    "run_calls",
     "ensure",
     "make_shim",
     "missing_for",
@@ -364,23 +365,30 @@ sys.stdout.buffer.write(pickle.dumps(out))
 """
 
 
-def call_many(level: str, calls, timeout: float = 600) -> list:
-    """``[(target, args, kwargs), ...]`` with ``target = "module:function"``, run in order in one child process
-    whose ``import ggml`` loads ``level``'s build; their return values (pickled) come back as a list. A crash in
-    the library raises ``PeerBuildError`` with the end of its stderr."""
+def run_calls(child: str, arg: str, calls, timeout: float, what: str, error=None) -> list:
+    """Run ``child`` (a Python script taking ``arg``) with the pickled ``[(target, args, kwargs), ...]`` on its
+    stdin (``target = "module:function"``) and return what it pickles to stdout; a non-zero exit raises ``error``
+    (PeerBuildError by default) with ``what`` and the end of its stderr. Shared by ggml-python's shim calls and
+    the harness calls (:mod:`.harness`)."""
     calls = [(t, tuple(a), dict(k)) for t, a, k in calls]
     for t, _, _ in calls:
         if t.count(":") != 1:
             raise ValueError(f"call target must be 'module:function', got {t!r}")
-    path = str(shim(level))
     env = dict(os.environ, GGML_NO_BACKTRACE="1")
-    res = subprocess.run([sys.executable, "-c", _CHILD, path], input=pickle.dumps(calls), capture_output=True,
+    res = subprocess.run([sys.executable, "-c", child, arg], input=pickle.dumps(calls), capture_output=True,
                          env=env, timeout=timeout)
     if res.returncode != 0:
         tail = res.stderr.decode(errors="replace").strip().splitlines()[-5:]
-        raise PeerBuildError(f"{calls[0][0] if calls else 'nothing'}{' ...' if len(calls) > 1 else ''} against "
-                             f"{PEER} level {level} exited with {res.returncode}: " + " | ".join(tail))
+        raise (error or PeerBuildError)(f"{calls[0][0] if calls else 'nothing'}{' ...' if len(calls) > 1 else ''} "
+                                        f"against {what} exited with {res.returncode}: " + " | ".join(tail))
     return pickle.loads(res.stdout)
+
+
+def call_many(level: str, calls, timeout: float = 600) -> list:
+    """``[(target, args, kwargs), ...]`` with ``target = "module:function"``, run in order in one child process
+    whose ``import ggml`` loads ``level``'s build; their return values (pickled) come back as a list. A crash in
+    the library raises ``PeerBuildError`` with the end of its stderr."""
+    return run_calls(_CHILD, str(shim(level)), calls, timeout, f"{PEER} level {level}")
 
 
 def call(level: str, target: str, *args, timeout: float = 600, **kwargs):

@@ -25,10 +25,8 @@ import ctypes
 import hashlib
 import json
 import os
-import pickle
 import re
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -160,19 +158,8 @@ def call_many(peer: str, level: str, calls, timeout: float = 600) -> list:
     has loaded ``peer``'s harness at ``level`` (built first if needed); their return values come back as a list,
     an exception as ``("raised", (name, text))`` in its place. A crash in the library raises HarnessError with
     the end of its stderr."""
-    calls = [(t, tuple(a), dict(k)) for t, a, k in calls]
-    for t, _, _ in calls:
-        if t.count(":") != 1:
-            raise ValueError(f"call target must be 'module:function', got {t!r}")
-    path = str(ensure(peer, level))
-    env = dict(os.environ, GGML_NO_BACKTRACE="1")
-    res = subprocess.run([sys.executable, "-c", _CHILD, path], input=pickle.dumps(calls), capture_output=True,
-                         env=env, timeout=timeout)
-    if res.returncode != 0:
-        tail = res.stderr.decode(errors="replace").strip().splitlines()[-5:]
-        raise HarnessError(f"{calls[0][0] if calls else 'nothing'} against {peer}@{level} exited with "
-                           f"{res.returncode}: " + " | ".join(tail))
-    return [v if kind == "ok" else ("raised", v) for kind, v in pickle.loads(res.stdout)]
+    out = peer_build.run_calls(_CHILD, str(ensure(peer, level)), calls, timeout, f"{peer}@{level}", HarnessError)
+    return [v if kind == "ok" else ("raised", v) for kind, v in out]
 
 
 def call(peer: str, level: str, target: str, *args, timeout: float = 600, **kwargs):
