@@ -13,8 +13,6 @@ import os
 import types
 from pathlib import Path
 
-import numpy as np
-
 from mlaref.codegen.peers import ggml as ggml_peer
 from mlaref.codegen.peers import ggml_ops, harness, harness_ops
 
@@ -121,6 +119,3 @@ def info() -> dict:
                     "vec_dot_plan": plan, "simd": b.simd, "verified": b.verified}
     return out
 
-
-def as_f32(values) -> np.ndarray:
-    return np.ascontiguousarray(values, dtype=np.float32)
