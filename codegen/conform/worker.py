@@ -35,7 +35,7 @@ from mlaref.codegen.conform.ops import OPS
 from mlaref.codegen.conform.outputs import Unsupported
 from mlaref.codegen.conform.verdict import compare, verdict_for
 from mlaref.codegen.peers import build as peer_build
-from mlaref.codegen.peers.harness import LayoutMismatch
+from mlaref.codegen.peers.harness import LayoutMismatch, WrotePastTensor
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -59,6 +59,8 @@ def _run_in_worker(case: Case) -> dict:
         res = {"status": "unsupported", "text": f"unsupported ({exc})", "nmse": None}
     except LayoutMismatch as exc:  # checked before any pointer reaches the peer
         res = {"status": "unsupported", "text": f"unsupported (another block layout: {exc})", "nmse": None}
+    except WrotePastTensor as exc:  # the harness's guard bytes after a tensor changed
+        res = {"status": "aborted", "text": f"aborted ({exc})", "nmse": None}
     res["seconds"] = round(time.perf_counter() - t0, 4)
     return res
 

@@ -45,6 +45,7 @@ __all__ = [
     "Harness",
     "HarnessError",
     "LayoutMismatch",
+    "WrotePastTensor",
     "call",
     "call_many",
     "dialect",
@@ -65,6 +66,10 @@ _LIB = "libmlaref_harness.so"
 
 class HarnessError(RuntimeError):
     """The harness refused a request (its ``mh_error()`` text) or could not be built."""
+
+
+class WrotePastTensor(HarnessError):
+    """The library wrote into the guard bytes the harness places after every tensor of a graph."""
 
 
 class LayoutMismatch(HarnessError):
@@ -227,7 +232,7 @@ class Harness:
 
     def check(self, rc: int, what: str) -> int:
         if rc < 0:
-            raise HarnessError(f"{what}: {self._lib.mh_error().decode()}")
+            raise (WrotePastTensor if rc == -9 else HarnessError)(f"{what}: {self._lib.mh_error().decode()}")
         return rc
 
     def type_id(self, name: str) -> int:

@@ -219,7 +219,7 @@ class LegacyFormat(BlockFormat):
     # The snapshot's _ref functions, from_float (but q4_0's) and imatrix-free quantize_* are upstream's code and
     # agree with ``ref`` byte for byte as built; ik2026_model without an imatrix is ``ref`` too.
     ik2026_variants = {"ik2026_ref": "ref", "ik2026_x86": "ref", "ik2026_model": "ik2026_model"}
-    ik2026_imatrix_modelled: bool = False  # is quantize_row_<t>_impl of the snapshot reproduced (q4_0, q5_0)?
+    ik2026_imatrix_modelled: bool = False  # is the snapshot's quantize_row_<t>_impl reproduced? (set by each format that is)
     takes_imatrix = True
 
     def block_weights(self, x, imatrix):

@@ -22,6 +22,9 @@ Quantization:
 * ``model`` (``quantize_q4_1``): ``ref`` without an imatrix. With one, ``quantize_row_q4_1_impl``: the weights
   ``qw_j * sqrtf(sigma2 + x_j^2)`` of ``q4_0.row_sigma2_weights`` and ``make_qkx3_quants(32, nmax=15, rmin=-0.9,
   rdelta=0.05, nstep=36, use_mad=false)`` (``qkx3_blocks``); store ``f16(scale)`` and ``f16(-the_min)``.
+* ``ik2026_model`` with an imatrix (the 2026 snapshot's ``quantize_row_q4_1_impl``, ggml-quants.c:3407-3435): the
+  same, with the weights of ``_ik2026.legacy_row_weights`` and the snapshot's float64 ``make_qkx3_quants``
+  (closed-form error, then a greedy search; :func:`._ik2026.make_qkx3_quants`).
 
 Valid domain: ``d`` and ``m`` finite f16; every nibble is a value. Blocks whose ``max - min`` overflows, or
 infinite inputs, convert a non-finite float to an integer in ggml (C undefined behaviour): outside the domain.
@@ -30,6 +33,7 @@ infinite inputs, convert a non-finite float to an integer in ggml (C undefined b
 import numpy as np
 
 from mlaref.reference import fp
+from mlaref.reference.types import _ik2026 as ik
 from mlaref.reference.types import _quant_math as qm
 from mlaref.reference.types.q4_0 import (
     block_words,
@@ -67,13 +71,15 @@ def first_min_max(x: np.ndarray, lanes: np.ndarray | None = None):
     return mn, mx
 
 
-def qkx3_blocks(x: np.ndarray, nmax: int, w: np.ndarray):
+def qkx3_blocks(x: np.ndarray, nmax: int, w: np.ndarray, ik2026: bool = False):
     """``make_qkx3_quants(32, nmax, x, w, L, &the_min, Laux, -0.9f, 0.05f, 36, false)`` of ``quantize_row_q4_1_impl`` /
     ``quantize_row_q5_1_impl`` on blocks ``(n_blocks, 32)`` -> (scale, the_min, L uint8 ``(n_blocks, 32)``).
 
-    The solver is :func:`._quant_math.make_qkx_quants`, which works on transposed groups.
+    The solver is :func:`._quant_math.make_qkx_quants` (upstream), or with ``ik2026`` the snapshot's
+    :func:`._ik2026.make_qkx3_quants`; both work on transposed groups.
     """
-    scale, the_min, L = qm.make_qkx_quants(np.ascontiguousarray(x.T), np.ascontiguousarray(w.T), nmax, -0.9, 0.05, 36)
+    solver = ik.make_qkx3_quants if ik2026 else qm.make_qkx_quants
+    scale, the_min, L = solver(np.ascontiguousarray(x.T), np.ascontiguousarray(w.T), nmax, -0.9, 0.05, 36)
     return scale, the_min, np.ascontiguousarray(L.T)
 
 
@@ -107,10 +113,13 @@ class Q4_1(LegacyFormat):
     vec_dot_type = "q8_1"
     domain = "d and m finite f16; qs any"
 
+    # The snapshot's imatrix path (quantize_row_q4_1_impl, ggml-quants.c:3407-3435) runs its own make_qkx3_quants.
+    ik2026_imatrix_modelled = True
+
     def quantize_blocks(self, x, variant, weights):
         out = np.empty(x.shape[0], dtype=self.dtype)
-        if variant == "model" and weights is not None:
-            d, the_min, L = qkx3_blocks(x, 15, weights)
+        if variant in ("model", "ik2026_model") and weights is not None:
+            d, the_min, L = qkx3_blocks(x, 15, weights, ik2026=variant == "ik2026_model")
             out["d"] = fp.f32_to_f16_soft(d)
             out["m"] = fp.f32_to_f16_soft(-the_min)
             out["qs"] = pack_nibbles(L)

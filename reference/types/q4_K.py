@@ -38,6 +38,9 @@ Quantization:
   and the super-scales from ``make_qp_quants(8, 63, ·, weights = per-sub-block sums of the weights)`` for the
   scales and for the mins (no ``min(63, ·)`` here: the codes are stored as the solver returns them), then the
   same re-quantization.
+* ``ik2026_model`` with an imatrix (the 2026 snapshot's ``quantize_row_q4_K_impl``, ggml-quants.c:2823-2902):
+  the same steps with the snapshot's float64 ``make_qkx3_quants`` and its ``make_qp_quants`` as built, and the
+  weights' inner sum fused (``Q4_K._ik2026_impl``).
 
 Reproduces ggml-quants.c of the upstream ggml that ggml-python 0.0.45 vendors; ik_llama.cpp@676f0e71b has the
 same ``quantize_row_q4_K_ref``, ``quantize_row_q4_K_impl`` and dequantizer, and differs only in
@@ -107,7 +110,7 @@ class Q4_K(BlockFormat):
     variants = {"ref": "ref", "model": "model", "x86": "ref"}
     # from_float (quantize_row_q4_K, ggml-quants.c:2817-2821) and ggml_quantize_chunk without an imatrix
     # (ggml-quants.c:2904-2908) both run quantize_row_q4_K_ref; with an imatrix (quantize_row_q4_K_impl,
-    # make_qkx3_quants + make_qp_quants as built) the snapshot is not modelled: ik2026_model refuses an imatrix.
+    # make_qkx3_quants + make_qp_quants as built, ggml-quants.c:2823-2902) runs _ik2026_impl: the imatrix selects it.
     ik2026_variants = {"ik2026_ref": "ik2026_ref", "ik2026_x86": "ik2026_ref", "ik2026_model": "ik2026_ref"}
     takes_imatrix = True
     chunk_blocks = 256  # keeps the solvers' (value, sub-block) work arrays in L2 cache: ~1.7x over 4096
@@ -117,9 +120,9 @@ class Q4_K(BlockFormat):
         nb = x.shape[0]
         # Sub-blocks become columns: (32, nb*8), element l of sub-block (block i, j) at [l, 8i + j].
         xs = np.ascontiguousarray(x.reshape(nb * 8, 32).T)
-        if variant == "ik2026_ref":
-            if weights is not None:
-                raise NotImplementedError("q4_K ik2026_model with an imatrix (quantize_row_q4_K_impl) is not modelled")
+        if variant == "ik2026_ref" and weights is not None:  # ik2026_model with an imatrix
+            L, d, dmin, ls, lm = self._ik2026_impl(x, xs, weights)
+        elif variant == "ik2026_ref":
             L, d, dmin, ls, lm = self._ik2026_ref(xs, nb)
         elif variant == "model" and weights is not None:
             L, d, dmin, ls, lm = self._impl(x, xs, weights)
@@ -200,6 +203,28 @@ class Q4_K(BlockFormat):
         d_block, ls = qm.make_qp_quants(np.ascontiguousarray(scales.T), 63, swt)
         m_block, lm = qm.make_qp_quants(np.ascontiguousarray(mins.T), 63, swt)
         return L, fp.f32_to_f16_soft(d_block), fp.f32_to_f16_soft(m_block), ls.T, lm.T
+
+    @staticmethod
+    def _ik2026_impl(x, xs, qw):
+        """The snapshot's ``quantize_row_q4_K_impl`` as built (ggml-quants.c:2823-2902), up to the re-quantization.
+
+        As ``_impl``, except: the weights are ``qw * sqrtf(fmaf(x, x, sigma2))`` (the add fused); the solvers are the
+        snapshot's :func:`._ik2026.make_qkx3_quants` (float64, greedy search) and :func:`._ik2026.make_qp_quants`;
+        the super-scales go through F16C (``fp.f32_to_f16``). ``sum_x2`` (rounded squares added in order) and
+        ``sw`` (plain in-order sums) are as upstream's.
+        """
+        nb = x.shape[0]
+        xt = np.ascontiguousarray(x.T)
+        sigma2 = (F32(2) * qm.seq_sum(xt * xt)) / F32(256)
+        sig = np.repeat(sigma2, 8)[None, :]
+        qws = np.ascontiguousarray(qw.reshape(nb * 8, 32).T)
+        w = (qws * np.sqrt(fp.fmaf(xs, xs, sig))).astype(F32)
+        sw = qm.seq_sum(w).reshape(nb, 8)
+        scales, mins, L = ik.make_qkx3_quants(xs, w, 15, -0.9, 0.05, 36)
+        swt = np.ascontiguousarray(sw.T)
+        d_block, ls = ik.make_qp_quants(np.ascontiguousarray(scales.reshape(nb, 8).T), 63, swt)
+        m_block, lm = ik.make_qp_quants(np.ascontiguousarray(mins.reshape(nb, 8).T), 63, swt)
+        return L, fp.f32_to_f16(d_block), fp.f32_to_f16(m_block), ls.T, lm.T
 
     def dequantize_into(self, blocks, out):
         """In element order: the 32 words of ``qs`` are ``[c, k]`` = bytes ``32c + 4k .. 32c + 4k + 3``; their low

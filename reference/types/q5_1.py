@@ -22,6 +22,8 @@ Quantization:
 * ``model`` (``quantize_q5_1``): ``ref`` without an imatrix; with one, ``quantize_row_q5_1_impl``:
   ``make_qkx3_quants(32, nmax=31, rmin=-0.9, rdelta=0.05, nstep=36)`` with the weights of
   ``q4_0.row_sigma2_weights``; store ``f16(scale)``, ``f16(-the_min)``.
+* ``ik2026_model`` with an imatrix (the 2026 snapshot's ``quantize_row_q5_1_impl``, ggml-quants.c:3506-3542): the
+  same with ``nmax = 31``, the weights of ``_ik2026.legacy_row_weights`` and :func:`._ik2026.make_qkx3_quants`.
 
 Valid domain: ``d``, ``m`` finite f16; every 5-bit value is a value.
 """
@@ -43,10 +45,13 @@ class Q5_1(LegacyFormat):
     vec_dot_type = "q8_1"
     domain = "d and m finite f16; qh, qs any"
 
+    # The snapshot's imatrix path (quantize_row_q5_1_impl, ggml-quants.c:3506-3542) runs its own make_qkx3_quants.
+    ik2026_imatrix_modelled = True
+
     def quantize_blocks(self, x, variant, weights):
         out = np.empty(x.shape[0], dtype=self.dtype)
-        if variant == "model" and weights is not None:
-            d, the_min, q = qkx3_blocks(x, 31, weights)
+        if variant in ("model", "ik2026_model") and weights is not None:
+            d, the_min, q = qkx3_blocks(x, 31, weights, ik2026=variant == "ik2026_model")
             mn = -the_min
             q = q.reshape(-1, 8, 4).transpose(1, 0, 2)  # as lanes (8, n_blocks, 4)
         else:

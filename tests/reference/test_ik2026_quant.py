@@ -137,6 +137,84 @@ def test_legacy_row_weights_sum_then_fused_square_root():
     assert np.array_equal(w[0], want)
 
 
+# -- float64 fused multiply-add --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("a, b, c", [
+    (1 + 2.0 ** -30, 1 + 2.0 ** -30, -1.0),  # exact 2**-29 + 2**-60: the unfused product loses the 2**-60
+    (0.1, 3.0, -0.30000000000000004),  # a product's rounding error, recovered
+    (1e300, 1e-300, 1.0),
+    (3.0, 5.0, 7.0),
+])
+def test_fma_double_rounds_once(a, b, c):
+    want = float(Fraction(a) * Fraction(b) + Fraction(c))  # Fraction -> float rounds to nearest, ties to even
+    assert float(_ik2026.fma(np.float64(a), np.float64(b), np.float64(c))) == want
+
+
+# -- make_qkx3_quants (q4_1, q5_1, q4_K with an imatrix) ------------------------------------------------------
+
+def test_qkx3_exact_fit():
+    # x_j = (j % 16)/4 with integer weights: min = 0, max = 3.75, iscale = 15/3.75 = 4, scale = 0.25 and L = j % 16
+    # fit exactly, so best_mad = 0. Every float64 sum is an exact integer or quarter: a try's this_min is exactly
+    # 0 (not > 0), its mad is >= 0 and never < 0, and every gradient x - scale*L - min of the greedy search is 0.
+    # The min stays the +0 of the prologue, returned as the_min = -min = -0.
+    x = np.array([(j % 16) / 4 for j in range(32)], dtype=F32)[:, None]
+    w = np.array([1 + j % 3 for j in range(32)], dtype=F32)[:, None]
+    scale, the_min, L = _ik2026.make_qkx3_quants(x, w, 15)
+    assert scale.tolist() == [0.25]
+    assert the_min.tolist() == [0.0] and np.signbit(the_min[0])
+    assert L[:, 0].tolist() == [j % 16 for j in range(32)]
+
+
+@pytest.mark.parametrize("type_, size, levels", [("q4_1", 20, 16), ("q5_1", 24, 32)])
+def test_legacy_min_quants_with_imatrix(type_, size, levels):
+    # Block 0: x_j = (j % levels)/4 fits exactly (min 0, scale 0.25; with these weights the solver keeps it):
+    # d = f16(0.25) = 0x3400, m = f16(+0), L_j = j % levels. Block 1: constant -2 is flat (max - min < 1e-10):
+    # d = 0, m = f16(min) = 0xC000, L = 0. Block 2: zeros are flat with min = +0: every byte 0.
+    x = np.array([[(j % levels) / 4 for j in range(32)] + [-2.0] * 32 + [0.0] * 32], dtype=F32)
+    im = np.linspace(0.5, 1.5, 96).astype(F32)
+    out = quantize(x, type_, variant="ik2026_model", imatrix=im)[0]
+    assert _d(out, 0, size) == 0x3400 and out[2:4].tolist() == [0, 0]
+    assert out[size - 16:size].tolist() == [(j & 15) | (j & 15) << 4 for j in range(16)]
+    if type_ == "q5_1":
+        assert out[4:8].tolist() == [0, 0, 0xFF, 0xFF]  # bit 4 is set for j = 16..31
+    assert _d(out, 1, size) == 0 and out[size + 2:size + 4].tolist() == [0x00, 0xC0]
+    assert not out[size + 4:].any()
+
+
+def test_qp_quants_exact_multiples():
+    # x = 0.5*L with max 31.5: iscale = 63/31.5 = 2, L exact, mse 0 (no try is strictly smaller); in the sweeps
+    # new_l = nearest_int(x*sl2/slx) = nearest_int(2x) = L, so nothing changes and scale = sumlx/suml2 = 0.5.
+    L = [63, 1, 2, 10, 20, 30, 40, 50]
+    x = (np.array(L, dtype=F32) * F32(0.5))[:, None]
+    scale, q = _ik2026.make_qp_quants(x, 63, np.ones((8, 1), dtype=F32))
+    assert scale.tolist() == [0.5] and q[:, 0].tolist() == L
+
+
+def test_qp_quants_zero_threshold_is_1e_16():
+    # max = 5e-16 is below upstream's 1e-15 but above the snapshot's 1e-16: the group is quantized, L_0 = 63,
+    # the others 0, and scale = (w x 63)/(w 63^2) ~ x/63.
+    x = np.zeros((8, 1), dtype=F32)
+    x[0, 0] = 5e-16
+    scale, q = _ik2026.make_qp_quants(x, 63, np.ones((8, 1), dtype=F32))
+    assert q[:, 0].tolist() == [63] + [0] * 7
+    assert abs(float(scale[0]) - 5e-16 / 63) < 1e-22
+
+
+def test_q4_K_imatrix_exact_subblocks():
+    # Every sub-block is (l % 16)/4: scale 0.25 each. make_qp_quants on eight equal scales: iscale = 63/0.25 = 252,
+    # every code 63, scale = sumlx/suml2 ~ 0.25/63, d = f16(0.25/63) = 0x1c10 (not near an f16 tie). The mins are
+    # 0 up to float64 rounding residue; whatever their codes, dmin = f16(< 1e-10) = 0, so the re-quantization
+    # round((x + 0)/(d*63)) = round(l * (1 +- 1e-3)) gives back l.
+    x = np.tile(np.array([(i % 16) / 4 for i in range(32)], dtype=F32), 8)[None, :]
+    out = quantize(x, "q4_K", variant="ik2026_model", imatrix=np.linspace(0.5, 1.5, 256).astype(F32))[0]
+    assert _d(out, 0, 144) == 0x1C10 and out[2:4].tolist() == [0, 0]
+    blocks = out.view(get_type("q4_K").dtype)
+    from mlaref.reference.types.q4_K import unpack_scales
+    sc, _ = unpack_scales(blocks["scales"])
+    assert sc[:, 0].tolist() == [63] * 8
+    assert out[16:].tolist() == [(l % 16) * 17 for l in range(32)] * 4
+
+
 # -- the entry point ---------------------------------------------------------------------------------------------
 
 def test_variant_tables():
@@ -154,12 +232,9 @@ def test_ik2026_ref_of_unchanged_formats_is_ref(rng):
         assert np.array_equal(quantize(x, t, variant="ik2026_ref"), quantize(x, t, variant="ref"))
 
 
-def test_unmodelled_imatrix_paths_refuse():
+def test_variant_argument_checks():
     x = np.ones((1, 256), dtype=F32)
     im = np.ones(256, dtype=F32)
-    for t in ("q4_1", "q5_1", "q4_K"):
-        with pytest.raises(NotImplementedError):
-            quantize(x, t, variant="ik2026_model", imatrix=im)
     with pytest.raises(ValueError):
         quantize(x, "q4_0", variant="ik2026_x86", imatrix=im)
     with pytest.raises(ValueError):
@@ -170,9 +245,8 @@ def test_inputs_left_alone(rng):
     x = rng.standard_normal((2, 256)).astype(F32)
     x0 = x.copy()
     im = rng.random(256).astype(F32)
-    for t in ("q4_0", "q5_0", "iq4_nl", "q4_K", "q6_K"):
+    for t in ("q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "q4_K", "q6_K"):
         for v in IK2026_VARIANTS:
             quantize(x, t, variant=v)
-        if t != "q4_K":
-            quantize(x, t, variant="ik2026_model", imatrix=im)
+        quantize(x, t, variant="ik2026_model", imatrix=im)
     assert np.array_equal(x.view(np.uint32), x0.view(np.uint32))
