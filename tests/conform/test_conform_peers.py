@@ -124,16 +124,13 @@ def test_ik_differences_from_upstream_are_stated(ik):
 
 
 def test_ik_quantizers_are_the_snapshots_own(ik):
-    """The snapshot's quantizers (reference/types/_ik2026.py) give its bytes: every quantize and cpy case whose
-    type it has is bit-exact, except three imatrix searches the spec does not model yet, stated as such."""
+    """The snapshot's quantizers (reference/types/_ik2026.py) give its bytes: every quantize and cpy case of a type
+    both have is bit-exact, imatrix searches included."""
     _, by_id = ik
-    not_modelled = {"quantize/q4_1/model+imatrix", "quantize/q5_1/model+imatrix", "quantize/q4_K/model+imatrix"}
-    for cid in not_modelled:
-        assert by_id[cid]["status"] == "unsupported" and "not modelled" in by_id[cid]["text"], by_id[cid]["text"]
-    for t in ("q4_0", "iq4_nl", "q4_K", "q6_K", "q5_0", "q8_0"):
+    for t in ("q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "q4_K", "q6_K", "q8_0"):
         for v in ("ref", "model", "x86", "model+imatrix"):
             cid = f"quantize/{t}/{v}"
-            if cid in by_id and cid not in not_modelled:
+            if cid in by_id:
                 assert by_id[cid]["status"] == "bit-exact", (cid, by_id[cid]["text"])
     for t in ("q8_0", "q4_0", "q5_1", "iq4_nl", "q4_K", "q6_K"):
         assert by_id[f"cpy/f32->{t}"]["status"] == "bit-exact", by_id[f"cpy/f32->{t}"]["text"]

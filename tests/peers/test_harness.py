@@ -154,3 +154,42 @@ def test_llama_cpp_python_concatenates_q8_0_rows_where_0_15_3_did_not():
     expect = np.concatenate([quantize(xa, "q8_0", variant="ref"), quantize(xb, "q8_0", variant="ref")], axis=1)
     assert out.type == "q8_0" and out.ne == (96, 3, 1, 1)
     assert np.array_equal(out.raw().reshape(3, -1), expect)
+
+
+# -- writes past a tensor are caught by the guard bytes after it ---------------------------------------------------
+
+def _copy_same_type(type_name, n_threads):
+    from mlaref.codegen.peers import harness as h  # noqa: PLC0415 - runs in the child, after load()
+    from mlaref.codegen.peers import harness_ops  # noqa: PLC0415
+
+    x = Tensor.from_numpy(np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32), type_name)
+    try:
+        out = harness_ops.cast(x, type_name, n_threads=n_threads)
+    except h.WrotePastTensor as exc:
+        return "wrote past: " + str(exc)
+    return "same bytes" if out.raw().tobytes() == x.raw().tobytes() else "other bytes"
+
+
+def _concat_q8_0():
+    from mlaref.codegen.peers import harness as h  # noqa: PLC0415
+    from mlaref.codegen.peers import harness_ops  # noqa: PLC0415
+
+    a = Tensor.from_numpy(np.ones((1, 32), np.float32), "q8_0")
+    try:
+        harness_ops.concat(a, a, 0)
+    except h.WrotePastTensor as exc:
+        return "wrote past: " + str(exc)
+    return "no write past"
+
+
+def test_writes_past_a_tensor_are_verdicts_not_silence(ggml):
+    """Finding F2 (the ik snapshot copies 32 times a contiguous q8_0 tensor) at one thread, and F1 (ggml 0.15.3's
+    concat of block rows) are caught by the harness's guard bytes; the same copies elsewhere write nothing past."""
+    assert harness.call("ik-llama-cpp-python", "native", "tests.peers.test_harness:_copy_same_type",
+                        "q8_0", 1).startswith("wrote past: ")
+    assert harness.call("ik-llama-cpp-python", "native", "tests.peers.test_harness:_copy_same_type",
+                        "f16", 1) == "same bytes"
+    assert harness.call("llama-cpp-python", "native", "tests.peers.test_harness:_copy_same_type",
+                        "q8_0", 2) == "same bytes"
+    assert "CONCAT" in harness.call("ggml-python", "generic", "tests.peers.test_harness:_concat_q8_0")
+    assert harness.call("llama-cpp-python", "native", "tests.peers.test_harness:_concat_q8_0") == "no write past"
