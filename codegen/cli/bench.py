@@ -27,6 +27,8 @@ _EXTERNAL = {
             "one MLA layer's ops at small shapes: reference vs kernels vs ggml"),
     "mla": ("mlaref.codegen.bench.mla", "configure", "run",
             "the FlashMLA-2 prompt-processing layer (K/V build + attention), f32 vs direct (PR #253) vs chunked"),
+    "peers": ("mlaref.codegen.bench.peers", "configure", "run",
+              "FlashMLA-2's K/V-build mul_mat and attention: the kernels vs ik_llama.cpp and ggml 0.25.3 (harness)"),
 }
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "TEMPLATE",
     "Graph",
     "Harness",
+    "Prepared",
     "HarnessError",
     "LayoutMismatch",
     "WrotePastTensor",
@@ -447,21 +448,45 @@ class Graph:
         finally:
             self.h._lib.mh_graph_free(handle)
 
-    def run(self, outputs, n_threads: int = 1, mem_bytes: int | None = None) -> list[Tensor]:
+    def prepare(self, outputs, mem_bytes: int | None = None) -> Prepared:
+        """The graph built once in the peer, to compute as often as wanted (:class:`Prepared`; free it)."""
         outputs = [outputs] if isinstance(outputs, int) else list(outputs)
-        h = self.h
-        handle = self._build(outputs, mem_bytes)
+        return Prepared(self.h, self._build(outputs, mem_bytes), len(outputs))
+
+    def run(self, outputs, n_threads: int = 1, mem_bytes: int | None = None) -> list[Tensor]:
+        """Build, compute once, return the outputs as contiguous mlaref Tensors, free."""
+        prepared = self.prepare(outputs, mem_bytes)
         try:
-            h.check(h._lib.mh_graph_compute(handle, int(n_threads)), "graph compute")
-            res = []
-            for k in range(len(outputs)):
-                desc = (ctypes.c_int64 * 10)()
-                h.check(h._lib.mh_graph_output_desc(handle, k, desc), "output")
-                name = h.names[int(desc[0])]
-                buf = np.zeros(max(1, int(desc[9])), np.uint8)
-                h.check(h._lib.mh_graph_output_copy(handle, k, buf.ctypes.data, buf.size), "output copy")
-                res.append(Tensor(name, tuple(desc[1:5]), tuple(desc[5:9]), buf, 0).copy())
-            return res
+            prepared.compute(n_threads)
+            return prepared.outputs()
         finally:
-            h._lib.mh_graph_free(handle)
+            prepared.free()
+
+
+class Prepared:
+    """A graph built in the peer's context: ``compute(n_threads)`` runs ``ggml_graph_compute_with_ctx`` on it
+    (the part a benchmark times), ``outputs()`` copies the outputs out, ``free()`` releases the context."""
+
+    def __init__(self, h: Harness, handle, n_out: int):
+        self.h, self.handle, self.n_out = h, handle, n_out
+
+    def compute(self, n_threads: int = 1) -> None:
+        if self.handle is None:
+            raise HarnessError("compute after free")
+        self.h.check(self.h._lib.mh_graph_compute(self.handle, int(n_threads)), "graph compute")
+
+    def outputs(self) -> list[Tensor]:
+        h, res = self.h, []
+        for k in range(self.n_out):
+            desc = (ctypes.c_int64 * 10)()
+            h.check(h._lib.mh_graph_output_desc(self.handle, k, desc), "output")
+            buf = np.zeros(max(1, int(desc[9])), np.uint8)
+            h.check(h._lib.mh_graph_output_copy(self.handle, k, buf.ctypes.data, buf.size), "output copy")
+            res.append(Tensor(h.names[int(desc[0])], tuple(desc[1:5]), tuple(desc[5:9]), buf, 0).copy())
+        return res
+
+    def free(self) -> None:
+        if self.handle is not None:
+            self.h._lib.mh_graph_free(self.handle)
+            self.handle = None
 

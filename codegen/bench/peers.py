@@ -1,0 +1,225 @@
+"""``mlaref bench peers``: mlaref's kernels against ik_llama.cpp and upstream ggml 0.25.3, through the peer harness.
+
+Each peer's library is loaded in a child process of its own (two ``libggml.so`` cannot share one process), which
+builds the op's graph once over the same input bytes (:meth:`mlaref.codegen.peers.harness.Graph.prepare`) and then
+answers one request per timed call: it runs ``ggml_graph_compute_with_ctx`` and returns the seconds it took,
+measured in the child around that call alone. mlaref's kernel runs in this process, timed around the Python call
+(argument checks and thread start included). The contenders alternate call by call in the rounds of
+:func:`mlaref.codegen.bench.method.round_orders`, after a warm-up; medians are reported, with each peer's ratio
+``peer seconds / mlaref seconds`` (above 1: mlaref is faster) and the NMSE of mlaref's result against the peer's.
+
+Cases (the FlashMLA-2 prompt shapes of DeepSeek-V2-Lite): ``mul_mat f16 x f16``, the K/V build ``wkv_b [512,
+4096] x`` a view of the f16 latent cache ``[512 of 576, n_kv]``; ``fa f16``, flash attention with 16 heads, 512
+queries, Dk 192 / Dv 128, f16 K/V of ``n_kv`` cells, under the prompt's causal mask (column 0 always open).
+GFLOP/s count 2 flops per multiply-add of the math. Nothing here asserts a speed: the ratios are printed and
+stored (``--json``) with the machine's processor.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from mlaref.codegen.bench import method as _bench
+from mlaref.codegen.kernels import mm as _km
+from mlaref.codegen.peers import build as peer_build
+from mlaref.codegen.peers import harness
+from mlaref.reference import compare
+from mlaref.reference.tensor import Tensor
+
+__all__ = ["PEERS", "CASES", "RemoteGraph", "bench_peers", "format_table", "configure", "run"]
+
+PEERS = ("ik-llama-cpp-python", "llama-cpp-python")
+CASES = ("mul_mat f16 x f16", "fa f16")
+
+_CHILD = r"""
+import pickle, struct, sys, time
+from mlaref.codegen.peers import harness
+h = harness.load(sys.argv[1])
+setup = pickle.load(sys.stdin.buffer)
+g = h.graph()
+ids = [g.input(t) for t in setup["inputs"]]
+node = g.op(setup["op"], *ids, ip=setup.get("ip", ()), fp=setup.get("fp", ()))
+prepared = g.prepare([node])
+out = sys.stdout.buffer
+out.write(b"ready\n"); out.flush()
+while True:
+    cmd = sys.stdin.buffer.read(1)
+    if cmd == b"c":
+        nth = struct.unpack("<i", sys.stdin.buffer.read(4))[0]
+        t0 = time.perf_counter()
+        prepared.compute(nth)
+        out.write(struct.pack("<d", time.perf_counter() - t0)); out.flush()
+    elif cmd == b"r":
+        blob = pickle.dumps(prepared.outputs()[0])
+        out.write(struct.pack("<q", len(blob)) + blob); out.flush()
+    else:
+        prepared.free()
+        break
+"""
+
+
+class RemoteGraph:
+    """One op of a peer, built once in a child process over copies of ``inputs``; ``compute(n_threads)`` runs it
+    there and returns the child-measured seconds; ``result()`` is its output as an mlaref Tensor."""
+
+    def __init__(self, peer: str, op: str, inputs, *, ip=(), fp=(), level: str = "native"):
+        path = str(harness.ensure(peer, level))
+        env = dict(os.environ, GGML_NO_BACKTRACE="1")
+        self.peer = peer
+        self.proc = subprocess.Popen([sys.executable, "-c", _CHILD, path], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        self.proc.stdin.write(pickle.dumps({"inputs": list(inputs), "op": op, "ip": tuple(ip), "fp": tuple(fp)}))
+        self.proc.stdin.flush()
+        if self.proc.stdout.readline() != b"ready\n":
+            raise harness.HarnessError(f"{peer}: the benchmark child did not start: " + self._stderr())
+
+    def _stderr(self) -> str:
+        self.proc.kill()
+        return " | ".join(self.proc.stderr.read().decode(errors="replace").strip().splitlines()[-3:])
+
+    def _read(self, n: int) -> bytes:
+        data = self.proc.stdout.read(n)
+        if len(data) != n:
+            raise harness.HarnessError(f"{self.peer}: the benchmark child died: " + self._stderr())
+        return data
+
+    def compute(self, n_threads: int) -> float:
+        self.proc.stdin.write(b"c" + struct.pack("<i", int(n_threads)))
+        self.proc.stdin.flush()
+        return struct.unpack("<d", self._read(8))[0]
+
+    def result(self) -> Tensor:
+        self.proc.stdin.write(b"r")
+        self.proc.stdin.flush()
+        (n,) = struct.unpack("<q", self._read(8))
+        return pickle.loads(self._read(n))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(b"q")
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _f16_rows(rng, rows: int, n: int, row_len: int | None = None, scale: float = 1.0) -> Tensor:
+    """``rows`` f16 rows of ``n`` values (a view of the first ``n`` of ``row_len`` when given)."""
+    width = row_len or n
+    full = Tensor.from_numpy((rng.standard_normal((rows, width)) * scale).astype(np.float32), "f16")
+    return full if width == n else full.view((n, rows), (full.nb[1],), 0)
+
+
+def _inputs(case: str, n_kv: int, rng):
+    """(inputs, harness op, float params, flops, mlaref call) of one case."""
+    if case == "mul_mat f16 x f16":
+        w, cache = _f16_rows(rng, 4096, 512, scale=0.05), _f16_rows(rng, n_kv, 512, row_len=576)
+        return [w, cache], "mul_mat", (), 2.0 * 512 * 4096 * n_kv, lambda nt: _km.mul_mat(w, cache, n_threads=nt)
+    if case == "fa f16":
+        nh, nq, dk, dv = 16, 512, 192, 128
+        q = Tensor.from_numpy((rng.standard_normal((1, nh, nq, dk)) * 0.5).astype(np.float32))
+        k = Tensor.from_numpy(rng.standard_normal((1, nh, n_kv, dk)).astype(np.float32), "f16")
+        v = Tensor.from_numpy(rng.standard_normal((1, nh, n_kv, dv)).astype(np.float32), "f16")
+        j, i = np.meshgrid(np.arange(n_kv), np.arange(nq))
+        causal = np.where(j > n_kv - nq + i, -np.inf, 0).astype(np.float32)
+        causal[:, 0] = 0  # no fully masked row when n_kv < n_q (ik asserts a positive softmax sum)
+        mask = Tensor.from_numpy(causal, "f16")
+        scale = 1.0 / math.sqrt(dk)
+        plan = _km.fa_plan(64, 1, "v_expf_avx2")
+        flops = 2.0 * nh * nq * n_kv * (dk + dv)
+        return ([q, k, v, mask], "flash_attn_ext", (scale, 0.0, 0.0), flops,
+                lambda nt: _km.flash_attn_ext(q, k, v, mask, scale, plan=plan, n_threads=nt))
+    raise ValueError(f"bench_peers: unknown case {case!r}; known: {', '.join(CASES)}")
+
+
+def bench_peers(*, cases=CASES, n_kvs=(1024, 4096), threads=(1, 2), peers=PEERS, repeats: int = 5,
+                warmup: int = 1, seed: int = 0) -> dict:
+    """Median seconds of mlaref's kernel and of each peer per (case, n_kv, threads); see the module docstring."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"bench_peers: repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    for p in peers:
+        peer_build.peer_spec(p)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for case in cases:
+        for n_kv in n_kvs:
+            inputs, op, fp, flops, ours = _inputs(case, n_kv, rng)
+            remotes = {p: RemoteGraph(p, op, inputs, fp=fp) for p in peers}
+            try:
+                for nt in threads:
+                    box = {}
+
+                    def mine(nt=nt):
+                        t0 = time.perf_counter()
+                        box["out"] = ours(nt)
+                        return time.perf_counter() - t0
+
+                    fns = {"mlaref": mine, **{p: (lambda r=r, nt=nt: r.compute(nt)) for p, r in remotes.items()}}
+                    for fn in fns.values():
+                        for _ in range(warmup):
+                            fn()
+                    secs = {n: [] for n in fns}
+                    for order in _bench.round_orders(fns, repeats):
+                        for name in order:
+                            secs[name].append(fns[name]())
+                    row = {"case": case, "n_kv": n_kv, "threads": nt, "gflop": flops * 1e-9}
+                    for name, v in secs.items():
+                        t = _bench.Timing(tuple(v), warmup)
+                        row[f"{name}_s"], row[f"{name}_gflops"] = t.median, flops / t.median * 1e-9
+                    for p, r in remotes.items():
+                        row[f"{p}_ratio"] = row[f"{p}_s"] / row["mlaref_s"]
+                        row[f"{p}_nmse"] = compare.nmse(box["out"].to_numpy(), r.result().to_numpy())
+                    rows.append(row)
+            finally:
+                for r in remotes.values():
+                    r.close()
+    return {"benchmark": "mlaref kernels vs peers", "environment": _bench.environment(), "peers": list(peers),
+            "rows": rows}
+
+
+def format_table(result: dict) -> str:
+    """Median seconds and GFLOP/s per contender; ``x`` = the peer's seconds over mlaref's (> 1: mlaref faster)."""
+    peers = result["peers"]
+    head = f"{'case':<18} {'n_kv':>6} {'thr':>3} | {'mlaref s':>8} {'GF/s':>6}"
+    for p in peers:
+        head += f" | {p[:22]:>22} {'GF/s':>6} {'x':>5} {'nmse':>7}"
+    lines = [f"{result['benchmark']} on {result['environment'].get('processor', '?')}", head]
+    for r in result["rows"]:
+        line = f"{r['case']:<18} {r['n_kv']:>6} {r['threads']:>3} | {r['mlaref_s']:>8.4f} {r['mlaref_gflops']:>6.1f}"
+        for p in peers:
+            line += (f" | {r[p + '_s']:>22.4f} {r[p + '_gflops']:>6.1f} {r[p + '_ratio']:>5.2f} "
+                     f"{r[p + '_nmse']:>7.1e}")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def configure(p) -> None:
+    p.add_argument("--cases", nargs="+", default=list(CASES), metavar="CASE", help=f"of: {', '.join(CASES)}")
+    p.add_argument("--n-kv", type=int, nargs="+", default=[1024, 4096], metavar="N", help="KV lengths")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], metavar="N", help="thread counts")
+    p.add_argument("--peers", nargs="+", default=list(PEERS), metavar="PEER", help=f"of: {', '.join(PEERS)}")
+    p.add_argument("--repeats", type=int, default=5, metavar="N", help="timed rounds (default 5)")
+    p.add_argument("--json", metavar="FILE", help="also write the machine-readable result to FILE")
+
+
+def run(args) -> int:
+    try:
+        result = bench_peers(cases=args.cases, n_kvs=tuple(args.n_kv), threads=tuple(args.threads),
+                             peers=tuple(args.peers), repeats=args.repeats)
+    except (ValueError, harness.HarnessError, peer_build.PeerBuildError) as exc:
+        print(f"mlaref bench peers: {exc}", file=sys.stderr)
+        return 2
+    _bench.print_and_save(format_table(result), result, args.json)
+    return 0
