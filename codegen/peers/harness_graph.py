@@ -50,16 +50,7 @@ def run_graph(g, *, weights: dict, kv_cache: list, inputs: dict, keep=(), n_thre
     graph = g.graph
     values = executor.leaf_values(g, weights, kv_cache, inputs)
     gr = h.graph()
-    node_of: dict[int, int] = {}
-    bound: dict[str, int] = {}
-    for t in graph.leafs:
-        if t.view_src is not None:
-            continue
-        if t.name not in values:
-            raise ValueError(f"graph leaf {t.name!r} is neither a weight, a KV cache nor an input")
-        if t.name not in bound:
-            bound[t.name] = gr.input(executor.bind_leaf(t, values[t.name]))
-        node_of[id(t)] = bound[t.name]
+    node_of: dict[int, int] = executor.bind_leaves(graph, values, gr.input)
 
     def src(t):
         return node_of[id(t)]

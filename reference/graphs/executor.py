@@ -49,7 +49,7 @@ from mlaref.reference.ops.flash_attn_ext import flash_attn_ext
 from mlaref.reference.ops.mul_mat import mul_mat
 from mlaref.reference.tensor import Tensor
 
-__all__ = ["run_graph", "REFERENCE_OPS", "DEFAULT_OPTIONS", "VIEW_OPS", "bind_leaf", "leaf_values"]
+__all__ = ["run_graph", "REFERENCE_OPS", "DEFAULT_OPTIONS", "VIEW_OPS", "bind_leaf", "bind_leaves", "leaf_values"]
 
 VIEW_OPS = frozenset({"VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"})
 ALIGNMENT = 32  # CPU TENSOR_ALIGNMENT, as ggml-alloc rounds sizes
@@ -210,6 +210,24 @@ def _aligned(n: int) -> int:
     return (n + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
 
 
+def bind_leaves(graph, values: dict, bind=None) -> dict[int, object]:
+    """``id(leaf) -> bind(Tensor)`` for every leaf of ``graph`` that is not a view, bound by name from ``values``
+    (:func:`leaf_values`); one binding per name (the chunked graph has one wkv_b leaf per chunk). ``bind`` maps the
+    bound Tensor to what the caller keeps (default: the Tensor itself)."""
+    out: dict[int, object] = {}
+    bound: dict[str, object] = {}
+    for t in graph.leafs:
+        if t.view_src is not None:
+            continue
+        if t.name not in values:
+            raise ValueError(f"graph leaf {t.name!r} is neither a weight, a KV cache nor an input")
+        if t.name not in bound:
+            tensor = bind_leaf(t, values[t.name])
+            bound[t.name] = tensor if bind is None else bind(tensor)
+        out[id(t)] = bound[t.name]
+    return out
+
+
 def run_graph(g, *, weights: dict, kv_cache: list, inputs: dict, keep=(), impl: dict | None = None,
               options: dict | None = None, stats: dict | None = None) -> dict[str, Tensor]:
     """Execute ``g`` (an :class:`~mlaref.reference.graphs.deepseek2.MLAGraph`) and return the tensors named in
@@ -233,16 +251,7 @@ def run_graph(g, *, weights: dict, kv_cache: list, inputs: dict, keep=(), impl: 
     graph = g.graph
     values = leaf_values(g, weights, kv_cache, inputs)
 
-    env: dict[int, Tensor] = {}
-    bound: dict[str, Tensor] = {}  # one tensor per name (the chunked graph has one wkv_b leaf per chunk)
-    for t in graph.leafs:
-        if t.view_src is not None:
-            continue
-        if t.name not in values:
-            raise ValueError(f"graph leaf {t.name!r} is neither a weight, a KV cache nor an input")
-        if t.name not in bound:
-            bound[t.name] = bind_leaf(t, values[t.name])
-        env[id(t)] = bound[t.name]
+    env: dict[int, Tensor] = bind_leaves(graph, values)
 
     def base_of(t):
         return t.view_src if t.view_src is not None else t

@@ -51,6 +51,9 @@ _UPSTREAM_ELEMENT_PATH = ("f32", "i32", "f16", "bf16")
 
 
 def _shape(a: Tensor, b: Tensor, dim) -> tuple[int, int, int, int]:
+    """The result's ``ne`` after checking both sources (every version's first step)."""
+    check_tensor("concat", "a", a)
+    check_tensor("concat", "b", b)
     if not isinstance(dim, (int, np.integer)) or not 0 <= dim < 4:
         raise ValueError(f"concat: dim must be an integer in 0..3, got {dim!r}")
     if a.type != b.type:
@@ -97,8 +100,6 @@ class Concat_pre253:
 
     @staticmethod
     def eval(a: Tensor, b: Tensor, dim: int) -> Tensor:
-        check_tensor("concat", "a", a)
-        check_tensor("concat", "b", b)
         ne = _shape(a, b, dim)
         if a.type not in _ELEMENT_PATH:
             raise TypeError(f"concat: before PR #253 only f32 and i32 can be concatenated, got {a.type}")
@@ -110,8 +111,6 @@ class Concat_253:
 
     @staticmethod
     def eval(a: Tensor, b: Tensor, dim: int) -> Tensor:
-        check_tensor("concat", "a", a)
-        check_tensor("concat", "b", b)
         ne = _shape(a, b, dim)
         if a.type in _ELEMENT_PATH:
             return _element_path(a, b, dim, ne)
@@ -125,8 +124,6 @@ class Concat_ggml015:
 
     @staticmethod
     def eval(a: Tensor, b: Tensor, dim: int) -> Tensor:
-        check_tensor("concat", "a", a)
-        check_tensor("concat", "b", b)
         ne = _shape(a, b, dim)
         if a.type not in _UPSTREAM_ELEMENT_PATH:
             raise TypeError(f"concat: ggml 0.15.3 has no defined result for {a.type} (its concat_any steps over "
@@ -139,8 +136,6 @@ class Concat_ggml025:
 
     @staticmethod
     def eval(a: Tensor, b: Tensor, dim: int) -> Tensor:
-        check_tensor("concat", "a", a)
-        check_tensor("concat", "b", b)
         ne = _shape(a, b, dim)
         if a.type in _UPSTREAM_ELEMENT_PATH:
             return _element_path(a, b, dim, ne, packed=False)
