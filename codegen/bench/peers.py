@@ -11,7 +11,9 @@ measured in the child around that call alone. mlaref's kernel runs in this proce
 Cases (the FlashMLA-2 prompt shapes of DeepSeek-V2-Lite): ``mul_mat f16 x f16``, the K/V build ``wkv_b [512,
 4096] x`` a view of the f16 latent cache ``[512 of 576, n_kv]``; ``fa f16``, flash attention with 16 heads, 512
 queries, Dk 192 / Dv 128, f16 K/V of ``n_kv`` cells, under the prompt's causal mask (column 0 always open).
-GFLOP/s count 2 flops per multiply-add of the math. Nothing here asserts a speed: the ratios are printed and
+GFLOP/s count 2 flops per multiply-add of the math; ``peak`` is this CPU's FMA peak at the row's thread count,
+measured just before the row's rounds (:func:`mlaref.codegen.bench.peak.fma_peak`), and each contender's
+``_peak_frac`` its GFLOP/s over that peak. Nothing here asserts a speed: the ratios are printed and
 stored (``--json``) with the machine's processor.
 """
 
@@ -28,6 +30,7 @@ import time
 import numpy as np
 
 from mlaref.codegen.bench import method as _bench
+from mlaref.codegen.bench import peak as _peak
 from mlaref.codegen.kernels import mm as _km
 from mlaref.codegen.peers import build as peer_build
 from mlaref.codegen.peers import harness
@@ -170,14 +173,17 @@ def bench_peers(*, cases=CASES, n_kvs=(1024, 4096), threads=(1, 2), peers=PEERS,
                     for fn in fns.values():
                         for _ in range(warmup):
                             fn()
+                    pk = _peak.fma_peak(nt)
                     secs = {n: [] for n in fns}
                     for order in _bench.round_orders(fns, repeats):
                         for name in order:
                             secs[name].append(fns[name]())
-                    row = {"case": case, "n_kv": n_kv, "threads": nt, "gflop": flops * 1e-9}
+                    row = {"case": case, "n_kv": n_kv, "threads": nt, "gflop": flops * 1e-9,
+                           "peak_gflops": pk["gflops"] if pk else None}
                     for name, v in secs.items():
                         t = _bench.Timing(tuple(v), warmup)
                         row[f"{name}_s"], row[f"{name}_gflops"] = t.median, flops / t.median * 1e-9
+                        row[f"{name}_peak_frac"] = row[f"{name}_gflops"] / pk["gflops"] if pk else None
                     for p, r in remotes.items():
                         row[f"{p}_ratio"] = row[f"{p}_s"] / row["mlaref_s"]
                         row[f"{p}_nmse"] = compare.nmse(box["out"].to_numpy(), r.result().to_numpy())
@@ -190,18 +196,27 @@ def bench_peers(*, cases=CASES, n_kvs=(1024, 4096), threads=(1, 2), peers=PEERS,
 
 
 def format_table(result: dict) -> str:
-    """Median seconds and GFLOP/s per contender; ``x`` = the peer's seconds over mlaref's (> 1: mlaref faster)."""
+    """Median seconds and GFLOP/s per contender, the fraction of the FMA peak (``%pk``); ``x`` = the peer's
+    seconds over mlaref's, i.e. mlaref's speed over the peer's (> 1: mlaref faster)."""
     peers = result["peers"]
-    head = f"{'case':<18} {'n_kv':>6} {'thr':>3} | {'mlaref s':>8} {'GF/s':>6}"
+    head = f"{'case':<18} {'n_kv':>6} {'thr':>3} {'peak':>6} | {'mlaref s':>8} {'GF/s':>6} {'%pk':>4}"
     for p in peers:
-        head += f" | {p[:22]:>22} {'GF/s':>6} {'x':>5} {'nmse':>7}"
+        head += f" | {p[:22]:>22} {'GF/s':>6} {'%pk':>4} {'x':>5} {'nmse':>7}"
     lines = [f"{result['benchmark']} on {result['environment'].get('processor', '?')}", head]
+
+    def pct(v):
+        return f"{100 * v:>4.0f}" if v is not None else f"{'-':>4}"
+
     for r in result["rows"]:
-        line = f"{r['case']:<18} {r['n_kv']:>6} {r['threads']:>3} | {r['mlaref_s']:>8.4f} {r['mlaref_gflops']:>6.1f}"
+        pk = r.get("peak_gflops")
+        line = (f"{r['case']:<18} {r['n_kv']:>6} {r['threads']:>3} {pk if pk is None else round(pk):>6} | "
+                f"{r['mlaref_s']:>8.4f} {r['mlaref_gflops']:>6.1f} {pct(r.get('mlaref_peak_frac'))}")
         for p in peers:
-            line += (f" | {r[p + '_s']:>22.4f} {r[p + '_gflops']:>6.1f} {r[p + '_ratio']:>5.2f} "
-                     f"{r[p + '_nmse']:>7.1e}")
+            line += (f" | {r[p + '_s']:>22.4f} {r[p + '_gflops']:>6.1f} {pct(r.get(p + '_peak_frac'))} "
+                     f"{r[p + '_ratio']:>5.2f} {r[p + '_nmse']:>7.1e}")
         lines.append(line)
+    lines.append("x: the peer's median seconds over mlaref's (mlaref's speed relative to the peer; > 1: mlaref "
+                 "faster). peak: FMA GFLOP/s at that thread count, measured before the row.")
     return "\n".join(lines)
 
 

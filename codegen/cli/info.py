@@ -2,7 +2,8 @@
 dispatch chooses per op.
 
 The report follows NumPy's ``np.show_runtime()``: baseline, found and not found, then the environment overrides
-in effect.
+in effect. The FMA peak line is measured when the command runs (:mod:`mlaref.codegen.bench.peak`, about a second):
+the yardstick the benchmarks' "fraction of peak" divides by; ``--no-kernels`` skips it with the kernel table.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy
 
 from mlaref.codegen import build, cpu, dispatch
 from mlaref.codegen import isa as _isa
+from mlaref.codegen.bench import peak
 
 __all__ = ["report", "configure", "run"]
 
@@ -35,6 +37,10 @@ def report() -> str:
         miss = cpu.missing(info.token)
         state = "found" if not miss else "not found (missing: " + ", ".join(miss) + ")"
         lines.append(f"{info.token:<11} {state}   [{' '.join(info.features)}]")
+    if os.environ.get("MLAREF_INFO_NO_BUILD"):
+        lines.append("FMA peak    not measured (--no-kernels)")
+    else:
+        lines.append(peak.describe(tuple(sorted({1, os.cpu_count() or 1}))))
     lines.append(f"MLAREF_ISA          = {os.environ.get('MLAREF_ISA', '(unset)')}")
     lines.append(f"MLAREF_DISABLE_ISA  = {os.environ.get('MLAREF_DISABLE_ISA', '(unset)')}")
     lines.append(f"MLAREF_SANITIZE     = {os.environ.get('MLAREF_SANITIZE', '(unset)')}")

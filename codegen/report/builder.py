@@ -20,6 +20,9 @@ median/min/max) and PNG plots (matplotlib; skipped with a reason without it). Se
     (:mod:`mlaref.codegen.bench.ops`).
 ``bench_types``
     the reference against gguf-py (:func:`mlaref.codegen.bench.bench_types`).
+``bench_peers``
+    mlaref's mul_mat and flash attention against ik_llama.cpp and upstream ggml 0.25.3 through the peer harness,
+    with the fraction of the FMA peak; cached peer builds only (:mod:`mlaref.codegen.bench.peers`).
 ``mla``, ``mla_ggml``
     the seed's speed claim as per-layer ratios on this CPU (:mod:`mlaref.codegen.bench.mla`): on mlaref's
     generated kernels (IQ4_NL ``wkv_b`` as in the seed), and on upstream ggml through ggml-python.
@@ -55,11 +58,11 @@ __all__ = ["MODES", "make_report", "configure", "run"]
 # Mode presets: what --quick and the test-only --tiny change.
 MODES = {
     "full": {"mla_n_kv": (512, 1024, 2048, 4096, 8192, 16384), "mla_repeats": 3, "bench_mb": 4.0,
-             "bench_repeats": 5, "bench_types": None, "check_rows": 5},
+             "bench_repeats": 5, "bench_types": None, "check_rows": 5, "peers_n_kv": (1024, 4096)},
     "quick": {"mla_n_kv": (512, 2048), "mla_repeats": 3, "bench_mb": 4.0, "bench_repeats": 5,
-              "bench_types": ("f16", "q8_0", "iq4_nl", "q8_K"), "check_rows": 3},
+              "bench_types": ("f16", "q8_0", "iq4_nl", "q8_K"), "check_rows": 3, "peers_n_kv": (1024,)},
     "tiny": {"mla_n_kv": (512,), "mla_repeats": 1, "bench_mb": 0.25, "bench_repeats": 1,
-             "bench_types": ("q8_0",), "check_rows": 2},
+             "bench_types": ("q8_0",), "check_rows": 2, "peers_n_kv": (64,)},
 }
 
 
@@ -97,6 +100,7 @@ def make_report(out: pathlib.Path, mode: str = "full", show: bool = True, n_thre
     s["bench_kernels"] = _run_section(sections.section_bench_kernels, cfg, show)
     s["bench_ops"] = _run_section(sections.section_bench_ops, cfg)
     s["bench_types"] = _run_section(sections.section_bench_types, cfg, show)
+    s["bench_peers"] = _run_section(sections.section_bench_peers, cfg, show, n_threads)
     s["mla"] = _run_section(sections.section_mla, "kernels", cfg, show, n_threads)
     s["mla_ggml"] = _run_section(sections.section_mla, "ggml", cfg, show, n_threads)
 

@@ -49,6 +49,11 @@ def render_markdown(r: dict) -> str:
         for tok, d in c["isas"].items():
             L.append(f"| {tok} | {'found' if d['found'] else 'not found'} | {', '.join(d['missing']) or '-'} |")
         L += ["", f"Dispatch order: {' > '.join(c['dispatch_order']) or '(none)'}.", ""]
+        pk = c.get("fma_peak", {})
+        if pk.get("status") == "ok":
+            L += ["FMA peak, measured at the start: " + ", ".join(
+                f"{v['value']:.1f} GFLOP/s at {k.split('_')[1]} thread(s)" for k, v in pk.items() if k != "status")
+                + f" ({next(v for k, v in pk.items() if k != 'status')['method']}).", ""]
 
     L += ["## Build", ""]
     b = s["build"]
@@ -121,6 +126,17 @@ def render_markdown(r: dict) -> str:
     L.append(_skipped(bo))
     if "results" in bo:
         L += ["```", bench_ops.format_table(bo), "```", "", f"ggml: {bo['method']['ggml']}.", ""]
+
+    L += ["## The kernels against ik_llama.cpp and upstream ggml 0.25.3", ""]
+    bp = s.get("bench_peers", {"status": "skipped", "reason": "not run"})
+    L.append(_skipped(bp))
+    if "rows" in bp:
+        L += ["FlashMLA-2's K/V-build mul_mat and its flash attention at DeepSeek-V2-Lite's shapes, through the peer "
+              "harness (one child process per peer, the same input bytes, interleaved rounds). `%pk` is the "
+              "fraction of this CPU's FMA peak, measured before each row.", "", "```", bp["table"], "```", ""]
+        if bp["not_built"]:
+            L += ["Not built here, so not timed: " + ", ".join(f"{p} (`mlaref peer build {p}`)"
+                                                               for p in bp["not_built"]) + ".", ""]
 
     L += ["## The seed's speed claim on this CPU (per layer, PR #253)", ""]
     L += _md_mla(s["mla"], "")

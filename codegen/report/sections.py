@@ -10,6 +10,11 @@
 ``section_bench_kernels``, ``section_bench_ops``, ``section_bench_types``
     :func:`mlaref.codegen.bench.throughput.bench_kernels`, :func:`mlaref.codegen.bench.ops.bench_ops` and
     :func:`mlaref.codegen.bench.bench_types` at the mode's sizes.
+``section_bench_peers``
+    :func:`mlaref.codegen.bench.peers.bench_peers`: the kernels against ik_llama.cpp and upstream ggml 0.25.3 at
+    FlashMLA-2's shapes, with the fraction of the FMA peak; only the peers whose builds are cached (a cold ik
+    build takes 11 to 20 minutes on 2 cores, more than a report should spend unasked): the others are skipped
+    with the command that builds them.
 ``section_mla``
     :func:`mlaref.codegen.bench.mla.run_mla` on mlaref's kernels (the NumPy reference at reduced shapes where
     they cannot run) or on upstream ggml.
@@ -30,13 +35,16 @@ from mlaref.codegen import bench, build, catalog, cpu, dispatch
 from mlaref.codegen import isa as isa_mod
 from mlaref.codegen.bench import mla as bench_mla
 from mlaref.codegen.bench import ops as bench_ops
+from mlaref.codegen.bench import peak as bench_peak
+from mlaref.codegen.bench import peers as bench_peers
 from mlaref.codegen.bench import throughput
+from mlaref.codegen.peers import build as peer_build
 from mlaref.codegen.peers import ggml as ggml_peer
 from mlaref.codegen.report.progress import Progress
 from mlaref.codegen.report.schema import quantity
 
 __all__ = ["MLA_REFERENCE", "section_cpu", "section_build", "section_bench_kernels", "section_bench_ops",
-           "section_bench_types", "section_mla"]
+           "section_bench_types", "section_bench_peers", "section_mla"]
 
 # The MLA benchmark's shapes when the kernels cannot run (the reference back-end).
 MLA_REFERENCE = {"n_kv": (256, 512), "T": 32, "kv_chunk": 256}
@@ -65,8 +73,20 @@ def section_cpu() -> dict:
         "compiler": build.compiler_version(),
         "isas": isas,
         "dispatch_order": order,
+        "fma_peak": _fma_peak(),
         "overrides": {k: os.environ.get(k) for k in ("MLAREF_ISA", "MLAREF_DISABLE_ISA") if os.environ.get(k)},
     }
+
+
+def _fma_peak() -> dict:
+    """The FMA peak at 1 thread and at every logical CPU (GFLOP/s quantities), or why it was not measured."""
+    if bench_peak.peak_isa() is None:
+        return {"status": "skipped", "reason": "no x86 FMA ISA on this CPU"}
+    out = {"status": "ok"}
+    for n in sorted({1, os.cpu_count() or 1}):
+        p = bench_peak.fma_peak(n)
+        out[f"threads_{n}"] = quantity(p["gflops"], "GFLOP/s", f"{p['isa']}: {p['method']}")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -176,6 +196,39 @@ def section_bench_types(cfg: dict, show: bool) -> dict:
     r = bench.bench_types(size_mb=cfg["bench_mb"], repeats=max(5, cfg["bench_repeats"]), formats=fmts)
     r["status"] = "ok"
     return r
+
+
+def section_bench_peers(cfg: dict, show: bool, n_threads: int | None) -> dict:
+    """The ``bench_peers`` section: mlaref's mul_mat and flash attention against each cached peer build."""
+    peers = [p for p in bench_peers.PEERS if peer_build.built("native", p)]
+    missing = [p for p in bench_peers.PEERS if p not in peers]
+    if not peers:
+        return {"status": "skipped", "reason": "no peer build cached; build them with "
+                + " and ".join(f"`mlaref peer build {p}`" for p in missing)}
+    if show:
+        print(f"bench peers ({', '.join(peers)}) ...", file=sys.stderr, flush=True)
+    threads = tuple(sorted({1, n_threads or os.cpu_count() or 1}))
+    r = bench_peers.bench_peers(n_kvs=cfg["peers_n_kv"], threads=threads, peers=tuple(peers),
+                                repeats=cfg["bench_repeats"])
+    rows = []
+    for row in r["rows"]:
+        m = "median of interleaved rounds, " + row["case"]
+        out = {"case": row["case"], "n_kv": row["n_kv"], "threads": row["threads"],
+               "peak": quantity(row["peak_gflops"], "GFLOP/s", "FMA peak at this thread count, measured before"),
+               "contenders": {}}
+        for who in ("mlaref", *peers):
+            out["contenders"][who] = {
+                "seconds": quantity(row[f"{who}_s"], "s", m),
+                "gflops": quantity(row[f"{who}_gflops"], "GFLOP/s", "2 flops per multiply-add of the math"),
+                "peak_fraction": quantity(row[f"{who}_peak_frac"], "1", "GFLOP/s over the FMA peak"),
+            }
+        for p in peers:
+            out["contenders"][p]["mlaref_speed_ratio"] = quantity(
+                row[f"{p}_ratio"], "1", "the peer's median seconds over mlaref's (> 1: mlaref faster)")
+            out["contenders"][p]["nmse_vs_mlaref"] = quantity(row[f"{p}_nmse"], "1", "NMSE of the outputs")
+        rows.append(out)
+    return {"status": "ok", "peers": peers, "not_built": missing, "rows": rows, "table": bench_peers.format_table(r),
+            "environment": r["environment"]}
 
 
 def section_mla(backend: str, cfg: dict, show: bool, n_threads: int | None) -> dict:

@@ -276,3 +276,25 @@ def test_cli_rejects_bad_arguments(tmp_path):
 
     assert cli.main(["report", "--quick", "--tiny", "--out", str(tmp_path)]) == 2
     assert cli.main(["report", "--threads", "0", "--out", str(tmp_path)]) == 2
+
+
+def test_report_times_the_cached_peers_or_says_how_to_build_them(tiny_run):
+    """bench_peers runs on every peer build in the cache; a peer not built is named with the command that builds it."""
+    from mlaref.codegen.peers import build as peer_build
+
+    s = tiny_run[3]["sections"]
+    bp = s["bench_peers"]
+    built = [p for p in ("ik-llama-cpp-python", "llama-cpp-python") if peer_build.built("native", p)]
+    if not built:
+        assert bp["status"] == "skipped" and "mlaref peer build ik-llama-cpp-python" in bp["reason"]
+        return
+    assert bp["status"] == "ok" and bp["peers"] == built
+    assert {(r["case"], r["n_kv"]) for r in bp["rows"]} == {("mul_mat f16 x f16", 64), ("fa f16", 64)}
+    for r in bp["rows"]:
+        assert set(r["contenders"]) == {"mlaref", *built}
+        for p in built:
+            c = r["contenders"][p]
+            assert c["mlaref_speed_ratio"]["value"] == pytest.approx(
+                c["seconds"]["value"] / r["contenders"]["mlaref"]["seconds"]["value"])
+    if s["cpu"]["fma_peak"]["status"] == "ok":
+        assert s["cpu"]["fma_peak"]["threads_1"]["unit"] == "GFLOP/s"
