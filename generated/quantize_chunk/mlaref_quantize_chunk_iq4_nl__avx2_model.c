@@ -953,6 +953,76 @@ static float mla_qm_make_qp(int n, int nmax, const float *x, uint8_t *L, const f
 }
 #endif
 
+#if defined(__AVX2__) && !defined(MLA_QM_SOLVERS_AVX2)
+#define MLA_QM_SOLVERS_AVX2
+/* Eight groups at once, one per lane: X[i] holds element i of the 8 groups. Every lane runs the scalar solver's
+   operations in its order (one IEEE op per step, the same compares); a lane's branch becomes a blend, and a try's
+   L is recomputed from its iscale when needed (the C code recomputes it the same way). */
+
+static inline __m256i mla_qm_nearest_int8(__m256 f) {
+    const __m256i b = _mm256_castps_si256(_mm256_add_ps(f, _mm256_set1_ps(12582912.0f)));
+    return _mm256_sub_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x007fffff)), _mm256_set1_epi32(0x00400000));
+}
+
+static inline __m256 mla_qm_blend(__m256 a, __m256 b, __m256 take) { return _mm256_blendv_ps(a, b, take); }
+
+/* make_qx_quants(n, nmax, rmse_type 1) on 8 groups: W[i] the weights, returns the scales; *best_is the winning
+   iscale per lane and *zero the lanes with amax < 1e-15 (codes: clamp(nearest(best_is*x)) + nmax, or 0 there) */
+static inline __m256 mla_qm_make_qx8(int n, int nmax, const __m256 *X, const __m256 *W, __m256 *best_is,
+                                     __m256 *zero) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 amax = _mm256_setzero_ps(), max = _mm256_setzero_ps();
+    for (int i = 0; i < n; ++i) {
+        const __m256 ax = _mm256_andnot_ps(sign, X[i]);
+        const __m256 gt = _mm256_cmp_ps(ax, amax, _CMP_GT_OQ);
+        amax = mla_qm_blend(amax, ax, gt);
+        max = mla_qm_blend(max, X[i], gt);
+    }
+    *zero = _mm256_cmp_ps(amax, _mm256_set1_ps(MLA_QM_GROUP_MAX_EPS), _CMP_LT_OQ);
+    __m256 WX[32];
+    for (int i = 0; i < n; ++i) WX[i] = _mm256_mul_ps(W[i], X[i]);
+    const __m256i lo = _mm256_set1_epi32(-nmax), hi = _mm256_set1_epi32(nmax - 1);
+    __m256 iscale = _mm256_div_ps(_mm256_set1_ps((float)(-nmax)), max);
+    __m256 sumlx = _mm256_setzero_ps(), suml2 = _mm256_setzero_ps();
+    for (int i = 0; i < n; ++i) {
+        const __m256i l = _mm256_min_epi32(_mm256_max_epi32(mla_qm_nearest_int8(_mm256_mul_ps(iscale, X[i])), lo), hi);
+        const __m256 lf = _mm256_cvtepi32_ps(l);
+        sumlx = _mm256_add_ps(sumlx, _mm256_mul_ps(WX[i], lf));
+        suml2 = _mm256_add_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(W[i], lf), lf));
+    }
+    __m256 bis = iscale;
+    __m256 scale = _mm256_and_ps(_mm256_div_ps(sumlx, suml2), _mm256_cmp_ps(suml2, _mm256_setzero_ps(), _CMP_NEQ_UQ));
+    __m256 best = _mm256_mul_ps(scale, sumlx);
+    for (int is = -9; is <= 9; ++is) {
+        if (is == 0) continue;
+        iscale = _mm256_div_ps(_mm256_set1_ps(-((float)nmax + 0.1f * (float)is)), max);
+        sumlx = suml2 = _mm256_setzero_ps();
+        for (int i = 0; i < n; ++i) {
+            const __m256i l = _mm256_min_epi32(_mm256_max_epi32(mla_qm_nearest_int8(_mm256_mul_ps(iscale, X[i])), lo), hi);
+            const __m256 lf = _mm256_cvtepi32_ps(l);
+            sumlx = _mm256_add_ps(sumlx, _mm256_mul_ps(WX[i], lf));
+            suml2 = _mm256_add_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(W[i], lf), lf));
+        }
+        const __m256 take = _mm256_and_ps(_mm256_cmp_ps(suml2, _mm256_setzero_ps(), _CMP_GT_OQ),
+                                          _mm256_cmp_ps(_mm256_mul_ps(sumlx, sumlx), _mm256_mul_ps(best, suml2), _CMP_GT_OQ));
+        const __m256 s = _mm256_div_ps(sumlx, suml2);
+        scale = mla_qm_blend(scale, s, take);
+        best = mla_qm_blend(best, _mm256_mul_ps(s, sumlx), take);
+        bis = mla_qm_blend(bis, iscale, take);
+    }
+    *best_is = bis;
+    return _mm256_andnot_ps(*zero, scale);
+}
+
+/* rows of 8 groups of n (n = 16 or 32) contiguous values starting at x + g*stride -> X[i] = element i of each */
+static inline void mla_qm_transpose_in(const float *x, int64_t stride, int n, __m256 *X) {
+    float t[32][8];
+    for (int g = 0; g < 8; ++g)
+        for (int i = 0; i < n; ++i) t[i][g] = x[g * stride + i];
+    for (int i = 0; i < n; ++i) X[i] = _mm256_loadu_ps(t[i]);
+}
+#endif
+
 /* one block of 32 with weights w: its scale (before the f16 store) and indices L */
 static inline float mla_qm_iq4_nl_block(const float *x, const float *w, uint8_t *L) {
     float amax = 0.0f, max = 0.0f;

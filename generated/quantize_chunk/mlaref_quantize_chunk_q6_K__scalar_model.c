@@ -387,6 +387,76 @@ static float mla_qm_make_qp(int n, int nmax, const float *x, uint8_t *L, const f
 }
 #endif
 
+#if defined(__AVX2__) && !defined(MLA_QM_SOLVERS_AVX2)
+#define MLA_QM_SOLVERS_AVX2
+/* Eight groups at once, one per lane: X[i] holds element i of the 8 groups. Every lane runs the scalar solver's
+   operations in its order (one IEEE op per step, the same compares); a lane's branch becomes a blend, and a try's
+   L is recomputed from its iscale when needed (the C code recomputes it the same way). */
+
+static inline __m256i mla_qm_nearest_int8(__m256 f) {
+    const __m256i b = _mm256_castps_si256(_mm256_add_ps(f, _mm256_set1_ps(12582912.0f)));
+    return _mm256_sub_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x007fffff)), _mm256_set1_epi32(0x00400000));
+}
+
+static inline __m256 mla_qm_blend(__m256 a, __m256 b, __m256 take) { return _mm256_blendv_ps(a, b, take); }
+
+/* make_qx_quants(n, nmax, rmse_type 1) on 8 groups: W[i] the weights, returns the scales; *best_is the winning
+   iscale per lane and *zero the lanes with amax < 1e-15 (codes: clamp(nearest(best_is*x)) + nmax, or 0 there) */
+static inline __m256 mla_qm_make_qx8(int n, int nmax, const __m256 *X, const __m256 *W, __m256 *best_is,
+                                     __m256 *zero) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 amax = _mm256_setzero_ps(), max = _mm256_setzero_ps();
+    for (int i = 0; i < n; ++i) {
+        const __m256 ax = _mm256_andnot_ps(sign, X[i]);
+        const __m256 gt = _mm256_cmp_ps(ax, amax, _CMP_GT_OQ);
+        amax = mla_qm_blend(amax, ax, gt);
+        max = mla_qm_blend(max, X[i], gt);
+    }
+    *zero = _mm256_cmp_ps(amax, _mm256_set1_ps(MLA_QM_GROUP_MAX_EPS), _CMP_LT_OQ);
+    __m256 WX[32];
+    for (int i = 0; i < n; ++i) WX[i] = _mm256_mul_ps(W[i], X[i]);
+    const __m256i lo = _mm256_set1_epi32(-nmax), hi = _mm256_set1_epi32(nmax - 1);
+    __m256 iscale = _mm256_div_ps(_mm256_set1_ps((float)(-nmax)), max);
+    __m256 sumlx = _mm256_setzero_ps(), suml2 = _mm256_setzero_ps();
+    for (int i = 0; i < n; ++i) {
+        const __m256i l = _mm256_min_epi32(_mm256_max_epi32(mla_qm_nearest_int8(_mm256_mul_ps(iscale, X[i])), lo), hi);
+        const __m256 lf = _mm256_cvtepi32_ps(l);
+        sumlx = _mm256_add_ps(sumlx, _mm256_mul_ps(WX[i], lf));
+        suml2 = _mm256_add_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(W[i], lf), lf));
+    }
+    __m256 bis = iscale;
+    __m256 scale = _mm256_and_ps(_mm256_div_ps(sumlx, suml2), _mm256_cmp_ps(suml2, _mm256_setzero_ps(), _CMP_NEQ_UQ));
+    __m256 best = _mm256_mul_ps(scale, sumlx);
+    for (int is = -9; is <= 9; ++is) {
+        if (is == 0) continue;
+        iscale = _mm256_div_ps(_mm256_set1_ps(-((float)nmax + 0.1f * (float)is)), max);
+        sumlx = suml2 = _mm256_setzero_ps();
+        for (int i = 0; i < n; ++i) {
+            const __m256i l = _mm256_min_epi32(_mm256_max_epi32(mla_qm_nearest_int8(_mm256_mul_ps(iscale, X[i])), lo), hi);
+            const __m256 lf = _mm256_cvtepi32_ps(l);
+            sumlx = _mm256_add_ps(sumlx, _mm256_mul_ps(WX[i], lf));
+            suml2 = _mm256_add_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(W[i], lf), lf));
+        }
+        const __m256 take = _mm256_and_ps(_mm256_cmp_ps(suml2, _mm256_setzero_ps(), _CMP_GT_OQ),
+                                          _mm256_cmp_ps(_mm256_mul_ps(sumlx, sumlx), _mm256_mul_ps(best, suml2), _CMP_GT_OQ));
+        const __m256 s = _mm256_div_ps(sumlx, suml2);
+        scale = mla_qm_blend(scale, s, take);
+        best = mla_qm_blend(best, _mm256_mul_ps(s, sumlx), take);
+        bis = mla_qm_blend(bis, iscale, take);
+    }
+    *best_is = bis;
+    return _mm256_andnot_ps(*zero, scale);
+}
+
+/* rows of 8 groups of n (n = 16 or 32) contiguous values starting at x + g*stride -> X[i] = element i of each */
+static inline void mla_qm_transpose_in(const float *x, int64_t stride, int n, __m256 *X) {
+    float t[32][8];
+    for (int g = 0; g < 8; ++g)
+        for (int i = 0; i < n; ++i) t[i][g] = x[g * stride + i];
+    for (int i = 0; i < n; ++i) X[i] = _mm256_loadu_ps(t[i]);
+}
+#endif
+
 /* the 16 scales and 256 codes (L = l + 32) of a block -> 210 bytes; all-zero block when |max scale| < 1e-15 */
 static inline void mla_qm_q6_K_finish(const float *x, const float *scales, int8_t *L, uint8_t *y) {
     float max_scale = 0.0f, max_abs_scale = 0.0f;
@@ -408,6 +478,37 @@ static inline void mla_qm_q6_K_finish(const float *x, const float *scales, int8_
         sc[ib] = (int8_t)(l < 127 ? l : 127);
     }
     const float dd = mla_fp16_to_fp32(dh);
+#if defined(__AVX2__)
+    /* re-quantize 16 values per vector division, then pack 32 codes per byte operation */
+    for (int j = 0; j < 16; ++j) {
+        const float d = dd * (float)sc[j];
+        if (d == 0.0f) continue;
+        const __m256 vd = _mm256_set1_ps(d);
+        const __m256i lo = _mm256_set1_epi32(-32), hi = _mm256_set1_epi32(31), b = _mm256_set1_epi32(32);
+        const __m256i l0 = _mm256_min_epi32(_mm256_max_epi32(mla_qm_nearest_int8(_mm256_div_ps(_mm256_loadu_ps(x + 16 * j), vd)), lo), hi);
+        const __m256i l1 = _mm256_min_epi32(_mm256_max_epi32(mla_qm_nearest_int8(_mm256_div_ps(_mm256_loadu_ps(x + 16 * j + 8), vd)), lo), hi);
+        const __m256i p = _mm256_permute4x64_epi64(_mm256_packs_epi32(_mm256_add_epi32(l0, b), _mm256_add_epi32(l1, b)), 0xD8);
+        const __m128i q = _mm_packs_epi16(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+        _mm_storeu_si128((__m128i *)(void *)(L + 16 * j), q);
+    }
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x03);
+    for (int j = 0; j < 2; ++j) {
+        const __m256i A = _mm256_loadu_si256((const __m256i *)(const void *)(L + 128 * j));
+        const __m256i B = _mm256_loadu_si256((const __m256i *)(const void *)(L + 128 * j + 32));
+        const __m256i C = _mm256_loadu_si256((const __m256i *)(const void *)(L + 128 * j + 64));
+        const __m256i D = _mm256_loadu_si256((const __m256i *)(const void *)(L + 128 * j + 96));
+        _mm256_storeu_si256((__m256i *)(void *)(y + 64 * j),
+                            _mm256_or_si256(_mm256_and_si256(A, m4), _mm256_slli_epi16(_mm256_and_si256(C, m4), 4)));
+        _mm256_storeu_si256((__m256i *)(void *)(y + 64 * j + 32),
+                            _mm256_or_si256(_mm256_and_si256(B, m4), _mm256_slli_epi16(_mm256_and_si256(D, m4), 4)));
+        const __m256i h = _mm256_or_si256(
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(A, 4), m2),
+                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(B, 4), m2), 2)),
+            _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(C, 4), m2), 4),
+                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(D, 4), m2), 6)));
+        _mm256_storeu_si256((__m256i *)(void *)(y + 128 + 32 * j), h);
+    }
+#else
     for (int j = 0; j < 16; ++j) {
         const float d = dd * (float)sc[j];
         if (d == 0.0f) continue;
@@ -428,6 +529,7 @@ static inline void mla_qm_q6_K_finish(const float *x, const float *scales, int8_
                               | (((uint8_t)L[j + l + 64] >> 4) << 4) | (((uint8_t)L[j + l + 96] >> 4) << 6));
         }
     }
+#endif
 }
 
 /* one row of n values; qw: the row's n importance weights or NULL */
@@ -435,9 +537,33 @@ static inline void mla_qm_row_q6_K(const float *x, uint8_t *y, const float *qw, 
     for (int64_t i = 0; i < n / 256; ++i, x += 256, y += 210) {
         float scales[16];
         int8_t L[256];
+#if defined(__AVX2__)
+        /* sub-blocks 8h .. 8h + 7 in the lanes */
+        for (int h = 0; h < 2; ++h) {
+            __m256 X[16], W[16], bis, zero;
+            mla_qm_transpose_in(x + 128 * h, 16, 16, X);
+            if (qw) {
+                mla_qm_transpose_in(qw + 256 * i + 128 * h, 16, 16, W);
+            } else {
+                for (int k = 0; k < 16; ++k) W[k] = _mm256_mul_ps(X[k], X[k]);
+            }
+            _mm256_storeu_ps(scales + 8 * h, mla_qm_make_qx8(16, 32, X, W, &bis, &zero));
+            const __m256i keep = _mm256_xor_si256(_mm256_castps_si256(zero), _mm256_set1_epi32(-1));
+            int32_t c[16][8];
+            for (int k = 0; k < 16; ++k) {
+                const __m256i l = mla_qm_nearest_int8(_mm256_mul_ps(bis, X[k]));
+                const __m256i cl = _mm256_min_epi32(_mm256_max_epi32(l, _mm256_set1_epi32(-32)), _mm256_set1_epi32(31));
+                _mm256_storeu_si256((__m256i *)(void *)c[k],
+                                    _mm256_and_si256(_mm256_add_epi32(cl, _mm256_set1_epi32(32)), keep));
+            }
+            for (int g = 0; g < 8; ++g)
+                for (int k = 0; k < 16; ++k) L[128 * h + 16 * g + k] = (int8_t)c[k][g];
+        }
+#else
         for (int ib = 0; ib < 16; ++ib) {
             scales[ib] = mla_qm_make_qx(16, 32, x + 16 * ib, L + 16 * ib, qw ? qw + 256 * i + 16 * ib : NULL);
         }
+#endif
         mla_qm_q6_K_finish(x, scales, L, y);
     }
 }
