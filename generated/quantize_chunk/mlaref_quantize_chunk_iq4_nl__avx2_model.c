@@ -1014,6 +1014,81 @@ static inline __m256 mla_qm_make_qx8(int n, int nmax, const __m256 *X, const __m
     return _mm256_andnot_ps(*zero, scale);
 }
 
+/* make_qkx2/make_qkx3_quants (no MAD) on 8 groups of n <= 32: returns the scales, *the_min = -min per lane and the
+   codes L[i] (int32 lanes). An accepted try's codes are its own Laux, recomputed at the end from the (iscale, min)
+   that made them. */
+static inline __m256 mla_qm_make_qkx8(int n, int nmax, const __m256 *X, const __m256 *W, __m256i *L, __m256 *the_min,
+                                      float rmin, float rdelta, int nstep) {
+    __m256 min = X[0], max = X[0];
+    __m256 sum_w = W[0];
+    __m256 sum_x = _mm256_mul_ps(sum_w, X[0]);
+    for (int i = 1; i < n; ++i) {
+        min = mla_qm_blend(min, X[i], _mm256_cmp_ps(X[i], min, _CMP_LT_OQ));
+        max = mla_qm_blend(max, X[i], _mm256_cmp_ps(X[i], max, _CMP_GT_OQ));
+        sum_w = _mm256_add_ps(sum_w, W[i]);
+        sum_x = _mm256_add_ps(sum_x, _mm256_mul_ps(W[i], X[i]));
+    }
+    const __m256 zero = _mm256_setzero_ps();
+    min = mla_qm_blend(min, zero, _mm256_cmp_ps(min, zero, _CMP_GT_OQ));
+    const __m256 flat = _mm256_cmp_ps(max, min, _CMP_EQ_OQ);
+    const __m256 min0 = min;
+    const __m256i lo = _mm256_setzero_si256(), hi = _mm256_set1_epi32(nmax);
+    __m256 iscale = _mm256_div_ps(_mm256_set1_ps((float)nmax), _mm256_sub_ps(max, min));
+    __m256 scale = _mm256_div_ps(_mm256_set1_ps(1.0f), iscale);
+    __m256 best_error = zero;
+    for (int i = 0; i < n; ++i) {
+        const __m256i l = _mm256_min_epi32(_mm256_max_epi32(
+            mla_qm_nearest_int8(_mm256_mul_ps(iscale, _mm256_sub_ps(X[i], min))), lo), hi);
+        const __m256 diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(scale, _mm256_cvtepi32_ps(l)), min), X[i]);
+        best_error = _mm256_add_ps(best_error, _mm256_mul_ps(W[i], _mm256_mul_ps(diff, diff)));
+    }
+    __m256 bis = iscale, bmin = min;
+    __m256 LF[32];
+    for (int is = 0; is <= nstep; ++is) {
+        iscale = _mm256_div_ps(_mm256_set1_ps(rmin + rdelta * (float)is + (float)nmax), _mm256_sub_ps(max, min));
+        __m256 sum_l = zero, sum_l2 = zero, sum_xl = zero;
+        for (int i = 0; i < n; ++i) {
+            const __m256i l = _mm256_min_epi32(_mm256_max_epi32(
+                mla_qm_nearest_int8(_mm256_mul_ps(iscale, _mm256_sub_ps(X[i], min))), lo), hi);
+            const __m256 lf = _mm256_cvtepi32_ps(l);
+            const __m256 wl = _mm256_mul_ps(W[i], lf);
+            LF[i] = lf;
+            sum_l = _mm256_add_ps(sum_l, wl);
+            sum_l2 = _mm256_add_ps(sum_l2, _mm256_mul_ps(wl, lf));
+            sum_xl = _mm256_add_ps(sum_xl, _mm256_mul_ps(wl, X[i]));
+        }
+        const __m256 D = _mm256_sub_ps(_mm256_mul_ps(sum_w, sum_l2), _mm256_mul_ps(sum_l, sum_l));
+        const __m256 dpos = _mm256_cmp_ps(D, zero, _CMP_GT_OQ);
+        if (_mm256_movemask_ps(dpos) == 0) continue;
+        __m256 this_scale = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_w, sum_xl), _mm256_mul_ps(sum_x, sum_l)), D);
+        __m256 this_min = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_l2, sum_x), _mm256_mul_ps(sum_l, sum_xl)), D);
+        const __m256 pos = _mm256_cmp_ps(this_min, zero, _CMP_GT_OQ);
+        this_min = mla_qm_blend(this_min, zero, pos);
+        this_scale = mla_qm_blend(this_scale, _mm256_div_ps(sum_xl, sum_l2), pos);
+        __m256 cur_error = zero;
+        for (int i = 0; i < n; ++i) {
+            const __m256 diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(this_scale, LF[i]), this_min), X[i]);
+            cur_error = _mm256_add_ps(cur_error, _mm256_mul_ps(W[i], _mm256_mul_ps(diff, diff)));
+        }
+        const __m256 take = _mm256_and_ps(dpos, _mm256_cmp_ps(cur_error, best_error, _CMP_LT_OQ));
+        bis = mla_qm_blend(bis, iscale, take);
+        bmin = mla_qm_blend(bmin, min, take);
+        best_error = mla_qm_blend(best_error, cur_error, take);
+        scale = mla_qm_blend(scale, this_scale, take);
+        min = mla_qm_blend(min, this_min, take);
+    }
+    const __m256i keep = _mm256_xor_si256(_mm256_castps_si256(flat), _mm256_set1_epi32(-1));
+    for (int i = 0; i < n; ++i) {
+        const __m256i l = _mm256_min_epi32(_mm256_max_epi32(
+            mla_qm_nearest_int8(_mm256_mul_ps(bis, _mm256_sub_ps(X[i], bmin))), lo), hi);
+        L[i] = _mm256_and_si256(l, keep);
+    }
+    /* a flat lane returned before the tries in C: scale 0, L 0 and the min of the scan (its tries ran here on
+       an infinite iscale and may have replaced min) */
+    *the_min = _mm256_xor_ps(mla_qm_blend(min, min0, flat), _mm256_set1_ps(-0.0f));
+    return _mm256_andnot_ps(flat, scale);
+}
+
 /* rows of 8 groups of n (n = 16 or 32) contiguous values starting at x + g*stride -> X[i] = element i of each */
 static inline void mla_qm_transpose_in(const float *x, int64_t stride, int n, __m256 *X) {
     float t[32][8];

@@ -449,6 +449,81 @@ static inline __m256 mla_qm_make_qx8(int n, int nmax, const __m256 *X, const __m
     return _mm256_andnot_ps(*zero, scale);
 }
 
+/* make_qkx2/make_qkx3_quants (no MAD) on 8 groups of n <= 32: returns the scales, *the_min = -min per lane and the
+   codes L[i] (int32 lanes). An accepted try's codes are its own Laux, recomputed at the end from the (iscale, min)
+   that made them. */
+static inline __m256 mla_qm_make_qkx8(int n, int nmax, const __m256 *X, const __m256 *W, __m256i *L, __m256 *the_min,
+                                      float rmin, float rdelta, int nstep) {
+    __m256 min = X[0], max = X[0];
+    __m256 sum_w = W[0];
+    __m256 sum_x = _mm256_mul_ps(sum_w, X[0]);
+    for (int i = 1; i < n; ++i) {
+        min = mla_qm_blend(min, X[i], _mm256_cmp_ps(X[i], min, _CMP_LT_OQ));
+        max = mla_qm_blend(max, X[i], _mm256_cmp_ps(X[i], max, _CMP_GT_OQ));
+        sum_w = _mm256_add_ps(sum_w, W[i]);
+        sum_x = _mm256_add_ps(sum_x, _mm256_mul_ps(W[i], X[i]));
+    }
+    const __m256 zero = _mm256_setzero_ps();
+    min = mla_qm_blend(min, zero, _mm256_cmp_ps(min, zero, _CMP_GT_OQ));
+    const __m256 flat = _mm256_cmp_ps(max, min, _CMP_EQ_OQ);
+    const __m256 min0 = min;
+    const __m256i lo = _mm256_setzero_si256(), hi = _mm256_set1_epi32(nmax);
+    __m256 iscale = _mm256_div_ps(_mm256_set1_ps((float)nmax), _mm256_sub_ps(max, min));
+    __m256 scale = _mm256_div_ps(_mm256_set1_ps(1.0f), iscale);
+    __m256 best_error = zero;
+    for (int i = 0; i < n; ++i) {
+        const __m256i l = _mm256_min_epi32(_mm256_max_epi32(
+            mla_qm_nearest_int8(_mm256_mul_ps(iscale, _mm256_sub_ps(X[i], min))), lo), hi);
+        const __m256 diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(scale, _mm256_cvtepi32_ps(l)), min), X[i]);
+        best_error = _mm256_add_ps(best_error, _mm256_mul_ps(W[i], _mm256_mul_ps(diff, diff)));
+    }
+    __m256 bis = iscale, bmin = min;
+    __m256 LF[32];
+    for (int is = 0; is <= nstep; ++is) {
+        iscale = _mm256_div_ps(_mm256_set1_ps(rmin + rdelta * (float)is + (float)nmax), _mm256_sub_ps(max, min));
+        __m256 sum_l = zero, sum_l2 = zero, sum_xl = zero;
+        for (int i = 0; i < n; ++i) {
+            const __m256i l = _mm256_min_epi32(_mm256_max_epi32(
+                mla_qm_nearest_int8(_mm256_mul_ps(iscale, _mm256_sub_ps(X[i], min))), lo), hi);
+            const __m256 lf = _mm256_cvtepi32_ps(l);
+            const __m256 wl = _mm256_mul_ps(W[i], lf);
+            LF[i] = lf;
+            sum_l = _mm256_add_ps(sum_l, wl);
+            sum_l2 = _mm256_add_ps(sum_l2, _mm256_mul_ps(wl, lf));
+            sum_xl = _mm256_add_ps(sum_xl, _mm256_mul_ps(wl, X[i]));
+        }
+        const __m256 D = _mm256_sub_ps(_mm256_mul_ps(sum_w, sum_l2), _mm256_mul_ps(sum_l, sum_l));
+        const __m256 dpos = _mm256_cmp_ps(D, zero, _CMP_GT_OQ);
+        if (_mm256_movemask_ps(dpos) == 0) continue;
+        __m256 this_scale = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_w, sum_xl), _mm256_mul_ps(sum_x, sum_l)), D);
+        __m256 this_min = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_l2, sum_x), _mm256_mul_ps(sum_l, sum_xl)), D);
+        const __m256 pos = _mm256_cmp_ps(this_min, zero, _CMP_GT_OQ);
+        this_min = mla_qm_blend(this_min, zero, pos);
+        this_scale = mla_qm_blend(this_scale, _mm256_div_ps(sum_xl, sum_l2), pos);
+        __m256 cur_error = zero;
+        for (int i = 0; i < n; ++i) {
+            const __m256 diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(this_scale, LF[i]), this_min), X[i]);
+            cur_error = _mm256_add_ps(cur_error, _mm256_mul_ps(W[i], _mm256_mul_ps(diff, diff)));
+        }
+        const __m256 take = _mm256_and_ps(dpos, _mm256_cmp_ps(cur_error, best_error, _CMP_LT_OQ));
+        bis = mla_qm_blend(bis, iscale, take);
+        bmin = mla_qm_blend(bmin, min, take);
+        best_error = mla_qm_blend(best_error, cur_error, take);
+        scale = mla_qm_blend(scale, this_scale, take);
+        min = mla_qm_blend(min, this_min, take);
+    }
+    const __m256i keep = _mm256_xor_si256(_mm256_castps_si256(flat), _mm256_set1_epi32(-1));
+    for (int i = 0; i < n; ++i) {
+        const __m256i l = _mm256_min_epi32(_mm256_max_epi32(
+            mla_qm_nearest_int8(_mm256_mul_ps(bis, _mm256_sub_ps(X[i], bmin))), lo), hi);
+        L[i] = _mm256_and_si256(l, keep);
+    }
+    /* a flat lane returned before the tries in C: scale 0, L 0 and the min of the scan (its tries ran here on
+       an infinite iscale and may have replaced min) */
+    *the_min = _mm256_xor_ps(mla_qm_blend(min, min0, flat), _mm256_set1_ps(-0.0f));
+    return _mm256_andnot_ps(flat, scale);
+}
+
 /* rows of 8 groups of n (n = 16 or 32) contiguous values starting at x + g*stride -> X[i] = element i of each */
 static inline void mla_qm_transpose_in(const float *x, int64_t stride, int n, __m256 *X) {
     float t[32][8];
@@ -478,6 +553,27 @@ static inline void mla_qm_q4_K_finish(const float *x, const uint8_t *ls, const u
     uint8_t sc[8], m[8];
     mla_q4_K_scales_mins(s, sc, m);
     const float d0 = mla_fp16_to_fp32(dh), m0 = mla_fp16_to_fp32(mh);
+#if defined(__AVX2__)
+    /* 8 values per vector division; 32 nibble pairs per byte operation */
+    for (int j = 0; j < 8; ++j) {
+        const float d = d0 * (float)sc[j];
+        if (d == 0.0f) continue;
+        const __m256 vd = _mm256_set1_ps(d), vm = _mm256_set1_ps(m0 * (float)m[j]);
+        __m256i l[4];
+        for (int k = 0; k < 4; ++k) {
+            const __m256 v = _mm256_div_ps(_mm256_add_ps(_mm256_loadu_ps(x + 32 * j + 8 * k), vm), vd);
+            l[k] = _mm256_min_epi32(_mm256_max_epi32(mla_qm_nearest_int8(v), _mm256_setzero_si256()), _mm256_set1_epi32(15));
+        }
+        const __m256i p = _mm256_permute4x64_epi64(_mm256_packs_epi16(_mm256_packs_epi32(l[0], l[1]),
+                                                                      _mm256_packs_epi32(l[2], l[3])), 0xD8);
+        _mm256_storeu_si256((__m256i *)(void *)(L + 32 * j), _mm256_shuffle_epi32(p, 0xD8));
+    }
+    for (int j = 0; j < 4; ++j) {
+        const __m256i a = _mm256_loadu_si256((const __m256i *)(const void *)(L + 64 * j));
+        const __m256i b = _mm256_loadu_si256((const __m256i *)(const void *)(L + 64 * j + 32));
+        _mm256_storeu_si256((__m256i *)(void *)(y + 16 + 32 * j), _mm256_or_si256(a, _mm256_slli_epi16(b, 4)));
+    }
+#else
     for (int j = 0; j < 8; ++j) {
         const float d = d0 * (float)sc[j];
         if (d == 0.0f) continue;
@@ -491,6 +587,7 @@ static inline void mla_qm_q4_K_finish(const float *x, const uint8_t *ls, const u
     for (int j = 0; j < 256; j += 64, q += 32) {
         for (int l = 0; l < 32; ++l) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
     }
+#endif
 }
 
 /* quantize_row_q4_K_ref's codes from the 8 (scale, min) pairs */
@@ -513,12 +610,53 @@ static inline void mla_qm_q4_K_ref_codes(const float *scales, const float *mins,
     *mh = mla_qm_fp32_to_fp16(max_min / 63.0f);
 }
 
+#if defined(__AVX2__)
+/* the solver part of one block with its 8 sub-blocks in the lanes: scales, mins and L (element order) */
+static inline void mla_qm_q4_K_solve8(const float *x, const float *qw, float *scales, float *mins, float *sw,
+                                      uint8_t *L) {
+    __m256 X[32], W[32];
+    __m256i LL[32];
+    mla_qm_transpose_in(x, 32, 32, X);
+    __m256 sc, mn;
+    if (!qw) {
+        __m256 sum_x2 = _mm256_setzero_ps();
+        for (int l = 0; l < 32; ++l) sum_x2 = _mm256_add_ps(sum_x2, _mm256_mul_ps(X[l], X[l]));
+        const __m256 av_x = _mm256_sqrt_ps(_mm256_div_ps(sum_x2, _mm256_set1_ps(32.0f)));
+        const __m256 sign = _mm256_set1_ps(-0.0f);
+        for (int l = 0; l < 32; ++l) W[l] = _mm256_add_ps(av_x, _mm256_andnot_ps(sign, X[l]));
+        sc = mla_qm_make_qkx8(32, 15, X, W, LL, &mn, -1.0f, 0.1f, 20);
+    } else {
+        float sum_x2 = 0.0f;
+        for (int l = 0; l < 256; ++l) sum_x2 += x[l] * x[l];
+        const __m256 sigma2 = _mm256_set1_ps(2.0f * sum_x2 / 256.0f);
+        mla_qm_transpose_in(qw, 32, 32, W);
+        __m256 sumw = _mm256_setzero_ps();
+        for (int l = 0; l < 32; ++l) {
+            W[l] = _mm256_mul_ps(W[l], _mm256_sqrt_ps(_mm256_add_ps(sigma2, _mm256_mul_ps(X[l], X[l]))));
+            sumw = _mm256_add_ps(sumw, W[l]);
+        }
+        _mm256_storeu_ps(sw, sumw);
+        sc = mla_qm_make_qkx8(32, 15, X, W, LL, &mn, -0.9f, 0.05f, 36);
+    }
+    _mm256_storeu_ps(scales, sc);
+    _mm256_storeu_ps(mins, mn);
+    int32_t c[32][8];
+    for (int l = 0; l < 32; ++l) _mm256_storeu_si256((__m256i *)(void *)c[l], LL[l]);
+    for (int j = 0; j < 8; ++j)
+        for (int l = 0; l < 32; ++l) L[32 * j + l] = (uint8_t)c[l][j];
+}
+#endif
+
 /* one row of n values; qw: the row's n importance weights or NULL (then quantize_row_q4_K_ref) */
 static inline void mla_qm_row_q4_K(const float *x, uint8_t *y, const float *qw, int64_t n) {
     for (int64_t i = 0; i < n / 256; ++i, x += 256, y += 144) {
-        float scales[8], mins[8], weights[32], sw[8];
+        float scales[8], mins[8], sw[8];
         uint8_t L[256], ls[8], lm[8];
         uint16_t dh, mh;
+#if defined(__AVX2__)
+        mla_qm_q4_K_solve8(x, qw ? qw + 256 * i : NULL, scales, mins, sw, L);
+#else
+        float weights[32];
         if (!qw) {
             for (int j = 0; j < 8; ++j) {
                 const float *xb = x + 32 * j;
@@ -528,7 +666,6 @@ static inline void mla_qm_row_q4_K(const float *x, uint8_t *y, const float *qw, 
                 for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(xb[l]);
                 scales[j] = mla_qm_make_qkx(32, 15, xb, weights, L + 32 * j, &mins[j], -1.0f, 0.1f, 20);
             }
-            mla_qm_q4_K_ref_codes(scales, mins, ls, lm, &dh, &mh);
         } else {
             float sum_x2 = 0.0f;
             for (int l = 0; l < 256; ++l) sum_x2 += x[l] * x[l];
@@ -541,6 +678,11 @@ static inline void mla_qm_row_q4_K(const float *x, uint8_t *y, const float *qw, 
                 sw[j] = sumw;
                 scales[j] = mla_qm_make_qkx(32, 15, xb, weights, L + 32 * j, &mins[j], -0.9f, 0.05f, 36);
             }
+        }
+#endif
+        if (!qw) {
+            mla_qm_q4_K_ref_codes(scales, mins, ls, lm, &dh, &mh);
+        } else {
             dh = mla_qm_fp32_to_fp16(mla_qm_make_qp(8, 63, scales, ls, sw));
             mh = mla_qm_fp32_to_fp16(mla_qm_make_qp(8, 63, mins, lm, sw));
         }
