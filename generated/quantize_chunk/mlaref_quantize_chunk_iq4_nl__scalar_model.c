@@ -623,22 +623,134 @@ static inline float mla_qm_iq4_nl_block(const float *x, const float *w, uint8_t 
     return d;
 }
 
+#if defined(__AVX2__)
+/* best_index of 8 values without a branch. For kvalues a < b neighbours, ggml's `x - a < b - x ? lo : hi` (both
+   differences rounded) is `x < (a + b)/2 ? lo : hi` exactly (the midpoints are multiples of 0.5; checked for the
+   floats around each midpoint in tests/kernels/test_quantize_chunk.py), and that test is monotone in x, so the
+   index is the number of midpoints m_k with !(x < m_k): a NaN passes every one and gets 15, as in the binary
+   search. Found here by a 4-level search over the 15 midpoints: bit 3 against m_7, bit 2 against m_3 / m_11, bit
+   1 against m_1, m_5, m_9, m_13 (in-lane permute), bit 0 against the even ones (cross-lane permute). *c3 is the
+   index without bit 0, *c4 the mask of bit 0: the value is kv[2*c3 + bit0]. */
+static inline void mla_qm_iq4nl_search8(__m256 v, __m256i *c3, __m256 *c4) {
+    const __m256 m1 = _mm256_cmp_ps(v, _mm256_set1_ps(-4.5f), _CMP_NLT_UQ);
+    const __m256 t2 = _mm256_blendv_ps(_mm256_set1_ps(-57.0f), _mm256_set1_ps(45.5f), m1);
+    const __m256 m2 = _mm256_cmp_ps(v, t2, _CMP_NLT_UQ);
+    __m256i c = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_castps_si256(m1));
+    c = _mm256_sub_epi32(_mm256_add_epi32(c, c), _mm256_castps_si256(m2));
+    const __m256 t3 = _mm256_permutevar_ps(_mm256_setr_ps(-93.5f, -28.5f, 19.0f, 79.0f, -93.5f, -28.5f, 19.0f, 79.0f), c);
+    const __m256 m3 = _mm256_cmp_ps(v, t3, _CMP_NLT_UQ);
+    c = _mm256_sub_epi32(_mm256_add_epi32(c, c), _mm256_castps_si256(m3));
+    const __m256 t4 = _mm256_permutevar8x32_ps(_mm256_setr_ps(-115.5f, -74.0f, -42.0f, -16.0f, 7.0f, 31.5f, 61.0f, 101.0f), c);
+    *c4 = _mm256_cmp_ps(v, t4, _CMP_NLT_UQ);
+    *c3 = c;
+}
+
+/* kvalues_iq4nl[2*c3 + bit0] as floats */
+static inline __m256 mla_qm_iq4nl_value8(__m256i c3, __m256 c4) {
+    const __m256 ev = _mm256_permutevar8x32_ps(_mm256_setr_ps(-127.0f, -83.0f, -49.0f, -22.0f, 1.0f, 25.0f, 53.0f, 89.0f), c3);
+    const __m256 od = _mm256_permutevar8x32_ps(_mm256_setr_ps(-104.0f, -65.0f, -35.0f, -10.0f, 13.0f, 38.0f, 69.0f, 113.0f), c3);
+    return _mm256_blendv_ps(ev, od, c4);
+}
+
+/* sumqx = sum (w*q)*x and sumq2 = sum (w*q)*q over the 32 elements, q the table value nearest id*x, per lane */
+static inline void mla_qm_iq4nl_sums8(const __m256 *X, const __m256 *W, __m256 id, __m256 *sqx, __m256 *sq2) {
+    __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+    for (int j = 0; j < 32; ++j) {
+        __m256i c3;
+        __m256 c4;
+        mla_qm_iq4nl_search8(_mm256_mul_ps(id, X[j]), &c3, &c4);
+        const __m256 q = mla_qm_iq4nl_value8(c3, c4);
+        const __m256 wq = _mm256_mul_ps(W[j], q);
+        a = _mm256_add_ps(a, _mm256_mul_ps(wq, X[j]));
+        b = _mm256_add_ps(b, _mm256_mul_ps(wq, q));
+    }
+    *sqx = a;
+    *sq2 = b;
+}
+
+/* 8 consecutive blocks in the lanes: 8 x 18 bytes */
+static inline void mla_qm_iq4_nl_8blocks(const float *x, const float *qw, uint8_t *y) {
+    __m256 X[32], W[32];
+    mla_qm_transpose_in(x, 32, 32, X);
+    if (qw) {
+        __m256 sigma2 = _mm256_setzero_ps();
+        for (int j = 0; j < 32; ++j) sigma2 = _mm256_add_ps(sigma2, _mm256_mul_ps(X[j], X[j]));
+        sigma2 = _mm256_mul_ps(sigma2, _mm256_set1_ps(2.0f / 32.0f));
+        mla_qm_transpose_in(qw, 32, 32, W);
+        for (int j = 0; j < 32; ++j) {
+            W[j] = _mm256_mul_ps(W[j], _mm256_sqrt_ps(_mm256_add_ps(sigma2, _mm256_mul_ps(X[j], X[j]))));
+        }
+    } else {
+        for (int j = 0; j < 32; ++j) W[j] = _mm256_mul_ps(X[j], X[j]);
+    }
+    const __m256 sign = _mm256_set1_ps(-0.0f), zero = _mm256_setzero_ps();
+    __m256 amax = zero, max = zero;
+    for (int j = 0; j < 32; ++j) {
+        const __m256 ax = _mm256_andnot_ps(sign, X[j]);
+        const __m256 gt = _mm256_cmp_ps(ax, amax, _CMP_GT_OQ);
+        amax = _mm256_blendv_ps(amax, ax, gt);
+        max = _mm256_blendv_ps(max, X[j], gt);
+    }
+    const __m256 tiny = _mm256_cmp_ps(amax, _mm256_set1_ps(MLA_QM_GROUP_MAX_EPS), _CMP_LT_OQ);
+    const __m256 d0 = _mm256_div_ps(_mm256_xor_ps(max, sign), _mm256_set1_ps(-127.0f));
+    __m256 sumqx, sumq2;
+    mla_qm_iq4nl_sums8(X, W, _mm256_div_ps(_mm256_set1_ps(1.0f), d0), &sumqx, &sumq2);
+    __m256 d = _mm256_and_ps(_mm256_div_ps(sumqx, sumq2), _mm256_cmp_ps(sumq2, zero, _CMP_GT_OQ));
+    __m256 best = _mm256_mul_ps(d, sumqx);
+    for (int itry = -7; itry <= 7; ++itry) {
+        mla_qm_iq4nl_sums8(X, W, _mm256_div_ps(_mm256_set1_ps((float)(itry - 127)), max), &sumqx, &sumq2);
+        const __m256 take = _mm256_and_ps(_mm256_cmp_ps(sumq2, zero, _CMP_GT_OQ),
+                                          _mm256_cmp_ps(_mm256_mul_ps(sumqx, sumqx), _mm256_mul_ps(best, sumq2), _CMP_GT_OQ));
+        const __m256 dt = _mm256_div_ps(sumqx, sumq2);
+        d = _mm256_blendv_ps(d, dt, take);
+        best = _mm256_blendv_ps(best, _mm256_mul_ps(dt, sumqx), take);
+    }
+    d = _mm256_andnot_ps(tiny, d);
+    const __m256 id = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), d), _mm256_cmp_ps(d, zero, _CMP_NEQ_UQ));
+    float dv[8];
+    _mm256_storeu_ps(dv, d);
+    uint8_t L[32][8];
+    for (int j = 0; j < 32; ++j) {
+        __m256i c3;
+        __m256 c4;
+        mla_qm_iq4nl_search8(_mm256_mul_ps(id, X[j]), &c3, &c4);
+        const __m256i idx = _mm256_sub_epi32(_mm256_add_epi32(c3, c3), _mm256_castps_si256(c4));
+        const __m256i p = _mm256_packs_epi32(idx, idx);
+        const __m128i b = _mm_packus_epi16(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+        /* lanes 0..3 come from the low half, 4..7 from the high half */
+        uint32_t lo = (uint32_t)_mm_cvtsi128_si32(b), hi = (uint32_t)_mm_extract_epi32(b, 2);
+        memcpy(&L[j][0], &lo, 4);
+        memcpy(&L[j][4], &hi, 4);
+    }
+    for (int g = 0; g < 8; ++g) {
+        uint8_t *yb = y + 18 * g;
+        mla_st_u16(yb, mla_qm_fp32_to_fp16(dv[g]));
+        for (int j = 0; j < 16; ++j) yb[2 + j] = (uint8_t)(L[j][g] | (L[j + 16][g] << 4));
+    }
+}
+#endif
+
 /* one row of n values; qw: the row's n importance weights or NULL */
 static inline void mla_qm_row_iq4_nl(const float *x, uint8_t *y, const float *qw, int64_t n) {
-    for (int64_t i = 0; i < n / 32; ++i, x += 32, y += 18) {
+    int64_t i = 0;
+#if defined(__AVX2__)
+    for (; i + 8 <= n / 32; i += 8) mla_qm_iq4_nl_8blocks(x + 32 * i, qw ? qw + 32 * i : NULL, y + 18 * i);
+#endif
+    for (; i < n / 32; ++i) {
+        const float *xb = x + 32 * i;
         float w[32];
         if (qw) {
             float sigma2 = 0.0f;
-            for (int j = 0; j < 32; ++j) sigma2 += x[j] * x[j];
+            for (int j = 0; j < 32; ++j) sigma2 += xb[j] * xb[j];
             sigma2 *= 2.0f / 32.0f;
-            for (int j = 0; j < 32; ++j) w[j] = qw[32 * i + j] * sqrtf(sigma2 + x[j] * x[j]);
+            for (int j = 0; j < 32; ++j) w[j] = qw[32 * i + j] * sqrtf(sigma2 + xb[j] * xb[j]);
         } else {
-            for (int j = 0; j < 32; ++j) w[j] = x[j] * x[j];
+            for (int j = 0; j < 32; ++j) w[j] = xb[j] * xb[j];
         }
         uint8_t L[32];
-        const float d = mla_qm_iq4_nl_block(x, w, L);
-        mla_st_u16(y, mla_qm_fp32_to_fp16(d));
-        for (int j = 0; j < 16; ++j) y[2 + j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+        const float d = mla_qm_iq4_nl_block(xb, w, L);
+        mla_st_u16(y + 18 * i, mla_qm_fp32_to_fp16(d));
+        for (int j = 0; j < 16; ++j) y[18 * i + 2 + j] = (uint8_t)(L[j] | (L[j + 16] << 4));
     }
 }
 

@@ -148,3 +148,23 @@ def test_quantize_chunk_strided_imatrix_and_model_dispatch(rng):
     assert np.array_equal(K.quantize(x, "q4_K", variant="model", imatrix=im), want)
     spec = K.resolve("quantize_chunk", "q6_K", None, "model")[0]
     assert spec.family == "quantize_chunk" and spec.plan == "model"
+
+
+def test_iq4_nl_best_index_is_a_midpoint_count():
+    """The fact the avx2 iq4_nl kernel's branch-free search rests on: ggml's best_index (``x - a < b - x`` on rounded
+    differences, reproduced by the reference) equals the number of midpoints (a + b)/2 that x is not below, on the
+    4097 floats centred on every midpoint, on the table values and on random floats of the whole range."""
+    from mlaref.reference.types.iq4_nl import KVALUES, best_index
+
+    kv = KVALUES.astype(np.float32)
+    mids = (kv[:-1] + kv[1:]) / np.float32(2)
+    probes = [kv, np.random.default_rng(3).uniform(-140, 130, 200000).astype(np.float32)]
+    for m in mids:
+        up, down = [m], [m]
+        for _ in range(2048):
+            up.append(np.nextafter(up[-1], np.float32(np.inf)))
+            down.append(np.nextafter(down[-1], np.float32(-np.inf)))
+        probes.append(np.array(up + down, np.float32))
+    v = np.concatenate(probes)
+    count = (v[:, None] >= mids[None, :]).sum(axis=1)
+    assert np.array_equal(best_index(v).astype(np.int64), count)
