@@ -12,6 +12,9 @@ family              C signature (all sizes int64_t, strides in bytes)
 ==================  =====================================================================================
 ``dequantize_row``  ``(const uint8_t *x, float *y, n_rows, n, x_stride, y_stride)``
 ``quantize_row``    ``(const float *x, uint8_t *y, n_rows, n, x_stride, y_stride)``
+``quantize_chunk``  ``(const float *x, uint8_t *y, const float *qw, n_rows, n, x_stride, y_stride)``: the model
+                    quantizers of ``ggml_quantize_chunk``; ``qw`` is the importance matrix (``n`` floats, one
+                    per column, the same for every row) or NULL for none
 ``convert_rows``    ``(const uint8_t *x, uint8_t *y, float *scratch, n_rows, n, x_stride, y_stride)``
 ``copy_rows``       ``(uint8_t *dst, const uint8_t *src, row_bytes, n_rep, ne1, ne2, ne3, s_nb1..3, d_nb1..3,
                     stream)``
@@ -44,7 +47,7 @@ from types import MappingProxyType
 from mlaref.codegen import naming
 from mlaref.reference.types import get_type
 
-__all__ = ["KernelSpec", "catalog", "FAMILIES", "SIGNATURES", "QUANT_VARIANTS", "ROW_ISAS"]
+__all__ = ["KernelSpec", "catalog", "FAMILIES", "SIGNATURES", "QUANT_VARIANTS", "MODEL_QUANT_TYPES", "ROW_ISAS"]
 
 ROW_ISAS = ("scalar", "avx2", "avx512", "neon")
 # The byte-copy families: the x86 ISAs differ from the portable C only by streaming stores for large outputs.
@@ -56,6 +59,8 @@ SIGNATURES = MappingProxyType({
                       "int64_t y_stride);",
     "quantize_row": "void {name}(const float *x, uint8_t *y, int64_t n_rows, int64_t n, int64_t x_stride, "
                     "int64_t y_stride);",
+    "quantize_chunk": "void {name}(const float *x, uint8_t *y, const float *qw, int64_t n_rows, int64_t n, "
+                      "int64_t x_stride, int64_t y_stride);",
     "convert_rows": "void {name}(const uint8_t *x, uint8_t *y, float *scratch, int64_t n_rows, int64_t n, "
                     "int64_t x_stride, int64_t y_stride);",
     "vec_dot": "void {name}(const uint8_t *x, int64_t x_stride, int64_t m, const uint8_t *y, int64_t y_stride, "
@@ -104,6 +109,13 @@ QUANT_VARIANTS = MappingProxyType({t: MappingProxyType(v) for t, v in {
     "q8_0_x4": {"iqk": True},
     "q8_1_x4": {"iqk": True},
 }.items()})
+# Model quantizers in C (family quantize_chunk, plan "model"): the formats whose ``ggml_quantize_chunk`` runs a search
+# (iq4_nl's ntry = 7 scale tries; q4_K's make_qkx2/qkx3 + make_qp; q6_K's make_qx), with and without an imatrix
+# (one kernel: qw NULL is "no imatrix", as in ggml). Their vector code keeps the scalar float order by putting
+# independent groups (blocks, sub-blocks) in the lanes, so it is written for AVX2 (and runs on the avx2 kernel on
+# AVX-512 machines); elsewhere the scalar C is the kernel.
+MODEL_QUANT_TYPES = ("iq4_nl", "q4_K", "q6_K")
+MODEL_QUANT_ISAS = ("scalar", "avx2")
 # convert_rows: src1 row types -> the vec_dot types they are converted to (upstream facts §4a, #253's iqk_quantize_any).
 CONVERT_SOURCES = ("f16", "bf16", "q8_0")
 # vec_dot pairs (upstream facts §4a; reference/ops/_vecdot_pairs.py): x type -> y types, x's vec_dot_type (from the
@@ -178,6 +190,14 @@ class KernelSpec:
                 raise ValueError(f"{where}: no C dequantizer for {self.type_x}")
             if self.plan != "ref":
                 raise ValueError(f"{where}: dequantize has no order to choose; its plan is 'ref'")
+        elif self.family == "quantize_chunk":
+            if self.type_x not in MODEL_QUANT_TYPES:
+                raise ValueError(f"{where}: model quantizer kernels exist for {', '.join(MODEL_QUANT_TYPES)}")
+            if self.plan != "model":
+                raise ValueError(f"{where}: quantize_chunk computes the model variant; its plan is 'model'")
+            if self.isa not in MODEL_QUANT_ISAS:
+                raise ValueError(f"{where}: quantize_chunk kernels exist for {', '.join(MODEL_QUANT_ISAS)}")
+            return self
         elif self.family in ("quantize_row", "convert_rows"):
             target = self.type_x if self.family == "quantize_row" else self.type_y
             variants = QUANT_VARIANTS.get(target)
@@ -237,6 +257,7 @@ def catalog() -> tuple[KernelSpec, ...]:
     for t, variants in QUANT_VARIANTS.items():
         for plan, simd in variants.items():
             specs += [KernelSpec("quantize_row", t, None, i, plan) for i in _row_isas(simd)]
+    specs += [KernelSpec("quantize_chunk", t, None, i, "model") for t in MODEL_QUANT_TYPES for i in MODEL_QUANT_ISAS]
     for src in CONVERT_SOURCES:
         for dst in CONVERT_TARGETS:
             if dst == src:

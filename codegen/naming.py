@@ -3,15 +3,15 @@
 ::
 
     name   = "mlaref_" op "_" type_x [ "_" type_y ] "__" isa "_" plan
-    op     = "dequantize_row" | "quantize_row" | "convert_rows" | "copy_rows" | "concat_rows" | "vec_dot"
-             | "mul_mat" | "flash_attn_ext"
+    op     = "dequantize_row" | "quantize_row" | "quantize_chunk" | "convert_rows" | "copy_rows" | "concat_rows"
+             | "vec_dot" | "mul_mat" | "flash_attn_ext"
     type   = "f32" | "f16" | "bf16" | "q4_0" | ... | "q8_K" | "bytes"       (TYPES below)
     isa    = "scalar" | "avx2" | "avx512" | "avx512vnni" | "neon" | "neondot"  (codegen/isa.py)
     plan   = word { "_" word } ;  word = [a-z0-9]+
 
 ``__`` separates *what* is computed (op and types) from *how* (ISA and plan), as in KleidiAI's names. The plan is
 the reduction plan's fingerprint for reductions (``l8a2``, ``ggml_x86_avx2``), the quantize variant for
-quantizers (``ref``, ``x86``, ``iqk``), and ``ref`` for ops whose result does not depend on an order
+quantizers (``ref``, ``x86``, ``iqk``; ``model`` for the model quantizers of ``quantize_chunk``), and ``ref`` for ops whose result does not depend on an order
 (dequantize, byte copies). ``bytes`` is the type of the type-agnostic row copies. The symbol of a kernel equals its
 file stem, one kernel per file. Names are unambiguous: types are matched against the fixed list, longest first.
 """
@@ -25,8 +25,8 @@ from mlaref.codegen import isa as _isa
 
 __all__ = ["OPS", "TYPES", "KernelName", "format", "parse", "grammar"]
 
-OPS = ("dequantize_row", "quantize_row", "convert_rows", "copy_rows", "concat_rows", "vec_dot", "mul_mat",
-       "flash_attn_ext")
+OPS = ("dequantize_row", "quantize_row", "quantize_chunk", "convert_rows", "copy_rows", "concat_rows", "vec_dot",
+       "mul_mat", "flash_attn_ext")
 TYPES = (
     "f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q8_1", "iq4_nl",
     "q8_0_x4", "q8_1_x4", "q8_K", "q4_K", "q6_K", "bytes",

@@ -54,7 +54,7 @@ from mlaref.reference.tensor import Tensor, aligned_buffer
 
 __all__ = ["bench_kernels", "time_kernel", "compare_kernels", "format_table", "FAMILIES"]
 
-FAMILIES = ("dequantize_row", "quantize_row", "convert_rows", "vec_dot")
+FAMILIES = ("dequantize_row", "quantize_row", "quantize_chunk", "convert_rows", "vec_dot")
 
 
 def _inputs(spec, n_rows: int, n: int, rng):
@@ -67,6 +67,8 @@ def _inputs(spec, n_rows: int, n: int, rng):
     if spec.family == "quantize_row":
         v = next(v for v, impl in R.get_type(spec.type_x).variants.items() if impl == spec.plan)
         return n, lambda: K.quantize(x, spec.type_x, variant=v, kernel=spec.name, n_threads=_T[0])
+    if spec.family == "quantize_chunk":
+        return n, lambda: K.quantize(x, spec.type_x, variant="model", kernel=spec.name, n_threads=_T[0])
     if spec.family == "convert_rows":
         data = R.quantize(x, spec.type_x)
         v = next(v for v, impl in R.get_type(spec.type_y).variants.items() if impl == spec.plan)
@@ -290,6 +292,10 @@ def compare_kernels(types=None, n_rows: int = 64, n: int = 4096, threads=(1, 2),
             timings = {**_interleaved(calls, warmup, repeat), "reference": ref_ts}
             out.append(_row("quantize", type_, plan, name, x.nbytes, t, timings))
 
+    # model quantizers (quantize_chunk): kernel, reference and ggml_quantize_chunk interleaved, without and with an
+    # imatrix (the reference is in the rounds here: these are the rows whose reference speed is asked for)
+    out += _compare_model_quantizers(types, n_rows, n, threads, warmup, repeat, rng, reference)
+
     # dequantize: every type with a dequantize kernel
     for type_ in sorted({s.type_x for s in catalog.catalog() if s.family == "dequantize_row"}):
         if not want(type_):
@@ -428,6 +434,41 @@ def _fmt_mb(st) -> str:
 
 def _fmt_ratio(r) -> str:
     return "-" if r is None else f"{r:5.2f}x"
+
+
+def _compare_model_quantizers(types, n_rows, n, threads, warmup, repeat, rng, reference) -> list[dict]:
+    """Rows ``quantize_chunk`` per model-quantizer type and imatrix (``model`` / ``model+imatrix``): the dispatched
+    kernel on the pool (``mlaref``), through :func:`mlaref.codegen.kernels.quantize` (``mlaref_api``), the NumPy
+    reference and ggml's ``ggml_quantize_chunk`` (one job per thread on its rows, ``start`` at its first row),
+    all in the same rounds."""
+    out = []
+    have_ggml = gp.available()
+    g_fn = _fn_addr(gp.lib().ggml_quantize_chunk) if have_ggml else None
+    for type_ in catalog.MODEL_QUANT_TYPES:
+        if types and type_ not in types:
+            continue
+        bs, ts_ = K.geometry(type_)
+        nn = max(256, n // 256 * 256)
+        x = _aligned(rng.standard_normal((n_rows, nn)).astype(np.float32))
+        res = _aligned((n_rows, nn // bs * ts_), np.uint8)
+        g_out = _aligned(res.shape, res.dtype)
+        spec, fn, ffi = K.resolve("quantize_chunk", type_, None, "model")
+        ax, ar, ag, sx, sr = pool.address(x), pool.address(res), pool.address(g_out), x.strides[0], res.strides[0]
+        for label, im in (("model", None), ("model+imatrix", _aligned(rng.random(nn).astype(np.float32) * 2))):
+            aw = 0 if im is None else pool.address(im)
+            for t in threads:
+                calls = {"mlaref": _on_pool("quantize_chunk", K.address(ffi, fn), n_rows, t, lambda r0, r1: (
+                             ax + r0 * sx, ar + r0 * sr, aw, r1 - r0, nn, sx, sr), (x, res, im)),
+                         "mlaref_api": lambda: K.quantize(x, type_, variant="model", imatrix=im, n_threads=t, out=res)}
+                if reference:
+                    calls["reference"] = lambda: R.quantize(x, type_, variant="model", imatrix=im)
+                if have_ggml:
+                    calls["ggml"] = _on_pool("ggml_quantize_chunk", g_fn, n_rows, t, lambda r0, r1: (
+                        gp.ggml_type(type_), ax, ag, r0 * nn, r1 - r0, nn, aw), (x, g_out, im))
+                with np.errstate(all="ignore"):
+                    timings = _interleaved(calls, warmup, repeat)
+                out.append(_row("quantize_chunk", type_, label, spec.name, x.nbytes, t, timings))
+    return out
 
 
 def format_table(result) -> str:

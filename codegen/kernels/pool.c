@@ -53,6 +53,9 @@ enum {
                               nb01..03, N, ne12, ne13, nb11..13, r0, r1, c0, c1) */
     MLA_JOB_FLASH_ATTN,    /* int fn(q, k, v, mask, float *dst, 22 int64: Dk .. mne3, float scale, float softcap,
                               int64 k_step, int64 kv_chunks, int exp_kind, int64 q_block, u0, u1) */
+    MLA_JOB_QUANTIZE_CHUNK, /* fn(const float *x, uint8_t *y, const float *qw, n_rows, n, x_stride, y_stride) */
+    MLA_JOB_GGML_QUANTIZE_CHUNK, /* ggml_quantize_chunk(int type, const float *src, void *dst, int64 start, int64 nrows,
+                                    int64 n_per_row, const float *imatrix) */
     MLA_JOB_KINDS
 };
 
@@ -66,6 +69,8 @@ typedef void (*mla_copy_fn)(uint8_t *, const uint8_t *, int64_t, int64_t, int64_
 typedef void (*mla_concat_fn)(uint8_t *, const uint8_t *, const uint8_t *, int64_t, int64_t, int64_t, int64_t,
                               int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                               int64_t, int64_t);
+typedef void (*mla_quantize_chunk_fn)(const float *, uint8_t *, const float *, int64_t, int64_t, int64_t, int64_t);
+typedef size_t (*mla_ggml_quantize_chunk_fn)(int, const float *, void *, int64_t, int64_t, int64_t, const float *);
 typedef void (*mla_from_float_fn)(const float *, void *, int64_t);
 typedef void (*mla_to_float_fn)(const void *, float *, int64_t);
 typedef void (*mla_ggml_vec_dot_fn)(int, float *, size_t, const void *, size_t, const void *, size_t, int);
@@ -113,6 +118,14 @@ static void mla_run_job(int64_t *job) {
     case MLA_JOB_CONCAT:
         ((mla_concat_fn)fn)(MLA_P(uint8_t *, 0), MLA_P(const uint8_t *, 1), MLA_P(const uint8_t *, 2), a[3], a[4],
                             a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15], a[16], a[17]);
+        break;
+    case MLA_JOB_QUANTIZE_CHUNK:
+        ((mla_quantize_chunk_fn)fn)(MLA_P(const float *, 0), MLA_P(uint8_t *, 1), MLA_P(const float *, 2), a[3], a[4],
+                                    a[5], a[6]);
+        break;
+    case MLA_JOB_GGML_QUANTIZE_CHUNK:
+        ((mla_ggml_quantize_chunk_fn)fn)((int)a[0], MLA_P(const float *, 1), MLA_P(void *, 2), a[3], a[4], a[5],
+                                         MLA_P(const float *, 6));
         break;
     case MLA_JOB_MEMCPY:
         memcpy(MLA_P(void *, 0), MLA_P(const void *, 1), (size_t)a[2]);

@@ -13,7 +13,8 @@ their reference counterparts (``mlaref.reference.quantize`` / ``dequantize``, ``
 * ``out=``: write into a caller's array (checked by :mod:`mlaref.codegen.args`: dtype, shape, strides,
   writability, overlap, alignment).
 
-Where no kernel exists (a K-quant model quantizer, concat along dim > 0 of f32) the function raises
+Where no kernel exists (a K-quant ``ref`` quantizer, a legacy model quantizer with an imatrix, concat along dim > 0 of
+f32) the function raises
 :class:`~mlaref.codegen.dispatch.DispatchError` (quantize/dequantize/convert) or runs the reference (the
 Tensor ops, which are documented as kernels for their #253 row paths only).
 
@@ -187,33 +188,60 @@ def dequantize(data, type, *, isa=None, kernel=None, n_threads=1, out=None) -> n
 
 
 def quantize(x, type, *, variant="ref", imatrix=None, isa=None, kernel=None, n_threads=1, out=None) -> np.ndarray:
-    """``mlaref.reference.quantize`` by a C kernel: float32 rows -> uint8 rows of ``type``."""
+    """``mlaref.reference.quantize`` by a C kernel: float32 rows -> uint8 rows of ``type``.
+
+    The model quantizers of iq4_nl, q4_K and q6_K (``variant="model"``, with or without ``imatrix``) run the
+    ``quantize_chunk`` kernels; every other variant the ``quantize_row`` kernels, which take no imatrix."""
     bs, ts = geometry(type)
     plan = _variant_plan(type, variant)
-    if imatrix is not None:
+    family = "quantize_chunk" if plan == "model" and type in _catalog.MODEL_QUANT_TYPES else "quantize_row"
+    if imatrix is not None and family != "quantize_chunk":
         raise DispatchError(f"quantize: no kernel takes an imatrix ({type}, variant {variant!r}); use the reference")
     n_threads = _args.check_threads(n_threads)
     rows = _args.input_rows(x, "x", np.float32, multiple=bs)
-    shape = np.shape(x)[:-1] + (rows.array.shape[1] // bs * ts,)
+    n = rows.array.shape[1]
+    qw = None if imatrix is None else _imatrix(imatrix, n)
+    shape = np.shape(x)[:-1] + (n // bs * ts,)
+    inputs = [("x", rows.array)] + ([] if qw is None else [("imatrix", qw)])
     if out is None:
         out = np.empty(shape, dtype=np.uint8)
         dst = _args.fresh_rows(out)
     else:
-        dst = _args.output_rows(out, "out", np.uint8, shape, inputs=[("x", rows.array)])
-    spec, fn, ffi = resolve("quantize_row", type, None, plan, isa=isa, kernel=kernel)
-    n = rows.array.shape[1]
+        dst = _args.output_rows(out, "out", np.uint8, shape, inputs=inputs)
+    spec, fn, ffi = resolve(family, type, None, plan, isa=isa, kernel=kernel)
     px, py, sx, sy = _base(ffi, rows.array), _base(ffi, dst.array), rows.stride, dst.stride
     cast = ffi.cast
+    if family == "quantize_chunk":
+        pw = ffi.NULL if qw is None else ffi.cast("const float *", _base(ffi, qw))
 
-    def call(_k, r0, r1):
-        fn(cast("const float *", px + r0 * sx), cast("uint8_t *", py + r0 * sy), r1 - r0, n, sx, sy)
+        def call(_k, r0, r1):
+            fn(cast("const float *", px + r0 * sx), cast("uint8_t *", py + r0 * sy), pw, r1 - r0, n, sx, sy)
 
-    def job(_k, r0, r1):
-        return _pool.job("quantize", address(ffi, fn), _at(ffi, px) + r0 * sx, _at(ffi, py) + r0 * sy, r1 - r0, n,
-                         sx, sy)
+        def job(_k, r0, r1):
+            return _pool.job("quantize_chunk", address(ffi, fn), _at(ffi, px) + r0 * sx, _at(ffi, py) + r0 * sy,
+                             _at(ffi, pw), r1 - r0, n, sx, sy)
+    else:
+        def call(_k, r0, r1):
+            fn(cast("const float *", px + r0 * sx), cast("uint8_t *", py + r0 * sy), r1 - r0, n, sx, sy)
+
+        def job(_k, r0, r1):
+            return _pool.job("quantize", address(ffi, fn), _at(ffi, px) + r0 * sx, _at(ffi, py) + r0 * sy, r1 - r0,
+                             n, sx, sy)
 
     _run_rows(call, rows.n_rows, n_threads, job)
     return out
+
+
+def _imatrix(imatrix, n: int) -> np.ndarray:
+    """The importance matrix as the kernels read it: float32 of shape ``(n,)`` (one weight per column, as
+    ``mlaref.reference.quantize`` takes it), contiguous (a strided one is copied); TypeError / ValueError else."""
+    if not isinstance(imatrix, np.ndarray):
+        raise TypeError(f"imatrix: expected a NumPy array, got {type(imatrix).__name__}")
+    if imatrix.dtype != np.float32:
+        raise TypeError(f"imatrix: dtype must be float32, got {imatrix.dtype}")
+    if imatrix.shape != (n,):
+        raise ValueError(f"imatrix: must have shape ({n},) (one weight per column of x), got {imatrix.shape}")
+    return np.ascontiguousarray(imatrix)
 
 
 def convert(data, src_type, dst_type, *, variant="ref", isa=None, kernel=None, n_threads=1, out=None) -> np.ndarray:

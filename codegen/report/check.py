@@ -111,6 +111,18 @@ def check_kernel(name: str, n_rows: int = 5) -> dict:
                 cases += 1
                 if not ok:
                     return {"status": "fail", "cases": cases, "detail": f"n={n}: {why}"}
+        elif fam == "quantize_chunk":
+            fmt = reference.get_type(spec.type_x)
+            for n in _sizes(fmt.block_size):
+                x = _quant_inputs(rng, n_rows, n)
+                for im in (None, rng.random(n).astype(np.float32)):
+                    with np.errstate(all="ignore"):
+                        want = reference.quantize(x, fmt.name, variant="model", imatrix=im)
+                    ok, why = _same(K.quantize(x, fmt.name, variant="model", imatrix=im, kernel=name), want)
+                    cases += 1
+                    if not ok:
+                        return {"status": "fail", "cases": cases,
+                                "detail": f"n={n} imatrix={'yes' if im is not None else 'no'}: {why}"}
         elif fam == "convert_rows":
             src, dst = reference.get_type(spec.type_x), reference.get_type(spec.type_y)
             variant = _variant_for(dst, spec.plan)
