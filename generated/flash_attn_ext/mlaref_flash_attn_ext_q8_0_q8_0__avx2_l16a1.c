@@ -1521,17 +1521,23 @@ static inline void fa_exp_shifted(int kind, const float *s, float M, float *p, i
     for (; i < n; ++i) p[i] = mm_exp1(kind, s[i] - M);
 }
 
-/* whether a mask row segment of n f16 entries has an open one (+0.0 bits; every other pattern masks) */
-static inline int fa_any_open(const uint8_t *m, int64_t n) {
+/* a mask row segment of n f16 entries: 0 when every entry masks, 2 when every entry is open (+0.0 bits; any
+   other pattern masks), 1 otherwise */
+static inline int fa_mask_class(const uint8_t *m, int64_t n) {
+    int any = 0, all = 1;
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
-        const __m256i v = _mm256_loadu_si256((const __m256i *)(m + 2 * i));
-        if (_mm256_movemask_epi8(_mm256_cmpeq_epi16(v, _mm256_setzero_si256()))) return 1;
+        const int z = _mm256_movemask_epi8(_mm256_cmpeq_epi16(_mm256_loadu_si256((const __m256i *)(m + 2 * i)),
+                                                              _mm256_setzero_si256()));
+        any |= z != 0;
+        all &= z == -1;
     }
     for (; i < n; ++i) {
-        if (mla_ld_u16(m + 2 * i) == 0) return 1;
+        const int z = mla_ld_u16(m + 2 * i) == 0;
+        any |= z;
+        all &= z;
     }
-    return 0;
+    return all ? 2 : any;
 }
 
 /* s[i] = s[i] * scale; masked entries (f16 bits != 0) -> -inf; returns max s (lane maxima of s[i] > m ? s[i] : m,
@@ -1935,8 +1941,10 @@ int mlaref_flash_attn_ext_q8_0_q8_0__avx2_l16a1(const uint8_t *q, const uint8_t 
     float *pb = malloc((size_t)(q_block * pld) * 4);
     int64_t *rows = malloc((size_t)(2 * q_block) * sizeof(int64_t));
     int64_t *vrows = rows ? rows + q_block : NULL;
+    const int64_t nblk = (n_kv + k_step - 1) / k_step + 1;
+    uint8_t *mcls = malloc((size_t)(q_block * nblk));
     int64_t bad = 0;
-    if (!xcache || !ycache || !vc || !sb || !p || !st || !tmp || !tmpq || !qv || !dd || !mbits || !pb || !rows) {
+    if (!xcache || !ycache || !vc || !sb || !p || !st || !tmp || !tmpq || !qv || !dd || !mbits || !pb || !rows || !mcls) {
         bad = -1;
         goto done;
     }
@@ -1957,14 +1965,22 @@ int mlaref_flash_attn_ext_q8_0_q8_0__avx2_l16a1(const uint8_t *q, const uint8_t 
                 S[j] = 0.0f;
             }
             memset(acc, 0, (size_t)(qn * Dv) * 4);
+            /* per row and KV block of the chunk, read once in row order: 0 all masked, 1 mixed, 2 all open */
+            for (int64_t j = 0; j < qn; ++j) {
+                const uint8_t *mrow = mask ? mask + (i3 % mne3) * nbm3 + (i2 % mne2) * nbm2 + (q0 + j) * nbm1 : NULL;
+                for (int64_t k0 = lo, b = 0; k0 < hi; k0 += k_step, ++b) {
+                    const int64_t kn = hi - k0 < k_step ? hi - k0 : k_step;
+                    mcls[j * nblk + b] = (uint8_t)(mrow ? fa_mask_class(mrow + 2 * k0, kn) : 2);
+                }
+            }
             for (int64_t k0 = lo; k0 < hi; k0 += k_step) {
                 const int64_t kn = hi - k0 < k_step ? hi - k0 : k_step;
                 /* a row whose mask closes the whole block has smax = -inf there and skips it: leave it out of the
                    K.Q tiles; a block no row opens needs no K or V at all */
+                const uint8_t *mb = mcls + (k0 - lo) / k_step;
                 int64_t nr = 0, nv = 0;
                 for (int64_t j = 0; j < qn; ++j) {
-                    const uint8_t *mrow = mask ? mask + (i3 % mne3) * nbm3 + (i2 % mne2) * nbm2 + (q0 + j) * nbm1 : NULL;
-                    if (!mrow || fa_any_open(mrow + 2 * k0, kn)) rows[nr++] = j;
+                    if (mb[j * nblk]) rows[nr++] = j;
                 }
                 if (nr == 0) continue;
                 for (int64_t i = 0; i < kn; ++i) {
@@ -1975,8 +1991,8 @@ int mlaref_flash_attn_ext_q8_0_q8_0__avx2_l16a1(const uint8_t *q, const uint8_t 
                 for (int64_t t = 0; t < nr; ++t) {
                     const int64_t j = rows[t];
                     float *s = sb + j * k_step, *pj = pb + j * pld;
-                    const uint8_t *mrow = mask ? mask + (i3 % mne3) * nbm3 + (i2 % mne2) * nbm2 + (q0 + j) * nbm1 : NULL;
-                    const float smax = fa_scale_mask_max(s, mrow ? mrow + 2 * k0 : NULL, kn, scale, softcap);
+                    const uint8_t *mrow = mb[j * nblk] == 1 ? mask + (i3 % mne3) * nbm3 + (i2 % mne2) * nbm2 + (q0 + j) * nbm1 + 2 * k0 : NULL;
+                    const float smax = fa_scale_mask_max(s, mrow, kn, scale, softcap);
                     if (smax == -INFINITY) continue;
                     float *a = acc + j * Dv;
                     if (smax > M[j]) {
@@ -2034,5 +2050,6 @@ done:
     free(mbits);
     free(pb);
     free(rows);
+    free(mcls);
     return (int)bad;
 }
