@@ -1708,8 +1708,10 @@ static void fa_kq_tiles(const uint8_t *xc, int64_t xs, int64_t kn, const uint8_t
                         int64_t nr, int64_t nsteps, int last_n, float *sb, int64_t ldo) {
     typedef float fa_el;
     const int64_t xe = xs / 4;
-    for (int64_t t = 0; t < nr; t += FA_KQ_C) {
-        const int64_t c = nr - t < FA_KQ_C ? nr - t : FA_KQ_C;
+    for (int64_t t = 0, c; t < nr; t += c) {
+        /* full tiles; a remainder of one after a full tile runs as two tiles of (FA_KQ_C + 1) / 2 */
+        c = nr - t < FA_KQ_C ? nr - t : FA_KQ_C;
+        if (FA_KQ_C > 2 && nr - t == FA_KQ_C + 1) c = (FA_KQ_C + 1) / 2;
         const fa_el *y[FA_KQ_C];
         float *out[FA_KQ_C];
         for (int64_t j = 0; j < c; ++j) {
@@ -2116,8 +2118,10 @@ static void fa_av_tiles(float *acc, const float *pb, int64_t pld, const float *v
 /* one K row (Dk values of f16) -> x cache; one Q row (f32) -> y cache in K's vec_dot type */
 static void fa_put_k(const uint8_t *src, int64_t Dk, int64_t nsteps, float *tmp, int8_t *qv, float *d, uint8_t *cache) {
     (void)qv; (void)d;
-    mla_dequant_row_f16(src, tmp, Dk);
-    mm_put_f32(tmp, Dk, nsteps, cache);
+    (void)tmp;
+    /* widened straight into the cache, the padding zero as mm_put_f32 leaves it */
+    mla_dequant_row_f16(src, (float *)(void *)cache, Dk);
+    memset(cache + 4 * Dk, 0, (size_t)(nsteps * 16 - Dk) * 4);
 }
 
 static void fa_put_q(const float *src, int64_t Dk, int64_t nsteps, float *tmp, uint8_t *tmpq, int8_t *qv, float *d,

@@ -1461,8 +1461,10 @@ static void fa_kq_tiles(const uint8_t *xc, int64_t xs, int64_t kn, const uint8_t
                         int64_t nr, int64_t nsteps, int last_n, float *sb, int64_t ldo) {
     typedef uint8_t fa_el;
     const int64_t xe = xs;
-    for (int64_t t = 0; t < nr; t += FA_KQ_C) {
-        const int64_t c = nr - t < FA_KQ_C ? nr - t : FA_KQ_C;
+    for (int64_t t = 0, c; t < nr; t += c) {
+        /* full tiles; a remainder of one after a full tile runs as two tiles of (FA_KQ_C + 1) / 2 */
+        c = nr - t < FA_KQ_C ? nr - t : FA_KQ_C;
+        if (FA_KQ_C > 2 && nr - t == FA_KQ_C + 1) c = (FA_KQ_C + 1) / 2;
         const fa_el *y[FA_KQ_C];
         float *out[FA_KQ_C];
         for (int64_t j = 0; j < c; ++j) {
