@@ -1880,38 +1880,6 @@ static void fa_put_q(const float *src, int64_t Dk, int64_t nsteps, float *tmp, u
     mm_put_blocks(qv, d, Dk / 32, cache, MM_YSTEP, MM_YQ, 1);
 }
 
-/* acc[0..Dv) = fma(V[i][d], p[i], acc[d]) for i = 0..kn-1 in order; 8 vectors of acc stay in registers */
-static void fa_accumulate(float *acc, const float *vc, const float *p, int64_t kn, int64_t Dv) {
-    int64_t d = 0;
-    for (; d + 128 <= Dv; d += 128) {
-        mm_vf a0 = mm_load(acc + d), a1 = mm_load(acc + d + 16), a2 = mm_load(acc + d + 32), a3 = mm_load(acc + d + 48);
-        mm_vf a4 = mm_load(acc + d + 64), a5 = mm_load(acc + d + 80), a6 = mm_load(acc + d + 96), a7 = mm_load(acc + d + 112);
-        for (int64_t i = 0; i < kn; ++i) {
-            const float *vr = vc + i * Dv + d;
-            const mm_vf pv = mm_set1(p[i]);
-            a0 = mm_fma(mm_load(vr), pv, a0);
-            a1 = mm_fma(mm_load(vr + 16), pv, a1);
-            a2 = mm_fma(mm_load(vr + 32), pv, a2);
-            a3 = mm_fma(mm_load(vr + 48), pv, a3);
-            a4 = mm_fma(mm_load(vr + 64), pv, a4);
-            a5 = mm_fma(mm_load(vr + 80), pv, a5);
-            a6 = mm_fma(mm_load(vr + 96), pv, a6);
-            a7 = mm_fma(mm_load(vr + 112), pv, a7);
-        }
-        mm_store(acc + d, a0); mm_store(acc + d + 16, a1); mm_store(acc + d + 32, a2); mm_store(acc + d + 48, a3);
-        mm_store(acc + d + 64, a4); mm_store(acc + d + 80, a5); mm_store(acc + d + 96, a6); mm_store(acc + d + 112, a7);
-    }
-    for (; d + 16 <= Dv; d += 16) {
-        mm_vf a = mm_load(acc + d);
-        for (int64_t i = 0; i < kn; ++i) a = mm_fma(mm_load(vc + i * Dv + d), mm_set1(p[i]), a);
-        mm_store(acc + d, a);
-    }
-    for (; d < Dv; ++d) {
-        float a = acc[d];
-        for (int64_t i = 0; i < kn; ++i) a = fmaf(vc[i * Dv + d], p[i], a);
-        acc[d] = a;
-    }
-}
 
 /* Work units u in [u0, u1): u = (i3 * nh + i2) * n_qb + qb, a block of q_block queries of head i2. dst row
    (i3 * nq + i1) * nh + i2 holds Dv floats. mask (f16 bits, may be NULL): row i1 of matrix (i2 % mne2, i3 % mne3).
