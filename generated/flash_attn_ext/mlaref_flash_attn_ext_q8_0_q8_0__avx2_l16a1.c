@@ -1145,6 +1145,724 @@ static inline void mm_exp_shifted(int kind, const float *s, float M, float *p, i
     int64_t i = 0;
     for (; i < n; ++i) p[i] = mm_exp1(kind, s[i] - M);
 }
+/* K.Q register tile: C queries (the y columns) per 4 or 1 KV rows (x rows) */
+#define FA_KQ_C 2
+/* V tile: queries per tile, 16 values of Dv each */
+#define FA_AV_C 6
+
+static inline __m256 fa_lanes_below(int n) {
+    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+}
+
+/* 8 -> 4 -> 2 -> 1 (hsum_float_8) */
+static inline float fa_hsum8(__m256 s) {
+    __m128 t = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+    t = _mm_add_ss(t, _mm_movehdup_ps(t));
+    return _mm_cvtss_f32(t);
+}
+
+/* halves fold of one dot: lo + hi, then 8 -> 4 -> 2 -> 1 (mm_hsum) */
+static inline float fa_fold1(__m256 lo, __m256 hi) { return fa_hsum8(_mm256_add_ps(lo, hi)); }
+
+/* the halves fold of four dots (lo_i + hi_i, i = 0..3) at once; out[i] = dot i. The 128-bit halves are paired by
+   perm2f128 (t[l] = s[l] + s[l + 4]), then shuffles pair t[l] with t[l + 2], then hadd adds the last two: every
+   sum is the one mm_hsum forms */
+static inline void fa_fold4(const __m256 *lo, const __m256 *hi, float *out) {
+    const __m256 a = _mm256_add_ps(lo[0], hi[0]), b = _mm256_add_ps(lo[1], hi[1]);
+    const __m256 c = _mm256_add_ps(lo[2], hi[2]), d = _mm256_add_ps(lo[3], hi[3]);
+    const __m256 ab = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+    const __m256 cd = _mm256_add_ps(_mm256_permute2f128_ps(c, d, 0x20), _mm256_permute2f128_ps(c, d, 0x31));
+    /* per 128-bit half: [ab0 + ab2, ab1 + ab3, cd0 + cd2, cd1 + cd3]; low half dots a, c; high half b, d */
+    const __m256 w = _mm256_add_ps(_mm256_shuffle_ps(ab, cd, 0x44), _mm256_shuffle_ps(ab, cd, 0xEE));
+    const __m256 r = _mm256_hadd_ps(w, w); /* [a, c, a, c | b, d, b, d] */
+    const __m256 o = _mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 0, 0, 0, 0));
+    _mm_storeu_ps(out, _mm256_castps256_ps128(o));
+}
+
+/* q8_0 pair step s, half h (0: block 2s, 1: block 2s + 1): 8 lane sums of 4 products (exact), then
+   fma(dK * dQ, float(lane sums), acc) */
+static inline __m256 fa_q8_dot(__m256i ax, __m256i x, const uint8_t *y) {
+    const __m256i p16 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)y), x));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+}
+
+
+/* 4 KV rows from xc (stride xs) times 1 queries y[]: out[j][i] = dot(x row i, y column j) */
+static inline void fa_kq_4x1(const uint8_t *xc, int64_t xs,
+        const uint8_t *const *y, int64_t nsteps, int last_n, float *const *out, int64_t i0) {
+    const uint8_t *y0 = y[0];
+    /* last_n is 16 or 8: an odd last pair has no hi block */
+    const int64_t ns0 = nsteps, ns1 = last_n == 16 ? nsteps : nsteps - 1;
+    __m256 lo[4];
+    __m256 a00 = _mm256_setzero_ps();
+    __m256 a10 = _mm256_setzero_ps();
+    __m256 a20 = _mm256_setzero_ps();
+    __m256 a30 = _mm256_setzero_ps();
+    for (int64_t s = 0; s < ns0; ++s) {
+        const int64_t o = s * MM_XSTEP + 0;
+        const __m256 dy0 = _mm256_broadcast_ss((const float *)(const void *)(y0 + s * MM_YSTEP + MM_YQ + 0));
+        {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(xc + 0 * xs + o));
+            const __m256i ax = _mm256_abs_epi8(x);
+            const __m256 dx = _mm256_broadcast_ss((const float *)(const void *)(xc + 0 * xs + o + 64));
+            a00 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy0), fa_q8_dot(ax, x, y0 + s * MM_YSTEP + 0), a00);
+        }
+        {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(xc + 1 * xs + o));
+            const __m256i ax = _mm256_abs_epi8(x);
+            const __m256 dx = _mm256_broadcast_ss((const float *)(const void *)(xc + 1 * xs + o + 64));
+            a10 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy0), fa_q8_dot(ax, x, y0 + s * MM_YSTEP + 0), a10);
+        }
+        {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(xc + 2 * xs + o));
+            const __m256i ax = _mm256_abs_epi8(x);
+            const __m256 dx = _mm256_broadcast_ss((const float *)(const void *)(xc + 2 * xs + o + 64));
+            a20 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy0), fa_q8_dot(ax, x, y0 + s * MM_YSTEP + 0), a20);
+        }
+        {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(xc + 3 * xs + o));
+            const __m256i ax = _mm256_abs_epi8(x);
+            const __m256 dx = _mm256_broadcast_ss((const float *)(const void *)(xc + 3 * xs + o + 64));
+            a30 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy0), fa_q8_dot(ax, x, y0 + s * MM_YSTEP + 0), a30);
+        }
+    }
+
+    lo[0] = a00;
+    a00 = _mm256_setzero_ps();
+    lo[1] = a10;
+    a10 = _mm256_setzero_ps();
+    lo[2] = a20;
+    a20 = _mm256_setzero_ps();
+    lo[3] = a30;
+    a30 = _mm256_setzero_ps();
+    for (int64_t s = 0; s < ns1; ++s) {
+        const int64_t o = s * MM_XSTEP + 32;
+        const __m256 dy0 = _mm256_broadcast_ss((const float *)(const void *)(y0 + s * MM_YSTEP + MM_YQ + 32));
+        {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(xc + 0 * xs + o));
+            const __m256i ax = _mm256_abs_epi8(x);
+            const __m256 dx = _mm256_broadcast_ss((const float *)(const void *)(xc + 0 * xs + o + 64));
+            a00 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy0), fa_q8_dot(ax, x, y0 + s * MM_YSTEP + 32), a00);
+        }
+        {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(xc + 1 * xs + o));
+            const __m256i ax = _mm256_abs_epi8(x);
+            const __m256 dx = _mm256_broadcast_ss((const float *)(const void *)(xc + 1 * xs + o + 64));
+            a10 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy0), fa_q8_dot(ax, x, y0 + s * MM_YSTEP + 32), a10);
+        }
+        {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(xc + 2 * xs + o));
+            const __m256i ax = _mm256_abs_epi8(x);
+            const __m256 dx = _mm256_broadcast_ss((const float *)(const void *)(xc + 2 * xs + o + 64));
+            a20 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy0), fa_q8_dot(ax, x, y0 + s * MM_YSTEP + 32), a20);
+        }
+        {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(xc + 3 * xs + o));
+            const __m256i ax = _mm256_abs_epi8(x);
+            const __m256 dx = _mm256_broadcast_ss((const float *)(const void *)(xc + 3 * xs + o + 64));
+            a30 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy0), fa_q8_dot(ax, x, y0 + s * MM_YSTEP + 32), a30);
+        }
+    }
+
+    {
+        const __m256 hi[4] = {a00, a10, a20, a30};
+        fa_fold4(lo + 0, hi, out[0] + i0);
+    }
+}
+
+/* 4 KV rows from xc (stride xs) times 2 queries y[]: out[j][i] = dot(x row i, y column j) */
+static inline void fa_kq_4x2(const uint8_t *xc, int64_t xs,
+        const uint8_t *const *y, int64_t nsteps, int last_n, float *const *out, int64_t i0) {
+    const uint8_t *y0 = y[0];
+    const uint8_t *y1 = y[1];
+    /* last_n is 16 or 8: an odd last pair has no hi block */
+    const int64_t ns0 = nsteps, ns1 = last_n == 16 ? nsteps : nsteps - 1;
+    __m256 lo[8];
+    __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps();
+    __m256 a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps();
+    __m256 a20 = _mm256_setzero_ps(), a21 = _mm256_setzero_ps();
+    __m256 a30 = _mm256_setzero_ps(), a31 = _mm256_setzero_ps();
+    for (int64_t s = 0; s < ns0; ++s) {
+        const int64_t o = s * MM_XSTEP + 0;
+        const __m256 dy0 = _mm256_broadcast_ss((const float *)(const void *)(y0 + s * MM_YSTEP + MM_YQ + 0));
+        const __m256 dy1 = _mm256_broadcast_ss((const float *)(const void *)(y1 + s * MM_YSTEP + MM_YQ + 0));
+        {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(xc + 0 * xs + o));
+            const __m256i ax = _mm256_abs_epi8(x);
+            const __m256 dx = _mm256_broadcast_ss((const float *)(const void *)(xc + 0 * xs + o + 64));
+            a00 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy0), fa_q8_dot(ax, x, y0 + s * MM_YSTEP + 0), a00);
+            a01 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy1), fa_q8_dot(ax, x, y1 + s * MM_YSTEP + 0), a01);
+        }
+        {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(xc + 1 * xs + o));
+            const __m256i ax = _mm256_abs_epi8(x);
+            const __m256 dx = _mm256_broadcast_ss((const float *)(const void *)(xc + 1 * xs + o + 64));
+            a10 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy0), fa_q8_dot(ax, x, y0 + s * MM_YSTEP + 0), a10);
+            a11 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy1), fa_q8_dot(ax, x, y1 + s * MM_YSTEP + 0), a11);
+        }
+        {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(xc + 2 * xs + o));
+            const __m256i ax = _mm256_abs_epi8(x);
+            const __m256 dx = _mm256_broadcast_ss((const float *)(const void *)(xc + 2 * xs + o + 64));
+            a20 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy0), fa_q8_dot(ax, x, y0 + s * MM_YSTEP + 0), a20);
+            a21 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy1), fa_q8_dot(ax, x, y1 + s * MM_YSTEP + 0), a21);
+        }
+        {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(xc + 3 * xs + o));
+            const __m256i ax = _mm256_abs_epi8(x);
+            const __m256 dx = _mm256_broadcast_ss((const float *)(const void *)(xc + 3 * xs + o + 64));
+            a30 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy0), fa_q8_dot(ax, x, y0 + s * MM_YSTEP + 0), a30);
+            a31 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy1), fa_q8_dot(ax, x, y1 + s * MM_YSTEP + 0), a31);
+        }
+    }
+
+    lo[0] = a00;
+    a00 = _mm256_setzero_ps();
+    lo[4] = a01;
+    a01 = _mm256_setzero_ps();
+    lo[1] = a10;
+    a10 = _mm256_setzero_ps();
+    lo[5] = a11;
+    a11 = _mm256_setzero_ps();
+    lo[2] = a20;
+    a20 = _mm256_setzero_ps();
+    lo[6] = a21;
+    a21 = _mm256_setzero_ps();
+    lo[3] = a30;
+    a30 = _mm256_setzero_ps();
+    lo[7] = a31;
+    a31 = _mm256_setzero_ps();
+    for (int64_t s = 0; s < ns1; ++s) {
+        const int64_t o = s * MM_XSTEP + 32;
+        const __m256 dy0 = _mm256_broadcast_ss((const float *)(const void *)(y0 + s * MM_YSTEP + MM_YQ + 32));
+        const __m256 dy1 = _mm256_broadcast_ss((const float *)(const void *)(y1 + s * MM_YSTEP + MM_YQ + 32));
+        {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(xc + 0 * xs + o));
+            const __m256i ax = _mm256_abs_epi8(x);
+            const __m256 dx = _mm256_broadcast_ss((const float *)(const void *)(xc + 0 * xs + o + 64));
+            a00 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy0), fa_q8_dot(ax, x, y0 + s * MM_YSTEP + 32), a00);
+            a01 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy1), fa_q8_dot(ax, x, y1 + s * MM_YSTEP + 32), a01);
+        }
+        {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(xc + 1 * xs + o));
+            const __m256i ax = _mm256_abs_epi8(x);
+            const __m256 dx = _mm256_broadcast_ss((const float *)(const void *)(xc + 1 * xs + o + 64));
+            a10 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy0), fa_q8_dot(ax, x, y0 + s * MM_YSTEP + 32), a10);
+            a11 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy1), fa_q8_dot(ax, x, y1 + s * MM_YSTEP + 32), a11);
+        }
+        {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(xc + 2 * xs + o));
+            const __m256i ax = _mm256_abs_epi8(x);
+            const __m256 dx = _mm256_broadcast_ss((const float *)(const void *)(xc + 2 * xs + o + 64));
+            a20 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy0), fa_q8_dot(ax, x, y0 + s * MM_YSTEP + 32), a20);
+            a21 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy1), fa_q8_dot(ax, x, y1 + s * MM_YSTEP + 32), a21);
+        }
+        {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(xc + 3 * xs + o));
+            const __m256i ax = _mm256_abs_epi8(x);
+            const __m256 dx = _mm256_broadcast_ss((const float *)(const void *)(xc + 3 * xs + o + 64));
+            a30 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy0), fa_q8_dot(ax, x, y0 + s * MM_YSTEP + 32), a30);
+            a31 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy1), fa_q8_dot(ax, x, y1 + s * MM_YSTEP + 32), a31);
+        }
+    }
+
+    {
+        const __m256 hi[4] = {a00, a10, a20, a30};
+        fa_fold4(lo + 0, hi, out[0] + i0);
+    }
+    {
+        const __m256 hi[4] = {a01, a11, a21, a31};
+        fa_fold4(lo + 4, hi, out[1] + i0);
+    }
+}
+
+/* 1 KV rows from xc (stride xs) times 1 queries y[]: out[j][i] = dot(x row i, y column j) */
+static inline void fa_kq_1x1(const uint8_t *xc, int64_t xs,
+        const uint8_t *const *y, int64_t nsteps, int last_n, float *const *out, int64_t i0) {
+    const uint8_t *y0 = y[0];
+    /* last_n is 16 or 8: an odd last pair has no hi block */
+    const int64_t ns0 = nsteps, ns1 = last_n == 16 ? nsteps : nsteps - 1;
+    __m256 lo[1];
+    __m256 a00 = _mm256_setzero_ps();
+    for (int64_t s = 0; s < ns0; ++s) {
+        const int64_t o = s * MM_XSTEP + 0;
+        const __m256 dy0 = _mm256_broadcast_ss((const float *)(const void *)(y0 + s * MM_YSTEP + MM_YQ + 0));
+        {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(xc + 0 * xs + o));
+            const __m256i ax = _mm256_abs_epi8(x);
+            const __m256 dx = _mm256_broadcast_ss((const float *)(const void *)(xc + 0 * xs + o + 64));
+            a00 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy0), fa_q8_dot(ax, x, y0 + s * MM_YSTEP + 0), a00);
+        }
+    }
+
+    lo[0] = a00;
+    a00 = _mm256_setzero_ps();
+    for (int64_t s = 0; s < ns1; ++s) {
+        const int64_t o = s * MM_XSTEP + 32;
+        const __m256 dy0 = _mm256_broadcast_ss((const float *)(const void *)(y0 + s * MM_YSTEP + MM_YQ + 32));
+        {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(xc + 0 * xs + o));
+            const __m256i ax = _mm256_abs_epi8(x);
+            const __m256 dx = _mm256_broadcast_ss((const float *)(const void *)(xc + 0 * xs + o + 64));
+            a00 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy0), fa_q8_dot(ax, x, y0 + s * MM_YSTEP + 32), a00);
+        }
+    }
+
+    out[0][i0] = fa_fold1(lo[0], a00);
+}
+
+/* 1 KV rows from xc (stride xs) times 2 queries y[]: out[j][i] = dot(x row i, y column j) */
+static inline void fa_kq_1x2(const uint8_t *xc, int64_t xs,
+        const uint8_t *const *y, int64_t nsteps, int last_n, float *const *out, int64_t i0) {
+    const uint8_t *y0 = y[0];
+    const uint8_t *y1 = y[1];
+    /* last_n is 16 or 8: an odd last pair has no hi block */
+    const int64_t ns0 = nsteps, ns1 = last_n == 16 ? nsteps : nsteps - 1;
+    __m256 lo[2];
+    __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps();
+    for (int64_t s = 0; s < ns0; ++s) {
+        const int64_t o = s * MM_XSTEP + 0;
+        const __m256 dy0 = _mm256_broadcast_ss((const float *)(const void *)(y0 + s * MM_YSTEP + MM_YQ + 0));
+        const __m256 dy1 = _mm256_broadcast_ss((const float *)(const void *)(y1 + s * MM_YSTEP + MM_YQ + 0));
+        {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(xc + 0 * xs + o));
+            const __m256i ax = _mm256_abs_epi8(x);
+            const __m256 dx = _mm256_broadcast_ss((const float *)(const void *)(xc + 0 * xs + o + 64));
+            a00 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy0), fa_q8_dot(ax, x, y0 + s * MM_YSTEP + 0), a00);
+            a01 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy1), fa_q8_dot(ax, x, y1 + s * MM_YSTEP + 0), a01);
+        }
+    }
+
+    lo[0] = a00;
+    a00 = _mm256_setzero_ps();
+    lo[1] = a01;
+    a01 = _mm256_setzero_ps();
+    for (int64_t s = 0; s < ns1; ++s) {
+        const int64_t o = s * MM_XSTEP + 32;
+        const __m256 dy0 = _mm256_broadcast_ss((const float *)(const void *)(y0 + s * MM_YSTEP + MM_YQ + 32));
+        const __m256 dy1 = _mm256_broadcast_ss((const float *)(const void *)(y1 + s * MM_YSTEP + MM_YQ + 32));
+        {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(xc + 0 * xs + o));
+            const __m256i ax = _mm256_abs_epi8(x);
+            const __m256 dx = _mm256_broadcast_ss((const float *)(const void *)(xc + 0 * xs + o + 64));
+            a00 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy0), fa_q8_dot(ax, x, y0 + s * MM_YSTEP + 32), a00);
+            a01 = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy1), fa_q8_dot(ax, x, y1 + s * MM_YSTEP + 32), a01);
+        }
+    }
+
+    out[0][i0] = fa_fold1(lo[0], a00);
+    out[1][i0] = fa_fold1(lo[1], a01);
+}
+
+/* sb rows rows[0..nr) (sb + rows[t] * ldo) get dot(K row i, Q row rows[t]) for i < kn; K rows from xc (stride xs
+   bytes), Q rows from yc (stride ys bytes) */
+static void fa_kq_tiles(const uint8_t *xc, int64_t xs, int64_t kn, const uint8_t *yc, int64_t ys, const int64_t *rows,
+                        int64_t nr, int64_t nsteps, int last_n, float *sb, int64_t ldo) {
+    typedef uint8_t fa_el;
+    const int64_t xe = xs;
+    for (int64_t t = 0, c; t < nr; t += c) {
+        /* full tiles; a remainder of one after a full tile runs as two tiles of (FA_KQ_C + 1) / 2 */
+        c = nr - t < FA_KQ_C ? nr - t : FA_KQ_C;
+        if (FA_KQ_C > 2 && nr - t == FA_KQ_C + 1) c = (FA_KQ_C + 1) / 2;
+        const fa_el *y[FA_KQ_C];
+        float *out[FA_KQ_C];
+        for (int64_t j = 0; j < c; ++j) {
+            y[j] = (const fa_el *)(const void *)(yc + rows[t + j] * ys);
+            out[j] = sb + rows[t + j] * ldo;
+        }
+        const fa_el *x = (const fa_el *)(const void *)xc;
+        int64_t i = 0;
+        switch (c) {
+        case 1:
+            for (; i + 4 <= kn; i += 4) fa_kq_4x1(x + i * xe, xe, y, nsteps, last_n, out, i);
+            for (; i < kn; ++i) fa_kq_1x1(x + i * xe, xe, y, nsteps, last_n, out, i);
+            break;
+        case 2:
+            for (; i + 4 <= kn; i += 4) fa_kq_4x2(x + i * xe, xe, y, nsteps, last_n, out, i);
+            for (; i < kn; ++i) fa_kq_1x2(x + i * xe, xe, y, nsteps, last_n, out, i);
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+/* ggml_v_expf(__m256): the lanes of mm_v_expf_avx2_1 (fast path, two-step scaling for |n| > 126, s1 * s1 past 192) */
+static inline __m256 fa_v_expf(__m256 x) {
+    const __m256 R = _mm256_set1_ps(MM_EXP_R);
+    const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(MM_LOG2E), R);
+    const __m256 n = _mm256_sub_ps(z, R);
+    const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(MM_LN2_LO), _mm256_fnmadd_ps(n, _mm256_set1_ps(MM_LN2_HI), x));
+    const __m256 u = _mm256_mul_ps(b, b);
+    const __m256 poly = _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(MM_C5), b, _mm256_set1_ps(MM_C4)), u,
+                                        _mm256_fmadd_ps(_mm256_set1_ps(MM_C3), b, _mm256_set1_ps(MM_C2)));
+    const __m256 j = _mm256_fmadd_ps(poly, u, _mm256_mul_ps(_mm256_set1_ps(MM_C1), b));
+    const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
+    const __m256 k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_set1_epi32(0x3F800000)));
+    const __m256 fast = _mm256_fmadd_ps(j, k, k);
+    const __m256 an = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), n);
+    const __m256 mid = _mm256_cmp_ps(an, _mm256_set1_ps(126.0f), _CMP_GT_OQ);
+    if (!_mm256_movemask_ps(mid)) return fast;
+    const __m256i g = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ)),
+                                       _mm256_set1_epi32((int)0x82000000u));
+    const __m256 s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7F000000)));
+    const __m256 s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+    const __m256 slow = _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1);
+    const __m256 huge = _mm256_cmp_ps(an, _mm256_set1_ps(192.0f), _CMP_GT_OQ);
+    return _mm256_blendv_ps(_mm256_blendv_ps(fast, slow, mid), _mm256_mul_ps(s1, s1), huge);
+}
+
+/* p[i] = exp(s[i] - M), i < n, for exp kind (as mm_exp_shifted); kind 1 runs 8 lanes at a time */
+static inline void fa_exp_shifted(int kind, const float *s, float M, float *p, int64_t n) {
+    int64_t i = 0;
+    if (kind == 1) {
+        const __m256 vm = _mm256_set1_ps(M);
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(p + i, fa_v_expf(_mm256_sub_ps(_mm256_loadu_ps(s + i), vm)));
+    }
+    for (; i < n; ++i) p[i] = mm_exp1(kind, s[i] - M);
+}
+
+/* a mask row segment of n f16 entries: 0 when every entry masks, 2 when every entry is open (+0.0 bits; any
+   other pattern masks), 1 otherwise */
+static inline int fa_mask_class(const uint8_t *m, int64_t n) {
+    int any = 0, all = 1;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const int z = _mm256_movemask_epi8(_mm256_cmpeq_epi16(_mm256_loadu_si256((const __m256i *)(m + 2 * i)),
+                                                              _mm256_setzero_si256()));
+        any |= z != 0;
+        all &= z == -1;
+    }
+    for (; i < n; ++i) {
+        const int z = mla_ld_u16(m + 2 * i) == 0;
+        any |= z;
+        all &= z;
+    }
+    return all ? 2 : any;
+}
+
+/* s[i] = s[i] * scale; masked entries (f16 bits != 0) -> -inf; returns max s (lane maxima of s[i] > m ? s[i] : m,
+   the ragged tail into lane 0, then lanes 1..7 in order: the max of the portable loop, to the sign of a zero) */
+static inline float fa_scale_mask_max(float *s, const uint8_t *mrow, int64_t kn, float scale, float softcap) {
+    const __m256 vs = _mm256_set1_ps(scale);
+    int64_t i = 0;
+    for (; i + 8 <= kn; i += 8) _mm256_storeu_ps(s + i, _mm256_mul_ps(_mm256_loadu_ps(s + i), vs));
+    for (; i < kn; ++i) s[i] = s[i] * scale;
+    if (softcap != 0.0f) {
+        for (i = 0; i < kn; ++i) s[i] = softcap * tanhf(s[i]);
+    }
+    __m256 m8 = _mm256_set1_ps(-INFINITY);
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    i = 0;
+    if (mrow) {
+        for (; i + 8 <= kn; i += 8) {
+            const __m128i mb = _mm_loadu_si128((const __m128i *)(mrow + 2 * i));
+            const __m256 open = _mm256_castsi256_ps(_mm256_cvtepi16_epi32(_mm_cmpeq_epi16(mb, _mm_setzero_si128())));
+            const __m256 v = _mm256_blendv_ps(ninf, _mm256_loadu_ps(s + i), open);
+            _mm256_storeu_ps(s + i, v);
+            m8 = _mm256_max_ps(v, m8);
+        }
+    } else {
+        for (; i + 8 <= kn; i += 8) m8 = _mm256_max_ps(_mm256_loadu_ps(s + i), m8);
+    }
+    float l8[8];
+    _mm256_storeu_ps(l8, m8);
+    for (; i < kn; ++i) {
+        if (mrow && mla_ld_u16(mrow + 2 * i) != 0) s[i] = -INFINITY;
+        l8[0] = s[i] > l8[0] ? s[i] : l8[0];
+    }
+    float smax = l8[0];
+    for (int t = 1; t < 8; ++t) smax = l8[t] > smax ? l8[t] : smax;
+    return smax;
+}
+
+/* sum of p[0..kn) as 8-lane vectors added in order (a short last vector padded with +0), then halves */
+static inline float fa_sum8(float *p, int64_t kn) {
+    const int64_t kn8 = (kn + 7) / 8 * 8;
+    for (int64_t i = kn; i < kn8; ++i) p[i] = 0.0f;
+    __m256 l8 = _mm256_loadu_ps(p);
+    for (int64_t g = 8; g < kn8; g += 8) l8 = _mm256_add_ps(l8, _mm256_loadu_ps(p + g));
+    return fa_hsum8(l8);
+}
+
+/* acc row *= ms (one rounded product per value) */
+static inline void fa_scale_row(float *a, float ms, int64_t n) {
+    const __m256 v = _mm256_set1_ps(ms);
+    int64_t d = 0;
+    for (; d + 8 <= n; d += 8) _mm256_storeu_ps(a + d, _mm256_mul_ps(_mm256_loadu_ps(a + d), v));
+    for (; d < n; ++d) a[d] = a[d] * ms;
+}
+
+/* 1 query rows: acc_j[d0 .. d0+16) = fma(V[i][d], p_j[i], acc) for i = 0..kn-1 in order */
+static inline void fa_av_1(float *const *a, const float *const *p, const float *vc, int64_t Dv, int64_t d0,
+                             int64_t kn) {
+    __m256 a00 = _mm256_loadu_ps(a[0] + d0), a01 = _mm256_loadu_ps(a[0] + d0 + 8);
+    const float *p0 = p[0];
+    for (int64_t i = 0; i < kn; ++i) {
+        const __m256 v0 = _mm256_loadu_ps(vc + i * Dv + d0), v1 = _mm256_loadu_ps(vc + i * Dv + d0 + 8);
+        {
+            const __m256 pb = _mm256_broadcast_ss(p0 + i);
+            a00 = _mm256_fmadd_ps(v0, pb, a00);
+            a01 = _mm256_fmadd_ps(v1, pb, a01);
+        }
+    }
+    _mm256_storeu_ps(a[0] + d0, a00);
+    _mm256_storeu_ps(a[0] + d0 + 8, a01);
+}
+
+/* 2 query rows: acc_j[d0 .. d0+16) = fma(V[i][d], p_j[i], acc) for i = 0..kn-1 in order */
+static inline void fa_av_2(float *const *a, const float *const *p, const float *vc, int64_t Dv, int64_t d0,
+                             int64_t kn) {
+    __m256 a00 = _mm256_loadu_ps(a[0] + d0), a01 = _mm256_loadu_ps(a[0] + d0 + 8);
+    const float *p0 = p[0];
+    __m256 a10 = _mm256_loadu_ps(a[1] + d0), a11 = _mm256_loadu_ps(a[1] + d0 + 8);
+    const float *p1 = p[1];
+    for (int64_t i = 0; i < kn; ++i) {
+        const __m256 v0 = _mm256_loadu_ps(vc + i * Dv + d0), v1 = _mm256_loadu_ps(vc + i * Dv + d0 + 8);
+        {
+            const __m256 pb = _mm256_broadcast_ss(p0 + i);
+            a00 = _mm256_fmadd_ps(v0, pb, a00);
+            a01 = _mm256_fmadd_ps(v1, pb, a01);
+        }
+        {
+            const __m256 pb = _mm256_broadcast_ss(p1 + i);
+            a10 = _mm256_fmadd_ps(v0, pb, a10);
+            a11 = _mm256_fmadd_ps(v1, pb, a11);
+        }
+    }
+    _mm256_storeu_ps(a[0] + d0, a00);
+    _mm256_storeu_ps(a[0] + d0 + 8, a01);
+    _mm256_storeu_ps(a[1] + d0, a10);
+    _mm256_storeu_ps(a[1] + d0 + 8, a11);
+}
+
+/* 3 query rows: acc_j[d0 .. d0+16) = fma(V[i][d], p_j[i], acc) for i = 0..kn-1 in order */
+static inline void fa_av_3(float *const *a, const float *const *p, const float *vc, int64_t Dv, int64_t d0,
+                             int64_t kn) {
+    __m256 a00 = _mm256_loadu_ps(a[0] + d0), a01 = _mm256_loadu_ps(a[0] + d0 + 8);
+    const float *p0 = p[0];
+    __m256 a10 = _mm256_loadu_ps(a[1] + d0), a11 = _mm256_loadu_ps(a[1] + d0 + 8);
+    const float *p1 = p[1];
+    __m256 a20 = _mm256_loadu_ps(a[2] + d0), a21 = _mm256_loadu_ps(a[2] + d0 + 8);
+    const float *p2 = p[2];
+    for (int64_t i = 0; i < kn; ++i) {
+        const __m256 v0 = _mm256_loadu_ps(vc + i * Dv + d0), v1 = _mm256_loadu_ps(vc + i * Dv + d0 + 8);
+        {
+            const __m256 pb = _mm256_broadcast_ss(p0 + i);
+            a00 = _mm256_fmadd_ps(v0, pb, a00);
+            a01 = _mm256_fmadd_ps(v1, pb, a01);
+        }
+        {
+            const __m256 pb = _mm256_broadcast_ss(p1 + i);
+            a10 = _mm256_fmadd_ps(v0, pb, a10);
+            a11 = _mm256_fmadd_ps(v1, pb, a11);
+        }
+        {
+            const __m256 pb = _mm256_broadcast_ss(p2 + i);
+            a20 = _mm256_fmadd_ps(v0, pb, a20);
+            a21 = _mm256_fmadd_ps(v1, pb, a21);
+        }
+    }
+    _mm256_storeu_ps(a[0] + d0, a00);
+    _mm256_storeu_ps(a[0] + d0 + 8, a01);
+    _mm256_storeu_ps(a[1] + d0, a10);
+    _mm256_storeu_ps(a[1] + d0 + 8, a11);
+    _mm256_storeu_ps(a[2] + d0, a20);
+    _mm256_storeu_ps(a[2] + d0 + 8, a21);
+}
+
+/* 4 query rows: acc_j[d0 .. d0+16) = fma(V[i][d], p_j[i], acc) for i = 0..kn-1 in order */
+static inline void fa_av_4(float *const *a, const float *const *p, const float *vc, int64_t Dv, int64_t d0,
+                             int64_t kn) {
+    __m256 a00 = _mm256_loadu_ps(a[0] + d0), a01 = _mm256_loadu_ps(a[0] + d0 + 8);
+    const float *p0 = p[0];
+    __m256 a10 = _mm256_loadu_ps(a[1] + d0), a11 = _mm256_loadu_ps(a[1] + d0 + 8);
+    const float *p1 = p[1];
+    __m256 a20 = _mm256_loadu_ps(a[2] + d0), a21 = _mm256_loadu_ps(a[2] + d0 + 8);
+    const float *p2 = p[2];
+    __m256 a30 = _mm256_loadu_ps(a[3] + d0), a31 = _mm256_loadu_ps(a[3] + d0 + 8);
+    const float *p3 = p[3];
+    for (int64_t i = 0; i < kn; ++i) {
+        const __m256 v0 = _mm256_loadu_ps(vc + i * Dv + d0), v1 = _mm256_loadu_ps(vc + i * Dv + d0 + 8);
+        {
+            const __m256 pb = _mm256_broadcast_ss(p0 + i);
+            a00 = _mm256_fmadd_ps(v0, pb, a00);
+            a01 = _mm256_fmadd_ps(v1, pb, a01);
+        }
+        {
+            const __m256 pb = _mm256_broadcast_ss(p1 + i);
+            a10 = _mm256_fmadd_ps(v0, pb, a10);
+            a11 = _mm256_fmadd_ps(v1, pb, a11);
+        }
+        {
+            const __m256 pb = _mm256_broadcast_ss(p2 + i);
+            a20 = _mm256_fmadd_ps(v0, pb, a20);
+            a21 = _mm256_fmadd_ps(v1, pb, a21);
+        }
+        {
+            const __m256 pb = _mm256_broadcast_ss(p3 + i);
+            a30 = _mm256_fmadd_ps(v0, pb, a30);
+            a31 = _mm256_fmadd_ps(v1, pb, a31);
+        }
+    }
+    _mm256_storeu_ps(a[0] + d0, a00);
+    _mm256_storeu_ps(a[0] + d0 + 8, a01);
+    _mm256_storeu_ps(a[1] + d0, a10);
+    _mm256_storeu_ps(a[1] + d0 + 8, a11);
+    _mm256_storeu_ps(a[2] + d0, a20);
+    _mm256_storeu_ps(a[2] + d0 + 8, a21);
+    _mm256_storeu_ps(a[3] + d0, a30);
+    _mm256_storeu_ps(a[3] + d0 + 8, a31);
+}
+
+/* 5 query rows: acc_j[d0 .. d0+16) = fma(V[i][d], p_j[i], acc) for i = 0..kn-1 in order */
+static inline void fa_av_5(float *const *a, const float *const *p, const float *vc, int64_t Dv, int64_t d0,
+                             int64_t kn) {
+    __m256 a00 = _mm256_loadu_ps(a[0] + d0), a01 = _mm256_loadu_ps(a[0] + d0 + 8);
+    const float *p0 = p[0];
+    __m256 a10 = _mm256_loadu_ps(a[1] + d0), a11 = _mm256_loadu_ps(a[1] + d0 + 8);
+    const float *p1 = p[1];
+    __m256 a20 = _mm256_loadu_ps(a[2] + d0), a21 = _mm256_loadu_ps(a[2] + d0 + 8);
+    const float *p2 = p[2];
+    __m256 a30 = _mm256_loadu_ps(a[3] + d0), a31 = _mm256_loadu_ps(a[3] + d0 + 8);
+    const float *p3 = p[3];
+    __m256 a40 = _mm256_loadu_ps(a[4] + d0), a41 = _mm256_loadu_ps(a[4] + d0 + 8);
+    const float *p4 = p[4];
+    for (int64_t i = 0; i < kn; ++i) {
+        const __m256 v0 = _mm256_loadu_ps(vc + i * Dv + d0), v1 = _mm256_loadu_ps(vc + i * Dv + d0 + 8);
+        {
+            const __m256 pb = _mm256_broadcast_ss(p0 + i);
+            a00 = _mm256_fmadd_ps(v0, pb, a00);
+            a01 = _mm256_fmadd_ps(v1, pb, a01);
+        }
+        {
+            const __m256 pb = _mm256_broadcast_ss(p1 + i);
+            a10 = _mm256_fmadd_ps(v0, pb, a10);
+            a11 = _mm256_fmadd_ps(v1, pb, a11);
+        }
+        {
+            const __m256 pb = _mm256_broadcast_ss(p2 + i);
+            a20 = _mm256_fmadd_ps(v0, pb, a20);
+            a21 = _mm256_fmadd_ps(v1, pb, a21);
+        }
+        {
+            const __m256 pb = _mm256_broadcast_ss(p3 + i);
+            a30 = _mm256_fmadd_ps(v0, pb, a30);
+            a31 = _mm256_fmadd_ps(v1, pb, a31);
+        }
+        {
+            const __m256 pb = _mm256_broadcast_ss(p4 + i);
+            a40 = _mm256_fmadd_ps(v0, pb, a40);
+            a41 = _mm256_fmadd_ps(v1, pb, a41);
+        }
+    }
+    _mm256_storeu_ps(a[0] + d0, a00);
+    _mm256_storeu_ps(a[0] + d0 + 8, a01);
+    _mm256_storeu_ps(a[1] + d0, a10);
+    _mm256_storeu_ps(a[1] + d0 + 8, a11);
+    _mm256_storeu_ps(a[2] + d0, a20);
+    _mm256_storeu_ps(a[2] + d0 + 8, a21);
+    _mm256_storeu_ps(a[3] + d0, a30);
+    _mm256_storeu_ps(a[3] + d0 + 8, a31);
+    _mm256_storeu_ps(a[4] + d0, a40);
+    _mm256_storeu_ps(a[4] + d0 + 8, a41);
+}
+
+/* 6 query rows: acc_j[d0 .. d0+16) = fma(V[i][d], p_j[i], acc) for i = 0..kn-1 in order */
+static inline void fa_av_6(float *const *a, const float *const *p, const float *vc, int64_t Dv, int64_t d0,
+                             int64_t kn) {
+    __m256 a00 = _mm256_loadu_ps(a[0] + d0), a01 = _mm256_loadu_ps(a[0] + d0 + 8);
+    const float *p0 = p[0];
+    __m256 a10 = _mm256_loadu_ps(a[1] + d0), a11 = _mm256_loadu_ps(a[1] + d0 + 8);
+    const float *p1 = p[1];
+    __m256 a20 = _mm256_loadu_ps(a[2] + d0), a21 = _mm256_loadu_ps(a[2] + d0 + 8);
+    const float *p2 = p[2];
+    __m256 a30 = _mm256_loadu_ps(a[3] + d0), a31 = _mm256_loadu_ps(a[3] + d0 + 8);
+    const float *p3 = p[3];
+    __m256 a40 = _mm256_loadu_ps(a[4] + d0), a41 = _mm256_loadu_ps(a[4] + d0 + 8);
+    const float *p4 = p[4];
+    __m256 a50 = _mm256_loadu_ps(a[5] + d0), a51 = _mm256_loadu_ps(a[5] + d0 + 8);
+    const float *p5 = p[5];
+    for (int64_t i = 0; i < kn; ++i) {
+        const __m256 v0 = _mm256_loadu_ps(vc + i * Dv + d0), v1 = _mm256_loadu_ps(vc + i * Dv + d0 + 8);
+        {
+            const __m256 pb = _mm256_broadcast_ss(p0 + i);
+            a00 = _mm256_fmadd_ps(v0, pb, a00);
+            a01 = _mm256_fmadd_ps(v1, pb, a01);
+        }
+        {
+            const __m256 pb = _mm256_broadcast_ss(p1 + i);
+            a10 = _mm256_fmadd_ps(v0, pb, a10);
+            a11 = _mm256_fmadd_ps(v1, pb, a11);
+        }
+        {
+            const __m256 pb = _mm256_broadcast_ss(p2 + i);
+            a20 = _mm256_fmadd_ps(v0, pb, a20);
+            a21 = _mm256_fmadd_ps(v1, pb, a21);
+        }
+        {
+            const __m256 pb = _mm256_broadcast_ss(p3 + i);
+            a30 = _mm256_fmadd_ps(v0, pb, a30);
+            a31 = _mm256_fmadd_ps(v1, pb, a31);
+        }
+        {
+            const __m256 pb = _mm256_broadcast_ss(p4 + i);
+            a40 = _mm256_fmadd_ps(v0, pb, a40);
+            a41 = _mm256_fmadd_ps(v1, pb, a41);
+        }
+        {
+            const __m256 pb = _mm256_broadcast_ss(p5 + i);
+            a50 = _mm256_fmadd_ps(v0, pb, a50);
+            a51 = _mm256_fmadd_ps(v1, pb, a51);
+        }
+    }
+    _mm256_storeu_ps(a[0] + d0, a00);
+    _mm256_storeu_ps(a[0] + d0 + 8, a01);
+    _mm256_storeu_ps(a[1] + d0, a10);
+    _mm256_storeu_ps(a[1] + d0 + 8, a11);
+    _mm256_storeu_ps(a[2] + d0, a20);
+    _mm256_storeu_ps(a[2] + d0 + 8, a21);
+    _mm256_storeu_ps(a[3] + d0, a30);
+    _mm256_storeu_ps(a[3] + d0 + 8, a31);
+    _mm256_storeu_ps(a[4] + d0, a40);
+    _mm256_storeu_ps(a[4] + d0 + 8, a41);
+    _mm256_storeu_ps(a[5] + d0, a50);
+    _mm256_storeu_ps(a[5] + d0 + 8, a51);
+}
+
+/* the V step of rows rows[0..nr): acc + rows[t] * Dv += V^T p (p + rows[t] * pld), k in order per row */
+static void fa_av_tiles(float *acc, const float *pb, int64_t pld, const float *vc, int64_t Dv, const int64_t *rows,
+                        int64_t nr, int64_t kn) {
+    for (int64_t t = 0; t < nr; t += FA_AV_C) {
+        const int64_t c = nr - t < FA_AV_C ? nr - t : FA_AV_C;
+        float *a[FA_AV_C];
+        const float *p[FA_AV_C];
+        for (int64_t j = 0; j < c; ++j) {
+            a[j] = acc + rows[t + j] * Dv;
+            p[j] = pb + rows[t + j] * pld;
+        }
+        int64_t d0 = 0;
+        for (; d0 + 16 <= Dv; d0 += 16) {
+            switch (c) {
+            case 1: fa_av_1(a, p, vc, Dv, d0, kn); break;
+            case 2: fa_av_2(a, p, vc, Dv, d0, kn); break;
+            case 3: fa_av_3(a, p, vc, Dv, d0, kn); break;
+            case 4: fa_av_4(a, p, vc, Dv, d0, kn); break;
+            case 5: fa_av_5(a, p, vc, Dv, d0, kn); break;
+            case 6: fa_av_6(a, p, vc, Dv, d0, kn); break;
+            default: break;
+            }
+        }
+        for (int64_t j = 0; j < c; ++j) {
+            for (int64_t d = d0; d < Dv; ++d) {
+                float v = a[j][d];
+                for (int64_t i = 0; i < kn; ++i) v = fmaf(vc[i * Dv + d], p[j][i], v);
+                a[j][d] = v;
+            }
+        }
+    }
+}
 
 /* one K row (Dk values of q8_0) -> x cache; one Q row (f32) -> y cache in K's vec_dot type */
 static void fa_put_k(const uint8_t *src, int64_t Dk, int64_t nsteps, float *tmp, int8_t *qv, float *d, uint8_t *cache) {
@@ -1162,38 +1880,6 @@ static void fa_put_q(const float *src, int64_t Dk, int64_t nsteps, float *tmp, u
     mm_put_blocks(qv, d, Dk / 32, cache, MM_YSTEP, MM_YQ, 1);
 }
 
-/* acc[0..Dv) = fma(V[i][d], p[i], acc[d]) for i = 0..kn-1 in order; 8 vectors of acc stay in registers */
-static void fa_accumulate(float *acc, const float *vc, const float *p, int64_t kn, int64_t Dv) {
-    int64_t d = 0;
-    for (; d + 128 <= Dv; d += 128) {
-        mm_vf a0 = mm_load(acc + d), a1 = mm_load(acc + d + 16), a2 = mm_load(acc + d + 32), a3 = mm_load(acc + d + 48);
-        mm_vf a4 = mm_load(acc + d + 64), a5 = mm_load(acc + d + 80), a6 = mm_load(acc + d + 96), a7 = mm_load(acc + d + 112);
-        for (int64_t i = 0; i < kn; ++i) {
-            const float *vr = vc + i * Dv + d;
-            const mm_vf pv = mm_set1(p[i]);
-            a0 = mm_fma(mm_load(vr), pv, a0);
-            a1 = mm_fma(mm_load(vr + 16), pv, a1);
-            a2 = mm_fma(mm_load(vr + 32), pv, a2);
-            a3 = mm_fma(mm_load(vr + 48), pv, a3);
-            a4 = mm_fma(mm_load(vr + 64), pv, a4);
-            a5 = mm_fma(mm_load(vr + 80), pv, a5);
-            a6 = mm_fma(mm_load(vr + 96), pv, a6);
-            a7 = mm_fma(mm_load(vr + 112), pv, a7);
-        }
-        mm_store(acc + d, a0); mm_store(acc + d + 16, a1); mm_store(acc + d + 32, a2); mm_store(acc + d + 48, a3);
-        mm_store(acc + d + 64, a4); mm_store(acc + d + 80, a5); mm_store(acc + d + 96, a6); mm_store(acc + d + 112, a7);
-    }
-    for (; d + 16 <= Dv; d += 16) {
-        mm_vf a = mm_load(acc + d);
-        for (int64_t i = 0; i < kn; ++i) a = mm_fma(mm_load(vc + i * Dv + d), mm_set1(p[i]), a);
-        mm_store(acc + d, a);
-    }
-    for (; d < Dv; ++d) {
-        float a = acc[d];
-        for (int64_t i = 0; i < kn; ++i) a = fmaf(vc[i * Dv + d], p[i], a);
-        acc[d] = a;
-    }
-}
 
 /* Work units u in [u0, u1): u = (i3 * nh + i2) * n_qb + qb, a block of q_block queries of head i2. dst row
    (i3 * nq + i1) * nh + i2 holds Dv floats. mask (f16 bits, may be NULL): row i1 of matrix (i2 % mne2, i3 % mne3).
@@ -1219,8 +1905,16 @@ int mlaref_flash_attn_ext_q8_0_q8_0__avx2_l16a1(const uint8_t *q, const uint8_t 
     int8_t *qv = malloc((size_t)Dk + 64);
     float *dd = malloc((size_t)(Dk / 32 + 1) * 4);
     uint16_t *mbits = malloc((size_t)k_step * 2);
+    /* p rows of every query of the block (the V tiles span queries), the rows with an open mask entry in the KV
+       block, and those whose block is live */
+    const int64_t pld = k_step + 8;
+    float *pb = malloc((size_t)(q_block * pld) * 4);
+    int64_t *rows = malloc((size_t)(2 * q_block) * sizeof(int64_t));
+    int64_t *vrows = rows ? rows + q_block : NULL;
+    const int64_t nblk = (n_kv + k_step - 1) / k_step + 1;
+    uint8_t *mcls = malloc((size_t)(q_block * nblk));
     int64_t bad = 0;
-    if (!xcache || !ycache || !vc || !sb || !p || !st || !tmp || !tmpq || !qv || !dd || !mbits) {
+    if (!xcache || !ycache || !vc || !sb || !p || !st || !tmp || !tmpq || !qv || !dd || !mbits || !pb || !rows || !mcls) {
         bad = -1;
         goto done;
     }
@@ -1241,65 +1935,52 @@ int mlaref_flash_attn_ext_q8_0_q8_0__avx2_l16a1(const uint8_t *q, const uint8_t 
                 S[j] = 0.0f;
             }
             memset(acc, 0, (size_t)(qn * Dv) * 4);
+            /* per row and KV block of the chunk, read once in row order: 0 all masked, 1 mixed, 2 all open */
+            for (int64_t j = 0; j < qn; ++j) {
+                const uint8_t *mrow = mask ? mask + (i3 % mne3) * nbm3 + (i2 % mne2) * nbm2 + (q0 + j) * nbm1 : NULL;
+                for (int64_t k0 = lo, b = 0; k0 < hi; k0 += k_step, ++b) {
+                    const int64_t kn = hi - k0 < k_step ? hi - k0 : k_step;
+                    mcls[j * nblk + b] = (uint8_t)(mrow ? fa_mask_class(mrow + 2 * k0, kn) : 2);
+                }
+            }
             for (int64_t k0 = lo; k0 < hi; k0 += k_step) {
                 const int64_t kn = hi - k0 < k_step ? hi - k0 : k_step;
+                /* a row whose mask closes the whole block has smax = -inf there and skips it: leave it out of the
+                   K.Q tiles; a block no row opens needs no K or V at all */
+                const uint8_t *mb = mcls + (k0 - lo) / k_step;
+                int64_t nr = 0, nv = 0;
+                for (int64_t j = 0; j < qn; ++j) {
+                    if (mb[j * nblk]) rows[nr++] = j;
+                }
+                if (nr == 0) continue;
                 for (int64_t i = 0; i < kn; ++i) {
                     fa_put_k(k + (k0 + i) * nbk1 + kh * nbk2 + k3 * nbk3, Dk, nsteps, tmp, qv, dd, xcache + i * xs);
                     mla_dequant_row_q8_0(v + (k0 + i) * nbv1 + kh * nbv2 + k3 * nbv3, vc + i * Dv, Dv);
                 }
-                mm_tiles(xcache, xs, kn, ycache, ys, qn, nsteps, last_n, sb, k_step);
-                for (int64_t j = 0; j < qn; ++j) {
-                    float *s = sb + j * k_step;
-                    const uint8_t *mrow = mask ? mask + (i3 % mne3) * nbm3 + (i2 % mne2) * nbm2 + (q0 + j) * nbm1 : NULL;
-                    /* split into simple loops the compiler vectorises: each element's value is the same */
-                    for (int64_t i = 0; i < kn; ++i) s[i] = s[i] * scale;
-                    if (softcap != 0.0f) {
-                        for (int64_t i = 0; i < kn; ++i) s[i] = softcap * tanhf(s[i]);
-                    }
-                    if (mrow) {
-                        /* binary mask: any f16 pattern but +0.0 removes the entry */
-                        memcpy(mbits, mrow + 2 * k0, (size_t)kn * 2);
-                        for (int64_t i = 0; i < kn; ++i) s[i] = mbits[i] != 0 ? -INFINITY : s[i];
-                    }
-                    /* the max is exact in any order; 8 partial maxima break the latency chain */
-                    float m8[8];
-                    for (int t = 0; t < 8; ++t) m8[t] = -INFINITY;
-                    int64_t i8 = 0;
-                    for (; i8 + 8 <= kn; i8 += 8) {
-                        for (int t = 0; t < 8; ++t) m8[t] = s[i8 + t] > m8[t] ? s[i8 + t] : m8[t];
-                    }
-                    for (; i8 < kn; ++i8) m8[0] = s[i8] > m8[0] ? s[i8] : m8[0];
-                    float smax = m8[0];
-                    for (int t = 1; t < 8; ++t) smax = m8[t] > smax ? m8[t] : smax;
+                fa_kq_tiles(xcache, xs, kn, ycache, ys, rows, nr, nsteps, last_n, sb, k_step);
+                for (int64_t t = 0; t < nr; ++t) {
+                    const int64_t j = rows[t];
+                    float *s = sb + j * k_step, *pj = pb + j * pld;
+                    const uint8_t *mrow = mb[j * nblk] == 1 ? mask + (i3 % mne3) * nbm3 + (i2 % mne2) * nbm2 + (q0 + j) * nbm1 + 2 * k0 : NULL;
+                    const float smax = fa_scale_mask_max(s, mrow, kn, scale, softcap);
                     if (smax == -INFINITY) continue;
                     float *a = acc + j * Dv;
                     if (smax > M[j]) {
                         if (M[j] != -INFINITY) {
                             const float ms = expf(M[j] - smax);
                             S[j] = S[j] * ms;
-                            for (int64_t d = 0; d < Dv; ++d) a[d] = a[d] * ms;
+                            fa_scale_row(a, ms, Dv);
                         } else {
                             S[j] = 0.0f;
                             memset(a, 0, (size_t)Dv * 4);
                         }
                         M[j] = smax;
                     }
-                    /* exp(-inf - M) is +0 in every variant: masked entries get p = 0 as in the reference */
-                    mm_exp_shifted(exp_kind, s, M[j], p, kn);
-                    /* S += sum(p): 8-lane vectors added in order (a short last vector padded with +0), then halves */
-                    float l8[8];
-                    const int64_t kn8 = (kn + 7) / 8 * 8;
-                    for (int64_t i = kn; i < kn8; ++i) p[i] = 0.0f;
-                    for (int t = 0; t < 8; ++t) l8[t] = p[t];
-                    for (int64_t g = 8; g < kn8; g += 8) {
-                        for (int t = 0; t < 8; ++t) l8[t] = l8[t] + p[g + t];
-                    }
-                    for (int h = 4; h >= 1; h /= 2) {
-                        for (int t = 0; t < h; ++t) l8[t] = l8[t] + l8[t + h];
-                    }
-                    S[j] = S[j] + l8[0];
-                    fa_accumulate(a, vc, p, kn, Dv);
+                    fa_exp_shifted(exp_kind, s, M[j], pj, kn);
+                    S[j] = S[j] + fa_sum8(pj, kn);
+                    vrows[nv++] = j;
                 }
+                fa_av_tiles(acc, pb, pld, vc, Dv, vrows, nv, kn);
             }
             /* merge chunk c into the running state, chunks in index order */
             for (int64_t j = 0; j < qn; ++j) {
@@ -1337,5 +2018,8 @@ done:
     free(qv);
     free(dd);
     free(mbits);
+    free(pb);
+    free(rows);
+    free(mcls);
     return (int)bad;
 }

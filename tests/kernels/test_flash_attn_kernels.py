@@ -7,6 +7,10 @@ for one query row, a -0.0 mask entry (binary mask), softcap, K/V head broadcast,
 (FlashMLA-2 PP), (128, 128) and (576, 512) (FlashMLA-1). A query row with every entry masked raises ValueError
 in the kernel wrapper as in the reference (iqk asserts S > 0).
 
+The tiled kernels' edges (``TILE_CASES``), at 1, 2 and 3 threads: query counts 1, 7, 64 and 512, n_kv off the
+k_step grid, masks that close whole KV blocks for some rows or for all of them, ragged Dk and Dv tails, an odd last
+q8_0 block pair, and 576 / 512 with V a view of K.
+
 Approximate (ggml's test-backend-ops NMSE bound for flash_attn_ext, 5e-4, against float64 softmax attention of
 the dequantized operands; Q rounded as the kernels see it): Dk 192, Dv 128, 16 heads, f16 and q8_0 K/V, an f16
 causal mask, compared with upstream ggml's own flash_attn_ext on the same tensors.
@@ -90,6 +94,71 @@ def test_flash_attn_bit_exact(kernel_name, kt):
             assert np.all(buf[-64:] == 0xA5), f"{kernel_name}: the kernel wrote past the output"
             kt.assert_same_bytes(got.storage(), want.storage(), 4,
                                  f"{kernel_name} case {i} plan {plan.name} threads={n_threads}")
+
+
+# The tiled kernels' edges: (name, Dk, Dv, nq, nh, nhk, n_kv, plan, mask, V a view of K, q_block). Query counts 1, 7,
+# 64 and 512 (tile remainders of the 3-query K.Q and 6-query V tiles), n_kv off the k_step grid, causal masks that
+# close whole KV blocks for some rows ("causal") or for every row ("holes": block 1 closed everywhere, so no row
+# needs its K or V), binary masks with -0.0 and finite entries ("mixed"), row tails (Dk 100 and 108: a ragged lo
+# or hi lane half; Dk 96 for q8_0: an odd last block pair; Dv 40: a tail past the 16-value V tile), and 576 / 512
+# with V a view of K (FlashMLA-1).
+TILE_CASES = [
+    ("nq1", 192, 128, 1, 2, 1, 100, KM.fa_plan(64, 1, "v_expf_avx2"), "causal", False, 64),
+    ("nq7", 192, 128, 7, 2, 2, 130, KM.fa_plan(64, 1, "v_expf_avx2"), "causal", False, 64),
+    ("nq64", 192, 128, 64, 1, 1, 200, KM.fa_plan(64, 1, "v_expf_avx2"), "causal", False, 64),
+    ("nq512", 192, 128, 512, 1, 1, 72, KM.fa_plan(32, 1, "v_expf_avx2"), "causal", False, 100),
+    ("holes", 192, 128, 13, 1, 1, 160, KM.fa_plan(32, 2, "libm"), "holes", False, 64),
+    ("mixed", 192, 128, 11, 2, 1, 77, KM.fa_plan(16, 1, "v_expf_avx2"), "mixed", False, 4),
+    ("tails", 100, 40, 8, 1, 1, 50, KM.fa_plan(16, 1, "libm"), "causal", False, 64),
+    ("hitail", 108, 40, 5, 1, 1, 33, KM.fa_plan(32, 1, "v_expf_avx2"), "mixed", False, 64),
+    ("q8pairs", 96, 64, 9, 1, 1, 70, KM.fa_plan(32, 1, "v_expf_avx2"), "causal", False, 64),
+    ("mla576", 576, 512, 9, 2, 1, 90, KM.fa_plan(32, 2, "v_expf_avx2"), "causal", True, 64),
+]
+
+
+def _tile_mask(kind: str, nq: int, n_kv: int, rng) -> Tensor:
+    rows = -(-nq // 16) * 16  # ggml pads the mask rows
+    j, i = np.meshgrid(np.arange(n_kv), np.arange(rows))
+    m = np.where(j > n_kv - nq + i, -np.inf, 0).astype(np.float16)
+    m[:, 0] = 0  # keep column 0 open: no fully masked row
+    if kind == "holes":
+        m[:, 32:64] = -np.inf
+    elif kind == "mixed":
+        m = np.where(rng.random((rows, n_kv)) < 0.3, np.float16(-np.inf), np.float16(0))
+        m[rng.random((rows, n_kv)) < 0.1] = np.float16(-1.5)  # finite: masks too (binary)
+        m[:, 0] = 0
+    t = Tensor.from_numpy(m.reshape(1, 1, rows, n_kv), "f16")
+    if kind == "mixed":
+        t.storage()[0, 0, 1, 2] = 0x8000  # -0.0 masks the entry
+    return t
+
+
+def _tile_case(type: str, name: str):
+    key = ("tile", type, name)
+    if key not in _REF_CACHE:
+        _, Dk, Dv, nq, nh, nhk, n_kv, plan, kind, view, q_block = next(c for c in TILE_CASES if c[0] == name)
+        rng = np.random.default_rng(sum(map(ord, name)) + (7 if type == "q8_0" else 0))
+        q = _q(rng, Dk, nq, nh, s=0.5)
+        k = _kv(rng, type, (Dk, n_kv, nhk, 1))
+        v = k.view((Dv, n_kv, nhk, 1), k.nb[1:], 0) if view else _kv(rng, type, (Dv, n_kv, nhk, 1))
+        mask = _tile_mask(kind, nq, n_kv, rng)
+        want = ref_fa(q, k, v, mask, 0.1, algorithm="blocked", plan=plan)
+        _REF_CACHE[key] = (q, k, v, mask, plan, q_block, want)
+    return _REF_CACHE[key]
+
+
+@pytest.mark.parametrize("case", [c[0] for c in TILE_CASES])
+def test_flash_attn_tiles_bit_exact(kernel_name, kt, case):
+    k = kt.manifest_kernels()[kernel_name]
+    kt.require_isa(k["isa"])
+    Dk, Dv = next(c for c in TILE_CASES if c[0] == case)[1:3]
+    if k["type_x"] == "q8_0" and (Dk % 32 or Dv % 32):
+        pytest.skip(f"q8_0 rows are whole 32-blocks (Dk {Dk}, Dv {Dv})")
+    q, kk, v, mask, plan, q_block, want = _tile_case(k["type_x"], case)
+    for n_threads in (1, 2, 3):
+        got = KM.flash_attn_ext(q, kk, v, mask, 0.1, plan=plan, kernel=kernel_name, n_threads=n_threads,
+                                q_block=q_block)
+        kt.assert_same_bytes(got.storage(), want.storage(), 4, f"{kernel_name} {case} threads={n_threads}")
 
 
 def test_flash_attn_fully_masked_row_raises(rng):
