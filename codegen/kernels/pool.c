@@ -53,6 +53,7 @@ enum {
                               nb01..03, N, ne12, ne13, nb11..13, r0, r1, c0, c1) */
     MLA_JOB_FLASH_ATTN,    /* int fn(q, k, v, mask, float *dst, 22 int64: Dk .. mne3, float scale, float softcap,
                               int64 k_step, int64 kv_chunks, int exp_kind, int64 q_block, u0, u1) */
+    MLA_JOB_CAST,          /* fn(uint8_t *dst, const uint8_t *src, n, ne1, ne2, ne3, s_nb1..3, d_nb1..3) */
     MLA_JOB_KINDS
 };
 
@@ -66,6 +67,8 @@ typedef void (*mla_copy_fn)(uint8_t *, const uint8_t *, int64_t, int64_t, int64_
 typedef void (*mla_concat_fn)(uint8_t *, const uint8_t *, const uint8_t *, int64_t, int64_t, int64_t, int64_t,
                               int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                               int64_t, int64_t);
+typedef void (*mla_cast_fn)(uint8_t *, const uint8_t *, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                            int64_t, int64_t, int64_t, int64_t);
 typedef void (*mla_from_float_fn)(const float *, void *, int64_t);
 typedef void (*mla_to_float_fn)(const void *, float *, int64_t);
 typedef void (*mla_ggml_vec_dot_fn)(int, float *, size_t, const void *, size_t, const void *, size_t, int);
@@ -143,6 +146,10 @@ static void mla_run_job(int64_t *job) {
             MLA_P(float *, 4), a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15], a[16], a[17],
             a[18], a[19], a[20], a[21], a[22], a[23], a[24], a[25], a[26], mla_word_f32(a[27]), mla_word_f32(a[28]),
             a[29], a[30], (int)a[31], a[32], a[33], a[34]);
+        break;
+    case MLA_JOB_CAST:
+        ((mla_cast_fn)fn)(MLA_P(uint8_t *, 0), MLA_P(const uint8_t *, 1), a[2], a[3], a[4], a[5], a[6], a[7], a[8],
+                          a[9], a[10], a[11]);
         break;
     default:
         break; /* unreachable: mla_pool_run checks every kind first */
@@ -272,6 +279,19 @@ int mla_pool_run(int64_t *jobs, int n_jobs) {
         }
     }
     pthread_mutex_unlock(&mla_pool.busy);
+    return 0;
+}
+
+/* A sequence of pool calls in one C call: step s runs the next n_per_step[s] jobs (as mla_pool_run) and starts
+   only when step s - 1 is done, so a step may read what the previous one wrote (a graph's nodes in order, the
+   arena executor of mlaref.codegen.arena). Returns 0, or -1 - s for the first step s that mla_pool_run refused
+   (nothing of it or after it run). */
+int mla_pool_run_steps(int64_t *jobs, const int32_t *n_per_step, int n_steps) {
+    for (int s = 0; s < n_steps; ++s) {
+        if (mla_pool_run(jobs, n_per_step[s]) != 0)
+            return -1 - s;
+        jobs += (int64_t)n_per_step[s] * MLA_JOB_WORDS;
+    }
     return 0;
 }
 
