@@ -26,6 +26,7 @@ statically when the arena is built (``validate=False`` leaves that to the checki
 
 from __future__ import annotations
 
+import time
 import zlib
 
 import numpy as np
@@ -172,14 +173,34 @@ class Arena:
             raise MemoryError("arena: a mul_mat kernel could not allocate its scratch buffers")
         _mm.fa_check([w for w, c in zip(words, self._row_check) if c == "flash_attn"])
 
-    def _run_range(self, lo: int, hi: int) -> None:
+    def _step_runner(self, lo: int, hi: int):
+        """A runner of steps ``lo .. hi`` (their job rows are a contiguous slice of ``self.jobs``), or None."""
         if hi <= lo:
-            return
+            return None
         first = int(self.n_per_step[:lo].sum())
         count = int(self.n_per_step[lo:hi].sum())
-        jobs = np.ascontiguousarray(self.jobs[first:first + count])
-        words = _pool.run_steps(jobs, np.ascontiguousarray(self.n_per_step[lo:hi]))
-        self.jobs[first:first + count, _pool.WORDS - 1] = words
+        return _pool.steps_runner(self.jobs[first:first + count], self.n_per_step[lo:hi])
+
+    def _run_range(self, lo: int, hi: int) -> None:
+        runner = self._step_runner(lo, hi)
+        if runner is not None and runner() != 0:
+            raise RuntimeError(f"arena: the pool refused a step of {lo}..{hi}")
+
+    def profile(self, repeats: int = 3) -> dict[str, float]:
+        """Median seconds per node (by name; ``"inputs"`` for the input copies) of ``repeats`` computes run node
+        by node (a timer between nodes, nothing else): where a run's time goes."""
+        parts = [("inputs", self._step_runner(0, self.n_input_steps))]
+        parts += [(n.name, self._step_runner(*self.node_steps[i])) for i, n in enumerate(self.graph.nodes)]
+        parts = [(name, r) for name, r in parts if r is not None]
+        times: dict[str, list[float]] = {name: [] for name, _ in parts}
+        for _ in range(max(1, repeats)):
+            for name, r in parts:
+                t0 = time.perf_counter()
+                r()
+                times[name].append(time.perf_counter() - t0)
+        if np.count_nonzero(self._words):
+            self._raise_for_words()
+        return {name: float(np.median(v)) for name, v in times.items()}
 
     def run_checked(self, poison: int = POISON) -> None:
         """One compute node by node with the allocator check (see the module docstring): poison the buffer and
