@@ -85,9 +85,10 @@ SIGNATURES = MappingProxyType({
 })
 FAMILIES = tuple(SIGNATURES)
 
-# Formats whose dequantizer exists in C (codegen/templates/formats/<type>.h.j2) and whether it uses SIMD primitives.
+# Formats whose dequantizer exists in C (codegen/templates/formats/<type>.h.j2) and whether it uses SIMD primitives
+# (f32's row copy counts: its fixed-size moves become the ISA's vector moves).
 DEQUANT_TYPES = MappingProxyType({
-    "f32": False, "f16": True, "bf16": True, "q4_0": True, "q4_1": True, "q5_0": True, "q5_1": True,
+    "f32": True, "f16": True, "bf16": True, "q4_0": True, "q4_1": True, "q5_0": True, "q5_1": True,
     "q8_0": True, "q8_1": True, "iq4_nl": True, "q8_K": True, "q4_K": True, "q6_K": True,
     "q8_0_x4": True, "q8_1_x4": True,
 })

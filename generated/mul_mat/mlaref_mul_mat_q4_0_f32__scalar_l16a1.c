@@ -171,7 +171,8 @@ static inline void mla_lane4_sums(const int8_t *x, const int8_t *y, int32_t *out
    memcpy: glibc 2.36 copies a block of a few KB (a 4096-value row is 16 KB) with `rep movsb`, which on AMD Zen 3
    runs at about 1.5 GB/s instead of about 20 when the destination lies 1 to 31 bytes past the source modulo a
    4 KiB page (measured here with 16 KB rows) -- exactly the case of two NumPy arrays whose data start 16 bytes
-   apart, which made this "kernel" run at a tenth of memcpy's speed. */
+   apart, which made this "kernel" run at a tenth of memcpy's speed. The kernel is generated per ISA, so the
+   32-byte moves are one AVX load and store each where the ISA has them. */
 static inline void mla_dequant_row_f32(const uint8_t *x, float *y, int64_t n) {
     uint8_t *d = (uint8_t *)(void *)y;
     const int64_t bytes = n * 4;
