@@ -20,6 +20,7 @@ family              C signature (all sizes int64_t, strides in bytes)
                     stream)``
 ``concat_rows``     ``(uint8_t *dst, const uint8_t *a, const uint8_t *b, a_bytes, b_bytes, ne1, ne2, ne3,
                     a_nb1..3, b_nb1..3, d_nb1..3, stream)``
+``cast_rows``       ``(uint8_t *dst, const uint8_t *src, n, ne1, ne2, ne3, s_nb1..3, d_nb1..3)``
 ``vec_dot``         ``(const uint8_t *x, x_stride, m, const uint8_t *y, y_stride, n_y, n, float *out, out_stride)``
 ``mul_mat``,        ``int``, with the shapes and strides of every operand and one thread's range (``SIGNATURES``)
 ``flash_attn_ext``
@@ -63,6 +64,8 @@ SIGNATURES = MappingProxyType({
                       "int64_t x_stride, int64_t y_stride);",
     "convert_rows": "void {name}(const uint8_t *x, uint8_t *y, float *scratch, int64_t n_rows, int64_t n, "
                     "int64_t x_stride, int64_t y_stride);",
+    "cast_rows": "void {name}(uint8_t *dst, const uint8_t *src, int64_t n, int64_t ne1, int64_t ne2, int64_t ne3, "
+                 "int64_t s_nb1, int64_t s_nb2, int64_t s_nb3, int64_t d_nb1, int64_t d_nb2, int64_t d_nb3);",
     "vec_dot": "void {name}(const uint8_t *x, int64_t x_stride, int64_t m, const uint8_t *y, int64_t y_stride, "
                "int64_t n_y, int64_t n, float *out, int64_t out_stride);",
     "copy_rows": "void {name}(uint8_t *dst, const uint8_t *src, int64_t row_bytes, int64_t n_rep, int64_t ne1, "
@@ -87,9 +90,10 @@ SIGNATURES = MappingProxyType({
 })
 FAMILIES = tuple(SIGNATURES)
 
-# Formats whose dequantizer exists in C (codegen/templates/formats/<type>.h.j2) and whether it uses SIMD primitives.
+# Formats whose dequantizer exists in C (codegen/templates/formats/<type>.h.j2) and whether it uses SIMD primitives
+# (f32's row copy counts: its fixed-size moves become the ISA's vector moves).
 DEQUANT_TYPES = MappingProxyType({
-    "f32": False, "f16": True, "bf16": True, "q4_0": True, "q4_1": True, "q5_0": True, "q5_1": True,
+    "f32": True, "f16": True, "bf16": True, "q4_0": True, "q4_1": True, "q5_0": True, "q5_1": True,
     "q8_0": True, "q8_1": True, "iq4_nl": True, "q8_K": True, "q4_K": True, "q6_K": True,
     "q8_0_x4": True, "q8_1_x4": True,
 })
@@ -176,6 +180,8 @@ class KernelSpec:
             raise ValueError(f"{where}: family must be one of {', '.join(SIGNATURES)}")
         if self.family in MM_FAMILIES:  # mul_mat / flash_attn_ext: see the end of this file
             return _validate_mm(self, where)
+        if self.family == "cast_rows":  # see the end of this file
+            return _validate_cast(self, where)
         two_types = self.family in ("convert_rows", "vec_dot")
         if two_types != (self.type_y is not None):
             raise ValueError(f"{where}: type_y is required for convert_rows and vec_dot, forbidden for {self.family}")
@@ -275,6 +281,7 @@ def catalog() -> tuple[KernelSpec, ...]:
                     except ValueError:
                         continue
     specs += mm_specs()  # mul_mat / flash_attn_ext: see the end of this file
+    specs += cast_specs()  # cast_rows: see the end of this file
     for s in specs:
         s.validate()
     names = [s.name for s in specs]
@@ -343,3 +350,33 @@ def mm_specs() -> list[KernelSpec]:
                         continue
     return out
 # ---- end of mul_mat and flash_attn_ext ------------------------------------------------------------------------
+
+
+# ---- cast_rows: the float casts of a graph (ggml_cast / ggml_cpy with f32 on one side) ----------------------------
+# type_x = source, type_y = destination; one of them is f32. To f32 is to_float (plan "ref"); from f32 is the
+# quantize variant of the destination that ggml's cpy uses on x86 (reference/ops/cpy.py): f16 and q8_0 "x86",
+# bf16 "ref". ISAs as the byte copies (the x86 ones add SIMD conversions; NEON would add nothing checked here).
+CAST_TYPES = ("f16", "bf16", "q8_0")
+CAST_PLANS = MappingProxyType({"f16": "x86", "bf16": "ref", "q8_0": "x86"})
+
+
+def _validate_cast(spec: KernelSpec, where: str) -> KernelSpec:
+    pair = (spec.type_x, spec.type_y)
+    if "f32" not in pair or spec.type_x == spec.type_y or not set(pair) - {"f32"} <= set(CAST_TYPES):
+        raise ValueError(f"{where}: cast_rows converts between f32 and one of {', '.join(CAST_TYPES)}")
+    want = "ref" if spec.type_y == "f32" else CAST_PLANS[spec.type_y]
+    if spec.plan != want:
+        raise ValueError(f"{where}: a cast to {spec.type_y} has plan {want!r} (ggml's x86 cpy), not {spec.plan!r}")
+    if spec.isa not in COPY_ISAS:
+        raise ValueError(f"{where}: cast_rows is generated for {', '.join(COPY_ISAS)}")
+    return spec
+
+
+def cast_specs() -> list[KernelSpec]:
+    """The cast_rows kernels: f32 <-> each of CAST_TYPES on every COPY_ISAS ISA."""
+    out = []
+    for t in CAST_TYPES:
+        for tx, ty, plan in ((t, "f32", "ref"), ("f32", t, CAST_PLANS[t])):
+            out += [_validate_cast(KernelSpec("cast_rows", tx, ty, i, plan), "") for i in COPY_ISAS]
+    return out
+# ---- end of cast_rows -------------------------------------------------------------------------------------------

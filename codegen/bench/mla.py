@@ -65,6 +65,7 @@ import numpy as np
 
 from mlaref.codegen import kernels as K
 from mlaref.codegen.bench import method as bench
+from mlaref.codegen.bench.mla_arena import arena_row, format_arena
 from mlaref.codegen.bench.mla_layers import (
     KERNEL_OPS,
     VARIANTS,
@@ -122,11 +123,11 @@ def run_mla(*, n_kv=N_KV_FULL, T: int = 512, repeats: int = 3, n_threads: int | 
     before each ``n_kv``.
     """
 
-    if backend not in ("auto", "ggml", "kernels", "reference"):
-        raise ValueError(f"backend must be auto, ggml, kernels or reference, got {backend!r}")
+    if backend not in ("auto", "ggml", "kernels", "reference", "arena"):
+        raise ValueError(f"backend must be auto, ggml, kernels, arena or reference, got {backend!r}")
     if backend == "auto":
         backend = "kernels" if kernels_available() is None else ("ggml" if ggml_peer.available() else "reference")
-    if backend == "kernels" and kernels_available() is not None:
+    if backend in ("kernels", "arena") and kernels_available() is not None:
         raise RuntimeError(f"the mul_mat / flash_attn_ext kernels cannot run here: {kernels_available()}")
     if backend == "ggml" and not ggml_peer.available():
         raise RuntimeError(ggml_peer.unavailable_reason())
@@ -154,6 +155,8 @@ def run_mla(*, n_kv=N_KV_FULL, T: int = 512, repeats: int = 3, n_threads: int | 
     if backend == "reference" and n_head is None:
         n_head = 2
     s = shapes(hp, T, n_head)
+    if backend == "arena":
+        return _run_arena(hp, s, n_kv, kv_chunk, n_threads, repeats, seed, load, progress)
     rows = []
     for i, n in enumerate(n_kv):
         if progress:
@@ -195,6 +198,31 @@ def run_mla(*, n_kv=N_KV_FULL, T: int = 512, repeats: int = 3, n_threads: int | 
         "rows": rows,
         "seed_pp": {str(k): {"tps_main": v[0], "tps_pr": v[1], "speedup": v[2]} for k, v in SEED_PP.items()},
         "pp_estimate": pp_estimate(rows) if backend != "reference" else [],
+    }
+
+
+def _run_arena(hp, s, n_kv, kv_chunk, n_threads, repeats, seed, load, progress) -> dict:
+    """``backend="arena"``: the arena executor against ggml's graph in the same rounds (bench/mla_arena.py)."""
+    with_ggml = ggml_peer.available()
+    rows = []
+    for i, n in enumerate(n_kv):
+        if progress:
+            progress(i, len(n_kv), f"n_kv {n}")
+        rows.append(arena_row(hp, s, n, kv_chunk, n_threads, repeats, seed, with_ggml))
+    if progress:
+        progress(len(n_kv), len(n_kv), "done")
+    hp_shapes = {**s, "model": hp.name, "kv_chunk": kv_chunk, "cache_type": "f16", "weight_type_wkv_b": "f16"}
+    return {
+        "benchmark": "mlaref bench mla", "backend": "arena", "shapes": hp_shapes, "n_threads": n_threads,
+        "timed": "the arena executor (one buffer at the allocator model's offsets, every node on a generated "
+                 "kernel, one C call per run) against upstream ggml's graph"
+                 + ("" if with_ggml else " (ggml-python absent: the arena alone)"),
+        "method": {"timer": "time.perf_counter around one run", "warmup": 1, "repeats": repeats,
+                   "statistic": "median, min, max and (max - min) / median; every contender once per round, "
+                                "shuffled"},
+        "environment": bench.environment(),
+        "load_average": {"value": load, "unit": "runnable processes", "method": "os.getloadavg() before"},
+        "rows": rows,
     }
 
 
@@ -312,6 +340,9 @@ def pp_estimate(rows: list[dict]) -> list[dict]:
 
 def format_table(result: dict) -> str:
     """The result as a fixed-width text table."""
+    if result["backend"] == "arena":
+        return format_arena(result["rows"], result["n_threads"], result["method"]["repeats"]) + (
+            f"\nload average before {result['load_average']['value']}")
     head = ("n_kv", "f32 s med [min-max]", "direct s med [min-max]", "chunked s med [min-max]",
             "direct/f32", "(of mins)", "seed", "chunked/direct")
 
@@ -353,8 +384,9 @@ def format_table(result: dict) -> str:
 def configure(parser) -> None:
     parser.add_argument("--n-kv", type=int, nargs="+", default=list(N_KV_FULL), metavar="N",
                         help="cache cells (multiples of 256, >= T; default: the seed's 512 .. 16384)")
-    parser.add_argument("--backend", choices=("auto", "kernels", "ggml", "reference"), default="auto",
-                        help="mlaref's kernels, upstream ggml (ggml-python) or the NumPy reference (default: "
+    parser.add_argument("--backend", choices=("auto", "kernels", "arena", "ggml", "reference"), default="auto",
+                        help="mlaref's kernels, the arena executor against upstream ggml in the same rounds "
+                             "(bench/mla_arena.py), upstream ggml (ggml-python) or the NumPy reference (default: "
                              "kernels when they run here, else ggml, else reference)")
     parser.add_argument("--repeats", type=int, default=3, metavar="N", help="timed rounds (default 3)")
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="threads (default: all CPUs)")

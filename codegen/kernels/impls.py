@@ -12,9 +12,11 @@ MUL_MAT        ``kernels.mm.mul_mat``                 the kernel accepts types a
                                                       f32/f16/q8_0/q4_0/q5_0/iq4_nl), else it refuses up front
 FLASH_ATTN_EXT ``kernels.mm.flash_attn_ext``          ``algorithm="blocked"``, K/V f16 or q8_0, an l16a1 plan
 CPY            ``kernels.cpy``                        same shape, src rows packed, dst contiguous, and a same-type
-                                                      copy, float -> block type or block type -> f32
+                                                      copy, f32 <-> f16 / bf16 (``cast_rows``), float -> block
+                                                      type or block type -> f32
 CONT           ``kernels.cpy`` into a new tensor      src rows packed (a permute that keeps dim 0)
-CONCAT         ``kernels.concat``                     dim 0, same non-f32/i32 type, rows packed (#253's concat_any)
+CONCAT         ``kernels.concat``                     dim 0, same type, rows packed (#253's concat_any; for f32 the
+                                                      bytes of ggml's element-wise concat)
 REPEAT         ``kernels.repeat``                     src rows packed
 GET_ROWS       ``kernels.dequantize`` of the rows     a block-type (or f16/bf16) matrix: ``to_float`` per row
 ============== ====================================== ===========================================================
@@ -46,6 +48,7 @@ import numpy as np
 from mlaref.reference.graphs.executor import REFERENCE_OPS
 from mlaref.reference.tensor import Tensor
 from mlaref.codegen import kernels
+from mlaref.codegen.kernels import pool
 from mlaref.codegen.dispatch import DispatchError
 
 __all__ = ["KERNEL_OPS", "KernelImpls", "Run", "available"]
@@ -191,6 +194,12 @@ class KernelImpls:
         geo = getattr(kernels, "GEOMETRY", {})
         if src.type == dst.type:
             return ""
+        pair = {src.type, dst.type}
+        if "f32" in pair and pair <= {"f32", "f16", "bf16"}:  # the element casts of cast_rows (f32 side aligned)
+            f32 = src if src.type == "f32" else dst
+            if (pool.address(f32.data) + f32.offset) % 4 == 0 and all(nb % 4 == 0 for nb in f32.nb[1:]):
+                return ""
+            return "the f32 side is not 4-byte aligned"
         if src.type in _FLOAT and dst.type in geo and dst.type not in _FLOAT:
             return ""
         if dst.type == "f32" and src.type in geo and src.type not in _FLOAT:
@@ -213,9 +222,9 @@ class KernelImpls:
 
     def _concat(self, node, a, b, **kw):
         dim = node.op_params["dim"]
-        if kw or dim != 0 or a.type in ("f32", "i32") or a.type != b.type or not (_packed(a) and _packed(b)):
+        if kw or dim != 0 or a.type != b.type or not (_packed(a) and _packed(b)):
             why = (f"concat along dim {dim}" if dim != 0 else f"{a.type} + {b.type}" if a.type != b.type
-                   else f"{a.type} concat runs element-wise" if a.type in ("f32", "i32") else "rows not packed")
+                   else "rows not packed")
             return self._reference("CONCAT", node, f"no kernel: {why}", a, b, **kw)
         return self._kernel("CONCAT", node, self._fn["CONCAT"](a, b, dim, isa=self.isa))
 

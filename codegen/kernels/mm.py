@@ -43,7 +43,8 @@ from mlaref.reference.plan import MLAREF_L16A1, ReductionPlan, get_plan
 from mlaref.reference.tensor import Tensor
 from mlaref.reference.types import get_type
 
-__all__ = ["mul_mat", "flash_attn_ext", "FA_PLAN", "MM_PLAN", "fa_plan", "VEC_DOT_TYPE"]
+__all__ = ["mul_mat", "flash_attn_ext", "mul_mat_jobs", "flash_attn_jobs", "fa_check", "FA_PLAN", "MM_PLAN", "fa_plan",
+           "VEC_DOT_TYPE"]
 
 MM_PLAN = MLAREF_L16A1
 # the default flash-attention plan: l16a1 dots, iqk's k_step 64 for n_kv % 64 == 0, one KV chunk, libm expf
@@ -86,11 +87,11 @@ def _ranges(n: int, parts: int, align: int) -> list[tuple[int, int]]:
     return [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
 
 
-def _run(kind: str, fn, ffi, args, ranges) -> list[int]:
-    """The kernel's return codes over ``ranges``, as jobs of the C thread pool (:mod:`mlaref.codegen.kernels.pool`; a
-    single job runs on this thread), job k with the arguments ``args(lo, hi)`` (addresses as ints)."""
+def _jobs(kind: str, fn, ffi, args, ranges) -> list[list[int]]:
+    """The kernel's jobs for the C thread pool (:mod:`mlaref.codegen.kernels.pool`) over ``ranges``, job k with the
+    arguments ``args(lo, hi)`` (addresses as ints); the pool runs the first on the calling thread."""
     fa = _kernels.address(ffi, fn)
-    return _pool.run([_pool.job(kind, fa, *args(lo, hi)) for lo, hi in ranges]).tolist()
+    return [_pool.job(kind, fa, *args(lo, hi)) for lo, hi in ranges]
 
 
 def _addr(t: Tensor) -> int:
@@ -136,6 +137,21 @@ def mul_mat(a: Tensor, b: Tensor, *, plan=MM_PLAN, variant: str = "x86", vec_dot
 
     ``out``: a contiguous f32 Tensor of that shape to write into (it must not share memory with a or b).
     """
+    dst, jobs = _mul_mat(a, b, plan, variant, vec_dot_type, isa, kernel, n_threads, out)
+    if jobs and any(rc != 0 for rc in _pool.run(jobs).tolist()):
+        raise MemoryError("mul_mat: the kernel could not allocate its scratch buffers")
+    return dst
+
+
+def mul_mat_jobs(a: Tensor, b: Tensor, out: Tensor, *, plan=MM_PLAN, variant: str = "x86",
+                 vec_dot_type: str | None = None, isa: str | None = None, kernel: str | None = None,
+                 n_threads: int = 1) -> list[list[int]]:
+    """The pool jobs (one step, possibly none) of :func:`mul_mat` into ``out``, checked as :func:`mul_mat` checks
+    its arguments; a job's result word is nonzero when the kernel could not allocate its scratch."""
+    return _mul_mat(a, b, plan, variant, vec_dot_type, isa, kernel, n_threads, out)[1]
+
+
+def _mul_mat(a, b, plan, variant, vec_dot_type, isa, kernel, n_threads, out):
     op = "mul_mat"
     _check_tensor(op, "a (src0)", a, tuple(VEC_DOT_TYPE))
     _check_tensor(op, "b (src1)", b, _SRC1_TYPES)
@@ -157,7 +173,7 @@ def mul_mat(a: Tensor, b: Tensor, *, plan=MM_PLAN, variant: str = "x86", vec_dot
     dst = _output(op, out, (M, N, ne12, ne13), (("a", a), ("b", b)))
     cols = N * ne12 * ne13
     if M == 0 or cols == 0:
-        return dst
+        return dst, []
     spec, fn, ffi = _kernels.resolve("mul_mat", a.type, b.type, "l16a1", isa=isa, kernel=kernel)
     by_cols = cols >= n_threads
 
@@ -166,10 +182,7 @@ def mul_mat(a: Tensor, b: Tensor, *, plan=MM_PLAN, variant: str = "x86", vec_dot
         return (_addr(a), _addr(b), _addr(dst), K, M, a.ne[2], a.ne[3], a.nb[1], a.nb[2], a.nb[3], N, ne12, ne13,
                 b.nb[1], b.nb[2], b.nb[3], r0, r1, c0, c1)
 
-    rcs = _run("mul_mat", fn, ffi, args, _ranges(cols if by_cols else M, n_threads, _COL_BLOCK))
-    if any(rc != 0 for rc in rcs):
-        raise MemoryError(f"{spec.name}: the kernel could not allocate its scratch buffers")
-    return dst
+    return dst, _jobs("mul_mat", fn, ffi, args, _ranges(cols if by_cols else M, n_threads, _COL_BLOCK))
 
 
 # -- flash_attn_ext ---------------------------------------------------------------------------------------------
@@ -184,6 +197,34 @@ def flash_attn_ext(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale, 
     unit (speed only). Raises ValueError, as the reference does, when a query row has every KV entry masked (iqk
     asserts S > 0).
     """
+    dst, jobs = _flash_attn_ext(q, k, v, mask, scale, max_bias, softcap, algorithm, plan, variant, kq_type, isa,
+                                kernel, n_threads, q_block, out)
+    if jobs:
+        fa_check(_pool.run(jobs).tolist())
+    return dst
+
+
+def fa_check(rcs) -> None:
+    """Raise for the result words of flash_attn_ext jobs: MemoryError (scratch) or ValueError (masked rows)."""
+    if any(rc < 0 for rc in rcs):
+        raise MemoryError("flash_attn_ext: the kernel could not allocate its scratch buffers")
+    if sum(rcs):
+        raise ValueError(f"flash_attn_ext: {sum(rcs)} query row(s) have every KV entry masked (S = 0); the blocked "
+                         "(iqk) algorithm asserts S > 0")
+
+
+def flash_attn_jobs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale, max_bias=0.0, softcap=0.0, *,
+                    out: Tensor, algorithm: str = "blocked", plan=FA_PLAN, variant: str = "x86",
+                    kq_type: str | None = None, isa: str | None = None, kernel: str | None = None,
+                    n_threads: int = 1, q_block: int = 64) -> list[list[int]]:
+    """The pool jobs (one step, possibly none) of :func:`flash_attn_ext` into ``out``, checked as it checks its
+    arguments; pass the jobs' result words to :func:`fa_check`."""
+    return _flash_attn_ext(q, k, v, mask, scale, max_bias, softcap, algorithm, plan, variant, kq_type, isa, kernel,
+                           n_threads, q_block, out)[1]
+
+
+def _flash_attn_ext(q, k, v, mask, scale, max_bias, softcap, algorithm, plan, variant, kq_type, isa, kernel,
+                    n_threads, q_block, out):
     op = "flash_attn_ext"
     _check_tensor(op, "q", q, ("f32",))
     _check_tensor(op, "k", k, _KV_TYPES)
@@ -229,7 +270,7 @@ def flash_attn_ext(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale, 
     n_qb = -(-nq // q_block)
     units = ne3 * nh * n_qb
     if units == 0:
-        return dst
+        return dst, []
     spec, fn, ffi = _kernels.resolve(op, k.type, v.type, "l16a1", isa=isa, kernel=kernel)
     mnb = mask.nb if mask is not None else (0, 0, 0, 0)
     mne = mask.ne if mask is not None else (1, 1, 1, 1)
@@ -241,10 +282,4 @@ def flash_attn_ext(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale, 
                 _pool.f32_word(np.float32(softcap)), plan.k_step, plan.kv_chunks, _EXP_KIND[plan.exp], q_block, u0,
                 u1)
 
-    rcs = _run("flash_attn", fn, ffi, args, _ranges(units, n_threads, 1))
-    if any(rc < 0 for rc in rcs):
-        raise MemoryError(f"{spec.name}: the kernel could not allocate its scratch buffers")
-    if sum(rcs):
-        raise ValueError(f"{op}: {sum(rcs)} query row(s) have every KV entry masked (S = 0); the blocked (iqk) "
-                         "algorithm asserts S > 0")
-    return dst
+    return dst, _jobs("flash_attn", fn, ffi, args, _ranges(units, n_threads, 1))

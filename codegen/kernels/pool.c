@@ -56,6 +56,7 @@ enum {
     MLA_JOB_QUANTIZE_CHUNK, /* fn(const float *x, uint8_t *y, const float *qw, n_rows, n, x_stride, y_stride) */
     MLA_JOB_GGML_QUANTIZE_CHUNK, /* ggml_quantize_chunk(int type, const float *src, void *dst, int64 start, int64 nrows,
                                     int64 n_per_row, const float *imatrix) */
+    MLA_JOB_CAST,          /* fn(uint8_t *dst, const uint8_t *src, n, ne1, ne2, ne3, s_nb1..3, d_nb1..3) */
     MLA_JOB_KINDS
 };
 
@@ -71,6 +72,8 @@ typedef void (*mla_concat_fn)(uint8_t *, const uint8_t *, const uint8_t *, int64
                               int64_t, int64_t);
 typedef void (*mla_quantize_chunk_fn)(const float *, uint8_t *, const float *, int64_t, int64_t, int64_t, int64_t);
 typedef size_t (*mla_ggml_quantize_chunk_fn)(int, const float *, void *, int64_t, int64_t, int64_t, const float *);
+typedef void (*mla_cast_fn)(uint8_t *, const uint8_t *, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                            int64_t, int64_t, int64_t, int64_t);
 typedef void (*mla_from_float_fn)(const float *, void *, int64_t);
 typedef void (*mla_to_float_fn)(const void *, float *, int64_t);
 typedef void (*mla_ggml_vec_dot_fn)(int, float *, size_t, const void *, size_t, const void *, size_t, int);
@@ -156,6 +159,10 @@ static void mla_run_job(int64_t *job) {
             MLA_P(float *, 4), a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15], a[16], a[17],
             a[18], a[19], a[20], a[21], a[22], a[23], a[24], a[25], a[26], mla_word_f32(a[27]), mla_word_f32(a[28]),
             a[29], a[30], (int)a[31], a[32], a[33], a[34]);
+        break;
+    case MLA_JOB_CAST:
+        ((mla_cast_fn)fn)(MLA_P(uint8_t *, 0), MLA_P(const uint8_t *, 1), a[2], a[3], a[4], a[5], a[6], a[7], a[8],
+                          a[9], a[10], a[11]);
         break;
     default:
         break; /* unreachable: mla_pool_run checks every kind first */
@@ -285,6 +292,19 @@ int mla_pool_run(int64_t *jobs, int n_jobs) {
         }
     }
     pthread_mutex_unlock(&mla_pool.busy);
+    return 0;
+}
+
+/* A sequence of pool calls in one C call: step s runs the next n_per_step[s] jobs (as mla_pool_run) and starts
+   only when step s - 1 is done, so a step may read what the previous one wrote (a graph's nodes in order, the
+   arena executor of mlaref.codegen.arena). Returns 0, or -1 - s for the first step s that mla_pool_run refused
+   (nothing of it or after it run). */
+int mla_pool_run_steps(int64_t *jobs, const int32_t *n_per_step, int n_steps) {
+    for (int s = 0; s < n_steps; ++s) {
+        if (mla_pool_run(jobs, n_per_step[s]) != 0)
+            return -1 - s;
+        jobs += (int64_t)n_per_step[s] * MLA_JOB_WORDS;
+    }
     return 0;
 }
 

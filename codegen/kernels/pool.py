@@ -21,18 +21,21 @@ import pathlib
 import numpy as np
 from mlaref.codegen import build
 
-__all__ = ["WORDS", "KIND", "MAX_JOBS", "run", "job", "jobs_array", "f32_word", "address", "workers"]
+__all__ = ["WORDS", "KIND", "MAX_JOBS", "run", "run_steps", "steps_runner", "job", "jobs_array", "f32_word", "address",
+           "workers"]
 
 SOURCE = pathlib.Path(__file__).resolve().parent / "pool.c"
 WORDS = 40
 MAX_JOBS = 256
 KIND = {name: k for k, name in enumerate(
     ("quantize", "dequantize", "convert", "vec_dot", "copy", "concat", "memcpy", "from_float", "to_float",
-     "ggml_vec_dot", "mul_mat", "flash_attn", "quantize_chunk", "ggml_quantize_chunk"), start=1)}
+     "ggml_vec_dot", "mul_mat", "flash_attn", "quantize_chunk", "ggml_quantize_chunk", "cast"), start=1)}
 # arguments each kind takes (pool.c's prototypes)
 _ARGS = {"quantize": 6, "dequantize": 6, "convert": 7, "vec_dot": 9, "copy": 14, "concat": 18, "memcpy": 3,
-         "from_float": 3, "to_float": 3, "ggml_vec_dot": 9, "mul_mat": 20, "flash_attn": 35, "quantize_chunk": 7, "ggml_quantize_chunk": 7}
-_CDEF = "int mla_pool_run(int64_t *jobs, int n_jobs);\nint mla_pool_workers(void);\n"
+         "from_float": 3, "to_float": 3, "ggml_vec_dot": 9, "mul_mat": 20, "flash_attn": 35, "quantize_chunk": 7,
+         "ggml_quantize_chunk": 7, "cast": 12}
+_CDEF = ("int mla_pool_run(int64_t *jobs, int n_jobs);\nint mla_pool_workers(void);\n"
+         "int mla_pool_run_steps(int64_t *jobs, const int32_t *n_per_step, int n_steps);\n")
 
 
 @functools.cache
@@ -78,6 +81,45 @@ def run(jobs) -> np.ndarray:
     mod = _module()
     if mod.lib.mla_pool_run(mod.ffi.from_buffer("int64_t[]", jobs), jobs.shape[0]) != 0:  # checks every kind
         raise ValueError(f"pool jobs: unknown kind in {sorted(set(jobs[:, 0].tolist()))}; kinds are {KIND}")
+    return jobs[:, WORDS - 1]
+
+
+def _check_steps(jobs, n_per_step) -> None:
+    if (not isinstance(jobs, np.ndarray) or jobs.dtype != np.int64 or jobs.ndim != 2 or jobs.shape[1] != WORDS
+            or not jobs.flags.c_contiguous or not jobs.flags.writeable):
+        raise ValueError(f"pool steps: jobs must be a writeable C-contiguous int64 array of rows of {WORDS} words")
+    if (not isinstance(n_per_step, np.ndarray) or n_per_step.dtype != np.int32 or n_per_step.ndim != 1
+            or not n_per_step.flags.c_contiguous or n_per_step.size < 1):
+        raise ValueError("pool steps: n_per_step must be a non-empty C-contiguous int32 vector")
+    if int(n_per_step.min()) < 1 or int(n_per_step.max()) > MAX_JOBS or int(n_per_step.sum()) != jobs.shape[0]:
+        raise ValueError(f"pool steps: every step takes 1..{MAX_JOBS} jobs and the steps take all {jobs.shape[0]} "
+                         f"rows, got {n_per_step.tolist()}")
+
+
+def steps_runner(jobs: np.ndarray, n_per_step: np.ndarray):
+    """A function of no arguments running the steps (see :func:`run_steps`) with the arguments checked and cast
+    once: calling it is one cffi call, nothing allocated. The arrays must stay alive and unmoved meanwhile (the
+    returned function holds them)."""
+    _check_steps(jobs, n_per_step)
+    mod = _module()
+    pj = mod.ffi.from_buffer("int64_t[]", jobs)
+    ps = mod.ffi.from_buffer("int32_t[]", n_per_step)
+    n, fn = int(n_per_step.size), mod.lib.mla_pool_run_steps
+
+    def run_all() -> int:
+        return fn(pj, ps, n)
+
+    run_all.arrays = (jobs, n_per_step, pj, ps)  # keep the buffers and their cdata alive with the function
+    return run_all
+
+
+def run_steps(jobs: np.ndarray, n_per_step: np.ndarray) -> np.ndarray:
+    """Run ``n_per_step.size`` pool calls in order in one C call: step s takes the next ``n_per_step[s]`` job rows
+    (the first on this thread, the others on workers) and starts when step s - 1 is done. Returns the result
+    words of all jobs."""
+    rc = steps_runner(jobs, n_per_step)()
+    if rc != 0:
+        raise ValueError(f"pool steps: step {-1 - rc} has an unknown kind; kinds are {KIND}")
     return jobs[:, WORDS - 1]
 
 

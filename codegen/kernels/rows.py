@@ -48,7 +48,7 @@ from mlaref.reference.tensor import Tensor
 
 __all__ = [
     "quantize", "dequantize", "convert", "vec_dot", "concat", "repeat", "cpy", "resolve", "geometry", "split",
-    "address", "streams", "DispatchError", "GEOMETRY",
+    "address", "streams", "DispatchError", "GEOMETRY", "concat_jobs", "repeat_jobs", "copy_jobs", "cast_jobs",
 ]
 
 
@@ -405,38 +405,6 @@ def streams(footprint: int) -> int:
     return int(footprint * 4 > _cpu.llc_bytes())
 
 
-def _copier(dst_t, src_t, isa, kernel, *, fresh: bool = False, s_nb=None):
-    """A function (dst_off, src_off, row_bytes, n_rep, ne123, n_threads, stream) running the copy kernel between two
-    tensors' rows (addressed by their strides + offsets, or the source strides ``s_nb``: 0 re-reads a row); the
-    kernel is resolved and the buffers checked once per op (a destination the op allocated itself cannot overlap,
-    so ``fresh`` skips that check)."""
-    spec, fn, ffi = resolve("copy_rows", "bytes", None, "ref", isa=isa, kernel=kernel)
-    if not fresh:
-        if not dst_t.data.flags.writeable:
-            raise ValueError("copy: the destination buffer is read-only")
-        _check_disjoint(dst_t, [("the source", src_t)], "copy")
-    ad = _pool.address(dst_t.data) + dst_t.offset
-    as_ = _pool.address(src_t.data) + src_t.offset
-    s_nb, d_nb = tuple(src_t.nb[1:]) if s_nb is None else tuple(s_nb), tuple(dst_t.nb[1:])
-    fa = address(ffi, fn)
-
-    def copy(dst_off: int, src_off: int, row_bytes: int, n_rep: int, ne123, n_threads: int = 1,
-             stream: int = 0) -> None:
-        _pool.run([_pool.job("copy", fa, ad + dst_off + od, as_ + src_off + os_, row_bytes, n_rep, n1, n2, n3,
-                             *s_nb, *d_nb, stream)
-                   for (od, os_), n1, n2, n3 in _row_jobs(tuple(ne123), n_threads, (d_nb, s_nb))])
-
-    return copy
-
-
-def _copy(dst_t, dst_off: int, src_t, src_off: int, row_bytes: int, n_rep: int, ne123, isa, kernel,
-          n_threads: int = 1) -> None:
-    """dst rows (i1, i2, i3) <- n_rep copies of src rows, both addressed by their tensors' strides + offsets."""
-    n_rows = ne123[0] * ne123[1] * ne123[2]
-    _copier(dst_t, src_t, isa, kernel)(dst_off, src_off, row_bytes, n_rep, ne123, n_threads,
-                                       streams(row_bytes * (n_rep + 1) * n_rows))
-
-
 def _rows_of(t) -> np.ndarray:
     """The rows of ``t`` (``nb[0] == type_size``) in ggml order as a ``(nrows, row_size)`` uint8 array: a strided
     view of ``t.data`` when the rows sit at one stride, else a copy; the bytes of ``np.stack`` of ``t.row(...)``."""
@@ -456,18 +424,16 @@ def _from_reference(result, out, op: str, srcs):
     return dst
 
 
-def concat(a, b, dim: int, *, isa=None, kernel=None, n_threads=1, out=None):
-    """``reference.ops.concat.concat``; dim 0 of a non-f32/i32 type (``concat_any``) runs the one-pass
-    ``concat_rows`` kernel (each destination row written once, a's bytes then b's). ``out``: a contiguous Tensor
-    of the result's type and ne to write into (as ggml writes into an allocator-planned buffer)."""
-    ref = importlib.import_module("mlaref.reference.ops.concat")
-
-    n_threads = _args.check_threads(n_threads)
-    if dim != 0 or a.type in ("f32", "i32") or a.type != b.type or not (_row_bytes_ok(a) and _row_bytes_ok(b)):
-        return _from_reference(ref.concat(a, b, dim), out, "concat", [("a", a), ("b", b)])
+def concat_jobs(a, b, dst, *, isa=None, kernel=None, n_threads=1) -> list[list[int]]:
+    """The pool jobs (one step) of ``dst = concat(a, b, 0)`` by the one-pass ``concat_rows`` kernel: every type
+    (dim 0 joins the bytes of two rows, so f32 gets ggml's element-wise concat's bytes too), rows packed;
+    ``dst`` checked as ``out=`` (a Tensor over memory that must stay alive while the jobs run)."""
+    if a.type != b.type or not (_row_bytes_ok(a) and _row_bytes_ok(b)):
+        raise ValueError(f"concat: the kernel joins rows of one type with packed elements, got {a.type} "
+                         f"nb0 {a.nb[0]} and {b.type} nb0 {b.nb[0]}")
     if a.ne[1:] != b.ne[1:]:
         raise ValueError(f"concat: a and b must agree in ne[1:] for dim 0, got {a.ne} and {b.ne}")
-    dst = _out_tensor(out, "concat", a.type, (a.ne[0] + b.ne[0],) + tuple(a.ne[1:]), [("a", a), ("b", b)])
+    dst = _out_tensor(dst, "concat", a.type, (a.ne[0] + b.ne[0],) + tuple(a.ne[1:]), [("a", a), ("b", b)])
     spec, fn, ffi = resolve("concat_rows", "bytes", None, "ref", isa=isa, kernel=kernel)
     ad = _pool.address(dst.data) + dst.offset
     aa = _pool.address(a.data) + a.offset
@@ -475,9 +441,52 @@ def concat(a, b, dim: int, *, isa=None, kernel=None, n_threads=1, out=None):
     a_nb, b_nb, d_nb = tuple(a.nb[1:]), tuple(b.nb[1:]), tuple(dst.nb[1:])
     ra, rb, fa = a.row_size(), b.row_size(), address(ffi, fn)
     stream = streams(2 * dst.nbytes())  # a and b are read once, dst written once
-    _pool.run([_pool.job("concat", fa, ad + od, aa + oa, ab + ob, ra, rb, n1, n2, n3, *a_nb, *b_nb, *d_nb, stream)
-               for (od, oa, ob), n1, n2, n3 in _row_jobs(tuple(a.ne[1:]), n_threads, (d_nb, a_nb, b_nb))])
+    return [_pool.job("concat", fa, ad + od, aa + oa, ab + ob, ra, rb, n1, n2, n3, *a_nb, *b_nb, *d_nb, stream)
+            for (od, oa, ob), n1, n2, n3 in _row_jobs(tuple(a.ne[1:]), n_threads, (d_nb, a_nb, b_nb))]
+
+
+def concat(a, b, dim: int, *, isa=None, kernel=None, n_threads=1, out=None):
+    """``reference.ops.concat.concat``; dim 0 with packed rows (``concat_any``, and f32's element-wise concat,
+    whose bytes are the same) runs the one-pass ``concat_rows`` kernel (each destination row written once, a's
+    bytes then b's). ``out``: a contiguous Tensor of the result's type and ne to write into (as ggml writes into
+    an allocator-planned buffer)."""
+    ref = importlib.import_module("mlaref.reference.ops.concat")
+
+    n_threads = _args.check_threads(n_threads)
+    if dim != 0 or a.type != b.type or not (_row_bytes_ok(a) and _row_bytes_ok(b)):
+        return _from_reference(ref.concat(a, b, dim), out, "concat", [("a", a), ("b", b)])
+    if a.ne[1:] != b.ne[1:]:
+        raise ValueError(f"concat: a and b must agree in ne[1:] for dim 0, got {a.ne} and {b.ne}")
+    dst = _out_tensor(out, "concat", a.type, (a.ne[0] + b.ne[0],) + tuple(a.ne[1:]), [("a", a), ("b", b)])
+    _pool.run(concat_jobs(a, b, dst, isa=isa, kernel=kernel, n_threads=n_threads))
     return dst
+
+
+def repeat_jobs(src, dst, *, isa=None, kernel=None, n_threads=1) -> list[list[list[int]]]:
+    """The pool jobs of ``dst = repeat(src, dst.ne)`` by the copy kernel, one step per tile of the dims where src
+    has several entries and is repeated (a broadcast dim is a source stride of 0, no tile); src rows packed,
+    ``dst`` checked as ``out=``."""
+    ref = importlib.import_module("mlaref.reference.ops.repeat")
+
+    if not _row_bytes_ok(src):
+        raise ValueError(f"repeat: the kernel copies rows with packed elements, got nb0 {src.nb[0]}")
+    ne = ref._target(src, dst.ne)
+    dst = _out_tensor(dst, "repeat", src.type, ne, [("src", src)])
+    bcast = [k for k in (1, 2, 3) if src.ne[k] == 1]
+    s_nb = [0 if k in bcast else src.nb[k] for k in (1, 2, 3)]
+    ne123 = tuple(ne[k] if k in bcast else src.ne[k] for k in (1, 2, 3))
+    reps = [1 if k in bcast else ne[k] // src.ne[k] for k in range(4)]
+    reps[0] = ne[0] // src.ne[0]
+    row = src.row_size()
+    spec, fn, ffi = resolve("copy_rows", "bytes", None, "ref", isa=isa, kernel=kernel)
+    ad, as_, fa = _pool.address(dst.data) + dst.offset, _pool.address(src.data) + src.offset, address(ffi, fn)
+    d_nb = tuple(dst.nb[1:])
+    tiles = [t1 * src.ne[1] * dst.nb[1] + t2 * src.ne[2] * dst.nb[2] + t3 * src.ne[3] * dst.nb[3]
+             for t3 in range(reps[3]) for t2 in range(reps[2]) for t1 in range(reps[1])]
+    stream = streams(dst.nbytes() + row * src.nrows())  # each source row is read from memory once
+    return [[_pool.job("copy", fa, ad + off + od, as_ + os_, row, reps[0], n1, n2, n3, *s_nb, *d_nb, stream)
+             for (od, os_), n1, n2, n3 in _row_jobs(ne123, n_threads, (d_nb, tuple(s_nb)))]
+            for off in tiles]
 
 
 def repeat(src, b, *, isa=None, kernel=None, n_threads=1, out=None):
@@ -490,26 +499,73 @@ def repeat(src, b, *, isa=None, kernel=None, n_threads=1, out=None):
     if not _row_bytes_ok(src):
         return _from_reference(ref.repeat(src, b), out, "repeat", [("src", src)])
     dst = _out_tensor(out, "repeat", src.type, ne, [("src", src)])
-    # A dim where src has one entry is a broadcast: the kernel walks all of dst's entries with a source stride
-    # of 0. Only dims where src has several entries and is repeated need a tile loop here.
-    bcast = [k for k in (1, 2, 3) if src.ne[k] == 1]
-    s_nb = [0 if k in bcast else src.nb[k] for k in (1, 2, 3)]
-    ne123 = tuple(ne[k] if k in bcast else src.ne[k] for k in (1, 2, 3))
-    reps = [1 if k in bcast else ne[k] // src.ne[k] for k in range(4)]
-    reps[0] = ne[0] // src.ne[0]
-    row = src.row_size()
-    copy = _copier(dst, src, isa, kernel, fresh=True, s_nb=s_nb)  # dst is fresh or was checked by _out_tensor
-    tiles = [t1 * src.ne[1] * dst.nb[1] + t2 * src.ne[2] * dst.nb[2] + t3 * src.ne[3] * dst.nb[3]
-             for t3 in range(reps[3]) for t2 in range(reps[2]) for t1 in range(reps[1])]
-    stream = streams(dst.nbytes() + row * src.nrows())  # each source row is read from memory once
-    for off in tiles:  # each tile's rows split over the threads
-        copy(off, 0, row, reps[0], ne123, n_threads, stream)
+    for step in repeat_jobs(src, dst, isa=isa, kernel=kernel, n_threads=n_threads):  # each tile over the threads
+        _pool.run(step)
     return dst
 
 
+def copy_jobs(src, dst, *, isa=None, kernel=None, n_threads=1) -> list[list[int]]:
+    """The pool jobs (one step) of a same-type row copy ``dst <- src`` (``cpy`` / ``cont``) by the copy kernel:
+    equal ne, rows of both packed (any strides), disjoint, dst writable."""
+    if src.type != dst.type or src.ne != dst.ne or not (_row_bytes_ok(src) and _row_bytes_ok(dst)):
+        raise ValueError(f"copy: the kernel copies packed rows of one type and shape, got {src.type} {src.ne} "
+                         f"-> {dst.type} {dst.ne}")
+    if not dst.data.flags.writeable:
+        raise ValueError("copy: the destination buffer is read-only")
+    _check_disjoint(dst, [("the source", src)], "copy")
+    spec, fn, ffi = resolve("copy_rows", "bytes", None, "ref", isa=isa, kernel=kernel)
+    ad, as_, fa = _pool.address(dst.data) + dst.offset, _pool.address(src.data) + src.offset, address(ffi, fn)
+    s_nb, d_nb = tuple(src.nb[1:]), tuple(dst.nb[1:])
+    row = src.row_size()
+    stream = streams(2 * row * src.nrows())
+    return [_pool.job("copy", fa, ad + od, as_ + os_, row, 1, n1, n2, n3, *s_nb, *d_nb, stream)
+            for (od, os_), n1, n2, n3 in _row_jobs(tuple(src.ne[1:]), n_threads, (d_nb, s_nb))]
+
+
+def cast_jobs(src, dst, *, isa=None, kernel=None, n_threads=1) -> list[list[int]]:
+    """The pool jobs (one step) of the float cast ``dst <- src`` (``ggml_cpy`` / ``ggml_cast``) by a ``cast_rows``
+    kernel: f32 to or from f16, bf16 or q8_0, equal ne, rows of both packed (any strides), disjoint. From f32 the
+    conversion is the quantize variant ggml's x86 cpy uses (``_catalog.CAST_PLANS``; reference/ops/cpy.py)."""
+    pair = (src.type, dst.type)
+    if src.ne != dst.ne or not (_row_bytes_ok(src) and _row_bytes_ok(dst)):
+        raise ValueError(f"cast: the kernel converts packed rows of one shape, got {src.ne} nb0 {src.nb[0]} -> "
+                         f"{dst.ne} nb0 {dst.nb[0]}")
+    if "f32" not in pair or src.type == dst.type or not set(pair) - {"f32"} <= set(_catalog.CAST_TYPES):
+        raise ValueError(f"cast: no cast_rows kernel for {src.type} -> {dst.type} (f32 to or from "
+                         f"{', '.join(_catalog.CAST_TYPES)})")
+    bs = get_type(dst.type if src.type == "f32" else src.type).block_size
+    if src.ne[0] % bs:
+        raise ValueError(f"cast: rows of {src.ne[0]} values are not whole {pair[0] if bs == 1 else pair[1]} blocks")
+    if not dst.data.flags.writeable:
+        raise ValueError("cast: the destination buffer is read-only")
+    f32 = src if src.type == "f32" else dst
+    if (_pool.address(f32.data) + f32.offset) % 4 or any(nb % 4 for nb in f32.nb[1:]):
+        raise ValueError("cast: the f32 side must be 4-byte aligned (its address and row strides)")
+    _check_disjoint(dst, [("the source", src)], "cast")
+    plan = "ref" if dst.type == "f32" else _catalog.CAST_PLANS[dst.type]
+    spec, fn, ffi = resolve("cast_rows", src.type, dst.type, plan, isa=isa, kernel=kernel)
+    ad, as_, fa = _pool.address(dst.data) + dst.offset, _pool.address(src.data) + src.offset, address(ffi, fn)
+    s_nb, d_nb = tuple(src.nb[1:]), tuple(dst.nb[1:])
+    return [_pool.job("cast", fa, ad + od, as_ + os_, src.ne[0], n1, n2, n3, *s_nb, *d_nb)
+            for (od, os_), n1, n2, n3 in _row_jobs(tuple(src.ne[1:]), n_threads, (d_nb, s_nb))]
+
+
+_FLOAT_CASTS = ("f16", "bf16")
+
+
+def _float_cast(src, dst) -> bool:
+    """Whether ``cpy(src, dst)`` is an element cast a ``cast_rows`` kernel runs: f32 <-> f16 / bf16, f32 aligned."""
+    pair = {src.type, dst.type}
+    if src.type == dst.type or "f32" not in pair or not pair - {"f32"} <= set(_FLOAT_CASTS):
+        return False
+    f32 = src if src.type == "f32" else dst
+    return (_pool.address(f32.data) + f32.offset) % 4 == 0 and all(nb % 4 == 0 for nb in f32.nb[1:])
+
+
 def cpy(src, dst, *, variant=None, isa=None, n_threads=1, **kwargs):
-    """``reference.ops.cpy.cpy``: same-type row copies, float -> block type and block type -> f32 by kernels;
-    everything else (element-wise float casts, keyword options of the reference) by the reference."""
+    """``reference.ops.cpy.cpy``: same-type row copies, the element casts f32 <-> f16 / bf16 (``cast_rows``),
+    float -> block type and block type -> f32 by kernels; everything else (other element casts, keyword options
+    of the reference) by the reference."""
     ref = importlib.import_module("mlaref.reference.ops.cpy")
 
     if kwargs:
@@ -519,7 +575,10 @@ def cpy(src, dst, *, variant=None, isa=None, n_threads=1, **kwargs):
     if src.ne != dst.ne or not (_row_bytes_ok(src) and dst.is_contiguous()):
         return ref.cpy(src, dst, variant=variant)
     if src.type == dst.type:
-        _copy(dst, 0, src, 0, src.row_size(), 1, src.ne[1:], isa, None)
+        _pool.run(copy_jobs(src, dst, isa=isa, n_threads=n_threads))
+        return dst
+    if variant is None and _float_cast(src, dst):
+        _pool.run(cast_jobs(src, dst, isa=isa, n_threads=n_threads))  # the element casts f32 <-> f16 / bf16
         return dst
     rows = _rows_of(src) if src.nrows() else None
     if rows is not None and src.type == "f32" and rows.__array_interface__["data"][0] % 4:

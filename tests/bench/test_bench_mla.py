@@ -119,3 +119,18 @@ def test_bench_subcommands_are_wired(capsys):
     out = capsys.readouterr().out
     for op in ("cast f32 -> f16", "repeat f16", "concat f16 dim 0", "mul_mat f16 x f32", "flash_attn_ext f16 K/V"):
         assert op in out
+
+
+def test_arena_backend_rows():
+    """backend="arena" at toy shapes: every variant timed (with ggml's when ggml-python is here), spreads and the
+    share outside mul_mat / flash_attn_ext in [0, 1]; chunked with two chunks."""
+    from mlaref.codegen.peers import ggml as ggml_peer
+
+    res = B.run_mla(n_kv=(512,), T=32, n_head=2, repeats=1, n_threads=2, kv_chunk=256, backend="arena")
+    assert res["backend"] == "arena" and len(res["rows"]) == 1
+    row = res["rows"][0]
+    for v in L.VARIANTS:
+        assert row[f"arena/{v}"]["median"] > 0 and row[f"arena/{v}"]["spread"] >= 0
+        assert 0 < row[f"outside_mm_fa_{v}"]["value"] < 1
+        assert (f"ratio_{v}" in row) == ggml_peer.available()
+    assert "ggml/arena" in B.format_table(res)

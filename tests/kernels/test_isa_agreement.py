@@ -86,7 +86,9 @@ def test_forcing_each_isa(token):
         spec, _ = dispatch.choose("copy_rows", "bytes", None, "ref")
         assert spec.isa == want  # the x86 copies add streaming stores
         spec, _ = dispatch.choose("dequantize_row", "f32", None, "ref")
-        assert spec.isa == "scalar"  # plain C: only a scalar kernel exists
+        assert spec.isa == want  # the f32 row copy: wider moves per ISA
+        spec, _ = dispatch.choose("vec_dot", "q8_0", "q8_0", "ggml_generic")
+        assert spec.isa == "scalar"  # a serial order: only a scalar kernel exists
 
 
 def test_disable_and_env_force(monkeypatch):
