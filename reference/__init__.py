@@ -66,7 +66,12 @@ def dequantize(data, type) -> np.ndarray:
     if data.ndim == 0:
         raise ValueError("dequantize: data must have at least one dimension")
     nbytes = data.shape[-1]
-    if nbytes == 0 or nbytes % fmt.type_size:
+    if fmt.row_meta_size:
+        try:
+            fmt.row_length(nbytes)
+        except ValueError as exc:
+            raise ValueError(f"dequantize: the last dim of data: {exc}") from None
+    elif nbytes == 0 or nbytes % fmt.type_size:
         raise ValueError(
             f"dequantize: the last dim of data ({nbytes} bytes) must be a positive multiple of "
             f"{fmt.name}'s block bytes {fmt.type_size}"

@@ -25,6 +25,17 @@ The geometry of block types (``block_size``, ``type_size``, ``row_size``) comes 
 (:func:`mlaref.reference.get_type`); the four element types ggml handles element by element (``f32``,
 ``f16``, ``bf16``, ``i32``) are described by the table ``ELEMENT_TYPES`` here, because ``i32`` is not a
 block format and the ops need each element type's NumPy storage dtype.
+
+**Types with row metadata** (ik_llama.cpp's ``type_traits.row_meta_size``; of mlaref's types only ``q8_KV``, 8
+bytes of scale and sum in front of every row: upstream facts §5a). ik's ggml sizes them with
+``ggml_row_size = row_meta_size + type_size·ne0/blck_size`` (ggml/src/ggml.c:4758-4761 of the ik-llama-cpp-python
+0.1.5 snapshot), so ``nb[1] = ggml_row_size(type, ne[0])`` in ``ggml_new_tensor_impl`` (ggml.c:5446-5450) and
+``ggml_is_contiguous_n`` starts ``next_nb`` from ``ggml_row_size`` (ggml.c:4959-4979). The same here: a row of
+``ne[0]`` values takes ``row_meta_size + ne[0]/block_size·type_size`` bytes, the metadata first. Such a row is
+only meaningful whole: a tensor (or view) of a row-metadata type must have packed rows (``nb[0] = type_size``),
+``view`` keeps ``ne[0]`` and starts on a row (``offset`` a multiple of ``nb[1]``), ``permute`` and ``reshape`` keep
+``ne[0]``, and ``transpose`` is refused; each refusal names the type. (ik's ggml checks none of this: its row
+routines take the first 8 bytes at a view's start for the row's scale and sum, wherever the view starts.)
 """
 
 from __future__ import annotations
@@ -35,7 +46,8 @@ import numpy as np
 
 from mlaref.reference import dequantize, fp, get_type, quantize  # the registry and its (de)quantizers
 
-__all__ = ["ELEMENT_TYPES", "Tensor", "contiguous_n", "type_geometry", "row_size", "is_element_type", "aligned_buffer"]
+__all__ = ["ELEMENT_TYPES", "Tensor", "contiguous_n", "type_geometry", "row_size", "row_meta_size", "is_element_type",
+           "aligned_buffer"]
 
 # name -> (NumPy storage dtype of one element, ggml_type_size)
 ELEMENT_TYPES: dict[str, tuple[np.dtype, int]] = {
@@ -62,12 +74,26 @@ def type_geometry(type: str) -> tuple[int, int]:
     return int(fmt.block_size), int(fmt.type_size)
 
 
+def row_meta_size(type: str) -> int:
+    """Bytes of metadata in front of every row of ``type`` (ik's ``type_traits.row_meta_size``; 0 but for q8_KV)."""
+    if not isinstance(type, str):
+        raise TypeError(f"type must be a type name (str), got {type!r}")
+    return 0 if type in ELEMENT_TYPES else int(get_type(type).row_meta_size)
+
+
 def row_size(type: str, n: int) -> int:
-    """Bytes of a row of ``n`` values of ``type`` (``ggml_row_size``); ``n`` must be a block multiple."""
+    """Bytes of a row of ``n`` values of ``type`` (ik's ``ggml_row_size``: the row metadata, if any, then the
+    blocks); ``n`` must be a block multiple."""
     bs, ts = type_geometry(type)
     if n % bs:
         raise ValueError(f"row_size: a row of {type} must hold a multiple of {bs} values (got {n})")
-    return n // bs * ts
+    return row_meta_size(type) + n // bs * ts
+
+
+def _whole_rows_only(type: str, what: str, detail: str) -> ValueError:
+    meta = row_meta_size(type)
+    return ValueError(f"{what}: {type} rows carry {meta} bytes of metadata (scale and sum of the whole row) in "
+                      f"front, so only whole rows can be viewed or copied; {detail}")
 
 
 def _norm_ne(ne, what: str) -> tuple[int, int, int, int]:
@@ -83,20 +109,21 @@ def _contiguous_nb(type: str, ne: Sequence[int]) -> tuple[int, int, int, int]:
     bs, ts = type_geometry(type)
     if ne[0] % bs:
         raise ValueError(f"ne[0] of a {type} tensor must be a multiple of the block size {bs} (got {ne[0]})")
-    nb = [ts, ts * (ne[0] // bs), 0, 0]
+    nb = [ts, row_size(type, ne[0]), 0, 0]
     nb[2] = nb[1] * ne[1]
     nb[3] = nb[2] * ne[2]
     return tuple(nb)
 
 
-def contiguous_n(ne, nb, block_size: int, type_size: int, n: int = 0) -> bool:
+def contiguous_n(ne, nb, block_size: int, type_size: int, n: int = 0, row_meta_size: int = 0) -> bool:
     """``ggml_is_contiguous_n`` on a shape and strides (ggml.c): dims above ``n`` packed, dims of size 1 ignored.
 
-    Shared by :class:`Tensor` and the graph IR's shape-only tensors.
+    ``next_nb`` starts from the row size with its metadata, as ik's ``ggml_row_size`` gives it (the snapshot's
+    ggml.c:4959-4979). Shared by :class:`Tensor` and the graph IR's shape-only tensors.
     """
     if ne[0] != block_size and nb[0] != type_size:
         return False
-    next_nb = type_size * (ne[0] // block_size)
+    next_nb = row_meta_size + type_size * (ne[0] // block_size)
     for i in range(1, 4):
         if ne[i] != 1:
             if i > n:
@@ -131,6 +158,8 @@ class Tensor:
             raise ValueError(f"Tensor: ne[0] of a {type} tensor must be a multiple of the block size {bs} (got {ne[0]})")
         if any(v < 0 for v in nb):
             raise ValueError(f"Tensor: strides nb must be non-negative, got {nb}")
+        if row_meta_size(type) and nb[0] != ts:
+            raise _whole_rows_only(type, "Tensor", f"the blocks of a row must be packed (nb[0] {nb[0]} != {ts})")
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 1:
             raise TypeError("Tensor: data must be a 1-D uint8 NumPy array (the base buffer)")
         if offset < 0:
@@ -240,7 +269,7 @@ class Tensor:
             for i in range(4):
                 n += (self.ne[i] - 1) * self.nb[i]
         else:
-            n = self.ne[0] * self.nb[0] // bs
+            n = row_meta_size(self.type) + self.ne[0] * self.nb[0] // bs
             for i in range(1, 4):
                 n += (self.ne[i] - 1) * self.nb[i]
         return n
@@ -257,7 +286,7 @@ class Tensor:
 
         Dims with ``ne == 1`` are ignored; with ``n = 1`` rows may have any stride (``ggml_is_contiguous_1``).
         """
-        return contiguous_n(self.ne, self.nb, *type_geometry(self.type), n)
+        return contiguous_n(self.ne, self.nb, *type_geometry(self.type), n, row_meta_size(self.type))
 
     def rows_contiguous(self) -> bool:
         """Are the elements (blocks) of each row packed, i.e. ``nb[0] == type_size``?"""
@@ -269,7 +298,9 @@ class Tensor:
 
         ``nb`` lists either the strides above ``nb[0]`` as ggml's view functions take them (``len(ne) - 1``
         entries: ``nb[0]`` is the type size) or all of them (``len(ne)`` entries). Missing higher strides
-        continue as ``nb[i] = nb[i-1]*ne[i-1]``. ``offset_bytes`` is relative to this tensor's element 0.
+        continue as ``nb[i] = nb[i-1]*ne[i-1]`` (``nb[1] = row_size(ne[0])``). ``offset_bytes`` is relative to this
+        tensor's element 0. A type with row metadata (q8_KV) allows views of whole rows only: the same ``ne[0]``,
+        an offset on a row start (a multiple of ``nb[1]``).
         """
         k = len(tuple(ne))
         nb = tuple(int(v) for v in nb)
@@ -281,9 +312,19 @@ class Tensor:
         full = list(nb)
         while len(full) < 4:
             i = len(full)
-            full.append(full[i - 1] * (ne4[i - 1] if i > 1 or self.block_size == 1 else ne4[0] // self.block_size))
+            if i == 1:
+                full.append(row_meta_size(self.type) + full[0] * (ne4[0] // self.block_size))
+            else:
+                full.append(full[i - 1] * ne4[i - 1])
         if offset_bytes < 0:
             raise ValueError(f"view: offset_bytes must be >= 0, got {offset_bytes}")
+        if row_meta_size(self.type):
+            if ne4[0] != self.ne[0]:
+                raise _whole_rows_only(self.type, "view", f"a view of {ne4[0]} of a row's {self.ne[0]} values "
+                                                          "would start or end inside a row")
+            if offset_bytes % self.nb[1]:
+                raise _whole_rows_only(self.type, "view", f"offset {offset_bytes} is not a multiple of the row "
+                                                          f"stride {self.nb[1]}")
         return Tensor(self.type, ne4, full, self.data, self.offset + int(offset_bytes), name)
 
     def permute(self, a0: int, a1: int, a2: int, a3: int) -> "Tensor":
@@ -296,6 +337,8 @@ class Tensor:
         for i, a in enumerate(axes):
             ne[a] = self.ne[i]
             nb[a] = self.nb[i]
+        if row_meta_size(self.type) and axes[0] != 0:
+            raise _whole_rows_only(self.type, "permute", "dimension 0 (the rows) must stay in place")
         if self.block_size != 1 and ne[0] % self.block_size:
             raise ValueError(f"permute: the new ne[0] ({ne[0]}) of a {self.type} view must be a block multiple")
         return Tensor(self.type, ne, nb, self.data, self.offset, self.name)
@@ -313,6 +356,8 @@ class Tensor:
             raise ValueError("reshape: the tensor must be contiguous (ggml_reshape asserts ggml_is_contiguous)")
         if int(np.prod(ne4)) != self.nelements():
             raise ValueError(f"reshape: {self.ne} has {self.nelements()} elements, {ne4} has {int(np.prod(ne4))}")
+        if row_meta_size(self.type) and ne4[0] != self.ne[0]:
+            raise _whole_rows_only(self.type, "reshape", f"ne[0] {self.ne[0]} cannot become {ne4[0]}")
         return Tensor(self.type, ne4, _contiguous_nb(self.type, ne4), self.data, self.offset, self.name)
 
     # -- rows -----------------------------------------------------------------------------------------
@@ -357,6 +402,8 @@ class Tensor:
 
     def raw(self) -> np.ndarray:
         """A contiguous copy of the bytes, shape ``(ne3, ne2, ne1, row_bytes)`` uint8, following the strides."""
+        if row_meta_size(self.type):  # whole rows (nb[0] == type_size is checked at construction)
+            return np.array(self.storage(), dtype=np.uint8)
         bs, ts = type_geometry(self.type)
         nblk = self.ne[0] // bs
         shape = (self.ne[3], self.ne[2], self.ne[1], nblk, ts)

@@ -42,7 +42,7 @@ from __future__ import annotations
 import numpy as np
 
 from mlaref.reference.ops._common import check_rows_contiguous, check_tensor, element_bits
-from mlaref.reference.tensor import Tensor
+from mlaref.reference.tensor import Tensor, row_meta_size
 
 __all__ = ["Concat_pre253", "Concat_253", "Concat_ggml015", "Concat_ggml025", "concat"]
 
@@ -58,6 +58,10 @@ def _shape(a: Tensor, b: Tensor, dim) -> tuple[int, int, int, int]:
         raise ValueError(f"concat: dim must be an integer in 0..3, got {dim!r}")
     if a.type != b.type:
         raise TypeError(f"concat: a and b must have the same type, got {a.type} and {b.type}")
+    if row_meta_size(a.type):  # ik's concat fast path refuses them since #2232 (upstream facts §9.5)
+        raise ValueError(f"concat: {a.type} rows carry {row_meta_size(a.type)} bytes of metadata (scale and sum of "
+                         "the whole row) in front; joined row bytes are not a row of that type, and concatenating "
+                         "whole rows would need a re-quantization ggml does not do")
     ne = list(a.ne)
     for k in range(4):
         if k == dim:

@@ -31,6 +31,16 @@ block type -> f32   per row ``to_float`` (``dup_q``): ``ne00 == ne0``, src rows 
 
 ``i32`` copies only to ``i32``. Threads split rows; every element is written once, so the split does not
 change the result.
+
+**Rows with metadata** (ik_llama.cpp's q8_KV: ``d``, ``s``, then ``n`` int8 per row; upstream facts §5a) take the
+same three paths as whole rows, as the ik-llama-cpp-python 0.1.5 snapshot's ggml.c runs them:
+f32/f16/bf16 -> q8_KV quantizes each source row with the type's ``from_float`` (``iqk_quantize_row_q8_KV``; every
+x86 build runs its AVX2 branch, ``variant`` ``ref`` = ``iqk``) into a contiguous destination whose rows are
+``row_size(ne00) = 8 + ne00`` bytes apart (``ggml_compute_forward_dup_f32``, ggml.c:11805-11820: the KV-cache
+store and ``ggml_cast``); q8_KV -> f32 runs ``to_float`` (``d·q``, one rounding) on each whole row
+(``ggml_compute_forward_dup_q``, ggml.c:12300-12332); q8_KV -> q8_KV copies whole rows of ``row_size`` bytes
+(``ggml_compute_forward_dup_bytes``). Every other destination type aborts in ggml: TypeError here. Views inside a
+row cannot be made (:mod:`mlaref.reference.tensor`).
 """
 
 from __future__ import annotations

@@ -66,6 +66,17 @@ upstream runs a tiled f32 kernel for f16/f32 K/V, ``algorithm="tiled"`` (fa_tile
 4 threads with ``kv_split`` = the thread count (f16 Dk 576 / Dv 512 with V a view of K, f32 192 / 128, masks),
 natively (AMD Zen 3) and at the levels generic, avx and avx2.
 
+**q8_KV K and V** (ik_llama.cpp's row format with an 8-byte scale-and-sum header, upstream facts §5a), for the
+``generic`` and ``blocked`` algorithms only. ggml's own one-chunk code cannot run them: it calls the traits'
+``vec_dot_q8_KV_q8_KV``, which writes no result for a single pair (upstream facts §5a); ik_llama.cpp computes K·Q
+of q8_KV rows only in IQK (``HelperQ8KV``: Q converted by ``quantize_row_q8_KV``, iqk_fa_templates.h:191-230 and
+290-292 of the ik-llama-cpp-python 0.1.5 snapshot, its GEMM ``f32(d_k·d_q)·f32(Σ qk·qq)``). So with a q8_KV K
+each query row is quantized to q8_KV (the AVX2 ``iqk`` quantizer; ``variant="x86"`` means it) and the dot is
+:func:`mlaref.reference.types.q8_KV.dot_rows`, that GEMM's value (exact integer sum, two float32 roundings: the
+same in any order), and the algorithm's order does the rest. V of type q8_KV is read as ``d·q`` (one float32
+product, ``HelperQ8KV::load`` and ``dequantize_row_q8_KV`` alike). Neither is ik's kernel bit for bit (no model of
+iqk's q8_KV FA order exists here): check it against float64 attention. ``tiled`` and ``iqk2026`` refuse q8_KV.
+
 Executable oracles: ik_llama.cpp itself, built from the ik-llama-cpp-python 0.1.5 sdist (``mlaref peer build
 ik-llama-cpp-python``) and run through mlaref's C harness: ``mlaref conform --peer ik-llama-cpp-python`` checks
 ``algorithm="iqk2026"`` bit for bit against it (f16 / q8_0 K/V, 192/128 and 576/512 with V a view of K, 1 to 512
@@ -89,15 +100,18 @@ from mlaref.reference.ops.vexp import v_expf_avx2, v_expf_avx512
 from mlaref.reference.plan import get_plan
 from mlaref.reference.tensor import Tensor
 from mlaref.reference.types import get_type
+from mlaref.reference.types.q8_KV import dot_rows as q8_KV_dot_rows
 from mlaref.reference import libm as libm
 from mlaref.reference.ops.fa_tiled import flash_attn_tiled
 from mlaref.reference.ops.fa_iqk2026 import flash_attn_iqk2026
 
 __all__ = ["flash_attn_ext", "upstream_splits_kv", "SPLIT_KV_MIN", "v_expf_avx2", "v_expf_avx512", "expf", "tanhf",
-           "K_VEC_DOT_TYPE"]
+           "K_VEC_DOT_TYPE", "ROW_META_KV_TYPES"]
 
 # the K (and V) types flash_attn_ext takes -> K's vec_dot type, the type Q is converted to (read-only)
 K_VEC_DOT_TYPE = MappingProxyType({t: get_type(t).vec_dot_type for t in ("f16", "q8_0", "f32")})
+# K / V types with row metadata that flash_attn_ext (generic and blocked only) also takes; K's vec_dot type is itself
+ROW_META_KV_TYPES = ("q8_KV",)
 _NEG_INF = np.float32(-np.inf)
 
 
@@ -120,11 +134,11 @@ def _rows_bytes(t: Tensor, i2: int, i3: int) -> np.ndarray:
     return np.stack([t.row(i1, i2, i3) for i1 in range(t.ne[1])])
 
 
-def check_operands(op, q, k, v, mask):
+def check_operands(op, q, k, v, mask, kv_types=tuple(K_VEC_DOT_TYPE)):
     """The operand rules flash_attn_ext and its chunked partial share: types, contiguous rows, Dk, head broadcast."""
     check_tensor(op, "q", q, ("f32",))
-    check_tensor(op, "k", k, tuple(K_VEC_DOT_TYPE))
-    check_tensor(op, "v", v, tuple(K_VEC_DOT_TYPE))
+    check_tensor(op, "k", k, kv_types)
+    check_tensor(op, "v", v, kv_types)
     if mask is not None:
         check_tensor(op, "mask", mask, ("f16",))
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -138,7 +152,7 @@ def check_operands(op, q, k, v, mask):
 
 def _check(q, k, v, mask, scale, max_bias, softcap):
     op = "flash_attn_ext"
-    check_operands(op, q, k, v, mask)
+    check_operands(op, q, k, v, mask, tuple(K_VEC_DOT_TYPE) + ROW_META_KV_TYPES)
     if k.ne[1] != v.ne[1]:
         raise ValueError(f"{op}: k and v must have the same number of KV rows (ne[1]: {k.ne[1]} vs {v.ne[1]})")
     if k.ne[2:] != v.ne[2:]:
@@ -157,13 +171,19 @@ def _gather(q, k, v, mask, plan, variant, kq_type):
     Dk, nq, nh, ne3 = q.ne
     n_kv = k.ne[1]
     rk2, rk3 = nh // k.ne[2], ne3 // k.ne[3]
-    vdt = kq_type or K_VEC_DOT_TYPE[k.type]
+    vdt = kq_type or (k.type if k.type in ROW_META_KV_TYPES else K_VEC_DOT_TYPE[k.type])
+    if vdt == "q8_KV" and k.type != "q8_KV":
+        raise ValueError(f"flash_attn_ext: kq_type 'q8_KV' needs a q8_KV K, got {k.type}")
     kq = np.empty((ne3, nq, nh, n_kv), np.float32)
     qv = q.to_numpy()  # (ne3, nh, nq, Dk)
     for i3 in range(ne3):
         for i2 in range(nh):
-            qrows = _from_float(qv[i3, i2], vdt, variant)
             krows = _rows_bytes(k, i2 // rk2, i3 // rk3)
+            if vdt == "q8_KV":  # IQK's q8_KV GEMM (module docstring): Q rows quantized by the AVX2 quantizer
+                qrows = _from_float(qv[i3, i2], vdt, "iqk" if variant == "x86" else variant)
+                kq[i3, :, i2, :] = q8_KV_dot_rows(krows, qrows).T
+                continue
+            qrows = _from_float(qv[i3, i2], vdt, variant)
             kt = k.type
             if vdt == "f32" and k.type != "f32":
                 krows = Tensor.from_bytes(krows, k.type, (Dk, n_kv)).to_numpy().reshape(n_kv, Dk).view(np.uint8)
@@ -394,6 +414,9 @@ def flash_attn_ext(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale, 
         raise ValueError(f"flash_attn_ext: n_threads applies to algorithm='iqk2026' only, got {algorithm!r}")
     if kv_split is not None:
         _check_kv_split(kv_split, algorithm, q, k, v)
+    if algorithm in ("tiled", "iqk2026") and (k.type in ROW_META_KV_TYPES or v.type in ROW_META_KV_TYPES):
+        raise ValueError(f"flash_attn_ext: algorithm={algorithm!r} does not take {k.type} / {v.type} K / V (rows with "
+                         "metadata); q8_KV runs with algorithm 'generic' or 'blocked' (see the module docstring)")
     plan = get_plan(plan)
     scale = np.float32(scale)
     if softcap != 0:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from mlaref.reference.ops._common import check_rows_contiguous, check_tensor, ne4
-from mlaref.reference.tensor import Tensor
+from mlaref.reference.tensor import Tensor, row_meta_size
 
 __all__ = ["Repeat_pre253", "Repeat_253", "repeat"]
 
@@ -41,6 +41,10 @@ def _target(src: Tensor, b) -> tuple[int, int, int, int]:
     for k in range(4):
         if ne[k] % src.ne[k]:
             raise ValueError(f"repeat: target ne[{k}] = {ne[k]} is not a multiple of src ne[{k}] = {src.ne[k]}")
+    if row_meta_size(src.type) and ne[0] != src.ne[0]:
+        raise ValueError(f"repeat: {src.type} rows carry {row_meta_size(src.type)} bytes of metadata in front, so a row "
+                         f"tiled along dim 0 ({src.ne[0]} -> {ne[0]} values) is not a {src.type} row; only whole rows "
+                         "can be repeated")
     return ne
 
 

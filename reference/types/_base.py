@@ -10,7 +10,10 @@ NumPy structured dtype whose itemsize is ``type_size``. Subclasses implement two
   ``dequantize_into(blocks, out)``, which writes that result into a given array.
 
 Formats whose layout depends on the position of a block in its row (the interleaved ``q8_0_x4`` /
-``q8_1_x4``) override the row-level ``quantize_rows`` / ``dequantize_rows`` instead.
+``q8_1_x4``) override the row-level ``quantize_rows`` / ``dequantize_rows`` instead. So do formats with per-row
+metadata (ik_llama.cpp's ``row_meta_size``: ``q8_KV`` starts every row with 8 bytes of scale and sum), whose row
+of ``n`` values takes ``row_meta_size + n / block_size * type_size`` bytes (``ggml_row_size`` of ik_llama.cpp);
+code that sizes rows must ask ``row_size`` (and ``row_length`` for the way back), never multiply blocks.
 
 The row-level functions work through the blocks in chunks of ``chunk_blocks`` blocks (``dequantize_chunk_blocks``
 for dequantization, where a format sets it): every quantizer is block-local, so chunking changes no result, and
@@ -80,6 +83,8 @@ class BlockFormat:
     takes_imatrix: ClassVar[bool] = False  # does the model quantizer use importance weights?
     chunk_blocks: ClassVar[int] = 4096  # blocks per NumPy pass in quantize_rows (and dequantize_rows by default)
     dequantize_chunk_blocks: ClassVar[int | None] = None  # blocks per pass in dequantize_rows; None: chunk_blocks
+    # Bytes of metadata at the start of every row (ik_llama.cpp's type_traits.row_meta_size; 0 in upstream ggml).
+    row_meta_size: ClassVar[int] = 0
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -92,10 +97,21 @@ class BlockFormat:
 
     # -- geometry -----------------------------------------------------------------------------------
     def row_size(self, n: int) -> int:
-        """Bytes of a row of ``n`` values (``ggml_row_size``); ``n`` must be a multiple of the block size."""
+        """Bytes of a row of ``n`` values (``ggml_row_size``: the row metadata, if any, and the blocks); ``n`` must be
+        a multiple of the block size."""
         if n % self.block_size:
             raise ValueError(f"{self.name}: row length {n} is not a multiple of the block size {self.block_size}")
-        return n // self.block_size * self.type_size
+        return self.row_meta_size + n // self.block_size * self.type_size
+
+    def row_length(self, nbytes: int) -> int:
+        """The number of values in a row of ``nbytes`` bytes (the inverse of ``row_size``); ValueError if no
+        positive row length has that size."""
+        body = nbytes - self.row_meta_size
+        if body <= 0 or body % self.type_size:
+            meta = f"{self.row_meta_size} bytes of row metadata plus " if self.row_meta_size else ""
+            raise ValueError(f"{self.name}: a row of {nbytes} bytes is not {meta}a positive multiple of the block "
+                             f"bytes {self.type_size}")
+        return body // self.type_size * self.block_size
 
     # -- block level: implemented by each format ------------------------------------------------------
     def quantize_blocks(self, x: np.ndarray, variant: str, weights: np.ndarray | None) -> np.ndarray:
