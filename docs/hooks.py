@@ -139,12 +139,13 @@ def generated_markers(markdown: str, page) -> str:
     sub(r"<!-- mlaref:graph-figure (\w+) -->", lambda v: _img(page, f"img/graph_{v}.png", _GRAPH_ALT[v]))
     sub(r"<!-- mlaref:graph-table (\w+) -->", lambda v: _gen("graphs").node_table(v))
     sub(r"<!-- mlaref:memory-plot -->",
-        lambda: _img(page, "img/memory_vs_context.png", "Compute buffer vs context for f32, direct and chunked"))
+        lambda: _img(page, "img/memory_vs_context.png", "Compute buffer vs context for every graph variant"))
     sub(r"<!-- mlaref:memory-timeline -->",
         lambda: _img(page, "img/memory_timeline.png", "Live bytes during the first layers, f32 and direct"))
     sub(r"<!-- mlaref:memory-variants -->", lambda: _gen("memory").variants_table(_plan_rows()))
+    sub(r"<!-- mlaref:memory-designs -->", lambda: _gen("memory").design_table())
     sub(r"<!-- mlaref:memory-peak (\w+) -->", lambda v: _gen("memory").peak_table(v))
-    sub(r"<!-- mlaref:memory-slope (\w+) -->", lambda v: str(_gen("memory").slope(_plan_rows(), v)))
+    sub(r"<!-- mlaref:memory-slope ([\w-]+) -->", lambda v: str(_gen("memory").slope(_plan_rows(), v)))
     sub(r"<!-- mlaref:kernel-grammar -->", lambda: _gen("kernels").grammar_block())
     sub(r"<!-- mlaref:kernel-name-examples -->", lambda: _gen("kernels").parsed_examples())
     sub(r"<!-- mlaref:kernel-dispatch -->", lambda: rst_to_md(_gen("kernels").dispatch_doc()))
@@ -268,6 +269,7 @@ def format_page(fmt) -> str:
         f"| values per block | {fmt.block_size} |",
         f"| bytes per block | {fmt.type_size} |",
         f"| bits per value | {8 * fmt.type_size / fmt.block_size:g} |",
+        *([f"| row metadata (bytes at the start of every row) | {fmt.row_meta_size} |"] if fmt.row_meta_size else []),
         f"| vec_dot type (src1 rows are converted to it) | {fmt.vec_dot_type} |",
         f"| quantize variants | {', '.join(f'`{k}`' for k in fmt.variants)} |",
         f"| valid domain | {_md_inline(fmt.domain)} |",
@@ -275,10 +277,16 @@ def format_page(fmt) -> str:
         "## Byte layout (from the NumPy dtype)", "",
         "| offset | bytes | field | element type |", "|---:|---:|---|---|",
     ]
-    out += [f"| {o} | {b} | `{f}` | {k} |" for o, b, f, k in _dtype_layout(fmt.dtype)]
+    out += [f"| {o} | {b} | `{f}` | {k} |" for o, b, f, k in _dtype_layout(_layout_dtype(fmt, fmt.block_size))]
     out += ["", "## Specification (the format's docstring)", "", rst_to_md(_doc(fmt)), ""]
     out += _worked_example(fmt, reference)
     return "\n".join(out) + "\n"
+
+
+def _layout_dtype(fmt, n: int) -> np.dtype:
+    """The dtype a row of ``n`` values is shown with: the block, or the whole row where rows carry metadata
+    (q8_KV: its header, then the values)."""
+    return fmt.row_dtype(n) if fmt.row_meta_size else fmt.dtype
 
 
 def _worked_example(fmt, reference) -> list[str]:
@@ -295,14 +303,14 @@ def _worked_example(fmt, reference) -> list[str]:
         return out + [f"This format has no quantizer in the reference ({_md_inline(str(exc))}).", ""]
     y = reference.dequantize(data[None, :], fmt.name)[0]
     out += [f"{how} the {n} values", "", "```text", _wrap_floats(x), "```", ""]
-    blocks = data.view(fmt.dtype)
+    blocks = data.view(_layout_dtype(fmt, n))
     shown, which = (data, "all of them") if data.size <= 64 else (data[: fmt.type_size], "the first block")
     out += [f"gives {data.size} bytes ({blocks.size} block{'s' if blocks.size > 1 else ''}); {which}:", "",
             "```text", _hexdump(shown), "```", ""]
-    if fmt.dtype.names:
+    if blocks.dtype.names:
         out += ["decoded by field (raw integers; a 16-bit scalar field is also shown as the f16 it holds):", "",
                 "```text"]
-        for field in fmt.dtype.names:
+        for field in blocks.dtype.names:
             v = np.asarray(blocks[0][field])
             text = np.array2string(v, max_line_width=100, threshold=10**6)
             if v.shape == () and v.dtype == np.uint16:

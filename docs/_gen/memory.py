@@ -7,7 +7,9 @@ Everything comes from the allocator model :mod:`mlaref.reference.graphs.alloc` r
 * the peak tables list, in address order, every tensor alive and every hole below ``max_size`` right after the
   allocation that set the buffer size (``AllocResult.peak_live`` / ``peak_gaps``);
 * the slope (bytes per context token) is ``(buffer(2n) - buffer(n)) / n`` from the same plan rows;
-* the timeline plots ``AllocResult.usage`` (live bytes after every event) against the node index.
+* the timeline plots ``AllocResult.usage`` (live bytes after every event) against the node index;
+* the design table (``design_table``) puts each variant's buffer beside its multiply-adds per cached cell and its
+  passes over the cache, from the hyper-parameters and the graph builder (head groups of ``mla3-amb``).
 """
 
 from __future__ import annotations
@@ -159,3 +161,39 @@ def timeline_png(n_ctx: int = 16384, layers: int = 3) -> bytes:
     fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
+
+
+def design_table(n_ctx: int = 131072, n_tokens: int = 512) -> str:
+    """What each variant trades, per layer, for one micro-batch of ``n_tokens`` prompt tokens at ``n_ctx`` cached
+    cells (DeepSeek-V2-Lite): the compute buffer (allocator model), the multiply-adds per cached cell (decompression
+    ``wkv_b × c`` where the graph does it, plus the attention dot products of every query token and head), and how
+    many times the prompt path reads the latent cache to build K/V (one per head group)."""
+    from mlaref.reference.graphs import alloc, deepseek2
+
+    hp = _hp()
+    H, nope, dv, rope, rank = hp.n_head, hp.n_embd_head_qk_nope, hp.n_embd_head_v, hp.n_rot, hp.n_lora_kv
+    decomp = H * (nope + dv) * rank  # wkv_b × one latent row
+    mha = n_tokens * H * (nope + rope + dv)  # q·k (192) and p·v (128) per query and head
+    mqa = n_tokens * H * (rank + rope + rank)  # q·k over 576, p·v over 512
+    rows = alloc.plan_rows(hp, [n_ctx], deepseek2.VARIANTS)[0]["buffer_bytes"]
+    what = {
+        "f32": ("decompress (f32 K), MHA 192/128", decomp + mha, "1 (cast to f32)"),
+        "direct": ("decompress, MHA 192/128", decomp + mha, "1"),
+        "chunked": ("decompress per chunk, MHA, merge", decomp + mha, f"1 (in {n_ctx // deepseek2.DEFAULT_KV_CHUNK} chunks)"),
+        "mla3": ("as direct (#260 order)", decomp + mha, "1"),
+        "mla3-amb": ("as direct, per head group", decomp + mha, None),
+        "mainline": ("absorbed, MQA 576/512", mqa, "0 (attends to the cache itself)"),
+    }
+    g = deepseek2.build_graph(hp, n_ctx, variant="mla3-amb")
+    out = [f"Per layer, one micro-batch of {n_tokens} prompt tokens at {n_ctx} cells of context (DeepSeek-V2-Lite, "
+           "f16 cache). Multiply-adds per cached cell = decompression (`wkv_b × c`, "
+           f"{H}·({nope}+{dv})·{rank}) where the graph has it + {n_tokens} tokens × {H} heads × the dot-product "
+           f"lengths. mla = 3's token path costs what `mainline` costs, per query token.", "",
+           "| variant | attention | compute buffer (MiB) | multiply-adds per cached cell | passes over the cache to build K/V |",
+           "|---|---|---:|---:|---|"]
+    for v in deepseek2.VARIANTS:
+        label, macs, passes = what[v]
+        if passes is None:
+            passes = f"{g.head_groups} (amb {g.amb_mib} MiB: {g.head_groups} groups of {H // g.head_groups} heads)"
+        out.append(f"| `{v}` | {label} | {alloc.mib(rows[v])} | {macs / 1e6:.2f} M | {passes} |")
+    return "\n".join(out)

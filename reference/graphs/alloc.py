@@ -23,6 +23,11 @@ Graph pass (``ggml_gallocr_alloc_graph_impl``)
 Buffer
     ggml-alloc reserves ``max_size``; ``ggml_backend_cpu_buffer_type_alloc_buffer`` adds ``TENSOR_ALIGNMENT``
     (32) and llama.cpp prints ``size / 1024 / 1024`` with ``%8.2f`` ("CPU compute buffer size").
+Versions (:data:`ALLOCATORS`, upstream facts §6.7)
+    ``ik-676f0e71b`` (the default) is the above. ik_llama.cpp's April-2026 snapshot (``ik-2026-04``) adds
+    ADD_ID to the in-place ops; ggml 0.25.3 (``ggml-0.25.3``) adds more in-place ops and its CPU buffer adds
+    nothing to ``max_size``. Their chunked buffers, tail choice and freeing of a larger parent's rest change
+    nothing on the CPU back-end (one chunk; a parent taken in place has the node's size).
 
 KV cache (``llama_kv_cache_init``, upstream facts §2): ``n_layer · n_ctx · row_size(type, kv_lora_rank + n_rot)``.
 
@@ -40,6 +45,7 @@ from mlaref.reference.hparams import pad_ctx
 
 __all__ = [
     "CPU_ALIGNMENT", "CPU_BUFFER_EXTRA", "MAX_FREE_BLOCKS", "DynAllocator", "AllocResult", "LiveTensor",
+    "Allocator", "ALLOCATORS", "DEFAULT_ALLOCATOR",
     "allocate_graph", "kv_cache_bytes", "compute_buffer", "plan_rows", "kv_cache_plan", "SEED_TABLE", "PRINTED_TABLE",
     "VARIANT_COLUMN", "mib",
 ]
@@ -74,7 +80,7 @@ PRINTED_TABLE = {
 }
 
 # variant -> the seed column it corresponds to
-VARIANT_COLUMN = {"direct": "PR", "f32": "main", "chunked": None}
+VARIANT_COLUMN = {"direct": "PR", "f32": "main", "chunked": None, "mla3": None, "mla3-amb": None, "mainline": None}
 
 
 def mib(n_bytes: int) -> str:
@@ -236,8 +242,36 @@ class AllocResult:
         return out
 
 
-def allocate_graph(graph: ir.Graph, alignment: int = CPU_ALIGNMENT) -> AllocResult:
-    """Run ``ggml_gallocr_reserve``'s allocation pass over ``graph`` (single CPU buffer)."""
+@dataclass(frozen=True)
+class Allocator:
+    """One version of ggml-alloc with the CPU buffer type: what of it changes a compute buffer (upstream facts §6.7).
+
+    ``in_place_ops``: ``ggml_op_can_inplace``; ``buffer_extra``: what ``ggml_backend_cpu_buffer_type_alloc_buffer``
+    adds to ``max_size``; ``source``: where it is read."""
+
+    name: str
+    source: str
+    in_place_ops: frozenset
+    buffer_extra: int
+
+
+ALLOCATORS = {a.name: a for a in (
+    Allocator("ik-676f0e71b", "ggml-alloc.c@676f0e71b, ggml-backend.c@676f0e71b", ir.IN_PLACE_OPS, CPU_BUFFER_EXTRA),
+    Allocator("ik-2026-04", "ggml/src/ggml-alloc.c, ggml/src/ggml-backend.cpp of ik-llama-cpp-python 0.1.5",
+              ir.IN_PLACE_OPS | {"ADD_ID"}, CPU_BUFFER_EXTRA),
+    Allocator("ggml-0.25.3", "ggml/src/ggml-alloc.c, ggml/src/ggml-backend.cpp of llama-cpp-python 0.3.36",
+              ir.IN_PLACE_OPS | {"FILL", "ADD_ID", "ROPE_BACK", "SILU_BACK", "RMS_NORM_BACK", "CLAMP",
+                                 "SOFT_MAX_BACK"}, 0),
+)}
+DEFAULT_ALLOCATOR = "ik-676f0e71b"
+
+
+def allocate_graph(graph: ir.Graph, alignment: int = CPU_ALIGNMENT, allocator: str = DEFAULT_ALLOCATOR) -> AllocResult:
+    """Run ``ggml_gallocr_reserve``'s allocation pass over ``graph`` (single CPU buffer) as ``allocator`` (a name
+    in :data:`ALLOCATORS`) does."""
+    if allocator not in ALLOCATORS:
+        raise ValueError(f"allocator must be one of {', '.join(ALLOCATORS)}; got {allocator!r}")
+    spec = ALLOCATORS[allocator]
     dyn = DynAllocator(alignment)
     n_children: dict = {}
     n_views: dict = {}
@@ -245,7 +279,7 @@ def allocate_graph(graph: ir.Graph, alignment: int = CPU_ALIGNMENT) -> AllocResu
     owned: set = set()  # hash_node.allocated
     events: list = []
     peak = [-1, 0]  # event index, max_size then
-    in_place = ir.IN_PLACE_OPS
+    in_place = spec.in_place_ops
     node_index = [-1]
 
     def allocate(node) -> None:
@@ -327,14 +361,19 @@ def allocate_graph(graph: ir.Graph, alignment: int = CPU_ALIGNMENT) -> AllocResu
                 elif p in owned:
                     free(p)
 
-    return AllocResult(max_size=dyn.max_size, offsets=offset, events=events, peak_event=peak[0])
+    return AllocResult(max_size=dyn.max_size, offsets=offset, events=events, peak_event=peak[0],
+                       buffer_extra=spec.buffer_extra)
 
 
 # -- the DeepSeek-V2 memory plan -------------------------------------------------------------------------
 def kv_cache_bytes(hp, n_ctx: int, cache_type: str = "f16") -> int:
-    """MLA KV cache bytes for mla = 2 with FA: ``n_layer · n_ctx · row_size(cache_type, 576)`` (upstream facts §2)."""
-    if cache_type not in ("f16", "q8_0", "bf16"):
-        raise ValueError(f"cache_type must be f16, q8_0 or bf16, got {cache_type!r}")
+    """MLA KV cache bytes for mla = 2 with FA: ``n_layer · n_ctx · row_size(cache_type, 576)`` (upstream facts §2).
+
+    The same for every variant of :mod:`~mlaref.reference.graphs.deepseek2`: mla = 3, the RoPE-first row and
+    ``-amb`` keep one 576-wide row per cell, and mainline llama.cpp caches the same row with no V cache (upstream
+    facts §9.4). q8_KV rows carry 8 bytes of metadata (584 B for 576 values)."""
+    if cache_type not in deepseek2.CACHE_TYPES:
+        raise ValueError(f"cache_type must be one of {', '.join(deepseek2.CACHE_TYPES)}, got {cache_type!r}")
     if not isinstance(n_ctx, int) or n_ctx <= 0:
         raise ValueError(f"n_ctx must be a positive int, got {n_ctx!r}")
     return hp.n_layer * n_ctx * ir.row_size(cache_type, hp.kv_row_elems)
@@ -346,16 +385,23 @@ def compute_buffer(hp, n_ctx: int, *, variant: str = "direct", cache_type: str =
     return allocate_graph(g.graph)
 
 
-def plan_rows(hp, ctxs, variants, cache_type: str = "f16", kv_chunk: int | None = None) -> list[dict]:
+def plan_rows(hp, ctxs, variants, cache_type: str = "f16", kv_chunk: int | None = None,
+              amb_mib: int | None = None, n_ubatch: int | None = None) -> list[dict]:
     """Per context: ``{"n_ctx", "kv_bytes", "buffer_bytes": {variant: compute buffer bytes}}`` (``mlaref plan``).
 
-    ``kv_chunk`` goes to the ``chunked`` variant only (None: its default chunk).
+    ``kv_chunk`` goes to the ``chunked`` variant only (None: its default chunk), ``amb_mib`` to ``mla3-amb`` only
+    (None: 256 MiB), ``n_ubatch`` (None: 512) to every variant. Each variant's worst-case graph is built with its
+    own defaults otherwise (see :func:`mlaref.reference.graphs.deepseek2.build_graph`).
     """
     rows = []
     for n_ctx in ctxs:
         row = {"n_ctx": n_ctx, "kv_bytes": kv_cache_bytes(hp, n_ctx, cache_type), "buffer_bytes": {}}
         for v in variants:
             kw = {"kv_chunk": kv_chunk} if (v == "chunked" and kv_chunk) else {}
+            if v == "mla3-amb" and amb_mib is not None:
+                kw["amb_mib"] = amb_mib
+            if n_ubatch is not None:
+                kw["n_ubatch"] = n_ubatch
             row["buffer_bytes"][v] = compute_buffer(hp, n_ctx, variant=v, cache_type=cache_type, **kw).buffer_size
         rows.append(row)
     return rows

@@ -33,6 +33,37 @@ chunked variant's mask is its f16 input, the others cast the f32 input as llama.
 
 Worst case (``llama_new_context_with_model``): ``n_tokens = min(n_ctx, n_ubatch)``, ``n_kv = n_ctx``,
 ``kv_head = n_ctx - n_tokens``, ``n_outputs = n_tokens`` (upstream facts §6.3).
+
+After #253 (upstream facts §9; the later graphs, each modelled from the commit named):
+
+``mla3`` (ik_llama.cpp mla = 3, PR #273 = 24e780ba7; upstream facts §9.1)
+    prompt processing through the mla = 2 flash path **as #260 (9fe2b06f7) rebuilt it**: the rope repeat and
+    ``q_concat`` first, then per group of heads ``kv_f32 = view(wkv_b) × cache``, the k_nope / v casts, K, and
+    ``flash_attn_ext`` on a view of q's heads; the groups' ``[128·g, T]`` results joined by ``concat`` along dim 0.
+    Without ``-amb`` there is one group, the same tensors as ``direct`` in another node order. Token generation
+    through the absorbed mla = 1 path with flash attention: ``q = [wk_b × q_nope, q_rope]`` (576 wide),
+    ``flash_attn_ext(q, cache, cache[:, :512])`` with V a view of K, then ``wv_b``. The switch is
+    ``pp_rule="n_head"`` (``n_tokens > n_head``, 24e780ba7) or ``pp_rule="128"`` (``n_tokens >= 128``, the
+    ik-llama-cpp-python 0.1.5 snapshot); it applies to every ik variant (at 676f0e71b the rule is n_head).
+``mla3-amb`` (``-amb``, PRs #237, #260, #1211; 256 MiB by default since #2312; upstream facts §9.3)
+    ``mla3`` with ``amb_mib`` (default 256): the number of head groups is chosen by the snapshot's rule
+    (:func:`heads_per_group`). ``mla3`` itself takes ``amb_mib`` too (default 0: off).
+``mainline`` (llama.cpp PR #12801 and later, llama-cpp-python 0.3.36's ``src/models/deepseek2.cpp`` and
+    ``src/llama-graph.cpp``; upstream facts §9.4): ``attn_k_b`` ``[nope, rank, H]`` absorbed into q, multi-query
+    flash attention over the 576-wide cache row with V a view of its first 512 columns, ``attn_v_b``
+    ``[rank, v, H]`` after attention, the cache written by ``set_rows`` through an i64 index input ``k_idxs``, an
+    f16 mask input, no V cache, one path for every batch. Only the attention is mainline's: the rest of the layer
+    (norms, MoE, output) is this module's ik graph, so the compute buffer of ``mainline`` is that of mainline's
+    attention inside ik's layer, placed by ik's allocator (676f0e71b), not what llama.cpp prints.
+
+``rope_first=True`` (PR #408 = 0c02e16a3; upstream facts §9.2): the cache row is ``[k_rope (n_rot) | c_kv]``;
+``kvr``, q and K are concatenated rope first, the nope / latent views start after the rope part. Valid for
+``direct``, ``chunked``, ``mla3`` and ``mla3-amb`` (the 676f0e71b graphs with #408's order are mlaref's
+combination; #408 itself changed the #273 graph).
+
+Cache types (upstream facts §9.5): f16, q8_0, bf16, and q8_KV (rows with 8 bytes of metadata in front) only for
+``f32``'s prompt path, which casts whole cache rows; every other graph takes views that start or end inside a row
+(the nope / rope split, V a view of K) or concatenates rows, which q8_KV cannot do: ValueError.
 """
 
 from __future__ import annotations
@@ -40,12 +71,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mlaref.reference.graphs import ir
+from mlaref.reference.graphs.deepseek2_after253 import (
+    DEFAULT_AMB_MIB,
+    MLA3_VARIANTS,
+    PP_RULES,
+    After253,
+    _check_options,
+    _pp_opt,
+    heads_per_group,
+)
 from mlaref.reference.hparams import FA_CTX_PAD, HParams
 
-__all__ = ["VARIANTS", "CACHE_TYPES", "DEFAULT_KV_CHUNK", "MLAGraph", "build_graph", "build_attention_block"]
+__all__ = ["VARIANTS", "CACHE_TYPES", "DEFAULT_KV_CHUNK", "DEFAULT_AMB_MIB", "PP_RULES", "MLAGraph", "build_graph",
+           "build_attention_block", "heads_per_group"]
 
-VARIANTS = ("f32", "direct", "chunked")
-CACHE_TYPES = ("f16", "q8_0", "bf16")
+VARIANTS = ("f32", "direct", "chunked", "mla3", "mla3-amb", "mainline")
+CACHE_TYPES = ("f16", "q8_0", "bf16", "q8_KV")
 DEFAULT_KV_CHUNK = 4096
 LLAMA_ROPE_TYPE_NORM = 0
 
@@ -63,12 +104,15 @@ class MLAGraph:
     n_kv: int
     kv_head: int
     n_outputs: int
-    path: str  # "flash_mla2" or "tg"
+    path: str  # "flash_mla2" (prompt), "tg" (token generation) or "mqa" (mainline, every batch)
     kv_chunk: int | None
     inputs: dict = field(default_factory=dict)
     weights: dict = field(default_factory=dict)
     kv_cache: list = field(default_factory=list)
     output: ir.Tensor | None = None
+    rope_first: bool = False
+    amb_mib: int = 0
+    head_groups: int = 1  # flash attention calls per layer on the mla3 prompt path
 
 
 def check_hparams(hp: HParams, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head, kv_chunk, n_ubatch):
@@ -98,16 +142,24 @@ def check_hparams(hp: HParams, n_ctx, variant, cache_type, n_tokens, n_kv, kv_he
         raise ValueError(f"kv_chunk must be a positive multiple of {FA_CTX_PAD}, got {kv_chunk!r}")
 
 
+def _default_amb(variant, amb_mib):
+    if amb_mib is None:
+        return DEFAULT_AMB_MIB if variant == "mla3-amb" else 0
+    return amb_mib
+
+
 def build_graph(hp: HParams, n_ctx: int, *, variant: str = "direct", cache_type: str = "f16",
                 n_ubatch: int = 512, n_tokens: int | None = None, n_kv: int | None = None,
                 kv_head: int | None = None, weight_type: str = "iq4_nl", kv_chunk: int = DEFAULT_KV_CHUNK,
-                fmoe: bool = False, weight_types: dict[str, str] | None = None) -> MLAGraph:
+                fmoe: bool = False, weight_types: dict[str, str] | None = None, rope_first: bool = False,
+                amb_mib: int | None = None, pp_rule: str = "n_head") -> MLAGraph:
     """The whole DeepSeek-V2 graph for one micro-batch (all layers, dense lead, MoE FFN, output).
 
-    Defaults give llama.cpp's worst-case reserve graph. ``n_tokens <= n_head`` builds the TG path.
-    ``weight_type`` only sets the weights' types (their memory is not in the compute buffer).
-    ``weight_types`` (name -> type, e.g. a GGUF file's) gives every weight its own type instead; a weight the
-    graph needs and the dict lacks raises ValueError.
+    Defaults give llama.cpp's worst-case reserve graph. ``n_tokens <= n_head`` (``pp_rule="n_head"``) or
+    ``n_tokens < 128`` (``pp_rule="128"``) builds the TG path. ``weight_type`` only sets the weights' types (their
+    memory is not in the compute buffer). ``weight_types`` (name -> type, e.g. a GGUF file's) gives every weight its
+    own type instead; a weight the graph needs and the dict lacks raises ValueError. ``rope_first``, ``amb_mib``
+    (None: 256 for ``mla3-amb``, else 0) and ``pp_rule``: see the module docstring.
     """
     if n_tokens is None:
         n_tokens = min(n_ctx, n_ubatch) if isinstance(n_ctx, int) else 1
@@ -116,34 +168,44 @@ def build_graph(hp: HParams, n_ctx: int, *, variant: str = "direct", cache_type:
     if kv_head is None:
         kv_head = n_ctx - n_tokens if isinstance(n_ctx, int) else 0
     check_hparams(hp, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head, kv_chunk, n_ubatch)
+    amb_mib = _default_amb(variant, amb_mib)
+    _check_options(hp, variant, cache_type, n_tokens, rope_first, amb_mib, pp_rule)
     if weight_types is not None and not isinstance(weight_types, dict):
         raise TypeError(f"weight_types must be a dict of weight name -> type name, got {type(weight_types).__name__}")
     return Builder(hp, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head, weight_type, kv_chunk, fmoe,
-                    weight_types).build()
+                   weight_types, rope_first=rope_first, amb_mib=amb_mib, pp_rule=pp_rule).build()
 
 
 def build_attention_block(hp: HParams, n_ctx: int, *, variant: str = "direct", cache_type: str = "f16",
                           n_tokens: int = 32, n_kv: int | None = None, kv_head: int | None = None,
-                          weight_type: str = "q8_0", il: int = 0) -> MLAGraph:
+                          weight_type: str = "q8_0", il: int = 0, rope_first: bool = False,
+                          amb_mib: int | None = None, pp_rule: str = "n_head", tg: bool = False) -> MLAGraph:
     """Layer ``il``'s attention alone, as :func:`build_graph` builds it: from the input ``attn_norm-{il}`` (the
     normed hidden state, an f32 input ``[n_embd, n_tokens]``) to ``kqv_out-{il}`` (the graph output), with the
     cache store, the K/V build of ``variant`` and the flash attention in between; the inputs are
-    ``attn_norm-{il}``, ``inp_pos`` and ``KQ_mask`` and the layer's cache is ``kv_cache[0]``. Used to run one
-    layer's attention on a real ggml and on the spec from the same bytes."""
+    ``attn_norm-{il}``, ``inp_pos`` and ``KQ_mask`` (and ``k_idxs`` for ``mainline``) and the layer's cache is
+    ``kv_cache[0]``. Used to run one layer's attention on a real ggml and on the spec from the same bytes.
+    The prompt path unless ``tg`` (then ``n_tokens`` must be below the ``pp_rule`` switch)."""
     if n_kv is None:
         n_kv = n_ctx
     if kv_head is None:
         kv_head = n_ctx - n_tokens
     check_hparams(hp, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head, DEFAULT_KV_CHUNK, 512)
-    if n_tokens <= hp.n_head:
-        raise ValueError(f"the attention block is the prompt path: n_tokens must exceed n_head ({hp.n_head})")
-    b = Builder(hp, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head, weight_type, DEFAULT_KV_CHUNK, False)
+    amb_mib = _default_amb(variant, amb_mib)
+    _check_options(hp, variant, cache_type, n_tokens, rope_first, amb_mib, pp_rule)
+    if variant != "mainline" and _pp_opt(hp, n_tokens, pp_rule) == tg:
+        if tg:
+            raise ValueError(f"tg=True: n_tokens ({n_tokens}) must be below the switch ({PP_RULES[pp_rule]})")
+        raise ValueError(f"the attention block is the prompt path: n_tokens must exceed n_head ({hp.n_head})"
+                         if pp_rule == "n_head" else "the attention block is the prompt path: n_tokens must be >= 128")
+    b = Builder(hp, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head, weight_type, DEFAULT_KV_CHUNK, False,
+                rope_first=rope_first, amb_mib=amb_mib, pp_rule=pp_rule)
     return b.build_block(il)
 
 
-class Builder:
+class Builder(After253):
     def __init__(self, hp, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head, weight_type, kv_chunk, fmoe,
-                 weight_types=None):
+                 weight_types=None, *, rope_first=False, amb_mib=0, pp_rule="n_head"):
         self.hp = hp
         self.weight_types = weight_types
         self.n_ctx = n_ctx
@@ -159,7 +221,22 @@ class Builder:
         self.gf = ir.Graph()
         self.weights: dict = {}
         self.inputs: dict = {}
-        self.pp_opt = n_tokens > hp.n_head
+        self.pp_opt = _pp_opt(hp, n_tokens, pp_rule)
+        self.rope_first = rope_first
+        self.amb_mib = amb_mib
+        self.head_groups = 1
+
+    def _path(self) -> str:
+        if self.variant == "mainline":
+            return "mqa"
+        return "flash_mla2" if self.pp_opt else "tg"
+
+    def _graph(self, output, kv_cache, n_outputs) -> MLAGraph:
+        return MLAGraph(graph=self.gf, hparams=self.hp, variant=self.variant, cache_type=self.ct, n_ctx=self.n_ctx,
+                        n_tokens=self.T, n_kv=self.n_kv, kv_head=self.kv_head, n_outputs=n_outputs,
+                        path=self._path(), kv_chunk=self.kv_chunk, inputs=self.inputs, weights=self.weights,
+                        kv_cache=kv_cache, output=output, rope_first=self.rope_first, amb_mib=self.amb_mib,
+                        head_groups=self.head_groups)
 
     # -- helpers ---------------------------------------------------------------------------------------
     @staticmethod
@@ -222,17 +299,21 @@ class Builder:
         cur = self.cb(self.norm(inpL, "output_norm.weight", -1), "result_norm", -1)
         cur = self.cb(ir.mul_mat(self.w("output.weight", (hp.n_embd, hp.n_vocab)), cur), "result_output", -1)
         gf.expand(cur)
-        return MLAGraph(graph=gf, hparams=hp, variant=self.variant, cache_type=self.ct, n_ctx=self.n_ctx,
-                        n_tokens=T, n_kv=self.n_kv, kv_head=self.kv_head, n_outputs=self.n_outputs,
-                        path="flash_mla2" if self.pp_opt else "tg", kv_chunk=self.kv_chunk, inputs=self.inputs,
-                        weights=self.weights, kv_cache=self.kv_l, output=cur)
+        return self._graph(cur, self.kv_l, self.n_outputs)
 
     def _inputs(self):
-        """``inp_pos`` and the flash-attention mask (f32 input, cast to f16 except for the chunked variant)."""
+        """``inp_pos`` and the flash-attention mask (f32 input, cast to f16 except for chunked and mainline).
+
+        mainline: ``build_inp_pos``, then ``build_attn_inp_k``: the i64 cache row index ``k_idxs`` (mainline's
+        ``attn_inp_k_idxs``) and the f16 mask (``attn_inp_kq_mask``; ``[n_kv, n_tokens]`` there, padded to 32 rows
+        here as ggml@676f0e71b's flash_attn_ext asserts: the same bytes at the worst case's 512 tokens)."""
         T = self.T
         inp_pos = self.cb(ir.input_tensor("", "i32", (T,)), "inp_pos", -1)
         pad = (T + ir.GGML_KQ_MASK_PAD - 1) // ir.GGML_KQ_MASK_PAD * ir.GGML_KQ_MASK_PAD
-        if self.variant == "chunked":
+        if self.variant == "mainline":
+            self.k_idxs = self.cb(ir.input_tensor("", "i64", (T,)), "k_idxs", -1)
+            self.inputs["k_idxs"] = self.k_idxs
+        if self.variant in ("chunked", "mainline"):
             kq_mask = self.cb(ir.input_tensor("", "f16", (self.n_kv, pad)), "KQ_mask", -1)
             self.inputs["KQ_mask"] = kq_mask
         else:
@@ -254,10 +335,7 @@ class Builder:
             self.kv_l = [None] * il + self.kv_l
         out = self.attention(cur, il)
         self.gf.expand(out)
-        return MLAGraph(graph=self.gf, hparams=hp, variant=self.variant, cache_type=self.ct, n_ctx=self.n_ctx,
-                        n_tokens=self.T, n_kv=self.n_kv, kv_head=self.kv_head, n_outputs=self.T, path="flash_mla2",
-                        kv_chunk=self.kv_chunk, inputs=self.inputs, weights=self.weights,
-                        kv_cache=[t for t in self.kv_l if t is not None], output=out)
+        return self._graph(out, [t for t in self.kv_l if t is not None], self.T)
 
     def ffn(self, cur, wfmt, n_ff, il) -> ir.Tensor:
         """``llm_build_ffn`` with SILU and a parallel gate: ``down × (silu(gate × x) · (up × x))``."""
@@ -305,7 +383,20 @@ class Builder:
         return ir.multi_add(first, k)
 
     # -- attention ------------------------------------------------------------------------------------
+    def _cat(self, nope, rope) -> ir.Tensor:
+        """``concat`` along dim 0 in the cache's order: (nope, rope), or (rope, nope) with ``rope_first``."""
+        return ir.concat(rope, nope, 0) if self.rope_first else ir.concat(nope, rope, 0)
+
+    def _offsets(self, t) -> tuple[int, int]:
+        """Byte offsets of the latent (nope) part and of the rope part inside a cache row of type ``t``."""
+        hp = self.hp
+        if self.rope_first:
+            return ir.row_size(t, hp.n_rot), 0
+        return 0, ir.row_size(t, hp.n_lora_kv)
+
     def attention(self, cur, il) -> ir.Tensor:
+        if self.variant == "mainline":
+            return self.attention_mainline(cur, il)
         hp, T, gf = self.hp, self.T, self.gf
         H = hp.n_head
         nope, rope_d, rank = hp.n_embd_head_qk_nope, hp.n_rot, hp.n_lora_kv
@@ -331,7 +422,7 @@ class Builder:
         kv_compressed = self.cb(self.norm(kv_compressed, f"blk.{il}.attn_kv_a_norm.weight", il), "kv_compressed", il)
 
         kv_l = self.kv_l[il]
-        kvr = self.cb(ir.concat(kv_compressed, ir.permute(k_rope, 0, 2, 1, 3), 0), "kvr", il)
+        kvr = self.cb(self._cat(kv_compressed, ir.permute(k_rope, 0, 2, 1, 3)), "kvr", il)
         row = rs(kv_l.type, rank + rope_d)
         kv_cache_view = ir.view_2d(kv_l, kv_l.ne[0], T, row, row * self.kv_head)
         gf.expand(ir.cpy(kvr, kv_cache_view))
@@ -341,12 +432,16 @@ class Builder:
         kv_cache = self.cb(ir.view_2d(kv_l, rank + rope_d, self.n_kv, row, 0), "kv_cache", il)
 
         chunked = self.variant == "chunked" and self.n_kv > self.kv_chunk
-        if self.pp_opt:
+        if self.pp_opt and self.variant in MLA3_VARIANTS:
+            cur = self.attn_pp_groups(q_nope, q_rope, kv_l, il)
+        elif not self.pp_opt and self.variant in MLA3_VARIANTS:
+            cur = self.attn_tg_flash(q_nope, q_rope, kv_cache, wk_b, wv_b, kv_l, il)
+        elif self.pp_opt:
             if self.variant in ("direct", "chunked") and not chunked:
                 k, v = self.kv_direct(kv_l, il)
             elif self.variant == "f32":
                 k, v = self.kv_f32(kv_l, il)
-            q = ir.permute(ir.concat(q_nope, q_rope, 0), 0, 2, 1, 3)
+            q = ir.permute(self._cat(q_nope, q_rope), 0, 2, 1, 3)
             self.cb(q, "q_concat", il)
             gf.expand(q)
             if chunked:
@@ -382,7 +477,8 @@ class Builder:
     def kv_direct(self, kv_l, il):
         """#253's CPU branch (676f0e71b): K and V built in the cache type."""
         hp, gf = self.hp, self.gf
-        kv_cache_nope = ir.view_2d(kv_l, hp.n_lora_kv, self.n_kv, kv_l.nb[1], 0)
+        off_nope, off_rope = self._offsets(kv_l.type)
+        kv_cache_nope = ir.view_2d(kv_l, hp.n_lora_kv, self.n_kv, kv_l.nb[1], off_nope)
         kv_f32 = self.cb(ir.mul_mat(self._wkv_b(il), kv_cache_nope), "kv_f32", il)
         k_nope_f32, v_f32 = self._split_kv(kv_f32, self.n_kv)
         self.cb(v_f32, "v_f32", il)
@@ -391,10 +487,9 @@ class Builder:
         k_nope = self.cb(ir.cast(k_nope_f32, kv_l.type), "k_nope", il)
         gf.expand(k_nope)
         gf.expand(v)
-        kv_cache_rope = ir.view_3d(kv_l, hp.n_rot, self.n_kv, 1, kv_l.nb[1], kv_l.nb[2],
-                                   ir.row_size(kv_l.type, hp.n_lora_kv))
+        kv_cache_rope = ir.view_3d(kv_l, hp.n_rot, self.n_kv, 1, kv_l.nb[1], kv_l.nb[2], off_rope)
         k_rope = self.cb(ir.repeat(kv_cache_rope, (hp.n_rot, self.n_kv, hp.n_head, 1)), "k_rope", il)
-        k = self.cb(ir.concat(k_nope, k_rope, 0), "k", il)
+        k = self.cb(self._cat(k_nope, k_rope), "k", il)
         gf.expand(k)
         return k, v
 
@@ -424,19 +519,20 @@ class Builder:
         row = kv_l.nb[1]
         mask = self.kq_mask
         acc = None
+        off_nope, off_rope = self._offsets(kv_l.type)
         starts = list(range(0, self.n_kv, C))
         for ci, c0 in enumerate(starts):
             n = min(C, self.n_kv - c0)
-            nope_view = ir.view_2d(kv_l, hp.n_lora_kv, n, row, c0 * row)
+            nope_view = ir.view_2d(kv_l, hp.n_lora_kv, n, row, c0 * row + off_nope)
             kv_f32 = self.cb(ir.mul_mat(self._wkv_b(il), nope_view), f"kv_f32_c{ci}", il)
             k_nope_f32, v_f32 = self._split_kv(kv_f32, n)
             k_nope = self.cb(ir.cast(k_nope_f32, kv_l.type), f"k_nope_c{ci}", il)
             v = self.cb(ir.cast(v_f32, kv_l.type), f"v_c{ci}", il)
             gf.expand(k_nope)
             gf.expand(v)
-            rope_view = ir.view_3d(kv_l, hp.n_rot, n, 1, row, row * n, c0 * row + ir.row_size(kv_l.type, hp.n_lora_kv))
+            rope_view = ir.view_3d(kv_l, hp.n_rot, n, 1, row, row * n, c0 * row + off_rope)
             k_rope = self.cb(ir.repeat(rope_view, (hp.n_rot, n, hp.n_head, 1)), f"k_rope_c{ci}", il)
-            k = self.cb(ir.concat(k_nope, k_rope, 0), f"k_c{ci}", il)
+            k = self.cb(self._cat(k_nope, k_rope), f"k_c{ci}", il)
             gf.expand(k)
             mask_c = ir.view_2d(mask, n, mask.ne[1], mask.nb[1], c0 * mask.nb[0])
             part = self.cb(ir.flash_attn_ext_partial(q, k, v, mask_c, float(hp.kq_scale)), f"kqv_part_c{ci}", il)
@@ -458,8 +554,8 @@ class Builder:
         wk_b3 = self.cb(ir.view_3d(wk_b, nope, rank, H, rs(wk_b.type, nope), rs(wk_b.type, rank) * nope, 0), "wk_b", il)
         q_nope = self.cb(ir.permute(q_nope, 0, 2, 1, 3), "q_nope_perm", il)
         q_nope2 = self.cb(ir.mul_mat(wk_b3, q_nope), "q_nope2", il)
-        q = self.cb(ir.concat(q_nope2, ir.permute(q_rope, 0, 2, 1, 3), 0), "q", il)
-        kv_cache_lora = ir.view_2d(kv_l, rank, self.n_kv, rs(kv_l.type, rank + hp.n_rot), 0)
+        q = self.cb(self._cat(q_nope2, ir.permute(q_rope, 0, 2, 1, 3)), "q", il)
+        kv_cache_lora = ir.view_2d(kv_l, rank, self.n_kv, rs(kv_l.type, rank + hp.n_rot), self._offsets(kv_l.type)[0])
         self.cb(kv_cache, "kv_cache_lora", il)  # llama.cpp names kv_cache here, not kv_cache_lora
         kv_cache_trans = self.cb(ir.cont(ir.transpose(kv_cache_lora)), "kv_cache_trans", il)
         if not self.pp_opt:

@@ -17,7 +17,10 @@ Ops: the IR op name selects an implementation (table :data:`REFERENCE_OPS`; refe
 overrides any of them by op name, the hook for generated kernels: a callable ``fn(node, *srcs, **options)``
 taking the IR node (for its ``op_params``) and the bound source tensors, returning the result tensor. For CPY
 the sources are ``(src, dst)`` where ``dst`` is the destination (a view of the base, or a fresh tensor of the
-cast's type), and the callable writes ``dst`` and returns it. ``options`` gives keyword arguments per op name
+cast's type), and the callable writes ``dst`` and returns it. SET_ROWS (mainline's cache store,
+reference/ops/set_rows.py) is called as ``fn(node, dst, src, rows)`` with ``dst`` the view of the cache and
+``rows`` the i64 index leaf, which binds to a NumPy int64 vector (mlaref tensors have no i64 type); it too writes
+``dst`` and returns it. ``options`` gives keyword arguments per op name
 (e.g. ``{"MUL_MAT": {"plan": "mlaref_l8a2"}, "FLASH_ATTN_EXT": {"algorithm": "blocked"}}``) on top of
 :data:`DEFAULT_OPTIONS`.
 
@@ -47,6 +50,7 @@ from mlaref.reference.graphs import ir
 from mlaref.reference.ops.fa_partial import fa_merge, flash_attn_ext_partial
 from mlaref.reference.ops.flash_attn_ext import flash_attn_ext
 from mlaref.reference.ops.mul_mat import mul_mat
+from mlaref.reference.ops.set_rows import set_rows
 from mlaref.reference.tensor import Tensor
 
 __all__ = ["run_graph", "REFERENCE_OPS", "DEFAULT_OPTIONS", "VIEW_OPS", "bind_leaf", "bind_leaves", "leaf_values"]
@@ -132,6 +136,10 @@ def _fa_merge(node, a, b=None, **kw):
     return fa_merge(a, b, node.op_params["final"])
 
 
+def _set_rows(node, dst, src, rows, **kw):
+    return set_rows(dst, src, rows, **kw)
+
+
 # -- the MoE ops (reference/ops/{fused_mul_unary,argsort,mul_mat_id,multi_add}.py) -------------------------------
 def _fused_mul_unary(node, a, b, **kw):
     return ops.fused_mul_unary(a, b, node.op_params["unary"], **kw)
@@ -153,7 +161,7 @@ REFERENCE_OPS: dict[str, Callable] = {
     "CPY": _cpy, "CONT": _cont, "GET_ROWS": _get_rows, "ADD": _add, "MUL": _mul, "SCALE": _scale,
     "RMS_NORM": _rms_norm, "FUSED_RMS_NORM": _fused_rms_norm, "SOFT_MAX": _soft_max, "ROPE": _rope,
     "CONCAT": _concat, "REPEAT": _repeat, "MUL_MAT": _mul_mat, "FLASH_ATTN_EXT": _flash_attn_ext,
-    "FLASH_ATTN_EXT_PARTIAL": _fa_partial, "FA_MERGE": _fa_merge,
+    "FLASH_ATTN_EXT_PARTIAL": _fa_partial, "FA_MERGE": _fa_merge, "SET_ROWS": _set_rows,
     "FUSED_MUL_UNARY": _fused_mul_unary, "ARGSORT": _argsort, "MUL_MAT_ID": _mul_mat_id, "MULTI_ADD": _multi_add,
 }
 
@@ -161,7 +169,13 @@ REFERENCE_OPS: dict[str, Callable] = {
 # -- binding ---------------------------------------------------------------------------------------------
 def bind_leaf(t: ir.Tensor, value) -> Tensor:
     """An mlaref Tensor for IR leaf ``t`` from ``value``: a Tensor (type and shape must match), raw bytes
-    (uint8, the encoded rows of ``t``'s type), float32 values (encoded as ``t.type``) or int32 values (i32)."""
+    (uint8, the encoded rows of ``t``'s type), float32 values (encoded as ``t.type``) or int32 values (i32).
+    An i64 leaf (mainline's ``k_idxs``) binds to a NumPy int64 vector instead (mlaref tensors have no i64)."""
+    if t.type == "i64":
+        a = np.asarray(value)
+        if a.dtype != np.int64 or a.size != t.nelements:
+            raise ValueError(f"leaf {t.name!r}: expected {t.nelements} int64 values, got {a.dtype} {a.shape}")
+        return a.reshape(-1)
     if isinstance(value, Tensor):
         if value.type != t.type or value.ne != t.ne:
             raise ValueError(f"leaf {t.name!r}: expected a {t.type} tensor of ne {list(t.ne)}, "
@@ -279,8 +293,14 @@ def run_graph(g, *, weights: dict, kv_cache: list, inputs: dict, keep=(), impl: 
 
     for i, node in enumerate(graph.nodes):
         srcs = [env[id(s)] if s is not node else None for s in node.src if s is not None]
-        if node.op in VIEW_OPS or (node.view_src is not None and node.op != "CPY"):
+        if node.op in VIEW_OPS or (node.view_src is not None and node.op not in ("CPY", "SET_ROWS")):
             res = _view(node, env)
+        elif node.op == "SET_ROWS":
+            dst = _view(node, env)
+            fn = impl.get("SET_ROWS", REFERENCE_OPS["SET_ROWS"])
+            res = fn(node, dst, srcs[0], srcs[1], **opts.get("SET_ROWS", {}))
+            if res is not dst:
+                raise RuntimeError(f"node {node.name!r}: the SET_ROWS implementation must write and return dst")
         elif node.op == "CPY":
             if node.src[1] is node:  # ggml_cast: a new tensor of the target type
                 dst = Tensor.empty(node.type, node.ne, name=node.name)

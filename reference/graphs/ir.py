@@ -22,6 +22,12 @@ Types are names (``"f32"``, ``"f16"``, ``"q8_0"``, ``"i32"``, ...). Block geomet
 registry (``mlaref.reference.get_type``) where a type is registered, else from :data:`GGML_TYPE_TRAITS`
 (ggml's ``type_traits`` table: block size, bytes per block).
 
+**Row metadata** (q8_KV; :mod:`.geometry`): ``nb1 = row_size(ne0) = 8 + ne0``, ``nbytes`` and ``is_contiguous``
+follow. Views must keep ``ne0`` and start on a row (offset a multiple of the source's ``nb1``), ``permute`` /
+``reshape`` keep dim 0, ``repeat`` does not tile it, ``transpose`` and ``concat`` are refused (ValueError).
+
+``set_rows`` is ggml 0.25.3's (mainline llama.cpp's cache store): a view of ``a`` whose rows ``c[i]`` get ``b``'s.
+
 Two ops are mlaref's own, for the chunked FlashMLA-2 variant (not in ggml):
 
 ``flash_attn_ext_partial(q, k, v, mask, scale)``
@@ -42,20 +48,22 @@ Two ops are mlaref's own, for the chunked FlashMLA-2 variant (not in ggml):
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from mlaref.reference.tensor import contiguous_n
-from mlaref.reference.graphs.geometry import GGML_MAX_DIMS, GGML_TYPE_TRAITS, nbytes, row_size, type_traits
+from mlaref.reference.graphs.geometry import GGML_MAX_DIMS, GGML_TYPE_TRAITS, nbytes, row_meta_size, row_size
+from mlaref.reference.graphs.geometry import type_traits, whole_rows_only
+from mlaref.reference.graphs.cgraph import Graph
 
 __all__ = [
     "GGML_MAX_DIMS", "GGML_MAX_SRC", "FLAG_INPUT", "FLAG_OUTPUT", "GGML_TYPE_TRAITS", "IN_PLACE_OPS",
-    "Tensor", "Graph", "type_traits", "row_size", "nbytes",
+    "Tensor", "Graph", "type_traits", "row_meta_size", "row_size", "nbytes",
     "new_tensor", "weight", "input_tensor", "view_tensor", "dup_tensor",
     "view_1d", "view_2d", "view_3d", "view_4d", "reshape_1d", "reshape_2d", "reshape_3d", "reshape_4d",
     "permute", "transpose", "cont", "cpy", "cast", "concat", "repeat", "get_rows",
     "add", "mul", "scale", "rms_norm", "fused_rms_norm", "soft_max", "soft_max_ext", "rope_ext", "argsort", "top_k",
     "mul_mat", "mul_mat_id", "moe_up_gate", "fused_mul_unary", "multi_add", "flash_attn_ext",
-    "flash_attn_ext_partial", "fa_merge",
+    "flash_attn_ext_partial", "fa_merge", "set_rows",
 ]
 
 GGML_MAX_SRC = 10
@@ -140,7 +148,7 @@ class Tensor:
 
     def is_contiguous(self, n: int = 0) -> bool:
         """``ggml_is_contiguous_n``: dims above ``n`` packed (dims of size 1 ignored)."""
-        return contiguous_n(self.ne, self.nb, *type_traits(self.type), n)
+        return contiguous_n(self.ne, self.nb, *type_traits(self.type), n, row_meta_size(self.type))
 
     def is_transposed(self) -> bool:
         return self.nb[0] > self.nb[1]
@@ -203,9 +211,16 @@ def dup_tensor(a: Tensor) -> Tensor:
 
 
 # -- views -------------------------------------------------------------------------------------------
+def _whole_rows(a: Tensor, what: str, detail: str) -> None:
+    whole_rows_only(a.type, f"{what} of {a.name!r}", detail)
+
+
 def _view(a: Tensor, ne, offset: int) -> Tensor:
     if offset < 0:
         raise ValueError(f"view offset must be >= 0, got {offset}")
+    if row_meta_size(a.type) and (int(ne[0]) != a.ne[0] or offset % a.nb[1]):
+        _whole_rows(a, "view", f"a view of {ne[0]} of a row's {a.ne[0]} values at offset {offset} (row stride "
+                               f"{a.nb[1]}) starts or ends inside a row")
     t = new_tensor(a.type, ne, view_src=a, view_offs=offset, name=f"{a.name} (view)", op="VIEW", src=[a],
                    op_params={"offset": offset})
     return t
@@ -242,6 +257,8 @@ def _reshape(a: Tensor, ne) -> Tensor:
     ne = _ne4(ne)
     if not a.is_contiguous():
         raise ValueError(f"reshape: {a.name!r} must be contiguous")
+    if ne[0] != a.ne[0]:
+        _whole_rows(a, "reshape", f"ne0 {a.ne[0]} cannot become {ne[0]}")
     if ne[0] * ne[1] * ne[2] * ne[3] != a.nelements:
         raise ValueError(f"reshape: {a.name!r} has {a.nelements} elements, the new shape {list(ne)} does not")
     return new_tensor(a.type, ne, view_src=a, name=f"{a.name} (reshaped)", op="RESHAPE", src=[a])
@@ -268,6 +285,8 @@ def permute(a: Tensor, axis0: int, axis1: int, axis2: int, axis3: int) -> Tensor
     axes = (axis0, axis1, axis2, axis3)
     if sorted(axes) != [0, 1, 2, 3]:
         raise ValueError(f"permute: axes must be a permutation of 0..3, got {axes}")
+    if axes[0] != 0:
+        _whole_rows(a, "permute", "dimension 0 (the rows) must stay in place")
     ne = [0] * 4
     nb = [0] * 4
     for i, ax in enumerate(axes):
@@ -281,6 +300,7 @@ def permute(a: Tensor, axis0: int, axis1: int, axis2: int, axis3: int) -> Tensor
 
 
 def transpose(a: Tensor) -> Tensor:
+    _whole_rows(a, "transpose", "a transposed row has no metadata of its own")
     t = new_tensor(a.type, a.ne, view_src=a, name=f"{a.name} (transposed)", op="TRANSPOSE", src=[a])
     t.ne = (a.ne[1], a.ne[0], a.ne[2], a.ne[3])
     t.nb = (a.nb[1], a.nb[0], a.nb[2], a.nb[3])
@@ -302,6 +322,19 @@ def cpy(a: Tensor, b: Tensor) -> Tensor:
     return t
 
 
+def set_rows(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+    """``ggml_set_rows(a, b, c)`` (ggml 0.25.3): rows ``c[i]`` of ``a`` get ``b``'s rows; a view of ``a`` with op
+    SET_ROWS and ``src = [b, c, a]`` (ggml's order). 2-d ``a`` / ``b``, 1-d index (llama.cpp's one-stream store)."""
+    if a.ne[0] != b.ne[0] or a.ne[2:] != (1, 1) or b.ne[2:] != (1, 1) or b.type not in ("f32", "f16"):
+        raise ValueError(f"set_rows: a {list(a.ne)} and b {b.type} {list(b.ne)} must be 2-d, same ne0, b f32/f16")
+    if c.type not in ("i64", "i32") or c.ne != (b.ne[1], 1, 1, 1):
+        raise ValueError(f"set_rows: the index must be an i64 or i32 vector of b's {b.ne[1]} rows, got {c.type}")
+    t = view_tensor(a, name=f"{a.name} (view)")
+    t.op = "SET_ROWS"
+    t.src = [b, c, a]
+    return t
+
+
 def cast(a: Tensor, type_name: str) -> Tensor:
     """``ggml_cast``: a new contiguous tensor; op CPY with ``src[1]`` = the result itself (ggml's quirk)."""
     t = new_tensor(type_name, a.ne, name=f"{a.name} (copy)", op="CPY", src=[a])
@@ -312,6 +345,8 @@ def cast(a: Tensor, type_name: str) -> Tensor:
 def concat(a: Tensor, b: Tensor, dim: int) -> Tensor:
     if not 0 <= dim < GGML_MAX_DIMS:
         raise ValueError(f"concat: dim must be 0..3, got {dim}")
+    for t in (a, b):
+        _whole_rows(t, "concat", "ik's concat refuses per-row metadata (#2232)")
     ne = list(a.ne)
     for d in range(GGML_MAX_DIMS):
         if d == dim:
@@ -330,6 +365,8 @@ def _can_repeat(t0_ne, t1_ne) -> bool:
 def repeat(a: Tensor, ne) -> Tensor:
     """``ggml_repeat(a, b)`` with only ``b``'s shape given (llama.cpp passes a stack 'repeater' tensor)."""
     ne = _ne4(ne.ne if isinstance(ne, Tensor) else ne)
+    if ne[0] != a.ne[0]:
+        _whole_rows(a, "repeat", f"a row tiled along dim 0 ({a.ne[0]} -> {ne[0]} values) is not a row")
     if not _can_repeat(a.ne, ne):
         raise ValueError(f"repeat: {list(ne)} is not a whole repetition of {list(a.ne)}")
     return new_tensor(a.type, ne, op="REPEAT", src=[a])
@@ -518,68 +555,3 @@ def fa_merge(a: Tensor, b: Tensor | None, final: bool) -> Tensor:
     ne = (a.ne[0] - 2, a.ne[1], a.ne[2], a.ne[3]) if final else a.ne
     src = [a] if b is None else [a, b]
     return new_tensor("f32", ne, op="FA_MERGE", src=src, op_params={"final": bool(final)})
-
-
-# -- the graph ------------------------------------------------------------------------------------------
-class Graph:
-    """``ggml_cgraph``: ``nodes`` and ``leafs`` in the order ``build_forward_expand`` visits them."""
-
-    def __init__(self):
-        self.nodes: list[Tensor] = []
-        self.leafs: list[Tensor] = []
-        self._visited: set[int] = set()
-
-    def expand(self, root: Tensor) -> Tensor:
-        """``ggml_build_forward_expand``: post-order DFS over ``src[0..]`` (iterative, same order)."""
-        visited = self._visited
-        if id(root) in visited:
-            return root
-        visited.add(id(root))
-        stack = [(root, 0)]
-        while stack:
-            node, i = stack[-1]
-            srcs = node.src
-            pushed = False
-            while i < len(srcs):
-                s = srcs[i]
-                i += 1
-                if s is not None and id(s) not in visited:
-                    visited.add(id(s))
-                    stack[-1] = (node, i)
-                    stack.append((s, 0))
-                    pushed = True
-                    break
-            if pushed:
-                continue
-            stack.pop()
-            if node.op == "NONE":
-                if not node.name:
-                    node.name = f"leaf_{len(self.leafs)}"
-                self.leafs.append(node)
-            else:
-                if not node.name:
-                    node.name = f"node_{len(self.nodes)}"
-                self.nodes.append(node)
-        return root
-
-    def find(self, name: str) -> Tensor:
-        """The node or leaf called ``name`` (the first one in graph order)."""
-        for t in self.nodes:
-            if t.name == name:
-                return t
-        for t in self.leafs:
-            if t.name == name:
-                return t
-        raise KeyError(name)
-
-    def index(self, name: str) -> int:
-        for i, t in enumerate(self.nodes):
-            if t.name == name:
-                return i
-        raise KeyError(name)
-
-    def __len__(self) -> int:
-        return len(self.nodes)
-
-    def ops(self) -> Iterable[str]:
-        return (t.op for t in self.nodes)

@@ -50,7 +50,7 @@ def test_kv_cache_other_types():
     assert kv_cache_bytes(LITE, 2048, "q8_0") == 27 * 2048 * 612
     assert mib(kv_cache_bytes(LITE, 2048, "q8_0")) == "32.27"
     assert kv_cache_bytes(LITE, 131072, "bf16") == 4_076_863_488
-    with pytest.raises(ValueError, match="cache_type must be f16, q8_0 or bf16"):
+    with pytest.raises(ValueError, match="cache_type must be one of f16, q8_0, bf16, q8_KV"):
         kv_cache_bytes(LITE, 2048, "q4_0")
 
 

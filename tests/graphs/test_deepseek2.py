@@ -240,7 +240,7 @@ def test_bad_context_is_rejected_with_the_rule():
 
 
 def test_bad_variant_cache_type_and_chunk():
-    with pytest.raises(ValueError, match="variant must be one of f32, direct, chunked; got 'fast'"):
+    with pytest.raises(ValueError, match="variant must be one of f32, direct, chunked, mla3, mla3-amb, mainline; got 'fast'"):
         deepseek2.build_graph(LITE, 2048, variant="fast")
     with pytest.raises(ValueError, match="cache_type must be one of f16, q8_0, bf16"):
         deepseek2.build_graph(LITE, 2048, cache_type="q4_0")
