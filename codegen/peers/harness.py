@@ -13,7 +13,11 @@ API is in ``ggml-cpu.h``, how the type traits are reached, whether ``ggml_cpu_in
   row routine by name, where the traits do not reach it);
 * ``mh_graph_*``: nodes (:class:`Graph`) built with the peer's own API calls into one context, inputs as views
   of one base tensor per (buffer, type) with the given ``ne`` / ``nb`` / offset, computed by
-  ``ggml_graph_compute_with_ctx``.
+  ``ggml_graph_compute_with_ctx``;
+* ``mh_graph_new_reserve`` / ``mh_graph_reserve``: the same nodes built without data, as llama.cpp builds its
+  graph before the reserve (weights in a CPU buffer of their own, inputs flagged with ``ggml_set_input``), and
+  measured by the peer's own ggml-alloc (``ggml_gallocr_reserve`` with the CPU buffer type): the compute
+  buffer's size, and each tensor's offset in it (:meth:`Graph.reserve`).
 
 Loading two peers' ``libggml.so`` into one process would mix them: :func:`load` takes one harness per process,
 and the conformance runner calls it from worker processes (a ggml assert aborts the worker, not the run).
@@ -28,6 +32,7 @@ import os
 import re
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
@@ -39,11 +44,15 @@ from mlaref.reference.tensor import Tensor, row_size, type_geometry
 
 __all__ = [
     "ABI",
+    "FLAG_INPUT",
+    "FLAG_OUTPUT",
     "OPS",
     "TEMPLATE",
+    "UNARY",
     "Graph",
     "Harness",
     "Prepared",
+    "Reserved",
     "HarnessError",
     "LayoutMismatch",
     "WrotePastTensor",
@@ -57,12 +66,19 @@ __all__ = [
 ]
 
 TEMPLATE = Path(__file__).resolve().parent / "harness.c.j2"
-ABI = 1
+ABI = 2
 # enum mh_op of the template
 OPS = {"input": 0, "new": 1, "mul_mat": 2, "concat": 3, "repeat": 4, "cpy": 5, "get_rows": 6, "soft_max_ext": 7,
        "rope_ext": 8, "flash_attn_ext": 9, "view": 10, "permute": 11, "cont": 12, "reshape": 13, "transpose": 14,
-       "add": 15, "mul": 16, "scale": 17, "rms_norm": 18, "silu": 19, "gelu": 20, "fused_rms_norm": 21}
+       "add": 15, "mul": 16, "scale": 17, "rms_norm": 18, "silu": 19, "gelu": 20, "fused_rms_norm": 21,
+       "cast": 22, "weight": 23, "mul_mat_id": 24, "argsort": 25, "fused_mul_unary": 26, "multi_add": 27,
+       "moe_up_gate": 28, "set_rows": 29}
+# mh_node.flags (ggml_set_input / ggml_set_output)
+FLAG_INPUT, FLAG_OUTPUT = 1, 2
+# the unary ops of fused_mul_unary / moe_up_gate, as the template's mh_unary codes them
+UNARY = {"SILU": 0, "GELU": 1, "RELU": 2}
 _LIB = "libmlaref_harness.so"
+_INT_BYTES = {"i8": 1, "i16": 2, "i32": 4, "i64": 8}
 
 
 class HarnessError(RuntimeError):
@@ -80,7 +96,8 @@ class LayoutMismatch(HarnessError):
 class _Node(ctypes.Structure):
     _fields_ = [("op", ctypes.c_int32), ("src", ctypes.c_int32 * 4), ("type", ctypes.c_int32),
                 ("ne", ctypes.c_int64 * 4), ("nb", ctypes.c_int64 * 4), ("offset", ctypes.c_int64),
-                ("buf", ctypes.c_int32), ("ip", ctypes.c_int32 * 8), ("fp", ctypes.c_float * 8)]
+                ("buf", ctypes.c_int32), ("ip", ctypes.c_int32 * 8), ("fp", ctypes.c_float * 8),
+                ("flags", ctypes.c_int32)]
 
 
 # -- rendering ----------------------------------------------------------------------------------------------------
@@ -101,6 +118,9 @@ def dialect(include: Path, peer: str) -> dict:
         "cpu_init": "ggml_cpu_init" in declared,
         "features": features,
         "fused_rms_norm": "ggml_fused_rms_norm" in declared,
+        "fused_mul_unary": "ggml_fused_mul_unary" in declared,
+        "multi_add": "ggml_multi_add" in declared,
+        "moe_up_gate": "ggml_moe_up_gate" in declared,
     }
 
 
@@ -218,6 +238,9 @@ class Harness:
             "mh_graph_supports": ([vp, i32], i32), "mh_graph_compute": ([vp, i32], i32),
             "mh_graph_output_desc": ([vp, i32, ctypes.POINTER(i64)], i32),
             "mh_graph_output_copy": ([vp, i32, vp, i64], i32),
+            "mh_graph_new_reserve": ([i32], vp),
+            "mh_graph_reserve": ([vp, ctypes.POINTER(i64), ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(i64)],
+                                 i32),
         }
         for name, (args, res) in sig.items():
             fn = getattr(lib, name)
@@ -249,7 +272,10 @@ class Harness:
         """Raise :class:`LayoutMismatch` if the peer's block of ``name`` is not mlaref's (e.g. ik_llama.cpp's
         2026 ``block_q8_K`` has a ``float sum`` after ``d``: 296 bytes, upstream's and mlaref's have 292)."""
         t = self.types[name]
-        if name == "i32":
+        if name in _INT_BYTES:
+            if (t["blck_size"], t["type_size"]) != (1, _INT_BYTES[name]):
+                raise LayoutMismatch(f"{self.info['peer']} stores {name} in {t['type_size']} bytes, not "
+                                     f"{_INT_BYTES[name]}")
             return
         try:
             bs, ts = type_geometry(name)
@@ -343,6 +369,18 @@ class Harness:
         return Graph(self)
 
 
+def _ne(ne) -> tuple:
+    ne = tuple(int(v) for v in ne)
+    if not 1 <= len(ne) <= 4 or any(v <= 0 for v in ne):
+        raise ValueError(f"ne must be 1 to 4 positive sizes, got {list(ne)}")
+    return ne + (1,) * (4 - len(ne))
+
+
+def _check_flags(flags: int) -> None:
+    if int(flags) & ~(FLAG_INPUT | FLAG_OUTPUT):
+        raise ValueError(f"flags must combine FLAG_INPUT ({FLAG_INPUT}) and FLAG_OUTPUT ({FLAG_OUTPUT}), got {flags}")
+
+
 def _check_row(type_name: str, n: int) -> None:
     bs, _ = type_geometry(type_name)
     if n <= 0 or n % bs:
@@ -355,7 +393,10 @@ class Graph:
     ``g.input(t)`` adds an mlaref Tensor (a view of its buffer with its own ``ne``/``nb``/offset; two Tensors over
     one NumPy buffer become two views of one ggml tensor); the op methods take node indices. ``g.run(outs,
     n_threads)`` computes the graph and returns the outputs as contiguous mlaref Tensors; ``g.supports(node)``
-    asks the CPU back-end's ``supports_op`` without computing."""
+    asks the CPU back-end's ``supports_op`` without computing.
+
+    A graph for :meth:`reserve` holds no data: its weights are ``g.weight(type, ne)``, its inputs
+    ``g.new(type, ne, flags=FLAG_INPUT)``, and ``g.input`` is refused there (as ``g.weight`` is by ``run``)."""
 
     def __init__(self, harness: Harness):
         self.h = harness
@@ -364,7 +405,7 @@ class Graph:
         self._buf_ids: dict[int, int] = {}
 
     def _add(self, op: str, src=(), type_name=None, ne=(1, 1, 1, 1), nb=(0, 0, 0, 0), offset=0, buf=0, ip=(),
-             fp=()) -> int:
+             fp=(), flags=0) -> int:
         n = _Node()
         n.op = OPS[op]
         srcs = list(src) + [-1] * (4 - len(src))
@@ -380,6 +421,7 @@ class Graph:
             n.ip[k] = int(v)
         for k, v in enumerate(fp):
             n.fp[k] = float(v)
+        n.flags = int(flags)
         self.nodes.append(n)
         return len(self.nodes) - 1
 
@@ -392,15 +434,33 @@ class Graph:
             self.bufs.append(t.data)
         return self._add("input", type_name=t.type, ne=t.ne, nb=t.nb, offset=t.offset, buf=self._buf_ids[key])
 
-    def new(self, type_name: str, ne) -> int:
-        ne = tuple(ne) + (1,) * (4 - len(ne))
-        return self._add("new", type_name=type_name, ne=ne)
+    def new(self, type_name: str, ne, flags: int = 0) -> int:
+        """A new tensor (zeros when computed; no data in a reserve graph); ``flags``: FLAG_INPUT / FLAG_OUTPUT."""
+        ne = _ne(ne)
+        _check_flags(flags)
+        return self._add("new", type_name=type_name, ne=ne, flags=flags)
+
+    def weight(self, type_name: str, ne) -> int:
+        """A model tensor of a reserve graph: contiguous, in a CPU buffer of its own, never placed by ggml-alloc."""
+        return self._add("weight", type_name=type_name, ne=_ne(ne))
+
+    def cast(self, a: int, type_name: str) -> int:
+        """``ggml_cast(a, type)``: a new tensor whose CPY reads ``a`` (its ``src[1]`` is itself, as in ggml)."""
+        if not 0 <= a < len(self.nodes):
+            raise ValueError(f"cast: source {a} is not an earlier node")
+        return self._add("cast", src=(a,), type_name=type_name)
 
     def op(self, name: str, *src, ip=(), fp=()) -> int:
         """Add op ``name`` over earlier nodes ``src`` with integer / float parameters ``ip`` / ``fp`` (see the
         template's mh_graph_build). Parameters ggml would assert on are refused here, before C sees them."""
-        if name not in OPS or name in ("input", "new", "view", "reshape"):
+        if name not in OPS or name in ("input", "new", "view", "reshape", "weight", "cast"):
             raise ValueError(f"Graph.op: unknown op {name!r}")
+        if name == "argsort" and (len(ip) != 1 or int(ip[0]) not in (0, 1)):
+            raise ValueError(f"argsort: the order must be 0 (ascending) or 1 (descending), got {list(ip)}")
+        if name in ("fused_mul_unary", "moe_up_gate") and (len(ip) != 1 or int(ip[0]) not in UNARY.values()):
+            raise ValueError(f"{name}: the unary op must be one of {UNARY} by code, got {list(ip)}")
+        if name == "multi_add" and (len(ip) != 1 or int(ip[0]) < 1):
+            raise ValueError(f"multi_add: n_experts must be >= 1, got {list(ip)}")
         if name == "concat" and (len(ip) != 1 or not 0 <= int(ip[0]) < 4):
             raise ValueError(f"concat: dim must be one of 0..3, got {list(ip)}")
         if name == "permute" and sorted(int(v) for v in ip) != [0, 1, 2, 3]:
@@ -411,6 +471,8 @@ class Graph:
 
     def view(self, a: int, ne, nb, offset: int) -> int:
         """``ggml_view_4d(a, ne, nb1..3, offset)``; ``nb`` of 4 strides sets ``nb[0]`` too (a permuted view)."""
+        if offset < 0:
+            raise ValueError(f"view: the offset must be >= 0, got {offset}")
         ne = tuple(ne) + (1,) * (4 - len(ne))
         nb = tuple(nb)
         nb = nb if len(nb) == 4 else (0, *nb) + (0,) * (3 - len(nb))
@@ -420,11 +482,16 @@ class Graph:
         ne = tuple(ne) + (1,) * (4 - len(ne))
         return self._add("reshape", src=(a,), type_name="f32", ne=ne)
 
-    def _build(self, outputs, mem_bytes):
+    def _build(self, outputs, mem_bytes, reserve: bool = False):
         h = self.h
+        kind = OPS["input"] if reserve else OPS["weight"]
+        bad = [i for i, n in enumerate(self.nodes) if n.op == kind]
+        if bad:
+            raise ValueError(f"node {bad[0]}: a {'reserve' if reserve else 'computed'} graph takes no "
+                             f"{'input() (its inputs are new(..., flags=FLAG_INPUT))' if reserve else 'weight()'}")
         total = sum(b.size for b in self.bufs)
         mem = mem_bytes or (4 * total + (64 << 20))
-        handle = h._lib.mh_graph_new(mem, len(self.nodes))
+        handle = h._lib.mh_graph_new_reserve(len(self.nodes)) if reserve else h._lib.mh_graph_new(mem, len(self.nodes))
         if not handle:
             raise HarnessError(h._lib.mh_error().decode())
         keep = [np.ascontiguousarray(b) for b in self.bufs]
@@ -453,6 +520,22 @@ class Graph:
         outputs = [outputs] if isinstance(outputs, int) else list(outputs)
         return Prepared(self.h, self._build(outputs, mem_bytes), len(outputs))
 
+    def reserve(self, offsets: bool = True) -> Reserved:
+        """Measure the graph with the peer's ggml-alloc as llama.cpp's reserve does (see the template's
+        ``mh_graph_reserve``): the compute buffer's bytes, each node's index among the ggml graph's nodes and, with
+        ``offsets``, each node's offset in the compute buffer (``ggml_gallocr_alloc_graph`` then runs too)."""
+        n = len(self.nodes)
+        handle = self._build([], None, reserve=True)
+        try:
+            info = (ctypes.c_int64 * 2)()
+            order = (ctypes.c_int32 * max(1, n))()
+            offs = (ctypes.c_int64 * max(1, n))() if offsets else None
+            self.h.check(self.h._lib.mh_graph_reserve(handle, info, order, offs), "graph reserve")
+            return Reserved(int(info[0]), int(info[1]), tuple(order[:n]),
+                            tuple(offs[:n]) if offs is not None else None)
+        finally:
+            self.h._lib.mh_graph_free(handle)
+
     def run(self, outputs, n_threads: int = 1, mem_bytes: int | None = None) -> list[Tensor]:
         """Build, compute once, return the outputs as contiguous mlaref Tensors, free."""
         prepared = self.prepare(outputs, mem_bytes)
@@ -461,6 +544,18 @@ class Graph:
             return prepared.outputs()
         finally:
             prepared.free()
+
+
+@dataclass(frozen=True)
+class Reserved:
+    """What :meth:`Graph.reserve` measured: ``buffer_size`` (``ggml_gallocr_get_buffer_size``), ``n_nodes`` of
+    the ggml graph, per harness node its index among those nodes (``order``, -1 for a leaf) and its offset in the
+    compute buffer (``offsets``, -1 where ggml-alloc placed nothing; None if not asked for)."""
+
+    buffer_size: int
+    n_nodes: int
+    order: tuple
+    offsets: tuple | None
 
 
 class Prepared:

@@ -15,15 +15,39 @@ order given, so the cache store runs before the reads of the cache, as in llama.
 The tensors named in ``keep`` and the graph output come back as contiguous mlaref Tensors (a view is copied out
 with ``ggml_cont``, which copies bytes for the element and block types here). IR ops ggml lacks (mlaref's
 chunked FlashMLA-2 ops, the MoE fusions) raise ``NotImplementedError``.
+
+:func:`reserve` builds any IR graph (an MLAGraph or an ``ir.Graph``) as llama.cpp builds its graph before the
+worst-case reserve and measures it with the peer's own ggml-alloc (``mh_graph_reserve``): nothing is computed, no
+data is passed. The differences from :func:`run_graph`'s build are what the allocator sees:
+
+* leaves with data (weights, the KV cache: ``external`` in the IR) are tensors of a CPU buffer of their own,
+  allocated before any view of them is made (a view takes its data when it is made); the other leaves (the
+  inputs) are tensors without data, flagged with ``ggml_set_input`` where the IR flags them; FLAG_OUTPUT is
+  passed on as ``ggml_set_output``;
+* a view is ``ggml_view_4d`` of the IR's ``src[0]`` (the tensor it was made of, not its base), so the allocator
+  counts the same children;
+* ``ggml_cast`` is ``ggml_cast`` (its ``src[1]`` is itself, as the allocator counts it), ``ggml_repeat`` takes a
+  shape tensor that is no part of the graph; MUL_MAT_ID, ARGSORT, SET_ROWS and ik_llama.cpp's FUSED_MUL_UNARY,
+  MULTI_ADD and MOE_FUSED_UP_GATE are built too (a peer without one says so).
+
+:func:`first_difference` compares the result with :func:`mlaref.reference.graphs.alloc.allocate_graph`'s, tensor
+by tensor in the model's allocation order; :data:`PEER_ALLOCATOR` names the allocator version each peer has.
+:func:`lower_fused_rms_norm` rewrites ik_llama.cpp's FUSED_RMS_NORM as the RMS_NORM and MUL that
+``llm_build_norm`` builds where ggml has no fused op (upstream ggml).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from mlaref.codegen.peers import harness
 from mlaref.reference.graphs import executor, ir
 from mlaref.reference.tensor import Tensor
 
-__all__ = ["run_graph", "OPS"]
+__all__ = ["OPS", "PEER_ALLOCATOR", "GraphReserve", "first_difference", "lower_fused_rms_norm", "reserve", "run_graph"]
+
+# The allocator version (mlaref.reference.graphs.alloc.ALLOCATORS) of each peer's ggml-alloc.c
+PEER_ALLOCATOR = {"ik-llama-cpp-python": "ik-2026-04", "llama-cpp-python": "ggml-0.25.3"}
 
 _VIEWS = frozenset({"VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"})
 # IR op -> (harness op, ints from op_params, floats from op_params)
@@ -96,3 +120,161 @@ def _mem(graph) -> int:
     """Context bytes: every leaf and node once (views too, generously), twice, plus 256 MiB for work buffers."""
     total = sum(t.nbytes for t in graph.leafs) + sum(t.nbytes for t in graph.nodes)
     return 2 * total + (256 << 20)
+
+
+# -- the worst-case reserve --------------------------------------------------------------------------------------
+
+# reserve: IR ops built with their own harness op beyond OPS: (harness op, the IR src order the ggml call takes,
+# ints from op_params)
+_RESERVE_OPS = {
+    "MUL_MAT_ID": ("mul_mat_id", (0, 1, 2), ()),
+    "ARGSORT": ("argsort", (0,), ("order",)),
+    "FUSED_MUL_UNARY": ("fused_mul_unary", (0, 1), ("unary",)),
+    "MULTI_ADD": ("multi_add", (0,), ("n_experts",)),
+    "MOE_FUSED_UP_GATE": ("moe_up_gate", (0, 1, 2, 3), ("unary",)),
+    "SET_ROWS": ("set_rows", (2, 0, 1), ()),  # ggml_set_rows(a, b, c) makes src = {b, c, a}
+}
+_PARAM_CODES = {"order": {"asc": 0, "desc": 1}, "unary": harness.UNARY}
+
+
+@dataclass(frozen=True)
+class GraphReserve:
+    """What the peer's ggml-alloc measured for an IR graph: ``buffer_size`` (``ggml_gallocr_get_buffer_size``),
+    ``n_nodes`` of the ggml graph, ``node_order[i]`` = the index of IR node ``i`` among the ggml graph's nodes,
+    ``leaf_offsets`` / ``node_offsets``: the byte offset of each IR leaf / node in the compute buffer, -1 where
+    ggml-alloc placed nothing (weights, views); None if offsets were not asked for."""
+
+    buffer_size: int
+    n_nodes: int
+    node_order: tuple
+    leaf_offsets: tuple | None
+    node_offsets: tuple | None
+
+
+def reserve(g, offsets: bool = True) -> GraphReserve:
+    """Build ``g`` (an MLAGraph or an ``ir.Graph``) on the loaded peer without data and measure it with the peer's
+    ggml-alloc, as llama.cpp's worst-case reserve does (see the module docstring)."""
+    graph = getattr(g, "graph", g)
+    if not isinstance(graph, ir.Graph):
+        raise TypeError(f"reserve takes an MLAGraph or an ir.Graph, got {type(g).__name__}")
+    gr = harness.loaded().graph()
+    node_of: dict[int, int] = {}
+
+    def src(t):
+        return node_of[id(t)]
+
+    leaf_ids = []
+    for t in graph.leafs:
+        if t.view_src is not None:
+            raise NotImplementedError(f"leaf {t.name!r} is a view without an op; reserve builds views as nodes")
+        if t.external:
+            if t.nb != ir.new_tensor(t.type, t.ne).nb:
+                raise NotImplementedError(f"weight {t.name!r} is not contiguous; reserve makes contiguous weights")
+            node_of[id(t)] = gr.weight(t.type, t.ne)
+        else:
+            node_of[id(t)] = gr.new(t.type, t.ne, flags=_flags(t))
+        leaf_ids.append(node_of[id(t)])
+    for node in graph.nodes:
+        node_of[id(node)] = _reserve_node(gr, node, src)
+        gr.nodes[node_of[id(node)]].flags = _flags(node)  # ggml_set_input / ggml_set_output when built
+    res = gr.reserve(offsets=offsets)
+    node_ids = [node_of[id(t)] for t in graph.nodes]
+    offs = res.offsets
+    return GraphReserve(res.buffer_size, res.n_nodes, tuple(res.order[i] for i in node_ids),
+                        None if offs is None else tuple(offs[i] for i in leaf_ids),
+                        None if offs is None else tuple(offs[i] for i in node_ids))
+
+
+def _flags(t) -> int:
+    """The IR tensor's FLAG_INPUT / FLAG_OUTPUT as the harness's flags."""
+    return harness.FLAG_INPUT * bool(t.flags & ir.FLAG_INPUT) | harness.FLAG_OUTPUT * bool(t.flags & ir.FLAG_OUTPUT)
+
+
+def _reserve_node(gr, node, src) -> int:
+    op = node.op
+    if op == "CPY" and node.src[1] is node:  # ggml_cast
+        return gr.cast(src(node.src[0]), node.type)
+    if op == "CPY":
+        return gr.op("cpy", src(node.src[0]), src(node.src[1]))
+    if op in _RESERVE_OPS:
+        name, order, ints = _RESERVE_OPS[op]
+        p = node.op_params
+        ip = [_PARAM_CODES[k][p[k]] if k in _PARAM_CODES else p[k] for k in ints]
+        return gr.op(name, *[src(node.src[k]) for k in order], ip=ip)
+    if node.view_src is not None:  # VIEW / RESHAPE / PERMUTE / TRANSPOSE: a view of src[0], as ggml makes it
+        a = node.src[0]
+        base_offs = a.view_offs if a.view_src is not None else 0
+        return gr.view(src(a), node.ne, node.nb, node.view_offs - base_offs)
+    if op == "REPEAT":
+        return gr.op("repeat", src(node.src[0]), gr.new(node.type, node.ne))
+    if op in OPS:
+        name, ints, floats = OPS[op]
+        p = node.op_params
+        r = gr.op(name, *[None if s is None else src(s) for s in node.src], ip=[p[k] for k in ints],
+                  fp=[p[k] for k in floats])
+        if op == "FLASH_ATTN_EXT" and p.get("prec") == "f32":
+            gr.nodes[r].ip[0] = 1
+        return r
+    raise NotImplementedError(f"node {node.name!r}: op {op} has no ggml counterpart in the harness")
+
+
+def first_difference(graph, model, real: GraphReserve) -> str | None:
+    """The first disagreement between the model's allocation (``alloc.allocate_graph``'s AllocResult) and the
+    peer's (:func:`reserve`), or None: the ggml graph's node order, then each tensor's offset in the model's
+    allocation order (the leaves' and nodes' offsets; tensors the model never placed must be unplaced there too),
+    then the buffer size."""
+    graph = getattr(graph, "graph", graph)
+    if real.n_nodes != len(graph.nodes) or list(real.node_order) != list(range(len(graph.nodes))):
+        bad = next((i for i, k in enumerate(real.node_order) if k != i), len(graph.nodes))
+        name = graph.nodes[bad].name if bad < len(graph.nodes) else "(the end)"
+        return (f"the ggml graph has {real.n_nodes} nodes in another order (the IR has {len(graph.nodes)}); the "
+                f"first out of place is IR node {bad} {name!r}")
+    if real.node_offsets is not None:
+        placed = {}
+        for t, off in zip(graph.leafs, real.leaf_offsets):
+            placed[id(t)] = off
+        for t, off in zip(graph.nodes, real.node_offsets):
+            placed[id(t)] = off
+        everyone = [*graph.leafs, *graph.nodes]
+        rank: dict[int, int] = {}
+        for kind, _, t, _off, _ in model.events:
+            if kind != "free":
+                rank.setdefault(id(t), len(rank))
+        for t in sorted(everyone, key=lambda t: rank.get(id(t), len(rank))):
+            want = model.offsets.get(t, -1)
+            if placed[id(t)] != want:
+                return (f"{t.op} {t.name!r} ({t.nbytes} B): the model places it at {want}, the peer's ggml-alloc at "
+                        f"{placed[id(t)]} (-1: not placed)")
+    if model.buffer_size != real.buffer_size:
+        return f"the buffer: the model says {model.buffer_size} B, the peer's ggml-alloc {real.buffer_size} B"
+    return None
+
+
+def lower_fused_rms_norm(g) -> ir.Graph:
+    """A copy of ``g``'s graph where every FUSED_RMS_NORM(a, w) is RMS_NORM(a) followed by MUL(·, w), what
+    ``llm_build_norm`` builds where ggml has no ``ggml_fused_rms_norm`` (upstream ggml). The copy's order is
+    ggml's: every node expanded in the original order (the MUL takes the fused node's place and name)."""
+    graph = getattr(g, "graph", g)
+    new: dict[int, ir.Tensor] = {}
+
+    def m(t):
+        return None if t is None else new[id(t)]
+
+    for t in graph.leafs:
+        c = ir.Tensor(t.type, t.ne, t.nb, op=t.op, view_src=m(t.view_src), view_offs=t.view_offs,
+                      op_params=t.op_params, name=t.name, external=t.external)
+        c.flags = t.flags
+        new[id(t)] = c
+    out = ir.Graph()
+    for t in graph.nodes:
+        if t.op == "FUSED_RMS_NORM":
+            c = ir.mul(ir.rms_norm(m(t.src[0]), t.op_params["eps"]), m(t.src[1]))
+            c.name = t.name
+        else:
+            c = ir.Tensor(t.type, t.ne, t.nb, op=t.op, view_src=m(t.view_src), view_offs=t.view_offs,
+                          op_params=t.op_params, name=t.name, external=t.external)
+            c.src = [c if s is t else m(s) for s in t.src]
+        c.flags = t.flags
+        new[id(t)] = c
+        out.expand(c)
+    return out

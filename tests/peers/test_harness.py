@@ -24,6 +24,7 @@ GGML_API int ggml_cpu_has_f16c       (void);
 GGML_API ggml_type_traits_t ggml_internal_get_type_traits(enum ggml_type type);
 GGML_API struct ggml_tensor * ggml_fused_rms_norm(struct ggml_context * ctx, struct ggml_tensor * a,
                                                   struct ggml_tensor * b, float eps);
+GGML_API struct ggml_tensor * ggml_multi_add(struct ggml_context * ctx, struct ggml_tensor * a, int n_experts);
 """
 
 
@@ -35,15 +36,17 @@ def test_the_dialect_is_read_from_the_headers(tmp_path):
     (up / "ggml-cpu.h").write_text(UPSTREAM_015_CPU_H)
     (ik / "ggml.h").write_text(IK_H)
     d_up, d_ik = harness.dialect(up, "x"), harness.dialect(ik, "y")
+    ik_only = {"fused_mul_unary": False, "multi_add": False, "moe_up_gate": False}
     assert d_up == {"peer": "x", "cpu_header": True, "traits": "split", "cpu_init": True,
-                    "features": ["avx2", "fma"], "fused_rms_norm": False}
+                    "features": ["avx2", "fma"], "fused_rms_norm": False, **ik_only}
     assert d_ik == {"peer": "y", "cpu_header": False, "traits": "internal", "cpu_init": False,
-                    "features": ["avx2", "f16c"], "fused_rms_norm": True}
+                    "features": ["avx2", "f16c"], "fused_rms_norm": True, **ik_only, "multi_add": True}
     src_up, src_ik = harness.render(d_up), harness.render(d_ik)
     assert src_up == harness.render(dict(d_up))  # the same parameters give the same bytes
     assert '#include "ggml-cpu.h"' in src_up and '#include "ggml-cpu.h"' not in src_ik
     assert "ggml_get_type_traits_cpu" in src_up and "ggml_internal_get_type_traits" in src_ik
     assert "ggml_fused_rms_norm(ctx" in src_ik and "ggml_fused_rms_norm(ctx" not in src_up
+    assert "ggml_multi_add(ctx" in src_ik and "ggml_multi_add(ctx" not in src_up
     assert "ggml_cpu_has_fma()" in src_up and "ggml_cpu_has_fma()" not in src_ik
 
 
