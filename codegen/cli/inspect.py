@@ -1,9 +1,15 @@
 """``mlaref inspect FILE.gguf``: a GGUF file's hyper-parameters, tensor table, memory plan and kernels, printed.
 
 ``mlaref inspect FILE.gguf [--ctx N] [--cache-type f16|q8_0]`` prints what :func:`mlaref.reference.gguf.open_gguf`
-read (hyper-parameters with llama.cpp's names, the tensor table), the MLA KV-cache plan (upstream facts §2,
-:func:`mlaref.reference.graphs.alloc.kv_cache_plan`), the worst-case compute buffer from the allocator model and
-which generated mul_mat kernel dispatch would pick for each weight type.
+read (the header, the metadata keys, the hyper-parameters with llama.cpp's names, the tensor table and the attention
+layout), the MLA KV-cache plan (upstream facts §2, :func:`mlaref.reference.graphs.alloc.kv_cache_plan`), the
+worst-case compute buffer from the allocator model and which generated mul_mat kernel dispatch would pick for each
+weight type.
+
+The file is opened leniently: a structurally sound file is shown whatever it holds, and the model-level problems
+(a required key or tensor absent, a shape the hyper-parameters contradict) follow as a "problems" list, one line
+each naming the key or tensor; the exit code is then 1. A structurally broken file (bad magic, truncated, a tensor
+outside the file) gets one error line on stderr and exit code 1.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ from mlaref.reference.gguf import GGUFError, Model, open_gguf
 from mlaref.reference.graphs.alloc import compute_buffer, kv_cache_plan, mib
 
 __all__ = ["configure", "run"]
+
+_LAYOUTS = {"ik": "attn_kv_b", "both": "attn_kv_b and its 2-D halves attn_k_b / attn_v_b",
+            "mainline": "3-D attn_k_b / attn_v_b, no attn_kv_b"}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -59,9 +68,25 @@ def _kernels_for(type_name: str | None) -> str:
     return f"no generated mul_mat kernel for {type_name} on this CPU: the reference mul_mat runs it"
 
 
+def _value_text(model: Model, key: str, limit: int = 60) -> str:
+    """A metadata value as one short line: arrays as their element type and length, long strings cut."""
+    _vtype, etype, length = model.kv_types[key]
+    if etype is not None:
+        return f"[{etype.name} x {length}]"
+    v = model.metadata[key]
+    text = str(np.float32(v)) if isinstance(v, float) else repr(v) if isinstance(v, str) else str(v)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _print_metadata(model: Model) -> None:
+    print("metadata:")
+    for key in model.kv_types:
+        print(f"  {key:48s} {model.kv_types[key][0].name:8s} {_value_text(model, key)}")
+
+
 def run(args) -> int:
     try:
-        model = open_gguf(args.file)
+        model = open_gguf(args.file, lenient=True)
     except GGUFError as exc:
         print(f"mlaref inspect: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
@@ -72,6 +97,7 @@ def run(args) -> int:
     print(f"GGUF v{model.version}, {len(model.infos)} tensors, {len(model.kv_types)} keys, "
           f"alignment {model.alignment}, data at byte {model.data_offset}")
     print(f"architecture: {model.arch}")
+    _print_metadata(model)
     hp = model.hparams
     if hp is not None:
         print("hyper-parameters (llama.cpp names):")
@@ -91,9 +117,16 @@ def run(args) -> int:
         print(f"  {ti.name:36s} {ti.ggml_type.lower() if ti.type is None else ti.type:8s} {shape:28s} {ti.nbytes:12d}")
         total += ti.nbytes
     print(f"  total {total} bytes = {_mib(total)}")
+    if model.attn_layout is not None:
+        print(f"attention layout: {model.attn_layout} ({_LAYOUTS[model.attn_layout]})")
     if model.unsupported:
         print("unsupported tensor types (listed, not loaded): " +
               ", ".join(f"{ti.name} ({ti.ggml_type})" for ti in model.unsupported))
+    if model.problems:
+        print(f"problems ({len(model.problems)}; llama.cpp would not load this model):")
+        for where, what in model.problems:
+            print(f"  {where}: {what}")
+        return 1
     if hp is not None:
         try:
             plan = kv_cache_plan(hp, args.ctx, args.cache_type)

@@ -9,7 +9,23 @@ which a reduced-layer Lite cannot satisfy; here the q path follows the presence 
 
 The tensors are those ``llm_load_tensors`` creates for the architecture (:func:`expected_tensors`), named as
 gguf-py names them (``gguf.constants.MODEL_TENSORS[MODEL_ARCH.DEEPSEEK2]``); :func:`check_tensors` refuses a
-file where a required one is absent or any has another shape.
+file where a required one is absent or any has another shape (:func:`tensor_problems` lists every such problem).
+
+Two attention layouts exist (:data:`ATTN_LAYOUTS`; :func:`attn_layout` tells which one a file has):
+
+* ``ik``: ``blk.N.attn_kv_b.weight`` = wkv_b ``[kv_lora_rank, n_head·(nope + v)]`` only;
+* ``both``: wkv_b plus its halves as 2-D ``attn_k_b`` ``[nope, n_head·kv_lora_rank]`` and ``attn_v_b``
+  ``[kv_lora_rank, n_head·v]``, what ``convert_hf_to_gguf.py@676f0e71b`` writes (``DeepseekV2Model.modify_tensors``);
+  ik_llama.cpp's loader takes wkv_b and the halves as optional (``llama-load-tensors.cpp:2383-2393`` of the 2026
+  snapshot);
+* ``mainline``: no wkv_b; 3-D ``attn_k_b`` ``[nope, kv_lora_rank, n_head]`` (per head K_hᵀ) and ``attn_v_b``
+  ``[kv_lora_rank, v, n_head]``, what mainline llama.cpp's converter writes (``conversion/deepseek.py:433-450`` of
+  llama.cpp in llama-cpp-python 0.3.36; loaded by ``src/models/deepseek2.cpp:114-120`` there, which reads wkv_b only
+  from "old legacy" files). Its converter also writes MLA as MQA: ``attention.head_count_kv = 1``,
+  ``attention.key_length = kv_lora_rank + n_rot``, ``attention.value_length = kv_lora_rank``, and the per-head sizes
+  under ``attention.key_length_mla`` / ``attention.value_length_mla`` (deepseek.py:343-353). :func:`read_hparams`
+  maps such a file back to per-head values as the 2026 ik_llama.cpp does (``llama-hparams.cpp:1334-1350``:
+  ``n_head_kv = n_head``, head sizes from the ``_mla`` keys) and says so in ``hparams["mla_keys"]``.
 """
 
 from __future__ import annotations
@@ -19,8 +35,10 @@ from gguf.constants import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, MODEL_TEN
 
 from mlaref.reference.gguf.errors import BadValue, KeyTypeMismatch, MissingKey, MissingTensor, ShapeMismatch
 
-__all__ = ["ARCH", "LLAMA_MAX_LAYERS", "LLAMA_MAX_EXPERTS", "GATING_FUNCS", "arch_key", "expect_type", "read_hparams",
-           "expected_tensors", "check_tensors"]
+__all__ = ["ARCH", "ATTN_LAYOUTS", "LLAMA_MAX_LAYERS", "LLAMA_MAX_EXPERTS", "GATING_FUNCS", "arch_key", "expect_type",
+           "read_hparams", "missing_keys", "expected_tensors", "attn_layout", "tensor_problems", "check_tensors"]
+
+ATTN_LAYOUTS = ("ik", "both", "mainline")  # see the module docstring
 
 ARCH = MODEL_ARCH_NAMES[MODEL_ARCH.DEEPSEEK2]  # "deepseek2"
 
@@ -131,6 +149,15 @@ def read_hparams(meta, kv_types: dict, path: str = "<gguf>") -> dict:
         raise BadValue(f"{path}: attention.head_count must be > 0 in every layer for MLA, got {hp['n_head_arr']}")
     hp["n_embd_head_k"] = get(Keys.Attention.KEY_LENGTH, _U32, hp["n_embd"] // hp["n_head"])
     hp["n_embd_head_v"] = get(Keys.Attention.VALUE_LENGTH, _U32, hp["n_embd"] // hp["n_head"])
+    hp["mla_keys"] = "per-head"
+    k_mla = get(Keys.Attention.KEY_LENGTH_MLA, _U32)
+    v_mla = get(Keys.Attention.VALUE_LENGTH_MLA, _U32)
+    if set(hp["n_head_kv_arr"]) == {1} and k_mla and v_mla:
+        # mainline's MQA form (module docstring): back to per-head values, as the 2026 ik_llama.cpp does
+        hp["n_head_kv_arr"] = list(hp["n_head_arr"])
+        hp["n_head_kv"] = hp["n_head"]
+        hp["n_embd_head_k"], hp["n_embd_head_v"] = k_mla, v_mla
+        hp["mla_keys"] = "mainline (head_count_kv 1, key/value_length of the latent; per-head sizes from *_mla)"
     hp["n_rot"] = get(Keys.Rope.DIMENSION_COUNT, _U32, hp["n_embd_head_k"])
     if hp["n_rot"] > hp["n_embd_head_k"]:
         raise BadValue(f"{path}: rope.dimension_count = {hp['n_rot']} exceeds key_length = {hp['n_embd_head_k']}")
@@ -164,6 +191,26 @@ def read_hparams(meta, kv_types: dict, path: str = "<gguf>") -> dict:
     return hp
 
 
+# the keys read_hparams requires (``required=True`` there), for listing every absent one at once
+_REQUIRED_KEYS = (Keys.LLM.CONTEXT_LENGTH, Keys.LLM.EMBEDDING_LENGTH, Keys.LLM.BLOCK_COUNT, Keys.LLM.FEED_FORWARD_LENGTH,
+                  Keys.Attention.HEAD_COUNT, Keys.Attention.LAYERNORM_RMS_EPS, Keys.LLM.LEADING_DENSE_BLOCK_COUNT,
+                  Keys.Attention.KV_LORA_RANK, Keys.LLM.EXPERT_FEED_FORWARD_LENGTH, Keys.LLM.EXPERT_SHARED_COUNT,
+                  Keys.LLM.EXPERT_WEIGHTS_SCALE, Keys.Rope.SCALING_YARN_LOG_MUL)
+
+
+def missing_keys(kv_types: dict) -> list[tuple[str, str]]:
+    """``(key, what is wrong)`` for every key :func:`read_hparams` requires and the file lacks (n_vocab needs
+    ``vocab_size`` or the tokenizer's token list)."""
+    out = []
+    vocab, tok = arch_key(Keys.LLM.VOCAB_SIZE), Keys.Tokenizer.LIST
+    if vocab not in kv_types and not (tok in kv_types and kv_types[tok][0] == GGUFValueType.ARRAY):
+        out.append((vocab, f"absent, and no array {tok!r} gives n_vocab (llama.cpp: key not found in model)"))
+    for template in _REQUIRED_KEYS:
+        if arch_key(template) not in kv_types:
+            out.append((arch_key(template), "required, absent (llama.cpp: key not found in model)"))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------
 # tensors llama.cpp creates for deepseek2 (llm_load_tensors, llama.cpp@676f0e71b)
 # ---------------------------------------------------------------------------------------------------------
@@ -173,13 +220,16 @@ def _tn(t: MODEL_TENSOR, bid: int | None = None, suffix: str = "weight") -> str:
     return f"{base}.{suffix}"
 
 
-def expected_tensors(hp: dict) -> dict:
-    """name -> (ne padded to 4 dims, required, class) for every tensor of a deepseek2 model.
+def expected_tensors(hp: dict, layout: str = "both") -> dict:
+    """name -> (ne padded to 4 dims, required, class) for every tensor of a deepseek2 model in ``layout``.
 
     ``class`` groups tensors for per-class weight types: ``norm``, ``embd``, ``output``, ``attn_q``,
     ``attn_kv_a``, ``attn_kv_b``, ``attn_k_b``, ``attn_v_b``, ``attn_out``, ``ffn`` (dense), ``gate_inp``,
-    ``exps``, ``shexp``, ``bias``.
+    ``exps``, ``shexp``, ``bias``. ``layout`` (:data:`ATTN_LAYOUTS`): ``both`` lists wkv_b and its optional 2-D
+    halves, ``ik`` wkv_b alone, ``mainline`` the required 3-D halves and no wkv_b.
     """
+    if layout not in ATTN_LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(ATTN_LAYOUTS)}; got {layout!r}")
     T = MODEL_TENSOR
     E, V = hp["n_embd"], hp["n_vocab"]
     rot, nope, hv = hp["n_rot"], hp["n_embd_head_qk_nope"], hp["n_embd_head_v"]
@@ -207,9 +257,14 @@ def expected_tensors(hp: dict) -> dict:
         else:
             out[_tn(T.ATTN_Q, i)] = (pad(E, H * HK), True, "attn_q")
         out[_tn(T.ATTN_KV_A_MQA, i)] = (pad(E, kv + rot), True, "attn_kv_a")
-        out[_tn(T.ATTN_KV_B, i)] = (pad(kv, H * (nope + hv)), True, "attn_kv_b")
-        out[_tn(T.ATTN_K_B, i)] = (pad(nope, H * kv), False, "attn_k_b")
-        out[_tn(T.ATTN_V_B, i)] = (pad(kv, H * hv), False, "attn_v_b")
+        if layout == "mainline":
+            out[_tn(T.ATTN_K_B, i)] = (pad(nope, kv, H), True, "attn_k_b")
+            out[_tn(T.ATTN_V_B, i)] = (pad(kv, hv, H), True, "attn_v_b")
+        else:
+            out[_tn(T.ATTN_KV_B, i)] = (pad(kv, H * (nope + hv)), True, "attn_kv_b")
+        if layout == "both":
+            out[_tn(T.ATTN_K_B, i)] = (pad(nope, H * kv), False, "attn_k_b")
+            out[_tn(T.ATTN_V_B, i)] = (pad(kv, H * hv), False, "attn_v_b")
         out[_tn(T.ATTN_OUT, i)] = (pad(H * hv, E), True, "attn_out")
         out[_tn(T.FFN_NORM, i)] = (pad(E), True, "norm")
         if i < hp["n_layer_dense_lead"]:
@@ -228,28 +283,49 @@ def expected_tensors(hp: dict) -> dict:
     return out
 
 
-def check_tensors(model) -> None:
-    """Raise unless every tensor llama.cpp requires is present and every expected one has its shape.
+def attn_layout(names) -> str:
+    """The attention layout (:data:`ATTN_LAYOUTS`) of a file with these tensor names, judged on all layers: any
+    wkv_b without halves ``ik``, with them ``both``, halves without any wkv_b ``mainline``; ``ik`` when neither is
+    there (its wkv_b are then reported missing). A file missing one layer's wkv_b keeps its layout, so the absent
+    tensor is what gets reported."""
+    names = list(names)
+    kv_b = any(n.startswith("blk.") and n.endswith(".attn_kv_b.weight") for n in names)
+    k_b = any(n.startswith("blk.") and n.endswith(".attn_k_b.weight") for n in names)
+    if kv_b:
+        return "both" if k_b else "ik"
+    return "mainline" if k_b else "ik"
+
+
+def tensor_problems(model) -> list[tuple[str, str]]:
+    """``(tensor name, what is wrong)`` for every tensor llama.cpp requires and the file lacks, and every expected
+    tensor whose shape the hyper-parameters contradict, in the file's own layout (:func:`attn_layout`).
 
     ``model`` has ``path``, ``hparams`` (:func:`read_hparams`) and ``infos`` (``name`` and ``ne`` per tensor).
     """
     hp = model.hparams
     # each layer has at least 8 tensors: refuse absurd layer counts before building the expected list
     if hp["n_layer"] * 8 > len(model.infos):
-        raise MissingTensor(
-            f"{model.path}: n_layer = {hp['n_layer']} needs at least {hp['n_layer'] * 8} tensors, the file has "
-            f"{len(model.infos)}"
-        )
+        return [("(all)", f"n_layer = {hp['n_layer']} needs at least {hp['n_layer'] * 8} tensors, the file has "
+                          f"{len(model.infos)}")]
     have = {ti.name: ti for ti in model.infos}
-    for name, (ne, required, _cls) in expected_tensors(hp).items():
+    out = []
+    for name, (ne, required, _cls) in expected_tensors(hp, attn_layout(have)).items():
         ti = have.get(name)
         if ti is None:
             if required:
-                raise MissingTensor(f"{model.path}: tensor {name!r} is required for {ARCH} and absent")
-            continue
-        if ti.ne != ne:
-            raise ShapeMismatch(
-                f"{model.path}: tensor {name!r} has ne {ti.ne}, the hyper-parameters give {ne} "
-                f"(llama.cpp: wrong shape)"
-            )
+                out.append((name, f"required for {ARCH}, absent"))
+        elif ti.ne != ne:
+            out.append((name, f"ne {ti.ne}, the hyper-parameters give {ne} (llama.cpp: wrong shape)"))
+    return out
 
+
+def check_tensors(model) -> None:
+    """Raise :class:`MissingTensor` or :class:`ShapeMismatch` for the first of :func:`tensor_problems`."""
+    problems = tensor_problems(model)
+    if problems:
+        name, what = problems[0]
+        if name == "(all)":
+            raise MissingTensor(f"{model.path}: {what}")
+        if what.endswith("absent"):
+            raise MissingTensor(f"{model.path}: tensor {name!r} is {what.replace(', absent', ' and absent')}")
+        raise ShapeMismatch(f"{model.path}: tensor {name!r} has {what}")

@@ -9,7 +9,14 @@
 Every tensor whose type mlaref implements becomes a :class:`mlaref.reference.tensor.Tensor` whose base buffer
 *is* the reader's memory map (no copy); the others are listed in :attr:`Model.unsupported`. For a deepseek2
 file the hyper-parameters and tensors are checked as llama.cpp's loader checks them
-(:mod:`mlaref.reference.gguf.loader`).
+(:mod:`mlaref.reference.gguf.loader`), and :attr:`Model.attn_layout` says which attention layout it has (``ik``,
+``both`` or ``mainline``: :data:`mlaref.reference.gguf.loader.ATTN_LAYOUTS`).
+
+A file can be structurally sound (header, metadata and tensor table readable, every tensor inside the file) and
+still not be a model llama.cpp loads (a required key or tensor absent, a shape the hyper-parameters contradict).
+By default :func:`open_gguf` raises on the first such problem; ``open_gguf(path, lenient=True)`` returns the Model
+with every one of them in :attr:`Model.problems` instead (``mlaref inspect`` prints the file, then the problems).
+Structural errors raise in both modes.
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ from gguf import GGUFReader
 from gguf.constants import GGML_QUANT_SIZES, GGUFValueType, Keys
 
 from mlaref.reference.gguf.errors import BadHeader, GGUFError, Truncated
-from mlaref.reference.gguf.loader import ARCH, check_tensors, expect_type, read_hparams
+from mlaref.reference.gguf.loader import (ARCH, attn_layout, check_tensors, expect_type, missing_keys, read_hparams,
+                                          tensor_problems)
 from mlaref.reference.gguf.scan import Scan, scan
 from mlaref.reference.gguf.typemap import mlaref_type_name
 from mlaref.reference.hparams import HParams
@@ -68,6 +76,9 @@ class Model:
     hp: HParams | None = None  # when mlaref.reference.hparams.HParams accepts the values
     hp_error: str | None = None
     reader: GGUFReader | None = field(default=None, repr=False)
+    attn_layout: str | None = None  # deepseek2 only: "ik", "both" or "mainline" (loader.ATTN_LAYOUTS)
+    # (key or tensor name, what is wrong) for every model-level problem; filled only by open_gguf(lenient=True)
+    problems: list = field(default_factory=list)
 
     @property
     def unsupported(self) -> list:
@@ -126,11 +137,13 @@ class _LazyMeta(Mapping):
         return len(self._keys)
 
 
-def open_gguf(path, *, check_tensors: bool = True) -> Model:
+def open_gguf(path, *, check_tensors: bool = True, lenient: bool = False) -> Model:
     """Open a GGUF file memory-mapped; raise a :class:`GGUFError` subclass on anything malformed.
 
     For ``general.architecture == "deepseek2"`` the hyper-parameters are read (:func:`read_hparams`) and, with
     ``check_tensors``, every tensor llama.cpp's ``llm_load_tensors`` creates is checked for presence and shape.
+    With ``lenient`` those model-level problems (absent or mistyped keys, bad values, absent or misshapen tensors)
+    do not raise: each is listed in :attr:`Model.problems` as ``(key or tensor, what is wrong)``.
     """
     path = os.fspath(path)
     try:
@@ -148,10 +161,10 @@ def open_gguf(path, *, check_tensors: bool = True) -> Model:
         reader = GGUFReader(path, "r")
     except Exception as exc:  # the scan should have caught it; never let a reader failure escape unnamed
         raise BadHeader(f"{path}: gguf.GGUFReader failed: {type(exc).__name__}: {exc}") from exc
-    return _build_model(path, found, reader, check_tensors)
+    return _build_model(path, found, reader, check_tensors, lenient)
 
 
-def _build_model(path: str, found: Scan, reader: GGUFReader, check: bool) -> Model:
+def _build_model(path: str, found: Scan, reader: GGUFReader, check: bool, lenient: bool = False) -> Model:
     """The Model over a scanned file and its reader: tensors as zero-copy views, then hparams and checks."""
     if len(reader.tensors) != len(found.tensors) or reader.data_offset != found.data_offset:
         raise BadHeader(f"{path}: gguf.GGUFReader and the header scan disagree on the tensor layout")
@@ -177,11 +190,31 @@ def _build_model(path: str, found: Scan, reader: GGUFReader, check: bool) -> Mod
     model = Model(path, found.version, found.alignment, found.data_offset, arch, meta, found.kv_types, infos,
                   tensors, None, reader=reader)
     if arch == ARCH:
+        model.attn_layout = attn_layout(t.name for t in infos)
+        if lenient:
+            _collect_problems(model, meta, found.kv_types, check)
+            return model
         model.hparams = read_hparams(meta, found.kv_types, path)
         model.hp, model.hp_error = _to_hparams(model.hparams)
         if check:
             check_tensors(model)
     return model
+
+
+def _collect_problems(model: Model, meta, kv_types: dict, check: bool) -> None:
+    """The lenient path of :func:`open_gguf`: every absent key, or else the first bad key value, then (when the
+    hyper-parameters could be read) every tensor problem, into ``model.problems``."""
+    model.problems = missing_keys(kv_types)
+    if model.problems:
+        return  # without the required keys there are no hyper-parameters, so no expected tensors
+    try:
+        model.hparams = read_hparams(meta, kv_types, model.path)
+    except GGUFError as exc:
+        model.problems.append((type(exc).__name__, str(exc).removeprefix(f"{model.path}: ")))
+        return
+    model.hp, model.hp_error = _to_hparams(model.hparams)
+    if check:
+        model.problems += tensor_problems(model)
 
 
 def _to_hparams(hp: dict):

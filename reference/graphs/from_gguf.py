@@ -11,7 +11,10 @@
 * ``weights(g)``: the file's memory-mapped tensors by name, unchanged (no copy, no conversion). The graph names
   weights as llama.cpp's ``LLM_TENSOR_NAMES`` does (``blk.%d.attn_kv_b.weight``, ``token_embd.weight``,
   ``output.weight`` ...), and GGUF files store them under the same names (gguf-py's ``TENSOR_NAMES``), so the map
-  from graph leaf to file tensor is the identity; each name is checked for presence, type and shape.
+  from graph leaf to file tensor is the identity; each name is checked for presence, type and shape. The file's
+  attention layout (``GGUFModel.layout``: ``ik`` wkv_b, ``both`` wkv_b and its 2-D halves, ``mainline`` 3-D
+  ``attn_k_b`` / ``attn_v_b`` only; :mod:`mlaref.reference.gguf.loader`) decides which attention weights a builder
+  can ask for: a graph that needs ``attn_kv_b`` cannot run on a mainline file, and the error says so.
 * ``kv_cache(g)``: one zeroed ``[kv_lora_rank + n_rot, n_ctx]`` tensor per layer of the cache type (or copies of a
   caller's cache); the graph's CPY node writes the current micro-batch's cells in place.
 * ``inputs(g, tokens)``: the tokens, positions ``kv_head + t``, the causal mask (cell ``i`` visible to token ``t``
@@ -48,14 +51,15 @@ def default_n_kv(n_ctx: int, kv_head: int, n_tokens: int) -> int:
 class _FileTypedBuilder(deepseek2.Builder):
     """``build_deepseek2`` with each weight's type taken from the file (see the module docstring)."""
 
-    def __init__(self, file_types: dict, *args):
+    def __init__(self, file_types: dict, layout: str | None, *args):
         super().__init__(*args)
         self.file_types = file_types
+        self.layout = layout
 
     def w(self, name, ne, type_name=None):
         if name not in self.file_types:
             raise ValueError(f"the graph needs weight {name!r}, which the GGUF file does not hold (or holds in a "
-                             "type mlaref does not implement)")
+                             f"type mlaref does not implement); the file's attention layout is {self.layout!r}")
         return super().w(name, ne, self.file_types[name])
 
 
@@ -74,6 +78,7 @@ class GGUFModel:
         self.model = model
         self.hp = model.hp
         self.types = {name: t.type for name, t in model.tensors.items()}
+        self.layout = model.attn_layout  # "ik", "both" or "mainline"
 
     def build(self, n_ctx: int, *, variant: str = "direct", cache_type: str = "f16", n_tokens: int,
               n_kv: int | None = None, kv_head: int = 0, kv_chunk: int = deepseek2.DEFAULT_KV_CHUNK,
@@ -90,7 +95,7 @@ class GGUFModel:
         if n_kv < kv_head + n_tokens:
             raise ValueError(f"n_kv ({n_kv}) must cover the micro-batch's cells: kv_head ({kv_head}) + n_tokens "
                              f"({n_tokens}) = {kv_head + n_tokens}")
-        b = _FileTypedBuilder(self.types, self.hp, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head,
+        b = _FileTypedBuilder(self.types, self.layout, self.hp, n_ctx, variant, cache_type, n_tokens, n_kv, kv_head,
                               "f32", kv_chunk, False)
         return b.build()
 
