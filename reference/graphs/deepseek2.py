@@ -546,15 +546,23 @@ class Builder(After253):
             gf.expand(acc)
         return acc
 
-    def attn_tg(self, q_nope, q_rope, kv_cache, wk_b, wv_b, kv_l, il) -> ir.Tensor:
-        """mla = 2 token generation (n_tokens <= n_head), upstream facts §3.1; attn_max_batch = 0."""
-        hp, T = self.hp, self.T
+    def absorbed_q(self, q_nope, q_rope, wk_b, il) -> ir.Tensor:
+        """The token paths' query ``[wk_b × q_nope, q_rope]`` per head (``wk_b`` absorbed into q, upstream facts
+        §3.1): ``[kv_lora_rank + n_rot, T, H]``."""
+        hp = self.hp
         H, nope, rank = hp.n_head, hp.n_embd_head_qk_nope, hp.n_lora_kv
         rs = ir.row_size
         wk_b3 = self.cb(ir.view_3d(wk_b, nope, rank, H, rs(wk_b.type, nope), rs(wk_b.type, rank) * nope, 0), "wk_b", il)
         q_nope = self.cb(ir.permute(q_nope, 0, 2, 1, 3), "q_nope_perm", il)
         q_nope2 = self.cb(ir.mul_mat(wk_b3, q_nope), "q_nope2", il)
-        q = self.cb(self._cat(q_nope2, ir.permute(q_rope, 0, 2, 1, 3)), "q", il)
+        return self.cb(self._cat(q_nope2, ir.permute(q_rope, 0, 2, 1, 3)), "q", il)
+
+    def attn_tg(self, q_nope, q_rope, kv_cache, wk_b, wv_b, kv_l, il) -> ir.Tensor:
+        """mla = 2 token generation (n_tokens <= n_head), upstream facts §3.1; attn_max_batch = 0."""
+        hp, T = self.hp, self.T
+        H, rank = hp.n_head, hp.n_lora_kv
+        rs = ir.row_size
+        q = self.absorbed_q(q_nope, q_rope, wk_b, il)
         kv_cache_lora = ir.view_2d(kv_l, rank, self.n_kv, rs(kv_l.type, rank + hp.n_rot), self._offsets(kv_l.type)[0])
         self.cb(kv_cache, "kv_cache_lora", il)  # llama.cpp names kv_cache here, not kv_cache_lora
         kv_cache_trans = self.cb(ir.cont(ir.transpose(kv_cache_lora)), "kv_cache_trans", il)

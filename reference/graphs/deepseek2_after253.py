@@ -125,12 +125,9 @@ class After253:
         the absorbed q ``[wk_b × q_nope, q_rope]`` against the whole cache row with flash attention, V a view of
         the cache's latent part (the 576 / 512 flash attention), then ``wv_b``. No ``-amb`` split here."""
         hp, T = self.hp, self.T
-        H, nope, rank = hp.n_head, hp.n_embd_head_qk_nope, hp.n_lora_kv
+        H, rank = hp.n_head, hp.n_lora_kv
         rs = ir.row_size
-        wk_b3 = self.cb(ir.view_3d(wk_b, nope, rank, H, rs(wk_b.type, nope), rs(wk_b.type, rank) * nope, 0), "wk_b", il)
-        q_nope = self.cb(ir.permute(q_nope, 0, 2, 1, 3), "q_nope_perm", il)
-        q_nope2 = self.cb(ir.mul_mat(wk_b3, q_nope), "q_nope2", il)
-        q = self.cb(self._cat(q_nope2, ir.permute(q_rope, 0, 2, 1, 3)), "q", il)
+        q = self.absorbed_q(q_nope, q_rope, wk_b, il)
         kv_cache_lora = self.cb(ir.view_2d(kv_l, rank, self.n_kv, rs(kv_l.type, rank + hp.n_rot),
                                            self._offsets(kv_l.type)[0]), "kv_cache_lora", il)
         kqv_c = ir.flash_attn_ext(q, kv_cache, kv_cache_lora, self.kq_mask, float(hp.kq_scale), hp.f_max_alibi_bias,
