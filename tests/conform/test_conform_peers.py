@@ -16,7 +16,9 @@ from tests.conform.test_conform_run import MUST_BE_EXACT
 # What ggml 0.15.3 and 0.25.3 both lack (their type traits or types), with the reason in each verdict.
 UPSTREAM_UNSUPPORTED = sorted(
     ["quantize/f32/ref", "quantize/q8_0_x4/iqk", "quantize/q8_1_x4/iqk", "quantize/q8_2_x4/iqk", "quantize/q8_K/iqk", "dequantize/f32",
-     "dequantize/q8_0_x4", "dequantize/q8_1", "dequantize/q8_1_x4", "dequantize/q8_2_x4", "cpy/q8_0->f16", "repeat/q8_0"])
+     "dequantize/q8_0_x4", "dequantize/q8_1", "dequantize/q8_1_x4", "dequantize/q8_2_x4", "cpy/q8_0->f16", "repeat/q8_0",
+     # q8_KV is ik_llama.cpp's (PR #208): upstream has no such type
+     "quantize/q8_KV/ref", "quantize/q8_KV/model", "quantize/q8_KV/iqk", "dequantize/q8_KV"])
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +136,6 @@ def test_ik_quantizers_are_the_snapshots_own(ik):
                 assert by_id[cid]["status"] == "bit-exact", (cid, by_id[cid]["text"])
     for t in ("q8_0", "q4_0", "q5_1", "iq4_nl", "q4_K", "q6_K"):
         assert by_id[f"cpy/f32->{t}"]["status"] == "bit-exact", by_id[f"cpy/f32->{t}"]["text"]
+    # q8_KV (ik only): every quantizer path and the dequantizer are the snapshot's bytes
+    for cid in ("quantize/q8_KV/ref", "quantize/q8_KV/model", "quantize/q8_KV/iqk", "dequantize/q8_KV"):
+        assert by_id[cid]["status"] == "bit-exact", (cid, by_id[cid]["text"])
