@@ -65,7 +65,7 @@ import numpy as np
 
 from mlaref.codegen import kernels as K
 from mlaref.codegen.bench import method as bench
-from mlaref.codegen.bench.mla_arena import arena_row, format_arena
+from mlaref.codegen.bench.mla_arena import PEER_TAGS, arena_row, format_arena, peers_ready
 from mlaref.codegen.bench.mla_layers import (
     KERNEL_OPS,
     VARIANTS,
@@ -115,12 +115,14 @@ def kernels_available() -> str | None:
 
 def run_mla(*, n_kv=N_KV_FULL, T: int = 512, repeats: int = 3, n_threads: int | None = None,
             kv_chunk: int = 4096, backend: str = "auto", seed: int = 0, n_head: int | None = None,
-            weight_type: str = "iq4_nl", progress=None) -> dict:
+            weight_type: str = "iq4_nl", peers=None, progress=None) -> dict:
     """Time the three variants at each ``n_kv``; return the machine-readable result (see the module docstring).
 
     ``backend``: ``"ggml"``, ``"reference"`` or ``"auto"`` (ggml when ggml-python imports). ``n_head`` reduces
-    the head count (tests; the reference back-end defaults to 2). ``progress(done, total, label)`` is called
-    before each ``n_kv``.
+    the head count (tests; the reference back-end defaults to 2). ``peers`` (arena back-end only): the peers whose
+    graph of the layer is timed too, of :data:`~mlaref.codegen.bench.mla_arena.PEER_TAGS` (default: all; those
+    without a cached build are skipped and named). ``progress(done, total, label)`` is called before each
+    ``n_kv``.
     """
 
     if backend not in ("auto", "ggml", "kernels", "reference", "arena"):
@@ -156,7 +158,8 @@ def run_mla(*, n_kv=N_KV_FULL, T: int = 512, repeats: int = 3, n_threads: int | 
         n_head = 2
     s = shapes(hp, T, n_head)
     if backend == "arena":
-        return _run_arena(hp, s, n_kv, kv_chunk, n_threads, repeats, seed, load, progress)
+        ready, skipped = peers_ready(tuple(PEER_TAGS) if peers is None else tuple(peers))
+        return _run_arena(hp, s, n_kv, kv_chunk, n_threads, repeats, seed, load, progress, ready, skipped)
     rows = []
     for i, n in enumerate(n_kv):
         if progress:
@@ -201,23 +204,28 @@ def run_mla(*, n_kv=N_KV_FULL, T: int = 512, repeats: int = 3, n_threads: int | 
     }
 
 
-def _run_arena(hp, s, n_kv, kv_chunk, n_threads, repeats, seed, load, progress) -> dict:
-    """``backend="arena"``: the arena executor against ggml's graph in the same rounds (bench/mla_arena.py)."""
+def _run_arena(hp, s, n_kv, kv_chunk, n_threads, repeats, seed, load, progress, peers, skipped) -> dict:
+    """``backend="arena"``: the arena executor against ggml 0.15.3's graph and the peers' graphs of the same IR in
+    the same rounds (bench/mla_arena.py)."""
     with_ggml = ggml_peer.available()
     rows = []
     for i, n in enumerate(n_kv):
         if progress:
             progress(i, len(n_kv), f"n_kv {n}")
-        rows.append(arena_row(hp, s, n, kv_chunk, n_threads, repeats, seed, with_ggml))
+        rows.append(arena_row(hp, s, n, kv_chunk, n_threads, repeats, seed, with_ggml, peers))
     if progress:
         progress(len(n_kv), len(n_kv), "done")
     hp_shapes = {**s, "model": hp.name, "kv_chunk": kv_chunk, "cache_type": "f16", "weight_type_wkv_b": "f16"}
     return {
         "benchmark": "mlaref bench mla", "backend": "arena", "shapes": hp_shapes, "n_threads": n_threads,
         "timed": "the arena executor (one buffer at the allocator model's offsets, every node on a generated "
-                 "kernel, one C call per run) against upstream ggml's graph"
-                 + ("" if with_ggml else " (ggml-python absent: the arena alone)"),
-        "method": {"timer": "time.perf_counter around one run", "warmup": 1, "repeats": repeats,
+                 "kernel, one C call per run) against upstream ggml 0.15.3's graph"
+                 + ("" if with_ggml else " (ggml-python absent: left out)")
+                 + "".join(f" and the same IR graph on {p} ({PEER_TAGS[p]}/<variant>)" for p in peers),
+        "peers": list(peers), "skipped_peers": skipped,
+        "method": {"timer": "time.perf_counter around one run (the arena, ggml 0.15.3: in this process; a peer: "
+                            "in its child process around ggml_graph_compute_with_ctx)", "warmup": 1,
+                   "repeats": repeats,
                    "statistic": "median, min, max and (max - min) / median; every contender once per round, "
                                 "shuffled"},
         "environment": bench.environment(),
@@ -341,7 +349,8 @@ def pp_estimate(rows: list[dict]) -> list[dict]:
 def format_table(result: dict) -> str:
     """The result as a fixed-width text table."""
     if result["backend"] == "arena":
-        return format_arena(result["rows"], result["n_threads"], result["method"]["repeats"]) + (
+        return format_arena(result["rows"], result["n_threads"], result["method"]["repeats"],
+                            result.get("skipped_peers")) + (
             f"\nload average before {result['load_average']['value']}")
     head = ("n_kv", "f32 s med [min-max]", "direct s med [min-max]", "chunked s med [min-max]",
             "direct/f32", "(of mins)", "seed", "chunked/direct")
@@ -393,13 +402,18 @@ def configure(parser) -> None:
     parser.add_argument("--kv-chunk", type=int, default=4096, metavar="C", help="chunk of the chunked variant")
     parser.add_argument("--weight-type", default="iq4_nl", help="wkv_b type for the kernels back-end (default "
                                                                "iq4_nl, the seed's)")
+    parser.add_argument("--peers", nargs="*", default=None, metavar="PEER",
+                        help=f"arena back-end: the peers whose graph of the layer is timed too, of "
+                             f"{', '.join(PEER_TAGS)} (default: all; those not built are skipped and named; none "
+                             f"given: no peer)")
     parser.add_argument("--json", metavar="FILE", help="also write the machine-readable result to FILE")
 
 
 def run(args) -> int:
     try:
         result = run_mla(n_kv=tuple(args.n_kv), repeats=args.repeats, n_threads=args.threads,
-                         kv_chunk=args.kv_chunk, backend=args.backend, weight_type=args.weight_type)
+                         kv_chunk=args.kv_chunk, backend=args.backend, weight_type=args.weight_type,
+                         peers=args.peers)
     except (ValueError, RuntimeError) as exc:
         print(f"mlaref bench mla: {exc}", file=sys.stderr)
         return 2

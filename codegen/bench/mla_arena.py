@@ -1,42 +1,76 @@
-"""`mlaref bench mla --backend arena`: the MLA layer on the arena executor against upstream ggml's graph, interleaved.
+"""`mlaref bench mla --backend arena`: the MLA layer on the arena executor against three ggml graphs, interleaved.
 
-Per ``n_kv`` the three variants are prepared once on both sides and timed in the same rounds
-(:func:`mlaref.codegen.bench.method.measure_interleaved`: every contender once per round, shuffled order):
+Per ``n_kv`` the three variants are prepared once for every contender and timed in the same rounds (every contender
+once per round, shuffled order: :func:`mlaref.codegen.bench.method.round_orders`, after one warm-up run each):
 
 ``arena/<variant>``
     :class:`mlaref.codegen.arena.Arena` over :func:`mlaref.codegen.arena.layer_graph` (the model builder's K/V
     build + ``flash_attn_ext``): every tensor at the allocator model's offset in one compute buffer, every node on
     a generated kernel, one C call per run (the input copies of q and the mask included, as
-    ``llama_set_inputs`` writes them before each compute).
+    ``llama_set_inputs`` writes them before each compute); timed here around :meth:`Arena.run`.
 ``ggml/<variant>``
-    :class:`mlaref.codegen.bench.mla_layers.GgmlLayer`: upstream ggml's graph of the same layer through
+    :class:`mlaref.codegen.bench.mla_layers.GgmlLayer`: upstream ggml 0.15.3's graph of the same layer through
     ggml-python, ``ggml_graph_compute`` with its plan and work buffer made once (its tensors preallocated in one
-    no-reuse context; q and the mask are not rewritten between computes).
+    no-reuse context; q and the mask are not rewritten between computes); timed here around the call.
+``ik/<variant>``, ``ggml025/<variant>``
+    **the same IR graph** the arena runs, built on ik_llama.cpp (the April-2026 snapshot) and on upstream ggml
+    0.25.3 (llama-cpp-python's) by the peer harness (:func:`mlaref.codegen.peers.harness_graph.prepare_graph`,
+    node for node: views as ``ggml_view_4d``, casts as ``ggml_cpy``, each op the ggml call of its name), over the
+    same leaf values, in a child process per (peer, variant)
+    (:meth:`mlaref.codegen.bench.peers.RemoteGraph.of_graph`: two ``libggml.so`` cannot share a process). Each
+    tensor has its own bytes in one context (no reuse); a compute is ``ggml_graph_compute_with_ctx`` (its
+    ``ggml_cgraph``, plan and work buffer made per call, as that function does), timed in the child around that
+    call. Only peers whose native builds are cached take part; the others are listed as skipped, with the command
+    that builds them (a cold ik_llama.cpp build takes 11 to 20 minutes on 2 cores).
 
-Both take ``wkv_b`` as **f16** (the only type upstream ggml's mul_mat accepts with the f16 cache as src1, see
-:mod:`mlaref.codegen.bench.mla`), an f16 cache, f32 queries, the f16 causal mask, the same values (the arena
-reads GgmlLayer's f16 data, exact in f32). ``chunked`` beyond ``kv_chunk`` is per-chunk attention without the
-merge on both sides. Each row reports the medians, the spread ``(max - min) / median`` of every contender, the
-ratio ``t_ggml / t_arena`` (> 1: the arena is faster) and, from a node-by-node profile of the arena, the share of
-its time spent outside mul_mat and flash_attn_ext.
+Every contender takes ``wkv_b`` as **f16** (the only type upstream ggml's mul_mat accepts with the f16 cache as
+src1, see :mod:`mlaref.codegen.bench.mla`), an f16 cache, f32 queries, the f16 causal mask, the same values
+(GgmlLayer's f16 data, exact in f32; the arena and the peers encode it with the same
+:func:`mlaref.reference.graphs.executor.bind_leaves`, so they get the same bytes). ``chunked`` beyond ``kv_chunk``
+is :func:`~mlaref.codegen.arena.layer_graph`'s per-chunk K/V build and ``flash_attn_ext`` without the merge on
+every side: ggml ops only, so the peers build it too (at ``n_kv <= kv_chunk`` it is the ``direct`` graph).
+
+Each row reports per variant the medians, the spread ``(max - min) / median`` of every contender, the ratios
+``t_contender / t_arena`` (> 1: the arena is faster), the NMSE of each peer's attention results (every
+``flash_attn_ext`` node: the chunked graph's chunks too) against the arena's with the bound of
+:data:`NMSE_BOUND`, and, from a node-by-node profile of the arena, the share of its time spent outside mul_mat and
+flash_attn_ext.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
 from mlaref.codegen.arena import Arena, layer_graph, layer_values
 from mlaref.codegen.bench import method as bench
 from mlaref.codegen.bench.mla_layers import VARIANTS, GgmlLayer, layer_data
+from mlaref.codegen.bench.peers import RemoteGraph
+from mlaref.codegen.peers import build as peer_build
+from mlaref.reference import compare
 
-__all__ = ["arena_layers", "arena_row", "format_arena"]
+__all__ = ["NMSE_BOUND", "PEER_TAGS", "arena_layers", "arena_row", "attention_names", "format_arena",
+           "layer_setups", "peers_ready"]
 
 _MM_FA = ("MUL_MAT", "FLASH_ATTN_EXT")
 
+# peer -> the contender prefix in a row
+PEER_TAGS = {"ik-llama-cpp-python": "ik", "llama-cpp-python": "ggml025"}
 
-def arena_layers(hp, s: dict, n_kv: int, kv_chunk: int, n_threads: int, seed: int,
-                 weight_type: str = "f16") -> dict:
-    """variant -> a prepared Arena of the layer at these shapes, on GgmlLayer's data (:func:`layer_data`)."""
+# NMSE of a peer's attention results against the arena's (f32 accumulation on both sides, only the float order
+# differs, except where the peer rounds more):
+# * ik_llama.cpp: iqk's flash attention, Q·K and the V sum in f32 (measured 2.6e-8 to 2.9e-8 at 2 heads,
+#   32 queries, n_kv 256 / 512);
+# * ggml 0.25.3: Q is converted to K's vec_dot type (f16) and, off the tiled path, the V sum is accumulated in an
+#   f16 vector (``VKQ16``, ``ggml_compute_forward_flash_attn_ext_f16_one_chunk`` in ggml/src/ggml-cpu/ops.cpp of
+#   llama-cpp-python 0.3.36): measured 4.9e-6 to 5.2e-6 at the same shapes.
+NMSE_BOUND = {"ik-llama-cpp-python": 1e-6, "llama-cpp-python": 1e-4}
+
+
+def layer_setups(hp, s: dict, n_kv: int, kv_chunk: int, seed: int, weight_type: str = "f16") -> dict:
+    """variant -> ``(g, values)``: :func:`layer_graph` at these shapes and its leaf values, on GgmlLayer's data
+    (:func:`layer_data`; the mask's padding rows masked)."""
     d = layer_data(s, n_kv, seed)
     hp = hp.replace(n_head=s["n_head"], n_head_kv=s["n_head"])
     out = {}
@@ -48,35 +82,120 @@ def arena_layers(hp, s: dict, n_kv: int, kv_chunk: int, n_threads: int, seed: in
         mask[: s["T"]] = d["mask"].astype(np.float32)
         vals = layer_values(g, wkv_b=d["wkv_b"].astype(np.float32), cache=d["cache"].astype(np.float32),
                             q=d["q"], mask=mask)
-        out[v] = Arena(g, **vals, n_threads=n_threads)
+        out[v] = (g, vals)
     return out
+
+
+def arena_layers(hp, s: dict, n_kv: int, kv_chunk: int, n_threads: int, seed: int,
+                 weight_type: str = "f16") -> dict:
+    """variant -> a prepared Arena of the layer at these shapes (:func:`layer_setups`)."""
+    return {v: Arena(g, **vals, n_threads=n_threads)
+            for v, (g, vals) in layer_setups(hp, s, n_kv, kv_chunk, seed, weight_type).items()}
+
+
+def attention_names(g) -> list[str]:
+    """The names of the graph's ``flash_attn_ext`` results: ``kqv-0``, or every chunk's ``kqv_c{i}-0``."""
+    return [n.name for n in g.graph.nodes if n.op == "FLASH_ATTN_EXT"]
+
+
+def peers_ready(peers) -> tuple[list[str], dict[str, str]]:
+    """``(peers whose native build is cached, {peer: why it is skipped})``; unknown names raise ValueError."""
+    ready, skipped = [], {}
+    for p in peers:
+        peer_build.peer_spec(p)
+        if p not in PEER_TAGS:
+            raise ValueError(f"bench mla: {p!r} has no ggml graph API here; of: {', '.join(PEER_TAGS)}")
+        if peer_build.built("native", p):
+            ready.append(p)
+        else:
+            skipped[p] = f"not built here: run `mlaref peer build {p}`"
+    return ready, skipped
+
+
+def _arena_attention(arena: Arena, names: list[str]) -> np.ndarray:
+    """The arena's attention results, concatenated; each must still hold its bytes (never freed by the plan)."""
+    freed = {id(t) for ts in arena.plan.frees.values() for t in ts}
+    parts = []
+    for name in names:
+        t = arena.graph.find(name)
+        if id(t) in freed:
+            raise RuntimeError(f"bench mla: the arena's plan frees {name!r}; its bytes cannot be compared")
+        parts.append(arena.tensor(name).to_numpy().reshape(-1))
+    return np.concatenate(parts)
 
 
 def _spread(t) -> float:
     return (t.max - t.min) / t.median
 
 
+def _timed(fn):
+    def run() -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+    return run
+
+
+def _measure(fns: dict, repeats: int, warmup: int = 1) -> dict:
+    """Every contender ``warmup`` times, then ``repeats`` shuffled rounds; each callable returns its seconds."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    secs = {name: [] for name in fns}
+    for order in bench.round_orders(fns, repeats):
+        for name in order:
+            secs[name].append(fns[name]())
+    return {name: bench.Timing(tuple(v), warmup) for name, v in secs.items()}
+
+
+def _ratio(t_other, t_arena, who: str) -> dict:
+    return {"value": t_other.median / t_arena.median, "unit": "1",
+            "method": f"median t_{who} / median t_arena (> 1: the arena is faster)"}
+
+
 def arena_row(hp, s: dict, n: int, kv_chunk: int, n_threads: int, repeats: int, seed: int,
-              with_ggml: bool = True) -> dict:
-    """One ``n_kv``: interleaved timings of the arena (and ggml) variants, ratios, spreads, the arena's profile."""
-    arenas = arena_layers(hp, s, n, kv_chunk, n_threads, seed)
-    fns = {f"arena/{v}": a.run for v, a in arenas.items()}
+              with_ggml: bool = True, peers=()) -> dict:
+    """One ``n_kv``: interleaved timings of the arena, ggml 0.15.3 and the ``peers`` (cached builds only: see
+    :func:`peers_ready`) on every variant, ratios, spreads, the peers' NMSE, the arena's profile."""
+    setups = layer_setups(hp, s, n, kv_chunk, seed)
+    arenas = {v: Arena(g, **vals, n_threads=n_threads) for v, (g, vals) in setups.items()}
+    fns = {f"arena/{v}": _timed(a.run) for v, a in arenas.items()}
     layer = GgmlLayer(s, n, kv_chunk, n_threads, seed) if with_ggml else None
+    remotes: dict[tuple[str, str], RemoteGraph] = {}
     try:
         if layer is not None:
-            fns.update({f"ggml/{v}": (lambda v=v: layer.compute(v)) for v in VARIANTS})
-        timings = bench.measure_interleaved(fns, repeats=repeats, warmup=1)
+            fns.update({f"ggml/{v}": _timed(lambda v=v: layer.compute(v)) for v in VARIANTS})
+        for p in peers:
+            for v, (g, vals) in setups.items():
+                remotes[p, v] = RemoteGraph.of_graph(p, g, vals, keep=attention_names(g))
+                fns[f"{PEER_TAGS[p]}/{v}"] = lambda r=remotes[p, v]: r.compute(n_threads)
+        timings = _measure(fns, repeats)
+        nmse = {}
+        for (p, v), r in remotes.items():
+            names = attention_names(setups[v][0])
+            theirs = np.concatenate([t.to_numpy().reshape(-1) for t in r.results()[: len(names)]])
+            nmse[p, v] = compare.nmse(theirs, _arena_attention(arenas[v], names))
     finally:
         if layer is not None:
             layer.free()
+        for r in remotes.values():
+            r.close()
     row = {"n_kv": n}
     for name, t in timings.items():
         row[name] = {**t.to_json(), "spread": _spread(t)}
     for v in VARIANTS:
+        ta = timings[f"arena/{v}"]
         if layer is not None:
-            ta, tg = timings[f"arena/{v}"], timings[f"ggml/{v}"]
-            row[f"ratio_{v}"] = {"value": tg.median / ta.median, "unit": "1",
-                                 "method": "median t_ggml / median t_arena (> 1: the arena is faster)"}
+            row[f"ratio_{v}"] = _ratio(timings[f"ggml/{v}"], ta, "ggml")
+        for p in peers:
+            tag = PEER_TAGS[p]
+            row[f"ratio_{tag}_{v}"] = _ratio(timings[f"{tag}/{v}"], ta, tag)
+            row[f"nmse_{tag}_{v}"] = {
+                "value": nmse[p, v], "bound": NMSE_BOUND[p], "within_bound": nmse[p, v] < NMSE_BOUND[p],
+                "unit": "1", "outputs": attention_names(setups[v][0]),
+                "method": f"sum((peer - arena)^2) / sum(arena^2) in float64 over every flash_attn_ext result, "
+                          f"after the last timed compute; bound {NMSE_BOUND[p]:g} (NMSE_BOUND in "
+                          f"codegen/bench/mla_arena.py)"}
         prof = arenas[v].profile(repeats=3)
         ops = {name: op for name, op, _ in arenas[v].kernels}
         total = sum(prof.values())
@@ -88,24 +207,40 @@ def arena_row(hp, s: dict, n: int, kv_chunk: int, n_threads: int, repeats: int, 
     return row
 
 
-def format_arena(rows: list[dict], n_threads: int, repeats: int) -> str:
-    head = ["n_kv"]
-    for v in VARIANTS:
-        head += [f"arena {v} s", "spread", f"ggml {v} s", "spread", "ggml/arena", "outside mm+fa"]
+def format_arena(rows: list[dict], n_threads: int, repeats: int, skipped: dict | None = None) -> str:
+    """One line per (n_kv, variant): each contender's median and spread, its ratio to the arena, the peers' NMSE."""
+    tags = [t for t in ("ggml", *PEER_TAGS.values()) if any(f"{t}/{v}" in r for r in rows for v in VARIANTS)]
+    label = {"ggml": "ggml015", **{t: t for t in PEER_TAGS.values()}}
+    head = ["n_kv", "variant", "arena s", "spread"]
+    for t in tags:
+        head += [f"{label[t]} s", "spread", f"{'ggml' if t == 'ggml' else label[t]}/arena"]
+        if t != "ggml":
+            head.append("nmse")
+    head.append("outside mm+fa")
     lines = []
     for r in rows:
-        line = [str(r["n_kv"])]
         for v in VARIANTS:
-            a, g = r[f"arena/{v}"], r.get(f"ggml/{v}")
-            line += [f"{a['median']:.4f}", f"{100 * a['spread']:.0f} %",
-                     f"{g['median']:.4f}" if g else "-", f"{100 * g['spread']:.0f} %" if g else "-",
-                     f"{r[f'ratio_{v}']['value']:.3f}" if g else "-",
-                     f"{100 * r[f'outside_mm_fa_{v}']['value']:.1f} %"]
-        lines.append(line)
+            a = r[f"arena/{v}"]
+            line = [str(r["n_kv"]), v, f"{a['median']:.4f}", f"{100 * a['spread']:.0f} %"]
+            for t in tags:
+                c = r.get(f"{t}/{v}")
+                ratio = r.get(f"ratio_{v}" if t == "ggml" else f"ratio_{t}_{v}")
+                line += [f"{c['median']:.4f}" if c else "-", f"{100 * c['spread']:.0f} %" if c else "-",
+                         f"{ratio['value']:.3f}" if ratio else "-"]
+                if t != "ggml":
+                    e = r.get(f"nmse_{t}_{v}")
+                    line.append(f"{e['value']:.1e}{'' if e['within_bound'] else ' > bound'}" if e else "-")
+            line.append(f"{100 * r[f'outside_mm_fa_{v}']['value']:.1f} %")
+            lines.append(line)
     widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head))]
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)
     out = [fmt.format(*head), fmt.format(*("-" * w for w in widths)), *(fmt.format(*x) for x in lines)]
     out.append(f"arena: one buffer at the allocator model's offsets, every node on a generated kernel, one C call per "
-               f"run; ggml: upstream ggml_graph_compute; wkv_b f16, cache f16; {n_threads} threads; median of "
-               f"{repeats} interleaved rounds; spread = (max - min) / median")
+               f"run; ggml015: upstream ggml 0.15.3's graph (ggml-python); ik / ggml025: the arena's IR graph on "
+               f"ik_llama.cpp / ggml 0.25.3 (ggml_graph_compute_with_ctx, timed in the peer's child process); "
+               f"x/arena > 1: the arena is faster; nmse: a peer's attention results against the arena's (bounds "
+               f"{', '.join(f'{PEER_TAGS[p]} {b:g}' for p, b in NMSE_BOUND.items())}); wkv_b f16, cache f16; "
+               f"{n_threads} threads; median of {repeats} interleaved rounds; spread = (max - min) / median")
+    for p, why in (skipped or {}).items():
+        out.append(f"skipped {p}: {why}")
     return "\n".join(out)

@@ -3,10 +3,12 @@
 Each peer's library is loaded in a child process of its own (two ``libggml.so`` cannot share one process), which
 builds the op's graph once over the same input bytes (:meth:`mlaref.codegen.peers.harness.Graph.prepare`) and then
 answers one request per timed call: it runs ``ggml_graph_compute_with_ctx`` and returns the seconds it took,
-measured in the child around that call alone. mlaref's kernel runs in this process, timed around the Python call
-(argument checks and thread start included). The contenders alternate call by call in the rounds of
-:func:`mlaref.codegen.bench.method.round_orders`, after a warm-up; medians are reported, with each peer's ratio
-``peer seconds / mlaref seconds`` (above 1: mlaref is faster) and the NMSE of mlaref's result against the peer's.
+measured in the child around that call alone (:class:`RemoteGraph`; its :meth:`RemoteGraph.of_graph` builds a
+whole IR graph the same way, for ``mlaref bench mla --backend arena``). mlaref's kernel runs in this process,
+timed around the Python call (argument checks and thread start included). The contenders alternate call by call
+in the rounds of :func:`mlaref.codegen.bench.method.round_orders`, after a warm-up; medians are reported, with each
+peer's ratio ``peer seconds / mlaref seconds`` (above 1: mlaref is faster) and the NMSE of mlaref's result against
+the peer's.
 
 Cases (the FlashMLA-2 prompt shapes of DeepSeek-V2-Lite): ``mul_mat f16 x f16``, the K/V build ``wkv_b [512,
 4096] x`` a view of the f16 latent cache ``[512 of 576, n_kv]``; ``fa f16``, flash attention with 16 heads, 512
@@ -33,7 +35,7 @@ from mlaref.codegen.bench import method as _bench
 from mlaref.codegen.bench import peak as _peak
 from mlaref.codegen.kernels import mm as _km
 from mlaref.codegen.peers import build as peer_build
-from mlaref.codegen.peers import harness
+from mlaref.codegen.peers import harness, harness_graph
 from mlaref.reference import compare
 from mlaref.reference.tensor import Tensor
 
@@ -43,14 +45,12 @@ PEERS = ("ik-llama-cpp-python", "llama-cpp-python")
 CASES = ("mul_mat f16 x f16", "fa f16")
 
 _CHILD = r"""
-import pickle, struct, sys, time
+import importlib, pickle, struct, sys, time
 from mlaref.codegen.peers import harness
-h = harness.load(sys.argv[1])
+harness.load(sys.argv[1])
 setup = pickle.load(sys.stdin.buffer)
-g = h.graph()
-ids = [g.input(t) for t in setup["inputs"]]
-node = g.op(setup["op"], *ids, ip=setup.get("ip", ()), fp=setup.get("fp", ()))
-prepared = g.prepare([node])
+mod, fn = setup["build"].split(":")
+prepared = getattr(importlib.import_module(mod), fn)(**setup["kwargs"])
 out = sys.stdout.buffer
 out.write(b"ready\n"); out.flush()
 while True:
@@ -61,7 +61,8 @@ while True:
         prepared.compute(nth)
         out.write(struct.pack("<d", time.perf_counter() - t0)); out.flush()
     elif cmd == b"r":
-        blob = pickle.dumps(prepared.outputs()[0])
+        res = prepared.outputs()
+        blob = pickle.dumps(list(res.values()) if isinstance(res, dict) else res)
         out.write(struct.pack("<q", len(blob)) + blob); out.flush()
     else:
         prepared.free()
@@ -69,20 +70,56 @@ while True:
 """
 
 
-class RemoteGraph:
-    """One op of a peer, built once in a child process over copies of ``inputs``; ``compute(n_threads)`` runs it
-    there and returns the child-measured seconds; ``result()`` is its output as an mlaref Tensor."""
+def op_graph(inputs, op: str, ip=(), fp=()) -> harness.Prepared:
+    """In the child: one harness op over ``inputs`` (mlaref Tensors), built once on the loaded peer."""
+    g = harness.loaded().graph()
+    ids = [g.input(t) for t in inputs]
+    return g.prepare([g.op(op, *ids, ip=ip, fp=fp)])
 
-    def __init__(self, peer: str, op: str, inputs, *, ip=(), fp=(), level: str = "native"):
+
+def ir_graph(g, values: dict, keep=(), mem_bytes: int | None = None):
+    """In the child: an IR graph (an MLAGraph) over ``values`` (``weights``, ``kv_cache``, ``inputs`` as
+    :func:`mlaref.codegen.peers.harness_graph.run_graph` takes them), built once on the loaded peer."""
+    return harness_graph.prepare_graph(g, **values, keep=keep, mem_bytes=mem_bytes)
+
+
+class RemoteGraph:
+    """A peer's graph, built once in a child process of its own over copies of the given data; ``compute(n_threads)``
+    runs ``ggml_graph_compute_with_ctx`` there and returns the seconds measured in the child around that call;
+    ``results()`` are its outputs as mlaref Tensors (``result()``: the first), read back after the last compute.
+
+    ``RemoteGraph(peer, op, inputs, ip=, fp=)`` is one harness op over ``inputs``; :meth:`of_graph` is an IR graph
+    (the K/V build and attention of an MLA layer, say), built by :func:`mlaref.codegen.peers.harness_graph.
+    prepare_graph` with its outputs named in ``names``."""
+
+    def __init__(self, peer: str, op: str | None = None, inputs=(), *, ip=(), fp=(), level: str = "native",
+                 _build: tuple | None = None):
+        if _build is None:
+            _build = ("mlaref.codegen.bench.peers:op_graph",
+                      {"inputs": list(inputs), "op": op, "ip": tuple(ip), "fp": tuple(fp)})
         path = str(harness.ensure(peer, level))
         env = dict(os.environ, GGML_NO_BACKTRACE="1")
-        self.peer = peer
+        self.peer, self.names = peer, None
         self.proc = subprocess.Popen([sys.executable, "-c", _CHILD, path], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-        self.proc.stdin.write(pickle.dumps({"inputs": list(inputs), "op": op, "ip": tuple(ip), "fp": tuple(fp)}))
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(pickle.dumps({"build": _build[0], "kwargs": _build[1]}))
+            self.proc.stdin.flush()
+        except OSError:
+            pass  # the child died at once: its stderr says why, below
         if self.proc.stdout.readline() != b"ready\n":
             raise harness.HarnessError(f"{peer}: the benchmark child did not start: " + self._stderr())
+
+    @classmethod
+    def of_graph(cls, peer: str, g, values: dict, *, keep=(), level: str = "native",
+                 mem_bytes: int | None = None) -> RemoteGraph:
+        """``g`` (an MLAGraph) over ``values`` on ``peer``; the outputs are the tensors named in ``keep`` and the
+        graph's output, in that order (``names``)."""
+        self = cls(peer, level=level, _build=("mlaref.codegen.bench.peers:ir_graph",
+                                              {"g": g, "values": values, "keep": tuple(keep),
+                                               "mem_bytes": mem_bytes}))
+        self.names = list(dict.fromkeys([*keep, *([g.output.name] if g.output is not None else [])]))
+        return self
 
     def _stderr(self) -> str:
         self.proc.kill()
@@ -99,11 +136,15 @@ class RemoteGraph:
         self.proc.stdin.flush()
         return struct.unpack("<d", self._read(8))[0]
 
-    def result(self) -> Tensor:
+    def results(self) -> list[Tensor]:
+        """The outputs after the last compute, in the graph's order (an IR graph's: ``names``)."""
         self.proc.stdin.write(b"r")
         self.proc.stdin.flush()
         (n,) = struct.unpack("<q", self._read(8))
         return pickle.loads(self._read(n))
+
+    def result(self) -> Tensor:
+        return self.results()[0]
 
     def close(self) -> None:
         if self.proc.poll() is None:

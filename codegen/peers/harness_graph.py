@@ -14,7 +14,8 @@ order given, so the cache store runs before the reads of the cache, as in llama.
 
 The tensors named in ``keep`` and the graph output come back as contiguous mlaref Tensors (a view is copied out
 with ``ggml_cont``, which copies bytes for the element and block types here). IR ops ggml lacks (mlaref's
-chunked FlashMLA-2 ops, the MoE fusions) raise ``NotImplementedError``.
+chunked FlashMLA-2 ops, the MoE fusions) raise ``NotImplementedError``. :func:`prepare_graph` builds the same
+graph once and leaves it to be computed many times (:class:`PreparedGraph`; a benchmark times its computes).
 
 :func:`reserve` builds any IR graph (an MLAGraph or an ``ir.Graph``) as llama.cpp builds its graph before the
 worst-case reserve and measures it with the peer's own ggml-alloc (``mh_graph_reserve``): nothing is computed, no
@@ -44,7 +45,8 @@ from mlaref.codegen.peers import harness
 from mlaref.reference.graphs import executor, ir
 from mlaref.reference.tensor import Tensor
 
-__all__ = ["OPS", "PEER_ALLOCATOR", "GraphReserve", "first_difference", "lower_fused_rms_norm", "reserve", "run_graph"]
+__all__ = ["OPS", "PEER_ALLOCATOR", "GraphReserve", "PreparedGraph", "first_difference", "lower_fused_rms_norm",
+           "prepare_graph", "reserve", "run_graph"]
 
 # The allocator version (mlaref.reference.graphs.alloc.ALLOCATORS) of each peer's ggml-alloc.c
 PEER_ALLOCATOR = {"ik-llama-cpp-python": "ik-2026-04", "llama-cpp-python": "ggml-0.25.3"}
@@ -70,6 +72,37 @@ OPS = {
 
 def run_graph(g, *, weights: dict, kv_cache: list, inputs: dict, keep=(), n_threads: int = 1) -> dict[str, Tensor]:
     """Compute ``g`` (an MLAGraph) on the loaded peer; the tensors named in ``keep`` and the output, by name."""
+    prepared = prepare_graph(g, weights=weights, kv_cache=kv_cache, inputs=inputs, keep=keep)
+    try:
+        prepared.compute(n_threads)
+        return prepared.outputs()
+    finally:
+        prepared.free()
+
+
+class PreparedGraph:
+    """An IR graph built once on the loaded peer (:func:`prepare_graph`): ``compute(n_threads)`` runs
+    ``ggml_graph_compute_with_ctx`` over it (the same data each time; the inputs are not rewritten), ``outputs()``
+    copies the tensors named in ``names`` out as contiguous mlaref Tensors, by name; ``free()`` releases it."""
+
+    def __init__(self, prepared: harness.Prepared, names: list[str]):
+        self.prepared, self.names = prepared, names
+
+    def compute(self, n_threads: int = 1) -> None:
+        self.prepared.compute(n_threads)
+
+    def outputs(self) -> dict[str, Tensor]:
+        return dict(zip(self.names, self.prepared.outputs()))
+
+    def free(self) -> None:
+        self.prepared.free()
+
+
+def prepare_graph(g, *, weights: dict, kv_cache: list, inputs: dict, keep=(), mem_bytes: int | None = None
+                  ) -> PreparedGraph:
+    """Build ``g`` (an MLAGraph) on the loaded peer as :func:`run_graph` does, without computing it: a
+    :class:`PreparedGraph` to compute as often as wanted. Each compute makes its ``ggml_cgraph`` and work buffer
+    in the graph's context, so ``mem_bytes`` (default: :func:`_mem`'s) bounds how many computes fit."""
     h = harness.loaded()
     graph = g.graph
     values = executor.leaf_values(g, weights, kv_cache, inputs)
@@ -108,8 +141,7 @@ def run_graph(g, *, weights: dict, kv_cache: list, inputs: dict, keep=(), n_thre
             raise ValueError(f"keep: no tensor named {name!r} in the graph") from None
         n = node_of[id(t)]
         outs.append(gr.op("cont", n) if t.view_src is not None or not _packed(t) else n)
-    res = gr.run(outs, n_threads=n_threads, mem_bytes=_mem(graph))
-    return dict(zip(names, res))
+    return PreparedGraph(gr.prepare(outs, mem_bytes if mem_bytes is not None else _mem(graph)), names)
 
 
 def _packed(t: ir.Tensor) -> bool:

@@ -123,14 +123,17 @@ def test_bench_subcommands_are_wired(capsys):
 
 def test_arena_backend_rows():
     """backend="arena" at toy shapes: every variant timed (with ggml's when ggml-python is here), spreads and the
-    share outside mul_mat / flash_attn_ext in [0, 1]; chunked with two chunks."""
+    share outside mul_mat / flash_attn_ext in [0, 1]; chunked with two chunks. The peers' graphs:
+    test_bench_mla_peers.py."""
     from mlaref.codegen.peers import ggml as ggml_peer
 
-    res = B.run_mla(n_kv=(512,), T=32, n_head=2, repeats=1, n_threads=2, kv_chunk=256, backend="arena")
+    res = B.run_mla(n_kv=(512,), T=32, n_head=2, repeats=1, n_threads=2, kv_chunk=256, backend="arena", peers=())
     assert res["backend"] == "arena" and len(res["rows"]) == 1
     row = res["rows"][0]
     for v in L.VARIANTS:
         assert row[f"arena/{v}"]["median"] > 0 and row[f"arena/{v}"]["spread"] >= 0
         assert 0 < row[f"outside_mm_fa_{v}"]["value"] < 1
         assert (f"ratio_{v}" in row) == ggml_peer.available()
+        assert not any(k.startswith(("ik/", "ggml025/")) for k in row)
+    assert res["peers"] == [] and res["skipped_peers"] == {}
     assert "ggml/arena" in B.format_table(res)

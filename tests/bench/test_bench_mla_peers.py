@@ -1,0 +1,100 @@
+"""bench mla --backend arena against the peers: the arena's IR graph on ik_llama.cpp and ggml 0.25.3 (one child per
+peer and variant), its outputs against the arena's, the ratios, skipped peers; never a speed."""
+
+import numpy as np
+import pytest
+
+from mlaref.codegen.bench import mla as B
+from mlaref.codegen.bench import mla_arena as MA
+from mlaref.codegen.bench.mla_layers import VARIANTS
+from mlaref.codegen.bench.peers import RemoteGraph
+from mlaref.codegen.peers import build as peer_build
+from mlaref.codegen.peers import harness
+from mlaref.reference.hparams import preset
+
+PEERS = tuple(MA.PEER_TAGS)
+
+
+def _need(peer):
+    if not peer_build.built("native", peer):
+        pytest.skip(f"{peer} is not built here (a cold build takes 11-20 minutes): run `mlaref peer build {peer}`")
+
+
+@pytest.fixture(scope="module")
+def arena_result():
+    for p in PEERS:
+        _need(p)
+    # 2 heads, 32 queries, n_kv 512 in chunks of 256: the chunked graph has two flash_attn_ext nodes
+    return B.run_mla(n_kv=(512,), T=32, n_head=2, repeats=1, n_threads=2, kv_chunk=256, backend="arena",
+                     peers=PEERS)
+
+
+def test_each_peer_times_the_arenas_graph_and_matches_its_output(arena_result):
+    res = arena_result
+    assert res["peers"] == list(PEERS) and res["skipped_peers"] == {}
+    row = res["rows"][0]
+    for v in VARIANTS:
+        ta = row[f"arena/{v}"]["median"]
+        for p, tag in MA.PEER_TAGS.items():
+            t = row[f"{tag}/{v}"]
+            assert t["median"] > 0 and t["spread"] >= 0 and len(t["all"]) == 1
+            assert row[f"ratio_{tag}_{v}"]["value"] == pytest.approx(t["median"] / ta)
+            e = row[f"nmse_{tag}_{v}"]
+            # every attention result compared: the chunked graph's two chunks
+            assert e["outputs"] == (["kqv_c0-0", "kqv_c1-0"] if v == "chunked" else ["kqv-0"])
+            assert 0 <= e["value"] < MA.NMSE_BOUND[p] and e["within_bound"], (p, v, e["value"])
+    table = B.format_table(res)
+    for what in ("ik/arena", "ggml025/arena", "ggml/arena", "nmse"):
+        assert what in table
+
+
+def test_a_remote_ir_graph_gives_run_graphs_bytes_on_every_compute():
+    """RemoteGraph.of_graph (prepared once, computed twice) against harness_graph.run_graph (built and computed once)
+    on the same peer, one thread: equal bytes for every kept tensor, and the two computes agree."""
+    peer = PEERS[0]
+    _need(peer)
+    hp = preset("deepseek-v2-lite")
+    s = {"n_head": 2, "T": 32, "rank": hp.n_lora_kv, "rope": hp.n_rot, "nope": hp.n_embd_head_qk_nope,
+         "dv": hp.n_embd_head_v, "dk": hp.n_embd_head_qk_nope + hp.n_rot, "kq_scale": float(hp.kq_scale)}
+    g, vals = MA.layer_setups(hp, s, 512, 256, seed=4)["chunked"]
+    keep = ["k_c0-0", "v_c1-0", *MA.attention_names(g)]
+    want = harness.call(peer, "native", "mlaref.codegen.peers.harness_graph:run_graph", g, **vals, keep=keep,
+                        n_threads=1)
+    r = RemoteGraph.of_graph(peer, g, vals, keep=keep)
+    try:
+        assert r.names == keep
+        assert r.compute(1) > 0
+        first = [t.raw().tobytes() for t in r.results()]
+        r.compute(1)
+        second = r.results()
+    finally:
+        r.close()
+    assert [t.raw().tobytes() for t in second] == first
+    for name, t in zip(keep, second):
+        assert (t.type, t.ne) == (want[name].type, want[name].ne), name
+        assert t.raw().tobytes() == want[name].raw().tobytes(), name
+    assert np.all(np.isfinite(second[-1].to_numpy()))
+
+
+def test_peers_without_a_build_are_named_and_skipped(monkeypatch):
+    monkeypatch.setattr(peer_build, "built", lambda level, peer: peer != "llama-cpp-python")
+    ready, skipped = MA.peers_ready(PEERS)
+    assert ready == ["ik-llama-cpp-python"]
+    assert skipped == {"llama-cpp-python": "not built here: run `mlaref peer build llama-cpp-python`"}
+    with pytest.raises(ValueError, match="unknown peer"):
+        MA.peers_ready(("llama.cpp",))
+    with pytest.raises(ValueError, match="no ggml graph API"):
+        MA.peers_ready(("ggml-python",))
+
+
+def test_the_table_names_skipped_peers():
+    a = {"median": 1.0, "spread": 0.0}
+    row = {"n_kv": 512, **{f"arena/{v}": a for v in VARIANTS},
+           **{f"outside_mm_fa_{v}": {"value": 0.1} for v in VARIANTS},
+           **{f"ik/{v}": {"median": 2.0, "spread": 0.05} for v in VARIANTS},
+           **{f"ratio_ik_{v}": {"value": 2.0} for v in VARIANTS},
+           **{f"nmse_ik_{v}": {"value": 3e-6, "within_bound": False} for v in VARIANTS}}
+    text = MA.format_arena([row], 2, 1, {"llama-cpp-python": "not built here: run `mlaref peer build "
+                                                             "llama-cpp-python`"})
+    assert "ik/arena" in text and "ggml025/arena" not in text and "3.0e-06 > bound" in text
+    assert "skipped llama-cpp-python: not built here: run `mlaref peer build llama-cpp-python`" in text
