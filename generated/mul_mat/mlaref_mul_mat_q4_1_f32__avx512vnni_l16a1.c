@@ -1114,6 +1114,8 @@ static inline void mm_decode_q8_1(const uint8_t *row, int64_t nb, int8_t *q, flo
 /* src1 columns converted per block: the y cache stays in L2 while src0 streams through; block weights are decoded
    once per row tile and column block, so they get more columns to share that cost */
 #define MM_CB 256
+/* src0 rows per x cache tile */
+#define MM_RT 4
 
 typedef struct {
     int64_t K, nsteps, nb;
@@ -1158,7 +1160,7 @@ int mlaref_mul_mat_q4_1_f32__avx512vnni_l16a1(const uint8_t *src0, const uint8_t
     /* the m / s floats of the blocks follow the pairs, padded to 64 bytes */
     const int64_t extra = (w.nb * 4 + 63) / 64 * 64;
     const int64_t xs = w.nsteps * MM_XSTEP + extra, ys = w.nsteps * MM_YSTEP + extra;
-    uint8_t *xcache = aligned_alloc(64, (size_t)(4 * xs));
+    uint8_t *xcache = aligned_alloc(64, (size_t)(MM_RT * xs));
     uint8_t *ycache = aligned_alloc(64, (size_t)(MM_CB * ys));
     w.tmp = malloc((size_t)K * 4);
     w.tmpq = malloc((size_t)K * 2 + 64); /* >= any vec_dot row: f16/bf16 2 B, q8_0 34/32, q8_1 36/32, q8_K 292/256 */
@@ -1182,8 +1184,8 @@ int mlaref_mul_mat_q4_1_f32__avx512vnni_l16a1(const uint8_t *src0, const uint8_t
             mm_convert_column(src1 + (cc - mat * N) * nb11 + i12 * nb12 + i13 * nb13, &w, ycache + (cc - c) * ys);
         }
         const uint8_t *x0 = src0 + (i12 / r2) * nb02 + (i13 / r3) * nb03;
-        for (int64_t r = r0; r < r1; r += 4) {
-            const int64_t rt = r1 - r < 4 ? r1 - r : 4;
+        for (int64_t r = r0; r < r1; r += MM_RT) {
+            const int64_t rt = r1 - r < MM_RT ? r1 - r : MM_RT;
             for (int64_t i = 0; i < rt; ++i) mm_load_row(x0 + (r + i) * nb01, &w, xcache + i * xs);
             mm_tiles(xcache, xs, rt, ycache, ys, ce - c, w.nsteps, last_n, dst + c * M + r, M);
         }
