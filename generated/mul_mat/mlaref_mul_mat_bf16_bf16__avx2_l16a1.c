@@ -1003,6 +1003,9 @@ static inline void mm_put_blocks(const int8_t *q, const float *d, int64_t nb, ui
 /* Element caches hold f32 rows of nsteps * 16 values (mm_put_f32). Tiles: R x rows (R <= 3) by C y columns
    (C <= 2). Loads per half step: R + C ymm for R * C fmas (5 for 6 at 3 x 2, which Zen 3's two 256-bit load ports
    feed while its two FMA pipes stay busy); four more accumulators would not fit the 16 registers. */
+/* an empty asm that claims to change v: GCC would otherwise fold each x load into both of its fmas as a memory
+   operand, 8 loads per 6 fmas, and the load ports, not the FMA pipes, would set the pace */
+#define MM_IN_REG(v) __asm__("" : "+x"(v))
 /* 3 x rows times 2 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j) */
 static inline void mm_fmicro_3x2(const float *x, int64_t xs, const float *y, int64_t ys, int64_t nsteps,
                                       int last_n, float *out, int64_t ldo) {
@@ -1016,29 +1019,39 @@ static inline void mm_fmicro_3x2(const float *x, int64_t xs, const float *y, int
     for (int64_t s = 0; s < nfull; ++s) {
         const float *xp = x + 16 * s, *yp = y + 16 * s;
         {
-            const __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
-            const __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
-            const __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            MM_IN_REG(y0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
+            MM_IN_REG(y1);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            MM_IN_REG(x0);
             a00_0 = _mm256_fmadd_ps(x0, y0, a00_0);
             a01_0 = _mm256_fmadd_ps(x0, y1, a01_0);
-            const __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
+            MM_IN_REG(x1);
             a10_0 = _mm256_fmadd_ps(x1, y0, a10_0);
             a11_0 = _mm256_fmadd_ps(x1, y1, a11_0);
-            const __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 0);
+            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 0);
+            MM_IN_REG(x2);
             a20_0 = _mm256_fmadd_ps(x2, y0, a20_0);
             a21_0 = _mm256_fmadd_ps(x2, y1, a21_0);
         }
 
         {
-            const __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
-            const __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
-            const __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            MM_IN_REG(y0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
+            MM_IN_REG(y1);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            MM_IN_REG(x0);
             a00_1 = _mm256_fmadd_ps(x0, y0, a00_1);
             a01_1 = _mm256_fmadd_ps(x0, y1, a01_1);
-            const __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
+            MM_IN_REG(x1);
             a10_1 = _mm256_fmadd_ps(x1, y0, a10_1);
             a11_1 = _mm256_fmadd_ps(x1, y1, a11_1);
-            const __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 8);
+            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 8);
+            MM_IN_REG(x2);
             a20_1 = _mm256_fmadd_ps(x2, y0, a20_1);
             a21_1 = _mm256_fmadd_ps(x2, y1, a21_1);
         }
@@ -1048,29 +1061,39 @@ static inline void mm_fmicro_3x2(const float *x, int64_t xs, const float *y, int
         const float *xp = x + 16 * nfull, *yp = y + 16 * nfull;
         const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
         {
-            const __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
-            const __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
-            const __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            MM_IN_REG(y0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
+            MM_IN_REG(y1);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            MM_IN_REG(x0);
             a00_0 = _mm256_blendv_ps(a00_0, _mm256_fmadd_ps(x0, y0, a00_0), m0);
             a01_0 = _mm256_blendv_ps(a01_0, _mm256_fmadd_ps(x0, y1, a01_0), m0);
-            const __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
+            MM_IN_REG(x1);
             a10_0 = _mm256_blendv_ps(a10_0, _mm256_fmadd_ps(x1, y0, a10_0), m0);
             a11_0 = _mm256_blendv_ps(a11_0, _mm256_fmadd_ps(x1, y1, a11_0), m0);
-            const __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 0);
+            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 0);
+            MM_IN_REG(x2);
             a20_0 = _mm256_blendv_ps(a20_0, _mm256_fmadd_ps(x2, y0, a20_0), m0);
             a21_0 = _mm256_blendv_ps(a21_0, _mm256_fmadd_ps(x2, y1, a21_0), m0);
         }
 
         {
-            const __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
-            const __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
-            const __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            MM_IN_REG(y0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
+            MM_IN_REG(y1);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            MM_IN_REG(x0);
             a00_1 = _mm256_blendv_ps(a00_1, _mm256_fmadd_ps(x0, y0, a00_1), m1);
             a01_1 = _mm256_blendv_ps(a01_1, _mm256_fmadd_ps(x0, y1, a01_1), m1);
-            const __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
+            MM_IN_REG(x1);
             a10_1 = _mm256_blendv_ps(a10_1, _mm256_fmadd_ps(x1, y0, a10_1), m1);
             a11_1 = _mm256_blendv_ps(a11_1, _mm256_fmadd_ps(x1, y1, a11_1), m1);
-            const __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 8);
+            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 8);
+            MM_IN_REG(x2);
             a20_1 = _mm256_blendv_ps(a20_1, _mm256_fmadd_ps(x2, y0, a20_1), m1);
             a21_1 = _mm256_blendv_ps(a21_1, _mm256_fmadd_ps(x2, y1, a21_1), m1);
         }
@@ -1113,23 +1136,31 @@ static inline void mm_fmicro_2x2(const float *x, int64_t xs, const float *y, int
     for (int64_t s = 0; s < nfull; ++s) {
         const float *xp = x + 16 * s, *yp = y + 16 * s;
         {
-            const __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
-            const __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
-            const __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            MM_IN_REG(y0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
+            MM_IN_REG(y1);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            MM_IN_REG(x0);
             a00_0 = _mm256_fmadd_ps(x0, y0, a00_0);
             a01_0 = _mm256_fmadd_ps(x0, y1, a01_0);
-            const __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
+            MM_IN_REG(x1);
             a10_0 = _mm256_fmadd_ps(x1, y0, a10_0);
             a11_0 = _mm256_fmadd_ps(x1, y1, a11_0);
         }
 
         {
-            const __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
-            const __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
-            const __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            MM_IN_REG(y0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
+            MM_IN_REG(y1);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            MM_IN_REG(x0);
             a00_1 = _mm256_fmadd_ps(x0, y0, a00_1);
             a01_1 = _mm256_fmadd_ps(x0, y1, a01_1);
-            const __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
+            MM_IN_REG(x1);
             a10_1 = _mm256_fmadd_ps(x1, y0, a10_1);
             a11_1 = _mm256_fmadd_ps(x1, y1, a11_1);
         }
@@ -1139,23 +1170,31 @@ static inline void mm_fmicro_2x2(const float *x, int64_t xs, const float *y, int
         const float *xp = x + 16 * nfull, *yp = y + 16 * nfull;
         const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
         {
-            const __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
-            const __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
-            const __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            MM_IN_REG(y0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
+            MM_IN_REG(y1);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            MM_IN_REG(x0);
             a00_0 = _mm256_blendv_ps(a00_0, _mm256_fmadd_ps(x0, y0, a00_0), m0);
             a01_0 = _mm256_blendv_ps(a01_0, _mm256_fmadd_ps(x0, y1, a01_0), m0);
-            const __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
+            MM_IN_REG(x1);
             a10_0 = _mm256_blendv_ps(a10_0, _mm256_fmadd_ps(x1, y0, a10_0), m0);
             a11_0 = _mm256_blendv_ps(a11_0, _mm256_fmadd_ps(x1, y1, a11_0), m0);
         }
 
         {
-            const __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
-            const __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
-            const __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            MM_IN_REG(y0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
+            MM_IN_REG(y1);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            MM_IN_REG(x0);
             a00_1 = _mm256_blendv_ps(a00_1, _mm256_fmadd_ps(x0, y0, a00_1), m1);
             a01_1 = _mm256_blendv_ps(a01_1, _mm256_fmadd_ps(x0, y1, a01_1), m1);
-            const __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
+            MM_IN_REG(x1);
             a10_1 = _mm256_blendv_ps(a10_1, _mm256_fmadd_ps(x1, y0, a10_1), m1);
             a11_1 = _mm256_blendv_ps(a11_1, _mm256_fmadd_ps(x1, y1, a11_1), m1);
         }
@@ -1188,17 +1227,19 @@ static inline void mm_fmicro_1x2(const float *x, int64_t xs, const float *y, int
     for (int64_t s = 0; s < nfull; ++s) {
         const float *xp = x + 16 * s, *yp = y + 16 * s;
         {
-            const __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
-            const __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
-            const __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            MM_IN_REG(x0);
             a00_0 = _mm256_fmadd_ps(x0, y0, a00_0);
             a01_0 = _mm256_fmadd_ps(x0, y1, a01_0);
         }
 
         {
-            const __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
-            const __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
-            const __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            MM_IN_REG(x0);
             a00_1 = _mm256_fmadd_ps(x0, y0, a00_1);
             a01_1 = _mm256_fmadd_ps(x0, y1, a01_1);
         }
@@ -1208,17 +1249,19 @@ static inline void mm_fmicro_1x2(const float *x, int64_t xs, const float *y, int
         const float *xp = x + 16 * nfull, *yp = y + 16 * nfull;
         const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
         {
-            const __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
-            const __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
-            const __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            MM_IN_REG(x0);
             a00_0 = _mm256_blendv_ps(a00_0, _mm256_fmadd_ps(x0, y0, a00_0), m0);
             a01_0 = _mm256_blendv_ps(a01_0, _mm256_fmadd_ps(x0, y1, a01_0), m0);
         }
 
         {
-            const __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
-            const __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
-            const __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            MM_IN_REG(x0);
             a00_1 = _mm256_blendv_ps(a00_1, _mm256_fmadd_ps(x0, y0, a00_1), m1);
             a01_1 = _mm256_blendv_ps(a01_1, _mm256_fmadd_ps(x0, y1, a01_1), m1);
         }
@@ -1244,22 +1287,24 @@ static inline void mm_fmicro_3x1(const float *x, int64_t xs, const float *y, int
     for (int64_t s = 0; s < nfull; ++s) {
         const float *xp = x + 16 * s, *yp = y + 16 * s;
         {
-            const __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
-            const __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            MM_IN_REG(y0);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
             a00_0 = _mm256_fmadd_ps(x0, y0, a00_0);
-            const __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
             a10_0 = _mm256_fmadd_ps(x1, y0, a10_0);
-            const __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 0);
+            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 0);
             a20_0 = _mm256_fmadd_ps(x2, y0, a20_0);
         }
 
         {
-            const __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
-            const __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            MM_IN_REG(y0);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
             a00_1 = _mm256_fmadd_ps(x0, y0, a00_1);
-            const __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
             a10_1 = _mm256_fmadd_ps(x1, y0, a10_1);
-            const __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 8);
+            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 8);
             a20_1 = _mm256_fmadd_ps(x2, y0, a20_1);
         }
 
@@ -1268,22 +1313,24 @@ static inline void mm_fmicro_3x1(const float *x, int64_t xs, const float *y, int
         const float *xp = x + 16 * nfull, *yp = y + 16 * nfull;
         const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
         {
-            const __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
-            const __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            MM_IN_REG(y0);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
             a00_0 = _mm256_blendv_ps(a00_0, _mm256_fmadd_ps(x0, y0, a00_0), m0);
-            const __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
             a10_0 = _mm256_blendv_ps(a10_0, _mm256_fmadd_ps(x1, y0, a10_0), m0);
-            const __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 0);
+            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 0);
             a20_0 = _mm256_blendv_ps(a20_0, _mm256_fmadd_ps(x2, y0, a20_0), m0);
         }
 
         {
-            const __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
-            const __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            MM_IN_REG(y0);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
             a00_1 = _mm256_blendv_ps(a00_1, _mm256_fmadd_ps(x0, y0, a00_1), m1);
-            const __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
             a10_1 = _mm256_blendv_ps(a10_1, _mm256_fmadd_ps(x1, y0, a10_1), m1);
-            const __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 8);
+            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 8);
             a20_1 = _mm256_blendv_ps(a20_1, _mm256_fmadd_ps(x2, y0, a20_1), m1);
         }
 
@@ -1311,18 +1358,20 @@ static inline void mm_fmicro_2x1(const float *x, int64_t xs, const float *y, int
     for (int64_t s = 0; s < nfull; ++s) {
         const float *xp = x + 16 * s, *yp = y + 16 * s;
         {
-            const __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
-            const __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            MM_IN_REG(y0);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
             a00_0 = _mm256_fmadd_ps(x0, y0, a00_0);
-            const __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
             a10_0 = _mm256_fmadd_ps(x1, y0, a10_0);
         }
 
         {
-            const __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
-            const __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            MM_IN_REG(y0);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
             a00_1 = _mm256_fmadd_ps(x0, y0, a00_1);
-            const __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
             a10_1 = _mm256_fmadd_ps(x1, y0, a10_1);
         }
 
@@ -1331,18 +1380,20 @@ static inline void mm_fmicro_2x1(const float *x, int64_t xs, const float *y, int
         const float *xp = x + 16 * nfull, *yp = y + 16 * nfull;
         const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
         {
-            const __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
-            const __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            MM_IN_REG(y0);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
             a00_0 = _mm256_blendv_ps(a00_0, _mm256_fmadd_ps(x0, y0, a00_0), m0);
-            const __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
             a10_0 = _mm256_blendv_ps(a10_0, _mm256_fmadd_ps(x1, y0, a10_0), m0);
         }
 
         {
-            const __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
-            const __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            MM_IN_REG(y0);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
             a00_1 = _mm256_blendv_ps(a00_1, _mm256_fmadd_ps(x0, y0, a00_1), m1);
-            const __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
             a10_1 = _mm256_blendv_ps(a10_1, _mm256_fmadd_ps(x1, y0, a10_1), m1);
         }
 
@@ -1365,14 +1416,14 @@ static inline void mm_fmicro_1x1(const float *x, int64_t xs, const float *y, int
     for (int64_t s = 0; s < nfull; ++s) {
         const float *xp = x + 16 * s, *yp = y + 16 * s;
         {
-            const __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
-            const __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
             a00_0 = _mm256_fmadd_ps(x0, y0, a00_0);
         }
 
         {
-            const __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
-            const __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
             a00_1 = _mm256_fmadd_ps(x0, y0, a00_1);
         }
 
@@ -1381,14 +1432,14 @@ static inline void mm_fmicro_1x1(const float *x, int64_t xs, const float *y, int
         const float *xp = x + 16 * nfull, *yp = y + 16 * nfull;
         const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
         {
-            const __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
-            const __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
             a00_0 = _mm256_blendv_ps(a00_0, _mm256_fmadd_ps(x0, y0, a00_0), m0);
         }
 
         {
-            const __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
-            const __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
             a00_1 = _mm256_blendv_ps(a00_1, _mm256_fmadd_ps(x0, y0, a00_1), m1);
         }
 
