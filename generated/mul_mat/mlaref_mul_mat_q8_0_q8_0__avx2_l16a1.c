@@ -1119,6 +1119,15 @@ static void mm_convert_column(const uint8_t *src, const mm_scratch *w, uint8_t *
     mm_put_blocks(w->q, w->d, w->nb, cache, MM_YSTEP, MM_YQ, 1);
 }
 
+/* asks for the n src0 rows of the next x tile (into L2) while this tile's columns run: src0 streams from L3 or
+   memory once per column block, and the row loads would otherwise wait for it */
+static inline void mm_prefetch_rows(const uint8_t *x, int64_t nb01, int64_t n, int64_t K) {
+    const int64_t bytes = K / 32 * 34;
+    for (int64_t i = 0; i < n; ++i) {
+        for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(x + i * nb01 + o, 0, 2);
+    }
+}
+
 /* src0 row (type q8_0) -> x cache */
 static void mm_load_row(const uint8_t *src, const mm_scratch *w, uint8_t *cache) {
     mm_decode_q8_0(src, w->nb, w->q, w->d, w->m);
@@ -1165,6 +1174,7 @@ int mlaref_mul_mat_q8_0_q8_0__avx2_l16a1(const uint8_t *src0, const uint8_t *src
         for (int64_t r = r0; r < r1; r += MM_RT) {
             const int64_t rt = r1 - r < MM_RT ? r1 - r : MM_RT;
             for (int64_t i = 0; i < rt; ++i) mm_load_row(x0 + (r + i) * nb01, &w, xcache + i * xs);
+            if (r + rt < r1) mm_prefetch_rows(x0 + (r + rt) * nb01, nb01, r1 - r - rt < MM_RT ? r1 - r - rt : MM_RT, K);
             mm_tiles(xcache, xs, rt, ycache, ys, ce - c, w.nsteps, last_n, dst + c * M + r, M);
         }
         c = ce;
