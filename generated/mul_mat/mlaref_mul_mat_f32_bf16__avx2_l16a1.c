@@ -1007,9 +1007,133 @@ static inline void mm_put_blocks(const int8_t *q, const float *d, int64_t nb, ui
 /* an empty asm that claims to change v: GCC would otherwise fold each x load into both of its fmas as a memory
    operand, 8 loads per 6 fmas, and the load ports, not the FMA pipes, would set the pace */
 #define MM_IN_REG(v) __asm__("" : "+x"(v))
-/* 3 x rows times 2 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j) */
-static inline void mm_fmicro_3x2(const float *x, int64_t xs, const float *y, int64_t ys, int64_t nsteps,
-                                      int last_n, float *out, int64_t ldo) {
+/* 3 x rows times 2 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j);
+   _pf: also asks for the two columns at pf, step by step (a 32-line column is too short a stream for the
+   hardware prefetcher to catch before it ends) */
+static inline void mm_fmicro_3x2_pf(const float *x, int64_t xs, const float *y, int64_t ys,
+                                      int64_t nsteps, int last_n, float *out, int64_t ldo, const float *pf) {
+    __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
+    __m256 a01_0 = _mm256_setzero_ps(), a01_1 = _mm256_setzero_ps();
+    __m256 a10_0 = _mm256_setzero_ps(), a10_1 = _mm256_setzero_ps();
+    __m256 a11_0 = _mm256_setzero_ps(), a11_1 = _mm256_setzero_ps();
+    __m256 a20_0 = _mm256_setzero_ps(), a20_1 = _mm256_setzero_ps();
+    __m256 a21_0 = _mm256_setzero_ps(), a21_1 = _mm256_setzero_ps();
+    const int64_t nfull = nsteps - (last_n < 16);
+    for (int64_t s = 0; s < nfull; ++s) {
+        const float *xp = x + 16 * s, *yp = y + 16 * s;
+        __builtin_prefetch(pf + 16 * s, 0, 3);
+        __builtin_prefetch(pf + ys + 16 * s, 0, 3);
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            MM_IN_REG(y0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
+            MM_IN_REG(y1);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            MM_IN_REG(x0);
+            a00_0 = _mm256_fmadd_ps(x0, y0, a00_0);
+            a01_0 = _mm256_fmadd_ps(x0, y1, a01_0);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
+            MM_IN_REG(x1);
+            a10_0 = _mm256_fmadd_ps(x1, y0, a10_0);
+            a11_0 = _mm256_fmadd_ps(x1, y1, a11_0);
+            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 0);
+            MM_IN_REG(x2);
+            a20_0 = _mm256_fmadd_ps(x2, y0, a20_0);
+            a21_0 = _mm256_fmadd_ps(x2, y1, a21_0);
+        }
+
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            MM_IN_REG(y0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
+            MM_IN_REG(y1);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            MM_IN_REG(x0);
+            a00_1 = _mm256_fmadd_ps(x0, y0, a00_1);
+            a01_1 = _mm256_fmadd_ps(x0, y1, a01_1);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
+            MM_IN_REG(x1);
+            a10_1 = _mm256_fmadd_ps(x1, y0, a10_1);
+            a11_1 = _mm256_fmadd_ps(x1, y1, a11_1);
+            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 8);
+            MM_IN_REG(x2);
+            a20_1 = _mm256_fmadd_ps(x2, y0, a20_1);
+            a21_1 = _mm256_fmadd_ps(x2, y1, a21_1);
+        }
+
+    }
+    if (nfull < nsteps) {
+        const float *xp = x + 16 * nfull, *yp = y + 16 * nfull;
+        const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            MM_IN_REG(y0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
+            MM_IN_REG(y1);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            MM_IN_REG(x0);
+            a00_0 = _mm256_blendv_ps(a00_0, _mm256_fmadd_ps(x0, y0, a00_0), m0);
+            a01_0 = _mm256_blendv_ps(a01_0, _mm256_fmadd_ps(x0, y1, a01_0), m0);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
+            MM_IN_REG(x1);
+            a10_0 = _mm256_blendv_ps(a10_0, _mm256_fmadd_ps(x1, y0, a10_0), m0);
+            a11_0 = _mm256_blendv_ps(a11_0, _mm256_fmadd_ps(x1, y1, a11_0), m0);
+            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 0);
+            MM_IN_REG(x2);
+            a20_0 = _mm256_blendv_ps(a20_0, _mm256_fmadd_ps(x2, y0, a20_0), m0);
+            a21_0 = _mm256_blendv_ps(a21_0, _mm256_fmadd_ps(x2, y1, a21_0), m0);
+        }
+
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            MM_IN_REG(y0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
+            MM_IN_REG(y1);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            MM_IN_REG(x0);
+            a00_1 = _mm256_blendv_ps(a00_1, _mm256_fmadd_ps(x0, y0, a00_1), m1);
+            a01_1 = _mm256_blendv_ps(a01_1, _mm256_fmadd_ps(x0, y1, a01_1), m1);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
+            MM_IN_REG(x1);
+            a10_1 = _mm256_blendv_ps(a10_1, _mm256_fmadd_ps(x1, y0, a10_1), m1);
+            a11_1 = _mm256_blendv_ps(a11_1, _mm256_fmadd_ps(x1, y1, a11_1), m1);
+            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 8);
+            MM_IN_REG(x2);
+            a20_1 = _mm256_blendv_ps(a20_1, _mm256_fmadd_ps(x2, y0, a20_1), m1);
+            a21_1 = _mm256_blendv_ps(a21_1, _mm256_fmadd_ps(x2, y1, a21_1), m1);
+        }
+
+    }
+    {
+        const mm_vf v = {a00_0, a00_1};
+        out[0 * ldo + 0] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a01_0, a01_1};
+        out[1 * ldo + 0] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a10_0, a10_1};
+        out[0 * ldo + 1] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a11_0, a11_1};
+        out[1 * ldo + 1] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a20_0, a20_1};
+        out[0 * ldo + 2] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a21_0, a21_1};
+        out[1 * ldo + 2] = mm_hsum(v);
+    }
+}
+
+/* 3 x rows times 2 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j)
+   */
+static inline void mm_fmicro_3x2(const float *x, int64_t xs, const float *y, int64_t ys,
+                                      int64_t nsteps, int last_n, float *out, int64_t ldo) {
     __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
     __m256 a01_0 = _mm256_setzero_ps(), a01_1 = _mm256_setzero_ps();
     __m256 a10_0 = _mm256_setzero_ps(), a10_1 = _mm256_setzero_ps();
@@ -1126,9 +1250,10 @@ static inline void mm_fmicro_3x2(const float *x, int64_t xs, const float *y, int
     }
 }
 
-/* 2 x rows times 2 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j) */
-static inline void mm_fmicro_2x2(const float *x, int64_t xs, const float *y, int64_t ys, int64_t nsteps,
-                                      int last_n, float *out, int64_t ldo) {
+/* 2 x rows times 2 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j)
+   */
+static inline void mm_fmicro_2x2(const float *x, int64_t xs, const float *y, int64_t ys,
+                                      int64_t nsteps, int last_n, float *out, int64_t ldo) {
     __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
     __m256 a01_0 = _mm256_setzero_ps(), a01_1 = _mm256_setzero_ps();
     __m256 a10_0 = _mm256_setzero_ps(), a10_1 = _mm256_setzero_ps();
@@ -1219,9 +1344,10 @@ static inline void mm_fmicro_2x2(const float *x, int64_t xs, const float *y, int
     }
 }
 
-/* 1 x rows times 2 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j) */
-static inline void mm_fmicro_1x2(const float *x, int64_t xs, const float *y, int64_t ys, int64_t nsteps,
-                                      int last_n, float *out, int64_t ldo) {
+/* 1 x rows times 2 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j)
+   */
+static inline void mm_fmicro_1x2(const float *x, int64_t xs, const float *y, int64_t ys,
+                                      int64_t nsteps, int last_n, float *out, int64_t ldo) {
     __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
     __m256 a01_0 = _mm256_setzero_ps(), a01_1 = _mm256_setzero_ps();
     const int64_t nfull = nsteps - (last_n < 16);
@@ -1278,9 +1404,10 @@ static inline void mm_fmicro_1x2(const float *x, int64_t xs, const float *y, int
     }
 }
 
-/* 3 x rows times 1 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j) */
-static inline void mm_fmicro_3x1(const float *x, int64_t xs, const float *y, int64_t ys, int64_t nsteps,
-                                      int last_n, float *out, int64_t ldo) {
+/* 3 x rows times 1 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j)
+   */
+static inline void mm_fmicro_3x1(const float *x, int64_t xs, const float *y, int64_t ys,
+                                      int64_t nsteps, int last_n, float *out, int64_t ldo) {
     __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
     __m256 a10_0 = _mm256_setzero_ps(), a10_1 = _mm256_setzero_ps();
     __m256 a20_0 = _mm256_setzero_ps(), a20_1 = _mm256_setzero_ps();
@@ -1350,9 +1477,10 @@ static inline void mm_fmicro_3x1(const float *x, int64_t xs, const float *y, int
     }
 }
 
-/* 2 x rows times 1 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j) */
-static inline void mm_fmicro_2x1(const float *x, int64_t xs, const float *y, int64_t ys, int64_t nsteps,
-                                      int last_n, float *out, int64_t ldo) {
+/* 2 x rows times 1 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j)
+   */
+static inline void mm_fmicro_2x1(const float *x, int64_t xs, const float *y, int64_t ys,
+                                      int64_t nsteps, int last_n, float *out, int64_t ldo) {
     __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
     __m256 a10_0 = _mm256_setzero_ps(), a10_1 = _mm256_setzero_ps();
     const int64_t nfull = nsteps - (last_n < 16);
@@ -1409,9 +1537,10 @@ static inline void mm_fmicro_2x1(const float *x, int64_t xs, const float *y, int
     }
 }
 
-/* 1 x rows times 1 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j) */
-static inline void mm_fmicro_1x1(const float *x, int64_t xs, const float *y, int64_t ys, int64_t nsteps,
-                                      int last_n, float *out, int64_t ldo) {
+/* 1 x rows times 1 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j)
+   */
+static inline void mm_fmicro_1x1(const float *x, int64_t xs, const float *y, int64_t ys,
+                                      int64_t nsteps, int last_n, float *out, int64_t ldo) {
     __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
     const int64_t nfull = nsteps - (last_n < 16);
     for (int64_t s = 0; s < nfull; ++s) {
@@ -1452,7 +1581,8 @@ static inline void mm_fmicro_1x1(const float *x, int64_t xs, const float *y, int
 }
 
 /* out (rows rt x cols ct, out[j * ldo + i]) from caches of rt rows and ct columns (strides xs, ys in bytes): each
-   pair of y columns, loaded once from L2, meets every row triple of the x tile while it sits in L1 */
+   pair of y columns, loaded once from L2 (the first row triple prefetches the next pair), meets every row triple
+   of the x tile while it sits in L1 */
 static void mm_ftiles(const uint8_t *xc, int64_t xs, int64_t rt, const uint8_t *yc, int64_t ys, int64_t ct,
                       int64_t nsteps, int last_n, float *out, int64_t ldo) {
     const float *x = (const float *)(const void *)xc, *y = (const float *)(const void *)yc;
@@ -1460,6 +1590,11 @@ static void mm_ftiles(const uint8_t *xc, int64_t xs, int64_t rt, const uint8_t *
     int64_t j = 0;
     for (; j + 2 <= ct; j += 2) {
         int64_t i = 0;
+        if (i + 3 <= rt) {
+            const float *next = y + (j + 4 <= ct ? j + 2 : j) * yf;
+            mm_fmicro_3x2_pf(x, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo, ldo, next);
+            i = 3;
+        }
         for (; i + 3 <= rt; i += 3) mm_fmicro_3x2(x + i * xf, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo + i, ldo);
         if (rt - i == 2) mm_fmicro_2x2(x + i * xf, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo + i, ldo);
         if (rt - i == 1) mm_fmicro_1x2(x + i * xf, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo + i, ldo);
