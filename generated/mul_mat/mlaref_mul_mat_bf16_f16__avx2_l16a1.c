@@ -1012,13 +1012,15 @@ static inline void mm_put_blocks(const int8_t *q, const float *d, int64_t nb, ui
 
 /* the exact int8 values and f32 scales of a row of 32-blocks (ggml-common.h layouts; upstream facts §5) */
 
-/* Element caches hold f32 rows of nsteps * 16 values (mm_put_f32). Tiles: R x rows (R <= 3) by C y columns
+/* Element caches hold rows of nsteps * 16 values: f32 for x (mm_put_f32); for y f32, or with mm_yh (f16 weights,
+   whose vec_dot type is f16) the f16 bits, widened exactly by vcvtph2ps at each load: half the bytes to stream
+   from L2, and F16C runs beside the FMA pipes. Tiles: R x rows (R <= 3) by C y columns
    (C <= 2). Loads per half step: R + C ymm for R * C fmas (5 for 6 at 3 x 2, which Zen 3's two 256-bit load ports
    feed while its two FMA pipes stay busy); four more accumulators would not fit the 16 registers. */
 /* an empty asm that claims to change v: GCC would otherwise fold each x load into both of its fmas as a memory
    operand, 8 loads per 6 fmas, and the load ports, not the FMA pipes, would set the pace */
 #define MM_IN_REG(v) __asm__("" : "+x"(v))
-/* 3 x rows times 2 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j);
+/* 3 x rows times 2 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j);
    _pf: also asks for the two columns at pf, step by step (a 32-line column is too short a stream for the
    hardware prefetcher to catch before it ends) */
 static inline void mm_fmicro_3x2_pf(const float *x, int64_t xs, const float *y, int64_t ys,
@@ -1031,7 +1033,8 @@ static inline void mm_fmicro_3x2_pf(const float *x, int64_t xs, const float *y, 
     __m256 a21_0 = _mm256_setzero_ps(), a21_1 = _mm256_setzero_ps();
     const int64_t nfull = nsteps - (last_n < 16);
     for (int64_t s = 0; s < nfull; ++s) {
-        const float *xp = x + 16 * s, *yp = y + 16 * s;
+        const float *xp = x + 16 * s;
+        const float *yp = y + 16 * s;
         __builtin_prefetch(pf + 16 * s, 0, 3);
         __builtin_prefetch(pf + ys + 16 * s, 0, 3);
         {
@@ -1074,7 +1077,8 @@ static inline void mm_fmicro_3x2_pf(const float *x, int64_t xs, const float *y, 
 
     }
     if (nfull < nsteps) {
-        const float *xp = x + 16 * nfull, *yp = y + 16 * nfull;
+        const float *xp = x + 16 * nfull;
+        const float *yp = y + 16 * nfull;
         const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
         {
             __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
@@ -1141,7 +1145,7 @@ static inline void mm_fmicro_3x2_pf(const float *x, int64_t xs, const float *y, 
     }
 }
 
-/* 3 x rows times 2 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j)
+/* 3 x rows times 2 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j)
    */
 static inline void mm_fmicro_3x2(const float *x, int64_t xs, const float *y, int64_t ys,
                                       int64_t nsteps, int last_n, float *out, int64_t ldo) {
@@ -1153,7 +1157,8 @@ static inline void mm_fmicro_3x2(const float *x, int64_t xs, const float *y, int
     __m256 a21_0 = _mm256_setzero_ps(), a21_1 = _mm256_setzero_ps();
     const int64_t nfull = nsteps - (last_n < 16);
     for (int64_t s = 0; s < nfull; ++s) {
-        const float *xp = x + 16 * s, *yp = y + 16 * s;
+        const float *xp = x + 16 * s;
+        const float *yp = y + 16 * s;
         {
             __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
             MM_IN_REG(y0);
@@ -1194,7 +1199,8 @@ static inline void mm_fmicro_3x2(const float *x, int64_t xs, const float *y, int
 
     }
     if (nfull < nsteps) {
-        const float *xp = x + 16 * nfull, *yp = y + 16 * nfull;
+        const float *xp = x + 16 * nfull;
+        const float *yp = y + 16 * nfull;
         const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
         {
             __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
@@ -1261,7 +1267,7 @@ static inline void mm_fmicro_3x2(const float *x, int64_t xs, const float *y, int
     }
 }
 
-/* 2 x rows times 2 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j)
+/* 2 x rows times 2 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j)
    */
 static inline void mm_fmicro_2x2(const float *x, int64_t xs, const float *y, int64_t ys,
                                       int64_t nsteps, int last_n, float *out, int64_t ldo) {
@@ -1271,7 +1277,8 @@ static inline void mm_fmicro_2x2(const float *x, int64_t xs, const float *y, int
     __m256 a11_0 = _mm256_setzero_ps(), a11_1 = _mm256_setzero_ps();
     const int64_t nfull = nsteps - (last_n < 16);
     for (int64_t s = 0; s < nfull; ++s) {
-        const float *xp = x + 16 * s, *yp = y + 16 * s;
+        const float *xp = x + 16 * s;
+        const float *yp = y + 16 * s;
         {
             __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
             MM_IN_REG(y0);
@@ -1304,7 +1311,8 @@ static inline void mm_fmicro_2x2(const float *x, int64_t xs, const float *y, int
 
     }
     if (nfull < nsteps) {
-        const float *xp = x + 16 * nfull, *yp = y + 16 * nfull;
+        const float *xp = x + 16 * nfull;
+        const float *yp = y + 16 * nfull;
         const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
         {
             __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
@@ -1355,7 +1363,7 @@ static inline void mm_fmicro_2x2(const float *x, int64_t xs, const float *y, int
     }
 }
 
-/* 1 x rows times 2 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j)
+/* 1 x rows times 2 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j)
    */
 static inline void mm_fmicro_1x2(const float *x, int64_t xs, const float *y, int64_t ys,
                                       int64_t nsteps, int last_n, float *out, int64_t ldo) {
@@ -1363,7 +1371,8 @@ static inline void mm_fmicro_1x2(const float *x, int64_t xs, const float *y, int
     __m256 a01_0 = _mm256_setzero_ps(), a01_1 = _mm256_setzero_ps();
     const int64_t nfull = nsteps - (last_n < 16);
     for (int64_t s = 0; s < nfull; ++s) {
-        const float *xp = x + 16 * s, *yp = y + 16 * s;
+        const float *xp = x + 16 * s;
+        const float *yp = y + 16 * s;
         {
             __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
             __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
@@ -1384,7 +1393,8 @@ static inline void mm_fmicro_1x2(const float *x, int64_t xs, const float *y, int
 
     }
     if (nfull < nsteps) {
-        const float *xp = x + 16 * nfull, *yp = y + 16 * nfull;
+        const float *xp = x + 16 * nfull;
+        const float *yp = y + 16 * nfull;
         const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
         {
             __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
@@ -1415,7 +1425,7 @@ static inline void mm_fmicro_1x2(const float *x, int64_t xs, const float *y, int
     }
 }
 
-/* 3 x rows times 1 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j)
+/* 3 x rows times 1 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j)
    */
 static inline void mm_fmicro_3x1(const float *x, int64_t xs, const float *y, int64_t ys,
                                       int64_t nsteps, int last_n, float *out, int64_t ldo) {
@@ -1424,7 +1434,8 @@ static inline void mm_fmicro_3x1(const float *x, int64_t xs, const float *y, int
     __m256 a20_0 = _mm256_setzero_ps(), a20_1 = _mm256_setzero_ps();
     const int64_t nfull = nsteps - (last_n < 16);
     for (int64_t s = 0; s < nfull; ++s) {
-        const float *xp = x + 16 * s, *yp = y + 16 * s;
+        const float *xp = x + 16 * s;
+        const float *yp = y + 16 * s;
         {
             __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
             MM_IN_REG(y0);
@@ -1449,7 +1460,8 @@ static inline void mm_fmicro_3x1(const float *x, int64_t xs, const float *y, int
 
     }
     if (nfull < nsteps) {
-        const float *xp = x + 16 * nfull, *yp = y + 16 * nfull;
+        const float *xp = x + 16 * nfull;
+        const float *yp = y + 16 * nfull;
         const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
         {
             __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
@@ -1488,7 +1500,7 @@ static inline void mm_fmicro_3x1(const float *x, int64_t xs, const float *y, int
     }
 }
 
-/* 2 x rows times 1 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j)
+/* 2 x rows times 1 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j)
    */
 static inline void mm_fmicro_2x1(const float *x, int64_t xs, const float *y, int64_t ys,
                                       int64_t nsteps, int last_n, float *out, int64_t ldo) {
@@ -1496,7 +1508,8 @@ static inline void mm_fmicro_2x1(const float *x, int64_t xs, const float *y, int
     __m256 a10_0 = _mm256_setzero_ps(), a10_1 = _mm256_setzero_ps();
     const int64_t nfull = nsteps - (last_n < 16);
     for (int64_t s = 0; s < nfull; ++s) {
-        const float *xp = x + 16 * s, *yp = y + 16 * s;
+        const float *xp = x + 16 * s;
+        const float *yp = y + 16 * s;
         {
             __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
             MM_IN_REG(y0);
@@ -1517,7 +1530,8 @@ static inline void mm_fmicro_2x1(const float *x, int64_t xs, const float *y, int
 
     }
     if (nfull < nsteps) {
-        const float *xp = x + 16 * nfull, *yp = y + 16 * nfull;
+        const float *xp = x + 16 * nfull;
+        const float *yp = y + 16 * nfull;
         const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
         {
             __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
@@ -1548,14 +1562,15 @@ static inline void mm_fmicro_2x1(const float *x, int64_t xs, const float *y, int
     }
 }
 
-/* 1 x rows times 1 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j)
+/* 1 x rows times 1 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j)
    */
 static inline void mm_fmicro_1x1(const float *x, int64_t xs, const float *y, int64_t ys,
                                       int64_t nsteps, int last_n, float *out, int64_t ldo) {
     __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
     const int64_t nfull = nsteps - (last_n < 16);
     for (int64_t s = 0; s < nfull; ++s) {
-        const float *xp = x + 16 * s, *yp = y + 16 * s;
+        const float *xp = x + 16 * s;
+        const float *yp = y + 16 * s;
         {
             __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
@@ -1570,7 +1585,8 @@ static inline void mm_fmicro_1x1(const float *x, int64_t xs, const float *y, int
 
     }
     if (nfull < nsteps) {
-        const float *xp = x + 16 * nfull, *yp = y + 16 * nfull;
+        const float *xp = x + 16 * nfull;
+        const float *yp = y + 16 * nfull;
         const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
         {
             __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
@@ -1596,8 +1612,9 @@ static inline void mm_fmicro_1x1(const float *x, int64_t xs, const float *y, int
    of the x tile while it sits in L1 */
 static void mm_ftiles(const uint8_t *xc, int64_t xs, int64_t rt, const uint8_t *yc, int64_t ys, int64_t ct,
                       int64_t nsteps, int last_n, float *out, int64_t ldo) {
-    const float *x = (const float *)(const void *)xc, *y = (const float *)(const void *)yc;
-    const int64_t xf = xs / 4, yf = ys / 4;
+    const float *x = (const float *)(const void *)xc;
+    const float *y = (const float *)(const void *)yc;
+    const int64_t xf = xs / 4, yf = ys / (int64_t)sizeof *y;
     int64_t j = 0;
     for (; j + 2 <= ct; j += 2) {
         int64_t i = 0;

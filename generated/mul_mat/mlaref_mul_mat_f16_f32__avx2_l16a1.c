@@ -999,17 +999,19 @@ static inline void mm_put_blocks(const int8_t *q, const float *d, int64_t nb, ui
 
 /* the exact int8 values and f32 scales of a row of 32-blocks (ggml-common.h layouts; upstream facts §5) */
 
-/* Element caches hold f32 rows of nsteps * 16 values (mm_put_f32). Tiles: R x rows (R <= 3) by C y columns
+/* Element caches hold rows of nsteps * 16 values: f32 for x (mm_put_f32); for y f32, or with mm_yh (f16 weights,
+   whose vec_dot type is f16) the f16 bits, widened exactly by vcvtph2ps at each load: half the bytes to stream
+   from L2, and F16C runs beside the FMA pipes. Tiles: R x rows (R <= 3) by C y columns
    (C <= 2). Loads per half step: R + C ymm for R * C fmas (5 for 6 at 3 x 2, which Zen 3's two 256-bit load ports
    feed while its two FMA pipes stay busy); four more accumulators would not fit the 16 registers. */
 /* an empty asm that claims to change v: GCC would otherwise fold each x load into both of its fmas as a memory
    operand, 8 loads per 6 fmas, and the load ports, not the FMA pipes, would set the pace */
 #define MM_IN_REG(v) __asm__("" : "+x"(v))
-/* 3 x rows times 2 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j);
+/* 3 x rows times 2 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j);
    _pf: also asks for the two columns at pf, step by step (a 32-line column is too short a stream for the
    hardware prefetcher to catch before it ends) */
-static inline void mm_fmicro_3x2_pf(const float *x, int64_t xs, const float *y, int64_t ys,
-                                      int64_t nsteps, int last_n, float *out, int64_t ldo, const float *pf) {
+static inline void mm_fmicro_3x2_pf(const float *x, int64_t xs, const uint16_t *y, int64_t ys,
+                                      int64_t nsteps, int last_n, float *out, int64_t ldo, const uint16_t *pf) {
     __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
     __m256 a01_0 = _mm256_setzero_ps(), a01_1 = _mm256_setzero_ps();
     __m256 a10_0 = _mm256_setzero_ps(), a10_1 = _mm256_setzero_ps();
@@ -1018,13 +1020,14 @@ static inline void mm_fmicro_3x2_pf(const float *x, int64_t xs, const float *y, 
     __m256 a21_0 = _mm256_setzero_ps(), a21_1 = _mm256_setzero_ps();
     const int64_t nfull = nsteps - (last_n < 16);
     for (int64_t s = 0; s < nfull; ++s) {
-        const float *xp = x + 16 * s, *yp = y + 16 * s;
+        const float *xp = x + 16 * s;
+        const uint16_t *yp = y + 16 * s;
         __builtin_prefetch(pf + 16 * s, 0, 3);
         __builtin_prefetch(pf + ys + 16 * s, 0, 3);
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 0)));
             MM_IN_REG(y0);
-            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
+            __m256 y1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 1 * ys + 0)));
             MM_IN_REG(y1);
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
             MM_IN_REG(x0);
@@ -1041,9 +1044,9 @@ static inline void mm_fmicro_3x2_pf(const float *x, int64_t xs, const float *y, 
         }
 
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 8)));
             MM_IN_REG(y0);
-            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
+            __m256 y1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 1 * ys + 8)));
             MM_IN_REG(y1);
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
             MM_IN_REG(x0);
@@ -1061,12 +1064,13 @@ static inline void mm_fmicro_3x2_pf(const float *x, int64_t xs, const float *y, 
 
     }
     if (nfull < nsteps) {
-        const float *xp = x + 16 * nfull, *yp = y + 16 * nfull;
+        const float *xp = x + 16 * nfull;
+        const uint16_t *yp = y + 16 * nfull;
         const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 0)));
             MM_IN_REG(y0);
-            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
+            __m256 y1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 1 * ys + 0)));
             MM_IN_REG(y1);
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
             MM_IN_REG(x0);
@@ -1083,9 +1087,9 @@ static inline void mm_fmicro_3x2_pf(const float *x, int64_t xs, const float *y, 
         }
 
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 8)));
             MM_IN_REG(y0);
-            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
+            __m256 y1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 1 * ys + 8)));
             MM_IN_REG(y1);
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
             MM_IN_REG(x0);
@@ -1128,9 +1132,9 @@ static inline void mm_fmicro_3x2_pf(const float *x, int64_t xs, const float *y, 
     }
 }
 
-/* 3 x rows times 2 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j)
+/* 3 x rows times 2 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j)
    */
-static inline void mm_fmicro_3x2(const float *x, int64_t xs, const float *y, int64_t ys,
+static inline void mm_fmicro_3x2(const float *x, int64_t xs, const uint16_t *y, int64_t ys,
                                       int64_t nsteps, int last_n, float *out, int64_t ldo) {
     __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
     __m256 a01_0 = _mm256_setzero_ps(), a01_1 = _mm256_setzero_ps();
@@ -1140,11 +1144,12 @@ static inline void mm_fmicro_3x2(const float *x, int64_t xs, const float *y, int
     __m256 a21_0 = _mm256_setzero_ps(), a21_1 = _mm256_setzero_ps();
     const int64_t nfull = nsteps - (last_n < 16);
     for (int64_t s = 0; s < nfull; ++s) {
-        const float *xp = x + 16 * s, *yp = y + 16 * s;
+        const float *xp = x + 16 * s;
+        const uint16_t *yp = y + 16 * s;
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 0)));
             MM_IN_REG(y0);
-            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
+            __m256 y1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 1 * ys + 0)));
             MM_IN_REG(y1);
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
             MM_IN_REG(x0);
@@ -1161,9 +1166,9 @@ static inline void mm_fmicro_3x2(const float *x, int64_t xs, const float *y, int
         }
 
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 8)));
             MM_IN_REG(y0);
-            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
+            __m256 y1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 1 * ys + 8)));
             MM_IN_REG(y1);
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
             MM_IN_REG(x0);
@@ -1181,12 +1186,13 @@ static inline void mm_fmicro_3x2(const float *x, int64_t xs, const float *y, int
 
     }
     if (nfull < nsteps) {
-        const float *xp = x + 16 * nfull, *yp = y + 16 * nfull;
+        const float *xp = x + 16 * nfull;
+        const uint16_t *yp = y + 16 * nfull;
         const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 0)));
             MM_IN_REG(y0);
-            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
+            __m256 y1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 1 * ys + 0)));
             MM_IN_REG(y1);
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
             MM_IN_REG(x0);
@@ -1203,9 +1209,9 @@ static inline void mm_fmicro_3x2(const float *x, int64_t xs, const float *y, int
         }
 
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 8)));
             MM_IN_REG(y0);
-            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
+            __m256 y1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 1 * ys + 8)));
             MM_IN_REG(y1);
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
             MM_IN_REG(x0);
@@ -1248,9 +1254,9 @@ static inline void mm_fmicro_3x2(const float *x, int64_t xs, const float *y, int
     }
 }
 
-/* 2 x rows times 2 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j)
+/* 2 x rows times 2 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j)
    */
-static inline void mm_fmicro_2x2(const float *x, int64_t xs, const float *y, int64_t ys,
+static inline void mm_fmicro_2x2(const float *x, int64_t xs, const uint16_t *y, int64_t ys,
                                       int64_t nsteps, int last_n, float *out, int64_t ldo) {
     __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
     __m256 a01_0 = _mm256_setzero_ps(), a01_1 = _mm256_setzero_ps();
@@ -1258,11 +1264,12 @@ static inline void mm_fmicro_2x2(const float *x, int64_t xs, const float *y, int
     __m256 a11_0 = _mm256_setzero_ps(), a11_1 = _mm256_setzero_ps();
     const int64_t nfull = nsteps - (last_n < 16);
     for (int64_t s = 0; s < nfull; ++s) {
-        const float *xp = x + 16 * s, *yp = y + 16 * s;
+        const float *xp = x + 16 * s;
+        const uint16_t *yp = y + 16 * s;
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 0)));
             MM_IN_REG(y0);
-            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
+            __m256 y1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 1 * ys + 0)));
             MM_IN_REG(y1);
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
             MM_IN_REG(x0);
@@ -1275,9 +1282,9 @@ static inline void mm_fmicro_2x2(const float *x, int64_t xs, const float *y, int
         }
 
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 8)));
             MM_IN_REG(y0);
-            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
+            __m256 y1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 1 * ys + 8)));
             MM_IN_REG(y1);
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
             MM_IN_REG(x0);
@@ -1291,12 +1298,13 @@ static inline void mm_fmicro_2x2(const float *x, int64_t xs, const float *y, int
 
     }
     if (nfull < nsteps) {
-        const float *xp = x + 16 * nfull, *yp = y + 16 * nfull;
+        const float *xp = x + 16 * nfull;
+        const uint16_t *yp = y + 16 * nfull;
         const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 0)));
             MM_IN_REG(y0);
-            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
+            __m256 y1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 1 * ys + 0)));
             MM_IN_REG(y1);
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
             MM_IN_REG(x0);
@@ -1309,9 +1317,9 @@ static inline void mm_fmicro_2x2(const float *x, int64_t xs, const float *y, int
         }
 
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 8)));
             MM_IN_REG(y0);
-            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
+            __m256 y1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 1 * ys + 8)));
             MM_IN_REG(y1);
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
             MM_IN_REG(x0);
@@ -1342,18 +1350,19 @@ static inline void mm_fmicro_2x2(const float *x, int64_t xs, const float *y, int
     }
 }
 
-/* 1 x rows times 2 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j)
+/* 1 x rows times 2 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j)
    */
-static inline void mm_fmicro_1x2(const float *x, int64_t xs, const float *y, int64_t ys,
+static inline void mm_fmicro_1x2(const float *x, int64_t xs, const uint16_t *y, int64_t ys,
                                       int64_t nsteps, int last_n, float *out, int64_t ldo) {
     __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
     __m256 a01_0 = _mm256_setzero_ps(), a01_1 = _mm256_setzero_ps();
     const int64_t nfull = nsteps - (last_n < 16);
     for (int64_t s = 0; s < nfull; ++s) {
-        const float *xp = x + 16 * s, *yp = y + 16 * s;
+        const float *xp = x + 16 * s;
+        const uint16_t *yp = y + 16 * s;
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
-            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 0)));
+            __m256 y1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 1 * ys + 0)));
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
             MM_IN_REG(x0);
             a00_0 = _mm256_fmadd_ps(x0, y0, a00_0);
@@ -1361,8 +1370,8 @@ static inline void mm_fmicro_1x2(const float *x, int64_t xs, const float *y, int
         }
 
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
-            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 8)));
+            __m256 y1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 1 * ys + 8)));
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
             MM_IN_REG(x0);
             a00_1 = _mm256_fmadd_ps(x0, y0, a00_1);
@@ -1371,11 +1380,12 @@ static inline void mm_fmicro_1x2(const float *x, int64_t xs, const float *y, int
 
     }
     if (nfull < nsteps) {
-        const float *xp = x + 16 * nfull, *yp = y + 16 * nfull;
+        const float *xp = x + 16 * nfull;
+        const uint16_t *yp = y + 16 * nfull;
         const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
-            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 0)));
+            __m256 y1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 1 * ys + 0)));
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
             MM_IN_REG(x0);
             a00_0 = _mm256_blendv_ps(a00_0, _mm256_fmadd_ps(x0, y0, a00_0), m0);
@@ -1383,8 +1393,8 @@ static inline void mm_fmicro_1x2(const float *x, int64_t xs, const float *y, int
         }
 
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
-            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 8)));
+            __m256 y1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 1 * ys + 8)));
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
             MM_IN_REG(x0);
             a00_1 = _mm256_blendv_ps(a00_1, _mm256_fmadd_ps(x0, y0, a00_1), m1);
@@ -1402,18 +1412,19 @@ static inline void mm_fmicro_1x2(const float *x, int64_t xs, const float *y, int
     }
 }
 
-/* 3 x rows times 1 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j)
+/* 3 x rows times 1 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j)
    */
-static inline void mm_fmicro_3x1(const float *x, int64_t xs, const float *y, int64_t ys,
+static inline void mm_fmicro_3x1(const float *x, int64_t xs, const uint16_t *y, int64_t ys,
                                       int64_t nsteps, int last_n, float *out, int64_t ldo) {
     __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
     __m256 a10_0 = _mm256_setzero_ps(), a10_1 = _mm256_setzero_ps();
     __m256 a20_0 = _mm256_setzero_ps(), a20_1 = _mm256_setzero_ps();
     const int64_t nfull = nsteps - (last_n < 16);
     for (int64_t s = 0; s < nfull; ++s) {
-        const float *xp = x + 16 * s, *yp = y + 16 * s;
+        const float *xp = x + 16 * s;
+        const uint16_t *yp = y + 16 * s;
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 0)));
             MM_IN_REG(y0);
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
             a00_0 = _mm256_fmadd_ps(x0, y0, a00_0);
@@ -1424,7 +1435,7 @@ static inline void mm_fmicro_3x1(const float *x, int64_t xs, const float *y, int
         }
 
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 8)));
             MM_IN_REG(y0);
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
             a00_1 = _mm256_fmadd_ps(x0, y0, a00_1);
@@ -1436,10 +1447,11 @@ static inline void mm_fmicro_3x1(const float *x, int64_t xs, const float *y, int
 
     }
     if (nfull < nsteps) {
-        const float *xp = x + 16 * nfull, *yp = y + 16 * nfull;
+        const float *xp = x + 16 * nfull;
+        const uint16_t *yp = y + 16 * nfull;
         const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 0)));
             MM_IN_REG(y0);
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
             a00_0 = _mm256_blendv_ps(a00_0, _mm256_fmadd_ps(x0, y0, a00_0), m0);
@@ -1450,7 +1462,7 @@ static inline void mm_fmicro_3x1(const float *x, int64_t xs, const float *y, int
         }
 
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 8)));
             MM_IN_REG(y0);
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
             a00_1 = _mm256_blendv_ps(a00_1, _mm256_fmadd_ps(x0, y0, a00_1), m1);
@@ -1475,17 +1487,18 @@ static inline void mm_fmicro_3x1(const float *x, int64_t xs, const float *y, int
     }
 }
 
-/* 2 x rows times 1 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j)
+/* 2 x rows times 1 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j)
    */
-static inline void mm_fmicro_2x1(const float *x, int64_t xs, const float *y, int64_t ys,
+static inline void mm_fmicro_2x1(const float *x, int64_t xs, const uint16_t *y, int64_t ys,
                                       int64_t nsteps, int last_n, float *out, int64_t ldo) {
     __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
     __m256 a10_0 = _mm256_setzero_ps(), a10_1 = _mm256_setzero_ps();
     const int64_t nfull = nsteps - (last_n < 16);
     for (int64_t s = 0; s < nfull; ++s) {
-        const float *xp = x + 16 * s, *yp = y + 16 * s;
+        const float *xp = x + 16 * s;
+        const uint16_t *yp = y + 16 * s;
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 0)));
             MM_IN_REG(y0);
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
             a00_0 = _mm256_fmadd_ps(x0, y0, a00_0);
@@ -1494,7 +1507,7 @@ static inline void mm_fmicro_2x1(const float *x, int64_t xs, const float *y, int
         }
 
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 8)));
             MM_IN_REG(y0);
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
             a00_1 = _mm256_fmadd_ps(x0, y0, a00_1);
@@ -1504,10 +1517,11 @@ static inline void mm_fmicro_2x1(const float *x, int64_t xs, const float *y, int
 
     }
     if (nfull < nsteps) {
-        const float *xp = x + 16 * nfull, *yp = y + 16 * nfull;
+        const float *xp = x + 16 * nfull;
+        const uint16_t *yp = y + 16 * nfull;
         const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 0)));
             MM_IN_REG(y0);
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
             a00_0 = _mm256_blendv_ps(a00_0, _mm256_fmadd_ps(x0, y0, a00_0), m0);
@@ -1516,7 +1530,7 @@ static inline void mm_fmicro_2x1(const float *x, int64_t xs, const float *y, int
         }
 
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 8)));
             MM_IN_REG(y0);
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
             a00_1 = _mm256_blendv_ps(a00_1, _mm256_fmadd_ps(x0, y0, a00_1), m1);
@@ -1535,38 +1549,40 @@ static inline void mm_fmicro_2x1(const float *x, int64_t xs, const float *y, int
     }
 }
 
-/* 1 x rows times 1 y columns; xs, ys in floats; out[j * ldo + i] = dot(x row i, y column j)
+/* 1 x rows times 1 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j)
    */
-static inline void mm_fmicro_1x1(const float *x, int64_t xs, const float *y, int64_t ys,
+static inline void mm_fmicro_1x1(const float *x, int64_t xs, const uint16_t *y, int64_t ys,
                                       int64_t nsteps, int last_n, float *out, int64_t ldo) {
     __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
     const int64_t nfull = nsteps - (last_n < 16);
     for (int64_t s = 0; s < nfull; ++s) {
-        const float *xp = x + 16 * s, *yp = y + 16 * s;
+        const float *xp = x + 16 * s;
+        const uint16_t *yp = y + 16 * s;
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 0)));
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
             a00_0 = _mm256_fmadd_ps(x0, y0, a00_0);
         }
 
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 8)));
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
             a00_1 = _mm256_fmadd_ps(x0, y0, a00_1);
         }
 
     }
     if (nfull < nsteps) {
-        const float *xp = x + 16 * nfull, *yp = y + 16 * nfull;
+        const float *xp = x + 16 * nfull;
+        const uint16_t *yp = y + 16 * nfull;
         const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 0)));
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
             a00_0 = _mm256_blendv_ps(a00_0, _mm256_fmadd_ps(x0, y0, a00_0), m0);
         }
 
         {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            __m256 y0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(yp + 0 * ys + 8)));
             __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
             a00_1 = _mm256_blendv_ps(a00_1, _mm256_fmadd_ps(x0, y0, a00_1), m1);
         }
@@ -1583,13 +1599,14 @@ static inline void mm_fmicro_1x1(const float *x, int64_t xs, const float *y, int
    of the x tile while it sits in L1 */
 static void mm_ftiles(const uint8_t *xc, int64_t xs, int64_t rt, const uint8_t *yc, int64_t ys, int64_t ct,
                       int64_t nsteps, int last_n, float *out, int64_t ldo) {
-    const float *x = (const float *)(const void *)xc, *y = (const float *)(const void *)yc;
-    const int64_t xf = xs / 4, yf = ys / 4;
+    const float *x = (const float *)(const void *)xc;
+    const uint16_t *y = (const uint16_t *)(const void *)yc;
+    const int64_t xf = xs / 4, yf = ys / (int64_t)sizeof *y;
     int64_t j = 0;
     for (; j + 2 <= ct; j += 2) {
         int64_t i = 0;
         if (i + 3 <= rt) {
-            const float *next = y + (j + 4 <= ct ? j + 2 : j) * yf;
+            const uint16_t *next = y + (j + 4 <= ct ? j + 2 : j) * yf;
             mm_fmicro_3x2_pf(x, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo, ldo, next);
             i = 3;
         }
@@ -1607,7 +1624,7 @@ static void mm_ftiles(const uint8_t *xc, int64_t xs, int64_t rt, const uint8_t *
 
 /* src1 columns converted per block: the y cache stays in L2 while src0 streams through; block weights are decoded
    once per row tile and column block, so they get more columns to share that cost */
-#define MM_CB 128
+#define MM_CB 256
 /* src0 rows per x cache tile: 2 row triples of mm_ftiles share each y column pair */
 #define MM_RT 6
 
@@ -1625,11 +1642,11 @@ typedef struct {
 
 /* src1 column (type f32) -> y cache in the vec_dot type f16 (MulMat_253: to_float, from_float) */
 static void mm_convert_column(const uint8_t *src, const mm_scratch *w, uint8_t *cache) {
+    /* the y cache keeps f16 bits (the tiles widen them): the column itself, or rounded to f16 as the f16 vec_dot
+       type does; then the zero padding of the last step */
     memcpy(w->tmp, src, (size_t)w->K * 4);
-    /* the f16 vec_dot type rounds the column to f16; the kernel then multiplies widened values */
-    mla_quant_row_f16_x86(w->tmp, w->tmpq, w->K);
-    mla_dequant_row_f16(w->tmpq, w->tmp, w->K);
-    mm_put_f32(w->tmp, w->K, w->nsteps, cache);
+    mla_quant_row_f16_x86(w->tmp, cache, w->K);
+    memset(cache + 2 * w->K, 0, (size_t)(w->nsteps * 16 - w->K) * 2);
 }
 
 /* asks for the n src0 rows of the next x tile (into L2) while this tile's columns run: src0 streams from L3 or
@@ -1660,7 +1677,7 @@ int mlaref_mul_mat_f16_f32__avx2_l16a1(const uint8_t *src0, const uint8_t *src1,
     w.nsteps = (K + 15) / 16;
     const int last_n = (K % 16) ? (int)(K % 16) : 16;
     const int64_t extra = 0;
-    const int64_t xs = w.nsteps * MM_XSTEP + extra, ys = w.nsteps * MM_YSTEP + extra;
+    const int64_t xs = w.nsteps * MM_XSTEP + extra, ys = w.nsteps * 32 + extra;
     uint8_t *xcache = aligned_alloc(64, (size_t)(MM_RT * xs));
     uint8_t *ycache = aligned_alloc(64, (size_t)(MM_CB * ys));
     w.tmp = malloc((size_t)K * 4);
