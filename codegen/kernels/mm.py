@@ -11,7 +11,10 @@
   to src0's vec_dot type (f32, f16, bf16 -> itself; q4_1 / q5_1 -> q8_1; q4_K / q6_K -> q8_K; other block weights
   -> q8_0) by ``to_float`` then the ``x86`` ``from_float`` (for bf16 and q8_K that is their reference rounding),
   #253's ``iqk_quantize_any`` order (upstream facts §4a); there is no full f32 copy of src1;
-* the kernel walks 4 x 4 register tiles (4 src0 rows x 4 src1 columns, one 16-lane accumulator each).
+* the kernel walks 4 x 4 register tiles (4 src0 rows x 4 src1 columns, one 16-lane accumulator each); on avx2,
+  whose 16 ymm cannot hold 16 such accumulators (32 ymm), 3 x 2 tiles for f32 / f16 / bf16 weights and 2 x 2 for
+  32-block weights (simd/mm_ftiles_avx2.h.j2, simd/mm_btiles_avx2.h.j2). Tiles only group outputs, so every
+  ISA and tile gives each output the same reduction order and bytes.
 
 Value domain: a q8_0 src1 holding -128 (no ggml quantizer writes it) is multiplied exactly by the scalar and
 avx512vnni kernels; the avx2 / avx512 sign trick gets products with negative weights wrong there (tested).

@@ -1000,10 +1000,634 @@ static inline void mm_put_blocks(const int8_t *q, const float *d, int64_t nb, ui
 
 /* the exact int8 values and f32 scales of a row of 32-blocks (ggml-common.h layouts; upstream facts §5) */
 
+/* Element caches hold rows of nsteps * 16 values: f32 for x (mm_put_f32); for y f32, or with mm_yh (f16 weights,
+   whose vec_dot type is f16) the f16 bits, widened exactly by vcvtph2ps at each load: half the bytes to stream
+   from L2, and F16C runs beside the FMA pipes. Tiles: R x rows (R <= 3) by C y columns
+   (C <= 2). Loads per half step: R + C ymm for R * C fmas (5 for 6 at 3 x 2, which Zen 3's two 256-bit load ports
+   feed while its two FMA pipes stay busy); four more accumulators would not fit the 16 registers. */
+/* an empty asm that claims to change v: GCC would otherwise fold each x load into both of its fmas as a memory
+   operand, 8 loads per 6 fmas, and the load ports, not the FMA pipes, would set the pace */
+#define MM_IN_REG(v) __asm__("" : "+x"(v))
+/* 3 x rows times 2 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j);
+   _pf: also asks for the two columns at pf, step by step (a 32-line column is too short a stream for the
+   hardware prefetcher to catch before it ends) */
+static inline void mm_fmicro_3x2_pf(const float *x, int64_t xs, const float *y, int64_t ys,
+                                      int64_t nsteps, int last_n, float *out, int64_t ldo, const float *pf) {
+    __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
+    __m256 a01_0 = _mm256_setzero_ps(), a01_1 = _mm256_setzero_ps();
+    __m256 a10_0 = _mm256_setzero_ps(), a10_1 = _mm256_setzero_ps();
+    __m256 a11_0 = _mm256_setzero_ps(), a11_1 = _mm256_setzero_ps();
+    __m256 a20_0 = _mm256_setzero_ps(), a20_1 = _mm256_setzero_ps();
+    __m256 a21_0 = _mm256_setzero_ps(), a21_1 = _mm256_setzero_ps();
+    const int64_t nfull = nsteps - (last_n < 16);
+    for (int64_t s = 0; s < nfull; ++s) {
+        const float *xp = x + 16 * s;
+        const float *yp = y + 16 * s;
+        __builtin_prefetch(pf + 16 * s, 0, 3);
+        __builtin_prefetch(pf + ys + 16 * s, 0, 3);
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            MM_IN_REG(y0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
+            MM_IN_REG(y1);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            MM_IN_REG(x0);
+            a00_0 = _mm256_fmadd_ps(x0, y0, a00_0);
+            a01_0 = _mm256_fmadd_ps(x0, y1, a01_0);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
+            MM_IN_REG(x1);
+            a10_0 = _mm256_fmadd_ps(x1, y0, a10_0);
+            a11_0 = _mm256_fmadd_ps(x1, y1, a11_0);
+            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 0);
+            MM_IN_REG(x2);
+            a20_0 = _mm256_fmadd_ps(x2, y0, a20_0);
+            a21_0 = _mm256_fmadd_ps(x2, y1, a21_0);
+        }
+
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            MM_IN_REG(y0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
+            MM_IN_REG(y1);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            MM_IN_REG(x0);
+            a00_1 = _mm256_fmadd_ps(x0, y0, a00_1);
+            a01_1 = _mm256_fmadd_ps(x0, y1, a01_1);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
+            MM_IN_REG(x1);
+            a10_1 = _mm256_fmadd_ps(x1, y0, a10_1);
+            a11_1 = _mm256_fmadd_ps(x1, y1, a11_1);
+            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 8);
+            MM_IN_REG(x2);
+            a20_1 = _mm256_fmadd_ps(x2, y0, a20_1);
+            a21_1 = _mm256_fmadd_ps(x2, y1, a21_1);
+        }
+
+    }
+    if (nfull < nsteps) {
+        const float *xp = x + 16 * nfull;
+        const float *yp = y + 16 * nfull;
+        const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            MM_IN_REG(y0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
+            MM_IN_REG(y1);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            MM_IN_REG(x0);
+            a00_0 = _mm256_blendv_ps(a00_0, _mm256_fmadd_ps(x0, y0, a00_0), m0);
+            a01_0 = _mm256_blendv_ps(a01_0, _mm256_fmadd_ps(x0, y1, a01_0), m0);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
+            MM_IN_REG(x1);
+            a10_0 = _mm256_blendv_ps(a10_0, _mm256_fmadd_ps(x1, y0, a10_0), m0);
+            a11_0 = _mm256_blendv_ps(a11_0, _mm256_fmadd_ps(x1, y1, a11_0), m0);
+            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 0);
+            MM_IN_REG(x2);
+            a20_0 = _mm256_blendv_ps(a20_0, _mm256_fmadd_ps(x2, y0, a20_0), m0);
+            a21_0 = _mm256_blendv_ps(a21_0, _mm256_fmadd_ps(x2, y1, a21_0), m0);
+        }
+
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            MM_IN_REG(y0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
+            MM_IN_REG(y1);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            MM_IN_REG(x0);
+            a00_1 = _mm256_blendv_ps(a00_1, _mm256_fmadd_ps(x0, y0, a00_1), m1);
+            a01_1 = _mm256_blendv_ps(a01_1, _mm256_fmadd_ps(x0, y1, a01_1), m1);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
+            MM_IN_REG(x1);
+            a10_1 = _mm256_blendv_ps(a10_1, _mm256_fmadd_ps(x1, y0, a10_1), m1);
+            a11_1 = _mm256_blendv_ps(a11_1, _mm256_fmadd_ps(x1, y1, a11_1), m1);
+            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 8);
+            MM_IN_REG(x2);
+            a20_1 = _mm256_blendv_ps(a20_1, _mm256_fmadd_ps(x2, y0, a20_1), m1);
+            a21_1 = _mm256_blendv_ps(a21_1, _mm256_fmadd_ps(x2, y1, a21_1), m1);
+        }
+
+    }
+    {
+        const mm_vf v = {a00_0, a00_1};
+        out[0 * ldo + 0] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a01_0, a01_1};
+        out[1 * ldo + 0] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a10_0, a10_1};
+        out[0 * ldo + 1] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a11_0, a11_1};
+        out[1 * ldo + 1] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a20_0, a20_1};
+        out[0 * ldo + 2] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a21_0, a21_1};
+        out[1 * ldo + 2] = mm_hsum(v);
+    }
+}
+
+/* 3 x rows times 2 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j)
+   */
+static inline void mm_fmicro_3x2(const float *x, int64_t xs, const float *y, int64_t ys,
+                                      int64_t nsteps, int last_n, float *out, int64_t ldo) {
+    __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
+    __m256 a01_0 = _mm256_setzero_ps(), a01_1 = _mm256_setzero_ps();
+    __m256 a10_0 = _mm256_setzero_ps(), a10_1 = _mm256_setzero_ps();
+    __m256 a11_0 = _mm256_setzero_ps(), a11_1 = _mm256_setzero_ps();
+    __m256 a20_0 = _mm256_setzero_ps(), a20_1 = _mm256_setzero_ps();
+    __m256 a21_0 = _mm256_setzero_ps(), a21_1 = _mm256_setzero_ps();
+    const int64_t nfull = nsteps - (last_n < 16);
+    for (int64_t s = 0; s < nfull; ++s) {
+        const float *xp = x + 16 * s;
+        const float *yp = y + 16 * s;
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            MM_IN_REG(y0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
+            MM_IN_REG(y1);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            MM_IN_REG(x0);
+            a00_0 = _mm256_fmadd_ps(x0, y0, a00_0);
+            a01_0 = _mm256_fmadd_ps(x0, y1, a01_0);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
+            MM_IN_REG(x1);
+            a10_0 = _mm256_fmadd_ps(x1, y0, a10_0);
+            a11_0 = _mm256_fmadd_ps(x1, y1, a11_0);
+            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 0);
+            MM_IN_REG(x2);
+            a20_0 = _mm256_fmadd_ps(x2, y0, a20_0);
+            a21_0 = _mm256_fmadd_ps(x2, y1, a21_0);
+        }
+
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            MM_IN_REG(y0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
+            MM_IN_REG(y1);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            MM_IN_REG(x0);
+            a00_1 = _mm256_fmadd_ps(x0, y0, a00_1);
+            a01_1 = _mm256_fmadd_ps(x0, y1, a01_1);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
+            MM_IN_REG(x1);
+            a10_1 = _mm256_fmadd_ps(x1, y0, a10_1);
+            a11_1 = _mm256_fmadd_ps(x1, y1, a11_1);
+            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 8);
+            MM_IN_REG(x2);
+            a20_1 = _mm256_fmadd_ps(x2, y0, a20_1);
+            a21_1 = _mm256_fmadd_ps(x2, y1, a21_1);
+        }
+
+    }
+    if (nfull < nsteps) {
+        const float *xp = x + 16 * nfull;
+        const float *yp = y + 16 * nfull;
+        const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            MM_IN_REG(y0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
+            MM_IN_REG(y1);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            MM_IN_REG(x0);
+            a00_0 = _mm256_blendv_ps(a00_0, _mm256_fmadd_ps(x0, y0, a00_0), m0);
+            a01_0 = _mm256_blendv_ps(a01_0, _mm256_fmadd_ps(x0, y1, a01_0), m0);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
+            MM_IN_REG(x1);
+            a10_0 = _mm256_blendv_ps(a10_0, _mm256_fmadd_ps(x1, y0, a10_0), m0);
+            a11_0 = _mm256_blendv_ps(a11_0, _mm256_fmadd_ps(x1, y1, a11_0), m0);
+            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 0);
+            MM_IN_REG(x2);
+            a20_0 = _mm256_blendv_ps(a20_0, _mm256_fmadd_ps(x2, y0, a20_0), m0);
+            a21_0 = _mm256_blendv_ps(a21_0, _mm256_fmadd_ps(x2, y1, a21_0), m0);
+        }
+
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            MM_IN_REG(y0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
+            MM_IN_REG(y1);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            MM_IN_REG(x0);
+            a00_1 = _mm256_blendv_ps(a00_1, _mm256_fmadd_ps(x0, y0, a00_1), m1);
+            a01_1 = _mm256_blendv_ps(a01_1, _mm256_fmadd_ps(x0, y1, a01_1), m1);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
+            MM_IN_REG(x1);
+            a10_1 = _mm256_blendv_ps(a10_1, _mm256_fmadd_ps(x1, y0, a10_1), m1);
+            a11_1 = _mm256_blendv_ps(a11_1, _mm256_fmadd_ps(x1, y1, a11_1), m1);
+            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 8);
+            MM_IN_REG(x2);
+            a20_1 = _mm256_blendv_ps(a20_1, _mm256_fmadd_ps(x2, y0, a20_1), m1);
+            a21_1 = _mm256_blendv_ps(a21_1, _mm256_fmadd_ps(x2, y1, a21_1), m1);
+        }
+
+    }
+    {
+        const mm_vf v = {a00_0, a00_1};
+        out[0 * ldo + 0] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a01_0, a01_1};
+        out[1 * ldo + 0] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a10_0, a10_1};
+        out[0 * ldo + 1] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a11_0, a11_1};
+        out[1 * ldo + 1] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a20_0, a20_1};
+        out[0 * ldo + 2] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a21_0, a21_1};
+        out[1 * ldo + 2] = mm_hsum(v);
+    }
+}
+
+/* 2 x rows times 2 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j)
+   */
+static inline void mm_fmicro_2x2(const float *x, int64_t xs, const float *y, int64_t ys,
+                                      int64_t nsteps, int last_n, float *out, int64_t ldo) {
+    __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
+    __m256 a01_0 = _mm256_setzero_ps(), a01_1 = _mm256_setzero_ps();
+    __m256 a10_0 = _mm256_setzero_ps(), a10_1 = _mm256_setzero_ps();
+    __m256 a11_0 = _mm256_setzero_ps(), a11_1 = _mm256_setzero_ps();
+    const int64_t nfull = nsteps - (last_n < 16);
+    for (int64_t s = 0; s < nfull; ++s) {
+        const float *xp = x + 16 * s;
+        const float *yp = y + 16 * s;
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            MM_IN_REG(y0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
+            MM_IN_REG(y1);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            MM_IN_REG(x0);
+            a00_0 = _mm256_fmadd_ps(x0, y0, a00_0);
+            a01_0 = _mm256_fmadd_ps(x0, y1, a01_0);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
+            MM_IN_REG(x1);
+            a10_0 = _mm256_fmadd_ps(x1, y0, a10_0);
+            a11_0 = _mm256_fmadd_ps(x1, y1, a11_0);
+        }
+
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            MM_IN_REG(y0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
+            MM_IN_REG(y1);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            MM_IN_REG(x0);
+            a00_1 = _mm256_fmadd_ps(x0, y0, a00_1);
+            a01_1 = _mm256_fmadd_ps(x0, y1, a01_1);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
+            MM_IN_REG(x1);
+            a10_1 = _mm256_fmadd_ps(x1, y0, a10_1);
+            a11_1 = _mm256_fmadd_ps(x1, y1, a11_1);
+        }
+
+    }
+    if (nfull < nsteps) {
+        const float *xp = x + 16 * nfull;
+        const float *yp = y + 16 * nfull;
+        const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            MM_IN_REG(y0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
+            MM_IN_REG(y1);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            MM_IN_REG(x0);
+            a00_0 = _mm256_blendv_ps(a00_0, _mm256_fmadd_ps(x0, y0, a00_0), m0);
+            a01_0 = _mm256_blendv_ps(a01_0, _mm256_fmadd_ps(x0, y1, a01_0), m0);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
+            MM_IN_REG(x1);
+            a10_0 = _mm256_blendv_ps(a10_0, _mm256_fmadd_ps(x1, y0, a10_0), m0);
+            a11_0 = _mm256_blendv_ps(a11_0, _mm256_fmadd_ps(x1, y1, a11_0), m0);
+        }
+
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            MM_IN_REG(y0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
+            MM_IN_REG(y1);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            MM_IN_REG(x0);
+            a00_1 = _mm256_blendv_ps(a00_1, _mm256_fmadd_ps(x0, y0, a00_1), m1);
+            a01_1 = _mm256_blendv_ps(a01_1, _mm256_fmadd_ps(x0, y1, a01_1), m1);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
+            MM_IN_REG(x1);
+            a10_1 = _mm256_blendv_ps(a10_1, _mm256_fmadd_ps(x1, y0, a10_1), m1);
+            a11_1 = _mm256_blendv_ps(a11_1, _mm256_fmadd_ps(x1, y1, a11_1), m1);
+        }
+
+    }
+    {
+        const mm_vf v = {a00_0, a00_1};
+        out[0 * ldo + 0] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a01_0, a01_1};
+        out[1 * ldo + 0] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a10_0, a10_1};
+        out[0 * ldo + 1] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a11_0, a11_1};
+        out[1 * ldo + 1] = mm_hsum(v);
+    }
+}
+
+/* 1 x rows times 2 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j)
+   */
+static inline void mm_fmicro_1x2(const float *x, int64_t xs, const float *y, int64_t ys,
+                                      int64_t nsteps, int last_n, float *out, int64_t ldo) {
+    __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
+    __m256 a01_0 = _mm256_setzero_ps(), a01_1 = _mm256_setzero_ps();
+    const int64_t nfull = nsteps - (last_n < 16);
+    for (int64_t s = 0; s < nfull; ++s) {
+        const float *xp = x + 16 * s;
+        const float *yp = y + 16 * s;
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            MM_IN_REG(x0);
+            a00_0 = _mm256_fmadd_ps(x0, y0, a00_0);
+            a01_0 = _mm256_fmadd_ps(x0, y1, a01_0);
+        }
+
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            MM_IN_REG(x0);
+            a00_1 = _mm256_fmadd_ps(x0, y0, a00_1);
+            a01_1 = _mm256_fmadd_ps(x0, y1, a01_1);
+        }
+
+    }
+    if (nfull < nsteps) {
+        const float *xp = x + 16 * nfull;
+        const float *yp = y + 16 * nfull;
+        const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            MM_IN_REG(x0);
+            a00_0 = _mm256_blendv_ps(a00_0, _mm256_fmadd_ps(x0, y0, a00_0), m0);
+            a01_0 = _mm256_blendv_ps(a01_0, _mm256_fmadd_ps(x0, y1, a01_0), m0);
+        }
+
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            MM_IN_REG(x0);
+            a00_1 = _mm256_blendv_ps(a00_1, _mm256_fmadd_ps(x0, y0, a00_1), m1);
+            a01_1 = _mm256_blendv_ps(a01_1, _mm256_fmadd_ps(x0, y1, a01_1), m1);
+        }
+
+    }
+    {
+        const mm_vf v = {a00_0, a00_1};
+        out[0 * ldo + 0] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a01_0, a01_1};
+        out[1 * ldo + 0] = mm_hsum(v);
+    }
+}
+
+/* 3 x rows times 1 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j)
+   */
+static inline void mm_fmicro_3x1(const float *x, int64_t xs, const float *y, int64_t ys,
+                                      int64_t nsteps, int last_n, float *out, int64_t ldo) {
+    __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
+    __m256 a10_0 = _mm256_setzero_ps(), a10_1 = _mm256_setzero_ps();
+    __m256 a20_0 = _mm256_setzero_ps(), a20_1 = _mm256_setzero_ps();
+    const int64_t nfull = nsteps - (last_n < 16);
+    for (int64_t s = 0; s < nfull; ++s) {
+        const float *xp = x + 16 * s;
+        const float *yp = y + 16 * s;
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            MM_IN_REG(y0);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            a00_0 = _mm256_fmadd_ps(x0, y0, a00_0);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
+            a10_0 = _mm256_fmadd_ps(x1, y0, a10_0);
+            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 0);
+            a20_0 = _mm256_fmadd_ps(x2, y0, a20_0);
+        }
+
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            MM_IN_REG(y0);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            a00_1 = _mm256_fmadd_ps(x0, y0, a00_1);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
+            a10_1 = _mm256_fmadd_ps(x1, y0, a10_1);
+            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 8);
+            a20_1 = _mm256_fmadd_ps(x2, y0, a20_1);
+        }
+
+    }
+    if (nfull < nsteps) {
+        const float *xp = x + 16 * nfull;
+        const float *yp = y + 16 * nfull;
+        const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            MM_IN_REG(y0);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            a00_0 = _mm256_blendv_ps(a00_0, _mm256_fmadd_ps(x0, y0, a00_0), m0);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
+            a10_0 = _mm256_blendv_ps(a10_0, _mm256_fmadd_ps(x1, y0, a10_0), m0);
+            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 0);
+            a20_0 = _mm256_blendv_ps(a20_0, _mm256_fmadd_ps(x2, y0, a20_0), m0);
+        }
+
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            MM_IN_REG(y0);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            a00_1 = _mm256_blendv_ps(a00_1, _mm256_fmadd_ps(x0, y0, a00_1), m1);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
+            a10_1 = _mm256_blendv_ps(a10_1, _mm256_fmadd_ps(x1, y0, a10_1), m1);
+            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 8);
+            a20_1 = _mm256_blendv_ps(a20_1, _mm256_fmadd_ps(x2, y0, a20_1), m1);
+        }
+
+    }
+    {
+        const mm_vf v = {a00_0, a00_1};
+        out[0 * ldo + 0] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a10_0, a10_1};
+        out[0 * ldo + 1] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a20_0, a20_1};
+        out[0 * ldo + 2] = mm_hsum(v);
+    }
+}
+
+/* 2 x rows times 1 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j)
+   */
+static inline void mm_fmicro_2x1(const float *x, int64_t xs, const float *y, int64_t ys,
+                                      int64_t nsteps, int last_n, float *out, int64_t ldo) {
+    __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
+    __m256 a10_0 = _mm256_setzero_ps(), a10_1 = _mm256_setzero_ps();
+    const int64_t nfull = nsteps - (last_n < 16);
+    for (int64_t s = 0; s < nfull; ++s) {
+        const float *xp = x + 16 * s;
+        const float *yp = y + 16 * s;
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            MM_IN_REG(y0);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            a00_0 = _mm256_fmadd_ps(x0, y0, a00_0);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
+            a10_0 = _mm256_fmadd_ps(x1, y0, a10_0);
+        }
+
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            MM_IN_REG(y0);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            a00_1 = _mm256_fmadd_ps(x0, y0, a00_1);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
+            a10_1 = _mm256_fmadd_ps(x1, y0, a10_1);
+        }
+
+    }
+    if (nfull < nsteps) {
+        const float *xp = x + 16 * nfull;
+        const float *yp = y + 16 * nfull;
+        const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            MM_IN_REG(y0);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            a00_0 = _mm256_blendv_ps(a00_0, _mm256_fmadd_ps(x0, y0, a00_0), m0);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
+            a10_0 = _mm256_blendv_ps(a10_0, _mm256_fmadd_ps(x1, y0, a10_0), m0);
+        }
+
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            MM_IN_REG(y0);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            a00_1 = _mm256_blendv_ps(a00_1, _mm256_fmadd_ps(x0, y0, a00_1), m1);
+            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
+            a10_1 = _mm256_blendv_ps(a10_1, _mm256_fmadd_ps(x1, y0, a10_1), m1);
+        }
+
+    }
+    {
+        const mm_vf v = {a00_0, a00_1};
+        out[0 * ldo + 0] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a10_0, a10_1};
+        out[0 * ldo + 1] = mm_hsum(v);
+    }
+}
+
+/* 1 x rows times 1 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j)
+   */
+static inline void mm_fmicro_1x1(const float *x, int64_t xs, const float *y, int64_t ys,
+                                      int64_t nsteps, int last_n, float *out, int64_t ldo) {
+    __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
+    const int64_t nfull = nsteps - (last_n < 16);
+    for (int64_t s = 0; s < nfull; ++s) {
+        const float *xp = x + 16 * s;
+        const float *yp = y + 16 * s;
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            a00_0 = _mm256_fmadd_ps(x0, y0, a00_0);
+        }
+
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            a00_1 = _mm256_fmadd_ps(x0, y0, a00_1);
+        }
+
+    }
+    if (nfull < nsteps) {
+        const float *xp = x + 16 * nfull;
+        const float *yp = y + 16 * nfull;
+        const __m256 m0 = mm_lanes_below(last_n), m1 = mm_lanes_below(last_n - 8);
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
+            a00_0 = _mm256_blendv_ps(a00_0, _mm256_fmadd_ps(x0, y0, a00_0), m0);
+        }
+
+        {
+            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
+            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
+            a00_1 = _mm256_blendv_ps(a00_1, _mm256_fmadd_ps(x0, y0, a00_1), m1);
+        }
+
+    }
+    {
+        const mm_vf v = {a00_0, a00_1};
+        out[0 * ldo + 0] = mm_hsum(v);
+    }
+}
+
+/* out (rows rt x cols ct, out[j * ldo + i]) from caches of rt rows and ct columns (strides xs, ys in bytes): each
+   pair of y columns, loaded once from L2 (the first row triple prefetches the next pair), meets every row triple
+   of the x tile while it sits in L1 */
+static void mm_ftiles(const uint8_t *xc, int64_t xs, int64_t rt, const uint8_t *yc, int64_t ys, int64_t ct,
+                      int64_t nsteps, int last_n, float *out, int64_t ldo) {
+    const float *x = (const float *)(const void *)xc;
+    const float *y = (const float *)(const void *)yc;
+    const int64_t xf = xs / 4, yf = ys / (int64_t)sizeof *y;
+    int64_t j = 0;
+    for (; j + 2 <= ct; j += 2) {
+        int64_t i = 0;
+        if (i + 3 <= rt) {
+            const float *next = y + (j + 4 <= ct ? j + 2 : j) * yf;
+            mm_fmicro_3x2_pf(x, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo, ldo, next);
+            i = 3;
+        }
+        for (; i + 3 <= rt; i += 3) mm_fmicro_3x2(x + i * xf, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo + i, ldo);
+        if (rt - i == 2) mm_fmicro_2x2(x + i * xf, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo + i, ldo);
+        if (rt - i == 1) mm_fmicro_1x2(x + i * xf, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo + i, ldo);
+    }
+    if (j < ct) {
+        int64_t i = 0;
+        for (; i + 3 <= rt; i += 3) mm_fmicro_3x1(x + i * xf, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo + i, ldo);
+        if (rt - i == 2) mm_fmicro_2x1(x + i * xf, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo + i, ldo);
+        if (rt - i == 1) mm_fmicro_1x1(x + i * xf, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo + i, ldo);
+    }
+}
 
 /* src1 columns converted per block: the y cache stays in L2 while src0 streams through; block weights are decoded
    once per row tile and column block, so they get more columns to share that cost */
 #define MM_CB 128
+/* src0 rows per x cache tile: 2 row triples of mm_ftiles share each y column pair */
+#define MM_RT 6
 
 typedef struct {
     int64_t K, nsteps, nb;
@@ -1023,10 +1647,20 @@ static void mm_convert_column(const uint8_t *src, const mm_scratch *w, uint8_t *
     mm_put_f32(w->tmp, w->K, w->nsteps, cache);
 }
 
+/* asks for the n src0 rows of the next x tile (into L2) while this tile's columns run: src0 streams from L3 or
+   memory once per column block, and the row loads would otherwise wait for it */
+static inline void mm_prefetch_rows(const uint8_t *x, int64_t nb01, int64_t n, int64_t K) {
+    const int64_t bytes = K / 1 * 2;
+    for (int64_t i = 0; i < n; ++i) {
+        for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(x + i * nb01 + o, 0, 2);
+    }
+}
+
 /* src0 row (type bf16) -> x cache */
 static void mm_load_row(const uint8_t *src, const mm_scratch *w, uint8_t *cache) {
-    mla_dequant_row_bf16(src, w->tmp, w->K);
-    mm_put_f32(w->tmp, w->K, w->nsteps, cache);
+    /* widened straight into the cache (exact), then the zero padding of the last step */
+    mla_dequant_row_bf16(src, (float *)(void *)cache, w->K);
+    memset(cache + 4 * w->K, 0, (size_t)(w->nsteps * 16 - w->K) * 4);
 }
 
 /* dst[c * M + i01] for src0 rows [r0, r1) and global src1 columns [c0, c1), c = i11 + N * (i12 + ne12 * i13).
@@ -1042,7 +1676,7 @@ int mlaref_mul_mat_bf16_bf16__avx2_l16a1(const uint8_t *src0, const uint8_t *src
     const int last_n = (K % 16) ? (int)(K % 16) : 16;
     const int64_t extra = 0;
     const int64_t xs = w.nsteps * MM_XSTEP + extra, ys = w.nsteps * MM_YSTEP + extra;
-    uint8_t *xcache = aligned_alloc(64, (size_t)(4 * xs));
+    uint8_t *xcache = aligned_alloc(64, (size_t)(MM_RT * xs));
     uint8_t *ycache = aligned_alloc(64, (size_t)(MM_CB * ys));
     w.tmp = malloc((size_t)K * 4);
     w.tmpq = malloc((size_t)K * 2 + 64); /* >= any vec_dot row: f16/bf16 2 B, q8_0 34/32, q8_1 36/32, q8_K 292/256 */
@@ -1066,10 +1700,11 @@ int mlaref_mul_mat_bf16_bf16__avx2_l16a1(const uint8_t *src0, const uint8_t *src
             mm_convert_column(src1 + (cc - mat * N) * nb11 + i12 * nb12 + i13 * nb13, &w, ycache + (cc - c) * ys);
         }
         const uint8_t *x0 = src0 + (i12 / r2) * nb02 + (i13 / r3) * nb03;
-        for (int64_t r = r0; r < r1; r += 4) {
-            const int64_t rt = r1 - r < 4 ? r1 - r : 4;
+        for (int64_t r = r0; r < r1; r += MM_RT) {
+            const int64_t rt = r1 - r < MM_RT ? r1 - r : MM_RT;
             for (int64_t i = 0; i < rt; ++i) mm_load_row(x0 + (r + i) * nb01, &w, xcache + i * xs);
-            mm_tiles(xcache, xs, rt, ycache, ys, ce - c, w.nsteps, last_n, dst + c * M + r, M);
+            if (r + rt < r1) mm_prefetch_rows(x0 + (r + rt) * nb01, nb01, r1 - r - rt < MM_RT ? r1 - r - rt : MM_RT, K);
+            mm_ftiles(xcache, xs, rt, ycache, ys, ce - c, w.nsteps, last_n, dst + c * M + r, M);
         }
         c = ce;
     }

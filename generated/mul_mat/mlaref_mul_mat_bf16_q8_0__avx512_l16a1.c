@@ -1041,6 +1041,8 @@ static inline void mm_put_blocks(const int8_t *q, const float *d, int64_t nb, ui
 /* src1 columns converted per block: the y cache stays in L2 while src0 streams through; block weights are decoded
    once per row tile and column block, so they get more columns to share that cost */
 #define MM_CB 128
+/* src0 rows per x cache tile */
+#define MM_RT 4
 
 typedef struct {
     int64_t K, nsteps, nb;
@@ -1063,10 +1065,20 @@ static void mm_convert_column(const uint8_t *src, const mm_scratch *w, uint8_t *
     mm_put_f32(w->tmp, w->K, w->nsteps, cache);
 }
 
+/* asks for the n src0 rows of the next x tile (into L2) while this tile's columns run: src0 streams from L3 or
+   memory once per column block, and the row loads would otherwise wait for it */
+static inline void mm_prefetch_rows(const uint8_t *x, int64_t nb01, int64_t n, int64_t K) {
+    const int64_t bytes = K / 1 * 2;
+    for (int64_t i = 0; i < n; ++i) {
+        for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(x + i * nb01 + o, 0, 2);
+    }
+}
+
 /* src0 row (type bf16) -> x cache */
 static void mm_load_row(const uint8_t *src, const mm_scratch *w, uint8_t *cache) {
-    mla_dequant_row_bf16(src, w->tmp, w->K);
-    mm_put_f32(w->tmp, w->K, w->nsteps, cache);
+    /* widened straight into the cache (exact), then the zero padding of the last step */
+    mla_dequant_row_bf16(src, (float *)(void *)cache, w->K);
+    memset(cache + 4 * w->K, 0, (size_t)(w->nsteps * 16 - w->K) * 4);
 }
 
 /* dst[c * M + i01] for src0 rows [r0, r1) and global src1 columns [c0, c1), c = i11 + N * (i12 + ne12 * i13).
@@ -1082,7 +1094,7 @@ int mlaref_mul_mat_bf16_q8_0__avx512_l16a1(const uint8_t *src0, const uint8_t *s
     const int last_n = (K % 16) ? (int)(K % 16) : 16;
     const int64_t extra = 0;
     const int64_t xs = w.nsteps * MM_XSTEP + extra, ys = w.nsteps * MM_YSTEP + extra;
-    uint8_t *xcache = aligned_alloc(64, (size_t)(4 * xs));
+    uint8_t *xcache = aligned_alloc(64, (size_t)(MM_RT * xs));
     uint8_t *ycache = aligned_alloc(64, (size_t)(MM_CB * ys));
     w.tmp = malloc((size_t)K * 4);
     w.tmpq = malloc((size_t)K * 2 + 64); /* >= any vec_dot row: f16/bf16 2 B, q8_0 34/32, q8_1 36/32, q8_K 292/256 */
@@ -1106,9 +1118,10 @@ int mlaref_mul_mat_bf16_q8_0__avx512_l16a1(const uint8_t *src0, const uint8_t *s
             mm_convert_column(src1 + (cc - mat * N) * nb11 + i12 * nb12 + i13 * nb13, &w, ycache + (cc - c) * ys);
         }
         const uint8_t *x0 = src0 + (i12 / r2) * nb02 + (i13 / r3) * nb03;
-        for (int64_t r = r0; r < r1; r += 4) {
-            const int64_t rt = r1 - r < 4 ? r1 - r : 4;
+        for (int64_t r = r0; r < r1; r += MM_RT) {
+            const int64_t rt = r1 - r < MM_RT ? r1 - r : MM_RT;
             for (int64_t i = 0; i < rt; ++i) mm_load_row(x0 + (r + i) * nb01, &w, xcache + i * xs);
+            if (r + rt < r1) mm_prefetch_rows(x0 + (r + rt) * nb01, nb01, r1 - r - rt < MM_RT ? r1 - r - rt : MM_RT, K);
             mm_tiles(xcache, xs, rt, ycache, ys, ce - c, w.nsteps, last_n, dst + c * M + r, M);
         }
         c = ce;

@@ -479,6 +479,8 @@ static inline void mm_put_kpairs(const int16_t *w, const float *d, const int32_t
 /* src1 columns converted per block: the y cache stays in L2 while src0 streams through; block weights are decoded
    once per row tile and column block, so they get more columns to share that cost */
 #define MM_CB 128
+/* src0 rows per x cache tile */
+#define MM_RT 4
 
 typedef struct {
     int64_t K, nsteps, nb;
@@ -504,6 +506,15 @@ static void mm_convert_column(const uint8_t *src, const mm_scratch *w, uint8_t *
     memcpy(cache + w->nsteps * MM_YSTEP + 4 * nsb, w->mn, (size_t)nsb * 32);
 }
 
+/* asks for the n src0 rows of the next x tile (into L2) while this tile's columns run: src0 streams from L3 or
+   memory once per column block, and the row loads would otherwise wait for it */
+static inline void mm_prefetch_rows(const uint8_t *x, int64_t nb01, int64_t n, int64_t K) {
+    const int64_t bytes = K / 256 * 144;
+    for (int64_t i = 0; i < n; ++i) {
+        for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(x + i * nb01 + o, 0, 2);
+    }
+}
+
 /* src0 row (type q4_K) -> x cache */
 static void mm_load_row(const uint8_t *src, const mm_scratch *w, uint8_t *cache) {
     const int64_t nsb = w->K / 256;
@@ -527,7 +538,7 @@ int mlaref_mul_mat_q4_K_bf16__scalar_l16a1(const uint8_t *src0, const uint8_t *s
     /* dmin (x) or dy (y) per super-block, then 8 int32 mins (x) or sums of 32 (y), padded to 64 bytes */
     const int64_t extra = ((K / 256) * 36 + 63) / 64 * 64;
     const int64_t xs = w.nsteps * MM_XSTEP + extra, ys = w.nsteps * MM_YSTEP + extra;
-    uint8_t *xcache = aligned_alloc(64, (size_t)(4 * xs));
+    uint8_t *xcache = aligned_alloc(64, (size_t)(MM_RT * xs));
     uint8_t *ycache = aligned_alloc(64, (size_t)(MM_CB * ys));
     w.tmp = malloc((size_t)K * 4);
     w.tmpq = malloc((size_t)K * 2 + 64); /* >= any vec_dot row: f16/bf16 2 B, q8_0 34/32, q8_1 36/32, q8_K 292/256 */
@@ -551,9 +562,10 @@ int mlaref_mul_mat_q4_K_bf16__scalar_l16a1(const uint8_t *src0, const uint8_t *s
             mm_convert_column(src1 + (cc - mat * N) * nb11 + i12 * nb12 + i13 * nb13, &w, ycache + (cc - c) * ys);
         }
         const uint8_t *x0 = src0 + (i12 / r2) * nb02 + (i13 / r3) * nb03;
-        for (int64_t r = r0; r < r1; r += 4) {
-            const int64_t rt = r1 - r < 4 ? r1 - r : 4;
+        for (int64_t r = r0; r < r1; r += MM_RT) {
+            const int64_t rt = r1 - r < MM_RT ? r1 - r : MM_RT;
             for (int64_t i = 0; i < rt; ++i) mm_load_row(x0 + (r + i) * nb01, &w, xcache + i * xs);
+            if (r + rt < r1) mm_prefetch_rows(x0 + (r + rt) * nb01, nb01, r1 - r - rt < MM_RT ? r1 - r - rt : MM_RT, K);
             mm_tiles(xcache, xs, rt, ycache, ys, ce - c, w.nsteps, last_n, dst + c * M + r, M);
         }
         c = ce;

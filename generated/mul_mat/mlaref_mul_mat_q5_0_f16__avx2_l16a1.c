@@ -1118,10 +1118,375 @@ static inline void mm_decode_q8_0(const uint8_t *row, int64_t nb, int8_t *q, flo
     }
 }
 
+/* Block caches (mm_put_blocks): per step 64 int8 values (blocks 2p, 2p+1), then 16 f32 scale lanes (x at +64, y at
+   +MM_YQ). A 2 x 2 tile keeps 8 accumulators; the rest of the 16 ymm hold the y values and scales of the half
+   step, one x block, its |x| and scale, the ones of madd and the temporaries (the 4 x 4 tiles' 32 accumulator
+   ymm spill on AVX2). */
+/* 2 x rows times 2 y columns; xs, ys in bytes; out[j * ldo + i] = dot(x row i, y column j) */
+static inline void mm_bmicro_2x2(const uint8_t *x, int64_t xs, const uint8_t *y, int64_t ys, int64_t nsteps,
+                                      int last_n, float *out, int64_t ldo) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
+    __m256 a01_0 = _mm256_setzero_ps(), a01_1 = _mm256_setzero_ps();
+    __m256 a10_0 = _mm256_setzero_ps(), a10_1 = _mm256_setzero_ps();
+    __m256 a11_0 = _mm256_setzero_ps(), a11_1 = _mm256_setzero_ps();
+    const int64_t nfull = nsteps - (last_n < 16);
+    for (int64_t s = 0; s < nfull; ++s) {
+        const uint8_t *xp = x + s * MM_XSTEP, *yp = y + s * MM_YSTEP;
+        {
+            const __m256i vy0 = _mm256_loadu_si256((const __m256i *)(yp + 0 * ys + 0));
+            const __m256i vy1 = _mm256_loadu_si256((const __m256i *)(yp + 1 * ys + 0));
+            const __m256i vx0 = _mm256_loadu_si256((const __m256i *)(xp + 0 * xs + 0));
+            const __m256i ax0 = _mm256_abs_epi8(vx0);
+            const __m256 dx0 = _mm256_loadu_ps((const float *)(const void *)(xp + 0 * xs + 64));
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax0, _mm256_sign_epi8(vy0, vx0));
+                const __m256 d = _mm256_mul_ps(dx0, _mm256_loadu_ps((const float *)(const void *)(yp + 0 * ys + MM_YQ + 0)));
+                a00_0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a00_0);
+            }
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax0, _mm256_sign_epi8(vy1, vx0));
+                const __m256 d = _mm256_mul_ps(dx0, _mm256_loadu_ps((const float *)(const void *)(yp + 1 * ys + MM_YQ + 0)));
+                a01_0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a01_0);
+            }
+            const __m256i vx1 = _mm256_loadu_si256((const __m256i *)(xp + 1 * xs + 0));
+            const __m256i ax1 = _mm256_abs_epi8(vx1);
+            const __m256 dx1 = _mm256_loadu_ps((const float *)(const void *)(xp + 1 * xs + 64));
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax1, _mm256_sign_epi8(vy0, vx1));
+                const __m256 d = _mm256_mul_ps(dx1, _mm256_loadu_ps((const float *)(const void *)(yp + 0 * ys + MM_YQ + 0)));
+                a10_0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a10_0);
+            }
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax1, _mm256_sign_epi8(vy1, vx1));
+                const __m256 d = _mm256_mul_ps(dx1, _mm256_loadu_ps((const float *)(const void *)(yp + 1 * ys + MM_YQ + 0)));
+                a11_0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a11_0);
+            }
+        }
+
+        {
+            const __m256i vy0 = _mm256_loadu_si256((const __m256i *)(yp + 0 * ys + 32));
+            const __m256i vy1 = _mm256_loadu_si256((const __m256i *)(yp + 1 * ys + 32));
+            const __m256i vx0 = _mm256_loadu_si256((const __m256i *)(xp + 0 * xs + 32));
+            const __m256i ax0 = _mm256_abs_epi8(vx0);
+            const __m256 dx0 = _mm256_loadu_ps((const float *)(const void *)(xp + 0 * xs + 96));
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax0, _mm256_sign_epi8(vy0, vx0));
+                const __m256 d = _mm256_mul_ps(dx0, _mm256_loadu_ps((const float *)(const void *)(yp + 0 * ys + MM_YQ + 32)));
+                a00_1 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a00_1);
+            }
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax0, _mm256_sign_epi8(vy1, vx0));
+                const __m256 d = _mm256_mul_ps(dx0, _mm256_loadu_ps((const float *)(const void *)(yp + 1 * ys + MM_YQ + 32)));
+                a01_1 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a01_1);
+            }
+            const __m256i vx1 = _mm256_loadu_si256((const __m256i *)(xp + 1 * xs + 32));
+            const __m256i ax1 = _mm256_abs_epi8(vx1);
+            const __m256 dx1 = _mm256_loadu_ps((const float *)(const void *)(xp + 1 * xs + 96));
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax1, _mm256_sign_epi8(vy0, vx1));
+                const __m256 d = _mm256_mul_ps(dx1, _mm256_loadu_ps((const float *)(const void *)(yp + 0 * ys + MM_YQ + 32)));
+                a10_1 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a10_1);
+            }
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax1, _mm256_sign_epi8(vy1, vx1));
+                const __m256 d = _mm256_mul_ps(dx1, _mm256_loadu_ps((const float *)(const void *)(yp + 1 * ys + MM_YQ + 32)));
+                a11_1 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a11_1);
+            }
+        }
+
+    }
+    if (nfull < nsteps) {
+        /* an odd block count: the last step holds block 2p alone, in lanes 0-7 */
+        const uint8_t *xp = x + nfull * MM_XSTEP, *yp = y + nfull * MM_YSTEP;
+        {
+            const __m256i vy0 = _mm256_loadu_si256((const __m256i *)(yp + 0 * ys + 0));
+            const __m256i vy1 = _mm256_loadu_si256((const __m256i *)(yp + 1 * ys + 0));
+            const __m256i vx0 = _mm256_loadu_si256((const __m256i *)(xp + 0 * xs + 0));
+            const __m256i ax0 = _mm256_abs_epi8(vx0);
+            const __m256 dx0 = _mm256_loadu_ps((const float *)(const void *)(xp + 0 * xs + 64));
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax0, _mm256_sign_epi8(vy0, vx0));
+                const __m256 d = _mm256_mul_ps(dx0, _mm256_loadu_ps((const float *)(const void *)(yp + 0 * ys + MM_YQ + 0)));
+                a00_0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a00_0);
+            }
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax0, _mm256_sign_epi8(vy1, vx0));
+                const __m256 d = _mm256_mul_ps(dx0, _mm256_loadu_ps((const float *)(const void *)(yp + 1 * ys + MM_YQ + 0)));
+                a01_0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a01_0);
+            }
+            const __m256i vx1 = _mm256_loadu_si256((const __m256i *)(xp + 1 * xs + 0));
+            const __m256i ax1 = _mm256_abs_epi8(vx1);
+            const __m256 dx1 = _mm256_loadu_ps((const float *)(const void *)(xp + 1 * xs + 64));
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax1, _mm256_sign_epi8(vy0, vx1));
+                const __m256 d = _mm256_mul_ps(dx1, _mm256_loadu_ps((const float *)(const void *)(yp + 0 * ys + MM_YQ + 0)));
+                a10_0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a10_0);
+            }
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax1, _mm256_sign_epi8(vy1, vx1));
+                const __m256 d = _mm256_mul_ps(dx1, _mm256_loadu_ps((const float *)(const void *)(yp + 1 * ys + MM_YQ + 0)));
+                a11_0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a11_0);
+            }
+        }
+
+    }
+    {
+        const mm_vf v = {a00_0, a00_1};
+        out[0 * ldo + 0] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a01_0, a01_1};
+        out[1 * ldo + 0] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a10_0, a10_1};
+        out[0 * ldo + 1] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a11_0, a11_1};
+        out[1 * ldo + 1] = mm_hsum(v);
+    }
+}
+
+/* 1 x rows times 2 y columns; xs, ys in bytes; out[j * ldo + i] = dot(x row i, y column j) */
+static inline void mm_bmicro_1x2(const uint8_t *x, int64_t xs, const uint8_t *y, int64_t ys, int64_t nsteps,
+                                      int last_n, float *out, int64_t ldo) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
+    __m256 a01_0 = _mm256_setzero_ps(), a01_1 = _mm256_setzero_ps();
+    const int64_t nfull = nsteps - (last_n < 16);
+    for (int64_t s = 0; s < nfull; ++s) {
+        const uint8_t *xp = x + s * MM_XSTEP, *yp = y + s * MM_YSTEP;
+        {
+            const __m256i vy0 = _mm256_loadu_si256((const __m256i *)(yp + 0 * ys + 0));
+            const __m256i vy1 = _mm256_loadu_si256((const __m256i *)(yp + 1 * ys + 0));
+            const __m256i vx0 = _mm256_loadu_si256((const __m256i *)(xp + 0 * xs + 0));
+            const __m256i ax0 = _mm256_abs_epi8(vx0);
+            const __m256 dx0 = _mm256_loadu_ps((const float *)(const void *)(xp + 0 * xs + 64));
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax0, _mm256_sign_epi8(vy0, vx0));
+                const __m256 d = _mm256_mul_ps(dx0, _mm256_loadu_ps((const float *)(const void *)(yp + 0 * ys + MM_YQ + 0)));
+                a00_0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a00_0);
+            }
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax0, _mm256_sign_epi8(vy1, vx0));
+                const __m256 d = _mm256_mul_ps(dx0, _mm256_loadu_ps((const float *)(const void *)(yp + 1 * ys + MM_YQ + 0)));
+                a01_0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a01_0);
+            }
+        }
+
+        {
+            const __m256i vy0 = _mm256_loadu_si256((const __m256i *)(yp + 0 * ys + 32));
+            const __m256i vy1 = _mm256_loadu_si256((const __m256i *)(yp + 1 * ys + 32));
+            const __m256i vx0 = _mm256_loadu_si256((const __m256i *)(xp + 0 * xs + 32));
+            const __m256i ax0 = _mm256_abs_epi8(vx0);
+            const __m256 dx0 = _mm256_loadu_ps((const float *)(const void *)(xp + 0 * xs + 96));
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax0, _mm256_sign_epi8(vy0, vx0));
+                const __m256 d = _mm256_mul_ps(dx0, _mm256_loadu_ps((const float *)(const void *)(yp + 0 * ys + MM_YQ + 32)));
+                a00_1 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a00_1);
+            }
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax0, _mm256_sign_epi8(vy1, vx0));
+                const __m256 d = _mm256_mul_ps(dx0, _mm256_loadu_ps((const float *)(const void *)(yp + 1 * ys + MM_YQ + 32)));
+                a01_1 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a01_1);
+            }
+        }
+
+    }
+    if (nfull < nsteps) {
+        /* an odd block count: the last step holds block 2p alone, in lanes 0-7 */
+        const uint8_t *xp = x + nfull * MM_XSTEP, *yp = y + nfull * MM_YSTEP;
+        {
+            const __m256i vy0 = _mm256_loadu_si256((const __m256i *)(yp + 0 * ys + 0));
+            const __m256i vy1 = _mm256_loadu_si256((const __m256i *)(yp + 1 * ys + 0));
+            const __m256i vx0 = _mm256_loadu_si256((const __m256i *)(xp + 0 * xs + 0));
+            const __m256i ax0 = _mm256_abs_epi8(vx0);
+            const __m256 dx0 = _mm256_loadu_ps((const float *)(const void *)(xp + 0 * xs + 64));
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax0, _mm256_sign_epi8(vy0, vx0));
+                const __m256 d = _mm256_mul_ps(dx0, _mm256_loadu_ps((const float *)(const void *)(yp + 0 * ys + MM_YQ + 0)));
+                a00_0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a00_0);
+            }
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax0, _mm256_sign_epi8(vy1, vx0));
+                const __m256 d = _mm256_mul_ps(dx0, _mm256_loadu_ps((const float *)(const void *)(yp + 1 * ys + MM_YQ + 0)));
+                a01_0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a01_0);
+            }
+        }
+
+    }
+    {
+        const mm_vf v = {a00_0, a00_1};
+        out[0 * ldo + 0] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a01_0, a01_1};
+        out[1 * ldo + 0] = mm_hsum(v);
+    }
+}
+
+/* 2 x rows times 1 y columns; xs, ys in bytes; out[j * ldo + i] = dot(x row i, y column j) */
+static inline void mm_bmicro_2x1(const uint8_t *x, int64_t xs, const uint8_t *y, int64_t ys, int64_t nsteps,
+                                      int last_n, float *out, int64_t ldo) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
+    __m256 a10_0 = _mm256_setzero_ps(), a10_1 = _mm256_setzero_ps();
+    const int64_t nfull = nsteps - (last_n < 16);
+    for (int64_t s = 0; s < nfull; ++s) {
+        const uint8_t *xp = x + s * MM_XSTEP, *yp = y + s * MM_YSTEP;
+        {
+            const __m256i vy0 = _mm256_loadu_si256((const __m256i *)(yp + 0 * ys + 0));
+            const __m256i vx0 = _mm256_loadu_si256((const __m256i *)(xp + 0 * xs + 0));
+            const __m256i ax0 = _mm256_abs_epi8(vx0);
+            const __m256 dx0 = _mm256_loadu_ps((const float *)(const void *)(xp + 0 * xs + 64));
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax0, _mm256_sign_epi8(vy0, vx0));
+                const __m256 d = _mm256_mul_ps(dx0, _mm256_loadu_ps((const float *)(const void *)(yp + 0 * ys + MM_YQ + 0)));
+                a00_0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a00_0);
+            }
+            const __m256i vx1 = _mm256_loadu_si256((const __m256i *)(xp + 1 * xs + 0));
+            const __m256i ax1 = _mm256_abs_epi8(vx1);
+            const __m256 dx1 = _mm256_loadu_ps((const float *)(const void *)(xp + 1 * xs + 64));
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax1, _mm256_sign_epi8(vy0, vx1));
+                const __m256 d = _mm256_mul_ps(dx1, _mm256_loadu_ps((const float *)(const void *)(yp + 0 * ys + MM_YQ + 0)));
+                a10_0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a10_0);
+            }
+        }
+
+        {
+            const __m256i vy0 = _mm256_loadu_si256((const __m256i *)(yp + 0 * ys + 32));
+            const __m256i vx0 = _mm256_loadu_si256((const __m256i *)(xp + 0 * xs + 32));
+            const __m256i ax0 = _mm256_abs_epi8(vx0);
+            const __m256 dx0 = _mm256_loadu_ps((const float *)(const void *)(xp + 0 * xs + 96));
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax0, _mm256_sign_epi8(vy0, vx0));
+                const __m256 d = _mm256_mul_ps(dx0, _mm256_loadu_ps((const float *)(const void *)(yp + 0 * ys + MM_YQ + 32)));
+                a00_1 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a00_1);
+            }
+            const __m256i vx1 = _mm256_loadu_si256((const __m256i *)(xp + 1 * xs + 32));
+            const __m256i ax1 = _mm256_abs_epi8(vx1);
+            const __m256 dx1 = _mm256_loadu_ps((const float *)(const void *)(xp + 1 * xs + 96));
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax1, _mm256_sign_epi8(vy0, vx1));
+                const __m256 d = _mm256_mul_ps(dx1, _mm256_loadu_ps((const float *)(const void *)(yp + 0 * ys + MM_YQ + 32)));
+                a10_1 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a10_1);
+            }
+        }
+
+    }
+    if (nfull < nsteps) {
+        /* an odd block count: the last step holds block 2p alone, in lanes 0-7 */
+        const uint8_t *xp = x + nfull * MM_XSTEP, *yp = y + nfull * MM_YSTEP;
+        {
+            const __m256i vy0 = _mm256_loadu_si256((const __m256i *)(yp + 0 * ys + 0));
+            const __m256i vx0 = _mm256_loadu_si256((const __m256i *)(xp + 0 * xs + 0));
+            const __m256i ax0 = _mm256_abs_epi8(vx0);
+            const __m256 dx0 = _mm256_loadu_ps((const float *)(const void *)(xp + 0 * xs + 64));
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax0, _mm256_sign_epi8(vy0, vx0));
+                const __m256 d = _mm256_mul_ps(dx0, _mm256_loadu_ps((const float *)(const void *)(yp + 0 * ys + MM_YQ + 0)));
+                a00_0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a00_0);
+            }
+            const __m256i vx1 = _mm256_loadu_si256((const __m256i *)(xp + 1 * xs + 0));
+            const __m256i ax1 = _mm256_abs_epi8(vx1);
+            const __m256 dx1 = _mm256_loadu_ps((const float *)(const void *)(xp + 1 * xs + 64));
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax1, _mm256_sign_epi8(vy0, vx1));
+                const __m256 d = _mm256_mul_ps(dx1, _mm256_loadu_ps((const float *)(const void *)(yp + 0 * ys + MM_YQ + 0)));
+                a10_0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a10_0);
+            }
+        }
+
+    }
+    {
+        const mm_vf v = {a00_0, a00_1};
+        out[0 * ldo + 0] = mm_hsum(v);
+    }
+    {
+        const mm_vf v = {a10_0, a10_1};
+        out[0 * ldo + 1] = mm_hsum(v);
+    }
+}
+
+/* 1 x rows times 1 y columns; xs, ys in bytes; out[j * ldo + i] = dot(x row i, y column j) */
+static inline void mm_bmicro_1x1(const uint8_t *x, int64_t xs, const uint8_t *y, int64_t ys, int64_t nsteps,
+                                      int last_n, float *out, int64_t ldo) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
+    const int64_t nfull = nsteps - (last_n < 16);
+    for (int64_t s = 0; s < nfull; ++s) {
+        const uint8_t *xp = x + s * MM_XSTEP, *yp = y + s * MM_YSTEP;
+        {
+            const __m256i vy0 = _mm256_loadu_si256((const __m256i *)(yp + 0 * ys + 0));
+            const __m256i vx0 = _mm256_loadu_si256((const __m256i *)(xp + 0 * xs + 0));
+            const __m256i ax0 = _mm256_abs_epi8(vx0);
+            const __m256 dx0 = _mm256_loadu_ps((const float *)(const void *)(xp + 0 * xs + 64));
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax0, _mm256_sign_epi8(vy0, vx0));
+                const __m256 d = _mm256_mul_ps(dx0, _mm256_loadu_ps((const float *)(const void *)(yp + 0 * ys + MM_YQ + 0)));
+                a00_0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a00_0);
+            }
+        }
+
+        {
+            const __m256i vy0 = _mm256_loadu_si256((const __m256i *)(yp + 0 * ys + 32));
+            const __m256i vx0 = _mm256_loadu_si256((const __m256i *)(xp + 0 * xs + 32));
+            const __m256i ax0 = _mm256_abs_epi8(vx0);
+            const __m256 dx0 = _mm256_loadu_ps((const float *)(const void *)(xp + 0 * xs + 96));
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax0, _mm256_sign_epi8(vy0, vx0));
+                const __m256 d = _mm256_mul_ps(dx0, _mm256_loadu_ps((const float *)(const void *)(yp + 0 * ys + MM_YQ + 32)));
+                a00_1 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a00_1);
+            }
+        }
+
+    }
+    if (nfull < nsteps) {
+        /* an odd block count: the last step holds block 2p alone, in lanes 0-7 */
+        const uint8_t *xp = x + nfull * MM_XSTEP, *yp = y + nfull * MM_YSTEP;
+        {
+            const __m256i vy0 = _mm256_loadu_si256((const __m256i *)(yp + 0 * ys + 0));
+            const __m256i vx0 = _mm256_loadu_si256((const __m256i *)(xp + 0 * xs + 0));
+            const __m256i ax0 = _mm256_abs_epi8(vx0);
+            const __m256 dx0 = _mm256_loadu_ps((const float *)(const void *)(xp + 0 * xs + 64));
+            {
+                const __m256i p16 = _mm256_maddubs_epi16(ax0, _mm256_sign_epi8(vy0, vx0));
+                const __m256 d = _mm256_mul_ps(dx0, _mm256_loadu_ps((const float *)(const void *)(yp + 0 * ys + MM_YQ + 0)));
+                a00_0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), a00_0);
+            }
+        }
+
+    }
+    {
+        const mm_vf v = {a00_0, a00_1};
+        out[0 * ldo + 0] = mm_hsum(v);
+    }
+}
+
+/* out (rows rt x cols ct, out[j * ldo + i]) from caches of rt rows and ct columns: 2 x 2 tiles, then edges */
+static void mm_btiles(const uint8_t *xc, int64_t xs, int64_t rt, const uint8_t *yc, int64_t ys, int64_t ct,
+                      int64_t nsteps, int last_n, float *out, int64_t ldo) {
+    int64_t j = 0;
+    for (; j + 2 <= ct; j += 2) {
+        int64_t i = 0;
+        for (; i + 2 <= rt; i += 2) mm_bmicro_2x2(xc + i * xs, xs, yc + j * ys, ys, nsteps, last_n, out + j * ldo + i, ldo);
+        if (i < rt) mm_bmicro_1x2(xc + i * xs, xs, yc + j * ys, ys, nsteps, last_n, out + j * ldo + i, ldo);
+    }
+    if (j < ct) {
+        int64_t i = 0;
+        for (; i + 2 <= rt; i += 2) mm_bmicro_2x1(xc + i * xs, xs, yc + j * ys, ys, nsteps, last_n, out + j * ldo + i, ldo);
+        if (i < rt) mm_bmicro_1x1(xc + i * xs, xs, yc + j * ys, ys, nsteps, last_n, out + j * ldo + i, ldo);
+    }
+}
 
 /* src1 columns converted per block: the y cache stays in L2 while src0 streams through; block weights are decoded
    once per row tile and column block, so they get more columns to share that cost */
 #define MM_CB 256
+/* src0 rows per x cache tile: 4 row pairs of mm_btiles share each y column pair */
+#define MM_RT 8
 
 typedef struct {
     int64_t K, nsteps, nb;
@@ -1144,6 +1509,15 @@ static void mm_convert_column(const uint8_t *src, const mm_scratch *w, uint8_t *
     mm_put_blocks(w->q, w->d, w->nb, cache, MM_YSTEP, MM_YQ, 1);
 }
 
+/* asks for the n src0 rows of the next x tile (into L2) while this tile's columns run: src0 streams from L3 or
+   memory once per column block, and the row loads would otherwise wait for it */
+static inline void mm_prefetch_rows(const uint8_t *x, int64_t nb01, int64_t n, int64_t K) {
+    const int64_t bytes = K / 32 * 22;
+    for (int64_t i = 0; i < n; ++i) {
+        for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(x + i * nb01 + o, 0, 2);
+    }
+}
+
 /* src0 row (type q5_0) -> x cache */
 static void mm_load_row(const uint8_t *src, const mm_scratch *w, uint8_t *cache) {
     mm_decode_q5_0(src, w->nb, w->q, w->d, w->m);
@@ -1163,7 +1537,7 @@ int mlaref_mul_mat_q5_0_f16__avx2_l16a1(const uint8_t *src0, const uint8_t *src1
     const int last_n = (w.nb % 2) ? 8 : 16;
     const int64_t extra = 0;
     const int64_t xs = w.nsteps * MM_XSTEP + extra, ys = w.nsteps * MM_YSTEP + extra;
-    uint8_t *xcache = aligned_alloc(64, (size_t)(4 * xs));
+    uint8_t *xcache = aligned_alloc(64, (size_t)(MM_RT * xs));
     uint8_t *ycache = aligned_alloc(64, (size_t)(MM_CB * ys));
     w.tmp = malloc((size_t)K * 4);
     w.tmpq = malloc((size_t)K * 2 + 64); /* >= any vec_dot row: f16/bf16 2 B, q8_0 34/32, q8_1 36/32, q8_K 292/256 */
@@ -1187,10 +1561,11 @@ int mlaref_mul_mat_q5_0_f16__avx2_l16a1(const uint8_t *src0, const uint8_t *src1
             mm_convert_column(src1 + (cc - mat * N) * nb11 + i12 * nb12 + i13 * nb13, &w, ycache + (cc - c) * ys);
         }
         const uint8_t *x0 = src0 + (i12 / r2) * nb02 + (i13 / r3) * nb03;
-        for (int64_t r = r0; r < r1; r += 4) {
-            const int64_t rt = r1 - r < 4 ? r1 - r : 4;
+        for (int64_t r = r0; r < r1; r += MM_RT) {
+            const int64_t rt = r1 - r < MM_RT ? r1 - r : MM_RT;
             for (int64_t i = 0; i < rt; ++i) mm_load_row(x0 + (r + i) * nb01, &w, xcache + i * xs);
-            mm_tiles(xcache, xs, rt, ycache, ys, ce - c, w.nsteps, last_n, dst + c * M + r, M);
+            if (r + rt < r1) mm_prefetch_rows(x0 + (r + rt) * nb01, nb01, r1 - r - rt < MM_RT ? r1 - r - rt : MM_RT, K);
+            mm_btiles(xcache, xs, rt, ycache, ys, ce - c, w.nsteps, last_n, dst + c * M + r, M);
         }
         c = ce;
     }

@@ -2,7 +2,7 @@
 
 Bit-exact: every manifest kernel equals ``MulMat_253`` under ``mlaref_l16a1`` (variant x86) on float32 bytes, for
 1, 2, 3 and 4 threads, with tails (K not a multiple of 16 for element weights, an odd number of 32-blocks),
-M not a multiple of the 4-row tile, a strided src1 view (the cache layout: rows of 576 values, 512 used), src0
+M not a multiple of the row tiles (4; avx2: 6 and 8), a strided src1 view (the cache layout: rows of 576 values, 512 used), src0
 broadcast over ne02/ne03, a NaN-poisoned output with guard bytes after it.
 
 Approximate (NMSE bound of ggml's test-backend-ops for mul_mat, 5e-4, against float64 math of the dequantized
@@ -167,3 +167,28 @@ def test_mul_mat_q8_0_src1_holding_minus_128(kt, rng):
         else:
             same = np.all(got.view(np.uint32) == want.view(np.uint32), axis=1)
             assert same.tolist() == [True, False, True, False, True], f"{isa}: columns equal to the reference {same}"
+
+
+@pytest.mark.parametrize("tx, ty", [("f16", "f16"), ("f16", "bf16"), ("f32", "f32"), ("bf16", "f16"),
+                                    ("q8_0", "q8_0"), ("iq4_nl", "f16"), ("q5_1", "f32")])
+def test_mul_mat_tile_edges(tx, ty, kt):
+    """Register and cache tiles at their edges, per ISA this CPU runs: 11 rows (avx2 element tiles: x tiles of 6
+    and 5 rows, row triples then a row pair; avx2 block tiles: 8 and 3 rows, row pairs then one), 261 src1 columns (the
+    128- and 256-column blocks and a lone last column), a ragged last step (K = 40 elements: 2 steps + 8; 3
+    32-blocks: an odd pair), a strided src1; 1, 2 and 3 threads give the reference's bytes."""
+    from mlaref.codegen import cpu
+
+    block = tx not in ("f32", "f16", "bf16") or ty == "q8_0"
+    K = 96 if block else 40
+    r = np.random.default_rng(zlib.crc32(repr(("edges", tx, ty)).encode()))
+    a = _tensor(_values(r, 11, K), tx, (K, 11, 1, 1))
+    b = _tensor(_values(r, 261, K), ty, (K, 261, 1, 1), row_len=K + 32)
+    want = MulMat_253(plan="mlaref_l16a1", variant="x86")(a, b)
+    for isa in ("scalar", "avx2", "avx512", "avx512vnni"):
+        if cpu.missing(isa):
+            continue
+        for n_threads in (1, 2, 3):
+            out, buf = _guarded_out(want.ne)
+            KM.mul_mat(a, b, isa=isa, n_threads=n_threads, out=out)
+            assert np.all(buf[-64:] == 0xA5), f"{tx} x {ty} {isa}: the kernel wrote past the output"
+            kt.assert_same_bytes(out.storage(), want.storage(), 4, f"{tx} x {ty} {isa} threads={n_threads}")
