@@ -19,21 +19,23 @@ clock includes time other processes took from our cores; CPU seconds do not, so 
 (``cpu GF/s`` = flops per CPU-second, i.e. per busy core). ggml's graph
 and its work buffer are built once per cell, so only ``ggml_graph_compute`` is timed; mlaref's time is the whole
 Python call (argument checks, thread start, per-call scratch). GFLOP/s counts 2 flops per multiply-add of the
-math (mul_mat: 2*K*M*N; attention: 2*nh*nq*n_kv*(Dk + Dv)); ``peak`` is the f32 FMA peak of the cores used:
-``fma_units x 16 lanes x 2 flops x MHz x threads`` with the MHz of /proc/cpuinfo and 2 AVX-512 FMA units per core
-(an assumption for this Xeon; halve it for one-unit parts). Quantized dot products run int8 instructions, so for
-them the fraction is of the float peak, not of the int8 peak.
+math (mul_mat: 2*K*M*N; attention: 2*nh*nq*n_kv*(Dk + Dv)); ``peak`` is this CPU's f32 FMA peak at the thread
+count used, measured once per run by :func:`mlaref.codegen.bench.peak.fma_peak` (the widest FMA ISA the CPU has,
+so 8 lanes on an AVX2-only CPU, 16 with AVX-512). Quantized dot products run int8 instructions, so for them the
+fraction is of the float peak, not of the int8 peak.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 
 import numpy as np
 
 from mlaref import reference as R
 from mlaref.codegen.bench import method as _bench
+from mlaref.codegen.bench import peak as _peak
 from mlaref.codegen.kernels import mm as _km
 from mlaref.codegen.peers import ggml as ggml_peer
 from mlaref.codegen.peers import ggml_ops as ggml_ops
@@ -44,24 +46,14 @@ __all__ = ["bench_mul_mat", "bench_flash_attn", "peak_gflops", "format_table", "
 
 MM_CASES = ("f16 x f16", "q8_0 x f32", "q8_0 x f16", "iq4_nl x f16")
 EXTRA_CASES = ("q4_K x f32", "q6_K x f16")  # k-quant weights (ggml: q4_K x f32 direct, q6_K x f16 after a cast)
-FMA_UNITS = 2
 
 
-def cpu_mhz() -> float:
-    """The first ``cpu MHz`` of /proc/cpuinfo (0.0 when absent)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("cpu MHz"):
-                    return float(line.split(":", 1)[1])
-    except (OSError, ValueError):
-        pass
-    return 0.0
-
-
-def peak_gflops(n_threads: int, *, lanes: int = 16, fma_units: int = FMA_UNITS) -> float:
-    """f32 FMA peak of ``n_threads`` cores in GFLOP/s: units x lanes x 2 x MHz x cores."""
-    return fma_units * lanes * 2 * cpu_mhz() * 1e-3 * n_threads
+@functools.cache
+def peak_gflops(n_threads: int) -> float:
+    """This CPU's measured f32 FMA peak at ``n_threads`` threads in GFLOP/s (0.0 where none is measured), once per
+    process and thread count (:func:`mlaref.codegen.bench.peak.fma_peak`)."""
+    p = _peak.fma_peak(n_threads)
+    return p["gflops"] if p else 0.0
 
 
 def _tensor(rng, type: str, rows: int, n: int, row_len: int | None = None, scale: float = 1.0) -> Tensor:
@@ -191,8 +183,8 @@ def bench_mul_mat(*, n_kvs=(1024, 4096, 16384), threads=(1, 2), cases=MM_CASES, 
                 finally:
                     graph.close()
                 rows.append(_cell(case, n_kv, nt, 2.0 * K * M * n_kv, timings, nmse))
-    return {"benchmark": "mul_mat kv_f32", "environment": _bench.environment(), "cpu_mhz": cpu_mhz(),
-            "fma_units_assumed": FMA_UNITS, "rows": rows}
+    return {"benchmark": "mul_mat kv_f32", "environment": _bench.environment(), "peak_gflops_1": peak_gflops(1),
+            "rows": rows}
 
 
 def bench_flash_attn(*, n_kvs=(1024, 4096, 16384), threads=(1, 2), kv_type: str = "f16", n_q: int = 512,
@@ -225,8 +217,8 @@ def bench_flash_attn(*, n_kvs=(1024, 4096, 16384), threads=(1, 2), kv_type: str 
             finally:
                 graph.close()
             rows.append(_cell(f"fa {kv_type} {exp}", n_kv, nt, 2.0 * n_head * n_q * n_kv * (Dk + Dv), timings, nmse))
-    return {"benchmark": "flash_attn_ext FlashMLA-2 PP", "environment": _bench.environment(), "cpu_mhz": cpu_mhz(),
-            "fma_units_assumed": FMA_UNITS, "rows": rows}
+    return {"benchmark": "flash_attn_ext FlashMLA-2 PP", "environment": _bench.environment(), "peak_gflops_1": peak_gflops(1),
+            "rows": rows}
 
 
 def format_table(result: dict) -> str:
@@ -235,8 +227,8 @@ def format_table(result: dict) -> str:
     the fraction of one core's peak, the speedup (wall) and the NMSE between the two results."""
     head = (f"{'case':<22} {'n_kv':>6} {'thr':>3} | {'mlaref s':>8} {'GF/s':>6} {'%pk':>5} {'cpuGF/s':>7} {'%pk':>5} | "
             f"{'ggml s':>8} {'GF/s':>6} {'%pk':>5} {'cpuGF/s':>7} {'%pk':>5} | {'speedup':>7} {'nmse':>7}")
-    lines = [f"{result['benchmark']} (cpu MHz {result['cpu_mhz']:.0f}; peak = {result['fma_units_assumed']} FMA units "
-             f"x 16 lanes x 2 x MHz = {peak_gflops(1):.1f} GFLOP/s per core)", head]
+    lines = [f"{result['benchmark']} (peak = this CPU's FMA peak, measured: {result['peak_gflops_1']:.1f} GFLOP/s at "
+             "1 thread)", head]
     for r in result["rows"]:
         lines.append(f"{r['case']:<22} {r['n_kv']:>6} {r['threads']:>3} | {r['mlaref_s']:>8.4f} "
                      f"{r['mlaref_gflops']:>6.1f} {100 * r['mlaref_peak_frac']:>4.0f}% {r['mlaref_cpu_gflops']:>7.1f} "
