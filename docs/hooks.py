@@ -17,7 +17,8 @@
   ``<!-- mlaref:graph-table VARIANT -->`` (the real DeepSeek-V2 builders), ``<!-- mlaref:memory-... -->`` (the
   allocator model: plot, variant table, peak tables, timeline, slopes), ``<!-- mlaref:kernel-... -->`` (name
   grammar, dispatch rules, a plan's fields and lane map, checked against the reference during the build) and
-  ``<!-- mlaref:report SECTION -->`` (the last ``mlaref report`` run, when its ``report.json`` exists).
+  ``<!-- mlaref:report SECTION -->`` (the last ``mlaref report`` run, when its ``report.json`` exists),
+  ``<!-- mlaref:bench-snapshot NAME -->`` (a benchmark's ``--json`` kept in ``docs/data/bench/``).
 
 * on every page, a citation of the project's upstream facts (``upstream facts §4a``, ``§6.1 to §6.3``) that is
   not a link yet becomes one, to the ``{#facts-...}`` anchor of the page under ``facts/`` that defines it; a
@@ -146,6 +147,7 @@ def generated_markers(markdown: str, page) -> str:
     sub(r"<!-- mlaref:memory-designs -->", lambda: _gen("memory").design_table())
     sub(r"<!-- mlaref:memory-peak (\w+) -->", lambda v: _gen("memory").peak_table(v))
     sub(r"<!-- mlaref:memory-slope ([\w-]+) -->", lambda v: str(_gen("memory").slope(_plan_rows(), v)))
+    sub(r"<!-- mlaref:bench-snapshot ([\w-]+) -->", lambda v: _gen("report").bench_snapshot(v))
     sub(r"<!-- mlaref:kernel-grammar -->", lambda: _gen("kernels").grammar_block())
     sub(r"<!-- mlaref:kernel-name-examples -->", lambda: _gen("kernels").parsed_examples())
     sub(r"<!-- mlaref:kernel-dispatch -->", lambda: rst_to_md(_gen("kernels").dispatch_doc()))

@@ -19,7 +19,8 @@ ROOT = DOCS.parent
 
 # page section -> the report.md "## " headings it shows (prefix match)
 SECTIONS = {
-    "performance": ("Kernel throughput", "The reference against gguf-py", "The seed's speed claim"),
+    "performance": ("Kernel throughput", "The reference against gguf-py", "The kernels against ik_llama.cpp",
+                    "The seed's speed claim"),
     "conformance": ("CPU", "Build", "Kernel checks", "Seed tables", "Skipped"),
 }
 
@@ -104,3 +105,17 @@ def section(which: str, prefix: str) -> str:
             text = re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)", image, text)
             out += [f"### {title}", "", text.strip(), ""]
     return "\n".join(head + (out or ["*(the report has none of this page's sections)*"]))
+
+
+def bench_snapshot(name: str) -> str:
+    """A benchmark's JSON kept with the docs (``docs/data/bench/NAME.json``, written by ``--json``) as the table its
+    command prints, with the machine it ran on: ``mlaref bench peers`` or ``mlaref bench mla --backend arena``."""
+    path = DOCS / "data" / "bench" / f"{name}.json"
+    result = json.loads(path.read_text())
+    env = result.get("environment", {})
+    if result.get("benchmark") == "mlaref kernels vs peers":
+        from mlaref.codegen.bench.peers import format_table  # noqa: PLC0415
+    else:
+        from mlaref.codegen.bench.mla import format_table  # noqa: PLC0415
+    return (f"*From `docs/data/bench/{name}.json`: {env.get('processor', '?')}, {env.get('machine', '?')}, "
+            f"Python {env.get('python', '?')}.*\n\n```\n{format_table(result)}\n```")

@@ -240,3 +240,23 @@ def test_nothing_cites_the_outside_fact_sheet_and_every_citation_resolves():
     assert not outside, "cites the fact sheet outside the repository:\n" + "\n".join(outside)
     assert not unresolved, "cites an upstream-facts section no page defines:\n" + "\n".join(unresolved)
     assert n > 300  # the code, tests, templates and docs do cite the facts
+
+
+def test_performance_page_shows_the_kept_benchmark_runs(site):
+    """Each benchmark JSON in docs/data/bench/ is on the Performance page: every row's ratio against each peer,
+    read here from the JSON, appears in the page's text."""
+    import json
+
+    html = _text((site / "performance" / "index.html").read_text())
+    paths = sorted((ROOT / "docs" / "data" / "bench").glob("*.json"))
+    assert {p.stem for p in paths} >= {"peers-znver3", "mla-arena-znver3-1t", "mla-arena-znver3-2t"}
+    for path in paths:
+        data = json.loads(path.read_text())
+        assert f"docs/data/bench/{path.stem}.json" in html
+        for row in data["rows"]:
+            if data["benchmark"] == "mlaref kernels vs peers":
+                for p in data["peers"]:
+                    assert f"{row[p + '_ratio']:.2f}" in html, (path.stem, row["case"], p)
+            else:
+                for v in ("f32", "direct", "chunked"):
+                    assert f"{row['ratio_ik_' + v]['value']:.3f}" in html, (path.stem, row["n_kv"], v)
