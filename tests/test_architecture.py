@@ -107,3 +107,25 @@ def test_mlaref_modules_are_imported_at_the_top(top):
                 elif isinstance(node, ast.Import) and any(a.name.startswith("mlaref") for a in node.names):
                     bad.append(f"{p.relative_to(ROOT)}:{node.lineno} import")
     assert bad == []
+
+
+def test_every_package_and_its_data_ship():
+    """pyproject lists every package directory (a non-editable install would miss the others), and every C or
+    template source a package reads at run time is package data."""
+    import fnmatch
+    import pathlib
+    import tomllib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    st = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(st["packages"])
+    skip = {"tests", "docs", ".git", "build"}
+    found = {".".join(("mlaref", *p.parent.relative_to(root).parts)) for p in root.rglob("__init__.py")
+             if not skip & set(p.relative_to(root).parts)}
+    assert found == listed
+    for pkg in sorted(listed - {"mlaref"}):
+        d = root.joinpath(*pkg.split(".")[1:])
+        globs = st["package-data"].get(pkg, [])
+        for f in sorted(d.glob("*")):
+            if f.suffix in (".c", ".h", ".j2"):
+                assert any(fnmatch.fnmatch(f.name, g) for g in globs), f"{f.relative_to(root)} is not package data"
