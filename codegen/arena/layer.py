@@ -69,8 +69,8 @@ def _chunks(b, hp, kv_l, q, inputs, n_kv, kv_chunk, pad, scale):
     for ci, c0 in enumerate(chunk_starts(n_kv, kv_chunk)):
         n = min(kv_chunk, n_kv - c0)
         nope_view = ir.view_2d(kv_l, hp.n_lora_kv, n, row, c0 * row)
-        kv_f32 = b.cb(ir.mul_mat(b._wkv_b(0), nope_view), f"kv_f32_c{ci}", 0)
-        k_nope_f32, v_f32 = b._split_kv(kv_f32, n)
+        kv_f32 = b.cb(ir.mul_mat(b.wkv_b(0), nope_view), f"kv_f32_c{ci}", 0)
+        k_nope_f32, v_f32 = b.split_kv(kv_f32, n)
         k_nope = b.cb(ir.cast(k_nope_f32, kv_l.type), f"k_nope_c{ci}", 0)
         v = b.cb(ir.cast(v_f32, kv_l.type), f"v_c{ci}", 0)
         b.gf.expand(k_nope)

@@ -458,12 +458,13 @@ class Builder(After253):
         return self.cb(ir.mul_mat(self.w(f"blk.{il}.attn_output.weight", (hp.n_embd_head_v * H, hp.n_embd)), cur),
                        "kqv_out", il)
 
-    def _wkv_b(self, il) -> ir.Tensor:
+    def wkv_b(self, il) -> ir.Tensor:
+        """Layer ``il``'s ``attn_kv_b`` weight ``[kv_lora_rank, n_head · (nope + v)]`` (the K/V decompression)."""
         hp = self.hp
         per_head = hp.n_embd_head_qk_nope + hp.n_embd_head_v
         return self.w(f"blk.{il}.attn_kv_b.weight", (hp.n_lora_kv, hp.n_head * per_head))
 
-    def _split_kv(self, kv_f32, n):
+    def split_kv(self, kv_f32, n):
         """The k_nope / v halves of ``wkv_b × c``: ``[128, n, H]`` views, nb1 = row of all heads."""
         hp = self.hp
         rs = ir.row_size
@@ -479,8 +480,8 @@ class Builder(After253):
         hp, gf = self.hp, self.gf
         off_nope, off_rope = self._offsets(kv_l.type)
         kv_cache_nope = ir.view_2d(kv_l, hp.n_lora_kv, self.n_kv, kv_l.nb[1], off_nope)
-        kv_f32 = self.cb(ir.mul_mat(self._wkv_b(il), kv_cache_nope), "kv_f32", il)
-        k_nope_f32, v_f32 = self._split_kv(kv_f32, self.n_kv)
+        kv_f32 = self.cb(ir.mul_mat(self.wkv_b(il), kv_cache_nope), "kv_f32", il)
+        k_nope_f32, v_f32 = self.split_kv(kv_f32, self.n_kv)
         self.cb(v_f32, "v_f32", il)
         v = self.cb(ir.cast(v_f32, kv_l.type), "v", il)
         self.cb(k_nope_f32, "k_nope_f32", il)
@@ -501,8 +502,8 @@ class Builder(After253):
         kv_cache_nope = ir.view_2d(kv32, hp.n_lora_kv, self.n_kv, kv32.nb[1], 0)
         kv_cache_rope = ir.view_3d(kv32, hp.n_rot, 1, self.n_kv, kv32.nb[1], kv32.nb[1],
                                    ir.row_size(kv32.type, hp.n_lora_kv))
-        kv_f32 = self.cb(ir.mul_mat(self._wkv_b(il), kv_cache_nope), "kv_f32", il)
-        k_nope_f32, v_f32 = self._split_kv(kv_f32, self.n_kv)
+        kv_f32 = self.cb(ir.mul_mat(self.wkv_b(il), kv_cache_nope), "kv_f32", il)
+        k_nope_f32, v_f32 = self.split_kv(kv_f32, self.n_kv)
         self.cb(k_nope_f32, "k_nope_f32", il)
         rep = ir.repeat(kv_cache_rope, (hp.n_rot, hp.n_head, self.n_kv, 1))
         k_rope_f32 = self.cb(ir.permute(rep, 0, 2, 1, 3), "k_rope_f32", il)
@@ -524,8 +525,8 @@ class Builder(After253):
         for ci, c0 in enumerate(starts):
             n = min(C, self.n_kv - c0)
             nope_view = ir.view_2d(kv_l, hp.n_lora_kv, n, row, c0 * row + off_nope)
-            kv_f32 = self.cb(ir.mul_mat(self._wkv_b(il), nope_view), f"kv_f32_c{ci}", il)
-            k_nope_f32, v_f32 = self._split_kv(kv_f32, n)
+            kv_f32 = self.cb(ir.mul_mat(self.wkv_b(il), nope_view), f"kv_f32_c{ci}", il)
+            k_nope_f32, v_f32 = self.split_kv(kv_f32, n)
             k_nope = self.cb(ir.cast(k_nope_f32, kv_l.type), f"k_nope_c{ci}", il)
             v = self.cb(ir.cast(v_f32, kv_l.type), f"v_c{ci}", il)
             gf.expand(k_nope)

@@ -4,7 +4,7 @@ A mixin of :class:`mlaref.reference.graphs.deepseek2.Builder` (which documents t
 plus the options' rules: which variant takes ``rope_first``, ``amb_mib``, ``pp_rule`` and the q8_KV cache, and
 :func:`heads_per_group`, the snapshot's choice of ``-amb`` head groups. The methods issue the ggml calls of the
 source named in each docstring, in its order, through the builder's helpers (``cb``, ``w``, ``norm``, ``rope``,
-``_cat``, ``_offsets``, ``_wkv_b``).
+``_cat``, ``_offsets``, ``wkv_b``).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class After253:
         rs = ir.row_size
         off_nope, off_rope = self._offsets(kv_l.type)
         kv_cache_nope = ir.view_2d(kv_l, hp.n_lora_kv, self.n_kv, kv_l.nb[1], off_nope)
-        wkv_b = self._wkv_b(il)
+        wkv_b = self.wkv_b(il)
         g = heads_per_group(H, wkv_b.ne[1], self.n_kv, self.amb_mib)
         if H % g:
             raise AssertionError("n_head % n_max_head != 0")  # GGML_ASSERT in the source; heads_per_group divides
