@@ -80,7 +80,8 @@ def _spec_impl(nth: int) -> tuple[dict, dict]:
         return flash_attn_ext(q, k, v, mask, op["scale"], op["max_bias"], op["softcap"], algorithm="iqk2026",
                               n_threads=nth)
 
-    return {"MUL_MAT": mm, "FLASH_ATTN_EXT": fa}, {"ROPE": {"fma": b.fma}, "SOFT_MAX": {"simd": b.simd}}
+    return {"MUL_MAT": mm, "FLASH_ATTN_EXT": fa}, {"ROPE": {"fma": b.fma}, "SOFT_MAX": {"simd": b.simd},
+                                                   "FUSED_RMS_NORM": {"order": "scale_w_x"}}  # ik #1427
 
 
 def _spec_graph(p, x):

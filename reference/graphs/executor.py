@@ -98,8 +98,8 @@ def _rms_norm(node, a, **kw):
     return ops.rms_norm(a, node.op_params["eps"])
 
 
-def _fused_rms_norm(node, a, w, **kw):
-    return ops.fused_rms_norm(a, w, node.op_params["eps"])
+def _fused_rms_norm(node, a, w, order="x_w_scale", **kw):
+    return ops.fused_rms_norm(a, w, node.op_params["eps"], order=order)
 
 
 def _soft_max(node, a, mask=None, **kw):

@@ -7,7 +7,10 @@ Per row ``x`` of ``a`` (f32, rows packed) with weight ``w`` (f32, one row of ``n
     y[i]  = (x[i] * w[i]) * scale                    weight first (ggml_vec_mul_f32), then ggml_vec_scale_f32
 
 Reproduces ``ggml_compute_forward_fused_rms_norm_f32`` (ggml.c@676f0e71b), which asserts ``eps > 0``. The
-order matters: ``rms_norm`` then ``mul`` computes ``(x*scale)*w``, which can differ in the last bit. When ``w``
+order matters: ``rms_norm`` then ``mul`` computes ``(x*scale)*w``, which can differ in the last bit. ik_llama.cpp
+changed the order in PR #1427 (``aa053205e``, "Faster fused_rms_norm on the CPU", ggml.c, 2026-03-14):
+``y[j] = scale * c[j] * x[j]``, i.e. ``(scale*w)*x``, which the April-2026 snapshot computes (upstream facts
+§4g); ``order="scale_w_x"`` gives it, ``order="x_w_scale"`` (the default) 676f0e71b's. When ``w``
 has more than one row or a different ``ne0``, ``ggml_fused_rms_norm`` builds ``mul(rms_norm(a), w)`` instead,
 and so does this function; ``w = None`` is plain ``rms_norm``. The result is a new contiguous f32 tensor.
 """
@@ -19,11 +22,15 @@ from mlaref.reference.ops.mul import mul
 from mlaref.reference.ops.rms_norm import check_eps, rms_norm, row_scale
 from mlaref.reference.tensor import Tensor
 
-__all__ = ["fused_rms_norm"]
+__all__ = ["ORDERS", "fused_rms_norm"]
+
+ORDERS = ("x_w_scale", "scale_w_x")  # 676f0e71b; ik_llama.cpp since #1427 (aa053205e)
 
 
-def fused_rms_norm(a: Tensor, w: Tensor | None, eps: float) -> Tensor:
-    """``ggml_fused_rms_norm(a, w, eps)``."""
+def fused_rms_norm(a: Tensor, w: Tensor | None, eps: float, order: str = "x_w_scale") -> Tensor:
+    """``ggml_fused_rms_norm(a, w, eps)``; ``order`` picks the version's float order (see the module docstring)."""
+    if order not in ORDERS:
+        raise ValueError(f"fused_rms_norm: order must be one of {', '.join(ORDERS)}, got {order!r}")
     check_tensor("fused_rms_norm", "a", a, ("f32",))
     if w is None:
         return rms_norm(a, eps)
@@ -36,5 +43,6 @@ def fused_rms_norm(a: Tensor, w: Tensor | None, eps: float) -> Tensor:
     x = a.to_numpy()
     wv = w.to_numpy().reshape(-1)
     dst = Tensor.empty("f32", a.ne)
-    dst.storage()[...] = (x * wv) * row_scale(x, e)[..., None]
+    scale = row_scale(x, e)[..., None]
+    dst.storage()[...] = (x * wv) * scale if order == "x_w_scale" else (scale * wv) * x
     return dst
