@@ -532,8 +532,19 @@ static inline void mla_qm_transpose_in(const float *x, int64_t stride, int n, __
 }
 #endif
 
-/* the 16 scales and 256 codes (L = l + 32) of a block -> 210 bytes; all-zero block when |max scale| < 1e-15 */
-static inline void mla_qm_q6_K_finish(const float *x, const float *scales, int8_t *L, uint8_t *y) {
+/* the codes of sub-block j when its stored scale is 0 (ggml keeps make_qx_quants' codes there): from the lane's
+   winning iscale bis[j], or 0 where the solver saw amax < 1e-15 (zero[j]) */
+static inline void mla_qm_q6_K_solver_codes(const float *x, float bis, int zero, int8_t *L) {
+    for (int ii = 0; ii < 16; ++ii) {
+        const int l = mla_qm_nearest_int(bis * x[ii]);
+        L[ii] = zero ? 0 : (int8_t)((l < -32 ? -32 : l > 31 ? 31 : l) + 32);
+    }
+}
+
+/* the 16 scales and 256 codes (L = l + 32) of a block -> 210 bytes; all-zero block when |max scale| < 1e-15. With
+   AVX2, L is written here: bis/zero give the solver's codes of the sub-blocks whose scale rounds to 0. */
+static inline void mla_qm_q6_K_finish(const float *x, const float *scales, int8_t *L, uint8_t *y,
+                                      const float *bis, const int *zero) {
     float max_scale = 0.0f, max_abs_scale = 0.0f;
     for (int ib = 0; ib < 16; ++ib) {
         const float abs_scale = fabsf(scales[ib]);
@@ -557,7 +568,10 @@ static inline void mla_qm_q6_K_finish(const float *x, const float *scales, int8_
     /* re-quantize 16 values per vector division, then pack 32 codes per byte operation */
     for (int j = 0; j < 16; ++j) {
         const float d = dd * (float)sc[j];
-        if (d == 0.0f) continue;
+        if (d == 0.0f) {
+            mla_qm_q6_K_solver_codes(x + 16 * j, bis[j], zero[j], L + 16 * j);
+            continue;
+        }
         const __m256 vd = _mm256_set1_ps(d);
         const __m256i lo = _mm256_set1_epi32(-32), hi = _mm256_set1_epi32(31), b = _mm256_set1_epi32(32);
         const __m256i l0 = _mm256_min_epi32(_mm256_max_epi32(mla_qm_nearest_int8(_mm256_div_ps(_mm256_loadu_ps(x + 16 * j), vd)), lo), hi);
@@ -607,42 +621,67 @@ static inline void mla_qm_q6_K_finish(const float *x, const float *scales, int8_
 #endif
 }
 
+#if defined(__AVX2__)
+/* 8x8 floats: rows r[g] (8 values of group g) -> X[i] = value i of the 8 groups, by shuffles */
+static inline void mla_qm_q6_K_transpose8(const __m256 *r, __m256 *X) {
+    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    X[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+    X[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    X[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+    X[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    X[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+    X[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    X[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+    X[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+/* 8 groups of 16 contiguous values (group g at x + 16g) -> X[i] = value i of each group */
+static inline void mla_qm_q6_K_transpose16(const float *x, __m256 *X) {
+    for (int k = 0; k < 2; ++k) {
+        __m256 r[8];
+        for (int g = 0; g < 8; ++g) r[g] = _mm256_loadu_ps(x + 16 * g + 8 * k);
+        mla_qm_q6_K_transpose8(r, X + 8 * k);
+    }
+}
+#endif
+
 /* one row of n values; qw: the row's n importance weights or NULL */
 static inline void mla_qm_row_q6_K(const float *x, uint8_t *y, const float *qw, int64_t n) {
     for (int64_t i = 0; i < n / 256; ++i, x += 256, y += 210) {
         float scales[16];
         int8_t L[256];
 #if defined(__AVX2__)
-        /* sub-blocks 8h .. 8h + 7 in the lanes */
+        /* sub-blocks 8h .. 8h + 7 in the lanes; their codes are made in finish */
+        float bis[16];
+        int zero[16];
         for (int h = 0; h < 2; ++h) {
-            __m256 X[16], W[16], bis, zero;
-            mla_qm_transpose_in(x + 128 * h, 16, 16, X);
+            __m256 X[16], W[16], vbis, vzero;
+            mla_qm_q6_K_transpose16(x + 128 * h, X);
             if (qw) {
-                mla_qm_transpose_in(qw + 256 * i + 128 * h, 16, 16, W);
+                mla_qm_q6_K_transpose16(qw + 256 * i + 128 * h, W);
             } else {
                 for (int k = 0; k < 16; ++k) W[k] = _mm256_mul_ps(X[k], X[k]);
             }
-            _mm256_storeu_ps(scales + 8 * h, mla_qm_make_qx8(16, 32, X, W, &bis, &zero));
-            const __m256i keep = _mm256_xor_si256(_mm256_castps_si256(zero), _mm256_set1_epi32(-1));
-            int32_t c[16][8];
-            for (int k = 0; k < 16; ++k) {
-                const __m256i l = mla_qm_nearest_int8(_mm256_mul_ps(bis, X[k]));
-                const __m256i cl = _mm256_min_epi32(_mm256_max_epi32(l, _mm256_set1_epi32(-32)), _mm256_set1_epi32(31));
-                _mm256_storeu_si256((__m256i *)(void *)c[k],
-                                    _mm256_and_si256(_mm256_add_epi32(cl, _mm256_set1_epi32(32)), keep));
-            }
-            for (int g = 0; g < 8; ++g)
-                for (int k = 0; k < 16; ++k) L[128 * h + 16 * g + k] = (int8_t)c[k][g];
+            _mm256_storeu_ps(scales + 8 * h, mla_qm_make_qx8(16, 32, X, W, &vbis, &vzero));
+            _mm256_storeu_ps(bis + 8 * h, vbis);
+            _mm256_storeu_si256((__m256i *)(void *)(zero + 8 * h), _mm256_castps_si256(vzero));
         }
+        mla_qm_q6_K_finish(x, scales, L, y, bis, zero);
 #else
         for (int ib = 0; ib < 16; ++ib) {
             scales[ib] = mla_qm_make_qx(16, 32, x + 16 * ib, L + 16 * ib, qw ? qw + 256 * i + 16 * ib : NULL);
         }
+        mla_qm_q6_K_finish(x, scales, L, y, NULL, NULL);
 #endif
-        mla_qm_q6_K_finish(x, scales, L, y);
     }
 }
-
 /* y row r (at y + r*y_stride bytes) = quantize_<type>(x row r of n floats (at x + r*x_stride bytes), qw), where qw
    (n floats, one per column) is the importance matrix or NULL */
 void mlaref_quantize_chunk_q6_K__scalar_model(const float *x, uint8_t *y, const float *qw, int64_t n_rows, int64_t n,
