@@ -558,10 +558,23 @@ class Builder(After253):
         q_nope2 = self.cb(ir.mul_mat(wk_b3, q_nope), "q_nope2", il)
         return self.cb(self._cat(q_nope2, ir.permute(q_rope, 0, 2, 1, 3)), "q", il)
 
-    def attn_tg(self, q_nope, q_rope, kv_cache, wk_b, wv_b, kv_l, il) -> ir.Tensor:
-        """mla = 2 token generation (n_tokens <= n_head), upstream facts §3.1; attn_max_batch = 0."""
+    def absorbed_out(self, kqv_compressed, wv_b, il) -> ir.Tensor:
+        """The token paths' output: ``wv_b`` per head times the attention over the latent cache
+        ``[kv_lora_rank, T, H]``, permuted and flattened to ``[n_embd_head_v · H, T]`` (upstream facts §3.1)."""
         hp, T = self.hp, self.T
         H, rank = hp.n_head, hp.n_lora_kv
+        rs = ir.row_size
+        wv_b3 = ir.view_3d(wv_b, rank, hp.n_embd_head_v, H, rs(wv_b.type, rank),
+                           rs(wv_b.type, rank) * hp.n_embd_head_v, 0)
+        wv_b3.name = wv_b.name
+        kqv = self.cb(ir.mul_mat(wv_b3, kqv_compressed), "kqv", il)
+        kqv = self.cb(ir.cont(ir.permute(kqv, 0, 2, 1, 3)), "kqv_perm", il)
+        return self.cb(ir.view_2d(kqv, hp.n_embd_head_v * H, T, rs(kqv.type, hp.n_embd_head_v * H), 0), "kqv_2d", il)
+
+    def attn_tg(self, q_nope, q_rope, kv_cache, wk_b, wv_b, kv_l, il) -> ir.Tensor:
+        """mla = 2 token generation (n_tokens <= n_head), upstream facts §3.1; attn_max_batch = 0."""
+        hp = self.hp
+        rank = hp.n_lora_kv
         rs = ir.row_size
         q = self.absorbed_q(q_nope, q_rope, wk_b, il)
         kv_cache_lora = ir.view_2d(kv_l, rank, self.n_kv, rs(kv_l.type, rank + hp.n_rot), self._offsets(kv_l.type)[0])
@@ -581,9 +594,4 @@ class Builder(After253):
         kqv_compressed = self.cb(ir.mul_mat(kv_cache_trans, kq), "kqv_compressed", il)
         if not self.pp_opt:
             kqv_compressed = self.cb(ir.permute(kqv_compressed, 0, 2, 1, 3), "kqv_compressed_perm", il)
-        wv_b3 = ir.view_3d(wv_b, rank, hp.n_embd_head_v, H, rs(wv_b.type, rank),
-                           rs(wv_b.type, rank) * hp.n_embd_head_v, 0)
-        wv_b3.name = wv_b.name
-        kqv = self.cb(ir.mul_mat(wv_b3, kqv_compressed), "kqv", il)
-        kqv = self.cb(ir.cont(ir.permute(kqv, 0, 2, 1, 3)), "kqv_perm", il)
-        return self.cb(ir.view_2d(kqv, hp.n_embd_head_v * H, T, rs(kqv.type, hp.n_embd_head_v * H), 0), "kqv_2d", il)
+        return self.absorbed_out(kqv_compressed, wv_b, il)

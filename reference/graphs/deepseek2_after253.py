@@ -124,8 +124,8 @@ class After253:
         """mla = 3's token path (24e780ba7; the snapshot's llama-build-context.cpp:7755-7790; upstream facts §9.1):
         the absorbed q ``[wk_b × q_nope, q_rope]`` against the whole cache row with flash attention, V a view of
         the cache's latent part (the 576 / 512 flash attention), then ``wv_b``. No ``-amb`` split here."""
-        hp, T = self.hp, self.T
-        H, rank = hp.n_head, hp.n_lora_kv
+        hp = self.hp
+        rank = hp.n_lora_kv
         rs = ir.row_size
         q = self.absorbed_q(q_nope, q_rope, wk_b, il)
         kv_cache_lora = self.cb(ir.view_2d(kv_l, rank, self.n_kv, rs(kv_l.type, rank + hp.n_rot),
@@ -134,12 +134,7 @@ class After253:
                                   0.0)
         self.cb(kqv_c, "kqv_compressed", il)
         kqv_c = self.cb(ir.permute(kqv_c, 0, 2, 1, 3), "kqv_compressed_perm", il)
-        wv_b3 = ir.view_3d(wv_b, rank, hp.n_embd_head_v, H, rs(wv_b.type, rank),
-                           rs(wv_b.type, rank) * hp.n_embd_head_v, 0)
-        wv_b3.name = wv_b.name
-        kqv = self.cb(ir.mul_mat(wv_b3, kqv_c), "kqv", il)
-        kqv = self.cb(ir.cont(ir.permute(kqv, 0, 2, 1, 3)), "kqv_perm", il)
-        return self.cb(ir.view_2d(kqv, hp.n_embd_head_v * H, T, rs(kqv.type, hp.n_embd_head_v * H), 0), "kqv_2d", il)
+        return self.absorbed_out(kqv_c, wv_b, il)
 
     def attention_mainline(self, cur, il) -> ir.Tensor:
         """Mainline llama.cpp's MLA attention (llama-cpp-python 0.3.36: ``src/models/deepseek2.cpp``, the ``is_mla``

@@ -93,18 +93,25 @@ def _rows_view(data: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(data).reshape(-1).view(row_dtype(nbytes - HEADER.itemsize)).reshape(n_rows)
 
 
+def _scale(x):
+    """Both branches' row scale: ``d = amax / 127`` and its float inverse ``1 / d`` (0 and 0 for an all-zero row)."""
+    x = np.asarray(x, dtype=F32)
+    amax = np.abs(x).max(axis=1)
+    zero = amax == 0
+    d = np.where(zero, F32(0), amax / F32(127)).astype(F32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(zero, F32(0), F32(1) / np.where(zero, F32(1), d)).astype(F32)
+    return x, d, inv
+
+
 def iqk_fields(x: np.ndarray):
     """float32 rows ``(n_rows, n)`` -> ``(d, s, qs)`` as the AVX2 branch writes them (steps 1-6 of the module doc).
 
     ``d`` float32 ``(n_rows,)``, ``s`` int32 ``(n_rows,)``, ``qs`` int8 ``(n_rows, n)``; every float step one NumPy
     float32 operation (rounded once).
     """
-    x = np.asarray(x, dtype=F32)
-    amax = np.abs(x).max(axis=1)
-    zero = amax == 0
-    d = np.where(zero, F32(0), amax / F32(127)).astype(F32)
+    x, d, mul = _scale(x)
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-        mul = np.where(zero, F32(0), F32(1) / np.where(zero, F32(1), d)).astype(F32)
         v = np.rint((x * mul[:, None]).astype(F32))
         ok = np.isfinite(v) & (v >= -(2.0**31)) & (v < 2.0**31)
     v32 = np.where(ok, v, _INT32_MIN).astype(np.int64)
@@ -115,12 +122,8 @@ def iqk_fields(x: np.ndarray):
 
 def scalar_fields(x: np.ndarray):
     """float32 rows -> ``(d, s, qs)`` as the scalar ``#else`` branch writes them (see the module doc)."""
-    x = np.asarray(x, dtype=F32)
-    amax = np.abs(x).max(axis=1)
-    zero = amax == 0
-    d = np.where(zero, F32(0), amax / F32(127)).astype(F32)
+    x, d, inv = _scale(x)
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-        inv = np.where(zero, F32(0), F32(1) / np.where(zero, F32(1), d)).astype(F32)
         # nearest_int: the float sum with 1.5*2**23, its low 23 bits minus 2**22 (iqk_quantize.cpp:37-42)
         bits = ((x * inv[:, None]).astype(F32) + F32(12582912.0)).astype(F32).view(np.int32)
     q = ((bits & 0x007FFFFF) - 0x00400000).astype(np.int64)
