@@ -10,9 +10,18 @@ in the rounds of :func:`mlaref.codegen.bench.method.round_orders`, after a warm-
 peer's ratio ``peer seconds / mlaref seconds`` (above 1: mlaref is faster) and the NMSE of mlaref's result against
 the peer's.
 
-Cases (the FlashMLA-2 prompt shapes of DeepSeek-V2-Lite): ``mul_mat f16 x f16``, the K/V build ``wkv_b [512,
-4096] x`` a view of the f16 latent cache ``[512 of 576, n_kv]``; ``fa f16``, flash attention with 16 heads, 512
-queries, Dk 192 / Dv 128, f16 K/V of ``n_kv`` cells, under the prompt's causal mask (column 0 always open).
+Cases (the FlashMLA-2 prompt shapes of DeepSeek-V2-Lite):
+
+* ``mul_mat W x C``, the K/V build ``wkv_b [512, 4096]`` of type W times a view of the latent cache of type C
+  (``[512 of 576, n_kv]``): ``f16 x f16``, ``q8_0 x q8_0`` (a q8_0 cache, already q8_0's vec_dot type), and #253's
+  own ``q8_0 x f16`` and ``iq4_nl x f16`` (a non-f32 src1 that is not the vec_dot type: converted row by row).
+  Upstream ggml's CPU back-end refuses those two (its ``supports_op``), so the row says "unsupported" for it;
+* ``fa f16`` and ``fa q8_0``: flash attention with 16 heads, 512 queries, Dk 192 / Dv 128, K/V of that type of
+  ``n_kv`` cells, under the prompt's causal mask (column 0 always open);
+* ``fa f16 576/512``: mla = 3's absorbed attention, 16 query heads over one K/V head of the 576-wide latent (V its
+  512 columns, here a tensor of its own), 128 queries.
+
+A peer whose back-end refuses a case is asked nothing more (:class:`PeerUnsupported`); the others are timed.
 GFLOP/s count 2 flops per multiply-add of the math; ``peak`` is this CPU's FMA peak at the row's thread count,
 measured just before the row's rounds (:func:`mlaref.codegen.bench.peak.fma_peak`), and each contender's
 ``_peak_frac`` its GFLOP/s over that peak. Nothing here asserts a speed: the ratios are printed and
@@ -39,10 +48,11 @@ from mlaref.codegen.peers import harness, harness_graph
 from mlaref.reference import compare
 from mlaref.reference.tensor import Tensor
 
-__all__ = ["PEERS", "CASES", "RemoteGraph", "bench_peers", "format_table", "configure", "run"]
+__all__ = ["PEERS", "CASES", "RemoteGraph", "PeerUnsupported", "bench_peers", "format_table", "configure", "run"]
 
 PEERS = ("ik-llama-cpp-python", "llama-cpp-python")
-CASES = ("mul_mat f16 x f16", "fa f16")
+CASES = ("mul_mat f16 x f16", "mul_mat q8_0 x q8_0", "mul_mat q8_0 x f16", "mul_mat iq4_nl x f16", "fa f16",
+         "fa q8_0", "fa f16 576/512")
 
 _CHILD = r"""
 import importlib, pickle, struct, sys, time
@@ -52,6 +62,9 @@ setup = pickle.load(sys.stdin.buffer)
 mod, fn = setup["build"].split(":")
 prepared = getattr(importlib.import_module(mod), fn)(**setup["kwargs"])
 out = sys.stdout.buffer
+if isinstance(prepared, str):
+    out.write(b"unsupported " + prepared.encode() + b"\n"); out.flush()
+    sys.exit(0)
 out.write(b"ready\n"); out.flush()
 while True:
     cmd = sys.stdin.buffer.read(1)
@@ -70,17 +83,26 @@ while True:
 """
 
 
-def op_graph(inputs, op: str, ip=(), fp=()) -> harness.Prepared:
-    """In the child: one harness op over ``inputs`` (mlaref Tensors), built once on the loaded peer."""
+def op_graph(inputs, op: str, ip=(), fp=()) -> harness.Prepared | str:
+    """In the child: one harness op over ``inputs`` (mlaref Tensors), built once on the loaded peer; or, where the
+    peer's CPU back-end does not support the op over these types (its ``supports_op``), the reason as a string."""
     g = harness.loaded().graph()
     ids = [g.input(t) for t in inputs]
-    return g.prepare([g.op(op, *ids, ip=ip, fp=fp)])
+    node = g.op(op, *ids, ip=ip, fp=fp)
+    if not g.supports(node):
+        return (f"its CPU back-end's supports_op refuses {op} over "
+                + " x ".join(t.type for t in inputs if t is not None))
+    return g.prepare([node])
 
 
 def ir_graph(g, values: dict, keep=(), mem_bytes: int | None = None):
     """In the child: an IR graph (an MLAGraph) over ``values`` (``weights``, ``kv_cache``, ``inputs`` as
     :func:`mlaref.codegen.peers.harness_graph.run_graph` takes them), built once on the loaded peer."""
     return harness_graph.prepare_graph(g, **values, keep=keep, mem_bytes=mem_bytes)
+
+
+class PeerUnsupported(harness.HarnessError):
+    """The peer cannot run the case: its CPU back-end refuses the op over these types (nothing was timed)."""
 
 
 class RemoteGraph:
@@ -107,7 +129,11 @@ class RemoteGraph:
             self.proc.stdin.flush()
         except OSError:
             pass  # the child died at once: its stderr says why, below
-        if self.proc.stdout.readline() != b"ready\n":
+        line = self.proc.stdout.readline()
+        if line.startswith(b"unsupported "):
+            self.proc.wait(10)
+            raise PeerUnsupported(f"{peer}: " + line[len(b"unsupported "):].decode().strip())
+        if line != b"ready\n":
             raise harness.HarnessError(f"{peer}: the benchmark child did not start: " + self._stderr())
 
     @classmethod
@@ -159,28 +185,38 @@ class RemoteGraph:
                 self.proc.kill()
 
 
-def _f16_rows(rng, rows: int, n: int, row_len: int | None = None, scale: float = 1.0) -> Tensor:
-    """``rows`` f16 rows of ``n`` values (a view of the first ``n`` of ``row_len`` when given)."""
+def _rows(rng, type: str, rows: int, n: int, row_len: int | None = None, scale: float = 1.0) -> Tensor:
+    """``rows`` rows of ``n`` values of ``type`` (a view of the first ``n`` of ``row_len`` when given)."""
     width = row_len or n
-    full = Tensor.from_numpy((rng.standard_normal((rows, width)) * scale).astype(np.float32), "f16")
+    full = Tensor.from_numpy((rng.standard_normal((rows, width)) * scale).astype(np.float32), type)
     return full if width == n else full.view((n, rows), (full.nb[1],), 0)
+
+
+# (weight type, cache type) of each mul_mat case: wkv_b [512, 4096] times the cache view [512 of 576, n_kv]
+_MM = {"mul_mat f16 x f16": ("f16", "f16"), "mul_mat q8_0 x q8_0": ("q8_0", "q8_0"),
+       "mul_mat q8_0 x f16": ("q8_0", "f16"), "mul_mat iq4_nl x f16": ("iq4_nl", "f16")}
+# (K/V type, Dk, Dv, K/V heads, queries) of each attention case; Q has 16 heads
+_FA = {"fa f16": ("f16", 192, 128, 16, 512), "fa q8_0": ("q8_0", 192, 128, 16, 512),
+       "fa f16 576/512": ("f16", 576, 512, 1, 128)}
 
 
 def _inputs(case: str, n_kv: int, rng):
     """(inputs, harness op, float params, flops, mlaref call) of one case."""
-    if case == "mul_mat f16 x f16":
-        w, cache = _f16_rows(rng, 4096, 512, scale=0.05), _f16_rows(rng, n_kv, 512, row_len=576)
+    if case in _MM:
+        wt, ct = _MM[case]
+        w, cache = _rows(rng, wt, 4096, 512, scale=0.05), _rows(rng, ct, n_kv, 512, row_len=576)
         # the result goes to one buffer allocated (and zeroed, so its pages exist) here, as the peers' graphs
         # write theirs: a fresh 16-64 MB output per call would add its page faults (5-8 % of the call) to
         # mlaref's time alone
         out = Tensor.zeros("f32", (4096, n_kv, 1, 1))
         return ([w, cache], "mul_mat", (), 2.0 * 512 * 4096 * n_kv,
                 lambda nt: _km.mul_mat(w, cache, n_threads=nt, out=out))
-    if case == "fa f16":
-        nh, nq, dk, dv = 16, 512, 192, 128
+    if case in _FA:
+        kvt, dk, dv, nkh, nq = _FA[case]
+        nh = 16
         q = Tensor.from_numpy((rng.standard_normal((1, nh, nq, dk)) * 0.5).astype(np.float32))
-        k = Tensor.from_numpy(rng.standard_normal((1, nh, n_kv, dk)).astype(np.float32), "f16")
-        v = Tensor.from_numpy(rng.standard_normal((1, nh, n_kv, dv)).astype(np.float32), "f16")
+        k = Tensor.from_numpy(rng.standard_normal((1, nkh, n_kv, dk)).astype(np.float32), kvt)
+        v = Tensor.from_numpy(rng.standard_normal((1, nkh, n_kv, dv)).astype(np.float32), kvt)
         j, i = np.meshgrid(np.arange(n_kv), np.arange(nq))
         causal = np.where(j > n_kv - nq + i, -np.inf, 0).astype(np.float32)
         causal[:, 0] = 0  # no fully masked row when n_kv < n_q (ik asserts a positive softmax sum)
@@ -205,8 +241,13 @@ def bench_peers(*, cases=CASES, n_kvs=(1024, 4096), threads=(1, 2), peers=PEERS,
     for case in cases:
         for n_kv in n_kvs:
             inputs, op, fp, flops, ours = _inputs(case, n_kv, rng)
-            remotes = {p: RemoteGraph(p, op, inputs, fp=fp) for p in peers}
+            remotes, unsupported = {}, {}
             try:
+                for p in peers:
+                    try:
+                        remotes[p] = RemoteGraph(p, op, inputs, fp=fp)
+                    except PeerUnsupported as exc:
+                        unsupported[p] = str(exc).split(": ", 1)[1]
                 for nt in threads:
                     box = {}
 
@@ -233,6 +274,8 @@ def bench_peers(*, cases=CASES, n_kvs=(1024, 4096), threads=(1, 2), peers=PEERS,
                     for p, r in remotes.items():
                         row[f"{p}_ratio"] = row[f"{p}_s"] / row["mlaref_s"]
                         row[f"{p}_nmse"] = compare.nmse(box["out"].to_numpy(), r.result().to_numpy())
+                    for p, why in unsupported.items():
+                        row[f"{p}_unsupported"] = why
                     rows.append(row)
             finally:
                 for r in remotes.values():
@@ -245,7 +288,7 @@ def format_table(result: dict) -> str:
     """Median seconds and GFLOP/s per contender, the fraction of the FMA peak (``%pk``); ``x`` = the peer's
     seconds over mlaref's, i.e. mlaref's speed over the peer's (> 1: mlaref faster)."""
     peers = result["peers"]
-    head = f"{'case':<18} {'n_kv':>6} {'thr':>3} {'peak':>6} | {'mlaref s':>8} {'GF/s':>6} {'%pk':>4}"
+    head = f"{'case':<20} {'n_kv':>6} {'thr':>3} {'peak':>6} | {'mlaref s':>8} {'GF/s':>6} {'%pk':>4}"
     for p in peers:
         head += f" | {p[:22]:>22} {'GF/s':>6} {'%pk':>4} {'x':>5} {'nmse':>7}"
     lines = [f"{result['benchmark']} on {result['environment'].get('processor', '?')}", head]
@@ -255,14 +298,19 @@ def format_table(result: dict) -> str:
 
     for r in result["rows"]:
         pk = r.get("peak_gflops")
-        line = (f"{r['case']:<18} {r['n_kv']:>6} {r['threads']:>3} {pk if pk is None else round(pk):>6} | "
+        line = (f"{r['case']:<20} {r['n_kv']:>6} {r['threads']:>3} {pk if pk is None else round(pk):>6} | "
                 f"{r['mlaref_s']:>8.4f} {r['mlaref_gflops']:>6.1f} {pct(r.get('mlaref_peak_frac'))}")
         for p in peers:
+            if p + "_unsupported" in r:
+                line += f" | {'unsupported':>22} {'-':>6} {'-':>4} {'-':>5} {'-':>7}"
+                continue
             line += (f" | {r[p + '_s']:>22.4f} {r[p + '_gflops']:>6.1f} {pct(r.get(p + '_peak_frac'))} "
                      f"{r[p + '_ratio']:>5.2f} {r[p + '_nmse']:>7.1e}")
         lines.append(line)
     lines.append("x: the peer's median seconds over mlaref's (mlaref's speed relative to the peer; > 1: mlaref "
                  "faster). peak: FMA GFLOP/s at that thread count, measured before the row.")
+    why = {f"{p}: {r[p + '_unsupported']}" for r in result["rows"] for p in peers if p + "_unsupported" in r}
+    lines.extend(f"unsupported: {w}" for w in sorted(why))
     return "\n".join(lines)
 
 

@@ -216,13 +216,16 @@ def section_bench_peers(cfg: dict, show: bool, n_threads: int | None) -> dict:
         out = {"case": row["case"], "n_kv": row["n_kv"], "threads": row["threads"],
                "peak": quantity(row["peak_gflops"], "GFLOP/s", "FMA peak at this thread count, measured before"),
                "contenders": {}}
-        for who in ("mlaref", *peers):
+        for who in ("mlaref", *(p for p in peers if f"{p}_unsupported" not in row)):
             out["contenders"][who] = {
                 "seconds": quantity(row[f"{who}_s"], "s", m),
                 "gflops": quantity(row[f"{who}_gflops"], "GFLOP/s", "2 flops per multiply-add of the math"),
                 "peak_fraction": quantity(row[f"{who}_peak_frac"], "1", "GFLOP/s over the FMA peak"),
             }
         for p in peers:
+            if f"{p}_unsupported" in row:
+                out["contenders"][p] = {"unsupported": row[f"{p}_unsupported"]}
+                continue
             out["contenders"][p]["mlaref_speed_ratio"] = quantity(
                 row[f"{p}_ratio"], "1", "the peer's median seconds over mlaref's (> 1: mlaref faster)")
             out["contenders"][p]["nmse_vs_mlaref"] = quantity(row[f"{p}_nmse"], "1", "NMSE of the outputs")

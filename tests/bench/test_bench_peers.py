@@ -25,6 +25,30 @@ def test_each_peer_times_the_same_op_on_the_same_bytes():
     assert "ik-llama-cpp-python" in table and "mul_mat f16 x f16" in table
 
 
+# the #253 cases: upstream's supports_op takes a non-f32 src1 only when it is already the weight's vec_dot type
+UPSTREAM_REFUSES = {"mul_mat q8_0 x f16", "mul_mat iq4_nl x f16"}
+# where the peer requantizes src1 into another format the two results round src1 apart: the ik snapshot's vec_dot
+# type of q8_0 and iq4_nl is q8_2_x4, with bf16 scales (docs/facts/ik-snapshot.md section 2), whatever src1 is
+REQUANTIZES = {("ik-llama-cpp-python", c) for c in ("mul_mat q8_0 x q8_0", "mul_mat q8_0 x f16",
+                                                    "mul_mat iq4_nl x f16")}
+
+
+@pytest.mark.parametrize("case", [c for c in bench_peers.CASES if c not in ("mul_mat f16 x f16", "fa f16")])
+def test_every_flashmla2_case_runs_on_every_peer_that_supports_it(case):
+    peers = ("ik-llama-cpp-python", "llama-cpp-python")
+    res = bench_peers.bench_peers(cases=(case,), n_kvs=(64,), threads=(1,), peers=peers, repeats=1, warmup=0)
+    (r,) = res["rows"]
+    assert ("llama-cpp-python_unsupported" in r) == (case in UPSTREAM_REFUSES)
+    assert "ik-llama-cpp-python_unsupported" not in r  # ik takes every #253 case
+    for p in peers:
+        if p + "_unsupported" in r:
+            assert "supports_op refuses" in r[p + "_unsupported"] and p + "_s" not in r
+            assert "unsupported" in bench_peers.format_table(res)
+            continue
+        bound = 1e-4 if (p, case) in REQUANTIZES else 1e-6
+        assert r[f"{p}_nmse"] < bound, (case, p, r[f"{p}_nmse"])
+
+
 def test_unknown_peers_and_cases_are_refused():
     with pytest.raises(ValueError, match="unknown peer"):
         bench_peers.bench_peers(peers=("llama.cpp",), n_kvs=(64,), repeats=1)
