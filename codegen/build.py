@@ -259,7 +259,10 @@ def build_all(isas=None, progress: bool | None = None) -> dict[tuple[str, str], 
 # -- cross-compiled kernels under qemu-user ------------------------------------------------------------------
 
 CROSS_TOOLS = {"aarch64": ("aarch64-linux-gnu-gcc", "qemu-aarch64")}
-_CROSS_FAMILIES = {"dequantize_row": 1, "quantize_row": 2, "convert_rows": 3, "vec_dot": 4}
+_CROSS_FAMILIES = {"dequantize_row": 1, "quantize_row": 2, "convert_rows": 3, "vec_dot": 4, "mul_mat": 5,
+                   "flash_attn_ext": 6}
+# the pointer arguments of the mul_mat / flash_attn_ext kernels that read inputs (the output pointer follows them)
+_CROSS_INPUTS = {"mul_mat": 2, "flash_attn_ext": 4}
 DRIVER_SOURCE = pathlib.Path(__file__).resolve().parent / "neon_driver.c"
 
 
@@ -277,8 +280,10 @@ def cross_tools_missing(arch: str = "aarch64") -> str | None:
 
 
 def cross_driver(arch: str = "aarch64") -> pathlib.Path:
-    """A static ``arch`` executable holding every row and vec_dot kernel of that architecture's ISAs, each
-    compiled with its own ISA's flags, plus codegen/neon_driver.c; built once into the cache."""
+    """A static ``arch`` executable holding every row, vec_dot, mul_mat and flash_attn_ext kernel of that
+    architecture's ISAs, each compiled with its own ISA's flags, plus codegen/neon_driver.c; built once into the
+    cache. Each kernel's object file is cached too (keyed by its source, flags and compiler), so a changed template
+    recompiles only the kernels it renders differently."""
     reason = cross_tools_missing(arch)
     if reason:
         raise BuildError(reason)
@@ -287,7 +292,8 @@ def cross_driver(arch: str = "aarch64") -> pathlib.Path:
     h = hashlib.sha256()
     for s in specs:
         h.update(s.path.encode() + b"\0" + (GENERATED_DIR / s.path).read_bytes() + b"\0" + " ".join(cflags(s.isa)).encode())
-    h.update(DRIVER_SOURCE.read_bytes() + _version_of((cc,)).encode())
+    cc_version = _version_of((cc,))
+    h.update(DRIVER_SOURCE.read_bytes() + cc_version.encode())
     key = h.hexdigest()[:16]
     root = cache_dir()
     exe = root / f"_mlaref_driver_{arch}_{key}"
@@ -302,12 +308,18 @@ def cross_driver(arch: str = "aarch64") -> pathlib.Path:
 
             def compile_one(k_spec):
                 k, s = k_spec
+                src = GENERATED_DIR / s.path
+                oh = hashlib.sha256(src.read_bytes() + " ".join(cflags(s.isa)).encode() + cc_version.encode())
+                cached = root / f"_mlaref_obj_{arch}_{s.name}_{oh.hexdigest()[:16]}.o"
+                if cached.exists():
+                    return str(cached)
                 obj = tmp / f"k{k}.o"
-                cmd = [cc, *cflags(s.isa), "-c", str(GENERATED_DIR / s.path), "-o", str(obj)]
+                cmd = [cc, *cflags(s.isa), "-c", str(src), "-o", str(obj)]
                 r = subprocess.run(cmd, capture_output=True, text=True)
                 if r.returncode:
                     raise BuildError(f"{' '.join(cmd)} failed:\n{r.stderr[-4000:]}")
-                return str(obj)
+                os.replace(obj, cached)
+                return str(cached)
 
             with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
                 objs = list(pool.map(compile_one, enumerate(specs)))
@@ -344,3 +356,39 @@ def run_cross(name: str, inp: bytes, out: bytes, n_rows: int, n: int, x_stride: 
         if r.returncode:
             raise RuntimeError(f"{qemu} {name}: exit {r.returncode}: {r.stderr[-2000:]}")
         return fout.read_bytes()
+
+
+def run_cross_kernel(name: str, inputs, out: bytes, jobs) -> tuple[list[int], bytes]:
+    """Run a mul_mat / flash_attn_ext kernel ``name`` under qemu, once per job, in order, on the same buffers:
+    ``inputs`` are the bytes its input pointers point at, in signature order (None for NULL), ``out`` the output
+    buffer's initial bytes (poison, guards), each job the kernel's remaining arguments in order (one thread's
+    part; float arguments as their f32 bits). Returns the kernel's return value per job and the output buffer
+    after the last."""
+    spec = _catalog.by_name()[name]
+    n_in = _CROSS_INPUTS.get(spec.family)
+    if n_in is None:
+        raise ValueError(f"run_cross_kernel runs {', '.join(_CROSS_INPUTS)} kernels, not {spec.family}")
+    if len(inputs) != n_in:
+        raise ValueError(f"{name}: {n_in} input buffers expected, got {len(inputs)}")
+    arch = _isa.get(spec.isa).arch
+    arch = _isa.host_arch() if arch == "any" else arch
+    exe = cross_driver(arch)
+    blob, offsets = bytearray(), []
+    for b in inputs:
+        if b is None:
+            offsets.append(-1)
+            continue
+        blob += bytes(-len(blob) % 64)  # each input 64-byte aligned, as the driver aligns the file's buffer
+        offsets.append(len(blob))
+        blob += b
+    words = ";".join(",".join(str(int(v)) for v in (*offsets, *job)) for job in jobs)
+    with tempfile.TemporaryDirectory(prefix="mlaref-qemu-") as tmp:
+        fin, fout = pathlib.Path(tmp) / "in", pathlib.Path(tmp) / "out"
+        fin.write_bytes(bytes(blob) or b"\0")
+        fout.write_bytes(out)
+        args = [CROSS_TOOLS[arch][1], str(exe), name, str(fin), str(fout), words]
+        r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        rcs = [int(line.split()[1]) for line in r.stdout.splitlines() if line.startswith("rc ")]
+        if r.returncode or len(rcs) != len(jobs):
+            raise RuntimeError(f"{args[0]} {name}: exit {r.returncode}: {r.stderr[-2000:]}")
+        return rcs, fout.read_bytes()

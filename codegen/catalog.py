@@ -311,7 +311,7 @@ MM_FAMILIES = ("mul_mat", "flash_attn_ext")
 MM_X_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q5_0", "iq4_nl", "q4_1", "q5_1", "q4_K", "q6_K")
 MM_Y_TYPES = ("f32", "f16", "bf16", "q8_0")
 FA_KV_TYPES = ("f16", "q8_0")
-MM_ISAS = ("scalar", "avx2", "avx512", "avx512vnni")
+MM_ISAS = ("scalar", "avx2", "avx512", "avx512vnni", "neon", "neondot")
 MM_PLANS = ("l16a1",)
 
 
@@ -333,6 +333,9 @@ def _validate_mm(spec: KernelSpec, where: str) -> KernelSpec:
         x_block = spec.type_x == "q8_0"
     if spec.isa == "avx512vnni" and not x_block:
         raise ValueError(f"{where}: avx512vnni changes only int8 dot products; element types use avx512")
+    if spec.isa == "neondot" and (not x_block or spec.type_x in ("q4_K", "q6_K")):
+        # sdot multiplies int8; element and k-quant (int16 values) pairs would compile neon's code again
+        raise ValueError(f"{where}: neondot changes only int8 dot products (32-block weights); others use neon")
     return spec
 
 

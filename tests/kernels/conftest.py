@@ -18,9 +18,11 @@ GUARD_BYTE = 0xA5
 POISON_BYTE = 0xFF  # float32 0xFFFFFFFF is a NaN; u8 0xFF is no valid result of a C store we make by accident
 
 
-def manifest_kernels(family: str | None = None) -> dict[str, dict]:
+def manifest_kernels(family: str | tuple[str, ...] | None = None) -> dict[str, dict]:
+    """The manifest's kernels, all or those of ``family`` (a name or a tuple of names)."""
     kernels = json.loads(MANIFEST.read_text())["kernels"]
-    return {k: v for k, v in kernels.items() if family is None or v["family"] == family}
+    families = (family,) if isinstance(family, str) else family
+    return {k: v for k, v in kernels.items() if families is None or v["family"] in families}
 
 
 def kernel_params(family: str, *, native_only: bool = True):
@@ -150,8 +152,9 @@ def kt():
 
 
 def pytest_generate_tests(metafunc):
-    """``kernel_name`` parameters: every manifest kernel of the module's ``FAMILY`` (all families if None; native
-    ISAs unless the module sets ``NATIVE_ONLY = False``; only ``ISAS`` if set), the kernel name as the test id."""
+    """``kernel_name`` parameters: every manifest kernel of the module's ``FAMILY`` (a name, a tuple of names, or
+    None for all families; native ISAs unless the module sets ``NATIVE_ONLY = False``; only ``ISAS`` if set), the
+    kernel name as the test id."""
     if "kernel_name" not in metafunc.fixturenames:
         return
     from mlaref.codegen import isa
