@@ -387,7 +387,7 @@ def run_cross_kernel(name: str, inputs, out: bytes, jobs) -> tuple[list[int], by
         fin.write_bytes(bytes(blob) or b"\0")
         fout.write_bytes(out)
         args = [CROSS_TOOLS[arch][1], str(exe), name, str(fin), str(fout), words]
-        r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        r = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
         rcs = [int(line.split()[1]) for line in r.stdout.splitlines() if line.startswith("rc ")]
         if r.returncode or len(rcs) != len(jobs):
             raise RuntimeError(f"{args[0]} {name}: exit {r.returncode}: {r.stderr[-2000:]}")

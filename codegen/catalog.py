@@ -35,8 +35,9 @@ faster). ``avx512vnni`` and ``neondot`` only change the int8 lane sums, so only 
 ISA rule: a format whose row code calls the SIMD primitives (``simd/<isa>.h.j2``) gets a kernel for every ISA
 in ``ROW_ISAS``; a format whose code is plain scalar C gets only ``scalar`` (another ISA would compile the same
 loop with other flags and add nothing). ``avx512vnni`` and ``neondot`` differ from their base ISA only in integer
-dot products, so only ``vec_dot`` may use them. The byte-copy families (``copy_rows``, ``concat_rows``) exist for
-``COPY_ISAS``: the x86 ISAs write large outputs with streaming stores; NEON would add nothing to the portable C.
+dot products, so only ``vec_dot`` and the block-weight ``mul_mat`` / ``flash_attn_ext`` kernels use them. The
+byte-copy families (``copy_rows``, ``concat_rows``) exist for ``COPY_ISAS``: the x86 ISAs write large outputs with
+streaming stores; NEON would add nothing to the portable C.
 """
 
 from __future__ import annotations
@@ -307,6 +308,8 @@ def by_key() -> dict[tuple, dict[str, KernelSpec]]:
 # mul_mat: type_x = src0 (weight), type_y = src1 (its columns are converted to type_x's vec_dot type inside the
 # kernel, #253 semantics); flash_attn_ext: type_x = K type, type_y = V type. Plan "l16a1" = mlaref_l16a1 for every
 # dot product; flash attention's k_step, kv_chunks and exp are run-time arguments taken from the plan value.
+# neon / neondot kernels run under qemu only here (tests/kernels/test_neon_mm.py); neondot (sdot) exists for the
+# int8 32-block weights, like avx512vnni, but not for k-quants, whose int16 products sdot cannot take.
 MM_FAMILIES = ("mul_mat", "flash_attn_ext")
 MM_X_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q5_0", "iq4_nl", "q4_1", "q5_1", "q4_K", "q6_K")
 MM_Y_TYPES = ("f32", "f16", "bf16", "q8_0")
