@@ -262,3 +262,11 @@ def test_neon_flash_attn_fully_masked_row_counted(driver):
             k, v = _kv(rng, t, (192, 40, 1, 1)), _kv(rng, t, (128, 40, 1, 1))
             _, rcs = _neon_fa(name.name, q, k, v, _mask(40, 32, [(1, 0, 40)]), 0.125, 0.0, KM.FA_PLAN, 1, 3)
             assert rcs == [0, 1, 0], f"{name.name}: {rcs}"
+
+
+def test_run_cross_kernel_rejects_bad_arguments():
+    """Checked before anything is built or run: a family the mm driver does not take, a wrong number of inputs."""
+    with pytest.raises(ValueError, match="not vec_dot"):
+        build.run_cross_kernel("mlaref_vec_dot_q8_0_q8_0__neon_l8a1", [b"", b""], b"", [[]])
+    with pytest.raises(ValueError, match="4 input buffers"):
+        build.run_cross_kernel("mlaref_flash_attn_ext_f16_f16__neon_l16a1", [b"", b""], b"", [[]])
