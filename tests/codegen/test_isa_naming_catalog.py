@@ -93,6 +93,9 @@ def test_format_rejects_bad_parts():
     (KernelSpec("vec_dot", "q8_0", "q8_0", "avx2", "ggml_generic"), "serial"),
     (KernelSpec("vec_dot", "q8_0", "q8_0", "neon", "ggml_x86_avx2"), "scalar and the x86 ISAs"),
     (KernelSpec("vec_dot", "f16", "f16", "avx512", "ggml_x86_avx2"), "scalar and the x86 ISAs"),
+    (KernelSpec("mul_mat", "f16", "f32", "neondot", "l16a1"), "neondot changes only int8"),
+    (KernelSpec("mul_mat", "q4_K", "f16", "neondot", "l16a1"), "32-block weights"),
+    (KernelSpec("flash_attn_ext", "f16", "f16", "neondot", "l16a1"), "others use neon"),
 ])
 def test_validate_couplings(spec, match):
     with pytest.raises(ValueError, match=match):
