@@ -371,7 +371,8 @@ def run_cross_kernel(name: str, inputs, out: bytes, jobs) -> tuple[list[int], by
     if len(inputs) != n_in:
         raise ValueError(f"{name}: {n_in} input buffers expected, got {len(inputs)}")
     arch = _isa.get(spec.isa).arch
-    arch = _isa.host_arch() if arch == "any" else arch
+    if arch not in CROSS_TOOLS:
+        raise ValueError(f"{name} is a {arch} kernel; the qemu driver holds the {', '.join(CROSS_TOOLS)} ones")
     exe = cross_driver(arch)
     blob, offsets = bytearray(), []
     for b in inputs:

@@ -93,7 +93,7 @@ static int run_mm(const struct mla_entry *e, const uint8_t *in, float *out, cons
 int main(int argc, char **argv) {
     if (argc != 5 && argc != 8 && argc != 11) {
         fprintf(stderr, "usage: %s NAME N_ROWS N X_STRIDE Y_STRIDE IN_FILE OUT_FILE [N_Y Y_STRIDE Y_OFFSET]\n"
-                        "       %s NAME IN_FILE OUT_FILE ARGS\n", argv[0], argv[0]);
+                        "       %s NAME IN_FILE OUT_FILE JOBS\n", argv[0], argv[0]);
         return 2;
     }
     const struct mla_entry *e = NULL;

@@ -265,8 +265,11 @@ def test_neon_flash_attn_fully_masked_row_counted(driver):
 
 
 def test_run_cross_kernel_rejects_bad_arguments():
-    """Checked before anything is built or run: a family the mm driver does not take, a wrong number of inputs."""
+    """Checked before anything is built or run: a family the mm driver does not take, a wrong number of inputs,
+    a kernel of another architecture than the driver's."""
     with pytest.raises(ValueError, match="not vec_dot"):
         build.run_cross_kernel("mlaref_vec_dot_q8_0_q8_0__neon_l8a1", [b"", b""], b"", [[]])
     with pytest.raises(ValueError, match="4 input buffers"):
         build.run_cross_kernel("mlaref_flash_attn_ext_f16_f16__neon_l16a1", [b"", b""], b"", [[]])
+    with pytest.raises(ValueError, match="the qemu driver holds the aarch64 ones"):
+        build.run_cross_kernel("mlaref_mul_mat_f16_f16__scalar_l16a1", [b"", b""], b"", [[]])
