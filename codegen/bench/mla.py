@@ -65,7 +65,7 @@ import numpy as np
 
 from mlaref.codegen import kernels as K
 from mlaref.codegen.bench import method as bench
-from mlaref.codegen.bench.mla_arena import PEER_TAGS, arena_row, format_arena, peers_ready
+from mlaref.codegen.bench.mla_arena import PEER_TAGS, arena_row, format_arena, format_profile, peers_ready
 from mlaref.codegen.bench.mla_layers import (
     KERNEL_OPS,
     VARIANTS,
@@ -351,7 +351,7 @@ def format_table(result: dict) -> str:
     if result["backend"] == "arena":
         return format_arena(result["rows"], result["n_threads"], result["method"]["repeats"],
                             result.get("skipped_peers")) + (
-            f"\nload average before {result['load_average']['value']}")
+            f"\nload average before {result['load_average']['value']}\n" + format_profile(result["rows"]))
     head = ("n_kv", "f32 s med [min-max]", "direct s med [min-max]", "chunked s med [min-max]",
             "direct/f32", "(of mins)", "seed", "chunked/direct")
 

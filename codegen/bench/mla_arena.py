@@ -49,8 +49,9 @@ from mlaref.codegen.bench.mla_layers import VARIANTS, GgmlLayer, layer_data
 from mlaref.codegen.bench.peers import RemoteGraph
 from mlaref.codegen.peers import build as peer_build
 from mlaref.reference import compare
+from mlaref.reference.graphs.executor import VIEW_OPS
 
-__all__ = ["NMSE_BOUND", "PEER_TAGS", "arena_layers", "arena_row", "attention_names", "format_arena",
+__all__ = ["NMSE_BOUND", "PEER_TAGS", "arena_layers", "arena_row", "attention_names", "format_arena", "format_profile",
            "layer_setups", "peers_ready"]
 
 _MM_FA = ("MUL_MAT", "FLASH_ATTN_EXT")
@@ -170,6 +171,7 @@ def arena_row(hp, s: dict, n: int, kv_chunk: int, n_threads: int, repeats: int, 
                 remotes[p, v] = RemoteGraph.of_graph(p, g, vals, keep=attention_names(g))
                 fns[f"{PEER_TAGS[p]}/{v}"] = lambda r=remotes[p, v]: r.compute(n_threads)
         timings = _measure(fns, repeats)
+        profiles = _profiles(arenas, remotes, n_threads)
         nmse = {}
         for (p, v), r in remotes.items():
             names = attention_names(setups[v][0])
@@ -196,15 +198,74 @@ def arena_row(hp, s: dict, n: int, kv_chunk: int, n_threads: int, repeats: int, 
                 "method": f"sum((peer - arena)^2) / sum(arena^2) in float64 over every flash_attn_ext result, "
                           f"after the last timed compute; bound {NMSE_BOUND[p]:g} (NMSE_BOUND in "
                           f"codegen/bench/mla_arena.py)"}
-        prof = arenas[v].profile(repeats=3)
-        ops = {name: op for name, op, _ in arenas[v].kernels}
-        total = sum(prof.values())
-        outside = sum(sec for name, sec in prof.items() if ops.get(name) not in _MM_FA)
+        ops = profiles[v]["arena"]
+        total = sum(ops.values())
+        outside = sum(sec for op, sec in ops.items() if op not in _MM_FA)
         row[f"outside_mm_fa_{v}"] = {
             "value": outside / total, "unit": "1", "seconds": outside, "total": total,
-            "method": "node-by-node profile of the arena (median of 3 per node): seconds of the nodes other than "
-                      "mul_mat and flash_attn_ext (casts, repeat, concat, input copies) / all nodes"}
+            "method": "the arena's profile (below): seconds of the steps other than mul_mat and flash_attn_ext "
+                      "(casts, repeat, concat, input copies) / all steps"}
+        row[f"profile_{v}"] = {
+            "unit": "s", "ops": profiles[v],
+            "step_overhead": arenas[v].step_overhead(),
+            "method": f"seconds per op kind, the median of {PROFILE_REPEATS} profiles per node summed over the "
+                      "op's nodes. arena: one C call per compute with the clock read after every step "
+                      "(Arena.profile_steps; 'inputs' = the copies of q and the mask; step_overhead = one empty "
+                      "step at this thread count). A peer: every node of its ggml graph computed alone as a graph of "
+                      "one node (mh_graph_profile: ggml_graph_plan + ggml_graph_compute per node, so each node "
+                      "also pays the thread start and barrier a whole graph pays once); '(harness)' = the views "
+                      "of the inputs' base tensors the harness adds"}
     return row
+
+
+PROFILE_REPEATS = 3
+
+
+def _peer_ops(remote: RemoteGraph, n_threads: int, repeats: int) -> dict:
+    """Seconds per IR op kind of a peer's graph: each node's median over ``repeats`` profiles, summed per op
+    (views and nodes of no time left out)."""
+    runs = [remote.profile(n_threads) for _ in range(repeats)]
+    out: dict[str, float] = {}
+    for k, (_, op, _) in enumerate(runs[0]):
+        sec = float(np.median([r[k][2] for r in runs]))
+        if op in VIEW_OPS and sec < 1e-4:
+            continue
+        out[op] = out.get(op, 0.0) + sec
+    return out
+
+
+def _profiles(arenas: dict, remotes: dict, n_threads: int) -> dict:
+    """variant -> {"arena": {op: s}, "<peer tag>": {op: s}, ...} (see ``profile_<variant>`` of a row)."""
+    out = {}
+    for v, a in arenas.items():
+        out[v] = {"arena": a.profile_ops(PROFILE_REPEATS)}
+        for (p, pv), r in remotes.items():
+            if pv == v:
+                out[v][PEER_TAGS[p]] = _peer_ops(r, n_threads, PROFILE_REPEATS)
+    return out
+
+
+def format_profile(rows: list[dict]) -> str:
+    """One block per (n_kv, variant): seconds per op kind of the arena and of every profiled peer."""
+    lines = []
+    for r in rows:
+        for v in VARIANTS:
+            prof = r.get(f"profile_{v}")
+            if not prof:
+                continue
+            who = list(prof["ops"])
+            kinds = list(dict.fromkeys(k for w in who for k in prof["ops"][w]))
+            lines.append(f"n_kv {r['n_kv']} {v}: seconds per op kind (each alone; step overhead "
+                         f"{1e6 * prof['step_overhead']:.1f} us)")
+            lines.append("  " + f"{'op':<16}" + "".join(f"{w:>10}" for w in who))
+            for k in [*kinds, "total"]:
+                cells = []
+                for w in who:
+                    ops = prof["ops"][w]
+                    sec = sum(ops.values()) if k == "total" else ops.get(k)
+                    cells.append(f"{sec:>10.4f}" if sec is not None else f"{'-':>10}")
+                lines.append("  " + f"{k:<16}" + "".join(cells))
+    return "\n".join(lines)
 
 
 def format_arena(rows: list[dict], n_threads: int, repeats: int, skipped: dict | None = None) -> str:

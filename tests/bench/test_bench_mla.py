@@ -133,6 +133,9 @@ def test_arena_backend_rows():
     for v in L.VARIANTS:
         assert row[f"arena/{v}"]["median"] > 0 and row[f"arena/{v}"]["spread"] >= 0
         assert 0 < row[f"outside_mm_fa_{v}"]["value"] < 1
+        ops = row[f"profile_{v}"]["ops"]["arena"]
+        assert {"inputs", "MUL_MAT", "FLASH_ATTN_EXT", "CPY"} <= set(ops) and all(x > 0 for x in ops.values())
+        assert row[f"outside_mm_fa_{v}"]["total"] == pytest.approx(sum(ops.values()))
         assert (f"ratio_{v}" in row) == ggml_peer.available()
         assert not any(k.startswith(("ik/", "ggml025/")) for k in row)
     assert res["peers"] == [] and res["skipped_peers"] == {}
