@@ -226,8 +226,12 @@ def _run_arena(hp, s, n_kv, kv_chunk, n_threads, repeats, seed, load, progress, 
         "method": {"timer": "time.perf_counter around one run (the arena, ggml 0.15.3: in this process; a peer: "
                             "in its child process around ggml_graph_compute_with_ctx)", "warmup": 1,
                    "repeats": repeats,
-                   "statistic": "median, min, max and (max - min) / median; every contender once per round, "
-                                "shuffled"},
+                   "statistic": "median, min, max, (max - min) / median ('spread'), (q3 - q1) / median ('iqr') "
+                                "and min / median; every contender once per round, shuffled; ratios of the "
+                                "medians ('value'), of the minima ('of_mins') and paired (the median of the "
+                                "per-round ratios); 'steal': seconds stolen by the hypervisor during each run "
+                                "(/proc/stat); 'noise/fma': a fixed FMA loop on the same threads timed in the "
+                                "same rounds, the machine's own noise"},
         "environment": bench.environment(),
         "load_average": {"value": load, "unit": "runnable processes", "method": "os.getloadavg() before"},
         "rows": rows,
