@@ -545,19 +545,11 @@ def cast_jobs(src, dst, *, isa=None, kernel=None, n_threads=1) -> list[list[int]
     plan = "ref" if dst.type == "f32" else _catalog.CAST_PLANS[dst.type]
     spec, fn, ffi = resolve("cast_rows", src.type, dst.type, plan, isa=isa, kernel=kernel)
     ad, as_, fa = _pool.address(dst.data) + dst.offset, _pool.address(src.data) + src.offset, address(ffi, fn)
-    ne123, s_nb, d_nb = _source_order(tuple(src.ne[1:]), tuple(src.nb[1:]), tuple(dst.nb[1:]))
+    # walk the source in memory order: the K/V casts read kv_f32's rows front to back (17-27 % faster, same bytes)
+    o = sorted(range(1, 4), key=lambda k: src.nb[k])
+    ne123, s_nb, d_nb = (tuple(t[k] for k in o) for t in (src.ne, src.nb, dst.nb))
     return [_pool.job("cast", fa, ad + od, as_ + os_, src.ne[0], n1, n2, n3, *s_nb, *d_nb)
             for (od, os_), n1, n2, n3 in _row_jobs(ne123, n_threads, (d_nb, s_nb))]
-
-
-def _source_order(ne123, s_nb, d_nb):
-    """Dims 1..3 of a row kernel reordered so that the source's row strides grow from the innermost loop (the
-    kernel's dim 1) outwards: ``(ne123, s_nb, d_nb)`` permuted alike. The MLA K/V casts read a head's 128 values
-    out of every 16 KB row of kv_f32 (ne ``[128, n_kv, 16]``, nb1 16 KB, nb2 1 KB); walking the cells inside a
-    head strides the source by 16 KB, walking the heads inside a cell reads each row front to back: measured here
-    (n_kv 4608) 17-27 % less time per cast. Every row is still converted alone, so the bytes are the same."""
-    order = sorted(range(3), key=lambda k: s_nb[k])
-    return tuple(ne123[k] for k in order), tuple(s_nb[k] for k in order), tuple(d_nb[k] for k in order)
 
 
 _FLOAT_CASTS = ("f16", "bf16")

@@ -579,9 +579,8 @@ class Prepared:
         ``[(harness node index or -1, seconds), ...]``."""
         if self.handle is None:
             raise HarnessError("profile after free")
-        cap = 4 * 4096
-        secs, order = (ctypes.c_double * cap)(), (ctypes.c_int32 * cap)()
-        n = self.h.check(self.h._lib.mh_graph_profile(self.handle, int(n_threads), secs, order, cap), "graph profile")
+        secs, order = (ctypes.c_double * 16384)(), (ctypes.c_int32 * 16384)()
+        n = self.h.check(self.h._lib.mh_graph_profile(self.handle, int(n_threads), secs, order, 16384), "graph profile")
         return [(int(order[k]), float(secs[k])) for k in range(n)]
 
     def outputs(self) -> list[Tensor]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlaref.codegen.bench import mla as B
 from mlaref.codegen.bench import method as M
+from mlaref.codegen.bench import mla as B
 from mlaref.codegen.bench import mla_arena as L_ARENA
 from mlaref.codegen.bench import mla_layers as L
 
