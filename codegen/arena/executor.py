@@ -22,6 +22,10 @@ tensor still alive must keep the bytes it had when it was written (a CRC per ten
 write over a live tensor raises :class:`~mlaref.codegen.arena.plan.PlanError` naming both, and a read of freed
 memory shows up as NaN in the output. :func:`~mlaref.codegen.arena.plan.check_placement` checks the same
 statically when the arena is built (``validate=False`` leaves that to the checking run).
+
+Profiles (:meth:`Arena.profile_steps`, :meth:`Arena.profile`, :meth:`Arena.profile_ops`,
+:meth:`Arena.profile_busy`) run the same steps through ``mla_pool_run_steps_timed``: one C call per compute with
+the clock read after each step and each job's own time kept, so no Python runs between the timed steps.
 """
 
 from __future__ import annotations
@@ -190,17 +194,40 @@ class Arena:
         an array ``[repeats, n_steps]``. Each compute is one C call (``mla_pool_run_steps_timed``: the calling
         thread reads the clock after every step, nothing else differs from :meth:`run`), so a step's time holds
         its hand-off to the workers and the wait for the slowest one, and no Python runs between steps."""
+        return self._profile_runs(repeats)[0]
+
+    def _profile_runs(self, repeats: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(step seconds [repeats, n_steps], job seconds [repeats, n_jobs])``: the timed runs of
+        :meth:`profile_steps`, with each job's own time (its thread's work, left by the pool in the job's word
+        ``WORDS - 2``)."""
         ns = np.zeros(self.n_per_step.size, dtype=np.int64)
         runner = _pool.steps_runner(self.jobs, self.n_per_step, ns)
-        out = np.zeros((max(1, repeats), ns.size))
-        for r in range(out.shape[0]):
+        r = max(1, repeats)
+        steps, jobs = np.zeros((r, ns.size)), np.zeros((r, self.jobs.shape[0]))
+        for k in range(r):
             rc = runner()
             if rc != 0:
                 raise RuntimeError(f"arena: the pool refused step {-1 - rc}")
-            out[r] = ns * 1e-9
+            steps[k], jobs[k] = ns * 1e-9, self.jobs[:, _pool.WORDS - 2] * 1e-9
         if np.count_nonzero(self._words):
             self._raise_for_words()
-        return out
+        return steps, jobs
+
+    def profile_busy(self, repeats: int = 3) -> dict[str, float]:
+        """Per op kind (and ``"inputs"``), the threads' work over the time they were given: the sum of the jobs'
+        own seconds over (jobs x step seconds), medians over ``repeats`` computes. 1.0: every thread worked the
+        whole step; below: time spent handing over, or waiting for the slowest thread (an uneven split)."""
+        steps, jobs = (np.median(a, axis=0) for a in self._profile_runs(repeats))
+        ops = {n.name: n.op for n in self.graph.nodes}
+        work: dict[str, float] = {}
+        given: dict[str, float] = {}
+        first = 0
+        for owner, n, sec in zip(self.step_owners(), self.n_per_step.tolist(), steps.tolist()):
+            kind = ops.get(owner, owner)
+            work[kind] = work.get(kind, 0.0) + float(jobs[first:first + n].sum())
+            given[kind] = given.get(kind, 0.0) + n * sec
+            first += n
+        return {k: work[k] / given[k] for k in work if given[k] > 0}
 
     def step_owners(self) -> list[str]:
         """The node name each step belongs to (``"inputs"`` for the input copies), in step order."""

@@ -268,6 +268,7 @@ def arena_row(hp, s: dict, n: int, kv_chunk: int, n_threads: int, repeats: int, 
                       "(casts, repeat, concat, input copies) / all steps"}
         row[f"profile_{v}"] = {
             "unit": "s", "ops": profiles[v],
+            "arena_busy": arenas[v].profile_busy(PROFILE_REPEATS),
             "step_overhead": arenas[v].step_overhead(),
             "method": f"seconds per op kind, the median of {PROFILE_REPEATS} profiles per node summed over the "
                       "op's nodes. arena: one C call per compute with the clock read after every step "
@@ -275,7 +276,9 @@ def arena_row(hp, s: dict, n: int, kv_chunk: int, n_threads: int, repeats: int, 
                       "step at this thread count). A peer: every node of its ggml graph computed alone as a graph of "
                       "one node (mh_graph_profile: ggml_graph_plan + ggml_graph_compute per node, so each node "
                       "also pays the thread start and barrier a whole graph pays once); '(harness)' = the views "
-                      "of the inputs' base tensors the harness adds"}
+                      "of the inputs' base tensors the harness adds. arena_busy: per op, the arena threads' work "
+                      "over the time they were given (Arena.profile_busy; < 1: hand-off or waiting for the "
+                      "slowest thread)"}
     return row
 
 
@@ -317,14 +320,17 @@ def format_profile(rows: list[dict]) -> str:
             who = list(prof["ops"])
             kinds = list(dict.fromkeys(k for w in who for k in prof["ops"][w]))
             lines.append(f"n_kv {r['n_kv']} {v}: seconds per op kind (each alone; step overhead "
-                         f"{1e6 * prof['step_overhead']:.1f} us)")
-            lines.append("  " + f"{'op':<16}" + "".join(f"{w:>10}" for w in who))
+                         f"{1e6 * prof['step_overhead']:.1f} us; busy: the arena threads' work / time given)")
+            busy = prof.get("arena_busy", {})
+            lines.append("  " + f"{'op':<16}" + "".join(f"{w:>10}" for w in who) + (f"{'busy':>7}" if busy else ""))
             for k in [*kinds, "total"]:
                 cells = []
                 for w in who:
                     ops = prof["ops"][w]
                     sec = sum(ops.values()) if k == "total" else ops.get(k)
                     cells.append(f"{sec:>10.4f}" if sec is not None else f"{'-':>10}")
+                if busy:
+                    cells.append(f"{busy[k]:>7.2f}" if k in busy else f"{'':>7}")
                 lines.append("  " + f"{k:<16}" + "".join(cells))
     return "\n".join(lines)
 

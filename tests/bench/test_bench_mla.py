@@ -138,6 +138,8 @@ def test_arena_backend_rows():
         ops = row[f"profile_{v}"]["ops"]["arena"]
         assert {"inputs", "MUL_MAT", "FLASH_ATTN_EXT", "CPY"} <= set(ops) and all(x > 0 for x in ops.values())
         assert row[f"outside_mm_fa_{v}"]["total"] == pytest.approx(sum(ops.values()))
+        busy = row[f"profile_{v}"]["arena_busy"]
+        assert set(busy) == set(ops) and all(0 < b <= 1 + 1e-6 for b in busy.values()), busy
         a = row[f"arena/{v}"]
         assert a["iqr"] >= 0 and 0 < a["min_over_median"] <= 1 and len(a["steal"]) == len(a["all"]) == 1
         assert (f"ratio_{v}" in row) == ggml_peer.available()

@@ -186,6 +186,16 @@ def test_the_profile_times_every_step_of_the_same_computation():
         assert set(prof) == {"inputs"} | kernel_nodes and all(v > 0 for v in prof.values())
         assert set(ops) == {"inputs", "MUL_MAT", "CPY", "REPEAT", "CONCAT", "FLASH_ATTN_EXT"}
         assert 0 < a.step_overhead(calls=5) < 0.1
+        steps, jobs = a._profile_runs(2)
+        first = np.concatenate([[0], np.cumsum(a.n_per_step)[:-1]])
+        for k in range(2):  # every job ran within its step: its own time is positive and at most the step's
+            assert np.all(jobs[k] > 0) and np.all(jobs[k] <= np.repeat(steps[k], a.n_per_step) + 1e-6)
+            assert np.all(jobs[k][first] > 0)
+        busy = a.profile_busy(repeats=2)
+        assert set(busy) == set(ops) and all(0 < b <= 1 + 1e-6 for b in busy.values()), busy
+    a.jobs[:, -2] = 0
+    a.run()  # the untimed path writes no job times
+    assert not np.any(a.jobs[:, -2])
 
 
 def test_the_timed_steps_runner_checks_its_clock_vector():
