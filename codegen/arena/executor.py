@@ -22,11 +22,14 @@ tensor still alive must keep the bytes it had when it was written (a CRC per ten
 write over a live tensor raises :class:`~mlaref.codegen.arena.plan.PlanError` naming both, and a read of freed
 memory shows up as NaN in the output. :func:`~mlaref.codegen.arena.plan.check_placement` checks the same
 statically when the arena is built (``validate=False`` leaves that to the checking run).
+
+Profiles (:meth:`Arena.profile_steps`, :meth:`Arena.profile`, :meth:`Arena.profile_ops`,
+:meth:`Arena.profile_busy`) run the same steps through ``mla_pool_run_steps_timed``: one C call per compute with
+the clock read after each step and each job's own time kept, so no Python runs between the timed steps.
 """
 
 from __future__ import annotations
 
-import time
 import zlib
 
 import numpy as np
@@ -186,21 +189,87 @@ class Arena:
         if runner is not None and runner() != 0:
             raise RuntimeError(f"arena: the pool refused a step of {lo}..{hi}")
 
-    def profile(self, repeats: int = 3) -> dict[str, float]:
-        """Median seconds per node (by name; ``"inputs"`` for the input copies) of ``repeats`` computes run node
-        by node (a timer between nodes, nothing else): where a run's time goes."""
-        parts = [("inputs", self._step_runner(0, self.n_input_steps))]
-        parts += [(n.name, self._step_runner(*self.node_steps[i])) for i, n in enumerate(self.graph.nodes)]
-        parts = [(name, r) for name, r in parts if r is not None]
-        times: dict[str, list[float]] = {name: [] for name, _ in parts}
-        for _ in range(max(1, repeats)):
-            for name, r in parts:
-                t0 = time.perf_counter()
-                r()
-                times[name].append(time.perf_counter() - t0)
+    def profile_steps(self, repeats: int = 3) -> np.ndarray:
+        """Seconds of every step (the input copies first, then the nodes' steps in order) in ``repeats`` computes:
+        an array ``[repeats, n_steps]``. Each compute is one C call (``mla_pool_run_steps_timed``: the calling
+        thread reads the clock after every step, nothing else differs from :meth:`run`), so a step's time holds
+        its hand-off to the workers and the wait for the slowest one, and no Python runs between steps."""
+        return self._profile_runs(repeats)[0]
+
+    def _profile_runs(self, repeats: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(step seconds [repeats, n_steps], job seconds [repeats, n_jobs])``: the timed runs of
+        :meth:`profile_steps`, with each job's own time (its thread's work, left by the pool in the job's word
+        ``WORDS - 2``)."""
+        ns = np.zeros(self.n_per_step.size, dtype=np.int64)
+        runner = _pool.steps_runner(self.jobs, self.n_per_step, ns)
+        r = max(1, repeats)
+        steps, jobs = np.zeros((r, ns.size)), np.zeros((r, self.jobs.shape[0]))
+        for k in range(r):
+            rc = runner()
+            if rc != 0:
+                raise RuntimeError(f"arena: the pool refused step {-1 - rc}")
+            steps[k], jobs[k] = ns * 1e-9, self.jobs[:, _pool.WORDS - 2] * 1e-9
         if np.count_nonzero(self._words):
             self._raise_for_words()
-        return {name: float(np.median(v)) for name, v in times.items()}
+        return steps, jobs
+
+    def profile_busy(self, repeats: int = 3) -> dict[str, float]:
+        """Per op kind (and ``"inputs"``), the threads' work over the time they were given: the sum of the jobs'
+        own seconds over (jobs x step seconds), medians over ``repeats`` computes. 1.0: every thread worked the
+        whole step; below: time spent handing over, or waiting for the slowest thread (an uneven split)."""
+        steps, jobs = (np.median(a, axis=0) for a in self._profile_runs(repeats))
+        ops = {n.name: n.op for n in self.graph.nodes}
+        work: dict[str, float] = {}
+        given: dict[str, float] = {}
+        first = 0
+        for owner, n, sec in zip(self.step_owners(), self.n_per_step.tolist(), steps.tolist()):
+            kind = ops.get(owner, owner)
+            work[kind] = work.get(kind, 0.0) + float(jobs[first:first + n].sum())
+            given[kind] = given.get(kind, 0.0) + n * sec
+            first += n
+        return {k: work[k] / given[k] for k in work if given[k] > 0}
+
+    def step_owners(self) -> list[str]:
+        """The node name each step belongs to (``"inputs"`` for the input copies), in step order."""
+        owners = ["inputs"] * self.n_input_steps
+        for i, node in enumerate(self.graph.nodes):
+            lo, hi = self.node_steps[i]
+            owners += [node.name] * (hi - lo)
+        return owners
+
+    def profile(self, repeats: int = 3) -> dict[str, float]:
+        """Median seconds per node (by name; ``"inputs"`` for the input copies) over ``repeats`` computes, from
+        :meth:`profile_steps` (each compute one C call with a clock read after every step): where a run's time
+        goes. Nodes without steps (views) are left out."""
+        per_step = np.median(self.profile_steps(repeats), axis=0)
+        out: dict[str, float] = {}
+        for name, sec in zip(self.step_owners(), per_step.tolist()):
+            out[name] = out.get(name, 0.0) + sec
+        return out
+
+    def profile_ops(self, repeats: int = 3) -> dict[str, float]:
+        """:meth:`profile` summed per op kind (``MUL_MAT``, ``CPY``, ...; ``"inputs"``)."""
+        ops = {n.name: n.op for n in self.graph.nodes}
+        out: dict[str, float] = {}
+        for name, sec in self.profile(repeats).items():
+            kind = ops.get(name, name)
+            out[kind] = out.get(kind, 0.0) + sec
+        return out
+
+    def step_overhead(self, calls: int = 200) -> float:
+        """Seconds one empty step costs at this arena's thread count (``n_threads`` jobs copying 0 bytes): the
+        hand-off and the wait every step of a run pays besides its work; median over ``calls`` steps run as one
+        C call each."""
+        src = np.zeros(64, np.uint8)
+        a = _pool.address(src)
+        jobs = _pool.jobs_array([_pool.job("memcpy", 0, a + 32, a, 0) for _ in range(self.n_threads)])
+        ns = np.zeros(1, dtype=np.int64)
+        runner = _pool.steps_runner(jobs, np.array([self.n_threads], np.int32), ns)
+        secs = []
+        for _ in range(max(1, calls)):
+            runner()
+            secs.append(int(ns[0]) * 1e-9)
+        return float(np.median(secs))
 
     def run_checked(self, poison: int = POISON) -> None:
         """One compute node by node with the allocator check (see the module docstring): poison the buffer and

@@ -65,7 +65,7 @@ import numpy as np
 
 from mlaref.codegen import kernels as K
 from mlaref.codegen.bench import method as bench
-from mlaref.codegen.bench.mla_arena import PEER_TAGS, arena_row, format_arena, peers_ready
+from mlaref.codegen.bench.mla_arena import PEER_TAGS, arena_row, format_arena, format_profile, peers_ready
 from mlaref.codegen.bench.mla_layers import (
     KERNEL_OPS,
     VARIANTS,
@@ -226,8 +226,12 @@ def _run_arena(hp, s, n_kv, kv_chunk, n_threads, repeats, seed, load, progress, 
         "method": {"timer": "time.perf_counter around one run (the arena, ggml 0.15.3: in this process; a peer: "
                             "in its child process around ggml_graph_compute_with_ctx)", "warmup": 1,
                    "repeats": repeats,
-                   "statistic": "median, min, max and (max - min) / median; every contender once per round, "
-                                "shuffled"},
+                   "statistic": "median, min, max, (max - min) / median ('spread'), (q3 - q1) / median ('iqr') "
+                                "and min / median; every contender once per round, shuffled; ratios of the "
+                                "medians ('value'), of the minima ('of_mins') and paired (the median of the "
+                                "per-round ratios); 'steal': seconds stolen by the hypervisor during each run "
+                                "(/proc/stat); 'noise/fma': a fixed FMA loop on the same threads timed in the "
+                                "same rounds, the machine's own noise"},
         "environment": bench.environment(),
         "load_average": {"value": load, "unit": "runnable processes", "method": "os.getloadavg() before"},
         "rows": rows,
@@ -351,7 +355,7 @@ def format_table(result: dict) -> str:
     if result["backend"] == "arena":
         return format_arena(result["rows"], result["n_threads"], result["method"]["repeats"],
                             result.get("skipped_peers")) + (
-            f"\nload average before {result['load_average']['value']}")
+            f"\nload average before {result['load_average']['value']}\n" + format_profile(result["rows"]))
     head = ("n_kv", "f32 s med [min-max]", "direct s med [min-max]", "chunked s med [min-max]",
             "direct/f32", "(of mins)", "seed", "chunked/direct")
 

@@ -30,27 +30,38 @@ src1, see :mod:`mlaref.codegen.bench.mla`), an f16 cache, f32 queries, the f16 c
 is :func:`~mlaref.codegen.arena.layer_graph`'s per-chunk K/V build and ``flash_attn_ext`` without the merge on
 every side: ggml ops only, so the peers build it too (at ``n_kv <= kv_chunk`` it is the ``direct`` graph).
 
-Each row reports per variant the medians, the spread ``(max - min) / median`` of every contender, the ratios
-``t_contender / t_arena`` (> 1: the arena is faster), the NMSE of each peer's attention results (every
-``flash_attn_ext`` node: the chunked graph's chunks too) against the arena's with the bound of
-:data:`NMSE_BOUND`, and, from a node-by-node profile of the arena, the share of its time spent outside mul_mat and
-flash_attn_ext.
+Each row reports per variant the medians, the spread ``(max - min) / median``, the IQR ``(q3 - q1) / median`` and
+min / median of every contender, the ratios ``t_contender / t_arena`` (> 1: the arena is faster) of the medians,
+of the minima and paired (the median of the ratios within each round), the NMSE of each peer's attention results
+(every ``flash_attn_ext`` node: the chunked graph's chunks too) against the arena's with the bound of
+:data:`NMSE_BOUND`, and a profile: seconds per op kind of the arena (its steps timed in C) and of each peer (each
+node of its graph computed alone), from which the share of the arena's time outside mul_mat and flash_attn_ext.
+
+Noise, shown rather than hidden: the rounds also time :data:`NOISE`, a fixed FMA loop on the same threads (no
+memory traffic, no system calls), and every timed run records the CPU time the hypervisor stole meanwhile
+(``steal`` of /proc/stat). Measured on the 2-vCPU Zen 3 VM (n_kv 2048, 10-12 rounds, under the exclusive lock,
+no other process of the VM using CPU in any run): the FMA loop alone spread 35-84 % (max - min) and its slowest
+runs took 1.3-1.6x its median with no steal and no other process; a 256 MB memcpy 33-65 %; the arena and ik
+27-94 %. Pinning the process to the first CPUs (sched_setaffinity) did not narrow any of them, so it is not done.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
 
 from mlaref.codegen.arena import Arena, layer_graph, layer_values
 from mlaref.codegen.bench import method as bench
+from mlaref.codegen.bench import peak as _peak
 from mlaref.codegen.bench.mla_layers import VARIANTS, GgmlLayer, layer_data
 from mlaref.codegen.bench.peers import RemoteGraph
 from mlaref.codegen.peers import build as peer_build
 from mlaref.reference import compare
+from mlaref.reference.graphs.executor import VIEW_OPS
 
-__all__ = ["NMSE_BOUND", "PEER_TAGS", "arena_layers", "arena_row", "attention_names", "format_arena",
+__all__ = ["NMSE_BOUND", "PEER_TAGS", "arena_layers", "arena_row", "attention_names", "format_arena", "format_profile",
            "layer_setups", "peers_ready"]
 
 _MM_FA = ("MUL_MAT", "FLASH_ATTN_EXT")
@@ -128,6 +139,12 @@ def _spread(t) -> float:
     return (t.max - t.min) / t.median
 
 
+def _iqr(t) -> float:
+    """(third quartile - first quartile) / median of a Timing's seconds: the spread of the middle half."""
+    q1, q3 = np.percentile(t.seconds, [25, 75])
+    return float((q3 - q1) / t.median)
+
+
 def _timed(fn):
     def run() -> float:
         t0 = time.perf_counter()
@@ -136,21 +153,62 @@ def _timed(fn):
     return run
 
 
-def _measure(fns: dict, repeats: int, warmup: int = 1) -> dict:
-    """Every contender ``warmup`` times, then ``repeats`` shuffled rounds; each callable returns its seconds."""
+def _steal_ticks() -> int | None:
+    """The machine's stolen CPU time so far (``steal`` of /proc/stat's cpu line: time the hypervisor ran something
+    else while this VM had work), in clock ticks; None where /proc/stat does not say."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()
+        return int(fields[8]) if fields[0] == "cpu" and len(fields) > 8 else None
+    except (OSError, ValueError):
+        return None
+
+
+_TICK = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
+
+
+def _measure(fns: dict, repeats: int, warmup: int = 1) -> tuple[dict, dict]:
+    """Every contender ``warmup`` times, then ``repeats`` shuffled rounds; each callable returns its seconds.
+    ``(timings, steal)``: a Timing per contender (its seconds in round order, so ``seconds[i]`` of two contenders
+    ran in the same round) and the seconds stolen by the hypervisor during each of its runs (None: unknown)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     secs = {name: [] for name in fns}
+    steal = {name: [] for name in fns}
     for order in bench.round_orders(fns, repeats):
         for name in order:
+            s0 = _steal_ticks()
             secs[name].append(fns[name]())
-    return {name: bench.Timing(tuple(v), warmup) for name, v in secs.items()}
+            s1 = _steal_ticks()
+            steal[name].append(None if s0 is None or s1 is None else (s1 - s0) * _TICK)
+    return {name: bench.Timing(tuple(v), warmup) for name, v in secs.items()}, steal
 
 
 def _ratio(t_other, t_arena, who: str) -> dict:
+    """``t_other / t_arena`` three ways: of the medians (the headline), of the minima (each side's least
+    disturbed run), and the median of the per-round ratios (runs of one round saw the same spell of the
+    machine), with that median's IQR."""
+    paired = np.array(t_other.seconds) / np.array(t_arena.seconds)
+    q1, q3 = np.percentile(paired, [25, 75])
+    med = float(np.median(paired))
     return {"value": t_other.median / t_arena.median, "unit": "1",
-            "method": f"median t_{who} / median t_arena (> 1: the arena is faster)"}
+            "of_mins": t_other.min / t_arena.min, "paired": med, "paired_iqr": float((q3 - q1) / med),
+            "method": f"median t_{who} / median t_arena (> 1: the arena is faster); of_mins: min / min; paired: "
+                      f"median over rounds of t_{who} / t_arena in the same round, paired_iqr its IQR / median"}
+
+
+# the yardstick of the machine's own noise, timed in the same rounds: the FMA loop of codegen/bench/fma_peak.c on
+# n_threads threads, about 0.1 s per thread (no memory traffic, no system calls: what varies there is the core)
+NOISE = "noise/fma"
+_FMA_ITERS = 50_000_000
+
+
+def _fma_noise(n_threads: int):
+    """A callable timing the FMA loop on ``n_threads`` threads (None: no FMA ISA here), as a contender."""
+    if _peak.peak_isa() is None:
+        return None
+    return lambda: _peak.fma_seconds(_FMA_ITERS, n_threads)
 
 
 def arena_row(hp, s: dict, n: int, kv_chunk: int, n_threads: int, repeats: int, seed: int,
@@ -169,7 +227,11 @@ def arena_row(hp, s: dict, n: int, kv_chunk: int, n_threads: int, repeats: int, 
             for v, (g, vals) in setups.items():
                 remotes[p, v] = RemoteGraph.of_graph(p, g, vals, keep=attention_names(g))
                 fns[f"{PEER_TAGS[p]}/{v}"] = lambda r=remotes[p, v]: r.compute(n_threads)
-        timings = _measure(fns, repeats)
+        noise = _fma_noise(n_threads)
+        if noise is not None:
+            fns[NOISE] = noise
+        timings, steal = _measure(fns, repeats)
+        profiles = _profiles(arenas, remotes, n_threads)
         nmse = {}
         for (p, v), r in remotes.items():
             names = attention_names(setups[v][0])
@@ -182,7 +244,8 @@ def arena_row(hp, s: dict, n: int, kv_chunk: int, n_threads: int, repeats: int, 
             r.close()
     row = {"n_kv": n}
     for name, t in timings.items():
-        row[name] = {**t.to_json(), "spread": _spread(t)}
+        row[name] = {**t.to_json(), "spread": _spread(t), "iqr": _iqr(t), "min_over_median": t.min / t.median,
+                     "steal": steal[name]}
     for v in VARIANTS:
         ta = timings[f"arena/{v}"]
         if layer is not None:
@@ -196,24 +259,94 @@ def arena_row(hp, s: dict, n: int, kv_chunk: int, n_threads: int, repeats: int, 
                 "method": f"sum((peer - arena)^2) / sum(arena^2) in float64 over every flash_attn_ext result, "
                           f"after the last timed compute; bound {NMSE_BOUND[p]:g} (NMSE_BOUND in "
                           f"codegen/bench/mla_arena.py)"}
-        prof = arenas[v].profile(repeats=3)
-        ops = {name: op for name, op, _ in arenas[v].kernels}
-        total = sum(prof.values())
-        outside = sum(sec for name, sec in prof.items() if ops.get(name) not in _MM_FA)
+        ops = profiles[v]["arena"]
+        total = sum(ops.values())
+        outside = sum(sec for op, sec in ops.items() if op not in _MM_FA)
         row[f"outside_mm_fa_{v}"] = {
             "value": outside / total, "unit": "1", "seconds": outside, "total": total,
-            "method": "node-by-node profile of the arena (median of 3 per node): seconds of the nodes other than "
-                      "mul_mat and flash_attn_ext (casts, repeat, concat, input copies) / all nodes"}
+            "method": "the arena's profile (below): seconds of the steps other than mul_mat and flash_attn_ext "
+                      "(casts, repeat, concat, input copies) / all steps"}
+        row[f"profile_{v}"] = {
+            "unit": "s", "ops": profiles[v],
+            "arena_busy": arenas[v].profile_busy(PROFILE_REPEATS),
+            "step_overhead": arenas[v].step_overhead(),
+            "method": f"seconds per op kind, the median of {PROFILE_REPEATS} profiles per node summed over the "
+                      "op's nodes. arena: one C call per compute with the clock read after every step "
+                      "(Arena.profile_steps; 'inputs' = the copies of q and the mask; step_overhead = one empty "
+                      "step at this thread count). A peer: every node of its ggml graph computed alone as a graph of "
+                      "one node (mh_graph_profile: ggml_graph_plan + ggml_graph_compute per node, so each node "
+                      "also pays the thread start and barrier a whole graph pays once); '(harness)' = the views "
+                      "of the inputs' base tensors the harness adds. arena_busy: per op, the arena threads' work "
+                      "over the time they were given (Arena.profile_busy; < 1: hand-off or waiting for the "
+                      "slowest thread)"}
     return row
 
 
+PROFILE_REPEATS = 3
+
+
+def _peer_ops(remote: RemoteGraph, n_threads: int, repeats: int) -> dict:
+    """Seconds per IR op kind of a peer's graph: each node's median over ``repeats`` profiles, summed per op
+    (views and nodes of no time left out)."""
+    runs = [remote.profile(n_threads) for _ in range(repeats)]
+    out: dict[str, float] = {}
+    for k, (_, op, _) in enumerate(runs[0]):
+        sec = float(np.median([r[k][2] for r in runs]))
+        if op in VIEW_OPS and sec < 1e-4:
+            continue
+        out[op] = out.get(op, 0.0) + sec
+    return out
+
+
+def _profiles(arenas: dict, remotes: dict, n_threads: int) -> dict:
+    """variant -> {"arena": {op: s}, "<peer tag>": {op: s}, ...} (see ``profile_<variant>`` of a row)."""
+    out = {}
+    for v, a in arenas.items():
+        out[v] = {"arena": a.profile_ops(PROFILE_REPEATS)}
+        for (p, pv), r in remotes.items():
+            if pv == v:
+                out[v][PEER_TAGS[p]] = _peer_ops(r, n_threads, PROFILE_REPEATS)
+    return out
+
+
+def format_profile(rows: list[dict]) -> str:
+    """One block per (n_kv, variant): seconds per op kind of the arena and of every profiled peer."""
+    lines = []
+    for r in rows:
+        for v in VARIANTS:
+            prof = r.get(f"profile_{v}")
+            if not prof:
+                continue
+            who = list(prof["ops"])
+            kinds = list(dict.fromkeys(k for w in who for k in prof["ops"][w]))
+            lines.append(f"n_kv {r['n_kv']} {v}: seconds per op kind (each alone; step overhead "
+                         f"{1e6 * prof['step_overhead']:.1f} us; busy: the arena threads' work / time given)")
+            busy = prof.get("arena_busy", {})
+            lines.append("  " + f"{'op':<16}" + "".join(f"{w:>10}" for w in who) + (f"{'busy':>7}" if busy else ""))
+            for k in [*kinds, "total"]:
+                cells = []
+                for w in who:
+                    ops = prof["ops"][w]
+                    sec = sum(ops.values()) if k == "total" else ops.get(k)
+                    cells.append(f"{sec:>10.4f}" if sec is not None else f"{'-':>10}")
+                if busy:
+                    cells.append(f"{busy[k]:>7.2f}" if k in busy else f"{'':>7}")
+                lines.append("  " + f"{k:<16}" + "".join(cells))
+    return "\n".join(lines)
+
+
 def format_arena(rows: list[dict], n_threads: int, repeats: int, skipped: dict | None = None) -> str:
-    """One line per (n_kv, variant): each contender's median and spread, its ratio to the arena, the peers' NMSE."""
+    """One line per (n_kv, variant): each contender's median, spread and IQR, its ratio to the arena (of the
+    medians, and the median of the per-round ratios), the peers' NMSE; then the noise yardstick's line per n_kv."""
     tags = [t for t in ("ggml", *PEER_TAGS.values()) if any(f"{t}/{v}" in r for r in rows for v in VARIANTS)]
     label = {"ggml": "ggml015", **{t: t for t in PEER_TAGS.values()}}
-    head = ["n_kv", "variant", "arena s", "spread"]
+
+    def pct(c, key):
+        return f"{100 * c[key]:.0f}" if c and key in c else "-"
+
+    head = ["n_kv", "variant", "arena s", "spr/iqr %"]
     for t in tags:
-        head += [f"{label[t]} s", "spread", f"{'ggml' if t == 'ggml' else label[t]}/arena"]
+        head += [f"{label[t]} s", "spr/iqr %", f"{'ggml' if t == 'ggml' else label[t]}/arena", "paired"]
         if t != "ggml":
             head.append("nmse")
     head.append("outside mm+fa")
@@ -221,12 +354,13 @@ def format_arena(rows: list[dict], n_threads: int, repeats: int, skipped: dict |
     for r in rows:
         for v in VARIANTS:
             a = r[f"arena/{v}"]
-            line = [str(r["n_kv"]), v, f"{a['median']:.4f}", f"{100 * a['spread']:.0f} %"]
+            line = [str(r["n_kv"]), v, f"{a['median']:.4f}", f"{pct(a, 'spread')}/{pct(a, 'iqr')}"]
             for t in tags:
                 c = r.get(f"{t}/{v}")
                 ratio = r.get(f"ratio_{v}" if t == "ggml" else f"ratio_{t}_{v}")
-                line += [f"{c['median']:.4f}" if c else "-", f"{100 * c['spread']:.0f} %" if c else "-",
-                         f"{ratio['value']:.3f}" if ratio else "-"]
+                line += [f"{c['median']:.4f}" if c else "-", f"{pct(c, 'spread')}/{pct(c, 'iqr')}",
+                         f"{ratio['value']:.3f}" if ratio else "-",
+                         f"{ratio['paired']:.3f}" if ratio and "paired" in ratio else "-"]
                 if t != "ggml":
                     e = r.get(f"nmse_{t}_{v}")
                     line.append(f"{e['value']:.1e}{'' if e['within_bound'] else ' > bound'}" if e else "-")
@@ -235,12 +369,23 @@ def format_arena(rows: list[dict], n_threads: int, repeats: int, skipped: dict |
     widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head))]
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)
     out = [fmt.format(*head), fmt.format(*("-" * w for w in widths)), *(fmt.format(*x) for x in lines)]
+    for r in rows:
+        c = r.get(NOISE)
+        if c:
+            stolen = [x for name, t in r.items() if isinstance(t, dict) and "steal" in t for x in t["steal"]
+                      if x is not None]
+            out.append(f"n_kv {r['n_kv']}: the FMA loop in the same rounds (noise yardstick) median {c['median']:.4f} "
+                       f"s, spread {pct(c, 'spread')} %, IQR {pct(c, 'iqr')} %, min/median "
+                       f"{c['min_over_median']:.2f}; hypervisor steal in {sum(x > 0 for x in stolen)} of "
+                       f"{len(stolen)} timed runs, {sum(stolen):.2f} s in all")
     out.append(f"arena: one buffer at the allocator model's offsets, every node on a generated kernel, one C call per "
                f"run; ggml015: upstream ggml 0.15.3's graph (ggml-python); ik / ggml025: the arena's IR graph on "
                f"ik_llama.cpp / ggml 0.25.3 (ggml_graph_compute_with_ctx, timed in the peer's child process); "
-               f"x/arena > 1: the arena is faster; nmse: a peer's attention results against the arena's (bounds "
+               f"x/arena > 1: the arena is faster (of the medians; paired: the median of the per-round ratios); "
+               f"nmse: a peer's attention results against the arena's (bounds "
                f"{', '.join(f'{PEER_TAGS[p]} {b:g}' for p, b in NMSE_BOUND.items())}); wkv_b f16, cache f16; "
-               f"{n_threads} threads; median of {repeats} interleaved rounds; spread = (max - min) / median")
+               f"{n_threads} threads; median of {repeats} interleaved rounds; spr = (max - min) / median, iqr = "
+               f"(q3 - q1) / median")
     for p, why in (skipped or {}).items():
         out.append(f"skipped {p}: {why}")
     return "\n".join(out)

@@ -22,7 +22,7 @@ import time
 from mlaref.codegen import build, cpu
 from mlaref.codegen import isa as _isa
 
-__all__ = ["LANES", "peak_isa", "fma_peak", "describe"]
+__all__ = ["LANES", "peak_isa", "fma_peak", "fma_seconds", "describe"]
 
 SOURCE = pathlib.Path(__file__).resolve().parent / "fma_peak.c"
 _CDEF = "float mla_fma_peak_avx2(int64_t iters);\nfloat mla_fma_peak_avx512(int64_t iters);\n"
@@ -67,6 +67,16 @@ def _run(fn, iters: int, n_threads: int) -> float:
     for t in threads:
         t.join()
     return max(ends) - t0
+
+
+def fma_seconds(iters: int, n_threads: int = 1) -> float | None:
+    """Wall seconds of ``iters`` rounds of the FMA loop on each of ``n_threads`` threads at once (None: no FMA ISA
+    here): a fixed amount of pure core work, the noise yardstick ``mlaref bench mla --backend arena`` times in
+    its rounds."""
+    token = peak_isa()
+    if token is None:
+        return None
+    return _run(getattr(_module().lib, f"mla_fma_peak_{token}"), iters, n_threads)
 
 
 def fma_peak(n_threads: int = 1, *, seconds: float = 0.05, rounds: int = 5) -> dict | None:

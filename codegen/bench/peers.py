@@ -73,6 +73,10 @@ while True:
         t0 = time.perf_counter()
         prepared.compute(nth)
         out.write(struct.pack("<d", time.perf_counter() - t0)); out.flush()
+    elif cmd == b"p":
+        nth = struct.unpack("<i", sys.stdin.buffer.read(4))[0]
+        blob = pickle.dumps(prepared.profile(nth))
+        out.write(struct.pack("<q", len(blob)) + blob); out.flush()
     elif cmd == b"r":
         res = prepared.outputs()
         blob = pickle.dumps(list(res.values()) if isinstance(res, dict) else res)
@@ -161,6 +165,14 @@ class RemoteGraph:
         self.proc.stdin.write(b"c" + struct.pack("<i", int(n_threads)))
         self.proc.stdin.flush()
         return struct.unpack("<d", self._read(8))[0]
+
+    def profile(self, n_threads: int) -> list[tuple[str, str, float]]:
+        """An IR graph's profile in the child: every node of the peer's graph computed alone
+        (:meth:`mlaref.codegen.peers.harness_graph.PreparedGraph.profile`), ``[(IR name, IR op, seconds), ...]``."""
+        self.proc.stdin.write(b"p" + struct.pack("<i", int(n_threads)))
+        self.proc.stdin.flush()
+        (n,) = struct.unpack("<q", self._read(8))
+        return pickle.loads(self._read(n))
 
     def results(self) -> list[Tensor]:
         """The outputs after the last compute, in the graph's order (an IR graph's: ``names``)."""

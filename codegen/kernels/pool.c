@@ -197,6 +197,21 @@ static int64_t mla_now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* Set while mla_pool_run_steps_timed runs: every job then leaves its own nanoseconds in word MLA_JOB_WORDS - 2
+   (no prototype has that many arguments, so the word is free), read by the arena's profile to see how long each
+   thread worked and how long the step waited for the slowest. */
+static atomic_int mla_time_jobs;
+
+static void mla_run_job_timed(int64_t *job) {
+    if (!atomic_load_explicit(&mla_time_jobs, memory_order_relaxed)) {
+        mla_run_job(job);
+        return;
+    }
+    const int64_t t0 = mla_now_ns();
+    mla_run_job(job);
+    job[MLA_JOB_WORDS - 2] = mla_now_ns() - t0;
+}
+
 static void *mla_worker(void *arg) {
     mla_slot *slot = &mla_pool.slot[(intptr_t)arg];
     for (;;) {
@@ -218,7 +233,7 @@ static void *mla_worker(void *arg) {
                 pthread_mutex_unlock(&mla_pool.lock);
             }
         }
-        mla_run_job(job);
+        mla_run_job_timed(job);
         atomic_store_explicit(&slot->job, NULL, memory_order_release);
     }
     return NULL;
@@ -264,12 +279,12 @@ int mla_pool_run(int64_t *jobs, int n_jobs) {
         if (jobs[j * MLA_JOB_WORDS] < 1 || jobs[j * MLA_JOB_WORDS] >= MLA_JOB_KINDS)
             return -1;
     if (n_jobs == 1) {
-        mla_run_job(jobs);
+        mla_run_job_timed(jobs);
         return 0;
     }
     if (pthread_mutex_trylock(&mla_pool.busy) != 0) {
         for (int j = 0; j < n_jobs; ++j) /* another caller has the pool: the same jobs, in turn */
-            mla_run_job(jobs + j * MLA_JOB_WORDS);
+            mla_run_job_timed(jobs + j * MLA_JOB_WORDS);
         return 0;
     }
     const int helpers = mla_grow(n_jobs - 1);
@@ -280,9 +295,9 @@ int mla_pool_run(int64_t *jobs, int n_jobs) {
     if (mla_pool.sleepers)
         pthread_cond_broadcast(&mla_pool.wake);
     pthread_mutex_unlock(&mla_pool.lock);
-    mla_run_job(jobs);
+    mla_run_job_timed(jobs);
     for (int j = handed + 1; j < n_jobs; ++j) /* jobs without a worker (thread creation failed) */
-        mla_run_job(jobs + j * MLA_JOB_WORDS);
+        mla_run_job_timed(jobs + j * MLA_JOB_WORDS);
     const int64_t until = mla_now_ns() + MLA_SPIN_NS;
     for (int w = 0; w < handed; ++w) {
         for (int spin = 0; atomic_load_explicit(&mla_pool.slot[w].job, memory_order_acquire); ++spin) {
@@ -305,6 +320,27 @@ int mla_pool_run_steps(int64_t *jobs, const int32_t *n_per_step, int n_steps) {
             return -1 - s;
         jobs += (int64_t)n_per_step[s] * MLA_JOB_WORDS;
     }
+    return 0;
+}
+
+/* mla_pool_run_steps with a clock: ns[s] = the CLOCK_MONOTONIC nanoseconds from the start of step s to the end
+   of step s (the caller's hand-off, every job, the wait for the slowest worker), read by the calling thread only, so
+   the untimed mla_pool_run_steps stays as it is (but for one relaxed load per job), and every job's own time lands
+   in its word MLA_JOB_WORDS - 2 (mla_run_job_timed). The profile of the arena executor (Arena.profile). */
+int mla_pool_run_steps_timed(int64_t *jobs, const int32_t *n_per_step, int n_steps, int64_t *ns) {
+    atomic_store(&mla_time_jobs, 1);
+    int64_t t = mla_now_ns();
+    for (int s = 0; s < n_steps; ++s) {
+        if (mla_pool_run(jobs, n_per_step[s]) != 0) {
+            atomic_store(&mla_time_jobs, 0);
+            return -1 - s;
+        }
+        jobs += (int64_t)n_per_step[s] * MLA_JOB_WORDS;
+        const int64_t now = mla_now_ns();
+        ns[s] = now - t;
+        t = now;
+    }
+    atomic_store(&mla_time_jobs, 0);
     return 0;
 }
 

@@ -35,7 +35,8 @@ _ARGS = {"quantize": 6, "dequantize": 6, "convert": 7, "vec_dot": 9, "copy": 14,
          "from_float": 3, "to_float": 3, "ggml_vec_dot": 9, "mul_mat": 20, "flash_attn": 35, "quantize_chunk": 7,
          "ggml_quantize_chunk": 7, "cast": 12}
 _CDEF = ("int mla_pool_run(int64_t *jobs, int n_jobs);\nint mla_pool_workers(void);\n"
-         "int mla_pool_run_steps(int64_t *jobs, const int32_t *n_per_step, int n_steps);\n")
+         "int mla_pool_run_steps(int64_t *jobs, const int32_t *n_per_step, int n_steps);\n"
+         "int mla_pool_run_steps_timed(int64_t *jobs, const int32_t *n_per_step, int n_steps, int64_t *ns);\n")
 
 
 @functools.cache
@@ -96,21 +97,35 @@ def _check_steps(jobs, n_per_step) -> None:
                          f"rows, got {n_per_step.tolist()}")
 
 
-def steps_runner(jobs: np.ndarray, n_per_step: np.ndarray):
+def steps_runner(jobs: np.ndarray, n_per_step: np.ndarray, ns: np.ndarray | None = None):
     """A function of no arguments running the steps (see :func:`run_steps`) with the arguments checked and cast
     once: calling it is one cffi call, nothing allocated. The arrays must stay alive and unmoved meanwhile (the
-    returned function holds them)."""
+    returned function holds them). With ``ns`` (a writeable int64 vector, one word per step) the steps run through
+    ``mla_pool_run_steps_timed``, which leaves each step's nanoseconds there (measured in C by the calling
+    thread); without it the untimed ``mla_pool_run_steps``."""
     _check_steps(jobs, n_per_step)
     mod = _module()
     pj = mod.ffi.from_buffer("int64_t[]", jobs)
     ps = mod.ffi.from_buffer("int32_t[]", n_per_step)
-    n, fn = int(n_per_step.size), mod.lib.mla_pool_run_steps
+    n = int(n_per_step.size)
+    if ns is None:
+        fn = mod.lib.mla_pool_run_steps
 
-    def run_all() -> int:
-        return fn(pj, ps, n)
+        def run_all() -> int:
+            return fn(pj, ps, n)
 
-    run_all.arrays = (jobs, n_per_step, pj, ps)  # keep the buffers and their cdata alive with the function
-    return run_all
+        run_all.arrays = (jobs, n_per_step, pj, ps)  # keep the buffers and their cdata alive with the function
+        return run_all
+    if (not isinstance(ns, np.ndarray) or ns.dtype != np.int64 or ns.shape != (n,) or not ns.flags.c_contiguous
+            or not ns.flags.writeable):
+        raise ValueError(f"pool steps: ns must be a writeable C-contiguous int64 vector of {n} words (one per step)")
+    fn_timed, pn = mod.lib.mla_pool_run_steps_timed, mod.ffi.from_buffer("int64_t[]", ns)
+
+    def run_timed() -> int:
+        return fn_timed(pj, ps, n, pn)
+
+    run_timed.arrays = (jobs, n_per_step, ns, pj, ps, pn)
+    return run_timed
 
 
 def run_steps(jobs: np.ndarray, n_per_step: np.ndarray) -> np.ndarray:

@@ -66,7 +66,7 @@ __all__ = [
 ]
 
 TEMPLATE = Path(__file__).resolve().parent / "harness.c.j2"
-ABI = 2
+ABI = 3
 # enum mh_op of the template
 OPS = {"input": 0, "new": 1, "mul_mat": 2, "concat": 3, "repeat": 4, "cpy": 5, "get_rows": 6, "soft_max_ext": 7,
        "rope_ext": 8, "flash_attn_ext": 9, "view": 10, "permute": 11, "cont": 12, "reshape": 13, "transpose": 14,
@@ -121,6 +121,8 @@ def dialect(include: Path, peer: str) -> dict:
         "fused_mul_unary": "ggml_fused_mul_unary" in declared,
         "multi_add": "ggml_multi_add" in declared,
         "moe_up_gate": "ggml_moe_up_gate" in declared,
+        "graph_add_node": "ggml_graph_add_node" in declared,
+        "plan_threadpool": re.search(r"ggml_graph_plan\s*\([^;]*threadpool", declared) is not None,
     }
 
 
@@ -236,6 +238,8 @@ class Harness:
             "mh_graph_build": ([vp, ctypes.POINTER(_Node), i32, ctypes.POINTER(vp), ctypes.POINTER(i64), i32,
                                 ctypes.POINTER(ctypes.c_int32), i32], i32),
             "mh_graph_supports": ([vp, i32], i32), "mh_graph_compute": ([vp, i32], i32),
+            "mh_graph_profile": ([vp, i32, ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_int32), i32],
+                                 i32),
             "mh_graph_output_desc": ([vp, i32, ctypes.POINTER(i64)], i32),
             "mh_graph_output_copy": ([vp, i32, vp, i64], i32),
             "mh_graph_new_reserve": ([i32], vp),
@@ -569,6 +573,15 @@ class Prepared:
         if self.handle is None:
             raise HarnessError("compute after free")
         self.h.check(self.h._lib.mh_graph_compute(self.handle, int(n_threads)), "graph compute")
+
+    def profile(self, n_threads: int = 1) -> list[tuple[int, float]]:
+        """Every node of the ggml graph computed alone, in order (the template's ``mh_graph_profile``):
+        ``[(harness node index or -1, seconds), ...]``."""
+        if self.handle is None:
+            raise HarnessError("profile after free")
+        secs, order = (ctypes.c_double * 16384)(), (ctypes.c_int32 * 16384)()
+        n = self.h.check(self.h._lib.mh_graph_profile(self.handle, int(n_threads), secs, order, 16384), "graph profile")
+        return [(int(order[k]), float(secs[k])) for k in range(n)]
 
     def outputs(self) -> list[Tensor]:
         h, res = self.h, []

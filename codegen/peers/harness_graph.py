@@ -85,11 +85,21 @@ class PreparedGraph:
     ``ggml_graph_compute_with_ctx`` over it (the same data each time; the inputs are not rewritten), ``outputs()``
     copies the tensors named in ``names`` out as contiguous mlaref Tensors, by name; ``free()`` releases it."""
 
-    def __init__(self, prepared: harness.Prepared, names: list[str]):
-        self.prepared, self.names = prepared, names
+    def __init__(self, prepared: harness.Prepared, names: list[str], ir_of: dict | None = None):
+        self.prepared, self.names, self.ir_of = prepared, names, ir_of or {}
 
     def compute(self, n_threads: int = 1) -> None:
         self.prepared.compute(n_threads)
+
+    def profile(self, n_threads: int = 1) -> list[tuple[str, str, float]]:
+        """Each node of the peer's graph computed alone (:meth:`mlaref.codegen.peers.harness.Prepared.profile`):
+        ``[(IR node name, IR op, seconds), ...]`` in the peer's graph order; a node with no IR node of its own
+        (the ``cont`` of a kept view) is ``("(harness)", "CONT", s)``."""
+        out = []
+        for i, sec in self.prepared.profile(n_threads):
+            name, op = self.ir_of.get(i, ("(harness)", "CONT"))
+            out.append((name, op, sec))
+        return out
 
     def outputs(self) -> dict[str, Tensor]:
         return dict(zip(self.names, self.prepared.outputs()))
@@ -141,7 +151,8 @@ def prepare_graph(g, *, weights: dict, kv_cache: list, inputs: dict, keep=(), me
             raise ValueError(f"keep: no tensor named {name!r} in the graph") from None
         n = node_of[id(t)]
         outs.append(gr.op("cont", n) if t.view_src is not None or not _packed(t) else n)
-    return PreparedGraph(gr.prepare(outs, mem_bytes if mem_bytes is not None else _mem(graph)), names)
+    ir_of = {h: (node.name, node.op) for node in graph.nodes for h in [node_of.get(id(node))] if h is not None}
+    return PreparedGraph(gr.prepare(outs, mem_bytes if mem_bytes is not None else _mem(graph)), names, ir_of)
 
 
 def _packed(t: ir.Tensor) -> bool:

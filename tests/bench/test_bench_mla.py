@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mlaref.codegen.bench import method as M
 from mlaref.codegen.bench import mla as B
+from mlaref.codegen.bench import mla_arena as L_ARENA
 from mlaref.codegen.bench import mla_layers as L
 
 
@@ -133,7 +135,28 @@ def test_arena_backend_rows():
     for v in L.VARIANTS:
         assert row[f"arena/{v}"]["median"] > 0 and row[f"arena/{v}"]["spread"] >= 0
         assert 0 < row[f"outside_mm_fa_{v}"]["value"] < 1
+        ops = row[f"profile_{v}"]["ops"]["arena"]
+        assert {"inputs", "MUL_MAT", "FLASH_ATTN_EXT", "CPY"} <= set(ops) and all(x > 0 for x in ops.values())
+        assert row[f"outside_mm_fa_{v}"]["total"] == pytest.approx(sum(ops.values()))
+        busy = row[f"profile_{v}"]["arena_busy"]
+        assert set(busy) == set(ops) and all(0 < b <= 1 + 1e-6 for b in busy.values()), busy
+        a = row[f"arena/{v}"]
+        assert a["iqr"] >= 0 and 0 < a["min_over_median"] <= 1 and len(a["steal"]) == len(a["all"]) == 1
         assert (f"ratio_{v}" in row) == ggml_peer.available()
         assert not any(k.startswith(("ik/", "ggml025/")) for k in row)
+    noise = row[L_ARENA.NOISE]
+    assert noise["median"] > 0 and len(noise["all"]) == 1
     assert res["peers"] == [] and res["skipped_peers"] == {}
     assert "ggml/arena" in B.format_table(res)
+
+
+def test_ratios_of_medians_minima_and_rounds():
+    """The arena's ratios: per round the other contender took 2x, 2x, 3x, 2x the arena's time while both drifted
+    (a slow spell in round 2), so the paired ratio is 2 with no IQR from the drift, the medians' ratio is not."""
+    arena = M.Timing((1.0, 1.1, 3.0, 1.2), 1)
+    other = M.Timing((2.0, 2.2, 9.0, 2.4), 1)
+    r = L_ARENA._ratio(other, arena, "x")
+    assert r["paired"] == pytest.approx(2.0) and r["of_mins"] == pytest.approx(2.0)
+    assert r["value"] == pytest.approx(np.median(other.seconds) / np.median(arena.seconds))
+    assert r["paired_iqr"] == pytest.approx((np.percentile([2, 2, 3, 2], 75) - 2) / 2)
+    assert L_ARENA._iqr(M.Timing((1.0, 2.0, 3.0, 4.0, 5.0), 0)) == pytest.approx(2.0 / 3.0)

@@ -43,8 +43,12 @@ def test_each_peer_times_the_arenas_graph_and_matches_its_output(arena_result):
             # every attention result compared: the chunked graph's two chunks
             assert e["outputs"] == (["kqv_c0-0", "kqv_c1-0"] if v == "chunked" else ["kqv-0"])
             assert 0 <= e["value"] < MA.NMSE_BOUND[p] and e["within_bound"], (p, v, e["value"])
+        ops = row[f"profile_{v}"]["ops"]
+        assert set(ops) == {"arena", *MA.PEER_TAGS.values()}
+        for tag in MA.PEER_TAGS.values():
+            assert {"MUL_MAT", "FLASH_ATTN_EXT", "CPY", "CONCAT"} <= set(ops[tag]), (v, tag, ops[tag])
     table = B.format_table(res)
-    for what in ("ik/arena", "ggml025/arena", "ggml/arena", "nmse"):
+    for what in ("ik/arena", "ggml025/arena", "ggml/arena", "nmse", "seconds per op kind"):
         assert what in table
 
 
@@ -74,6 +78,34 @@ def test_a_remote_ir_graph_gives_run_graphs_bytes_on_every_compute():
         assert (t.type, t.ne) == (want[name].type, want[name].ne), name
         assert t.raw().tobytes() == want[name].raw().tobytes(), name
     assert np.all(np.isfinite(second[-1].to_numpy()))
+
+
+def test_a_peers_profile_times_every_node_of_the_ir_graph_alone():
+    """RemoteGraph.profile on each peer: one entry per node of the peer's graph, every IR node with a kernel named
+    with its op, times >= 0 (> 0 for mul_mat and flash_attn_ext); computing node by node leaves the bytes of a
+    whole compute."""
+    hp = preset("deepseek-v2-lite")
+    s = {"n_head": 2, "T": 32, "rank": hp.n_lora_kv, "rope": hp.n_rot, "nope": hp.n_embd_head_qk_nope,
+         "dv": hp.n_embd_head_v, "dk": hp.n_embd_head_qk_nope + hp.n_rot, "kq_scale": float(hp.kq_scale)}
+    g, vals = MA.layer_setups(hp, s, 512, 256, seed=4)["chunked"]
+    keep = MA.attention_names(g)
+    for peer in PEERS:
+        _need(peer)
+        r = RemoteGraph.of_graph(peer, g, vals, keep=keep)
+        try:
+            r.compute(2)
+            whole = [t.raw().tobytes() for t in r.results()]
+            prof = r.profile(2)
+            after = [t.raw().tobytes() for t in r.results()]
+        finally:
+            r.close()
+        assert after == whole, peer
+        named = {name: op for name, op, _ in prof}
+        for node in g.graph.nodes:
+            if node.op in ("MUL_MAT", "FLASH_ATTN_EXT", "CPY", "REPEAT", "CONCAT"):
+                assert named.get(node.name) == node.op, (peer, node.name)
+        assert all(sec >= 0 for _, _, sec in prof)
+        assert all(sec > 0 for _, op, sec in prof if op in ("MUL_MAT", "FLASH_ATTN_EXT")), (peer, prof)
 
 
 def test_peers_without_a_build_are_named_and_skipped(monkeypatch):

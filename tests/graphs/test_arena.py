@@ -162,3 +162,50 @@ def test_bad_arguments():
         a.run_checked(poison=256)
     with pytest.raises(ValueError, match="inputs: missing 'q'"):
         arena.Arena(g, weights=vals["weights"], kv_cache=vals["kv_cache"], inputs={})
+
+
+def test_the_profile_times_every_step_of_the_same_computation():
+    """profile_steps runs the same steps as run() through the timed C loop: the bytes of the reference after it
+    (on a poisoned buffer), one positive time per step and repeat; each step belongs to 'inputs' or a node with a
+    kernel; profile and profile_ops are its medians summed per node and per op kind."""
+    case = ("chunked", "f16", 2 * N_KV, N_KV)
+    g, vals = _layer(*case)
+    want = _reference(case)
+    for n_threads in (1, 2):
+        a = arena.Arena(g, **vals, n_threads=n_threads)
+        a.compute[...] = arena.POISON
+        steps = a.profile_steps(repeats=2)
+        for name, b in want.items():
+            assert a.tensor(name).raw().tobytes() == b, (n_threads, name)
+        assert steps.shape == (2, a.n_per_step.size) and np.all(steps > 0)
+        owners = a.step_owners()
+        kernel_nodes = {name for name, _, k in a.kernels if k}
+        assert len(owners) == a.n_per_step.size and owners[: a.n_input_steps] == ["inputs"] * a.n_input_steps
+        assert set(owners[a.n_input_steps:]) == kernel_nodes
+        prof, ops = a.profile(repeats=2), a.profile_ops(repeats=2)
+        assert set(prof) == {"inputs"} | kernel_nodes and all(v > 0 for v in prof.values())
+        assert set(ops) == {"inputs", "MUL_MAT", "CPY", "REPEAT", "CONCAT", "FLASH_ATTN_EXT"}
+        assert 0 < a.step_overhead(calls=5) < 0.1
+        steps, jobs = a._profile_runs(2)
+        first = np.concatenate([[0], np.cumsum(a.n_per_step)[:-1]])
+        for k in range(2):  # every job ran within its step: its own time is positive and at most the step's
+            assert np.all(jobs[k] > 0) and np.all(jobs[k] <= np.repeat(steps[k], a.n_per_step) + 1e-6)
+            assert np.all(jobs[k][first] > 0)
+        busy = a.profile_busy(repeats=2)
+        assert set(busy) == set(ops) and all(0 < b <= 1 + 1e-6 for b in busy.values()), busy
+    a.jobs[:, -2] = 0
+    a.run()  # the untimed path writes no job times
+    assert not np.any(a.jobs[:, -2])
+
+
+def test_the_timed_steps_runner_checks_its_clock_vector():
+    from mlaref.codegen.kernels import pool
+
+    src = np.zeros(64, np.uint8)
+    jobs = pool.jobs_array([pool.job("memcpy", 0, pool.address(src) + 32, pool.address(src), 8)])
+    steps = np.array([1], np.int32)
+    for bad in (np.zeros(2, np.int64), np.zeros(1, np.int32), [0]):
+        with pytest.raises(ValueError, match="ns must be"):
+            pool.steps_runner(jobs, steps, bad)
+    ns = np.full(1, -1, np.int64)
+    assert pool.steps_runner(jobs, steps, ns)() == 0 and ns[0] > 0

@@ -105,3 +105,20 @@ def test_run_steps_checks_its_arrays():
     bad[0, 0] = 99
     with pytest.raises(ValueError, match="unknown kind"):
         pool.run_steps(bad, np.array([1], np.int32))
+
+
+def test_cast_jobs_walk_the_source_rows_in_memory_order():
+    """The K/V cast of the MLA layer (kv_f32's view ``[128, n_kv, 16]``: nb1 a 16 KB cell row, nb2 a head's 1 KB
+    in it): the kernel's innermost dim is the head, its outermost the (absent) dim 3, and the destination's
+    strides move along; split over threads by cells."""
+    n_kv, heads = 8, 4
+    kv = Tensor.zeros("f32", (2 * 128 * heads, n_kv, 1, 1))
+    view = Tensor("f32", (128, n_kv, heads, 1), (4, kv.nb[1], 256 * 4, kv.nb[1] * n_kv), kv.data, 128 * 4)
+    dst = Tensor.empty("f16", view.ne)
+    (one,) = rows.cast_jobs(view, dst)
+    ne, s_nb, d_nb = one[5:8], one[8:11], one[11:14]
+    assert ne == [heads, n_kv, 1] and s_nb == [1024, kv.nb[1], kv.nb[1] * n_kv]
+    assert d_nb == [dst.nb[2], dst.nb[1], dst.nb[3]]
+    two = rows.cast_jobs(view, dst, n_threads=2)
+    assert [j[5:8] for j in two] == [[heads, n_kv // 2, 1]] * 2
+    assert two[1][3] - two[0][3] == kv.nb[1] * n_kv // 2  # the second job starts at the middle cell

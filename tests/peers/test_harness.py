@@ -11,17 +11,24 @@ from mlaref.reference.tensor import Tensor
 
 UPSTREAM_015_H = """
 GGML_API const struct ggml_type_traits * ggml_get_type_traits(enum ggml_type type);
+GGML_API void   ggml_graph_add_node(struct ggml_cgraph * cgraph, struct ggml_tensor * tensor);
 """
 UPSTREAM_015_CPU_H = """
 GGML_BACKEND_API void ggml_cpu_init(void);
 GGML_BACKEND_API int ggml_cpu_has_avx2(void);
 GGML_BACKEND_API int ggml_cpu_has_fma (void);
 GGML_BACKEND_API const struct ggml_type_traits_cpu * ggml_get_type_traits_cpu(enum ggml_type type);
+GGML_BACKEND_API struct ggml_cplan ggml_graph_plan(
+                  const struct ggml_cgraph * cgraph,
+                                       int   n_threads,
+                    struct ggml_threadpool * threadpool);
 """
 IK_H = """
 GGML_API int ggml_cpu_has_avx2       (void);
 GGML_API int ggml_cpu_has_f16c       (void);
 GGML_API ggml_type_traits_t ggml_internal_get_type_traits(enum ggml_type type);
+GGML_API struct ggml_cgraph   ggml_graph_view        (struct ggml_cgraph * cgraph, int i0, int i1);
+GGML_API struct ggml_cplan ggml_graph_plan   (const struct ggml_cgraph * cgraph, int n_threads);
 GGML_API struct ggml_tensor * ggml_fused_rms_norm(struct ggml_context * ctx, struct ggml_tensor * a,
                                                   struct ggml_tensor * b, float eps);
 GGML_API struct ggml_tensor * ggml_multi_add(struct ggml_context * ctx, struct ggml_tensor * a, int n_experts);
@@ -38,9 +45,11 @@ def test_the_dialect_is_read_from_the_headers(tmp_path):
     d_up, d_ik = harness.dialect(up, "x"), harness.dialect(ik, "y")
     ik_only = {"fused_mul_unary": False, "multi_add": False, "moe_up_gate": False}
     assert d_up == {"peer": "x", "cpu_header": True, "traits": "split", "cpu_init": True,
-                    "features": ["avx2", "fma"], "fused_rms_norm": False, **ik_only}
+                    "features": ["avx2", "fma"], "fused_rms_norm": False, **ik_only, "graph_add_node": True,
+                    "plan_threadpool": True}
     assert d_ik == {"peer": "y", "cpu_header": False, "traits": "internal", "cpu_init": False,
-                    "features": ["avx2", "f16c"], "fused_rms_norm": True, **ik_only, "multi_add": True}
+                    "features": ["avx2", "f16c"], "fused_rms_norm": True, **ik_only, "multi_add": True,
+                    "graph_add_node": False, "plan_threadpool": False}
     src_up, src_ik = harness.render(d_up), harness.render(d_ik)
     assert src_up == harness.render(dict(d_up))  # the same parameters give the same bytes
     assert '#include "ggml-cpu.h"' in src_up and '#include "ggml-cpu.h"' not in src_ik
@@ -48,6 +57,8 @@ def test_the_dialect_is_read_from_the_headers(tmp_path):
     assert "ggml_fused_rms_norm(ctx" in src_ik and "ggml_fused_rms_norm(ctx" not in src_up
     assert "ggml_multi_add(ctx" in src_ik and "ggml_multi_add(ctx" not in src_up
     assert "ggml_cpu_has_fma()" in src_up and "ggml_cpu_has_fma()" not in src_ik
+    assert "ggml_graph_add_node(one" in src_up and "ggml_graph_view(gf" in src_ik
+    assert "ggml_graph_plan(one, n_threads, NULL)" in src_up and "ggml_graph_plan(one, n_threads);" in src_ik
 
 
 def test_a_directory_without_ggml_h_is_refused(tmp_path):
