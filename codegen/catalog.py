@@ -306,13 +306,16 @@ def by_key() -> dict[tuple, dict[str, KernelSpec]]:
 # ---- mul_mat and flash_attn_ext (helper H11; entry points in codegen/kernels/mm.py) --------------------------
 # mul_mat: type_x = src0 (weight), type_y = src1 (its columns are converted to type_x's vec_dot type inside the
 # kernel, #253 semantics); flash_attn_ext: type_x = K type, type_y = V type. Plan "l16a1" = mlaref_l16a1 for every
-# dot product; flash attention's k_step, kv_chunks and exp are run-time arguments taken from the plan value.
+# dot product; flash attention's k_step, kv_chunks and exp are run-time arguments taken from the plan value. mul_mat
+# also has "l8a1" (mlaref_l8a1: one 8-lane accumulator per output, so AVX2 holds a 4 x 3 register tile) on the ISAs
+# of MM_L8A1_ISAS; the 16-lane avx512 kernels keep l16a1 only.
 MM_FAMILIES = ("mul_mat", "flash_attn_ext")
 MM_X_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q5_0", "iq4_nl", "q4_1", "q5_1", "q4_K", "q6_K")
 MM_Y_TYPES = ("f32", "f16", "bf16", "q8_0")
 FA_KV_TYPES = ("f16", "q8_0")
 MM_ISAS = ("scalar", "avx2", "avx512", "avx512vnni")
-MM_PLANS = ("l16a1",)
+MM_PLANS = ("l16a1", "l8a1")
+MM_L8A1_ISAS = ("scalar", "avx2")
 
 
 def _validate_mm(spec: KernelSpec, where: str) -> KernelSpec:
@@ -333,6 +336,8 @@ def _validate_mm(spec: KernelSpec, where: str) -> KernelSpec:
         x_block = spec.type_x == "q8_0"
     if spec.isa == "avx512vnni" and not x_block:
         raise ValueError(f"{where}: avx512vnni changes only int8 dot products; element types use avx512")
+    if spec.plan == "l8a1" and (spec.family != "mul_mat" or spec.isa not in MM_L8A1_ISAS):
+        raise ValueError(f"{where}: plan l8a1 has mul_mat kernels for {', '.join(MM_L8A1_ISAS)} only")
     return spec
 
 
