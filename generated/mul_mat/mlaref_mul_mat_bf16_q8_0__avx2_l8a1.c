@@ -807,6 +807,16 @@ static inline float mm_hsum8_ps(__m256 s) {
     return _mm_cvtss_f32(t);
 }
 static inline float mm_hsum8(mm_vf a) { return mm_hsum8_ps(a.lo); }
+/* mm_hsum8_ps of four ymm at once, {fold(a), fold(b), fold(c), fold(d)}: perm2f128 pairs the 128-bit halves
+   (t[l] = s[l] + s[l + 4]), the shuffles pair t[l] with t[l + 2], hadd adds the last two; every sum has the
+   operands, in the same order, of the one mm_hsum8_ps forms */
+static inline __m128 mm_fold8x4(__m256 a, __m256 b, __m256 c, __m256 d) {
+    const __m256 ab = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+    const __m256 cd = _mm256_add_ps(_mm256_permute2f128_ps(c, d, 0x20), _mm256_permute2f128_ps(c, d, 0x31));
+    const __m256 w = _mm256_add_ps(_mm256_shuffle_ps(ab, cd, 0x44), _mm256_shuffle_ps(ab, cd, 0xEE));
+    const __m256 r = _mm256_hadd_ps(w, w); /* [a, c, a, c | b, d, b, d] */
+    return _mm256_castps256_ps128(_mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 0, 0, 0, 0)));
+}
 
 static inline void mm_encode_x(const int8_t *q, uint8_t *out) { memcpy(out, q, 64); }
 static inline void mm_encode_y(const int8_t *q, uint8_t *out) { memcpy(out, q, 64); }
@@ -1089,6 +1099,7 @@ static inline void mm_put_blocks(const int8_t *q, const float *d, int64_t nb, ui
 /* an empty asm that claims to change v: GCC would otherwise fold each x load into both of its fmas as a memory
    operand, 8 loads per 6 fmas, and the load ports, not the FMA pipes, would set the pace */
 #define MM_IN_REG(v) __asm__("" : "+x"(v))
+
 /* 4 x rows times 3 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j);
    _pf: also asks for the 3 columns at pf, step by step (a 32-line column is too short a stream for the
    hardware prefetcher to catch before it ends) */
@@ -1113,63 +1124,53 @@ static inline void mm_fmicro_4x3_pf(const float *x, int64_t xs, const float *y, 
         __builtin_prefetch(pf + 0 * ys + 16 * s, 0, 3);
         __builtin_prefetch(pf + 1 * ys + 16 * s, 0, 3);
         __builtin_prefetch(pf + 2 * ys + 16 * s, 0, 3);
-        {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
-            MM_IN_REG(y0);
-            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
-            MM_IN_REG(y1);
-            __m256 y2 = _mm256_loadu_ps(yp + 2 * ys + 0);
-            MM_IN_REG(y2);
-            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
-            MM_IN_REG(x0);
-            a00 = _mm256_fmadd_ps(x0, y0, a00);
-            a01 = _mm256_fmadd_ps(x0, y1, a01);
-            a02 = _mm256_fmadd_ps(x0, y2, a02);
-            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
-            MM_IN_REG(x1);
-            a10 = _mm256_fmadd_ps(x1, y0, a10);
-            a11 = _mm256_fmadd_ps(x1, y1, a11);
-            a12 = _mm256_fmadd_ps(x1, y2, a12);
-            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 0);
-            MM_IN_REG(x2);
-            a20 = _mm256_fmadd_ps(x2, y0, a20);
-            a21 = _mm256_fmadd_ps(x2, y1, a21);
-            a22 = _mm256_fmadd_ps(x2, y2, a22);
-            __m256 x3 = _mm256_loadu_ps(xp + 3 * xs + 0);
-            MM_IN_REG(x3);
-            a30 = _mm256_fmadd_ps(x3, y0, a30);
-            a31 = _mm256_fmadd_ps(x3, y1, a31);
-            a32 = _mm256_fmadd_ps(x3, y2, a32);
-        }
+        __asm__("vmovups\t0(%[y]), %%ymm13\n\t"
+                "vmovups\t0(%[y],%[ys]), %%ymm14\n\t"
+                "vmovups\t0(%[y],%[ys],2), %%ymm15\n\t"
+                "vmovups\t0(%[x]), %%ymm12\n\t"
+                "vfmadd231ps\t%%ymm13, %%ymm12, %[a00]\n\t"
+                "vfmadd231ps\t%%ymm14, %%ymm12, %[a01]\n\t"
+                "vfmadd231ps\t%%ymm15, %%ymm12, %[a02]\n\t"
+                "vmovups\t0(%[x],%[xs]), %%ymm12\n\t"
+                "vfmadd231ps\t%%ymm13, %%ymm12, %[a10]\n\t"
+                "vfmadd231ps\t%%ymm14, %%ymm12, %[a11]\n\t"
+                "vfmadd231ps\t%%ymm15, %%ymm12, %[a12]\n\t"
+                "vmovups\t0(%[x2]), %%ymm12\n\t"
+                "vfmadd231ps\t%%ymm13, %%ymm12, %[a20]\n\t"
+                "vfmadd231ps\t%%ymm14, %%ymm12, %[a21]\n\t"
+                "vfmadd231ps\t%%ymm15, %%ymm12, %[a22]\n\t"
+                "vmovups\t0(%[x2],%[xs]), %%ymm12\n\t"
+                "vfmadd231ps\t%%ymm13, %%ymm12, %[a30]\n\t"
+                "vfmadd231ps\t%%ymm14, %%ymm12, %[a31]\n\t"
+                "vfmadd231ps\t%%ymm15, %%ymm12, %[a32]\n\t"
+                : [a00] "+x"(a00), [a01] "+x"(a01), [a02] "+x"(a02), [a10] "+x"(a10), [a11] "+x"(a11), [a12] "+x"(a12), [a20] "+x"(a20), [a21] "+x"(a21), [a22] "+x"(a22), [a30] "+x"(a30), [a31] "+x"(a31), [a32] "+x"(a32)
+                : [x] "r"(xp), [x2] "r"(xp + 2 * xs), [xs] "r"(xs * 4), [y] "r"(yp), [ys] "r"(ys * (int64_t)sizeof *yp)
+                : "xmm12", "xmm13", "xmm14", "xmm15", "memory");
 
-        {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
-            MM_IN_REG(y0);
-            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
-            MM_IN_REG(y1);
-            __m256 y2 = _mm256_loadu_ps(yp + 2 * ys + 8);
-            MM_IN_REG(y2);
-            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
-            MM_IN_REG(x0);
-            a00 = _mm256_fmadd_ps(x0, y0, a00);
-            a01 = _mm256_fmadd_ps(x0, y1, a01);
-            a02 = _mm256_fmadd_ps(x0, y2, a02);
-            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
-            MM_IN_REG(x1);
-            a10 = _mm256_fmadd_ps(x1, y0, a10);
-            a11 = _mm256_fmadd_ps(x1, y1, a11);
-            a12 = _mm256_fmadd_ps(x1, y2, a12);
-            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 8);
-            MM_IN_REG(x2);
-            a20 = _mm256_fmadd_ps(x2, y0, a20);
-            a21 = _mm256_fmadd_ps(x2, y1, a21);
-            a22 = _mm256_fmadd_ps(x2, y2, a22);
-            __m256 x3 = _mm256_loadu_ps(xp + 3 * xs + 8);
-            MM_IN_REG(x3);
-            a30 = _mm256_fmadd_ps(x3, y0, a30);
-            a31 = _mm256_fmadd_ps(x3, y1, a31);
-            a32 = _mm256_fmadd_ps(x3, y2, a32);
-        }
+
+        __asm__("vmovups\t32(%[y]), %%ymm13\n\t"
+                "vmovups\t32(%[y],%[ys]), %%ymm14\n\t"
+                "vmovups\t32(%[y],%[ys],2), %%ymm15\n\t"
+                "vmovups\t32(%[x]), %%ymm12\n\t"
+                "vfmadd231ps\t%%ymm13, %%ymm12, %[a00]\n\t"
+                "vfmadd231ps\t%%ymm14, %%ymm12, %[a01]\n\t"
+                "vfmadd231ps\t%%ymm15, %%ymm12, %[a02]\n\t"
+                "vmovups\t32(%[x],%[xs]), %%ymm12\n\t"
+                "vfmadd231ps\t%%ymm13, %%ymm12, %[a10]\n\t"
+                "vfmadd231ps\t%%ymm14, %%ymm12, %[a11]\n\t"
+                "vfmadd231ps\t%%ymm15, %%ymm12, %[a12]\n\t"
+                "vmovups\t32(%[x2]), %%ymm12\n\t"
+                "vfmadd231ps\t%%ymm13, %%ymm12, %[a20]\n\t"
+                "vfmadd231ps\t%%ymm14, %%ymm12, %[a21]\n\t"
+                "vfmadd231ps\t%%ymm15, %%ymm12, %[a22]\n\t"
+                "vmovups\t32(%[x2],%[xs]), %%ymm12\n\t"
+                "vfmadd231ps\t%%ymm13, %%ymm12, %[a30]\n\t"
+                "vfmadd231ps\t%%ymm14, %%ymm12, %[a31]\n\t"
+                "vfmadd231ps\t%%ymm15, %%ymm12, %[a32]\n\t"
+                : [a00] "+x"(a00), [a01] "+x"(a01), [a02] "+x"(a02), [a10] "+x"(a10), [a11] "+x"(a11), [a12] "+x"(a12), [a20] "+x"(a20), [a21] "+x"(a21), [a22] "+x"(a22), [a30] "+x"(a30), [a31] "+x"(a31), [a32] "+x"(a32)
+                : [x] "r"(xp), [x2] "r"(xp + 2 * xs), [xs] "r"(xs * 4), [y] "r"(yp), [ys] "r"(ys * (int64_t)sizeof *yp)
+                : "xmm12", "xmm13", "xmm14", "xmm15", "memory");
+
 
     }
     if (nfull < nsteps) {
@@ -1235,18 +1236,9 @@ static inline void mm_fmicro_4x3_pf(const float *x, int64_t xs, const float *y, 
         }
 
     }
-    out[0 * ldo + 0] = mm_hsum8_ps(a00);
-    out[1 * ldo + 0] = mm_hsum8_ps(a01);
-    out[2 * ldo + 0] = mm_hsum8_ps(a02);
-    out[0 * ldo + 1] = mm_hsum8_ps(a10);
-    out[1 * ldo + 1] = mm_hsum8_ps(a11);
-    out[2 * ldo + 1] = mm_hsum8_ps(a12);
-    out[0 * ldo + 2] = mm_hsum8_ps(a20);
-    out[1 * ldo + 2] = mm_hsum8_ps(a21);
-    out[2 * ldo + 2] = mm_hsum8_ps(a22);
-    out[0 * ldo + 3] = mm_hsum8_ps(a30);
-    out[1 * ldo + 3] = mm_hsum8_ps(a31);
-    out[2 * ldo + 3] = mm_hsum8_ps(a32);
+    _mm_storeu_ps(out + 0 * ldo, mm_fold8x4(a00, a10, a20, a30));
+    _mm_storeu_ps(out + 1 * ldo, mm_fold8x4(a01, a11, a21, a31));
+    _mm_storeu_ps(out + 2 * ldo, mm_fold8x4(a02, a12, a22, a32));
 }
 
 /* 4 x rows times 3 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j)
@@ -1269,63 +1261,53 @@ static inline void mm_fmicro_4x3(const float *x, int64_t xs, const float *y, int
     for (int64_t s = 0; s < nfull; ++s) {
         const float *xp = x + 16 * s;
         const float *yp = y + 16 * s;
-        {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
-            MM_IN_REG(y0);
-            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 0);
-            MM_IN_REG(y1);
-            __m256 y2 = _mm256_loadu_ps(yp + 2 * ys + 0);
-            MM_IN_REG(y2);
-            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 0);
-            MM_IN_REG(x0);
-            a00 = _mm256_fmadd_ps(x0, y0, a00);
-            a01 = _mm256_fmadd_ps(x0, y1, a01);
-            a02 = _mm256_fmadd_ps(x0, y2, a02);
-            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 0);
-            MM_IN_REG(x1);
-            a10 = _mm256_fmadd_ps(x1, y0, a10);
-            a11 = _mm256_fmadd_ps(x1, y1, a11);
-            a12 = _mm256_fmadd_ps(x1, y2, a12);
-            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 0);
-            MM_IN_REG(x2);
-            a20 = _mm256_fmadd_ps(x2, y0, a20);
-            a21 = _mm256_fmadd_ps(x2, y1, a21);
-            a22 = _mm256_fmadd_ps(x2, y2, a22);
-            __m256 x3 = _mm256_loadu_ps(xp + 3 * xs + 0);
-            MM_IN_REG(x3);
-            a30 = _mm256_fmadd_ps(x3, y0, a30);
-            a31 = _mm256_fmadd_ps(x3, y1, a31);
-            a32 = _mm256_fmadd_ps(x3, y2, a32);
-        }
+        __asm__("vmovups\t0(%[y]), %%ymm13\n\t"
+                "vmovups\t0(%[y],%[ys]), %%ymm14\n\t"
+                "vmovups\t0(%[y],%[ys],2), %%ymm15\n\t"
+                "vmovups\t0(%[x]), %%ymm12\n\t"
+                "vfmadd231ps\t%%ymm13, %%ymm12, %[a00]\n\t"
+                "vfmadd231ps\t%%ymm14, %%ymm12, %[a01]\n\t"
+                "vfmadd231ps\t%%ymm15, %%ymm12, %[a02]\n\t"
+                "vmovups\t0(%[x],%[xs]), %%ymm12\n\t"
+                "vfmadd231ps\t%%ymm13, %%ymm12, %[a10]\n\t"
+                "vfmadd231ps\t%%ymm14, %%ymm12, %[a11]\n\t"
+                "vfmadd231ps\t%%ymm15, %%ymm12, %[a12]\n\t"
+                "vmovups\t0(%[x2]), %%ymm12\n\t"
+                "vfmadd231ps\t%%ymm13, %%ymm12, %[a20]\n\t"
+                "vfmadd231ps\t%%ymm14, %%ymm12, %[a21]\n\t"
+                "vfmadd231ps\t%%ymm15, %%ymm12, %[a22]\n\t"
+                "vmovups\t0(%[x2],%[xs]), %%ymm12\n\t"
+                "vfmadd231ps\t%%ymm13, %%ymm12, %[a30]\n\t"
+                "vfmadd231ps\t%%ymm14, %%ymm12, %[a31]\n\t"
+                "vfmadd231ps\t%%ymm15, %%ymm12, %[a32]\n\t"
+                : [a00] "+x"(a00), [a01] "+x"(a01), [a02] "+x"(a02), [a10] "+x"(a10), [a11] "+x"(a11), [a12] "+x"(a12), [a20] "+x"(a20), [a21] "+x"(a21), [a22] "+x"(a22), [a30] "+x"(a30), [a31] "+x"(a31), [a32] "+x"(a32)
+                : [x] "r"(xp), [x2] "r"(xp + 2 * xs), [xs] "r"(xs * 4), [y] "r"(yp), [ys] "r"(ys * (int64_t)sizeof *yp)
+                : "xmm12", "xmm13", "xmm14", "xmm15", "memory");
 
-        {
-            __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 8);
-            MM_IN_REG(y0);
-            __m256 y1 = _mm256_loadu_ps(yp + 1 * ys + 8);
-            MM_IN_REG(y1);
-            __m256 y2 = _mm256_loadu_ps(yp + 2 * ys + 8);
-            MM_IN_REG(y2);
-            __m256 x0 = _mm256_loadu_ps(xp + 0 * xs + 8);
-            MM_IN_REG(x0);
-            a00 = _mm256_fmadd_ps(x0, y0, a00);
-            a01 = _mm256_fmadd_ps(x0, y1, a01);
-            a02 = _mm256_fmadd_ps(x0, y2, a02);
-            __m256 x1 = _mm256_loadu_ps(xp + 1 * xs + 8);
-            MM_IN_REG(x1);
-            a10 = _mm256_fmadd_ps(x1, y0, a10);
-            a11 = _mm256_fmadd_ps(x1, y1, a11);
-            a12 = _mm256_fmadd_ps(x1, y2, a12);
-            __m256 x2 = _mm256_loadu_ps(xp + 2 * xs + 8);
-            MM_IN_REG(x2);
-            a20 = _mm256_fmadd_ps(x2, y0, a20);
-            a21 = _mm256_fmadd_ps(x2, y1, a21);
-            a22 = _mm256_fmadd_ps(x2, y2, a22);
-            __m256 x3 = _mm256_loadu_ps(xp + 3 * xs + 8);
-            MM_IN_REG(x3);
-            a30 = _mm256_fmadd_ps(x3, y0, a30);
-            a31 = _mm256_fmadd_ps(x3, y1, a31);
-            a32 = _mm256_fmadd_ps(x3, y2, a32);
-        }
+
+        __asm__("vmovups\t32(%[y]), %%ymm13\n\t"
+                "vmovups\t32(%[y],%[ys]), %%ymm14\n\t"
+                "vmovups\t32(%[y],%[ys],2), %%ymm15\n\t"
+                "vmovups\t32(%[x]), %%ymm12\n\t"
+                "vfmadd231ps\t%%ymm13, %%ymm12, %[a00]\n\t"
+                "vfmadd231ps\t%%ymm14, %%ymm12, %[a01]\n\t"
+                "vfmadd231ps\t%%ymm15, %%ymm12, %[a02]\n\t"
+                "vmovups\t32(%[x],%[xs]), %%ymm12\n\t"
+                "vfmadd231ps\t%%ymm13, %%ymm12, %[a10]\n\t"
+                "vfmadd231ps\t%%ymm14, %%ymm12, %[a11]\n\t"
+                "vfmadd231ps\t%%ymm15, %%ymm12, %[a12]\n\t"
+                "vmovups\t32(%[x2]), %%ymm12\n\t"
+                "vfmadd231ps\t%%ymm13, %%ymm12, %[a20]\n\t"
+                "vfmadd231ps\t%%ymm14, %%ymm12, %[a21]\n\t"
+                "vfmadd231ps\t%%ymm15, %%ymm12, %[a22]\n\t"
+                "vmovups\t32(%[x2],%[xs]), %%ymm12\n\t"
+                "vfmadd231ps\t%%ymm13, %%ymm12, %[a30]\n\t"
+                "vfmadd231ps\t%%ymm14, %%ymm12, %[a31]\n\t"
+                "vfmadd231ps\t%%ymm15, %%ymm12, %[a32]\n\t"
+                : [a00] "+x"(a00), [a01] "+x"(a01), [a02] "+x"(a02), [a10] "+x"(a10), [a11] "+x"(a11), [a12] "+x"(a12), [a20] "+x"(a20), [a21] "+x"(a21), [a22] "+x"(a22), [a30] "+x"(a30), [a31] "+x"(a31), [a32] "+x"(a32)
+                : [x] "r"(xp), [x2] "r"(xp + 2 * xs), [xs] "r"(xs * 4), [y] "r"(yp), [ys] "r"(ys * (int64_t)sizeof *yp)
+                : "xmm12", "xmm13", "xmm14", "xmm15", "memory");
+
 
     }
     if (nfull < nsteps) {
@@ -1391,18 +1373,9 @@ static inline void mm_fmicro_4x3(const float *x, int64_t xs, const float *y, int
         }
 
     }
-    out[0 * ldo + 0] = mm_hsum8_ps(a00);
-    out[1 * ldo + 0] = mm_hsum8_ps(a01);
-    out[2 * ldo + 0] = mm_hsum8_ps(a02);
-    out[0 * ldo + 1] = mm_hsum8_ps(a10);
-    out[1 * ldo + 1] = mm_hsum8_ps(a11);
-    out[2 * ldo + 1] = mm_hsum8_ps(a12);
-    out[0 * ldo + 2] = mm_hsum8_ps(a20);
-    out[1 * ldo + 2] = mm_hsum8_ps(a21);
-    out[2 * ldo + 2] = mm_hsum8_ps(a22);
-    out[0 * ldo + 3] = mm_hsum8_ps(a30);
-    out[1 * ldo + 3] = mm_hsum8_ps(a31);
-    out[2 * ldo + 3] = mm_hsum8_ps(a32);
+    _mm_storeu_ps(out + 0 * ldo, mm_fold8x4(a00, a10, a20, a30));
+    _mm_storeu_ps(out + 1 * ldo, mm_fold8x4(a01, a11, a21, a31));
+    _mm_storeu_ps(out + 2 * ldo, mm_fold8x4(a02, a12, a22, a32));
 }
 
 /* 3 x rows times 3 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j)
@@ -1819,14 +1792,8 @@ static inline void mm_fmicro_4x2(const float *x, int64_t xs, const float *y, int
         }
 
     }
-    out[0 * ldo + 0] = mm_hsum8_ps(a00);
-    out[1 * ldo + 0] = mm_hsum8_ps(a01);
-    out[0 * ldo + 1] = mm_hsum8_ps(a10);
-    out[1 * ldo + 1] = mm_hsum8_ps(a11);
-    out[0 * ldo + 2] = mm_hsum8_ps(a20);
-    out[1 * ldo + 2] = mm_hsum8_ps(a21);
-    out[0 * ldo + 3] = mm_hsum8_ps(a30);
-    out[1 * ldo + 3] = mm_hsum8_ps(a31);
+    _mm_storeu_ps(out + 0 * ldo, mm_fold8x4(a00, a10, a20, a30));
+    _mm_storeu_ps(out + 1 * ldo, mm_fold8x4(a01, a11, a21, a31));
 }
 
 /* 3 x rows times 2 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j)
@@ -2143,10 +2110,7 @@ static inline void mm_fmicro_4x1(const float *x, int64_t xs, const float *y, int
         }
 
     }
-    out[0 * ldo + 0] = mm_hsum8_ps(a00);
-    out[0 * ldo + 1] = mm_hsum8_ps(a10);
-    out[0 * ldo + 2] = mm_hsum8_ps(a20);
-    out[0 * ldo + 3] = mm_hsum8_ps(a30);
+    _mm_storeu_ps(out + 0 * ldo, mm_fold8x4(a00, a10, a20, a30));
 }
 
 /* 3 x rows times 1 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j)
