@@ -167,15 +167,17 @@ def _f16_rows(rng, rows: int, n: int, row_len: int | None = None, scale: float =
 
 
 def _inputs(case: str, n_kv: int, rng):
-    """(inputs, harness op, float params, flops, mlaref call) of one case."""
+    """(inputs, harness op, float params, flops, mlaref call, mlaref plan name) of one case. mul_mat runs this
+    CPU's native plan (:func:`mlaref.codegen.kernels.mm.fastest_plan`: mlaref_l8a1 on AVX2, l16a1 on AVX-512)."""
     if case == "mul_mat f16 x f16":
         w, cache = _f16_rows(rng, 4096, 512, scale=0.05), _f16_rows(rng, n_kv, 512, row_len=576)
         # the result goes to one buffer allocated (and zeroed, so its pages exist) here, as the peers' graphs
         # write theirs: a fresh 16-64 MB output per call would add its page faults (5-8 % of the call) to
         # mlaref's time alone
         out = Tensor.zeros("f32", (4096, n_kv, 1, 1))
+        plan = _km.fastest_plan()
         return ([w, cache], "mul_mat", (), 2.0 * 512 * 4096 * n_kv,
-                lambda nt: _km.mul_mat(w, cache, n_threads=nt, out=out))
+                lambda nt: _km.mul_mat(w, cache, plan=plan, n_threads=nt, out=out), plan.name)
     if case == "fa f16":
         nh, nq, dk, dv = 16, 512, 192, 128
         q = Tensor.from_numpy((rng.standard_normal((1, nh, nq, dk)) * 0.5).astype(np.float32))
@@ -189,7 +191,7 @@ def _inputs(case: str, n_kv: int, rng):
         plan = _km.fa_plan(64, 1, "v_expf_avx2")
         flops = 2.0 * nh * nq * n_kv * (dk + dv)
         return ([q, k, v, mask], "flash_attn_ext", (scale, 0.0, 0.0), flops,
-                lambda nt: _km.flash_attn_ext(q, k, v, mask, scale, plan=plan, n_threads=nt))
+                lambda nt: _km.flash_attn_ext(q, k, v, mask, scale, plan=plan, n_threads=nt), plan.name)
     raise ValueError(f"bench_peers: unknown case {case!r}; known: {', '.join(CASES)}")
 
 
@@ -204,7 +206,7 @@ def bench_peers(*, cases=CASES, n_kvs=(1024, 4096), threads=(1, 2), peers=PEERS,
     rows = []
     for case in cases:
         for n_kv in n_kvs:
-            inputs, op, fp, flops, ours = _inputs(case, n_kv, rng)
+            inputs, op, fp, flops, ours, plan_name = _inputs(case, n_kv, rng)
             remotes = {p: RemoteGraph(p, op, inputs, fp=fp) for p in peers}
             try:
                 for nt in threads:
@@ -224,7 +226,7 @@ def bench_peers(*, cases=CASES, n_kvs=(1024, 4096), threads=(1, 2), peers=PEERS,
                     for order in _bench.round_orders(fns, repeats):
                         for name in order:
                             secs[name].append(fns[name]())
-                    row = {"case": case, "n_kv": n_kv, "threads": nt, "gflop": flops * 1e-9,
+                    row = {"case": case, "n_kv": n_kv, "threads": nt, "gflop": flops * 1e-9, "mlaref_plan": plan_name,
                            "peak_gflops": pk["gflops"] if pk else None}
                     for name, v in secs.items():
                         t = _bench.Timing(tuple(v), warmup)
@@ -245,7 +247,7 @@ def format_table(result: dict) -> str:
     """Median seconds and GFLOP/s per contender, the fraction of the FMA peak (``%pk``); ``x`` = the peer's
     seconds over mlaref's, i.e. mlaref's speed over the peer's (> 1: mlaref faster)."""
     peers = result["peers"]
-    head = f"{'case':<18} {'n_kv':>6} {'thr':>3} {'peak':>6} | {'mlaref s':>8} {'GF/s':>6} {'%pk':>4}"
+    head = f"{'case':<18} {'n_kv':>6} {'thr':>3} {'peak':>6} | {'mlaref plan':<17} {'mlaref s':>8} {'GF/s':>6} {'%pk':>4}"
     for p in peers:
         head += f" | {p[:22]:>22} {'GF/s':>6} {'%pk':>4} {'x':>5} {'nmse':>7}"
     lines = [f"{result['benchmark']} on {result['environment'].get('processor', '?')}", head]
@@ -256,7 +258,8 @@ def format_table(result: dict) -> str:
     for r in result["rows"]:
         pk = r.get("peak_gflops")
         line = (f"{r['case']:<18} {r['n_kv']:>6} {r['threads']:>3} {pk if pk is None else round(pk):>6} | "
-                f"{r['mlaref_s']:>8.4f} {r['mlaref_gflops']:>6.1f} {pct(r.get('mlaref_peak_frac'))}")
+                f"{r.get('mlaref_plan', '-'):<17} {r['mlaref_s']:>8.4f} {r['mlaref_gflops']:>6.1f} "
+                f"{pct(r.get('mlaref_peak_frac'))}")
         for p in peers:
             line += (f" | {r[p + '_s']:>22.4f} {r[p + '_gflops']:>6.1f} {pct(r.get(p + '_peak_frac'))} "
                      f"{r[p + '_ratio']:>5.2f} {r[p + '_nmse']:>7.1e}")

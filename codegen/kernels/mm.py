@@ -69,16 +69,17 @@ def fa_plan(k_step: int = 64, kv_chunks: int = 1, exp: str = "libm") -> Reductio
 def fastest_plan(isa: str | None = None) -> ReductionPlan:
     """The mul_mat plan that runs fastest on ``isa`` (the dispatched ISA of this CPU when None): its "native plan".
 
-    mlaref_l8a1 on avx2 (and scalar): an output's accumulator is one 8-lane ymm, so a 4 x 3 register tile holds 12
-    of them with 3 y columns and one x row in the other 4 of the 16 ymm (7 loads per 12 fmas); the l16a1 order
-    needs two ymm per output there (3 x 2 tiles, 10 loads per 12 fmas). mlaref_l16a1 elsewhere: one zmm per
-    output on avx512 (and the avx512 kernels implement l16a1 only). The default plan :data:`MM_PLAN` stays
-    mlaref_l16a1, whose bytes every ISA gives; a native plan's bytes are its own (the reference computes both).
+    mlaref_l8a1 on avx2: an output's accumulator is one 8-lane ymm, so a 4 x 3 register tile holds 12 of them with
+    3 y columns and one x row in the other 4 of the 16 ymm (7 loads per 12 fmas); the l16a1 order needs two ymm per
+    output there (3 x 2 tiles, 10 loads per 12 fmas). mlaref_l16a1 elsewhere: one zmm per output on avx512 (whose
+    kernels implement l16a1 only), and the scalar kernels, whose speed is not their point. The default plan
+    :data:`MM_PLAN` stays mlaref_l16a1, whose bytes every ISA gives; a native plan's bytes are its own (the
+    reference computes both, and every ISA with an l8a1 kernel gives the same l8a1 bytes).
     """
     if isa is None:
         from mlaref.codegen import dispatch as _dispatch
         isa = _dispatch.choose("mul_mat", "f16", "f16", "l16a1")[0].isa
-    return MLAREF_L8A1 if isa in _catalog.MM_L8A1_ISAS else MLAREF_L16A1
+    return MLAREF_L8A1 if isa == "avx2" else MLAREF_L16A1
 
 
 def _mm_plan(plan, pair: str, op: str) -> tuple[ReductionPlan, str]:
