@@ -40,6 +40,7 @@ import numpy as np
 
 from mlaref.codegen import args as _args
 from mlaref.codegen import catalog as _catalog
+from mlaref.codegen import dispatch as _dispatch
 from mlaref.codegen.kernels import rows as _kernels
 from mlaref.codegen.kernels import pool as _pool
 from mlaref.reference.plan import MLAREF_L8A1, MLAREF_L16A1, ReductionPlan, get_plan
@@ -77,7 +78,6 @@ def fastest_plan(isa: str | None = None) -> ReductionPlan:
     reference computes both, and every ISA with an l8a1 kernel gives the same l8a1 bytes).
     """
     if isa is None:
-        from mlaref.codegen import dispatch as _dispatch
         isa = _dispatch.choose("mul_mat", "f16", "f16", "l16a1")[0].isa
     return MLAREF_L8A1 if isa == "avx2" else MLAREF_L16A1
 
