@@ -2,7 +2,9 @@
 
 ``mul_mat(a, b, *, plan, variant, vec_dot_type, isa, kernel, n_threads)`` computes what
 :func:`mlaref.reference.ops.mul_mat.mul_mat` (``MulMat_253``) computes, byte for byte, for plans whose order is
-``mlaref_l16a1`` (16 f32 lanes, one accumulator, halves fold, masked tail; reference/plan.py):
+``mlaref_l16a1`` (16 f32 lanes, one accumulator, halves fold, masked tail; reference/plan.py; the default
+:data:`MM_PLAN`, every ISA) or ``mlaref_l8a1`` (8 lanes, one accumulator: scalar and avx2 kernels; the native plan
+of AVX2, :func:`fastest_plan`):
 
 * src0 (the weight) in f32, f16, bf16, q8_0, q4_0, q5_0, iq4_nl, q4_1, q5_1, q4_K, q6_K; src1 in f32, f16, bf16,
   q8_0, any strides with contiguous row elements, broadcast over ne02/ne03 as ``ggml_mul_mat`` (src0 matrix
@@ -13,8 +15,9 @@
   #253's ``iqk_quantize_any`` order (upstream facts §4a); there is no full f32 copy of src1;
 * the kernel walks 4 x 4 register tiles (4 src0 rows x 4 src1 columns, one 16-lane accumulator each); on avx2,
   whose 16 ymm cannot hold 16 such accumulators (32 ymm), 3 x 2 tiles for f32 / f16 / bf16 weights and 2 x 2 for
-  32-block weights (simd/mm_ftiles_avx2.h.j2, simd/mm_btiles_avx2.h.j2). Tiles only group outputs, so every
-  ISA and tile gives each output the same reduction order and bytes.
+  32-block weights (simd/mm_ftiles_avx2.h.j2, simd/mm_btiles_avx2.h.j2); under l8a1, whose accumulator is one
+  ymm, 4 x 3 and 3 x 2. Tiles only group outputs, so every ISA and tile of a plan gives each output the same
+  reduction order and bytes.
 
 Value domain: a q8_0 src1 holding -128 (no ggml quantizer writes it) is multiplied exactly by the scalar and
 avx512vnni kernels; the avx2 / avx512 sign trick gets products with negative weights wrong there (tested).
