@@ -1055,10 +1055,13 @@ static inline void mm_put_blocks(const int8_t *q, const float *d, int64_t nb, ui
 #define MM_IN_REG(v) __asm__("" : "+x"(v))
 
 /* 3 x rows times 2 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j);
-   _pf: also asks for the 2 columns at pf, step by step (a 32-line column is too short a stream for the
+   _pf: also asks for the output lines at opf (the next group's: at 16 KB strides they miss the caches, and a large
+   dst lies in memory) and for the 2 columns at pf, step by step (a 32-line column is too short a stream for the
    hardware prefetcher to catch before it ends) */
 static inline void mm_fmicro_3x2_pf(const float *x, int64_t xs, const uint16_t *y, int64_t ys,
-                                      int64_t nsteps, int last_n, float *out, int64_t ldo, const uint16_t *pf) {
+                                      int64_t nsteps, int last_n, float *out, int64_t ldo, const uint16_t *pf, const float *opf) {
+    __builtin_prefetch(opf + 0 * ldo, 1, 3);
+    __builtin_prefetch(opf + 1 * ldo, 1, 3);
     __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
     __m256 a01_0 = _mm256_setzero_ps(), a01_1 = _mm256_setzero_ps();
     __m256 a10_0 = _mm256_setzero_ps(), a10_1 = _mm256_setzero_ps();
@@ -1654,7 +1657,8 @@ static void mm_ftiles(const uint8_t *xc, int64_t xs, int64_t rt, const uint8_t *
         int64_t i = 0;
         if (i + 3 <= rt) {
             const uint16_t *next = y + (j + 4 <= ct ? j + 2 : j) * yf;
-            mm_fmicro_3x2_pf(x, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo, ldo, next);
+            mm_fmicro_3x2_pf(x, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo, ldo, next,
+                                     out + (j + 4 <= ct ? j + 2 : j) * ldo);
             i = 3;
         }
         for (; i + 3 <= rt; i += 3) mm_fmicro_3x2(x + i * xf, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo + i, ldo);

@@ -1057,10 +1057,14 @@ static inline void mm_put_blocks(const int8_t *q, const float *d, int64_t nb, ui
 #define MM_IN_REG(v) __asm__("" : "+x"(v))
 
 /* 4 x rows times 3 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j);
-   _pf: also asks for the 3 columns at pf, step by step (a 32-line column is too short a stream for the
+   _pf: also asks for the output lines at opf (the next group's: at 16 KB strides they miss the caches, and a large
+   dst lies in memory) and for the 3 columns at pf, step by step (a 32-line column is too short a stream for the
    hardware prefetcher to catch before it ends) */
 static inline void mm_fmicro_4x3_pf(const float *x, int64_t xs, const float *y, int64_t ys,
-                                      int64_t nsteps, int last_n, float *out, int64_t ldo, const float *pf) {
+                                      int64_t nsteps, int last_n, float *out, int64_t ldo, const float *pf, const float *opf) {
+    __builtin_prefetch(opf + 0 * ldo, 1, 3);
+    __builtin_prefetch(opf + 1 * ldo, 1, 3);
+    __builtin_prefetch(opf + 2 * ldo, 1, 3);
     __m256 a00 = _mm256_setzero_ps();
     __m256 a01 = _mm256_setzero_ps();
     __m256 a02 = _mm256_setzero_ps();
@@ -2246,7 +2250,8 @@ static void mm_ftiles(const uint8_t *xc, int64_t xs, int64_t rt, const uint8_t *
         int64_t i = 0;
         if (i + 4 <= rt) {
             const float *next = y + (j + 6 <= ct ? j + 3 : j) * yf;
-            mm_fmicro_4x3_pf(x, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo, ldo, next);
+            mm_fmicro_4x3_pf(x, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo, ldo, next,
+                                     out + (j + 6 <= ct ? j + 3 : j) * ldo);
             i = 4;
         }
         for (; i + 4 <= rt; i += 4) mm_fmicro_4x3(x + i * xf, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo + i, ldo);
