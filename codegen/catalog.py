@@ -307,7 +307,9 @@ def by_key() -> dict[tuple, dict[str, KernelSpec]]:
 # ---- mul_mat and flash_attn_ext (helper H11; entry points in codegen/kernels/mm.py) --------------------------
 # mul_mat: type_x = src0 (weight), type_y = src1 (its columns are converted to type_x's vec_dot type inside the
 # kernel, #253 semantics); flash_attn_ext: type_x = K type, type_y = V type. Plan "l16a1" = mlaref_l16a1 for every
-# dot product; flash attention's k_step, kv_chunks and exp are run-time arguments taken from the plan value.
+# dot product; flash attention's k_step, kv_chunks and exp are run-time arguments taken from the plan value. mul_mat
+# also has "l8a1" (mlaref_l8a1: one 8-lane accumulator per output, so AVX2 holds a 4 x 3 register tile) on the ISAs
+# of MM_L8A1_ISAS; the 16-lane avx512 kernels keep l16a1 only.
 # neon / neondot kernels run under qemu only here (tests/kernels/test_neon_mm.py); neondot (sdot) exists for the
 # int8 32-block weights, like avx512vnni, but not for k-quants, whose int16 products sdot cannot take.
 MM_FAMILIES = ("mul_mat", "flash_attn_ext")
@@ -315,7 +317,8 @@ MM_X_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q5_0", "iq4_nl", "q4_1", "q
 MM_Y_TYPES = ("f32", "f16", "bf16", "q8_0")
 FA_KV_TYPES = ("f16", "q8_0")
 MM_ISAS = ("scalar", "avx2", "avx512", "avx512vnni", "neon", "neondot")
-MM_PLANS = ("l16a1",)
+MM_PLANS = ("l16a1", "l8a1")
+MM_L8A1_ISAS = ("scalar", "avx2")
 
 
 def _validate_mm(spec: KernelSpec, where: str) -> KernelSpec:
@@ -339,6 +342,8 @@ def _validate_mm(spec: KernelSpec, where: str) -> KernelSpec:
     if spec.isa == "neondot" and (not x_block or spec.type_x in ("q4_K", "q6_K")):
         # sdot multiplies int8; element and k-quant (int16 values) pairs would compile neon's code again
         raise ValueError(f"{where}: neondot changes only int8 dot products (32-block weights); others use neon")
+    if spec.plan == "l8a1" and (spec.family != "mul_mat" or spec.isa not in MM_L8A1_ISAS):
+        raise ValueError(f"{where}: plan l8a1 has mul_mat kernels for {', '.join(MM_L8A1_ISAS)} only")
     return spec
 
 

@@ -19,7 +19,9 @@ clock includes time other processes took from our cores; CPU seconds do not, so 
 (``cpu GF/s`` = flops per CPU-second, i.e. per busy core). ggml's graph
 and its work buffer are built once per cell, so only ``ggml_graph_compute`` is timed; mlaref's time is the whole
 Python call (argument checks, thread start, per-call scratch). GFLOP/s counts 2 flops per multiply-add of the
-math (mul_mat: 2*K*M*N; attention: 2*nh*nq*n_kv*(Dk + Dv)); ``peak`` is this CPU's f32 FMA peak at the thread
+math (mul_mat: 2*K*M*N; attention: 2*nh*nq*n_kv*(Dk + Dv)); mlaref's mul_mat runs this CPU's native plan
+(:func:`mlaref.codegen.kernels.mm.fastest_plan`: mlaref_l8a1 on AVX2, mlaref_l16a1 on AVX-512), named in the table
+and the result; ``peak`` is this CPU's f32 FMA peak at the thread
 count used, measured once per run by :func:`mlaref.codegen.bench.peak.fma_peak` (the widest FMA ISA the CPU has,
 so 8 lanes on an AVX2-only CPU, 16 with AVX-512). Quantized dot products run int8 instructions, so for them the
 fraction is of the float peak, not of the int8 peak.
@@ -155,6 +157,7 @@ def bench_mul_mat(*, n_kvs=(1024, 4096, 16384), threads=(1, 2), cases=MM_CASES, 
     """Median seconds and GFLOP/s of kv_f32 per (case, n_kv, threads), mlaref kernel vs ggml; see the module doc."""
     rng = np.random.default_rng(seed)
     K, M = 512, 4096
+    plan = _km.fastest_plan()  # this CPU's native plan (mlaref_l8a1 on avx2, mlaref_l16a1 on avx512)
     rows = []
     for case in cases:
         if case not in MM_CASES + EXTRA_CASES:
@@ -176,7 +179,7 @@ def bench_mul_mat(*, n_kvs=(1024, 4096, 16384), threads=(1, 2), cases=MM_CASES, 
                     box = {}
 
                     def ours(nt=nt):
-                        box["out"] = _km.mul_mat(w, cache, n_threads=nt)
+                        box["out"] = _km.mul_mat(w, cache, plan=plan, n_threads=nt)
 
                     timings = _measure({"mlaref": ours, "ggml": graph.compute}, repeats=repeats, warmup=warmup)
                     nmse = compare.nmse(box["out"].to_numpy(), graph.result())
@@ -184,7 +187,7 @@ def bench_mul_mat(*, n_kvs=(1024, 4096, 16384), threads=(1, 2), cases=MM_CASES, 
                     graph.close()
                 rows.append(_cell(case, n_kv, nt, 2.0 * K * M * n_kv, timings, nmse))
     return {"benchmark": "mul_mat kv_f32", "environment": _bench.environment(), "peak_gflops_1": peak_gflops(1),
-            "rows": rows}
+            "mlaref_plan": plan.name, "rows": rows}
 
 
 def bench_flash_attn(*, n_kvs=(1024, 4096, 16384), threads=(1, 2), kv_type: str = "f16", n_q: int = 512,
@@ -227,8 +230,9 @@ def format_table(result: dict) -> str:
     the fraction of one core's peak, the speedup (wall) and the NMSE between the two results."""
     head = (f"{'case':<22} {'n_kv':>6} {'thr':>3} | {'mlaref s':>8} {'GF/s':>6} {'%pk':>5} {'cpuGF/s':>7} {'%pk':>5} | "
             f"{'ggml s':>8} {'GF/s':>6} {'%pk':>5} {'cpuGF/s':>7} {'%pk':>5} | {'speedup':>7} {'nmse':>7}")
+    plan = f", mlaref plan {result['mlaref_plan']}" if "mlaref_plan" in result else ""
     lines = [f"{result['benchmark']} (peak = this CPU's FMA peak, measured: {result['peak_gflops_1']:.1f} GFLOP/s at "
-             "1 thread)", head]
+             f"1 thread{plan})", head]
     for r in result["rows"]:
         lines.append(f"{r['case']:<22} {r['n_kv']:>6} {r['threads']:>3} | {r['mlaref_s']:>8.4f} "
                      f"{r['mlaref_gflops']:>6.1f} {100 * r['mlaref_peak_frac']:>4.0f}% {r['mlaref_cpu_gflops']:>7.1f} "

@@ -213,7 +213,8 @@ _FA = {"fa f16": ("f16", 192, 128, 16, 512), "fa q8_0": ("q8_0", 192, 128, 16, 5
 
 
 def _inputs(case: str, n_kv: int, rng):
-    """(inputs, harness op, float params, flops, mlaref call) of one case."""
+    """(inputs, harness op, float params, flops, mlaref call, mlaref plan name) of one case. mul_mat runs this
+    CPU's native plan (:func:`mlaref.codegen.kernels.mm.fastest_plan`: mlaref_l8a1 on AVX2, l16a1 on AVX-512)."""
     if case in _MM:
         wt, ct = _MM[case]
         w, cache = _rows(rng, wt, 4096, 512, scale=0.05), _rows(rng, ct, n_kv, 512, row_len=576)
@@ -221,8 +222,9 @@ def _inputs(case: str, n_kv: int, rng):
         # write theirs: a fresh 16-64 MB output per call would add its page faults (5-8 % of the call) to
         # mlaref's time alone
         out = Tensor.zeros("f32", (4096, n_kv, 1, 1))
+        plan = _km.fastest_plan()
         return ([w, cache], "mul_mat", (), 2.0 * 512 * 4096 * n_kv,
-                lambda nt: _km.mul_mat(w, cache, n_threads=nt, out=out))
+                lambda nt: _km.mul_mat(w, cache, plan=plan, n_threads=nt, out=out), plan.name)
     if case in _FA:
         kvt, dk, dv, nkh, nq = _FA[case]
         nh = 16
@@ -237,7 +239,7 @@ def _inputs(case: str, n_kv: int, rng):
         plan = _km.fa_plan(64, 1, "v_expf_avx2")
         flops = 2.0 * nh * nq * n_kv * (dk + dv)
         return ([q, k, v, mask], "flash_attn_ext", (scale, 0.0, 0.0), flops,
-                lambda nt: _km.flash_attn_ext(q, k, v, mask, scale, plan=plan, n_threads=nt))
+                lambda nt: _km.flash_attn_ext(q, k, v, mask, scale, plan=plan, n_threads=nt), plan.name)
     raise ValueError(f"bench_peers: unknown case {case!r}; known: {', '.join(CASES)}")
 
 
@@ -252,7 +254,7 @@ def bench_peers(*, cases=CASES, n_kvs=(1024, 4096), threads=(1, 2), peers=PEERS,
     rows = []
     for case in cases:
         for n_kv in n_kvs:
-            inputs, op, fp, flops, ours = _inputs(case, n_kv, rng)
+            inputs, op, fp, flops, ours, plan_name = _inputs(case, n_kv, rng)
             remotes, unsupported = {}, {}
             try:
                 for p in peers:
@@ -277,7 +279,7 @@ def bench_peers(*, cases=CASES, n_kvs=(1024, 4096), threads=(1, 2), peers=PEERS,
                     for order in _bench.round_orders(fns, repeats):
                         for name in order:
                             secs[name].append(fns[name]())
-                    row = {"case": case, "n_kv": n_kv, "threads": nt, "gflop": flops * 1e-9,
+                    row = {"case": case, "n_kv": n_kv, "threads": nt, "gflop": flops * 1e-9, "mlaref_plan": plan_name,
                            "peak_gflops": pk["gflops"] if pk else None}
                     for name, v in secs.items():
                         t = _bench.Timing(tuple(v), warmup)
@@ -300,7 +302,8 @@ def format_table(result: dict) -> str:
     """Median seconds and GFLOP/s per contender, the fraction of the FMA peak (``%pk``); ``x`` = the peer's
     seconds over mlaref's, i.e. mlaref's speed over the peer's (> 1: mlaref faster)."""
     peers = result["peers"]
-    head = f"{'case':<20} {'n_kv':>6} {'thr':>3} {'peak':>6} | {'mlaref s':>8} {'GF/s':>6} {'%pk':>4}"
+    head = (f"{'case':<20} {'n_kv':>6} {'thr':>3} {'peak':>6} | {'mlaref plan':<17} {'mlaref s':>8} {'GF/s':>6} "
+            f"{'%pk':>4}")
     for p in peers:
         head += f" | {p[:22]:>22} {'GF/s':>6} {'%pk':>4} {'x':>5} {'nmse':>7}"
     lines = [f"{result['benchmark']} on {result['environment'].get('processor', '?')}", head]
@@ -311,7 +314,8 @@ def format_table(result: dict) -> str:
     for r in result["rows"]:
         pk = r.get("peak_gflops")
         line = (f"{r['case']:<20} {r['n_kv']:>6} {r['threads']:>3} {pk if pk is None else round(pk):>6} | "
-                f"{r['mlaref_s']:>8.4f} {r['mlaref_gflops']:>6.1f} {pct(r.get('mlaref_peak_frac'))}")
+                f"{r.get('mlaref_plan', '-'):<17} {r['mlaref_s']:>8.4f} {r['mlaref_gflops']:>6.1f} "
+                f"{pct(r.get('mlaref_peak_frac'))}")
         for p in peers:
             if p + "_unsupported" in r:
                 line += f" | {'unsupported':>22} {'-':>6} {'-':>4} {'-':>5} {'-':>7}"

@@ -2,7 +2,9 @@
 
 ``mul_mat(a, b, *, plan, variant, vec_dot_type, isa, kernel, n_threads)`` computes what
 :func:`mlaref.reference.ops.mul_mat.mul_mat` (``MulMat_253``) computes, byte for byte, for plans whose order is
-``mlaref_l16a1`` (16 f32 lanes, one accumulator, halves fold, masked tail; reference/plan.py):
+``mlaref_l16a1`` (16 f32 lanes, one accumulator, halves fold, masked tail; reference/plan.py; the default
+:data:`MM_PLAN`, every ISA) or ``mlaref_l8a1`` (8 lanes, one accumulator: scalar and avx2 kernels; the native plan
+of AVX2, :func:`fastest_plan`):
 
 * src0 (the weight) in f32, f16, bf16, q8_0, q4_0, q5_0, iq4_nl, q4_1, q5_1, q4_K, q6_K; src1 in f32, f16, bf16,
   q8_0, any strides with contiguous row elements, broadcast over ne02/ne03 as ``ggml_mul_mat`` (src0 matrix
@@ -13,8 +15,9 @@
   #253's ``iqk_quantize_any`` order (upstream facts §4a); there is no full f32 copy of src1;
 * the kernel walks 4 x 4 register tiles (4 src0 rows x 4 src1 columns, one 16-lane accumulator each); on avx2,
   whose 16 ymm cannot hold 16 such accumulators (32 ymm), 3 x 2 tiles for f32 / f16 / bf16 weights and 2 x 2 for
-  32-block weights (simd/mm_ftiles_avx2.h.j2, simd/mm_btiles_avx2.h.j2). Tiles only group outputs, so every
-  ISA and tile gives each output the same reduction order and bytes.
+  32-block weights (simd/mm_ftiles_avx2.h.j2, simd/mm_btiles_avx2.h.j2); under l8a1, whose accumulator is one
+  ymm, 4 x 3 and 3 x 2. Tiles only group outputs, so every ISA and tile of a plan gives each output the same
+  reduction order and bytes.
 
 Value domain: a q8_0 src1 holding -128 (no ggml quantizer writes it) is multiplied exactly by the scalar and
 avx512vnni kernels; the avx2 / avx512 sign trick gets products with negative weights wrong there (tested).
@@ -40,13 +43,14 @@ import numpy as np
 
 from mlaref.codegen import args as _args
 from mlaref.codegen import catalog as _catalog
+from mlaref.codegen import dispatch as _dispatch
 from mlaref.codegen.kernels import rows as _kernels
 from mlaref.codegen.kernels import pool as _pool
-from mlaref.reference.plan import MLAREF_L16A1, ReductionPlan, get_plan
+from mlaref.reference.plan import MLAREF_L8A1, MLAREF_L16A1, ReductionPlan, get_plan
 from mlaref.reference.tensor import Tensor
 from mlaref.reference.types import get_type
 
-__all__ = ["mul_mat", "flash_attn_ext", "mul_mat_jobs", "flash_attn_jobs", "fa_check", "FA_PLAN", "MM_PLAN", "fa_plan",
+__all__ = ["mul_mat", "fastest_plan", "flash_attn_ext", "mul_mat_jobs", "flash_attn_jobs", "fa_check", "FA_PLAN", "MM_PLAN", "fa_plan",
            "VEC_DOT_TYPE"]
 
 MM_PLAN = MLAREF_L16A1
@@ -66,7 +70,33 @@ def fa_plan(k_step: int = 64, kv_chunks: int = 1, exp: str = "libm") -> Reductio
                            kv_chunks=kv_chunks, exp=exp)
 
 
-def _check_l16a1(plan, pair: str, op: str) -> ReductionPlan:
+def fastest_plan(isa: str | None = None) -> ReductionPlan:
+    """The mul_mat plan that runs fastest on ``isa`` (the dispatched ISA of this CPU when None): its "native plan".
+
+    mlaref_l8a1 on avx2: an output's accumulator is one 8-lane ymm, so a 4 x 3 register tile holds 12 of them with
+    3 y columns and one x row in the other 4 of the 16 ymm (7 loads per 12 fmas); the l16a1 order needs two ymm per
+    output there (3 x 2 tiles, 10 loads per 12 fmas). mlaref_l16a1 elsewhere: one zmm per output on avx512 (whose
+    kernels implement l16a1 only), and the scalar kernels, whose speed is not their point. The default plan
+    :data:`MM_PLAN` stays mlaref_l16a1, whose bytes every ISA gives; a native plan's bytes are its own (the
+    reference computes both, and every ISA with an l8a1 kernel gives the same l8a1 bytes).
+    """
+    if isa is None:
+        isa = _dispatch.choose("mul_mat", "f16", "f16", "l16a1")[0].isa
+    return MLAREF_L8A1 if isa == "avx2" else MLAREF_L16A1
+
+
+def _mm_plan(plan, pair: str, op: str) -> tuple[ReductionPlan, str]:
+    """(plan, kernel plan token) for a mul_mat plan: l16a1's order (l16a1, l8a2) or l8a1's (ValueError otherwise)."""
+    plan = get_plan(plan)
+    p = plan.for_pair(pair)
+    block = not pair.startswith(("f32", "f16", "bf16"))
+    if (p.lanes, p.accs, p.fold, p.fma, p.acc_type, p.tail, p.dot2) == (8, 1, "halves", True, "f32", "masked", False) \
+            and (p.int_to_float == "lane4" or not block):
+        return plan, "l8a1"
+    return _check_l16a1(plan, pair, op, also=" or mlaref_l8a1 (8 f32 lanes, one accumulator)"), "l16a1"
+
+
+def _check_l16a1(plan, pair: str, op: str, also: str = "") -> ReductionPlan:
     plan = get_plan(plan)
     p = plan.for_pair(pair)
     block = not pair.startswith(("f32", "f16", "bf16"))
@@ -75,7 +105,7 @@ def _check_l16a1(plan, pair: str, op: str) -> ReductionPlan:
     # l8a2 folds accumulators first, then lanes: the same order as l16a1 (plan.py's lane map)
     if not ok or p.accs not in (1, 2):
         raise ValueError(f"{op}: plan {plan.name} runs pair {pair} as {p.fingerprint}/{p.fold}/{p.tail}; the "
-                         f"kernels implement mlaref_l16a1 (16 f32 lanes, fma, halves fold, masked tail)")
+                         f"kernels implement mlaref_l16a1 (16 f32 lanes, fma, halves fold, masked tail){also}")
     return plan
 
 
@@ -170,14 +200,14 @@ def _mul_mat(a, b, plan, variant, vec_dot_type, isa, kernel, n_threads, out):
         raise TypeError(f"{op}: variant must be a str, got {type(variant).__name__}")
     if variant != "x86" and not (b.type == vdt or vdt == "f32" or (vdt in ("bf16", "q8_K") and variant == "ref")):
         raise ValueError(f"{op}: the kernels convert src1 with the x86 from_float (variant 'x86'), not {variant!r}")
-    _check_l16a1(plan, f"{a.type}.{vdt}", op)
+    plan, token = _mm_plan(plan, f"{a.type}.{vdt}", op)
     K, M = a.ne[0], a.ne[1]
     N, ne12, ne13 = b.ne[1], b.ne[2], b.ne[3]
     dst = _output(op, out, (M, N, ne12, ne13), (("a", a), ("b", b)))
     cols = N * ne12 * ne13
     if M == 0 or cols == 0:
         return dst, []
-    spec, fn, ffi = _kernels.resolve("mul_mat", a.type, b.type, "l16a1", isa=isa, kernel=kernel)
+    spec, fn, ffi = _kernels.resolve("mul_mat", a.type, b.type, token, isa=isa, kernel=kernel)
     by_cols = cols >= n_threads
 
     def args(lo, hi):

@@ -787,6 +787,37 @@ static inline float mm_hsum(mm_vf a) {
     return _mm_cvtss_f32(t);
 }
 
+/* l8a1 accumulators (mul_mat): one ymm, the lo member of an mm_vf (hi is never read). A 16-value step of the caches
+   is two steps of the plan, in order: fma with lanes 0-7 (elements 16s..16s+7, or block 2p), then with lanes 8-15
+   (16s+8..16s+15, or block 2p+1); a ragged step updates lanes < n of each half, as mm_fma_n */
+static inline mm_vf mm_fma8(mm_vf a, mm_vf b, mm_vf c) {
+    c.lo = _mm256_fmadd_ps(a.hi, b.hi, _mm256_fmadd_ps(a.lo, b.lo, c.lo));
+    return c;
+}
+static inline mm_vf mm_fma8_n(mm_vf a, mm_vf b, mm_vf c, int n) {
+    c.lo = _mm256_blendv_ps(c.lo, _mm256_fmadd_ps(a.lo, b.lo, c.lo), mm_lanes_below(n));
+    c.lo = _mm256_blendv_ps(c.lo, _mm256_fmadd_ps(a.hi, b.hi, c.lo), mm_lanes_below(n - 8));
+    return c;
+}
+/* the l8a1 fold of one ymm: 8 -> 4 -> 2 -> 1 as hsum_float_8 */
+static inline float mm_hsum8_ps(__m256 s) {
+    __m128 t = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+    t = _mm_add_ss(t, _mm_movehdup_ps(t));
+    return _mm_cvtss_f32(t);
+}
+static inline float mm_hsum8(mm_vf a) { return mm_hsum8_ps(a.lo); }
+/* mm_hsum8_ps of four ymm at once, {fold(a), fold(b), fold(c), fold(d)}: perm2f128 pairs the 128-bit halves
+   (t[l] = s[l] + s[l + 4]), the shuffles pair t[l] with t[l + 2], hadd adds the last two; every sum has the
+   operands, in the same order, of the one mm_hsum8_ps forms */
+static inline __m128 mm_fold8x4(__m256 a, __m256 b, __m256 c, __m256 d) {
+    const __m256 ab = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+    const __m256 cd = _mm256_add_ps(_mm256_permute2f128_ps(c, d, 0x20), _mm256_permute2f128_ps(c, d, 0x31));
+    const __m256 w = _mm256_add_ps(_mm256_shuffle_ps(ab, cd, 0x44), _mm256_shuffle_ps(ab, cd, 0xEE));
+    const __m256 r = _mm256_hadd_ps(w, w); /* [a, c, a, c | b, d, b, d] */
+    return _mm256_castps256_ps128(_mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 0, 0, 0, 0)));
+}
+
 static inline void mm_encode_x(const int8_t *q, uint8_t *out) { memcpy(out, q, 64); }
 static inline void mm_encode_y(const int8_t *q, uint8_t *out) { memcpy(out, q, 64); }
 
@@ -1062,15 +1093,21 @@ static inline void mm_put_blocks(const int8_t *q, const float *d, int64_t nb, ui
    whose vec_dot type is f16) the f16 bits, widened exactly by vcvtph2ps at each load: half the bytes to stream
    from L2, and F16C runs beside the FMA pipes. Tiles: R x rows (R <= 3) by C y columns
    (C <= 2). Loads per half step: R + C ymm for R * C fmas (5 for 6 at 3 x 2, which Zen 3's two 256-bit load ports
-   feed while its two FMA pipes stay busy); four more accumulators would not fit the 16 registers. */
+   feed while its two FMA pipes stay busy); four more accumulators would not fit the 16 registers. l8a1 needs one
+   ymm per output, so its tiles are R <= 4 by C <= 3: 7 loads per 12 fmas, the 3 y columns in registers and one x
+   row at a time (16 ymm). */
 /* an empty asm that claims to change v: GCC would otherwise fold each x load into both of its fmas as a memory
    operand, 8 loads per 6 fmas, and the load ports, not the FMA pipes, would set the pace */
 #define MM_IN_REG(v) __asm__("" : "+x"(v))
+
 /* 3 x rows times 2 y columns; xs, ys in values; out[j * ldo + i] = dot(x row i, y column j);
-   _pf: also asks for the two columns at pf, step by step (a 32-line column is too short a stream for the
+   _pf: also asks for the output lines at opf (the next group's: at 16 KB strides they miss the caches, and a large
+   dst lies in memory) and for the 2 columns at pf, step by step (a 32-line column is too short a stream for the
    hardware prefetcher to catch before it ends) */
 static inline void mm_fmicro_3x2_pf(const float *x, int64_t xs, const float *y, int64_t ys,
-                                      int64_t nsteps, int last_n, float *out, int64_t ldo, const float *pf) {
+                                      int64_t nsteps, int last_n, float *out, int64_t ldo, const float *pf, const float *opf) {
+    __builtin_prefetch(opf + 0 * ldo, 1, 3);
+    __builtin_prefetch(opf + 1 * ldo, 1, 3);
     __m256 a00_0 = _mm256_setzero_ps(), a00_1 = _mm256_setzero_ps();
     __m256 a01_0 = _mm256_setzero_ps(), a01_1 = _mm256_setzero_ps();
     __m256 a10_0 = _mm256_setzero_ps(), a10_1 = _mm256_setzero_ps();
@@ -1081,8 +1118,8 @@ static inline void mm_fmicro_3x2_pf(const float *x, int64_t xs, const float *y, 
     for (int64_t s = 0; s < nfull; ++s) {
         const float *xp = x + 16 * s;
         const float *yp = y + 16 * s;
-        __builtin_prefetch(pf + 16 * s, 0, 3);
-        __builtin_prefetch(pf + ys + 16 * s, 0, 3);
+        __builtin_prefetch(pf + 0 * ys + 16 * s, 0, 3);
+        __builtin_prefetch(pf + 1 * ys + 16 * s, 0, 3);
         {
             __m256 y0 = _mm256_loadu_ps(yp + 0 * ys + 0);
             MM_IN_REG(y0);
@@ -1654,8 +1691,8 @@ static inline void mm_fmicro_1x1(const float *x, int64_t xs, const float *y, int
 }
 
 /* out (rows rt x cols ct, out[j * ldo + i]) from caches of rt rows and ct columns (strides xs, ys in bytes): each
-   pair of y columns, loaded once from L2 (the first row triple prefetches the next pair), meets every row triple
-   of the x tile while it sits in L1 */
+   group of 2 y columns, loaded once from L2 (the first row group prefetches the next one), meets every group of
+   3 rows of the x tile while it sits in L1 */
 static void mm_ftiles(const uint8_t *xc, int64_t xs, int64_t rt, const uint8_t *yc, int64_t ys, int64_t ct,
                       int64_t nsteps, int last_n, float *out, int64_t ldo) {
     const float *x = (const float *)(const void *)xc;
@@ -1666,18 +1703,29 @@ static void mm_ftiles(const uint8_t *xc, int64_t xs, int64_t rt, const uint8_t *
         int64_t i = 0;
         if (i + 3 <= rt) {
             const float *next = y + (j + 4 <= ct ? j + 2 : j) * yf;
-            mm_fmicro_3x2_pf(x, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo, ldo, next);
+            mm_fmicro_3x2_pf(x, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo, ldo, next,
+                                     out + (j + 4 <= ct ? j + 2 : j) * ldo);
             i = 3;
         }
         for (; i + 3 <= rt; i += 3) mm_fmicro_3x2(x + i * xf, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo + i, ldo);
-        if (rt - i == 2) mm_fmicro_2x2(x + i * xf, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo + i, ldo);
-        if (rt - i == 1) mm_fmicro_1x2(x + i * xf, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo + i, ldo);
+        switch (rt - i) {
+        case 2: mm_fmicro_2x2(x + i * xf, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo + i, ldo); break;
+        case 1: mm_fmicro_1x2(x + i * xf, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo + i, ldo); break;
+        default: break;
+        }
     }
-    if (j < ct) {
+    switch (ct - j) {
+    case 1: {
         int64_t i = 0;
         for (; i + 3 <= rt; i += 3) mm_fmicro_3x1(x + i * xf, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo + i, ldo);
-        if (rt - i == 2) mm_fmicro_2x1(x + i * xf, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo + i, ldo);
-        if (rt - i == 1) mm_fmicro_1x1(x + i * xf, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo + i, ldo);
+        switch (rt - i) {
+        case 2: mm_fmicro_2x1(x + i * xf, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo + i, ldo); break;
+        case 1: mm_fmicro_1x1(x + i * xf, xf, y + j * yf, yf, nsteps, last_n, out + j * ldo + i, ldo); break;
+        default: break;
+        }
+        break;
+    }
+    default: break;
     }
 }
 

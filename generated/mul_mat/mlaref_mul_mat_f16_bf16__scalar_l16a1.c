@@ -221,6 +221,25 @@ static inline float mm_hsum(mm_vf a) {
     return a.v[0];
 }
 
+/* l8a1 accumulators (mul_mat): lanes 0-7 of an mm_vf. A 16-value step is two steps of the plan, in order: lanes
+   0-7 of a*b, then lanes 8-15, each fused into lane k < 8; a ragged step updates lanes < n of each half */
+static inline mm_vf mm_fma8(mm_vf a, mm_vf b, mm_vf c) {
+    for (int k = 0; k < 8; ++k) c.v[k] = fmaf(a.v[k + 8], b.v[k + 8], fmaf(a.v[k], b.v[k], c.v[k]));
+    return c;
+}
+static inline mm_vf mm_fma8_n(mm_vf a, mm_vf b, mm_vf c, int n) {
+    for (int k = 0; k < 8 && k < n; ++k) c.v[k] = fmaf(a.v[k], b.v[k], c.v[k]);
+    for (int k = 0; k < 8 && k + 8 < n; ++k) c.v[k] = fmaf(a.v[k + 8], b.v[k + 8], c.v[k]);
+    return c;
+}
+/* the l8a1 fold: lanes 0-7 by halves, 8 -> 4 -> 2 -> 1 */
+static inline float mm_hsum8(mm_vf a) {
+    for (int h = 4; h >= 1; h /= 2) {
+        for (int k = 0; k < h; ++k) a.v[k] = a.v[k] + a.v[k + h];
+    }
+    return a.v[0];
+}
+
 /* A block pair (64 int8 values, blocks 2p and 2p+1) encoded for mm_dot_pair: here the values themselves. */
 static inline void mm_encode_x(const int8_t *q, uint8_t *out) { memcpy(out, q, 64); }
 static inline void mm_encode_y(const int8_t *q, uint8_t *out) { memcpy(out, q, 64); }

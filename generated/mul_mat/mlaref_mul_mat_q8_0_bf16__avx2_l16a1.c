@@ -787,6 +787,37 @@ static inline float mm_hsum(mm_vf a) {
     return _mm_cvtss_f32(t);
 }
 
+/* l8a1 accumulators (mul_mat): one ymm, the lo member of an mm_vf (hi is never read). A 16-value step of the caches
+   is two steps of the plan, in order: fma with lanes 0-7 (elements 16s..16s+7, or block 2p), then with lanes 8-15
+   (16s+8..16s+15, or block 2p+1); a ragged step updates lanes < n of each half, as mm_fma_n */
+static inline mm_vf mm_fma8(mm_vf a, mm_vf b, mm_vf c) {
+    c.lo = _mm256_fmadd_ps(a.hi, b.hi, _mm256_fmadd_ps(a.lo, b.lo, c.lo));
+    return c;
+}
+static inline mm_vf mm_fma8_n(mm_vf a, mm_vf b, mm_vf c, int n) {
+    c.lo = _mm256_blendv_ps(c.lo, _mm256_fmadd_ps(a.lo, b.lo, c.lo), mm_lanes_below(n));
+    c.lo = _mm256_blendv_ps(c.lo, _mm256_fmadd_ps(a.hi, b.hi, c.lo), mm_lanes_below(n - 8));
+    return c;
+}
+/* the l8a1 fold of one ymm: 8 -> 4 -> 2 -> 1 as hsum_float_8 */
+static inline float mm_hsum8_ps(__m256 s) {
+    __m128 t = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+    t = _mm_add_ss(t, _mm_movehdup_ps(t));
+    return _mm_cvtss_f32(t);
+}
+static inline float mm_hsum8(mm_vf a) { return mm_hsum8_ps(a.lo); }
+/* mm_hsum8_ps of four ymm at once, {fold(a), fold(b), fold(c), fold(d)}: perm2f128 pairs the 128-bit halves
+   (t[l] = s[l] + s[l + 4]), the shuffles pair t[l] with t[l + 2], hadd adds the last two; every sum has the
+   operands, in the same order, of the one mm_hsum8_ps forms */
+static inline __m128 mm_fold8x4(__m256 a, __m256 b, __m256 c, __m256 d) {
+    const __m256 ab = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+    const __m256 cd = _mm256_add_ps(_mm256_permute2f128_ps(c, d, 0x20), _mm256_permute2f128_ps(c, d, 0x31));
+    const __m256 w = _mm256_add_ps(_mm256_shuffle_ps(ab, cd, 0x44), _mm256_shuffle_ps(ab, cd, 0xEE));
+    const __m256 r = _mm256_hadd_ps(w, w); /* [a, c, a, c | b, d, b, d] */
+    return _mm256_castps256_ps128(_mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 0, 0, 0, 0)));
+}
+
 static inline void mm_encode_x(const int8_t *q, uint8_t *out) { memcpy(out, q, 64); }
 static inline void mm_encode_y(const int8_t *q, uint8_t *out) { memcpy(out, q, 64); }
 
@@ -1221,20 +1252,24 @@ static inline void mm_bmicro_2x2(const uint8_t *x, int64_t xs, const uint8_t *y,
 
     }
     {
-        const mm_vf v = {a00_0, a00_1};
-        out[0 * ldo + 0] = mm_hsum(v);
+        const mm_vf a = {a00_0, a00_1};
+        const float v = mm_hsum(a);
+        out[0 * ldo + 0] = v;
     }
     {
-        const mm_vf v = {a01_0, a01_1};
-        out[1 * ldo + 0] = mm_hsum(v);
+        const mm_vf a = {a01_0, a01_1};
+        const float v = mm_hsum(a);
+        out[1 * ldo + 0] = v;
     }
     {
-        const mm_vf v = {a10_0, a10_1};
-        out[0 * ldo + 1] = mm_hsum(v);
+        const mm_vf a = {a10_0, a10_1};
+        const float v = mm_hsum(a);
+        out[0 * ldo + 1] = v;
     }
     {
-        const mm_vf v = {a11_0, a11_1};
-        out[1 * ldo + 1] = mm_hsum(v);
+        const mm_vf a = {a11_0, a11_1};
+        const float v = mm_hsum(a);
+        out[1 * ldo + 1] = v;
     }
 }
 
@@ -1307,12 +1342,14 @@ static inline void mm_bmicro_1x2(const uint8_t *x, int64_t xs, const uint8_t *y,
 
     }
     {
-        const mm_vf v = {a00_0, a00_1};
-        out[0 * ldo + 0] = mm_hsum(v);
+        const mm_vf a = {a00_0, a00_1};
+        const float v = mm_hsum(a);
+        out[0 * ldo + 0] = v;
     }
     {
-        const mm_vf v = {a01_0, a01_1};
-        out[1 * ldo + 0] = mm_hsum(v);
+        const mm_vf a = {a01_0, a01_1};
+        const float v = mm_hsum(a);
+        out[1 * ldo + 0] = v;
     }
 }
 
@@ -1391,12 +1428,14 @@ static inline void mm_bmicro_2x1(const uint8_t *x, int64_t xs, const uint8_t *y,
 
     }
     {
-        const mm_vf v = {a00_0, a00_1};
-        out[0 * ldo + 0] = mm_hsum(v);
+        const mm_vf a = {a00_0, a00_1};
+        const float v = mm_hsum(a);
+        out[0 * ldo + 0] = v;
     }
     {
-        const mm_vf v = {a10_0, a10_1};
-        out[0 * ldo + 1] = mm_hsum(v);
+        const mm_vf a = {a10_0, a10_1};
+        const float v = mm_hsum(a);
+        out[0 * ldo + 1] = v;
     }
 }
 
@@ -1450,8 +1489,9 @@ static inline void mm_bmicro_1x1(const uint8_t *x, int64_t xs, const uint8_t *y,
 
     }
     {
-        const mm_vf v = {a00_0, a00_1};
-        out[0 * ldo + 0] = mm_hsum(v);
+        const mm_vf a = {a00_0, a00_1};
+        const float v = mm_hsum(a);
+        out[0 * ldo + 0] = v;
     }
 }
 
@@ -1462,12 +1502,12 @@ static void mm_btiles(const uint8_t *xc, int64_t xs, int64_t rt, const uint8_t *
     for (; j + 2 <= ct; j += 2) {
         int64_t i = 0;
         for (; i + 2 <= rt; i += 2) mm_bmicro_2x2(xc + i * xs, xs, yc + j * ys, ys, nsteps, last_n, out + j * ldo + i, ldo);
-        if (i < rt) mm_bmicro_1x2(xc + i * xs, xs, yc + j * ys, ys, nsteps, last_n, out + j * ldo + i, ldo);
+        if (rt - i == 1) mm_bmicro_1x2(xc + i * xs, xs, yc + j * ys, ys, nsteps, last_n, out + j * ldo + i, ldo);
     }
     if (j < ct) {
         int64_t i = 0;
         for (; i + 2 <= rt; i += 2) mm_bmicro_2x1(xc + i * xs, xs, yc + j * ys, ys, nsteps, last_n, out + j * ldo + i, ldo);
-        if (i < rt) mm_bmicro_1x1(xc + i * xs, xs, yc + j * ys, ys, nsteps, last_n, out + j * ldo + i, ldo);
+        if (rt - i == 1) mm_bmicro_1x1(xc + i * xs, xs, yc + j * ys, ys, nsteps, last_n, out + j * ldo + i, ldo);
     }
 }
 

@@ -5,6 +5,7 @@ import math
 import pytest
 
 from mlaref.codegen.bench import peers as bench_peers
+from mlaref.codegen.kernels import mm as KM
 
 
 def test_each_peer_times_the_same_op_on_the_same_bytes():
@@ -21,8 +22,10 @@ def test_each_peer_times_the_same_op_on_the_same_bytes():
             # same inputs, f32 accumulation everywhere: only the float order differs
             assert r[f"{p}_nmse"] < 1e-6, (r["case"], p, r[f"{p}_nmse"])
             assert r[f"{p}_ratio"] == pytest.approx(r[f"{p}_s"] / r["mlaref_s"])
+    # mul_mat runs this CPU's native plan, named in the row and the table
+    assert res["rows"][0]["mlaref_plan"] == KM.fastest_plan().name
     table = bench_peers.format_table(res)
-    assert "ik-llama-cpp-python" in table and "mul_mat f16 x f16" in table
+    assert "ik-llama-cpp-python" in table and "mul_mat f16 x f16" in table and KM.fastest_plan().name in table
 
 
 # the #253 cases: upstream's supports_op takes a non-f32 src1 only when it is already the weight's vec_dot type

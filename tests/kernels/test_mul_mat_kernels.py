@@ -1,8 +1,9 @@
 """mul_mat kernels (#253: non-f32 src1 converted per column inside the kernel) against the reference and ggml.
 
-Bit-exact: every manifest kernel equals ``MulMat_253`` under ``mlaref_l16a1`` (variant x86) on float32 bytes, for
+Bit-exact: every manifest kernel equals ``MulMat_253`` under its plan (``mlaref_l16a1``, or ``mlaref_l8a1`` for the
+scalar and avx2 ``_l8a1`` kernels; variant x86) on float32 bytes, for
 1, 2, 3 and 4 threads, with tails (K not a multiple of 16 for element weights, an odd number of 32-blocks),
-M not a multiple of the row tiles (4; avx2: 6 and 8), a strided src1 view (the cache layout: rows of 576 values, 512 used), src0
+M not a multiple of the row tiles (4; avx2: 6 and 8; avx2 l8a1: 8 and 9), a strided src1 view (the cache layout: rows of 576 values, 512 used), src0
 broadcast over ne02/ne03, a NaN-poisoned output with guard bytes after it.
 
 Approximate (NMSE bound of ggml's test-backend-ops for mul_mat, 5e-4, against float64 math of the dequantized
@@ -24,6 +25,7 @@ from mlaref.reference.tensor import Tensor
 FAMILY = "mul_mat"
 NMSE_BOUND = 5e-4  # ggml tests/test-backend-ops.cpp: test_mul_mat::max_nmse_err
 _REF_CACHE: dict = {}
+PLANS = {"l16a1": "mlaref_l16a1", "l8a1": "mlaref_l8a1"}  # kernel-name token -> reference plan
 
 
 def _values(rng, rows: int, n: int) -> np.ndarray:
@@ -78,19 +80,19 @@ def _cases(tx: str, ty: str):
 def test_mul_mat_bit_exact(kernel_name, kt, rng):
     k = kt.manifest_kernels()[kernel_name]
     kt.require_isa(k["isa"])
-    tx, ty = k["type_x"], k["type_y"]
+    tx, ty, plan = k["type_x"], k["type_y"], PLANS[k["plan"]]
     for case, (K, ane, bne, row_len, a_row_len) in enumerate(_cases(tx, ty)):
-        key = (tx, ty, case)
+        key = (tx, ty, case, plan)
         if key not in _REF_CACHE:
-            r = np.random.default_rng(zlib.crc32(repr(key).encode()))
+            r = np.random.default_rng(zlib.crc32(repr(key[:3]).encode()))
             a = _tensor(_values(r, int(np.prod(ane[1:])), K), tx, ane, a_row_len)
             b = _tensor(_values(r, int(np.prod(bne[1:])), K), ty, bne, row_len)
-            want = MulMat_253(plan="mlaref_l16a1", variant="x86")(a, b)
+            want = MulMat_253(plan=plan, variant="x86")(a, b)
             _REF_CACHE[key] = (a, b, want)
         a, b, want = _REF_CACHE[key]
         for n_threads in (1, 2, 3, 4):
             out, buf = _guarded_out(want.ne)
-            got = KM.mul_mat(a, b, kernel=kernel_name, n_threads=n_threads, out=out)
+            got = KM.mul_mat(a, b, plan=plan, kernel=kernel_name, n_threads=n_threads, out=out)
             assert got is out
             assert np.all(buf[-64:] == 0xA5), f"{kernel_name}: the kernel wrote past the output"
             kt.assert_same_bytes(got.storage(), want.storage(), 4,
@@ -107,8 +109,10 @@ def test_mul_mat_rejects_bad_arguments(rng):
                    _tensor(_values(rng, 9, 64), "f16", (64, 3, 3, 1)))
     with pytest.raises(ValueError, match="src1"):
         KM.mul_mat(a, b, vec_dot_type="q8_1")
-    with pytest.raises(ValueError, match="mlaref_l16a1"):
+    with pytest.raises(ValueError, match="mlaref_l16a1 .* or mlaref_l8a1"):
         KM.mul_mat(a, b, plan="ggml_generic")
+    with pytest.raises(ValueError, match="mlaref_l16a1"):
+        KM.mul_mat(a, b, plan="mlaref_l16a2")
     with pytest.raises(ValueError, match="variant"):
         KM.mul_mat(a, b, variant="ref")
     with pytest.raises(TypeError, match="Tensor"):
@@ -169,26 +173,68 @@ def test_mul_mat_q8_0_src1_holding_minus_128(kt, rng):
             assert same.tolist() == [True, False, True, False, True], f"{isa}: columns equal to the reference {same}"
 
 
+@pytest.mark.parametrize("plan", ["mlaref_l16a1", "mlaref_l8a1"])
 @pytest.mark.parametrize("tx, ty", [("f16", "f16"), ("f16", "bf16"), ("f32", "f32"), ("bf16", "f16"),
-                                    ("q8_0", "q8_0"), ("iq4_nl", "f16"), ("q5_1", "f32")])
-def test_mul_mat_tile_edges(tx, ty, kt):
-    """Register and cache tiles at their edges, per ISA this CPU runs: 11 rows (avx2 element tiles: x tiles of 6
-    and 5 rows, row triples then a row pair; avx2 block tiles: 8 and 3 rows, row pairs then one), 261 src1 columns (the
-    128- and 256-column blocks and a lone last column), a ragged last step (K = 40 elements: 2 steps + 8; 3
-    32-blocks: an odd pair), a strided src1; 1, 2 and 3 threads give the reference's bytes."""
-    from mlaref.codegen import cpu
+                                    ("q8_0", "q8_0"), ("iq4_nl", "f16"), ("q5_1", "f32"), ("q4_K", "f16")])
+def test_mul_mat_tile_edges(tx, ty, plan, kt):
+    """Register and cache tiles at their edges, per ISA this CPU runs for the plan (l8a1: scalar and avx2): 11 rows
+    (avx2 l16a1 element tiles: x tiles of 6 and 5 rows, row triples then a row pair; l16a1 block tiles: 8 and 3
+    rows, row pairs then one; l8a1 element tiles: 8 and 3 rows, row quads then a triple; l8a1 block tiles: 9 and 2
+    rows), 261 src1 columns (the 128- and 256-column blocks, column pairs or triples then a ragged group), ragged
+    last steps (K = 40 elements: 2 steps of 16 + 8, the last 8-lane step absent; K = 45: 2 + 13, the last 8-lane
+    step ragged; 3 32-blocks or super-blocks: an odd pair), a strided src1; 1, 2 and 3 threads give the reference's
+    bytes. The two plans' references differ (the test cannot pass by running the other order)."""
+    from mlaref.codegen import catalog, cpu
 
     block = tx not in ("f32", "f16", "bf16") or ty == "q8_0"
-    K = 96 if block else 40
-    r = np.random.default_rng(zlib.crc32(repr(("edges", tx, ty)).encode()))
-    a = _tensor(_values(r, 11, K), tx, (K, 11, 1, 1))
-    b = _tensor(_values(r, 261, K), ty, (K, 261, 1, 1), row_len=K + 32)
-    want = MulMat_253(plan="mlaref_l16a1", variant="x86")(a, b)
-    for isa in ("scalar", "avx2", "avx512", "avx512vnni"):
-        if cpu.missing(isa):
-            continue
-        for n_threads in (1, 2, 3):
-            out, buf = _guarded_out(want.ne)
-            KM.mul_mat(a, b, isa=isa, n_threads=n_threads, out=out)
-            assert np.all(buf[-64:] == 0xA5), f"{tx} x {ty} {isa}: the kernel wrote past the output"
-            kt.assert_same_bytes(out.storage(), want.storage(), 4, f"{tx} x {ty} {isa} threads={n_threads}")
+    for K in ((768,) if tx == "q4_K" else (96,) if block else (40, 45)):
+        r = np.random.default_rng(zlib.crc32(repr(("edges", tx, ty, K)).encode()))
+        a = _tensor(_values(r, 11, K), tx, (K, 11, 1, 1))
+        b = _tensor(_values(r, 261, K), ty, (K, 261, 1, 1), row_len=K + 32)
+        want = MulMat_253(plan=plan, variant="x86")(a, b)
+        other = MulMat_253(plan="mlaref_l8a1" if plan == "mlaref_l16a1" else "mlaref_l16a1", variant="x86")(a, b)
+        assert not np.array_equal(want.storage().view(np.uint32), other.storage().view(np.uint32))
+        isas = catalog.MM_L8A1_ISAS if plan == "mlaref_l8a1" else ("scalar", "avx2", "avx512", "avx512vnni")
+        for isa in isas:
+            if cpu.missing(isa):
+                continue
+            for n_threads in (1, 2, 3):
+                out, buf = _guarded_out(want.ne)
+                KM.mul_mat(a, b, plan=plan, isa=isa, n_threads=n_threads, out=out)
+                assert np.all(buf[-64:] == 0xA5), f"{tx} x {ty} {isa}: the kernel wrote past the output"
+                kt.assert_same_bytes(out.storage(), want.storage(), 4,
+                                     f"{tx} x {ty} K={K} {plan} {isa} threads={n_threads}")
+
+
+def test_mul_mat_l8a1_hand_checked_row(kt):
+    """The hand-checked row of tests/reference/test_mul_mat.py (K = 25, x[0] = 2**11, x[8] = x[16] = x[24] = 2**-13,
+    src1 ones): l8a1 gives 2**11, l16a1 2**11 + 2**-12, on every ISA this CPU runs for the plan."""
+    from mlaref.codegen import catalog, cpu
+
+    x = np.zeros((1, 25), np.float32)
+    x[0, 0], x[0, 8], x[0, 16], x[0, 24] = 2.0 ** 11, 2.0 ** -13, 2.0 ** -13, 2.0 ** -13
+    for t in ("f32", "f16"):
+        a, b = Tensor.from_numpy(x, t), Tensor.from_numpy(np.ones((1, 25), np.float32), t)
+        for plan, isas, want in (("mlaref_l8a1", catalog.MM_L8A1_ISAS, 2.0 ** 11),
+                                 ("mlaref_l16a1", catalog.MM_ISAS, 2.0 ** 11 + 2.0 ** -12)):
+            for isa in isas:
+                if not cpu.missing(isa) and isa != "avx512vnni":  # avx512vnni: block weights only
+                    assert KM.mul_mat(a, b, plan=plan, isa=isa).to_numpy().item() == want, (t, plan, isa)
+
+
+def test_mul_mat_fastest_plan():
+    """The native plan per ISA (one named place: kernels.mm.fastest_plan): l8a1 on avx2, l16a1 on avx512 and
+    scalar; with no ISA, the one dispatch picks here. The avx512 kernels implement l16a1 only (the catalog refuses
+    an avx512 l8a1 spec); an avx512 cap runs l8a1 on the avx2 kernel it allows."""
+    from mlaref.codegen import catalog, dispatch
+    from mlaref.reference.plan import MLAREF_L8A1, MLAREF_L16A1
+
+    assert KM.fastest_plan("avx2") is MLAREF_L8A1
+    assert KM.fastest_plan("avx512") is MLAREF_L16A1 and KM.fastest_plan("avx512vnni") is MLAREF_L16A1
+    assert KM.fastest_plan("scalar") is MLAREF_L16A1
+    assert KM.fastest_plan() is KM.fastest_plan(dispatch.choose("mul_mat", "f16", "f16", "l16a1")[0].isa)
+    assert KM.MM_PLAN is MLAREF_L16A1
+    with pytest.raises(ValueError, match="l8a1 has mul_mat kernels for scalar, avx2 only"):
+        catalog.KernelSpec("mul_mat", "f16", "f16", "avx512", "l8a1").validate()
+    with pytest.raises(ValueError, match="l8a1 has mul_mat kernels"):
+        catalog.KernelSpec("flash_attn_ext", "f16", "f16", "avx2", "l8a1").validate()

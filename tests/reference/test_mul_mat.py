@@ -158,3 +158,18 @@ def test_bad_vec_dot_type_and_variant(rng):
         mul_mat(a, b, vec_dot_type="q8_1")
     with pytest.raises(ValueError, match="q8_0 has no from_float variant 'iqk'"):
         mul_mat(a, b, variant="iqk")
+
+
+def test_l8a1_and_l16a1_orders_on_a_hand_checked_row():
+    """One row of K = 25 against ones: x[0] = B = 2**11, x[8] = x[16] = x[24] = e = 2**-13 (half an f32 ulp of B),
+    the rest 0 (float64 truth B + 3e). mlaref_l8a1 (8 lanes, one accumulator): lane 0 takes x[0], x[8], x[16],
+    x[24] in that order, and each fma(e, 1, B) is a tie that rounds to even, B; the fold adds zeros: B.
+    mlaref_l16a1: lane 0 holds x[0] + x[16] = B (the same tie), lane 8 holds x[8] + x[24] = 2e, and the fold's
+    lane 0 + lane 8 gives B + 2e exactly. Every value is exact in f16 too, so f16 operands give the same."""
+    x = np.zeros((1, 25), np.float32)
+    x[0, 0], x[0, 8], x[0, 16], x[0, 24] = 2.0 ** 11, 2.0 ** -13, 2.0 ** -13, 2.0 ** -13
+    ones = np.ones((1, 25), np.float32)
+    for t in ("f32", "f16"):
+        a, b = Tensor.from_numpy(x, t), Tensor.from_numpy(ones, t)
+        assert MulMat_253(plan="mlaref_l8a1")(a, b).to_numpy().item() == 2.0 ** 11
+        assert MulMat_253(plan="mlaref_l16a1")(a, b).to_numpy().item() == 2.0 ** 11 + 2.0 ** -12
