@@ -68,12 +68,13 @@ def fa_plan(k_step: int = 64, kv_chunks: int = 1, exp: str = "libm") -> Reductio
 
 def fa_q_block(Dk: int, Dv: int, n_kv: int) -> int:
     """The default queries per flash_attn_ext work unit: 64, or 128 for a KV head whose K and V rows widened to f32
-    (``n_kv * (Dk + Dv)`` values) pass the avx2 kernel's 2 MiB head cache. Such a head is widened again for every
-    unit, so 128 queries halve that work; a shorter head is widened once, and 64 queries keep a unit's working set
-    in L2. Measured on Zen 3 (16 heads x 512 causal queries, interleaved, 1 thread): Dk 192 / Dv 128 at n_kv 4096
-    3-13 % faster (256: no better), Dk 576 / Dv 512 at n_kv 1024 1.29x (256: 0.87x of 128). Speed only: the bytes
-    do not depend on it."""
-    return 128 if 4 * n_kv * (Dk + Dv) > (2 << 20) else 64
+    (``n_kv * (Dk + Dv)`` values) pass 512 KiB, a Zen 3 core's L2. Every unit reads such a head again, from L3
+    (the avx2 kernel's head cache, up to 2 MiB) or widening it again (longer heads), so 128 queries halve those
+    reads; a head that fits L2 keeps 64, whose working set is smaller and which gives more units to the threads.
+    Measured on Zen 3 (16 heads x 512 causal queries, interleaved, 1 thread; 2 threads equal or better): Dk 192 /
+    Dv 128 at n_kv 1024 4-13 % faster, at n_kv 4096 3-13 % (256: no better); Dk 576 / Dv 512 at n_kv 1024 1.29x
+    (256: 0.87x of 128). Speed only: the bytes do not depend on it."""
+    return 128 if 4 * n_kv * (Dk + Dv) > (512 << 10) else 64
 
 
 def _check_l16a1(plan, pair: str, op: str) -> ReductionPlan:
