@@ -1153,8 +1153,6 @@ static inline void mm_exp_shifted(int kind, const float *s, float M, float *p, i
    block as before. Measured on Zen 3 (16 heads x 512 causal queries, Dk 192, Dv 128): the 1.3 MB head of n_kv 1024
    gains, the 5 MB head of n_kv 4096 loses (f32 rows read back from L3 cost more than widening f16 again) */
 #define FA_HEAD_CACHE ((int64_t)2 << 20)
-/* bytes of K rows per K.Q row group (of Zen 3's 32 KiB L1d, the rest for the query tiles' rows and the scores) */
-#define FA_KQ_L1 ((int64_t)16 << 10)
 
 static inline __m256 fa_lanes_below(int n) {
     return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
@@ -1467,36 +1465,29 @@ static void fa_kq_tiles(const uint8_t *xc, int64_t xs, int64_t kn, const uint8_t
                         int64_t nr, int64_t nsteps, int last_n, float *sb, int64_t ldo) {
     typedef uint8_t fa_el;
     const int64_t xe = xs;
-    /* K rows in groups that stay in L1 while every query tile passes over them (a whole 64-row block of f32 K,
-       48 KiB at Dk 192, does not: its tiles streamed K from L2) */
-    int64_t kb = FA_KQ_L1 / xs / 4 * 4;
-    if (kb < 4) kb = 4;
-    const fa_el *x = (const fa_el *)(const void *)xc;
-    for (int64_t i0 = 0; i0 < kn; i0 += kb) {
-        const int64_t i1 = kn - i0 < kb ? kn : i0 + kb;
-        for (int64_t t = 0, c; t < nr; t += c) {
-            /* full tiles; a remainder of one after a full tile runs as two tiles of (FA_KQ_C + 1) / 2 */
-            c = nr - t < FA_KQ_C ? nr - t : FA_KQ_C;
-            if (FA_KQ_C > 2 && nr - t == FA_KQ_C + 1) c = (FA_KQ_C + 1) / 2;
-            const fa_el *y[FA_KQ_C];
-            float *out[FA_KQ_C];
-            for (int64_t j = 0; j < c; ++j) {
-                y[j] = (const fa_el *)(const void *)(yc + rows[t + j] * ys);
-                out[j] = sb + rows[t + j] * ldo;
-            }
-            int64_t i = i0;
-            switch (c) {
-            case 1:
-                for (; i + 4 <= i1; i += 4) fa_kq_4x1(x + i * xe, xe, y, nsteps, last_n, out, i);
-                for (; i < i1; ++i) fa_kq_1x1(x + i * xe, xe, y, nsteps, last_n, out, i);
-                break;
-            case 2:
-                for (; i + 4 <= i1; i += 4) fa_kq_4x2(x + i * xe, xe, y, nsteps, last_n, out, i);
-                for (; i < i1; ++i) fa_kq_1x2(x + i * xe, xe, y, nsteps, last_n, out, i);
-                break;
-            default:
-                break;
-            }
+    for (int64_t t = 0, c; t < nr; t += c) {
+        /* full tiles; a remainder of one after a full tile runs as two tiles of (FA_KQ_C + 1) / 2 */
+        c = nr - t < FA_KQ_C ? nr - t : FA_KQ_C;
+        if (FA_KQ_C > 2 && nr - t == FA_KQ_C + 1) c = (FA_KQ_C + 1) / 2;
+        const fa_el *y[FA_KQ_C];
+        float *out[FA_KQ_C];
+        for (int64_t j = 0; j < c; ++j) {
+            y[j] = (const fa_el *)(const void *)(yc + rows[t + j] * ys);
+            out[j] = sb + rows[t + j] * ldo;
+        }
+        const fa_el *x = (const fa_el *)(const void *)xc;
+        int64_t i = 0;
+        switch (c) {
+        case 1:
+            for (; i + 4 <= kn; i += 4) fa_kq_4x1(x + i * xe, xe, y, nsteps, last_n, out, i);
+            for (; i < kn; ++i) fa_kq_1x1(x + i * xe, xe, y, nsteps, last_n, out, i);
+            break;
+        case 2:
+            for (; i + 4 <= kn; i += 4) fa_kq_4x2(x + i * xe, xe, y, nsteps, last_n, out, i);
+            for (; i < kn; ++i) fa_kq_1x2(x + i * xe, xe, y, nsteps, last_n, out, i);
+            break;
+        default:
+            break;
         }
     }
 }
