@@ -101,7 +101,8 @@ def test_flash_attn_bit_exact(kernel_name, kt):
 # close whole KV blocks for some rows ("causal") or for every row ("holes": block 1 closed everywhere, so no row
 # needs its K or V), binary masks with -0.0 and finite entries ("mixed"), row tails (Dk 100 and 108: a ragged lo
 # or hi lane half; Dk 96 for q8_0: an odd last block pair; Dv 40: a tail past the 16-value V tile), and 576 / 512
-# with V a view of K (FlashMLA-1).
+# with V a view of K (FlashMLA-1); "longkv": a KV head past the avx2 head cache (widened per unit), at the default
+# q_block.
 TILE_CASES = [
     ("nq1", 192, 128, 1, 2, 1, 100, KM.fa_plan(64, 1, "v_expf_avx2"), "causal", False, 64),
     ("nq7", 192, 128, 7, 2, 2, 130, KM.fa_plan(64, 1, "v_expf_avx2"), "causal", False, 64),
@@ -113,6 +114,7 @@ TILE_CASES = [
     ("hitail", 108, 40, 5, 1, 1, 33, KM.fa_plan(32, 1, "v_expf_avx2"), "mixed", False, 64),
     ("q8pairs", 96, 64, 9, 1, 1, 70, KM.fa_plan(32, 1, "v_expf_avx2"), "causal", False, 64),
     ("mla576", 576, 512, 9, 2, 1, 90, KM.fa_plan(32, 2, "v_expf_avx2"), "causal", True, 64),
+    ("longkv", 576, 512, 5, 2, 1, 700, KM.fa_plan(64, 1, "v_expf_avx2"), "causal", True, None),
 ]
 
 
