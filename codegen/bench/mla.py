@@ -65,7 +65,8 @@ import numpy as np
 
 from mlaref.codegen import kernels as K
 from mlaref.codegen.bench import method as bench
-from mlaref.codegen.bench.mla_arena import PEER_TAGS, arena_row, format_arena, format_profile, peers_ready
+from mlaref.codegen.bench.mla_arena import (PEER_TAGS, arena_options, arena_row, format_arena, format_profile,
+                                           peers_ready)
 from mlaref.codegen.bench.mla_layers import (
     KERNEL_OPS,
     VARIANTS,
@@ -223,6 +224,7 @@ def _run_arena(hp, s, n_kv, kv_chunk, n_threads, repeats, seed, load, progress, 
                  + ("" if with_ggml else " (ggml-python absent: left out)")
                  + "".join(f" and the same IR graph on {p} ({PEER_TAGS[p]}/<variant>)" for p in peers),
         "peers": list(peers), "skipped_peers": skipped,
+        "plans": {op: o["plan"].name for op, o in arena_options().items()},
         "method": {"timer": "time.perf_counter around one run (the arena, ggml 0.15.3: in this process; a peer: "
                             "in its child process around ggml_graph_compute_with_ctx)", "warmup": 1,
                    "repeats": repeats,

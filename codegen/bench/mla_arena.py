@@ -53,15 +53,17 @@ import time
 import numpy as np
 
 from mlaref.codegen.arena import Arena, layer_graph, layer_values
+from mlaref.codegen.arena.executor import DEFAULT_OPTIONS
 from mlaref.codegen.bench import method as bench
 from mlaref.codegen.bench import peak as _peak
 from mlaref.codegen.bench.mla_layers import VARIANTS, GgmlLayer, layer_data
 from mlaref.codegen.bench.peers import RemoteGraph
+from mlaref.codegen.kernels import mm as _mm
 from mlaref.codegen.peers import build as peer_build
 from mlaref.reference import compare
 from mlaref.reference.graphs.executor import VIEW_OPS
 
-__all__ = ["NMSE_BOUND", "PEER_TAGS", "arena_layers", "arena_row", "attention_names", "format_arena", "format_profile",
+__all__ = ["NMSE_BOUND", "PEER_TAGS", "arena_layers", "arena_options", "arena_row", "attention_names", "format_arena", "format_profile",
            "layer_setups", "peers_ready"]
 
 _MM_FA = ("MUL_MAT", "FLASH_ATTN_EXT")
@@ -97,10 +99,16 @@ def layer_setups(hp, s: dict, n_kv: int, kv_chunk: int, seed: int, weight_type: 
     return out
 
 
+def arena_options() -> dict:
+    """The timed arena's plans: mul_mat in this CPU's native plan, as ``mlaref bench peers`` runs it (mlaref_l8a1
+    on AVX2: :func:`mlaref.codegen.kernels.mm.fastest_plan`); flash attention in its default (and only) plan."""
+    return {**DEFAULT_OPTIONS, "MUL_MAT": {"plan": _mm.fastest_plan()}}
+
+
 def arena_layers(hp, s: dict, n_kv: int, kv_chunk: int, n_threads: int, seed: int,
                  weight_type: str = "f16") -> dict:
     """variant -> a prepared Arena of the layer at these shapes (:func:`layer_setups`)."""
-    return {v: Arena(g, **vals, n_threads=n_threads)
+    return {v: Arena(g, **vals, n_threads=n_threads, options=arena_options())
             for v, (g, vals) in layer_setups(hp, s, n_kv, kv_chunk, seed, weight_type).items()}
 
 
@@ -216,7 +224,7 @@ def arena_row(hp, s: dict, n: int, kv_chunk: int, n_threads: int, repeats: int, 
     """One ``n_kv``: interleaved timings of the arena, ggml 0.15.3 and the ``peers`` (cached builds only: see
     :func:`peers_ready`) on every variant, ratios, spreads, the peers' NMSE, the arena's profile."""
     setups = layer_setups(hp, s, n, kv_chunk, seed)
-    arenas = {v: Arena(g, **vals, n_threads=n_threads) for v, (g, vals) in setups.items()}
+    arenas = {v: Arena(g, **vals, n_threads=n_threads, options=arena_options()) for v, (g, vals) in setups.items()}
     fns = {f"arena/{v}": _timed(a.run) for v, a in arenas.items()}
     layer = GgmlLayer(s, n, kv_chunk, n_threads, seed) if with_ggml else None
     remotes: dict[tuple[str, str], RemoteGraph] = {}
