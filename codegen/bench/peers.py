@@ -161,9 +161,15 @@ class RemoteGraph:
             raise harness.HarnessError(f"{self.peer}: the benchmark child died: " + self._stderr())
         return data
 
+    def _send(self, cmd: bytes) -> None:
+        try:
+            self.proc.stdin.write(cmd)
+            self.proc.stdin.flush()
+        except OSError:
+            raise harness.HarnessError(f"{self.peer}: the benchmark child died: " + self._stderr()) from None
+
     def compute(self, n_threads: int) -> float:
-        self.proc.stdin.write(b"c" + struct.pack("<i", int(n_threads)))
-        self.proc.stdin.flush()
+        self._send(b"c" + struct.pack("<i", int(n_threads)))
         return struct.unpack("<d", self._read(8))[0]
 
     def profile(self, n_threads: int) -> list[tuple[str, str, float]]:
@@ -176,8 +182,7 @@ class RemoteGraph:
 
     def results(self) -> list[Tensor]:
         """The outputs after the last compute, in the graph's order (an IR graph's: ``names``)."""
-        self.proc.stdin.write(b"r")
-        self.proc.stdin.flush()
+        self._send(b"r")
         (n,) = struct.unpack("<q", self._read(8))
         return pickle.loads(self._read(n))
 
