@@ -50,7 +50,7 @@ from mlaref.reference.plan import MLAREF_L8A1, MLAREF_L16A1, ReductionPlan, get_
 from mlaref.reference.tensor import Tensor
 from mlaref.reference.types import get_type
 
-__all__ = ["mul_mat", "fastest_plan", "flash_attn_ext", "mul_mat_jobs", "flash_attn_jobs", "fa_check", "FA_PLAN",
+__all__ = ["mul_mat", "fastest_plan", "fastest_fa_plan", "flash_attn_ext", "mul_mat_jobs", "flash_attn_jobs", "fa_check", "FA_PLAN",
            "MM_PLAN", "fa_plan", "fa_q_block", "VEC_DOT_TYPE"]
 
 MM_PLAN = MLAREF_L16A1
@@ -99,6 +99,16 @@ def fastest_plan(isa: str | None = None) -> ReductionPlan:
     if isa is None:
         isa = _dispatch.choose("mul_mat", "f16", "f16", "l16a1")[0].isa
     return MLAREF_L8A1 if isa == "avx2" else MLAREF_L16A1
+
+
+def fastest_fa_plan(isa: str | None = None, k_step: int = 64, kv_chunks: int = 1,
+                    exp: str = "libm") -> ReductionPlan:
+    """The flash-attention plan whose K.Q runs fastest on ``isa`` (the dispatched ISA of this CPU when None):
+    :func:`fa_plan` with the dots of :func:`fastest_plan` (l8a1 on avx2: one ymm per score, a 4 x 3 K.Q tile with
+    no parked lo halves; l16a1 elsewhere). The default :data:`FA_PLAN` keeps the l16a1 dots."""
+    if isa is None:
+        isa = _dispatch.choose("flash_attn_ext", "f16", "f16", "l16a1")[0].isa
+    return fa_plan(k_step, kv_chunks, exp, dots="l8a1" if isa == "avx2" else "l16a1")
 
 
 def _mm_plan(plan, pair: str, op: str) -> tuple[ReductionPlan, str]:

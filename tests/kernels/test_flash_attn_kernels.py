@@ -190,6 +190,19 @@ def test_flash_attn_l8a1_differs(type):
         assert np.array_equal(got.storage().view(np.uint32), want.storage().view(np.uint32)), plan.name
 
 
+def test_flash_attn_fastest_fa_plan():
+    """The native flash-attention plan (kernels.mm.fastest_fa_plan): fastest_plan's dots (l8a1 on avx2, l16a1 on
+    avx512 and scalar) with the given blocked-softmax fields; with no ISA, the one dispatch picks here."""
+    from mlaref.codegen import dispatch
+
+    for isa, lanes in (("avx2", 8), ("avx512", 16), ("avx512vnni", 16), ("scalar", 16)):
+        p = KM.fastest_fa_plan(isa, 32, 2, "v_expf_avx2")
+        assert p.for_pair("f16.f16").lanes == lanes and p.for_pair("q8_0.q8_0").lanes == lanes
+        assert (p.k_step, p.kv_chunks, p.exp) == (32, 2, "v_expf_avx2")
+        assert p == KM.fa_plan(32, 2, "v_expf_avx2", dots=f"l{lanes}a1")
+    assert KM.fastest_fa_plan() == KM.fastest_fa_plan(dispatch.choose(FAMILY, "f16", "f16", "l16a1")[0].isa)
+
+
 def test_flash_attn_fully_masked_row_raises(rng):
     q = _q(rng, 192, 3, 1)
     k, v = _kv(rng, "f16", (192, 40, 1, 1)), _kv(rng, "f16", (128, 40, 1, 1))
