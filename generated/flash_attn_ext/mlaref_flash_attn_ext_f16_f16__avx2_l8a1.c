@@ -1363,65 +1363,55 @@ static inline void fa_kq_4x3(const float *xc, int64_t xs,
     __m256 a20 = _mm256_setzero_ps(), a21 = _mm256_setzero_ps(), a22 = _mm256_setzero_ps();
     __m256 a30 = _mm256_setzero_ps(), a31 = _mm256_setzero_ps(), a32 = _mm256_setzero_ps();
     for (int64_t s = 0; s < nf; ++s) {
-        {
-            const __m256 y0v = _mm256_loadu_ps(y0 + 16 * s + 0);
-            const __m256 y1v = _mm256_loadu_ps(y1 + 16 * s + 0);
-            const __m256 y2v = _mm256_loadu_ps(y2 + 16 * s + 0);
-            {
-                const __m256 x = _mm256_loadu_ps(xc + 0 * xs + 16 * s + 0);
-                a00 = _mm256_fmadd_ps(x, y0v, a00);
-                a01 = _mm256_fmadd_ps(x, y1v, a01);
-                a02 = _mm256_fmadd_ps(x, y2v, a02);
-            }
-            {
-                const __m256 x = _mm256_loadu_ps(xc + 1 * xs + 16 * s + 0);
-                a10 = _mm256_fmadd_ps(x, y0v, a10);
-                a11 = _mm256_fmadd_ps(x, y1v, a11);
-                a12 = _mm256_fmadd_ps(x, y2v, a12);
-            }
-            {
-                const __m256 x = _mm256_loadu_ps(xc + 2 * xs + 16 * s + 0);
-                a20 = _mm256_fmadd_ps(x, y0v, a20);
-                a21 = _mm256_fmadd_ps(x, y1v, a21);
-                a22 = _mm256_fmadd_ps(x, y2v, a22);
-            }
-            {
-                const __m256 x = _mm256_loadu_ps(xc + 3 * xs + 16 * s + 0);
-                a30 = _mm256_fmadd_ps(x, y0v, a30);
-                a31 = _mm256_fmadd_ps(x, y1v, a31);
-                a32 = _mm256_fmadd_ps(x, y2v, a32);
-            }
-        }
+        __asm__("vmovups\t0(%[y0]), %%ymm13\n\t"
+                "vmovups\t0(%[y1]), %%ymm14\n\t"
+                "vmovups\t0(%[y2]), %%ymm15\n\t"
+                "vmovups\t0(%[x]), %%ymm12\n\t"
+                "vfmadd231ps\t%%ymm13, %%ymm12, %[a00]\n\t"
+                "vfmadd231ps\t%%ymm14, %%ymm12, %[a01]\n\t"
+                "vfmadd231ps\t%%ymm15, %%ymm12, %[a02]\n\t"
+                "vmovups\t0(%[x],%[xs]), %%ymm12\n\t"
+                "vfmadd231ps\t%%ymm13, %%ymm12, %[a10]\n\t"
+                "vfmadd231ps\t%%ymm14, %%ymm12, %[a11]\n\t"
+                "vfmadd231ps\t%%ymm15, %%ymm12, %[a12]\n\t"
+                "vmovups\t0(%[x2]), %%ymm12\n\t"
+                "vfmadd231ps\t%%ymm13, %%ymm12, %[a20]\n\t"
+                "vfmadd231ps\t%%ymm14, %%ymm12, %[a21]\n\t"
+                "vfmadd231ps\t%%ymm15, %%ymm12, %[a22]\n\t"
+                "vmovups\t0(%[x2],%[xs]), %%ymm12\n\t"
+                "vfmadd231ps\t%%ymm13, %%ymm12, %[a30]\n\t"
+                "vfmadd231ps\t%%ymm14, %%ymm12, %[a31]\n\t"
+                "vfmadd231ps\t%%ymm15, %%ymm12, %[a32]\n\t"
+                : [a00] "+x"(a00), [a01] "+x"(a01), [a02] "+x"(a02), [a10] "+x"(a10), [a11] "+x"(a11), [a12] "+x"(a12), [a20] "+x"(a20), [a21] "+x"(a21), [a22] "+x"(a22), [a30] "+x"(a30), [a31] "+x"(a31), [a32] "+x"(a32)
+                : [x] "r"(xc + 16 * s), [x2] "r"(xc + 2 * xs + 16 * s), [xs] "r"(xs * 4), [y0] "r"(y0 + 16 * s),
+                  [y1] "r"(y1 + 16 * s), [y2] "r"(y2 + 16 * s)
+                : "xmm12", "xmm13", "xmm14", "xmm15", "memory");
 
-        {
-            const __m256 y0v = _mm256_loadu_ps(y0 + 16 * s + 8);
-            const __m256 y1v = _mm256_loadu_ps(y1 + 16 * s + 8);
-            const __m256 y2v = _mm256_loadu_ps(y2 + 16 * s + 8);
-            {
-                const __m256 x = _mm256_loadu_ps(xc + 0 * xs + 16 * s + 8);
-                a00 = _mm256_fmadd_ps(x, y0v, a00);
-                a01 = _mm256_fmadd_ps(x, y1v, a01);
-                a02 = _mm256_fmadd_ps(x, y2v, a02);
-            }
-            {
-                const __m256 x = _mm256_loadu_ps(xc + 1 * xs + 16 * s + 8);
-                a10 = _mm256_fmadd_ps(x, y0v, a10);
-                a11 = _mm256_fmadd_ps(x, y1v, a11);
-                a12 = _mm256_fmadd_ps(x, y2v, a12);
-            }
-            {
-                const __m256 x = _mm256_loadu_ps(xc + 2 * xs + 16 * s + 8);
-                a20 = _mm256_fmadd_ps(x, y0v, a20);
-                a21 = _mm256_fmadd_ps(x, y1v, a21);
-                a22 = _mm256_fmadd_ps(x, y2v, a22);
-            }
-            {
-                const __m256 x = _mm256_loadu_ps(xc + 3 * xs + 16 * s + 8);
-                a30 = _mm256_fmadd_ps(x, y0v, a30);
-                a31 = _mm256_fmadd_ps(x, y1v, a31);
-                a32 = _mm256_fmadd_ps(x, y2v, a32);
-            }
-        }
+
+        __asm__("vmovups\t32(%[y0]), %%ymm13\n\t"
+                "vmovups\t32(%[y1]), %%ymm14\n\t"
+                "vmovups\t32(%[y2]), %%ymm15\n\t"
+                "vmovups\t32(%[x]), %%ymm12\n\t"
+                "vfmadd231ps\t%%ymm13, %%ymm12, %[a00]\n\t"
+                "vfmadd231ps\t%%ymm14, %%ymm12, %[a01]\n\t"
+                "vfmadd231ps\t%%ymm15, %%ymm12, %[a02]\n\t"
+                "vmovups\t32(%[x],%[xs]), %%ymm12\n\t"
+                "vfmadd231ps\t%%ymm13, %%ymm12, %[a10]\n\t"
+                "vfmadd231ps\t%%ymm14, %%ymm12, %[a11]\n\t"
+                "vfmadd231ps\t%%ymm15, %%ymm12, %[a12]\n\t"
+                "vmovups\t32(%[x2]), %%ymm12\n\t"
+                "vfmadd231ps\t%%ymm13, %%ymm12, %[a20]\n\t"
+                "vfmadd231ps\t%%ymm14, %%ymm12, %[a21]\n\t"
+                "vfmadd231ps\t%%ymm15, %%ymm12, %[a22]\n\t"
+                "vmovups\t32(%[x2],%[xs]), %%ymm12\n\t"
+                "vfmadd231ps\t%%ymm13, %%ymm12, %[a30]\n\t"
+                "vfmadd231ps\t%%ymm14, %%ymm12, %[a31]\n\t"
+                "vfmadd231ps\t%%ymm15, %%ymm12, %[a32]\n\t"
+                : [a00] "+x"(a00), [a01] "+x"(a01), [a02] "+x"(a02), [a10] "+x"(a10), [a11] "+x"(a11), [a12] "+x"(a12), [a20] "+x"(a20), [a21] "+x"(a21), [a22] "+x"(a22), [a30] "+x"(a30), [a31] "+x"(a31), [a32] "+x"(a32)
+                : [x] "r"(xc + 16 * s), [x2] "r"(xc + 2 * xs + 16 * s), [xs] "r"(xs * 4), [y0] "r"(y0 + 16 * s),
+                  [y1] "r"(y1 + 16 * s), [y2] "r"(y2 + 16 * s)
+                : "xmm12", "xmm13", "xmm14", "xmm15", "memory");
+
 
     }
     if (nf < nsteps) {
