@@ -24,7 +24,8 @@ avx512vnni kernels; the avx2 / avx512 sign trick gets products with negative wei
 
 ``flash_attn_ext(q, k, v, mask, scale, max_bias, softcap, *, algorithm="blocked", plan, variant, isa, kernel,
 n_threads, q_block)`` computes :func:`mlaref.reference.ops.flash_attn_ext.flash_attn_ext` with
-``algorithm="blocked"``: K.Q in the ``l16a1`` order (Q converted to K's vec_dot type: f16 or q8_0 ``x86``), then
+``algorithm="blocked"``: K.Q in the ``l16a1`` order, or ``l8a1`` (scalar and avx2 kernels; :func:`fa_plan`'s ``dots``,
+the AVX2 native :func:`fastest_fa_plan`) (Q converted to K's vec_dot type: f16 or q8_0 ``x86``), then
 iqk's blocked online softmax with the plan's ``k_step``, ``kv_chunks`` (merged in index order) and ``exp``
 (``libm``, ``v_expf_avx2`` or ``v_expf_avx512``; each is computed lane by lane in C with one rounding per step, so
 every ISA can run every exp). K and V are f16 or q8_0 (the same type), the mask f16 (binary, as iqk reads it).
