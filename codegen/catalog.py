@@ -307,9 +307,9 @@ def by_key() -> dict[tuple, dict[str, KernelSpec]]:
 # ---- mul_mat and flash_attn_ext (helper H11; entry points in codegen/kernels/mm.py) --------------------------
 # mul_mat: type_x = src0 (weight), type_y = src1 (its columns are converted to type_x's vec_dot type inside the
 # kernel, #253 semantics); flash_attn_ext: type_x = K type, type_y = V type. Plan "l16a1" = mlaref_l16a1 for every
-# dot product; flash attention's k_step, kv_chunks and exp are run-time arguments taken from the plan value. mul_mat
-# also has "l8a1" (mlaref_l8a1: one 8-lane accumulator per output, so AVX2 holds a 4 x 3 register tile) on the ISAs
-# of MM_L8A1_ISAS; the 16-lane avx512 kernels keep l16a1 only.
+# dot product; flash attention's k_step, kv_chunks and exp are run-time arguments taken from the plan value. Both
+# families also have "l8a1" (mlaref_l8a1 dots, K.Q for flash attention: one 8-lane accumulator per output, so AVX2
+# holds a 4 x 3 register tile) on the ISAs of MM_L8A1_ISAS; the 16-lane avx512 kernels keep l16a1 only.
 # neon / neondot kernels run under qemu only here (tests/kernels/test_neon_mm.py); neondot (sdot) exists for the
 # int8 32-block weights, like avx512vnni, but not for k-quants, whose int16 products sdot cannot take.
 MM_FAMILIES = ("mul_mat", "flash_attn_ext")
@@ -342,8 +342,8 @@ def _validate_mm(spec: KernelSpec, where: str) -> KernelSpec:
     if spec.isa == "neondot" and (not x_block or spec.type_x in ("q4_K", "q6_K")):
         # sdot multiplies int8; element and k-quant (int16 values) pairs would compile neon's code again
         raise ValueError(f"{where}: neondot changes only int8 dot products (32-block weights); others use neon")
-    if spec.plan == "l8a1" and (spec.family != "mul_mat" or spec.isa not in MM_L8A1_ISAS):
-        raise ValueError(f"{where}: plan l8a1 has mul_mat kernels for {', '.join(MM_L8A1_ISAS)} only")
+    if spec.plan == "l8a1" and spec.isa not in MM_L8A1_ISAS:
+        raise ValueError(f"{where}: plan l8a1 has {spec.family} kernels for {', '.join(MM_L8A1_ISAS)} only")
     return spec
 
 

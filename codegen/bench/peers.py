@@ -17,7 +17,8 @@ Cases (the FlashMLA-2 prompt shapes of DeepSeek-V2-Lite):
   own ``q8_0 x f16`` and ``iq4_nl x f16`` (a non-f32 src1 that is not the vec_dot type: converted row by row).
   Upstream ggml's CPU back-end refuses those two (its ``supports_op``), so the row says "unsupported" for it;
 * ``fa f16`` and ``fa q8_0``: flash attention with 16 heads, 512 queries, Dk 192 / Dv 128, K/V of that type of
-  ``n_kv`` cells, under the prompt's causal mask (column 0 always open);
+  ``n_kv`` cells, under the prompt's causal mask (column 0 always open), K.Q in this CPU's native dot order
+  (``fastest_fa_plan``: l8a1 dots on AVX2, printed as the plan name);
 * ``fa f16 576/512``: mla = 3's absorbed attention, 16 query heads over one K/V head of the 576-wide latent (V its
   512 columns, here a tensor of its own), 128 queries.
 
@@ -219,7 +220,8 @@ _FA = {"fa f16": ("f16", 192, 128, 16, 512), "fa q8_0": ("q8_0", 192, 128, 16, 5
 
 def _inputs(case: str, n_kv: int, rng):
     """(inputs, harness op, float params, flops, mlaref call, mlaref plan name) of one case. mul_mat runs this
-    CPU's native plan (:func:`mlaref.codegen.kernels.mm.fastest_plan`: mlaref_l8a1 on AVX2, l16a1 on AVX-512)."""
+    CPU's native plan (:func:`mlaref.codegen.kernels.mm.fastest_plan`: mlaref_l8a1 on AVX2, l16a1 on AVX-512),
+    flash attention its K.Q dots (:func:`mlaref.codegen.kernels.mm.fastest_fa_plan`)."""
     if case in _MM:
         wt, ct = _MM[case]
         w, cache = _rows(rng, wt, 4096, 512, scale=0.05), _rows(rng, ct, n_kv, 512, row_len=576)
@@ -241,7 +243,7 @@ def _inputs(case: str, n_kv: int, rng):
         causal[:, 0] = 0  # no fully masked row when n_kv < n_q (ik asserts a positive softmax sum)
         mask = Tensor.from_numpy(causal, "f16")
         scale = 1.0 / math.sqrt(dk)
-        plan = _km.fa_plan(64, 1, "v_expf_avx2")
+        plan = _km.fastest_fa_plan(k_step=64, kv_chunks=1, exp="v_expf_avx2")
         flops = 2.0 * nh * nq * n_kv * (dk + dv)
         return ([q, k, v, mask], "flash_attn_ext", (scale, 0.0, 0.0), flops,
                 lambda nt: _km.flash_attn_ext(q, k, v, mask, scale, plan=plan, n_threads=nt), plan.name)

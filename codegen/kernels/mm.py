@@ -24,7 +24,8 @@ avx512vnni kernels; the avx2 / avx512 sign trick gets products with negative wei
 
 ``flash_attn_ext(q, k, v, mask, scale, max_bias, softcap, *, algorithm="blocked", plan, variant, isa, kernel,
 n_threads, q_block)`` computes :func:`mlaref.reference.ops.flash_attn_ext.flash_attn_ext` with
-``algorithm="blocked"``: K.Q in the ``l16a1`` order (Q converted to K's vec_dot type: f16 or q8_0 ``x86``), then
+``algorithm="blocked"``: K.Q in the ``l16a1`` order, or ``l8a1`` (scalar and avx2 kernels; :func:`fa_plan`'s ``dots``,
+the AVX2 native :func:`fastest_fa_plan`) (Q converted to K's vec_dot type: f16 or q8_0 ``x86``), then
 iqk's blocked online softmax with the plan's ``k_step``, ``kv_chunks`` (merged in index order) and ``exp``
 (``libm``, ``v_expf_avx2`` or ``v_expf_avx512``; each is computed lane by lane in C with one rounding per step, so
 every ISA can run every exp). K and V are f16 or q8_0 (the same type), the mask f16 (binary, as iqk reads it).
@@ -50,12 +51,13 @@ from mlaref.reference.plan import MLAREF_L8A1, MLAREF_L16A1, ReductionPlan, get_
 from mlaref.reference.tensor import Tensor
 from mlaref.reference.types import get_type
 
-__all__ = ["mul_mat", "fastest_plan", "flash_attn_ext", "mul_mat_jobs", "flash_attn_jobs", "fa_check", "FA_PLAN",
+__all__ = ["mul_mat", "fastest_plan", "fastest_fa_plan", "flash_attn_ext", "mul_mat_jobs", "flash_attn_jobs", "fa_check", "FA_PLAN",
            "MM_PLAN", "fa_plan", "fa_q_block", "VEC_DOT_TYPE"]
 
 MM_PLAN = MLAREF_L16A1
 # the default flash-attention plan: l16a1 dots, iqk's k_step 64 for n_kv % 64 == 0, one KV chunk, libm expf
 FA_PLAN = MLAREF_L16A1.replace(name="mlaref_fa_l16a1", k_step=64, q_step=64, kv_chunks=1, exp="libm")
+_FA_DOTS = {"l16a1": MLAREF_L16A1, "l8a1": MLAREF_L8A1}
 _EXP_KIND = {"libm": 0, "v_expf_avx2": 1, "v_expf_avx512": 2}
 # the weight types the catalog has kernels for -> their vec_dot type (the format registry's; read-only)
 VEC_DOT_TYPE = MappingProxyType({t: get_type(t).vec_dot_type for t in _catalog.MM_X_TYPES})
@@ -64,10 +66,14 @@ _KV_TYPES = _catalog.FA_KV_TYPES
 _COL_BLOCK = 4  # thread ranges of src1 columns / src0 rows start at multiples of the tile size
 
 
-def fa_plan(k_step: int = 64, kv_chunks: int = 1, exp: str = "libm") -> ReductionPlan:
-    """A flash-attention plan the kernels run: l16a1 dots with these blocked-softmax parameters."""
-    return FA_PLAN.replace(name=f"mlaref_fa_l16a1_k{k_step}c{kv_chunks}_{exp}", k_step=k_step,
-                           kv_chunks=kv_chunks, exp=exp)
+def fa_plan(k_step: int = 64, kv_chunks: int = 1, exp: str = "libm", dots: str = "l16a1") -> ReductionPlan:
+    """A flash-attention plan the kernels run: K.Q dots in the ``dots`` order (``l16a1``: mlaref_l16a1, every ISA;
+    ``l8a1``: mlaref_l8a1, the scalar and avx2 kernels) with these blocked-softmax parameters. The softmax and the
+    V accumulation do not depend on ``dots``. ``fa_plan()`` has :data:`FA_PLAN`'s fields."""
+    if dots not in _FA_DOTS:
+        raise ValueError(f"fa_plan: dots must be one of {', '.join(_FA_DOTS)}, got {dots!r}")
+    return _FA_DOTS[dots].replace(name=f"mlaref_fa_{dots}_k{k_step}c{kv_chunks}_{exp}", k_step=k_step, q_step=64,
+                                  kv_chunks=kv_chunks, exp=exp)
 
 
 def fa_q_block(Dk: int, Dv: int, n_kv: int) -> int:
@@ -94,6 +100,16 @@ def fastest_plan(isa: str | None = None) -> ReductionPlan:
     if isa is None:
         isa = _dispatch.choose("mul_mat", "f16", "f16", "l16a1")[0].isa
     return MLAREF_L8A1 if isa == "avx2" else MLAREF_L16A1
+
+
+def fastest_fa_plan(isa: str | None = None, k_step: int = 64, kv_chunks: int = 1,
+                    exp: str = "libm") -> ReductionPlan:
+    """The flash-attention plan whose K.Q runs fastest on ``isa`` (the dispatched ISA of this CPU when None):
+    :func:`fa_plan` with the dots of :func:`fastest_plan` (l8a1 on avx2: one ymm per score, a 4 x 3 K.Q tile with
+    no parked lo halves; l16a1 elsewhere). The default :data:`FA_PLAN` keeps the l16a1 dots."""
+    if isa is None:
+        isa = _dispatch.choose("flash_attn_ext", "f16", "f16", "l16a1")[0].isa
+    return fa_plan(k_step, kv_chunks, exp, dots="l8a1" if isa == "avx2" else "l16a1")
 
 
 def _mm_plan(plan, pair: str, op: str) -> tuple[ReductionPlan, str]:
@@ -303,7 +319,7 @@ def _flash_attn_ext(q, k, v, mask, scale, max_bias, softcap, algorithm, plan, va
     if isinstance(q_block, bool) or not isinstance(q_block, (int, np.integer)) or not 1 <= q_block <= 4096:
         raise ValueError(f"{op}: q_block must be an int in 1..4096, got {q_block!r}")
     n_threads = _args.check_threads(n_threads)
-    plan = _check_l16a1(plan, f"{k.type}.{k.type}", op)
+    plan, token = _mm_plan(plan, f"{k.type}.{k.type}", op)
     if plan.exp not in _EXP_KIND:
         raise ValueError(f"{op}: plan {plan.name}: exp must be one of {', '.join(_EXP_KIND)}, got {plan.exp!r}")
     if plan.k_step > 4096:
@@ -317,7 +333,7 @@ def _flash_attn_ext(q, k, v, mask, scale, max_bias, softcap, algorithm, plan, va
     units = ne3 * nh * n_qb
     if units == 0:
         return dst, []
-    spec, fn, ffi = _kernels.resolve(op, k.type, v.type, "l16a1", isa=isa, kernel=kernel)
+    spec, fn, ffi = _kernels.resolve(op, k.type, v.type, token, isa=isa, kernel=kernel)
     mnb = mask.nb if mask is not None else (0, 0, 0, 0)
     mne = mask.ne if mask is not None else (1, 1, 1, 1)
 

@@ -1105,12 +1105,11 @@ static inline float fa_hsum8(__m256 s) {
 /* halves fold of one dot: lo + hi, then 8 -> 4 -> 2 -> 1 (mm_hsum) */
 static inline float fa_fold1(__m256 lo, __m256 hi) { return fa_hsum8(_mm256_add_ps(lo, hi)); }
 
-/* the halves fold of four dots (lo_i + hi_i, i = 0..3) at once; out[i] = dot i. The 128-bit halves are paired by
+/* the 8 -> 4 -> 2 -> 1 fold of four ymm (a, b, c, d) at once; out = their folds. The 128-bit halves are paired by
    perm2f128 (t[l] = s[l] + s[l + 4]), then shuffles pair t[l] with t[l + 2], then hadd adds the last two: every
-   sum is the one mm_hsum forms */
-static inline void fa_fold4(const __m256 *lo, const __m256 *hi, float *out) {
-    const __m256 a = _mm256_add_ps(lo[0], hi[0]), b = _mm256_add_ps(lo[1], hi[1]);
-    const __m256 c = _mm256_add_ps(lo[2], hi[2]), d = _mm256_add_ps(lo[3], hi[3]);
+   sum has the operands, in the same order, of the one fa_hsum8 forms. fa_fold4: the halves fold of four l16a1
+   dots (lo_i + hi_i first, as mm_hsum) */
+static inline void fa_fold8x4(__m256 a, __m256 b, __m256 c, __m256 d, float *out) {
     const __m256 ab = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
     const __m256 cd = _mm256_add_ps(_mm256_permute2f128_ps(c, d, 0x20), _mm256_permute2f128_ps(c, d, 0x31));
     /* per 128-bit half: [ab0 + ab2, ab1 + ab3, cd0 + cd2, cd1 + cd3]; low half dots a, c; high half b, d */
@@ -1119,6 +1118,12 @@ static inline void fa_fold4(const __m256 *lo, const __m256 *hi, float *out) {
     const __m256 o = _mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 0, 0, 0, 0));
     _mm_storeu_ps(out, _mm256_castps256_ps128(o));
 }
+
+static inline void fa_fold4(const __m256 *lo, const __m256 *hi, float *out) {
+    fa_fold8x4(_mm256_add_ps(lo[0], hi[0]), _mm256_add_ps(lo[1], hi[1]), _mm256_add_ps(lo[2], hi[2]),
+               _mm256_add_ps(lo[3], hi[3]), out);
+}
+
 
 
 

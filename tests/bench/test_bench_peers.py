@@ -22,8 +22,9 @@ def test_each_peer_times_the_same_op_on_the_same_bytes():
             # same inputs, f32 accumulation everywhere: only the float order differs
             assert r[f"{p}_nmse"] < 1e-6, (r["case"], p, r[f"{p}_nmse"])
             assert r[f"{p}_ratio"] == pytest.approx(r[f"{p}_s"] / r["mlaref_s"])
-    # mul_mat runs this CPU's native plan, named in the row and the table
+    # mul_mat and flash attention run this CPU's native plans, named in the row and the table
     assert res["rows"][0]["mlaref_plan"] == KM.fastest_plan().name
+    assert res["rows"][1]["mlaref_plan"] == KM.fastest_fa_plan(k_step=64, kv_chunks=1, exp="v_expf_avx2").name
     table = bench_peers.format_table(res)
     assert "ik-llama-cpp-python" in table and "mul_mat f16 x f16" in table and KM.fastest_plan().name in table
 

@@ -1,4 +1,8 @@
-"""flash_attn_ext kernels (iqk's blocked online softmax, l16a1 K.Q) against the reference and ggml.
+"""flash_attn_ext kernels (iqk's blocked online softmax, l16a1 or l8a1 K.Q) against the reference and ggml.
+
+Every case runs each kernel under the plan of its token: the case's plan, with its K.Q dots in the kernel's order
+(``fa_plan(..., dots="l8a1")`` for the l8a1 kernels); ``test_flash_attn_l8a1_differs`` checks that the two dot
+orders give different bytes on a case, so a kernel cannot pass by running the other order.
 
 Bit-exact: every manifest kernel equals ``flash_attn_ext(..., algorithm="blocked", plan=p)`` on float32 bytes for
 1, 2, 3 and 4 threads, under plans that vary ``k_step`` (16, 32, 64), ``kv_chunks`` (1, 2, 3) and the exp (libm
@@ -61,10 +65,16 @@ CASES = [
 ]
 
 
-def _case(type: str, i: int):
-    key = (type, i)
+def _dots(plan, dots: str):
+    """The case's plan with its K.Q dots in the order of a kernel's plan token."""
+    return plan if dots == "l16a1" else KM.fa_plan(plan.k_step, plan.kv_chunks, plan.exp, dots=dots)
+
+
+def _case(type: str, i: int, dots: str = "l16a1"):
+    key = (type, i, dots)
     if key not in _REF_CACHE:
         Dk, Dv, nq, nh, nhk, n_kv, plan, scale, softcap, masked, negzero = CASES[i]
+        plan = _dots(plan, dots)
         rng = np.random.default_rng(1000 + i + (7 if type == "q8_0" else 0))
         q = _q(rng, Dk, nq, nh)
         k, v = _kv(rng, type, (Dk, n_kv, nhk, 1)), _kv(rng, type, (Dv, n_kv, nhk, 1))
@@ -82,7 +92,7 @@ def test_flash_attn_bit_exact(kernel_name, kt):
     k = kt.manifest_kernels()[kernel_name]
     kt.require_isa(k["isa"])
     for i in range(len(CASES)):
-        q, kk, v, mask, plan, scale, softcap, want = _case(k["type_x"], i)
+        q, kk, v, mask, plan, scale, softcap, want = _case(k["type_x"], i, k["plan"])
         for n_threads in (1, 2, 3, 4):
             n = int(np.prod(want.ne)) * 4
             buf = np.full(n + 64, 0xA5, np.uint8)
@@ -135,10 +145,11 @@ def _tile_mask(kind: str, nq: int, n_kv: int, rng) -> Tensor:
     return t
 
 
-def _tile_case(type: str, name: str):
-    key = ("tile", type, name)
+def _tile_case(type: str, name: str, dots: str = "l16a1"):
+    key = ("tile", type, name, dots)
     if key not in _REF_CACHE:
         _, Dk, Dv, nq, nh, nhk, n_kv, plan, kind, view, q_block = next(c for c in TILE_CASES if c[0] == name)
+        plan = _dots(plan, dots)
         rng = np.random.default_rng(sum(map(ord, name)) + (7 if type == "q8_0" else 0))
         q = _q(rng, Dk, nq, nh, s=0.5)
         k = _kv(rng, type, (Dk, n_kv, nhk, 1))
@@ -159,11 +170,37 @@ def test_flash_attn_tiles_bit_exact(kernel_name, kt, case):
         with pytest.raises(ValueError, match="32"):
             _kv(np.random.default_rng(0), "q8_0", (Dk, 4, 1, 1))
         return
-    q, kk, v, mask, plan, q_block, want = _tile_case(k["type_x"], case)
+    q, kk, v, mask, plan, q_block, want = _tile_case(k["type_x"], case, k["plan"])
     for n_threads in (1, 2, 3):
         got = KM.flash_attn_ext(q, kk, v, mask, 0.1, plan=plan, kernel=kernel_name, n_threads=n_threads,
                                 q_block=q_block)
         kt.assert_same_bytes(got.storage(), want.storage(), 4, f"{kernel_name} {case} threads={n_threads}")
+
+
+@pytest.mark.parametrize("type", ["f16", "q8_0"])
+def test_flash_attn_l8a1_differs(type):
+    """The l8a1 and l16a1 references differ on the 576 / 512 tile case (so each kernel's test tells the orders
+    apart), and each dispatched kernel gives its own plan's bytes; FA_PLAN keeps the l16a1 dots."""
+    l16, l8 = _tile_case(type, "mla576", "l16a1"), _tile_case(type, "mla576", "l8a1")
+    assert l8[4].for_pair(f"{type}.{type}").lanes == 8 and KM.FA_PLAN.for_pair(f"{type}.{type}").lanes == 16
+    assert KM.fa_plan() == KM.FA_PLAN.replace(name=KM.fa_plan().name)
+    assert not np.array_equal(l16[-1].storage().view(np.uint32), l8[-1].storage().view(np.uint32))
+    for q, kk, v, mask, plan, q_block, want in (l16, l8):
+        got = KM.flash_attn_ext(q, kk, v, mask, 0.1, plan=plan, n_threads=2, q_block=q_block)
+        assert np.array_equal(got.storage().view(np.uint32), want.storage().view(np.uint32)), plan.name
+
+
+def test_flash_attn_fastest_fa_plan():
+    """The native flash-attention plan (kernels.mm.fastest_fa_plan): fastest_plan's dots (l8a1 on avx2, l16a1 on
+    avx512 and scalar) with the given blocked-softmax fields; with no ISA, the one dispatch picks here."""
+    from mlaref.codegen import dispatch
+
+    for isa, lanes in (("avx2", 8), ("avx512", 16), ("avx512vnni", 16), ("scalar", 16)):
+        p = KM.fastest_fa_plan(isa, 32, 2, "v_expf_avx2")
+        assert p.for_pair("f16.f16").lanes == lanes and p.for_pair("q8_0.q8_0").lanes == lanes
+        assert (p.k_step, p.kv_chunks, p.exp) == (32, 2, "v_expf_avx2")
+        assert p == KM.fa_plan(32, 2, "v_expf_avx2", dots=f"l{lanes}a1")
+    assert KM.fastest_fa_plan() == KM.fastest_fa_plan(dispatch.choose(FAMILY, "f16", "f16", "l16a1")[0].isa)
 
 
 def test_flash_attn_fully_masked_row_raises(rng):
@@ -195,6 +232,11 @@ def test_flash_attn_rejects_bad_arguments(rng):
         KM.flash_attn_ext(q, k, v, None, 0.1, plan="ggml_generic")
     with pytest.raises(ValueError, match="k_step"):
         KM.flash_attn_ext(q, k, v, None, 0.1, plan=KM.FA_PLAN.replace(k_step=5000))
+    with pytest.raises(ValueError, match="dots must be one of l16a1, l8a1"):
+        KM.fa_plan(dots="l8a2")
+    with pytest.raises(ValueError, match=r"computes flash_attn_ext f16/f16 \[l16a1\], not .*\[l8a1\]"):
+        KM.flash_attn_ext(q, k, v, None, 0.1, plan=KM.fa_plan(dots="l8a1"),
+                          kernel="mlaref_flash_attn_ext_f16_f16__avx2_l16a1")
     with pytest.raises(TypeError, match="scale"):
         KM.flash_attn_ext(q, k, v, None, "0.1")
     with pytest.raises(ValueError, match="q_block"):
