@@ -18,9 +18,9 @@ once per round, shuffled order: :func:`mlaref.codegen.bench.method.round_orders`
     node for node: views as ``ggml_view_4d``, casts as ``ggml_cpy``, each op the ggml call of its name), over the
     same leaf values, in a child process per (peer, variant)
     (:meth:`mlaref.codegen.bench.peers.RemoteGraph.of_graph`: two ``libggml.so`` cannot share a process). Each
-    tensor has its own bytes in one context (no reuse); a compute is ``ggml_graph_compute_with_ctx`` (its
-    ``ggml_cgraph``, plan and work buffer made per call, as that function does), timed in the child around that
-    call. Only peers whose native builds are cached take part; the others are listed as skipped, with the command
+    tensor has its own bytes in one context (no reuse); a compute is what ``ggml_graph_compute_with_ctx`` does (a
+    plan per call, then ``ggml_graph_compute``; the graph and the work buffer are kept from the first call), timed
+    in the child around that call. Only peers whose native builds are cached take part; the others are listed as skipped, with the command
     that builds them (a cold ik_llama.cpp build takes 11 to 20 minutes on 2 cores).
 
 Every contender takes ``wkv_b`` as **f16** (the only type upstream ggml's mul_mat accepts with the f16 cache as

@@ -2,7 +2,8 @@
 
 Each peer's library is loaded in a child process of its own (two ``libggml.so`` cannot share one process), which
 builds the op's graph once over the same input bytes (:meth:`mlaref.codegen.peers.harness.Graph.prepare`) and then
-answers one request per timed call: it runs ``ggml_graph_compute_with_ctx`` and returns the seconds it took,
+answers one request per timed call: it runs the graph (a plan, then ``ggml_graph_compute``; the harness keeps
+the work buffer between calls) and returns the seconds it took,
 measured in the child around that call alone (:class:`RemoteGraph`; its :meth:`RemoteGraph.of_graph` builds a
 whole IR graph the same way, for ``mlaref bench mla --backend arena``). mlaref's kernel runs in this process,
 timed around the Python call (argument checks and thread start included). The contenders alternate call by call
@@ -112,7 +113,7 @@ class PeerUnsupported(harness.HarnessError):
 
 class RemoteGraph:
     """A peer's graph, built once in a child process of its own over copies of the given data; ``compute(n_threads)``
-    runs ``ggml_graph_compute_with_ctx`` there and returns the seconds measured in the child around that call;
+    runs the graph there (``mh_graph_compute``) and returns the seconds measured in the child around that call;
     ``results()`` are its outputs as mlaref Tensors (``result()``: the first), read back after the last compute.
 
     ``RemoteGraph(peer, op, inputs, ip=, fp=)`` is one harness op over ``inputs``; :meth:`of_graph` is an IR graph

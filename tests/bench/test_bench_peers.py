@@ -2,10 +2,13 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from mlaref.codegen.bench import peers as bench_peers
 from mlaref.codegen.kernels import mm as KM
+from mlaref.reference import compare
+from mlaref.reference.tensor import Tensor
 
 
 def test_each_peer_times_the_same_op_on_the_same_bytes():
@@ -58,3 +61,27 @@ def test_unknown_peers_and_cases_are_refused():
         bench_peers.bench_peers(peers=("llama.cpp",), n_kvs=(64,), repeats=1)
     with pytest.raises(ValueError, match="unknown case"):
         bench_peers.bench_peers(cases=("conv2d",), n_kvs=(64,), peers=(), repeats=1)
+
+
+def test_a_peer_graph_computes_again_and_again_with_its_work_buffer():
+    """A graph whose compute needs a work buffer (src1 quantized to the vec_dot type: 2.3 MB here) computed 60
+    times: the harness keeps one work buffer, where ggml_graph_compute_with_ctx took a new one from the context on
+    every call until the peer aborted (regression: ik died after about 40 such calls at n_kv 4096)."""
+    from mlaref.codegen.peers import build as peer_build
+
+    peer = "ik-llama-cpp-python"
+    if not peer_build.built("native", peer):
+        pytest.skip(f"{peer} is not built here (mlaref peer build {peer})")
+    rng = np.random.default_rng(5)
+    w = Tensor.from_numpy((rng.standard_normal((32, 512)) * 0.05).astype(np.float32), "q8_0")
+    x = Tensor.from_numpy(rng.standard_normal((4096, 512)).astype(np.float32))
+    r = bench_peers.RemoteGraph(peer, "mul_mat", [w, x])
+    try:
+        for i in range(60):
+            assert r.compute(1 + i % 2) > 0
+        out = r.result()
+    finally:
+        r.close()
+    assert out.ne == (32, 4096, 1, 1)
+    want = x.to_numpy().reshape(4096, 512).astype(np.float64) @ w.to_numpy().reshape(32, 512).T
+    assert compare.nmse(out.to_numpy().reshape(4096, 32), want) < 1e-3
