@@ -100,9 +100,12 @@ def layer_setups(hp, s: dict, n_kv: int, kv_chunk: int, seed: int, weight_type: 
 
 
 def arena_options() -> dict:
-    """The timed arena's plans: mul_mat in this CPU's native plan, as ``mlaref bench peers`` runs it (mlaref_l8a1
-    on AVX2: :func:`mlaref.codegen.kernels.mm.fastest_plan`); flash attention in its default (and only) plan."""
-    return {**DEFAULT_OPTIONS, "MUL_MAT": {"plan": _mm.fastest_plan()}}
+    """The timed arena's plans: this CPU's native ones, as ``mlaref bench peers`` runs them (on AVX2 mul_mat in
+    mlaref_l8a1, :func:`mlaref.codegen.kernels.mm.fastest_plan`; flash attention with l8a1 K.Q dots and the default
+    plan's k_step, chunks and exp, :func:`~mlaref.codegen.kernels.mm.fastest_fa_plan`)."""
+    fa = _mm.FA_PLAN
+    return {**DEFAULT_OPTIONS, "MUL_MAT": {"plan": _mm.fastest_plan()},
+            "FLASH_ATTN_EXT": {"plan": _mm.fastest_fa_plan(None, fa.k_step, fa.kv_chunks, fa.exp)}}
 
 
 def arena_layers(hp, s: dict, n_kv: int, kv_chunk: int, n_threads: int, seed: int,
