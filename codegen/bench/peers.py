@@ -310,7 +310,8 @@ def format_table(result: dict) -> str:
     """Median seconds and GFLOP/s per contender, the fraction of the FMA peak (``%pk``); ``x`` = the peer's
     seconds over mlaref's, i.e. mlaref's speed over the peer's (> 1: mlaref faster)."""
     peers = result["peers"]
-    head = (f"{'case':<20} {'n_kv':>6} {'thr':>3} {'peak':>6} | {'mlaref plan':<17} {'mlaref s':>8} {'GF/s':>6} "
+    pw = max([len("mlaref plan")] + [len(r.get("mlaref_plan", "-")) for r in result["rows"]])
+    head = (f"{'case':<20} {'n_kv':>6} {'thr':>3} {'peak':>6} | {'mlaref plan':<{pw}} {'mlaref s':>8} {'GF/s':>6} "
             f"{'%pk':>4}")
     for p in peers:
         head += f" | {p[:22]:>22} {'GF/s':>6} {'%pk':>4} {'x':>5} {'nmse':>7}"
@@ -322,7 +323,7 @@ def format_table(result: dict) -> str:
     for r in result["rows"]:
         pk = r.get("peak_gflops")
         line = (f"{r['case']:<20} {r['n_kv']:>6} {r['threads']:>3} {pk if pk is None else round(pk):>6} | "
-                f"{r.get('mlaref_plan', '-'):<17} {r['mlaref_s']:>8.4f} {r['mlaref_gflops']:>6.1f} "
+                f"{r.get('mlaref_plan', '-'):<{pw}} {r['mlaref_s']:>8.4f} {r['mlaref_gflops']:>6.1f} "
                 f"{pct(r.get('mlaref_peak_frac'))}")
         for p in peers:
             if p + "_unsupported" in r:
