@@ -16,11 +16,12 @@ of AVX2, :func:`fastest_plan`):
 * the kernel walks 4 x 4 register tiles (4 src0 rows x 4 src1 columns, one 16-lane accumulator each); on avx2,
   whose 16 ymm cannot hold 16 such accumulators (32 ymm), 3 x 2 tiles for f32 / f16 / bf16 weights and 2 x 2 for
   32-block weights (simd/mm_ftiles_avx2.h.j2, simd/mm_btiles_avx2.h.j2); under l8a1, whose accumulator is one
-  ymm, 4 x 3 and 3 x 2. Tiles only group outputs, so every ISA and tile of a plan gives each output the same
+  ymm, 4 x 3 and 3 x 2; on neon / neondot (l16a1 in four q registers; run under qemu here), 2 x 2. Tiles only
+  group outputs, so every ISA and tile of a plan gives each output the same
   reduction order and bytes.
 
-Value domain: a q8_0 src1 holding -128 (no ggml quantizer writes it) is multiplied exactly by the scalar and
-avx512vnni kernels; the avx2 / avx512 sign trick gets products with negative weights wrong there (tested).
+Value domain: a q8_0 src1 holding -128 (no ggml quantizer writes it) is multiplied exactly by the scalar,
+avx512vnni, neon and neondot kernels; the avx2 / avx512 sign trick gets products with negative weights wrong there (tested).
 
 ``flash_attn_ext(q, k, v, mask, scale, max_bias, softcap, *, algorithm="blocked", plan, variant, isa, kernel,
 n_threads, q_block)`` computes :func:`mlaref.reference.ops.flash_attn_ext.flash_attn_ext` with

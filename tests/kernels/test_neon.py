@@ -17,13 +17,6 @@ NATIVE_ONLY = False
 ISAS = ("neon", "neondot")
 
 
-@pytest.fixture(scope="module")
-def driver():
-    reason = build.cross_tools_missing("aarch64")
-    if reason:
-        pytest.skip(reason)
-    return build.cross_driver("aarch64")
-
 
 def test_neon_kernel(kernel_name, driver, kt, rng):
     k = kt.manifest_kernels()[kernel_name]

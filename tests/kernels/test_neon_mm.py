@@ -31,13 +31,6 @@ ISAS = ("neon", "neondot")
 _REF_CACHE: dict = {}
 
 
-@pytest.fixture(scope="module")
-def driver():
-    reason = build.cross_tools_missing("aarch64")
-    if reason:
-        pytest.skip(reason)
-    return build.cross_driver("aarch64")
-
 
 def _scalar_twin(name: str) -> str:
     s = catalog.by_name()[name]
