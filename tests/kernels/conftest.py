@@ -183,7 +183,7 @@ _Helpers.variant_for = staticmethod(variant_for)
 @pytest.fixture(scope="module")
 def driver():
     """The qemu-aarch64 driver of the cross-compiled kernels (test_neon*.py); skips naming the missing tool."""
-    from mlaref.codegen import build  # noqa: PLC0415
+    from mlaref.codegen import build
 
     reason = build.cross_tools_missing("aarch64")
     if reason:

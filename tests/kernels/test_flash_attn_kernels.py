@@ -22,8 +22,10 @@ causal mask, compared with upstream ggml's own flash_attn_ext on the same tensor
 
 import numpy as np
 import pytest
+from kernel_inputs import fa_kv as _kv
+from kernel_inputs import fa_mask as _mask
+from kernel_inputs import fa_q as _q
 
-from mlaref import reference as R
 from mlaref.codegen.kernels import mm as KM
 from mlaref.reference.compare import nmse
 from mlaref.reference.ops.flash_attn_ext import flash_attn_ext as ref_fa
@@ -32,24 +34,6 @@ from mlaref.reference.tensor import Tensor
 FAMILY = "flash_attn_ext"
 NMSE_BOUND = 5e-4  # ggml tests/test-backend-ops.cpp: test_flash_attn_ext::max_nmse_err
 _REF_CACHE: dict = {}
-
-
-def _kv(rng, type: str, ne) -> Tensor:
-    rows = int(np.prod(ne[1:]))
-    x = rng.standard_normal((rows, ne[0])).astype(np.float32)
-    data = R.quantize(x, type, variant="x86") if type == "q8_0" else R.quantize(x, type)
-    return Tensor.from_bytes(np.ascontiguousarray(data).reshape(rows, -1), type, ne)
-
-
-def _q(rng, Dk, nq, nh, s=0.3) -> Tensor:
-    return Tensor.from_numpy((rng.standard_normal((1, nh, nq, Dk)) * s).astype(np.float32))
-
-
-def _mask(n_kv: int, rows: int, masked=()) -> Tensor:
-    m = np.zeros((rows, n_kv), np.float16)
-    for r, lo, hi in masked:
-        m[r, lo:hi] = -np.inf
-    return Tensor.from_numpy(m.reshape(1, 1, rows, n_kv), "f16")
 
 
 # (Dk, Dv, nq, nh, nhk, n_kv, plan, scale, softcap, masked rows (row, lo, hi), -0.0 entry). A scale of 10 spreads

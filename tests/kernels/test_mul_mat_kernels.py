@@ -15,8 +15,9 @@ import zlib
 
 import numpy as np
 import pytest
+from kernel_inputs import mm_tensor as _tensor
+from kernel_inputs import mm_values as _values
 
-from mlaref import reference as R
 from mlaref.codegen.kernels import mm as KM
 from mlaref.reference.compare import nmse
 from mlaref.reference.ops.mul_mat import MulMat_253
@@ -26,32 +27,6 @@ FAMILY = "mul_mat"
 NMSE_BOUND = 5e-4  # ggml tests/test-backend-ops.cpp: test_mul_mat::max_nmse_err
 _REF_CACHE: dict = {}
 PLANS = {"l16a1": "mlaref_l16a1", "l8a1": "mlaref_l8a1"}  # kernel-name token -> reference plan
-
-
-def _values(rng, rows: int, n: int) -> np.ndarray:
-    x = rng.standard_normal((rows, n)).astype(np.float32)
-    x *= np.float32(2.0) ** rng.integers(-3, 4, size=(rows, 1)).astype(np.float32)
-    return x
-
-
-def _tensor(values: np.ndarray, type: str, ne, row_len: int | None = None) -> Tensor:
-    """A tensor of ``type`` holding ``values`` (rows, n); with ``row_len`` > n the rows are a strided view into
-    rows of ``row_len`` values (the KV-cache layout: first n of each row)."""
-    rows, n = values.shape
-    full = values if row_len is None else np.concatenate(
-        [values, np.ones((rows, row_len - n), np.float32)], axis=1)
-    if type == "f32":
-        data = np.ascontiguousarray(full).view(np.uint8)
-    elif type == "q8_0":
-        data = R.quantize(full, type, variant="x86")
-    else:
-        data = R.quantize(full, type)
-    data = np.ascontiguousarray(data).reshape(rows, -1)
-    base = Tensor.from_bytes(data, type, (full.shape[1], rows, 1, 1))
-    t = Tensor.from_bytes(data, type, (full.shape[1],) + tuple(ne[1:]))
-    if row_len is None:
-        return t
-    return base.view(tuple(ne), (t.nb[0], t.nb[1], t.nb[1] * ne[1], t.nb[1] * ne[1] * ne[2]))
 
 
 def _guarded_out(ne) -> tuple[Tensor, np.ndarray]:

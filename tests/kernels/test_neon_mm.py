@@ -16,8 +16,12 @@ import zlib
 
 import numpy as np
 import pytest
+from kernel_inputs import fa_kv as _kv
+from kernel_inputs import fa_mask as _mask
+from kernel_inputs import fa_q as _q
+from kernel_inputs import mm_tensor as _tensor
+from kernel_inputs import mm_values as _values
 
-from mlaref import reference as R
 from mlaref.codegen import build, catalog
 from mlaref.codegen.kernels import mm as KM
 from mlaref.codegen.kernels import pool
@@ -29,7 +33,6 @@ FAMILY = "mul_mat"  # kernel_name parameters; the flash_attn_ext kernels are few
 NATIVE_ONLY = False
 ISAS = ("neon", "neondot")
 _REF_CACHE: dict = {}
-
 
 
 def _scalar_twin(name: str) -> str:
@@ -65,28 +68,6 @@ def _guarded_out(ne) -> tuple[Tensor, np.ndarray]:
 
 
 # -- mul_mat -----------------------------------------------------------------------------------------------------
-
-def _values(rng, rows: int, n: int) -> np.ndarray:
-    x = rng.standard_normal((rows, n)).astype(np.float32)
-    x *= np.float32(2.0) ** rng.integers(-3, 4, size=(rows, 1)).astype(np.float32)
-    return x
-
-
-def _tensor(values: np.ndarray, type: str, ne, row_len: int | None = None) -> Tensor:
-    """A tensor of ``type`` holding ``values`` (rows, n); with ``row_len`` > n the rows are a strided view into
-    rows of ``row_len`` values (the KV-cache layout: first n of each row)."""
-    rows, n = values.shape
-    full = values if row_len is None else np.concatenate([values, np.ones((rows, row_len - n), np.float32)], axis=1)
-    if type == "f32":
-        data = np.ascontiguousarray(full).view(np.uint8)
-    else:
-        data = R.quantize(full, type, variant="x86" if type == "q8_0" else "ref")
-    data = np.ascontiguousarray(data).reshape(rows, -1)
-    base = Tensor.from_bytes(data, type, (full.shape[1], rows, 1, 1))
-    t = Tensor.from_bytes(data, type, (full.shape[1],) + tuple(ne[1:]))
-    if row_len is None:
-        return t
-    return base.view(tuple(ne), (t.nb[0], t.nb[1], t.nb[1] * ne[1], t.nb[1] * ne[1] * ne[2]))
 
 
 def _mm_cases(tx: str, ty: str):
@@ -164,23 +145,6 @@ def test_neon_mul_mat_q8_0_src1_holding_minus_128(driver, kt, rng):
 
 
 # -- flash_attn_ext ----------------------------------------------------------------------------------------------
-
-def _kv(rng, type: str, ne) -> Tensor:
-    rows = int(np.prod(ne[1:]))
-    x = rng.standard_normal((rows, ne[0])).astype(np.float32)
-    data = R.quantize(x, type, variant="x86") if type == "q8_0" else R.quantize(x, type)
-    return Tensor.from_bytes(np.ascontiguousarray(data).reshape(rows, -1), type, ne)
-
-
-def _q(rng, Dk, nq, nh, s=0.3) -> Tensor:
-    return Tensor.from_numpy((rng.standard_normal((1, nh, nq, Dk)) * s).astype(np.float32))
-
-
-def _mask(n_kv: int, rows: int, masked=()) -> Tensor:
-    m = np.zeros((rows, n_kv), np.float16)
-    for r, lo, hi in masked:
-        m[r, lo:hi] = -np.inf
-    return Tensor.from_numpy(m.reshape(1, 1, rows, n_kv), "f16")
 
 
 # (Dk, Dv, nq, nh, nhk, n_kv, plan, scale, softcap, masked rows (row, lo, hi), -0.0 entry, q_block), as the x86

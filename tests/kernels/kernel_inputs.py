@@ -1,0 +1,61 @@
+"""Inputs of the mul_mat and flash_attn_ext kernel tests, shared by the x86 and the NEON (qemu) test files.
+
+The test files import it by name: pyproject.toml puts tests/kernels on pytest's ``pythonpath`` (test modules are
+imported with ``--import-mode=importlib`` and cannot import one another).
+"""
+
+import numpy as np
+
+from mlaref import reference as R
+from mlaref.reference.tensor import Tensor
+
+__all__ = ["fa_kv", "fa_mask", "fa_q", "mm_tensor", "mm_values"]
+
+
+def mm_values(rng, rows: int, n: int) -> np.ndarray:
+    """``rows`` x ``n`` normal float32 values, each row scaled by a power of two in [2^-3, 2^3]."""
+    x = rng.standard_normal((rows, n)).astype(np.float32)
+    x *= np.float32(2.0) ** rng.integers(-3, 4, size=(rows, 1)).astype(np.float32)
+    return x
+
+
+def mm_tensor(values: np.ndarray, type: str, ne, row_len: int | None = None) -> Tensor:
+    """A tensor of ``type`` holding ``values`` (rows, n); with ``row_len`` > n the rows are a strided view into
+    rows of ``row_len`` values (the KV-cache layout: first n of each row). q8_0 rows are quantized as an x86 ggml
+    build does."""
+    rows, n = values.shape
+    full = values if row_len is None else np.concatenate(
+        [values, np.ones((rows, row_len - n), np.float32)], axis=1)
+    if type == "f32":
+        data = np.ascontiguousarray(full).view(np.uint8)
+    elif type == "q8_0":
+        data = R.quantize(full, type, variant="x86")
+    else:
+        data = R.quantize(full, type)
+    data = np.ascontiguousarray(data).reshape(rows, -1)
+    base = Tensor.from_bytes(data, type, (full.shape[1], rows, 1, 1))
+    t = Tensor.from_bytes(data, type, (full.shape[1],) + tuple(ne[1:]))
+    if row_len is None:
+        return t
+    return base.view(tuple(ne), (t.nb[0], t.nb[1], t.nb[1] * ne[1], t.nb[1] * ne[1] * ne[2]))
+
+
+def fa_kv(rng, type: str, ne) -> Tensor:
+    """K or V of shape ``ne`` in ``type`` (f16, or q8_0 quantized as an x86 ggml build does), normal values."""
+    rows = int(np.prod(ne[1:]))
+    x = rng.standard_normal((rows, ne[0])).astype(np.float32)
+    data = R.quantize(x, type, variant="x86") if type == "q8_0" else R.quantize(x, type)
+    return Tensor.from_bytes(np.ascontiguousarray(data).reshape(rows, -1), type, ne)
+
+
+def fa_q(rng, Dk, nq, nh, s=0.3) -> Tensor:
+    """f32 Q [Dk, nq, nh, 1] of normal values times ``s``."""
+    return Tensor.from_numpy((rng.standard_normal((1, nh, nq, Dk)) * s).astype(np.float32))
+
+
+def fa_mask(n_kv: int, rows: int, masked=()) -> Tensor:
+    """An f16 mask [n_kv, rows] of zeros, with -inf over columns [lo, hi) of each (row, lo, hi) in ``masked``."""
+    m = np.zeros((rows, n_kv), np.float16)
+    for r, lo, hi in masked:
+        m[r, lo:hi] = -np.inf
+    return Tensor.from_numpy(m.reshape(1, 1, rows, n_kv), "f16")
