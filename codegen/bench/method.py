@@ -53,6 +53,17 @@ class Timing:
         return max(self.seconds)
 
     @property
+    def spread(self) -> float:
+        """(max - min) / median: how far apart the fastest and the slowest run are."""
+        return (self.max - self.min) / self.median
+
+    @property
+    def iqr(self) -> float:
+        """(third quartile - first quartile) / median: the spread of the middle half of the runs."""
+        q1, q3 = np.percentile(self.seconds, [25, 75])
+        return float((q3 - q1) / self.median)
+
+    @property
     def method(self) -> str:
         return f"median of {self.repeats} timed runs (time.perf_counter) after {self.warmup} warm-up run(s)"
 

@@ -146,16 +146,6 @@ def _arena_attention(arena: Arena, names: list[str]) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def _spread(t) -> float:
-    return (t.max - t.min) / t.median
-
-
-def _iqr(t) -> float:
-    """(third quartile - first quartile) / median of a Timing's seconds: the spread of the middle half."""
-    q1, q3 = np.percentile(t.seconds, [25, 75])
-    return float((q3 - q1) / t.median)
-
-
 def _timed(fn):
     def run() -> float:
         t0 = time.perf_counter()
@@ -255,7 +245,7 @@ def arena_row(hp, s: dict, n: int, kv_chunk: int, n_threads: int, repeats: int, 
             r.close()
     row = {"n_kv": n}
     for name, t in timings.items():
-        row[name] = {**t.to_json(), "spread": _spread(t), "iqr": _iqr(t), "min_over_median": t.min / t.median,
+        row[name] = {**t.to_json(), "spread": t.spread, "iqr": t.iqr, "min_over_median": t.min / t.median,
                      "steal": steal[name]}
     for v in VARIANTS:
         ta = timings[f"arena/{v}"]

@@ -108,7 +108,12 @@ def ir_graph(g, values: dict, keep=(), mem_bytes: int | None = None):
 
 
 class PeerUnsupported(harness.HarnessError):
-    """The peer cannot run the case: its CPU back-end refuses the op over these types (nothing was timed)."""
+    """The peer cannot run the case: its CPU back-end refuses the op over these types (nothing was timed);
+    ``reason`` says so without the peer's name."""
+
+    def __init__(self, peer: str, reason: str):
+        super().__init__(f"{peer}: {reason}")
+        self.reason = reason
 
 
 class RemoteGraph:
@@ -138,7 +143,7 @@ class RemoteGraph:
         line = self.proc.stdout.readline()
         if line.startswith(b"unsupported "):
             self.proc.wait(10)
-            raise PeerUnsupported(f"{peer}: " + line[len(b"unsupported "):].decode().strip())
+            raise PeerUnsupported(peer, line[len(b"unsupported "):].decode().strip())
         if line != b"ready\n":
             raise harness.HarnessError(f"{peer}: the benchmark child did not start: " + self._stderr())
 
@@ -269,7 +274,7 @@ def bench_peers(*, cases=CASES, n_kvs=(1024, 4096), threads=(1, 2), peers=PEERS,
                     try:
                         remotes[p] = RemoteGraph(p, op, inputs, fp=fp)
                     except PeerUnsupported as exc:
-                        unsupported[p] = str(exc).split(": ", 1)[1]
+                        unsupported[p] = exc.reason
                 for nt in threads:
                     box = {}
 

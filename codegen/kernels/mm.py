@@ -17,11 +17,11 @@ of AVX2, :func:`fastest_plan`):
   whose 16 ymm cannot hold 16 such accumulators (32 ymm), 3 x 2 tiles for f32 / f16 / bf16 weights and 2 x 2 for
   32-block weights (simd/mm_ftiles_avx2.h.j2, simd/mm_btiles_avx2.h.j2); under l8a1, whose accumulator is one
   ymm, 4 x 3 and 3 x 2; on neon / neondot (l16a1 in four q registers; run under qemu here), 2 x 2. Tiles only
-  group outputs, so every ISA and tile of a plan gives each output the same
-  reduction order and bytes.
+  group outputs, so every ISA and tile of a plan gives each output the same reduction order and bytes.
 
 Value domain: a q8_0 src1 holding -128 (no ggml quantizer writes it) is multiplied exactly by the scalar,
-avx512vnni, neon and neondot kernels; the avx2 / avx512 sign trick gets products with negative weights wrong there (tested).
+avx512vnni, neon and neondot kernels; the avx2 / avx512 sign trick gets products with negative weights wrong
+there (tested).
 
 ``flash_attn_ext(q, k, v, mask, scale, max_bias, softcap, *, algorithm="blocked", plan, variant, isa, kernel,
 n_threads, q_block)`` computes :func:`mlaref.reference.ops.flash_attn_ext.flash_attn_ext` with
@@ -52,13 +52,13 @@ from mlaref.reference.plan import MLAREF_L8A1, MLAREF_L16A1, ReductionPlan, get_
 from mlaref.reference.tensor import Tensor
 from mlaref.reference.types import get_type
 
-__all__ = ["mul_mat", "fastest_plan", "fastest_fa_plan", "flash_attn_ext", "mul_mat_jobs", "flash_attn_jobs", "fa_check", "FA_PLAN",
-           "MM_PLAN", "fa_plan", "fa_q_block", "VEC_DOT_TYPE"]
+__all__ = ["mul_mat", "fastest_plan", "fastest_fa_plan", "flash_attn_ext", "mul_mat_jobs", "flash_attn_jobs",
+           "fa_check", "FA_PLAN", "MM_PLAN", "fa_plan", "fa_q_block", "VEC_DOT_TYPE"]
 
 MM_PLAN = MLAREF_L16A1
 # the default flash-attention plan: l16a1 dots, iqk's k_step 64 for n_kv % 64 == 0, one KV chunk, libm expf
 FA_PLAN = MLAREF_L16A1.replace(name="mlaref_fa_l16a1", k_step=64, q_step=64, kv_chunks=1, exp="libm")
-_FA_DOTS = {"l16a1": MLAREF_L16A1, "l8a1": MLAREF_L8A1}
+_DOTS = {"l16a1": MLAREF_L16A1, "l8a1": MLAREF_L8A1}
 _EXP_KIND = {"libm": 0, "v_expf_avx2": 1, "v_expf_avx512": 2}
 # the weight types the catalog has kernels for -> their vec_dot type (the format registry's; read-only)
 VEC_DOT_TYPE = MappingProxyType({t: get_type(t).vec_dot_type for t in _catalog.MM_X_TYPES})
@@ -71,9 +71,9 @@ def fa_plan(k_step: int = 64, kv_chunks: int = 1, exp: str = "libm", dots: str =
     """A flash-attention plan the kernels run: K.Q dots in the ``dots`` order (``l16a1``: mlaref_l16a1, every ISA;
     ``l8a1``: mlaref_l8a1, the scalar and avx2 kernels) with these blocked-softmax parameters. The softmax and the
     V accumulation do not depend on ``dots``. ``fa_plan()`` has :data:`FA_PLAN`'s fields."""
-    if dots not in _FA_DOTS:
-        raise ValueError(f"fa_plan: dots must be one of {', '.join(_FA_DOTS)}, got {dots!r}")
-    return _FA_DOTS[dots].replace(name=f"mlaref_fa_{dots}_k{k_step}c{kv_chunks}_{exp}", k_step=k_step, q_step=64,
+    if dots not in _DOTS:
+        raise ValueError(f"fa_plan: dots must be one of {', '.join(_DOTS)}, got {dots!r}")
+    return _DOTS[dots].replace(name=f"mlaref_fa_{dots}_k{k_step}c{kv_chunks}_{exp}", k_step=k_step, q_step=64,
                                   kv_chunks=kv_chunks, exp=exp)
 
 
@@ -98,9 +98,15 @@ def fastest_plan(isa: str | None = None) -> ReductionPlan:
     :data:`MM_PLAN` stays mlaref_l16a1, whose bytes every ISA gives; a native plan's bytes are its own (the
     reference computes both, and every ISA with an l8a1 kernel gives the same l8a1 bytes).
     """
+    return _DOTS[_native_dots("mul_mat", isa)]
+
+
+def _native_dots(family: str, isa: str | None) -> str:
+    """The dot order that runs fastest on ``isa`` (the ISA ``family`` dispatches to on this CPU when None): "l8a1"
+    on avx2, "l16a1" elsewhere (see :func:`fastest_plan`)."""
     if isa is None:
-        isa = _dispatch.choose("mul_mat", "f16", "f16", "l16a1")[0].isa
-    return MLAREF_L8A1 if isa == "avx2" else MLAREF_L16A1
+        isa = _dispatch.choose(family, "f16", "f16", "l16a1")[0].isa
+    return "l8a1" if isa == "avx2" else "l16a1"
 
 
 def fastest_fa_plan(isa: str | None = None, k_step: int = 64, kv_chunks: int = 1,
@@ -108,9 +114,7 @@ def fastest_fa_plan(isa: str | None = None, k_step: int = 64, kv_chunks: int = 1
     """The flash-attention plan whose K.Q runs fastest on ``isa`` (the dispatched ISA of this CPU when None):
     :func:`fa_plan` with the dots of :func:`fastest_plan` (l8a1 on avx2: one ymm per score, a 4 x 3 K.Q tile with
     no parked lo halves; l16a1 elsewhere). The default :data:`FA_PLAN` keeps the l16a1 dots."""
-    if isa is None:
-        isa = _dispatch.choose("flash_attn_ext", "f16", "f16", "l16a1")[0].isa
-    return fa_plan(k_step, kv_chunks, exp, dots="l8a1" if isa == "avx2" else "l16a1")
+    return fa_plan(k_step, kv_chunks, exp, dots=_native_dots("flash_attn_ext", isa))
 
 
 def _mm_plan(plan, pair: str, op: str) -> tuple[ReductionPlan, str]:

@@ -159,4 +159,4 @@ def test_ratios_of_medians_minima_and_rounds():
     assert r["paired"] == pytest.approx(2.0) and r["of_mins"] == pytest.approx(2.0)
     assert r["value"] == pytest.approx(np.median(other.seconds) / np.median(arena.seconds))
     assert r["paired_iqr"] == pytest.approx((np.percentile([2, 2, 3, 2], 75) - 2) / 2)
-    assert L_ARENA._iqr(M.Timing((1.0, 2.0, 3.0, 4.0, 5.0), 0)) == pytest.approx(2.0 / 3.0)
+    assert M.Timing((1.0, 2.0, 3.0, 4.0, 5.0), 0).iqr == pytest.approx(2.0 / 3.0)
