@@ -18,7 +18,7 @@ Three steps, because the GPU machine has no network and no pip:
     whether the output bytes equal :mod:`mlaref.reference`'s (``cpy``, ``concat`` along dim 0, ``repeat``).
 ``--quick`` runs small shapes (a smoke test of the whole path).
 
-This module imports only NumPy and the reference at import time, so the command exists on a machine without cffi.
+Nothing here needs cffi, so the command runs on a machine without it.
 """
 
 from __future__ import annotations
@@ -35,6 +35,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from mlaref.codegen.peers import build as _peers
+from mlaref.reference.ops.concat import concat
+from mlaref.reference.ops.cpy import cpy
+from mlaref.reference.ops.repeat import repeat
+from mlaref.reference.tensor import Tensor
 
 __all__ = ["PEER", "VERSION", "BUNDLE_NAME", "default_cases", "bundle", "build", "probe", "check_dump",
            "configure", "run"]
@@ -82,8 +88,6 @@ def default_cases(quick: bool = False) -> list[str]:
 
 
 def _ggml_source() -> Path:
-    from mlaref.codegen.peers import build as _peers  # cffi-free only on this machine: imported where used
-
     work = _peers.build_dir("_dl", PEER)
     work.mkdir(parents=True, exist_ok=True)
     src = _peers.fetch_sdist(work, progress=True, peer=PEER)
@@ -173,11 +177,6 @@ def probe(exe: Path, cases, dump_dir: Path, timeout: float = 1800) -> list[dict]
 def check_dump(op: str, type: str, ne0: int, ne1: int, dump_dir: Path) -> dict:
     """Compare ggml-cuda's output bytes of one dump case with the reference's: equal bytes or not (and how many
     rows differ). The inputs are the bytes ggml-cuda was given."""
-    from mlaref.reference.ops.concat import concat
-    from mlaref.reference.ops.cpy import cpy
-    from mlaref.reference.ops.repeat import repeat
-    from mlaref.reference.tensor import Tensor
-
     def read(ext):
         return np.fromfile(dump_dir / f"{op}_{type}.{ext}", dtype=np.uint8)
 
