@@ -18,6 +18,7 @@ COMMANDS = {
     "report": ("mlaref.codegen.report.builder", "the main job: build, check, benchmark, reproduce the seed, write a report"),
     "conform": ("mlaref.codegen.conform.runner", "check a real libggml against the specification, op by op"),
     "peer": ("mlaref.codegen.peers.build", "list or build the peers (upstream ggml at each CPU level) from source"),
+    "cuda-check": ("mlaref.codegen.cuda.check", "build the CUDA kernels; on a GPU check them bit for bit and time them"),
 }
 
 
