@@ -49,7 +49,8 @@ from types import MappingProxyType
 from mlaref.codegen import naming
 from mlaref.reference.types import get_type
 
-__all__ = ["KernelSpec", "catalog", "FAMILIES", "SIGNATURES", "QUANT_VARIANTS", "MODEL_QUANT_TYPES", "ROW_ISAS"]
+__all__ = ["KernelSpec", "catalog", "FAMILIES", "SIGNATURES", "QUANT_VARIANTS", "MODEL_QUANT_TYPES", "ROW_ISAS",
+           "CudaKernelSpec", "cuda_catalog", "cuda_by_name", "CUDA_SIGNATURES"]
 
 ROW_ISAS = ("scalar", "avx2", "avx512", "neon")
 # The byte-copy families: the x86 ISAs differ from the portable C only by streaming stores for large outputs.
@@ -391,3 +392,94 @@ def cast_specs() -> list[KernelSpec]:
             out += [_validate_cast(KernelSpec("cast_rows", tx, ty, i, plan), "") for i in COPY_ISAS]
     return out
 # ---- end of cast_rows -------------------------------------------------------------------------------------------
+
+
+# ---- CUDA (sm90): the GPU target (codegen/cuda builds it with nvcc; docs/cuda.md) ------------------------------
+# Their own catalog, so CPU dispatch, the cffi build and the CPU kernel tests never meet a GPU kernel; the same name
+# grammar, the ISA token ``sm90`` (isa.CUDA_ISAS), ``generated/cuda/<family>/<name>.cu`` from
+# ``codegen/templates/cuda/<family>.cu.j2``, and the manifest's ``cuda_kernels`` table. Each .cu file holds one
+# ``__global__`` kernel and two host entries (``extern "C"``): ``<name>`` takes host buffers, copies them to the
+# device, launches, synchronises and copies the outputs back (returns a cudaError_t), ``<name>_timed`` does the
+# same with ``iters`` timed launches between CUDA events. Families (sizes int64_t, strides and offsets in bytes):
+#
+# ==============  ===================================================================================================
+# copy_rows       #253's repeat / same-type cpy: dst row (i1,i2,i3) = n_rep copies of src row (i1,i2,i3); plan ref
+# concat_rows     concat along dim 0: dst row = a row then b row; plan ref
+# convert_rows    src1 rows (f32, f16, bf16) -> q8_0 (x86: 127/amax, ties to even) or f16; plan = the variant
+# mul_mat         dst[j, i] = vec_dot(weight row i, converted row j) for f16.f16, q8_0.q8_0, iq4_nl.q8_0; plan w32
+# ==============  ===================================================================================================
+CUDA_SIGNATURES = MappingProxyType({
+    "copy_rows": "int {name}{timed}(uint8_t *dst, int64_t dst_size, const uint8_t *src, int64_t src_size, "
+                 "int64_t row_bytes, int64_t n_rep, int64_t ne1, int64_t ne2, int64_t ne3, int64_t s_nb1, "
+                 "int64_t s_nb2, int64_t s_nb3, int64_t d_nb1, int64_t d_nb2, int64_t d_nb3{iters});",
+    "concat_rows": "int {name}{timed}(uint8_t *dst, int64_t dst_size, const uint8_t *a, int64_t a_size, "
+                   "const uint8_t *b, int64_t b_size, int64_t a_bytes, int64_t b_bytes, int64_t ne1, int64_t ne2, "
+                   "int64_t ne3, int64_t a_nb1, int64_t a_nb2, int64_t a_nb3, int64_t b_nb1, int64_t b_nb2, "
+                   "int64_t b_nb3, int64_t d_nb1, int64_t d_nb2, int64_t d_nb3{iters});",
+    "convert_rows": "int {name}{timed}(const uint8_t *x, int64_t x_size, uint8_t *y, int64_t y_size, int64_t n_rows, "
+                    "int64_t n, int64_t x_stride, int64_t y_stride{iters});",
+    "mul_mat": "int {name}{timed}(const uint8_t *x, int64_t x_size, int64_t x_stride, int64_t m, const uint8_t *y, "
+               "int64_t y_size, int64_t y_stride, int64_t n_y, int64_t n, float *out, int64_t out_size, "
+               "int64_t out_stride{iters});",
+})
+CUDA_ISA_TOKENS = ("sm90",)
+CUDA_CONVERT = MappingProxyType({"q8_0": ("f32", "f16", "bf16"), "f16": ("f32", "bf16")})  # target -> sources
+CUDA_CONVERT_PLAN = "x86"  # q8_0: 127/amax and ties to even; f16: round to nearest even (the x86 variants)
+CUDA_MUL_MAT = MappingProxyType({"f16": "f16", "q8_0": "q8_0", "iq4_nl": "q8_0"})  # weight -> its vec_dot type
+CUDA_PLANS = MappingProxyType({"w32": "cuda_w32"})  # mul_mat plan token -> reference/plan.py GPU plan
+
+
+class CudaKernelSpec(KernelSpec):
+    """A CUDA kernel: a KernelSpec whose template, file and signature are the GPU target's."""
+
+    @property
+    def template(self) -> str:
+        return f"cuda/{self.family}.cu.j2"
+
+    @property
+    def path(self) -> str:
+        return f"cuda/{self.family}/{self.name}.cu"
+
+    def signature(self, timed: bool = False) -> str:
+        return CUDA_SIGNATURES[self.family].format(name=self.name, timed="_timed" if timed else "",
+                                                   iters=", int64_t iters, float *ms" if timed else "")
+
+    def validate(self) -> "CudaKernelSpec":
+        where = f"CUDA kernel spec {self.family}/{self.type_x}/{self.type_y}/{self.isa}/{self.plan}"
+        if self.family not in CUDA_SIGNATURES:
+            raise ValueError(f"{where}: CUDA families are {', '.join(CUDA_SIGNATURES)}")
+        if self.isa not in CUDA_ISA_TOKENS:
+            raise ValueError(f"{where}: CUDA kernels are generated for {', '.join(CUDA_ISA_TOKENS)}")
+        if self.family in ("copy_rows", "concat_rows"):
+            if (self.type_x, self.type_y, self.plan) != ("bytes", None, "ref"):
+                raise ValueError(f"{where}: {self.family} is type-agnostic: type 'bytes', plan 'ref'")
+        elif self.family == "convert_rows":
+            if self.type_x not in CUDA_CONVERT.get(self.type_y, ()):
+                raise ValueError(f"{where}: CUDA convert_rows takes {dict(CUDA_CONVERT)} (target: sources)")
+            if self.plan != CUDA_CONVERT_PLAN:
+                raise ValueError(f"{where}: CUDA convert_rows computes the {CUDA_CONVERT_PLAN!r} variant")
+        else:
+            if CUDA_MUL_MAT.get(self.type_x) != self.type_y:
+                raise ValueError(f"{where}: CUDA mul_mat takes weight.vec_dot_type pairs {dict(CUDA_MUL_MAT)}")
+            if self.plan not in CUDA_PLANS:
+                raise ValueError(f"{where}: CUDA mul_mat plans are {', '.join(CUDA_PLANS)}")
+        return self
+
+
+@functools.cache
+def cuda_catalog() -> tuple[CudaKernelSpec, ...]:
+    """Every CUDA kernel, sorted by name (validated). Editing this function is how a GPU variant is added."""
+    specs = [CudaKernelSpec(f, "bytes", None, i, "ref") for f in ("copy_rows", "concat_rows") for i in CUDA_ISA_TOKENS]
+    specs += [CudaKernelSpec("convert_rows", src, dst, i, CUDA_CONVERT_PLAN)
+              for dst, srcs in CUDA_CONVERT.items() for src in srcs for i in CUDA_ISA_TOKENS]
+    specs += [CudaKernelSpec("mul_mat", w, vdt, i, p) for w, vdt in CUDA_MUL_MAT.items() for i in CUDA_ISA_TOKENS
+              for p in CUDA_PLANS]
+    for s in specs:
+        s.validate()
+    return tuple(sorted(specs, key=lambda s: s.name))
+
+
+@functools.cache
+def cuda_by_name() -> dict[str, CudaKernelSpec]:
+    return {s.name: s for s in cuda_catalog()}
+# ---- end of CUDA ------------------------------------------------------------------------------------------------

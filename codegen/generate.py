@@ -2,7 +2,8 @@
 
 ``python -m mlaref.codegen.generate`` (or ``mlaref generate``) writes only the files whose bytes changed, deletes
 kernel files the catalog no longer produces, and writes a sorted ``manifest.json`` holding, per kernel, its
-family, types, ISA, plan, template, file and the sha256 of the file. ``--check`` renders everything in memory,
+family, types, ISA, plan, template, file and the sha256 of the file (CPU kernels under ``kernels``, the CUDA
+kernels of ``catalog.cuda_catalog`` under ``cuda_kernels``, their files in ``generated/cuda/``). ``--check`` renders everything in memory,
 compares with the tree, prints a unified diff and the command that fixes it, and exits 1 on any difference
 (the golden-file pattern of SymForce's ``compare_or_update_directory``).
 """
@@ -31,21 +32,24 @@ def _sha(text: str) -> str:
 
 def render_all(template_dir: str | None = None) -> dict[str, str]:
     """Relative path -> file text for every file under generated/ that codegen owns (manifest included)."""
-    files = {spec.path: _render.render(spec, template_dir) for spec in _catalog.catalog()}
+    specs = _catalog.catalog() + _catalog.cuda_catalog()  # the CUDA kernels: generated/cuda/<family>/*.cu
+    files = {spec.path: _render.render(spec, template_dir) for spec in specs}
     files["manifest.json"] = manifest(files)
     return files
 
 
 def manifest(files: dict[str, str]) -> str:
     """The manifest text: kernels sorted by name, one sha256 per file, fixed key order."""
-    kernels = {}
-    for spec in _catalog.catalog():
-        kernels[spec.name] = {
+    def table(specs):
+        return {spec.name: {
             "family": spec.family, "type_x": spec.type_x, "type_y": spec.type_y, "isa": spec.isa,
             "plan": spec.plan, "template": f"codegen/templates/{spec.template}", "file": spec.path,
             "sha256": _sha(files[spec.path]),
-        }
-    doc = {"generator": "mlaref.codegen.generate", "kernels": kernels}
+        } for spec in specs}
+
+    # "kernels": the CPU kernels (cffi, dispatch); "cuda_kernels": the GPU ones (nvcc, codegen/cuda)
+    doc = {"generator": "mlaref.codegen.generate", "kernels": table(_catalog.catalog()),
+           "cuda_kernels": table(_catalog.cuda_catalog())}
     return json.dumps(doc, indent=1, sort_keys=True) + "\n"
 
 
@@ -116,7 +120,8 @@ def run(args) -> int:
     if args.check:
         return 0 if check(args.out) else 1
     written, deleted = write(args.out)
-    print(f"generate: {len(_catalog.catalog())} kernels; {len(written)} files written, {len(deleted)} deleted")
+    print(f"generate: {len(_catalog.catalog())} kernels + {len(_catalog.cuda_catalog())} CUDA kernels; "
+          f"{len(written)} files written, {len(deleted)} deleted")
     return 0
 
 

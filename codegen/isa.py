@@ -17,6 +17,11 @@ token          arch     features (/proc/cpuinfo flag names)                     
 ``neondot``    aarch64  + asimddp                                                  +dotprod      128    30
 =============  =======  =========================================================  ============  =====  ========
 
+GPU tokens live in their own table, ``CUDA_ISAS``, so nothing that walks the CPU table (dispatch, the cffi build,
+``mlaref info``'s feature lines) ever meets one: ``sm90`` is NVIDIA compute capability 9.0 (H100 / H200), built by
+``nvcc -arch=sm_90`` (:mod:`mlaref.codegen.cuda`); its ``vector_bits`` are a warp's 32 float lanes. :func:`get`
+and the kernel-name grammar know both tables; :func:`tokens` and :func:`for_arch` list the CPU tokens only.
+
 Names elsewhere (for the docs page): NumPy calls the x86 bundles ``AVX2 FMA3 F16C`` / ``AVX512_SKX`` /
 ``AVX512_CLX`` and the ARM ones ``ASIMD`` / ``ASIMDDP``; Highway ``HWY_AVX2`` / ``HWY_AVX3`` / ``HWY_AVX3_DL``
 (which also needs VBMI2 etc.; the nearest) / ``HWY_NEON``; ggml's build macros ``__AVX2__ __FMA__ __F16C__`` /
@@ -27,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 
-__all__ = ["Isa", "ISAS", "get", "tokens", "for_arch", "host_arch"]
+__all__ = ["Isa", "ISAS", "CUDA_ISAS", "get", "tokens", "all_tokens", "for_arch", "host_arch"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,16 +79,28 @@ ISAS: dict[str, Isa] = {
 }
 
 
+# GPU targets: arch "cuda" (never the host's, so ``cross`` is true and CPU code skips them); cflags are nvcc's.
+CUDA_ISAS: dict[str, Isa] = {
+    "sm90": Isa("sm90", "cuda", (), ("-arch=sm_90",), ("sm_90",), 1024, 0, "(none)", "(none)",
+                "GGML_USE_CUDA, __CUDA_ARCH__ 900"),
+}
+
+
 def get(token: str) -> Isa:
-    """The ISA of ``token``; ValueError naming the known tokens otherwise."""
-    try:
-        return ISAS[token]
-    except KeyError:
-        raise ValueError(f"unknown ISA token {token!r}; known: {', '.join(ISAS)}") from None
+    """The ISA of ``token`` (CPU or GPU table); ValueError naming the known tokens otherwise."""
+    found = ISAS.get(token) or CUDA_ISAS.get(token)
+    if found is None:
+        raise ValueError(f"unknown ISA token {token!r}; known: {', '.join(all_tokens())}")
+    return found
+
+
+def all_tokens() -> tuple[str, ...]:
+    """The CPU tokens, then the GPU tokens: every ISA a kernel name may carry."""
+    return tuple(ISAS) + tuple(CUDA_ISAS)
 
 
 def tokens() -> tuple[str, ...]:
-    """All tokens, in table order."""
+    """The CPU tokens, in table order."""
     return tuple(ISAS)
 
 

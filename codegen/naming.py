@@ -6,7 +6,7 @@
     op     = "dequantize_row" | "quantize_row" | "quantize_chunk" | "convert_rows" | "copy_rows" | "concat_rows"
              | "vec_dot" | "mul_mat" | "flash_attn_ext" | "cast_rows"
     type   = "f32" | "f16" | "bf16" | "q4_0" | ... | "q8_K" | "bytes"       (TYPES below)
-    isa    = "scalar" | "avx2" | "avx512" | "avx512vnni" | "neon" | "neondot"  (codegen/isa.py)
+    isa    = "scalar" | "avx2" | "avx512" | "avx512vnni" | "neon" | "neondot" | "sm90"  (codegen/isa.py)
     plan   = word { "_" word } ;  word = [a-z0-9]+
 
 ``__`` separates *what* is computed (op and types) from *how* (ISA and plan), as in KleidiAI's names. The plan is
@@ -41,7 +41,7 @@ def _alt(words) -> str:
 
 _NAME_RE = re.compile(
     rf"^mlaref_(?P<op>{_alt(OPS)})_(?P<tx>{_alt(TYPES)})(?:_(?P<ty>{_alt(TYPES)}))?"
-    rf"__(?P<isa>{_alt(_isa.ISAS)})_(?P<plan>{_PLAN})$"
+    rf"__(?P<isa>{_alt(_isa.all_tokens())})_(?P<plan>{_PLAN})$"
 )
 
 
@@ -87,6 +87,6 @@ def grammar() -> str:
         'name   = "mlaref_" op "_" type_x [ "_" type_y ] "__" isa "_" plan',
         "op     = " + " | ".join(f'"{o}"' for o in OPS),
         "type   = " + " | ".join(f'"{t}"' for t in TYPES),
-        "isa    = " + " | ".join(f'"{t}"' for t in _isa.ISAS),
+        "isa    = " + " | ".join(f'"{t}"' for t in _isa.all_tokens()),
         "plan   = word { \"_\" word } ;  word = [a-z0-9]+",
     ])

@@ -98,7 +98,7 @@ __all__ = [
     "MLAREF_L16A2",
 ]
 
-_FOLDS = ("halves", "hadd", "serial")
+_FOLDS = ("halves", "hadd", "serial", "xor")
 _INT_TO_FLOAT = ("lane4", "lane8", "block")
 _ACC_TYPES = ("f32", "f16", "f64")
 _TAILS = ("masked", "scalar_f32", "scalar_f32m", "scalar_gcc", "scalar_gcc8", "scalar_f64")
@@ -175,6 +175,8 @@ class ReductionPlan:
             raise ValueError(f"ReductionPlan {self.name}: block_pairs and superblock are for serial plans")
         if self.lane_fold_f32 and self.acc_type != "f16":
             raise ValueError(f"ReductionPlan {self.name}: lane_fold_f32 goes with acc_type 'f16'")
+        if self.fold == "xor" and (self.accs != 1 or self.lanes < 2):
+            raise ValueError(f"ReductionPlan {self.name}: fold 'xor' (a warp's butterfly) takes accs == 1, lanes >= 2")
         if self.k_step < 1 or self.q_step < 1 or self.kv_chunks < 1:
             raise ValueError(f"ReductionPlan {self.name}: k_step, q_step and kv_chunks must be >= 1")
 
@@ -439,10 +441,31 @@ PLANS: dict[str, ReductionPlan] = {
 }
 
 
+# ---- GPU plans (the CUDA target, codegen/cuda; docs/cuda.md) ---------------------------------------------------
+# A warp is a 32-lane register file, and its reduction order is a plan like any other. ``cuda_w32`` is the order of
+# every CUDA dot product mlaref generates (mul_mat over converted rows):
+#
+#   element pairs (f16.f16, ...): lane l takes elements l, l+32, l+64, ... in increasing order,
+#       acc_l = fmaf(x_i, y_i, acc_l) (one rounding per step; a lane past the end of the row does nothing);
+#   32-blocks (q8_0.q8_0, iq4_nl.q8_0, ...; int_to_float "block"): lane l takes blocks l, l+32, ...; a block's
+#       32 products are summed exactly in int32 (|sum| <= 32*127*128 < 2**24, so the float of it is exact), then
+#       acc_l = fmaf(f32(dx*dy), float(sumi), acc_l), dx*dy rounded once, as the lane plans of the CPU kernels;
+#   fold "xor": the shuffle-xor butterfly, for o = 16, 8, 4, 2, 1: v[l] = v[l] + v[l ^ o] in every lane; the
+#       result is lane 0's. (Float addition commutes exactly, so lanes l and l ^ o hold equal values after each
+#       step and the butterfly computes the bytes of fold "halves" over 32 lanes; the test says so by hand.)
+#
+# Kernels compile with ``nvcc -fmad=false`` and spell every FMA (``__fmaf_rn``) and rounding (``__fmul_rn``).
+CUDA_W32 = ReductionPlan(name="cuda_w32", lanes=32, accs=1, fold="xor", int_to_float="block", tail="masked")
+GPU_PLANS: dict[str, ReductionPlan] = {p.name: p for p in (CUDA_W32,)}
+__all__ += ["GPU_PLANS", "CUDA_W32"]
+
+
 def get_plan(plan) -> ReductionPlan:
-    """A plan by name (``"mlaref_l8a2"``, ``"ggml_generic"``, ...); a ReductionPlan is returned as is."""
+    """A plan by name (``"mlaref_l8a2"``, ``"ggml_generic"``, ``"cuda_w32"``, ...); a ReductionPlan is returned
+    as is. ``PLANS`` holds the CPU plans, ``GPU_PLANS`` the GPU ones; names are unique across both."""
     if isinstance(plan, ReductionPlan):
         return plan
-    if not isinstance(plan, str) or plan not in PLANS:
-        raise ValueError(f"unknown plan {plan!r}; known: {', '.join(PLANS)}")
-    return PLANS[plan]
+    found = (PLANS.get(plan) or GPU_PLANS.get(plan)) if isinstance(plan, str) else None
+    if found is None:
+        raise ValueError(f"unknown plan {plan!r}; known: {', '.join([*PLANS, *GPU_PLANS])}")
+    return found

@@ -14,7 +14,8 @@ import sys
 
 import numpy
 
-from mlaref.codegen import build, cpu, dispatch
+from mlaref.codegen import build, catalog, cpu, dispatch
+from mlaref.codegen.cuda import build as cuda_build
 from mlaref.codegen import isa as _isa
 from mlaref.codegen.bench import peak
 
@@ -37,6 +38,8 @@ def report() -> str:
         miss = cpu.missing(info.token)
         state = "found" if not miss else "not found (missing: " + ", ".join(miss) + ")"
         lines.append(f"{info.token:<11} {state}   [{' '.join(info.features)}]")
+    lines.append(f"sm90 (CUDA) {len(catalog.cuda_catalog())} kernels; nvcc: {cuda_build.nvcc_version()}; "
+                 f"GPU: {cuda_build.gpu_status()} (never dispatched on the CPU; `mlaref cuda-check`)")
     if os.environ.get("MLAREF_INFO_NO_BUILD"):
         lines.append("FMA peak    not measured (--no-kernels)")
     else:

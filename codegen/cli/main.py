@@ -19,6 +19,7 @@ COMMANDS = {
     "conform": ("mlaref.codegen.conform.runner", "check a real libggml against the specification, op by op"),
     "peer": ("mlaref.codegen.peers.build", "list or build the peers (upstream ggml at each CPU level) from source"),
     "peer-cuda": ("mlaref.codegen.peers.cuda", "upstream ggml-cuda as a peer: bundle its source here, build and probe it on a GPU"),
+    "cuda-check": ("mlaref.codegen.cuda.check", "build the CUDA kernels; on a GPU check them bit for bit and time them"),
 }
 
 

@@ -122,6 +122,12 @@ def _fold(acc: np.ndarray, fold: str, add) -> np.ndarray:
         h = acc.shape[-2] // 2
         acc = add(acc[..., :h, :], acc[..., h:, :])
     acc = acc[..., 0, :]
+    if fold == "xor":  # a warp's shuffle-xor butterfly: every lane l adds lane l ^ o, o = L/2 .. 1; lane 0's value
+        o = acc.shape[-1] // 2
+        while o:
+            acc = add(acc, acc[..., np.arange(acc.shape[-1]) ^ o])
+            o //= 2
+        return acc[..., 0]
     while acc.shape[-1] > (4 if fold == "hadd" else 1):
         h = acc.shape[-1] // 2
         acc = add(acc[..., :h], acc[..., h:])
@@ -261,7 +267,7 @@ def _int_sums(qx: np.ndarray, qy: np.ndarray, group: int) -> np.ndarray:
 
 
 # int_to_float of a lane plan on 32-blocks -> how many register lanes one block fills.
-_BLOCK_LANES = {"lane4": 8, "lane8": 4}
+_BLOCK_LANES = {"lane4": 8, "lane8": 4, "block": 1}  # "block": one block's exact int sum per lane (cuda_w32)
 
 
 def _block_lanes(qx: np.ndarray, qy: np.ndarray, int_to_float: str, lane_map: str = "quad") -> np.ndarray:
@@ -273,6 +279,8 @@ def _block_lanes(qx: np.ndarray, qy: np.ndarray, int_to_float: str, lane_map: st
         # half, vpaddlq_s16 (adjacent pairs): lane j = products 2j, 2j+1, 8+2j, 9+2j of each 16-byte half
         s2 = _int_sums(qx, qy, 2)  # (M, N, nb, 16): pair p = products 2p, 2p+1
         return s2.reshape(s2.shape[:3] + (2, 2, 4)).sum(axis=(3, 4), dtype=np.int32)
+    if int_to_float == "block":
+        return _int_sums(qx, qy, 32)
     s4 = _int_sums(qx, qy, 4)
     if int_to_float == "lane4":
         return s4

@@ -543,8 +543,9 @@ _X = np.zeros((1, 34), np.uint8)
         ((_X, "q8_0", _X, "q8_0", 0), ValueError, "n must be a positive int"),
         ((_X, "q8_0", _X[0], "q8_0", 32), ValueError, "y must be 2-D"),
         ((_X, "q8_0", _X, "q8_0", 32, "fast"), ValueError, "unknown plan"),
-        ((_X, "q8_0", _X, "q8_0", 32, ReductionPlan(name="b", lanes=8, fold="halves", int_to_float="block")),
-         ValueError, "int_to_float='lane4'"),
+        # one block per lane ("block") is a lane map of 32-blocks (cuda_w32), not of k-quant super-blocks
+        ((np.zeros((1, 144), np.uint8), "q4_K", np.zeros((1, 292), np.uint8), "q8_K", 256,
+          ReductionPlan(name="b", lanes=8, fold="halves", int_to_float="block")), ValueError, "int_to_float='lane4'"),
         ((np.zeros((1, 292), np.uint8), "q4_K", np.zeros((1, 292), np.uint8), "q8_K", 256), ValueError,
          "rows of q4_K with n = 256 must have 144 bytes"),
         ((_X, "q8_0", _X, "q8_0", 32, "ggml_x86_avx2"), None, None),

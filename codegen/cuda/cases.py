@@ -1,0 +1,212 @@
+"""The CUDA kernels' correctness cases: inputs, the reference's bytes, guard bytes, and the comparison.
+
+Each case is ``(kernel name, label, run)``; ``run()`` calls the kernel through :mod:`.kernels` and returns ``""``
+when its bytes equal the reference's and every guard byte is intact, else what differs. The shapes are those of the
+CPU kernel tests: one block, the warp (32 elements or blocks) and one past it, odd tails, more than one warp's worth
+of blocks (33), and the MLA rows (576 = 512 + 64, 192 = 128 + 64); inputs are strided (rows at a wider stride than
+their bytes) and every output sits between guard bytes (``GUARD_BYTE``), gaps included.
+
+Expected values come from :mod:`mlaref.reference` only: ``ops.repeat`` / ``ops.concat`` / ``ops.cpy`` for the row
+copies, ``quantize`` (variant ``x86``) of the exactly widened rows for ``convert``, and ``ops.vec_dot`` under
+``cuda_w32`` (transposed) for ``mul_mat``, plus ``ops.mul_mat.mul_mat`` (#253 semantics) end to end.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mlaref.codegen import catalog as _catalog
+from mlaref.codegen.cuda import kernels as _k
+from mlaref.reference import fp, quantize
+from mlaref.reference.ops.concat import concat as ref_concat
+from mlaref.reference.ops.mul_mat import mul_mat as ref_mul_mat
+from mlaref.reference.ops.repeat import repeat as ref_repeat
+from mlaref.reference.ops.vec_dot import vec_dot
+from mlaref.reference.tensor import Tensor, aligned_buffer
+
+__all__ = ["GUARD", "GUARD_BYTE", "cases", "MUL_MAT_SHAPES", "CONVERT_SHAPES", "values", "encode"]
+
+GUARD = 64
+GUARD_BYTE = 0xA5
+# (m weight rows, n_y src1 rows, n): one block; 32 blocks (a warp) and 33; odd row counts (n_y not a multiple of the
+# 4 columns a warp runs); the MLA row lengths 576 and 192
+MUL_MAT_SHAPES = ((1, 1, 32), (3, 5, 1024), (5, 7, 1056), (17, 9, 576), (33, 4, 192), (2, 3, 96))
+CONVERT_SHAPES = ((1, 32), (3, 64), (5, 96), (17, 576), (7, 192), (2, 1056))
+
+
+def values(rng, shape, scale: float = 1.0) -> np.ndarray:
+    """float32 values with a spread of magnitudes (exponents over 2**-6 .. 2**6), no NaN."""
+    v = rng.standard_normal(shape).astype(np.float32)
+    return (v * np.float32(scale) * np.exp2(rng.integers(-6, 7, shape)).astype(np.float32)).astype(np.float32)
+
+
+def encode(v: np.ndarray, type_: str) -> np.ndarray:
+    """Rows of float32 values as uint8 rows of ``type_`` (f16 / bf16 by RNE, block types by the reference)."""
+    if type_ == "f32":
+        return np.ascontiguousarray(v, np.float32).view(np.uint8)
+    if type_ == "f16":
+        return fp.f32_to_f16(v).view(np.uint8)
+    if type_ == "bf16":
+        return fp.f32_to_bf16(v).view(np.uint8)
+    return quantize(np.ascontiguousarray(v, np.float32), type_, variant="x86" if type_ == "q8_0" else "ref")
+
+
+def _widen(rows: np.ndarray, type_: str, n: int) -> np.ndarray:
+    if type_ == "f32":
+        return np.ascontiguousarray(rows).view(np.float32).reshape(-1, n)
+    return Tensor.from_bytes(np.ascontiguousarray(rows), type_, (n, rows.shape[0])).to_numpy().reshape(-1, n)
+
+
+def _strided(rows: np.ndarray, pad: int) -> np.ndarray:
+    """The same rows at a stride ``pad`` entries wider (a view into a bigger array)."""
+    full = np.zeros((rows.shape[0], rows.shape[1] + pad), rows.dtype)
+    full[:, :rows.shape[1]] = rows
+    return full[:, :rows.shape[1]]
+
+
+def _guarded(shape, dtype, pad: int):
+    """(full array of guard bytes, the output view of ``shape`` inside it: rows at a stride ``pad`` entries wider)."""
+    full = np.empty((shape[0], shape[1] + pad), dtype)
+    full.view(np.uint8)[...] = GUARD_BYTE
+    return full, full[:, :shape[1]]
+
+
+def _diff(got: np.ndarray, want: np.ndarray, what: str) -> str:
+    g, w = np.ascontiguousarray(got).view(np.uint8), np.ascontiguousarray(want).view(np.uint8)
+    if g.shape != w.shape:
+        return f"{what}: shape {g.shape} != {w.shape}"
+    bad = np.argwhere(g != w)
+    if not len(bad):
+        return ""
+    return f"{what}: {len(bad)} of {g.size} bytes differ, first at {tuple(int(i) for i in bad[0])}"
+
+
+def _guards_ok(full: np.ndarray, width_bytes: int) -> str:
+    tail = full.view(np.uint8)[:, width_bytes:]
+    return "" if (tail == GUARD_BYTE).all() else f"guard bytes overwritten: {(tail != GUARD_BYTE).sum()}"
+
+
+# -- the row copies (Tensor views in guarded buffers) -----------------------------------------------------------
+
+def _tensor_in_guards(type_: str, ne, nb=None):
+    """A tensor of ``ne`` (contiguous, or at strides ``nb``) at offset GUARD in a buffer of guard bytes."""
+    t = Tensor.empty(type_, ne)
+    nb = nb or t.nb
+    span = t.row_size() + sum((n - 1) * s for n, s in zip(t.ne[1:], nb[1:]))  # ggml_nbytes of packed rows
+    buf = aligned_buffer(span + 2 * GUARD)
+    buf[...] = GUARD_BYTE
+    return Tensor(type_, ne, nb, buf, GUARD)
+
+
+def _expected_buffer(dst: Tensor, result: Tensor) -> np.ndarray:
+    """dst's buffer as it was, with result's rows written at dst's row positions."""
+    want = dst.data.copy()
+    rs = dst.row_size()
+    for i3 in range(dst.ne[3]):
+        for i2 in range(dst.ne[2]):
+            for i1 in range(dst.ne[1]):
+                at = dst.offset + i1 * dst.nb[1] + i2 * dst.nb[2] + i3 * dst.nb[3]
+                want[at:at + rs] = result.row(i1, i2, i3)
+    return want
+
+
+def _random_tensor(rng, type_: str, ne, nb=None) -> Tensor:
+    t = Tensor.empty(type_, ne) if nb is None else _tensor_in_guards(type_, ne, nb)
+    rows = encode(values(rng, (t.nrows(), ne[0])), type_)
+    for k, (i1, i2, i3) in enumerate(t.rows()):
+        t.row(i1, i2, i3)[...] = rows[k]
+    return t
+
+
+def _copy_cases(rng) -> list:
+    out = []
+    names = {s.family: s.name for s in _catalog.cuda_catalog() if s.family in ("copy_rows", "concat_rows")}
+    for t, n0 in (("f16", 64), ("bf16", 64), ("q8_0", 64), ("f16", 6)):
+        def rep(t=t, n0=n0):  # MLA: the rope part [n0, n_kv, 1] broadcast over heads; a tile along dims 0 and 3
+            src = _random_tensor(rng, t, (n0, 37, 1, 2))
+            ne = (n0 * (2 if t != "q8_0" else 1), 37, 5, 4)
+            dst = _tensor_in_guards(t, ne)
+            want = _expected_buffer(dst, ref_repeat(src, ne))
+            _k.repeat(src, ne, out=dst)
+            return _diff(dst.data, want, "buffer")
+        out.append((names["copy_rows"], f"repeat {t} {n0}x37x1x2 -> x5 heads", rep))
+
+        def cpy(t=t, n0=n0):  # a same-type copy from a strided (permuted-like) view into a strided destination
+            base = _random_tensor(rng, t, (n0 * 3, 9, 4))
+            rs = Tensor.empty(t, (n0, 1)).row_size()
+            src = base.view((n0, 9, 4), (base.nb[1], base.nb[2]), rs)  # the middle third of every row
+            dst = _tensor_in_guards(t, src.ne, (src.nb[0], rs + 6, (rs + 6) * 9 + 4, 0))
+            want = _expected_buffer(dst, src)
+            _k.cpy(src, dst)
+            return _diff(dst.data, want, "buffer")
+        out.append((names["copy_rows"], f"cpy {t} strided rows", cpy))
+
+        def cat(t=t, n0=n0):  # MLA's K: k_nope [2*n0, n_kv, heads] (a view of wider rows) ++ k_rope [n0, n_kv, heads]
+            wide = _random_tensor(rng, t, (4 * n0, 23, 3))
+            a = wide.view((2 * n0, 23, 3), (wide.nb[1], wide.nb[2]), 0)
+            b = _random_tensor(rng, t, (n0, 23, 3))
+            dst = _tensor_in_guards(t, (3 * n0, 23, 3))
+            want = _expected_buffer(dst, ref_concat(a, b, 0))
+            _k.concat(a, b, 0, out=dst)
+            return _diff(dst.data, want, "buffer")
+        out.append((names["concat_rows"], f"concat {t} {2 * n0}+{n0} strided a", cat))
+    return out
+
+
+# -- convert and mul_mat (rows) ---------------------------------------------------------------------------------
+
+def _convert_cases(rng) -> list:
+    out = []
+    for s in _catalog.cuda_catalog():
+        if s.family != "convert_rows":
+            continue
+        for R, n in CONVERT_SHAPES:
+            def run(s=s, R=R, n=n):
+                v = values(rng, (R, n))
+                v[0, :min(n, 32)] = 0.0  # an all-zero block: d = 0, multiplier 0
+                src = encode(v, s.type_x)
+                x = _strided(src.view(np.float32) if s.type_x == "f32" else src, 8)
+                want = quantize(_widen(src, s.type_x, n), s.type_y, variant="x86")
+                full, o = _guarded(want.shape, np.uint8, 6)
+                _k.convert(x, s.type_x, s.type_y, out=o)
+                return _diff(o, want, "rows") or _guards_ok(full, want.shape[1])
+            out.append((s.name, f"{R}x{n}", run))
+    return out
+
+
+def _mul_mat_cases(rng) -> list:
+    out = []
+    for s in _catalog.cuda_catalog():
+        if s.family != "mul_mat":
+            continue
+        plan = _catalog.CUDA_PLANS[s.plan]
+        for m, ny, n in MUL_MAT_SHAPES:
+            def run(s=s, m=m, ny=ny, n=n, plan=plan):
+                x = encode(values(rng, (m, n)), s.type_x)
+                y = encode(values(rng, (ny, n)), s.type_y)
+                want = vec_dot(x, s.type_x, y, s.type_y, n, plan).T
+                full, o = _guarded((ny, m), np.float32, 3)
+                _k.mul_mat(_strided(x, 6), s.type_x, _strided(y, 2), s.type_y, n, plan=plan, out=o)
+                return _diff(o, want, "dst") or _guards_ok(full, 4 * m)
+            out.append((s.name, f"m{m} n_y{ny} n{n}", run))
+
+        def e2e(s=s, plan=plan):  # #253: an f32 src1 converted on the GPU, then the kernel; reference ops.mul_mat
+            m, ny, n = 9, 6, 576
+            a = Tensor.from_bytes(encode(values(rng, (m, n)), s.type_x), s.type_x, (n, m))
+            b = Tensor.from_bytes(values(rng, (ny, n)).view(np.uint8), "f32", (n, ny))
+            want = ref_mul_mat(a, b, plan=plan, variant="x86").to_numpy().reshape(ny, m)
+            y = _k.convert(b.to_numpy().reshape(ny, n), "f32", s.type_y)
+            got = _k.mul_mat(_rows(a), s.type_x, y, s.type_y, n, plan=plan)
+            return _diff(got, want, "dst")
+        out.append((s.name, "end to end: f32 src1 -> convert -> mul_mat (#253)", e2e))
+    return out
+
+
+def _rows(t: Tensor) -> np.ndarray:
+    return np.stack([t.row(i1, i2, i3) for i1, i2, i3 in t.rows()])
+
+
+def cases(seed: int = 0) -> list:
+    """Every correctness case of every CUDA kernel: ``(kernel name, label, run)``."""
+    rng = np.random.default_rng(seed)
+    return _copy_cases(rng) + _convert_cases(rng) + _mul_mat_cases(rng)
