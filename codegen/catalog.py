@@ -317,8 +317,12 @@ MM_X_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q5_0", "iq4_nl", "q4_1", "q
 MM_Y_TYPES = ("f32", "f16", "bf16", "q8_0")
 FA_KV_TYPES = ("f16", "q8_0")
 MM_ISAS = ("scalar", "avx2", "avx512", "avx512vnni", "neon", "neondot")
-MM_PLANS = ("l16a1", "l8a1")
+MM_PLANS = ("l16a1", "l8a1", "l8s1")
 MM_L8A1_ISAS = ("scalar", "avx2")
+# l8s1 (mlaref_l8s1: the 32-block pairs block-serial; element and k-quant pairs are l8a1 there, whose kernels run
+# them): kernels for the 32-block weights only, on these ISAs
+MM_L8S1_ISAS = ("scalar", "avx2")
+MM_L8S1_X_TYPES = ("q8_0", "q4_0", "q5_0", "iq4_nl", "q4_1", "q5_1")
 
 
 def _validate_mm(spec: KernelSpec, where: str) -> KernelSpec:
@@ -344,6 +348,12 @@ def _validate_mm(spec: KernelSpec, where: str) -> KernelSpec:
         raise ValueError(f"{where}: neondot changes only int8 dot products (32-block weights); others use neon")
     if spec.plan == "l8a1" and spec.isa not in MM_L8A1_ISAS:
         raise ValueError(f"{where}: plan l8a1 has {spec.family} kernels for {', '.join(MM_L8A1_ISAS)} only")
+    if spec.plan == "l8s1":
+        if spec.isa not in MM_L8S1_ISAS:
+            raise ValueError(f"{where}: plan l8s1 has {spec.family} kernels for {', '.join(MM_L8S1_ISAS)} only")
+        if spec.family != "mul_mat" or spec.type_x not in MM_L8S1_X_TYPES:
+            raise ValueError(f"{where}: plan l8s1 has mul_mat kernels for the 32-block weights "
+                             f"{', '.join(MM_L8S1_X_TYPES)} only (the other pairs run l8a1's kernels)")
     return spec
 
 

@@ -48,7 +48,7 @@ from mlaref.codegen import catalog as _catalog
 from mlaref.codegen import dispatch as _dispatch
 from mlaref.codegen.kernels import rows as _kernels
 from mlaref.codegen.kernels import pool as _pool
-from mlaref.reference.plan import MLAREF_L8A1, MLAREF_L16A1, ReductionPlan, get_plan
+from mlaref.reference.plan import MLAREF_L8A1, MLAREF_L8S1, MLAREF_L16A1, ReductionPlan, get_plan
 from mlaref.reference.tensor import Tensor
 from mlaref.reference.types import get_type
 
@@ -58,7 +58,7 @@ __all__ = ["mul_mat", "fastest_plan", "fastest_fa_plan", "flash_attn_ext", "mul_
 MM_PLAN = MLAREF_L16A1
 # the default flash-attention plan: l16a1 dots, iqk's k_step 64 for n_kv % 64 == 0, one KV chunk, libm expf
 FA_PLAN = MLAREF_L16A1.replace(name="mlaref_fa_l16a1", k_step=64, q_step=64, kv_chunks=1, exp="libm")
-_DOTS = {"l16a1": MLAREF_L16A1, "l8a1": MLAREF_L8A1}
+_DOTS = {"l16a1": MLAREF_L16A1, "l8a1": MLAREF_L8A1, "l8s1": MLAREF_L8S1}
 _EXP_KIND = {"libm": 0, "v_expf_avx2": 1, "v_expf_avx512": 2}
 # the weight types the catalog has kernels for -> their vec_dot type (the format registry's; read-only)
 VEC_DOT_TYPE = MappingProxyType({t: get_type(t).vec_dot_type for t in _catalog.MM_X_TYPES})
@@ -118,14 +118,19 @@ def fastest_fa_plan(isa: str | None = None, k_step: int = 64, kv_chunks: int = 1
 
 
 def _mm_plan(plan, pair: str, op: str) -> tuple[ReductionPlan, str]:
-    """(plan, kernel plan token) for a mul_mat plan: l16a1's order (l16a1, l8a2) or l8a1's (ValueError otherwise)."""
+    """(plan, kernel plan token) for a mul_mat plan: l16a1's order (l16a1, l8a2), l8a1's, or for the 32-block pairs
+    the block-serial fused order (mlaref_l8s1: "l8s1"); ValueError otherwise."""
     plan = get_plan(plan)
     p = plan.for_pair(pair)
     block = not pair.startswith(("f32", "f16", "bf16"))
+    if (pair.split(".")[0] in _catalog.MM_L8S1_X_TYPES and p.fold == "serial" and p.fma and p.acc_type == "f32"
+            and not (p.block_pairs or p.superblock)):
+        return plan, "l8s1"
     if (p.lanes, p.accs, p.fold, p.fma, p.acc_type, p.tail, p.dot2) == (8, 1, "halves", True, "f32", "masked", False) \
             and (p.int_to_float == "lane4" or not block):
         return plan, "l8a1"
-    return _check_l16a1(plan, pair, op, also=" or mlaref_l8a1 (8 f32 lanes, one accumulator)"), "l16a1"
+    return _check_l16a1(plan, pair, op, also=", mlaref_l8a1 (8 f32 lanes, one accumulator) or mlaref_l8s1 "
+                                             "(32-block pairs block-serial, fused)"), "l16a1"
 
 
 def _check_l16a1(plan, pair: str, op: str, also: str = "") -> ReductionPlan:

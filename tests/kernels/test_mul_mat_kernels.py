@@ -26,7 +26,7 @@ from mlaref.reference.tensor import Tensor
 FAMILY = "mul_mat"
 NMSE_BOUND = 5e-4  # ggml tests/test-backend-ops.cpp: test_mul_mat::max_nmse_err
 _REF_CACHE: dict = {}
-PLANS = {"l16a1": "mlaref_l16a1", "l8a1": "mlaref_l8a1"}  # kernel-name token -> reference plan
+PLANS = {"l16a1": "mlaref_l16a1", "l8a1": "mlaref_l8a1", "l8s1": "mlaref_l8s1"}  # kernel-name token -> reference plan
 
 
 def _guarded_out(ne) -> tuple[Tensor, np.ndarray]:
