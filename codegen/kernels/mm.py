@@ -102,11 +102,13 @@ def fastest_plan(isa: str | None = None) -> ReductionPlan:
 
 
 def _native_dots(family: str, isa: str | None) -> str:
-    """The dot order that runs fastest on ``isa`` (the ISA ``family`` dispatches to on this CPU when None): "l8a1"
-    on avx2, "l16a1" elsewhere (see :func:`fastest_plan`)."""
+    """The dot order that runs fastest on ``isa`` (the ISA ``family`` dispatches to on this CPU when None): on avx2
+    "l8s1" for mul_mat and "l8a1" for flash_attn_ext, "l16a1" elsewhere (see :func:`fastest_plan`)."""
     if isa is None:
         isa = _dispatch.choose(family, "f16", "f16", "l16a1")[0].isa
-    return "l8a1" if isa == "avx2" else "l16a1"
+    if isa != "avx2":
+        return "l16a1"
+    return "l8s1" if family == "mul_mat" else "l8a1"
 
 
 def fastest_fa_plan(isa: str | None = None, k_step: int = 64, kv_chunks: int = 1,

@@ -916,14 +916,19 @@ static inline void mm_sput_x(const int8_t *q, const float *d, const float *m, in
     (void)m;
     for (int64_t b = 0; b < nb; ++b) {
         uint8_t *rec = grp + b * MM_SBREC;
-        for (int g = 0; g < 8; ++g) {
-            for (int t = 0; t < 4; ++t) {
-                const int8_t v = q[32 * b + 4 * g + t];
-                rec[32 * g + 4 * r + t] = (uint8_t)v;
-                rec[256 + 32 * g + 4 * r + t] = (uint8_t)(v < 0 ? -v : v);
-            }
-        }
+        for (int g = 0; g < 8; ++g) memcpy(rec + 32 * g + 4 * r, q + 32 * b + 4 * g, 4);
         memcpy(rec + 512 + 4 * r, d + b, 4);
+    }
+}
+
+/* the absolute values of an 8-row group's values, once its rows are in (the sign trick's unsigned operand) */
+static inline void mm_sput_abs(uint8_t *grp, int64_t nb) {
+    for (int64_t b = 0; b < nb; ++b) {
+        uint8_t *rec = grp + b * MM_SBREC;
+        for (int k = 0; k < 256; ++k) {
+            const int8_t v = (int8_t)rec[k];
+            rec[256 + k] = (uint8_t)(v < 0 ? -v : v);
+        }
     }
 }
 
@@ -966,137 +971,129 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *yc, in
     __m256 acc3 = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
         const uint8_t *rec = grp + b * MM_SBREC;
-        __m256i s0, h0;
-        __m256i s1, h1;
-        __m256i s2, h2;
-        __m256i s3, h3;
+        __m256i s0 = _mm256_setzero_si256(), h0;
+        __m256i s1 = _mm256_setzero_si256(), h1;
+        __m256i s2 = _mm256_setzero_si256(), h2;
+        __m256i s3 = _mm256_setzero_si256(), h3;
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 0));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 256));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 0), qx));
-            h0 = p0;
-            s0 = _mm256_madd_epi16(h0, ones);
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 0), qx));
-            h1 = p1;
-            s1 = _mm256_madd_epi16(h1, ones);
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
             const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 0), qx));
-            h2 = p2;
-            s2 = _mm256_madd_epi16(h2, ones);
+            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(p2, ones));
             const __m256i p3 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq3 + 32 * b + 0), qx));
-            h3 = p3;
-            s3 = _mm256_madd_epi16(h3, ones);
+            s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(p3, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 288));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 4), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 4), qx));
-            h1 = p1;
-            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
             const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 4), qx));
-            h2 = p2;
-            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
+            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(p2, ones));
             const __m256i p3 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq3 + 32 * b + 4), qx));
-            h3 = p3;
-            s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(h3, ones));
+            s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(p3, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 320));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 8), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 8), qx));
-            h1 = p1;
-            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
             const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 8), qx));
-            h2 = p2;
-            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
+            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(p2, ones));
             const __m256i p3 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq3 + 32 * b + 8), qx));
-            h3 = p3;
-            s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(h3, ones));
+            s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(p3, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 352));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 12), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 12), qx));
-            h1 = p1;
-            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
             const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 12), qx));
-            h2 = p2;
-            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
+            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(p2, ones));
             const __m256i p3 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq3 + 32 * b + 12), qx));
-            h3 = p3;
-            s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(h3, ones));
+            s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(p3, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 128));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 384));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 16), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 16), qx));
-            h1 = p1;
-            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
             const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 16), qx));
-            h2 = p2;
-            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
+            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(p2, ones));
             const __m256i p3 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq3 + 32 * b + 16), qx));
-            h3 = p3;
-            s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(h3, ones));
+            s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(p3, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 416));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 20), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 20), qx));
-            h1 = p1;
-            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
             const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 20), qx));
-            h2 = p2;
-            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
+            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(p2, ones));
             const __m256i p3 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq3 + 32 * b + 20), qx));
-            h3 = p3;
-            s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(h3, ones));
+            s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(p3, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 448));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 24), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 24), qx));
-            h1 = p1;
-            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
             const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 24), qx));
-            h2 = p2;
-            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
+            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(p2, ones));
             const __m256i p3 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq3 + 32 * b + 24), qx));
-            h3 = p3;
-            s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(h3, ones));
+            s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(p3, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 480));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 28), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 28), qx));
-            h1 = p1;
-            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
             const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 28), qx));
-            h2 = p2;
-            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
+            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(p2, ones));
             const __m256i p3 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq3 + 32 * b + 28), qx));
-            h3 = p3;
-            s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(h3, ones));
+            s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(p3, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));
         {
@@ -1145,112 +1142,112 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *yc, in
     __m256 acc2 = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
         const uint8_t *rec = grp + b * MM_SBREC;
-        __m256i s0, h0;
-        __m256i s1, h1;
-        __m256i s2, h2;
+        __m256i s0 = _mm256_setzero_si256(), h0;
+        __m256i s1 = _mm256_setzero_si256(), h1;
+        __m256i s2 = _mm256_setzero_si256(), h2;
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 0));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 256));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 0), qx));
-            h0 = p0;
-            s0 = _mm256_madd_epi16(h0, ones);
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 0), qx));
-            h1 = p1;
-            s1 = _mm256_madd_epi16(h1, ones);
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
             const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 0), qx));
-            h2 = p2;
-            s2 = _mm256_madd_epi16(h2, ones);
+            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(p2, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 288));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 4), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 4), qx));
-            h1 = p1;
-            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
             const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 4), qx));
-            h2 = p2;
-            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
+            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(p2, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 320));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 8), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 8), qx));
-            h1 = p1;
-            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
             const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 8), qx));
-            h2 = p2;
-            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
+            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(p2, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 352));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 12), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 12), qx));
-            h1 = p1;
-            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
             const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 12), qx));
-            h2 = p2;
-            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
+            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(p2, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 128));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 384));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 16), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 16), qx));
-            h1 = p1;
-            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
             const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 16), qx));
-            h2 = p2;
-            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
+            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(p2, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 416));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 20), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 20), qx));
-            h1 = p1;
-            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
             const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 20), qx));
-            h2 = p2;
-            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
+            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(p2, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 448));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 24), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 24), qx));
-            h1 = p1;
-            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
             const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 24), qx));
-            h2 = p2;
-            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
+            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(p2, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 480));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 28), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 28), qx));
-            h1 = p1;
-            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
             const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 28), qx));
-            h2 = p2;
-            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
+            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(p2, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));
         {
@@ -1290,87 +1287,95 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *yc, in
     __m256 acc1 = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
         const uint8_t *rec = grp + b * MM_SBREC;
-        __m256i s0, h0;
-        __m256i s1, h1;
+        __m256i s0 = _mm256_setzero_si256(), h0;
+        __m256i s1 = _mm256_setzero_si256(), h1;
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 0));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 256));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 0), qx));
-            h0 = p0;
-            s0 = _mm256_madd_epi16(h0, ones);
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 0), qx));
-            h1 = p1;
-            s1 = _mm256_madd_epi16(h1, ones);
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 288));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 4), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 4), qx));
-            h1 = p1;
-            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 320));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 8), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 8), qx));
-            h1 = p1;
-            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 352));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 12), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 12), qx));
-            h1 = p1;
-            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 128));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 384));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 16), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 16), qx));
-            h1 = p1;
-            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 416));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 20), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 20), qx));
-            h1 = p1;
-            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 448));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 24), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 24), qx));
-            h1 = p1;
-            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 480));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 28), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 28), qx));
-            h1 = p1;
-            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));
         {
@@ -1401,62 +1406,78 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *yc, in
     __m256 acc0 = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
         const uint8_t *rec = grp + b * MM_SBREC;
-        __m256i s0, h0;
+        __m256i s0 = _mm256_setzero_si256(), h0;
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 0));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 256));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 0), qx));
-            h0 = p0;
-            s0 = _mm256_madd_epi16(h0, ones);
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 288));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 4), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 320));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 8), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 352));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 12), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 128));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 384));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 16), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 416));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 20), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 448));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 24), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 480));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 28), qx));
-            h0 = p0;
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));
         {
@@ -1472,21 +1493,21 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *yc, in
     }
 }
 
-/* rows [0, nr) of an 8-row group x columns [0, ct): out[j * ldo + r] */
-static void mm_sgroup(const uint8_t *grp, int nr, const uint8_t *yc, int64_t ys, int64_t ct, int64_t nb, float *out,
-                      int64_t ldo) {
-    int64_t j = 0;
-    for (; j + MM_SCOLS <= ct; j += MM_SCOLS) mm_smicro_4(grp, nr, yc + j * ys, ys, nb, out + j * ldo, ldo);
-    if (ct - j == 3) mm_smicro_3(grp, nr, yc + j * ys, ys, nb, out + j * ldo, ldo);
-    if (ct - j == 2) mm_smicro_2(grp, nr, yc + j * ys, ys, nb, out + j * ldo, ldo);
-    if (ct - j == 1) mm_smicro_1(grp, nr, yc + j * ys, ys, nb, out + j * ldo, ldo);
-}
-
-/* out (rows rt x cols ct, out[j * ldo + i]) from an x cache of ceil(rt / 8) groups of xg bytes and ct y columns */
+/* out (rows rt x cols ct, out[j * ldo + i]) from an x cache of ceil(rt / 8) groups of xg bytes and ct y columns:
+   column quads outer, groups inner, so the quad's y blocks stay in L1 while the groups pass */
 static void mm_stiles(const uint8_t *xc, int64_t xg, int64_t rt, const uint8_t *yc, int64_t ys, int64_t ct, int64_t nb,
                       float *out, int64_t ldo) {
-    for (int64_t i = 0; i < rt; i += 8) {
-        mm_sgroup(xc + (i / 8) * xg, rt - i < 8 ? (int)(rt - i) : 8, yc, ys, ct, nb, out + i, ldo);
+    for (int64_t j = 0; j < ct; j += MM_SCOLS) {
+        const int64_t cn = ct - j < MM_SCOLS ? ct - j : MM_SCOLS;
+        for (int64_t i = 0; i < rt; i += 8) {
+            const uint8_t *grp = xc + (i / 8) * xg;
+            const int nr = rt - i < 8 ? (int)(rt - i) : 8;
+            float *o = out + j * ldo + i;
+            if (cn == 4) mm_smicro_4(grp, nr, yc + j * ys, ys, nb, o, ldo);
+            else if (cn == 3) mm_smicro_3(grp, nr, yc + j * ys, ys, nb, o, ldo);
+            else if (cn == 2) mm_smicro_2(grp, nr, yc + j * ys, ys, nb, o, ldo);
+            else if (cn == 1) mm_smicro_1(grp, nr, yc + j * ys, ys, nb, o, ldo);
+        }
     }
 }
 
@@ -1573,6 +1594,7 @@ int mlaref_mul_mat_iq4_nl_f16__avx2_l8s1(const uint8_t *src0, const uint8_t *src
             /* the rows past rt in the last group are zero (their lanes are never stored) */
             if (rt % 8) memset(xcache + (rt / 8) * xs, 0, (size_t)xs);
             for (int64_t i = 0; i < rt; ++i) mm_load_row(x0 + (r + i) * nb01, &w, xcache + (i / 8) * xs, (int)(i % 8));
+            for (int64_t i = 0; i < rt; i += 8) mm_sput_abs(xcache + (i / 8) * xs, w.nb);
             if (r + rt < r1) mm_prefetch_rows(x0 + (r + rt) * nb01, nb01, r1 - r - rt < MM_RT ? r1 - r - rt : MM_RT, K);
             mm_stiles(xcache, xs, rt, ycache, ys, ce - c, w.nb, dst + c * M + r, M);
         }

@@ -923,15 +923,20 @@ static inline int64_t mm_scol_bytes(int64_t nb) { return (nb * 40 + 63) / 64 * 6
 static inline void mm_sput_x(const int8_t *q, const float *d, const float *m, int64_t nb, uint8_t *grp, int r) {
     for (int64_t b = 0; b < nb; ++b) {
         uint8_t *rec = grp + b * MM_SBREC;
-        for (int g = 0; g < 8; ++g) {
-            for (int t = 0; t < 4; ++t) {
-                const int8_t v = q[32 * b + 4 * g + t];
-                rec[32 * g + 4 * r + t] = (uint8_t)v;
-                rec[256 + 32 * g + 4 * r + t] = (uint8_t)(v < 0 ? -v : v);
-            }
-        }
+        for (int g = 0; g < 8; ++g) memcpy(rec + 32 * g + 4 * r, q + 32 * b + 4 * g, 4);
         memcpy(rec + 512 + 4 * r, d + b, 4);
         memcpy(rec + 544 + 4 * r, m + b, 4);
+    }
+}
+
+/* the absolute values of an 8-row group's values, once its rows are in (the sign trick's unsigned operand) */
+static inline void mm_sput_abs(uint8_t *grp, int64_t nb) {
+    for (int64_t b = 0; b < nb; ++b) {
+        uint8_t *rec = grp + b * MM_SBREC;
+        for (int k = 0; k < 256; ++k) {
+            const int8_t v = (int8_t)rec[k];
+            rec[256 + k] = (uint8_t)(v < 0 ? -v : v);
+        }
     }
 }
 
@@ -978,10 +983,10 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *yc, in
     __m256 acc3 = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
         const uint8_t *rec = grp + b * MM_SBREC;
-        __m256i s0, h0;
-        __m256i s1, h1;
-        __m256i s2, h2;
-        __m256i s3, h3;
+        __m256i s0 = _mm256_setzero_si256(), h0;
+        __m256i s1 = _mm256_setzero_si256(), h1;
+        __m256i s2 = _mm256_setzero_si256(), h2;
+        __m256i s3 = _mm256_setzero_si256(), h3;
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 0));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 256));
@@ -993,6 +998,9 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *yc, in
             h2 = p2;
             const __m256i p3 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq3 + 32 * b + 0), qx));
             h3 = p3;
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
@@ -1005,6 +1013,9 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *yc, in
             h2 = _mm256_add_epi16(h2, p2);
             const __m256i p3 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq3 + 32 * b + 4), qx));
             h3 = _mm256_add_epi16(h3, p3);
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
@@ -1017,22 +1028,28 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *yc, in
             h2 = _mm256_add_epi16(h2, p2);
             const __m256i p3 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq3 + 32 * b + 8), qx));
             h3 = _mm256_add_epi16(h3, p3);
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 352));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 12), qx));
             h0 = _mm256_add_epi16(h0, p0);
-            s0 = _mm256_madd_epi16(h0, ones);
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 12), qx));
             h1 = _mm256_add_epi16(h1, p1);
-            s1 = _mm256_madd_epi16(h1, ones);
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
             const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 12), qx));
             h2 = _mm256_add_epi16(h2, p2);
-            s2 = _mm256_madd_epi16(h2, ones);
+            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
             const __m256i p3 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq3 + 32 * b + 12), qx));
             h3 = _mm256_add_epi16(h3, p3);
-            s3 = _mm256_madd_epi16(h3, ones);
+            s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(h3, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 128));
@@ -1045,6 +1062,9 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *yc, in
             h2 = p2;
             const __m256i p3 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq3 + 32 * b + 16), qx));
             h3 = p3;
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
@@ -1057,6 +1077,9 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *yc, in
             h2 = _mm256_add_epi16(h2, p2);
             const __m256i p3 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq3 + 32 * b + 20), qx));
             h3 = _mm256_add_epi16(h3, p3);
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
@@ -1069,6 +1092,9 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *yc, in
             h2 = _mm256_add_epi16(h2, p2);
             const __m256i p3 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq3 + 32 * b + 24), qx));
             h3 = _mm256_add_epi16(h3, p3);
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
@@ -1085,6 +1111,9 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *yc, in
             const __m256i p3 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq3 + 32 * b + 28), qx));
             h3 = _mm256_add_epi16(h3, p3);
             s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(h3, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));
         const __m256 mx = _mm256_loadu_ps((const float *)(const void *)(rec + 544));
@@ -1141,9 +1170,9 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *yc, in
     __m256 acc2 = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
         const uint8_t *rec = grp + b * MM_SBREC;
-        __m256i s0, h0;
-        __m256i s1, h1;
-        __m256i s2, h2;
+        __m256i s0 = _mm256_setzero_si256(), h0;
+        __m256i s1 = _mm256_setzero_si256(), h1;
+        __m256i s2 = _mm256_setzero_si256(), h2;
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 0));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 256));
@@ -1153,6 +1182,9 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *yc, in
             h1 = p1;
             const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 0), qx));
             h2 = p2;
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
@@ -1163,6 +1195,9 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *yc, in
             h1 = _mm256_add_epi16(h1, p1);
             const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 4), qx));
             h2 = _mm256_add_epi16(h2, p2);
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
@@ -1173,19 +1208,25 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *yc, in
             h1 = _mm256_add_epi16(h1, p1);
             const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 8), qx));
             h2 = _mm256_add_epi16(h2, p2);
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 352));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 12), qx));
             h0 = _mm256_add_epi16(h0, p0);
-            s0 = _mm256_madd_epi16(h0, ones);
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 12), qx));
             h1 = _mm256_add_epi16(h1, p1);
-            s1 = _mm256_madd_epi16(h1, ones);
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
             const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 12), qx));
             h2 = _mm256_add_epi16(h2, p2);
-            s2 = _mm256_madd_epi16(h2, ones);
+            s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 128));
@@ -1196,6 +1237,9 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *yc, in
             h1 = p1;
             const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 16), qx));
             h2 = p2;
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
@@ -1206,6 +1250,9 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *yc, in
             h1 = _mm256_add_epi16(h1, p1);
             const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 20), qx));
             h2 = _mm256_add_epi16(h2, p2);
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
@@ -1216,6 +1263,9 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *yc, in
             h1 = _mm256_add_epi16(h1, p1);
             const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 24), qx));
             h2 = _mm256_add_epi16(h2, p2);
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
@@ -1229,6 +1279,9 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *yc, in
             const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 28), qx));
             h2 = _mm256_add_epi16(h2, p2);
             s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));
         const __m256 mx = _mm256_loadu_ps((const float *)(const void *)(rec + 544));
@@ -1274,8 +1327,8 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *yc, in
     __m256 acc1 = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
         const uint8_t *rec = grp + b * MM_SBREC;
-        __m256i s0, h0;
-        __m256i s1, h1;
+        __m256i s0 = _mm256_setzero_si256(), h0;
+        __m256i s1 = _mm256_setzero_si256(), h1;
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 0));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 256));
@@ -1283,6 +1336,9 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *yc, in
             h0 = p0;
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 0), qx));
             h1 = p1;
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
@@ -1291,6 +1347,9 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *yc, in
             h0 = _mm256_add_epi16(h0, p0);
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 4), qx));
             h1 = _mm256_add_epi16(h1, p1);
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
@@ -1299,16 +1358,22 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *yc, in
             h0 = _mm256_add_epi16(h0, p0);
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 8), qx));
             h1 = _mm256_add_epi16(h1, p1);
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 352));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 12), qx));
             h0 = _mm256_add_epi16(h0, p0);
-            s0 = _mm256_madd_epi16(h0, ones);
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 12), qx));
             h1 = _mm256_add_epi16(h1, p1);
-            s1 = _mm256_madd_epi16(h1, ones);
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 128));
@@ -1317,6 +1382,9 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *yc, in
             h0 = p0;
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 16), qx));
             h1 = p1;
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
@@ -1325,6 +1393,9 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *yc, in
             h0 = _mm256_add_epi16(h0, p0);
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 20), qx));
             h1 = _mm256_add_epi16(h1, p1);
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
@@ -1333,6 +1404,9 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *yc, in
             h0 = _mm256_add_epi16(h0, p0);
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 24), qx));
             h1 = _mm256_add_epi16(h1, p1);
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
@@ -1343,6 +1417,9 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *yc, in
             const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 28), qx));
             h1 = _mm256_add_epi16(h1, p1);
             s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0), "+x"(s1));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));
         const __m256 mx = _mm256_loadu_ps((const float *)(const void *)(rec + 544));
@@ -1377,49 +1454,70 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *yc, in
     __m256 acc0 = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
         const uint8_t *rec = grp + b * MM_SBREC;
-        __m256i s0, h0;
+        __m256i s0 = _mm256_setzero_si256(), h0;
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 0));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 256));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 0), qx));
             h0 = p0;
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 288));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 4), qx));
             h0 = _mm256_add_epi16(h0, p0);
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 320));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 8), qx));
             h0 = _mm256_add_epi16(h0, p0);
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 352));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 12), qx));
             h0 = _mm256_add_epi16(h0, p0);
-            s0 = _mm256_madd_epi16(h0, ones);
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 128));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 384));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 16), qx));
             h0 = p0;
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 416));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 20), qx));
             h0 = _mm256_add_epi16(h0, p0);
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 448));
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 24), qx));
             h0 = _mm256_add_epi16(h0, p0);
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
@@ -1427,6 +1525,9 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *yc, in
             const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 28), qx));
             h0 = _mm256_add_epi16(h0, p0);
             s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
+            /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
+               into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(s0));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));
         const __m256 mx = _mm256_loadu_ps((const float *)(const void *)(rec + 544));
@@ -1444,21 +1545,21 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *yc, in
     }
 }
 
-/* rows [0, nr) of an 8-row group x columns [0, ct): out[j * ldo + r] */
-static void mm_sgroup(const uint8_t *grp, int nr, const uint8_t *yc, int64_t ys, int64_t ct, int64_t nb, float *out,
-                      int64_t ldo) {
-    int64_t j = 0;
-    for (; j + MM_SCOLS <= ct; j += MM_SCOLS) mm_smicro_4(grp, nr, yc + j * ys, ys, nb, out + j * ldo, ldo);
-    if (ct - j == 3) mm_smicro_3(grp, nr, yc + j * ys, ys, nb, out + j * ldo, ldo);
-    if (ct - j == 2) mm_smicro_2(grp, nr, yc + j * ys, ys, nb, out + j * ldo, ldo);
-    if (ct - j == 1) mm_smicro_1(grp, nr, yc + j * ys, ys, nb, out + j * ldo, ldo);
-}
-
-/* out (rows rt x cols ct, out[j * ldo + i]) from an x cache of ceil(rt / 8) groups of xg bytes and ct y columns */
+/* out (rows rt x cols ct, out[j * ldo + i]) from an x cache of ceil(rt / 8) groups of xg bytes and ct y columns:
+   column quads outer, groups inner, so the quad's y blocks stay in L1 while the groups pass */
 static void mm_stiles(const uint8_t *xc, int64_t xg, int64_t rt, const uint8_t *yc, int64_t ys, int64_t ct, int64_t nb,
                       float *out, int64_t ldo) {
-    for (int64_t i = 0; i < rt; i += 8) {
-        mm_sgroup(xc + (i / 8) * xg, rt - i < 8 ? (int)(rt - i) : 8, yc, ys, ct, nb, out + i, ldo);
+    for (int64_t j = 0; j < ct; j += MM_SCOLS) {
+        const int64_t cn = ct - j < MM_SCOLS ? ct - j : MM_SCOLS;
+        for (int64_t i = 0; i < rt; i += 8) {
+            const uint8_t *grp = xc + (i / 8) * xg;
+            const int nr = rt - i < 8 ? (int)(rt - i) : 8;
+            float *o = out + j * ldo + i;
+            if (cn == 4) mm_smicro_4(grp, nr, yc + j * ys, ys, nb, o, ldo);
+            else if (cn == 3) mm_smicro_3(grp, nr, yc + j * ys, ys, nb, o, ldo);
+            else if (cn == 2) mm_smicro_2(grp, nr, yc + j * ys, ys, nb, o, ldo);
+            else if (cn == 1) mm_smicro_1(grp, nr, yc + j * ys, ys, nb, o, ldo);
+        }
     }
 }
 
@@ -1545,6 +1646,7 @@ int mlaref_mul_mat_q5_1_bf16__avx2_l8s1(const uint8_t *src0, const uint8_t *src1
             /* the rows past rt in the last group are zero (their lanes are never stored) */
             if (rt % 8) memset(xcache + (rt / 8) * xs, 0, (size_t)xs);
             for (int64_t i = 0; i < rt; ++i) mm_load_row(x0 + (r + i) * nb01, &w, xcache + (i / 8) * xs, (int)(i % 8));
+            for (int64_t i = 0; i < rt; i += 8) mm_sput_abs(xcache + (i / 8) * xs, w.nb);
             if (r + rt < r1) mm_prefetch_rows(x0 + (r + rt) * nb01, nb01, r1 - r - rt < MM_RT ? r1 - r - rt : MM_RT, K);
             mm_stiles(xcache, xs, rt, ycache, ys, ce - c, w.nb, dst + c * M + r, M);
         }

@@ -400,15 +400,20 @@ static inline int64_t mm_scol_bytes(int64_t nb) { return (nb * 40 + 63) / 64 * 6
 static inline void mm_sput_x(const int8_t *q, const float *d, const float *m, int64_t nb, uint8_t *grp, int r) {
     for (int64_t b = 0; b < nb; ++b) {
         uint8_t *rec = grp + b * MM_SBREC;
-        for (int g = 0; g < 8; ++g) {
-            for (int t = 0; t < 4; ++t) {
-                const int8_t v = q[32 * b + 4 * g + t];
-                rec[32 * g + 4 * r + t] = (uint8_t)v;
-                rec[256 + 32 * g + 4 * r + t] = (uint8_t)(v < 0 ? -v : v);
-            }
-        }
+        for (int g = 0; g < 8; ++g) memcpy(rec + 32 * g + 4 * r, q + 32 * b + 4 * g, 4);
         memcpy(rec + 512 + 4 * r, d + b, 4);
         memcpy(rec + 544 + 4 * r, m + b, 4);
+    }
+}
+
+/* the absolute values of an 8-row group's values, once its rows are in (the sign trick's unsigned operand) */
+static inline void mm_sput_abs(uint8_t *grp, int64_t nb) {
+    for (int64_t b = 0; b < nb; ++b) {
+        uint8_t *rec = grp + b * MM_SBREC;
+        for (int k = 0; k < 256; ++k) {
+            const int8_t v = (int8_t)rec[k];
+            rec[256 + k] = (uint8_t)(v < 0 ? -v : v);
+        }
     }
 }
 
@@ -541,6 +546,7 @@ int mlaref_mul_mat_q5_1_f32__scalar_l8s1(const uint8_t *src0, const uint8_t *src
             /* the rows past rt in the last group are zero (their lanes are never stored) */
             if (rt % 8) memset(xcache + (rt / 8) * xs, 0, (size_t)xs);
             for (int64_t i = 0; i < rt; ++i) mm_load_row(x0 + (r + i) * nb01, &w, xcache + (i / 8) * xs, (int)(i % 8));
+            for (int64_t i = 0; i < rt; i += 8) mm_sput_abs(xcache + (i / 8) * xs, w.nb);
             if (r + rt < r1) mm_prefetch_rows(x0 + (r + rt) * nb01, nb01, r1 - r - rt < MM_RT ? r1 - r - rt : MM_RT, K);
             mm_stiles(xcache, xs, rt, ycache, ys, ce - c, w.nb, dst + c * M + r, M);
         }
