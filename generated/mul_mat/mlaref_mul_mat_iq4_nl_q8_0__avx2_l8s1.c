@@ -941,28 +941,27 @@ static inline __m256i mm_sbcast(const int8_t *p) {
     return _mm256_set1_epi32(v);
 }
 
-/* rows [0, nr) of an 8-row group times 4 y columns */
-static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *yc, int64_t ys, int64_t nb, float *out,
-                                  int64_t ldo) {
+/* rows [0, nr) of an 8-row group times 4 y columns y[j]; out[j][r] = dot(row r, column j) */
+static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const *y, float *const *out, int64_t nb) {
     const __m256i ones = _mm256_set1_epi16(1);
-    const int8_t *yq0 = (const int8_t *)(yc + 0 * ys);
-    const float *yd0 = (const float *)(const void *)(yc + 0 * ys + 32 * nb);
+    const int8_t *yq0 = (const int8_t *)y[0];
+    const float *yd0 = (const float *)(const void *)(y[0] + 32 * nb);
     __m256 acc0 = _mm256_setzero_ps();
-    const int8_t *yq1 = (const int8_t *)(yc + 1 * ys);
-    const float *yd1 = (const float *)(const void *)(yc + 1 * ys + 32 * nb);
+    const int8_t *yq1 = (const int8_t *)y[1];
+    const float *yd1 = (const float *)(const void *)(y[1] + 32 * nb);
     __m256 acc1 = _mm256_setzero_ps();
-    const int8_t *yq2 = (const int8_t *)(yc + 2 * ys);
-    const float *yd2 = (const float *)(const void *)(yc + 2 * ys + 32 * nb);
+    const int8_t *yq2 = (const int8_t *)y[2];
+    const float *yd2 = (const float *)(const void *)(y[2] + 32 * nb);
     __m256 acc2 = _mm256_setzero_ps();
-    const int8_t *yq3 = (const int8_t *)(yc + 3 * ys);
-    const float *yd3 = (const float *)(const void *)(yc + 3 * ys + 32 * nb);
+    const int8_t *yq3 = (const int8_t *)y[3];
+    const float *yd3 = (const float *)(const void *)(y[3] + 32 * nb);
     __m256 acc3 = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
         const uint8_t *rec = grp + b * MM_SBREC;
-        __m256i s0 = _mm256_setzero_si256(), h0;
-        __m256i s1 = _mm256_setzero_si256(), h1;
-        __m256i s2 = _mm256_setzero_si256(), h2;
-        __m256i s3 = _mm256_setzero_si256(), h3;
+        __m256i s0 = _mm256_setzero_si256();
+        __m256i s1 = _mm256_setzero_si256();
+        __m256i s2 = _mm256_setzero_si256();
+        __m256i s3 = _mm256_setzero_si256();
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 0));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 256));
@@ -1102,37 +1101,36 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *yc, in
         }
     }
     if (nr == 8) {
-        _mm256_storeu_ps(out + 0 * ldo, acc0);
-        _mm256_storeu_ps(out + 1 * ldo, acc1);
-        _mm256_storeu_ps(out + 2 * ldo, acc2);
-        _mm256_storeu_ps(out + 3 * ldo, acc3);
+        _mm256_storeu_ps(out[0], acc0);
+        _mm256_storeu_ps(out[1], acc1);
+        _mm256_storeu_ps(out[2], acc2);
+        _mm256_storeu_ps(out[3], acc3);
     } else {
         const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        _mm256_maskstore_ps(out + 0 * ldo, keep, acc0);
-        _mm256_maskstore_ps(out + 1 * ldo, keep, acc1);
-        _mm256_maskstore_ps(out + 2 * ldo, keep, acc2);
-        _mm256_maskstore_ps(out + 3 * ldo, keep, acc3);
+        _mm256_maskstore_ps(out[0], keep, acc0);
+        _mm256_maskstore_ps(out[1], keep, acc1);
+        _mm256_maskstore_ps(out[2], keep, acc2);
+        _mm256_maskstore_ps(out[3], keep, acc3);
     }
 }
 
-/* rows [0, nr) of an 8-row group times 3 y columns */
-static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *yc, int64_t ys, int64_t nb, float *out,
-                                  int64_t ldo) {
+/* rows [0, nr) of an 8-row group times 3 y columns y[j]; out[j][r] = dot(row r, column j) */
+static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const *y, float *const *out, int64_t nb) {
     const __m256i ones = _mm256_set1_epi16(1);
-    const int8_t *yq0 = (const int8_t *)(yc + 0 * ys);
-    const float *yd0 = (const float *)(const void *)(yc + 0 * ys + 32 * nb);
+    const int8_t *yq0 = (const int8_t *)y[0];
+    const float *yd0 = (const float *)(const void *)(y[0] + 32 * nb);
     __m256 acc0 = _mm256_setzero_ps();
-    const int8_t *yq1 = (const int8_t *)(yc + 1 * ys);
-    const float *yd1 = (const float *)(const void *)(yc + 1 * ys + 32 * nb);
+    const int8_t *yq1 = (const int8_t *)y[1];
+    const float *yd1 = (const float *)(const void *)(y[1] + 32 * nb);
     __m256 acc1 = _mm256_setzero_ps();
-    const int8_t *yq2 = (const int8_t *)(yc + 2 * ys);
-    const float *yd2 = (const float *)(const void *)(yc + 2 * ys + 32 * nb);
+    const int8_t *yq2 = (const int8_t *)y[2];
+    const float *yd2 = (const float *)(const void *)(y[2] + 32 * nb);
     __m256 acc2 = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
         const uint8_t *rec = grp + b * MM_SBREC;
-        __m256i s0 = _mm256_setzero_si256(), h0;
-        __m256i s1 = _mm256_setzero_si256(), h1;
-        __m256i s2 = _mm256_setzero_si256(), h2;
+        __m256i s0 = _mm256_setzero_si256();
+        __m256i s1 = _mm256_setzero_si256();
+        __m256i s2 = _mm256_setzero_si256();
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 0));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 256));
@@ -1252,31 +1250,30 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *yc, in
         }
     }
     if (nr == 8) {
-        _mm256_storeu_ps(out + 0 * ldo, acc0);
-        _mm256_storeu_ps(out + 1 * ldo, acc1);
-        _mm256_storeu_ps(out + 2 * ldo, acc2);
+        _mm256_storeu_ps(out[0], acc0);
+        _mm256_storeu_ps(out[1], acc1);
+        _mm256_storeu_ps(out[2], acc2);
     } else {
         const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        _mm256_maskstore_ps(out + 0 * ldo, keep, acc0);
-        _mm256_maskstore_ps(out + 1 * ldo, keep, acc1);
-        _mm256_maskstore_ps(out + 2 * ldo, keep, acc2);
+        _mm256_maskstore_ps(out[0], keep, acc0);
+        _mm256_maskstore_ps(out[1], keep, acc1);
+        _mm256_maskstore_ps(out[2], keep, acc2);
     }
 }
 
-/* rows [0, nr) of an 8-row group times 2 y columns */
-static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *yc, int64_t ys, int64_t nb, float *out,
-                                  int64_t ldo) {
+/* rows [0, nr) of an 8-row group times 2 y columns y[j]; out[j][r] = dot(row r, column j) */
+static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const *y, float *const *out, int64_t nb) {
     const __m256i ones = _mm256_set1_epi16(1);
-    const int8_t *yq0 = (const int8_t *)(yc + 0 * ys);
-    const float *yd0 = (const float *)(const void *)(yc + 0 * ys + 32 * nb);
+    const int8_t *yq0 = (const int8_t *)y[0];
+    const float *yd0 = (const float *)(const void *)(y[0] + 32 * nb);
     __m256 acc0 = _mm256_setzero_ps();
-    const int8_t *yq1 = (const int8_t *)(yc + 1 * ys);
-    const float *yd1 = (const float *)(const void *)(yc + 1 * ys + 32 * nb);
+    const int8_t *yq1 = (const int8_t *)y[1];
+    const float *yd1 = (const float *)(const void *)(y[1] + 32 * nb);
     __m256 acc1 = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
         const uint8_t *rec = grp + b * MM_SBREC;
-        __m256i s0 = _mm256_setzero_si256(), h0;
-        __m256i s1 = _mm256_setzero_si256(), h1;
+        __m256i s0 = _mm256_setzero_si256();
+        __m256i s1 = _mm256_setzero_si256();
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 0));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 256));
@@ -1376,25 +1373,24 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *yc, in
         }
     }
     if (nr == 8) {
-        _mm256_storeu_ps(out + 0 * ldo, acc0);
-        _mm256_storeu_ps(out + 1 * ldo, acc1);
+        _mm256_storeu_ps(out[0], acc0);
+        _mm256_storeu_ps(out[1], acc1);
     } else {
         const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        _mm256_maskstore_ps(out + 0 * ldo, keep, acc0);
-        _mm256_maskstore_ps(out + 1 * ldo, keep, acc1);
+        _mm256_maskstore_ps(out[0], keep, acc0);
+        _mm256_maskstore_ps(out[1], keep, acc1);
     }
 }
 
-/* rows [0, nr) of an 8-row group times 1 y columns */
-static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *yc, int64_t ys, int64_t nb, float *out,
-                                  int64_t ldo) {
+/* rows [0, nr) of an 8-row group times 1 y columns y[j]; out[j][r] = dot(row r, column j) */
+static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const *y, float *const *out, int64_t nb) {
     const __m256i ones = _mm256_set1_epi16(1);
-    const int8_t *yq0 = (const int8_t *)(yc + 0 * ys);
-    const float *yd0 = (const float *)(const void *)(yc + 0 * ys + 32 * nb);
+    const int8_t *yq0 = (const int8_t *)y[0];
+    const float *yd0 = (const float *)(const void *)(y[0] + 32 * nb);
     __m256 acc0 = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
         const uint8_t *rec = grp + b * MM_SBREC;
-        __m256i s0 = _mm256_setzero_si256(), h0;
+        __m256i s0 = _mm256_setzero_si256();
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 0));
             const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 256));
@@ -1474,29 +1470,43 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *yc, in
         }
     }
     if (nr == 8) {
-        _mm256_storeu_ps(out + 0 * ldo, acc0);
+        _mm256_storeu_ps(out[0], acc0);
     } else {
         const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        _mm256_maskstore_ps(out + 0 * ldo, keep, acc0);
+        _mm256_maskstore_ps(out[0], keep, acc0);
     }
 }
 
-/* out (rows rt x cols ct, out[j * ldo + i]) from an x cache of ceil(rt / 8) groups of xg bytes and ct y columns:
-   column quads outer, groups inner, so the quad's y blocks stay in L1 while the groups pass */
-static void mm_stiles(const uint8_t *xc, int64_t xg, int64_t rt, const uint8_t *yc, int64_t ys, int64_t ct, int64_t nb,
-                      float *out, int64_t ldo) {
+/* out[j * ldo + i] for rows i < rt and the columns yc + cols[j] * ys (cols NULL: column j), j < ct, from an x cache of
+   ceil(rt / 8) groups of xg bytes: column quads outer, groups inner, so the quad's y blocks stay in L1 while the
+   groups pass */
+static void mm_stiles_cols(const uint8_t *xc, int64_t xg, int64_t rt, const uint8_t *yc, int64_t ys,
+                           const int64_t *cols, int64_t ct, int64_t nb, float *out, int64_t ldo) {
     for (int64_t j = 0; j < ct; j += MM_SCOLS) {
         const int64_t cn = ct - j < MM_SCOLS ? ct - j : MM_SCOLS;
+        const uint8_t *y[MM_SCOLS];
+        float *o[MM_SCOLS];
+        for (int64_t t = 0; t < cn; ++t) {
+            const int64_t c = cols ? cols[j + t] : j + t;
+            y[t] = yc + c * ys;
+            o[t] = out + c * ldo;
+        }
         for (int64_t i = 0; i < rt; i += 8) {
             const uint8_t *grp = xc + (i / 8) * xg;
             const int nr = rt - i < 8 ? (int)(rt - i) : 8;
-            float *o = out + j * ldo + i;
-            if (cn == 4) mm_smicro_4(grp, nr, yc + j * ys, ys, nb, o, ldo);
-            else if (cn == 3) mm_smicro_3(grp, nr, yc + j * ys, ys, nb, o, ldo);
-            else if (cn == 2) mm_smicro_2(grp, nr, yc + j * ys, ys, nb, o, ldo);
-            else if (cn == 1) mm_smicro_1(grp, nr, yc + j * ys, ys, nb, o, ldo);
+            if (cn == 4) mm_smicro_4(grp, nr, y, o, nb);
+            else if (cn == 3) mm_smicro_3(grp, nr, y, o, nb);
+            else if (cn == 2) mm_smicro_2(grp, nr, y, o, nb);
+            else if (cn == 1) mm_smicro_1(grp, nr, y, o, nb);
+            for (int64_t t = 0; t < cn; ++t) o[t] += 8;
         }
     }
+}
+
+/* out (rows rt x cols ct, out[j * ldo + i]) from an x cache of ceil(rt / 8) groups of xg bytes and ct y columns */
+static inline void mm_stiles(const uint8_t *xc, int64_t xg, int64_t rt, const uint8_t *yc, int64_t ys, int64_t ct,
+                             int64_t nb, float *out, int64_t ldo) {
+    mm_stiles_cols(xc, xg, rt, yc, ys, NULL, ct, nb, out, ldo);
 }
 
 /* src1 columns converted per block: the y cache stays in L2 while src0 streams through; block weights are decoded

@@ -394,35 +394,37 @@ static inline float mm_sstep(float acc, int32_t S, float dx, float dy) {
     return fmaf((float)S, dx * dy, acc);
 }
 
-/* rows [0, nr) of an 8-row group x columns [0, ct): out[j * ldo + r] */
-static void mm_sgroup(const uint8_t *grp, int nr, const uint8_t *yc, int64_t ys, int64_t ct, int64_t nb, float *out,
-                      int64_t ldo) {
-    for (int64_t j = 0; j < ct; ++j) {
-        const int8_t *yq = (const int8_t *)(yc + j * ys);
-        const float *yd = (const float *)(const void *)(yc + j * ys + 32 * nb);
-        for (int r = 0; r < nr; ++r) {
+/* out[j * ldo + i] for rows i < rt and the columns yc + cols[j] * ys (cols NULL: column j), j < ct, from an x cache of
+   ceil(rt / 8) groups of xg bytes */
+static void mm_stiles_cols(const uint8_t *xc, int64_t xg, int64_t rt, const uint8_t *yc, int64_t ys,
+                           const int64_t *cols, int64_t ct, int64_t nb, float *out, int64_t ldo) {
+    for (int64_t t = 0; t < ct; ++t) {
+        const int64_t c = cols ? cols[t] : t;
+        const int8_t *yq = (const int8_t *)(yc + c * ys);
+        const float *yd = (const float *)(const void *)(yc + c * ys + 32 * nb);
+        for (int64_t i = 0; i < rt; ++i) {
+            const uint8_t *grp = xc + (i / 8) * xg;
+            const int r = (int)(i % 8);
             float acc = 0.0f;
             for (int64_t b = 0; b < nb; ++b) {
                 const uint8_t *rec = grp + b * MM_SBREC;
                 int32_t S = 0;
                 for (int g = 0; g < 8; ++g) {
-                    for (int t = 0; t < 4; ++t) S += (int32_t)(int8_t)rec[32 * g + 4 * r + t] * yq[32 * b + 4 * g + t];
+                    for (int k = 0; k < 4; ++k) S += (int32_t)(int8_t)rec[32 * g + 4 * r + k] * yq[32 * b + 4 * g + k];
                 }
                 float dx;
                 memcpy(&dx, rec + 512 + 4 * r, 4);
                 acc = mm_sstep(acc, S, dx, yd[b]);
             }
-            out[j * ldo + r] = acc;
+            out[c * ldo + i] = acc;
         }
     }
 }
 
 /* out (rows rt x cols ct, out[j * ldo + i]) from an x cache of ceil(rt / 8) groups of xg bytes and ct y columns */
-static void mm_stiles(const uint8_t *xc, int64_t xg, int64_t rt, const uint8_t *yc, int64_t ys, int64_t ct, int64_t nb,
-                      float *out, int64_t ldo) {
-    for (int64_t i = 0; i < rt; i += 8) {
-        mm_sgroup(xc + (i / 8) * xg, rt - i < 8 ? (int)(rt - i) : 8, yc, ys, ct, nb, out + i, ldo);
-    }
+static inline void mm_stiles(const uint8_t *xc, int64_t xg, int64_t rt, const uint8_t *yc, int64_t ys, int64_t ct,
+                             int64_t nb, float *out, int64_t ldo) {
+    mm_stiles_cols(xc, xg, rt, yc, ys, NULL, ct, nb, out, ldo);
 }
 
 /* src1 columns converted per block: the y cache stays in L2 while src0 streams through; block weights are decoded
