@@ -988,7 +988,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = p3;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
@@ -1003,7 +1003,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
@@ -1018,7 +1018,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
@@ -1033,7 +1033,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 128));
@@ -1048,7 +1048,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
@@ -1063,7 +1063,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
@@ -1078,7 +1078,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
@@ -1097,6 +1097,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(h3, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
             __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));
@@ -1159,7 +1160,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = p2;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
@@ -1172,7 +1173,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
@@ -1185,7 +1186,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
@@ -1198,7 +1199,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 128));
@@ -1211,7 +1212,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
@@ -1224,7 +1225,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
@@ -1237,7 +1238,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
@@ -1253,6 +1254,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
             __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));
@@ -1303,7 +1305,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = p1;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
@@ -1314,7 +1316,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
@@ -1325,7 +1327,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
@@ -1336,7 +1338,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 128));
@@ -1347,7 +1349,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
@@ -1358,7 +1360,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
@@ -1369,7 +1371,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
@@ -1382,6 +1384,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0), "+x"(h1));
             __asm__("" : "+x"(s0), "+x"(s1));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));
@@ -1420,7 +1423,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = p0;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
@@ -1429,7 +1432,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
@@ -1438,7 +1441,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
@@ -1447,7 +1450,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 128));
@@ -1456,7 +1459,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
@@ -1465,7 +1468,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
@@ -1474,7 +1477,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
@@ -1484,6 +1487,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0));
             __asm__("" : "+x"(s0));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));

@@ -974,7 +974,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = p3;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
@@ -989,7 +989,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
@@ -1004,7 +1004,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
@@ -1019,7 +1019,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 128));
@@ -1034,7 +1034,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
@@ -1049,7 +1049,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
@@ -1064,7 +1064,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
@@ -1083,6 +1083,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(h3, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
             __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));
@@ -1145,7 +1146,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = p2;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
@@ -1158,7 +1159,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
@@ -1171,7 +1172,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
@@ -1184,7 +1185,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 128));
@@ -1197,7 +1198,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
@@ -1210,7 +1211,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
@@ -1223,7 +1224,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
@@ -1239,6 +1240,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
             __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));
@@ -1289,7 +1291,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = p1;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
@@ -1300,7 +1302,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
@@ -1311,7 +1313,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
@@ -1322,7 +1324,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 128));
@@ -1333,7 +1335,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
@@ -1344,7 +1346,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
@@ -1355,7 +1357,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
@@ -1368,6 +1370,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0), "+x"(h1));
             __asm__("" : "+x"(s0), "+x"(s1));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));
@@ -1406,7 +1409,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = p0;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
@@ -1415,7 +1418,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
@@ -1424,7 +1427,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
@@ -1433,7 +1436,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 128));
@@ -1442,7 +1445,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
@@ -1451,7 +1454,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
@@ -1460,7 +1463,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
@@ -1470,6 +1473,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0));
             __asm__("" : "+x"(s0));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));

@@ -987,7 +987,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = p3;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
@@ -1002,7 +1002,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
@@ -1017,7 +1017,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
@@ -1032,7 +1032,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 128));
@@ -1047,7 +1047,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
@@ -1062,7 +1062,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
@@ -1077,7 +1077,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
@@ -1096,6 +1096,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(h3, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
             __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));
@@ -1158,7 +1159,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = p2;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
@@ -1171,7 +1172,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
@@ -1184,7 +1185,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
@@ -1197,7 +1198,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 128));
@@ -1210,7 +1211,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
@@ -1223,7 +1224,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
@@ -1236,7 +1237,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
@@ -1252,6 +1253,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
             __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));
@@ -1302,7 +1304,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = p1;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
@@ -1313,7 +1315,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
@@ -1324,7 +1326,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
@@ -1335,7 +1337,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 128));
@@ -1346,7 +1348,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
@@ -1357,7 +1359,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
@@ -1368,7 +1370,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
@@ -1381,6 +1383,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0), "+x"(h1));
             __asm__("" : "+x"(s0), "+x"(s1));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));
@@ -1419,7 +1422,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = p0;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
@@ -1428,7 +1431,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
@@ -1437,7 +1440,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
@@ -1446,7 +1449,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 128));
@@ -1455,7 +1458,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
@@ -1464,7 +1467,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
@@ -1473,7 +1476,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
@@ -1483,6 +1486,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0));
             __asm__("" : "+x"(s0));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));

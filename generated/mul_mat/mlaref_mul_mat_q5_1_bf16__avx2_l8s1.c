@@ -999,7 +999,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = p3;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
@@ -1014,7 +1014,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
@@ -1029,7 +1029,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
@@ -1048,6 +1048,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(h3, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
             __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
         }
         {
@@ -1063,7 +1064,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = p3;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
@@ -1078,7 +1079,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
@@ -1093,7 +1094,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
@@ -1112,6 +1113,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(h3, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
             __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));
@@ -1182,7 +1184,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = p2;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
@@ -1195,7 +1197,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
@@ -1208,7 +1210,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
@@ -1224,6 +1226,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
             __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
         }
         {
@@ -1237,7 +1240,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = p2;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
@@ -1250,7 +1253,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
@@ -1263,7 +1266,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
@@ -1279,6 +1282,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
             __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));
@@ -1335,7 +1339,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = p1;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
@@ -1346,7 +1350,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
@@ -1357,7 +1361,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
@@ -1370,6 +1374,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0), "+x"(h1));
             __asm__("" : "+x"(s0), "+x"(s1));
         }
         {
@@ -1381,7 +1386,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = p1;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
@@ -1392,7 +1397,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
@@ -1403,7 +1408,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
@@ -1416,6 +1421,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0), "+x"(h1));
             __asm__("" : "+x"(s0), "+x"(s1));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));
@@ -1458,7 +1464,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = p0;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
@@ -1467,7 +1473,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
@@ -1476,7 +1482,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
@@ -1486,6 +1492,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0));
             __asm__("" : "+x"(s0));
         }
         {
@@ -1495,7 +1502,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = p0;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
@@ -1504,7 +1511,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
@@ -1513,7 +1520,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
@@ -1523,6 +1530,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0));
             __asm__("" : "+x"(s0));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));

@@ -1043,7 +1043,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = p3;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
@@ -1058,7 +1058,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
@@ -1073,7 +1073,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
@@ -1092,6 +1092,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(h3, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
             __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
         }
         {
@@ -1107,7 +1108,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = p3;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
@@ -1122,7 +1123,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
@@ -1137,7 +1138,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
@@ -1156,6 +1157,7 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(h3, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
             __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));
@@ -1226,7 +1228,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = p2;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
@@ -1239,7 +1241,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
@@ -1252,7 +1254,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
@@ -1268,6 +1270,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
             __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
         }
         {
@@ -1281,7 +1284,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = p2;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
@@ -1294,7 +1297,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
@@ -1307,7 +1310,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
@@ -1323,6 +1326,7 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
             __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));
@@ -1379,7 +1383,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = p1;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
@@ -1390,7 +1394,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
@@ -1401,7 +1405,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
@@ -1414,6 +1418,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0), "+x"(h1));
             __asm__("" : "+x"(s0), "+x"(s1));
         }
         {
@@ -1425,7 +1430,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = p1;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
@@ -1436,7 +1441,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
@@ -1447,7 +1452,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0), "+x"(s1));
+            __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
@@ -1460,6 +1465,7 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0), "+x"(h1));
             __asm__("" : "+x"(s0), "+x"(s1));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));
@@ -1502,7 +1508,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = p0;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
@@ -1511,7 +1517,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
@@ -1520,7 +1526,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
@@ -1530,6 +1536,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0));
             __asm__("" : "+x"(s0));
         }
         {
@@ -1539,7 +1546,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = p0;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
@@ -1548,7 +1555,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
@@ -1557,7 +1564,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
-            __asm__("" : "+x"(s0));
+            __asm__("" : "+x"(h0));
         }
         {
             const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
@@ -1567,6 +1574,7 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
+            __asm__("" : "+x"(h0));
             __asm__("" : "+x"(s0));
         }
         const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(rec + 512));
