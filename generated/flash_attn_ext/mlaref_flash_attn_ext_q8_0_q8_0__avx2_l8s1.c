@@ -1785,6 +1785,18 @@ static void mm_stiles_cols(const uint8_t *xc, int64_t xg, int64_t rt, const uint
     }
 }
 
+/* a src0 / K row -> the decoded values q, scales d and (q4_1 / q5_1) offsets m (a SIMD decode where the tile file
+   has one: the same exact values) */
+static inline void mm_sload_x(const uint8_t *row, int64_t nb, int8_t *q, float *d, float *m) {
+#ifdef MM_SDECODE_X
+    (void)m;
+    mm_sdecode_x(row, nb, q, d);
+#else
+    mm_decode_q8_0(row, nb, q, d, m);
+#endif
+}
+
+
 /* out (rows rt x cols ct, out[j * ldo + i]) from an x cache of ceil(rt / 8) groups of xg bytes and ct y columns */
 static inline void mm_stiles(const uint8_t *xc, int64_t xg, int64_t rt, const uint8_t *yc, int64_t ys, int64_t ct,
                              int64_t nb, float *out, int64_t ldo) {

@@ -951,6 +951,21 @@ static inline float mm_sstep(float acc, int32_t S, float dx, float dy) {
 /* columns per register tile: C int32 block sums and C f32 accumulators, one x group and its |x| */
 #define MM_SCOLS 4
 
+/* a row of iq4_nl blocks -> its exact int8 values and f32 scales, 16 nibbles per pshufb (the values of
+   mm_decode_iq4_nl: kvalues_iq4nl[nibble], element j < 16 from the low nibble of byte j, j >= 16 from the high) */
+static inline void mm_sdecode_x(const uint8_t *row, int64_t nb, int8_t *q, float *d) {
+    const __m128i lut = _mm_setr_epi8(-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113);
+    const __m128i m4 = _mm_set1_epi8(15);
+    for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t *x = row + 18 * b;
+        const __m128i v = _mm_loadu_si128((const __m128i *)(x + 2));
+        _mm_storeu_si128((__m128i *)(q + 32 * b), _mm_shuffle_epi8(lut, _mm_and_si128(v, m4)));
+        _mm_storeu_si128((__m128i *)(q + 32 * b + 16), _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(v, 4), m4)));
+        d[b] = mla_fp16_to_fp32(mla_ld_u16(x));
+    }
+}
+#define MM_SDECODE_X 1
+
 static inline __m256i mm_sbcast(const int8_t *p) {
     int32_t v;
     memcpy(&v, p, 4);
@@ -1519,6 +1534,18 @@ static void mm_stiles_cols(const uint8_t *xc, int64_t xg, int64_t rt, const uint
     }
 }
 
+/* a src0 / K row -> the decoded values q, scales d and (q4_1 / q5_1) offsets m (a SIMD decode where the tile file
+   has one: the same exact values) */
+static inline void mm_sload_x(const uint8_t *row, int64_t nb, int8_t *q, float *d, float *m) {
+#ifdef MM_SDECODE_X
+    (void)m;
+    mm_sdecode_x(row, nb, q, d);
+#else
+    mm_decode_iq4_nl(row, nb, q, d, m);
+#endif
+}
+
+
 /* out (rows rt x cols ct, out[j * ldo + i]) from an x cache of ceil(rt / 8) groups of xg bytes and ct y columns */
 static inline void mm_stiles(const uint8_t *xc, int64_t xg, int64_t rt, const uint8_t *yc, int64_t ys, int64_t ct,
                              int64_t nb, float *out, int64_t ldo) {
@@ -1563,7 +1590,7 @@ static inline void mm_prefetch_rows(const uint8_t *x, int64_t nb01, int64_t n, i
 
 /* src0 row (type iq4_nl) -> lane r of an 8-row group of the x cache */
 static void mm_load_row(const uint8_t *src, const mm_scratch *w, uint8_t *grp, int r) {
-    mm_decode_iq4_nl(src, w->nb, w->q, w->d, w->m);
+    mm_sload_x(src, w->nb, w->q, w->d, w->m);
     mm_sput_x(w->q, w->d, w->m, w->nb, grp, r);
 }
 

@@ -422,6 +422,18 @@ static inline float mm_sstep(float acc, int32_t S, float dx, float dy) {
     return fmaf((float)S * dx, dy, acc);
 }
 
+
+/* a src0 / K row -> the decoded values q, scales d and (q4_1 / q5_1) offsets m (a SIMD decode where the tile file
+   has one: the same exact values) */
+static inline void mm_sload_x(const uint8_t *row, int64_t nb, int8_t *q, float *d, float *m) {
+#ifdef MM_SDECODE_X
+    (void)m;
+    mm_sdecode_x(row, nb, q, d);
+#else
+    mm_decode_q4_0(row, nb, q, d, m);
+#endif
+}
+
 /* out[j * ldo + i] for rows i < rt and the columns yc + cols[j] * ys (cols NULL: column j), j < ct, from an x cache of
    ceil(rt / 8) groups of xg bytes */
 static void mm_stiles_cols(const uint8_t *xc, int64_t xg, int64_t rt, const uint8_t *yc, int64_t ys,
@@ -493,7 +505,7 @@ static inline void mm_prefetch_rows(const uint8_t *x, int64_t nb01, int64_t n, i
 
 /* src0 row (type q4_0) -> lane r of an 8-row group of the x cache */
 static void mm_load_row(const uint8_t *src, const mm_scratch *w, uint8_t *grp, int r) {
-    mm_decode_q4_0(src, w->nb, w->q, w->d, w->m);
+    mm_sload_x(src, w->nb, w->q, w->d, w->m);
     mm_sput_x(w->q, w->d, w->m, w->nb, grp, r);
 }
 
