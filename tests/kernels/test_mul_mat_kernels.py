@@ -270,3 +270,25 @@ def test_mul_mat_l8s1_runs_l8a1_kernels_off_the_block_pairs(tx, ty, kt):
         kt.assert_same_bytes(got.storage(), want.storage(), 4, f"{tx} x {ty} l8s1 on {isa}")
     with pytest.raises(ValueError, match=r"\[l8s1\], not .*\[l8a1\]"):
         KM.mul_mat(a, b, plan="mlaref_l8s1", kernel=f"mlaref_mul_mat_q8_0_{ty}__avx2_l8s1")
+
+
+def test_mul_mat_l8s1_hand_checked_row():
+    """The q8_0 row of tests/reference/test_mul_mat.py (three blocks, dx*dy = 2**11, 2**-13, 2**-13, one product 1
+    each; src1 already q8_0): every l8s1 kernel gives 2**11 (each 2**-13 a tie to even), the l8a1 ones 2**11 +
+    2**-12."""
+    from mlaref.codegen import catalog, cpu
+
+    def row(blocks):
+        out = b""
+        for d, at in blocks:
+            qs = np.zeros(32, np.int8)
+            qs[at] = 1
+            out += np.float16(d).tobytes() + qs.tobytes()
+        return np.frombuffer(out, np.uint8).reshape(1, -1)
+
+    a = Tensor.from_bytes(row([(2.0 ** 6, 0), (2.0 ** -7, 4), (2.0 ** -7, 4)]), "q8_0", (96, 1, 1, 1))
+    b = Tensor.from_bytes(row([(2.0 ** 5, 0), (2.0 ** -6, 4), (2.0 ** -6, 4)]), "q8_0", (96, 1, 1, 1))
+    for isa in catalog.MM_L8S1_ISAS:
+        if not cpu.missing(isa):
+            assert KM.mul_mat(a, b, plan="mlaref_l8s1", isa=isa).to_numpy().item() == 2.0 ** 11, isa
+            assert KM.mul_mat(a, b, plan="mlaref_l8a1", isa=isa).to_numpy().item() == 2.0 ** 11 + 2.0 ** -12, isa
