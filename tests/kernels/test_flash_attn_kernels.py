@@ -192,6 +192,26 @@ def test_flash_attn_l8s1_dots(type, kt):
         kt.assert_same_bytes(got.storage(), want.storage(), 4, f"{type} l8s1 {isa}")
 
 
+def test_flash_attn_l8s1_ragged_k_steps(kt):
+    """The l8s1 K tile takes a KV block's rows 8 at a time: k_step 20 (groups of 8, 8, 4) in 3 chunks of n_kv 77
+    (chunk and block starts off the 8-row grid, ragged last blocks), the K/V head cached across units, against the
+    reference on every ISA this CPU runs for the plan, 1 and 3 threads."""
+    from mlaref.codegen import catalog, cpu
+
+    rng = np.random.default_rng(2077)
+    q = _q(rng, 192, 9, 2)
+    k, v = _kv(rng, "q8_0", (192, 77, 1, 1)), _kv(rng, "q8_0", (128, 77, 1, 1))
+    mask = _mask(77, 32, [(1, 5, 30), (4, 0, 40)])
+    plan = KM.fa_plan(20, 3, "v_expf_avx2", dots="l8s1")
+    want = ref_fa(q, k, v, mask, 0.1, algorithm="blocked", plan=plan)
+    for isa in catalog.MM_L8S1_ISAS:
+        if cpu.missing(isa):
+            continue
+        for n_threads in (1, 3):
+            got = KM.flash_attn_ext(q, k, v, mask, 0.1, plan=plan, isa=isa, n_threads=n_threads, q_block=4)
+            kt.assert_same_bytes(got.storage(), want.storage(), 4, f"q8_0 l8s1 k_step 20 {isa} threads={n_threads}")
+
+
 def test_flash_attn_fastest_fa_plan():
     """The native flash-attention plan (kernels.mm.fastest_fa_plan): fastest_plan's dots (l8s1 on avx2: f16 K.Q in
     8 lanes, q8_0 block-serial; l16a1 on avx512 and scalar) with the given blocked-softmax fields; with no ISA, the
