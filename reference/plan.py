@@ -68,9 +68,10 @@ register layout per pair (``plan.for_pair("iq4_nl.q8_0")``). Which one a given b
   q5_1 with q8_1) serial with FMA, each block's exact int sum taken once (``ggml_generic_gnu``'s per-block formulas:
   q8_0 / q5_0 / iq4_nl ``acc = fma(sumi, dx*dy, acc)``, q4_0 ``acc = fma(f32(sumi*dx), dy, acc)``, q4_1 / q5_1
   ``acc = acc + fma(dx*dy, sumi, f32(mx*sy))``), blocks in order from +0, no fold; element and k-quant pairs as
-  ``mlaref_l8a1``. It is the order of ik_llama.cpp's interleaved-row kernels (``mul_mat_q8_0_r8_q8_2``,
-  iqk_gemm_legacy_quants.cpp@676f0e71b: one exact int32 sum per block and row, one fma per block), so an AVX2
-  kernel computes 8 rows' block sums in the 8 lanes of one register.
+  ``mlaref_l8a1``. It is the per-block step of ik_llama.cpp's interleaved-row kernel (``mul_mat_q8_0_r8_q8_2``,
+  ``ggml/src/iqk/iqk_gemm_legacy_quants.cpp`` of the ik-llama-cpp-python 0.1.5 snapshot, docs/facts/ik-snapshot.md
+  §3: one exact int32 sum per block and row, one fma per block), so an AVX2 kernel computes 8 rows' block sums in
+  the 8 lanes of one register.
 
 Flash-attention parameters (``k_step``, ``q_step``, ``kv_chunks``, ``exp``) are used by
 :mod:`mlaref.reference.ops.flash_attn_ext` only: KV chunks are merged in index order, never derived from a
