@@ -310,7 +310,8 @@ def by_key() -> dict[tuple, dict[str, KernelSpec]]:
 # kernel, #253 semantics); flash_attn_ext: type_x = K type, type_y = V type. Plan "l16a1" = mlaref_l16a1 for every
 # dot product; flash attention's k_step, kv_chunks and exp are run-time arguments taken from the plan value. Both
 # families also have "l8a1" (mlaref_l8a1 dots, K.Q for flash attention: one 8-lane accumulator per output, so AVX2
-# holds a 4 x 3 register tile) on the ISAs of MM_L8A1_ISAS; the 16-lane avx512 kernels keep l16a1 only.
+# holds a 4 x 3 register tile) on the ISAs of MM_L8A1_ISAS; the 16-lane avx512 kernels keep l16a1 only. "l8s1"
+# (mlaref_l8s1: block-serial 32-block dots, 8 interleaved src0 / K rows per avx2 tile) below.
 # neon / neondot kernels run under qemu only here (tests/kernels/test_neon_mm.py); neondot (sdot) exists for the
 # int8 32-block weights, like avx512vnni, but not for k-quants, whose int16 products sdot cannot take.
 MM_FAMILIES = ("mul_mat", "flash_attn_ext")
@@ -318,8 +319,12 @@ MM_X_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q5_0", "iq4_nl", "q4_1", "q
 MM_Y_TYPES = ("f32", "f16", "bf16", "q8_0")
 FA_KV_TYPES = ("f16", "q8_0")
 MM_ISAS = ("scalar", "avx2", "avx512", "avx512vnni", "neon", "neondot")
-MM_PLANS = ("l16a1", "l8a1")
+MM_PLANS = ("l16a1", "l8a1", "l8s1")
 MM_L8A1_ISAS = ("scalar", "avx2")
+# l8s1 (mlaref_l8s1: the 32-block pairs block-serial; element and k-quant pairs are l8a1 there, whose kernels run
+# them): mul_mat kernels for the 32-block weights and flash_attn_ext kernels for q8_0 K only, on these ISAs
+MM_L8S1_ISAS = ("scalar", "avx2")
+MM_L8S1_X_TYPES = ("q8_0", "q4_0", "q5_0", "iq4_nl", "q4_1", "q5_1")
 
 
 def _validate_mm(spec: KernelSpec, where: str) -> KernelSpec:
@@ -345,6 +350,12 @@ def _validate_mm(spec: KernelSpec, where: str) -> KernelSpec:
         raise ValueError(f"{where}: neondot changes only int8 dot products (32-block weights); others use neon")
     if spec.plan == "l8a1" and spec.isa not in MM_L8A1_ISAS:
         raise ValueError(f"{where}: plan l8a1 has {spec.family} kernels for {', '.join(MM_L8A1_ISAS)} only")
+    if spec.plan == "l8s1":
+        if spec.isa not in MM_L8S1_ISAS:
+            raise ValueError(f"{where}: plan l8s1 has {spec.family} kernels for {', '.join(MM_L8S1_ISAS)} only")
+        if spec.type_x not in (MM_L8S1_X_TYPES if spec.family == "mul_mat" else ("q8_0",)):
+            raise ValueError(f"{where}: plan l8s1 has kernels for the 32-block weights {', '.join(MM_L8S1_X_TYPES)} "
+                             f"(mul_mat) and q8_0 K (flash_attn_ext) only (the other pairs run l8a1's kernels)")
     return spec
 
 

@@ -64,6 +64,14 @@ register layout per pair (``plan.for_pair("iq4_nl.q8_0")``). Which one a given b
   q5_1, q4_K, q6_K as AVX2 unfused; f32/f16 l8a4 hadd and bf16 l8a4 halves, unfused.
 * ``mlaref_l8a1``, ``mlaref_l8a2``, ``mlaref_l16a1``, ``mlaref_l16a2``: mlaref's kernel plans: FMA, halves, f32
   lanes; ragged steps leave the missing slots untouched.
+* ``mlaref_l8s1``: mlaref's block-serial plan: the six 32-block pairs (q8_0, q4_0, q5_0, iq4_nl with q8_0; q4_1,
+  q5_1 with q8_1) serial with FMA, each block's exact int sum taken once (``ggml_generic_gnu``'s per-block formulas:
+  q8_0 / q5_0 / iq4_nl ``acc = fma(sumi, dx*dy, acc)``, q4_0 ``acc = fma(f32(sumi*dx), dy, acc)``, q4_1 / q5_1
+  ``acc = acc + fma(dx*dy, sumi, f32(mx*sy))``), blocks in order from +0, no fold; element and k-quant pairs as
+  ``mlaref_l8a1``. It is the per-block step of ik_llama.cpp's interleaved-row kernel (``mul_mat_q8_0_r8_q8_2``,
+  ``ggml/src/iqk/iqk_gemm_legacy_quants.cpp`` of the ik-llama-cpp-python 0.1.5 snapshot, docs/facts/ik-snapshot.md
+  §3: one exact int32 sum per block and row, one fma per block), so an AVX2 kernel computes 8 rows' block sums in
+  the 8 lanes of one register.
 
 Flash-attention parameters (``k_step``, ``q_step``, ``kv_chunks``, ``exp``) are used by
 :mod:`mlaref.reference.ops.flash_attn_ext` only: KV chunks are merged in index order, never derived from a
@@ -96,6 +104,7 @@ __all__ = [
     "MLAREF_L8A2",
     "MLAREF_L16A1",
     "MLAREF_L16A2",
+    "MLAREF_L8S1",
 ]
 
 _FOLDS = ("halves", "hadd", "serial", "xor")
@@ -432,12 +441,16 @@ MLAREF_L8A1 = _lane("mlaref_l8a1", 8, 1)
 MLAREF_L8A2 = _lane("mlaref_l8a2", 8, 2)
 MLAREF_L16A1 = _lane("mlaref_l16a1", 16, 1)
 MLAREF_L16A2 = _lane("mlaref_l16a2", 16, 2)
+# block-serial: ggml_generic_gnu's fused per-block formulas for the 32-block pairs, l8a1 for the others
+_SERIAL_BLOCK_PAIRS = ("q8_0.q8_0", "q4_0.q8_0", "q5_0.q8_0", "iq4_nl.q8_0", "q4_1.q8_1", "q5_1.q8_1")
+MLAREF_L8S1 = _lane("mlaref_l8s1", 8, 1,
+                    by_pair=tuple((p, ReductionPlan(name="mlaref_l8s1", fma=True)) for p in _SERIAL_BLOCK_PAIRS))
 
 PLANS: dict[str, ReductionPlan] = {
     p.name: p
     for p in (GGML_GENERIC, GGML_GENERIC_GNU, GGML_X86_AVX, GGML_X86_AVX2, GGML_X86_AVX2_ZNVER3, GGML_X86_AVX512,
               GGML_X86_AVX512_ZNVER4, GGML_X86_AVX512_ICELAKE, GGML_X86_AVX512_BF16, GGML_ARM_NEON, GGML_ARM_DOTPROD,
-              GGML_ARM_FP16, MLAREF_L8A1, MLAREF_L8A2, MLAREF_L16A1, MLAREF_L16A2)
+              GGML_ARM_FP16, MLAREF_L8A1, MLAREF_L8A2, MLAREF_L16A1, MLAREF_L16A2, MLAREF_L8S1)
 }
 
 

@@ -101,7 +101,7 @@ def layer_setups(hp, s: dict, n_kv: int, kv_chunk: int, seed: int, weight_type: 
 
 def arena_options() -> dict:
     """The timed arena's plans: this CPU's native ones, as ``mlaref bench peers`` runs them (on AVX2 mul_mat in
-    mlaref_l8a1, :func:`mlaref.codegen.kernels.mm.fastest_plan`; flash attention with l8a1 K.Q dots and the default
+    mlaref_l8s1, :func:`mlaref.codegen.kernels.mm.fastest_plan`; flash attention with l8s1 K.Q dots and the default
     plan's k_step, chunks and exp, :func:`~mlaref.codegen.kernels.mm.fastest_fa_plan`)."""
     fa = _mm.FA_PLAN
     return {**DEFAULT_OPTIONS, "MUL_MAT": {"plan": _mm.fastest_plan()},

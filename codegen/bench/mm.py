@@ -20,7 +20,7 @@ clock includes time other processes took from our cores; CPU seconds do not, so 
 and its work buffer are built once per cell, so only ``ggml_graph_compute`` is timed; mlaref's time is the whole
 Python call (argument checks, thread start, per-call scratch). GFLOP/s counts 2 flops per multiply-add of the
 math (mul_mat: 2*K*M*N; attention: 2*nh*nq*n_kv*(Dk + Dv)); mlaref's mul_mat runs this CPU's native plan
-(:func:`mlaref.codegen.kernels.mm.fastest_plan`: mlaref_l8a1 on AVX2, mlaref_l16a1 on AVX-512), named in the table
+(:func:`mlaref.codegen.kernels.mm.fastest_plan`: mlaref_l8s1 on AVX2, mlaref_l16a1 on AVX-512), named in the table
 and the result; ``peak`` is this CPU's f32 FMA peak at the thread
 count used, measured once per run by :func:`mlaref.codegen.bench.peak.fma_peak` (the widest FMA ISA the CPU has,
 so 8 lanes on an AVX2-only CPU, 16 with AVX-512). Quantized dot products run int8 instructions, so for them the
@@ -157,7 +157,7 @@ def bench_mul_mat(*, n_kvs=(1024, 4096, 16384), threads=(1, 2), cases=MM_CASES, 
     """Median seconds and GFLOP/s of kv_f32 per (case, n_kv, threads), mlaref kernel vs ggml; see the module doc."""
     rng = np.random.default_rng(seed)
     K, M = 512, 4096
-    plan = _km.fastest_plan()  # this CPU's native plan (mlaref_l8a1 on avx2, mlaref_l16a1 on avx512)
+    plan = _km.fastest_plan()  # this CPU's native plan (mlaref_l8s1 on avx2, mlaref_l16a1 on avx512)
     rows = []
     for case in cases:
         if case not in MM_CASES + EXTRA_CASES:

@@ -19,7 +19,7 @@ Cases (the FlashMLA-2 prompt shapes of DeepSeek-V2-Lite):
   Upstream ggml's CPU back-end refuses those two (its ``supports_op``), so the row says "unsupported" for it;
 * ``fa f16`` and ``fa q8_0``: flash attention with 16 heads, 512 queries, Dk 192 / Dv 128, K/V of that type of
   ``n_kv`` cells, under the prompt's causal mask (column 0 always open), K.Q in this CPU's native dot order
-  (``fastest_fa_plan``: l8a1 dots on AVX2, printed as the plan name);
+  (``fastest_fa_plan``: l8s1 dots on AVX2, printed as the plan name);
 * ``fa f16 576/512``: mla = 3's absorbed attention, 16 query heads over one K/V head of the 576-wide latent (V its
   512 columns, here a tensor of its own), 128 queries.
 
@@ -226,7 +226,7 @@ _FA = {"fa f16": ("f16", 192, 128, 16, 512), "fa q8_0": ("q8_0", 192, 128, 16, 5
 
 def _inputs(case: str, n_kv: int, rng):
     """(inputs, harness op, float params, flops, mlaref call, mlaref plan name) of one case. mul_mat runs this
-    CPU's native plan (:func:`mlaref.codegen.kernels.mm.fastest_plan`: mlaref_l8a1 on AVX2, l16a1 on AVX-512),
+    CPU's native plan (:func:`mlaref.codegen.kernels.mm.fastest_plan`: mlaref_l8s1 on AVX2, l16a1 on AVX-512),
     flash attention its K.Q dots (:func:`mlaref.codegen.kernels.mm.fastest_fa_plan`)."""
     if case in _MM:
         wt, ct = _MM[case]

@@ -8,7 +8,7 @@ take the reference's arguments and return the reference's bytes under the same p
 ============== ====================================== ===========================================================
 op             kernel                                 runs on the kernel when
 ============== ====================================== ===========================================================
-MUL_MAT        ``kernels.mm.mul_mat``                 the kernel accepts types and plan (l16a1 or l8a1 order; src0
+MUL_MAT        ``kernels.mm.mul_mat``                 the kernel accepts types and plan (l16a1, l8a1, l8s1; src0
                                                       f32/f16/q8_0/q4_0/q5_0/iq4_nl), else it refuses up front
 FLASH_ATTN_EXT ``kernels.mm.flash_attn_ext``          ``algorithm="blocked"``, K/V f16 or q8_0, an l16a1 plan
 CPY            ``kernels.cpy``                        same shape, src rows packed, dst contiguous, and a same-type

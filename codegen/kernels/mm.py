@@ -3,8 +3,9 @@
 ``mul_mat(a, b, *, plan, variant, vec_dot_type, isa, kernel, n_threads)`` computes what
 :func:`mlaref.reference.ops.mul_mat.mul_mat` (``MulMat_253``) computes, byte for byte, for plans whose order is
 ``mlaref_l16a1`` (16 f32 lanes, one accumulator, halves fold, masked tail; reference/plan.py; the default
-:data:`MM_PLAN`, every ISA) or ``mlaref_l8a1`` (8 lanes, one accumulator: scalar and avx2 kernels; the native plan
-of AVX2, :func:`fastest_plan`):
+:data:`MM_PLAN`, every ISA), ``mlaref_l8a1`` (8 lanes, one accumulator: scalar and avx2 kernels) or ``mlaref_l8s1``
+(the 32-block pairs block-serial with fma, one exact int sum per block; the others as l8a1, on the l8a1 kernels:
+scalar and avx2 kernels; the native plan of AVX2, :func:`fastest_plan`):
 
 * src0 (the weight) in f32, f16, bf16, q8_0, q4_0, q5_0, iq4_nl, q4_1, q5_1, q4_K, q6_K; src1 in f32, f16, bf16,
   q8_0, any strides with contiguous row elements, broadcast over ne02/ne03 as ``ggml_mul_mat`` (src0 matrix
@@ -16,17 +17,20 @@ of AVX2, :func:`fastest_plan`):
 * the kernel walks 4 x 4 register tiles (4 src0 rows x 4 src1 columns, one 16-lane accumulator each); on avx2,
   whose 16 ymm cannot hold 16 such accumulators (32 ymm), 3 x 2 tiles for f32 / f16 / bf16 weights and 2 x 2 for
   32-block weights (simd/mm_ftiles_avx2.h.j2, simd/mm_btiles_avx2.h.j2); under l8a1, whose accumulator is one
-  ymm, 4 x 3 and 3 x 2; on neon / neondot (l16a1 in four q registers; run under qemu here), 2 x 2. Tiles only
-  group outputs, so every ISA and tile of a plan gives each output the same reduction order and bytes.
+  ymm, 4 x 3 and 3 x 2; under l8s1 (32-block weights) 8 src0 rows interleaved in 4-byte groups, one ymm lane per
+  row, times 4 columns (simd/mm_stiles_avx2.h.j2); on neon / neondot (l16a1 in four q registers; run under qemu
+  here), 2 x 2. Tiles only group outputs, so every ISA and tile of a plan gives each output the same reduction
+  order and bytes.
 
 Value domain: a q8_0 src1 holding -128 (no ggml quantizer writes it) is multiplied exactly by the scalar,
 avx512vnni, neon and neondot kernels; the avx2 / avx512 sign trick gets products with negative weights wrong
-there (tested).
+there (tested; the l8s1 tiles use the same trick).
 
 ``flash_attn_ext(q, k, v, mask, scale, max_bias, softcap, *, algorithm="blocked", plan, variant, isa, kernel,
 n_threads, q_block)`` computes :func:`mlaref.reference.ops.flash_attn_ext.flash_attn_ext` with
 ``algorithm="blocked"``: K.Q in the ``l16a1`` order, or ``l8a1`` (scalar and avx2 kernels; :func:`fa_plan`'s ``dots``,
-the AVX2 native :func:`fastest_fa_plan`) (Q converted to K's vec_dot type: f16 or q8_0 ``x86``), then
+the AVX2 native :func:`fastest_fa_plan`), or ``l8s1`` (q8_0 K block-serial, scalar and avx2 kernels; f16 K runs
+l8a1 there) (Q converted to K's vec_dot type: f16 or q8_0 ``x86``), then
 iqk's blocked online softmax with the plan's ``k_step``, ``kv_chunks`` (merged in index order) and ``exp``
 (``libm``, ``v_expf_avx2`` or ``v_expf_avx512``; each is computed lane by lane in C with one rounding per step, so
 every ISA can run every exp). K and V are f16 or q8_0 (the same type), the mask f16 (binary, as iqk reads it).
@@ -48,7 +52,7 @@ from mlaref.codegen import catalog as _catalog
 from mlaref.codegen import dispatch as _dispatch
 from mlaref.codegen.kernels import rows as _kernels
 from mlaref.codegen.kernels import pool as _pool
-from mlaref.reference.plan import MLAREF_L8A1, MLAREF_L16A1, ReductionPlan, get_plan
+from mlaref.reference.plan import MLAREF_L8A1, MLAREF_L8S1, MLAREF_L16A1, ReductionPlan, get_plan
 from mlaref.reference.tensor import Tensor
 from mlaref.reference.types import get_type
 
@@ -58,7 +62,7 @@ __all__ = ["mul_mat", "fastest_plan", "fastest_fa_plan", "flash_attn_ext", "mul_
 MM_PLAN = MLAREF_L16A1
 # the default flash-attention plan: l16a1 dots, iqk's k_step 64 for n_kv % 64 == 0, one KV chunk, libm expf
 FA_PLAN = MLAREF_L16A1.replace(name="mlaref_fa_l16a1", k_step=64, q_step=64, kv_chunks=1, exp="libm")
-_DOTS = {"l16a1": MLAREF_L16A1, "l8a1": MLAREF_L8A1}
+_DOTS = {"l16a1": MLAREF_L16A1, "l8a1": MLAREF_L8A1, "l8s1": MLAREF_L8S1}
 _EXP_KIND = {"libm": 0, "v_expf_avx2": 1, "v_expf_avx512": 2}
 # the weight types the catalog has kernels for -> their vec_dot type (the format registry's; read-only)
 VEC_DOT_TYPE = MappingProxyType({t: get_type(t).vec_dot_type for t in _catalog.MM_X_TYPES})
@@ -69,8 +73,9 @@ _COL_BLOCK = 4  # thread ranges of src1 columns / src0 rows start at multiples o
 
 def fa_plan(k_step: int = 64, kv_chunks: int = 1, exp: str = "libm", dots: str = "l16a1") -> ReductionPlan:
     """A flash-attention plan the kernels run: K.Q dots in the ``dots`` order (``l16a1``: mlaref_l16a1, every ISA;
-    ``l8a1``: mlaref_l8a1, the scalar and avx2 kernels) with these blocked-softmax parameters. The softmax and the
-    V accumulation do not depend on ``dots``. ``fa_plan()`` has :data:`FA_PLAN`'s fields."""
+    ``l8a1``: mlaref_l8a1, the scalar and avx2 kernels; ``l8s1``: mlaref_l8s1, block-serial q8_0 K, f16 K as l8a1,
+    the scalar and avx2 kernels) with these blocked-softmax parameters. The softmax and the V accumulation do not
+    depend on ``dots``. ``fa_plan()`` has :data:`FA_PLAN`'s fields."""
     if dots not in _DOTS:
         raise ValueError(f"fa_plan: dots must be one of {', '.join(_DOTS)}, got {dots!r}")
     return _DOTS[dots].replace(name=f"mlaref_fa_{dots}_k{k_step}c{kv_chunks}_{exp}", k_step=k_step, q_step=64,
@@ -91,41 +96,50 @@ def fa_q_block(Dk: int, Dv: int, n_kv: int) -> int:
 def fastest_plan(isa: str | None = None) -> ReductionPlan:
     """The mul_mat plan that runs fastest on ``isa`` (the dispatched ISA of this CPU when None): its "native plan".
 
-    mlaref_l8a1 on avx2: an output's accumulator is one 8-lane ymm, so a 4 x 3 register tile holds 12 of them with
-    3 y columns and one x row in the other 4 of the 16 ymm (7 loads per 12 fmas); the l16a1 order needs two ymm per
-    output there (3 x 2 tiles, 10 loads per 12 fmas). mlaref_l16a1 elsewhere: one zmm per output on avx512 (whose
+    mlaref_l8s1 on avx2: for element and k-quant weights it is mlaref_l8a1, whose output accumulator is one 8-lane
+    ymm, so a 4 x 3 register tile holds 12 of them with 3 y columns and one x row in the other 4 of the 16 ymm (7
+    loads per 12 fmas; the l16a1 order needs two ymm per output there: 3 x 2 tiles, 10 loads per 12 fmas). For
+    32-block weights it is block-serial: 8 src0 rows interleaved, one exact int32 block sum per ymm lane and one
+    cvt + fma per block for 8 outputs, where l8a1 pays a cvt, a mul and an fma per output and block (measured on
+    Zen 3 in one process: 1.3-1.5x the l8a1 speed). mlaref_l16a1 elsewhere: one zmm per output on avx512 (whose
     kernels implement l16a1 only), and the scalar kernels, whose speed is not their point. The default plan
     :data:`MM_PLAN` stays mlaref_l16a1, whose bytes every ISA gives; a native plan's bytes are its own (the
-    reference computes both, and every ISA with an l8a1 kernel gives the same l8a1 bytes).
+    reference computes each, and every ISA with a kernel of that plan gives the same bytes).
     """
     return _DOTS[_native_dots("mul_mat", isa)]
 
 
 def _native_dots(family: str, isa: str | None) -> str:
-    """The dot order that runs fastest on ``isa`` (the ISA ``family`` dispatches to on this CPU when None): "l8a1"
+    """The dot order that runs fastest on ``isa`` (the ISA ``family`` dispatches to on this CPU when None): "l8s1"
     on avx2, "l16a1" elsewhere (see :func:`fastest_plan`)."""
     if isa is None:
         isa = _dispatch.choose(family, "f16", "f16", "l16a1")[0].isa
-    return "l8a1" if isa == "avx2" else "l16a1"
+    return "l8s1" if isa == "avx2" else "l16a1"
 
 
 def fastest_fa_plan(isa: str | None = None, k_step: int = 64, kv_chunks: int = 1,
                     exp: str = "libm") -> ReductionPlan:
     """The flash-attention plan whose K.Q runs fastest on ``isa`` (the dispatched ISA of this CPU when None):
-    :func:`fa_plan` with the dots of :func:`fastest_plan` (l8a1 on avx2: one ymm per score, a 4 x 3 K.Q tile with
-    no parked lo halves; l16a1 elsewhere). The default :data:`FA_PLAN` keeps the l16a1 dots."""
+    :func:`fa_plan` with the dots of :func:`fastest_plan` (l8s1 on avx2: f16 K runs l8a1's one ymm per score, a
+    4 x 3 K.Q tile with no parked lo halves; q8_0 K the block-serial tile of 8 interleaved K rows, measured on Zen 3
+    at 1.3-1.4x the l8a1 kernel's speed; l16a1 elsewhere). The default :data:`FA_PLAN` keeps the l16a1 dots."""
     return fa_plan(k_step, kv_chunks, exp, dots=_native_dots("flash_attn_ext", isa))
 
 
 def _mm_plan(plan, pair: str, op: str) -> tuple[ReductionPlan, str]:
-    """(plan, kernel plan token) for a mul_mat plan: l16a1's order (l16a1, l8a2) or l8a1's (ValueError otherwise)."""
+    """(plan, kernel plan token) for a mul_mat plan: l16a1's order (l16a1, l8a2), l8a1's, or for the 32-block pairs
+    the block-serial fused order (mlaref_l8s1: "l8s1"); ValueError otherwise."""
     plan = get_plan(plan)
     p = plan.for_pair(pair)
     block = not pair.startswith(("f32", "f16", "bf16"))
+    if (pair.split(".")[0] in _catalog.MM_L8S1_X_TYPES and p.fold == "serial" and p.fma and p.acc_type == "f32"
+            and not (p.block_pairs or p.superblock)):
+        return plan, "l8s1"
     if (p.lanes, p.accs, p.fold, p.fma, p.acc_type, p.tail, p.dot2) == (8, 1, "halves", True, "f32", "masked", False) \
             and (p.int_to_float == "lane4" or not block):
         return plan, "l8a1"
-    return _check_l16a1(plan, pair, op, also=" or mlaref_l8a1 (8 f32 lanes, one accumulator)"), "l16a1"
+    return _check_l16a1(plan, pair, op, also=", mlaref_l8a1 (8 f32 lanes, one accumulator) or mlaref_l8s1 "
+                                             "(32-block pairs block-serial, fused)"), "l16a1"
 
 
 def _check_l16a1(plan, pair: str, op: str, also: str = "") -> ReductionPlan:

@@ -1,8 +1,9 @@
-"""flash_attn_ext kernels (iqk's blocked online softmax, l16a1 or l8a1 K.Q) against the reference and ggml.
+"""flash_attn_ext kernels (iqk's blocked online softmax, l16a1, l8a1 or l8s1 K.Q) against the reference and ggml.
 
 Every case runs each kernel under the plan of its token: the case's plan, with its K.Q dots in the kernel's order
-(``fa_plan(..., dots="l8a1")`` for the l8a1 kernels); ``test_flash_attn_l8a1_differs`` checks that the two dot
-orders give different bytes on a case, so a kernel cannot pass by running the other order.
+(``fa_plan(..., dots="l8a1")`` for the l8a1 kernels, ``dots="l8s1"`` for the q8_0 l8s1 kernels);
+``test_flash_attn_l8a1_differs`` and ``test_flash_attn_l8s1_dots`` check that the dot orders give different bytes
+on a case, so a kernel cannot pass by running another order.
 
 Bit-exact: every manifest kernel equals ``flash_attn_ext(..., algorithm="blocked", plan=p)`` on float32 bytes for
 1, 2, 3 and 4 threads, under plans that vary ``k_step`` (16, 32, 64), ``kv_chunks`` (1, 2, 3) and the exp (libm
@@ -174,16 +175,55 @@ def test_flash_attn_l8a1_differs(type):
         assert np.array_equal(got.storage().view(np.uint32), want.storage().view(np.uint32)), plan.name
 
 
+@pytest.mark.parametrize("type", ["f16", "q8_0"])
+def test_flash_attn_l8s1_dots(type, kt):
+    """fa_plan(dots="l8s1"): q8_0 K runs the block-serial l8s1 kernels, whose reference differs from l8a1's on the
+    576 / 512 tile case; f16 K is l8a1 there (the plan's element pairs) and runs the l8a1 kernels, same bytes."""
+    from mlaref.codegen import catalog, cpu
+
+    s1, a1 = _tile_case(type, "mla576", "l8s1"), _tile_case(type, "mla576", "l8a1")
+    same = np.array_equal(s1[-1].storage().view(np.uint32), a1[-1].storage().view(np.uint32))
+    assert same == (type == "f16")
+    for isa in catalog.MM_L8S1_ISAS:
+        if cpu.missing(isa):
+            continue
+        q, kk, v, mask, plan, q_block, want = s1
+        got = KM.flash_attn_ext(q, kk, v, mask, 0.1, plan=plan, isa=isa, n_threads=2, q_block=q_block)
+        kt.assert_same_bytes(got.storage(), want.storage(), 4, f"{type} l8s1 {isa}")
+
+
+def test_flash_attn_l8s1_ragged_k_steps(kt):
+    """The l8s1 K tile takes a KV block's rows 8 at a time: k_step 20 (groups of 8, 8, 4) in 3 chunks of n_kv 77
+    (chunk and block starts off the 8-row grid, ragged last blocks), the K/V head cached across units, against the
+    reference on every ISA this CPU runs for the plan, 1 and 3 threads."""
+    from mlaref.codegen import catalog, cpu
+
+    rng = np.random.default_rng(2077)
+    q = _q(rng, 192, 9, 2)
+    k, v = _kv(rng, "q8_0", (192, 77, 1, 1)), _kv(rng, "q8_0", (128, 77, 1, 1))
+    mask = _mask(77, 32, [(1, 5, 30), (4, 0, 40)])
+    plan = KM.fa_plan(20, 3, "v_expf_avx2", dots="l8s1")
+    want = ref_fa(q, k, v, mask, 0.1, algorithm="blocked", plan=plan)
+    for isa in catalog.MM_L8S1_ISAS:
+        if cpu.missing(isa):
+            continue
+        for n_threads in (1, 3):
+            got = KM.flash_attn_ext(q, k, v, mask, 0.1, plan=plan, isa=isa, n_threads=n_threads, q_block=4)
+            kt.assert_same_bytes(got.storage(), want.storage(), 4, f"q8_0 l8s1 k_step 20 {isa} threads={n_threads}")
+
+
 def test_flash_attn_fastest_fa_plan():
-    """The native flash-attention plan (kernels.mm.fastest_fa_plan): fastest_plan's dots (l8a1 on avx2, l16a1 on
-    avx512 and scalar) with the given blocked-softmax fields; with no ISA, the one dispatch picks here."""
+    """The native flash-attention plan (kernels.mm.fastest_fa_plan): fastest_plan's dots (l8s1 on avx2: f16 K.Q in
+    8 lanes, q8_0 block-serial; l16a1 on avx512 and scalar) with the given blocked-softmax fields; with no ISA, the
+    one dispatch picks here."""
     from mlaref.codegen import dispatch
 
-    for isa, lanes in (("avx2", 8), ("avx512", 16), ("avx512vnni", 16), ("scalar", 16)):
+    for isa, dots, f16_lanes, q8_lanes in (("avx2", "l8s1", 8, 1), ("avx512", "l16a1", 16, 16),
+                                           ("avx512vnni", "l16a1", 16, 16), ("scalar", "l16a1", 16, 16)):
         p = KM.fastest_fa_plan(isa, 32, 2, "v_expf_avx2")
-        assert p.for_pair("f16.f16").lanes == lanes and p.for_pair("q8_0.q8_0").lanes == lanes
+        assert p.for_pair("f16.f16").lanes == f16_lanes and p.for_pair("q8_0.q8_0").lanes == q8_lanes
         assert (p.k_step, p.kv_chunks, p.exp) == (32, 2, "v_expf_avx2")
-        assert p == KM.fa_plan(32, 2, "v_expf_avx2", dots=f"l{lanes}a1")
+        assert p == KM.fa_plan(32, 2, "v_expf_avx2", dots=dots)
     assert KM.fastest_fa_plan() == KM.fastest_fa_plan(dispatch.choose(FAMILY, "f16", "f16", "l16a1")[0].isa)
 
 

@@ -1,9 +1,10 @@
 """mul_mat kernels (#253: non-f32 src1 converted per column inside the kernel) against the reference and ggml.
 
 Bit-exact: every manifest kernel equals ``MulMat_253`` under its plan (``mlaref_l16a1``, or ``mlaref_l8a1`` for the
-scalar and avx2 ``_l8a1`` kernels; variant x86) on float32 bytes, for
+scalar and avx2 ``_l8a1`` kernels, ``mlaref_l8s1`` for the scalar and avx2 ``_l8s1`` kernels of 32-block weights;
+variant x86) on float32 bytes, for
 1, 2, 3 and 4 threads, with tails (K not a multiple of 16 for element weights, an odd number of 32-blocks),
-M not a multiple of the row tiles (4; avx2: 6 and 8; avx2 l8a1: 8 and 9), a strided src1 view (the cache layout: rows of 576 values, 512 used), src0
+M not a multiple of the row tiles (4; avx2: 6 and 8; avx2 l8a1: 8 and 9; l8s1: groups of 8 rows), a strided src1 view (the cache layout: rows of 576 values, 512 used), src0
 broadcast over ne02/ne03, a NaN-poisoned output with guard bytes after it.
 
 Approximate (NMSE bound of ggml's test-backend-ops for mul_mat, 5e-4, against float64 math of the dequantized
@@ -26,7 +27,7 @@ from mlaref.reference.tensor import Tensor
 FAMILY = "mul_mat"
 NMSE_BOUND = 5e-4  # ggml tests/test-backend-ops.cpp: test_mul_mat::max_nmse_err
 _REF_CACHE: dict = {}
-PLANS = {"l16a1": "mlaref_l16a1", "l8a1": "mlaref_l8a1"}  # kernel-name token -> reference plan
+PLANS = {"l16a1": "mlaref_l16a1", "l8a1": "mlaref_l8a1", "l8s1": "mlaref_l8s1"}  # kernel-name token -> reference plan
 
 
 def _guarded_out(ne) -> tuple[Tensor, np.ndarray]:
@@ -84,7 +85,7 @@ def test_mul_mat_rejects_bad_arguments(rng):
                    _tensor(_values(rng, 9, 64), "f16", (64, 3, 3, 1)))
     with pytest.raises(ValueError, match="src1"):
         KM.mul_mat(a, b, vec_dot_type="q8_1")
-    with pytest.raises(ValueError, match="mlaref_l16a1 .* or mlaref_l8a1"):
+    with pytest.raises(ValueError, match="mlaref_l16a1 .*, mlaref_l8a1 .* or mlaref_l8s1"):
         KM.mul_mat(a, b, plan="ggml_generic")
     with pytest.raises(ValueError, match="mlaref_l16a1"):
         KM.mul_mat(a, b, plan="mlaref_l16a2")
@@ -126,7 +127,8 @@ def test_mul_mat_mla_shape_vs_ggml(tx, ty, ggml, rng):
 
 def test_mul_mat_q8_0_src1_holding_minus_128(kt, rng):
     """Outside the valid domain: a q8_0 src1 value of -128 (no ggml quantizer writes it). The scalar and avx512vnni
-    kernels multiply true integers, like the reference; the avx2 / avx512 sign trick (maddubs(|x|, sign(y, x)))
+    kernels multiply true integers, like the reference; the avx2 / avx512 sign trick (maddubs(|x|, sign(y, x)); the
+    l8s1 tiles use it too)
     turns (-128)*(x < 0) into +128*|x| with the wrong sign, so only the columns holding -128 differ there."""
     from mlaref.codegen import cpu
 
@@ -136,16 +138,17 @@ def test_mul_mat_q8_0_src1_holding_minus_128(kt, rng):
     raw = b.storage()[0, 0]  # (5, 68) block bytes
     raw[1, 2:34] = 0x80  # column 1: every value of block 0 is -128
     raw[3, 40] = 0x80  # column 3: one value of block 1
-    want = MulMat_253(plan="mlaref_l16a1")(a, b).storage()[0, 0]  # (5 columns, 6 rows)
-    for isa in ("scalar", "avx2", "avx512", "avx512vnni"):
-        if cpu.missing(isa):
-            continue
-        got = KM.mul_mat(a, b, isa=isa).storage()[0, 0]
-        if isa in ("scalar", "avx512vnni"):
-            kt.assert_same_bytes(got, want, 4, f"{isa} with -128 in src1")
-        else:
-            same = np.all(got.view(np.uint32) == want.view(np.uint32), axis=1)
-            assert same.tolist() == [True, False, True, False, True], f"{isa}: columns equal to the reference {same}"
+    for plan, isas in (("mlaref_l16a1", ("scalar", "avx2", "avx512", "avx512vnni")), ("mlaref_l8s1", ("scalar", "avx2"))):
+        want = MulMat_253(plan=plan)(a, b).storage()[0, 0]  # (5 columns, 6 rows)
+        for isa in isas:
+            if cpu.missing(isa):
+                continue
+            got = KM.mul_mat(a, b, plan=plan, isa=isa).storage()[0, 0]
+            if isa in ("scalar", "avx512vnni"):
+                kt.assert_same_bytes(got, want, 4, f"{isa} {plan} with -128 in src1")
+            else:
+                same = np.all(got.view(np.uint32) == want.view(np.uint32), axis=1)
+                assert same.tolist() == [True, False, True, False, True], f"{isa} {plan}: columns equal {same}"
 
 
 @pytest.mark.parametrize("plan", ["mlaref_l16a1", "mlaref_l8a1"])
@@ -198,13 +201,13 @@ def test_mul_mat_l8a1_hand_checked_row(kt):
 
 
 def test_mul_mat_fastest_plan():
-    """The native plan per ISA (one named place: kernels.mm.fastest_plan): l8a1 on avx2, l16a1 on avx512 and
+    """The native plan per ISA (one named place: kernels.mm.fastest_plan): l8s1 on avx2, l16a1 on avx512 and
     scalar; with no ISA, the one dispatch picks here. The avx512 kernels implement l16a1 only (the catalog refuses
     an avx512 l8a1 spec); an avx512 cap runs l8a1 on the avx2 kernel it allows."""
     from mlaref.codegen import catalog, dispatch
-    from mlaref.reference.plan import MLAREF_L8A1, MLAREF_L16A1
+    from mlaref.reference.plan import MLAREF_L8S1, MLAREF_L16A1
 
-    assert KM.fastest_plan("avx2") is MLAREF_L8A1
+    assert KM.fastest_plan("avx2") is MLAREF_L8S1
     assert KM.fastest_plan("avx512") is MLAREF_L16A1 and KM.fastest_plan("avx512vnni") is MLAREF_L16A1
     assert KM.fastest_plan("scalar") is MLAREF_L16A1
     assert KM.fastest_plan() is KM.fastest_plan(dispatch.choose("mul_mat", "f16", "f16", "l16a1")[0].isa)
@@ -213,3 +216,79 @@ def test_mul_mat_fastest_plan():
         catalog.KernelSpec("mul_mat", "f16", "f16", "avx512", "l8a1").validate()
     with pytest.raises(ValueError, match="l8a1 has flash_attn_ext kernels for scalar, avx2 only"):
         catalog.KernelSpec("flash_attn_ext", "f16", "f16", "avx512", "l8a1").validate()
+    with pytest.raises(ValueError, match="l8s1 has mul_mat kernels for scalar, avx2 only"):
+        catalog.KernelSpec("mul_mat", "q8_0", "f16", "avx512", "l8s1").validate()
+    with pytest.raises(ValueError, match="l8s1 has kernels for the 32-block weights"):
+        catalog.KernelSpec("mul_mat", "f16", "f16", "avx2", "l8s1").validate()
+
+
+@pytest.mark.parametrize("tx, ty", [("q8_0", "q8_0"), ("q8_0", "f16"), ("q4_0", "f32"), ("q5_0", "bf16"),
+                                    ("iq4_nl", "f16"), ("q4_1", "f16"), ("q5_1", "f32")])
+def test_mul_mat_l8s1_edges(tx, ty, kt):
+    """The l8s1 kernels of every 32-block weight at their edges, per ISA this CPU runs for the plan: 21 rows (x tiles
+    of 16 and 5 rows: two full groups of 8 interleaved rows, then a group of 5 whose 3 zero rows are never stored),
+    261 src1 columns (the 256-column block, column quads then a single column), 3 blocks, a strided src1; 1, 2 and 3
+    threads give mlaref_l8s1's bytes, which differ from mlaref_l8a1's (so the test cannot pass by running the lane
+    order). ggml_generic_gnu has the same per-block order for these pairs and runs on the same kernels."""
+    from mlaref.codegen import catalog, cpu
+
+    K = 96
+    r = np.random.default_rng(zlib.crc32(repr(("l8s1", tx, ty)).encode()))
+    a = _tensor(_values(r, 21, K), tx, (K, 21, 1, 1))
+    b = _tensor(_values(r, 261, K), ty, (K, 261, 1, 1), row_len=K + 32)
+    want = MulMat_253(plan="mlaref_l8s1", variant="x86")(a, b)
+    lanes = MulMat_253(plan="mlaref_l8a1", variant="x86")(a, b)
+    assert not np.array_equal(want.storage().view(np.uint32), lanes.storage().view(np.uint32))
+    for isa in catalog.MM_L8S1_ISAS:
+        if cpu.missing(isa):
+            continue
+        for n_threads in (1, 2, 3):
+            out, buf = _guarded_out(want.ne)
+            KM.mul_mat(a, b, plan="mlaref_l8s1", isa=isa, n_threads=n_threads, out=out)
+            assert np.all(buf[-64:] == 0xA5), f"{tx} x {ty} {isa}: the kernel wrote past the output"
+            kt.assert_same_bytes(out.storage(), want.storage(), 4, f"{tx} x {ty} K={K} l8s1 {isa} threads={n_threads}")
+        got = KM.mul_mat(a, b, plan="ggml_generic_gnu", isa=isa)
+        kt.assert_same_bytes(got.storage(), MulMat_253(plan="ggml_generic_gnu", variant="x86")(a, b).storage(), 4,
+                             f"{tx} x {ty} ggml_generic_gnu {isa}")
+
+
+@pytest.mark.parametrize("tx, ty", [("f16", "f16"), ("bf16", "f32"), ("q4_K", "f16"), ("q6_K", "q8_0")])
+def test_mul_mat_l8s1_runs_l8a1_kernels_off_the_block_pairs(tx, ty, kt):
+    """For element and k-quant weights mlaref_l8s1 is mlaref_l8a1 (reference/plan.py): the l8a1 kernels run it."""
+    from mlaref.codegen import cpu
+
+    K = 512 if tx in ("q4_K", "q6_K") else 40
+    r = np.random.default_rng(zlib.crc32(repr(("l8s1 off", tx, ty)).encode()))
+    a = _tensor(_values(r, 5, K), tx, (K, 5, 1, 1))
+    b = _tensor(_values(r, 7, K), ty, (K, 7, 1, 1))
+    want = MulMat_253(plan="mlaref_l8a1", variant="x86")(a, b)
+    kt.assert_same_bytes(MulMat_253(plan="mlaref_l8s1", variant="x86")(a, b).storage(), want.storage(), 4, "reference")
+    for isa in ("scalar", "avx2"):
+        if cpu.missing(isa):
+            continue
+        got = KM.mul_mat(a, b, plan="mlaref_l8s1", isa=isa, n_threads=2)
+        kt.assert_same_bytes(got.storage(), want.storage(), 4, f"{tx} x {ty} l8s1 on {isa}")
+    with pytest.raises(ValueError, match=r"\[l8s1\], not .*\[l8a1\]"):
+        KM.mul_mat(a, b, plan="mlaref_l8s1", kernel=f"mlaref_mul_mat_q8_0_{ty}__avx2_l8s1")
+
+
+def test_mul_mat_l8s1_hand_checked_row():
+    """The q8_0 row of tests/reference/test_mul_mat.py (three blocks, dx*dy = 2**11, 2**-13, 2**-13, one product 1
+    each; src1 already q8_0): every l8s1 kernel gives 2**11 (each 2**-13 a tie to even), the l8a1 ones 2**11 +
+    2**-12."""
+    from mlaref.codegen import catalog, cpu
+
+    def row(blocks):
+        out = b""
+        for d, at in blocks:
+            qs = np.zeros(32, np.int8)
+            qs[at] = 1
+            out += np.float16(d).tobytes() + qs.tobytes()
+        return np.frombuffer(out, np.uint8).reshape(1, -1)
+
+    a = Tensor.from_bytes(row([(2.0 ** 6, 0), (2.0 ** -7, 4), (2.0 ** -7, 4)]), "q8_0", (96, 1, 1, 1))
+    b = Tensor.from_bytes(row([(2.0 ** 5, 0), (2.0 ** -6, 4), (2.0 ** -6, 4)]), "q8_0", (96, 1, 1, 1))
+    for isa in catalog.MM_L8S1_ISAS:
+        if not cpu.missing(isa):
+            assert KM.mul_mat(a, b, plan="mlaref_l8s1", isa=isa).to_numpy().item() == 2.0 ** 11, isa
+            assert KM.mul_mat(a, b, plan="mlaref_l8a1", isa=isa).to_numpy().item() == 2.0 ** 11 + 2.0 ** -12, isa

@@ -173,3 +173,22 @@ def test_l8a1_and_l16a1_orders_on_a_hand_checked_row():
         a, b = Tensor.from_numpy(x, t), Tensor.from_numpy(ones, t)
         assert MulMat_253(plan="mlaref_l8a1")(a, b).to_numpy().item() == 2.0 ** 11
         assert MulMat_253(plan="mlaref_l16a1")(a, b).to_numpy().item() == 2.0 ** 11 + 2.0 ** -12
+
+
+def test_l8s1_block_serial_order_on_a_hand_checked_row():
+    """The q8_0 row of tests/reference/test_plan.py through MulMat_253 (src1 already q8_0: used as it is): blocks
+    0, 1, 2 with dx*dy = 2**11, 2**-13, 2**-13 and one product 1 each (block 0 at element 0, blocks 1 and 2 at
+    element 4). mlaref_l8s1 adds the blocks serially, each 2**-13 a tie to even: 2**11; mlaref_l8a1 keeps them
+    in lane 1 (2**-12) until the fold: 2**11 + 2**-12, the float64 truth."""
+    def row(blocks):
+        out = b""
+        for d, at in blocks:
+            qs = np.zeros(32, np.int8)
+            qs[at] = 1
+            out += np.float16(d).tobytes() + qs.tobytes()
+        return np.frombuffer(out, np.uint8).reshape(1, -1)
+
+    a = Tensor.from_bytes(row([(2.0 ** 6, 0), (2.0 ** -7, 4), (2.0 ** -7, 4)]), "q8_0", (96, 1, 1, 1))
+    b = Tensor.from_bytes(row([(2.0 ** 5, 0), (2.0 ** -6, 4), (2.0 ** -6, 4)]), "q8_0", (96, 1, 1, 1))
+    assert MulMat_253(plan="mlaref_l8s1")(a, b).to_numpy().item() == 2.0 ** 11
+    assert MulMat_253(plan="mlaref_l8a1")(a, b).to_numpy().item() == 2.0 ** 11 + 2.0 ** -12

@@ -109,3 +109,40 @@ def test_accumulators_fold_before_lanes_by_hand():
     got = vec_dot(_f32_rows(x), "f32", _f32_rows(y), "f32", 16, "mlaref_l8a2")[0, 0]
     assert got == np.float32(2.0**24)
     assert vec_dot(_f32_rows(x), "f32", _f32_rows(y), "f32", 16, "ggml_generic")[0, 0] == np.float32(2.0**24 + 2)
+
+
+def _q8_0_row(blocks) -> np.ndarray:
+    """One q8_0 row from (d, {index: value}) per block: d as its f16 bits, 32 int8 values (zero elsewhere)."""
+    out = b""
+    for d, vals in blocks:
+        qs = np.zeros(32, np.int8)
+        for i, v in vals.items():
+            qs[i] = v
+        out += np.float16(d).tobytes() + qs.tobytes()
+    return np.frombuffer(out, np.uint8).reshape(1, -1)
+
+
+def test_l8s1_is_block_serial_by_hand():
+    """mlaref_l8s1 on q8_0.q8_0: ``acc = fma(sumi, dx*dy, acc)`` per block, blocks in order, no lanes.
+
+    Three blocks, x and y each with one value 1: block 0 at element 0 with dx*dy = 2**6 * 2**5 = B = 2**11, blocks 1
+    and 2 at element 4 (lane 1 of a lane plan) with dx*dy = 2**-7 * 2**-6 = e = 2**-13, half an f32 ulp of B.
+    Float64 truth B + 2e. Serial: B, then B + e twice, each a tie that rounds to even: B. mlaref_l8a1: lane 0
+    holds B, lane 1 holds e + e = 2e (exact), the halves fold gives B + 2e exactly (2e is one ulp of B)."""
+    x = _q8_0_row([(2.0 ** 6, {0: 1}), (2.0 ** -7, {4: 1}), (2.0 ** -7, {4: 1})])
+    y = _q8_0_row([(2.0 ** 5, {0: 1}), (2.0 ** -6, {4: 1}), (2.0 ** -6, {4: 1})])
+    assert vec_dot(x, "q8_0", y, "q8_0", 96, "mlaref_l8s1")[0, 0] == np.float32(2.0 ** 11)
+    assert vec_dot(x, "q8_0", y, "q8_0", 96, "mlaref_l8a1")[0, 0] == np.float32(2.0 ** 11 + 2.0 ** -12)
+
+
+def test_l8s1_resolves_per_pair():
+    """The six 32-block pairs run serial with FMA (ggml_generic_gnu's per-block formulas, f32 sum); element and
+    k-quant pairs keep the l8a1 lanes."""
+    serial = ("q8_0.q8_0", "q4_0.q8_0", "q5_0.q8_0", "iq4_nl.q8_0", "q4_1.q8_1", "q5_1.q8_1")
+    for pair in serial + ("q8_0.q8_0_x4", "q4_1.q8_1_x4"):
+        p = P.MLAREF_L8S1.for_pair(pair)
+        assert (p.fold, p.fma, p.acc_type, p.block_pairs, p.fingerprint) == ("serial", True, "f32", False, "s1"), pair
+        assert p.replace(name="g") == P.GGML_GENERIC_GNU.for_pair(pair).replace(name="g", by_pair=()), pair
+    for pair in ("f32.f32", "f16.f16", "bf16.bf16", "q4_K.q8_K", "q6_K.q8_K"):
+        assert P.MLAREF_L8S1.for_pair(pair).fingerprint == "l8a1", pair
+    assert P.get_plan("mlaref_l8s1") is P.MLAREF_L8S1
