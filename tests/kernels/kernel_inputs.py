@@ -9,7 +9,7 @@ import numpy as np
 from mlaref import reference as R
 from mlaref.reference.tensor import Tensor
 
-__all__ = ["fa_kv", "fa_mask", "fa_q", "mm_tensor", "mm_values"]
+__all__ = ["fa_kv", "fa_mask", "fa_q", "mm_tensor", "mm_values", "serial_tie_pair"]
 
 
 def mm_values(rng, rows: int, n: int) -> np.ndarray:
@@ -59,3 +59,21 @@ def fa_mask(n_kv: int, rows: int, masked=()) -> Tensor:
     for r, lo, hi in masked:
         m[r, lo:hi] = -np.inf
     return Tensor.from_numpy(m.reshape(1, 1, rows, n_kv), "f16")
+
+
+def serial_tie_pair() -> tuple[Tensor, Tensor]:
+    """A hand-built q8_0 row pair (src0, src1: one row of 3 blocks each) that tells the block-serial order from the
+    lane orders: blocks 0, 1, 2 with dx*dy = 2**11, 2**-13, 2**-13 and one product 1 each (block 0 at element 0,
+    blocks 1 and 2 at element 4). Serially each 2**-13 is a tie that rounds to even: 2**11; kept in one lane
+    until the fold (l8a1, l16a1) they give 2**11 + 2**-12, the float64 truth."""
+    def row(blocks):
+        out = b""
+        for d, at in blocks:
+            qs = np.zeros(32, np.int8)
+            qs[at] = 1
+            out += np.float16(d).tobytes() + qs.tobytes()
+        return np.frombuffer(out, np.uint8).reshape(1, -1)
+
+    a = Tensor.from_bytes(row([(2.0 ** 6, 0), (2.0 ** -7, 4), (2.0 ** -7, 4)]), "q8_0", (96, 1, 1, 1))
+    b = Tensor.from_bytes(row([(2.0 ** 5, 0), (2.0 ** -6, 4), (2.0 ** -6, 4)]), "q8_0", (96, 1, 1, 1))
+    return a, b

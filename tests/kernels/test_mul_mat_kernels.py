@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from kernel_inputs import mm_tensor as _tensor
 from kernel_inputs import mm_values as _values
+from kernel_inputs import serial_tie_pair
 
 from mlaref.codegen.kernels import mm as KM
 from mlaref.reference.compare import nmse
@@ -278,16 +279,7 @@ def test_mul_mat_l8s1_hand_checked_row():
     2**-12."""
     from mlaref.codegen import catalog, cpu
 
-    def row(blocks):
-        out = b""
-        for d, at in blocks:
-            qs = np.zeros(32, np.int8)
-            qs[at] = 1
-            out += np.float16(d).tobytes() + qs.tobytes()
-        return np.frombuffer(out, np.uint8).reshape(1, -1)
-
-    a = Tensor.from_bytes(row([(2.0 ** 6, 0), (2.0 ** -7, 4), (2.0 ** -7, 4)]), "q8_0", (96, 1, 1, 1))
-    b = Tensor.from_bytes(row([(2.0 ** 5, 0), (2.0 ** -6, 4), (2.0 ** -6, 4)]), "q8_0", (96, 1, 1, 1))
+    a, b = serial_tie_pair()
     for isa in catalog.MM_L8S1_ISAS:
         if not cpu.missing(isa):
             assert KM.mul_mat(a, b, plan="mlaref_l8s1", isa=isa).to_numpy().item() == 2.0 ** 11, isa

@@ -3,6 +3,7 @@ src1 conversion against the pre-#253 path, NMSE bounds against float64 math, bad
 
 import numpy as np
 import pytest
+from kernel_inputs import serial_tie_pair
 
 from mlaref.reference import fp, quantize
 from mlaref.reference.compare import nmse
@@ -180,15 +181,6 @@ def test_l8s1_block_serial_order_on_a_hand_checked_row():
     0, 1, 2 with dx*dy = 2**11, 2**-13, 2**-13 and one product 1 each (block 0 at element 0, blocks 1 and 2 at
     element 4). mlaref_l8s1 adds the blocks serially, each 2**-13 a tie to even: 2**11; mlaref_l8a1 keeps them
     in lane 1 (2**-12) until the fold: 2**11 + 2**-12, the float64 truth."""
-    def row(blocks):
-        out = b""
-        for d, at in blocks:
-            qs = np.zeros(32, np.int8)
-            qs[at] = 1
-            out += np.float16(d).tobytes() + qs.tobytes()
-        return np.frombuffer(out, np.uint8).reshape(1, -1)
-
-    a = Tensor.from_bytes(row([(2.0 ** 6, 0), (2.0 ** -7, 4), (2.0 ** -7, 4)]), "q8_0", (96, 1, 1, 1))
-    b = Tensor.from_bytes(row([(2.0 ** 5, 0), (2.0 ** -6, 4), (2.0 ** -6, 4)]), "q8_0", (96, 1, 1, 1))
+    a, b = serial_tie_pair()
     assert MulMat_253(plan="mlaref_l8s1")(a, b).to_numpy().item() == 2.0 ** 11
     assert MulMat_253(plan="mlaref_l8a1")(a, b).to_numpy().item() == 2.0 ** 11 + 2.0 ** -12
