@@ -49,7 +49,7 @@ from types import MappingProxyType
 from mlaref.codegen import naming
 from mlaref.reference.types import get_type
 
-__all__ = ["KernelSpec", "catalog", "FAMILIES", "SIGNATURES", "QUANT_VARIANTS", "MODEL_QUANT_TYPES", "ROW_ISAS",
+__all__ = ["KernelSpec", "catalog", "check_computes", "FAMILIES", "SIGNATURES", "QUANT_VARIANTS", "MODEL_QUANT_TYPES", "ROW_ISAS",
            "CudaKernelSpec", "cuda_catalog", "cuda_by_name", "CUDA_SIGNATURES"]
 
 ROW_ISAS = ("scalar", "avx2", "avx512", "neon")
@@ -289,6 +289,13 @@ def catalog() -> tuple[KernelSpec, ...]:
     names = [s.name for s in specs]
     assert len(set(names)) == len(names), "duplicate kernel names in the catalog"
     return tuple(sorted(specs, key=lambda s: s.name))
+
+
+def check_computes(spec, kernel: str, family: str, type_x: str, type_y: str | None, plan: str) -> None:
+    """Raise ValueError unless the spec named ``kernel`` (CPU or CUDA) computes (family, type_x, type_y, plan)."""
+    if (spec.family, spec.type_x, spec.type_y, spec.plan) != (family, type_x, type_y, plan):
+        raise ValueError(f"kernel: {kernel} computes {spec.family} {spec.type_x}/{spec.type_y} [{spec.plan}], "
+                         f"not {family} {type_x}/{type_y} [{plan}]")
 
 
 @functools.cache

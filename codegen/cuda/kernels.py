@@ -51,9 +51,7 @@ def resolve(family: str, type_x: str, type_y: str | None, plan: str, kernel: str
         spec = _catalog.cuda_by_name().get(kernel)
         if spec is None:
             raise ValueError(f"kernel: {kernel!r} is not in the CUDA catalog")
-        if (spec.family, spec.type_x, spec.type_y, spec.plan) != (family, type_x, type_y, plan):
-            raise ValueError(f"kernel: {kernel} computes {spec.family} {spec.type_x}/{spec.type_y} [{spec.plan}], "
-                             f"not {family} {type_x}/{type_y} [{plan}]")
+        _catalog.check_computes(spec, kernel, family, type_x, type_y, plan)
         return spec
     found = [s for s in _catalog.cuda_catalog() if (s.family, s.type_x, s.type_y, s.plan) ==
              (family, type_x, type_y, plan)]

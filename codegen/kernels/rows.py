@@ -110,9 +110,7 @@ def _resolve(family, type_x, type_y, plan, isa, kernel):
         spec = _catalog.by_name().get(kernel)
         if spec is None:
             raise DispatchError(f"kernel: {kernel!r} is not in the catalog")
-        if (spec.family, spec.type_x, spec.type_y, spec.plan) != (family, type_x, type_y, plan):
-            raise ValueError(f"kernel: {kernel} computes {spec.family} {spec.type_x}/{spec.type_y} [{spec.plan}], "
-                             f"not {family} {type_x}/{type_y} [{plan}]")
+        _catalog.check_computes(spec, kernel, family, type_x, type_y, plan)
 
         miss = cpu.missing(spec.isa)
         if miss:
