@@ -101,6 +101,7 @@ def make_report(out: pathlib.Path, mode: str = "full", show: bool = True, n_thre
     s["bench_ops"] = _run_section(sections.section_bench_ops, cfg)
     s["bench_types"] = _run_section(sections.section_bench_types, cfg, show)
     s["bench_peers"] = _run_section(sections.section_bench_peers, cfg, show, n_threads)
+    s["cuda"] = _run_section(sections.section_cuda, cfg, show)
     s["mla"] = _run_section(sections.section_mla, "kernels", cfg, show, n_threads)
     s["mla_ggml"] = _run_section(sections.section_mla, "ggml", cfg, show, n_threads)
 
@@ -156,6 +157,11 @@ def _collect_checks(s: dict) -> list[dict]:
         if r["same_result"]["value"] is not None:
             checks.append({"name": f"reference {r['format']} {r['direction']} equals gguf-py",
                            "passed": bool(r["same_result"]["value"])})
+    cu = s.get("cuda", {})
+    for fam, lib in cu.get("build", {}).get("libraries", {}).items():
+        checks.append({"name": f"build CUDA {fam} (nvcc)", "passed": bool(lib["ok"])})
+    for case in cu.get("runs", {}).get("correctness", {}).get("cases", []):
+        checks.append({"name": f"CUDA kernel {case['kernel']} [{case['case']}] bit-exact", "passed": case["ok"]})
     for sec in ("mla", "mla_ggml"):
         m = s.get(sec, {})
         for r in m.get("rows", []):
@@ -174,6 +180,9 @@ def _collect_skips(s: dict, plot_status: dict) -> list[dict]:
     for isa, d in s.get("check", {}).get("isas", {}).items():
         if d["state"] == "skipped":
             out.append({"what": f"ISA {isa}", "reason": "; ".join(d["reasons"])})
+    runs = s.get("cuda", {}).get("runs", {})
+    if runs.get("status") == "skipped":
+        out.append({"what": "CUDA kernel runs and timings", "reason": runs["reason"]})
     mla = s.get("mla", {})
     if mla.get("backend") == "reference":
         out.append({"what": "mla on mlaref's kernels (the seed's speed claim)", "reason": mla.get("note", "")})

@@ -138,6 +138,9 @@ def render_markdown(r: dict) -> str:
             L += ["Not built here, so not timed: " + ", ".join(f"{p} (`mlaref peer build {p}`)"
                                                                for p in bp["not_built"]) + ".", ""]
 
+    L += ["## The CUDA target (#253's row ops and mul_mat on a GPU)", ""]
+    L += _md_cuda(s.get("cuda", {"status": "skipped", "reason": "not run"}))
+
     L += ["## The seed's speed claim on this CPU (per layer, PR #253)", ""]
     L += _md_mla(s["mla"], "")
     L += ["### The same layer on upstream ggml (ggml-python)", ""]
@@ -152,6 +155,27 @@ def render_markdown(r: dict) -> str:
     if r["plots"]["status"] == "skipped":
         L += [f"Plots skipped: {r['plots']['reason']}", ""]
     return "\n".join(x for x in L if x is not None) + "\n"
+
+
+def _md_cuda(c: dict) -> list[str]:
+    """The lines of the ``cuda`` section: the nvcc build, then the GPU runs or why they were skipped."""
+    L = [_skipped(c)]
+    if "build" not in c:
+        return L
+    b = c["build"]
+    libs = ", ".join(f"{f} {'ok' if r['ok'] else 'FAILED'}" for f, r in b["libraries"].items())
+    L += [f"Built with {b['nvcc_version']} ({' '.join(b['flags'])}): {libs}.", "", f"GPU: {c['gpu']}.", ""]
+    runs = c["runs"]
+    if runs["status"] == "skipped":
+        return L + [f"Runs skipped: {runs['reason']}.", ""]
+    cor = runs["correctness"]
+    L += [f"Bit-exact against the reference: {cor['passed']} of {cor['total']} cases.", ""]
+    L += [f"- FAIL {x['kernel']} [{x['case']}]: {x['detail']}" for x in cor["cases"] if not x["ok"]]
+    if "timing" in runs:
+        t = runs["timing"]
+        L += ["", f"cudaMemcpy device-to-device: {t['memcpy_d2d_GBps']} GB/s ({t['note']})."]
+        L += [f"- {k}: {v['ms']} ms, {v['GBps']} GB/s, {v['of_memcpy']} x memcpy" for k, v in t["row_copies"].items()]
+    return L + [""]
 
 
 def _md_mla(m: dict, tag: str) -> list[str]:

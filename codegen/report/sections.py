@@ -15,6 +15,11 @@
     FlashMLA-2's shapes, with the fraction of the FMA peak; only the peers whose builds are cached (a cold ik
     build takes 11 to 20 minutes on 2 cores, more than a report should spend unasked): the others are skipped
     with the command that builds them.
+``section_cuda``
+    :mod:`mlaref.codegen.cuda.check`: every CUDA kernel compiled with nvcc (skipped, with that reason, without
+    nvcc); on a machine with a GPU each one checked bit for bit against the reference (one report check per
+    case) and, in the full mode, timed against cudaMemcpy and torch.matmul; without a GPU the runs are skipped
+    with the driver's reason.
 ``section_mla``
     :func:`mlaref.codegen.bench.mla.run_mla` on mlaref's kernels (the NumPy reference at reduced shapes where
     they cannot run) or on upstream ggml.
@@ -38,13 +43,15 @@ from mlaref.codegen.bench import ops as bench_ops
 from mlaref.codegen.bench import peak as bench_peak
 from mlaref.codegen.bench import peers as bench_peers
 from mlaref.codegen.bench import throughput
+from mlaref.codegen.cuda import build as cuda_build
+from mlaref.codegen.cuda import check as cuda_check
 from mlaref.codegen.peers import build as peer_build
 from mlaref.codegen.peers import ggml as ggml_peer
 from mlaref.codegen.report.progress import Progress
 from mlaref.codegen.report.schema import quantity
 
 __all__ = ["MLA_REFERENCE", "section_cpu", "section_build", "section_bench_kernels", "section_bench_ops",
-           "section_bench_types", "section_bench_peers", "section_mla"]
+           "section_bench_types", "section_bench_peers", "section_cuda", "section_mla"]
 
 # The MLA benchmark's shapes when the kernels cannot run (the reference back-end).
 MLA_REFERENCE = {"n_kv": (256, 512), "T": 32, "kv_chunk": 256}
@@ -263,3 +270,28 @@ def section_mla(backend: str, cfg: dict, show: bool, n_threads: int | None) -> d
                      "speed claim was not measured with them; the reference back-end ran at reduced shapes to "
                      "exercise the pipeline")
     return r
+
+
+# ----------------------------------------------------------------------------------------------------------
+# cuda
+# ----------------------------------------------------------------------------------------------------------
+def section_cuda(cfg: dict, show: bool) -> dict:
+    """The ``cuda`` section: the CUDA target built with nvcc; on a GPU, checked bit for bit and (full mode) timed."""
+    def log(msg: str) -> None:
+        if show:
+            print(f"cuda: {msg}", file=sys.stderr, flush=True)
+
+    built = cuda_check.build_step(log, max(1, os.cpu_count() or 1))
+    if built["nvcc"] is None:
+        return {"status": "skipped", "reason": "nvcc not found (PATH or /usr/local/cuda/bin): the CUDA kernels "
+                                               "were not compiled"}
+    out = {"status": "ok", "build": built, "gpu": cuda_build.gpu_status()}
+    if not built["ok"]:
+        out["runs"] = {"status": "skipped", "reason": "a CUDA library failed to build"}
+    elif not cuda_build.gpu_present():
+        out["runs"] = {"status": "skipped", "reason": out["gpu"] + "; the kernels were compiled, not run"}
+    else:
+        out["runs"] = {"status": "ok", "correctness": cuda_check.correctness_step(log)}
+        if cfg["mla_repeats"] > 1:  # the full and quick modes; tiny (tests) checks bytes only
+            out["runs"]["timing"] = cuda_check.timing_step(log, 5, 8192, 128)
+    return out

@@ -304,3 +304,52 @@ def test_report_times_the_cached_peers_or_says_how_to_build_them(tiny_run):
                 c["seconds"]["value"] / r["contenders"]["mlaref"]["seconds"]["value"])
     if s["cpu"]["fma_peak"]["status"] == "ok":
         assert s["cpu"]["fma_peak"]["threads_1"]["unit"] == "GFLOP/s"
+
+
+def test_cuda_section_in_the_tiny_report(tiny_run):
+    """The cuda section: skipped without nvcc (with that reason), else the nvcc build of every family as checks,
+    and the runs either skipped with the driver's reason (no GPU) or one check per bit-exact case."""
+    cu = tiny_run[3]["sections"]["cuda"]
+    names = [c["name"] for c in tiny_run[3]["checks"]["list"]]
+    if cu["status"] == "skipped":
+        assert "nvcc" in cu["reason"]
+        return
+    assert set(cu["build"]["libraries"]) >= {"runtime", "copy_rows", "concat_rows", "convert_rows", "mul_mat"}
+    assert all(f"build CUDA {f} (nvcc)" in names for f in cu["build"]["libraries"])
+    if cu["runs"]["status"] == "skipped":
+        assert cu["runs"]["reason"].startswith(cu["gpu"])
+        assert any(x["what"] == "CUDA kernel runs and timings" for x in tiny_run[3]["skipped"])
+    else:
+        assert len([n for n in names if n.startswith("CUDA kernel ")]) == cu["runs"]["correctness"]["total"]
+
+
+def test_cuda_section_on_a_gpu_reports_each_case(monkeypatch):
+    """With a GPU (simulated: the probe and the case runner stubbed), every case is a report check and a failing
+    case fails the report and is listed in report.md."""
+    from mlaref.codegen.report import builder, markdown
+
+    monkeypatch.setattr(sections.cuda_check, "build_step", lambda log, jobs: {
+        "nvcc": "/usr/bin/nvcc", "nvcc_version": "release 13.0", "flags": ["-fmad=false"], "ok": True,
+        "libraries": {"runtime": {"ok": True}, "mul_mat": {"ok": True}}})
+    monkeypatch.setattr(sections.cuda_build, "gpu_status", lambda: "ok: 1 device(s)")
+    monkeypatch.setattr(sections.cuda_build, "gpu_present", lambda: True)
+    cases = [{"kernel": "k_a", "case": "1x32", "ok": True, "detail": ""},
+             {"kernel": "k_b", "case": "3x64", "ok": False, "detail": "rows: 5 of 204 bytes differ"}]
+    monkeypatch.setattr(sections.cuda_check, "correctness_step",
+                        lambda log: {"cases": cases, "passed": 1, "total": 2})
+    sec = sections.section_cuda(builder.MODES["tiny"], False)
+    assert sec["runs"]["correctness"]["total"] == 2 and "timing" not in sec["runs"]
+    checks = builder._collect_checks({"cuda": sec})
+    assert {"name": "CUDA kernel k_b [3x64] bit-exact", "passed": False} in checks
+    assert {"name": "build CUDA mul_mat (nvcc)", "passed": True} in checks
+    lines = markdown._md_cuda(sec)
+    assert "Bit-exact against the reference: 1 of 2 cases." in lines
+    assert "- FAIL k_b [3x64]: rows: 5 of 204 bytes differ" in lines
+
+
+def test_cuda_section_without_nvcc(monkeypatch):
+    monkeypatch.setattr(sections.cuda_check, "build_step", lambda log, jobs: {"nvcc": None, "ok": False,
+                                                                            "libraries": {}})
+    sec = sections.section_cuda({"mla_repeats": 1}, False)
+    assert sec == {"status": "skipped", "reason": "nvcc not found (PATH or /usr/local/cuda/bin): the CUDA kernels "
+                                                  "were not compiled"}
