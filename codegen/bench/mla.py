@@ -65,8 +65,8 @@ import numpy as np
 
 from mlaref.codegen import kernels as K
 from mlaref.codegen.bench import method as bench
-from mlaref.codegen.bench.mla_arena import (PEER_TAGS, arena_options, arena_row, format_arena, format_profile,
-                                           peers_ready)
+from mlaref.codegen.bench.mla_arena import (ARENA_WEIGHT, PEER_TAGS, Q8_0_CACHE_UNSUPPORTED, arena_options,
+                                           arena_row, format_arena, format_profile, peers_ready)
 from mlaref.codegen.bench.mla_layers import (
     KERNEL_OPS,
     VARIANTS,
@@ -116,14 +116,16 @@ def kernels_available() -> str | None:
 
 def run_mla(*, n_kv=N_KV_FULL, T: int = 512, repeats: int = 3, n_threads: int | None = None,
             kv_chunk: int = 4096, backend: str = "auto", seed: int = 0, n_head: int | None = None,
-            weight_type: str = "iq4_nl", peers=None, progress=None) -> dict:
+            weight_type: str = "iq4_nl", peers=None, progress=None, cache_type: str = "f16") -> dict:
     """Time the three variants at each ``n_kv``; return the machine-readable result (see the module docstring).
 
     ``backend``: ``"ggml"``, ``"reference"`` or ``"auto"`` (ggml when ggml-python imports). ``n_head`` reduces
     the head count (tests; the reference back-end defaults to 2). ``peers`` (arena back-end only): the peers whose
     graph of the layer is timed too, of :data:`~mlaref.codegen.bench.mla_arena.PEER_TAGS` (default: all; those
     without a cached build are skipped and named). ``progress(done, total, label)`` is called before each
-    ``n_kv``.
+    ``n_kv``. ``cache_type`` (arena back-end only): ``"f16"`` or ``"q8_0"`` (#253's quantized cache; the arena's
+    wkv_b is then q8_0, :data:`~mlaref.codegen.bench.mla_arena.ARENA_WEIGHT`, and the contenders that cannot run
+    it are left out with the reason, :data:`~mlaref.codegen.bench.mla_arena.Q8_0_CACHE_UNSUPPORTED`).
     """
 
     if backend not in ("auto", "ggml", "kernels", "reference", "arena"):
@@ -134,6 +136,10 @@ def run_mla(*, n_kv=N_KV_FULL, T: int = 512, repeats: int = 3, n_threads: int | 
         raise RuntimeError(f"the mul_mat / flash_attn_ext kernels cannot run here: {kernels_available()}")
     if backend == "ggml" and not ggml_peer.available():
         raise RuntimeError(ggml_peer.unavailable_reason())
+    if cache_type not in ARENA_WEIGHT:
+        raise ValueError(f"cache_type must be one of {', '.join(ARENA_WEIGHT)}, got {cache_type!r}")
+    if cache_type != "f16" and backend != "arena":
+        raise ValueError(f"cache_type {cache_type} needs the arena back-end (the others build an f16 cache)")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     if not isinstance(T, int) or T <= 0:
@@ -160,7 +166,12 @@ def run_mla(*, n_kv=N_KV_FULL, T: int = 512, repeats: int = 3, n_threads: int | 
     s = shapes(hp, T, n_head)
     if backend == "arena":
         ready, skipped = peers_ready(tuple(PEER_TAGS) if peers is None else tuple(peers))
-        return _run_arena(hp, s, n_kv, kv_chunk, n_threads, repeats, seed, load, progress, ready, skipped)
+        if cache_type != "f16":
+            for p in [p for p in ready if p in Q8_0_CACHE_UNSUPPORTED]:
+                ready.remove(p)
+                skipped[p] = Q8_0_CACHE_UNSUPPORTED[p]
+        return _run_arena(hp, s, n_kv, kv_chunk, n_threads, repeats, seed, load, progress, ready, skipped,
+                          cache_type)
     rows = []
     for i, n in enumerate(n_kv):
         if progress:
@@ -205,23 +216,28 @@ def run_mla(*, n_kv=N_KV_FULL, T: int = 512, repeats: int = 3, n_threads: int | 
     }
 
 
-def _run_arena(hp, s, n_kv, kv_chunk, n_threads, repeats, seed, load, progress, peers, skipped) -> dict:
+def _run_arena(hp, s, n_kv, kv_chunk, n_threads, repeats, seed, load, progress, peers, skipped,
+               cache_type: str = "f16") -> dict:
     """``backend="arena"``: the arena executor against ggml 0.15.3's graph and the peers' graphs of the same IR in
     the same rounds (bench/mla_arena.py)."""
-    with_ggml = ggml_peer.available()
+    with_ggml = ggml_peer.available() and cache_type == "f16"
+    if cache_type != "f16":
+        skipped = {**skipped, "ggml 0.15.3": Q8_0_CACHE_UNSUPPORTED["ggml 0.15.3"]}
     rows = []
     for i, n in enumerate(n_kv):
         if progress:
             progress(i, len(n_kv), f"n_kv {n}")
-        rows.append(arena_row(hp, s, n, kv_chunk, n_threads, repeats, seed, with_ggml, peers))
+        rows.append(arena_row(hp, s, n, kv_chunk, n_threads, repeats, seed, with_ggml, peers, cache_type))
     if progress:
         progress(len(n_kv), len(n_kv), "done")
-    hp_shapes = {**s, "model": hp.name, "kv_chunk": kv_chunk, "cache_type": "f16", "weight_type_wkv_b": "f16"}
+    hp_shapes = {**s, "model": hp.name, "kv_chunk": kv_chunk, "cache_type": cache_type,
+                 "weight_type_wkv_b": ARENA_WEIGHT[cache_type]}
     return {
         "benchmark": "mlaref bench mla", "backend": "arena", "shapes": hp_shapes, "n_threads": n_threads,
         "timed": "the arena executor (one buffer at the allocator model's offsets, every node on a generated "
                  "kernel, one C call per run) against upstream ggml 0.15.3's graph"
-                 + ("" if with_ggml else " (ggml-python absent: left out)")
+                 + ("" if with_ggml else " (left out: " + ("ggml-python absent" if cache_type == "f16" else
+                                                           Q8_0_CACHE_UNSUPPORTED["ggml 0.15.3"]) + ")")
                  + "".join(f" and the same IR graph on {p} ({PEER_TAGS[p]}/<variant>)" for p in peers),
         "peers": list(peers), "skipped_peers": skipped,
         "plans": {op: o["plan"].name for op, o in arena_options().items()},
@@ -412,6 +428,9 @@ def configure(parser) -> None:
                         help=f"arena back-end: the peers whose graph of the layer is timed too, of "
                              f"{', '.join(PEER_TAGS)} (default: all; those not built are skipped and named; none "
                              f"given: no peer)")
+    parser.add_argument("--cache-type", choices=tuple(ARENA_WEIGHT), default="f16",
+                        help="arena back-end: the KV cache type (q8_0: #253's quantized cache, wkv_b q8_0; "
+                             "contenders that cannot run it are left out and named)")
     parser.add_argument("--json", metavar="FILE", help="also write the machine-readable result to FILE")
 
 
@@ -419,7 +438,7 @@ def run(args) -> int:
     try:
         result = run_mla(n_kv=tuple(args.n_kv), repeats=args.repeats, n_threads=args.threads,
                          kv_chunk=args.kv_chunk, backend=args.backend, weight_type=args.weight_type,
-                         peers=args.peers)
+                         peers=args.peers, cache_type=args.cache_type)
     except (ValueError, RuntimeError) as exc:
         print(f"mlaref bench mla: {exc}", file=sys.stderr)
         return 2

@@ -130,3 +130,30 @@ def test_the_table_names_skipped_peers():
                                                              "llama-cpp-python`"})
     assert "ik/arena" in text and "ggml025/arena" not in text and "3.0e-06 > bound" in text
     assert "skipped llama-cpp-python: not built here: run `mlaref peer build llama-cpp-python`" in text
+
+
+def test_a_q8_0_cache_runs_on_ik_and_names_who_cannot():
+    """--cache-type q8_0 (#253's quantized cache, wkv_b q8_0): ik_llama.cpp runs the arena's graph of every variant
+    within NMSE_BOUND_Q8_0 of the arena's attention; ggml 0.25.3 (whose CPU repeat aborts on q8_0 rows) and the
+    f16-only ggml 0.15.3 layer are left out with their reasons, never run."""
+    _need("ik-llama-cpp-python")
+    res = B.run_mla(n_kv=(512,), T=32, n_head=2, repeats=1, n_threads=2, kv_chunk=256, backend="arena",
+                    peers=PEERS, cache_type="q8_0")
+    assert res["shapes"]["cache_type"] == "q8_0" and res["shapes"]["weight_type_wkv_b"] == "q8_0"
+    assert res["peers"] == ["ik-llama-cpp-python"]
+    assert res["skipped_peers"]["ggml 0.15.3"] == MA.Q8_0_CACHE_UNSUPPORTED["ggml 0.15.3"]
+    if peer_build.built("native", "llama-cpp-python"):
+        assert "ops.cpp:1789-1818" in res["skipped_peers"]["llama-cpp-python"]
+    row = res["rows"][0]
+    for v in VARIANTS:
+        n = row[f"nmse_ik_{v}"]
+        assert n["bound"] == MA.NMSE_BOUND_Q8_0["ik-llama-cpp-python"] and n["within_bound"], n
+        assert n["value"] > 0  # ik's q8_2_x4 scales are bf16, mlaref's q8_0 f16: never the same bytes
+        assert f"ratio_{v}" not in row and not any(k.startswith("ggml025/") for k in row)
+
+
+def test_cache_type_is_checked_before_anything_runs():
+    with pytest.raises(ValueError, match="cache_type must be one of f16, q8_0"):
+        B.run_mla(n_kv=(512,), T=32, n_head=2, backend="arena", cache_type="q4_0")
+    with pytest.raises(ValueError, match="needs the arena back-end"):
+        B.run_mla(n_kv=(512,), T=32, n_head=2, backend="reference", cache_type="q8_0")
