@@ -372,7 +372,7 @@ def format_table(result: dict) -> str:
     """The result as a fixed-width text table."""
     if result["backend"] == "arena":
         return format_arena(result["rows"], result["n_threads"], result["method"]["repeats"],
-                            result.get("skipped_peers")) + (
+                            result.get("skipped_peers"), result["shapes"].get("cache_type", "f16")) + (
             f"\nload average before {result['load_average']['value']}\n" + format_profile(result["rows"]))
     head = ("n_kv", "f32 s med [min-max]", "direct s med [min-max]", "chunked s med [min-max]",
             "direct/f32", "(of mins)", "seed", "chunked/direct")

@@ -352,7 +352,8 @@ def format_profile(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def format_arena(rows: list[dict], n_threads: int, repeats: int, skipped: dict | None = None) -> str:
+def format_arena(rows: list[dict], n_threads: int, repeats: int, skipped: dict | None = None,
+                 cache_type: str = "f16") -> str:
     """One line per (n_kv, variant): each contender's median, spread and IQR, its ratio to the arena (of the
     medians, and the median of the per-round ratios), the peers' NMSE; then the noise yardstick's line per n_kv."""
     tags = [t for t in ("ggml", *PEER_TAGS.values()) if any(f"{t}/{v}" in r for r in rows for v in VARIANTS)]
@@ -395,12 +396,14 @@ def format_arena(rows: list[dict], n_threads: int, repeats: int, skipped: dict |
                        f"s, spread {pct(c, 'spread')} %, IQR {pct(c, 'iqr')} %, min/median "
                        f"{c['min_over_median']:.2f}; hypervisor steal in {sum(x > 0 for x in stolen)} of "
                        f"{len(stolen)} timed runs, {sum(stolen):.2f} s in all")
+    bounds = NMSE_BOUND if cache_type == "f16" else NMSE_BOUND_Q8_0
     out.append(f"arena: one buffer at the allocator model's offsets, every node on a generated kernel, one C call per "
                f"run; ggml015: upstream ggml 0.15.3's graph (ggml-python); ik / ggml025: the arena's IR graph on "
                f"ik_llama.cpp / ggml 0.25.3 (ggml_graph_compute_with_ctx, timed in the peer's child process); "
                f"x/arena > 1: the arena is faster (of the medians; paired: the median of the per-round ratios); "
                f"nmse: a peer's attention results against the arena's (bounds "
-               f"{', '.join(f'{PEER_TAGS[p]} {b:g}' for p, b in NMSE_BOUND.items())}); wkv_b f16, cache f16; "
+               f"{', '.join(f'{PEER_TAGS[p]} {b:g}' for p, b in bounds.items())}); wkv_b {ARENA_WEIGHT[cache_type]}, "
+               f"cache {cache_type}; "
                f"{n_threads} threads; median of {repeats} interleaved rounds; spr = (max - min) / median, iqr = "
                f"(q3 - q1) / median")
     for p, why in (skipped or {}).items():
