@@ -99,63 +99,58 @@ static struct ggml_context *new_ctx(void) {
     return ggml_init(p);
 }
 
+/* false (and the JSON tail said, the context freed) when ggml-cuda's supports_op refuses `out` */
+static int supported(struct ggml_context *ctx, const struct ggml_tensor *out) {
+    if (ggml_backend_supports_op(be, out)) return 1;
+    printf(", \"supported\": false}\n");
+    ggml_free(ctx);
+    return 0;
+}
+
+/* every source of `out` random (a flash-attention mask: zeros), `out` timed reps times; says the JSON tail with
+   `key` (flop or bytes) = amount, frees the buffer and the context */
+static void time_op(struct ggml_context *ctx, struct ggml_tensor *out, int reps, const char *key, double amount) {
+    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(ctx, be);
+    for (int i = 0; i < GGML_MAX_SRC; ++i) {
+        struct ggml_tensor *src = out->src[i];
+        if (!src) continue;
+        if (out->op == GGML_OP_FLASH_ATTN_EXT && i == 3) ggml_backend_tensor_memset(src, 0, 0, ggml_nbytes(src));
+        else fill(src, 1.0f);
+    }
+    double med, mn;
+    run_graph(ctx, out, reps, &med, &mn);
+    printf(", \"supported\": true, \"reps\": %d, \"median_s\": %.9g, \"min_s\": %.9g, \"%s\": %.17g}\n", reps,
+           med, mn, key, amount);
+    ggml_backend_buffer_free(buf);
+    ggml_free(ctx);
+}
+
 static void case_mm(char **f) {
     enum ggml_type t = type_of(f[1]);
     int64_t M = atoll(f[2]), K = atoll(f[3]), N = atoll(f[4]);
-    int reps = atoi(f[5]);
     struct ggml_context *ctx = new_ctx();
-    struct ggml_tensor *w = ggml_new_tensor_2d(ctx, t, K, M);
-    struct ggml_tensor *x = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, K, N);
-    struct ggml_tensor *y = ggml_mul_mat(ctx, w, x);
+    struct ggml_tensor *y = ggml_mul_mat(ctx, ggml_new_tensor_2d(ctx, t, K, M),
+                                         ggml_new_tensor_2d(ctx, GGML_TYPE_F32, K, N));
     printf("{\"case\": \"mm\", \"type\": \"%s\", \"M\": %lld, \"K\": %lld, \"N\": %lld", f[1], (long long)M,
            (long long)K, (long long)N);
-    if (!ggml_backend_supports_op(be, y)) {
-        printf(", \"supported\": false}\n");
-        ggml_free(ctx);
-        return;
-    }
-    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(ctx, be);
-    fill(w, 1.0f);
-    fill(x, 1.0f);
-    double med, mn;
-    run_graph(ctx, y, reps, &med, &mn);
-    printf(", \"supported\": true, \"reps\": %d, \"median_s\": %.9g, \"min_s\": %.9g, \"flop\": %.17g}\n", reps, med,
-           mn, 2.0 * M * K * N);
-    ggml_backend_buffer_free(buf);
-    ggml_free(ctx);
+    if (supported(ctx, y)) time_op(ctx, y, atoi(f[5]), "flop", 2.0 * M * K * N);
 }
 
 static void case_fa(char **f) {
     enum ggml_type t = type_of(f[1]);
     int64_t dk = atoll(f[2]), dv = atoll(f[3]), h = atoll(f[4]), hkv = atoll(f[5]), nq = atoll(f[6]),
             nkv = atoll(f[7]);
-    int reps = atoi(f[8]);
     struct ggml_context *ctx = new_ctx();
-    struct ggml_tensor *q = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, dk, nq, h);
-    struct ggml_tensor *k = ggml_new_tensor_3d(ctx, t, dk, nkv, hkv);
-    struct ggml_tensor *v = ggml_new_tensor_3d(ctx, t, dv, nkv, hkv);
-    struct ggml_tensor *m = ggml_new_tensor_2d(ctx, GGML_TYPE_F16, nkv, nq);
-    struct ggml_tensor *o = ggml_flash_attn_ext(ctx, q, k, v, m, 1.0f / sqrtf((float)dk), 0.0f, 0.0f);
+    struct ggml_tensor *o = ggml_flash_attn_ext(ctx, ggml_new_tensor_3d(ctx, GGML_TYPE_F32, dk, nq, h),
+                                                ggml_new_tensor_3d(ctx, t, dk, nkv, hkv),
+                                                ggml_new_tensor_3d(ctx, t, dv, nkv, hkv),
+                                                ggml_new_tensor_2d(ctx, GGML_TYPE_F16, nkv, nq),
+                                                1.0f / sqrtf((float)dk), 0.0f, 0.0f);
     ggml_prec_set_acc(o, GGML_PREC_F32);
     printf("{\"case\": \"fa\", \"type\": \"%s\", \"Dk\": %lld, \"Dv\": %lld, \"H\": %lld, \"Hkv\": %lld, "
            "\"n_q\": %lld, \"n_kv\": %lld", f[1], (long long)dk, (long long)dv, (long long)h, (long long)hkv,
            (long long)nq, (long long)nkv);
-    if (!ggml_backend_supports_op(be, o)) {
-        printf(", \"supported\": false}\n");
-        ggml_free(ctx);
-        return;
-    }
-    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(ctx, be);
-    fill(q, 1.0f);
-    fill(k, 1.0f);
-    fill(v, 1.0f);
-    ggml_backend_tensor_memset(m, 0, 0, ggml_nbytes(m));
-    double med, mn;
-    run_graph(ctx, o, reps, &med, &mn);
-    printf(", \"supported\": true, \"reps\": %d, \"median_s\": %.9g, \"min_s\": %.9g, \"flop\": %.17g}\n", reps, med,
-           mn, 2.0 * h * nq * nkv * (double)(dk + dv));
-    ggml_backend_buffer_free(buf);
-    ggml_free(ctx);
+    if (supported(ctx, o)) time_op(ctx, o, atoi(f[8]), "flop", 2.0 * h * nq * nkv * (double)(dk + dv));
 }
 
 /* the copy ops: returns the output node; *a, *b the inputs (b NULL unless concat) */
@@ -187,44 +182,37 @@ static void case_copy(char **f, int dump) {
     struct ggml_tensor *o = copy_op(ctx, f[1], t, ne0, ne1, &a, &b);
     printf("{\"case\": \"%s\", \"op\": \"%s\", \"type\": \"%s\", \"ne0\": %lld, \"ne1\": %lld", dump ? "dump" : "copy",
            f[1], f[2], (long long)ne0, (long long)ne1);
-    if (!ggml_backend_supports_op(be, o)) {
-        printf(", \"supported\": false}\n");
-        ggml_free(ctx);
+    if (!supported(ctx, o)) return;
+    if (!dump) {
+        /* bytes read and written: the output, plus each input read once (repeat reads its one row into cache) */
+        double moved = (double)ggml_nbytes(o) + (double)ggml_nbytes(a) * (strcmp(f[1], "repeat") ? 1.0 : 0.0) +
+                       (b ? (double)ggml_nbytes(b) : 0.0);
+        time_op(ctx, o, atoi(f[5]), "bytes", moved);
         return;
     }
     ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(ctx, be);
     fill(a, 1.0f);
     if (b) fill(b, 1.0f);
-    if (dump) {
-        double med, mn;
-        run_graph(ctx, o, 1, &med, &mn);
-        struct ggml_tensor *ts[3] = {a, b, o};
-        const char *ext[3] = {"in0", "in1", "out"};
-        for (int i = 0; i < 3; ++i) {
-            if (!ts[i]) continue;
-            size_t n = ggml_nbytes(ts[i]);
-            void *h = malloc(n);
-            ggml_backend_tensor_get(ts[i], h, 0, n);
-            char path[4096];
-            snprintf(path, sizeof path, "%s/%s_%s.%s", f[5], f[1], f[2], ext[i]);
-            FILE *fp = fopen(path, "wb");
-            if (!fp || fwrite(h, 1, n, fp) != n) {
-                fprintf(stderr, "cannot write %s\n", path);
-                exit(2);
-            }
-            fclose(fp);
-            free(h);
+    double med, mn;
+    run_graph(ctx, o, 1, &med, &mn);
+    struct ggml_tensor *ts[3] = {a, b, o};
+    const char *ext[3] = {"in0", "in1", "out"};
+    for (int i = 0; i < 3; ++i) {
+        if (!ts[i]) continue;
+        size_t n = ggml_nbytes(ts[i]);
+        void *h = malloc(n);
+        ggml_backend_tensor_get(ts[i], h, 0, n);
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s_%s.%s", f[5], f[1], f[2], ext[i]);
+        FILE *fp = fopen(path, "wb");
+        if (!fp || fwrite(h, 1, n, fp) != n) {
+            fprintf(stderr, "cannot write %s\n", path);
+            exit(2);
         }
-        printf(", \"supported\": true, \"out_ne\": [%lld, %lld]}\n", (long long)o->ne[0], (long long)o->ne[1]);
-    } else {
-        int reps = atoi(f[5]);
-        double med, mn;
-        run_graph(ctx, o, reps, &med, &mn);
-        double moved = (double)ggml_nbytes(o) + (double)ggml_nbytes(a) * (strcmp(f[1], "repeat") ? 1.0 : 0.0) +
-                       (b ? (double)ggml_nbytes(b) : 0.0);
-        printf(", \"supported\": true, \"reps\": %d, \"median_s\": %.9g, \"min_s\": %.9g, \"bytes\": %.17g}\n", reps,
-               med, mn, moved);
+        fclose(fp);
+        free(h);
     }
+    printf(", \"supported\": true, \"out_ne\": [%lld, %lld]}\n", (long long)o->ne[0], (long long)o->ne[1]);
     ggml_backend_buffer_free(buf);
     ggml_free(ctx);
 }
