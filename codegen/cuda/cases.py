@@ -78,7 +78,9 @@ def _diff(got: np.ndarray, want: np.ndarray, what: str) -> str:
     bad = np.argwhere(g != w)
     if not len(bad):
         return ""
-    return f"{what}: {len(bad)} of {g.size} bytes differ, first at {tuple(int(i) for i in bad[0])}"
+    shown = ", ".join(f"{tuple(int(i) for i in at)} got {int(g[tuple(at)]):#04x} want {int(w[tuple(at)]):#04x}"
+                      for at in bad[:4])
+    return f"{what}: {len(bad)} of {g.size} bytes differ, first at {tuple(int(i) for i in bad[0])} ({shown})"
 
 
 def _guards_ok(full: np.ndarray, width_bytes: int) -> str:

@@ -82,11 +82,10 @@ __global__ void mlaref_convert_rows_bf16_q8_0__sm90_x86_k(const uint8_t *x, uint
         const int q = isfinite(p) ? __float2int_rn(p) : -128;  /* cvtps_epi32's integer indefinite, saturated */
         uint8_t *blk = y + r * y_stride + b * 34;
         blk[2 + lane] = (uint8_t)(int8_t)q;
-        if (lane == 0) {
-            const unsigned short bits = __half_as_ushort(__float2half_rn(d));
-            blk[0] = (uint8_t)(bits & 0xff);
-            blk[1] = (uint8_t)(bits >> 8);
-        }
+        /* d with one 16-bit store (blk is 2-byte aligned: blocks of 34 bytes, even row strides, cudaMalloc'd
+           base). The first H100 run stored the half's two bytes one by one (st.global.u8 of the low byte, then of
+           the high byte shifted down): every low byte came back 0 while the PTX was right (docs/cuda.md). */
+        if (lane == 0) *(__half *)blk = __float2half_rn(d);
     }
 }
 #define mlaref_convert_rows_bf16_q8_0__sm90_x86_THREADS(n_rows, n) ((n_rows) * ((n) / 32) * 32)
