@@ -386,7 +386,7 @@ static inline void mm_decode_q8_1(const uint8_t *row, int64_t nb, int8_t *q, flo
     }
 }
 
-/* bytes of one block of an 8-row group: 256 values, 256 absolute values, 8 dx, 8 mx */
+/* bytes of one block of an 8-row group: 256 values, 256 absolute values (unused by q4_1 / q5_1), 8 dx, 8 mx */
 #define MM_SBREC 576
 /* bytes of one y column: nb blocks of 32 int8 values, then nb scales dy and nb sums sy (f32), padded to 64 */
 static inline int64_t mm_scol_bytes(int64_t nb) { return (nb * 40 + 63) / 64 * 64; }
@@ -401,15 +401,11 @@ static inline void mm_sput_x(const int8_t *q, const float *d, const float *m, in
     }
 }
 
-/* the absolute values of an 8-row group's values, once its rows are in (the sign trick's unsigned operand) */
+/* the absolute values of an 8-row group's values, once its rows are in (the sign trick's unsigned operand); q4_1 /
+   q5_1 values are unsigned and the avx2 tile reads them directly: nothing to do */
 static inline void mm_sput_abs(uint8_t *grp, int64_t nb) {
-    for (int64_t b = 0; b < nb; ++b) {
-        uint8_t *rec = grp + b * MM_SBREC;
-        for (int k = 0; k < 256; ++k) {
-            const int8_t v = (int8_t)rec[k];
-            rec[256 + k] = (uint8_t)(v < 0 ? -v : v);
-        }
-    }
+    (void)grp;
+    (void)nb;
 }
 
 /* the decoded column (q, d, s) -> its y cache line */

@@ -369,7 +369,7 @@ static inline void mm_decode_q8_0(const uint8_t *row, int64_t nb, int8_t *q, flo
     }
 }
 
-/* bytes of one block of an 8-row group: 256 values, 256 absolute values, 8 dx */
+/* bytes of one block of an 8-row group: 256 values, 256 absolute values (unused by q4_1 / q5_1), 8 dx */
 #define MM_SBREC 544
 /* bytes of one y column: nb blocks of 32 int8 values, then nb scales dy (f32), padded to 64 */
 static inline int64_t mm_scol_bytes(int64_t nb) { return (nb * 36 + 63) / 64 * 64; }

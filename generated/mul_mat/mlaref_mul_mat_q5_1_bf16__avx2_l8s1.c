@@ -914,7 +914,7 @@ static inline void mm_decode_q8_1(const uint8_t *row, int64_t nb, int8_t *q, flo
     }
 }
 
-/* bytes of one block of an 8-row group: 256 values, 256 absolute values, 8 dx, 8 mx */
+/* bytes of one block of an 8-row group: 256 values, 256 absolute values (unused by q4_1 / q5_1), 8 dx, 8 mx */
 #define MM_SBREC 576
 /* bytes of one y column: nb blocks of 32 int8 values, then nb scales dy and nb sums sy (f32), padded to 64 */
 static inline int64_t mm_scol_bytes(int64_t nb) { return (nb * 40 + 63) / 64 * 64; }
@@ -929,15 +929,11 @@ static inline void mm_sput_x(const int8_t *q, const float *d, const float *m, in
     }
 }
 
-/* the absolute values of an 8-row group's values, once its rows are in (the sign trick's unsigned operand) */
+/* the absolute values of an 8-row group's values, once its rows are in (the sign trick's unsigned operand); q4_1 /
+   q5_1 values are unsigned and the avx2 tile reads them directly: nothing to do */
 static inline void mm_sput_abs(uint8_t *grp, int64_t nb) {
-    for (int64_t b = 0; b < nb; ++b) {
-        uint8_t *rec = grp + b * MM_SBREC;
-        for (int k = 0; k < 256; ++k) {
-            const int8_t v = (int8_t)rec[k];
-            rec[256 + k] = (uint8_t)(v < 0 ? -v : v);
-        }
-    }
+    (void)grp;
+    (void)nb;
 }
 
 /* the decoded column (q, d, s) -> its y cache line */
@@ -987,63 +983,63 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
         __m256i s2 = _mm256_setzero_si256(), h2;
         __m256i s3 = _mm256_setzero_si256(), h3;
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 0));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 256));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 0), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 0));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 0));
             h0 = p0;
-            const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 0), qx));
+            const __m256i p1 = _mm256_maddubs_epi16(ax, mm_sbcast(yq1 + 32 * b + 0));
             h1 = p1;
-            const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 0), qx));
+            const __m256i p2 = _mm256_maddubs_epi16(ax, mm_sbcast(yq2 + 32 * b + 0));
             h2 = p2;
-            const __m256i p3 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq3 + 32 * b + 0), qx));
+            const __m256i p3 = _mm256_maddubs_epi16(ax, mm_sbcast(yq3 + 32 * b + 0));
             h3 = p3;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
             __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 288));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 4), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 32));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 4));
             h0 = _mm256_add_epi16(h0, p0);
-            const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 4), qx));
+            const __m256i p1 = _mm256_maddubs_epi16(ax, mm_sbcast(yq1 + 32 * b + 4));
             h1 = _mm256_add_epi16(h1, p1);
-            const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 4), qx));
+            const __m256i p2 = _mm256_maddubs_epi16(ax, mm_sbcast(yq2 + 32 * b + 4));
             h2 = _mm256_add_epi16(h2, p2);
-            const __m256i p3 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq3 + 32 * b + 4), qx));
+            const __m256i p3 = _mm256_maddubs_epi16(ax, mm_sbcast(yq3 + 32 * b + 4));
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
             __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 320));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 8), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 64));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 8));
             h0 = _mm256_add_epi16(h0, p0);
-            const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 8), qx));
+            const __m256i p1 = _mm256_maddubs_epi16(ax, mm_sbcast(yq1 + 32 * b + 8));
             h1 = _mm256_add_epi16(h1, p1);
-            const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 8), qx));
+            const __m256i p2 = _mm256_maddubs_epi16(ax, mm_sbcast(yq2 + 32 * b + 8));
             h2 = _mm256_add_epi16(h2, p2);
-            const __m256i p3 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq3 + 32 * b + 8), qx));
+            const __m256i p3 = _mm256_maddubs_epi16(ax, mm_sbcast(yq3 + 32 * b + 8));
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
             __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 352));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 12), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 96));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 12));
             h0 = _mm256_add_epi16(h0, p0);
             s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
-            const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 12), qx));
+            const __m256i p1 = _mm256_maddubs_epi16(ax, mm_sbcast(yq1 + 32 * b + 12));
             h1 = _mm256_add_epi16(h1, p1);
             s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
-            const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 12), qx));
+            const __m256i p2 = _mm256_maddubs_epi16(ax, mm_sbcast(yq2 + 32 * b + 12));
             h2 = _mm256_add_epi16(h2, p2);
             s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
-            const __m256i p3 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq3 + 32 * b + 12), qx));
+            const __m256i p3 = _mm256_maddubs_epi16(ax, mm_sbcast(yq3 + 32 * b + 12));
             h3 = _mm256_add_epi16(h3, p3);
             s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(h3, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
@@ -1052,63 +1048,63 @@ static inline void mm_smicro_4(const uint8_t *grp, int nr, const uint8_t *const 
             __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2), "+x"(s3));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 128));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 384));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 16), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 128));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 16));
             h0 = p0;
-            const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 16), qx));
+            const __m256i p1 = _mm256_maddubs_epi16(ax, mm_sbcast(yq1 + 32 * b + 16));
             h1 = p1;
-            const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 16), qx));
+            const __m256i p2 = _mm256_maddubs_epi16(ax, mm_sbcast(yq2 + 32 * b + 16));
             h2 = p2;
-            const __m256i p3 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq3 + 32 * b + 16), qx));
+            const __m256i p3 = _mm256_maddubs_epi16(ax, mm_sbcast(yq3 + 32 * b + 16));
             h3 = p3;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
             __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 416));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 20), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 160));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 20));
             h0 = _mm256_add_epi16(h0, p0);
-            const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 20), qx));
+            const __m256i p1 = _mm256_maddubs_epi16(ax, mm_sbcast(yq1 + 32 * b + 20));
             h1 = _mm256_add_epi16(h1, p1);
-            const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 20), qx));
+            const __m256i p2 = _mm256_maddubs_epi16(ax, mm_sbcast(yq2 + 32 * b + 20));
             h2 = _mm256_add_epi16(h2, p2);
-            const __m256i p3 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq3 + 32 * b + 20), qx));
+            const __m256i p3 = _mm256_maddubs_epi16(ax, mm_sbcast(yq3 + 32 * b + 20));
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
             __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 448));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 24), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 192));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 24));
             h0 = _mm256_add_epi16(h0, p0);
-            const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 24), qx));
+            const __m256i p1 = _mm256_maddubs_epi16(ax, mm_sbcast(yq1 + 32 * b + 24));
             h1 = _mm256_add_epi16(h1, p1);
-            const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 24), qx));
+            const __m256i p2 = _mm256_maddubs_epi16(ax, mm_sbcast(yq2 + 32 * b + 24));
             h2 = _mm256_add_epi16(h2, p2);
-            const __m256i p3 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq3 + 32 * b + 24), qx));
+            const __m256i p3 = _mm256_maddubs_epi16(ax, mm_sbcast(yq3 + 32 * b + 24));
             h3 = _mm256_add_epi16(h3, p3);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
             __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 480));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 28), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 224));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 28));
             h0 = _mm256_add_epi16(h0, p0);
             s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
-            const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 28), qx));
+            const __m256i p1 = _mm256_maddubs_epi16(ax, mm_sbcast(yq1 + 32 * b + 28));
             h1 = _mm256_add_epi16(h1, p1);
             s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
-            const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 28), qx));
+            const __m256i p2 = _mm256_maddubs_epi16(ax, mm_sbcast(yq2 + 32 * b + 28));
             h2 = _mm256_add_epi16(h2, p2);
             s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
-            const __m256i p3 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq3 + 32 * b + 28), qx));
+            const __m256i p3 = _mm256_maddubs_epi16(ax, mm_sbcast(yq3 + 32 * b + 28));
             h3 = _mm256_add_epi16(h3, p3);
             s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(h3, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
@@ -1174,54 +1170,54 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
         __m256i s1 = _mm256_setzero_si256(), h1;
         __m256i s2 = _mm256_setzero_si256(), h2;
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 0));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 256));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 0), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 0));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 0));
             h0 = p0;
-            const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 0), qx));
+            const __m256i p1 = _mm256_maddubs_epi16(ax, mm_sbcast(yq1 + 32 * b + 0));
             h1 = p1;
-            const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 0), qx));
+            const __m256i p2 = _mm256_maddubs_epi16(ax, mm_sbcast(yq2 + 32 * b + 0));
             h2 = p2;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
             __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 288));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 4), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 32));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 4));
             h0 = _mm256_add_epi16(h0, p0);
-            const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 4), qx));
+            const __m256i p1 = _mm256_maddubs_epi16(ax, mm_sbcast(yq1 + 32 * b + 4));
             h1 = _mm256_add_epi16(h1, p1);
-            const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 4), qx));
+            const __m256i p2 = _mm256_maddubs_epi16(ax, mm_sbcast(yq2 + 32 * b + 4));
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
             __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 320));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 8), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 64));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 8));
             h0 = _mm256_add_epi16(h0, p0);
-            const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 8), qx));
+            const __m256i p1 = _mm256_maddubs_epi16(ax, mm_sbcast(yq1 + 32 * b + 8));
             h1 = _mm256_add_epi16(h1, p1);
-            const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 8), qx));
+            const __m256i p2 = _mm256_maddubs_epi16(ax, mm_sbcast(yq2 + 32 * b + 8));
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
             __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 352));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 12), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 96));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 12));
             h0 = _mm256_add_epi16(h0, p0);
             s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
-            const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 12), qx));
+            const __m256i p1 = _mm256_maddubs_epi16(ax, mm_sbcast(yq1 + 32 * b + 12));
             h1 = _mm256_add_epi16(h1, p1);
             s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
-            const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 12), qx));
+            const __m256i p2 = _mm256_maddubs_epi16(ax, mm_sbcast(yq2 + 32 * b + 12));
             h2 = _mm256_add_epi16(h2, p2);
             s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
@@ -1230,54 +1226,54 @@ static inline void mm_smicro_3(const uint8_t *grp, int nr, const uint8_t *const 
             __asm__("" : "+x"(s0), "+x"(s1), "+x"(s2));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 128));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 384));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 16), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 128));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 16));
             h0 = p0;
-            const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 16), qx));
+            const __m256i p1 = _mm256_maddubs_epi16(ax, mm_sbcast(yq1 + 32 * b + 16));
             h1 = p1;
-            const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 16), qx));
+            const __m256i p2 = _mm256_maddubs_epi16(ax, mm_sbcast(yq2 + 32 * b + 16));
             h2 = p2;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
             __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 416));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 20), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 160));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 20));
             h0 = _mm256_add_epi16(h0, p0);
-            const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 20), qx));
+            const __m256i p1 = _mm256_maddubs_epi16(ax, mm_sbcast(yq1 + 32 * b + 20));
             h1 = _mm256_add_epi16(h1, p1);
-            const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 20), qx));
+            const __m256i p2 = _mm256_maddubs_epi16(ax, mm_sbcast(yq2 + 32 * b + 20));
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
             __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 448));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 24), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 192));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 24));
             h0 = _mm256_add_epi16(h0, p0);
-            const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 24), qx));
+            const __m256i p1 = _mm256_maddubs_epi16(ax, mm_sbcast(yq1 + 32 * b + 24));
             h1 = _mm256_add_epi16(h1, p1);
-            const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 24), qx));
+            const __m256i p2 = _mm256_maddubs_epi16(ax, mm_sbcast(yq2 + 32 * b + 24));
             h2 = _mm256_add_epi16(h2, p2);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
             __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 480));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 28), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 224));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 28));
             h0 = _mm256_add_epi16(h0, p0);
             s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
-            const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 28), qx));
+            const __m256i p1 = _mm256_maddubs_epi16(ax, mm_sbcast(yq1 + 32 * b + 28));
             h1 = _mm256_add_epi16(h1, p1);
             s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
-            const __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq2 + 32 * b + 28), qx));
+            const __m256i p2 = _mm256_maddubs_epi16(ax, mm_sbcast(yq2 + 32 * b + 28));
             h2 = _mm256_add_epi16(h2, p2);
             s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(h2, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
@@ -1331,45 +1327,45 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
         __m256i s0 = _mm256_setzero_si256(), h0;
         __m256i s1 = _mm256_setzero_si256(), h1;
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 0));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 256));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 0), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 0));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 0));
             h0 = p0;
-            const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 0), qx));
+            const __m256i p1 = _mm256_maddubs_epi16(ax, mm_sbcast(yq1 + 32 * b + 0));
             h1 = p1;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
             __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 288));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 4), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 32));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 4));
             h0 = _mm256_add_epi16(h0, p0);
-            const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 4), qx));
+            const __m256i p1 = _mm256_maddubs_epi16(ax, mm_sbcast(yq1 + 32 * b + 4));
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
             __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 320));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 8), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 64));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 8));
             h0 = _mm256_add_epi16(h0, p0);
-            const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 8), qx));
+            const __m256i p1 = _mm256_maddubs_epi16(ax, mm_sbcast(yq1 + 32 * b + 8));
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
             __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 352));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 12), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 96));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 12));
             h0 = _mm256_add_epi16(h0, p0);
             s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
-            const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 12), qx));
+            const __m256i p1 = _mm256_maddubs_epi16(ax, mm_sbcast(yq1 + 32 * b + 12));
             h1 = _mm256_add_epi16(h1, p1);
             s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
@@ -1378,45 +1374,45 @@ static inline void mm_smicro_2(const uint8_t *grp, int nr, const uint8_t *const 
             __asm__("" : "+x"(s0), "+x"(s1));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 128));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 384));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 16), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 128));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 16));
             h0 = p0;
-            const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 16), qx));
+            const __m256i p1 = _mm256_maddubs_epi16(ax, mm_sbcast(yq1 + 32 * b + 16));
             h1 = p1;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
             __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 416));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 20), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 160));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 20));
             h0 = _mm256_add_epi16(h0, p0);
-            const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 20), qx));
+            const __m256i p1 = _mm256_maddubs_epi16(ax, mm_sbcast(yq1 + 32 * b + 20));
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
             __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 448));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 24), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 192));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 24));
             h0 = _mm256_add_epi16(h0, p0);
-            const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 24), qx));
+            const __m256i p1 = _mm256_maddubs_epi16(ax, mm_sbcast(yq1 + 32 * b + 24));
             h1 = _mm256_add_epi16(h1, p1);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
             __asm__("" : "+x"(h0), "+x"(h1));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 480));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 28), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 224));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 28));
             h0 = _mm256_add_epi16(h0, p0);
             s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
-            const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq1 + 32 * b + 28), qx));
+            const __m256i p1 = _mm256_maddubs_epi16(ax, mm_sbcast(yq1 + 32 * b + 28));
             h1 = _mm256_add_epi16(h1, p1);
             s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(h1, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
@@ -1458,36 +1454,36 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
         const uint8_t *rec = grp + b * MM_SBREC;
         __m256i s0 = _mm256_setzero_si256(), h0;
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 0));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 256));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 0), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 0));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 0));
             h0 = p0;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
             __asm__("" : "+x"(h0));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 32));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 288));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 4), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 32));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 4));
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
             __asm__("" : "+x"(h0));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 64));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 320));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 8), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 64));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 8));
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
             __asm__("" : "+x"(h0));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 96));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 352));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 12), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 96));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 12));
             h0 = _mm256_add_epi16(h0, p0);
             s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
@@ -1496,36 +1492,36 @@ static inline void mm_smicro_1(const uint8_t *grp, int nr, const uint8_t *const 
             __asm__("" : "+x"(s0));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 128));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 384));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 16), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 128));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 16));
             h0 = p0;
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
             __asm__("" : "+x"(h0));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 160));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 416));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 20), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 160));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 20));
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
             __asm__("" : "+x"(h0));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 192));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 448));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 24), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 192));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 24));
             h0 = _mm256_add_epi16(h0, p0);
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
                into trees whose partial sums spill (integer sums: any order gives the same S) */
             __asm__("" : "+x"(h0));
         }
         {
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)(rec + 224));
-            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 480));
-            const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(mm_sbcast(yq0 + 32 * b + 28), qx));
+            /* q4_1 / q5_1 values are unsigned (0..15, 0..31): maddubs takes them as they are, no sign step */
+            const __m256i ax = _mm256_loadu_si256((const __m256i *)(rec + 224));
+            const __m256i p0 = _mm256_maddubs_epi16(ax, mm_sbcast(yq0 + 32 * b + 28));
             h0 = _mm256_add_epi16(h0, p0);
             s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(h0, ones));
             /* the sums stay in registers, added group by group: without this GCC reassociates the unrolled adds
