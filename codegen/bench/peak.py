@@ -22,7 +22,7 @@ import time
 from mlaref.codegen import build, cpu
 from mlaref.codegen import isa as _isa
 
-__all__ = ["LANES", "peak_isa", "fma_peak", "fma_seconds", "describe"]
+__all__ = ["LANES", "peak_isa", "fma_peak", "fma_seconds", "fma_yardstick", "describe"]
 
 SOURCE = pathlib.Path(__file__).resolve().parent / "fma_peak.c"
 _CDEF = "float mla_fma_peak_avx2(int64_t iters);\nfloat mla_fma_peak_avx512(int64_t iters);\n"
@@ -79,6 +79,30 @@ def fma_seconds(iters: int, n_threads: int = 1) -> float | None:
     return _run(getattr(_module().lib, f"mla_fma_peak_{token}"), iters, n_threads)
 
 
+def _calibrate(fn, seconds: float) -> int:
+    """FMA-loop rounds that take about ``seconds`` on one thread."""
+    iters = 1 << 16
+    while _run(fn, iters, 1) < seconds / 4 and iters < 1 << 34:
+        iters <<= 1
+    return max(1, int(iters * seconds / max(_run(fn, iters, 1), 1e-9)))
+
+
+def fma_yardstick(n_threads: int = 1, *, seconds: float = 0.05):
+    """The FMA loop as a contender of an interleaved benchmark: ``(run, gflops)`` where ``run()`` runs a fixed
+    amount of it on ``n_threads`` threads and returns the wall seconds, and ``gflops(s)`` turns seconds of such a
+    run into GFLOP/s. The median of its runs in the rounds is the FMA rate this CPU gave in the same minutes as the
+    other contenders, measured as they are (the median, not the best); None where no FMA ISA runs."""
+    if not isinstance(n_threads, int) or n_threads < 1:
+        raise ValueError(f"n_threads must be a positive int, got {n_threads!r}")
+    token = peak_isa()
+    if token is None:
+        return None
+    fn = getattr(_module().lib, f"mla_fma_peak_{token}")
+    iters = _calibrate(fn, seconds)
+    flops = 2 * LANES[token] * ACC * iters * n_threads
+    return (lambda: _run(fn, iters, n_threads)), (lambda s: flops / s * 1e-9)
+
+
 def fma_peak(n_threads: int = 1, *, seconds: float = 0.05, rounds: int = 5) -> dict | None:
     """``{"isa", "lanes", "threads", "gflops", "gflops_per_thread", "method"}`` or None where no FMA ISA runs."""
     if not isinstance(n_threads, int) or n_threads < 1:
@@ -88,10 +112,7 @@ def fma_peak(n_threads: int = 1, *, seconds: float = 0.05, rounds: int = 5) -> d
         return None
     fn = getattr(_module().lib, f"mla_fma_peak_{token}")
     flops_per_iter = 2 * LANES[token] * ACC
-    iters = 1 << 16
-    while _run(fn, iters, 1) < seconds / 4 and iters < 1 << 34:  # calibrate on one thread
-        iters <<= 1
-    iters = max(1, int(iters * seconds / max(_run(fn, iters, 1), 1e-9)))
+    iters = _calibrate(fn, seconds)
     best = min(_run(fn, iters, n_threads) for _ in range(rounds))
     gflops = flops_per_iter * iters * n_threads / best * 1e-9
     return {"isa": token, "lanes": LANES[token], "threads": n_threads, "gflops": gflops,

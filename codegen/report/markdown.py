@@ -133,7 +133,7 @@ def render_markdown(r: dict) -> str:
     if "rows" in bp:
         L += ["FlashMLA-2's K/V-build mul_mat and its flash attention at DeepSeek-V2-Lite's shapes, through the peer "
               "harness (one child process per peer, the same input bytes, interleaved rounds). `%pk` is the "
-              "fraction of this CPU's FMA peak, measured before each row.", "", "```", bp["table"], "```", ""]
+              "fraction of the FMA loop's median rate, timed in each row's rounds.", "", "```", bp["table"], "```", ""]
         if bp["not_built"]:
             L += ["Not built here, so not timed: " + ", ".join(f"{p} (`mlaref peer build {p}`)"
                                                                for p in bp["not_built"]) + ".", ""]

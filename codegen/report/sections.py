@@ -221,7 +221,7 @@ def section_bench_peers(cfg: dict, show: bool, n_threads: int | None) -> dict:
     for row in r["rows"]:
         m = "median of interleaved rounds, " + row["case"]
         out = {"case": row["case"], "n_kv": row["n_kv"], "threads": row["threads"],
-               "peak": quantity(row["peak_gflops"], "GFLOP/s", "FMA peak at this thread count, measured before"),
+               "peak": quantity(row["peak_gflops"], "GFLOP/s", "the FMA loop's median rate at this thread count, timed in the row's rounds"),
                "contenders": {}}
         for who in ("mlaref", *(p for p in peers if f"{p}_unsupported" not in row)):
             out["contenders"][who] = {

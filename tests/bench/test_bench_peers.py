@@ -19,8 +19,10 @@ def test_each_peer_times_the_same_op_on_the_same_bytes():
     for r in res["rows"]:
         for who in ("mlaref", "ik-llama-cpp-python", "llama-cpp-python"):
             assert r[f"{who}_s"] > 0 and math.isfinite(r[f"{who}_gflops"])
-            if r["peak_gflops"] is not None:  # the fraction of the FMA peak measured for the row
+            if r["peak_gflops"] is not None:  # the fraction of the FMA loop's rate in the row's rounds
                 assert r[f"{who}_peak_frac"] == pytest.approx(r[f"{who}_gflops"] / r["peak_gflops"])
+                assert r["peak_best_gflops"] > 0
+        assert "fma loop_s" not in r  # the yardstick is not a contender of the table
         for p in ("ik-llama-cpp-python", "llama-cpp-python"):
             # same inputs, f32 accumulation everywhere: only the float order differs
             assert r[f"{p}_nmse"] < 1e-6, (r["case"], p, r[f"{p}_nmse"])

@@ -20,9 +20,21 @@ def test_the_peak_counts_two_flops_per_lane_and_fits_a_real_core(n_threads):
     assert 1.0 < p["gflops_per_thread"] < MAX_GFLOPS_PER_THREAD[p["isa"]]
 
 
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_the_yardstick_times_a_fixed_work_and_counts_it_as_the_peak_does(n_threads):
+    run, gflops = peak.fma_yardstick(n_threads, seconds=0.01)
+    s = run()
+    assert 0.0 < s < 5.0
+    # a fixed flop count: the rate is inversely proportional to the seconds
+    assert gflops(2 * s) == pytest.approx(gflops(s) / 2)
+    assert 1.0 < gflops(s) / n_threads < MAX_GFLOPS_PER_THREAD[peak.peak_isa()]
+
+
 def test_bad_thread_counts_are_refused():
     with pytest.raises(ValueError, match="n_threads"):
         peak.fma_peak(0)
+    with pytest.raises(ValueError, match="n_threads"):
+        peak.fma_yardstick(0)
 
 
 def test_info_states_the_peak():
