@@ -87,34 +87,41 @@ def _calibrate(fn, seconds: float) -> int:
     return max(1, int(iters * seconds / max(_run(fn, iters, 1), 1e-9)))
 
 
+def _loop(n_threads: int, seconds: float):
+    """(token, the loop's rounds per thread, run) for the widest FMA ISA here, or None."""
+    if not isinstance(n_threads, int) or n_threads < 1:
+        raise ValueError(f"n_threads must be a positive int, got {n_threads!r}")
+    token = peak_isa()
+    if token is None:
+        return None
+    fn = getattr(_module().lib, f"mla_fma_peak_{token}")
+    iters = _calibrate(fn, seconds)
+    return token, iters, (lambda: _run(fn, iters, n_threads))
+
+
+def _gflops(token: str, iters: int, n_threads: int, s: float) -> float:
+    return 2 * LANES[token] * ACC * iters * n_threads / s * 1e-9
+
+
 def fma_yardstick(n_threads: int = 1, *, seconds: float = 0.05):
     """The FMA loop as a contender of an interleaved benchmark: ``(run, gflops)`` where ``run()`` runs a fixed
     amount of it on ``n_threads`` threads and returns the wall seconds, and ``gflops(s)`` turns seconds of such a
     run into GFLOP/s. The median of its runs in the rounds is the FMA rate this CPU gave in the same minutes as the
     other contenders, measured as they are (the median, not the best); None where no FMA ISA runs."""
-    if not isinstance(n_threads, int) or n_threads < 1:
-        raise ValueError(f"n_threads must be a positive int, got {n_threads!r}")
-    token = peak_isa()
-    if token is None:
+    loop = _loop(n_threads, seconds)
+    if loop is None:
         return None
-    fn = getattr(_module().lib, f"mla_fma_peak_{token}")
-    iters = _calibrate(fn, seconds)
-    flops = 2 * LANES[token] * ACC * iters * n_threads
-    return (lambda: _run(fn, iters, n_threads)), (lambda s: flops / s * 1e-9)
+    token, iters, run = loop
+    return run, (lambda s: _gflops(token, iters, n_threads, s))
 
 
 def fma_peak(n_threads: int = 1, *, seconds: float = 0.05, rounds: int = 5) -> dict | None:
     """``{"isa", "lanes", "threads", "gflops", "gflops_per_thread", "method"}`` or None where no FMA ISA runs."""
-    if not isinstance(n_threads, int) or n_threads < 1:
-        raise ValueError(f"n_threads must be a positive int, got {n_threads!r}")
-    token = peak_isa()
-    if token is None:
+    loop = _loop(n_threads, seconds)
+    if loop is None:
         return None
-    fn = getattr(_module().lib, f"mla_fma_peak_{token}")
-    flops_per_iter = 2 * LANES[token] * ACC
-    iters = _calibrate(fn, seconds)
-    best = min(_run(fn, iters, n_threads) for _ in range(rounds))
-    gflops = flops_per_iter * iters * n_threads / best * 1e-9
+    token, iters, run = loop
+    gflops = _gflops(token, iters, n_threads, min(run() for _ in range(rounds)))
     return {"isa": token, "lanes": LANES[token], "threads": n_threads, "gflops": gflops,
             "gflops_per_thread": gflops / n_threads,
             "method": f"best of {rounds} tries of {ACC} independent {LANES[token]}-lane FMA chains, "
