@@ -6,22 +6,23 @@ once per round, shuffled order: :func:`mlaref.codegen.bench.method.round_orders`
 ``arena/<variant>``
     :class:`mlaref.codegen.arena.Arena` over :func:`mlaref.codegen.arena.layer_graph` (the model builder's K/V
     build + ``flash_attn_ext``; ``chunked``: + ``flash_attn_ext_partial`` per chunk and ``fa_merge``): every tensor
-    at the allocator model's offset in one compute buffer, every node on a generated kernel, one C call per run (the input copies of q and the mask included, as
-    ``llama_set_inputs`` writes them before each compute); timed here around :meth:`Arena.run`.
+    at the allocator model's offset in one compute buffer, every node on a generated kernel, one C call per run
+    (the input copies of q and the mask included, as ``llama_set_inputs`` writes them before each compute);
+    timed here around :meth:`Arena.run`.
 ``ggml/<variant>``
     :class:`mlaref.codegen.bench.mla_layers.GgmlLayer`: upstream ggml 0.15.3's graph of the same layer through
     ggml-python, ``ggml_graph_compute`` with its plan and work buffer made once (its tensors preallocated in one
     no-reuse context; q and the mask are not rewritten between computes); timed here around the call.
 ``ik/<variant>``, ``ggml025/<variant>``
-    **the same IR graph** the arena runs (``chunked``: its ggml-only form, below), built on ik_llama.cpp (the April-2026 snapshot) and on upstream ggml
-    0.25.3 (llama-cpp-python's) by the peer harness (:func:`mlaref.codegen.peers.harness_graph.prepare_graph`,
-    node for node: views as ``ggml_view_4d``, casts as ``ggml_cpy``, each op the ggml call of its name), over the
-    same leaf values, in a child process per (peer, variant)
-    (:meth:`mlaref.codegen.bench.peers.RemoteGraph.of_graph`: two ``libggml.so`` cannot share a process). Each
-    tensor has its own bytes in one context (no reuse); a compute is what ``ggml_graph_compute_with_ctx`` does (a
-    plan per call, then ``ggml_graph_compute``; the graph and the work buffer are kept from the first call), timed
-    in the child around that call. Only peers whose native builds are cached take part; the others are listed as skipped, with the command
-    that builds them (a cold ik_llama.cpp build takes 11 to 20 minutes on 2 cores).
+    **the same IR graph** the arena runs (``chunked``: its ggml-only form, below), built on ik_llama.cpp (the April-2026
+    snapshot) and on upstream ggml 0.25.3 (llama-cpp-python's) by the peer harness
+    (:func:`mlaref.codegen.peers.harness_graph.prepare_graph`, node for node: views as ``ggml_view_4d``, casts as
+    ``ggml_cpy``, each op the ggml call of its name), over the same leaf values, in a child process per (peer, variant)
+    (:meth:`mlaref.codegen.bench.peers.RemoteGraph.of_graph`: two ``libggml.so`` cannot share a process). Each tensor
+    has its own bytes in one context (no reuse); a compute is what ``ggml_graph_compute_with_ctx`` does (a plan per
+    call, then ``ggml_graph_compute``; the graph and the work buffer are kept from the first call), timed in the child
+    around that call. Only peers whose native builds are cached take part; the others are listed as skipped, with the
+    command that builds them (a cold ik_llama.cpp build takes 11 to 20 minutes on 2 cores).
 
 Every contender takes ``wkv_b`` as **f16** (the only type upstream ggml's mul_mat accepts with the f16 cache as
 src1, see :mod:`mlaref.codegen.bench.mla`), an f16 cache, f32 queries, the f16 causal mask, the same values
@@ -298,8 +299,9 @@ def arena_row(hp, s: dict, n: int, kv_chunk: int, n_threads: int, repeats: int, 
         outside = sum(sec for op, sec in ops.items() if op not in _MM_FA)
         row[f"outside_mm_fa_{v}"] = {
             "value": outside / total, "unit": "1", "seconds": outside, "total": total,
-            "method": "the arena's profile (below): seconds of the steps other than mul_mat and flash_attn_ext(_partial) "
-                      "(casts, repeat, concat, the chunked variant's fa_merge, input copies) / all steps"}
+            "method": "the arena's profile (below): seconds of the steps other than mul_mat and "
+                      "flash_attn_ext(_partial) (casts, repeat, concat, the chunked variant's fa_merge, input "
+                      "copies) / all steps"}
         row[f"profile_{v}"] = {
             "unit": "s", "ops": profiles[v],
             "arena_busy": arenas[v].profile_busy(PROFILE_REPEATS),

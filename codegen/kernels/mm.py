@@ -35,10 +35,17 @@ iqk's blocked online softmax with the plan's ``k_step``, ``kv_chunks`` (merged i
 (``libm``, ``v_expf_avx2`` or ``v_expf_avx512``; each is computed lane by lane in C with one rounding per step, so
 every ISA can run every exp). K and V are f16 or q8_0 (the same type), the mask f16 (binary, as iqk reads it).
 
+``flash_attn_ext_partial(q, k, v, mask, scale, *, plan, ...)`` and ``fa_merge(a, b, final, ...)`` compute the
+chunked variant's two ops of :mod:`mlaref.reference.ops.fa_partial`: the partial is the flash_attn_ext kernel
+rendered to store each row's state (acc, M, S) over its cells as one chunk (the plan's dots, ``k_step`` and exp;
+its ``kv_chunks`` plays no part), with the mask ``[n_kv, >= n_q]`` possibly a strided column block of the layer's
+mask; the merge is element-wise over rows with libm ``expf``, in the steps of flash_attn_ext's own chunk merge.
+
 Threads (``n_threads``): jobs of the C thread pool (:mod:`mlaref.codegen.kernels.pool`) over disjoint work: mul_mat
 splits src1 columns (or src0 rows when there are fewer columns than threads), flash_attn_ext splits (head, block
-of ``q_block`` queries) units. A reduction is never split by thread count, so the bytes do not depend on
-``n_threads`` (style.md 4.8). ``isa=`` caps dispatch, ``kernel=`` names one kernel of generated/manifest.json.
+of ``q_block`` queries) units (the partial too), fa_merge rows. A reduction is never split by thread count, so
+the bytes do not depend on ``n_threads`` (style.md 4.8). ``isa=`` caps dispatch, ``kernel=`` names one kernel of
+generated/manifest.json.
 """
 
 from __future__ import annotations
@@ -57,7 +64,8 @@ from mlaref.reference.tensor import Tensor
 from mlaref.reference.types import get_type
 
 __all__ = ["mul_mat", "fastest_plan", "fastest_fa_plan", "flash_attn_ext", "mul_mat_jobs", "flash_attn_jobs",
-           "flash_attn_ext_partial", "flash_attn_partial_jobs", "fa_merge", "fa_merge_jobs", "fa_check", "FA_PLAN", "MM_PLAN", "fa_plan", "fa_q_block", "VEC_DOT_TYPE"]
+           "flash_attn_ext_partial", "flash_attn_partial_jobs", "fa_merge", "fa_merge_jobs", "fa_check", "FA_PLAN",
+           "MM_PLAN", "fa_plan", "fa_q_block", "VEC_DOT_TYPE"]
 
 MM_PLAN = MLAREF_L16A1
 # the default flash-attention plan: l16a1 dots, iqk's k_step 64 for n_kv % 64 == 0, one KV chunk, libm expf
