@@ -18,6 +18,7 @@ import pytest
 from kernel_inputs import fa_kv as _kv
 from kernel_inputs import fa_mask as _mask
 from kernel_inputs import fa_q as _q
+from kernel_inputs import guarded_f32 as _guarded
 
 from mlaref.codegen.kernels import mm as KM
 from mlaref.reference.ops.fa_partial import fa_merge as ref_merge
@@ -44,12 +45,6 @@ def _partial(rng, Dv: int, rows: int, dead, s_zero) -> Tensor:
     return Tensor.from_numpy(x.reshape(1, 1, rows, Dv + 2))
 
 
-def _poisoned(ne) -> tuple[Tensor, np.ndarray]:
-    n = int(np.prod(ne)) * 4
-    buf = np.full(n + 64, 0xA5, np.uint8)
-    buf[:n] = 0xFF
-    return Tensor("f32", ne, (4, 4 * ne[0], 4 * ne[0] * ne[1], 4 * ne[0] * ne[1] * ne[2]), buf), buf
-
 
 def test_merge_bit_exact(kernel_name, kt):
     k = kt.manifest_kernels()[kernel_name]
@@ -63,7 +58,7 @@ def test_merge_bit_exact(kernel_name, kt):
         for bb, final in ((b, False), (b, True), (None, True)):
             want = ref_merge(a, bb, final)
             for n_threads in (1, 2, 3, 4):
-                out, buf = _poisoned(want.ne)
+                out, buf = _guarded(want.ne)
                 got = KM.fa_merge(a, bb, final, kernel=kernel_name, n_threads=n_threads, out=out)
                 assert np.all(buf[-64:] == 0xA5), f"{kernel_name}: the kernel wrote past the output"
                 kt.assert_same_bytes(got.storage(), want.storage(), 4,
@@ -101,7 +96,7 @@ def test_merge_chain_of_3_chunks_equals_flash_attn_kv_chunks_3(kernel_name, kt, 
     kt.assert_same_bytes(want.storage(), ref.storage(), 4, f"{type}: flash_attn_ext kernel vs reference")
     for n_threads in (1, 3):
         m = KM.fa_merge(parts[0], parts[1], False, kernel=kernel_name, n_threads=n_threads)
-        out, buf = _poisoned(want.ne)
+        out, buf = _guarded(want.ne)
         got = KM.fa_merge(m, parts[2], True, kernel=kernel_name, n_threads=n_threads, out=out)
         assert np.all(buf[-64:] == 0xA5)
         kt.assert_same_bytes(got.storage(), want.storage(), 4, f"{kernel_name} {type} threads={n_threads}")

@@ -15,6 +15,7 @@ import pytest
 from kernel_inputs import fa_kv as _kv
 from kernel_inputs import fa_mask as _mask
 from kernel_inputs import fa_q as _q
+from kernel_inputs import guarded_f32 as _guarded
 
 from mlaref.codegen.kernels import mm as KM
 from mlaref.reference.ops.fa_partial import flash_attn_ext_partial as ref_partial
@@ -56,13 +57,6 @@ def _case(type: str, i: int, dots: str):
     return _REF_CACHE[key]
 
 
-def _poisoned(ne) -> tuple[Tensor, np.ndarray]:
-    """An f32 output of ``ne``, NaN-poisoned, with 64 guard bytes after it."""
-    n = int(np.prod(ne)) * 4
-    buf = np.full(n + 64, 0xA5, np.uint8)
-    buf[:n] = 0xFF
-    return Tensor("f32", ne, (4, 4 * ne[0], 4 * ne[0] * ne[1], 4 * ne[0] * ne[1] * ne[2]), buf), buf
-
 
 def test_partial_bit_exact(kernel_name, kt):
     k = kt.manifest_kernels()[kernel_name]
@@ -70,7 +64,7 @@ def test_partial_bit_exact(kernel_name, kt):
     for i in range(len(CASES)):
         q, kk, v, mask, plan, scale, want = _case(k["type_x"], i, k["plan"])
         for n_threads in (1, 2, 3, 4):
-            out, buf = _poisoned(want.ne)
+            out, buf = _guarded(want.ne)
             got = KM.flash_attn_ext_partial(q, kk, v, mask, scale, plan=plan, kernel=kernel_name,
                                             n_threads=n_threads, q_block=2, out=out)
             assert np.all(buf[-64:] == 0xA5), f"{kernel_name}: the kernel wrote past the output"
