@@ -208,7 +208,7 @@ def test_the_profile_times_every_step_of_the_same_computation():
         assert set(owners[a.n_input_steps:]) == kernel_nodes
         prof, ops = a.profile(repeats=2), a.profile_ops(repeats=2)
         assert set(prof) == {"inputs"} | kernel_nodes and all(v > 0 for v in prof.values())
-        assert set(ops) == {"inputs", "MUL_MAT", "CPY", "REPEAT", "CONCAT", "FLASH_ATTN_EXT"}
+        assert set(ops) == {"inputs", "MUL_MAT", "CPY", "REPEAT", "CONCAT", "FLASH_ATTN_EXT_PARTIAL", "FA_MERGE"}
         assert 0 < a.step_overhead(calls=5) < 0.1
         steps, jobs = a._profile_runs(2)
         first = np.concatenate([[0], np.cumsum(a.n_per_step)[:-1]])
