@@ -358,7 +358,9 @@ def format_profile(rows: list[dict]) -> str:
             lines.append(f"n_kv {r['n_kv']} {v}: seconds per op kind (each alone; step overhead "
                          f"{1e6 * prof['step_overhead']:.1f} us; busy: the arena threads' work / time given)")
             busy = prof.get("arena_busy", {})
-            lines.append("  " + f"{'op':<16}" + "".join(f"{w:>10}" for w in who) + (f"{'busy':>7}" if busy else ""))
+            width = max(16, *(len(k) + 2 for k in kinds))  # FLASH_ATTN_EXT_PARTIAL: 22 characters
+            head = f"{'op':<{width}}" + "".join(f"{w:>10}" for w in who) + (f"{'busy':>7}" if busy else "")
+            lines.append("  " + head)
             for k in [*kinds, "total"]:
                 cells = []
                 for w in who:
@@ -367,7 +369,7 @@ def format_profile(rows: list[dict]) -> str:
                     cells.append(f"{sec:>10.4f}" if sec is not None else f"{'-':>10}")
                 if busy:
                     cells.append(f"{busy[k]:>7.2f}" if k in busy else f"{'':>7}")
-                lines.append("  " + f"{k:<16}" + "".join(cells))
+                lines.append("  " + f"{k:<{width}}" + "".join(cells))
     return "\n".join(lines)
 
 
