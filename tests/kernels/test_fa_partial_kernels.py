@@ -4,10 +4,10 @@ Bit-exact: every manifest kernel equals ``flash_attn_ext_partial(..., plan=p)`` 
 every row) for 1, 2, 3 and 4 threads, under plans with the kernel's dot order that vary ``k_step`` (16, 32, 64) and
 the exp (libm expf, the AVX2 and AVX-512 v_expf polynomials), with n_kv not a multiple of k_step, a query row whose
 every cell is masked (acc 0, M -inf, S 0: checked as values too), a -0.0 mask entry (binary mask), K/V head
-broadcast, (Dk, Dv) = (192, 128) and (576, 512) with V a view of K, and the chunk as the chunked graph sees it: K
-and V views of the chunk's cells inside a longer cache and the mask a strided column block of the full mask.
-Outputs are NaN-poisoned with guard bytes after them. The partial's plan ignores ``kv_chunks`` (its row is one
-chunk), which the tests check by giving plans with kv_chunks 3.
+broadcast, (Dk, Dv) = (192, 128) and (576, 512) with V a view of K, a chunk no query sees (every row 0, -inf, 0),
+and the chunk as the chunked graph sees it: K and V views of the chunk's cells inside a longer cache and the mask a
+strided column block of the full mask. Outputs are NaN-poisoned with guard bytes after them. The partial's plan
+ignores ``kv_chunks`` (its row is one chunk): case 0's plan has kv_chunks 3.
 """
 
 import numpy as np
@@ -84,6 +84,25 @@ def test_partial_fully_masked_row_is_minus_inf_zero(kt):
         assert np.all(r[:-2].view(np.uint32) == 0) and r[-2] == -np.inf and r[-1].view(np.uint32) == 0
     other = np.delete(rows, [2 * nh + h for h in range(nh)], axis=0)
     assert np.all(np.isfinite(other[:, -2])) and np.all(other[:, -1] > 0)
+
+
+@pytest.mark.parametrize("type", ["f16", "q8_0"])
+def test_partial_of_a_chunk_no_query_sees(type, kt):
+    """A chunk whose every cell is masked for every query (causal attention's later chunks for early queries):
+    every row is acc = +0.0, M = -inf, S = +0.0, on the dispatched and the scalar kernel, 1 and 3 threads (the avx2
+    kernel then skips every KV block without reading K or V)."""
+    rng = np.random.default_rng(88)
+    q = _q(rng, 192, 5, 2)
+    k, v = _kv(rng, type, (192, 40, 1, 1)), _kv(rng, type, (128, 40, 1, 1))
+    mask = _mask(40, 32, [(r, 0, 40) for r in range(5)])
+    want = ref_partial(q, k, v, mask, 0.1, plan=KM.FA_PLAN)
+    rows = want.storage().reshape(-1, 130)
+    assert np.all(rows[:, :128].view(np.uint32) == 0) and np.all(rows[:, 128] == -np.inf)
+    assert np.all(rows[:, 129].view(np.uint32) == 0)
+    for isa in (None, "scalar"):
+        for n_threads in (1, 3):
+            got = KM.flash_attn_ext_partial(q, k, v, mask, 0.1, isa=isa, n_threads=n_threads, q_block=2)
+            kt.assert_same_bytes(got.storage(), want.storage(), 4, f"{type} {isa} threads={n_threads}")
 
 
 @pytest.mark.parametrize("type", ["f16", "q8_0"])
