@@ -22,9 +22,9 @@ family              C signature (all sizes int64_t, strides in bytes)
                     a_nb1..3, b_nb1..3, d_nb1..3, stream)``
 ``cast_rows``       ``(uint8_t *dst, const uint8_t *src, n, ne1, ne2, ne3, s_nb1..3, d_nb1..3)``
 ``vec_dot``         ``(const uint8_t *x, x_stride, m, const uint8_t *y, y_stride, n_y, n, float *out, out_stride)``
-``mul_mat``,        ``int``, with the shapes and strides of every operand and one thread's range (``SIGNATURES``)
-``flash_attn_ext``,
-``flash_attn_ext_partial``  (the partial: flash_attn_ext's arguments; its rows are acc, M, S, undivided)
+``mul_mat``,        ``int``, with the shapes and strides of every operand and one thread's range (``SIGNATURES``);
+``flash_attn_ext``  ``flash_attn_ext_partial`` (the chunked variant's partial attention) takes flash_attn_ext's
+                    arguments and writes rows of acc, M, S, undivided
 ``fa_merge``        ``(const float *a, const float *b, float *dst, Dv, r0, r1, final)``: rows [r0, r1) of two
                     partials merged (b NULL: a finalised), plan ``libm`` (its expf)
 ==================  =====================================================================================
