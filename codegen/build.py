@@ -260,9 +260,9 @@ def build_all(isas=None, progress: bool | None = None) -> dict[tuple[str, str], 
 
 CROSS_TOOLS = {"aarch64": ("aarch64-linux-gnu-gcc", "qemu-aarch64")}
 _CROSS_FAMILIES = {"dequantize_row": 1, "quantize_row": 2, "convert_rows": 3, "vec_dot": 4, "mul_mat": 5,
-                   "flash_attn_ext": 6}
+                   "flash_attn_ext": 6, "flash_attn_ext_partial": 6, "fa_merge": 7}
 # the pointer arguments of the mul_mat / flash_attn_ext kernels that read inputs (the output pointer follows them)
-_CROSS_INPUTS = {"mul_mat": 2, "flash_attn_ext": 4}
+_CROSS_INPUTS = {"mul_mat": 2, "flash_attn_ext": 4, "flash_attn_ext_partial": 4, "fa_merge": 2}
 DRIVER_SOURCE = pathlib.Path(__file__).resolve().parent / "neon_driver.c"
 
 
@@ -280,8 +280,8 @@ def cross_tools_missing(arch: str = "aarch64") -> str | None:
 
 
 def cross_driver(arch: str = "aarch64") -> pathlib.Path:
-    """A static ``arch`` executable holding every row, vec_dot, mul_mat and flash_attn_ext kernel of that
-    architecture's ISAs, each compiled with its own ISA's flags, plus codegen/neon_driver.c; built once into the
+    """A static ``arch`` executable holding every row, vec_dot, mul_mat, flash_attn_ext(_partial) and fa_merge kernel of
+    that architecture's ISAs, each compiled with its own ISA's flags, plus codegen/neon_driver.c; built once into the
     cache. Each kernel's object file is cached too (keyed by its source, flags and compiler), so a changed template
     recompiles only the kernels it renders differently."""
     reason = cross_tools_missing(arch)
@@ -359,11 +359,11 @@ def run_cross(name: str, inp: bytes, out: bytes, n_rows: int, n: int, x_stride: 
 
 
 def run_cross_kernel(name: str, inputs, out: bytes, jobs) -> tuple[list[int], bytes]:
-    """Run a mul_mat / flash_attn_ext kernel ``name`` under qemu, once per job, in order, on the same buffers:
-    ``inputs`` are the bytes its input pointers point at, in signature order (None for NULL), ``out`` the output
-    buffer's initial bytes (poison, guards), each job the kernel's remaining arguments in order (one thread's
-    part; float arguments as their f32 bits). Returns the kernel's return value per job and the output buffer
-    after the last."""
+    """Run a mul_mat / flash_attn_ext(_partial) / fa_merge kernel ``name`` under qemu, once per job, in order, on
+    the same buffers: ``inputs`` are the bytes its input pointers point at, in signature order (None for NULL),
+    ``out`` the output buffer's initial bytes (poison, guards), each job the kernel's remaining arguments in order
+    (one thread's part; float arguments as their f32 bits; fa_merge returns nothing and reports 0). Returns the
+    kernel's return value per job and the output buffer after the last."""
     spec = _catalog.by_name()[name]
     n_in = _CROSS_INPUTS.get(spec.family)
     if n_in is None:

@@ -22,8 +22,11 @@ family              C signature (all sizes int64_t, strides in bytes)
                     a_nb1..3, b_nb1..3, d_nb1..3, stream)``
 ``cast_rows``       ``(uint8_t *dst, const uint8_t *src, n, ne1, ne2, ne3, s_nb1..3, d_nb1..3)``
 ``vec_dot``         ``(const uint8_t *x, x_stride, m, const uint8_t *y, y_stride, n_y, n, float *out, out_stride)``
-``mul_mat``,        ``int``, with the shapes and strides of every operand and one thread's range (``SIGNATURES``)
-``flash_attn_ext``
+``mul_mat``,        ``int``, with the shapes and strides of every operand and one thread's range (``SIGNATURES``);
+``flash_attn_ext``  ``flash_attn_ext_partial`` (the chunked variant's partial attention) takes flash_attn_ext's
+                    arguments and writes rows of acc, M, S, undivided
+``fa_merge``        ``(const float *a, const float *b, float *dst, Dv, r0, r1, final)``: rows [r0, r1) of two
+                    partials merged (b NULL: a finalised), plan ``libm`` (its expf)
 ==================  =====================================================================================
 
 vec_dot plans (kernel-name token -> reference/plan.py plan): ``l8a1`` / ``l8a2`` -> ``mlaref_l8a1`` /
@@ -56,6 +59,13 @@ ROW_ISAS = ("scalar", "avx2", "avx512", "neon")
 # The byte-copy families: the x86 ISAs differ from the portable C only by streaming stores for large outputs.
 COPY_ISAS = ("scalar", "avx2", "avx512")
 
+# the prototype of flash_attn_ext and of flash_attn_ext_partial (the same kernel with another output)
+_FA_SIGNATURE = ("int {name}(const uint8_t *q, const uint8_t *k, const uint8_t *v, const uint8_t *mask, "
+                 "float *dst, int64_t Dk, int64_t Dv, int64_t nq, int64_t nh, int64_t ne3, int64_t nbq1, "
+                 "int64_t nbq2, int64_t nbq3, int64_t n_kv, int64_t nhk, int64_t ne3k, int64_t nbk1, "
+                 "int64_t nbk2, int64_t nbk3, int64_t nbv1, int64_t nbv2, int64_t nbv3, int64_t nbm1, "
+                 "int64_t nbm2, int64_t nbm3, int64_t mne2, int64_t mne3, float scale, float softcap, "
+                 "int64_t k_step, int64_t kv_chunks, int exp_kind, int64_t q_block, int64_t u0, int64_t u1);")
 # C prototypes per family, ``{name}`` filled in; build.py hands them to cffi's cdef (read-only).
 SIGNATURES = MappingProxyType({
     "dequantize_row": "void {name}(const uint8_t *x, float *y, int64_t n_rows, int64_t n, int64_t x_stride, "
@@ -83,12 +93,11 @@ SIGNATURES = MappingProxyType({
                "int64_t ne02, int64_t ne03, int64_t nb01, int64_t nb02, int64_t nb03, int64_t N, int64_t ne12, "
                "int64_t ne13, int64_t nb11, int64_t nb12, int64_t nb13, int64_t r0, int64_t r1, int64_t c0, "
                "int64_t c1);",
-    "flash_attn_ext": "int {name}(const uint8_t *q, const uint8_t *k, const uint8_t *v, const uint8_t *mask, "
-                      "float *dst, int64_t Dk, int64_t Dv, int64_t nq, int64_t nh, int64_t ne3, int64_t nbq1, "
-                      "int64_t nbq2, int64_t nbq3, int64_t n_kv, int64_t nhk, int64_t ne3k, int64_t nbk1, "
-                      "int64_t nbk2, int64_t nbk3, int64_t nbv1, int64_t nbv2, int64_t nbv3, int64_t nbm1, "
-                      "int64_t nbm2, int64_t nbm3, int64_t mne2, int64_t mne3, float scale, float softcap, "
-                      "int64_t k_step, int64_t kv_chunks, int exp_kind, int64_t q_block, int64_t u0, int64_t u1);",
+    "flash_attn_ext": _FA_SIGNATURE,
+    # the partial kernel is flash_attn_ext's with another output (codegen/templates/flash_attn_ext_partial.c.j2)
+    "flash_attn_ext_partial": _FA_SIGNATURE,
+    "fa_merge": "void {name}(const float *a, const float *b, float *dst, int64_t Dv, int64_t r0, int64_t r1, "
+                "int64_t final);",
 })
 FAMILIES = tuple(SIGNATURES)
 
@@ -184,6 +193,8 @@ class KernelSpec:
             return _validate_mm(self, where)
         if self.family == "cast_rows":  # see the end of this file
             return _validate_cast(self, where)
+        if self.family == "fa_merge":  # see the end of the mul_mat section
+            return _validate_fa_merge(self, where)
         two_types = self.family in ("convert_rows", "vec_dot")
         if two_types != (self.type_y is not None):
             raise ValueError(f"{where}: type_y is required for convert_rows and vec_dot, forbidden for {self.family}")
@@ -321,7 +332,8 @@ def by_key() -> dict[tuple, dict[str, KernelSpec]]:
 # (mlaref_l8s1: block-serial 32-block dots, 8 interleaved src0 / K rows per avx2 tile) below.
 # neon / neondot kernels run under qemu only here (tests/kernels/test_neon_mm.py); neondot (sdot) exists for the
 # int8 32-block weights, like avx512vnni, but not for k-quants, whose int16 products sdot cannot take.
-MM_FAMILIES = ("mul_mat", "flash_attn_ext")
+MM_FAMILIES = ("mul_mat", "flash_attn_ext", "flash_attn_ext_partial")
+FA_FAMILIES = ("flash_attn_ext", "flash_attn_ext_partial")
 MM_X_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q5_0", "iq4_nl", "q4_1", "q5_1", "q4_K", "q6_K")
 MM_Y_TYPES = ("f32", "f16", "bf16", "q8_0")
 FA_KV_TYPES = ("f16", "q8_0")
@@ -348,7 +360,7 @@ def _validate_mm(spec: KernelSpec, where: str) -> KernelSpec:
         x_block = spec.type_x not in ("f32", "f16", "bf16")
     else:
         if spec.type_x not in FA_KV_TYPES or spec.type_y != spec.type_x:
-            raise ValueError(f"{where}: flash_attn_ext takes K and V of one type in {', '.join(FA_KV_TYPES)}")
+            raise ValueError(f"{where}: {spec.family} takes K and V of one type in {', '.join(FA_KV_TYPES)}")
         x_block = spec.type_x == "q8_0"
     if spec.isa == "avx512vnni" and not x_block:
         raise ValueError(f"{where}: avx512vnni changes only int8 dot products; element types use avx512")
@@ -362,15 +374,30 @@ def _validate_mm(spec: KernelSpec, where: str) -> KernelSpec:
             raise ValueError(f"{where}: plan l8s1 has {spec.family} kernels for {', '.join(MM_L8S1_ISAS)} only")
         if spec.type_x not in (MM_L8S1_X_TYPES if spec.family == "mul_mat" else ("q8_0",)):
             raise ValueError(f"{where}: plan l8s1 has kernels for the 32-block weights {', '.join(MM_L8S1_X_TYPES)} "
-                             f"(mul_mat) and q8_0 K (flash_attn_ext) only (the other pairs run l8a1's kernels)")
+                             f"(mul_mat) and q8_0 K ({spec.family}) only (the other pairs run l8a1's kernels)")
+    return spec
+
+
+# fa_merge (the chunked variant's merge of flash_attn_ext_partial rows): element-wise f32 over rows; its plan token
+# names the exp it calls (libm expf, as flash_attn_ext's chunk merge). Row ISAs: its loops use the 16-lane mm_vf
+# primitives of simd/mm_<isa>.h.j2, which every row ISA has; vnni / sdot would change nothing in it.
+FA_MERGE_PLAN = "libm"
+
+
+def _validate_fa_merge(spec: KernelSpec, where: str) -> KernelSpec:
+    if (spec.type_x, spec.type_y, spec.plan) != ("f32", None, FA_MERGE_PLAN):
+        raise ValueError(f"{where}: fa_merge merges f32 partials: type f32, no type_y, plan {FA_MERGE_PLAN!r}")
+    if spec.isa not in ROW_ISAS:
+        raise ValueError(f"{where}: fa_merge kernels exist for {', '.join(ROW_ISAS)}")
     return spec
 
 
 def mm_specs() -> list[KernelSpec]:
-    """The mul_mat and flash_attn_ext kernels (validated by :func:`_validate_mm`)."""
+    """The mul_mat, flash_attn_ext, flash_attn_ext_partial (validated by :func:`_validate_mm`) and fa_merge
+    kernels."""
     out = []
     for fam, pairs in (("mul_mat", [(x, y) for x in MM_X_TYPES for y in MM_Y_TYPES]),
-                       ("flash_attn_ext", [(t, t) for t in FA_KV_TYPES])):
+                       *((f, [(t, t) for t in FA_KV_TYPES]) for f in FA_FAMILIES)):
         for tx, ty in pairs:
             for i in MM_ISAS:
                 for plan in MM_PLANS:
@@ -378,7 +405,7 @@ def mm_specs() -> list[KernelSpec]:
                         out.append(_validate_mm(KernelSpec(fam, tx, ty, i, plan), ""))
                     except ValueError:
                         continue
-    return out
+    return out + [_validate_fa_merge(KernelSpec("fa_merge", "f32", None, i, FA_MERGE_PLAN), "") for i in ROW_ISAS]
 # ---- end of mul_mat and flash_attn_ext ------------------------------------------------------------------------
 
 

@@ -4,7 +4,7 @@
 
     name   = "mlaref_" op "_" type_x [ "_" type_y ] "__" isa "_" plan
     op     = "dequantize_row" | "quantize_row" | "quantize_chunk" | "convert_rows" | "copy_rows" | "concat_rows"
-             | "vec_dot" | "mul_mat" | "flash_attn_ext" | "cast_rows"
+             | "vec_dot" | "mul_mat" | "flash_attn_ext" | "flash_attn_ext_partial" | "fa_merge" | "cast_rows"
     type   = "f32" | "f16" | "bf16" | "q4_0" | ... | "q8_K" | "bytes"       (TYPES below)
     isa    = "scalar" | "avx2" | "avx512" | "avx512vnni" | "neon" | "neondot" | "sm90"  (codegen/isa.py)
     plan   = word { "_" word } ;  word = [a-z0-9]+
@@ -26,7 +26,7 @@ from mlaref.codegen import isa as _isa
 __all__ = ["OPS", "TYPES", "KernelName", "format", "parse", "grammar"]
 
 OPS = ("dequantize_row", "quantize_row", "quantize_chunk", "convert_rows", "copy_rows", "concat_rows", "vec_dot",
-       "mul_mat", "flash_attn_ext", "cast_rows")
+       "mul_mat", "flash_attn_ext", "flash_attn_ext_partial", "fa_merge", "cast_rows")
 TYPES = (
     "f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q8_1", "iq4_nl",
     "q8_0_x4", "q8_1_x4", "q8_K", "q4_K", "q6_K", "bytes",

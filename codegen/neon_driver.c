@@ -5,9 +5,10 @@
    bytes) and is overwritten with the buffer after the call, so the caller checks guards exactly as in-process.
    vec_dot kernels take the three extra arguments: IN_FILE holds the x rows and, from byte Y_OFFSET, N_Y y rows
    at Y_STRIDE; Y_STRIDE of the first group is then the output row stride.
-   usage: driver NAME IN_FILE OUT_FILE JOBS   (mul_mat and flash_attn_ext: one thread's part per job)
+   usage: driver NAME IN_FILE OUT_FILE JOBS   (mul_mat, flash_attn_ext(_partial), fa_merge: one thread's part per job)
    JOBS: calls separated by ';', run in order on the same buffers. A call's arguments are comma-separated int64:
    the byte offsets in IN_FILE of the kernel's input pointers (mul_mat: src0, src1; flash_attn_ext: q, k, v, mask;
+   fa_merge: a, b;
    -1 for NULL), then its arguments after its pointers (float arguments as their f32 bits); the output pointer is
    OUT_FILE's buffer. Each call's return value is printed as "rc N".
    The kernel table (mla_table.h) is written by mlaref.codegen.build for the kernels linked in. Exit status:
@@ -18,7 +19,7 @@
 #include <string.h>
 
 enum { MLA_DEQUANTIZE_ROW = 1, MLA_QUANTIZE_ROW = 2, MLA_CONVERT_ROWS = 3, MLA_VEC_DOT = 4, MLA_MUL_MAT = 5,
-       MLA_FLASH_ATTN_EXT = 6 };
+       MLA_FLASH_ATTN_EXT = 6, MLA_FA_MERGE = 7 };
 
 typedef void (*mla_deq_fn)(const uint8_t *, float *, int64_t, int64_t, int64_t, int64_t);
 typedef void (*mla_quant_fn)(const float *, uint8_t *, int64_t, int64_t, int64_t, int64_t);
@@ -32,6 +33,8 @@ typedef int (*mla_fa_fn)(const uint8_t *, const uint8_t *, const uint8_t *, cons
                          int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                          int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float,
                          float, int64_t, int64_t, int, int64_t, int64_t, int64_t);
+
+typedef void (*mla_merge_fn)(const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t);
 
 struct mla_entry {
     const char *name;
@@ -62,7 +65,8 @@ static float f32_of_bits(int64_t w) {
     return f;
 }
 
-/* mul_mat / flash_attn_ext: the pointers from offsets into in (NULL for -1), the output, the other arguments */
+/* mul_mat / flash_attn_ext / fa_merge: the pointers from offsets into in (NULL for -1), the output, the other
+   arguments */
 static int run_mm(const struct mla_entry *e, const uint8_t *in, float *out, const char **list) {
     int64_t a[64];
     int n = 0;
@@ -73,14 +77,19 @@ static int run_mm(const struct mla_entry *e, const uint8_t *in, float *out, cons
         c = *end == ',' ? end + 1 : end;
     }
     *list = *c == ';' ? c + 1 : c;
-    const int n_in = e->family == MLA_MUL_MAT ? 2 : 4;
-    if (n != n_in + (e->family == MLA_MUL_MAT ? 17 : 30)) {
+    const int n_in = e->family == MLA_FLASH_ATTN_EXT ? 4 : 2;
+    if (n != n_in + (e->family == MLA_MUL_MAT ? 17 : e->family == MLA_FA_MERGE ? 4 : 30)) {
         fprintf(stderr, "%s: %d arguments\n", e->name, n);
         exit(2);
     }
     const uint8_t *p[4];
     for (int i = 0; i < n_in; ++i) p[i] = a[i] < 0 ? NULL : in + a[i];
     const int64_t *s = a + n_in;
+    if (e->family == MLA_FA_MERGE) {
+        ((mla_merge_fn)e->fn)((const float *)(const void *)p[0], (const float *)(const void *)p[1], out, s[0], s[1],
+                              s[2], s[3]);
+        return 0;
+    }
     if (e->family == MLA_MUL_MAT) {
         return ((mla_mm_fn)e->fn)(p[0], p[1], out, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10],
                                   s[11], s[12], s[13], s[14], s[15], s[16]);
@@ -104,7 +113,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "unknown kernel %s\n", argv[1]);
         return 3;
     }
-    const int mm = e->family == MLA_MUL_MAT || e->family == MLA_FLASH_ATTN_EXT;
+    const int mm = e->family == MLA_MUL_MAT || e->family == MLA_FLASH_ATTN_EXT || e->family == MLA_FA_MERGE;
     if (mm != (argc == 5)) return 2;
     const char *in_path = mm ? argv[2] : argv[6], *out_path = mm ? argv[3] : argv[7];
     size_t in_size = 0, out_size = 0;

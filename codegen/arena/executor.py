@@ -45,7 +45,8 @@ __all__ = ["Arena", "DEFAULT_OPTIONS", "POISON"]
 
 POISON = 0xFF
 # The plans the kernels implement (the reference executor needs the same options to give the same bytes).
-DEFAULT_OPTIONS = {"MUL_MAT": {"plan": _mm.MM_PLAN}, "FLASH_ATTN_EXT": {"plan": _mm.FA_PLAN}}
+DEFAULT_OPTIONS = {"MUL_MAT": {"plan": _mm.MM_PLAN}, "FLASH_ATTN_EXT": {"plan": _mm.FA_PLAN},
+                   "FLASH_ATTN_EXT_PARTIAL": {"plan": _mm.FA_PLAN}}
 
 
 class Arena:

@@ -12,11 +12,14 @@ rope, norms and the cache store around it are left out (their ops have no kernel
 ``q``                     f32 ``[Dk, n_head, T]`` input, permuted to ``[Dk, T, n_head]`` as ``q_concat``
 ``KQ_mask``               f16 ``[n_kv, GGML_PAD(T, 32)]`` input (as the chunked variant's mask input)
 
-``chunked`` with ``n_kv > kv_chunk`` is built as the benchmark's ggml graph is: the direct K/V build per chunk of
-cells (``attn_chunked``'s views) and ``flash_attn_ext`` per chunk with that chunk's mask columns as an input of
-its own (``KQ_mask_c{i}``; ggml wants a contiguous mask), the chunk results left unmerged (mlaref's partial
-attention and merge have no kernels; the benchmark times the merge apart). With ``n_kv <= kv_chunk`` it is the
-``direct`` graph, as in the model.
+``chunked`` with ``n_kv > kv_chunk`` is the model's chunked attention
+(:meth:`~mlaref.reference.graphs.deepseek2.Builder.attn_chunked`): per chunk of cells the direct K/V build,
+``flash_attn_ext_partial`` over the chunk with its column block of the one f16 ``KQ_mask`` (a strided view), and
+``fa_merge`` of the chunks left to right, the last one final, so the output ``kqv-0`` is the layer's attention
+result. ``merged=False`` builds instead what ggml can run (the peers of ``mlaref bench mla --backend arena``, which
+have no partial attention or merge op): ``flash_attn_ext`` per chunk with that chunk's mask columns as an input of
+its own (``KQ_mask_c{i}``; ggml wants a contiguous mask), the chunk results left unmerged. With
+``n_kv <= kv_chunk`` it is the ``direct`` graph, as in the model.
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ def chunk_starts(n_kv: int, kv_chunk: int) -> list[int]:
 
 
 def layer_graph(hp: HParams, n_kv: int, *, variant: str = "direct", cache_type: str = "f16", n_tokens: int = 512,
-                weight_type: str = "iq4_nl", kv_chunk: int = _ds.DEFAULT_KV_CHUNK) -> _ds.MLAGraph:
+                weight_type: str = "iq4_nl", kv_chunk: int = _ds.DEFAULT_KV_CHUNK, merged: bool = True) -> _ds.MLAGraph:
     """The K/V build + attention of one layer (see the module docstring) as an MLAGraph; its output is the
-    attention result ``kqv-0`` (chunked: the last chunk's; every chunk's is named ``kqv_c{i}-0``)."""
+    attention result ``kqv-0`` (chunked with ``merged=False``: the last chunk's; every chunk's is ``kqv_c{i}-0``)."""
     _ds.check_hparams(hp, n_kv, variant, cache_type, n_tokens, n_kv, n_kv - n_tokens, kv_chunk, 512)
     b = _ds.Builder(hp, n_kv, variant, cache_type, n_tokens, n_kv, n_kv - n_tokens, weight_type, kv_chunk, False)
     H, T, dk = hp.n_head, n_tokens, hp.n_embd_head_k
@@ -48,7 +51,10 @@ def layer_graph(hp: HParams, n_kv: int, *, variant: str = "direct", cache_type: 
     inputs = {"q": q_in}
     q = b.cb(ir.permute(q_in, 0, 2, 1, 3), "q_concat", 0)
     scale = float(hp.kq_scale)
-    if variant == "chunked" and n_kv > kv_chunk:
+    if variant == "chunked" and n_kv > kv_chunk and merged:
+        b.kq_mask = inputs["KQ_mask"] = ir.input_tensor("KQ_mask", "f16", (n_kv, pad))
+        out = b.cb(b.attn_chunked(q, kv_l, 0), "kqv", 0)
+    elif variant == "chunked" and n_kv > kv_chunk:
         out = _chunks(b, hp, kv_l, q, inputs, n_kv, kv_chunk, pad, scale)
     else:
         mask = ir.input_tensor("KQ_mask", "f16", (n_kv, pad))

@@ -11,6 +11,9 @@ op                  kernel (job builder)
 ==================  ========================================================================================
 MUL_MAT             ``mul_mat`` (:func:`mlaref.codegen.kernels.mm.mul_mat_jobs`; ``options["MUL_MAT"]``)
 FLASH_ATTN_EXT      ``flash_attn_ext`` (:func:`~mlaref.codegen.kernels.mm.flash_attn_jobs`; ``options[...]``)
+FLASH_ATTN_EXT_     ``flash_attn_ext_partial`` (:func:`~mlaref.codegen.kernels.mm.flash_attn_partial_jobs`;
+PARTIAL             ``options[...]``: the chunked variant's per-chunk attention, rows acc, M, S)
+FA_MERGE            ``fa_merge`` (:func:`~mlaref.codegen.kernels.mm.fa_merge_jobs`): the chunks' fixed-order merge
 CPY, same type      ``copy_rows`` (:func:`~mlaref.codegen.kernels.rows.copy_jobs`)
 CPY, a cast         ``cast_rows``: f32 <-> f16 / bf16 / q8_0 (:func:`~mlaref.codegen.kernels.rows.cast_jobs`)
 CONT                ``copy_rows``
@@ -35,7 +38,7 @@ from mlaref.reference.tensor import Tensor
 
 __all__ = ["Lowered", "NoKernel", "lower", "KERNEL_OPS"]
 
-KERNEL_OPS = ("MUL_MAT", "FLASH_ATTN_EXT", "CPY", "CONT", "CONCAT", "REPEAT")
+KERNEL_OPS = ("MUL_MAT", "FLASH_ATTN_EXT", "FLASH_ATTN_EXT_PARTIAL", "FA_MERGE", "CPY", "CONT", "CONCAT", "REPEAT")
 
 
 class NoKernel(ValueError):
@@ -59,6 +62,12 @@ def _flash_attn(node, srcs, dst, kw):
     return [_mm.flash_attn_jobs(q, k, v, mask, p["scale"], p["max_bias"], p["softcap"], out=dst, **kw)]
 
 
+def _flash_attn_partial(node, srcs, dst, kw):
+    q, k, v = srcs[:3]
+    mask = srcs[3] if len(srcs) > 3 else None
+    return [_mm.flash_attn_partial_jobs(q, k, v, mask, node.op_params["scale"], out=dst, **kw)]
+
+
 def _cpy(node, srcs, dst, kw):
     src = srcs[0]
     if src.type == dst.type:
@@ -69,8 +78,8 @@ def _cpy(node, srcs, dst, kw):
 def lower(node, srcs: list[Tensor], dst: Tensor, *, n_threads: int = 1, isa: str | None = None,
           options: dict | None = None) -> Lowered:
     """The pool jobs computing ``node`` into ``dst`` from ``srcs`` (see the module docstring); :class:`NoKernel`
-    naming the node when no kernel runs it. ``options``: keyword arguments per op (plans) for mul_mat and
-    flash_attn_ext."""
+    naming the node when no kernel runs it. ``options``: keyword arguments per op (plans) for mul_mat,
+    flash_attn_ext and flash_attn_ext_partial."""
     op = node.op
     if op in VIEW_OPS:
         return Lowered(())
@@ -81,11 +90,17 @@ def lower(node, srcs: list[Tensor], dst: Tensor, *, n_threads: int = 1, isa: str
             return Lowered((_mm.mul_mat_jobs(srcs[0], srcs[1], dst, **kw, **opts),), "mul_mat", "mul_mat")
         if op == "FLASH_ATTN_EXT":
             return Lowered(tuple(_flash_attn(node, srcs, dst, {**kw, **opts})), "flash_attn", "flash_attn_ext")
+        if op == "FLASH_ATTN_EXT_PARTIAL":
+            return Lowered(tuple(_flash_attn_partial(node, srcs, dst, {**kw, **opts})), "flash_attn",
+                           "flash_attn_ext_partial")
         if opts:
             raise NoKernel(f"options {sorted(opts)} are the reference's")
         if op == "CPY":
             steps, kernel = _cpy(node, srcs, dst, kw)
             return Lowered(tuple(steps), None, kernel)
+        if op == "FA_MERGE":
+            b = srcs[1] if len(srcs) > 1 else None
+            return Lowered((_mm.fa_merge_jobs(srcs[0], b, node.op_params["final"], out=dst, **kw),), None, "fa_merge")
         if op == "CONT":
             return Lowered((_rows.copy_jobs(srcs[0], dst, **kw),), None, "copy_rows")
         if op == "CONCAT":

@@ -5,30 +5,35 @@ once per round, shuffled order: :func:`mlaref.codegen.bench.method.round_orders`
 
 ``arena/<variant>``
     :class:`mlaref.codegen.arena.Arena` over :func:`mlaref.codegen.arena.layer_graph` (the model builder's K/V
-    build + ``flash_attn_ext``): every tensor at the allocator model's offset in one compute buffer, every node on
-    a generated kernel, one C call per run (the input copies of q and the mask included, as
-    ``llama_set_inputs`` writes them before each compute); timed here around :meth:`Arena.run`.
+    build + ``flash_attn_ext``; ``chunked``: + ``flash_attn_ext_partial`` per chunk and ``fa_merge``): every tensor
+    at the allocator model's offset in one compute buffer, every node on a generated kernel, one C call per run
+    (the input copies of q and the mask included, as ``llama_set_inputs`` writes them before each compute);
+    timed here around :meth:`Arena.run`.
 ``ggml/<variant>``
     :class:`mlaref.codegen.bench.mla_layers.GgmlLayer`: upstream ggml 0.15.3's graph of the same layer through
     ggml-python, ``ggml_graph_compute`` with its plan and work buffer made once (its tensors preallocated in one
     no-reuse context; q and the mask are not rewritten between computes); timed here around the call.
 ``ik/<variant>``, ``ggml025/<variant>``
-    **the same IR graph** the arena runs, built on ik_llama.cpp (the April-2026 snapshot) and on upstream ggml
-    0.25.3 (llama-cpp-python's) by the peer harness (:func:`mlaref.codegen.peers.harness_graph.prepare_graph`,
-    node for node: views as ``ggml_view_4d``, casts as ``ggml_cpy``, each op the ggml call of its name), over the
-    same leaf values, in a child process per (peer, variant)
-    (:meth:`mlaref.codegen.bench.peers.RemoteGraph.of_graph`: two ``libggml.so`` cannot share a process). Each
-    tensor has its own bytes in one context (no reuse); a compute is what ``ggml_graph_compute_with_ctx`` does (a
-    plan per call, then ``ggml_graph_compute``; the graph and the work buffer are kept from the first call), timed
-    in the child around that call. Only peers whose native builds are cached take part; the others are listed as skipped, with the command
-    that builds them (a cold ik_llama.cpp build takes 11 to 20 minutes on 2 cores).
+    **the same IR graph** the arena runs (``chunked``: its ggml-only form, below), built on ik_llama.cpp (the April-2026
+    snapshot) and on upstream ggml 0.25.3 (llama-cpp-python's) by the peer harness
+    (:func:`mlaref.codegen.peers.harness_graph.prepare_graph`, node for node: views as ``ggml_view_4d``, casts as
+    ``ggml_cpy``, each op the ggml call of its name), over the same leaf values, in a child process per (peer, variant)
+    (:meth:`mlaref.codegen.bench.peers.RemoteGraph.of_graph`: two ``libggml.so`` cannot share a process). Each tensor
+    has its own bytes in one context (no reuse); a compute is what ``ggml_graph_compute_with_ctx`` does (a plan per
+    call, then ``ggml_graph_compute``; the graph and the work buffer are kept from the first call), timed in the child
+    around that call. Only peers whose native builds are cached take part; the others are listed as skipped, with the
+    command that builds them (a cold ik_llama.cpp build takes 11 to 20 minutes on 2 cores).
 
 Every contender takes ``wkv_b`` as **f16** (the only type upstream ggml's mul_mat accepts with the f16 cache as
 src1, see :mod:`mlaref.codegen.bench.mla`), an f16 cache, f32 queries, the f16 causal mask, the same values
 (GgmlLayer's f16 data, exact in f32; the arena and the peers encode it with the same
 :func:`mlaref.reference.graphs.executor.bind_leaves`, so they get the same bytes). ``chunked`` beyond ``kv_chunk``
-is :func:`~mlaref.codegen.arena.layer_graph`'s per-chunk K/V build and ``flash_attn_ext`` without the merge on
-every side: ggml ops only, so the peers build it too (at ``n_kv <= kv_chunk`` it is the ``direct`` graph).
+is, on the arena, the whole layer as the model builds it: per chunk the K/V build and ``flash_attn_ext_partial``,
+then ``fa_merge`` of the chunks in order, so its time includes the merge. ggml has no partial attention or merge
+op, so the ggml contenders run the ggml-only form (``layer_graph(..., merged=False)``: ``flash_attn_ext`` per
+chunk, the results left unmerged): their chunked times lack the merge (O(T·H·Dv) per chunk boundary, against the
+O(T·H·n_kv·(Dk + Dv)) of the attention), and their attention results are compared with those of an untimed arena
+run of that same ggml-only graph (at ``n_kv <= kv_chunk`` chunked is the ``direct`` graph everywhere).
 
 Each row reports per variant the medians, the spread ``(max - min) / median``, the IQR ``(q3 - q1) / median`` and
 min / median of every contender, the ratios ``t_contender / t_arena`` (> 1: the arena is faster) of the medians,
@@ -66,7 +71,7 @@ from mlaref.reference.graphs.executor import VIEW_OPS
 __all__ = ["ARENA_WEIGHT", "NMSE_BOUND", "NMSE_BOUND_Q8_0", "PEER_TAGS", "Q8_0_CACHE_UNSUPPORTED", "arena_layers", "arena_options", "arena_row", "attention_names", "format_arena", "format_profile",
            "layer_setups", "peers_ready"]
 
-_MM_FA = ("MUL_MAT", "FLASH_ATTN_EXT")
+_MM_FA = ("MUL_MAT", "FLASH_ATTN_EXT", "FLASH_ATTN_EXT_PARTIAL")
 
 # peer -> the contender prefix in a row
 PEER_TAGS = {"ik-llama-cpp-python": "ik", "llama-cpp-python": "ggml025"}
@@ -96,15 +101,16 @@ ARENA_WEIGHT = {"f16": "f16", "q8_0": "q8_0"}
 
 
 def layer_setups(hp, s: dict, n_kv: int, kv_chunk: int, seed: int, weight_type: str = "f16",
-                 cache_type: str = "f16") -> dict:
-    """variant -> ``(g, values)``: :func:`layer_graph` at these shapes and its leaf values, on GgmlLayer's data
-    (:func:`layer_data`; the mask's padding rows masked)."""
+                 cache_type: str = "f16", merged: bool = True) -> dict:
+    """variant -> ``(g, values)``: :func:`layer_graph` at these shapes (``merged``: the chunked variant with its
+    merge, else its ggml-only form) and its leaf values, on GgmlLayer's data (:func:`layer_data`; the mask's
+    padding rows masked)."""
     d = layer_data(s, n_kv, seed)
     hp = hp.replace(n_head=s["n_head"], n_head_kv=s["n_head"])
     out = {}
     for v in VARIANTS:
         g = layer_graph(hp, n_kv, variant=v, cache_type=cache_type, n_tokens=s["T"], weight_type=weight_type,
-                        kv_chunk=kv_chunk)
+                        kv_chunk=kv_chunk, merged=merged)
         pad = next(t for t in g.inputs.values() if t.name.startswith("KQ_mask")).ne[1]
         mask = np.full((pad, n_kv), -np.inf, dtype=np.float32)
         mask[: s["T"]] = d["mask"].astype(np.float32)
@@ -117,10 +123,11 @@ def layer_setups(hp, s: dict, n_kv: int, kv_chunk: int, seed: int, weight_type: 
 def arena_options() -> dict:
     """The timed arena's plans: this CPU's native ones, as ``mlaref bench peers`` runs them (on AVX2 mul_mat in
     mlaref_l8s1, :func:`mlaref.codegen.kernels.mm.fastest_plan`; flash attention with l8s1 K.Q dots and the default
-    plan's k_step, chunks and exp, :func:`~mlaref.codegen.kernels.mm.fastest_fa_plan`)."""
-    fa = _mm.FA_PLAN
-    return {**DEFAULT_OPTIONS, "MUL_MAT": {"plan": _mm.fastest_plan()},
-            "FLASH_ATTN_EXT": {"plan": _mm.fastest_fa_plan(None, fa.k_step, fa.kv_chunks, fa.exp)}}
+    plan's k_step, chunks and exp, :func:`~mlaref.codegen.kernels.mm.fastest_fa_plan`; the chunked variant's
+    partial attention with the same plan, whose kv_chunks it does not use)."""
+    fa = _mm.fastest_fa_plan(None, _mm.FA_PLAN.k_step, _mm.FA_PLAN.kv_chunks, _mm.FA_PLAN.exp)
+    return {**DEFAULT_OPTIONS, "MUL_MAT": {"plan": _mm.fastest_plan()}, "FLASH_ATTN_EXT": {"plan": fa},
+            "FLASH_ATTN_EXT_PARTIAL": {"plan": fa}}
 
 
 def arena_layers(hp, s: dict, n_kv: int, kv_chunk: int, n_threads: int, seed: int,
@@ -131,7 +138,8 @@ def arena_layers(hp, s: dict, n_kv: int, kv_chunk: int, n_threads: int, seed: in
 
 
 def attention_names(g) -> list[str]:
-    """The names of the graph's ``flash_attn_ext`` results: ``kqv-0``, or every chunk's ``kqv_c{i}-0``."""
+    """The names of the graph's ``flash_attn_ext`` results: ``kqv-0``, or every chunk's ``kqv_c{i}-0`` (the
+    ggml-only chunked graph; the merged one has none)."""
     return [n.name for n in g.graph.nodes if n.op == "FLASH_ATTN_EXT"]
 
 
@@ -232,6 +240,8 @@ def arena_row(hp, s: dict, n: int, kv_chunk: int, n_threads: int, repeats: int, 
     """One ``n_kv``: interleaved timings of the arena, ggml 0.15.3 and the ``peers`` (cached builds only: see
     :func:`peers_ready`) on every variant, ratios, spreads, the peers' NMSE, the arena's profile."""
     setups = layer_setups(hp, s, n, kv_chunk, seed, ARENA_WEIGHT[cache_type], cache_type)
+    # the graphs the ggml peers run: the same but for chunked (no partial or merge op in ggml: the unmerged form)
+    peer_setups = layer_setups(hp, s, n, kv_chunk, seed, ARENA_WEIGHT[cache_type], cache_type, merged=False)
     bounds = NMSE_BOUND if cache_type == "f16" else NMSE_BOUND_Q8_0
     arenas = {v: Arena(g, **vals, n_threads=n_threads, options=arena_options()) for v, (g, vals) in setups.items()}
     fns = {f"arena/{v}": _timed(a.run) for v, a in arenas.items()}
@@ -241,7 +251,7 @@ def arena_row(hp, s: dict, n: int, kv_chunk: int, n_threads: int, repeats: int, 
         if layer is not None:
             fns.update({f"ggml/{v}": _timed(lambda v=v: layer.compute(v)) for v in VARIANTS})
         for p in peers:
-            for v, (g, vals) in setups.items():
+            for v, (g, vals) in peer_setups.items():
                 remotes[p, v] = RemoteGraph.of_graph(p, g, vals, keep=attention_names(g))
                 fns[f"{PEER_TAGS[p]}/{v}"] = lambda r=remotes[p, v]: r.compute(n_threads)
         noise = _fma_noise(n_threads)
@@ -250,10 +260,17 @@ def arena_row(hp, s: dict, n: int, kv_chunk: int, n_threads: int, repeats: int, 
         timings, steal = _measure(fns, repeats)
         profiles = _profiles(arenas, remotes, n_threads)
         nmse = {}
-        for (p, v), r in remotes.items():
-            names = attention_names(setups[v][0])
+        checks = {}  # the arenas holding the peers' attention results: the timed ones, or an untimed run of the
+        for (p, v), r in remotes.items():  # ggml-only graph where the peers' graph differs (chunked)
+            g, vals = peer_setups[v]
+            if v not in checks:
+                checks[v] = arenas[v] if attention_names(g) == attention_names(setups[v][0]) else \
+                    Arena(g, **vals, n_threads=n_threads, options=arena_options())
+                if checks[v] is not arenas[v]:
+                    checks[v].run()
+            names = attention_names(g)
             theirs = np.concatenate([t.to_numpy().reshape(-1) for t in r.results()[: len(names)]])
-            nmse[p, v] = compare.nmse(theirs, _arena_attention(arenas[v], names))
+            nmse[p, v] = compare.nmse(theirs, _arena_attention(checks[v], names))
     finally:
         if layer is not None:
             layer.free()
@@ -272,17 +289,19 @@ def arena_row(hp, s: dict, n: int, kv_chunk: int, n_threads: int, repeats: int, 
             row[f"ratio_{tag}_{v}"] = _ratio(timings[f"{tag}/{v}"], ta, tag)
             row[f"nmse_{tag}_{v}"] = {
                 "value": nmse[p, v], "bound": bounds[p], "within_bound": nmse[p, v] < bounds[p],
-                "unit": "1", "outputs": attention_names(setups[v][0]),
+                "unit": "1", "outputs": attention_names(peer_setups[v][0]),
                 "method": f"sum((peer - arena)^2) / sum(arena^2) in float64 over every flash_attn_ext result, "
-                          f"after the last timed compute; bound {bounds[p]:g} (NMSE_BOUND / NMSE_BOUND_Q8_0 in "
+                          f"after the last timed compute (chunked: the peers' unmerged per-chunk graph against an "
+                          f"untimed arena run of it); bound {bounds[p]:g} (NMSE_BOUND / NMSE_BOUND_Q8_0 in "
                           f"codegen/bench/mla_arena.py)"}
         ops = profiles[v]["arena"]
         total = sum(ops.values())
         outside = sum(sec for op, sec in ops.items() if op not in _MM_FA)
         row[f"outside_mm_fa_{v}"] = {
             "value": outside / total, "unit": "1", "seconds": outside, "total": total,
-            "method": "the arena's profile (below): seconds of the steps other than mul_mat and flash_attn_ext "
-                      "(casts, repeat, concat, input copies) / all steps"}
+            "method": "the arena's profile (below): seconds of the steps other than mul_mat and "
+                      "flash_attn_ext(_partial) (casts, repeat, concat, the chunked variant's fa_merge, input "
+                      "copies) / all steps"}
         row[f"profile_{v}"] = {
             "unit": "s", "ops": profiles[v],
             "arena_busy": arenas[v].profile_busy(PROFILE_REPEATS),
@@ -339,7 +358,9 @@ def format_profile(rows: list[dict]) -> str:
             lines.append(f"n_kv {r['n_kv']} {v}: seconds per op kind (each alone; step overhead "
                          f"{1e6 * prof['step_overhead']:.1f} us; busy: the arena threads' work / time given)")
             busy = prof.get("arena_busy", {})
-            lines.append("  " + f"{'op':<16}" + "".join(f"{w:>10}" for w in who) + (f"{'busy':>7}" if busy else ""))
+            width = max(16, *(len(k) + 2 for k in kinds))  # FLASH_ATTN_EXT_PARTIAL: 22 characters
+            head = f"{'op':<{width}}" + "".join(f"{w:>10}" for w in who) + (f"{'busy':>7}" if busy else "")
+            lines.append("  " + head)
             for k in [*kinds, "total"]:
                 cells = []
                 for w in who:
@@ -348,7 +369,7 @@ def format_profile(rows: list[dict]) -> str:
                     cells.append(f"{sec:>10.4f}" if sec is not None else f"{'-':>10}")
                 if busy:
                     cells.append(f"{busy[k]:>7.2f}" if k in busy else f"{'':>7}")
-                lines.append("  " + f"{k:<16}" + "".join(cells))
+                lines.append("  " + f"{k:<{width}}" + "".join(cells))
     return "\n".join(lines)
 
 

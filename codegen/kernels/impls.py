@@ -10,7 +10,11 @@ op             kernel                                 runs on the kernel when
 ============== ====================================== ===========================================================
 MUL_MAT        ``kernels.mm.mul_mat``                 the kernel accepts types and plan (l16a1, l8a1, l8s1; src0
                                                       f32/f16/q8_0/q4_0/q5_0/iq4_nl), else it refuses up front
-FLASH_ATTN_EXT ``kernels.mm.flash_attn_ext``          ``algorithm="blocked"``, K/V f16 or q8_0, an l16a1 plan
+FLASH_ATTN_EXT ``kernels.mm.flash_attn_ext``          ``algorithm="blocked"``, K/V f16 or q8_0, a plan of the
+                                                      kernels (l16a1, l8a1, l8s1 dots)
+FLASH_ATTN_EXT ``kernels.mm.flash_attn_ext_partial``  K/V f16 or q8_0, a plan of the kernels (the chunked variant's
+_PARTIAL                                              per-chunk attention)
+FA_MERGE       ``kernels.mm.fa_merge``                f32 contiguous partials (the chunked variant's merge)
 CPY            ``kernels.cpy``                        same shape, src rows packed, dst contiguous, and a same-type
                                                       copy, f32 <-> f16 / bf16 (``cast_rows``), float -> block
                                                       type or block type -> f32
@@ -24,13 +28,14 @@ GET_ROWS       ``kernels.dequantize`` of the rows     a block-type (or f16/bf16)
 Every adapter decides first whether the kernel can run the node. When it cannot, the adapter runs the reference
 op (the executor's :data:`~mlaref.reference.graphs.executor.REFERENCE_OPS` entry) and records why: for CPY, CONT,
 CONCAT and REPEAT the conditions of the table (the branches on which ``kernels.cpy`` / ``concat`` / ``repeat``
-call a kernel rather than the reference); for MUL_MAT, FLASH_ATTN_EXT and GET_ROWS the kernel wrapper's own
+call a kernel rather than the reference); for MUL_MAT, FLASH_ATTN_EXT(_PARTIAL), FA_MERGE and GET_ROWS the
+kernel wrapper's own
 refusal (its ``ValueError`` / ``TypeError`` / ``DispatchError`` raised while checking the arguments, before any
 computation), whose message is the reason. The record (:attr:`KernelImpls.runs`) says per node whether a kernel or
 the reference computed it; tests compare the executed graph's bytes with the reference's and assert the record.
 
-Ops outside this table (the chunked graph's ``FLASH_ATTN_EXT_PARTIAL`` / ``FA_MERGE``, ``MUL_MAT_ID``, the norms,
-rope, soft_max, element-wise ops) have no kernel: the executor runs its reference for them, unrecorded.
+Ops outside this table (``MUL_MAT_ID``, the norms, rope, soft_max, element-wise ops) have no kernel: the executor
+runs its reference for them, unrecorded.
 
 An op whose kernel function does not exist (the module or the function is missing, e.g. while a kernel family is
 being written) is left out of :attr:`KernelImpls.impl` and listed in :attr:`KernelImpls.missing` with the reason;
@@ -53,11 +58,14 @@ from mlaref.codegen.dispatch import DispatchError
 
 __all__ = ["KERNEL_OPS", "KernelImpls", "Run", "available"]
 
-KERNEL_OPS = ("MUL_MAT", "FLASH_ATTN_EXT", "CPY", "CONT", "CONCAT", "REPEAT", "GET_ROWS")
+KERNEL_OPS = ("MUL_MAT", "FLASH_ATTN_EXT", "FLASH_ATTN_EXT_PARTIAL", "FA_MERGE", "CPY", "CONT", "CONCAT", "REPEAT",
+              "GET_ROWS")
 # op -> (module, function) the adapter calls
 _KERNEL_FUNCS = {
     "MUL_MAT": ("mlaref.codegen.kernels.mm", "mul_mat"),
     "FLASH_ATTN_EXT": ("mlaref.codegen.kernels.mm", "flash_attn_ext"),
+    "FLASH_ATTN_EXT_PARTIAL": ("mlaref.codegen.kernels.mm", "flash_attn_ext_partial"),
+    "FA_MERGE": ("mlaref.codegen.kernels.mm", "fa_merge"),
     "CPY": ("mlaref.codegen.kernels", "cpy"),
     "CONT": ("mlaref.codegen.kernels", "cpy"),
     "CONCAT": ("mlaref.codegen.kernels", "concat"),
@@ -179,6 +187,24 @@ class KernelImpls:
             # A fully masked query row is refused after computing, by the reference as well: let it raise there.
             return self._reference("FLASH_ATTN_EXT", node, f"{type(exc).__name__}: {exc}", q, k, v, mask, **kw)
         return self._kernel("FLASH_ATTN_EXT", node, res)
+
+    def _flash_attn_ext_partial(self, node, q, k, v, mask=None, **kw):
+        try:
+            res = self._fn["FLASH_ATTN_EXT_PARTIAL"](q, k, v, mask, node.op_params["scale"], isa=self.isa,
+                                                     n_threads=self.n_threads, **kw)
+        except self.refusals as exc:
+            return self._reference("FLASH_ATTN_EXT_PARTIAL", node, f"{type(exc).__name__}: {exc}", q, k, v, mask,
+                                   **kw)
+        return self._kernel("FLASH_ATTN_EXT_PARTIAL", node, res)
+
+    def _fa_merge(self, node, a, b=None, **kw):
+        if kw:
+            return self._reference("FA_MERGE", node, f"options {sorted(kw)} are the reference's", a, b, **kw)
+        try:
+            res = self._fn["FA_MERGE"](a, b, node.op_params["final"], isa=self.isa, n_threads=self.n_threads)
+        except self.refusals as exc:
+            return self._reference("FA_MERGE", node, f"{type(exc).__name__}: {exc}", a, b)
+        return self._kernel("FA_MERGE", node, res)
 
     def _cpy_reason(self, src: Tensor, dst: Tensor, kw) -> str:
         """Why ``kernels.cpy`` would hand this copy to the reference ("" when a kernel runs it)."""

@@ -35,10 +35,17 @@ iqk's blocked online softmax with the plan's ``k_step``, ``kv_chunks`` (merged i
 (``libm``, ``v_expf_avx2`` or ``v_expf_avx512``; each is computed lane by lane in C with one rounding per step, so
 every ISA can run every exp). K and V are f16 or q8_0 (the same type), the mask f16 (binary, as iqk reads it).
 
+``flash_attn_ext_partial(q, k, v, mask, scale, *, plan, ...)`` and ``fa_merge(a, b, final, ...)`` compute the
+chunked variant's two ops of :mod:`mlaref.reference.ops.fa_partial`: the partial is the flash_attn_ext kernel
+rendered to store each row's state (acc, M, S) over its cells as one chunk (the plan's dots, ``k_step`` and exp;
+its ``kv_chunks`` plays no part), with the mask ``[n_kv, >= n_q]`` possibly a strided column block of the layer's
+mask; the merge is element-wise over rows with libm ``expf``, in the steps of flash_attn_ext's own chunk merge.
+
 Threads (``n_threads``): jobs of the C thread pool (:mod:`mlaref.codegen.kernels.pool`) over disjoint work: mul_mat
 splits src1 columns (or src0 rows when there are fewer columns than threads), flash_attn_ext splits (head, block
-of ``q_block`` queries) units. A reduction is never split by thread count, so the bytes do not depend on
-``n_threads`` (style.md 4.8). ``isa=`` caps dispatch, ``kernel=`` names one kernel of generated/manifest.json.
+of ``q_block`` queries) units (the partial too), fa_merge rows. A reduction is never split by thread count, so
+the bytes do not depend on ``n_threads`` (style.md 4.8). ``isa=`` caps dispatch, ``kernel=`` names one kernel of
+generated/manifest.json.
 """
 
 from __future__ import annotations
@@ -57,7 +64,8 @@ from mlaref.reference.tensor import Tensor
 from mlaref.reference.types import get_type
 
 __all__ = ["mul_mat", "fastest_plan", "fastest_fa_plan", "flash_attn_ext", "mul_mat_jobs", "flash_attn_jobs",
-           "fa_check", "FA_PLAN", "MM_PLAN", "fa_plan", "fa_q_block", "VEC_DOT_TYPE"]
+           "flash_attn_ext_partial", "flash_attn_partial_jobs", "fa_merge", "fa_merge_jobs", "fa_check", "FA_PLAN",
+           "MM_PLAN", "fa_plan", "fa_q_block", "VEC_DOT_TYPE"]
 
 MM_PLAN = MLAREF_L16A1
 # the default flash-attention plan: l16a1 dots, iqk's k_step 64 for n_kv % 64 == 0, one KV chunk, libm expf
@@ -305,6 +313,31 @@ def flash_attn_jobs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale,
 def _flash_attn_ext(q, k, v, mask, scale, max_bias, softcap, algorithm, plan, variant, kq_type, isa, kernel,
                     n_threads, q_block, out):
     op = "flash_attn_ext"
+    _fa_operands(op, q, k, v, mask, variant)
+    if algorithm != "blocked":
+        raise ValueError(f"{op}: the kernels implement algorithm 'blocked' (iqk's order), not {algorithm!r}")
+    if kq_type not in (None, k.type):
+        raise ValueError(f"{op}: the kernels convert Q to K's vec_dot type {k.type}, not {kq_type!r}")
+    if mask is not None and (mask.ne[0] < k.ne[1] or mask.ne[1] < q.ne[1]):
+        raise ValueError(f"{op}: mask must cover [n_kv, n_q] = [{k.ne[1]}, {q.ne[1]}], got ne {mask.ne[:2]}")
+    for name, val in (("scale", scale), ("max_bias", max_bias), ("softcap", softcap)):
+        _check_real(op, name, val)
+    if max_bias != 0:
+        raise ValueError(f"{op}: max_bias must be 0 (ALiBi is not modelled), got {max_bias}")
+    scale = np.float32(scale)
+    if softcap != 0:
+        scale = np.float32(scale / np.float32(softcap))
+    return _fa_jobs(op, q, k, v, mask, scale, np.float32(softcap), plan, plan_chunks=True, isa=isa, kernel=kernel,
+                    n_threads=n_threads, q_block=q_block, out=out)
+
+
+def _check_real(op: str, name: str, val) -> None:
+    if not isinstance(val, (int, float, np.floating, np.integer)) or isinstance(val, bool):
+        raise TypeError(f"{op}: {name} must be a real number, got {type(val).__name__}")
+
+
+def _fa_operands(op: str, q, k, v, mask, variant) -> None:
+    """The checks flash_attn_ext and flash_attn_ext_partial share: types, row layout, shapes, head broadcast."""
     _check_tensor(op, "q", q, ("f32",))
     _check_tensor(op, "k", k, _KV_TYPES)
     _check_tensor(op, "v", v, _KV_TYPES)
@@ -312,29 +345,24 @@ def _flash_attn_ext(q, k, v, mask, scale, max_bias, softcap, algorithm, plan, va
         raise ValueError(f"{op}: k and v must have the same type for the kernels, got {k.type} and {v.type}")
     if mask is not None:
         _check_tensor(op, "mask", mask, ("f16",))
-    if algorithm != "blocked":
-        raise ValueError(f"{op}: the kernels implement algorithm 'blocked' (iqk's order), not {algorithm!r}")
-    if kq_type not in (None, k.type):
-        raise ValueError(f"{op}: the kernels convert Q to K's vec_dot type {k.type}, not {kq_type!r}")
     if variant != "x86":
         raise ValueError(f"{op}: the kernels convert Q with the x86 from_float (variant 'x86'), not {variant!r}")
-    Dk, nq, nh, ne3 = q.ne
-    n_kv = k.ne[1]
     if q.ne[0] != k.ne[0]:
         raise ValueError(f"{op}: q.ne[0] ({q.ne[0]}) must equal k.ne[0] ({k.ne[0]}) (Dk)")
     if k.ne[1:] != v.ne[1:]:
         raise ValueError(f"{op}: k {k.ne} and v {v.ne} must have the same KV rows and heads (ne[1:4])")
-    if nh % k.ne[2] or ne3 % k.ne[3]:
+    if q.ne[2] % k.ne[2] or q.ne[3] % k.ne[3]:
         raise ValueError(f"{op}: q.ne[2:4] {q.ne[2:]} must be multiples of k.ne[2:4] {k.ne[2:]} (head broadcast)")
-    if mask is not None and (mask.ne[0] < n_kv or mask.ne[1] < nq):
-        raise ValueError(f"{op}: mask must cover [n_kv, n_q] = [{n_kv}, {nq}], got ne {mask.ne[:2]}")
-    for name, val in (("scale", scale), ("max_bias", max_bias), ("softcap", softcap)):
-        if not isinstance(val, (int, float, np.floating, np.integer)) or isinstance(val, bool):
-            raise TypeError(f"{op}: {name} must be a real number, got {type(val).__name__}")
-    if max_bias != 0:
-        raise ValueError(f"{op}: max_bias must be 0 (ALiBi is not modelled), got {max_bias}")
+
+
+def _fa_jobs(op, q, k, v, mask, scale, softcap, plan, *, plan_chunks, isa, kernel, n_threads, q_block, out):
+    """(dst, jobs) of the kernel of family ``op`` over checked operands: its plan, q_block and thread split.
+    ``plan_chunks``: the kernel merges the plan's kv_chunks (flash_attn_ext); else it runs the cells as one chunk
+    (the partial, whose row is one chunk's state)."""
+    Dk, nq, nh, ne3 = q.ne
+    n_kv, Dv = k.ne[1], v.ne[0]
     if q_block is None:
-        q_block = fa_q_block(Dk, v.ne[0], n_kv)
+        q_block = fa_q_block(Dk, Dv, n_kv)
     if isinstance(q_block, bool) or not isinstance(q_block, (int, np.integer)) or not 1 <= q_block <= 4096:
         raise ValueError(f"{op}: q_block must be an int in 1..4096, got {q_block!r}")
     n_threads = _args.check_threads(n_threads)
@@ -343,11 +371,8 @@ def _flash_attn_ext(q, k, v, mask, scale, max_bias, softcap, algorithm, plan, va
         raise ValueError(f"{op}: plan {plan.name}: exp must be one of {', '.join(_EXP_KIND)}, got {plan.exp!r}")
     if plan.k_step > 4096:
         raise ValueError(f"{op}: plan {plan.name}: k_step must be <= 4096, got {plan.k_step}")
-    scale = np.float32(scale)
-    if softcap != 0:
-        scale = np.float32(scale / np.float32(softcap))
-    Dv = v.ne[0]
-    dst = _output(op, out, (Dv, nh, nq, ne3), (("q", q), ("k", k), ("v", v), ("mask", mask)))
+    ne = (Dv, nh, nq, ne3) if plan_chunks else (Dv + 2, nh, nq, ne3)
+    dst = _output(op, out, ne, (("q", q), ("k", k), ("v", v), ("mask", mask)))
     n_qb = -(-nq // q_block)
     units = ne3 * nh * n_qb
     if units == 0:
@@ -355,12 +380,95 @@ def _flash_attn_ext(q, k, v, mask, scale, max_bias, softcap, algorithm, plan, va
     spec, fn, ffi = _kernels.resolve(op, k.type, v.type, token, isa=isa, kernel=kernel)
     mnb = mask.nb if mask is not None else (0, 0, 0, 0)
     mne = mask.ne if mask is not None else (1, 1, 1, 1)
+    kv_chunks = plan.kv_chunks if plan_chunks else 1
 
     def args(u0, u1):
         return (_addr(q), _addr(k), _addr(v), _addr(mask) if mask is not None else 0, _addr(dst), Dk, Dv, nq, nh, ne3,
                 q.nb[1], q.nb[2], q.nb[3], n_kv, k.ne[2], k.ne[3], k.nb[1], k.nb[2], k.nb[3], v.nb[1], v.nb[2],
-                v.nb[3], mnb[1], mnb[2], mnb[3], mne[2], mne[3], _pool.f32_word(scale),
-                _pool.f32_word(np.float32(softcap)), plan.k_step, plan.kv_chunks, _EXP_KIND[plan.exp], q_block, u0,
-                u1)
+                v.nb[3], mnb[1], mnb[2], mnb[3], mne[2], mne[3], _pool.f32_word(scale), _pool.f32_word(softcap),
+                plan.k_step, kv_chunks, _EXP_KIND[plan.exp], q_block, u0, u1)
 
     return dst, _jobs("flash_attn", fn, ffi, args, _ranges(units, n_threads, 1))
+
+
+# -- flash_attn_ext_partial and fa_merge: the chunked variant's ops (reference/ops/fa_partial.py) ----------------
+
+def flash_attn_ext_partial(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale, *, plan=FA_PLAN,
+                           variant: str = "x86", isa: str | None = None, kernel: str | None = None,
+                           n_threads: int = 1, q_block: int | None = None, out: Tensor | None = None) -> Tensor:
+    """:func:`mlaref.reference.ops.fa_partial.flash_attn_ext_partial` by a C kernel: f32 ``[Dv + 2, n_head, n_q,
+    ne3]``, each row acc[0..Dv), M, S of the blocked online softmax over every cell of ``k``/``v`` as one chunk
+    (the plan's dots, ``k_step`` and exp; its ``kv_chunks`` plays no part). A row whose every cell is masked is
+    ``(0, ..., 0, -inf, 0)``. ``mask``: f16 ``[n_kv, >= n_q]``, may be a strided column block of a larger mask.
+    """
+    dst, jobs = _flash_attn_partial(q, k, v, mask, scale, plan, variant, isa, kernel, n_threads, q_block, out)
+    if jobs:
+        fa_check(_pool.run(jobs).tolist())
+    return dst
+
+
+def flash_attn_partial_jobs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale, *, out: Tensor,
+                            plan=FA_PLAN, variant: str = "x86", isa: str | None = None, kernel: str | None = None,
+                            n_threads: int = 1, q_block: int | None = None) -> list[list[int]]:
+    """The pool jobs (one step, possibly none) of :func:`flash_attn_ext_partial` into ``out``, checked as it checks
+    its arguments; pass the jobs' result words to :func:`fa_check` (only a scratch allocation can fail)."""
+    return _flash_attn_partial(q, k, v, mask, scale, plan, variant, isa, kernel, n_threads, q_block, out)[1]
+
+
+def _flash_attn_partial(q, k, v, mask, scale, plan, variant, isa, kernel, n_threads, q_block, out):
+    op = "flash_attn_ext_partial"
+    _fa_operands(op, q, k, v, mask, variant)
+    if k.ne[1] < 1:
+        raise ValueError(f"{op}: a chunk needs at least one KV cell, got k.ne[1] = {k.ne[1]}")
+    if mask is not None and (mask.ne[0] != k.ne[1] or mask.ne[1] < q.ne[1]):
+        raise ValueError(f"{op}: the mask must be [n_cells = {k.ne[1]}, >= n_q = {q.ne[1]}], got ne {mask.ne[:2]}")
+    _check_real(op, "scale", scale)
+    return _fa_jobs(op, q, k, v, mask, np.float32(scale), np.float32(0), plan, plan_chunks=False, isa=isa,
+                    kernel=kernel, n_threads=n_threads, q_block=q_block, out=out)
+
+
+def fa_merge(a: Tensor, b: Tensor | None, final: bool, *, isa: str | None = None, kernel: str | None = None,
+             n_threads: int = 1, out: Tensor | None = None) -> Tensor:
+    """:func:`mlaref.reference.ops.fa_partial.fa_merge` by a C kernel: partial ``b`` (the later cells, or None)
+    merged into partial ``a``; ``final`` gives f32 ``[Dv, n_head, n_q, ne3]`` = acc * (1/S) (0 where S = 0), else
+    the merged partial ``[Dv + 2, ...]``. ``out`` must not overlap ``a`` or ``b``."""
+    dst, jobs = _fa_merge(a, b, final, isa, kernel, n_threads, out)
+    if jobs:
+        _pool.run(jobs)
+    return dst
+
+
+def fa_merge_jobs(a: Tensor, b: Tensor | None, final: bool, *, out: Tensor, isa: str | None = None,
+                  kernel: str | None = None, n_threads: int = 1) -> list[list[int]]:
+    """The pool jobs (one step, possibly none) of :func:`fa_merge` into ``out``, checked as it checks its
+    arguments."""
+    return _fa_merge(a, b, final, isa, kernel, n_threads, out)[1]
+
+
+def _fa_merge(a, b, final, isa, kernel, n_threads, out):
+    op = "fa_merge"
+    for what, t in (("a", a), ("b", b)):
+        if t is None and what == "b":
+            continue
+        _check_tensor(op, what, t, ("f32",))
+        if not t.is_contiguous() or t.ne[0] < 3:
+            raise ValueError(f"{op}: {what} must be a contiguous partial [Dv + 2, n_head, n_q, ne3], got ne {t.ne} "
+                             f"nb {t.nb}")
+    if b is not None and b.ne != a.ne:
+        raise ValueError(f"{op}: a and b must have the same shape, got {a.ne} and {b.ne}")
+    if not isinstance(final, (bool, np.bool_)):
+        raise TypeError(f"{op}: final must be a bool, got {type(final).__name__}")
+    if b is None and not final:
+        raise ValueError(f"{op}: a single partial (b = None) can only be finalised (final=True)")
+    n_threads = _args.check_threads(n_threads)
+    Dv = a.ne[0] - 2
+    dst = _output(op, out, (Dv,) + tuple(a.ne[1:]) if final else tuple(a.ne), (("a", a), ("b", b)))
+    rows = a.ne[1] * a.ne[2] * a.ne[3]
+    if rows == 0:
+        return dst, []
+    spec, fn, ffi = _kernels.resolve(op, "f32", None, _catalog.FA_MERGE_PLAN, isa=isa, kernel=kernel)
+
+    def args(r0, r1):
+        return (_addr(a), _addr(b) if b is not None else 0, _addr(dst), Dv, r0, r1, int(bool(final)))
+
+    return dst, _jobs("fa_merge", fn, ffi, args, _ranges(rows, n_threads, 1))

@@ -57,6 +57,7 @@ enum {
     MLA_JOB_GGML_QUANTIZE_CHUNK, /* ggml_quantize_chunk(int type, const float *src, void *dst, int64 start, int64 nrows,
                                     int64 n_per_row, const float *imatrix) */
     MLA_JOB_CAST,          /* fn(uint8_t *dst, const uint8_t *src, n, ne1, ne2, ne3, s_nb1..3, d_nb1..3) */
+    MLA_JOB_FA_MERGE,      /* fn(const float *a, const float *b, float *dst, Dv, r0, r1, final) */
     MLA_JOB_KINDS
 };
 
@@ -74,6 +75,7 @@ typedef void (*mla_quantize_chunk_fn)(const float *, uint8_t *, const float *, i
 typedef size_t (*mla_ggml_quantize_chunk_fn)(int, const float *, void *, int64_t, int64_t, int64_t, const float *);
 typedef void (*mla_cast_fn)(uint8_t *, const uint8_t *, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                             int64_t, int64_t, int64_t, int64_t);
+typedef void (*mla_fa_merge_fn)(const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t);
 typedef void (*mla_from_float_fn)(const float *, void *, int64_t);
 typedef void (*mla_to_float_fn)(const void *, float *, int64_t);
 typedef void (*mla_ggml_vec_dot_fn)(int, float *, size_t, const void *, size_t, const void *, size_t, int);
@@ -163,6 +165,10 @@ static void mla_run_job(int64_t *job) {
     case MLA_JOB_CAST:
         ((mla_cast_fn)fn)(MLA_P(uint8_t *, 0), MLA_P(const uint8_t *, 1), a[2], a[3], a[4], a[5], a[6], a[7], a[8],
                           a[9], a[10], a[11]);
+        break;
+    case MLA_JOB_FA_MERGE:
+        ((mla_fa_merge_fn)fn)(MLA_P(const float *, 0), MLA_P(const float *, 1), MLA_P(float *, 2), a[3], a[4], a[5],
+                              a[6]);
         break;
     default:
         break; /* unreachable: mla_pool_run checks every kind first */

@@ -29,11 +29,11 @@ WORDS = 40
 MAX_JOBS = 256
 KIND = {name: k for k, name in enumerate(
     ("quantize", "dequantize", "convert", "vec_dot", "copy", "concat", "memcpy", "from_float", "to_float",
-     "ggml_vec_dot", "mul_mat", "flash_attn", "quantize_chunk", "ggml_quantize_chunk", "cast"), start=1)}
+     "ggml_vec_dot", "mul_mat", "flash_attn", "quantize_chunk", "ggml_quantize_chunk", "cast", "fa_merge"), start=1)}
 # arguments each kind takes (pool.c's prototypes)
 _ARGS = {"quantize": 6, "dequantize": 6, "convert": 7, "vec_dot": 9, "copy": 14, "concat": 18, "memcpy": 3,
          "from_float": 3, "to_float": 3, "ggml_vec_dot": 9, "mul_mat": 20, "flash_attn": 35, "quantize_chunk": 7,
-         "ggml_quantize_chunk": 7, "cast": 12}
+         "ggml_quantize_chunk": 7, "cast": 12, "fa_merge": 7}
 _CDEF = ("int mla_pool_run(int64_t *jobs, int n_jobs);\nint mla_pool_workers(void);\n"
          "int mla_pool_run_steps(int64_t *jobs, const int32_t *n_per_step, int n_steps);\n"
          "int mla_pool_run_steps_timed(int64_t *jobs, const int32_t *n_per_step, int n_steps, int64_t *ns);\n")

@@ -125,7 +125,8 @@ def test_bench_subcommands_are_wired(capsys):
 
 def test_arena_backend_rows():
     """backend="arena" at toy shapes: every variant timed (with ggml's when ggml-python is here), spreads and the
-    share outside mul_mat / flash_attn_ext in [0, 1]; chunked with two chunks. The peers' graphs:
+    share outside mul_mat / flash_attn_ext in [0, 1]; chunked with two chunks, partial attention and the merge
+    in the timed graph. The peers' graphs:
     test_bench_mla_peers.py."""
     from mlaref.codegen.peers import ggml as ggml_peer
 
@@ -136,7 +137,9 @@ def test_arena_backend_rows():
         assert row[f"arena/{v}"]["median"] > 0 and row[f"arena/{v}"]["spread"] >= 0
         assert 0 < row[f"outside_mm_fa_{v}"]["value"] < 1
         ops = row[f"profile_{v}"]["ops"]["arena"]
-        assert {"inputs", "MUL_MAT", "FLASH_ATTN_EXT", "CPY"} <= set(ops) and all(x > 0 for x in ops.values())
+        attention = {"FLASH_ATTN_EXT_PARTIAL", "FA_MERGE"} if v == "chunked" else {"FLASH_ATTN_EXT"}
+        assert {"inputs", "MUL_MAT", "CPY"} | attention <= set(ops) and all(x > 0 for x in ops.values())
+        assert (v != "chunked") == ("FLASH_ATTN_EXT" in ops)  # the chunked layer merges: no unmerged chunk left
         assert row[f"outside_mm_fa_{v}"]["total"] == pytest.approx(sum(ops.values()))
         busy = row[f"profile_{v}"]["arena_busy"]
         assert set(busy) == set(ops) and all(0 < b <= 1 + 1e-6 for b in busy.values()), busy

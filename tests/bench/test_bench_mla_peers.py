@@ -24,7 +24,8 @@ def _need(peer):
 def arena_result():
     for p in PEERS:
         _need(p)
-    # 2 heads, 32 queries, n_kv 512 in chunks of 256: the chunked graph has two flash_attn_ext nodes
+    # 2 heads, 32 queries, n_kv 512 in chunks of 256: the arena's chunked graph has two partials and a merge, the
+    # peers' (ggml-only) two flash_attn_ext nodes
     return B.run_mla(n_kv=(512,), T=32, n_head=2, repeats=1, n_threads=2, kv_chunk=256, backend="arena",
                      peers=PEERS)
 
@@ -45,6 +46,7 @@ def test_each_peer_times_the_arenas_graph_and_matches_its_output(arena_result):
             assert 0 <= e["value"] < MA.NMSE_BOUND[p] and e["within_bound"], (p, v, e["value"])
         ops = row[f"profile_{v}"]["ops"]
         assert set(ops) == {"arena", *MA.PEER_TAGS.values()}
+        assert ("FA_MERGE" in ops["arena"]) == (v == "chunked")
         for tag in MA.PEER_TAGS.values():
             assert {"MUL_MAT", "FLASH_ATTN_EXT", "CPY", "CONCAT"} <= set(ops[tag]), (v, tag, ops[tag])
     table = B.format_table(res)
@@ -60,7 +62,7 @@ def test_a_remote_ir_graph_gives_run_graphs_bytes_on_every_compute():
     hp = preset("deepseek-v2-lite")
     s = {"n_head": 2, "T": 32, "rank": hp.n_lora_kv, "rope": hp.n_rot, "nope": hp.n_embd_head_qk_nope,
          "dv": hp.n_embd_head_v, "dk": hp.n_embd_head_qk_nope + hp.n_rot, "kq_scale": float(hp.kq_scale)}
-    g, vals = MA.layer_setups(hp, s, 512, 256, seed=4)["chunked"]
+    g, vals = MA.layer_setups(hp, s, 512, 256, seed=4, merged=False)["chunked"]  # ggml-only: no partial / merge
     keep = ["k_c0-0", "v_c1-0", *MA.attention_names(g)]
     want = harness.call(peer, "native", "mlaref.codegen.peers.harness_graph:run_graph", g, **vals, keep=keep,
                         n_threads=1)
@@ -87,7 +89,7 @@ def test_a_peers_profile_times_every_node_of_the_ir_graph_alone():
     hp = preset("deepseek-v2-lite")
     s = {"n_head": 2, "T": 32, "rank": hp.n_lora_kv, "rope": hp.n_rot, "nope": hp.n_embd_head_qk_nope,
          "dv": hp.n_embd_head_v, "dk": hp.n_embd_head_qk_nope + hp.n_rot, "kq_scale": float(hp.kq_scale)}
-    g, vals = MA.layer_setups(hp, s, 512, 256, seed=4)["chunked"]
+    g, vals = MA.layer_setups(hp, s, 512, 256, seed=4, merged=False)["chunked"]  # ggml-only: no partial / merge
     keep = MA.attention_names(g)
     for peer in PEERS:
         _need(peer)

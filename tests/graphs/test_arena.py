@@ -16,7 +16,8 @@ HP = preset("deepseek-v2-lite").replace(n_head=2, n_head_kv=2)
 T, N_KV = 32, 256
 # the plans the kernels implement, for the reference executor
 OPTIONS = {"MUL_MAT": dict(arena.DEFAULT_OPTIONS["MUL_MAT"]),
-           "FLASH_ATTN_EXT": {"algorithm": "blocked", **arena.DEFAULT_OPTIONS["FLASH_ATTN_EXT"]}}
+           "FLASH_ATTN_EXT": {"algorithm": "blocked", **arena.DEFAULT_OPTIONS["FLASH_ATTN_EXT"]},
+           "FLASH_ATTN_EXT_PARTIAL": dict(arena.DEFAULT_OPTIONS["FLASH_ATTN_EXT_PARTIAL"])}
 CASES = [("f32", "f16", N_KV, 4096), ("direct", "f16", N_KV, 4096), ("f32", "q8_0", N_KV, 4096),
          ("direct", "q8_0", N_KV, 4096), ("chunked", "f16", 2 * N_KV, N_KV), ("chunked", "q8_0", 2 * N_KV, N_KV)]
 _REF: dict = {}
@@ -28,8 +29,9 @@ def _layer(variant, cache_type, n_kv, kv_chunk):
 
 
 def _outputs(g) -> list[str]:
-    """The attention results: kqv-0, or every chunk's kqv_c{i}-0."""
-    return [n.name for n in g.graph.nodes if n.op == "FLASH_ATTN_EXT"]
+    """The attention result kqv-0 (chunked: the last fa_merge, final), and every flash_attn_ext result (the
+    unmerged chunked graph's kqv_c{i}-0)."""
+    return list(dict.fromkeys([g.output.name] + [n.name for n in g.graph.nodes if n.op == "FLASH_ATTN_EXT"]))
 
 
 def _reference(case):
@@ -51,8 +53,8 @@ def test_arena_bytes_equal_reference_and_buffer_per_tensor_run(case):
     want = _reference(case)
     for n_threads in (1, 2):
         a = arena.Arena(g, **vals, n_threads=n_threads)
-        assert {k for _, op, k in a.kernels} <= {"mul_mat", "flash_attn_ext", "cast_rows", "copy_rows",
-                                                "concat_rows"}
+        assert {k for _, op, k in a.kernels} <= {"mul_mat", "flash_attn_ext", "flash_attn_ext_partial", "fa_merge",
+                                                "cast_rows", "copy_rows", "concat_rows"}
         assert all(k for _, _, k in a.kernels), a.kernels
         for run in (a.run, a.run, a.run_checked):
             run()
@@ -63,6 +65,28 @@ def test_arena_bytes_equal_reference_and_buffer_per_tensor_run(case):
     assert ki.fallbacks() == []
     for name, b in want.items():
         assert per_tensor[name].raw().tobytes() == b, name
+
+
+@pytest.mark.parametrize("cache_type", ["f16", "q8_0"])
+def test_arena_chunked_layer_is_merged_and_equals_direct_with_kv_chunks(cache_type):
+    """The chunked layer (2 chunks) runs partial attention and the merge on their kernels, and its output, the
+    final fa_merge, has the bytes of the direct layer whose flash_attn_ext merges 2 equal KV chunks internally
+    (another kernel's merge), at 1 and 2 threads; the checking run passes (poisoned frees, live tensors kept)."""
+    g, vals = _layer("chunked", cache_type, 2 * N_KV, N_KV)
+    assert g.output.op == "FA_MERGE" and g.output.op_params["final"] and g.output.name == "kqv-0"
+    ops = [n.op for n in g.graph.nodes]
+    assert ops.count("FLASH_ATTN_EXT_PARTIAL") == 2 and ops.count("FA_MERGE") == 1 and "FLASH_ATTN_EXT" not in ops
+    gd, vd = _layer("direct", cache_type, 2 * N_KV, 4096)
+    fa2 = {**arena.DEFAULT_OPTIONS, "FLASH_ATTN_EXT": {"plan": arena.DEFAULT_OPTIONS["FLASH_ATTN_EXT"]["plan"]
+                                                      .replace(name="fa_l16a1_c2", kv_chunks=2)}}
+    want = arena.Arena(gd, **vd, options=fa2)
+    want.run()
+    for n_threads in (1, 2):
+        a = arena.Arena(g, **vals, n_threads=n_threads)
+        assert {"flash_attn_ext_partial", "fa_merge"} <= {k for _, _, k in a.kernels}
+        for run in (a.run, a.run_checked):
+            run()
+            assert a.tensor("kqv-0").raw().tobytes() == want.tensor("kqv-0").raw().tobytes(), (n_threads, run)
 
 
 def test_arena_uses_the_allocator_models_buffer():
@@ -184,7 +208,7 @@ def test_the_profile_times_every_step_of_the_same_computation():
         assert set(owners[a.n_input_steps:]) == kernel_nodes
         prof, ops = a.profile(repeats=2), a.profile_ops(repeats=2)
         assert set(prof) == {"inputs"} | kernel_nodes and all(v > 0 for v in prof.values())
-        assert set(ops) == {"inputs", "MUL_MAT", "CPY", "REPEAT", "CONCAT", "FLASH_ATTN_EXT"}
+        assert set(ops) == {"inputs", "MUL_MAT", "CPY", "REPEAT", "CONCAT", "FLASH_ATTN_EXT_PARTIAL", "FA_MERGE"}
         assert 0 < a.step_overhead(calls=5) < 0.1
         steps, jobs = a._profile_runs(2)
         first = np.concatenate([[0], np.cumsum(a.n_per_step)[:-1]])

@@ -77,3 +77,12 @@ def serial_tie_pair() -> tuple[Tensor, Tensor]:
     a = Tensor.from_bytes(row([(2.0 ** 6, 0), (2.0 ** -7, 4), (2.0 ** -7, 4)]), "q8_0", (96, 1, 1, 1))
     b = Tensor.from_bytes(row([(2.0 ** 5, 0), (2.0 ** -6, 4), (2.0 ** -6, 4)]), "q8_0", (96, 1, 1, 1))
     return a, b
+
+
+def guarded_f32(ne) -> tuple[Tensor, np.ndarray]:
+    """A contiguous f32 output of shape ``ne``, NaN-poisoned (0xFF bytes), followed by 64 guard bytes of 0xA5; returns
+    the tensor and its whole buffer (check ``buf[-64:] == 0xA5`` after the call)."""
+    n = int(np.prod(ne)) * 4
+    buf = np.full(n + 64, 0xA5, np.uint8)
+    buf[:n] = 0xFF
+    return Tensor("f32", ne, (4, 4 * ne[0], 4 * ne[0] * ne[1], 4 * ne[0] * ne[1] * ne[2]), buf), buf

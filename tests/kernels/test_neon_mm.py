@@ -1,4 +1,4 @@
-"""NEON mul_mat and flash_attn_ext kernels, cross-compiled and run under qemu-aarch64, against the reference.
+"""NEON mul_mat, flash_attn_ext(_partial) and fa_merge kernels, cross-compiled and run under qemu-aarch64.
 
 The same cases as the x86 kernels (test_mul_mat_kernels.py, test_flash_attn_kernels.py), on smaller shapes
 where they allow it (qemu is slow): ragged last steps, odd 32-block and super-block pairs, src0 broadcast, strided
@@ -25,6 +25,8 @@ from kernel_inputs import mm_values as _values
 from mlaref.codegen import build, catalog
 from mlaref.codegen.kernels import mm as KM
 from mlaref.codegen.kernels import pool
+from mlaref.reference.ops.fa_partial import fa_merge as ref_merge
+from mlaref.reference.ops.fa_partial import flash_attn_ext_partial as ref_partial
 from mlaref.reference.ops.flash_attn_ext import flash_attn_ext as ref_fa
 from mlaref.reference.ops.mul_mat import MulMat_253
 from mlaref.reference.tensor import Tensor
@@ -52,7 +54,8 @@ def _run_neon(name: str, jobs, inputs, out: Tensor) -> list[int]:
         for t, w in zip(inputs, args[:n_in]):
             assert w == (0 if t is None else pool.address(t.data) + t.offset)
         assert args[n_in] == pool.address(out.data) + out.offset
-        n_args = {"mul_mat": 20, "flash_attn_ext": 35}[catalog.by_name()[name].family]
+        n_args = {"mul_mat": 20, "flash_attn_ext": 35, "flash_attn_ext_partial": 35,
+                  "fa_merge": 7}[catalog.by_name()[name].family]
         calls.append(args[n_in + 1:n_args])
     rcs, after = build.run_cross_kernel(name, blobs, out.data[out.offset:].tobytes(), calls)
     out.data[out.offset:] = np.frombuffer(after, np.uint8)
@@ -219,6 +222,52 @@ def test_neon_flash_attn_fully_masked_row_counted(driver):
             k, v = _kv(rng, t, (192, 40, 1, 1)), _kv(rng, t, (128, 40, 1, 1))
             _, rcs = _neon_fa(name.name, q, k, v, _mask(40, 32, [(1, 0, 40)]), 0.125, 0.0, KM.FA_PLAN, 1, 3)
             assert rcs == [0, 1, 0], f"{name.name}: {rcs}"
+
+
+# -- flash_attn_ext_partial and fa_merge (the chunked variant) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("case", [0, 2, 7, 8])
+def test_neon_flash_attn_partial_bit_exact(case, driver, kt):
+    """The partial kernels on the flash_attn_ext cases (softcap 0; kv_chunks plays no part): acc, M, S of every
+    row as reference/ops/fa_partial.py, 1 and 3 parts; case 0 adds a row whose every cell is masked (M = -inf)."""
+    Dk, Dv, n_kv, plan, scale, q_block = (CASES[case][i] for i in (0, 1, 5, 6, 7, 11))
+    for name, k in sorted(kt.manifest_kernels("flash_attn_ext_partial").items()):
+        if k["isa"] not in ISAS or (k["type_x"] == "q8_0" and (Dk % 32 or Dv % 32)):
+            continue
+        q, kk, v, mask = _fa_case(k["type_x"], case)[:4]
+        if case == 0:
+            mask = _mask(n_kv, 32, [(1, 10, 40), (2, 0, n_kv)])
+        want = ref_partial(q, kk, v, mask, scale, plan=plan)
+        for n_threads in (1, 3):
+            out, buf = _guarded_out(want.ne)
+            jobs = KM.flash_attn_partial_jobs(q, kk, v, mask, scale, out=out, plan=plan, kernel=_scalar_twin(name),
+                                              n_threads=n_threads, q_block=q_block)
+            assert _run_neon(name, jobs, [q, kk, v, mask], out) == [0] * len(jobs)
+            assert np.all(buf[-64:] == 0xA5), f"{name}: the kernel wrote past the output"
+            kt.assert_same_bytes(out.storage(), want.storage(), 4, f"{name} case {case} parts={len(jobs)} (qemu)")
+
+
+def test_neon_fa_merge_bit_exact(driver, kt, rng):
+    """fa_merge on NEON: Dv 17 and 128 (vector tails), M = -inf rows on either and both sides, kept partial,
+    final, and a single partial finalised, 1 and 3 parts."""
+    name = "mlaref_fa_merge_f32__neon_libm"
+    for Dv in (17, 128):
+        x = [rng.standard_normal((6, Dv + 2)).astype(np.float32) for _ in range(2)]
+        for i, dead in enumerate(((1, 3), (2, 3))):
+            x[i][:, Dv + 1] = np.abs(x[i][:, Dv + 1]) + 1
+            for r in dead:
+                x[i][r] = 0
+                x[i][r, Dv] = -np.inf
+        a, b = (Tensor.from_numpy(t.reshape(1, 1, 6, Dv + 2)) for t in x)
+        for bb, final in ((b, False), (b, True), (None, True)):
+            want = ref_merge(a, bb, final)
+            for n_threads in (1, 3):
+                out, buf = _guarded_out(want.ne)
+                jobs = KM.fa_merge_jobs(a, bb, final, out=out, kernel=_scalar_twin(name), n_threads=n_threads)
+                assert _run_neon(name, jobs, [a, bb], out) == [0] * len(jobs)
+                assert np.all(buf[-64:] == 0xA5), f"{name}: the kernel wrote past the output"
+                kt.assert_same_bytes(out.storage(), want.storage(), 4, f"{name} Dv={Dv} final={final} (qemu)")
 
 
 def test_run_cross_kernel_rejects_bad_arguments():
