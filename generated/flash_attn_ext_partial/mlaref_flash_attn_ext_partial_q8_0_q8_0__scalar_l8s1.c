@@ -450,7 +450,7 @@ static inline void mm_exp_shifted(int kind, const float *s, float M, float *p, i
     int64_t i = 0;
     for (; i < n; ++i) p[i] = mm_exp1(kind, s[i] - M);
 }
-/* bytes of one block of an 8-row group: 256 values, 256 absolute values, 8 dx */
+/* bytes of one block of an 8-row group: 256 values, 256 absolute values (unused by q4_1 / q5_1), 8 dx */
 #define MM_SBREC 544
 /* bytes of one y column: nb blocks of 32 int8 values, then nb scales dy (f32), padded to 64 */
 static inline int64_t mm_scol_bytes(int64_t nb) { return (nb * 36 + 63) / 64 * 64; }
