@@ -51,8 +51,10 @@ def report() -> str:
         order = dispatch.candidates()
         lines.append("dispatch order: " + " > ".join(order))
         lines.append("kernel chosen per op:")
-        for key, name in dispatch.table():
-            lines.append(f"  {key:<38} {name}")
+        table = dispatch.table()
+        width = max((len(key) for key, _ in table), default=0)
+        for key, name in table:
+            lines.append(f"  {key:<{width}} {name}")
     except Exception as exc:  # a report must print even when dispatch cannot (bad MLAREF_ISA, no compiler)
         lines.append(f"dispatch unavailable: {exc}")
     return "\n".join(lines)

@@ -165,6 +165,12 @@ def check_kernel(name: str, n_rows: int = 5) -> dict:
             cases = _check_mul_mat(name, spec)
         elif fam == "flash_attn_ext":
             cases = _check_flash_attn(name, spec)
+        elif fam == "flash_attn_ext_partial":
+            cases = _check_fa_partial(name, spec)
+        elif fam == "fa_merge":
+            cases = _check_fa_merge(name, spec)
+        elif fam == "cast_rows":
+            cases = _check_cast_rows(name, spec)
         else:
             return {"status": "skipped", "cases": 0, "detail": f"the report has no check for family {fam!r} yet"}
     except _Mismatch as exc:
@@ -193,9 +199,10 @@ def _tensor_of(values: np.ndarray, type: str, ne, row_len: int | None = None) ->
 
 
 def _check_mul_mat(name, spec) -> int:
-    """mul_mat kernel vs ``MulMat_253(plan="mlaref_l16a1", variant="x86")``: a K tail with src0 broadcast over
-    two src1 matrices, and a strided src1 (cache rows with the rope part skipped), 2 threads."""
+    """mul_mat kernel vs ``MulMat_253(plan=<the kernel's plan>, variant="x86")``: a K tail with src0 broadcast
+    over two src1 matrices, and a strided src1 (cache rows with the rope part skipped), 2 threads."""
     tx, ty = spec.type_x, spec.type_y
+    plan = f"mlaref_{spec.plan}"  # the catalog's plan tokens name mlaref's dot orders
     rng = _rng(f"mul_mat {tx} {ty}")  # the same inputs for every ISA of a pair: one reference result per pair
     block = tx not in ("f32", "f16", "bf16") or ty == "q8_0"
     k_tail, k_real = (96, 192) if block else (37, 200)
@@ -208,9 +215,12 @@ def _check_mul_mat(name, spec) -> int:
         if key not in _REF_CACHE:
             a = _tensor_of(rng.standard_normal((int(np.prod(ane[1:])), k)).astype(np.float32), tx, ane)
             b = _tensor_of(rng.standard_normal((int(np.prod(bne[1:])), k)).astype(np.float32), ty, bne, row_len)
-            _REF_CACHE[key] = (a, b, MulMat_253(plan="mlaref_l16a1", variant="x86")(a, b))
-        a, b, want = _REF_CACHE[key]
-        got = KM.mul_mat(a, b, kernel=name, n_threads=2)
+            _REF_CACHE[key] = (a, b, {})
+        a, b, wants = _REF_CACHE[key]
+        if plan not in wants:
+            wants[plan] = MulMat_253(plan=plan, variant="x86")(a, b)
+        want = wants[plan]
+        got = KM.mul_mat(a, b, plan=plan, kernel=name, n_threads=2)
         ok, why = _same(got.storage(), want.storage())
         if not ok:
             raise _Mismatch(f"case {i} K={k} a{ane} b{bne}: {why}")
@@ -218,20 +228,12 @@ def _check_mul_mat(name, spec) -> int:
 
 
 def _check_flash_attn(name, spec) -> int:
-    """flash_attn_ext kernel vs the reference's blocked order: Dk 192 / Dv 128, 2 heads, 70 cells with a partly
-    masked row, k_step 16 and 32 with 3 KV chunks, 2 threads."""
-    t = spec.type_x
-    rng = _rng(f"flash_attn_ext {t}")
-    n_kv, nq, nh = 70, 5, 2
-    q = Tensor.from_numpy((0.3 * rng.standard_normal((1, nh, nq, 192))).astype(np.float32))
-    k = _tensor_of(rng.standard_normal((nh * n_kv, 192)).astype(np.float32), t, (192, n_kv, nh, 1))
-    v = _tensor_of(rng.standard_normal((nh * n_kv, 128)).astype(np.float32), t, (128, n_kv, nh, 1))
-    m = np.zeros((32, n_kv), np.float16)
-    m[1, 10:40] = -np.inf
-    mask = Tensor.from_numpy(m.reshape(1, 1, 32, n_kv), "f16")
-    plans = [KM.fa_plan(16, 1, "libm"), KM.fa_plan(32, 3, "libm")]
+    """flash_attn_ext kernel vs the reference's blocked order with the kernel's dots: Dk 192 / Dv 128, 2 heads, 70
+    cells with partly and half masked rows, k_step 16 and 32 with 3 KV chunks, 2 threads."""
+    q, k, v, mask = _fa_operands(spec.type_x, _rng(f"flash_attn_ext {spec.type_x}"))
+    plans = [KM.fa_plan(16, 1, "libm", dots=spec.plan), KM.fa_plan(32, 3, "libm", dots=spec.plan)]
     for plan in plans:
-        key = ("flash_attn_ext", t, plan.name)
+        key = ("flash_attn_ext", spec.type_x, plan.name)
         if key not in _REF_CACHE:
             _REF_CACHE[key] = ref_flash_attn_ext(q, k, v, mask, 0.125, algorithm="blocked", plan=plan)
         want = _REF_CACHE[key]
@@ -240,6 +242,92 @@ def _check_flash_attn(name, spec) -> int:
         if not ok:
             raise _Mismatch(f"plan {plan.name}: {why}")
     return len(plans)
+
+
+def _fa_operands(t: str, rng):
+    """q, K, V (Dk 192 / Dv 128, 2 heads, 70 cells of type t) and an f16 mask [70, 32] with a partly masked row and
+    a row masked over cells 40..69 (a fully masked second chunk)."""
+    n_kv, nq, nh = 70, 5, 2
+    q = Tensor.from_numpy((0.3 * rng.standard_normal((1, nh, nq, 192))).astype(np.float32))
+    k = _tensor_of(rng.standard_normal((nh * n_kv, 192)).astype(np.float32), t, (192, n_kv, nh, 1))
+    v = _tensor_of(rng.standard_normal((nh * n_kv, 128)).astype(np.float32), t, (128, n_kv, nh, 1))
+    m = np.zeros((32, n_kv), np.float16)
+    m[1, 10:40] = -np.inf
+    m[3, 40:] = -np.inf
+    return q, k, v, Tensor.from_numpy(m.reshape(1, 1, 32, n_kv), "f16")
+
+
+def _chunk(t: Tensor, c0: int, c1: int, axis: int) -> Tensor:
+    """Entries [c0, c1) along ``axis`` of ``t``: cells of a K / V tensor (axis 1), columns of a mask (axis 0)."""
+    ne = list(t.ne)
+    ne[axis] = c1 - c0
+    return t.view(tuple(ne), tuple(t.nb[1:]), c0 * t.nb[axis])
+
+
+def _check_fa_partial(name, spec) -> int:
+    """flash_attn_ext_partial kernel vs reference/ops/fa_partial.py on two chunks of 70 cells (the second fully
+    masked for one query), k_step 16 and 32, 2 threads."""
+    from mlaref.reference.ops.fa_partial import flash_attn_ext_partial as ref_partial
+
+    q, k, v, mask = _fa_operands(spec.type_x, _rng(f"flash_attn_ext_partial {spec.type_x}"))
+    cases = 0
+    for plan in (KM.fa_plan(16, 1, "libm", dots=spec.plan), KM.fa_plan(32, 1, "v_expf_avx2", dots=spec.plan)):
+        for c0, c1 in ((0, 40), (40, 70)):
+            kc, vc, mc = _chunk(k, c0, c1, 1), _chunk(v, c0, c1, 1), _chunk(mask, c0, c1, 0)
+            want = ref_partial(q, kc, vc, mc, 0.125, plan=plan, variant="x86")
+            got = KM.flash_attn_ext_partial(q, kc, vc, mc, 0.125, plan=plan, kernel=name, n_threads=2, q_block=2)
+            ok, why = _same(got.storage(), want.storage())
+            cases += 1
+            if not ok:
+                raise _Mismatch(f"plan {plan.name} cells {c0}..{c1}: {why}")
+    return cases
+
+
+def _check_fa_merge(name, spec) -> int:
+    """fa_merge kernel vs reference/ops/fa_partial.py's fa_merge on partials of Dv 128 and 17 with -inf rows on
+    either side: merged, final, and a single partial finalised, 2 threads."""
+    from mlaref.reference.ops.fa_partial import fa_merge as ref_merge
+
+    rng = _rng("fa_merge")
+    cases = 0
+    for dv in (128, 17):
+        parts = []
+        for side in range(2):
+            x = rng.standard_normal((3, 4, dv + 2)).astype(np.float32)
+            x[..., dv + 1] = np.abs(x[..., dv + 1]) + 0.5  # S > 0
+            x[side, 1 + side, :] = 0.0
+            x[side, 1 + side, dv] = -np.inf  # a fully masked row on this side
+            x[2, 3, :], x[2, 3, dv] = 0.0, -np.inf  # and one on both
+            parts.append(Tensor.from_numpy(x.reshape(1, 3, 4, dv + 2)))
+        for b, final in ((parts[1], False), (parts[1], True), (None, True)):
+            want = ref_merge(parts[0], b, final)
+            got = KM.fa_merge(parts[0], b, final, kernel=name, n_threads=2)
+            ok, why = _same(got.storage(), want.storage())
+            cases += 1
+            if not ok:
+                raise _Mismatch(f"Dv {dv} {'b' if b is not None else 'no b'} final={final}: {why}")
+    return cases
+
+
+def _check_cast_rows(name, spec) -> int:
+    """cast_rows kernel vs the reference cpy on strided 3-D sources (a head's row every 3 rows), 2 threads."""
+    from mlaref.codegen.kernels import pool, rows
+    from mlaref.reference.ops.cpy import cpy as ref_cpy
+
+    rng = _rng(name)
+    cases = 0
+    for n, ne1, ne2 in ((576, 3, 2), (64, 5, 3)):
+        x = rng.standard_normal((ne1 * ne2, n + 32)).astype(np.float32)
+        full = _tensor_of(x, spec.type_x, (n + 32, ne1 * ne2, 1, 1))
+        src = full.view((n, ne1, ne2, 1), (full.nb[1] * ne2, full.nb[1], full.nb[1] * ne1 * ne2), 0)
+        want = ref_cpy(src, Tensor.empty(spec.type_y, src.ne))
+        dst = Tensor.empty(spec.type_y, src.ne)
+        pool.run(rows.cast_jobs(src, dst, kernel=name, n_threads=2))
+        ok, why = _same(dst.storage(), want.storage())
+        cases += 1
+        if not ok:
+            raise _Mismatch(f"n {n} x {ne1} x {ne2}: {why}")
+    return cases
 
 
 def _vec_dot_operands(rng, x_type, y_type, m, n_y, n):
