@@ -19,12 +19,14 @@ from mlaref.codegen import catalog as _catalog
 from mlaref.codegen.cuda import kernels as _k
 from mlaref.reference import fp, quantize
 from mlaref.reference.ops.concat import concat as ref_concat
+from mlaref.reference.ops.flash_attn_ext import flash_attn_ext as ref_flash_attn_ext
 from mlaref.reference.ops.mul_mat import mul_mat as ref_mul_mat
 from mlaref.reference.ops.repeat import repeat as ref_repeat
 from mlaref.reference.ops.vec_dot import vec_dot
 from mlaref.reference.tensor import Tensor, aligned_buffer
 
-__all__ = ["GUARD", "GUARD_BYTE", "cases", "MUL_MAT_SHAPES", "CONVERT_SHAPES", "values", "encode"]
+__all__ = ["GUARD", "GUARD_BYTE", "cases", "MUL_MAT_SHAPES", "CONVERT_SHAPES", "FA_SHAPES", "values", "encode",
+           "fa_operands"]
 
 GUARD = 64
 GUARD_BYTE = 0xA5
@@ -32,6 +34,13 @@ GUARD_BYTE = 0xA5
 # 4 columns a warp runs); the MLA row lengths 576 and 192
 MUL_MAT_SHAPES = ((1, 1, 32), (3, 5, 1024), (5, 7, 1056), (17, 9, 576), (33, 4, 192), (2, 3, 96))
 CONVERT_SHAPES = ((1, 32), (3, 64), (5, 96), (17, 576), (7, 192), (2, 1056))
+# flash attention (Dk, Dv, n_q, n_head, n_head_kv, ne3, n_kv, mask): the CPU FA tests' shapes. One query and three
+# whole blocks of 32; GQA with a tail (n_kv 77 = 2*32 + 13) under a causal mask; MLA's 576/512 with V a view of K,
+# one KV head for all heads, and a mask whose second block is masked whole ("holes": the block is skipped); a
+# single block past the warp (33); two sequences (ne3 2) over one KV set.
+FA_SHAPES = ((192, 128, 1, 4, 4, 1, 96, None), (192, 128, 5, 4, 2, 1, 77, "causal"),
+             (576, 512, 3, 4, 1, 1, 100, "holes"), (576, 512, 2, 2, 1, 1, 33, "causal"),
+             (192, 128, 3, 2, 1, 2, 45, "holes"))
 
 
 def values(rng, shape, scale: float = 1.0) -> np.ndarray:
@@ -204,6 +213,65 @@ def _mul_mat_cases(rng) -> list:
     return out
 
 
+def _fa_mask(rng, kind, n_kv: int, n_q: int) -> Tensor | None:
+    """An f16 mask [n_kv, n_q + 1] (one spare row, as ggml pads it): 0 / -inf. "causal": query i sees cells up to
+    n_kv - n_q + i; "holes": cells 32..63 masked for every query (a whole block skipped), plus random cells masked
+    by other bit patterns (-0.0, -1.0: the blocked algorithm's mask is binary), cell 0 always visible."""
+    if kind is None:
+        return None
+    bits = np.zeros((n_q + 1, n_kv), np.uint16)
+    if kind == "causal":
+        for i in range(n_q + 1):
+            bits[i, n_kv - n_q + i + 1:] = 0xFC00
+    else:
+        bits[:, 32:64] = 0xFC00
+        pick = rng.random((n_q + 1, n_kv)) < 0.2
+        bits[pick] = rng.choice(np.array([0xFC00, 0x8000, 0xBC00], np.uint16), int(pick.sum()))
+        bits[:, 0] = 0
+    return Tensor.from_bytes(bits.view(np.uint8), "f16", (n_kv, n_q + 1))
+
+
+def fa_operands(rng, type_: str, dk: int, dv: int, n_q: int, n_head: int, n_head_kv: int, ne3: int, n_kv: int,
+                mask_kind=None):
+    """(q, k, v, mask) as MLA builds them: q f32 [Dk, n_q, n_head, ne3]; for Dv < Dk with Dv = 512, V is a view
+    of K's first Dv values (one buffer, K's strides); else K and V are views of rows wider than theirs (strided)."""
+    ne3_kv = 1
+    q = Tensor.from_bytes(values(rng, (ne3 * n_head * n_q, dk), 0.25).view(np.uint8), "f32", (dk, n_q, n_head, ne3))
+    wide = Tensor.empty(type_, (dk + 64, n_kv, n_head_kv, ne3_kv))
+    wide.data[...] = encode(values(rng, (n_kv * n_head_kv * ne3_kv, dk + 64), 0.25), type_).reshape(-1)
+    k = wide.view((dk, n_kv, n_head_kv, ne3_kv), wide.nb[1:], 0)
+    if dv == 512:
+        v = wide.view((dv, n_kv, n_head_kv, ne3_kv), wide.nb[1:], 0)
+    else:
+        vw = Tensor.empty(type_, (dv + 32, n_kv, n_head_kv, ne3_kv))
+        vw.data[...] = encode(values(rng, (n_kv * n_head_kv * ne3_kv, dv + 32)), type_).reshape(-1)
+        v = vw.view((dv, n_kv, n_head_kv, ne3_kv), vw.nb[1:], vw.row_size() - Tensor.empty(type_, (dv, 1)).row_size())
+    return q, k, v, _fa_mask(rng, mask_kind, n_kv, n_q)
+
+
+def _fa_cases(rng) -> list:
+    out = []
+    for s in _catalog.cuda_catalog():
+        if s.family != "flash_attn_ext":
+            continue
+        plan = _catalog.CUDA_FA_PLANS[s.plan]
+        for dk, dv, nq, nh, nhk, ne3, n_kv, mk in FA_SHAPES:
+            def run(s=s, dk=dk, dv=dv, nq=nq, nh=nh, nhk=nhk, ne3=ne3, n_kv=n_kv, mk=mk, plan=plan):
+                q, k, v, mask = fa_operands(rng, s.type_x, dk, dv, nq, nh, nhk, ne3, n_kv, mk)
+                scale = 1.0 / np.sqrt(dk)
+                want = ref_flash_attn_ext(q, k, v, mask, scale, algorithm="blocked", plan=plan, variant="x86")
+                ne = (dv, nh, nq, ne3)
+                dst = _tensor_in_guards("f32", ne, (4, 4 * dv + 12, (4 * dv + 12) * nh + 8,
+                                                    ((4 * dv + 12) * nh + 8) * nq))
+                expected = _expected_buffer(dst, want)
+                _k.flash_attn_ext(q, k, v, mask, scale, plan=plan, out=dst)
+                return _diff(dst.data, expected, "buffer")
+            label = (f"Dk{dk} Dv{dv} n_q{nq} heads {nh}/{nhk} ne3 {ne3} n_kv{n_kv}" + (f" mask {mk}" if mk else "")
+                     + (" (V a view of K)" if dv == 512 else " (strided K, V)"))
+            out.append((s.name, label, run))
+    return out
+
+
 def _rows(t: Tensor) -> np.ndarray:
     return np.stack([t.row(i1, i2, i3) for i1, i2, i3 in t.rows()])
 
@@ -211,4 +279,4 @@ def _rows(t: Tensor) -> np.ndarray:
 def cases(seed: int = 0) -> list:
     """Every correctness case of every CUDA kernel: ``(kernel name, label, run)``."""
     rng = np.random.default_rng(seed)
-    return _copy_cases(rng) + _convert_cases(rng) + _mul_mat_cases(rng)
+    return _copy_cases(rng) + _convert_cases(rng) + _mul_mat_cases(rng) + _fa_cases(rng)
