@@ -17,7 +17,7 @@ import numpy as np
 
 from mlaref.codegen import catalog as _catalog
 from mlaref.codegen.cuda import kernels as _k
-from mlaref.reference import fp, quantize
+from mlaref.reference import fp, get_type, quantize
 from mlaref.reference.ops.concat import concat as ref_concat
 from mlaref.reference.ops.flash_attn_ext import flash_attn_ext as ref_flash_attn_ext
 from mlaref.reference.ops.mul_mat import mul_mat as ref_mul_mat
@@ -272,6 +272,69 @@ def _fa_cases(rng) -> list:
     return out
 
 
+# -- #253's K/V build with a q8_0 cache, then attention (one synthetic layer) ----------------------------------------
+
+MLA_KEEP = ("kv_f32-0", "k_nope-0", "v-0", "k-0", "q_concat-0", "KQ_mask (copy)", "kqv-0")
+
+
+def mla_layer_reference(n_head: int = 4, n_tokens: int = 8, n_ctx: int = 256, seed: int = 7):
+    """The reference executor on #253's ``direct`` attention block with a q8_0 cache and q8_0 weights (the synthetic
+    tiny model with ``n_head`` heads: K rows of 32 nope + 32 rope values, V rows of 32, latent rank 64), n_kv =
+    n_ctx cells, the last ``n_tokens`` written by the graph's cache store; mul_mat under ``cuda_w32`` and flash
+    attention ``blocked`` under ``cuda_fa_w32`` (the GPU's orders). Returns (graph, cache after the run, the
+    ``attn_kv_b`` weight, the nodes of :data:`MLA_KEEP` by name)."""
+    from mlaref.reference.graphs.deepseek2 import build_attention_block
+    from mlaref.reference.graphs.executor import run_graph
+    from mlaref.reference.graphs.synthetic import SyntheticModel, tiny_hparams
+
+    model = SyntheticModel(tiny_hparams(1, n_head=n_head), seed=seed)
+    g = build_attention_block(model.hp, n_ctx, variant="direct", cache_type="q8_0", n_tokens=n_tokens,
+                              weight_type="q8_0")
+    inp = model.inputs(g)
+    rng = np.random.default_rng(seed)
+    inputs = {"attn_norm-0": rng.standard_normal((n_tokens, model.hp.n_embd)).astype(np.float32),
+              "inp_pos": inp["inp_pos"], "KQ_mask": inp["KQ_mask"]}
+    weights = model.weights(g)
+    kv = model.kv_cache(g)
+    out = run_graph(g, weights=weights, kv_cache=kv, inputs=inputs, keep=MLA_KEEP,
+                    options={"MUL_MAT": {"plan": "cuda_w32"},
+                             "FLASH_ATTN_EXT": {"algorithm": "blocked", "plan": "cuda_fa_w32"}})
+    return g, kv[0], weights["blk.0.attn_kv_b.weight"], out
+
+
+def _mla_case() -> str:
+    """#253's K and V from a q8_0 cache on the GPU, kernel by kernel, each compared with the executor's node:
+    mul_mat(wkv_b, the cache's latent rows read as q8_0 src1 rows in place) = kv_f32; convert f32 -> q8_0 of whole
+    kv_f32 rows (32-blocks never straddle the nope / v halves), then cpy of the nope and v block views into the
+    contiguous k_nope and v; repeat of the cache's rope part over heads; concat = K; then flash attention on the
+    executor's q and f16 mask = kqv."""
+    g, cache, wkv_b, ref = mla_layer_reference()
+    hp = g.hparams
+    n_kv, H = g.n_kv, hp.n_head
+    nope, dv, rank, rot = hp.n_embd_head_qk_nope, hp.n_embd_head_v, hp.n_lora_kv, hp.n_rot
+    row = cache.nb[1]
+    cells = cache.data[: n_kv * row].reshape(n_kv, row)
+    lat = get_type("q8_0").type_size * rank // 32  # latent bytes of a cache row
+    kv_f32 = _k.mul_mat(_rows(wkv_b), "q8_0", cells[:, :lat], "q8_0", rank, plan="cuda_w32")
+    bad = _diff(kv_f32, ref["kv_f32-0"].to_numpy().reshape(n_kv, -1), "kv_f32")
+    conv = _k.convert(kv_f32, "f32", "q8_0")  # (n_kv, H*(nope+dv)/32 blocks)
+    ts = get_type("q8_0").type_size
+    whole = Tensor.from_bytes(conv, "q8_0", (H * (nope + dv), n_kv))
+    per_head = (nope + dv) // 32 * ts
+    k_nope, v = Tensor.empty("q8_0", (nope, n_kv, H)), Tensor.empty("q8_0", (dv, n_kv, H))
+    _k.cpy(whole.view((nope, n_kv, H), (whole.nb[1], per_head), 0), k_nope)
+    _k.cpy(whole.view((dv, n_kv, H), (whole.nb[1], per_head), nope // 32 * ts), v)
+    bad = bad or _diff(k_nope.data, ref["k_nope-0"].data, "k_nope") or _diff(v.data, ref["v-0"].data, "v")
+    rope = Tensor("q8_0", (rot, n_kv, 1, 1), (ts, row, row * n_kv, row * n_kv), cache.data, lat)
+    k_rope = _k.repeat(rope, (rot, n_kv, H, 1))
+    bad = bad or _diff(k_rope.data, ref_repeat(rope, (rot, n_kv, H, 1)).data, "k_rope")
+    k = _k.concat(k_nope, k_rope, 0)
+    bad = bad or _diff(k.data, ref["k-0"].data, "k")
+    fa = next(n for n in g.graph.nodes if n.op == "FLASH_ATTN_EXT")
+    kqv = _k.flash_attn_ext(ref["q_concat-0"], k, v, ref["KQ_mask (copy)"], fa.op_params["scale"], plan="cuda_fa_w32")
+    return bad or _diff(kqv.data, ref["kqv-0"].data, "kqv")
+
+
 def _rows(t: Tensor) -> np.ndarray:
     return np.stack([t.row(i1, i2, i3) for i1, i2, i3 in t.rows()])
 
@@ -279,4 +342,6 @@ def _rows(t: Tensor) -> np.ndarray:
 def cases(seed: int = 0) -> list:
     """Every correctness case of every CUDA kernel: ``(kernel name, label, run)``."""
     rng = np.random.default_rng(seed)
-    return _copy_cases(rng) + _convert_cases(rng) + _mul_mat_cases(rng) + _fa_cases(rng)
+    mla = [(s.name, "#253 K/V from a q8_0 cache (4 heads, n_kv 256) + attention, end to end", _mla_case)
+           for s in _catalog.cuda_catalog() if s.family == "flash_attn_ext" and s.type_x == "q8_0"]
+    return _copy_cases(rng) + _convert_cases(rng) + _mul_mat_cases(rng) + _fa_cases(rng) + mla

@@ -238,3 +238,37 @@ def test_checks_before_c(tripwire, change, exc, match):
     else:
         with pytest.raises(exc, match=match):
             call()
+
+
+# -- #253's K/V build: the composition, with the reference ops standing in for the kernels -----------------------
+
+def test_the_mla_composition_reproduces_the_executors_nodes(monkeypatch):
+    """cases._mla_case composes the CUDA kernels into #253's K and V (q8_0 cache) and the attention. Here each
+    kernel is replaced by the reference op it is checked against on the GPU (mul_mat: vec_dot under cuda_w32;
+    convert: quantize x86; cpy / repeat / concat: reference/ops; flash attention: blocked under cuda_fa_w32), so the
+    views, offsets and strides of the composition are checked against the executor's nodes without a GPU."""
+    from mlaref.reference import quantize
+    from mlaref.reference.ops.concat import concat
+    from mlaref.reference.ops.cpy import cpy
+    from mlaref.reference.ops.repeat import repeat
+    from mlaref.reference.ops.vec_dot import vec_dot
+
+    def mul_mat(x, xt, y, yt, n, plan):
+        return vec_dot(np.ascontiguousarray(x), xt, np.ascontiguousarray(y), yt, n, plan).T
+
+    def fa(q, k, v, mask, scale, plan):
+        return flash_attn_ext(q, k, v, mask, scale, algorithm="blocked", plan=plan, variant="x86")
+
+    stand_ins = {"mul_mat": mul_mat, "convert": lambda x, s, d: quantize(x, d, variant="x86"),
+                 "cpy": lambda src, dst: cpy(src, dst), "repeat": repeat, "concat": concat, "flash_attn_ext": fa}
+    for name, fn in stand_ins.items():
+        monkeypatch.setattr(kernels, name, fn)
+    assert cases._mla_case() == ""
+    # and the check can fail: a repeat that reads the wrong bytes (the latent part's start), a V taken from the
+    # nope blocks (the executor's v node)
+    with monkeypatch.context() as m:
+        m.setattr(kernels, "repeat", lambda t, ne: repeat(Tensor(t.type, t.ne, t.nb, t.data, 0), ne))
+        assert cases._mla_case().startswith("k_rope:")
+    nope_v = lambda src, dst: cpy(Tensor(src.type, src.ne, src.nb, src.data, 0), dst)  # noqa: E731
+    monkeypatch.setattr(kernels, "cpy", nope_v)
+    assert cases._mla_case().startswith("v:")
