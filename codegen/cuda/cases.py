@@ -8,7 +8,11 @@ their bytes) and every output sits between guard bytes (``GUARD_BYTE``), gaps in
 
 Expected values come from :mod:`mlaref.reference` only: ``ops.repeat`` / ``ops.concat`` / ``ops.cpy`` for the row
 copies, ``quantize`` (variant ``x86``) of the exactly widened rows for ``convert``, and ``ops.vec_dot`` under
-``cuda_w32`` (transposed) for ``mul_mat``, plus ``ops.mul_mat.mul_mat`` (#253 semantics) end to end.
+``cuda_w32`` (transposed) for ``mul_mat``, plus ``ops.mul_mat.mul_mat`` (#253 semantics) end to end;
+``ops.flash_attn_ext`` (``algorithm="blocked"``, plan ``cuda_fa_w32``) for flash attention (:data:`FA_SHAPES`:
+both MLA head sizes, tails, masks with whole blocks masked, GQA, strided K/V and V a view of K, guard bytes around
+a strided output); and the reference executor's nodes for #253's K/V build from a q8_0 cache composed from the
+kernels, then attention (:func:`mla_layer_reference`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ import numpy as np
 from mlaref.codegen import catalog as _catalog
 from mlaref.codegen.cuda import kernels as _k
 from mlaref.reference import fp, get_type, quantize
+from mlaref.reference.graphs.deepseek2 import build_attention_block
+from mlaref.reference.graphs.executor import run_graph
+from mlaref.reference.graphs.synthetic import SyntheticModel, tiny_hparams
 from mlaref.reference.ops.concat import concat as ref_concat
 from mlaref.reference.ops.flash_attn_ext import flash_attn_ext as ref_flash_attn_ext
 from mlaref.reference.ops.mul_mat import mul_mat as ref_mul_mat
@@ -26,7 +33,7 @@ from mlaref.reference.ops.vec_dot import vec_dot
 from mlaref.reference.tensor import Tensor, aligned_buffer
 
 __all__ = ["GUARD", "GUARD_BYTE", "cases", "MUL_MAT_SHAPES", "CONVERT_SHAPES", "FA_SHAPES", "values", "encode",
-           "fa_operands"]
+           "fa_operands", "mla_layer_reference", "MLA_KEEP"]
 
 GUARD = 64
 GUARD_BYTE = 0xA5
@@ -283,10 +290,6 @@ def mla_layer_reference(n_head: int = 4, n_tokens: int = 8, n_ctx: int = 256, se
     n_ctx cells, the last ``n_tokens`` written by the graph's cache store; mul_mat under ``cuda_w32`` and flash
     attention ``blocked`` under ``cuda_fa_w32`` (the GPU's orders). Returns (graph, cache after the run, the
     ``attn_kv_b`` weight, the nodes of :data:`MLA_KEEP` by name)."""
-    from mlaref.reference.graphs.deepseek2 import build_attention_block
-    from mlaref.reference.graphs.executor import run_graph
-    from mlaref.reference.graphs.synthetic import SyntheticModel, tiny_hparams
-
     model = SyntheticModel(tiny_hparams(1, n_head=n_head), seed=seed)
     g = build_attention_block(model.hp, n_ctx, variant="direct", cache_type="q8_0", n_tokens=n_tokens,
                               weight_type="q8_0")

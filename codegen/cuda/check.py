@@ -176,8 +176,9 @@ def timing_step(log, repeats: int, n_kv: int, heads: int) -> dict:
 
 
 # flash attention timing shapes (Dk, Dv, n_head, n_head_kv, n_q, n_kv): the ggml-cuda peer probe's FlashMLA-2 cases
-# (codegen/peers/cuda.py default_cases: 16 heads x 512 queries, 192/128 with a K/V head per head, 576/512 on one)
-FA_TIMING_SHAPES = ((192, 128, 16, 16, 512, 4096), (576, 512, 16, 1, 512, 4096))
+# (codegen/peers/cuda.py default_cases: 16 heads x 512 queries; 192/128 with a K/V head per head (#253) and on 2 K/V
+# heads (what ggml-cuda supports, upstream facts §10.4); 576/512 on one)
+FA_TIMING_SHAPES = ((192, 128, 16, 16, 512, 4096), (192, 128, 16, 2, 512, 4096), (576, 512, 16, 1, 512, 4096))
 
 
 def _torch_sdpa(q, k, v, scale: float, iters: int, repeats: int):
