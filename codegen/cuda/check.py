@@ -75,7 +75,7 @@ def build_step(log, jobs: int) -> dict:
         for fam, res in pool.map(one, ("runtime",) + _cbuild.families()):
             out["libraries"][fam] = res
             ok &= res["ok"]
-            log(f"  {fam:13s} " + (f"ok ({res['seconds']} s)" if res["ok"] else "FAILED\n" + res["error"]))
+            log(f"  {fam:14s} " + (f"ok ({res['seconds']} s)" if res["ok"] else "FAILED\n" + res["error"]))
     out["ok"], out["seconds"] = ok, round(time.perf_counter() - t0, 2)
     return out
 

@@ -32,13 +32,8 @@ def emulated_source(family: str) -> str:
     return out
 
 
-@pytest.fixture(scope="module")
-def emulated(tmp_path_factory):
-    """Load the emulated library of each family (built once per test module) in place of the nvcc one."""
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no host C++ compiler (g++ / c++) to build the emulated kernels")
-    tmp = tmp_path_factory.mktemp("cuda_emu")
+def build_emulated(cxx: str, tmp) -> dict:
+    """The emulated library of every CUDA family, built in ``tmp``: family -> ``build.Library``."""
     libs = {}
     for fam in cuda_build.families():
         cu = tmp / f"{fam}.cc"
@@ -50,6 +45,15 @@ def emulated(tmp_path_factory):
         sigs = [sig for s in catalog.cuda_catalog() if s.family == fam for sig in (s.signature(), s.signature(True))]
         libs[fam] = cuda_build.Library(so, sigs)
     return libs
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    """Load the emulated library of each family (built once per test module) in place of the nvcc one."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no host C++ compiler (g++ / c++) to build the emulated kernels")
+    return build_emulated(cxx, tmp_path_factory.mktemp("cuda_emu"))
 
 
 @pytest.fixture
@@ -72,3 +76,21 @@ _QUICK += [next(i for i, (n, _, _) in enumerate(CASES) if n == s.name) for s in 
 def test_the_sources_compute_the_reference_on_the_cpu(on_cpu, index):
     name, label, run = CASES[index]
     assert run() == "", f"{name} [{label}]"
+
+
+if __name__ == "__main__":  # every cuda-check case, emulated: python tests/cuda/test_cuda_emulated.py (a few minutes)
+    import tempfile
+    import time
+
+    built = build_emulated(shutil.which("g++") or "c++", __import__("pathlib").Path(tempfile.mkdtemp()))
+    cuda_build.load = lambda family, isa="sm90": built[family]
+    cuda_build.gpu_present = lambda: True
+    n_ok = 0
+    for name, label, run in CASES:
+        t0 = time.perf_counter()
+        detail = run()
+        n_ok += not detail
+        print(f"{'ok  ' if not detail else 'FAIL'} {name} [{label}] {time.perf_counter() - t0:.1f} s {detail}",
+              flush=True)
+    print(f"emulated: {n_ok} of {len(CASES)} cases bit-exact")
+    raise SystemExit(0 if n_ok == len(CASES) else 1)

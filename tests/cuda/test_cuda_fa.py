@@ -15,8 +15,7 @@ import pytest
 
 from mlaref.codegen import catalog
 from mlaref.codegen.cuda import build as cuda_build
-from mlaref.codegen.cuda import cases
-from mlaref.codegen.cuda import kernels
+from mlaref.codegen.cuda import cases, kernels
 from mlaref.reference import fp, libm
 from mlaref.reference.ops.flash_attn_ext import flash_attn_ext
 from mlaref.reference.ops.vexp import v_expf_avx2
@@ -132,7 +131,7 @@ def test_the_kernels_v_expf_is_the_references(tmp_path):
         pytest.skip("no host C compiler (gcc / cc) to build the device function for the host")
     spec = next(s for s in catalog.cuda_catalog() if s.family == "flash_attn_ext")
     src = (ROOT / "generated" / spec.path).read_text()
-    fn = re.search(r"static __device__ float mla_cu_v_expf\(float x\) \{.*?\n\}\n", src, re.S).group(0)
+    fn = re.search(r"static __device__ float mla_cu_v_expf\(float x\) \{.*?\n\}\n", src, re.DOTALL).group(0)
     c = tmp_path / "vexp.c"
     c.write_text(_SHIM + fn + "void run(const float *x, float *y, long n) { for (long i = 0; i < n; ++i) "
                               "y[i] = mla_cu_v_expf(x[i]); }\n")
@@ -231,7 +230,7 @@ def test_checks_before_c(tripwire, change, exc, match):
                 buf = Tensor.zeros("f32", (q.ne[0] * q.ne[1] * q.ne[2],))
                 q = Tensor("f32", q.ne, q.nb, buf.data, 0)
                 kw["out"] = Tensor("f32", (128, 4, 2, 1), (4, 512, 2048, 4096), buf.data, 0)
-    call = lambda: kernels.flash_attn_ext(q, k, v, mask, scale, **kw)  # noqa: E731
+    call = lambda: kernels.flash_attn_ext(q, k, v, mask, scale, **kw)
     if exc is None:
         with pytest.raises(ReachedC):
             call()
@@ -269,6 +268,6 @@ def test_the_mla_composition_reproduces_the_executors_nodes(monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(kernels, "repeat", lambda t, ne: repeat(Tensor(t.type, t.ne, t.nb, t.data, 0), ne))
         assert cases._mla_case().startswith("k_rope:")
-    nope_v = lambda src, dst: cpy(Tensor(src.type, src.ne, src.nb, src.data, 0), dst)  # noqa: E731
+    nope_v = lambda src, dst: cpy(Tensor(src.type, src.ne, src.nb, src.data, 0), dst)
     monkeypatch.setattr(kernels, "cpy", nope_v)
     assert cases._mla_case().startswith("v:")
