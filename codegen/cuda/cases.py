@@ -44,10 +44,11 @@ CONVERT_SHAPES = ((1, 32), (3, 64), (5, 96), (17, 576), (7, 192), (2, 1056))
 # flash attention (Dk, Dv, n_q, n_head, n_head_kv, ne3, n_kv, mask): the CPU FA tests' shapes. One query and three
 # whole blocks of 32; GQA with a tail (n_kv 77 = 2*32 + 13) under a causal mask; MLA's 576/512 with V a view of K,
 # one KV head for all heads, and a mask whose second block is masked whole ("holes": the block is skipped); a
-# single block past the warp (33); two sequences (ne3 2) over one KV set.
+# single block past the warp (33); two sequences (ne3 2) over one KV set; MLA's 16 heads on one KV head over 300
+# cells (the timing shapes' GQA ratio, a tail of 12).
 FA_SHAPES = ((192, 128, 1, 4, 4, 1, 96, None), (192, 128, 5, 4, 2, 1, 77, "causal"),
              (576, 512, 3, 4, 1, 1, 100, "holes"), (576, 512, 2, 2, 1, 1, 33, "causal"),
-             (192, 128, 3, 2, 1, 2, 45, "holes"))
+             (192, 128, 3, 2, 1, 2, 45, "holes"), (576, 512, 4, 16, 1, 1, 300, "causal"))
 
 
 def values(rng, shape, scale: float = 1.0) -> np.ndarray:
