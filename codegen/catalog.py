@@ -452,6 +452,8 @@ def cast_specs() -> list[KernelSpec]:
 # concat_rows     concat along dim 0: dst row = a row then b row; plan ref
 # convert_rows    src1 rows (f32, f16, bf16) -> q8_0 (x86: 127/amax, ties to even) or f16; plan = the variant
 # mul_mat         dst[j, i] = vec_dot(weight row i, converted row j) for f16.f16, q8_0.q8_0, iq4_nl.q8_0; plan w32
+# flash_attn_ext  softmax(scale*K.Q + mask).V, type_x = K type, type_y = V type (one type: f16 or q8_0), Dk <= 576,
+#                 Dv <= 512, Q f32 converted on the GPU, GQA, ggml's output layout; plan faw32 (cuda_fa_w32)
 # ==============  ===================================================================================================
 CUDA_SIGNATURES = MappingProxyType({
     "copy_rows": "int {name}{timed}(uint8_t *dst, int64_t dst_size, const uint8_t *src, int64_t src_size, "
@@ -466,12 +468,22 @@ CUDA_SIGNATURES = MappingProxyType({
     "mul_mat": "int {name}{timed}(const uint8_t *x, int64_t x_size, int64_t x_stride, int64_t m, const uint8_t *y, "
                "int64_t y_size, int64_t y_stride, int64_t n_y, int64_t n, float *out, int64_t out_size, "
                "int64_t out_stride{iters});",
+    "flash_attn_ext": "int {name}{timed}(const uint8_t *q, int64_t q_size, const uint8_t *k, int64_t k_size, "
+                      "const uint8_t *v, int64_t v_size, const uint8_t *mask, int64_t mask_size, uint8_t *out, "
+                      "int64_t out_size, int64_t dk, int64_t dv, int64_t n_q, int64_t n_head, int64_t ne3, "
+                      "int64_t n_kv, int64_t n_head_kv, int64_t ne3_kv, int64_t m_ne2, int64_t m_ne3, "
+                      "int64_t q_nb1, int64_t q_nb2, int64_t q_nb3, int64_t k_nb1, int64_t k_nb2, int64_t k_nb3, "
+                      "int64_t v_nb1, int64_t v_nb2, int64_t v_nb3, int64_t m_nb1, int64_t m_nb2, int64_t m_nb3, "
+                      "int64_t o_nb1, int64_t o_nb2, int64_t o_nb3, int64_t scale_bits{iters});",
 })
 CUDA_ISA_TOKENS = ("sm90",)
 CUDA_CONVERT = MappingProxyType({"q8_0": ("f32", "f16", "bf16"), "f16": ("f32", "bf16")})  # target -> sources
 CUDA_CONVERT_PLAN = "x86"  # q8_0: 127/amax and ties to even; f16: round to nearest even (the x86 variants)
 CUDA_MUL_MAT = MappingProxyType({"f16": "f16", "q8_0": "q8_0", "iq4_nl": "q8_0"})  # weight -> its vec_dot type
 CUDA_PLANS = MappingProxyType({"w32": "cuda_w32"})  # mul_mat plan token -> reference/plan.py GPU plan
+CUDA_FA_KV = ("f16", "q8_0")  # flash_attn_ext: K and V of one of these types
+CUDA_FA_PLANS = MappingProxyType({"faw32": "cuda_fa_w32"})  # flash_attn_ext plan token -> GPU plan
+CUDA_FA_DK_MAX, CUDA_FA_DV_MAX = 576, 512  # the kernel's shared-memory Q and per-thread accumulators
 
 
 class CudaKernelSpec(KernelSpec):
@@ -503,6 +515,11 @@ class CudaKernelSpec(KernelSpec):
                 raise ValueError(f"{where}: CUDA convert_rows takes {dict(CUDA_CONVERT)} (target: sources)")
             if self.plan != CUDA_CONVERT_PLAN:
                 raise ValueError(f"{where}: CUDA convert_rows computes the {CUDA_CONVERT_PLAN!r} variant")
+        elif self.family == "flash_attn_ext":
+            if self.type_x not in CUDA_FA_KV or self.type_y != self.type_x:
+                raise ValueError(f"{where}: CUDA flash_attn_ext takes K and V of one type in {', '.join(CUDA_FA_KV)}")
+            if self.plan not in CUDA_FA_PLANS:
+                raise ValueError(f"{where}: CUDA flash_attn_ext plans are {', '.join(CUDA_FA_PLANS)}")
         else:
             if CUDA_MUL_MAT.get(self.type_x) != self.type_y:
                 raise ValueError(f"{where}: CUDA mul_mat takes weight.vec_dot_type pairs {dict(CUDA_MUL_MAT)}")
@@ -519,6 +536,8 @@ def cuda_catalog() -> tuple[CudaKernelSpec, ...]:
               for dst, srcs in CUDA_CONVERT.items() for src in srcs for i in CUDA_ISA_TOKENS]
     specs += [CudaKernelSpec("mul_mat", w, vdt, i, p) for w, vdt in CUDA_MUL_MAT.items() for i in CUDA_ISA_TOKENS
               for p in CUDA_PLANS]
+    specs += [CudaKernelSpec("flash_attn_ext", t, t, i, p) for t in CUDA_FA_KV for i in CUDA_ISA_TOKENS
+              for p in CUDA_FA_PLANS]
     for s in specs:
         s.validate()
     return tuple(sorted(specs, key=lambda s: s.name))

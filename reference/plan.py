@@ -76,7 +76,9 @@ register layout per pair (``plan.for_pair("iq4_nl.q8_0")``). Which one a given b
 Flash-attention parameters (``k_step``, ``q_step``, ``kv_chunks``, ``exp``) are used by
 :mod:`mlaref.reference.ops.flash_attn_ext` only: KV chunks are merged in index order, never derived from a
 thread count (style.md 4.8). ``q_step`` does not change the numbers there (Q rows are converted one by one); it is
-carried for the kernels' tiling. Their token is ``fa_fingerprint`` (e.g. ``k64q64c1e2`` for v_expf_avx2).
+carried for the kernels' tiling. ``rescale_exp`` says which exp rescales the running state when the maximum grows
+(and merges chunks): libm's ``expf`` (iqk) or the plan's ``exp`` (``"exp"``; the GPU plan ``cuda_fa_w32``). Their
+token is ``fa_fingerprint`` (e.g. ``k64q64c1e2`` for v_expf_avx2, ``k32q1c1e2r`` for cuda_fa_w32).
 """
 
 from __future__ import annotations
@@ -112,6 +114,7 @@ _INT_TO_FLOAT = ("lane4", "lane8", "block")
 _ACC_TYPES = ("f32", "f16", "f64")
 _TAILS = ("masked", "scalar_f32", "scalar_f32m", "scalar_gcc", "scalar_gcc8", "scalar_f64")
 _EXPS = ("libm", "v_expf_avx2", "v_expf_avx512")
+_RESCALE_EXPS = ("libm", "exp")
 _ACC_FOLDS = ("lanewise", "each")
 _LANE_MAPS = ("quad", "pair")
 _SUMMS = ("last", "pairs", "split")
@@ -152,6 +155,9 @@ class ReductionPlan:
     block_pairs: bool = False  # a serial block plan that takes two blocks per step (NEON iq4_nl)
     superblock: bool = False  # a serial k-quant plan with one int sum per super-block
     lane_fold_f32: bool = False  # f16 accumulators whose lanes are folded in f32
+    # flash attention (blocked): the exp of the running-max rescale and of the chunk merge: libm expf (iqk) or the
+    # plan's ``exp`` (a GPU cannot run libm; the GPU plan cuda_fa_w32 below)
+    rescale_exp: str = "libm"
 
     def __post_init__(self):
         if self.lanes < 1 or self.lanes & (self.lanes - 1):
@@ -159,7 +165,7 @@ class ReductionPlan:
         if self.accs < 1 or self.accs & (self.accs - 1):
             raise ValueError(f"ReductionPlan {self.name}: accs must be a power of two >= 1, got {self.accs}")
         for attr, allowed in (("fold", _FOLDS), ("int_to_float", _INT_TO_FLOAT), ("acc_type", _ACC_TYPES),
-                              ("tail", _TAILS), ("exp", _EXPS)):
+                              ("tail", _TAILS), ("exp", _EXPS), ("rescale_exp", _RESCALE_EXPS)):
             if getattr(self, attr) not in allowed:
                 raise ValueError(f"ReductionPlan {self.name}: {attr} must be one of {allowed}, "
                                  f"got {getattr(self, attr)!r}")
@@ -210,9 +216,10 @@ class ReductionPlan:
     @property
     def fa_fingerprint(self) -> str:
         """Token of the flash-attention parameters: ``k{k_step}q{q_step}c{kv_chunks}`` + ``e0`` (libm expf),
-        ``e2`` (v_expf AVX2) or ``e5`` (v_expf AVX-512)."""
+        ``e2`` (v_expf AVX2) or ``e5`` (v_expf AVX-512), + ``r`` when the rescale takes that exp too."""
         e = {"libm": "e0", "v_expf_avx2": "e2", "v_expf_avx512": "e5"}[self.exp]
-        return f"k{self.k_step}q{self.q_step}c{self.kv_chunks}{e}"
+        r = "r" if self.rescale_exp == "exp" else ""
+        return f"k{self.k_step}q{self.q_step}c{self.kv_chunks}{e}{r}"
 
     def for_pair(self, pair: str) -> "ReductionPlan":
         """The plan that runs for the type pair ``"x.y"`` (e.g. ``"iq4_nl.q8_0"``; a bare ``"f16"`` means f16.f16)."""
@@ -469,8 +476,24 @@ PLANS: dict[str, ReductionPlan] = {
 #
 # Kernels compile with ``nvcc -fmad=false`` and spell every FMA (``__fmaf_rn``) and rounding (``__fmul_rn``).
 CUDA_W32 = ReductionPlan(name="cuda_w32", lanes=32, accs=1, fold="xor", int_to_float="block", tail="masked")
-GPU_PLANS: dict[str, ReductionPlan] = {p.name: p for p in (CUDA_W32,)}
-__all__ += ["GPU_PLANS", "CUDA_W32"]
+# ``cuda_fa_w32``: flash attention's "blocked" algorithm (ops/flash_attn_ext.py) as the CUDA kernel
+# (codegen/templates/cuda/flash_attn_ext.cu.j2) computes it, one thread block per query row:
+#
+#   scores: s = vec_dot(K row, Q row converted to K's vec_dot type) in cuda_w32's order (one warp per KV row),
+#       then s*scale rounded once; the mask is binary (f16 bits other than +0.0 -> -inf);
+#   k_step 32: one block of KV cells per warp width; the block's max is exact; the softmax state (M, S) and
+#       acc[d] follow the reference's serial block steps;
+#   exp "v_expf_avx2" for p = exp(s - M) and, with rescale_exp "exp", for the rescale exp(M - smax) too: the
+#       polynomial is single IEEE fma / mul / add steps plus integer bit operations, which a device function
+#       reproduces with __fmaf_rn / __fmul_rn / __fadd_rn under -fmad=false (libm's expf and CUDA's expf/__expf
+#       are other functions);
+#   S += the block's p summed as the reference does: 8-lane vectors added in order, then the halves fold;
+#   acc[d] = fmaf(V[k][d], p[k], acc[d]) for the block's cells in order (one thread per output dim d);
+#   kv_chunks 1 (no KV split, so no merge); q_step 1 (a thread block takes one query row).
+CUDA_FA_W32 = CUDA_W32.replace(name="cuda_fa_w32", k_step=32, q_step=1, kv_chunks=1, exp="v_expf_avx2",
+                               rescale_exp="exp")
+GPU_PLANS: dict[str, ReductionPlan] = {p.name: p for p in (CUDA_W32, CUDA_FA_W32)}
+__all__ += ["GPU_PLANS", "CUDA_W32", "CUDA_FA_W32"]
 
 
 def get_plan(plan) -> ReductionPlan:

@@ -11,7 +11,9 @@ Steps, each recorded in ``DIR/cuda-check.json`` and logged to ``DIR/cuda-check.l
    the row copies of MLA's K (repeat of the rope part over heads, concat of k_nope and k_rope) against
    ``cudaMemcpy`` device-to-device bandwidth (bytes read + written per second, and their ratio); ``convert``;
    ``mul_mat`` against ``torch.matmul`` of the same weights in f16 (when torch is there), as TFLOP/s, weight
-   GB/s, and fractions of the device's measured peaks (a large f16 ``torch.matmul`` and the memcpy bandwidth).
+   GB/s, and fractions of the device's measured peaks (a large f16 ``torch.matmul`` and the memcpy bandwidth);
+   ``flash_attn_ext`` (f16 and q8_0 K/V) on the ggml-cuda peer probe's FlashMLA-2 shapes against torch's f16
+   ``scaled_dot_product_attention``, as TFLOP/s and a fraction of the f16 peak.
 
 It needs only NumPy and Jinja2 (and torch for the torch baseline): no cffi, gguf or platformdirs.
 """
@@ -73,7 +75,7 @@ def build_step(log, jobs: int) -> dict:
         for fam, res in pool.map(one, ("runtime",) + _cbuild.families()):
             out["libraries"][fam] = res
             ok &= res["ok"]
-            log(f"  {fam:13s} " + (f"ok ({res['seconds']} s)" if res["ok"] else "FAILED\n" + res["error"]))
+            log(f"  {fam:14s} " + (f"ok ({res['seconds']} s)" if res["ok"] else "FAILED\n" + res["error"]))
     out["ok"], out["seconds"] = ok, round(time.perf_counter() - t0, 2)
     return out
 
@@ -169,7 +171,76 @@ def timing_step(log, repeats: int, n_kv: int, heads: int) -> dict:
         log(f"  convert f32 -> {dst} [512 x 4096]: {ms:.3f} ms")
     out["convert"] = conv
     out["mul_mat"] = _mul_mat_timing(log, rng, repeats, bw)
+    try:  # a failing flash-attention timing is recorded; the JSON of the run is still written
+        out["flash_attn_ext"] = _fa_timing(log, rng, repeats)
+    except Exception as exc:  # noqa: BLE001 - any failure is a result to keep
+        out["flash_attn_ext"] = {"error": f"{type(exc).__name__}: {exc}"}
+        log(f"  flash_attn_ext timing FAILED: {type(exc).__name__}: {exc}")
     return out
+
+
+# flash attention timing shapes (Dk, Dv, n_head, n_head_kv, n_q, n_kv): the ggml-cuda peer probe's FlashMLA-2 cases
+# (codegen/peers/cuda.py default_cases: 16 heads x 512 queries; 192/128 with a K/V head per head (#253) and on 2 K/V
+# heads (what ggml-cuda supports, upstream facts §10.4); 576/512 on one)
+FA_TIMING_SHAPES = ((192, 128, 16, 16, 512, 4096), (192, 128, 16, 2, 512, 4096), (576, 512, 16, 1, 512, 4096))
+
+
+def _torch_sdpa(q, k, v, scale: float, iters: int, repeats: int):
+    """(ms per torch scaled_dot_product_attention in f16 on these values, f16 peak TFLOP/s) or (None, why not).
+    q (H, n_q, Dk), k (Hkv, n_kv, Dk), v (Hkv, n_kv, Dv) float32 values; K/V heads expanded for GQA."""
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError as exc:
+        return None, f"torch not importable ({exc})"
+    rep = q.shape[0] // k.shape[0]
+    tq = torch.from_numpy(q).cuda().half()[None]
+    tk = torch.from_numpy(k).cuda().half().repeat_interleave(rep, 0)[None]
+    tv = torch.from_numpy(v).cuda().half().repeat_interleave(rep, 0)[None]
+
+    def timed(f, n):
+        f()
+        torch.cuda.synchronize()
+        t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t0.record()
+        for _ in range(n):
+            f()
+        t1.record()
+        torch.cuda.synchronize()
+        return t0.elapsed_time(t1) / n
+    ms = _median_ms(lambda: timed(lambda: F.scaled_dot_product_attention(tq, tk, tv, scale=scale), iters), repeats)
+    big = torch.randn(8192, 8192, device="cuda", dtype=torch.float16)
+    peak_ms = _median_ms(lambda: timed(lambda: big @ big, 10), repeats)
+    return ms, 2 * 8192**3 / (peak_ms * 1e-3) / 1e12
+
+
+def _fa_timing(log, rng, repeats: int) -> dict:
+    """Our flash attention (no mask, as the peer probe) per K/V type against torch's f16 SDPA on the same values:
+    ms, TFLOP/s (2 n_q n_kv H (Dk + Dv) flops), the ratio and the fraction of the f16 matmul peak."""
+    res = {}
+    for dk, dv, h, hkv, nq, nkv in FA_TIMING_SHAPES:
+        qv = _cases.values(rng, (h, nq, dk), 0.25)
+        kv = _cases.values(rng, (hkv, nkv, dk), 0.25)
+        vv = kv[..., :dv].copy() if dv == 512 else _cases.values(rng, (hkv, nkv, dv))
+        scale = float(1 / np.sqrt(dk))
+        t_ms, peak = _torch_sdpa(qv, kv, vv, scale, 3, repeats)
+        q = Tensor.from_bytes(qv.view(np.uint8).reshape(-1), "f32", (dk, nq, h))  # ggml's [Dk, n_q, H]
+        flops = 2 * nq * nkv * h * (dk + dv)
+        for t in _catalog.CUDA_FA_KV:
+            k = Tensor.from_bytes(_cases.encode(kv.reshape(-1, dk), t).reshape(-1), t, (dk, nkv, hkv))
+            v = Tensor.from_bytes(_cases.encode(vv.reshape(-1, dv), t).reshape(-1), t, (dv, nkv, hkv))
+            ms = _median_ms(lambda: _k.flash_attn_ext(q, k, v, None, scale, iters=3)[1], repeats)
+            tflops = flops / (ms * 1e-3) / 1e12
+            row = {"ms": round(ms, 3), "TFLOPs": round(tflops, 3)}
+            if t_ms is not None:
+                row |= {"torch_sdpa_f16_ms": round(t_ms, 3), "vs_torch_f16": round(t_ms / ms, 4),
+                        "TFLOPs_of_f16_peak": round(tflops / peak, 4), "f16_peak_TFLOPs": round(peak, 1)}
+            label = f"{t} K/V Dk {dk} Dv {dv}, {h} heads on {hkv}, n_q {nq}, n_kv {nkv}"
+            res[label] = row
+            log(f"  flash_attn_ext {label}: {ms:.2f} ms, {tflops:.2f} TFLOP/s"
+                + (f"; torch SDPA f16 {t_ms:.2f} ms ({t_ms / ms:.3f}x ours), {tflops / peak:.4f} of the f16 peak"
+                   if t_ms is not None else f"; {peak}"))
+    return res
 
 
 def _random_rows(rng, type_: str, rows: int, n: int) -> np.ndarray:

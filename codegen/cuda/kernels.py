@@ -4,7 +4,9 @@
 the bytes of ``mlaref.reference.ops``; ``convert`` takes rows as ``rows.convert`` does (f32 rows as float32, f16 /
 bf16 rows as uint8 bytes) and returns q8_0 or f16 rows; ``mul_mat`` takes weight rows and rows already converted
 to the weight's vec_dot type and returns ggml's dst layout, float32 ``(n_y, m)``, in the order of the GPU plan
-``cuda_w32`` (``reference.ops.vec_dot.vec_dot(x, x_type, y, y_type, n, "cuda_w32").T``).
+``cuda_w32`` (``reference.ops.vec_dot.vec_dot(x, x_type, y, y_type, n, "cuda_w32").T``); ``flash_attn_ext`` takes
+Tensors as ``reference.ops.flash_attn_ext`` does and computes its ``blocked`` algorithm under the GPU plan
+``cuda_fa_w32``.
 
 Each call hands host buffers to the kernel's host entry, which copies them to the device, launches, synchronises and
 copies the outputs back (``generated/cuda/*``). A Tensor is handed over as the bytes of its view, from its first
@@ -29,7 +31,8 @@ from mlaref.codegen.cuda import build as _cbuild
 from mlaref.reference import get_type
 from mlaref.reference.tensor import Tensor, type_geometry
 
-__all__ = ["CudaUnavailable", "CudaError", "require_gpu", "resolve", "repeat", "concat", "cpy", "convert", "mul_mat"]
+__all__ = ["CudaUnavailable", "CudaError", "require_gpu", "resolve", "repeat", "concat", "cpy", "convert", "mul_mat",
+           "flash_attn_ext"]
 
 
 class CudaUnavailable(RuntimeError):
@@ -277,3 +280,87 @@ def mul_mat(x, x_type: str, y, y_type: str, n: int, *, plan: str = "cuda_w32", o
                ctypes.c_void_p(yr.array.ctypes.data), _extent(yr), yr.stride, yr.n_rows, n,
                ctypes.c_void_p(dst.array.ctypes.data), _extent(dst), dst.stride)
     return _done(out, ms, iters)
+
+
+# -- flash attention ---------------------------------------------------------------------------------------------
+
+_FA_PLAN_TOKENS = {v: k for k, v in _catalog.CUDA_FA_PLANS.items()}
+
+
+def _check_strides(t: Tensor, what: str, align: int, op: str) -> None:
+    """The kernel reads t's rows from a device copy of its span (cudaMalloc'd, 256-byte aligned), so its strides
+    decide the alignment of every row."""
+    if any(s % align for s in t.nb[1:]):
+        raise ValueError(f"{op}: the strides of {what} ({t.nb[1:]}) must be multiples of {align} bytes "
+                         f"({t.type} values and scales)")
+
+
+def _fa_masked_rows(mask: Tensor, n_kv: int, n_q: int, n_head: int, ne3: int) -> list:
+    """The query rows (i1, i2, i3) whose mask masks every KV cell (the blocked algorithm needs S > 0)."""
+    bits = np.stack([mask.row(i1, i2, i3).view(np.uint16)[:n_kv] for i3 in range(mask.ne[3])
+                     for i2 in range(mask.ne[2]) for i1 in range(n_q)]).reshape(mask.ne[3], mask.ne[2], n_q, n_kv)
+    dead = (bits != 0).all(axis=-1)  # (m3, m2, n_q)
+    return [(i1, i2, i3) for i3 in range(ne3) for i2 in range(n_head) for i1 in range(n_q)
+            if dead[i3 % mask.ne[3], i2 % mask.ne[2], i1]]
+
+
+def flash_attn_ext(q, k, v, mask, scale, *, plan: str = "cuda_fa_w32", out=None, kernel=None, iters=0):
+    """``reference.ops.flash_attn_ext.flash_attn_ext(q, k, v, mask, scale, algorithm="blocked", plan=plan,
+    variant="x86")`` on the GPU: q f32 ``[Dk, n_q, n_head, ne3]``, k / v of one type (f16 or q8_0) ``[D, n_kv,
+    n_head_kv, ne3_kv]`` with any row strides (``n_head % n_head_kv == 0``, ``ne3 % ne3_kv == 0``: GQA), an optional
+    f16 mask ``[>= n_kv, >= n_q, m2, m3]`` (binary: bits other than +0.0 mask; broadcast over heads by ``i2 % m2``),
+    ``Dk <= 576``, ``Dv <= 512``. Returns f32 ``[Dv, n_head, n_q, ne3]`` (ggml's FA layout), or writes ``out``
+    (a tensor of that type and ne, any row strides). No softcap, no ALiBi; a query row with every KV cell masked is
+    refused, as the reference refuses it."""
+    op = "flash_attn_ext"
+    iters = _iters(iters)
+    plan = getattr(plan, "name", plan)
+    token = _FA_PLAN_TOKENS.get(plan)
+    if token is None:
+        raise ValueError(f"plan: CUDA flash_attn_ext kernels exist for {', '.join(_FA_PLAN_TOKENS)}, not {plan!r}")
+    for what, t in (("q", q), ("k", k), ("v", v)):
+        _check_tensor(t, what, op)
+    if mask is not None:
+        _check_tensor(mask, "mask", op)
+        if mask.type != "f16":
+            raise ValueError(f"{op}: mask must be f16, got {mask.type}")
+    if q.type != "f32":
+        raise ValueError(f"{op}: q must be f32, got {q.type}")
+    if k.type not in _catalog.CUDA_FA_KV or v.type != k.type:
+        raise ValueError(f"{op}: CUDA takes K and V of one type in {', '.join(_catalog.CUDA_FA_KV)}, got "
+                         f"{k.type} / {v.type}")
+    dk, n_q, n_head, ne3 = q.ne
+    dv, n_kv = v.ne[0], k.ne[1]
+    if k.ne[0] != dk or dk > _catalog.CUDA_FA_DK_MAX:
+        raise ValueError(f"{op}: k.ne[0] ({k.ne[0]}) must equal q.ne[0] ({dk}) and be <= {_catalog.CUDA_FA_DK_MAX}")
+    if dv > _catalog.CUDA_FA_DV_MAX:
+        raise ValueError(f"{op}: v.ne[0] ({dv}) must be <= {_catalog.CUDA_FA_DV_MAX}")
+    if tuple(v.ne[1:]) != tuple(k.ne[1:]):
+        raise ValueError(f"{op}: k and v must agree in ne[1:] (n_kv, heads), got {k.ne} and {v.ne}")
+    if n_head % k.ne[2] or ne3 % k.ne[3]:
+        raise ValueError(f"{op}: q.ne[2:4] {q.ne[2:]} must be multiples of k.ne[2:4] {k.ne[2:]} (head broadcast)")
+    if mask is not None and (mask.ne[0] < n_kv or mask.ne[1] < n_q):
+        raise ValueError(f"{op}: mask must cover [n_kv, n_q] = [{n_kv}, {n_q}], got ne {mask.ne[:2]}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)) \
+            or not np.isfinite(np.float32(scale)):
+        raise ValueError(f"{op}: scale must be a finite real number, got {scale!r}")
+    _check_strides(q, "q", 4, op)
+    _check_strides(k, "k", 2, op)
+    _check_strides(v, "v", 2, op)
+    if mask is not None:
+        _check_strides(mask, "mask", 2, op)
+        dead = _fa_masked_rows(mask, n_kv, n_q, n_head, ne3)
+        if dead:
+            raise ValueError(f"{op}: {len(dead)} query row(s) have every KV cell masked, first (i1, i2, i3) = "
+                             f"{dead[0]}: the blocked algorithm needs S > 0 (the reference refuses them too)")
+    srcs = [("q", q), ("k", k), ("v", v)] + ([("mask", mask)] if mask is not None else [])
+    dst = _out_tensor(out, "f32", (dv, n_head, n_q, ne3), srcs, op)
+    _check_strides(dst, "out", 4, op)
+    spec = resolve("flash_attn_ext", k.type, v.type, token, kernel)
+    scale_bits = int(np.array([scale], np.float32).view(np.uint32)[0])
+    m_args = ((_ptr(mask), mask.nbytes(), mask.ne[2], mask.ne[3], *mask.nb[1:]) if mask is not None else
+              (None, 0, 1, 1, 0, 0, 0))
+    ms = _call(spec, iters, _ptr(q), q.nbytes(), _ptr(k), k.nbytes(), _ptr(v), v.nbytes(), *m_args[:2],
+               _ptr(dst), dst.nbytes(), dk, dv, n_q, n_head, ne3, n_kv, k.ne[2], k.ne[3], *m_args[2:4],
+               *q.nb[1:], *k.nb[1:], *v.nb[1:], *m_args[4:], *dst.nb[1:], scale_bits)
+    return _done(dst, ms, iters)

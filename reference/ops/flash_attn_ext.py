@@ -56,7 +56,9 @@ pattern but +0.0 masks the entry to -inf):
     acc[d] = fma(V[k][d], p[k], acc[d]) for k in order       (f32 acc; V widened / dequantized)
 
 Chunks merge as M = max(M1, M2), a = expf(M1 - M), b = expf(M2 - M), S = fma(S2, b, S1*a),
-acc = fma(acc2, b, acc1*a) (chunks with M = -inf contribute nothing); then ``out = acc * (1/S)``.
+acc = fma(acc2, b, acc1*a) (chunks with M = -inf contribute nothing); then ``out = acc * (1/S)``. The rescale's and
+the merge's ``expf`` is libm's (iqk), or the plan's exp where ``plan.rescale_exp == "exp"``: the GPU plan
+``cuda_fa_w32`` (reference/plan.py), whose every step a CUDA kernel reproduces (libm runs on no GPU).
 
 Every float step is one rounded element-wise operation; the only loops are over KV rows / blocks.
 
@@ -304,10 +306,15 @@ def _hsum_halves(v: np.ndarray) -> np.ndarray:
     return v[..., 0]
 
 
+def _rescale_exp(plan):
+    """The exp of the rescale and the chunk merge: libm expf, or the plan's exp (``plan.rescale_exp == "exp"``)."""
+    return _EXP[plan.exp] if plan.rescale_exp == "exp" else expf
+
+
 def _blocked_chunk(kq, V, mb, lo, hi, scale, softcap, plan):
     R = kq.shape[0]
     Dv = V.shape[2]
-    exp = _EXP[plan.exp]
+    exp, rexp = _EXP[plan.exp], _rescale_exp(plan)
     M = np.full(R, _NEG_INF, np.float32)
     S = np.zeros(R, np.float32)
     acc = np.zeros((R, Dv), np.float32)
@@ -323,7 +330,7 @@ def _blocked_chunk(kq, V, mb, lo, hi, scale, softcap, plan):
         grow = live & (smax > M)
         rescale = grow & (M != _NEG_INF)
         with np.errstate(invalid="ignore"):
-            ms = expf(np.where(rescale, M - smax, 0).astype(np.float32))
+            ms = rexp(np.where(rescale, M - smax, 0).astype(np.float32))
         S = np.where(rescale, (S * ms).astype(np.float32), np.where(grow, np.float32(0), S)).astype(np.float32)
         acc = np.where(rescale[:, None], (acc * ms[:, None]).astype(np.float32),
                        np.where(grow[:, None], np.float32(0), acc)).astype(np.float32)
@@ -350,6 +357,7 @@ def _blocked(kq, V, mb, scale, softcap, plan):
     nch = plan.kv_chunks
     bounds = [n_kv * c // nch for c in range(nch + 1)]
     M = S = acc = None
+    mexp = _rescale_exp(plan)  # the merge's exp: libm unless the plan says otherwise
     for c in range(nch):
         Mc, Sc, accc = _blocked_chunk(kq, V, mb, bounds[c], bounds[c + 1], scale, softcap, plan)
         if M is None:
@@ -357,8 +365,8 @@ def _blocked(kq, V, mb, scale, softcap, plan):
             continue
         Mn = np.maximum(M, Mc)
         with np.errstate(invalid="ignore"):
-            a = np.where(M == _NEG_INF, np.float32(0), expf(np.where(M == _NEG_INF, 0, M - Mn).astype(np.float32)))
-            b = np.where(Mc == _NEG_INF, np.float32(0), expf(np.where(Mc == _NEG_INF, 0, Mc - Mn).astype(np.float32)))
+            a = np.where(M == _NEG_INF, np.float32(0), mexp(np.where(M == _NEG_INF, 0, M - Mn).astype(np.float32)))
+            b = np.where(Mc == _NEG_INF, np.float32(0), mexp(np.where(Mc == _NEG_INF, 0, Mc - Mn).astype(np.float32)))
         S = fp.fmaf(Sc, b, (S * a).astype(np.float32))
         acc = fp.fmaf(accc, b[:, None], (acc * a[:, None]).astype(np.float32))
         M = Mn

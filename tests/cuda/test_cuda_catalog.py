@@ -33,7 +33,9 @@ def test_the_cuda_catalog_and_the_manifest_agree():
     assert names == sorted(names) and set(names) == set(MANIFEST["cuda_kernels"])
     assert set(names).isdisjoint(MANIFEST["kernels"])
     fams = {s.family for s in specs}
-    assert fams == {"copy_rows", "concat_rows", "convert_rows", "mul_mat"}
+    assert fams == {"copy_rows", "concat_rows", "convert_rows", "mul_mat", "flash_attn_ext"}
+    assert {(s.type_x, s.type_y, s.plan) for s in specs if s.family == "flash_attn_ext"} == {
+        ("f16", "f16", "faw32"), ("q8_0", "q8_0", "faw32")}
     assert {(s.type_x, s.type_y) for s in specs if s.family == "mul_mat"} == {
         ("f16", "f16"), ("q8_0", "q8_0"), ("iq4_nl", "q8_0")}
     assert {(s.type_x, s.type_y) for s in specs if s.family == "convert_rows"} == {
@@ -62,6 +64,9 @@ def test_cpu_side_never_meets_a_cuda_kernel():
     (CudaKernelSpec("convert_rows", "q8_0", "f16", "sm90", "x86"), "target: sources"),
     (CudaKernelSpec("convert_rows", "f32", "q8_0", "sm90", "ref"), "'x86' variant"),
     (CudaKernelSpec("copy_rows", "f16", None, "sm90", "ref"), "type-agnostic"),
+    (CudaKernelSpec("flash_attn_ext", "q8_0", "f16", "sm90", "faw32"), "K and V of one type"),
+    (CudaKernelSpec("flash_attn_ext", "iq4_nl", "iq4_nl", "sm90", "faw32"), "K and V of one type"),
+    (CudaKernelSpec("flash_attn_ext", "f16", "f16", "sm90", "w32"), "plans are faw32"),
 ])
 def test_validate_couplings(spec, match):
     with pytest.raises(ValueError, match=match):

@@ -22,7 +22,8 @@ def _q8_0_row(blocks):
 
 
 def test_the_plan_is_named_and_separate_from_the_cpu_plans():
-    assert get_plan("cuda_w32") is CUDA_W32 and GPU_PLANS == {"cuda_w32": CUDA_W32}
+    assert get_plan("cuda_w32") is CUDA_W32 and GPU_PLANS["cuda_w32"] is CUDA_W32
+    assert set(GPU_PLANS) == {"cuda_w32", "cuda_fa_w32"}
     assert "cuda_w32" not in PLANS
     assert (CUDA_W32.lanes, CUDA_W32.accs, CUDA_W32.fold, CUDA_W32.int_to_float, CUDA_W32.fma,
             CUDA_W32.tail) == (32, 1, "xor", "block", True, "masked")

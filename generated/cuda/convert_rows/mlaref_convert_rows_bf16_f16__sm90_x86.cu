@@ -11,7 +11,7 @@
 
 /* The device copies of one call's host buffers, freed together. */
 typedef struct {
-    void *p[4];
+    void *p[8];
     int n;
 } mla_cu_bufs;
 
@@ -55,6 +55,21 @@ static cudaError_t mla_cu_run(F launch, int64_t iters, float *ms) {
 static unsigned mla_cu_blocks(int64_t total, int threads) {
     int64_t b = (total + threads - 1) / threads;
     return (unsigned)(b < 1 ? 1 : (b > (1 << 20) ? (1 << 20) : b));
+}
+
+/* q8_0, x86 variant, of one 32-block whose value j lane j holds (all 32 lanes of the warp take part): amax by a
+   shuffle-xor max (exact in any order), d = amax/127, multiplier 127/amax, q = round-half-even(v*multiplier) (-128
+   where the product is not finite: cvtps_epi32's integer indefinite). blk: the block's 34 bytes, 2-byte aligned;
+   d is written with one 16-bit store (the first H100 run lost the low byte of byte-wise half stores, docs/cuda.md). */
+static __device__ __forceinline__ void mla_cu_q8_0_lane(float v, int lane, uint8_t *blk) {
+    float amax = fabsf(v);
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(MLA_CU_FULL, amax, o));
+    const float d = __fdiv_rn(amax, 127.0f);
+    const float id = amax != 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
+    const float p = __fmul_rn(v, id);
+    const int q = isfinite(p) ? __float2int_rn(p) : -128;
+    blk[2 + lane] = (uint8_t)(int8_t)q;
+    if (lane == 0) *(__half *)blk = __float2half_rn(d);
 }
 
 extern "C" const char *mlaref_cuda_error_string(int e) { return cudaGetErrorString((cudaError_t)e); }

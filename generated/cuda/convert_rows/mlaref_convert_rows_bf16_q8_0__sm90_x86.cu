@@ -11,7 +11,7 @@
 
 /* The device copies of one call's host buffers, freed together. */
 typedef struct {
-    void *p[4];
+    void *p[8];
     int n;
 } mla_cu_bufs;
 
@@ -57,6 +57,21 @@ static unsigned mla_cu_blocks(int64_t total, int threads) {
     return (unsigned)(b < 1 ? 1 : (b > (1 << 20) ? (1 << 20) : b));
 }
 
+/* q8_0, x86 variant, of one 32-block whose value j lane j holds (all 32 lanes of the warp take part): amax by a
+   shuffle-xor max (exact in any order), d = amax/127, multiplier 127/amax, q = round-half-even(v*multiplier) (-128
+   where the product is not finite: cvtps_epi32's integer indefinite). blk: the block's 34 bytes, 2-byte aligned;
+   d is written with one 16-bit store (the first H100 run lost the low byte of byte-wise half stores, docs/cuda.md). */
+static __device__ __forceinline__ void mla_cu_q8_0_lane(float v, int lane, uint8_t *blk) {
+    float amax = fabsf(v);
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(MLA_CU_FULL, amax, o));
+    const float d = __fdiv_rn(amax, 127.0f);
+    const float id = amax != 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
+    const float p = __fmul_rn(v, id);
+    const int q = isfinite(p) ? __float2int_rn(p) : -128;
+    blk[2 + lane] = (uint8_t)(int8_t)q;
+    if (lane == 0) *(__half *)blk = __float2half_rn(d);
+}
+
 extern "C" const char *mlaref_cuda_error_string(int e) { return cudaGetErrorString((cudaError_t)e); }
 #endif
 
@@ -73,19 +88,7 @@ __global__ void mlaref_convert_rows_bf16_q8_0__sm90_x86_k(const uint8_t *x, uint
     const int64_t step = ((int64_t)gridDim.x * blockDim.x) >> 5;
     for (int64_t w = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) >> 5; w < total; w += step) {
         const int64_t r = w / nb, b = w - r * nb;
-        const float v = mlaref_convert_rows_bf16_q8_0__sm90_x86_load(x + r * x_stride, b * 32 + lane);
-        float amax = fabsf(v);
-        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(MLA_CU_FULL, amax, o));
-        const float d = __fdiv_rn(amax, 127.0f);
-        const float id = amax != 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
-        const float p = __fmul_rn(v, id);
-        const int q = isfinite(p) ? __float2int_rn(p) : -128;  /* cvtps_epi32's integer indefinite, saturated */
-        uint8_t *blk = y + r * y_stride + b * 34;
-        blk[2 + lane] = (uint8_t)(int8_t)q;
-        /* d with one 16-bit store (blk is 2-byte aligned: blocks of 34 bytes, even row strides, cudaMalloc'd
-           base). The first H100 run stored the half's two bytes one by one (st.global.u8 of the low byte, then of
-           the high byte shifted down): every low byte came back 0 while the PTX was right (docs/cuda.md). */
-        if (lane == 0) *(__half *)blk = __float2half_rn(d);
+        mla_cu_q8_0_lane(mlaref_convert_rows_bf16_q8_0__sm90_x86_load(x + r * x_stride, b * 32 + lane), lane, y + r * y_stride + b * 34);
     }
 }
 #define mlaref_convert_rows_bf16_q8_0__sm90_x86_THREADS(n_rows, n) ((n_rows) * ((n) / 32) * 32)
