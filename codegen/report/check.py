@@ -21,8 +21,12 @@ from mlaref import reference
 from mlaref.codegen import catalog
 from mlaref.codegen import kernels as K
 from mlaref.codegen.kernels import mm as KM
+from mlaref.codegen.kernels import pool, rows
 from mlaref.codegen.report.progress import Progress
 from mlaref.reference.compare import same_bytes
+from mlaref.reference.ops.cpy import cpy as ref_cpy
+from mlaref.reference.ops.fa_partial import fa_merge as ref_merge
+from mlaref.reference.ops.fa_partial import flash_attn_ext_partial as ref_partial
 from mlaref.reference.ops.flash_attn_ext import flash_attn_ext as ref_flash_attn_ext
 from mlaref.reference.ops.mul_mat import MulMat_253
 from mlaref.reference.ops.vec_dot import vec_dot as ref_vec_dot
@@ -267,8 +271,6 @@ def _chunk(t: Tensor, c0: int, c1: int, axis: int) -> Tensor:
 def _check_fa_partial(name, spec) -> int:
     """flash_attn_ext_partial kernel vs reference/ops/fa_partial.py on two chunks of 70 cells (the second fully
     masked for one query), k_step 16 and 32, 2 threads."""
-    from mlaref.reference.ops.fa_partial import flash_attn_ext_partial as ref_partial
-
     q, k, v, mask = _fa_operands(spec.type_x, _rng(f"flash_attn_ext_partial {spec.type_x}"))
     cases = 0
     for plan in (KM.fa_plan(16, 1, "libm", dots=spec.plan), KM.fa_plan(32, 1, "v_expf_avx2", dots=spec.plan)):
@@ -286,8 +288,6 @@ def _check_fa_partial(name, spec) -> int:
 def _check_fa_merge(name, spec) -> int:
     """fa_merge kernel vs reference/ops/fa_partial.py's fa_merge on partials of Dv 128 and 17 with -inf rows on
     either side: merged, final, and a single partial finalised, 2 threads."""
-    from mlaref.reference.ops.fa_partial import fa_merge as ref_merge
-
     rng = _rng("fa_merge")
     cases = 0
     for dv in (128, 17):
@@ -311,9 +311,6 @@ def _check_fa_merge(name, spec) -> int:
 
 def _check_cast_rows(name, spec) -> int:
     """cast_rows kernel vs the reference cpy on strided 3-D sources (a head's row every 3 rows), 2 threads."""
-    from mlaref.codegen.kernels import pool, rows
-    from mlaref.reference.ops.cpy import cpy as ref_cpy
-
     rng = _rng(name)
     cases = 0
     for n, ne1, ne2 in ((576, 3, 2), (64, 5, 3)):

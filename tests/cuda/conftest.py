@@ -19,3 +19,20 @@ def gpu(nvcc):
     """Skip with the reason "no CUDA GPU" (and the driver's detail) unless a GPU is there."""
     if not cuda_build.gpu_present():
         pytest.skip(f"no CUDA GPU ({cuda_build.gpu_status()})")
+
+
+class ReachedC(Exception):
+    """Raised by the tripwire: the call passed every Python check and would have loaded a kernel."""
+
+
+@pytest.fixture
+def tripwire(monkeypatch):
+    """``build.load`` (the only way to a kernel's host entry) raises :class:`ReachedC`, and the GPU probe says
+    "present": a call that passes every check reaches the tripwire, one that does not raises TypeError /
+    ValueError first. The fixture's value is the exception class, for ``pytest.raises(tripwire)``."""
+    def load(*a, **k):
+        raise ReachedC
+
+    monkeypatch.setattr(cuda_build, "load", load)
+    monkeypatch.setattr(cuda_build, "gpu_present", lambda: True)
+    return ReachedC
